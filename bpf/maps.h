@@ -1,0 +1,82 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The maps of the xpro XDP program, BTF-defined.  The loader pins them per
+ * instance (xpro.bpf), so a
+ * restarted daemon adopts them (DESIGN.md 4.8).  Sizes are defaults that the
+ * loader overrides from config before load.
+ */
+#ifndef XPRO_MAPS_H
+#define XPRO_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "xpro_shared.h"
+
+#ifndef XPRO_FLOWS_MAX
+#define XPRO_FLOWS_MAX (1 << 20)
+#endif
+#ifndef XPRO_DSTS_MAX
+#define XPRO_DSTS_MAX (1 << 16)
+#endif
+#ifndef XPRO_LPM_MAX
+#define XPRO_LPM_MAX 16384
+#endif
+
+/* (source, destination key) -> flow record.  LRU: a spoofed flood evicts
+ * old flows, it never blocks the program (DESIGN.md 3.3). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, XPRO_FLOWS_MAX);
+	__type(key, struct xpro_flow_key);
+	__type(value, struct xpro_flow);
+} flows SEC(".maps");
+
+/* destination key -> aggregate (ts1*, ts2*, c*). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, XPRO_DSTS_MAX);
+	__type(key, struct xpro_dst_key);
+	__type(value, struct xpro_dst);
+} dsts SEC(".maps");
+
+/* Verdict counters by reason. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XPRO_R_MAX);
+	__type(key, __u32);
+	__type(value, struct xpro_stat);
+} stats SEC(".maps");
+
+/* Source prefixes always passed / always dropped (checked first). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, XPRO_LPM_MAX);
+	__type(key, struct xpro_lpm_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} allow_src SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, XPRO_LPM_MAX);
+	__type(key, struct xpro_lpm_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} deny_src SEC(".maps");
+
+/* Destination prefix -> XPRO_MODE_* (overrides config.mode). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, XPRO_LPM_MAX);
+	__type(key, struct xpro_lpm_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} dst_policy SEC(".maps");
+
+/* Overload warnings for the daemon. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+#endif /* XPRO_MAPS_H */

@@ -1,0 +1,195 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Packet parsing for xpro: Ethernet, up to two VLAN tags, IPv4, IPv6 with a
+ * bounded extension-header walk, and (in addr+port mode) the L4 port.
+ *
+ * The rules here are mirrored exactly by xpro.model.parse(); the
+ * differential tests hold the two together.  Offsets are tracked as scalars
+ * (for the length rules) beside a bounds-checked cursor (for the verifier).
+ */
+#ifndef XPRO_PARSING_H
+#define XPRO_PARSING_H
+
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <bpf/bpf_endian.h>
+#include "xpro_shared.h"
+
+#define PARSE_OK 0
+#define PARSE_NON_IP 1
+#define PARSE_MALFORMED 2
+
+#ifndef IPPROTO_HOPOPTS
+#define IPPROTO_HOPOPTS 0
+#endif
+#ifndef IPPROTO_ROUTING
+#define IPPROTO_ROUTING 43
+#endif
+#ifndef IPPROTO_FRAGMENT
+#define IPPROTO_FRAGMENT 44
+#endif
+#ifndef IPPROTO_DSTOPTS
+#define IPPROTO_DSTOPTS 60
+#endif
+#ifndef IPPROTO_UDPLITE
+#define IPPROTO_UDPLITE 136
+#endif
+#ifndef IPPROTO_SCTP
+#define IPPROTO_SCTP 132
+#endif
+
+#define ETH_P_8021Q_ 0x8100
+#define ETH_P_8021AD_ 0x88A8
+
+static __always_inline int proto_has_ports(__u8 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP ||
+	       proto == IPPROTO_SCTP || proto == IPPROTO_UDPLITE;
+}
+
+/*
+ * Parse the packet into key.  pkt_len is the length the IP length fields
+ * are checked against (the whole frame).  Returns PARSE_*.
+ */
+static __always_inline int parse_packet(void *data, void *data_end,
+					__u64 pkt_len, __u32 dst_mode,
+					struct xpro_flow_key *key)
+{
+	__u8 *p = data;
+	__u16 eth_type;
+	__u64 off;
+
+	if (p + ETH_HLEN > (__u8 *)data_end)
+		return PARSE_NON_IP;
+	eth_type = *(__u16 *)(p + 12);
+	off = ETH_HLEN;
+
+#pragma unroll
+	for (int i = 0; i < XPRO_MAX_VLAN; i++) {
+		if (eth_type != bpf_htons(ETH_P_8021Q_) &&
+		    eth_type != bpf_htons(ETH_P_8021AD_))
+			break;
+		if (p + off + 4 > (__u8 *)data_end)
+			return PARSE_NON_IP;
+		eth_type = *(__u16 *)(p + off + 2);
+		off += 4;
+	}
+
+	__u8 proto;
+	__u64 l4off, l4end;
+	int frag = 0;
+
+	if (eth_type == bpf_htons(ETH_P_IP)) {
+		__u8 *ip = p + off;
+
+		if (ip + 20 > (__u8 *)data_end)
+			return PARSE_MALFORMED;
+		__u8 vihl = ip[0];
+		__u64 hl = (vihl & 0xf) * 4;
+
+		if ((vihl >> 4) != 4 || hl < 20)
+			return PARSE_MALFORMED;
+		if (off + hl > pkt_len)
+			return PARSE_MALFORMED;
+		__u64 tot = bpf_ntohs(*(__u16 *)(ip + 2));
+
+		if (tot < hl || off + tot > pkt_len)
+			return PARSE_MALFORMED;
+		__u16 fragoff = bpf_ntohs(*(__u16 *)(ip + 6));
+
+		frag = (fragoff & 0x3fff) != 0; /* MF or offset */
+		proto = ip[9];
+		__builtin_memset(key->src, 0, 10);
+		key->src[10] = 0xff;
+		key->src[11] = 0xff;
+		__builtin_memcpy(&key->src[12], ip + 12, 4);
+		__builtin_memset(key->dst.addr, 0, 10);
+		key->dst.addr[10] = 0xff;
+		key->dst.addr[11] = 0xff;
+		__builtin_memcpy(&key->dst.addr[12], ip + 16, 4);
+		l4off = off + hl;
+		l4end = off + tot;
+	} else if (eth_type == bpf_htons(ETH_P_IPV6)) {
+		__u8 *ip6 = p + off;
+
+		if (ip6 + 40 > (__u8 *)data_end)
+			return PARSE_MALFORMED;
+		if ((ip6[0] >> 4) != 6)
+			return PARSE_MALFORMED;
+		__u64 plen = bpf_ntohs(*(__u16 *)(ip6 + 4));
+
+		l4end = off + 40 + plen;
+		if (l4end > pkt_len)
+			return PARSE_MALFORMED;
+		__builtin_memcpy(key->src, ip6 + 8, 16);
+		__builtin_memcpy(key->dst.addr, ip6 + 24, 16);
+		proto = ip6[6];
+		l4off = off + 40;
+
+		/* The caller needs no L4 in addr mode, but the walk also
+		 * decides what is malformed, so it runs in both modes. */
+		__u8 *cur = ip6 + 40;
+		int done = 0;
+
+#pragma unroll
+		for (int i = 0; i < XPRO_MAX_EXTHDR; i++) {
+			__u64 len;
+
+			if (proto == IPPROTO_HOPOPTS ||
+			    proto == IPPROTO_ROUTING ||
+			    proto == IPPROTO_DSTOPTS) {
+				if (l4off + 2 > l4end || cur + 2 > (__u8 *)data_end)
+					return PARSE_MALFORMED;
+				len = ((__u64)cur[1] + 1) * 8;
+			} else if (proto == IPPROTO_AH) {
+				if (l4off + 2 > l4end || cur + 2 > (__u8 *)data_end)
+					return PARSE_MALFORMED;
+				len = ((__u64)cur[1] + 2) * 4;
+			} else if (proto == IPPROTO_FRAGMENT) {
+				if (l4off + 8 > l4end || cur + 8 > (__u8 *)data_end)
+					return PARSE_MALFORMED;
+				len = 8;
+				frag = 1;
+			} else {
+				done = 1;
+				break;
+			}
+			proto = cur[0];
+			l4off += len;
+			if (l4off > l4end)
+				return PARSE_MALFORMED;
+			cur += len;
+		}
+		if (!done) {
+			/* The bound is reached: only a transport header
+			 * may follow, or the chain is too deep to judge. */
+			if (proto == IPPROTO_HOPOPTS || proto == IPPROTO_ROUTING ||
+			    proto == IPPROTO_DSTOPTS || proto == IPPROTO_AH ||
+			    proto == IPPROTO_FRAGMENT)
+				return PARSE_MALFORMED;
+		}
+	} else {
+		return PARSE_NON_IP;
+	}
+
+	key->dst.port = 0;
+	key->dst.proto = 0;
+	key->dst.pad = 0;
+	if (dst_mode != XPRO_DST_ADDR_PORT || frag)
+		return PARSE_OK; /* fragments key on addresses only */
+
+	key->dst.proto = proto;
+	if (proto_has_ports(proto)) {
+		if (l4off + 4 > l4end)
+			return PARSE_MALFORMED;
+		/* l4off <= pkt_len < 64k: bound it for the verifier */
+		__u8 *l4 = p + (l4off & 0xffff);
+
+		if (l4 + 4 > (__u8 *)data_end)
+			return PARSE_MALFORMED;
+		key->dst.port = *(__u16 *)(l4 + 2);
+	}
+	return PARSE_OK;
+}
+
+#endif /* XPRO_PARSING_H */

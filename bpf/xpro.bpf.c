@@ -1,0 +1,263 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * xpro: Algorithm 2 of the X-Pro paper (per-packet filter) at the XDP hook,
+ * with the decisions of DESIGN.md section 3.  xpro.model is the executable
+ * specification of this file; tests/kernel checks they agree packet by
+ * packet.
+ */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "xpro_shared.h"
+#include "parsing.h"
+#include "maps.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Run-time configuration.  Defaults match xpro.config; userspace rewrites the
+ * whole struct through an mmap of the .data map. */
+struct xpro_config cfg SEC(".data") = {
+	.t_t1 = 10ULL * 1000000000ULL,
+	.t_t2 = 1ULL * 1000000000ULL,
+	.t_t3 = 1ULL * 1000000000ULL,
+	.warn_period = 1ULL * 1000000000ULL,
+	.fake_now = 0,
+	.clock_offset = 0,
+	.t_f1 = 100,
+	.t_f2 = 10000,
+	.mode = XPRO_MODE_ENFORCE,
+	.dst_mode = XPRO_DST_ADDR,
+	.malformed_policy = XPRO_MALFORMED_DROP,
+	.events = 1,
+};
+
+/*
+ * a * b, as a 128-bit (hi, lo) pair, with a < 2^64 and b < 2^32: exact, no
+ * division, no overflow (the BPF backend has no 128-bit multiply).
+ */
+static __always_inline void mul_u64_u32(__u64 a, __u32 b, __u64 *hi, __u64 *lo)
+{
+	__u64 pl = (a & 0xffffffffULL) * b;
+	__u64 ph = (a >> 32) * b;
+	__u64 mid = (pl >> 32) + (ph & 0xffffffffULL);
+
+	*lo = (mid << 32) | (pl & 0xffffffffULL);
+	*hi = (ph >> 32) + (mid >> 32);
+}
+
+/* count / (window ns) > limit packets/s, i.e. count * 1e9 > limit * window.
+ * window > 0 (the callers checked window > T_T2 or T_T3 >= 0). */
+static __always_inline int rate_exceeds(__u64 count, __u64 window, __u32 limit)
+{
+	__u64 lh, ll, rh, rl;
+
+	mul_u64_u32(count, 1000000000U, &lh, &ll);
+	mul_u64_u32(window, limit, &rh, &rl);
+	return lh > rh || (lh == rh && ll > rl);
+}
+
+static __always_inline void count(__u32 reason, __u64 bytes)
+{
+	struct xpro_stat *s = bpf_map_lookup_elem(&stats, &reason);
+
+	if (s) {
+		s->packets += 1;
+		s->bytes += bytes;
+	}
+}
+
+static __always_inline void warn(__u32 kind, struct xpro_flow_key *key,
+				 __u64 now, __u64 c, __u64 window)
+{
+	struct xpro_event *ev;
+
+	if (!cfg.events)
+		return;
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev)
+		return; /* the daemon is behind: drop the warning, not the state */
+	ev->ts = now;
+	ev->kind = kind;
+	ev->pad = 0;
+	__builtin_memcpy(&ev->key, key, sizeof(*key));
+	if (kind == XPRO_EV_DST_OVERLOAD)
+		__builtin_memset(ev->key.src, 0, sizeof(ev->key.src));
+	ev->c = c;
+	ev->window = window;
+	bpf_ringbuf_submit(ev, 0);
+}
+
+/* The mode for this destination: the dst_policy trie overrides cfg.mode.
+ * Only looked up when a rate check fires, so it costs nothing otherwise. */
+static __always_inline __u32 mode_for(struct xpro_flow_key *key)
+{
+	if (cfg.n_dst_policy) {
+		struct xpro_lpm_key lk = { .prefixlen = 128 };
+		__u32 *m;
+
+		__builtin_memcpy(lk.addr, key->dst.addr, 16);
+		m = bpf_map_lookup_elem(&dst_policy, &lk);
+		if (m)
+			return *m;
+	}
+	return cfg.mode;
+}
+
+/* Returns 1 when a warning is due, and records that it was given. */
+static __always_inline int warn_due(__u64 *warn_ts, __u64 now)
+{
+	if (*warn_ts && (__s64)(now - *warn_ts) < (__s64)cfg.warn_period)
+		return 0;
+	*warn_ts = now;
+	return 1;
+}
+
+static __always_inline int filter(struct xdp_md *ctx, __u64 pkt_len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct xpro_flow_key key;
+	__u64 now;
+	int rc;
+
+	rc = parse_packet(data, data_end, pkt_len, cfg.dst_mode, &key);
+	if (rc == PARSE_NON_IP) {
+		count(XPRO_R_NON_IP, pkt_len);
+		return XDP_PASS;
+	}
+	if (rc == PARSE_MALFORMED) {
+		count(XPRO_R_MALFORMED, pkt_len);
+		return cfg.malformed_policy == XPRO_MALFORMED_PASS ? XDP_PASS : XDP_DROP;
+	}
+
+	/* Allow and deny lists first (DESIGN.md 3.2); skipped when empty. */
+	if (cfg.n_allow || cfg.n_deny) {
+		struct xpro_lpm_key lk = { .prefixlen = 128 };
+
+		__builtin_memcpy(lk.addr, key.src, 16);
+		if (cfg.n_allow && bpf_map_lookup_elem(&allow_src, &lk)) {
+			count(XPRO_R_ALLOW, pkt_len);
+			return XDP_PASS;
+		}
+		if (cfg.n_deny && bpf_map_lookup_elem(&deny_src, &lk)) {
+			count(XPRO_R_DENY, pkt_len);
+			return XDP_DROP;
+		}
+	}
+
+	now = cfg.fake_now ? cfg.fake_now :
+			     bpf_ktime_get_coarse_ns() + cfg.clock_offset;
+
+	/* Algorithm 2, lines 1-11: the per-source record. */
+	struct xpro_flow *f = bpf_map_lookup_elem(&flows, &key);
+	__u64 c, ts1;
+	int started = 0;
+
+	if (!f) {
+		struct xpro_flow nf = {
+			.ts1 = now, .ts2 = now, .c = 1, .dc = 1,
+		};
+
+		/* BPF_NOEXIST: if another CPU created it meanwhile, count
+		 * into that record instead of overwriting it. */
+		if (bpf_map_update_elem(&flows, &key, &nf, BPF_NOEXIST) == 0) {
+			c = 1;
+			ts1 = now;
+			started = 1;
+			goto checked_new;
+		}
+		f = bpf_map_lookup_elem(&flows, &key);
+		if (!f) { /* evicted at once: the table is far too small */
+			c = 1;
+			ts1 = now;
+			started = 1;
+			goto checked_new;
+		}
+	}
+	if ((__s64)(now - f->ts2) > (__s64)cfg.t_t1) {
+		/* Line 4: idle longer than T_T1, a new window; mark it so
+		 * the sync takes the local window (Algorithm 1, line 6). */
+		f->gen += 1;
+		f->ts1 = now;
+		f->c = 0;
+		f->dc = 0;
+		f->mark = 1;
+		started = 1;
+	}
+	/* Line 11, with atomic adds: CPUs share records, and the sync's
+	 * deltas (xpro_apply) must never be lost against a packet. */
+	c = __sync_fetch_and_add(&f->c, 1) + 1;
+	__sync_fetch_and_add(&f->dc, 1);
+	f->ts2 = now;
+	ts1 = f->ts1;
+
+	/* Lines 12-16: over T_F1 after at least T_T2. */
+	if ((__s64)(now - ts1) > (__s64)cfg.t_t2 &&
+	    rate_exceeds(c, now - ts1, cfg.t_f1)) {
+		if (warn_due(&f->warn_ts, now))
+			warn(XPRO_EV_SRC_OVERLOAD, &key, now, c, now - ts1);
+		if (mode_for(&key) == XPRO_MODE_MONITOR) {
+			count(XPRO_R_MON_SRC_RATE, pkt_len);
+			return XDP_PASS;
+		}
+		count(XPRO_R_SRC_RATE, pkt_len);
+		return XDP_DROP;
+	}
+
+checked_new:;
+	/* Lines 18-25, in O(1): the destination aggregate counts packets
+	 * admitted past the per-source check (DESIGN.md 3.5). */
+	struct xpro_dst *d = bpf_map_lookup_elem(&dsts, &key.dst);
+	__u64 cs, ts1s;
+
+	if (!d) {
+		/* A new destination is rare: create it, then take the common
+		 * path so warnings have a record to rate-limit on. */
+		struct xpro_dst nd = { .ts1 = ts1, .ts2 = now };
+
+		bpf_map_update_elem(&dsts, &key.dst, &nd, BPF_NOEXIST);
+		d = bpf_map_lookup_elem(&dsts, &key.dst);
+		if (!d) { /* cannot track it: fail open */
+			count(XPRO_R_PASS, pkt_len);
+			return XDP_PASS;
+		}
+	}
+	if ((__s64)(now - d->ts2) > (__s64)cfg.t_t1) {
+		/* the destination was idle: a new aggregate window */
+		d->ts1 = now;
+		d->c = 0;
+	} else if (started && (__s64)(ts1 - d->ts1) < 0) {
+		d->ts1 = ts1;
+	}
+	cs = __sync_fetch_and_add(&d->c, 1) + 1;
+	d->ts2 = now;
+	ts1s = d->ts1;
+
+	if ((__s64)(now - ts1s) > (__s64)cfg.t_t3 &&
+	    rate_exceeds(cs, now - ts1s, cfg.t_f2)) {
+		if (warn_due(&d->warn_ts, now))
+			warn(XPRO_EV_DST_OVERLOAD, &key, now, cs, now - ts1s);
+		if (mode_for(&key) == XPRO_MODE_MONITOR) {
+			count(XPRO_R_MON_DST_RATE, pkt_len);
+			return XDP_PASS;
+		}
+		count(XPRO_R_DST_RATE, pkt_len);
+		return XDP_DROP;
+	}
+	count(XPRO_R_PASS, pkt_len);
+	return XDP_PASS;
+}
+
+SEC("xdp")
+int xpro_xdp(struct xdp_md *ctx)
+{
+	return filter(ctx, (__u64)(ctx->data_end - ctx->data));
+}
+
+/* For interfaces with an MTU above one page (jumbo frames on veth/virtio):
+ * headers are in the linear part, lengths are checked against the whole
+ * multi-buffer frame. */
+SEC("xdp.frags")
+int xpro_xdp_frags(struct xdp_md *ctx)
+{
+	return filter(ctx, bpf_xdp_get_buff_len(ctx));
+}

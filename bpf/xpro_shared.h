@@ -1,0 +1,167 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Structures shared between the XDP program and userspace.
+ *
+ * This header is the single source of truth for every key, value, event and
+ * configuration layout.  The Python side (xpro.layout) declares the same
+ * structures as numpy dtypes and a test (tests/kernel/test_layout.py) checks
+ * both against the BTF of the compiled object, field by field.
+ *
+ * Ownership (DESIGN.md 4.3, option b): every field of a flow or destination
+ * record is written only from kernel context.  The XDP program updates
+ * counters with atomic adds; the daemon never writes a record from userspace
+ * but hands batches of deltas to the control program (xpro_apply), which
+ * applies them in the kernel with atomic adds and a generation check.  So a
+ * sync can never lose or double a packet counted while it runs.
+ */
+#ifndef XPRO_SHARED_H
+#define XPRO_SHARED_H
+
+#include <linux/types.h>
+
+/* Destination key modes (config.dst_mode). */
+#define XPRO_DST_ADDR 0       /* key on the destination address only */
+#define XPRO_DST_ADDR_PORT 1  /* address, L4 protocol and destination port */
+
+/* Verdict modes (config.mode and dst_policy values). */
+#define XPRO_MODE_ENFORCE 0
+#define XPRO_MODE_MONITOR 1
+
+/* Policy for malformed IP packets (config.malformed_policy). */
+#define XPRO_MALFORMED_DROP 0
+#define XPRO_MALFORMED_PASS 1
+
+/* Bounds of the parser. */
+#define XPRO_MAX_VLAN 2       /* 802.1Q / 802.1ad tags walked */
+#define XPRO_MAX_EXTHDR 8     /* IPv6 extension headers walked */
+
+/*
+ * Verdict reasons: the index into the per-CPU `stats` array.  Every packet
+ * the program sees is counted under exactly one reason.
+ */
+enum xpro_reason {
+	XPRO_R_PASS = 0,        /* passed every check */
+	XPRO_R_NON_IP = 1,      /* not IPv4/IPv6 (ARP, LLDP, ...): passed */
+	XPRO_R_ALLOW = 2,       /* source in the allow list: passed */
+	XPRO_R_DENY = 3,        /* source in the deny list: dropped */
+	XPRO_R_MALFORMED = 4,   /* truncated or malformed IP: malformed_policy */
+	XPRO_R_SRC_RATE = 5,    /* over T_F1 (enforce): dropped */
+	XPRO_R_DST_RATE = 6,    /* over T_F2 (enforce): dropped */
+	XPRO_R_MON_SRC_RATE = 7,/* over T_F1 in monitor mode: passed */
+	XPRO_R_MON_DST_RATE = 8,/* over T_F2 in monitor mode: passed */
+	XPRO_R_MAX = 9,
+};
+
+/* Ring-buffer event kinds. */
+enum xpro_event_kind {
+	XPRO_EV_SRC_OVERLOAD = 1, /* a (source, destination) flow over T_F1 */
+	XPRO_EV_DST_OVERLOAD = 2, /* a destination over T_F2 */
+};
+
+/* The destination key: 20 bytes. In XPRO_DST_ADDR mode port and proto are 0. */
+struct xpro_dst_key {
+	__u8 addr[16];   /* IPv6, or IPv4-mapped IPv6 (::ffff:a.b.c.d) */
+	__u16 port;      /* destination port, network byte order */
+	__u8 proto;      /* IP protocol number */
+	__u8 pad;        /* always 0 */
+};
+
+/* The flow key: 36 bytes. */
+struct xpro_flow_key {
+	__u8 src[16];
+	struct xpro_dst_key dst;
+};
+
+/*
+ * The per-proxy flow record (the paper's ts1', ts2', c', dc, mark).
+ * All fields are written only in kernel context (XDP program or xpro_apply).
+ */
+struct xpro_flow {
+	__u64 ts1;      /* ts1': start of the rate window (ns, TAI) */
+	__u64 ts2;      /* ts2': last packet (ns, TAI) */
+	__u64 c;        /* c': packets in the window, global up to the last sync */
+	__u64 dc;       /* dc: packets counted here since the last sync */
+	__u64 warn_ts;  /* last overload warning for this flow (ns) */
+	__u32 mark;     /* this proxy reset the window since the last sync */
+	__u32 gen;      /* incremented at every local reset (sync detects races) */
+};
+
+/* The per-destination aggregate (ts1*, ts2*, c*), updated in O(1). */
+struct xpro_dst {
+	__u64 ts1;      /* ts1*: min ts1' of the admitted flows */
+	__u64 ts2;      /* ts2*: last admitted packet */
+	__u64 c;        /* c*: packets admitted past the per-source check */
+	__u64 warn_ts;  /* last overload warning for this destination */
+};
+
+/* Per-CPU verdict counters, one slot per enum xpro_reason. */
+struct xpro_stat {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* LPM trie key for the allow/deny lists and the destination policy. */
+struct xpro_lpm_key {
+	__u32 prefixlen;  /* in bits, over the 16-byte (mapped) address */
+	__u8 addr[16];
+};
+
+/* Ring-buffer overload warning. */
+struct xpro_event {
+	__u64 ts;                 /* when (ns, TAI) */
+	__u32 kind;               /* enum xpro_event_kind */
+	__u32 pad;
+	struct xpro_flow_key key; /* for DST events, src is all zeros */
+	__u32 pad2;
+	__u64 c;                  /* count in the window */
+	__u64 window;             /* window length (ns) */
+};
+
+/*
+ * Run-time configuration, in the program's .data section.  Userspace changes
+ * it through an mmap of the .data map: no reload, no state lost.
+ */
+struct xpro_config {
+	__u64 t_t1;           /* idle time that resets a flow window (ns) */
+	__u64 t_t2;           /* minimum window before the per-source check (ns) */
+	__u64 t_t3;           /* minimum window before the per-destination check (ns) */
+	__u64 warn_period;    /* at most one warning per flow per this (ns) */
+	__u64 fake_now;       /* if non-zero: the clock (tests) */
+	__s64 clock_offset;   /* added to the coarse monotonic clock: TAI (ns) */
+	__u32 t_f1;           /* per-source rate limit (packets/s) */
+	__u32 t_f2;           /* per-destination rate limit (packets/s) */
+	__u32 mode;           /* XPRO_MODE_* default for every destination */
+	__u32 dst_mode;       /* XPRO_DST_* */
+	__u32 malformed_policy; /* XPRO_MALFORMED_* */
+	__u32 n_allow;        /* entries in allow_src (0: lookup skipped) */
+	__u32 n_deny;         /* entries in deny_src (0: lookup skipped) */
+	__u32 n_dst_policy;   /* entries in dst_policy (0: lookup skipped) */
+	__u32 events;         /* 0: no ring-buffer warnings */
+	__u32 pad;
+};
+
+/*
+ * One update of the control program xpro_apply.  The daemon reads a flow
+ * (with its gen), merges it with the master and writes back deltas: the
+ * kernel adds them atomically, so packets counted in between are kept.
+ */
+#define XPRO_APPLY_FLOW 1      /* update a flow record */
+#define XPRO_APPLY_DST 2       /* update a destination aggregate */
+#define XPRO_APPLY_CREATE 0x10 /* create the record if it does not exist */
+#define XPRO_APPLY_CLEAR_MARK 0x20 /* clear mark (only if gen matches) */
+#define XPRO_APPLY_DELETE 0x40 /* delete the record if gen still matches */
+
+struct xpro_apply {
+	__s64 c_delta;            /* added atomically to c' (flows) or c* (dsts) */
+	__s64 dc_delta;           /* added atomically to dc (flows) */
+	__u64 ts1;                /* new ts1 (0: unchanged) */
+	__u64 ts2;                /* ts2 = max(ts2, this) (0: unchanged) */
+	__u32 op;                 /* XPRO_APPLY_* */
+	__u32 gen;                /* the gen the daemon read (flows) */
+	__s32 result;             /* out: 0 applied, 1 gen mismatch, 2 no record */
+	struct xpro_flow_key key; /* for DST updates only key.dst is used */
+};
+
+#define XPRO_APPLY_MAX 8192 /* entries per xpro_apply run */
+
+#endif /* XPRO_SHARED_H */
