@@ -31,6 +31,15 @@ struct {
 	__type(value, struct xpro_flow);
 } flows SEC(".maps");
 
+/* (source, destination key) -> the daemon's baseline for the flow.  Written
+ * only from userspace by the sync; the packet path never reads it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, XPRO_FLOWS_MAX);
+	__type(key, struct xpro_flow_key);
+	__type(value, struct xpro_synced);
+} synced SEC(".maps");
+
 /* destination key -> aggregate (ts1*, ts2*, c*). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -72,6 +81,16 @@ struct {
 	__type(value, __u32);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } dst_policy SEC(".maps");
+
+/* The sync's batch of updates for xpro_apply, written by the daemon through
+ * an mmap; the control program applies it in kernel context. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XPRO_APPLY_MAX);
+	__type(key, __u32);
+	__type(value, struct xpro_apply);
+	__uint(map_flags, BPF_F_MMAPABLE);
+} apply_buf SEC(".maps");
 
 /* Overload warnings for the daemon. */
 struct {

@@ -13,6 +13,12 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* Structures not referenced by a map's BTF: their sizes are pinned here and
+ * in xpro.layout.SIZES (tests/kernel/test_layout.py checks the rest). */
+_Static_assert(sizeof(struct xpro_event) == 72, "xpro_event layout");
+_Static_assert(sizeof(struct xpro_apply) == 80, "xpro_apply layout");
+_Static_assert(sizeof(struct xpro_synced) == 16, "xpro_synced layout");
+
 /* Run-time configuration.  Defaults match xpro.config; userspace rewrites the
  * whole struct through an mmap of the .data map. */
 struct xpro_config cfg SEC(".data") = {
@@ -153,9 +159,7 @@ static __always_inline int filter(struct xdp_md *ctx, __u64 pkt_len)
 	int started = 0;
 
 	if (!f) {
-		struct xpro_flow nf = {
-			.ts1 = now, .ts2 = now, .c = 1, .dc = 1,
-		};
+		struct xpro_flow nf = { .ts1 = now, .ts2 = now, .c = 1 };
 
 		/* BPF_NOEXIST: if another CPU created it meanwhile, count
 		 * into that record instead of overwriting it. */
@@ -174,19 +178,16 @@ static __always_inline int filter(struct xdp_md *ctx, __u64 pkt_len)
 		}
 	}
 	if ((__s64)(now - f->ts2) > (__s64)cfg.t_t1) {
-		/* Line 4: idle longer than T_T1, a new window; mark it so
-		 * the sync takes the local window (Algorithm 1, line 6). */
+		/* Line 4: idle longer than T_T1, a new window.  The new gen
+		 * is the paper's mark (and dc = c) for the sync. */
 		f->gen += 1;
 		f->ts1 = now;
 		f->c = 0;
-		f->dc = 0;
-		f->mark = 1;
 		started = 1;
 	}
-	/* Line 11, with atomic adds: CPUs share records, and the sync's
+	/* Line 11, with an atomic add: CPUs share records, and the sync's
 	 * deltas (xpro_apply) must never be lost against a packet. */
 	c = __sync_fetch_and_add(&f->c, 1) + 1;
-	__sync_fetch_and_add(&f->dc, 1);
 	f->ts2 = now;
 	ts1 = f->ts1;
 
@@ -260,4 +261,109 @@ SEC("xdp.frags")
 int xpro_xdp_frags(struct xdp_md *ctx)
 {
 	return filter(ctx, bpf_xdp_get_buff_len(ctx));
+}
+
+/*
+ * The control program: applies the sync's batch (apply_buf[0..n), n in the
+ * first four bytes of the test-run packet) in kernel context, with atomic
+ * adds and a generation check, so no packet counted meanwhile is lost
+ * (DESIGN.md 4.3).  Run by the daemon with BPF_PROG_TEST_RUN; returns the
+ * number of entries it looked at.  Never attached to an interface.
+ */
+static __always_inline void max_store(__u64 *dst, __u64 v)
+{
+	if (v && (__s64)(v - *dst) > 0)
+		*dst = v;
+}
+
+static long apply_one(__u32 i, void *unused)
+{
+	struct xpro_apply *a = bpf_map_lookup_elem(&apply_buf, &i);
+
+	if (!a)
+		return 1;
+	if (a->op & XPRO_APPLY_FLOW) {
+		struct xpro_flow *f = bpf_map_lookup_elem(&flows, &a->key);
+
+		if (!f) {
+			struct xpro_flow nf = {
+				.ts1 = a->ts1, .ts2 = a->ts2, .c = (__u64)a->c_delta,
+			};
+
+			if (!(a->op & XPRO_APPLY_CREATE)) {
+				a->result = 2;
+				return 0;
+			}
+			/* NOEXIST: a packet may have created it meanwhile. */
+			if (bpf_map_update_elem(&flows, &a->key, &nf, BPF_NOEXIST) == 0) {
+				a->result = 0;
+				return 0;
+			}
+			f = bpf_map_lookup_elem(&flows, &a->key);
+			if (!f) {
+				a->result = 2;
+				return 0;
+			}
+			a->result = 1; /* created by a packet: merge next round */
+			return 0;
+		}
+		if (f->gen != a->gen) {
+			a->result = 1; /* reset here meanwhile: next round */
+			return 0;
+		}
+		if (a->op & XPRO_APPLY_DELETE) {
+			/* only if no packet arrived since the daemon read it */
+			if (f->ts2 == a->ts2 && bpf_map_delete_elem(&flows, &a->key) == 0)
+				a->result = 0;
+			else
+				a->result = 1;
+			return 0;
+		}
+		__sync_fetch_and_add(&f->c, a->c_delta);
+		if (a->ts1)
+			f->ts1 = a->ts1;
+		max_store(&f->ts2, a->ts2);
+		a->result = 0;
+	} else if (a->op & XPRO_APPLY_DST) {
+		struct xpro_dst *d = bpf_map_lookup_elem(&dsts, &a->key.dst);
+
+		if (!d) {
+			struct xpro_dst nd = {
+				.ts1 = a->ts1, .ts2 = a->ts2, .c = (__u64)a->c_delta,
+			};
+
+			if (a->op & XPRO_APPLY_CREATE &&
+			    bpf_map_update_elem(&dsts, &a->key.dst, &nd, BPF_NOEXIST) == 0)
+				a->result = 0;
+			else
+				a->result = 2;
+			return 0;
+		}
+		if (a->op & XPRO_APPLY_DELETE) {
+			a->result = (d->ts2 == a->ts2 &&
+				     bpf_map_delete_elem(&dsts, &a->key.dst) == 0) ? 0 : 1;
+			return 0;
+		}
+		__sync_fetch_and_add(&d->c, a->c_delta);
+		if (a->ts1)
+			d->ts1 = a->ts1;
+		max_store(&d->ts2, a->ts2);
+		a->result = 0;
+	}
+	return 0;
+}
+
+SEC("xdp")
+int xpro_apply(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 n;
+
+	if (data + sizeof(n) > data_end)
+		return 0;
+	n = *(__u32 *)data;
+	if (n > XPRO_APPLY_MAX)
+		n = XPRO_APPLY_MAX;
+	return bpf_loop(n, apply_one, NULL, 0);
 }

@@ -7,12 +7,13 @@
  * structures as numpy dtypes and a test (tests/kernel/test_layout.py) checks
  * both against the BTF of the compiled object, field by field.
  *
- * Ownership (DESIGN.md 4.3, option b): every field of a flow or destination
- * record is written only from kernel context.  The XDP program updates
- * counters with atomic adds; the daemon never writes a record from userspace
- * but hands batches of deltas to the control program (xpro_apply), which
- * applies them in the kernel with atomic adds and a generation check.  So a
- * sync can never lose or double a packet counted while it runs.
+ * Ownership (DESIGN.md 4.3): every field of a flow or destination record is
+ * written only from kernel context.  The XDP program counts with one atomic
+ * add per packet; the daemon never writes a record from userspace but hands
+ * batches of deltas to the control program (xpro_apply), which applies them
+ * in the kernel with atomic adds and a generation check.  The daemon's own
+ * baseline lives in a separate map the packet path never reads.  So a sync
+ * can never lose or double a packet counted while it runs.
  */
 #ifndef XPRO_SHARED_H
 #define XPRO_SHARED_H
@@ -73,17 +74,26 @@ struct xpro_flow_key {
 };
 
 /*
- * The per-proxy flow record (the paper's ts1', ts2', c', dc, mark).
- * All fields are written only in kernel context (XDP program or xpro_apply).
+ * The per-proxy flow record (the paper's ts1', ts2', c').  Written only in
+ * kernel context: one atomic add per packet.  The paper's dc and mark are
+ * derived by the sync from a daemon-owned baseline (map `synced`, never read
+ * per packet): dc = c - base.c and mark = 0 while gen == base.gen; after a
+ * local reset (gen changed) dc = c and mark = 1.
  */
 struct xpro_flow {
 	__u64 ts1;      /* ts1': start of the rate window (ns, TAI) */
 	__u64 ts2;      /* ts2': last packet (ns, TAI) */
 	__u64 c;        /* c': packets in the window, global up to the last sync */
-	__u64 dc;       /* dc: packets counted here since the last sync */
 	__u64 warn_ts;  /* last overload warning for this flow (ns) */
-	__u32 mark;     /* this proxy reset the window since the last sync */
-	__u32 gen;      /* incremented at every local reset (sync detects races) */
+	__u32 gen;      /* incremented at every local reset (Algorithm 2, line 4) */
+	__u32 pad;
+};
+
+/* The daemon's baseline for a flow, as the last sync left it. */
+struct xpro_synced {
+	__u64 c;        /* c' right after the last sync's update */
+	__u32 gen;      /* gen at that moment */
+	__u32 pad;
 };
 
 /* The per-destination aggregate (ts1*, ts2*, c*), updated in O(1). */
@@ -142,24 +152,24 @@ struct xpro_config {
 
 /*
  * One update of the control program xpro_apply.  The daemon reads a flow
- * (with its gen), merges it with the master and writes back deltas: the
- * kernel adds them atomically, so packets counted in between are kept.
+ * (with its gen), merges it with the master and hands back a delta: the
+ * kernel adds it atomically, so packets counted in between are kept.
  */
 #define XPRO_APPLY_FLOW 1      /* update a flow record */
 #define XPRO_APPLY_DST 2       /* update a destination aggregate */
 #define XPRO_APPLY_CREATE 0x10 /* create the record if it does not exist */
-#define XPRO_APPLY_CLEAR_MARK 0x20 /* clear mark (only if gen matches) */
-#define XPRO_APPLY_DELETE 0x40 /* delete the record if gen still matches */
+#define XPRO_APPLY_DELETE 0x20 /* delete the record if gen still matches */
 
 struct xpro_apply {
 	__s64 c_delta;            /* added atomically to c' (flows) or c* (dsts) */
-	__s64 dc_delta;           /* added atomically to dc (flows) */
 	__u64 ts1;                /* new ts1 (0: unchanged) */
 	__u64 ts2;                /* ts2 = max(ts2, this) (0: unchanged) */
 	__u32 op;                 /* XPRO_APPLY_* */
 	__u32 gen;                /* the gen the daemon read (flows) */
 	__s32 result;             /* out: 0 applied, 1 gen mismatch, 2 no record */
+	__u32 pad;
 	struct xpro_flow_key key; /* for DST updates only key.dst is used */
+	__u32 pad2;
 };
 
 #define XPRO_APPLY_MAX 8192 /* entries per xpro_apply run */

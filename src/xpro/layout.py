@@ -69,12 +69,13 @@ FLOW = np.dtype(
         ("ts1", "<u8"),
         ("ts2", "<u8"),
         ("c", "<u8"),
-        ("dc", "<u8"),
         ("warn_ts", "<u8"),
-        ("mark", "<u4"),
         ("gen", "<u4"),
+        ("pad", "<u4"),
     ]
 )
+
+SYNCED = np.dtype([("c", "<u8"), ("gen", "<u4"), ("pad", "<u4")])
 
 DST = np.dtype([("ts1", "<u8"), ("ts2", "<u8"), ("c", "<u8"), ("warn_ts", "<u8")])
 
@@ -118,13 +119,14 @@ CONFIG = np.dtype(
 APPLY = np.dtype(
     [
         ("c_delta", "<i8"),
-        ("dc_delta", "<i8"),
         ("ts1", "<u8"),
         ("ts2", "<u8"),
         ("op", "<u4"),
         ("gen", "<u4"),
         ("result", "<i4"),
+        ("pad", "<u4"),
         ("key", FLOW_KEY),
+        ("pad2", "<u4"),
     ]
 )
 
@@ -132,7 +134,8 @@ APPLY = np.dtype(
 SIZES = {
     "xpro_dst_key": 20,
     "xpro_flow_key": 36,
-    "xpro_flow": 48,
+    "xpro_flow": 40,
+    "xpro_synced": 16,
     "xpro_dst": 32,
     "xpro_stat": 16,
     "xpro_lpm_key": 20,
@@ -144,6 +147,7 @@ SIZES = {
 #: The dtype of each map's key and value, by map name.
 MAP_TYPES: dict[str, tuple[np.dtype, np.dtype]] = {
     "flows": (FLOW_KEY, FLOW),
+    "synced": (FLOW_KEY, SYNCED),
     "dsts": (DST_KEY, DST),
     "stats": (np.dtype("<u4"), STAT),
     "allow_src": (LPM_KEY, np.dtype("<u4")),

@@ -205,19 +205,27 @@ def rate_exceeds(count: int, window: int, limit: int) -> bool:
 class FlowRecord:
     """A proxy's local record of one (source, destination key) flow.
 
-    ``ts1``/``ts2``/``c`` are the paper's ts1', ts2', c'; ``dc`` counts this
-    proxy's packets since its last sync; ``mark`` says the window was reset
-    here (Algorithm 2, line 4); ``gen`` counts those resets; ``warn_ts`` is
-    the last overload warning.
+    ``ts1``/``ts2``/``c`` are the paper's ts1', ts2', c'; ``gen`` counts the
+    local window resets (Algorithm 2, line 4); ``warn_ts`` is the last
+    overload warning.  The paper's ``dc`` and ``mark`` are not stored in the
+    kernel record: the sync derives them from its baseline (:class:`Synced`,
+    :func:`local_view`), so the packet path makes one atomic add and the sync
+    never writes a field the packet path writes (DESIGN 4.3).
     """
 
     ts1: int
     ts2: int
     c: int
-    dc: int = 0
-    mark: int = 0
     gen: int = 0
     warn_ts: int = 0
+
+
+@dataclass(frozen=True)
+class Synced:
+    """The sync's baseline for a flow: c' and gen right after its last update."""
+
+    c: int
+    gen: int
 
 
 @dataclass
@@ -362,12 +370,12 @@ class Filter:
             self.flows[key] = f
             started = True
         elif now - f.ts2 > p.t_t1:
+            # Line 4: ts1' = t, c' = 0; dc = 0 and mark = 1 are the new gen.
             f.gen = (f.gen + 1) & 0xFFFFFFFF
-            f.ts1, f.c, f.dc, f.mark = now, 0, 0, 1
+            f.ts1, f.c = now, 0
             started = True
-        # Line 11.
+        # Line 11 (dc is derived: see local_view).
         f.c += 1
-        f.dc += 1
         f.ts2 = now
         # Lines 12-16: the per-source check.
         window = now - f.ts1
@@ -442,6 +450,19 @@ class Master:
     ts1: int
     ts2: int
     c: int
+
+
+def local_view(rec: FlowRecord, base: Synced | None) -> Local:
+    """The paper's (ts1', ts2', c', dc, mark) of a kernel record.
+
+    ``dc`` is what this proxy counted since the sync last updated the record:
+    ``c' - base.c``.  If the window was reset here since then (``gen``
+    moved), ``mark`` is 1 and every packet in the window is local: ``dc = c'``.
+    A record the sync never saw has no baseline: all of it is local.
+    """
+    if base is None or base.gen != rec.gen:
+        return Local(rec.ts1, rec.ts2, rec.c, rec.c, 0 if base is None else 1)
+    return Local(rec.ts1, rec.ts2, rec.c, rec.c - base.c, 0)
 
 
 def merge(

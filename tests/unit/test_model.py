@@ -114,7 +114,11 @@ def test_idle_reset_marks_the_flow() -> None:
     f.packet(fr, T0)
     f.packet(fr, T0 + 2 * S)
     (rec,) = f.flows.values()
-    assert (rec.ts1, rec.c, rec.dc, rec.mark, rec.gen) == (T0 + 2 * S, 1, 1, 1, 1)
+    assert (rec.ts1, rec.c, rec.gen) == (T0 + 2 * S, 1, 1)
+    # The sync saw the record at gen 0 with c' = 1: the reset reads as mark.
+    assert model.local_view(rec, model.Synced(c=1, gen=0)) == model.Local(
+        T0 + 2 * S, T0 + 2 * S, 1, 1, 1)
+    assert model.local_view(rec, model.Synced(c=0, gen=1)).mark == 0
 
 
 # --- merge (Algorithm 1) --------------------------------------------------
