@@ -1,0 +1,34 @@
+"""Sphinx configuration for the xpro documentation.
+
+Built with warnings as errors by ``scripts/test``:
+``sphinx-build -W --keep-going -b html docs docs/_build/html``.
+No network access is needed (no intersphinx, the default theme).
+"""
+
+from __future__ import annotations
+
+import xpro
+
+project = "xpro"
+author = "xpro developers"
+copyright = "xpro developers"
+version = xpro.__version__
+release = xpro.__version__
+
+extensions = [
+    "sphinx.ext.autodoc",
+]
+
+root_doc = "index"
+exclude_patterns = ["_build"]
+templates_path: list[str] = []
+html_static_path: list[str] = []
+html_theme = "alabaster"
+
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_default_options = {"members": True, "show-inheritance": True}
+nitpicky = False
+# Keep numpy's long type aliases short in signatures (expanded, DTypeLike
+# mentions `type`, which is ambiguous next to Map.type and Program.type).
+autodoc_type_aliases = {"DTypeLike": "numpy.typing.DTypeLike", "KeyLike": "xpro.bpf.maps.KeyLike"}

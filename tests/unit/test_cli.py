@@ -1,0 +1,120 @@
+"""The command line: version, help, and the checks `xpro demo` makes before any root work."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from xpro import __version__
+from xpro.cli import cli, main
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def not_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+
+
+def test_version(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["version"])
+    assert result.exit_code == 0
+    assert result.stdout == f"xpro {__version__}\n"
+
+
+def test_main_is_the_console_script(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out == f"xpro {__version__}\n"
+
+
+def test_module_runs_as_console_script() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", "from xpro.cli import main; main()", "version"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert out.stdout.strip() == f"xpro {__version__}"
+
+
+def test_help_lists_commands(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    assert "demo" in result.stdout
+    assert "version" in result.stdout
+
+
+def test_demo_help_has_examples(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["demo", "--help"])
+    assert result.exit_code == 0
+    assert "sudo xpro demo" in result.stdout
+    assert "--flood-rate" in result.stdout
+
+
+@pytest.mark.usefixtures("not_root")
+def test_demo_needs_root(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["demo"])
+    assert result.exit_code == 77
+    assert result.stderr.startswith("error: xpro demo needs root")
+    assert "sudo" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.usefixtures("not_root")
+def test_debug_shows_the_traceback(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["--debug", "demo"])
+    assert result.exit_code == 77
+    assert "Traceback" in result.stderr
+    assert "PrivilegeError" in result.stderr
+
+
+@pytest.mark.usefixtures("not_root")
+def test_debug_from_the_environment(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["demo"], env={"XPRO_DEBUG": "1"}, auto_envvar_prefix="XPRO")
+    assert result.exit_code == 77
+    assert "Traceback" in result.stderr
+
+
+@pytest.mark.usefixtures("not_root")
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--flood-rate", "0"], "--flood-rate"),
+        (["--legit-rate", "abc"], "--legit-rate"),
+        (["--duration", "0.5"], "--duration"),
+        (["--duration", "61"], "--duration"),
+        (["--t-f1", "0"], "--t-f1"),
+        (["--mode", "offload"], "--mode"),
+        (["--flood-rate", "19990", "--legit-rate", "11"], "20000"),
+    ],
+)
+def test_demo_rejects_bad_input(runner: CliRunner, args: list[str], message: str) -> None:
+    # Checked before the root check: a non-root user sees the usage error.
+    result = runner.invoke(cli, ["demo", *args])
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.usefixtures("not_root")
+def test_demo_option_from_the_environment(runner: CliRunner) -> None:
+    result = runner.invoke(
+        cli, ["demo"], env={"XPRO_DEMO_DURATION": "0"}, auto_envvar_prefix="XPRO"
+    )
+    assert result.exit_code == 2
+    assert "--duration" in result.stderr
+
+
+def test_unknown_command(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["frobnicate"])
+    assert result.exit_code == 2
+    assert "No such command" in result.stderr
