@@ -134,3 +134,21 @@ def test_heavy_flood_many_flows(kernel: KernelFilter) -> None:
         if i % 50 == 0:
             trace.append((legit, t))
     run_differential(kernel, p, trace)
+
+
+def test_flow_back_under_limit_after_destination_idle(kernel: KernelFilter) -> None:
+    """ts1* takes a flow's start only when the flow starts or resets.
+
+    A flow dropped over T_F1 keeps its record alive but stops feeding the
+    aggregate; the destination goes idle and restarts its window with another
+    source; when the old flow falls back under T_F1 it must not drag ts1*
+    back to its own, much older, start.
+    """
+    p = model.FilterParams(t_f1=10, t_t2=0, t_t1=S, t_t3=0, t_f2=2**32 - 1)
+    a = frame("10.0.0.1", "10.9.9.9")
+    b = frame("10.0.0.2", "10.9.9.9")
+    trace = [(a, T0 + i * MS) for i in range(100)]
+    trace += [(a, T0 + 100 * MS + k * 500 * MS) for k in range(1, 40)]
+    trace.append((b, T0 + 5 * S + 1))
+    trace.sort(key=lambda x: x[1])
+    run_differential(kernel, p, trace)
