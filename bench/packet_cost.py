@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -118,7 +119,10 @@ def main() -> None:
         xf: Prog | None = None
         if XDP_FILTER_OBJ.exists():
             try:
-                o = load(XDP_FILTER_OBJ, ["xdpfilt_dny_all"])
+                # Its maps are pinned by name: keep the pins in a private
+                # directory, removed at the end, never in /sys/fs/bpf itself.
+                pins = Path(f"/sys/fs/bpf/xpro-bench-{os.getpid()}")
+                o = load(XDP_FILTER_OBJ, ["xdpfilt_dny_all"], pin_dir=pins)
                 setup_xdp_filter(o)
                 xf = Prog("xdp-filter", o, "xdpfilt_dny_all")
                 progs.append(xf)
@@ -158,6 +162,8 @@ def main() -> None:
         print(json.dumps(out))
     finally:
         for o in objs:
+            if o.pin_dir is not None:
+                o.unpin_maps()
             o.close()
         shutil.rmtree(tmp, ignore_errors=True)
 

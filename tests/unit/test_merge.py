@@ -1,0 +1,81 @@
+"""The vectorised merge equals the model's, record by record."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xpro import model
+from xpro.merge import merge_arrays
+from xpro.store import LOCAL, MASTER
+
+pytestmark = pytest.mark.unit
+
+S = model.NS_PER_S
+T0 = 1_700_000_000 * S
+ts = st.integers(T0, T0 + 60 * S)
+window = st.integers(0, 30 * S)
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> tuple[model.Local | None, model.Master | None]:
+    loc = None
+    if draw(st.integers(0, 4)):
+        t1 = draw(ts)
+        loc = model.Local(t1, t1 + draw(window), draw(st.integers(0, 10**9)),
+                          draw(st.integers(0, 10**6)), draw(st.integers(0, 1)))
+    mas = None
+    if draw(st.integers(0, 4)):
+        t1 = draw(ts)
+        mas = model.Master(t1, t1 + draw(window), draw(st.integers(0, 10**9)))
+    return loc, mas
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.lists(cases(), min_size=1, max_size=50),
+       t_t1=st.integers(0, 20 * S), t_t4=st.integers(0, 20 * S), r=st.integers(1025, 8 * 1024))
+def test_vectorised_merge_matches_model(rows: list[tuple[model.Local | None, model.Master | None]],
+                                        t_t1: int, t_t4: int, r: int) -> None:
+    params = model.SyncParams(t_t1=t_t1, t_t4=t_t4, r_q=r)
+    n = len(rows)
+    local = np.zeros(n, dtype=LOCAL)
+    master = np.zeros(n, dtype=MASTER)
+    for i, (lo, ma) in enumerate(rows):
+        if lo:
+            local[i] = (lo.ts1, lo.ts2, lo.c, lo.dc, lo.mark, 0)
+        if ma:
+            master[i] = (ma.ts1, ma.ts2, ma.c)
+    le = np.array([lo is not None for lo, _ in rows])
+    me = np.array([ma is not None for _, ma in rows])
+    out_l, out_m = merge_arrays(local, le, master, me, params)
+    for i, (lo, ma) in enumerate(rows):
+        want_l, want_m = model.merge(lo, ma, params)
+        got_l = tuple(int(x) for x in out_l[i][["ts1", "ts2", "c"]].tolist())
+        got_m = tuple(int(x) for x in out_m[i].tolist())
+        assert got_l == ((want_l.ts1, want_l.ts2, want_l.c) if want_l else (0, 0, 0)), i
+        assert got_m == ((want_m.ts1, want_m.ts2, want_m.c) if want_m else (0, 0, 0)), i
+
+
+@pytest.mark.parametrize("delta", [-1, 0, 1])
+def test_threshold_boundaries(delta: int) -> None:
+    """Each strict comparison of Algorithm 1 at, below and above its threshold."""
+    p = model.SyncParams(t_t1=10 * S, t_t4=5 * S, r_q=2 * model.R_DEN)
+    rows = [
+        # line 13: ts2' - ts1 vs T_T4
+        (model.Local(T0 + S, T0 + 5 * S + delta, 10, 3, 0), model.Master(T0, T0 + S, 7)),
+        # line 6: ts1' - ts1 vs T_T1 (marked)
+        (model.Local(T0 + 10 * S + delta, T0 + 11 * S, 10, 10, 1), model.Master(T0, T0 + S, 7)),
+        # line 21: ts2' - ts1' vs T_T4 with ts1' <= ts1
+        (model.Local(T0, T0 + 5 * S + delta, 10, 3, 0), model.Master(T0 + S, T0 + 6 * S, 7)),
+    ]
+    n = len(rows)
+    local = np.array([(lo.ts1, lo.ts2, lo.c, lo.dc, lo.mark, 0) for lo, _ in rows], dtype=LOCAL)
+    master = np.array([(ma.ts1, ma.ts2, ma.c) for _, ma in rows], dtype=MASTER)
+    out_l, out_m = merge_arrays(local, np.ones(n, bool), master, np.ones(n, bool), p)
+    for i, (lo, ma) in enumerate(rows):
+        want_l, want_m = model.merge(lo, ma, p)
+        assert want_l is not None and want_m is not None
+        assert tuple(out_l[i][["ts1", "ts2", "c"]].tolist()) == (want_l.ts1, want_l.ts2, want_l.c)
+        assert tuple(out_m[i].tolist()) == (want_m.ts1, want_m.ts2, want_m.c)
