@@ -55,8 +55,8 @@ def compile_prog(name: str, out: Path) -> Path:
     clang = shutil.which("clang")
     if clang is None:
         sys.exit("bench needs clang to build its baseline programs (apt-get install clang)")
-    triplet = subprocess.run(["gcc", "-print-multiarch"], capture_output=True, text=True
-                             ).stdout.strip()
+    triplet = subprocess.run(["gcc", "-print-multiarch"], capture_output=True, text=True,
+                             check=True).stdout.strip()
     obj = out / f"{name}.o"
     subprocess.run([clang, "-O2", "-g", "-target", "bpf", f"-I/usr/include/{triplet}", "-c",
                     str(HERE / "progs" / f"{name}.bpf.c"), "-o", str(obj)], check=True)

@@ -61,6 +61,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session", autouse=True)
 def _stale_namespaces() -> None:
     if IS_ROOT:
-        from xpro.netns import cleanup_stale  # noqa: PLC0415  (pyroute2 only when root)
+        from xpro.netns import cleanup_stale
 
         cleanup_stale()

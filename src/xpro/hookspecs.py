@@ -7,7 +7,7 @@ the same way (DESIGN.md 7).  New parameters are only ever appended.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -19,7 +19,7 @@ hookimpl = pluggy.HookimplMarker("xpro")
 
 
 @hookspec
-def xpro_add_stores(registry: Registry) -> None:
+def xpro_add_stores(registry: Registry[Any]) -> None:
     """Register master-store classes by URL scheme.
 
     :param registry: call ``registry.add(scheme, cls)`` for each scheme.
@@ -27,7 +27,7 @@ def xpro_add_stores(registry: Registry) -> None:
 
 
 @hookspec
-def xpro_add_backends(registry: Registry) -> None:
+def xpro_add_backends(registry: Registry[Any]) -> None:
     """Register data-path backends by name (``native``, ``generic``, ...).
 
     :param registry: call ``registry.add(name, cls)`` for each backend.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
 import pluggy
@@ -49,33 +51,28 @@ class Registry(Generic[T]):
         return sorted(self._items)
 
 
-_pm: pluggy.PluginManager | None = None
 _failed: dict[str, str] = {}
 
 
+@functools.cache
 def plugin_manager() -> pluggy.PluginManager:
     """The single plugin manager, loading the ``xpro`` entry points once.
 
     A plugin that fails to import is reported (``failed_plugins()``) and
     skipped; it never takes xpro down.
     """
-    global _pm
-    if _pm is None:
-        pm = pluggy.PluginManager("xpro")
-        pm.add_hookspecs(hookspecs)
-        from importlib.metadata import entry_points
-
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            try:
-                plugin = ep.load()
-            except Exception as exc:  # a broken plugin must not take xpro down
-                _failed[ep.name] = f"{type(exc).__name__}: {exc}"
-                log.error("plugin %s failed to load: %s", ep.name, _failed[ep.name])
-                continue
-            if pm.get_plugin(ep.name) is None and not pm.is_registered(plugin):
-                pm.register(plugin, name=ep.name)
-        _pm = pm
-    return _pm
+    pm = pluggy.PluginManager("xpro")
+    pm.add_hookspecs(hookspecs)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # a broken plugin must not take xpro down
+            _failed[ep.name] = f"{type(exc).__name__}: {exc}"
+            log.error("plugin %s failed to load: %s", ep.name, _failed[ep.name])
+            continue
+        if pm.get_plugin(ep.name) is None and not pm.is_registered(plugin):
+            pm.register(plugin, name=ep.name)
+    return pm
 
 
 def failed_plugins() -> dict[str, str]:

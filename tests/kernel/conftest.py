@@ -28,7 +28,7 @@ def _need_root() -> None:
 def pin_dir() -> Iterator[Path]:
     """A fresh, uniquely named directory on bpffs, removed with what was pinned in it."""
     _need_root()
-    from xpro.bpf import ensure_bpffs  # noqa: PLC0415 - only once root is known
+    from xpro.bpf import ensure_bpffs
 
     path = ensure_bpffs() / f"xpro-test-{uuid.uuid4().hex[:12]}"
     try:
@@ -68,9 +68,9 @@ class VethNetns:
     b: str
 
     def set_mtu(self, mtu: int) -> None:
-        from pyroute2 import IPRoute  # noqa: PLC0415
+        from pyroute2 import IPRoute
 
-        from xpro.bpf import in_netns  # noqa: PLC0415
+        from xpro.bpf import in_netns
 
         with in_netns(self.netns):
             ipr = IPRoute()
@@ -85,9 +85,9 @@ class VethNetns:
 def veth_netns() -> Iterator[VethNetns]:
     """A uniquely named netns holding an up veth pair; deleted (with the veths) after."""
     _need_root()
-    from pyroute2 import IPRoute, netns  # noqa: PLC0415
+    from pyroute2 import IPRoute, netns
 
-    from xpro.bpf import in_netns  # noqa: PLC0415
+    from xpro.bpf import in_netns
 
     name = f"xpload-{uuid.uuid4().hex[:10]}"
     env = VethNetns(name, "xpa0", "xpb0")

@@ -64,8 +64,8 @@ class KernelFilter:
         self.dsts.clear()
         for i in range(L.N_REASONS):
             self.stats[np.uint32(i)] = self._zero_stat
-        for name, prefixes in (("allow_src", {p: 1 for p in params.allow}),
-                               ("deny_src", {p: 1 for p in params.deny}),
+        for name, prefixes in (("allow_src", dict.fromkeys(params.allow, 1)),
+                               ("deny_src", dict.fromkeys(params.deny, 1)),
                                ("dst_policy", dict(params.dst_policy))):
             m = self.obj.maps[name]
             m.clear()

@@ -36,7 +36,7 @@ PREFIXES = ["10.0.0.0/30", "10.0.0.4/32", "10.0.0.0/8", "2001:db8::/125", "2001:
 DST_PREFIXES = ["10.9.9.1/32", "10.9.9.0/30", "2001:db8:9::/64", "2001:db8:9::2/128"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _frame(v6: bool, s: int, d: int, proto: str, dport: int, vlans: int, shape: str) -> bytes:
     src, dst = (SRC6[s], DST6[d]) if v6 else (SRC4[s], DST4[d])
     if shape == "frag":

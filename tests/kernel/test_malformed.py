@@ -94,7 +94,8 @@ def kernel() -> Iterator[KernelFilter]:
     k.close()
 
 
-@pytest.mark.parametrize("params", CONFIGS, ids=lambda p: f"dst{p.dst_mode}-mal{p.malformed_policy}")
+@pytest.mark.parametrize("params", CONFIGS,
+                         ids=lambda p: f"dst{p.dst_mode}-mal{p.malformed_policy}")
 def test_corpus(kernel: KernelFilter, params: model.FilterParams) -> None:
     assert len(CORPUS) > 500
     trace = [(f, T0 + i * S // 1000) for i, f in enumerate(CORPUS)]

@@ -76,6 +76,7 @@ def test_threshold_boundaries(delta: int) -> None:
     out_l, out_m = merge_arrays(local, np.ones(n, bool), master, np.ones(n, bool), p)
     for i, (lo, ma) in enumerate(rows):
         want_l, want_m = model.merge(lo, ma, p)
-        assert want_l is not None and want_m is not None
+        assert want_l is not None
+        assert want_m is not None
         assert tuple(out_l[i][["ts1", "ts2", "c"]].tolist()) == (want_l.ts1, want_l.ts2, want_l.c)
         assert tuple(out_m[i].tolist()) == (want_m.ts1, want_m.ts2, want_m.c)

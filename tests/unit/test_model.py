@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from tests.packets import arp_frame, frame
 from xpro import model
-from xpro.layout import DST_ADDR, DST_ADDR_PORT, XDP_DROP, XDP_PASS, Reason, addr16
+from xpro.layout import DST_ADDR, DST_ADDR_PORT, XDP_PASS, Reason, addr16
 
 pytestmark = pytest.mark.unit
 
@@ -60,7 +60,8 @@ def test_parse_non_ip_and_truncation() -> None:
 def test_rate_exceeds_is_exact() -> None:
     assert not model.rate_exceeds(100, S, 100)
     assert model.rate_exceeds(101, S, 100)
-    assert model.rate_exceeds(2**64 - 1, 2**63, 2**32 - 1) is ((2**64 - 1) * S > (2**32 - 1) * 2**63)
+    big = (2**64 - 1, 2**63, 2**32 - 1)
+    assert model.rate_exceeds(*big) is (big[0] * S > big[2] * big[1])
 
 
 def _run(f: model.Filter, frames: list[tuple[bytes, int]]) -> list[model.Verdict]:
@@ -164,9 +165,11 @@ def test_merge_conserves_counts_within_t_t4(ts1: int, d1: int, mts1: int, d2: in
     local = model.Local(ts1, ts1 + d1, c, dc, 0)
     master = model.Master(mts1, mts1 + d2, c)
     loc, mas = model.merge(local, master, model.SyncParams(t_t1=10 * S, t_t4=10 * S))
-    assert mas is not None and loc is not None
+    assert mas is not None
+    assert loc is not None
     assert mas.c == c + dc == loc.c
-    assert loc.dc == 0 and loc.mark == 0
+    assert loc.dc == 0
+    assert loc.mark == 0
     assert mas.ts1 <= mas.ts2 or mas.ts1 <= local.ts2
 
 
