@@ -78,7 +78,7 @@ xpro_venv() {
             || xpro_die "reinstalling xpro into $XPRO_VENV failed"
     else
         xpro_say "installing xpro and its dependencies into $XPRO_VENV"
-        (cd "$XPRO_ROOT" && "${pip[@]}" install 'setuptools>=68' wheel \
+        (cd "$XPRO_ROOT" && "${pip[@]}" install 'setuptools>=77' wheel \
             && "${pip[@]}" install -e '.[dev,redis,etcd,docs]') \
             || xpro_die "installing xpro into $XPRO_VENV failed"
         printf '%s\n' "$want" >"$stamp"
