@@ -121,7 +121,7 @@ static __always_inline int filter(struct xdp_md *ctx, __u64 pkt_len)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	struct xpro_flow_key key;
+	struct xpro_flow_key key __attribute__((aligned(8)));
 	__u64 now;
 	int rc;
 

@@ -34,7 +34,7 @@ int flow_counter(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
-	struct key k = {};
+	struct key k __attribute__((aligned(8))) = {};
 
 	if ((void *)(eth + 1) > end)
 		return XDP_PASS;
@@ -43,9 +43,13 @@ int flow_counter(struct xdp_md *ctx)
 
 		if ((void *)(ip + 1) > end)
 			return XDP_DROP;
-		k.src[10] = k.src[11] = k.dst[10] = k.dst[11] = 0xff;
-		__builtin_memcpy(&k.src[12], &ip->saddr, 4);
-		__builtin_memcpy(&k.dst[12], &ip->daddr, 4);
+		/* IPv4-mapped, written as whole words (byte stores that the
+		 * hash reads back as words stall store forwarding) */
+		__u32 *w = (__u32 *)&k;
+
+		w[2] = w[6] = bpf_htonl(0xffff);
+		w[3] = ip->saddr;
+		w[7] = ip->daddr;
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
 
