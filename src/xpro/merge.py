@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from xpro.model import R_DEN, SyncParams
+from xpro.model import NS_PER_S, R_DEN, SyncParams
 from xpro.store import LOCAL, MASTER
 
 Array = npt.NDArray[Any]
@@ -95,3 +95,21 @@ def merge_arrays(local: Array, local_exists: Array, master: Array, master_exists
     out_master["c"] = np.where(any_, o_mc, 0)
     # dc and mark are consumed by every merge (left zero).
     return out_local, out_master
+
+
+def rate_exceeds_array(count: Array, window: Array, limit: int) -> Array:
+    """:func:`xpro.model.rate_exceeds` over arrays: ``count * 1e9 > limit * window``.
+
+    Exact: int64 products where they cannot overflow, Python integers where
+    they could (a very long window at a high limit).
+    """
+    count = np.asarray(count, dtype=np.int64)
+    window = np.asarray(window, dtype=np.int64)
+    if len(count) == 0:
+        return np.zeros(0, dtype=bool)
+    big = 2**62
+    if int(count.max()) < big // NS_PER_S and int(np.abs(window).max()) < big // max(limit, 1):
+        return np.asarray(count * NS_PER_S > window * limit)
+    lhs = count.astype(object) * NS_PER_S
+    rhs = window.astype(object) * limit
+    return np.asarray(lhs > rhs, dtype=bool)

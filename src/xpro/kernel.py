@@ -1,0 +1,220 @@
+"""One loaded xpro filter: the XDP program, its maps, its configuration.
+
+This is what a data-path backend attaches and what the sync reads and writes.
+Configuration goes through an mmap of the program's ``.data`` section (no
+reload, no state lost).  Records are changed only through the control program
+``xpro_apply`` (DESIGN.md 4.3): :meth:`Filter.apply` writes a batch into the
+mmap'ed ``apply_buf`` array and runs the program once per batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from xpro import layout as L
+from xpro.bpf import BpfObject, Map, object_path
+from xpro.errors import ConfigError, DatapathError
+from xpro.model import FilterParams, Prefix
+
+Array = npt.NDArray[Any]
+
+APPLY_MAX = 8192  # XPRO_APPLY_MAX in bpf/xpro_shared.h
+
+#: Control-program operations (XPRO_APPLY_* in bpf/xpro_shared.h).
+OP_FLOW = 0x1
+OP_DST = 0x2
+OP_CREATE = 0x10
+OP_DELETE = 0x20
+
+#: Control-program results.
+APPLIED = 0
+GEN_MISMATCH = 1
+NO_RECORD = 2
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Map sizes chosen before load (the flow table is the one to size)."""
+
+    flows: int = 1 << 20
+    dsts: int = 1 << 16
+    prefixes: int = 16384
+
+    def max_entries(self) -> dict[str, int]:
+        return {"flows": self.flows, "synced": self.flows, "dsts": self.dsts,
+                "allow_src": self.prefixes, "deny_src": self.prefixes,
+                "dst_policy": self.prefixes}
+
+
+def lpm_key(p: Prefix) -> bytes:
+    """The LPM-trie key of a prefix (``struct xpro_lpm_key``)."""
+    return p.length.to_bytes(4, "little") + p.network.to_bytes(16, "big")
+
+
+class _ArrayMmap:
+    """An mmapable BPF array map seen as a numpy array of its value dtype."""
+
+    def __init__(self, m: Map, dtype: np.dtype[Any]) -> None:
+        if dtype.itemsize != m.value_size or dtype.itemsize % 8:
+            raise DatapathError(f"map {m.name!r}: value is {m.value_size} bytes, dtype "
+                                f"{dtype.itemsize}")
+        size = m.max_entries * m.value_size
+        self._mm = mmap.mmap(m.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.array: Array = np.ndarray((m.max_entries,), dtype=dtype, buffer=self._mm)
+
+    def close(self) -> None:
+        del self.array
+        # If a caller still holds a view, the mapping goes with that view.
+        with contextlib.suppress(BufferError):
+            self._mm.close()
+
+
+class Filter:
+    """The xpro XDP program loaded into the kernel, with typed access to its state.
+
+    ``pin_dir`` pins the maps there and adopts them at the next load (a
+    restarted daemon keeps every record).  ``program`` is ``xpro_xdp``, or
+    ``xpro_xdp_frags`` for interfaces with an MTU above a page.
+    """
+
+    def __init__(self, params: FilterParams, *, sizes: Sizes | None = None,
+                 pin_dir: str | Path | None = None, program: str = "xpro_xdp",
+                 obj_path: Path | None = None) -> None:
+        self.sizes = sizes or Sizes()
+        if self.sizes.dsts & (self.sizes.dsts - 1):
+            raise ConfigError(f"the destination table size must be a power of two, "
+                              f"not {self.sizes.dsts}")
+        self.obj = BpfObject(obj_path or object_path(), programs=[program, "xpro_apply"],
+                             max_entries=self.sizes.max_entries(), pin_dir=pin_dir,
+                             types=L.MAP_TYPES)
+        self.obj.load()
+        try:
+            self.program = self.obj.programs[program]
+            self._apply_prog = self.obj.programs["xpro_apply"]
+            self.cfg = self.obj.global_data(".data", L.CONFIG)
+            self.flows = self.obj.maps["flows"]
+            self.synced = self.obj.maps["synced"]
+            self.dsts = self.obj.maps["dsts"]
+            self.stats = self.obj.maps["stats"]
+            self._apply = _ArrayMmap(self.obj.maps["apply_buf"], L.APPLY)
+            self.params = params
+            self.configure(params)
+        except BaseException:
+            self.obj.close()
+            raise
+
+    # --- configuration -------------------------------------------------------
+
+    def configure(self, params: FilterParams, *, clock_offset: int | None = None) -> None:
+        """Install thresholds, modes and prefix lists in the running program.
+
+        Counters are written before the lists they describe are filled and
+        after they are emptied, so the program never skips a non-empty list.
+        """
+        v = self.cfg.view
+        self._set_prefixes("allow_src", "n_allow", dict.fromkeys(params.allow, 1))
+        self._set_prefixes("deny_src", "n_deny", dict.fromkeys(params.deny, 1))
+        self._set_prefixes("dst_policy", "n_dst_policy", dict(params.dst_policy))
+        v["t_t1"], v["t_t2"], v["t_t3"] = params.t_t1, params.t_t2, params.t_t3
+        v["t_f1"], v["t_f2"] = params.t_f1, params.t_f2
+        v["warn_period"] = params.warn_period
+        v["mode"], v["dst_mode"] = params.mode, params.dst_mode
+        v["malformed_policy"] = params.malformed_policy
+        v["events"] = int(params.events)
+        if clock_offset is not None:
+            v["clock_offset"] = clock_offset
+        self.params = params
+
+    def _set_prefixes(self, name: str, counter: str, entries: Mapping[Prefix, int]) -> None:
+        m = self.obj.maps[name]
+        want = {lpm_key(p): np.uint32(v).tobytes() for p, v in entries.items()}
+        have = {bytes(k) for k in m}
+        if want:
+            self.cfg.view[counter] = max(len(want), len(have))
+        for k, v in want.items():
+            m[k] = v
+        for k in have - want.keys():
+            del m[k]
+        self.cfg.view[counter] = len(want)
+
+    def set_clock(self, fake_now: int) -> None:
+        """Use a fake clock (tests); 0 goes back to the real one."""
+        self.cfg.view["fake_now"] = fake_now
+
+    # --- reading -------------------------------------------------------------
+
+    def read_flows(self) -> tuple[Array, Array]:
+        keys, vals = self.flows.lookup_batch()
+        return np.asarray(keys, dtype=L.FLOW_KEY), np.asarray(vals, dtype=L.FLOW)
+
+    def read_synced(self) -> tuple[Array, Array]:
+        keys, vals = self.synced.lookup_batch()
+        return np.asarray(keys, dtype=L.FLOW_KEY), np.asarray(vals, dtype=L.SYNCED)
+
+    def read_dsts(self) -> tuple[Array, Array]:
+        keys, vals = self.dsts.lookup_batch()
+        return np.asarray(keys, dtype=L.DST_KEY), np.asarray(vals, dtype=L.DST)
+
+    def counters(self) -> Array:
+        """Packets and bytes by reason, summed over CPUs: shape (N_REASONS, 2)."""
+        out = np.zeros((L.N_REASONS, 2), dtype=np.uint64)
+        for r in range(L.N_REASONS):
+            per_cpu = np.asarray(self.stats[np.uint32(r)])
+            out[r] = per_cpu["packets"].sum(), per_cpu["bytes"].sum()
+        return out
+
+    # --- writing (kernel context only) ---------------------------------------
+
+    def apply(self, entries: Array) -> Array:
+        """Run ``entries`` (APPLY records) through ``xpro_apply``; returns their results."""
+        results = np.empty(len(entries), dtype=np.int32)
+        buf = self._apply.array
+        for lo in range(0, len(entries), APPLY_MAX):
+            chunk = entries[lo : lo + APPLY_MAX]
+            n = len(chunk)
+            buf[:n] = chunk
+            ran = self._apply_prog.test_run(np.uint32(n).tobytes() + bytes(60),
+                                            data_out=False).retval
+            if ran != n:
+                raise DatapathError(f"xpro_apply ran {ran} of {n} updates")
+            results[lo : lo + n] = buf["result"][:n]
+        return results
+
+    def write_synced(self, keys: Array, values: Array) -> None:
+        if len(keys):
+            self.synced.update_batch(keys, values)
+
+    def delete_synced(self, keys: Array) -> None:
+        if len(keys):
+            self.synced.delete_batch(keys)
+
+    def close(self) -> None:
+        self._apply.close()
+        self.obj.close()
+
+    def __enter__(self) -> Filter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def apply_entries(keys: Iterable[bytes] | Array, op: int | Array, *, gen: Any = 0,
+                  c_delta: Any = 0, ts1: Any = 0, ts2: Any = 0) -> Array:
+    """Build an APPLY array from parallel columns (scalars broadcast)."""
+    karr = keys if isinstance(keys, np.ndarray) else np.frombuffer(
+        b"".join(keys), dtype=L.FLOW_KEY)
+    e = np.zeros(len(karr), dtype=L.APPLY)
+    e["key"] = karr
+    e["op"], e["gen"], e["c_delta"], e["ts1"], e["ts2"] = op, gen, c_delta, ts1, ts2
+    return e
+
+
