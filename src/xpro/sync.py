@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from xpro import layout as L
+from xpro.errors import StoreError
 from xpro.kernel import (
     APPLIED,
     OP_CREATE,
@@ -42,7 +43,7 @@ from xpro.kernel import (
 )
 from xpro.merge import merge_arrays, rate_exceeds_array
 from xpro.model import NS_PER_S, SyncParams
-from xpro.store import LOCAL, ProxyStatus, Store
+from xpro.store import LOCAL, MASTER, ProxyStatus, Store
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class SyncStats:
     destinations: int = 0
     workload: float = 0.0
     peers: dict[str, ProxyStatus] = field(default_factory=dict)
+    error: str = ""  # a store error after the merge (the round still completed)
 
 
 class Syncer:
@@ -175,8 +177,17 @@ class Syncer:
         final["dc"], final["mark"] = 0, 0
         final[changed] = merged_local
 
-        # Changes other proxies made: merged into our view (no master write).
-        pkeys, precs, self.cursor = self.store.changes(self.cursor)
+        # From here on the master holds our dc: whatever fails, the kernel and
+        # the baseline must be brought level with it, or the next round would
+        # count those packets again.
+        try:
+            pkeys, precs, cursor = self.store.changes(self.cursor)
+            self.cursor = cursor
+        except StoreError as exc:
+            log.warning("sync %s: reading the master's changes failed (%s); merged flows "
+                        "are still written back, changes are read next round", self.proxy, exc)
+            st.error = str(exc)
+            pkeys, precs = np.zeros(0, dtype=L.FLOW_KEY), np.zeros(0, dtype=MASTER)
         st.pulled = len(pkeys)
         pi = index_of(keys, pkeys)
         known = pi >= 0
@@ -229,7 +240,11 @@ class Syncer:
             nb["c"] = new_recs["c"][created_ok]
             self.filt.write_synced(new_keys[created_ok], nb)
 
-        st.expired = self._expire(keys, flows, now)
+        try:
+            st.expired = self._expire(keys, flows, now)
+        except StoreError as exc:
+            log.warning("sync %s: expiring master records failed: %s", self.proxy, exc)
+            st.error = str(exc)
         st.destinations = self._recompute_destinations(now)
         st.seconds = time.perf_counter() - t0
         return st

@@ -137,3 +137,37 @@ def test_no_packet_lost_or_counted_twice(mesh: list[Proxy], n_proxies: int) -> N
     assert total == per_call * calls * n_proxies
     for p in proxies:
         assert sum(p.flow(f).c for f in flows) == total  # type: ignore[union-attr]
+
+
+def test_restart_adopts_pinned_maps_without_double_counting(tmp_path_factory: pytest.TempPathFactory
+                                                            ) -> None:
+    """A daemon that dies between rounds leaves its maps pinned; the next one
+    adopts them, baseline included, and counts every packet exactly once."""
+    from xpro.bpf import ensure_bpffs
+
+    pins = ensure_bpffs() / f"xpro-test-{uuid.uuid4().hex[:8]}"
+    url = f"memory://{uuid.uuid4().hex}"
+    params = model.FilterParams(t_t1=100 * S, t_f1=10**6)
+    sizes = Sizes(flows=1024, dsts=64, prefixes=16)
+    first = Filter(params, sizes=sizes, pin_dir=pins)
+    try:
+        s1 = Syncer(first, open_store(url), "a", SYNC)
+        first.set_clock(T0)
+        first.program.test_run(BOT, repeat=30, data_out=False)
+        s1.round(T0 + S)
+        first.program.test_run(BOT, repeat=10, data_out=False)  # not yet synced
+    finally:
+        first.close()
+    second = Filter(params, sizes=sizes, pin_dir=pins)
+    try:
+        s2 = Syncer(second, open_store(url), "a", SYNC)
+        second.set_clock(T0 + 2 * S)
+        second.program.test_run(BOT, repeat=5, data_out=False)
+        s2.round(T0 + 3 * S)
+        s2.round(T0 + 4 * S)
+        keys, recs, _ = s2.store.changes(None)
+        assert [int(r["c"]) for r in recs] == [45]
+        assert int(second.flows[keys[0]]["c"]) == 45
+    finally:
+        second.obj.unpin_maps()
+        second.close()
