@@ -12,7 +12,8 @@ Every program runs under ``BPF_PROG_TEST_RUN`` on the same frames:
   the flow record, the per-source check, the destination aggregate and its
   check, the verdict counter), with default thresholds.
 
-Cases: a hot flow (one IPv4 frame, repeat N, median of several runs);
+Cases: a hot flow (one IPv4 frame, repeat N, the median of several rounds that
+each run every program once, so noise from elsewhere hits all alike);
 IPv6 (the same, an IPv6 frame); 100k distinct flows (100k IPv4 frames from
 distinct sources, each run once, so each lookup touches a different record:
 the kernel's per-run timer overhead is in every program's figure alike,
@@ -32,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,14 +71,23 @@ class Prog:
         self.obj = obj
         self.prog = obj.programs[prog]
 
-    def hot(self, frame: bytes, repeat: int, runs: int) -> float:
-        return statistics.median(
-            self.prog.test_run(frame, repeat=repeat, data_out=False).duration_ns
-            for _ in range(runs))
+    def hot(self, frame: bytes, repeat: int) -> float:
+        return float(self.prog.test_run(frame, repeat=repeat, data_out=False).duration_ns)
 
     def spread(self, frames: list[bytes]) -> float:
         run = self.prog.test_run
         return statistics.median(run(f, data_out=False).duration_ns for f in frames)
+
+
+def interleaved(progs: list[Prog], runs: int, measure: Callable[[Prog], float]
+                ) -> dict[str, float]:
+    """Median per program of ``runs`` rounds, each round measuring every program
+    once, so a burst of noise from elsewhere hits all of them alike."""
+    samples: dict[str, list[float]] = {p.label: [] for p in progs}
+    for _ in range(runs):
+        for p in progs:
+            samples[p.label].append(measure(p))
+    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def setup_xdp_filter(obj: BpfObject) -> None:
@@ -135,13 +146,17 @@ def main() -> None:
                   for i in range(1, args.flows + 1)]
 
         res: dict[str, dict[str, float]] = {p.label: {} for p in progs}
-        for p in progs:
-            res[p.label]["hot"] = p.hot(v4, args.repeat, args.runs)
-            res[p.label]["ipv6"] = p.hot(v6, args.repeat, args.runs)
-        # The first pass creates the 100k flows, the second measures them.
-        for p in progs:
+        cases: dict[str, Callable[[Prog], float]] = {
+            "hot": lambda p: p.hot(v4, args.repeat),
+            "ipv6": lambda p: p.hot(v6, args.repeat),
+            "100k": lambda p: p.spread(spread),
+        }
+        for p in progs:  # create the 100k flows before measuring them
             p.spread(spread)
-            res[p.label]["100k"] = p.spread(spread)
+        for case, measure in cases.items():
+            runs = args.runs if case != "100k" else max(3, args.runs // 3)
+            for label, ns in interleaved(progs, runs, measure).items():
+                res[label][case] = ns
 
         print(f"{'program':12} {'hot ns':>8} {'ipv6 ns':>8} {'100k ns':>8}")
         for label, r in res.items():

@@ -155,7 +155,7 @@ def demo(
             param_hint="'--flood-rate' / '--legit-rate'",
         )
     require_root("xpro demo")
-    from xpro.demo import (  # noqa: PLC0415  (loads libbpf: only when needed)
+    from xpro.demo import (
         DemoConfig,
         format_result,
         run_demo,

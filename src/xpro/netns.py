@@ -553,7 +553,7 @@ def sysctl(netns: str | None, key: str, value: str | int) -> None:
 
 
 def _set_gro(ifname: str, on: bool) -> None:
-    from pyroute2.ethtool import Ethtool  # noqa: PLC0415  (only needed here)
+    from pyroute2.ethtool import Ethtool
 
     eth = Ethtool()
     try:

@@ -86,7 +86,7 @@ def test_flow_seen_at_one_proxy_appears_merged_everywhere(mesh: list[Proxy]) -> 
     assert f2 is not None
     assert f2.c == 50
     # The destination aggregate reflects every proxy's packets.
-    dkeys, dsts = b.filt.read_dsts()
+    _, dsts = b.filt.read_dsts()
     assert [int(d["c"]) for d in dsts] == [50]
 
 
