@@ -3,7 +3,7 @@
 This is what a data-path backend attaches and what the sync reads and writes.
 Configuration goes through an mmap of the program's ``.data`` section (no
 reload, no state lost).  Records are changed only through the control program
-``xpro_apply`` (DESIGN.md 4.3): :meth:`Filter.apply` writes a batch into the
+``xpro_apply`` (DESIGN.md 4.3): :meth:`XdpFilter.apply` writes a batch into the
 mmap'ed ``apply_buf`` array and runs the program once per batch.
 """
 
@@ -77,7 +77,7 @@ class _ArrayMmap:
             self._mm.close()
 
 
-class Filter:
+class XdpFilter:
     """The xpro XDP program loaded into the kernel, with typed access to its state.
 
     ``pin_dir`` pins the maps there and adopts them at the next load (a
@@ -200,7 +200,7 @@ class Filter:
         self._apply.close()
         self.obj.close()
 
-    def __enter__(self) -> Filter:
+    def __enter__(self) -> XdpFilter:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from tests.packets import frame
 from xpro import model
-from xpro.kernel import Filter, Sizes
+from xpro.kernel import Sizes, XdpFilter
 from xpro.store import Store, open_store
 from xpro.sync import Syncer
 
@@ -27,7 +27,7 @@ SYNC = model.SyncParams(t_t1=100 * S, t_t4=1000 * S, r_q=2 * model.R_DEN)
 
 class Proxy:
     def __init__(self, name: str, store: Store, params: model.FilterParams) -> None:
-        self.filt = Filter(params, sizes=Sizes(flows=4096, dsts=256, prefixes=16))
+        self.filt = XdpFilter(params, sizes=Sizes(flows=4096, dsts=256, prefixes=16))
         self.sync = Syncer(self.filt, store, name, SYNC)
 
     def send(self, fr: bytes, now: int, n: int = 1) -> list[int]:
@@ -149,7 +149,7 @@ def test_restart_adopts_pinned_maps_without_double_counting(tmp_path_factory: py
     url = f"memory://{uuid.uuid4().hex}"
     params = model.FilterParams(t_t1=100 * S, t_f1=10**6)
     sizes = Sizes(flows=1024, dsts=64, prefixes=16)
-    first = Filter(params, sizes=sizes, pin_dir=pins)
+    first = XdpFilter(params, sizes=sizes, pin_dir=pins)
     try:
         s1 = Syncer(first, open_store(url), "a", SYNC)
         first.set_clock(T0)
@@ -158,7 +158,7 @@ def test_restart_adopts_pinned_maps_without_double_counting(tmp_path_factory: py
         first.program.test_run(BOT, repeat=10, data_out=False)  # not yet synced
     finally:
         first.close()
-    second = Filter(params, sizes=sizes, pin_dir=pins)
+    second = XdpFilter(params, sizes=sizes, pin_dir=pins)
     try:
         s2 = Syncer(second, open_store(url), "a", SYNC)
         second.set_clock(T0 + 2 * S)
