@@ -31,14 +31,19 @@ struct {
 	__type(value, struct xpro_flow);
 } flows SEC(".maps");
 
-/* (source, destination key) -> the daemon's baseline for the flow.  Written
- * only from userspace by the sync; the packet path never reads it. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+/* Flows counted since the last sync, one set per epoch parity: a packet of a
+ * flow not yet marked in the current epoch (cfg.epoch) adds its key to
+ * dirty[epoch & 1]; the sync moves to the next epoch and then reads and
+ * empties the other set, so a round costs O(flows that changed). */
+struct xpro_dirty_map {
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, XPRO_FLOWS_MAX);
 	__type(key, struct xpro_flow_key);
-	__type(value, struct xpro_synced);
-} synced SEC(".maps");
+	__type(value, __u32);
+};
+
+struct xpro_dirty_map dirty0 SEC(".maps");
+struct xpro_dirty_map dirty1 SEC(".maps");
 
 /* destination key -> aggregate (ts1*, ts2*, c*). */
 struct {

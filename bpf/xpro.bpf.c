@@ -16,8 +16,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* Structures not referenced by a map's BTF: their sizes are pinned here and
  * in xpro.layout.SIZES (tests/kernel/test_layout.py checks the rest). */
 _Static_assert(sizeof(struct xpro_event) == 72, "xpro_event layout");
-_Static_assert(sizeof(struct xpro_apply) == 80, "xpro_apply layout");
-_Static_assert(sizeof(struct xpro_synced) == 16, "xpro_synced layout");
+_Static_assert(sizeof(struct xpro_apply) == 88, "xpro_apply layout");
 
 /* Run-time configuration.  Defaults match xpro.config; userspace rewrites the
  * whole struct through an mmap of the .data map. */
@@ -35,6 +34,10 @@ struct xpro_config cfg SEC(".data") = {
 	.malformed_policy = XPRO_MALFORMED_DROP,
 	.events = 1,
 };
+
+/* Flows that could not be marked dirty (a full set): the sync then reads the
+ * whole table once. */
+__u64 dirty_lost SEC(".bss");
 
 /*
  * a * b, as a 128-bit (hi, lo) pair, with a < 2^64 and b < 2^32: exact, no
@@ -117,6 +120,16 @@ static __always_inline int warn_due(__u64 *warn_ts, __u64 now)
 	return 1;
 }
 
+/* Once per flow per sync epoch: note the key for the next sync round. */
+static __always_inline void mark_dirty(struct xpro_flow_key *key, __u32 epoch)
+{
+	__u32 one = 1;
+	void *set = (epoch & 1) ? (void *)&dirty1 : (void *)&dirty0;
+
+	if (bpf_map_update_elem(set, key, &one, BPF_ANY))
+		__sync_fetch_and_add(&dirty_lost, 1);
+}
+
 static __always_inline int filter(struct xdp_md *ctx, __u64 pkt_len)
 {
 	void *data = (void *)(long)ctx->data;
@@ -159,11 +172,14 @@ static __always_inline int filter(struct xdp_md *ctx, __u64 pkt_len)
 	int started = 0;
 
 	if (!f) {
-		struct xpro_flow nf = { .ts1 = now, .ts2 = now, .c = 1 };
+		__u32 epoch = cfg.epoch;
+		struct xpro_flow nf = { .ts1 = now, .ts2 = now, .c = 1, .epoch = epoch };
 
 		/* BPF_NOEXIST: if another CPU created it meanwhile, count
 		 * into that record instead of overwriting it. */
 		if (bpf_map_update_elem(&flows, &key, &nf, BPF_NOEXIST) == 0) {
+			if (epoch)
+				mark_dirty(&key, epoch);
 			c = 1;
 			ts1 = now;
 			started = 1;
@@ -190,6 +206,12 @@ static __always_inline int filter(struct xdp_md *ctx, __u64 pkt_len)
 	c = __sync_fetch_and_add(&f->c, 1) + 1;
 	f->ts2 = now;
 	ts1 = f->ts1;
+	__u32 epoch = cfg.epoch;
+
+	if (f->epoch != epoch && epoch) {
+		f->epoch = epoch;
+		mark_dirty(&key, epoch);
+	}
 
 	/* Lines 12-16: over T_F1 after at least T_T2. */
 	if ((__s64)(now - ts1) > (__s64)cfg.t_t2 &&
@@ -282,12 +304,27 @@ static long apply_one(__u32 i, void *unused)
 
 	if (!a)
 		return 1;
-	if (a->op & XPRO_APPLY_FLOW) {
+	if (a->op & XPRO_APPLY_READ) {
+		struct xpro_flow *f = bpf_map_lookup_elem(&flows, &a->key);
+
+		if (!f) {
+			a->result = 2;
+			return 0;
+		}
+		a->c_delta = (__s64)f->c;
+		a->ts1 = f->ts1;
+		a->ts2 = f->ts2;
+		a->base_c = f->base_c;
+		a->gen = f->gen;
+		a->base_gen = f->base_gen;
+		a->result = 0;
+	} else if (a->op & XPRO_APPLY_FLOW) {
 		struct xpro_flow *f = bpf_map_lookup_elem(&flows, &a->key);
 
 		if (!f) {
 			struct xpro_flow nf = {
 				.ts1 = a->ts1, .ts2 = a->ts2, .c = (__u64)a->c_delta,
+				.base_c = a->base_c,
 			};
 
 			if (!(a->op & XPRO_APPLY_CREATE)) {
@@ -297,11 +334,6 @@ static long apply_one(__u32 i, void *unused)
 			/* NOEXIST: a packet may have created it meanwhile. */
 			if (bpf_map_update_elem(&flows, &a->key, &nf, BPF_NOEXIST) == 0) {
 				a->result = 0;
-				return 0;
-			}
-			f = bpf_map_lookup_elem(&flows, &a->key);
-			if (!f) {
-				a->result = 2;
 				return 0;
 			}
 			a->result = 1; /* created by a packet: merge next round */
@@ -323,6 +355,8 @@ static long apply_one(__u32 i, void *unused)
 		if (a->ts1)
 			f->ts1 = a->ts1;
 		max_store(&f->ts2, a->ts2);
+		f->base_c = a->base_c;
+		f->base_gen = a->gen;
 		a->result = 0;
 	} else if (a->op & XPRO_APPLY_DST) {
 		struct xpro_dst *d = bpf_map_lookup_elem(&dsts, &a->key.dst);

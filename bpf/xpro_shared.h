@@ -11,9 +11,9 @@
  * written only from kernel context.  The XDP program counts with one atomic
  * add per packet; the daemon never writes a record from userspace but hands
  * batches of deltas to the control program (xpro_apply), which applies them
- * in the kernel with atomic adds and a generation check.  The daemon's own
- * baseline lives in a separate map the packet path never reads.  So a sync
- * can never lose or double a packet counted while it runs.
+ * in the kernel with atomic adds and a generation check.  The sync's own
+ * baseline lives in fields the packet path never reads.  So a sync can never
+ * lose or double a packet counted while it runs.
  */
 #ifndef XPRO_SHARED_H
 #define XPRO_SHARED_H
@@ -74,25 +74,22 @@ struct xpro_flow_key {
 };
 
 /*
- * The per-proxy flow record (the paper's ts1', ts2', c').  Written only in
- * kernel context: one atomic add per packet.  The paper's dc and mark are
- * derived by the sync from a daemon-owned baseline (map `synced`, never read
- * per packet): dc = c - base.c and mark = 0 while gen == base.gen; after a
- * local reset (gen changed) dc = c and mark = 1.
+ * The per-proxy flow record (the paper's ts1', ts2', c').  The packet path
+ * writes ts1, ts2, c (one atomic add a packet), warn_ts, gen and epoch; the
+ * sync's baseline (base_c, base_gen) is written only by the control program
+ * xpro_apply and never read per packet.  From it the sync derives the paper's
+ * dc and mark: while gen == base_gen, dc = c - base_c and mark = 0; after a
+ * local reset (gen moved on), mark = 1 and dc = c.
  */
 struct xpro_flow {
 	__u64 ts1;      /* ts1': start of the rate window (ns, TAI) */
 	__u64 ts2;      /* ts2': last packet (ns, TAI) */
 	__u64 c;        /* c': packets in the window, global up to the last sync */
 	__u64 warn_ts;  /* last overload warning for this flow (ns) */
+	__u64 base_c;   /* sync: c' right after its last update */
 	__u32 gen;      /* incremented at every local reset (Algorithm 2, line 4) */
-	__u32 pad;
-};
-
-/* The daemon's baseline for a flow, as the last sync left it. */
-struct xpro_synced {
-	__u64 c;        /* c' right after the last sync's update */
-	__u32 gen;      /* gen at that moment */
+	__u32 base_gen; /* sync: gen at its last update */
+	__u32 epoch;    /* the sync epoch in which this flow was last marked dirty */
 	__u32 pad;
 };
 
@@ -147,29 +144,31 @@ struct xpro_config {
 	__u32 n_deny;         /* entries in deny_src (0: lookup skipped) */
 	__u32 n_dst_policy;   /* entries in dst_policy (0: lookup skipped) */
 	__u32 events;         /* 0: no ring-buffer warnings */
-	__u32 pad;
+	__u32 epoch;          /* sync epoch (0: no sync, nothing marked dirty) */
 };
 
 /*
- * One update of the control program xpro_apply.  The daemon reads a flow
- * (with its gen), merges it with the master and hands back a delta: the
- * kernel adds it atomically, so packets counted in between are kept.
+ * One operation of the control program xpro_apply.  The daemon reads records
+ * (READ), merges them with the master and hands back deltas: the kernel adds
+ * them atomically, so packets counted in between are kept.
  */
 #define XPRO_APPLY_FLOW 1      /* update a flow record */
 #define XPRO_APPLY_DST 2       /* update a destination aggregate */
+#define XPRO_APPLY_READ 4      /* read a flow record (no change) */
 #define XPRO_APPLY_CREATE 0x10 /* create the record if it does not exist */
-#define XPRO_APPLY_DELETE 0x20 /* delete the record if gen still matches */
+#define XPRO_APPLY_DELETE 0x20 /* delete the record if nothing changed since */
 
 struct xpro_apply {
-	__s64 c_delta;            /* added atomically to c' (flows) or c* (dsts) */
-	__u64 ts1;                /* new ts1 (0: unchanged) */
-	__u64 ts2;                /* ts2 = max(ts2, this) (0: unchanged) */
+	__s64 c_delta;            /* in: added atomically to c' or c*; READ out: c' */
+	__u64 ts1;                /* in: new ts1 (0: unchanged); READ out */
+	__u64 ts2;                /* in: ts2 = max(ts2, this) (0: unchanged); READ out */
+	__u64 base_c;             /* in: the flow's new baseline; READ out */
 	__u32 op;                 /* XPRO_APPLY_* */
-	__u32 gen;                /* the gen the daemon read (flows) */
+	__u32 gen;                /* in: the gen the daemon read; READ out */
 	__s32 result;             /* out: 0 applied, 1 gen mismatch, 2 no record */
+	__u32 base_gen;           /* READ out */
+	struct xpro_flow_key key; /* for DST operations only key.dst is used */
 	__u32 pad;
-	struct xpro_flow_key key; /* for DST updates only key.dst is used */
-	__u32 pad2;
 };
 
 #define XPRO_APPLY_MAX 8192 /* entries per xpro_apply run */

@@ -31,6 +31,7 @@ APPLY_MAX = 8192  # XPRO_APPLY_MAX in bpf/xpro_shared.h
 #: Control-program operations (XPRO_APPLY_* in bpf/xpro_shared.h).
 OP_FLOW = 0x1
 OP_DST = 0x2
+OP_READ = 0x4
 OP_CREATE = 0x10
 OP_DELETE = 0x20
 
@@ -49,7 +50,8 @@ class Sizes:
     prefixes: int = 16384
 
     def max_entries(self) -> dict[str, int]:
-        return {"flows": self.flows, "synced": self.flows, "dsts": self.dsts,
+        return {"flows": self.flows, "dirty0": self.flows, "dirty1": self.flows,
+                "dsts": self.dsts,
                 "allow_src": self.prefixes, "deny_src": self.prefixes,
                 "dst_policy": self.prefixes}
 
@@ -101,7 +103,8 @@ class XdpFilter:
             self._apply_prog = self.obj.programs["xpro_apply"]
             self.cfg = self.obj.global_data(".data", L.CONFIG)
             self.flows = self.obj.maps["flows"]
-            self.synced = self.obj.maps["synced"]
+            self._dirty = (self.obj.maps["dirty0"], self.obj.maps["dirty1"])
+            self._bss = self.obj.global_data(".bss", np.dtype([("dirty_lost", "<u8")]))
             self.dsts = self.obj.maps["dsts"]
             self.stats = self.obj.maps["stats"]
             self._apply = _ArrayMmap(self.obj.maps["apply_buf"], L.APPLY)
@@ -155,13 +158,28 @@ class XdpFilter:
         keys, vals = self.flows.lookup_batch()
         return np.asarray(keys, dtype=L.FLOW_KEY), np.asarray(vals, dtype=L.FLOW)
 
-    def read_synced(self) -> tuple[Array, Array]:
-        keys, vals = self.synced.lookup_batch()
-        return np.asarray(keys, dtype=L.FLOW_KEY), np.asarray(vals, dtype=L.SYNCED)
-
     def read_dsts(self) -> tuple[Array, Array]:
         keys, vals = self.dsts.lookup_batch()
         return np.asarray(keys, dtype=L.DST_KEY), np.asarray(vals, dtype=L.DST)
+
+    def read_dsts_of(self, keys: Array) -> tuple[Array, Array]:
+        """The aggregates of ``keys`` (DST_KEY): ``(exists, records)``."""
+        out = np.zeros(len(keys), dtype=L.DST)
+        exists = np.zeros(len(keys), dtype=bool)
+        if len(keys) > 64:  # many: one batch read of the (small) table
+            from xpro.sync import index_of
+
+            all_keys, all_vals = self.read_dsts()
+            idx = index_of(all_keys, np.asarray(keys, dtype=L.DST_KEY))
+            exists = idx >= 0
+            out[exists] = all_vals[idx[exists]]
+            return exists, out
+        for i, k in enumerate(np.asarray(keys, dtype=L.DST_KEY)):
+            v = self.dsts.get(k.tobytes())
+            if v is not None:
+                exists[i] = True
+                out[i] = v
+        return exists, out
 
     def counters(self) -> Array:
         """Packets and bytes by reason, summed over CPUs: shape (N_REASONS, 2)."""
@@ -173,8 +191,11 @@ class XdpFilter:
 
     # --- writing (kernel context only) ---------------------------------------
 
-    def apply(self, entries: Array) -> Array:
-        """Run ``entries`` (APPLY records) through ``xpro_apply``; returns their results."""
+    def apply(self, entries: Array, out: Array | None = None) -> Array:
+        """Run ``entries`` (APPLY records) through ``xpro_apply``; returns their results.
+
+        ``out``, if given, receives the entries as the program left them (READ).
+        """
         results = np.empty(len(entries), dtype=np.int32)
         buf = self._apply.array
         for lo in range(0, len(entries), APPLY_MAX):
@@ -186,15 +207,58 @@ class XdpFilter:
             if ran != n:
                 raise DatapathError(f"xpro_apply ran {ran} of {n} updates")
             results[lo : lo + n] = buf["result"][:n]
+            if out is not None:
+                out[lo : lo + n] = buf[:n]
         return results
 
-    def write_synced(self, keys: Array, values: Array) -> None:
-        if len(keys):
-            self.synced.update_batch(keys, values)
+    def read(self, keys: Array) -> tuple[Array, Array]:
+        """The records of ``keys`` (READ through ``xpro_apply``, 8192 a run).
 
-    def delete_synced(self, keys: Array) -> None:
+        Returns ``(exists, records)``: a bool array and FLOW records (zero
+        where the key has no record).
+        """
+        res = np.zeros(len(keys), dtype=L.APPLY)
+        out = np.zeros(len(keys), dtype=L.FLOW)
+        if len(keys) == 0:
+            return np.zeros(0, dtype=bool), out
+        ent = apply_entries(keys, OP_READ)
+        results = self.apply(ent, out=res)
+        exists = results == APPLIED
+        out["c"] = res["c_delta"]
+        for f in ("ts1", "ts2", "base_c", "gen", "base_gen"):
+            out[f] = res[f]
+        out[~exists] = 0
+        return exists, out
+
+    # --- sync epochs: which flows changed since the last round ----------------
+
+    @property
+    def epoch(self) -> int:
+        return int(self.cfg.view["epoch"])
+
+    def next_epoch(self) -> int:
+        """Move the program to the next epoch; returns the one that ended.
+
+        From now on packets mark flows in the other dirty set, so the ended
+        epoch's set only shrinks (:meth:`take_dirty`).
+        """
+        ended = self.epoch
+        nxt = ended + 1 if ended < 0xFFFFFFFF else 1
+        self.cfg.view["epoch"] = nxt
+        return ended
+
+    def take_dirty(self, epoch: int) -> Array:
+        """The keys marked dirty in ``epoch``, removed from its set."""
+        m = self._dirty[epoch & 1]
+        keys, _ = m.lookup_batch()
+        keys = np.asarray(keys, dtype=L.FLOW_KEY)
         if len(keys):
-            self.synced.delete_batch(keys)
+            m.delete_batch(keys)
+        return keys
+
+    def dirty_lost(self) -> int:
+        """Flows that could not be marked dirty since load (a full dirty set)."""
+        return int(self._bss.view["dirty_lost"])
 
     def close(self) -> None:
         self._apply.close()
@@ -208,13 +272,14 @@ class XdpFilter:
 
 
 def apply_entries(keys: Iterable[bytes] | Array, op: int | Array, *, gen: Any = 0,
-                  c_delta: Any = 0, ts1: Any = 0, ts2: Any = 0) -> Array:
+                  c_delta: Any = 0, ts1: Any = 0, ts2: Any = 0, base_c: Any = 0) -> Array:
     """Build an APPLY array from parallel columns (scalars broadcast)."""
     karr = keys if isinstance(keys, np.ndarray) else np.frombuffer(
         b"".join(keys), dtype=L.FLOW_KEY)
     e = np.zeros(len(karr), dtype=L.APPLY)
     e["key"] = karr
     e["op"], e["gen"], e["c_delta"], e["ts1"], e["ts2"] = op, gen, c_delta, ts1, ts2
+    e["base_c"] = base_c
     return e
 
 

@@ -70,12 +70,13 @@ FLOW = np.dtype(
         ("ts2", "<u8"),
         ("c", "<u8"),
         ("warn_ts", "<u8"),
+        ("base_c", "<u8"),
         ("gen", "<u4"),
+        ("base_gen", "<u4"),
+        ("epoch", "<u4"),
         ("pad", "<u4"),
     ]
 )
-
-SYNCED = np.dtype([("c", "<u8"), ("gen", "<u4"), ("pad", "<u4")])
 
 DST = np.dtype([("ts1", "<u8"), ("ts2", "<u8"), ("c", "<u8"), ("warn_ts", "<u8")])
 
@@ -112,7 +113,7 @@ CONFIG = np.dtype(
         ("n_deny", "<u4"),
         ("n_dst_policy", "<u4"),
         ("events", "<u4"),
-        ("pad", "<u4"),
+        ("epoch", "<u4"),
     ]
 )
 
@@ -121,12 +122,13 @@ APPLY = np.dtype(
         ("c_delta", "<i8"),
         ("ts1", "<u8"),
         ("ts2", "<u8"),
+        ("base_c", "<u8"),
         ("op", "<u4"),
         ("gen", "<u4"),
         ("result", "<i4"),
-        ("pad", "<u4"),
+        ("base_gen", "<u4"),
         ("key", FLOW_KEY),
-        ("pad2", "<u4"),
+        ("pad", "<u4"),
     ]
 )
 
@@ -134,20 +136,20 @@ APPLY = np.dtype(
 SIZES = {
     "xpro_dst_key": 20,
     "xpro_flow_key": 36,
-    "xpro_flow": 40,
-    "xpro_synced": 16,
+    "xpro_flow": 56,
     "xpro_dst": 32,
     "xpro_stat": 16,
     "xpro_lpm_key": 20,
     "xpro_event": 72,
-    "xpro_apply": 80,
+    "xpro_apply": 88,
     "xpro_config": 88,
 }
 
 #: The dtype of each map's key and value, by map name.
 MAP_TYPES: dict[str, tuple[np.dtype, np.dtype]] = {
     "flows": (FLOW_KEY, FLOW),
-    "synced": (FLOW_KEY, SYNCED),
+    "dirty0": (FLOW_KEY, np.dtype("<u4")),
+    "dirty1": (FLOW_KEY, np.dtype("<u4")),
     "dsts": (DST_KEY, DST),
     "stats": (np.dtype("<u4"), STAT),
     "allow_src": (LPM_KEY, np.dtype("<u4")),

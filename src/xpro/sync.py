@@ -3,19 +3,25 @@
 One round, for one proxy (:meth:`Syncer.round`):
 
 1. publish this proxy's workload W and heartbeat; read the others' (lines 1-2);
-2. read the kernel's flow records and the sync's own baseline, and derive the
-   paper's ``dc`` and ``mark`` for each (:func:`xpro.model.local_view`);
+2. move the program to the next sync epoch and read the records of the flows
+   it marked dirty in the one that ended (only those: the round costs
+   O(changes), not O(table)); derive the paper's ``dc`` and ``mark`` from
+   each record's baseline (:func:`xpro.model.local_view`);
 3. merge every flow this proxy counted since the last round into the master,
    atomically per record (the store's side of lines 5-33), and compute the
    same merge locally (:func:`xpro.merge.merge_arrays`);
 4. take every master record changed since the last round (other proxies'
    flows) and merge it into the local view, creating records this proxy has
    not seen (lines 26-28);
-5. write the results into the kernel as deltas through ``xpro_apply`` (never
-   a userspace write of a kernel-owned field: DESIGN.md 4.3), and record the
-   new baseline;
-6. recompute every destination aggregate exactly from the flow records
-   (DESIGN.md 3.5) and expire idle records from the maps.
+5. write the results into the kernel as deltas, with the new baseline,
+   through ``xpro_apply`` (never a userspace write of a kernel-owned field:
+   DESIGN.md 4.3);
+6. recompute exactly, from the flow records, the aggregate of every
+   destination whose flows changed (DESIGN.md 3.5), and expire idle records.
+
+The daemon keeps a mirror of the flow table (updated from what each round
+reads) for the aggregates and expiry, so neither needs a pass over the
+kernel's table.
 
 Everything is done on whole numpy arrays (DESIGN.md 4.5).
 """
@@ -108,6 +114,84 @@ class SyncStats:
     error: str = ""  # a store error after the merge (the round still completed)
 
 
+class _Mirror:
+    """The sync's copy of the local flow table: what each round read or wrote.
+
+    Updated only for the records a round touches; used to recompute the
+    aggregates of the destinations those records belong to and to find idle
+    records, without reading the kernel's whole table.
+    """
+
+    def __init__(self) -> None:
+        self.index: dict[bytes, int] = {}
+        self.free: list[int] = []
+        self.keys = np.zeros(0, dtype=L.FLOW_KEY)
+        self.ts1 = np.zeros(0, dtype=np.int64)
+        self.ts2 = np.zeros(0, dtype=np.int64)
+        self.c = np.zeros(0, dtype=np.int64)
+        self.dst = np.zeros(0, dtype=np.int64)
+        self.alive = np.zeros(0, dtype=bool)
+        self.dst_index: dict[bytes, int] = {}
+        self.dst_keys = np.zeros(0, dtype=L.DST_KEY)
+
+    def _grow(self, need: int) -> None:
+        cap = len(self.alive)
+        if need <= cap:
+            return
+        new = max(need, 2 * cap, 1024)
+        for name in ("keys", "ts1", "ts2", "c", "dst", "alive"):
+            old = getattr(self, name)
+            arr = np.zeros(new, dtype=old.dtype)
+            arr[:cap] = old
+            setattr(self, name, arr)
+        self.free.extend(range(new - 1, cap - 1, -1))
+
+    def _dst_ids(self, dkeys: Array) -> Array:
+        raw = np.ascontiguousarray(dkeys).tobytes()
+        w = L.DST_KEY.itemsize
+        out = np.empty(len(dkeys), dtype=np.int64)
+        for i in range(len(dkeys)):
+            k = raw[i * w : (i + 1) * w]
+            d = self.dst_index.get(k)
+            if d is None:
+                d = self.dst_index[k] = len(self.dst_index)
+                if d >= len(self.dst_keys):
+                    grown = np.zeros(max(1024, 2 * len(self.dst_keys)), dtype=L.DST_KEY)
+                    grown[: len(self.dst_keys)] = self.dst_keys
+                    self.dst_keys = grown
+                self.dst_keys[d] = dkeys[i]
+            out[i] = d
+        return out
+
+    def update(self, keys: Array, ts1: Array, ts2: Array, c: Array) -> Array:
+        """Record these flows; returns their destination ids."""
+        raw = np.ascontiguousarray(keys).tobytes()
+        w = L.FLOW_KEY.itemsize
+        kb = [raw[i * w : (i + 1) * w] for i in range(len(keys))]
+        slots = np.fromiter((self.index.get(k, -1) for k in kb), dtype=np.int64, count=len(kb))
+        fresh = np.flatnonzero(slots < 0)
+        if len(fresh):
+            self._grow(len(self.index) + len(fresh))
+            for j in fresh.tolist():
+                slot = self.free.pop()
+                self.index[kb[j]] = slot
+                slots[j] = slot
+            self.keys[slots[fresh]] = keys[fresh]
+            self.dst[slots[fresh]] = self._dst_ids(keys["dst"][fresh])
+            self.alive[slots[fresh]] = True
+        self.ts1[slots], self.ts2[slots], self.c[slots] = ts1, ts2, c
+        return self.dst[slots]
+
+    def remove(self, keys: Array) -> None:
+        raw = np.ascontiguousarray(keys).tobytes()
+        w = L.FLOW_KEY.itemsize
+        for i in range(len(keys)):
+            slot = self.index.pop(raw[i * w : (i + 1) * w], None)
+            if slot is not None:
+                self.alive[slot] = False
+                self.free.append(slot)
+
+
 class Syncer:
     """Runs Algorithm 1 for one proxy against one store.
 
@@ -116,7 +200,8 @@ class Syncer:
     """
 
     def __init__(self, filt: XdpFilter, store: Store, proxy: str, params: SyncParams, *,
-                 period: int = NS_PER_S, ttl: int | None = None) -> None:
+                 period: int = NS_PER_S, ttl: int | None = None,
+                 store_expire_every: int = 10) -> None:
         self.filt = filt
         self.store = store
         self.proxy = proxy
@@ -124,6 +209,11 @@ class Syncer:
         self.period = period
         self.ttl = ttl if ttl is not None else max(6 * params.t_t1, 60 * NS_PER_S)
         self.cursor: Any = None
+        self.mirror = _Mirror()
+        self.rounds = 0
+        self.store_expire_every = store_expire_every
+        self._full_scan = True  # the first round reads the whole table
+        self._dirty_lost = filt.dirty_lost()
         self._last_packets: int | None = None
         self._last_time: int | None = None
 
@@ -138,48 +228,51 @@ class Syncer:
         self._last_packets, self._last_time = packets, now
         return w
 
+    def _changed_flows(self) -> tuple[Array, Array]:
+        """The keys and records of every flow counted since the last round."""
+        ended = self.filt.next_epoch()
+        lost = self.filt.dirty_lost()
+        if lost != self._dirty_lost:
+            log.warning("sync %s: %d flows could not be marked dirty (the dirty set is "
+                        "full); reading the whole table", self.proxy, lost - self._dirty_lost)
+            self._dirty_lost = lost
+            self._full_scan = True
+        if self._full_scan:
+            self.filt.take_dirty(ended)
+            self.filt.take_dirty(ended + 1)
+            self._full_scan = False
+            return self.filt.read_flows()
+        keys = self.filt.take_dirty(ended)
+        exists, recs = self.filt.read(keys)
+        return keys[exists], recs[exists]
+
     def round(self, now: int | None = None) -> SyncStats:
         """One sync round at time ``now`` (ns, TAI; the real clock by default)."""
         t0 = time.perf_counter()
         now = time.clock_gettime_ns(time.CLOCK_TAI) if now is None else now
         st = SyncStats(started=now)
+        self.rounds += 1
 
         # Lines 1-2.
         st.workload = self.workload(now)
         self.store.heartbeat(self.proxy, st.workload, now)
         st.peers = self.store.proxies()
 
-        # The kernel's records and our baseline: dc and mark (model.local_view).
-        keys, flows = self.filt.read_flows()
-        bkeys, base = self.filt.read_synced()
+        # What we counted: the dirty flows, their dc and mark (model.local_view).
+        keys, recs = self._changed_flows()
         st.flows = len(keys)
-        bi = index_of(bkeys, keys)
-        has_base = bi >= 0
-        base_c = gather(base["c"], bi).astype(np.int64)
-        base_gen = gather(base["gen"], bi)
-        same_gen = has_base & (base_gen == flows["gen"])
-        c = flows["c"].astype(np.int64)
-        dc = np.where(same_gen, c - base_c, c)
-        mark = has_base & ~same_gen
-        local = np.zeros(len(keys), dtype=LOCAL)
-        local["ts1"], local["ts2"], local["c"] = flows["ts1"], flows["ts2"], flows["c"]
-        local["dc"] = np.maximum(dc, 0)
-        local["mark"] = mark
+        touched = [self.mirror.update(keys, recs["ts1"], recs["ts2"], recs["c"])]
+        local = _local_view(recs)
+        changed = (local["dc"] != 0) | (local["mark"] == 1)
+        keys, recs, local = keys[changed], recs[changed], local[changed]
 
-        # Line 3 onwards for what we counted: merged into the master.
-        changed = ~has_base | (dc != 0) | mark
-        ck = keys[changed]
-        existed, before = self.store.merge(ck, local[changed], self.params)
-        st.merged = len(ck)
-        merged_local, _ = merge_arrays(local[changed], np.ones(len(ck), bool), before,
-                                       existed, self.params)
-        final = local.copy()
-        final["dc"], final["mark"] = 0, 0
-        final[changed] = merged_local
+        # Merged into the master (atomic per record, in the store).
+        existed, before = self.store.merge(keys, local, self.params)
+        st.merged = len(keys)
+        final, _ = merge_arrays(local, np.ones(len(keys), bool), before, existed, self.params)
 
-        # From here on the master holds our dc: whatever fails, the kernel and
-        # the baseline must be brought level with it, or the next round would
-        # count those packets again.
+        # From here on the master holds our dc: whatever fails, the kernel must
+        # be brought level with it, or the next round would count it again.
         try:
             pkeys, precs, cursor = self.store.changes(self.cursor)
             self.cursor = cursor
@@ -189,131 +282,121 @@ class Syncer:
             st.error = str(exc)
             pkeys, precs = np.zeros(0, dtype=L.FLOW_KEY), np.zeros(0, dtype=MASTER)
         st.pulled = len(pkeys)
-        pi = index_of(keys, pkeys)
-        known = pi >= 0
-        if known.any():
-            idx = pi[known]
-            lo, _ = merge_arrays(final[idx], np.ones(len(idx), bool), precs[known],
-                                 np.ones(len(idx), bool), self.params)
-            final[idx] = lo
-        new_keys = pkeys[~known]
-        new_recs = precs[~known]
+
+        # Others' changes to flows we did not merge now: taken into our view
+        # where we have counted nothing new (else next round merges both).
+        other = index_of(keys, pkeys) < 0
+        pkeys, precs = pkeys[other], precs[other]
+        p_exists, p_recs = self.filt.read(pkeys)
+        p_local = _local_view(p_recs)
+        quiet = p_exists & (p_local["dc"] == 0) & (p_local["mark"] == 0)
+        q_final, _ = merge_arrays(p_local[quiet], np.ones(int(quiet.sum()), bool),
+                                  precs[quiet], np.ones(int(quiet.sum()), bool), self.params)
+        new_keys, new_recs = pkeys[~p_exists], precs[~p_exists]
         st.created = len(new_keys)
 
-        # Into the kernel, as deltas, only where something changed.
-        delta = final["c"].astype(np.int64) - c
-        touch = changed.copy()
-        if known.any():
-            touch[pi[known]] = True
-        touch &= (delta != 0) | (final["ts1"] != flows["ts1"]) | (final["ts2"] > flows["ts2"])
-        upd = apply_entries(keys[touch], OP_FLOW, gen=flows["gen"][touch],
-                            c_delta=delta[touch], ts1=np.where(
-                                final["ts1"][touch] != flows["ts1"][touch],
-                                final["ts1"][touch], 0),
-                            ts2=final["ts2"][touch])
-        add = apply_entries(new_keys, OP_FLOW | OP_CREATE, c_delta=new_recs["c"].astype(
-            np.int64), ts1=new_recs["ts1"], ts2=new_recs["ts2"])
-        res = self.filt.apply(np.concatenate([upd, add]) if len(add) else upd)
+        # Into the kernel: deltas and the new baseline; created records.
+        all_keys = np.concatenate([keys, pkeys[quiet]], dtype=L.FLOW_KEY)
+        all_recs = np.concatenate([recs, p_recs[quiet]], dtype=L.FLOW)
+        all_final = np.concatenate([final, q_final], dtype=LOCAL)
+        c_read = all_recs["c"].astype(np.int64)
+        ts1_new = np.where(all_final["ts1"] != all_recs["ts1"], all_final["ts1"], 0)
+        upd = apply_entries(all_keys, OP_FLOW, gen=all_recs["gen"],
+                            c_delta=all_final["c"].astype(np.int64) - c_read,
+                            ts1=ts1_new, ts2=all_final["ts2"], base_c=all_final["c"])
+        add = apply_entries(new_keys, OP_FLOW | OP_CREATE, c_delta=new_recs["c"].astype(np.int64),
+                            ts1=new_recs["ts1"], ts2=new_recs["ts2"], base_c=new_recs["c"])
+        res = self.filt.apply(np.concatenate([upd, add], dtype=L.APPLY))
         ok = res == APPLIED
         st.applied = int(ok.sum())
         st.raced = int((~ok).sum())
 
-        # The new baseline: c' as the kernel holds it minus what arrived since
-        # our read, and the gen we read.  Raced records keep the old baseline,
-        # so the packets of the new window count at the next round.
-        base_keys = keys.copy()
-        base_vals = np.zeros(len(keys), dtype=L.SYNCED)
-        base_vals["c"] = np.where(has_base, base_c, 0)
-        base_vals["gen"] = np.where(has_base, base_gen, 0)
-        refreshed = changed.copy()
-        if known.any():
-            refreshed[pi[known]] = True
-        n_upd = int(touch.sum())
-        tidx = np.flatnonzero(touch)
-        refreshed[tidx[~ok[:n_upd]]] = False
-        base_vals["c"][refreshed] = final["c"][refreshed]
-        base_vals["gen"][refreshed] = flows["gen"][refreshed]
-        self.filt.write_synced(base_keys[refreshed], base_vals[refreshed])
-        created_ok = ok[n_upd:]
-        if len(new_keys):
-            nb = np.zeros(int(created_ok.sum()), dtype=L.SYNCED)
-            nb["c"] = new_recs["c"][created_ok]
-            self.filt.write_synced(new_keys[created_ok], nb)
+        # The mirror, then the aggregates of the destinations touched.
+        m_keys = np.concatenate([all_keys, new_keys[ok[len(upd):]]], dtype=L.FLOW_KEY)
+        m_ts1 = np.concatenate([np.where(ts1_new != 0, ts1_new, all_recs["ts1"]),
+                                new_recs["ts1"][ok[len(upd):]]]).astype(np.int64)
+        m_ts2 = np.concatenate([np.maximum(all_final["ts2"], all_recs["ts2"]),
+                                new_recs["ts2"][ok[len(upd):]]]).astype(np.int64)
+        m_c = np.concatenate([all_final["c"], new_recs["c"][ok[len(upd):]]]).astype(np.int64)
+        touched.append(self.mirror.update(m_keys, m_ts1, m_ts2, m_c))
+        st.destinations = self._recompute_destinations(np.unique(np.concatenate(touched)), now)
 
         try:
-            st.expired = self._expire(keys, flows, now)
+            st.expired = self._expire(now)
         except StoreError as exc:
             log.warning("sync %s: expiring master records failed: %s", self.proxy, exc)
             st.error = str(exc)
-        st.destinations = self._recompute_destinations(now)
         st.seconds = time.perf_counter() - t0
         return st
 
     # ------------------------------------------------------------------------
 
-    def _expire(self, keys: Array, flows: Array, now: int) -> int:
-        """Remove records idle longer than the TTL from the maps and the master."""
-        idle = (now - flows["ts2"].astype(np.int64)) > self.ttl
-        if not idle.any():
-            return 0
-        res = self.filt.apply(apply_entries(keys[idle], OP_FLOW | OP_DELETE,
-                                            gen=flows["gen"][idle], ts2=flows["ts2"][idle]))
-        gone = keys[idle][res == APPLIED]
-        self.filt.delete_synced(gone)
-        self.store.expire(now - self.ttl)
-        return len(gone)
+    def _expire(self, now: int) -> int:
+        """Remove records idle longer than the TTL from the maps (and the master)."""
+        mr = self.mirror
+        idle = mr.alive & ((now - mr.ts2) > self.ttl)
+        gone = 0
+        if idle.any():
+            keys = mr.keys[idle]
+            exists, recs = self.filt.read(keys)
+            keys, recs = keys[exists], recs[exists]
+            res = self.filt.apply(apply_entries(keys, OP_FLOW | OP_DELETE, gen=recs["gen"],
+                                                ts2=recs["ts2"]))
+            mr.remove(keys[res == APPLIED])
+            mr.remove(mr.keys[idle][~exists])
+            gone = int((res == APPLIED).sum())
+        if self.rounds % self.store_expire_every == 0:
+            self.store.expire(now - self.ttl)
+        return gone
 
-    def _recompute_destinations(self, now: int) -> int:
-        """Set every aggregate to the exact value over its flows (DESIGN.md 3.5).
+    def _recompute_destinations(self, dst_ids: Array, now: int) -> int:
+        """Set the aggregates of ``dst_ids`` to their exact value (DESIGN.md 3.5).
 
-        Over the destination's flows neither idle longer than T_T1 nor over
+        Over each destination's flows neither idle longer than T_T1 nor over
         T_F1 (:func:`xpro.model.recompute_dst`): ts1* = min ts1', ts2* = max
         ts2', c* = sum c'.  Written as deltas, so packets admitted meanwhile
         stay counted.
         """
-        p = self.filt.params
-        keys, flows = self.filt.read_flows()
-        if len(keys) == 0:
+        if len(dst_ids) == 0:
             return 0
-        ts1 = flows["ts1"].astype(np.int64)
-        ts2 = flows["ts2"].astype(np.int64)
-        c = flows["c"].astype(np.int64)
+        p = self.filt.params
+        mr = self.mirror
+        sel = mr.alive & np.isin(mr.dst, dst_ids)
+        ts1, ts2, c, dst = mr.ts1[sel], mr.ts2[sel], mr.c[sel], mr.dst[sel]
         window = ts2 - ts1
         over = (window > p.t_t2) & rate_exceeds_array(c, window, p.t_f1)
         live = ((now - ts2) <= p.t_t1) & ~over
-        cur_keys, cur = self.filt.read_dsts()
-        self._expire_destinations(cur_keys, cur, now)
-        if not live.any():
-            return 0
-        dkeys = np.ascontiguousarray(keys["dst"][live])
-        vd = np.dtype((np.void, L.DST_KEY.itemsize))
-        uniq, inv = np.unique(dkeys.view(vd), return_inverse=True)
-        n = len(uniq)
+        pos = np.searchsorted(dst_ids, dst[live])
+        n = len(dst_ids)
         agg_c = np.zeros(n, dtype=np.int64)
-        np.add.at(agg_c, inv, c[live])
+        np.add.at(agg_c, pos, c[live])
         agg_t1 = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
-        np.minimum.at(agg_t1, inv, ts1[live])
+        np.minimum.at(agg_t1, pos, ts1[live])
         agg_t2 = np.zeros(n, dtype=np.int64)
-        np.maximum.at(agg_t2, inv, ts2[live])
-        ukeys = uniq.view(L.DST_KEY)
-        ci = index_of(cur_keys, ukeys)
-        have = ci >= 0
-        cur_c = gather(cur["c"], ci).astype(np.int64)
-        cur_t1 = gather(cur["ts1"], ci).astype(np.int64)
-        fk = np.zeros(n, dtype=L.FLOW_KEY)
+        np.maximum.at(agg_t2, pos, ts2[live])
+        has = agg_t2 > 0
+        ukeys = mr.dst_keys[dst_ids[has]]
+        have, cur = self.filt.read_dsts_of(ukeys)
+        fk = np.zeros(len(ukeys), dtype=L.FLOW_KEY)
         fk["dst"] = ukeys
+        cur_c = cur["c"].astype(np.int64)
+        cur_t1 = cur["ts1"].astype(np.int64)
         ent = apply_entries(fk, np.where(have, OP_DST, OP_DST | OP_CREATE),
-                            c_delta=agg_c - cur_c,
-                            ts1=np.where(agg_t1 != cur_t1, agg_t1, 0), ts2=agg_t2)
+                            c_delta=agg_c[has] - cur_c,
+                            ts1=np.where(agg_t1[has] != cur_t1, agg_t1[has], 0), ts2=agg_t2[has])
         self.filt.apply(ent)
-        return n
+        return len(ukeys)
 
-    def _expire_destinations(self, keys: Array, dsts: Array, now: int) -> None:
-        idle = (now - dsts["ts2"].astype(np.int64)) > self.ttl
-        if idle.any():
-            fk = np.zeros(int(idle.sum()), dtype=L.FLOW_KEY)
-            fk["dst"] = keys[idle]
-            self.filt.apply(apply_entries(fk, OP_DST | OP_DELETE, ts2=dsts["ts2"][idle]))
+
+def _local_view(recs: Array) -> Array:
+    """:func:`xpro.model.local_view` over FLOW records: LOCAL records with dc, mark."""
+    out = np.zeros(len(recs), dtype=LOCAL)
+    out["ts1"], out["ts2"], out["c"] = recs["ts1"], recs["ts2"], recs["c"]
+    same = recs["gen"] == recs["base_gen"]
+    c = recs["c"].astype(np.int64)
+    out["dc"] = np.maximum(np.where(same, c - recs["base_c"].astype(np.int64), c), 0)
+    out["mark"] = ~same
+    return out
 
 
 __all__ = ["SyncStats", "Syncer", "index_of"]

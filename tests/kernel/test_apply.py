@@ -27,7 +27,7 @@ FLOW_OP, DST_OP, CREATE, DELETE = 1, 2, 0x10, 0x20
 class Prog:
     def __init__(self) -> None:
         self.obj = BpfObject(object_path(), programs=["xpro_xdp", "xpro_apply"],
-                             max_entries={"flows": 4096, "synced": 4096}, types=L.MAP_TYPES)
+                             max_entries={"flows": 4096}, types=L.MAP_TYPES)
         self.obj.load()
         self.xdp = self.obj.programs["xpro_xdp"]
         self.ctl = self.obj.programs["xpro_apply"]

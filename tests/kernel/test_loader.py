@@ -107,7 +107,7 @@ def small_sizes() -> dict[str, int]:
     probe = BpfObject(object_path())  # opened, not loaded
     names = set(probe.maps)
     probe.close()
-    want = {"flows": 8192, "synced": 8192, "dsts": 1024}
+    want = {"flows": 8192, "dirty0": 8192, "dsts": 1024}
     return {k: v for k, v in want.items() if k in names}
 
 
