@@ -126,6 +126,7 @@ def main() -> None:
         xpro = Prog("xpro", xp_obj, "xpro_xdp")
         cfg = xp_obj.global_data(".data", CONFIG)
         cfg.view["events"] = 0
+        cfg.view["epoch"] = 1  # as under a running sync: flows marked dirty once an epoch
         progs = [bare, counter, xpro]
         xf: Prog | None = None
         if XDP_FILTER_OBJ.exists():

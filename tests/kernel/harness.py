@@ -16,32 +16,24 @@ import numpy as np
 
 from xpro import layout as L
 from xpro import model
-from xpro.bpf import BpfObject, RingBuffer, object_path
-
-
-def _lpm_key(p: model.Prefix) -> bytes:
-    return p.length.to_bytes(4, "little") + p.network.to_bytes(16, "big")
+from xpro.bpf import RingBuffer
+from xpro.kernel import Sizes, XdpFilter
 
 
 class KernelFilter:
-    """One loaded xpro program, driven like a :class:`model.Filter`."""
+    """One loaded xpro program (:class:`xpro.kernel.XdpFilter`), driven like a
+    :class:`model.Filter`."""
 
     def __init__(self, program: str = "xpro_xdp", flows_max: int = 4096) -> None:
-        self.obj = BpfObject(
-            object_path(),
-            programs=[program],
-            max_entries={"flows": flows_max, "dsts": 1024, "allow_src": 64,
-                         "deny_src": 64, "dst_policy": 64},
-            types=L.MAP_TYPES,
-        )
-        self.obj.load()
-        self.prog = self.obj.programs[program]
-        self.cfg = self.obj.global_data(".data", L.CONFIG)
-        self.flows = self.obj.maps["flows"]
-        self.dsts = self.obj.maps["dsts"]
-        self.stats = self.obj.maps["stats"]
+        self.xdp = XdpFilter(model.FilterParams(), program=program,
+                             sizes=Sizes(flows=flows_max, dsts=1024, prefixes=64))
+        self.prog = self.xdp.program
+        self.cfg = self.xdp.cfg
+        self.flows = self.xdp.flows
+        self.dsts = self.xdp.dsts
+        self.stats = self.xdp.stats
         self.events: list[model.Event] = []
-        self.ring = RingBuffer(self.obj.maps["events"], self._on_event, dtype=L.EVENT)
+        self.ring = RingBuffer(self.xdp.obj.maps["events"], self._on_event, dtype=L.EVENT)
         self._zero_stat = np.zeros(self._ncpus(), dtype=L.STAT)
 
     def _ncpus(self) -> int:
@@ -56,7 +48,7 @@ class KernelFilter:
 
     def close(self) -> None:
         self.ring.close()
-        self.obj.close()
+        self.xdp.close()
 
     def reset(self, params: model.FilterParams) -> None:
         """Empty every map and install ``params`` (as the daemon would)."""
@@ -64,26 +56,10 @@ class KernelFilter:
         self.dsts.clear()
         for i in range(L.N_REASONS):
             self.stats[np.uint32(i)] = self._zero_stat
-        for name, prefixes in (("allow_src", dict.fromkeys(params.allow, 1)),
-                               ("deny_src", dict.fromkeys(params.deny, 1)),
-                               ("dst_policy", dict(params.dst_policy))):
-            m = self.obj.maps[name]
-            m.clear()
-            for p, v in prefixes.items():
-                m[_lpm_key(p)] = np.uint32(v).tobytes()
         self.ring.consume()
         self.events.clear()
-        v = self.cfg.view
-        v["t_t1"], v["t_t2"], v["t_t3"] = params.t_t1, params.t_t2, params.t_t3
-        v["t_f1"], v["t_f2"] = params.t_f1, params.t_f2
-        v["warn_period"] = params.warn_period
-        v["mode"], v["dst_mode"] = params.mode, params.dst_mode
-        v["malformed_policy"] = params.malformed_policy
-        v["events"] = int(params.events)
-        v["n_allow"], v["n_deny"] = len(params.allow), len(params.deny)
-        v["n_dst_policy"] = len(params.dst_policy)
-        v["clock_offset"] = 0
-        v["fake_now"] = 1
+        self.xdp.configure(params, clock_offset=0)
+        self.xdp.set_clock(1)
 
     def packet(self, frame: bytes, now: int) -> int:
         self.cfg.view["fake_now"] = now
