@@ -7,6 +7,9 @@ No network access is needed (no intersphinx, the default theme).
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import xpro
 
 project = "xpro"
@@ -18,6 +21,10 @@ release = xpro.__version__
 extensions = [
     "sphinx.ext.autodoc",
 ]
+
+# docs/_ext: the configuration reference, generated from xpro.config.
+sys.path.insert(0, str(Path(__file__).parent / "_ext"))
+extensions.append("xpro_config")
 
 root_doc = "index"
 exclude_patterns = ["_build"]
