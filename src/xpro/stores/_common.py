@@ -1,0 +1,389 @@
+"""What every store shares: bounds, the vectorised merge, bucketing, secrets.
+
+The merge rules live once, in :func:`xpro.model.merge`; :func:`merge_arrays` is
+the same function over numpy arrays (tested record by record against it), used
+by the memory and etcd stores and by tests of the Redis function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import numpy as np
+
+from xpro.errors import BadRecord, ConfigError
+from xpro.layout import FLOW_KEY
+from xpro.model import R_DEN, SyncParams
+from xpro.store import LOCAL, MASTER
+
+log = logging.getLogger("xpro.stores")
+
+#: Counts above this are garbage (a negative i64 read as u64 is >= 2**63).
+#: Two valid counts always add up below 2**63, so sums never wrap.
+MAX_COUNT = 1 << 62
+#: Thresholds (T_T1, T_T4, in ns) above this are refused (about 146 years).
+MAX_THRESHOLD = 1 << 62
+#: r_q must satisfy R_DEN <= r_q < MAX_RQ (r in [1, 1024)); the Redis function
+#: divides 74-bit numbers in 32-bit limbs and needs r_q below 2**20.
+MAX_RQ = 1 << 20
+#: A timestamp more than this many seconds after now is "in the far future".
+DEFAULT_MAX_FUTURE_S = 86_400
+
+#: The master record as stored: three little-endian u64 (ts1, ts2, c), 24 bytes.
+RECORD_SIZE = MASTER.itemsize
+KEY_SIZE = FLOW_KEY.itemsize
+#: The local side as sent to the Redis function: ts1, ts2, c, dc (u64 LE) and
+#: mark (u8), packed: 33 bytes.
+WIRE_LOCAL = np.dtype(
+    [("ts1", "<u8"), ("ts2", "<u8"), ("c", "<u8"), ("dc", "<u8"), ("mark", "u1")]
+)
+#: What a merge call returns per record: a flag (0 absent, 1 existed,
+#: 2 corrupt and overwritten) and the record before the merge, 25 bytes.
+WIRE_BEFORE = np.dtype([("flag", "u1"), ("ts1", "<u8"), ("ts2", "<u8"), ("c", "<u8")])
+FLAG_ABSENT, FLAG_EXISTED, FLAG_CORRUPT = 0, 1, 2
+
+_MESH_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def check_mesh(mesh: str) -> str:
+    """A mesh name is a key namespace: letters, digits, ``_.-``, at most 64."""
+    if not _MESH_RE.match(mesh):
+        raise ConfigError(
+            f"mesh name {mesh!r} is not allowed: use 1-64 letters, digits, '_', '.' or '-'"
+        )
+    return mesh
+
+
+def check_params(params: SyncParams) -> None:
+    """Refuse thresholds the stores cannot merge exactly."""
+    if not 0 <= params.t_t1 <= MAX_THRESHOLD or not 0 <= params.t_t4 <= MAX_THRESHOLD:
+        raise ConfigError(
+            f"sync thresholds t_t1={params.t_t1} ns, t_t4={params.t_t4} ns: "
+            f"each must be between 0 and {MAX_THRESHOLD} ns"
+        )
+    if not R_DEN <= params.r_q < MAX_RQ:
+        raise ConfigError(
+            f"sync factor r = {params.r_q}/{R_DEN}: the stores need 1 <= r < {MAX_RQ // R_DEN}"
+        )
+
+
+def max_ts(max_future_s: float = DEFAULT_MAX_FUTURE_S, now_ns: int | None = None) -> int:
+    """The largest timestamp accepted as valid now (now + ``max_future_s``)."""
+    now = time.time_ns() if now_ns is None else now_ns
+    return now + int(max_future_s * 1_000_000_000)
+
+
+def key_hex(key: bytes) -> str:
+    """A flow key as logs name it: source, destination, port/proto, in hex."""
+    return f"{key[:16].hex()}/{key[16:32].hex()}/{key[32:36].hex()}"
+
+
+def as_keys(keys: np.ndarray) -> np.ndarray:
+    """``keys`` as a contiguous FLOW_KEY array (any 36-byte void is accepted)."""
+    arr = np.ascontiguousarray(keys)
+    if arr.dtype.itemsize != KEY_SIZE:
+        raise TypeError(f"keys must be FLOW_KEY (36 bytes), not {arr.dtype}")
+    return arr.view(FLOW_KEY) if arr.dtype != FLOW_KEY else arr
+
+
+def key_list(keys: np.ndarray) -> list[bytes]:
+    """The 36-byte keys as a list of bytes objects."""
+    raw = as_keys(keys).tobytes()
+    return [raw[i : i + KEY_SIZE] for i in range(0, len(raw), KEY_SIZE)]
+
+
+def keys_from_bytes(raw: bytes | Sequence[bytes]) -> np.ndarray:
+    """FLOW_KEY array from concatenated or listed 36-byte keys."""
+    blob = raw if isinstance(raw, bytes | bytearray) else b"".join(raw)
+    return np.frombuffer(bytes(blob), dtype=FLOW_KEY).copy()
+
+
+# --------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------
+
+
+def valid_master(rec: np.ndarray, limit_ts: int) -> np.ndarray:
+    """Which MASTER records are in bounds: timestamps <= ``limit_ts``, c <= MAX_COUNT."""
+    return (rec["ts1"] <= limit_ts) & (rec["ts2"] <= limit_ts) & (rec["c"] <= MAX_COUNT)
+
+
+def check_local(local: np.ndarray, limit_ts: int | None = None) -> np.ndarray:
+    """Which LOCAL records can be merged: bounds as for the master, mark 0 or 1.
+
+    The sync should drop (and log) the others before calling ``merge``, which
+    refuses a batch that holds any (:class:`~xpro.errors.BadRecord`).
+    """
+    lim = max_ts() if limit_ts is None else limit_ts
+    return (
+        (local["ts1"] <= lim)
+        & (local["ts2"] <= lim)
+        & (local["c"] <= MAX_COUNT)
+        & (local["dc"] <= MAX_COUNT)
+        & (local["mark"] <= 1)
+    )
+
+
+def check_merge_input(keys: np.ndarray, local: np.ndarray, params: SyncParams,
+                      limit_ts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a merge batch once, at the boundary; return (keys, local) contiguous."""
+    check_params(params)
+    k = as_keys(keys)
+    loc = np.ascontiguousarray(local)
+    if loc.dtype != LOCAL:
+        raise TypeError(f"local must have the LOCAL dtype, not {loc.dtype}")
+    if k.shape != loc.shape or k.ndim != 1:
+        raise ValueError(f"keys {k.shape} and local {loc.shape} must be parallel 1-d arrays")
+    ok = check_local(loc, limit_ts)
+    if not ok.all():
+        bad = [key_hex(b) for b in key_list(k[~ok][:5])]
+        raise BadRecord(
+            f"{int((~ok).sum())} local record(s) out of bounds (timestamps after "
+            f"{limit_ts}, counts above 2**62 or mark not 0/1), e.g. {', '.join(bad)}: "
+            "drop them before merging (xpro.stores.check_local)"
+        )
+    if len(k) > 1 and _has_duplicates(k):
+        raise ValueError("keys must not repeat within one merge batch")
+    return k, loc
+
+
+def _has_duplicates(k: np.ndarray) -> bool:
+    """Whether a key repeats: sort 64-bit hashes; compare bytes only on a hash tie."""
+    h = np.sort(key_hash(k))
+    if not (h[1:] == h[:-1]).any():
+        return False
+    raw = k.view(f"V{KEY_SIZE}")
+    return len(np.unique(raw)) != len(raw)
+
+
+def decode_values(keys: Sequence[bytes], values: Sequence[bytes | None], limit_ts: int,
+                  where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Decode raw stored values; skip (and log) the ones that are bad.
+
+    ``keys`` are 36-byte keys.  Returns ``(keys, records)`` of the good ones.
+    ``None`` values (a record deleted meanwhile) are skipped silently.  Works
+    on whole lists at C speed (map, join, numpy); only bad records cost a
+    Python step each.
+    """
+    vals = list(values)
+    if None in vals:
+        keep = [i for i, v in enumerate(vals) if v is not None]
+        keys = [keys[i] for i in keep]
+        vals = [vals[i] for i in keep]
+    lens = np.fromiter(map(len, vals), dtype=np.int64, count=len(vals))  # type: ignore[arg-type]
+    good = lens == RECORD_SIZE
+    if not good.all():
+        for i in np.flatnonzero(~good)[:100]:
+            log.warning("%s: skipping record %s: %d bytes, not %d", where, key_hex(keys[i]),
+                        lens[i], RECORD_SIZE)
+        idx = np.flatnonzero(good).tolist()
+        keys = [keys[i] for i in idx]
+        vals = [vals[i] for i in idx]
+    recs = np.frombuffer(b"".join(vals), dtype=MASTER).copy()  # type: ignore[arg-type]
+    ks = keys_from_bytes(keys)
+    ok = valid_master(recs, limit_ts)
+    if not ok.all():
+        for i in np.flatnonzero(~ok)[:100]:
+            r = recs[i]
+            log.warning("%s: skipping record %s: out of bounds (ts1=%d ts2=%d c=%d, limit ts %d)",
+                        where, key_hex(keys[i]), r["ts1"], r["ts2"], r["c"], limit_ts)
+        ks, recs = ks[ok], recs[ok]
+    return ks, recs
+
+
+# --------------------------------------------------------------------------
+# The merge over arrays
+# --------------------------------------------------------------------------
+
+
+def _div_r(x: np.ndarray, r_q: int) -> np.ndarray:
+    """``x * R_DEN // r_q`` exactly in uint64 (no 128-bit product needed)."""
+    rq = np.uint64(r_q)
+    return (x // rq) * np.uint64(R_DEN) + ((x % rq) * np.uint64(R_DEN)) // rq
+
+
+def merge_arrays(local: np.ndarray, master: np.ndarray, existed: np.ndarray,
+                 params: SyncParams) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`xpro.model.merge` over arrays: returns ``(local', master')``.
+
+    ``local`` is LOCAL, ``master`` MASTER (ignored where ``existed`` is False).
+    Every record is assumed in bounds (:func:`check_local`, :func:`valid_master`),
+    so no sum or product wraps.
+    """
+    n = len(local)
+    l1, l2, lc, ldc = (local[f].astype(np.uint64) for f in ("ts1", "ts2", "c", "dc"))
+    m1, m2, mc = (master[f].astype(np.uint64) for f in ("ts1", "ts2", "c"))
+    ex = np.asarray(existed, dtype=bool)
+    t1, t4 = np.uint64(params.t_t1), np.uint64(params.t_t4)
+
+    # Lines 6-8: this proxy reset the window long after the master's start.
+    reset = ex & (local["mark"] == 1) & (l1 > m1 + t1)
+    join = ex & ~reset
+    # Lines 11-17.
+    later = l2 < m2
+    long_ = ~later & (l2 > m1 + t4)
+    d = np.where(long_, l2 - np.minimum(m1, l2), np.uint64(0))
+    short_start = l2 - _div_r(d, params.r_q)
+    ts1p = np.where(long_, short_start, l1)
+    ts2p = np.where(later, m2, l2)
+    c = np.where(long_, _div_r(mc, params.r_q), mc)
+    ts1 = np.where(long_, short_start, m1)
+    ts2 = np.where(later, m2, l2)
+    # Lines 19-22.
+    take_master_start = ts1p > ts1
+    ts1p_new = np.where(take_master_start, ts1, ts1p)
+    take_local_start = ~take_master_start & (ts2p > ts1p + t4)
+    ts1 = np.where(take_local_start, ts1p, ts1)
+    ts1p = ts1p_new
+    cp = c + ldc  # line 24
+
+    out_m = np.zeros(n, dtype=MASTER)
+    out_l = np.zeros(n, dtype=LOCAL)
+    fresh = ~join  # absent, or reset: the local window is the new master record
+    out_m["ts1"] = np.where(fresh, l1, ts1)
+    out_m["ts2"] = np.where(fresh, l2, ts2)
+    out_m["c"] = np.where(fresh, lc, cp)
+    out_l["ts1"] = np.where(fresh, l1, ts1p)
+    out_l["ts2"] = np.where(fresh, l2, ts2p)
+    out_l["c"] = out_m["c"]
+    return out_l, out_m
+
+
+# --------------------------------------------------------------------------
+# Buckets (DESIGN 4.6)
+# --------------------------------------------------------------------------
+
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+_MIX = np.uint64(0xBF58476D1CE4E5B9)
+
+
+def bucket_of(keys: np.ndarray, buckets: int) -> np.ndarray:
+    """The bucket of each flow key: :func:`key_hash` modulo ``buckets``."""
+    return (key_hash(keys) % np.uint64(buckets)).astype(np.int64)
+
+
+def key_hash(keys: np.ndarray) -> np.ndarray:
+    """A fixed 64-bit hash of each flow key (it picks the bucket).
+
+    FNV-1a over the key's nine little-endian 32-bit words, then
+    ``h ^= h >> 29; h *= 0xBF58476D1CE4E5B9; h ^= h >> 32``.  Every proxy of a
+    mesh must compute the same, so this formula is part of the store
+    encoding (docs/stores.rst).
+    """
+    k = as_keys(keys)
+    words = np.frombuffer(k.tobytes(), dtype="<u4").reshape(-1, KEY_SIZE // 4)
+    h = np.full(len(k), _FNV_OFFSET, dtype=np.uint64)
+    for j in range(words.shape[1]):
+        h = (h ^ words[:, j].astype(np.uint64)) * _FNV_PRIME
+    h ^= h >> np.uint64(29)
+    h *= _MIX
+    h ^= h >> np.uint64(32)
+    return h
+
+
+# --------------------------------------------------------------------------
+# Replays: a merge retried with the same arguments applies at most once
+# --------------------------------------------------------------------------
+
+
+def batch_digest(keys: np.ndarray, local: np.ndarray, params: SyncParams) -> bytes:
+    """Identifies a merge call, so that a retry of the same call can be recognised."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(keys.tobytes())
+    h.update(local.tobytes())
+    h.update(f"{params.t_t1},{params.t_t4},{params.r_q}".encode())
+    return h.digest()
+
+
+@dataclass
+class Replay:
+    """The identity of the merge that last failed half way (see Store.merge docs)."""
+
+    digest: bytes
+    op: int
+
+
+# --------------------------------------------------------------------------
+# URLs, options, secrets
+# --------------------------------------------------------------------------
+
+PASSWORD_ENV = "XPRO_STORE_PASSWORD"
+
+
+def merged_options(query: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """URL query options, overridden by explicit ``options``."""
+    out: dict[str, Any] = dict(parse_qsl(query, keep_blank_values=True))
+    if options:
+        out.update(options)
+    return out
+
+
+def opt_bool(opts: Mapping[str, Any], name: str, default: bool) -> bool:
+    v = opts.get(name, default)
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off", "none"):
+        return False
+    raise ConfigError(f"store option {name}={v!r}: use true or false")
+
+
+def opt_num(opts: Mapping[str, Any], name: str, default: float, lo: float, hi: float) -> float:
+    v = opts.get(name, default)
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"store option {name}={v!r} is not a number") from None
+    if not lo <= x <= hi:
+        raise ConfigError(f"store option {name}={x:g} is out of range [{lo:g}, {hi:g}]")
+    return x
+
+
+def opt_int(opts: Mapping[str, Any], name: str, default: int, lo: int, hi: int) -> int:
+    x = opt_num(opts, name, default, lo, hi)
+    if x != int(x):
+        raise ConfigError(f"store option {name}={x:g} must be a whole number")
+    return int(x)
+
+
+def resolve_password(url_password: str | None, opts: Mapping[str, Any]) -> str | None:
+    """The secret: from the URL, else $XPRO_STORE_PASSWORD, else option ``password_file``."""
+    if url_password:
+        return url_password
+    env = os.environ.get(PASSWORD_ENV)
+    if env:
+        return env
+    pf = opts.get("password_file")
+    if pf:
+        try:
+            return Path(str(pf)).read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"store option password_file={pf}: cannot read it ({exc.strerror})"
+                              ) from None
+    return None
+
+
+def unknown_options(opts: Mapping[str, Any], known: Iterable[str], scheme: str) -> None:
+    extra = sorted(set(opts) - set(known))
+    if extra:
+        raise ConfigError(
+            f"unknown {scheme}:// store option(s) {', '.join(extra)} "
+            f"(known: {', '.join(sorted(known))})"
+        )
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for logs and repr)."""
+    return re.sub(r"(?<=://)([^:/@]*):([^@/]*)@", r"\1:***@", url)

@@ -1,0 +1,752 @@
+"""The etcd v3 master store: ``etcd://host:port[,host:port...]``, ``etcds://`` (TLS).
+
+The client: cslab-etcd3 (a maintained fork of python-etcd3, same top-level
+name ``etcd3``), which installs and imports with current protobuf and grpcio.
+This store uses its generated gRPC stubs and messages (``etcd3.etcdrpc``) and
+drives them itself: one channel per endpoint, failover to the next endpoint and
+retry on UNAVAILABLE / DEADLINE_EXCEEDED, token refresh, transactions sent
+concurrently as gRPC futures.  Its high-level MultiEndpointEtcd3Client does
+fail over, but only on the call after a failure, parks a failed endpoint for
+300 s and never retries or refreshes an auth token (docs/stores.rst).
+
+Layout under ``xpro/MESH/``: ``r/<36-byte key>`` the records (24 bytes, as in
+Redis), ``l/<time>/<client>/<op>/<chunk>`` one change-log entry per merge
+transaction, ``v`` (rewritten by every merge: its mod_revision says whether
+anything changed), ``lt`` (the highest revision of a trimmed log entry),
+``hb/<proxy>`` heartbeats, ``cfg`` the encoding.
+
+Merges are compare-and-swap transactions on each record's mod_revision, at
+most 120 records (plus the log entry and ``v``) per transaction; a transaction
+that loses is recomputed from the fresh values its failure branch returns and
+sent again with backoff, and after ``max_retries`` losses StoreConflict.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+
+from xpro.errors import BadRecord, ConfigError, StoreConflict, StoreError, StoreUnavailable
+from xpro.hookspecs import hookimpl
+from xpro.layout import FLOW_KEY
+from xpro.model import SyncParams
+from xpro.store import MASTER, ProxyStatus, Store
+from xpro.stores._common import (
+    DEFAULT_MAX_FUTURE_S,
+    FLAG_ABSENT,
+    FLAG_CORRUPT,
+    FLAG_EXISTED,
+    KEY_SIZE,
+    RECORD_SIZE,
+    Replay,
+    batch_digest,
+    check_merge_input,
+    check_mesh,
+    decode_values,
+    key_hex,
+    key_list,
+    mask_url,
+    max_ts,
+    merge_arrays,
+    merged_options,
+    opt_int,
+    opt_num,
+    resolve_password,
+    unknown_options,
+    valid_master,
+)
+
+if TYPE_CHECKING:
+    from xpro.plugins import Registry
+
+log = logging.getLogger("xpro.stores.etcd")
+
+T = TypeVar("T")
+
+ENCODING = 1
+#: Records per merge transaction: 120 compares and puts, plus the log entry
+#: and ``v``, stay within etcd's default --max-txn-ops of 128.
+CHUNK = 120
+_HEARTBEAT = struct.Struct("<dQ")
+_GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    ("grpc.max_send_message_length", 16 * 1024 * 1024),
+]
+KNOWN_OPTIONS = (
+    "ca", "cert", "key", "server_name", "password_file", "timeout", "retry_time",
+    "max_retries", "log_retention", "max_future", "page",
+)
+
+
+def _etcd() -> Any:
+    try:
+        import etcd3.etcdrpc as rpc  # type: ignore[import-untyped]
+        import grpc  # type: ignore[import-untyped]
+    except ImportError:
+        raise ConfigError("etcd:// stores need the etcd client: pip install 'xpro[etcd]'"
+                          ) from None
+    return rpc, grpc
+
+
+@dataclass(frozen=True)
+class EtcdCursor:
+    """A reader's position: the cluster and the revision it has read up to."""
+
+    cluster: int
+    revision: int
+
+
+class EtcdStore(Store):
+    """A mesh's master records in etcd (v3 API, one or more endpoints)."""
+
+    schemes: ClassVar[tuple[str, ...]] = ("etcd", "etcds")
+
+    def __init__(self, *, url: str, mesh: str, endpoints: Sequence[tuple[str, int]], tls: bool,
+                 username: str | None, password: str | None, opts: Mapping[str, Any]) -> None:
+        self.url = mask_url(url)
+        self.mesh = check_mesh(mesh)
+        self.endpoints = list(endpoints)
+        self.tls = tls
+        self._username = username
+        self._password = password
+        self.timeout = opt_num(opts, "timeout", 5.0, 0.1, 3600)
+        self.retry_time = opt_num(opts, "retry_time", 3.0, 0, 3600)
+        self.max_retries = opt_int(opts, "max_retries", 50, 1, 10_000)
+        self.log_retention = opt_int(opts, "log_retention", 300, 1, 10**7)
+        self.max_future = opt_num(opts, "max_future", DEFAULT_MAX_FUTURE_S, 1, 10**8)
+        self.page = opt_int(opts, "page", 10_000, 100, 1_000_000)
+        self._tls_files = {n: opts.get(n) for n in ("ca", "cert", "key")}
+        self._server_name = opts.get("server_name")
+        self.client_id = uuid.uuid4().hex[:16]
+        self._op = 0
+        self._replay: Replay | None = None
+        self._replay_stamp = 0
+        self._lock = threading.RLock()
+        self._channels: list[Any] = [None] * len(self.endpoints)
+        self._current = random.randrange(len(self.endpoints))
+        self._token: str | None = None
+        self._last_expire_rev = 0
+        p = b"xpro/" + self.mesh.encode() + b"/"
+        self._p_rec = p + b"r/"
+        self._p_log = p + b"l/"
+        self._p_hb = p + b"hb/"
+        self._k_ver = p + b"v"
+        self._k_trim = p + b"lt"
+        self._k_cfg = p + b"cfg"
+        self._cfg_ok = False
+
+    @classmethod
+    def from_url(cls, url: str, *, mesh: str = "xpro", options: Mapping[str, Any] | None = None
+                 ) -> EtcdStore:
+        """``etcd://[user:pass@]host:port[,host:port...]`` or ``etcds://`` (TLS)."""
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in cls.schemes:
+            raise ConfigError(f"{scheme}:// is not an etcd URL scheme (etcd://, etcds://)")
+        userinfo, _, hostlist = parts.netloc.rpartition("@")
+        username: str | None = None
+        url_password: str | None = None
+        if userinfo:
+            user, sep, pw = userinfo.partition(":")
+            username = unquote(user) or None
+            url_password = unquote(pw) if sep else None
+        endpoints: list[tuple[str, int]] = []
+        for raw in hostlist.split(","):
+            item = raw.strip()
+            if not item:
+                continue
+            if item.startswith("["):
+                host, _, rest = item[1:].partition("]")
+                port_s = rest.removeprefix(":")
+            else:
+                host, _, port_s = item.partition(":")
+            try:
+                endpoints.append((host, int(port_s) if port_s else 2379))
+            except ValueError:
+                raise ConfigError(f"store URL {mask_url(url)}: bad port {port_s!r}") from None
+        if not endpoints:
+            endpoints = [("127.0.0.1", 2379)]
+        if parts.path.strip("/"):
+            raise ConfigError(f"store URL {mask_url(url)}: etcd URLs take no path")
+        opts = merged_options(parts.query, options)
+        unknown_options(opts, KNOWN_OPTIONS, scheme)
+        password = resolve_password(url_password, opts)
+        if password and not username:
+            username = "root"
+        return cls(url=url, mesh=mesh, endpoints=endpoints, tls=scheme == "etcds",
+                   username=username, password=password, opts=opts)
+
+    def __repr__(self) -> str:
+        return f"EtcdStore({self.url!r}, mesh={self.mesh!r})"
+
+    __str__ = __repr__
+
+    @property
+    def where(self) -> str:
+        return ",".join(f"{h}:{p}" for h, p in self.endpoints)
+
+    # ------------------------------------------------------------------
+    # Channels, failover, errors
+    # ------------------------------------------------------------------
+
+    def _channel(self, i: int) -> Any:
+        ch = self._channels[i]
+        if ch is None:
+            _, grpc = _etcd()
+            host, port = self.endpoints[i]
+            target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            opts: list[tuple[str, Any]] = list(_GRPC_OPTIONS)
+            if self._server_name:
+                opts.append(("grpc.ssl_target_name_override", str(self._server_name)))
+            if self.tls:
+                files = {n: Path(str(v)).read_bytes() if v else None
+                         for n, v in self._tls_files.items()}
+                creds = grpc.ssl_channel_credentials(
+                    root_certificates=files["ca"], private_key=files["key"],
+                    certificate_chain=files["cert"])
+                ch = grpc.secure_channel(target, creds, options=opts)
+            else:
+                ch = grpc.insecure_channel(target, options=opts)
+            self._channels[i] = ch
+        return ch
+
+    def _stub(self) -> Any:
+        rpc, _ = _etcd()
+        return rpc.KVStub(self._channel(self._current))
+
+    def _metadata(self) -> tuple[tuple[str, str], ...] | None:
+        if self._password is None:
+            return None
+        if self._token is None:
+            rpc, _ = _etcd()
+            auth = rpc.AuthStub(self._channel(self._current))
+            resp = auth.Authenticate(
+                rpc.AuthenticateRequest(name=self._username or "root", password=self._password),
+                timeout=self.timeout)
+            self._token = resp.token
+        return (("token", self._token),)
+
+    def _fail_over(self) -> None:
+        with self._lock:
+            ch = self._channels[self._current]
+            self._channels[self._current] = None
+            self._current = (self._current + 1) % len(self.endpoints)
+            self._token = None
+        if ch is not None:
+            ch.close()
+
+    def _rpc(self, fn: Callable[[Any, Any], T], what: str) -> T:
+        """Run ``fn(stub, metadata)``, failing over between endpoints until retry_time.
+
+        Every call made through here is safe to repeat (reads, idempotent
+        writes, and merge transactions guarded by their log entry).
+        """
+        _, grpc = _etcd()
+        deadline = time.monotonic() + self.retry_time
+        tried = 0
+        delay = 0.05
+        while True:
+            try:
+                return fn(self._stub(), self._metadata())
+            except grpc.RpcError as exc:
+                code = exc.code()
+                detail = exc.details() or ""
+                if "authentication failed" in detail or "user ID or password" in detail:
+                    raise StoreUnavailable(
+                        f"etcd store at {self.where}: authentication failed during {what}: "
+                        f"{detail}; check the user and password (URL, $XPRO_STORE_PASSWORD or "
+                        "password_file)") from exc
+                if code == grpc.StatusCode.UNAUTHENTICATED or "auth token" in detail:
+                    if tried > 0 and self._token is None:
+                        raise StoreUnavailable(
+                            f"etcd store at {self.where}: authentication failed during {what}: "
+                            f"{detail}; check the user and password (URL, "
+                            "$XPRO_STORE_PASSWORD or password_file)") from exc
+                    self._token = None
+                    tried += 1
+                    continue
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                            grpc.StatusCode.CANCELLED) or "leader" in detail:
+                    tried += 1
+                    self._fail_over()
+                    if tried < len(self.endpoints):
+                        continue  # the next endpoint at once
+                    if time.monotonic() > deadline:
+                        raise StoreUnavailable(
+                            f"etcd store at {self.where} unavailable during {what}: "
+                            f"{code.name}: {detail}; check that the members run and are "
+                            "reachable; xpro keeps filtering on local state and retries"
+                        ) from exc
+                    time.sleep(delay)
+                    delay = min(2 * delay, 1.0)
+                    continue
+                if "too many operations" in detail:
+                    raise ConfigError(
+                        f"etcd at {self.where} refuses {CHUNK + 2} operations per "
+                        "transaction: run it with --max-txn-ops=128 or more") from exc
+                raise StoreError(f"etcd store at {self.where}: {what} failed: {code.name}: "
+                                 f"{detail}") from exc
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        with self._lock:
+            yield
+
+    # ------------------------------------------------------------------
+    # Request builders
+    # ------------------------------------------------------------------
+
+    @staticmethod
+    def _range_op(rpc: Any, key: bytes, **kw: Any) -> Any:
+        return rpc.RequestOp(request_range=rpc.RangeRequest(key=key, **kw))
+
+    def _txn(self, rpc: Any, compare: list[Any], success: list[Any], failure: list[Any]
+             ) -> Any:
+        return rpc.TxnRequest(compare=compare, success=success, failure=failure)
+
+    def _call_txns(self, reqs: Sequence[Any], what: str) -> list[Any]:
+        """Send transactions concurrently (gRPC futures) and wait for all."""
+        if not reqs:
+            return []
+
+        def run(stub: Any, md: Any) -> list[Any]:
+            futs = [stub.Txn.future(r, timeout=self.timeout, metadata=md) for r in reqs]
+            return [f.result() for f in futs]
+
+        return self._rpc(run, what)
+
+    def _prefix_end(self, prefix: bytes) -> bytes:
+        return prefix[:-1] + bytes([prefix[-1] + 1])
+
+    def _range_all(self, prefix: bytes, revision: int = 0, min_mod: int = 0, keys_only: bool = False
+                   ) -> tuple[list[Any], int, int]:
+        """Every kv under ``prefix`` at ``revision`` (0: now), paginated.
+
+        Returns (kvs, revision read, cluster id).
+        """
+        rpc, _ = _etcd()
+        end = self._prefix_end(prefix)
+        out: list[Any] = []
+        start = prefix
+        rev = revision
+        cluster = 0
+        while True:
+            req = rpc.RangeRequest(key=start, range_end=end, limit=self.page, revision=rev,
+                                   min_mod_revision=min_mod, keys_only=keys_only)
+            resp: Any = self._rpc(_ranger(req, self.timeout), "range read")
+            rev = resp.header.revision
+            cluster = resp.header.cluster_id
+            out.extend(resp.kvs)
+            if not resp.more or not resp.kvs:
+                return out, rev, cluster
+            start = resp.kvs[-1].key + b"\0"
+
+    def _check_cfg(self) -> None:
+        if self._cfg_ok:
+            return
+        rpc, _ = _etcd()
+        want = f"encoding={ENCODING}".encode()
+        req = self._txn(
+            rpc,
+            [rpc.Compare(key=self._k_cfg, target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL,
+                         version=0)],
+            [rpc.RequestOp(request_put=rpc.PutRequest(key=self._k_cfg, value=want))],
+            [self._range_op(rpc, self._k_cfg)],
+        )
+        (resp,) = self._call_txns([req], "reading the mesh configuration")
+        if not resp.succeeded:
+            kvs = resp.responses[0].response_range.kvs
+            have = kvs[0].value if kvs else b""
+            if have != want:
+                raise ConfigError(
+                    f"mesh {self.mesh!r} on etcd {self.where} has {have[:40]!r}, this xpro "
+                    f"writes {want.decode()}: use another mesh name or upgrade")
+        self._cfg_ok = True
+
+    # ------------------------------------------------------------------
+    # Store API
+    # ------------------------------------------------------------------
+
+    def merge(self, keys: np.ndarray, local: np.ndarray, params: SyncParams
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """Compare-and-swap transactions of up to 120 records, retried on conflict.
+
+        Atomic per record.  If it raises :class:`StoreUnavailable`, calling it
+        again with the same arguments applies each transaction at most once
+        (its log entry marks it as done and holds what it saw).
+        """
+        now = time.time_ns()
+        limit = max_ts(self.max_future, now)
+        k, loc = check_merge_input(keys, local, params, limit)
+        n = len(k)
+        existed = np.zeros(n, dtype=bool)
+        before = np.zeros(n, dtype=MASTER)
+        if n == 0:
+            return existed, before
+        with self._guard():
+            self._check_cfg()
+            if self._replay is not None and self._replay.digest == batch_digest(k, loc, params):
+                op, stamp = self._replay.op, self._replay_stamp
+            else:
+                self._op += 1
+                op, stamp = self._op, now
+            self._replay, self._replay_stamp = None, stamp
+            try:
+                return self._merge(k, loc, params, op, stamp, limit)
+            except BaseException:
+                self._replay = Replay(batch_digest(k, loc, params), op)
+                raise
+
+    def _merge(self, k: np.ndarray, loc: np.ndarray, params: SyncParams, op: int, stamp: int,
+               limit: int) -> tuple[np.ndarray, np.ndarray]:
+        rpc, _ = _etcd()
+        n = len(k)
+        existed = np.zeros(n, dtype=bool)
+        before = np.zeros(n, dtype=MASTER)
+        kl = key_list(k)
+        chunks = [np.arange(s, min(s + CHUNK, n)) for s in range(0, n, CHUNK)]
+        logkeys = [
+            self._p_log + f"{stamp:016x}/{self.client_id}/{op:08x}/{ci:06x}".encode()
+            for ci in range(len(chunks))
+        ]
+        # Read every chunk's records and its log entry (replays).
+        reads = [
+            self._txn(rpc, [], [self._range_op(rpc, self._p_rec + kl[i]) for i in idx]
+                      + [self._range_op(rpc, lk)], [])
+            for idx, lk in zip(chunks, logkeys, strict=True)
+        ]
+        state = [resp.responses for resp in self._call_txns(reads, "merge (read)")]
+        todo = list(range(len(chunks)))
+        attempt = 0
+        corrupt: list[bytes] = []
+        while todo:
+            cas: list[Any] = []
+            plans: list[tuple[int, np.ndarray, np.ndarray]] = []
+            for ci in todo:
+                idx = chunks[ci]
+                ranges = state[ci]
+                logkv = ranges[-1].response_range.kvs
+                if logkv:  # applied by an earlier attempt of this very merge
+                    self._take_logged(logkv[0].value, idx, existed, before)
+                    continue
+                vals = [r.response_range.kvs for r in ranges[:-1]]
+                revs = [kv[0].mod_revision if kv else 0 for kv in vals]
+                m_rec, flags = self._decode_for_merge(vals, limit)
+                ex = flags == FLAG_EXISTED
+                _, new = merge_arrays(loc[idx], m_rec, ex, params)
+                entry = (struct.pack("<I", len(idx)) + b"".join(kl[i] for i in idx)
+                         + flags.tobytes() + m_rec.tobytes())
+                compare = [
+                    rpc.Compare(key=self._p_rec + kl[i], target=rpc.Compare.MOD,
+                                result=rpc.Compare.EQUAL, mod_revision=rv)
+                    for i, rv in zip(idx, revs, strict=True)
+                ] + [rpc.Compare(key=logkeys[ci], target=rpc.Compare.VERSION,
+                                 result=rpc.Compare.EQUAL, version=0)]
+                newb = new.tobytes()
+                success = [
+                    rpc.RequestOp(request_put=rpc.PutRequest(
+                        key=self._p_rec + kl[i],
+                        value=newb[j * RECORD_SIZE : (j + 1) * RECORD_SIZE]))
+                    for j, i in enumerate(idx)
+                ] + [
+                    rpc.RequestOp(request_put=rpc.PutRequest(key=logkeys[ci], value=entry)),
+                    rpc.RequestOp(request_put=rpc.PutRequest(key=self._k_ver, value=b"")),
+                ]
+                failure = [self._range_op(rpc, self._p_rec + kl[i]) for i in idx] + [
+                    self._range_op(rpc, logkeys[ci])]
+                cas.append(self._txn(rpc, compare, success, failure))
+                plans.append((ci, m_rec, flags))
+            again: list[int] = []
+            for (ci, m_rec, flags), resp in zip(plans, self._call_txns(cas, "merge"),
+                                                strict=True):
+                idx = chunks[ci]
+                if resp.succeeded:
+                    existed[idx] = flags == FLAG_EXISTED
+                    before[idx] = m_rec
+                    if (flags == FLAG_CORRUPT).any():
+                        corrupt.extend(kl[i] for i in idx[flags == FLAG_CORRUPT])
+                else:
+                    state[ci] = resp.responses
+                    again.append(ci)
+            todo = again
+            if todo:
+                attempt += 1
+                if attempt >= self.max_retries:
+                    raise StoreConflict(
+                        f"etcd merge into mesh {self.mesh!r}: {len(todo)} transaction(s) "
+                        f"lost the compare-and-swap {attempt} times (too many proxies "
+                        "merging the same flows?); the sync retries next round")
+                time.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.2)))
+        for kb in corrupt[:100]:
+            log.warning("etcd mesh %s: record %s was corrupt; replaced by this proxy's "
+                        "record", self.mesh, key_hex(kb))
+        return existed, before
+
+    def _decode_for_merge(self, vals: Sequence[Any], limit: int
+                          ) -> tuple[np.ndarray, np.ndarray]:
+        """Stored values -> (records, flags); corrupt ones count as absent."""
+        m = len(vals)
+        recs = np.zeros(m, dtype=MASTER)
+        flags = np.full(m, FLAG_ABSENT, dtype=np.uint8)
+        for j, kv in enumerate(vals):
+            if not kv:
+                continue
+            v = kv[0].value
+            if len(v) == RECORD_SIZE:
+                recs[j] = np.frombuffer(v, dtype=MASTER)[0]
+                flags[j] = FLAG_EXISTED
+            else:
+                flags[j] = FLAG_CORRUPT
+        ok = valid_master(recs, limit)
+        bad = (flags == FLAG_EXISTED) & ~ok
+        flags[bad] = FLAG_CORRUPT
+        recs[flags != FLAG_EXISTED] = 0
+        return recs, flags
+
+    @staticmethod
+    def _take_logged(entry: bytes, idx: np.ndarray, existed: np.ndarray, before: np.ndarray
+                     ) -> None:
+        """What a transaction applied earlier saw, from its log entry."""
+        m = len(idx)
+        if len(entry) != 4 + m * (KEY_SIZE + 1 + RECORD_SIZE) or \
+                struct.unpack_from("<I", entry)[0] != m:
+            raise BadRecord("etcd: a merge log entry of this proxy does not match its "
+                            "transaction; was the store modified by hand?")
+        off = 4 + m * KEY_SIZE
+        flags = np.frombuffer(entry, dtype=np.uint8, count=m, offset=off)
+        existed[idx] = flags == FLAG_EXISTED
+        before[idx] = np.frombuffer(entry, dtype=MASTER, count=m, offset=off + m)
+
+    def changes(self, cursor: Any | None) -> tuple[np.ndarray, np.ndarray, EtcdCursor]:
+        """Records changed since ``cursor`` (a revision), read through the change log."""
+        rpc, _ = _etcd()
+        limit = max_ts(self.max_future)
+        with self._guard():
+            req = self._txn(rpc, [], [self._range_op(rpc, self._k_ver),
+                                      self._range_op(rpc, self._k_trim)], [])
+            (resp,) = self._call_txns([req], "reading changes")
+            rev, cluster = resp.header.revision, resp.header.cluster_id
+            ver_kv = resp.responses[0].response_range.kvs
+            trim_kv = resp.responses[1].response_range.kvs
+            trimmed = _int(trim_kv[0].value) if trim_kv else 0
+            since = cursor.revision if (
+                isinstance(cursor, EtcdCursor) and cursor.cluster == cluster
+                and cursor.revision <= rev
+            ) else -1
+            new_cursor = EtcdCursor(cluster, rev)
+            if since >= 0 and (not ver_kv or ver_kv[0].mod_revision <= since):
+                return _empty_keys(), np.zeros(0, dtype=MASTER), new_cursor
+            if since < 0 or trimmed > since:
+                kvs, _, _ = self._range_all(self._p_rec, revision=rev)
+            else:
+                entries, _, _ = self._range_all(self._p_log, revision=rev, min_mod=since + 1)
+                wanted: dict[bytes, None] = {}
+                broken = False
+                for kv in entries:
+                    e = kv.value
+                    if len(e) < 4:
+                        broken = True
+                        continue
+                    m = struct.unpack_from("<I", e)[0]
+                    if len(e) != 4 + m * (KEY_SIZE + 1 + RECORD_SIZE):
+                        broken = True
+                        continue
+                    for j in range(m):
+                        wanted[e[4 + j * KEY_SIZE : 4 + (j + 1) * KEY_SIZE]] = None
+                if broken:
+                    log.warning("etcd mesh %s: a change-log entry is corrupt; reading every "
+                                "record", self.mesh)
+                    kvs, _, _ = self._range_all(self._p_rec, revision=rev)
+                else:
+                    kvs = self._get_many([self._p_rec + kb for kb in wanted], rev)
+        keys, recs = self._decode_kvs(kvs, limit)
+        return keys, recs, new_cursor
+
+    def _get_many(self, keys: Sequence[bytes], revision: int) -> list[Any]:
+        rpc, _ = _etcd()
+        reqs = [
+            self._txn(rpc, [], [self._range_op(rpc, kb, revision=revision)
+                                for kb in keys[s : s + 128]], [])
+            for s in range(0, len(keys), 128)
+        ]
+        out: list[Any] = []
+        for resp in self._call_txns(reqs, "reading changed records"):
+            for r in resp.responses:
+                out.extend(r.response_range.kvs)
+        return out
+
+    def _decode_kvs(self, kvs: Sequence[Any], limit: int) -> tuple[np.ndarray, np.ndarray]:
+        keys: list[bytes] = []
+        vals: list[bytes | None] = []
+        plen = len(self._p_rec)
+        for kv in kvs:
+            kb = kv.key[plen:]
+            if len(kb) != KEY_SIZE:
+                log.warning("etcd mesh %s: skipping key %r: not a flow key", self.mesh,
+                            kv.key[:80])
+                continue
+            keys.append(kb)
+            vals.append(kv.value)
+        return decode_values(keys, vals, limit, f"etcd mesh {self.mesh}")
+
+    def heartbeat(self, proxy: str, workload: float, now: int) -> None:
+        if not math.isfinite(workload) or workload < 0:
+            raise ValueError(f"workload {workload!r} must be a finite number >= 0")
+        rpc, _ = _etcd()
+        req = rpc.PutRequest(key=self._p_hb + proxy.encode(),
+                             value=_HEARTBEAT.pack(float(workload), int(now)))
+        self._rpc(lambda stub, md: stub.Put(req, timeout=self.timeout, metadata=md), "heartbeat")
+
+    def proxies(self) -> dict[str, ProxyStatus]:
+        kvs, _, _ = self._range_all(self._p_hb)
+        limit = max_ts(self.max_future)
+        out: dict[str, ProxyStatus] = {}
+        for kv in kvs:
+            name = kv.key[len(self._p_hb):].decode("utf-8", "replace")
+            if len(kv.value) != _HEARTBEAT.size:
+                log.warning("etcd mesh %s: skipping heartbeat of %r: %d bytes", self.mesh, name,
+                            len(kv.value))
+                continue
+            w, seen = _HEARTBEAT.unpack(kv.value)
+            if not math.isfinite(w) or w < 0 or seen > limit:
+                log.warning("etcd mesh %s: skipping heartbeat of %r: out of bounds", self.mesh,
+                            name)
+                continue
+            out[name] = ProxyStatus(workload=w, last_seen=seen)
+        return out
+
+    def expire(self, before: int) -> int:
+        """Delete records with ts2 < ``before`` (and corrupt ones), trim the log, compact.
+
+        Each deletion is guarded by the record's mod_revision, so a record
+        merged meanwhile stays.  History is compacted up to the revision the
+        previous ``expire`` of this store saw.
+        """
+        rpc, _ = _etcd()
+        limit = max_ts(self.max_future)
+        with self._guard():
+            kvs, rev, _ = self._range_all(self._p_rec)
+            doomed: list[Any] = []
+            for kv in kvs:
+                v = kv.value
+                if len(v) != RECORD_SIZE or len(kv.key) != len(self._p_rec) + KEY_SIZE:
+                    doomed.append(kv)
+                    continue
+                rec = np.frombuffer(v, dtype=MASTER)
+                if rec["ts2"][0] < before or not valid_master(rec, limit)[0]:
+                    doomed.append(kv)
+            reqs = [
+                self._txn(
+                    rpc,
+                    [rpc.Compare(key=kv.key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL,
+                                 mod_revision=kv.mod_revision) for kv in doomed[s : s + 128]],
+                    [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=kv.key))
+                     for kv in doomed[s : s + 128]],
+                    [],
+                )
+                for s in range(0, len(doomed), 128)
+            ]
+            deleted = 0
+            for req, resp in zip(reqs, self._call_txns(reqs, "expire"), strict=True):
+                if resp.succeeded:
+                    deleted += len(req.success)
+                else:  # some changed meanwhile: delete the others one by one
+                    for c, opx in zip(req.compare, req.success, strict=True):
+                        one = self._txn(rpc, [c], [opx], [])
+                        (r1,) = self._call_txns([one], "expire")
+                        deleted += int(r1.succeeded)
+            self._trim_log(rpc)
+            if self._last_expire_rev:
+                self._compact(rpc, self._last_expire_rev)
+            self._last_expire_rev = rev
+        return deleted
+
+    def _trim_log(self, rpc: Any) -> None:
+        """Delete change-log entries older than log_retention, recording their revisions."""
+        cut = self._p_log + f"{time.time_ns() - self.log_retention * 10**9:016x}".encode()
+        kvs, rev, _ = self._range_all(self._p_log, keys_only=True)
+        old = [kv for kv in kvs if kv.key < cut]
+        if not old:
+            return
+        top = max(kv.mod_revision for kv in old)
+        req = self._txn(
+            rpc,
+            [rpc.Compare(key=self._p_log, range_end=cut, target=rpc.Compare.MOD,
+                         result=rpc.Compare.LESS, mod_revision=rev + 1)],
+            [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=self._p_log,
+                                                                       range_end=cut)),
+             rpc.RequestOp(request_put=rpc.PutRequest(key=self._k_trim, value=str(top).encode()))],
+            [],
+        )
+        (resp,) = self._call_txns([req], "trimming the change log")
+        if not resp.succeeded:
+            log.info("etcd mesh %s: change log changed while trimming; next time", self.mesh)
+
+    def _compact(self, rpc: Any, revision: int) -> None:
+        req = rpc.CompactionRequest(revision=revision)
+        try:
+            self._rpc(lambda stub, md: stub.Compact(req, timeout=self.timeout, metadata=md),
+                      "compaction")
+        except StoreError as exc:
+            if "compacted" not in str(exc):
+                raise
+
+    def ping(self) -> None:
+        rpc, _ = _etcd()
+        req = rpc.RangeRequest(key=self._k_cfg)
+        self._rpc(lambda stub, md: stub.Range(req, timeout=self.timeout, metadata=md), "ping")
+
+    def close(self) -> None:
+        with self._lock:
+            for i, ch in enumerate(self._channels):
+                if ch is not None:
+                    ch.close()
+                    self._channels[i] = None
+
+    # For tests and tools.
+    def record_key(self, key: bytes) -> bytes:
+        """The etcd key of one flow record."""
+        return self._p_rec + key
+
+    def raw_put(self, key: bytes, value: bytes) -> None:
+        """Write raw bytes under an etcd key (tests inject bad data with it)."""
+        rpc, _ = _etcd()
+        req = rpc.PutRequest(key=key, value=value)
+        self._rpc(lambda stub, md: stub.Put(req, timeout=self.timeout, metadata=md), "raw put")
+
+
+def _ranger(req: Any, timeout: float) -> Callable[[Any, Any], Any]:
+    def run(stub: Any, md: Any) -> Any:
+        return stub.Range(req, timeout=timeout, metadata=md)
+
+    return run
+
+
+def _int(b: bytes) -> int:
+    try:
+        return int(b.decode())
+    except (UnicodeDecodeError, ValueError):
+        return 1 << 62  # unreadable: assume everything was trimmed
+
+
+def _empty_keys() -> np.ndarray:
+    return np.zeros(0, dtype=FLOW_KEY)
+
+
+@hookimpl
+def xpro_add_stores(registry: Registry[Any]) -> None:
+    for scheme in EtcdStore.schemes:
+        registry.add(scheme, EtcdStore)

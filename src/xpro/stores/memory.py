@@ -1,0 +1,249 @@
+"""The in-process store: ``memory://`` and ``memory://NAME``.
+
+The embedded default: several proxies in one process (the lab, tests) share a
+master by opening the same URL with the same mesh.  State lives in numpy
+arrays behind one lock per (name, mesh), so a merge is atomic per record (per
+batch, in fact) and costs a few vectorised passes, not a Python loop per
+record -- except the key lookup, one dict access per record.  Reads are
+incremental through a version counter: every merge stamps the records it
+writes with the next version, and ``changes(cursor)`` returns the records
+stamped after the cursor.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from xpro.errors import ConfigError
+from xpro.hookspecs import hookimpl
+from xpro.layout import FLOW_KEY
+from xpro.model import SyncParams
+from xpro.store import MASTER, ProxyStatus, Store
+from xpro.stores._common import (
+    DEFAULT_MAX_FUTURE_S,
+    KEY_SIZE,
+    check_merge_input,
+    check_mesh,
+    key_hex,
+    key_list,
+    max_ts,
+    merge_arrays,
+    merged_options,
+    opt_num,
+    unknown_options,
+    valid_master,
+)
+
+if TYPE_CHECKING:
+    from xpro.plugins import Registry
+
+log = logging.getLogger("xpro.stores.memory")
+
+
+@dataclass(frozen=True)
+class MemoryCursor:
+    """A reader's position: the state's identity and the last version it saw."""
+
+    state: str
+    version: int
+
+
+@dataclass
+class _State:
+    """One mesh's master: records in slots of growable arrays."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    ident: str = field(default_factory=lambda: uuid.uuid4().hex)
+    index: dict[bytes, int] = field(default_factory=dict)
+    keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=FLOW_KEY))
+    recs: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=MASTER))
+    ver: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    alive: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    free: list[int] = field(default_factory=list)
+    used: int = 0
+    version: int = 0
+    heartbeats: dict[str, ProxyStatus] = field(default_factory=dict)
+
+    def grow(self, need: int) -> None:
+        cap = len(self.recs)
+        if need <= cap:
+            return
+        new = max(need, 2 * cap, 1024)
+        for name in ("keys", "recs", "ver", "alive"):
+            old = getattr(self, name)
+            arr = np.zeros(new, dtype=old.dtype)
+            arr[:cap] = old
+            setattr(self, name, arr)
+
+    def slots_for(self, keys: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """Existing slots (or -1) for each key."""
+        get = self.index.get
+        slots = np.fromiter((get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+        return slots, slots >= 0
+
+    def allocate(self, keys: list[bytes], karr: np.ndarray) -> np.ndarray:
+        n = len(keys)
+        reuse = min(n, len(self.free))
+        slots = np.empty(n, dtype=np.int64)
+        if reuse:
+            slots[:reuse] = [self.free.pop() for _ in range(reuse)]
+        fresh = n - reuse
+        if fresh:
+            self.grow(self.used + fresh)
+            slots[reuse:] = np.arange(self.used, self.used + fresh)
+            self.used += fresh
+        self.index.update(zip(keys, slots.tolist(), strict=True))
+        self.keys[slots] = karr
+        self.alive[slots] = True
+        return slots
+
+
+#: Every memory store state in this process, by (name, mesh), kept until
+#: :meth:`MemoryStore.forget`.
+_STATES: dict[tuple[str, str], _State] = {}
+_STATES_LOCK = threading.Lock()
+
+
+class MemoryStore(Store):
+    """A master kept in this process; stores with the same URL and mesh share it."""
+
+    schemes: ClassVar[tuple[str, ...]] = ("memory",)
+
+    def __init__(self, name: str, mesh: str, max_future: float = DEFAULT_MAX_FUTURE_S) -> None:
+        self.name = name
+        self.mesh = check_mesh(mesh)
+        self.max_future = max_future
+        with _STATES_LOCK:
+            self._state = _STATES.setdefault((name, mesh), _State())
+
+    @classmethod
+    def from_url(cls, url: str, *, mesh: str = "xpro", options: Mapping[str, Any] | None = None
+                 ) -> MemoryStore:
+        parts = urlsplit(url)
+        if parts.scheme != "memory":
+            raise ConfigError(f"{url!r} is not a memory:// URL")
+        if parts.path not in ("", "/"):
+            raise ConfigError(f"store URL {url!r}: use memory:// or memory://NAME")
+        opts = merged_options(parts.query, options)
+        unknown_options(opts, ("max_future",), "memory")
+        return cls(parts.netloc or "default", mesh,
+                   opt_num(opts, "max_future", DEFAULT_MAX_FUTURE_S, 1, 10**8))
+
+    @classmethod
+    def forget(cls, name: str, mesh: str = "xpro") -> None:
+        """Drop a shared state (tests); stores still holding it keep their copy."""
+        with _STATES_LOCK:
+            _STATES.pop((name, mesh), None)
+
+    def __repr__(self) -> str:
+        return f"MemoryStore('memory://{self.name}', mesh={self.mesh!r})"
+
+    def merge(self, keys: np.ndarray, local: np.ndarray, params: SyncParams
+              ) -> tuple[np.ndarray, np.ndarray]:
+        limit = max_ts(self.max_future)
+        k, loc = check_merge_input(keys, local, params, limit)
+        n = len(k)
+        kl = key_list(k)
+        st = self._state
+        with st.lock:
+            slots, existed = st.slots_for(kl)
+            before = np.zeros(n, dtype=MASTER)
+            if existed.any():
+                before[existed] = st.recs[slots[existed]]
+                ok = valid_master(before, limit)
+                bad = existed & ~ok
+                if bad.any():
+                    for kb in key_list(k[bad])[:100]:
+                        log.warning("memory mesh %s: record %s was corrupt; replaced by this "
+                                    "proxy's record", self.mesh, key_hex(kb))
+                    existed &= ok
+                    before[bad] = 0
+            _, new = merge_arrays(loc, before, existed, params)
+            missing = slots < 0
+            if missing.any():
+                idx = np.flatnonzero(missing)
+                slots[idx] = st.allocate([kl[i] for i in idx], k[idx])
+            st.version += 1
+            st.recs[slots] = new
+            st.ver[slots] = st.version
+        return existed, before
+
+    def changes(self, cursor: Any | None) -> tuple[np.ndarray, np.ndarray, MemoryCursor]:
+        st = self._state
+        since = cursor.version if (
+            isinstance(cursor, MemoryCursor) and cursor.state == st.ident
+        ) else 0
+        limit = max_ts(self.max_future)
+        with st.lock:
+            u = st.used
+            sel = np.flatnonzero(st.alive[:u] & (st.ver[:u] > np.uint64(since)))
+            keys = st.keys[sel].copy()
+            recs = st.recs[sel].copy()
+            version = st.version
+        ok = valid_master(recs, limit)
+        if not ok.all():
+            for kb in key_list(keys[~ok])[:100]:
+                log.warning("memory mesh %s: skipping record %s: out of bounds", self.mesh,
+                            key_hex(kb))
+            keys, recs = keys[ok], recs[ok]
+        return keys, recs, MemoryCursor(st.ident, version)
+
+    def heartbeat(self, proxy: str, workload: float, now: int) -> None:
+        if not math.isfinite(workload) or workload < 0:
+            raise ValueError(f"workload {workload!r} must be a finite number >= 0")
+        with self._state.lock:
+            self._state.heartbeats[proxy] = ProxyStatus(float(workload), int(now))
+
+    def proxies(self) -> dict[str, ProxyStatus]:
+        with self._state.lock:
+            return dict(self._state.heartbeats)
+
+    def expire(self, before: int) -> int:
+        st = self._state
+        limit = max_ts(self.max_future)
+        with st.lock:
+            u = st.used
+            live = st.alive[:u]
+            recs = st.recs[:u]
+            gone = live & ((recs["ts2"] < np.uint64(before)) | ~valid_master(recs, limit))
+            idx = np.flatnonzero(gone)
+            for kb in key_list(st.keys[idx]):
+                del st.index[kb]
+            st.alive[idx] = False
+            st.recs[idx] = 0
+            st.free.extend(idx.tolist())
+        return len(idx)
+
+    def ping(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    # For tests: write a raw record, as bad data would arrive in a real server.
+    def poke(self, key: bytes, ts1: int, ts2: int, c: int) -> None:
+        """Store a raw record (unchecked), as if written by a broken peer (tests)."""
+        if len(key) != KEY_SIZE:
+            raise ValueError("a flow key has 36 bytes")
+        st = self._state
+        karr = np.frombuffer(key, dtype=FLOW_KEY)
+        with st.lock:
+            slots, existed = st.slots_for([key])
+            slot = int(slots[0]) if existed[0] else int(st.allocate([key], karr)[0])
+            st.version += 1
+            st.recs[slot] = (ts1, ts2, c)
+            st.ver[slot] = st.version
+
+
+@hookimpl
+def xpro_add_stores(registry: Registry[Any]) -> None:
+    registry.add("memory", MemoryStore)

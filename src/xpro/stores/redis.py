@@ -1,0 +1,886 @@
+"""The Redis master store: ``redis://``, ``rediss://``, ``redis+cluster://``.
+
+The master side of the merge runs inside Redis as a function library
+(:mod:`xpro.stores._redis_lua`), one call per bucket and chunk, pipelined, so
+each record is merged atomically however many proxies merge at once.  The
+master is sharded into ``buckets`` hash-tagged key groups ``{xpro:MESH:B}`` by
+a hash of the flow key, so a Redis Cluster spreads the load even when every
+flow targets one destination (DESIGN.md 4.6).  Reads are incremental through a
+per-bucket change log.  The encoding and the failure behaviour are described
+in ``docs/stores.rst``.
+
+redis-py is an optional dependency (``pip install 'xpro[redis]'``): it is
+imported when a Redis URL is opened, so the plugin always registers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import struct
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+
+from xpro.errors import BadRecord, ConfigError, StoreError, StoreUnavailable
+from xpro.hookspecs import hookimpl
+from xpro.model import SyncParams
+from xpro.store import MASTER, ProxyStatus, Store
+from xpro.stores import _redis_lua
+from xpro.stores._common import (
+    DEFAULT_MAX_FUTURE_S,
+    FLAG_CORRUPT,
+    FLAG_EXISTED,
+    KEY_SIZE,
+    RECORD_SIZE,
+    Replay,
+    batch_digest,
+    bucket_of,
+    check_merge_input,
+    check_mesh,
+    decode_values,
+    key_hex,
+    key_list,
+    keys_from_bytes,
+    mask_url,
+    max_ts,
+    merged_options,
+    opt_bool,
+    opt_int,
+    opt_num,
+    resolve_password,
+    unknown_options,
+)
+
+if TYPE_CHECKING:
+    from xpro.plugins import Registry
+
+log = logging.getLogger("xpro.stores.redis")
+
+ENCODING = 1
+#: A Lua number is exact below 2**53; relative timestamps stay below 2**52 so
+#: that a sum with a threshold (also below 2**52) is exact too.
+_W52 = 1 << 52
+_LO32 = 0xFFFFFFFF
+#: The local side as the merge function reads it (57 bytes, see _redis_lua).
+WIRE = np.dtype(
+    [
+        ("ts1", "<u8"), ("ts2", "<u8"), ("c", "<u8"), ("dc", "<u8"),
+        ("a1", "<f8"), ("a2", "<f8"), ("ad", "<f8"), ("mark", "u1"),
+    ]
+)
+_SENTINEL = b"xpro:encoding"
+_HEARTBEAT = struct.Struct("<dQ")
+
+KNOWN_OPTIONS = (
+    "ca", "cert", "key", "verify", "password_file", "buckets", "batch", "timeout",
+    "connect_timeout", "log_retention", "max_future", "heartbeat_ttl", "retry_time",
+)
+
+
+@dataclass(frozen=True)
+class RedisCursor:
+    """Where a reader is: the store's epoch and, per bucket, the log entries seen."""
+
+    epoch: str
+    versions: tuple[int, ...]
+
+
+@dataclass
+class _Call:
+    """One command, routed by the key ``route``: arguments, or already packed (RESP)."""
+
+    args: tuple[Any, ...]
+    route: str
+    bucket: int = -1
+    idx: np.ndarray | None = None
+    packed: bytes | None = None
+
+
+@dataclass
+class _Conn:
+    """The connection: one client, or a cluster and its per-node clients."""
+
+    single: Any = None
+    cluster: Any = None
+    prepared: set[str] = field(default_factory=set)
+
+
+def _redis() -> Any:
+    try:
+        import redis
+    except ImportError:
+        raise ConfigError(
+            "redis:// stores need the redis package: pip install 'xpro[redis]'"
+        ) from None
+    return redis
+
+
+class RedisStore(Store):
+    """A mesh's master records in Redis (single server or Cluster)."""
+
+    schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss", "redis+cluster", "rediss+cluster")
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        mesh: str,
+        nodes: Sequence[tuple[str, int]],
+        cluster: bool,
+        tls: bool,
+        username: str | None,
+        password: str | None,
+        db: int,
+        opts: Mapping[str, Any],
+    ) -> None:
+        self.url = mask_url(url)
+        self.mesh = check_mesh(mesh)
+        self.nodes = list(nodes)
+        self.cluster = cluster
+        self.tls = tls
+        self._username = username
+        self._password = password
+        self.db = db
+        self.buckets = opt_int(opts, "buckets", 256 if cluster else 64, 1, 65536)
+        self.batch = opt_int(opts, "batch", 2000, 1, 7000)
+        self.timeout = opt_num(opts, "timeout", 10.0, 0.1, 3600)
+        self.connect_timeout = opt_num(opts, "connect_timeout", 3.0, 0.1, 600)
+        self.log_retention = opt_int(opts, "log_retention", 300, 1, 10**7)
+        self.max_future = opt_num(opts, "max_future", DEFAULT_MAX_FUTURE_S, 1, 10**8)
+        self.heartbeat_ttl = opt_int(opts, "heartbeat_ttl", 86_400, 1, 10**8)
+        self.retry_time = opt_num(opts, "retry_time", 2.0, 0, 600)
+        self._tls_opts = {
+            "ca": opts.get("ca"),
+            "cert": opts.get("cert"),
+            "key": opts.get("key"),
+            "verify": opt_bool(opts, "verify", True),
+        }
+        self.client_id = uuid.uuid4().hex[:16]
+        self._op = 0
+        self._replay: Replay | None = None
+        self._conn: _Conn | None = None
+        self._epoch: str | None = None
+        self._tags = [f"{{xpro:{self.mesh}:{b}}}" for b in range(self.buckets)]
+        self._cfg_key = f"{{xpro:{self.mesh}}}:cfg"
+        self._hb_key = f"{{xpro:{self.mesh}}}:hb"
+
+    # ------------------------------------------------------------------
+    # Construction
+    # ------------------------------------------------------------------
+
+    @classmethod
+    def from_url(cls, url: str, *, mesh: str = "xpro", options: Mapping[str, Any] | None = None
+                 ) -> RedisStore:
+        """``redis://[user:pass@]host:port[/db]``, ``rediss://`` (TLS) or
+        ``redis+cluster://[user:pass@]host:port[,host:port...]``.
+
+        Options come from the URL query (``?buckets=512&verify=false``) and
+        from ``options`` (which win); see docs/stores.rst for the list.
+        """
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in cls.schemes:
+            raise ConfigError(f"{scheme}:// is not a Redis URL scheme ({', '.join(cls.schemes)})")
+        cluster = scheme.endswith("+cluster")
+        tls = scheme.startswith("rediss")
+        netloc = parts.netloc
+        userinfo, _, hostlist = netloc.rpartition("@")
+        username: str | None = None
+        url_password: str | None = None
+        if userinfo:
+            user, sep, pw = userinfo.partition(":")
+            username = unquote(user) or None
+            url_password = unquote(pw) if sep else None
+        nodes: list[tuple[str, int]] = []
+        for raw_item in (hostlist or "").split(","):
+            item = raw_item.strip()
+            if not item:
+                continue
+            if item.startswith("["):  # [IPv6]:port
+                host, _, rest = item[1:].partition("]")
+                port_s = rest.removeprefix(":")
+            else:
+                host, _, port_s = item.partition(":")
+            try:
+                port = int(port_s) if port_s else 6379
+            except ValueError:
+                raise ConfigError(f"store URL {mask_url(url)}: bad port {port_s!r}") from None
+            nodes.append((host, port))
+        if not nodes:
+            nodes = [("127.0.0.1", 6379)]
+        if len(nodes) > 1 and not cluster:
+            raise ConfigError(
+                f"store URL {mask_url(url)}: several hosts need redis+cluster:// "
+                "(a single Redis takes one host:port)"
+            )
+        db = 0
+        path = parts.path.strip("/")
+        if path:
+            if cluster:
+                raise ConfigError(f"store URL {mask_url(url)}: Redis Cluster has no databases")
+            try:
+                db = int(path)
+            except ValueError:
+                raise ConfigError(f"store URL {mask_url(url)}: database {path!r} is not a number"
+                                  ) from None
+        opts = merged_options(parts.query, options)
+        unknown_options(opts, KNOWN_OPTIONS, scheme)
+        password = resolve_password(url_password, opts)
+        return cls(url=url, mesh=mesh, nodes=nodes, cluster=cluster, tls=tls, username=username,
+                   password=password, db=db, opts=opts)
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.url!r}, mesh={self.mesh!r}, buckets={self.buckets})"
+
+    __str__ = __repr__
+
+    @property
+    def where(self) -> str:
+        return ",".join(f"{h}:{p}" for h, p in self.nodes)
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        _redis()
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
+
+        kw: dict[str, Any] = {
+            "username": self._username,
+            "password": self._password,
+            "socket_timeout": self.timeout,
+            "socket_connect_timeout": self.connect_timeout,
+            "protocol": 2,  # the replies are parsed as RESP2 (flat lists)
+        }
+        if not self.cluster:
+            kw["db"] = self.db
+            kw["retry"] = Retry(ExponentialBackoff(cap=0.2, base=0.01), 2)
+        if self.tls:
+            t = self._tls_opts
+            kw.update(
+                ssl=True,
+                ssl_ca_certs=t["ca"],
+                ssl_certfile=t["cert"],
+                ssl_keyfile=t["key"],
+                ssl_cert_reqs="required" if t["verify"] else "none",
+                ssl_check_hostname=bool(t["verify"]),
+            )
+        return kw
+
+    # ------------------------------------------------------------------
+    # Connections, errors, routing
+    # ------------------------------------------------------------------
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        redis = _redis()
+        exc_types = (
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+            redis.exceptions.ClusterError,
+            redis.exceptions.ClusterDownError,
+            redis.exceptions.TryAgainError,
+            redis.exceptions.RedisClusterException,
+            OSError,
+        )
+        try:
+            yield
+        except StoreError:
+            raise
+        except exc_types as exc:
+            self._drop_connection()
+            hint = ("check the credentials (URL, $XPRO_STORE_PASSWORD or password_file)"
+                    if isinstance(exc, redis.exceptions.AuthenticationError)
+                    else "check that the server runs and is reachable; xpro keeps filtering on "
+                    "local state and retries")
+            raise StoreUnavailable(
+                f"redis store at {self.where} unavailable during {what}: "
+                f"{type(exc).__name__}: {exc}; {hint}"
+            ) from exc
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                if conn.cluster is not None:
+                    conn.cluster.close()
+                if conn.single is not None:
+                    conn.single.close()
+            except Exception:  # closing a broken connection must not mask the error
+                log.debug("closing the redis connection failed", exc_info=True)
+
+    def _connection(self) -> _Conn:
+        if self._conn is None:
+            redis = _redis()
+            kw = self._client_kwargs()
+            if self.cluster:
+                from redis import cluster as rcluster
+
+                node_cls: Any = rcluster.ClusterNode  # untyped in redis-py
+                rc = rcluster.RedisCluster(
+                    startup_nodes=[node_cls(h, p) for h, p in self.nodes],
+                    require_full_coverage=False,
+                    **kw,
+                )
+                self._conn = _Conn(cluster=rc)
+            else:
+                h, p = self.nodes[0]
+                self._conn = _Conn(single=redis.Redis(host=h, port=p, **kw))
+        return self._conn
+
+    def _node_client(self, conn: _Conn, route: str) -> tuple[str, Any]:
+        if conn.cluster is None:
+            return self.where, conn.single
+        from redis.crc import key_slot
+
+        node = conn.cluster.nodes_manager.get_node_from_slot(key_slot(route.encode()))
+        return str(node.name), conn.cluster.get_redis_connection(node)
+
+    def _prepare(self, name: str, client: Any, conn: _Conn) -> None:
+        """Load the function library on a node unless it already holds this text."""
+        if name in conn.prepared:
+            return
+        libs = client.function_list(library=_redis_lua.LIBRARY, withcode=True)
+        code = None
+        for lib in libs or []:
+            d = _pairs(lib)
+            if d.get("library_name") == _redis_lua.LIBRARY:
+                code = d.get("library_code")
+        if code != _redis_lua.CODE:
+            client.function_load(_redis_lua.CODE, replace=True)
+            log.info("loaded the %s function library on %s", _redis_lua.LIBRARY, name)
+        conn.prepared.add(name)
+
+    def _execute(self, calls: Sequence[_Call], what: str) -> list[Any]:
+        """Run ``calls``, pipelined per node; retry what a failover or restart explains.
+
+        Every call xpro makes is safe to repeat: merges are replay-protected,
+        the rest are reads or idempotent writes.  Replies are raw RESP2 values;
+        error replies of any other kind are returned in place, for the caller
+        to judge.  The commands to all nodes are sent before any reply is read,
+        and Redis starts working while later ones are still being sent.
+        """
+        ex = _redis().exceptions
+        results: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        deadline = time.monotonic() + self.retry_time
+        delay = 0.02
+        attempts = 0
+        with self._errors(what):
+            while pending:
+                attempts += 1
+                conn = self._connection()
+                groups: dict[str, tuple[Any, list[int]]] = {}
+                for i in pending:
+                    name, client = self._node_client(conn, calls[i].route)
+                    groups.setdefault(name, (client, []))[1].append(i)
+                retry: list[int] = []
+                refresh = False
+                last: Exception | None = None
+                sent: list[tuple[str, Any, Any, list[int]]] = []
+                unread: list[tuple[Any, Any]] = []  # connections with replies pending
+                try:
+                    for name, (client, idxs) in groups.items():
+                        rc = None
+                        try:
+                            self._prepare(name, client, conn)
+                            rc = client.connection_pool.get_connection()
+                            unread.append((client, rc))
+                            for i in idxs:
+                                c = calls[i]
+                                rc.send_packed_command(
+                                    [c.packed] if c.packed is not None
+                                    else rc.pack_command(*c.args),
+                                    check_health=False,
+                                )
+                            sent.append((name, client, rc, idxs))
+                        except (ex.ConnectionError, ex.TimeoutError, OSError) as exc:
+                            if isinstance(exc, ex.AuthenticationError):
+                                raise
+                            last, refresh = exc, True
+                            retry.extend(idxs)
+                            conn.prepared.discard(name)
+                    for name, client, rc, idxs in sent:
+                        try:
+                            for i in idxs:
+                                try:
+                                    results[i] = rc.read_response()
+                                except ex.ResponseError as err:
+                                    results[i] = err
+                        except (ex.ConnectionError, ex.TimeoutError, OSError) as exc:
+                            last, refresh = exc, True
+                            retry.extend(idxs)
+                            conn.prepared.discard(name)
+                            continue
+                        unread.remove((client, rc))
+                        client.connection_pool.release(rc)
+                finally:
+                    # A connection whose replies were not all read is out of step:
+                    # close it, whatever happened.
+                    for client, rc in unread:
+                        rc.disconnect()
+                        client.connection_pool.release(rc)
+                for name, _client, _rc, idxs in sent:
+                    for i in idxs:
+                        res = results[i]
+                        if not isinstance(res, Exception):
+                            continue
+                        msg = str(res)
+                        if "Function not found" in msg or "NOSCRIPT" in msg:
+                            conn.prepared.discard(name)
+                            retry.append(i)
+                        elif isinstance(res, _retryable(ex)) or msg.startswith(
+                            ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "READONLY",
+                             "LOADING")
+                        ):
+                            retry.append(i)
+                            refresh = True
+                        else:
+                            continue
+                        last = res
+                if not retry:
+                    break
+                # A single server gets one immediate retry (a connection that
+                # went stale when the server restarted); a cluster gets
+                # retry_time to fail over.
+                if (conn.cluster is None and attempts >= 2) or (
+                    conn.cluster is not None and time.monotonic() > deadline
+                ):
+                    assert last is not None
+                    if isinstance(last, ex.ConnectionError | ex.TimeoutError | OSError):
+                        raise last
+                    raise ex.ConnectionError(f"{type(last).__name__}: {last}") from last
+                if refresh and conn.cluster is not None:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+                    try:
+                        conn.cluster.nodes_manager.initialize()
+                    except (ex.RedisError, OSError) as exc:
+                        log.debug("cluster topology refresh failed: %s", exc)
+                    conn.prepared.clear()
+                pending = sorted(set(retry))
+        return results
+
+    # ------------------------------------------------------------------
+    # Mesh configuration: bucket count, encoding, epoch
+    # ------------------------------------------------------------------
+
+    def _check_cfg(self) -> str:
+        """Create or check the mesh's configuration; return its epoch."""
+        epoch = uuid.uuid4().hex
+        calls = [
+            _Call(("HSETNX", self._cfg_key, "buckets", self.buckets), self._cfg_key),
+            _Call(("HSETNX", self._cfg_key, "encoding", ENCODING), self._cfg_key),
+            _Call(("HSETNX", self._cfg_key, "epoch", epoch), self._cfg_key),
+            _Call(("HGETALL", self._cfg_key), self._cfg_key),
+        ]
+        res = self._execute(calls, "reading the mesh configuration")
+        cfg = res[-1]
+        if isinstance(cfg, Exception):
+            raise BadRecord(f"redis key {self._cfg_key} is not a hash ({cfg}): delete it")
+        d = {_text(k): _text(v) for k, v in _pairs_b(cfg)}
+        if d.get("encoding") != str(ENCODING):
+            raise ConfigError(
+                f"mesh {self.mesh!r} on {self.where} uses store encoding {d.get('encoding')}, "
+                f"this xpro writes encoding {ENCODING}: use another mesh name or upgrade"
+            )
+        if d.get("buckets") != str(self.buckets):
+            raise ConfigError(
+                f"mesh {self.mesh!r} on {self.where} has {d.get('buckets')} buckets but this "
+                f"proxy is configured with buckets={self.buckets}: every proxy of a mesh must "
+                "use the same value"
+            )
+        self._epoch = d.get("epoch") or epoch
+        return self._epoch
+
+    # ------------------------------------------------------------------
+    # Store API
+    # ------------------------------------------------------------------
+
+    def merge(self, keys: np.ndarray, local: np.ndarray, params: SyncParams
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """Merge through the ``xpro_v1_merge`` function, per bucket, pipelined.
+
+        Atomic per record.  If it raises :class:`StoreUnavailable`, calling it
+        again with the same arguments is safe: each bucket's batch is applied
+        at most once, and the replay returns what the first application saw.
+        """
+        now = time.time_ns()
+        limit = max_ts(self.max_future, now)
+        k, loc = check_merge_input(keys, local, params, limit)
+        n = len(k)
+        existed = np.zeros(n, dtype=bool)
+        before = np.zeros(n, dtype=MASTER)
+        if n == 0:
+            return existed, before
+        if self._epoch is None:
+            self._check_cfg()
+        # A call that failed half way left its identity in _replay; the same
+        # arguments again reuse its op, so the server replays what it applied.
+        if self._replay is not None and self._replay.digest == batch_digest(k, loc, params):
+            op = self._replay.op
+        else:
+            self._op += 1
+            op = self._op
+        self._replay = None
+
+        bh = (now - (1 << 51)) >> 32
+        base = bh << 32
+        wire = _encode_local(loc, base)
+        fixed = _fixed_args(params, base, bh, limit)
+        buckets = bucket_of(k, self.buckets)
+        order = np.argsort(buckets, kind="stable")
+        bounds = np.searchsorted(buckets[order], np.arange(self.buckets + 1))
+        ks = k[order]
+        kraw = ks.tobytes()
+        wraw = wire[order].tobytes()
+        kresp = _resp_keys(ks)
+        ws, rs = WIRE.itemsize, _KEY_RESP
+        stamp = struct.pack(">I", now // 1_000_000_000)
+        calls: list[_Call] = []
+        for b in np.flatnonzero(np.diff(bounds)):
+            tag = self._tags[b]
+            lo, hi = int(bounds[b]), int(bounds[b + 1])
+            for ci, s in enumerate(range(lo, hi, self.batch)):
+                e = min(s + self.batch, hi)
+                head = (
+                    "FCALL", "xpro_v1_merge", 4, f"{tag}:r", f"{tag}:l", f"{tag}:m",
+                    f"{tag}:d:{self.client_id}", op, ci, *fixed, wraw[s * ws : e * ws],
+                    stamp + kraw[s * KEY_SIZE : e * KEY_SIZE],
+                )
+                packed = _resp_head(head, len(head) + e - s) + kresp[s * rs : e * rs]
+                calls.append(_Call(head, f"{tag}:r", int(b), order[s:e], packed))
+        try:
+            results = self._execute(calls, "merge")
+        except BaseException:
+            self._replay = Replay(batch_digest(k, loc, params), op)
+            raise
+        corrupt: list[bytes] = []
+        for call, res in zip(calls, results, strict=True):
+            assert call.idx is not None
+            if isinstance(res, Exception):
+                raise BadRecord(f"redis refused a merge into bucket {call.bucket} of mesh "
+                                f"{self.mesh!r}: {res}")
+            m = len(call.idx)
+            blob = bytes(res)
+            if len(blob) != m * (1 + RECORD_SIZE):
+                raise BadRecord(f"redis returned {len(blob)} bytes for a merge of {m} records "
+                                f"in bucket {call.bucket}: is another program using the keys?")
+            flags = np.frombuffer(blob[:m], dtype=np.uint8)
+            existed[call.idx] = flags == FLAG_EXISTED
+            before[call.idx] = np.frombuffer(blob[m:], dtype=MASTER)
+            if (flags == FLAG_CORRUPT).any():
+                corrupt.extend(key_list(k[call.idx[flags == FLAG_CORRUPT]]))
+        for kb in corrupt[:100]:
+            log.warning("redis mesh %s: record %s was corrupt; replaced by this proxy's record",
+                        self.mesh, key_hex(kb))
+        return existed, before
+
+    def changes(self, cursor: Any | None) -> tuple[np.ndarray, np.ndarray, RedisCursor]:
+        """Records changed since ``cursor``; O(changed records) per bucket with changes."""
+        limit = max_ts(self.max_future)
+        epoch = self._epoch or self._check_cfg()
+        if (
+            isinstance(cursor, RedisCursor)
+            and cursor.epoch == epoch
+            and len(cursor.versions) == self.buckets
+        ):
+            seen = list(cursor.versions)
+        else:
+            seen = [-1] * self.buckets
+        calls = [_Call(("HGET", self._cfg_key, "epoch"), self._cfg_key)]
+        for b, tag in enumerate(self._tags):
+            calls.append(_Call(("FCALL_RO", "xpro_v1_changes", 3, f"{tag}:r", f"{tag}:l",
+                                f"{tag}:m", seen[b]), f"{tag}:r", b))
+        res = self._execute(calls, "reading changes")
+        now_epoch = _text(res[0]) if res[0] is not None and not isinstance(res[0], Exception) \
+            else None
+        if now_epoch != epoch:
+            # The store was emptied or replaced: start over with a full read.
+            log.warning("redis mesh %s: the store's epoch changed (emptied or replaced?); "
+                        "reading everything again", self.mesh)
+            self._epoch = None
+            if cursor is None:
+                epoch = self._check_cfg()
+            else:
+                return self.changes(None)
+        versions = list(seen)
+        got_keys: list[bytes] = []
+        got_vals: list[bytes | None] = []
+        full: list[int] = []
+        for call, r in zip(calls[1:], res[1:], strict=True):
+            b = call.bucket
+            if isinstance(r, Exception):
+                log.error("redis mesh %s: bucket %d cannot be read (%s); skipping it", self.mesh,
+                          b, r)
+                continue
+            versions[b] = int(r[0])
+            mode = int(r[1])
+            if mode == 3:
+                log.error("redis mesh %s: %s is not a hash; skipping bucket %d (delete the key, "
+                          "or let the next merge into it replace it)", self.mesh,
+                          self.bucket_keys(b)["records"], b)
+            elif mode == 1:
+                full.append(b)
+            elif mode == 0:
+                kb, vals = bytes(r[2]), r[3]
+                if len(kb) % KEY_SIZE or len(kb) // KEY_SIZE != len(vals):
+                    log.warning("redis mesh %s: bucket %d's change log is corrupt; reading the "
+                                "bucket in full", self.mesh, b)
+                    full.append(b)
+                    continue
+                got_keys.extend(kb[i : i + KEY_SIZE] for i in range(0, len(kb), KEY_SIZE))
+                got_vals.extend(vals)
+        if full:
+            fk, fv = self._scan(full)
+            got_keys.extend(fk)
+            got_vals.extend(fv)
+        ks, recs = decode_values(got_keys, got_vals, limit, f"redis mesh {self.mesh}")
+        return ks, recs, RedisCursor(epoch, tuple(versions))
+
+    def _scan(self, buckets: Sequence[int]) -> tuple[list[bytes], list[bytes | None]]:
+        """Every record of these buckets (HSCAN, pipelined across buckets)."""
+        cursors = dict.fromkeys(buckets, 0)
+        found: dict[int, dict[bytes, bytes]] = {b: {} for b in buckets}
+        while cursors:
+            calls = [
+                _Call(("HSCAN", f"{self._tags[b]}:r", c, "COUNT", 10000), f"{self._tags[b]}:r",
+                      b)
+                for b, c in cursors.items()
+            ]
+            res = self._execute(calls, "reading all records")
+            for call, r in zip(calls, res, strict=True):
+                b = call.bucket
+                if isinstance(r, Exception):
+                    log.error("redis mesh %s: bucket %d cannot be scanned (%s); skipping it",
+                              self.mesh, b, r)
+                    del cursors[b]
+                    continue
+                nxt, items = r
+                # HSCAN may repeat a field across calls: a dict keeps one.
+                found[b].update(zip(items[0::2], items[1::2], strict=True))
+                if int(nxt) == 0:
+                    del cursors[b]
+                else:
+                    cursors[b] = int(nxt)
+        keys: list[bytes] = []
+        vals: list[bytes | None] = []
+        for b in buckets:
+            d = found[b]
+            d.pop(_SENTINEL, None)
+            ks = list(d)
+            if any(len(kf) != KEY_SIZE for kf in ks):
+                for kf in [kf for kf in ks if len(kf) != KEY_SIZE]:
+                    log.warning("redis mesh %s: skipping field %r in bucket %d: not a flow key",
+                                self.mesh, kf[:64], b)
+                    del d[kf]
+                ks = list(d)
+            keys.extend(ks)
+            vals.extend(d.values())
+        return keys, vals
+
+    def heartbeat(self, proxy: str, workload: float, now: int) -> None:
+        if not math.isfinite(workload) or workload < 0:
+            raise ValueError(f"workload {workload!r} must be a finite number >= 0")
+        value = _HEARTBEAT.pack(float(workload), int(now))
+        calls = [
+            _Call(("HSET", self._hb_key, proxy, value), self._hb_key),
+            _Call(("EXPIRE", self._hb_key, self.heartbeat_ttl), self._hb_key),
+        ]
+        for r in self._execute(calls, "heartbeat"):
+            if isinstance(r, Exception):
+                raise BadRecord(f"redis key {self._hb_key} is not a hash ({r}): delete it")
+
+    def proxies(self) -> dict[str, ProxyStatus]:
+        (r,) = self._execute([_Call(("HGETALL", self._hb_key), self._hb_key)], "reading proxies")
+        if isinstance(r, Exception):
+            log.error("redis mesh %s: heartbeats unreadable (%s)", self.mesh, r)
+            return {}
+        return decode_heartbeats(_pairs_b(r), max_ts(self.max_future), f"redis mesh {self.mesh}")
+
+    def expire(self, before: int) -> int:
+        """Delete records with ts2 < ``before`` (and corrupt ones); trim old change logs."""
+        if not 0 <= before < 1 << 64:
+            raise ValueError(f"before={before} is not a u64 timestamp")
+        limit = max_ts(self.max_future)
+        keys, vals = self._scan(range(self.buckets))
+        if not keys:
+            cands: list[bytes] = []
+        else:
+            bad = np.array([v is None or len(v) != RECORD_SIZE for v in vals], dtype=bool)
+            raw = b"".join(v if (v is not None and len(v) == RECORD_SIZE) else bytes(RECORD_SIZE)
+                           for v in vals)
+            recs = np.frombuffer(raw, dtype=MASTER)
+            old = (recs["ts2"] < np.uint64(before)) | (recs["ts1"] > np.uint64(limit)) | (
+                recs["ts2"] > np.uint64(limit)) | (recs["c"] > np.uint64(1 << 62)) | bad
+            cands = [keys[i] for i in np.flatnonzero(old)]
+        per_bucket: dict[int, list[bytes]] = {b: [] for b in range(self.buckets)}
+        if cands:
+            for kb, b in zip(cands, bucket_of(keys_from_bytes(cands), self.buckets), strict=True):
+                per_bucket[int(b)].append(kb)
+        calls = []
+        for b, lst in per_bucket.items():
+            tag = self._tags[b]
+            chunks = [lst[i : i + 4000] for i in range(0, len(lst), 4000)] or [[]]
+            for ch in chunks:
+                calls.append(_Call(
+                    ("FCALL", "xpro_v1_expire", 3, f"{tag}:r", f"{tag}:l", f"{tag}:m",
+                     before >> 32, before & _LO32, limit >> 32, limit & _LO32,
+                     self.log_retention, int(time.time()), b"".join(ch)), f"{tag}:r", b))
+        total = 0
+        for call, r in zip(calls, self._execute(calls, "expire"), strict=True):
+            if isinstance(r, Exception):
+                log.error("redis mesh %s: expiring bucket %d failed: %s", self.mesh, call.bucket,
+                          r)
+                continue
+            total += int(r)
+        return total
+
+    def ping(self) -> None:
+        with self._errors("ping"):
+            conn = self._connection()
+            if conn.cluster is not None:
+                for node in conn.cluster.get_primaries():
+                    conn.cluster.get_redis_connection(node).ping()
+            else:
+                conn.single.ping()
+
+    def close(self) -> None:
+        self._drop_connection()
+
+    # ------------------------------------------------------------------
+    # For tests and tools
+    # ------------------------------------------------------------------
+
+    def bucket_keys(self, bucket: int) -> dict[str, str]:
+        """The Redis key names of one bucket (for tests, tools and docs)."""
+        tag = self._tags[bucket]
+        return {"records": f"{tag}:r", "log": f"{tag}:l", "meta": f"{tag}:m"}
+
+    def key_bucket(self, key: bytes) -> int:
+        """The bucket of one 36-byte flow key."""
+        return int(bucket_of(keys_from_bytes([key]), self.buckets)[0])
+
+    def raw_client(self, route: str) -> Any:
+        """The redis-py client of the node that holds ``route`` (tests inject bad data)."""
+        return self._node_client(self._connection(), route)[1]
+
+
+# --------------------------------------------------------------------------
+# Encoding helpers
+# --------------------------------------------------------------------------
+
+
+_KEY_RESP = len(b"$36\r\n") + KEY_SIZE + 2
+_KEY_RESP_DTYPE = np.dtype([("h", "S5"), ("k", f"V{KEY_SIZE}"), ("t", "S2")])
+
+
+def _resp_keys(keys: np.ndarray) -> bytes:
+    """The keys as consecutive RESP bulk strings, built without a Python loop."""
+    out = np.empty(len(keys), dtype=_KEY_RESP_DTYPE)
+    out["h"] = b"$36\r\n"
+    out["k"] = keys.view(f"V{KEY_SIZE}")
+    out["t"] = b"\r\n"
+    return out.tobytes()
+
+
+def _resp_head(args: Sequence[Any], argc: int) -> bytes:
+    """A RESP array header for ``argc`` arguments and the first ones, packed."""
+    parts = [b"*%d\r\n" % argc]
+    for a in args:
+        v = a if isinstance(a, bytes) else str(a).encode()
+        parts.append(b"$%d\r\n" % len(v))
+        parts.append(v)
+        parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def _retryable(ex: Any) -> tuple[type[Exception], ...]:
+    return (ex.ConnectionError, ex.TimeoutError, ex.MovedError, ex.AskError, ex.TryAgainError,
+            ex.ClusterDownError, ex.ReadOnlyError)
+
+
+def _encode_local(loc: np.ndarray, base: int) -> np.ndarray:
+    """LOCAL records as the merge function reads them (see _redis_lua)."""
+    w = np.zeros(len(loc), dtype=WIRE)
+    for f in ("ts1", "ts2", "c", "dc"):
+        w[f] = loc[f]
+    r1 = loc["ts1"].astype(np.int64) - base
+    r2 = loc["ts2"].astype(np.int64) - base
+    fast = (r1 >= 0) & (r1 < _W52) & (r2 >= 0) & (r2 < _W52) & (loc["dc"] < np.uint64(_W52))
+    w["a1"] = np.where(fast, r1, 0)
+    w["a2"] = np.where(fast, r2, 0)
+    w["ad"] = np.where(fast, loc["dc"].astype(np.float64), 0)
+    w["mark"] = loc["mark"].astype(np.uint8) + np.where(fast, 0, 2).astype(np.uint8)
+    return w
+
+
+def _fixed_args(params: SyncParams, base: int, bh: int, limit: int) -> tuple[int, ...]:
+    """ARGV 3..13 of the merge function: the base, thresholds exact and as doubles."""
+    t1, t4 = params.t_t1, params.t_t4
+    mxr = limit - base
+    fast = t1 < _W52 and t4 < _W52 and 0 <= mxr < _W52
+    return (
+        bh, t1 if fast else -1, t4, params.r_q, mxr if fast else 0,
+        t1 >> 32, t1 & _LO32, t4 >> 32, t4 & _LO32, limit >> 32, limit & _LO32,
+    )
+
+
+def decode_heartbeats(items: Any, limit: int, where: str) -> dict[str, ProxyStatus]:
+    """Heartbeat values (16 bytes: W as f64, last seen as u64); bad ones skipped."""
+    out: dict[str, ProxyStatus] = {}
+    for name, value in items:
+        pname = _text(name)
+        v = bytes(value) if value is not None else b""
+        if len(v) != _HEARTBEAT.size:
+            log.warning("%s: skipping heartbeat of %r: %d bytes, not %d", where, pname, len(v),
+                        _HEARTBEAT.size)
+            continue
+        w, seen = _HEARTBEAT.unpack(v)
+        if not math.isfinite(w) or w < 0 or seen > limit:
+            log.warning("%s: skipping heartbeat of %r: out of bounds (W=%r, last seen %d)",
+                        where, pname, w, seen)
+            continue
+        out[pname] = ProxyStatus(workload=w, last_seen=seen)
+    return out
+
+
+def encode_heartbeat(workload: float, now: int) -> bytes:
+    return _HEARTBEAT.pack(float(workload), int(now))
+
+
+def _text(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes | bytearray) else str(v)
+
+
+def _pairs(item: Any) -> dict[str, Any]:
+    """FUNCTION LIST entries come as dicts (RESP3) or flat lists (RESP2)."""
+    if isinstance(item, dict):
+        return {_text(k): v if k in (b"library_code", "library_code") else _maybe_text(v)
+                for k, v in item.items()}
+    out: dict[str, Any] = {}
+    for i in range(0, len(item) - 1, 2):
+        k = _text(item[i])
+        v = item[i + 1]
+        out[k] = _text(v) if k == "library_code" else _maybe_text(v)
+    return out
+
+
+def _maybe_text(v: Any) -> Any:
+    return _text(v) if isinstance(v, bytes | bytearray) else v
+
+
+def _pairs_b(items: Sequence[Any]) -> list[tuple[bytes, bytes]]:
+    return [(bytes(items[i]), bytes(items[i + 1])) for i in range(0, len(items) - 1, 2)]
+
+
+
+@hookimpl
+def xpro_add_stores(registry: Registry[Any]) -> None:
+    for scheme in RedisStore.schemes:
+        registry.add(scheme, RedisStore)

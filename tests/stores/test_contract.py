@@ -1,0 +1,288 @@
+"""The store contract, run on every backend: memory, Redis, Redis Cluster, etcd, etcd cluster.
+
+Each test opens its stores through ``store_factory`` (one Store per proxy) on
+a fresh mesh, against real servers started by ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.stores._util import S, as_dict, keys, locals_, now_ns, read_all, seed_master, to_local
+from xpro import model
+from xpro.errors import BadRecord, ConfigError
+from xpro.model import R_DEN, SyncParams
+from xpro.store import LOCAL, Store
+
+pytestmark = pytest.mark.integration
+
+NOW = now_ns()
+DAY = 86_400 * S
+
+
+def _check_against_model(store: Store, masters: list[model.Master | None],
+                         locals_rows: list[tuple[int, int, int, int, int]], params: SyncParams,
+                         seed: int) -> None:
+    """Seed the masters, merge the locals, compare every record with model.merge."""
+    n = len(locals_rows)
+    k = keys(n, seed)
+    have = [i for i, m in enumerate(masters) if m is not None]
+    if have:
+        seed_master(store, k[have], [masters[i] for i in have])  # type: ignore[misc]
+    _, _, cursor = store.changes(None)
+    loc = locals_(locals_rows)
+    existed, before = store.merge(k, loc, params)
+    ck, cr, _ = store.changes(cursor)
+    got = as_dict(ck, cr)
+    assert len(got) == n, "changes() must return exactly the records this merge changed"
+    for i in range(n):
+        m = masters[i]
+        assert bool(existed[i]) == (m is not None)
+        if m is not None:
+            assert (int(before[i]["ts1"]), int(before[i]["ts2"]), int(before[i]["c"])) == (
+                m.ts1, m.ts2, m.c)
+        else:
+            assert int(before[i]["c"]) == 0
+        _, want = model.merge(to_local(loc[i]), m, params)
+        assert want is not None
+        assert got[k[i].tobytes()] == (want.ts1, want.ts2, want.c), (
+            f"record {i}: local={locals_rows[i]} master={m} params={params}")
+
+
+# ---------------------------------------------------------------------------
+# The merge equals model.merge, record by record
+# ---------------------------------------------------------------------------
+
+# Every branch of Algorithm 1 (lines 6-8, 11-12, 13-15, 17, 19-20, 21-22),
+# in the Lua fast path (timestamps near now) and its exact 32-bit-limb path
+# (timestamps months apart, counts above 2**52, thresholds above 2**52).
+P = SyncParams(t_t1=10 * S, t_t4=5 * S, r_q=2 * R_DEN)
+T = NOW - 60 * S
+BRANCHES: list[tuple[str, model.Master | None, tuple[int, int, int, int, int], SyncParams]] = [
+    ("absent", None, (T, T + S, 7, 7, 0), P),
+    ("mark-reset", model.Master(T - 30 * S, T - 20 * S, 50), (T, T + S, 3, 3, 1), P),
+    ("mark-but-recent", model.Master(T - 5 * S, T, 50), (T, T + S, 3, 3, 1), P),
+    ("older-local-ts2", model.Master(T, T + 3 * S, 40), (T + S, T + 2 * S, 9, 4, 0), P),
+    ("t_t4-shortening", model.Master(T - 20 * S, T - S, 1001), (T - 2 * S, T, 9, 4, 0), P),
+    ("t_t4-odd-r", model.Master(T - 20 * S + 7, T - S, 999_999),
+     (T - 2 * S, T + 3, 9, 4, 0), SyncParams(t_t1=10 * S, t_t4=5 * S, r_q=1537)),
+    ("extend", model.Master(T, T + S, 10), (T + S // 2, T + 2 * S, 11, 1, 0), P),
+    ("earlier-local-start", model.Master(T, T + S, 10), (T - 9 * S, T + 2 * S, 11, 1, 0), P),
+    ("line-22", model.Master(T + S, T + 2 * S, 10), (T - 6 * S, T + 3 * S, 11, 1, 0), P),
+    ("months-apart", model.Master(T - 200 * DAY, T - 199 * DAY, 5), (T, T + S, 2, 2, 0), P),
+    ("huge-counts", model.Master(T - 20 * S, T, 2**61 + 12345), (T - S, T + S, 2**60, 2**60, 0),
+     SyncParams(t_t1=10 * S, t_t4=5 * S, r_q=3 * R_DEN + 1)),
+    ("huge-thresholds", model.Master(T - 20 * S, T, 77), (T - S, T + S, 5, 5, 1),
+     SyncParams(t_t1=2**53, t_t4=2**52 + 1, r_q=2 * R_DEN)),
+    ("limb-edges", model.Master((1 << 60) - 1, 1 << 60, (1 << 32) - 1),
+     ((1 << 60) + (1 << 32) - 1, (1 << 60) + (1 << 33), 1 << 32, 1 << 32, 0), P),
+    ("r-equals-1", model.Master(T - 20 * S, T, 1000), (T, T + S, 1, 1, 0),
+     SyncParams(t_t1=10 * S, t_t4=5 * S, r_q=R_DEN)),
+    ("zero-thresholds", model.Master(T, T, 3), (T, T + 1, 1, 1, 1),
+     SyncParams(t_t1=0, t_t4=0, r_q=5000)),
+]
+
+
+def test_every_branch_matches_model(store_factory: Any) -> None:
+    store = store_factory()
+    for i, (name, m, row, params) in enumerate(BRANCHES):
+        try:
+            _check_against_model(store, [m], [row], params, seed=1000 + i)
+        except AssertionError as exc:
+            raise AssertionError(f"case {name}: {exc}") from exc
+
+
+def test_batch_of_all_branches_matches_model(store_factory: Any) -> None:
+    """The same cases in one batch (one call per bucket, many records per call)."""
+    store = store_factory()
+    for params in {p for *_, p in BRANCHES}:
+        cases = [(m, row) for _, m, row, p in BRANCHES if p == params]
+        _check_against_model(store, [m for m, _ in cases], [r for _, r in cases], params,
+                             seed=hash(params) & 0xFFFF)
+
+
+LIMIT = NOW + DAY - 3600 * S  # stays below the store's far-future bound during the run
+timestamps = st.one_of(
+    st.integers(NOW - 120 * S, NOW + 60 * S),
+    st.integers(NOW - 400 * DAY, NOW),
+    st.integers(0, 2**40),
+    st.integers(0, LIMIT),
+)
+counts = st.one_of(st.integers(0, 2000), st.integers(0, 2**61))
+
+
+@st.composite
+def windows(draw: st.DrawFn) -> tuple[int, int]:
+    ts1 = draw(timestamps)
+    ts2 = min(ts1 + draw(st.one_of(st.integers(0, 30 * S), st.integers(0, 2**50))), LIMIT)
+    return ts1, ts2
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> tuple[list[model.Master | None], list[tuple[int, int, int, int, int]],
+                                    SyncParams]:
+    n = draw(st.integers(1, 12))
+    masters: list[model.Master | None] = []
+    rows = []
+    for _ in range(n):
+        if draw(st.booleans()):
+            a, b = draw(windows())
+            masters.append(model.Master(a, b, draw(counts)))
+        else:
+            masters.append(None)
+        a, b = draw(windows())
+        c = draw(counts)
+        rows.append((a, b, c, draw(st.integers(0, c)), draw(st.integers(0, 1))))
+    params = SyncParams(
+        t_t1=draw(st.sampled_from([0, S, 10 * S, 2**45, 2**53])),
+        t_t4=draw(st.sampled_from([0, S, 5 * S, 2**44, 2**52 + 3])),
+        r_q=draw(st.one_of(st.just(2 * R_DEN), st.integers(R_DEN, (1 << 20) - 1))),
+    )
+    return masters, rows, params
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(case=cases(), seed=st.integers(0, 2**32 - 1))
+def test_merge_matches_model_property(store_factory: Any, case: Any, seed: int) -> None:
+    masters, rows, params = case
+    store = store_factory(mesh=f"h{uuid.uuid4().hex[:12]}")  # a fresh mesh per example
+    _check_against_model(store, masters, rows, params, seed)
+
+
+def test_merge_validates_its_input(store_factory: Any) -> None:
+    store = store_factory()
+    k = keys(2, 5)
+    good = locals_([(NOW, NOW, 1, 1, 0)] * 2)
+    with pytest.raises(ValueError, match="repeat"):
+        store.merge(np.concatenate([k[:1], k[:1]]), good, P)
+    with pytest.raises(ConfigError, match="r ="):
+        store.merge(k, good, SyncParams(r_q=R_DEN - 1))
+    bad = locals_([(NOW, NOW + 3 * DAY, 1, 1, 0), (NOW, NOW, 1, 1, 0)])
+    with pytest.raises(BadRecord, match="out of bounds"):
+        store.merge(k, bad, P)
+    assert read_all(store) == {}, "a refused batch writes nothing"
+    existed, before = store.merge(k[:0], good[:0], P)
+    assert len(existed) == 0
+    assert len(before) == 0
+
+
+# ---------------------------------------------------------------------------
+# Concurrency, incremental reads, expiry, heartbeats
+# ---------------------------------------------------------------------------
+
+
+def test_concurrent_merges_give_exact_counts(store_factory: Any) -> None:
+    """4 proxies merge the same hot keys at once: the master count is the sum of all dc."""
+    hot = keys(300, 7)
+    rounds, workers = 5, 4
+    stores = [store_factory() for _ in range(workers)]
+    t0 = now_ns() - 10 * S
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(workers)
+
+    def run(w: int) -> None:
+        try:
+            barrier.wait()
+            for r in range(rounds):
+                dc = w + 1
+                # ts2 - ts1 stays below T_T4: no window shortening, counts just add up.
+                loc = locals_([(t0, t0 + r * 1000 + w, dc, dc, 0)] * len(hot))
+                stores[w].merge(hot, loc, P)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    want = rounds * sum(range(1, workers + 1))
+    got = read_all(stores[0])
+    assert len(got) == len(hot)
+    assert {c for _, _, c in got.values()} == {want}
+
+
+def test_changes_are_incremental(store_factory: Any) -> None:
+    a, b = store_factory(), store_factory()
+    k = keys(500, 11)
+    t = now_ns() - S
+    a.merge(k, locals_([(t, t, 1, 1, 0)] * 500), P)
+    k1, _r1, cur = b.changes(None)
+    assert len(k1) == 500
+    k2, _, cur2 = b.changes(cur)
+    assert len(k2) == 0, "nothing changed: nothing comes back"
+    sub = k[::7]
+    a.merge(sub, locals_([(t, t + 1, 2, 1, 0)] * len(sub)), P)
+    k3, r3, cur3 = b.changes(cur2)
+    assert set(as_dict(k3, r3)) == {x.tobytes() for x in sub}
+    assert {c for _, _, c in as_dict(k3, r3).values()} == {2}
+    assert len(b.changes(cur3)[0]) == 0
+    # An old cursor still sees everything since then; a foreign cursor means a full read.
+    assert len(b.changes(cur2)[0]) == len(sub)
+    assert len(b.changes(object())[0]) == 500
+
+
+def test_expire(store_factory: Any) -> None:
+    s = store_factory()
+    k = keys(40, 13)
+    t = now_ns() - 100 * S
+    rows = [(t - 50 * S, t - 40 * S, 1, 1, 0)] * 25 + [(t, t + 50 * S, 1, 1, 0)] * 15
+    s.merge(k, locals_(rows), P)
+    assert s.expire(t - 10 * S) == 25
+    left = read_all(s)
+    assert set(left) == {x.tobytes() for x in k[25:]}
+    assert s.expire(t - 10 * S) == 0
+    # An expired key merged again is new again.
+    existed, _ = s.merge(k[:1], locals_([(t, t, 3, 3, 0)]), P)
+    assert not existed[0]
+
+
+def test_heartbeats(store_factory: Any) -> None:
+    a, b = store_factory(), store_factory()
+    t = now_ns()
+    a.heartbeat("proxy-a", 1234.5, t)
+    b.heartbeat("proxy-b", 0.0, t + 1)
+    got = a.proxies()
+    assert got["proxy-a"].workload == 1234.5
+    assert got["proxy-a"].last_seen == t
+    assert got["proxy-b"].workload == 0.0
+    assert got["proxy-b"].last_seen == t + 1
+    a.heartbeat("proxy-a", 99.0, t + 5)
+    assert b.proxies()["proxy-a"].last_seen == t + 5
+    with pytest.raises(ValueError, match="workload"):
+        a.heartbeat("proxy-a", float("nan"), t)
+    other = store_factory(mesh="othermesh" + str(t % 10**6))
+    assert "proxy-a" not in other.proxies(), "meshes are separate namespaces"
+
+
+
+def test_local_dtype_is_required(store_factory: Any) -> None:
+    s = store_factory()
+    with pytest.raises(TypeError):
+        s.merge(keys(1, 3), np.zeros(1, dtype=[("x", "<u8")]), P)
+    assert LOCAL.itemsize == 40
+    s.ping()
+
+
+def test_idle_changes_cost_is_small(store_factory: Any) -> None:
+    """An idle read must not scan the table (sanity bound; the bench measures it)."""
+    s = store_factory()
+    k = keys(5000, 17)
+    t = now_ns() - S
+    s.merge(k, locals_([(t, t, 1, 1, 0)] * len(k)), P)
+    _, _, cur = s.changes(None)
+    start = time.perf_counter()
+    for _ in range(5):
+        got, _, cur = s.changes(cur)
+        assert len(got) == 0
+    assert (time.perf_counter() - start) / 5 < 0.25
