@@ -21,6 +21,13 @@ from xpro.store import LOCAL, MASTER
 Array = npt.NDArray[Any]
 
 
+def _div_r(x: Array, r_q: int) -> Array:
+    """``floor(x * R_DEN / r_q)`` for 0 <= x < 2**63, without overflowing int64."""
+    q, rem = np.divmod(x, r_q)
+    out: Array = q * R_DEN + rem * R_DEN // r_q
+    return out
+
+
 def merge_arrays(local: Array, local_exists: Array, master: Array, master_exists: Array,
                  params: SyncParams) -> tuple[Array, Array]:
     """Merge parallel arrays of LOCAL and MASTER records; returns (local', master').
@@ -50,9 +57,9 @@ def merge_arrays(local: Array, local_exists: Array, master: Array, master_exists
     shorten = ~later & (lt2 - mt1 > params.t_t4)
     plain = ~later & ~shorten
     o_lt2 = np.where(later, mt2, o_lt2)
-    new_t1 = lt2 - (lt2 - mt1) * R_DEN // params.r_q
+    new_t1 = lt2 - _div_r(np.where(shorten, lt2 - mt1, 0), params.r_q)
     o_lt1 = np.where(shorten, new_t1, o_lt1)
-    o_mc = np.where(shorten, mc * R_DEN // params.r_q, o_mc)
+    o_mc = np.where(shorten, _div_r(mc, params.r_q), o_mc)
     o_mt1 = np.where(shorten, new_t1, o_mt1)
     o_mt2 = np.where(shorten | plain, lt2, o_mt2)
     # Lines 19-22.

@@ -80,3 +80,18 @@ def test_threshold_boundaries(delta: int) -> None:
         assert want_m is not None
         assert tuple(out_l[i][["ts1", "ts2", "c"]].tolist()) == (want_l.ts1, want_l.ts2, want_l.c)
         assert tuple(out_m[i].tolist()) == (want_m.ts1, want_m.ts2, want_m.c)
+
+
+def test_old_master_and_huge_counts_do_not_overflow() -> None:
+    """A master record 200 days old and a count near 2**62: exact, as the model."""
+    p = model.SyncParams(t_t1=10 * S, t_t4=5 * S, r_q=2 * model.R_DEN + 1)
+    lo = model.Local(T0 + 200 * 86400 * S, T0 + 200 * 86400 * S + S, 5, 5, 0)
+    ma = model.Master(T0, T0 + S, 2**62 - 1)
+    local = np.array([(lo.ts1, lo.ts2, lo.c, lo.dc, lo.mark, 0)], dtype=LOCAL)
+    master = np.array([(ma.ts1, ma.ts2, ma.c)], dtype=MASTER)
+    out_l, out_m = merge_arrays(local, np.ones(1, bool), master, np.ones(1, bool), p)
+    want_l, want_m = model.merge(lo, ma, p)
+    assert want_l is not None
+    assert want_m is not None
+    assert tuple(out_l[0][["ts1", "ts2", "c"]].tolist()) == (want_l.ts1, want_l.ts2, want_l.c)
+    assert tuple(out_m[0].tolist()) == (want_m.ts1, want_m.ts2, want_m.c)

@@ -22,6 +22,7 @@ import numpy as np
 
 from xpro.errors import BadRecord, ConfigError
 from xpro.layout import FLOW_KEY
+from xpro.merge import merge_arrays as _merge
 from xpro.model import R_DEN, SyncParams
 from xpro.store import LOCAL, MASTER
 
@@ -205,62 +206,15 @@ def decode_values(keys: Sequence[bytes], values: Sequence[bytes | None], limit_t
 # --------------------------------------------------------------------------
 
 
-def _div_r(x: np.ndarray, r_q: int) -> np.ndarray:
-    """``x * R_DEN // r_q`` exactly in uint64 (no 128-bit product needed)."""
-    rq = np.uint64(r_q)
-    return (x // rq) * np.uint64(R_DEN) + ((x % rq) * np.uint64(R_DEN)) // rq
-
-
 def merge_arrays(local: np.ndarray, master: np.ndarray, existed: np.ndarray,
                  params: SyncParams) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`xpro.model.merge` over arrays: returns ``(local', master')``.
+    """:func:`xpro.model.merge` over arrays (every local record present): ``(local', master')``.
 
-    ``local`` is LOCAL, ``master`` MASTER (ignored where ``existed`` is False).
-    Every record is assumed in bounds (:func:`check_local`, :func:`valid_master`),
-    so no sum or product wraps.
+    ``master`` is ignored where ``existed`` is False.  The one implementation is
+    :func:`xpro.merge.merge_arrays`; this keeps the stores' argument order.
     """
-    n = len(local)
-    l1, l2, lc, ldc = (local[f].astype(np.uint64) for f in ("ts1", "ts2", "c", "dc"))
-    m1, m2, mc = (master[f].astype(np.uint64) for f in ("ts1", "ts2", "c"))
-    ex = np.asarray(existed, dtype=bool)
-    t1, t4 = np.uint64(params.t_t1), np.uint64(params.t_t4)
+    return _merge(local, np.ones(len(local), dtype=bool), master, existed, params)
 
-    # Lines 6-8: this proxy reset the window long after the master's start.
-    reset = ex & (local["mark"] == 1) & (l1 > m1 + t1)
-    join = ex & ~reset
-    # Lines 11-17.
-    later = l2 < m2
-    long_ = ~later & (l2 > m1 + t4)
-    d = np.where(long_, l2 - np.minimum(m1, l2), np.uint64(0))
-    short_start = l2 - _div_r(d, params.r_q)
-    ts1p = np.where(long_, short_start, l1)
-    ts2p = np.where(later, m2, l2)
-    c = np.where(long_, _div_r(mc, params.r_q), mc)
-    ts1 = np.where(long_, short_start, m1)
-    ts2 = np.where(later, m2, l2)
-    # Lines 19-22.
-    take_master_start = ts1p > ts1
-    ts1p_new = np.where(take_master_start, ts1, ts1p)
-    take_local_start = ~take_master_start & (ts2p > ts1p + t4)
-    ts1 = np.where(take_local_start, ts1p, ts1)
-    ts1p = ts1p_new
-    cp = c + ldc  # line 24
-
-    out_m = np.zeros(n, dtype=MASTER)
-    out_l = np.zeros(n, dtype=LOCAL)
-    fresh = ~join  # absent, or reset: the local window is the new master record
-    out_m["ts1"] = np.where(fresh, l1, ts1)
-    out_m["ts2"] = np.where(fresh, l2, ts2)
-    out_m["c"] = np.where(fresh, lc, cp)
-    out_l["ts1"] = np.where(fresh, l1, ts1p)
-    out_l["ts2"] = np.where(fresh, l2, ts2p)
-    out_l["c"] = out_m["c"]
-    return out_l, out_m
-
-
-# --------------------------------------------------------------------------
-# Buckets (DESIGN 4.6)
-# --------------------------------------------------------------------------
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
