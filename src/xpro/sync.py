@@ -213,6 +213,7 @@ class Syncer:
         self.rounds = 0
         self.store_expire_every = store_expire_every
         self._full_scan = True  # the first round reads the whole table
+        self._pending: tuple[Array, Array, Array] | None = None
         self._dirty_lost = filt.dirty_lost()
         self._last_packets: int | None = None
         self._last_time: int | None = None
@@ -258,6 +259,13 @@ class Syncer:
         self.store.heartbeat(self.proxy, st.workload, now)
         st.peers = self.store.proxies()
 
+        # A merge that failed last time is repeated first, with the same
+        # arrays (the store applies each batch at most once), and written
+        # back before anything new is read.
+        if self._pending is not None:
+            self._replay(*self._pending)
+            self._pending = None
+
         # What we counted: the dirty flows, their dc and mark (model.local_view).
         keys, recs = self._changed_flows()
         st.flows = len(keys)
@@ -267,7 +275,12 @@ class Syncer:
         keys, recs, local = keys[changed], recs[changed], local[changed]
 
         # Merged into the master (atomic per record, in the store).
-        existed, before = self.store.merge(keys, local, self.params)
+        try:
+            existed, before = self.store.merge(keys, local, self.params)
+        except StoreError:
+            # Maybe applied, maybe not: keep the arrays for the replay.
+            self._pending = (keys, recs, local)
+            raise
         st.merged = len(keys)
         final, _ = merge_arrays(local, np.ones(len(keys), bool), before, existed, self.params)
 
@@ -328,6 +341,18 @@ class Syncer:
             st.error = str(exc)
         st.seconds = time.perf_counter() - t0
         return st
+
+    def _replay(self, keys: Array, recs: Array, local: Array) -> None:
+        """Repeat a failed merge and write its result into the kernel."""
+        existed, before = self.store.merge(keys, local, self.params)
+        final, _ = merge_arrays(local, np.ones(len(keys), bool), before, existed, self.params)
+        c_read = recs["c"].astype(np.int64)
+        ts1_new = np.where(final["ts1"] != recs["ts1"], final["ts1"], 0)
+        self.filt.apply(apply_entries(keys, OP_FLOW, gen=recs["gen"],
+                                      c_delta=final["c"].astype(np.int64) - c_read,
+                                      ts1=ts1_new, ts2=final["ts2"], base_c=final["c"]))
+        log.info("sync %s: the merge of %d flows that failed earlier is done", self.proxy,
+                 len(keys))
 
     # ------------------------------------------------------------------------
 
