@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,9 @@ from xpro.errors import ConfigError, DatapathError
 from xpro.model import FilterParams, Prefix
 
 Array = npt.NDArray[Any]
+
+#: What bpf_ktime_get_coarse_ns() reads (not exported by the time module).
+CLOCK_MONOTONIC_COARSE = 6
 
 APPLY_MAX = 8192  # XPRO_APPLY_MAX in bpf/xpro_shared.h
 
@@ -110,6 +114,7 @@ class XdpFilter:
             self._apply = _ArrayMmap(self.obj.maps["apply_buf"], L.APPLY)
             self.params = params
             self.configure(params)
+            self.sync_clock()
         except BaseException:
             self.obj.close()
             raise
@@ -147,6 +152,17 @@ class XdpFilter:
         for k in have - want.keys():
             del m[k]
         self.cfg.view[counter] = len(want)
+
+    def sync_clock(self) -> int:
+        """Point the program's clock at TAI; returns the offset it set (ns).
+
+        The program reads the coarse monotonic clock (cheap) and adds this
+        offset (DESIGN.md 2); the daemon refreshes it every round.
+        """
+        offset = time.clock_gettime_ns(time.CLOCK_TAI) - time.clock_gettime_ns(
+            CLOCK_MONOTONIC_COARSE)
+        self.cfg.view["clock_offset"] = offset
+        return offset
 
     def set_clock(self, fake_now: int) -> None:
         """Use a fake clock (tests); 0 goes back to the real one."""

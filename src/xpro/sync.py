@@ -29,6 +29,7 @@ Everything is done on whole numpy arrays (DESIGN.md 4.5).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -250,7 +251,9 @@ class Syncer:
     def round(self, now: int | None = None) -> SyncStats:
         """One sync round at time ``now`` (ns, TAI; the real clock by default)."""
         t0 = time.perf_counter()
-        now = time.clock_gettime_ns(time.CLOCK_TAI) if now is None else now
+        if now is None:
+            self.filt.sync_clock()
+            now = time.clock_gettime_ns(time.CLOCK_TAI)
         st = SyncStats(started=now)
         self.rounds += 1
 
@@ -424,4 +427,91 @@ def _local_view(recs: Array) -> Array:
     return out
 
 
-__all__ = ["SyncStats", "Syncer", "index_of"]
+
+
+@dataclass
+class SyncStatus:
+    """The sync loop's health, as ``xpro status`` and the metrics show it."""
+
+    healthy: bool = True
+    last_ok: int = 0  # ns, when the last round completed
+    last_error: str = ""
+    failures: int = 0  # consecutive failed rounds
+    rounds: int = 0
+    last: SyncStats | None = None
+
+
+class SyncLoop:
+    """Runs :meth:`Syncer.round` every period, and keeps going when the master fails.
+
+    While the master is unreachable the program keeps filtering on local
+    state; rounds are retried with exponential backoff (up to ``max_backoff``
+    seconds) and the first failure and the recovery are reported through
+    ``on_alert(kind, message)`` (``"store_down"`` / ``"store_up"``); every
+    completed round goes to ``on_round(stats)``.  The retry policy lives here
+    and only here (STYLE.md: the sync loop owns it).
+    """
+
+    def __init__(self, syncer: Syncer, period: float, *, max_backoff: float = 30.0,
+                 on_alert: Any = None, on_round: Any = None) -> None:
+        self.syncer = syncer
+        self.period = period
+        self.max_backoff = max_backoff
+        self.on_alert = on_alert
+        self.on_round = on_round
+        self.status = SyncStatus()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def step(self) -> float:
+        """One round (or one failed attempt); returns the seconds to wait before the next."""
+        try:
+            st = self.syncer.round()
+        except StoreError as exc:
+            self.status.failures += 1
+            self.status.last_error = str(exc)
+            if self.status.healthy:
+                self.status.healthy = False
+                log.error("sync %s: master store unreachable, filtering on local state: %s",
+                          self.syncer.proxy, exc)
+                self._alert("store_down", f"master store unreachable: {exc}")
+            return float(min(self.max_backoff, self.period * 2 ** min(self.status.failures, 10)))
+        if not self.status.healthy:
+            log.warning("sync %s: master store back after %d failed rounds", self.syncer.proxy,
+                        self.status.failures)
+            self._alert("store_up", f"master store reachable again after "
+                                    f"{self.status.failures} failed rounds")
+        self.status.healthy = True
+        self.status.failures = 0
+        self.status.rounds += 1
+        self.status.last_ok = st.started
+        self.status.last = st
+        if self.on_round is not None:
+            self.on_round(st)
+        return max(0.0, self.period - st.seconds)
+
+    def _alert(self, kind: str, message: str) -> None:
+        if self.on_alert is not None:
+            try:
+                self.on_alert(kind, message)
+            except Exception:  # an alert sink must not stop the sync
+                log.exception("sync %s: alert sink failed", self.syncer.proxy)
+
+    def run(self) -> None:
+        """Run until :meth:`stop`."""
+        while not self._stop.is_set():
+            wait = self.step()
+            self._stop.wait(wait)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name=f"xpro-sync-{self.syncer.proxy}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+__all__ = ["SyncLoop", "SyncStats", "SyncStatus", "Syncer", "index_of"]

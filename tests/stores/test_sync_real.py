@@ -190,3 +190,45 @@ def test_merge_interrupted_is_replayed_exactly_once(server_factory: Servers, whe
         assert local_counts(filt) == master
     finally:
         filt.close()
+
+
+def test_sync_loop_backs_off_alerts_and_recovers(server_factory: Servers) -> None:
+    """The loop as the daemon runs it, on the real clock: the master goes away,
+    filtering goes on, the loop says so once, backs off, and catches up."""
+    import time
+
+    from xpro.sync import SyncLoop
+
+    srv = server_factory.redis(extra=("--appendonly", "yes", "--appendfsync", "always"))
+    url, mesh = f"redis://127.0.0.1:{srv.port}", f"t{uuid.uuid4().hex[:8]}"
+    filt = XdpFilter(PARAMS, sizes=SIZES)
+    alerts: list[str] = []
+    loop = SyncLoop(Syncer(filt, open_store(url, mesh=mesh, options={"timeout": 1}), "p0", SYNC),
+                    period=0.1, max_backoff=0.4, on_alert=lambda kind, msg: alerts.append(kind))
+
+    def until(cond: Any, what: str) -> None:
+        deadline = time.monotonic() + 20
+        while not cond():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+
+    try:
+        loop.start()
+        for fr in FLOWS:
+            filt.program.test_run(fr, repeat=4, data_out=False)
+        until(lambda: loop.status.rounds >= 3, "rounds")
+        srv.stop()
+        until(lambda: not loop.status.healthy, "the outage noticed")
+        for fr in FLOWS:
+            assert filt.program.test_run(fr, repeat=6, data_out=False).retval == 2
+        until(lambda: loop.status.failures >= 3, "retries")
+        srv.start()
+        until(lambda: loop.status.healthy, "recovery")
+        rounds = loop.status.rounds
+        until(lambda: loop.status.rounds >= rounds + 2, "rounds after recovery")
+    finally:
+        loop.stop()
+        filt.close()
+    assert alerts == ["store_down", "store_up"]
+    master = master_counts(url, mesh)
+    assert sum(master.values()) == len(FLOWS) * 10
