@@ -315,11 +315,8 @@ class Syncer:
         all_keys = np.concatenate([keys, pkeys[quiet]], dtype=L.FLOW_KEY)
         all_recs = np.concatenate([recs, p_recs[quiet]], dtype=L.FLOW)
         all_final = np.concatenate([final, q_final], dtype=LOCAL)
-        c_read = all_recs["c"].astype(np.int64)
-        ts1_new = np.where(all_final["ts1"] != all_recs["ts1"], all_final["ts1"], 0)
-        upd = apply_entries(all_keys, OP_FLOW, gen=all_recs["gen"],
-                            c_delta=all_final["c"].astype(np.int64) - c_read,
-                            ts1=ts1_new, ts2=all_final["ts2"], base_c=all_final["c"])
+        upd = _flow_updates(all_keys, all_recs, all_final)
+        ts1_new = upd["ts1"]
         add = apply_entries(new_keys, OP_FLOW | OP_CREATE, c_delta=new_recs["c"].astype(np.int64),
                             ts1=new_recs["ts1"], ts2=new_recs["ts2"], base_c=new_recs["c"])
         res = self.filt.apply(np.concatenate([upd, add], dtype=L.APPLY))
@@ -349,11 +346,7 @@ class Syncer:
         """Repeat a failed merge and write its result into the kernel."""
         existed, before = self.store.merge(keys, local, self.params)
         final, _ = merge_arrays(local, np.ones(len(keys), bool), before, existed, self.params)
-        c_read = recs["c"].astype(np.int64)
-        ts1_new = np.where(final["ts1"] != recs["ts1"], final["ts1"], 0)
-        self.filt.apply(apply_entries(keys, OP_FLOW, gen=recs["gen"],
-                                      c_delta=final["c"].astype(np.int64) - c_read,
-                                      ts1=ts1_new, ts2=final["ts2"], base_c=final["c"]))
+        self.filt.apply(_flow_updates(keys, recs, final))
         log.info("sync %s: the merge of %d flows that failed earlier is done", self.proxy,
                  len(keys))
 
@@ -414,6 +407,19 @@ class Syncer:
                             ts1=np.where(agg_t1[has] != cur_t1, agg_t1[has], 0), ts2=agg_t2[has])
         self.filt.apply(ent)
         return len(ukeys)
+
+
+def _flow_updates(keys: Array, recs: Array, final: Array) -> Array:
+    """The control-program updates that take records read as ``recs`` to ``final``.
+
+    ``c' += final.c - c_read`` (packets counted since the read stay counted),
+    the new ts1 where it moved, ts2 forward, and the new baseline; applied
+    only if the record's gen is still the one read.
+    """
+    return apply_entries(keys, OP_FLOW, gen=recs["gen"],
+                         c_delta=final["c"].astype(np.int64) - recs["c"].astype(np.int64),
+                         ts1=np.where(final["ts1"] != recs["ts1"], final["ts1"], 0),
+                         ts2=final["ts2"], base_c=final["c"])
 
 
 def _local_view(recs: Array) -> Array:
