@@ -83,6 +83,17 @@ xpro_venv() {
             || xpro_die "installing xpro into $XPRO_VENV failed"
         printf '%s\n' "$want" >"$stamp"
     fi
+    # The example plugin (docs/plugins.rst), tested through its entry point;
+    # reinstalled only when its pyproject.toml changed.
+    local ex="$XPRO_ROOT/examples/xpro-example-plugin" exstamp="$XPRO_VENV/.xpro-example-install"
+    want=$(sha256sum "$ex/pyproject.toml" | cut -d' ' -f1)
+    if [[ ! -f $exstamp || $(cat "$exstamp") != "$want" ]] \
+        || ! "$XPRO_VENV/bin/python" -c 'import xpro_example_plugin' 2>/dev/null; then
+        xpro_say "installing the example plugin into $XPRO_VENV"
+        "${pip[@]}" install --no-deps --no-build-isolation -e "$ex" \
+            || xpro_die "installing $ex into $XPRO_VENV failed"
+        printf '%s\n' "$want" >"$exstamp"
+    fi
 }
 
 xpro_bootstrap() {

@@ -182,6 +182,9 @@ def demo(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """The console script ``xpro``."""
+    from xpro.plugins import add_cli_commands
+
+    add_cli_commands(cli)  # plugins' commands (xpro_add_cli_commands)
     cli.main(
         args=list(argv) if argv is not None else sys.argv[1:],
         prog_name="xpro",

@@ -1,0 +1,362 @@
+"""The plugin system: registries, failure isolation, the built-in log sink, hook docs."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from xpro import alerts, hookspecs, plugins
+from xpro.alerts import Alert
+from xpro.errors import PluginError
+from xpro.hookspecs import hookimpl
+from xpro.plugins import PluginHost, Registry
+from xpro.sync import SyncStats
+
+pytestmark = pytest.mark.unit
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+class Recorder:
+    """A well-behaved plugin that records what it receives."""
+
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+        self.rounds: list[tuple[SyncStats, str]] = []
+        self.events: list[tuple[str, str]] = []
+
+    @hookimpl
+    def xpro_alert(self, alert: Alert) -> None:
+        self.alerts.append(alert)
+
+    @hookimpl
+    def xpro_sync_completed(self, stats: SyncStats, proxy: str) -> None:
+        self.rounds.append((stats, proxy))
+
+    @hookimpl
+    def xpro_startup(self, proxy: str) -> None:
+        self.events.append(("startup", proxy))
+
+    @hookimpl
+    def xpro_shutdown(self, proxy: str) -> None:
+        self.events.append(("shutdown", proxy))
+
+
+class Broken:
+    """A plugin whose every hook raises."""
+
+    @hookimpl
+    def xpro_alert(self, alert: Alert) -> None:
+        raise RuntimeError("sink exploded")
+
+    @hookimpl
+    def xpro_sync_completed(self, stats: SyncStats) -> None:  # a subset of the arguments
+        raise OSError("disk full")
+
+    @hookimpl
+    def xpro_add_stores(self, registry: Registry[Any]) -> None:
+        raise ImportError("no driver")
+
+    @hookimpl
+    def xpro_add_cli_commands(self, cli: click.Group) -> None:
+        raise RuntimeError("no commands today")
+
+
+class StoreA:
+    @hookimpl
+    def xpro_add_stores(self, registry: Registry[Any]) -> None:
+        registry.add("dup", int)
+        registry.add("only-a", str)
+
+
+class StoreB:
+    @hookimpl
+    def xpro_add_stores(self, registry: Registry[Any]) -> None:
+        registry.add("dup", float)
+
+
+@pytest.fixture
+def host() -> PluginHost:
+    return PluginHost(load_entry_points=False)
+
+
+@pytest.fixture
+def alert() -> Alert:
+    return Alert.make("src_overload", "10.0.0.1 sends 5000 pps to 10.0.0.9", "p1",
+                      src="10.0.0.1", dst="10.0.0.9", rate=5000, limit=100)
+
+
+# -- registries -------------------------------------------------------------------
+
+
+def test_registry_rejects_a_duplicate_naming_both_plugins() -> None:
+    reg: Registry[Any] = Registry("store")
+    reg.current_plugin = "store_memory"
+    reg.add("memory", object)
+    reg.current_plugin = "shiny_store"
+    with pytest.raises(PluginError, match=r"store 'memory' is registered twice: by "
+                                          r"store_memory and by shiny_store"):
+        reg.add("memory", dict)
+    assert reg.get("memory") is object
+    assert reg.owner("memory") == "store_memory"
+
+
+def test_registry_unknown_name_lists_the_known_ones() -> None:
+    reg: Registry[Any] = Registry("backend")
+    with pytest.raises(PluginError, match=r"no backend named 'native' \(known: none\)"):
+        reg.get("native")
+    reg.add("generic", object)
+    reg.add("afxdp", object)
+    with pytest.raises(PluginError, match=r"no backend named 'native' \(known: afxdp, generic\)"):
+        reg.get("native")
+    assert reg.names() == ["afxdp", "generic"]
+    assert "generic" in reg
+    assert len(reg) == 2
+
+
+def test_collect_duplicate_across_plugins_raises(host: PluginHost) -> None:
+    host.register(StoreA(), "a")
+    host.register(StoreB(), "b")
+    with pytest.raises(PluginError, match="'dup' is registered twice: by b and by a"):
+        host.collect("store", "xpro_add_stores")
+
+
+def test_collect_skips_a_raising_plugin_and_keeps_the_others(host: PluginHost) -> None:
+    host.register(StoreA(), "a")
+    host.register(Broken(), "broken")
+    reg = host.collect("store", "xpro_add_stores")
+    assert reg.names() == ["dup", "only-a"]
+    assert host.failed() == {"broken": "xpro_add_stores: ImportError: no driver"}
+
+
+# -- failure isolation -------------------------------------------------------------
+
+
+def test_a_raising_sink_is_reported_by_name_and_the_others_still_get_the_alert(
+    host: PluginHost, alert: Alert, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, last = Recorder(), Recorder()
+    host.register(first, "first")
+    host.register(Broken(), "broken")
+    host.register(last, "last")
+    with caplog.at_level(logging.ERROR, logger="xpro.plugins"):
+        assert host.call_each("xpro_alert", alert=alert) == ["broken"]
+    assert first.alerts == [alert]
+    assert last.alerts == [alert]
+    assert host.failed() == {"broken": "xpro_alert: RuntimeError: sink exploded"}
+    assert "plugin broken: xpro_alert: RuntimeError: sink exploded" in caplog.text
+
+
+def test_module_helpers_isolate_failures(
+    host: PluginHost, alert: Alert, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(plugins, "plugins", lambda: host)
+    rec = Recorder()
+    host.register(Broken(), "broken")
+    host.register(rec, "rec")
+    stats = SyncStats(flows=3)
+    assert plugins.call_alert(alert) == ["broken"]
+    assert plugins.call_sync_completed(stats, "p1") == ["broken"]
+    assert plugins.call_startup("p1") == []
+    assert plugins.call_shutdown("p1") == []
+    assert rec.alerts == [alert]
+    assert rec.rounds == [(stats, "p1")]
+    assert rec.events == [("startup", "p1"), ("shutdown", "p1")]
+    assert plugins.failed_plugins() == {"broken": "xpro_sync_completed: OSError: disk full"}
+
+
+def test_sync_callbacks_turn_sync_loop_events_into_hooks(
+    host: PluginHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(plugins, "plugins", lambda: host)
+    rec = Recorder()
+    host.register(rec, "rec")
+    on_alert, on_round = plugins.sync_callbacks("proxy-7")
+    on_alert("store_down", "master store unreachable: refused")
+    stats = SyncStats(merged=5)
+    on_round(stats)
+    (got,) = rec.alerts
+    assert (got.kind, got.severity, got.proxy) == ("store_down", "critical", "proxy-7")
+    assert got.message == "master store unreachable: refused"
+    assert rec.rounds == [(stats, "proxy-7")]
+
+
+def test_a_plugin_that_fails_to_import_is_reported_and_the_others_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A real distribution on sys.path, as pip would install it.
+    dist = tmp_path / "xpro_broken_test_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: xpro-broken-test-plugin\n"
+                                   "Version: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[xpro]\nbroken_import = xpro_no_such_module_anywhere\n"
+        "good_test = xpro_good_test_plugin\n")
+    (tmp_path / "xpro_good_test_plugin.py").write_text(
+        "from xpro.hookspecs import hookimpl\n\n"
+        "@hookimpl\ndef xpro_startup(proxy):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        host = PluginHost()
+        failed = host.failed()
+        assert list(failed) == ["broken_import"]
+        assert "ModuleNotFoundError" in failed["broken_import"]
+        assert "xpro_no_such_module_anywhere" in failed["broken_import"]
+        assert host.pm.has_plugin("good_test")
+        assert host.pm.has_plugin("store_memory")  # the built-ins still load
+        infos = {i.name: i for i in host.infos()}
+        assert infos["good_test"].dist == "xpro-broken-test-plugin 1.0"
+        assert infos["good_test"].hooks == ("xpro_startup",)
+        assert infos["broken_import"].error == failed["broken_import"]
+    finally:
+        sys.modules.pop("xpro_good_test_plugin", None)
+
+
+def test_an_unknown_hook_is_reported(host: PluginHost) -> None:
+    class Typo:
+        @hookimpl
+        def xpro_alret(self, alert: Alert) -> None:
+            pass
+
+    assert host.register(Typo(), "typo")
+    assert "unknown hook(s) xpro_alret" in host.failed()["typo"]
+
+
+def test_a_hook_with_a_wrong_parameter_is_rejected(host: PluginHost) -> None:
+    class WrongArgs:
+        @hookimpl
+        def xpro_alert(self, alert: Alert, colour: str) -> None:
+            pass
+
+    assert not host.register(WrongArgs(), "wrong")
+    assert "colour" in host.failed()["wrong"]
+    assert not host.pm.has_plugin("wrong")
+
+
+def test_plugin_commands_added_once_and_clashes_refused(host: PluginHost) -> None:
+    @click.group()
+    def group() -> None:
+        pass
+
+    @group.command()
+    def version() -> None:
+        click.echo("the real one")
+
+    class Commands:
+        @hookimpl
+        def xpro_add_cli_commands(self, cli: click.Group) -> None:
+            @cli.command(name="hello")
+            def hello() -> None:
+                click.echo("hello")
+
+            @cli.command(name="version")
+            def fake() -> None:
+                click.echo("hijacked")
+
+    host.register(Commands(), "commands")
+    host.register(Broken(), "broken")
+    host.add_cli_commands(group)
+    host.add_cli_commands(group)  # idempotent
+    assert sorted(group.commands) == ["hello", "version"]
+    runner = CliRunner()
+    assert runner.invoke(group, ["version"]).output == "the real one\n"
+    assert runner.invoke(group, ["hello"]).output == "hello\n"
+    failed = host.failed()
+    assert failed["commands"] == "command name(s) already taken: version; not added"
+    assert failed["broken"] == "xpro_add_cli_commands: RuntimeError: no commands today"
+
+
+def test_plugins_command_lists_plugins_and_failures(
+    host: PluginHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(plugins, "plugins", lambda: host)
+    host.register(plugins, "plugins_cli")
+    host.register(Broken(), "broken")
+
+    @click.group()
+    def group() -> None:
+        pass
+
+    host.add_cli_commands(group)
+    runner = CliRunner()
+    result = runner.invoke(group, ["plugins"])
+    assert result.exit_code == 0, result.output
+    assert "plugins_cli" in result.output
+    assert "broken               FAILED" in result.output
+    result = runner.invoke(group, ["plugins", "--json", "--check"])
+    assert result.exit_code == 1
+    rows = {r["name"]: r for r in map(json.loads, result.output.splitlines())}
+    assert rows["plugins_cli"]["hooks"] == ["xpro_add_cli_commands"]
+    assert rows["broken"]["error"].startswith("xpro_add_")
+
+
+def test_builtins_are_declared_as_entry_points() -> None:
+    names = {ep.name: ep.value for ep in entry_points(group="xpro")}
+    for name, module in [("store_memory", "xpro.stores.memory"), ("alert_log", "xpro.alerts"),
+                         ("plugins_cli", "xpro.plugins")]:
+        assert names.get(name) == module, (
+            f"entry point {name} = {module!r} missing: add it to [project.entry-points.xpro] "
+            f"in pyproject.toml and reinstall xpro (pip install -e .)")
+
+
+# -- alerts and the built-in log sink -----------------------------------------------
+
+
+def test_alert_defaults_and_validation(alert: Alert) -> None:
+    assert alert.severity == "warning"
+    assert alert.time_ns > 0
+    assert Alert.make("store_up", "back", "p1").severity == "info"
+    with pytest.raises(ValueError, match="alert kind 'flood' is not one of store_down"):
+        Alert.make("flood", "x", "p1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="severity 'meh'"):
+        Alert(kind="workload", message="x", proxy="p1", severity="meh")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        alert.details["rate"] = 1  # type: ignore[index]
+    assert json.loads(alert.to_json()) == {
+        "kind": "src_overload", "severity": "warning", "proxy": "p1",
+        "message": "10.0.0.1 sends 5000 pps to 10.0.0.9", "time_ns": alert.time_ns,
+        "details": {"src": "10.0.0.1", "dst": "10.0.0.9", "rate": 5000, "limit": 100},
+    }
+
+
+def test_log_sink_writes_one_structured_line(
+    host: PluginHost, caplog: pytest.LogCaptureFixture
+) -> None:
+    host.register(alerts, "alert_log")
+    a = Alert.make("store_down", 'refused "quickly"\nretrying', "p1", time_ns=42, tries=3)
+    with caplog.at_level(logging.INFO, logger="xpro.alerts"):
+        assert host.call_each("xpro_alert", alert=a) == []
+    (rec,) = caplog.records
+    assert rec.levelno == logging.CRITICAL
+    assert rec.getMessage() == ('alert kind=store_down severity=critical proxy="p1" time_ns=42 '
+                                'message="refused \\"quickly\\"\\nretrying" tries=3')
+    assert "\n" not in rec.getMessage()
+
+
+# -- hook documentation --------------------------------------------------------------
+
+
+def test_every_hook_is_documented() -> None:
+    hooks = [n for n in hookspecs.__all__ if n.startswith("xpro_")]
+    specs = [n for n, _ in inspect.getmembers(hookspecs) if n.startswith("xpro_")]
+    assert sorted(hooks) == sorted(specs)
+    for name in hooks:
+        fn = getattr(hookspecs, name)
+        doc = inspect.getdoc(fn) or ""
+        assert doc.strip(), f"{name} has no docstring"
+        assert doc.splitlines()[0].strip(), f"{name} has no summary line"
+        for param in inspect.signature(fn).parameters:
+            assert f":param {param}:" in doc, f"{name}: parameter {param} is not documented"
+    page = (DOCS / "plugins.rst").read_text(encoding="utf-8")
+    assert ".. automodule:: xpro.hookspecs" in page
+    for name in hooks:
+        assert name in page, f"docs/plugins.rst never mentions {name}"
