@@ -1,9 +1,10 @@
 """Sync cost per master store: merge rounds, idle and 1%-changed reads, memory per record.
 
 Run as ``python bench/sync_store.py`` (``--quick`` for a smaller run).  It
-starts its own servers on free loopback ports (redis-server single and a
-3-master cluster with replicas, one etcd member) in a temporary directory and
-removes them at the end.  For each store it measures:
+starts its own servers with :mod:`xpro.servers` (redis-server single and a
+3-master cluster with replicas, one etcd member with fsync; free loopback
+ports, a temporary directory, removed at the end).  It measures the store
+calls alone; ``bench/sync_cost.py`` measures whole sync rounds.  For each store it measures:
 
 * ``round_4x100k_s``: 4 concurrent clients (processes; threads for memory://)
   each merge 100k distinct changed flows, timed from a common start to the
@@ -32,24 +33,18 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
-from contextlib import closing
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from xpro.layout import FLOW_KEY
 from xpro.model import R_DEN, SyncParams
+from xpro.servers import RedisServer, ServerSet
 from xpro.store import LOCAL, Store, open_store
 
 P = SyncParams(t_t1=10 * 10**9, t_t4=5 * 10**9, r_q=2 * R_DEN)
@@ -58,124 +53,10 @@ TARGET_IDLE_S = 0.050
 
 
 # ---------------------------------------------------------------------------
-# Servers
+# Servers: xpro.servers (127.0.0.1, free ports, a temporary directory, cleaned up)
 # ---------------------------------------------------------------------------
 
-
-def free_port(also: int = 0) -> int:
-    while True:
-        with closing(socket.socket()) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if not also:
-            return port
-        if port + also > 65535:
-            continue
-        with closing(socket.socket()) as s2:
-            try:
-                s2.bind(("127.0.0.1", port + also))
-            except OSError:
-                continue
-        return port
-
-
-SETPRIV = shutil.which("setpriv")
-
-
-def orphan_proof(argv: list[str]) -> list[str]:
-    """Prefix argv so the server gets SIGKILL if this process dies (util-linux setpriv)."""
-    return [SETPRIV, "--pdeathsig", "KILL", "--", *argv] if SETPRIV else argv
-
-
-class Procs:
-    """The servers this bench started; all stopped and deleted by close()."""
-
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="xpro-bench-"))
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, argv: list[str], name: str) -> subprocess.Popen[bytes]:
-        d = self.root / name
-        d.mkdir()
-        log = open(d / "log", "wb")  # noqa: SIM115  (closed with the process)
-        p = subprocess.Popen(orphan_proof(argv), cwd=d, stdout=log, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, start_new_session=True)
-        self.procs.append(p)
-        return p
-
-    def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(5)
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-def wait(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except Exception:  # still starting
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} did not start")
-
-
-def redis_server(procs: Procs, cluster: bool = False) -> int:
-    import redis
-
-    port = free_port(10000 if cluster else 0)
-    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--logfile", ""]
-    if cluster:
-        argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                 "--cluster-node-timeout", "2000"]
-    procs.start(argv, f"redis-{port}")
-    wait(lambda: redis.Redis(port=port).ping(), 20, f"redis on {port}")
-    return port
-
-
-def redis_cluster(procs: Procs) -> list[int]:
-    import redis
-
-    ports = [redis_server(procs, cluster=True) for _ in range(6)]
-    subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
-                    "--cluster-replicas", "1", "--cluster-yes"], check=True,
-                   capture_output=True, timeout=60)
-
-    def ok() -> bool:
-        for p in ports:
-            info = redis.Redis(port=p).execute_command("CLUSTER", "INFO")
-            text = info.decode() if isinstance(info, bytes) else str(info)
-            if "cluster_state:ok" not in text:
-                return False
-        return True
-
-    wait(ok, 30, "redis cluster")
-    return ports
-
-
-def etcd_server(procs: Procs) -> int:
-    cp, pp = free_port(), free_port()
-    d = procs.root / f"etcd-data-{cp}"
-    procs.start(["etcd", "--name", "b", "--data-dir", str(d),
-                 "--listen-client-urls", f"http://127.0.0.1:{cp}",
-                 "--advertise-client-urls", f"http://127.0.0.1:{cp}",
-                 "--listen-peer-urls", f"http://127.0.0.1:{pp}",
-                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{pp}",
-                 "--initial-cluster", f"b=http://127.0.0.1:{pp}",
-                 "--quota-backend-bytes", str(8 * 1024**3)], f"etcd-{cp}")
-    st = open_store(f"etcd://127.0.0.1:{cp}", mesh="ready")
-    wait(lambda: st.ping() is None, 30, "etcd")
-    st.close()
-    return cp
+ETCD_QUOTA = ("--quota-backend-bytes", str(8 * 1024**3))
 
 
 # ---------------------------------------------------------------------------
@@ -274,21 +155,18 @@ def read_costs(store: Store, total: int, seed: int) -> dict[str, float]:
             "changed_records": ch}
 
 
-def redis_memory(port: int, total: int) -> dict[str, float]:
+def redis_memory(srv: RedisServer, total: int) -> dict[str, float]:
     """Bytes per record: the whole instance, and the record hashes alone."""
-    import redis
-
-    r = redis.Redis(port=port)
-    r.execute_command("MEMORY", "PURGE")
-    before = int(r.info("memory")["used_memory"])
+    srv.command("MEMORY", "PURGE")
+    before = srv.used_memory()
     mesh = f"mem{uuid.uuid4().hex[:6]}"
-    s2 = open_store(f"redis://127.0.0.1:{port}", mesh=mesh)
+    s2 = open_store(srv.url, mesh=mesh)
     load(s2, total, seed=77_000_000)
-    after = int(r.info("memory")["used_memory"])
+    after = srv.used_memory()
     rec_bytes = 0
     for b in range(s2.buckets):  # type: ignore[attr-defined]
-        rec_bytes += int(r.execute_command("MEMORY", "USAGE", s2.bucket_keys(b)["records"],  # type: ignore[attr-defined]
-                                           "SAMPLES", 0) or 0)
+        rec_bytes += int(srv.command("MEMORY", "USAGE", s2.bucket_keys(b)["records"],  # type: ignore[attr-defined]
+                                     "SAMPLES", 0) or 0)
     s2.close()
     return {"bytes_per_record": (after - before) / total,
             "record_hash_bytes_per_record": rec_bytes / total}
@@ -298,7 +176,7 @@ def redis_memory(port: int, total: int) -> dict[str, float]:
 
 
 def bench_store(name: str, url: str, *, clients: int, per_client: int, stored: int,
-                threads: bool, redis_port: int | None) -> dict[str, Any]:
+                threads: bool, redis: RedisServer | None) -> dict[str, Any]:
     t_insert, *t_updates = round_times(url, f"b{uuid.uuid4().hex[:8]}", clients, per_client,
                                        4, threads)
     t_update = statistics.median(t_updates)
@@ -321,8 +199,8 @@ def bench_store(name: str, url: str, *, clients: int, per_client: int, stored: i
                changed_1pct_s=round(rc["changed_1pct_s"], 4),
                changed_records=rc["changed_records"])
     store.close()
-    if redis_port is not None:
-        res.update({k: round(v, 1) for k, v in redis_memory(redis_port, stored).items()})
+    if redis is not None:
+        res.update({k: round(v, 1) for k, v in redis_memory(redis, stored).items()})
     print(f"  {name}: done", file=sys.stderr, flush=True)
     return res
 
@@ -334,35 +212,32 @@ def main() -> None:
     args = ap.parse_args()
     scale = 10 if args.quick else 1
     wanted = args.stores.split(",")
-    procs = Procs()
     results: dict[str, Any] = {}
-    try:
+    with ServerSet(prefix="xpro-bench-") as servers:
         for name in wanted:
             if name == "memory":
                 results[name] = bench_store(name, f"memory://bench{uuid.uuid4().hex[:6]}",
                                             clients=4, per_client=100_000 // scale,
                                             stored=1_000_000 // scale, threads=True,
-                                            redis_port=None)
+                                            redis=None)
             elif name == "redis":
-                port = redis_server(procs)
-                results[name] = bench_store(name, f"redis://127.0.0.1:{port}", clients=4,
+                srv = servers.redis()
+                results[name] = bench_store(name, srv.url, clients=4,
                                             per_client=100_000 // scale,
                                             stored=1_000_000 // scale, threads=False,
-                                            redis_port=port)
+                                            redis=srv)
             elif name == "redis-cluster":
-                ports = redis_cluster(procs)
-                url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports[:3])
+                cluster = servers.redis_cluster(node_timeout_ms=2000)
+                url = "redis+cluster://" + ",".join(n.address for n in cluster[:3])
                 results[name] = bench_store(name, url, clients=4, per_client=100_000 // scale,
                                             stored=1_000_000 // scale, threads=False,
-                                            redis_port=None)
+                                            redis=None)
             elif name == "etcd":
-                port = etcd_server(procs)
-                results[name] = bench_store(name, f"etcd://127.0.0.1:{port}", clients=4,
+                etcd = servers.etcd(1, fsync=True, extra=ETCD_QUOTA)
+                results[name] = bench_store(name, etcd.url, clients=4,
                                             per_client=25_000 // scale,
                                             stored=200_000 // scale, threads=False,
-                                            redis_port=None)
-    finally:
-        procs.close()
+                                            redis=None)
 
     cols = [("round_insert_s", "insert round s"), ("round_4x100k_s", "update round s"),
             ("records_per_s", "records/s"), ("round_same_flows_s", "same flows s"),
