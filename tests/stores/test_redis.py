@@ -313,7 +313,8 @@ def test_cluster_master_killed(redis_cluster: list[Server]) -> None:
         s.merge(k, loc, P)
     masters = [n for n in redis_cluster if n.running and role(n.port) == "master"]
     for m in masters:
-        redis.Redis(port=m.port).execute_command("WAIT", 1, 2000)
+        with redis.Redis(port=m.port) as r:  # closed at once: no stray socket warning
+            r.execute_command("WAIT", 1, 2000)
     victim = masters[0]
     replicas_before = {n.port for n in redis_cluster if n.running} - {m.port for m in masters}
     victim.kill()

@@ -107,8 +107,9 @@ def test_master_outage_loses_and_doubles_nothing(server_factory: Servers) -> Non
     srv = server_factory.redis(extra=("--appendonly", "yes", "--appendfsync", "always"))
     url, mesh = f"redis://127.0.0.1:{srv.port}", f"t{uuid.uuid4().hex[:8]}"
     proxies = [XdpFilter(PARAMS, sizes=SIZES) for _ in range(2)]
+    syncs: list[Syncer] = []
     try:
-        syncs = [Syncer(f, open_store(url, mesh=mesh, options={"timeout": 1}), f"p{i}", SYNC)
+        syncs += [Syncer(f, open_store(url, mesh=mesh, options={"timeout": 1}), f"p{i}", SYNC)
                  for i, f in enumerate(proxies)]
         sent = 0
 
@@ -144,6 +145,8 @@ def test_master_outage_loses_and_doubles_nothing(server_factory: Servers) -> Non
     finally:
         for f in proxies:
             f.close()
+        for s in syncs:
+            s.store.close()
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
@@ -156,8 +159,8 @@ def test_merge_interrupted_is_replayed_exactly_once(server_factory: Servers, whe
     srv = server_factory.redis(extra=("--appendonly", "yes", "--appendfsync", "always"))
     url, mesh = f"redis://127.0.0.1:{srv.port}", f"t{uuid.uuid4().hex[:8]}"
     filt = XdpFilter(PARAMS, sizes=SIZES)
+    store = open_store(url, mesh=mesh, options={"timeout": 1})
     try:
-        store = open_store(url, mesh=mesh, options={"timeout": 1})
         sync = Syncer(filt, store, "p0", SYNC)
         filt.set_clock(T0)
         for fr in FLOWS:
@@ -190,6 +193,7 @@ def test_merge_interrupted_is_replayed_exactly_once(server_factory: Servers, whe
         assert local_counts(filt) == master
     finally:
         filt.close()
+        store.close()
 
 
 def test_sync_loop_backs_off_alerts_and_recovers(server_factory: Servers) -> None:
@@ -229,6 +233,7 @@ def test_sync_loop_backs_off_alerts_and_recovers(server_factory: Servers) -> Non
     finally:
         loop.stop()
         filt.close()
+        loop.syncer.store.close()
     assert alerts == ["store_down", "store_up"]
     master = master_counts(url, mesh)
     assert sum(master.values()) == len(FLOWS) * 10
