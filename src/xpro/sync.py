@@ -72,6 +72,16 @@ def _fingerprint(keys: Array) -> Array:
     return out
 
 
+def _search(sorted_hay: Array, needles: Array) -> Array:
+    """``np.searchsorted(sorted_hay, needles)``, with the needles searched in
+    sorted order (a random-order search over a large array misses the cache
+    at every step: 0.7 s against 0.1 s for 1M in 1M)."""
+    order = np.argsort(needles, kind="stable")
+    pos = np.empty(len(needles), dtype=np.int64)
+    pos[order] = np.searchsorted(sorted_hay, needles[order])
+    return pos
+
+
 def index_of(haystack: Array, needles: Array) -> Array:
     """For each needle, its index in ``haystack`` or -1 (both arrays of one key dtype)."""
     if len(haystack) == 0 or len(needles) == 0:
@@ -80,7 +90,7 @@ def index_of(haystack: Array, needles: Array) -> Array:
     fh, fn = _fingerprint(haystack), _fingerprint(needles)
     order = np.argsort(fh, kind="stable")
     sorted_fh = fh[order]
-    pos = np.minimum(np.searchsorted(sorted_fh, fn), len(order) - 1)
+    pos = np.minimum(_search(sorted_fh, fn), len(order) - 1)
     cand = order[pos]
     vd = np.dtype((np.void, width))
     same = (sorted_fh[pos] == fn) & (
@@ -115,6 +125,77 @@ class SyncStats:
     error: str = ""  # a store error after the merge (the round still completed)
 
 
+class _KeyIndex:
+    """Fixed-size keys -> slots, found and grown in bulk (no Python loop per key).
+
+    Keys are kept sorted by a 64-bit fingerprint; a lookup is one
+    ``searchsorted`` and a byte comparison with the stored key.  Two different
+    keys with one fingerprint (about 1 in 10^7 at a million keys) are kept in
+    a small dict instead.
+    """
+
+    def __init__(self, dtype: np.dtype[Any]) -> None:
+        self.void = np.dtype((np.void, dtype.itemsize))
+        self.fp = np.zeros(0, dtype=np.uint64)
+        self.slot = np.zeros(0, dtype=np.int64)
+        self.clash: dict[bytes, int] = {}
+
+    def _probe(self, keys: Array) -> tuple[Array, Array, Array]:
+        fp = _fingerprint(keys)
+        if len(self.fp) == 0:
+            none = np.zeros(len(keys), dtype=bool)
+            return fp, np.zeros(len(keys), dtype=np.int64), none
+        pos = np.minimum(_search(self.fp, fp), len(self.fp) - 1)
+        same_fp = self.fp[pos] == fp
+        return fp, pos, same_fp
+
+    def find(self, keys: Array, stored: Array) -> Array:
+        """The slot of each key, or -1; ``stored`` holds the key of each slot."""
+        _, pos, same_fp = self._probe(keys)
+        out = np.full(len(keys), -1, dtype=np.int64)
+        if not same_fp.any():
+            return out
+        cand = self.slot[pos]
+        kv = np.ascontiguousarray(keys).view(self.void)
+        hit = same_fp & (np.ascontiguousarray(stored).view(self.void)[cand] == kv)
+        out[hit] = cand[hit]
+        if self.clash:
+            for i in np.flatnonzero(same_fp & ~hit).tolist():
+                out[i] = self.clash.get(kv[i].tobytes(), -1)
+        return out
+
+    def add(self, keys: Array, slots: Array) -> None:
+        """Index keys that :meth:`find` did not find."""
+        fp, _, same_fp = self._probe(keys)
+        _, first = np.unique(fp, return_index=True)
+        dup = np.ones(len(keys), dtype=bool)
+        dup[first] = False
+        clash = same_fp | dup
+        if clash.any():
+            kv = np.ascontiguousarray(keys).view(self.void)
+            for i in np.flatnonzero(clash).tolist():
+                self.clash[kv[i].tobytes()] = int(slots[i])
+        keep = ~clash
+        order = np.argsort(fp[keep], kind="stable")
+        new_fp, new_slot = fp[keep][order], slots[keep][order]
+        at = np.searchsorted(self.fp, new_fp)
+        self.fp = np.insert(self.fp, at, new_fp)
+        self.slot = np.insert(self.slot, at, new_slot)
+
+    def remove(self, keys: Array, slots: Array) -> None:
+        """Forget keys found at ``slots``."""
+        fp = _fingerprint(keys)
+        pos = np.searchsorted(self.fp, fp)
+        ok = (pos < len(self.fp)) & (self.fp[np.minimum(pos, len(self.fp) - 1)] == fp)
+        ok &= self.slot[np.minimum(pos, len(self.fp) - 1)] == slots
+        self.fp = np.delete(self.fp, pos[ok])
+        self.slot = np.delete(self.slot, pos[ok])
+        if self.clash:
+            kv = np.ascontiguousarray(keys).view(self.void)
+            for i in np.flatnonzero(~ok).tolist():
+                self.clash.pop(kv[i].tobytes(), None)
+
+
 class _Mirror:
     """The sync's copy of the local flow table: what each round read or wrote.
 
@@ -124,8 +205,8 @@ class _Mirror:
     """
 
     def __init__(self) -> None:
-        self.index: dict[bytes, int] = {}
-        self.free: list[int] = []
+        self.index = _KeyIndex(L.FLOW_KEY)
+        self.free = np.zeros(0, dtype=np.int64)
         self.keys = np.zeros(0, dtype=L.FLOW_KEY)
         self.ts1 = np.zeros(0, dtype=np.int64)
         self.ts2 = np.zeros(0, dtype=np.int64)
@@ -137,22 +218,23 @@ class _Mirror:
 
     def _grow(self, need: int) -> None:
         cap = len(self.alive)
-        if need <= cap:
+        if need <= len(self.free):
             return
-        new = max(need, 2 * cap, 1024)
+        new = max(cap + need, 2 * cap, 1024)
         for name in ("keys", "ts1", "ts2", "c", "dst", "alive"):
             old = getattr(self, name)
             arr = np.zeros(new, dtype=old.dtype)
             arr[:cap] = old
             setattr(self, name, arr)
-        self.free.extend(range(new - 1, cap - 1, -1))
+        self.free = np.concatenate([np.arange(new - 1, cap - 1, -1, dtype=np.int64), self.free])
 
     def _dst_ids(self, dkeys: Array) -> Array:
-        raw = np.ascontiguousarray(dkeys).tobytes()
-        w = L.DST_KEY.itemsize
-        out = np.empty(len(dkeys), dtype=np.int64)
-        for i in range(len(dkeys)):
-            k = raw[i * w : (i + 1) * w]
+        """Destination ids (a dict over the few distinct destinations of a batch)."""
+        vd = np.dtype((np.void, L.DST_KEY.itemsize))
+        uniq, inv = np.unique(np.ascontiguousarray(dkeys).view(vd), return_inverse=True)
+        ids = np.empty(len(uniq), dtype=np.int64)
+        for j, u in enumerate(uniq):
+            k = u.tobytes()
             d = self.dst_index.get(k)
             if d is None:
                 d = self.dst_index[k] = len(self.dst_index)
@@ -160,37 +242,35 @@ class _Mirror:
                     grown = np.zeros(max(1024, 2 * len(self.dst_keys)), dtype=L.DST_KEY)
                     grown[: len(self.dst_keys)] = self.dst_keys
                     self.dst_keys = grown
-                self.dst_keys[d] = dkeys[i]
-            out[i] = d
+                self.dst_keys[d] = np.frombuffer(k, dtype=L.DST_KEY)[0]
+            ids[j] = d
+        out: Array = ids[inv.reshape(-1)]
         return out
 
     def update(self, keys: Array, ts1: Array, ts2: Array, c: Array) -> Array:
-        """Record these flows; returns their destination ids."""
-        raw = np.ascontiguousarray(keys).tobytes()
-        w = L.FLOW_KEY.itemsize
-        kb = [raw[i * w : (i + 1) * w] for i in range(len(keys))]
-        slots = np.fromiter((self.index.get(k, -1) for k in kb), dtype=np.int64, count=len(kb))
+        """Record these flows (no duplicate keys); returns their destination ids."""
+        keys = np.asarray(keys, dtype=L.FLOW_KEY)
+        slots = self.index.find(keys, self.keys)
         fresh = np.flatnonzero(slots < 0)
         if len(fresh):
-            self._grow(len(self.index) + len(fresh))
-            for j in fresh.tolist():
-                slot = self.free.pop()
-                self.index[kb[j]] = slot
-                slots[j] = slot
-            self.keys[slots[fresh]] = keys[fresh]
-            self.dst[slots[fresh]] = self._dst_ids(keys["dst"][fresh])
-            self.alive[slots[fresh]] = True
+            self._grow(len(fresh))
+            new_slots = self.free[len(self.free) - len(fresh):][::-1].copy()
+            self.free = self.free[: len(self.free) - len(fresh)]
+            slots[fresh] = new_slots
+            self.keys[new_slots] = keys[fresh]
+            self.dst[new_slots] = self._dst_ids(keys["dst"][fresh])
+            self.alive[new_slots] = True
+            self.index.add(keys[fresh], new_slots)
         self.ts1[slots], self.ts2[slots], self.c[slots] = ts1, ts2, c
         return self.dst[slots]
 
     def remove(self, keys: Array) -> None:
-        raw = np.ascontiguousarray(keys).tobytes()
-        w = L.FLOW_KEY.itemsize
-        for i in range(len(keys)):
-            slot = self.index.pop(raw[i * w : (i + 1) * w], None)
-            if slot is not None:
-                self.alive[slot] = False
-                self.free.append(slot)
+        keys = np.asarray(keys, dtype=L.FLOW_KEY)
+        slots = self.index.find(keys, self.keys)
+        hit = slots >= 0
+        self.index.remove(keys[hit], slots[hit])
+        self.alive[slots[hit]] = False
+        self.free = np.concatenate([self.free, slots[hit]])
 
 
 class Syncer:

@@ -1,0 +1,58 @@
+"""The sync's mirror of the flow table and its bulk key index."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xpro import layout as L
+from xpro.sync import _fingerprint, _KeyIndex, _Mirror
+
+pytestmark = pytest.mark.unit
+
+
+def keys(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 256, size=(n, L.FLOW_KEY.itemsize), dtype=np.uint8)
+    raw[:, 16:36] = raw[0, 16:36]  # one destination for most ...
+    raw[::7, 16:20] = 9  # ... and a second one
+    return raw.view(L.FLOW_KEY).reshape(n)
+
+
+def test_mirror_update_find_remove_against_a_dict() -> None:
+    m = _Mirror()
+    ref: dict[bytes, int] = {}
+    dsts: set[bytes] = set()
+    all_keys = keys(5000, 1)
+    rng = np.random.default_rng(2)
+    for step in range(20):
+        pick = np.unique(rng.integers(0, len(all_keys), size=400))
+        k = all_keys[pick]
+        c = rng.integers(0, 10**6, size=len(k))
+        m.update(k, c, c + 1, c)
+        for kb, cv in zip(k, c, strict=True):
+            ref[kb.tobytes()] = int(cv)
+            dsts.add(kb["dst"].tobytes())
+        if step % 3 == 2:
+            gone = k[: len(k) // 2]
+            m.remove(gone)
+            for kb in gone:
+                ref.pop(kb.tobytes(), None)
+        slots = m.index.find(all_keys, m.keys)
+        found = {all_keys[i].tobytes(): int(m.c[s]) for i, s in enumerate(slots) if s >= 0}
+        assert found == ref
+        assert int(m.alive.sum()) == len(ref)
+    # destination ids: one per distinct destination key
+    assert set(m.dst_index) == dsts
+    assert len(dsts) == 2
+
+
+def test_fingerprint_clash_goes_to_the_side_dict() -> None:
+    """Key B's fingerprint equals stored key A's: B is found through the side dict."""
+    idx = _KeyIndex(L.FLOW_KEY)
+    stored = keys(2, 5)
+    idx.add(stored[:1], np.array([0]))
+    idx.fp[:] = _fingerprint(stored[1:2])  # A now sits under B's fingerprint
+    idx.add(stored[1:2], np.array([1]))  # so B clashes with A
+    assert list(idx.clash.values()) == [1]
+    assert idx.find(stored[1:2], stored)[0] == 1
