@@ -65,6 +65,11 @@ class Store(abc.ABC):
         Returns ``(existed, before)``: a bool array and the MASTER records as
         they were before this merge (zeros where none existed), from which the
         caller computes the same ``local'`` with :func:`xpro.model.merge`.
+
+        If it raises :class:`~xpro.errors.StoreError`, the batch may or may not
+        have been applied; calling it again on the same object with the same
+        arrays applies each record at most once and returns what the first
+        application saw (the sync relies on this to replay a failed merge).
         """
 
     @abc.abstractmethod

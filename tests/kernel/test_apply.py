@@ -16,6 +16,7 @@ from tests.packets import frame
 from xpro import layout as L
 from xpro import model
 from xpro.bpf import BpfObject, object_path
+from xpro.kernel import apply_entries
 
 pytestmark = pytest.mark.kernel
 
@@ -57,12 +58,9 @@ def prog() -> Iterator[Prog]:
     p.obj.close()
 
 
-def entry(key: bytes, op: int, *, gen: int = 0, c_delta: int = 0, ts1: int = 0,
-          ts2: int = 0) -> np.ndarray:
-    e = np.zeros(1, dtype=L.APPLY)
-    e["key"] = np.frombuffer(key, dtype=L.FLOW_KEY)
-    e["op"], e["gen"], e["c_delta"], e["ts1"], e["ts2"] = op, gen, c_delta, ts1, ts2
-    return e
+def entry(key: bytes, op: int, **fields: int) -> np.ndarray:
+    """One control-program entry (through the builder the sync uses)."""
+    return apply_entries([key], op, **fields)
 
 
 FR = frame("10.0.0.1", "10.9.9.9")
