@@ -66,14 +66,30 @@ def cli(debug: bool) -> None:
 
 
 @cli.command()
-def version() -> None:
-    """Print the version of xpro.
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: xpro, Python, kernel, libbpf.")
+def version(as_json: bool) -> None:
+    """Print the version of xpro (and, with --json, of what it runs on).
 
     \b
-    Example:
+    Examples:
       xpro version
+      xpro version --json
     """
-    click.echo(f"xpro {__version__}")
+    if not as_json:
+        click.echo(f"xpro {__version__}")
+        return
+    import json
+    import platform
+
+    info = {"xpro": __version__, "python": platform.python_version(),
+            "kernel": platform.release()}
+    try:
+        from xpro.bpf._ffi import libbpf_version
+
+        info["libbpf"] = libbpf_version()
+    except XproError as exc:
+        info["libbpf"] = f"unavailable: {exc}"
+    click.echo(json.dumps(info, indent=2))
 
 
 @cli.command()
@@ -178,6 +194,16 @@ def demo(
     finally:
         signal.signal(signal.SIGTERM, old)
     click.echo(format_result(result))
+
+
+def _add_builtin_commands() -> None:
+    from xpro.commands import COMMANDS
+
+    for cmd in COMMANDS:
+        cli.add_command(cmd)
+
+
+_add_builtin_commands()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

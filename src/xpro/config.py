@@ -468,12 +468,13 @@ class FilePath(Kind[str]):
 
     must_exist: bool = False
     max_len: int = 4095
+    off: str = ""  # what ``""`` means, when the empty string turns the feature off
 
     def type_doc(self) -> str:
         return "string (path)"
 
     def from_toml(self, raw: object) -> str:
-        if not isinstance(raw, str) or not raw or "\0" in raw:
+        if not isinstance(raw, str) or (not raw and not self.off) or "\0" in raw:
             raise _Bad(f"must be {self.allowed()}")
         return raw
 
@@ -481,6 +482,8 @@ class FilePath(Kind[str]):
         return self.from_toml(text.strip())
 
     def resolve(self, value: str, base: Path | None) -> str:
+        if not value and self.off:
+            return value
         p = Path(value).expanduser()
         if not p.is_absolute():
             p = (base or Path.cwd()) / p
@@ -494,11 +497,13 @@ class FilePath(Kind[str]):
 
     def allowed(self) -> str:
         a = "a readable file" if self.must_exist else "a path"
-        return f"{a} of at most {self.max_len} bytes"
+        off = f', or "" ({self.off})' if self.off else ""
+        return f"{a} of at most {self.max_len} bytes{off}"
 
     def range_doc(self) -> str:
         extra = ", must exist" if self.must_exist else ""
-        return f"absolute, or relative to the config file{extra}"
+        off = f'; ``""``: {self.off}' if self.off else ""
+        return f"absolute, or relative to the config file{extra}{off}"
 
     def metavar(self) -> str:
         return "PATH"
@@ -916,10 +921,19 @@ class ProxyConfig(_Section):
         an interface without it gives a clear error rather than a silent
         slow path (choose ``auto`` to fall back).""")
     pin_dir: str = option(
-        FilePath(), "/sys/fs/bpf/xpro", flag="--pin-dir", live=False,
+        FilePath(off="nothing pinned"), "/sys/fs/bpf/xpro", flag="--pin-dir", live=False,
         doc="""The bpffs directory where maps and links are pinned, so a
-        restarted daemon adopts the running filter and its state.""",
+        restarted daemon adopts the running filter and its state.  ``""``
+        pins nothing: the filter goes with the process.""",
         why="The conventional bpffs mount point, one directory for xpro.")
+    netns: str = option(
+        Text(r"[A-Za-z0-9_.-]{0,64}", '"" or a network namespace name (/var/run/netns/NAME)'),
+        "", flag="--netns", live=False,
+        doc="""The network namespace of the interfaces (a name under
+        ``/var/run/netns``).  The daemon switches only its network namespace,
+        not its mount namespace, so bpffs and the control socket stay where
+        they are.""",
+        why="Empty: the daemon's own namespace, the usual case on a proxy host.")
     on_exit: Literal["detach", "keep"] = option(
         Choice(("detach", "keep")), "detach", flag="--on-exit",
         doc="""On a clean stop (SIGTERM): ``detach`` removes the program and its
@@ -946,9 +960,27 @@ class ControlConfig(_Section):
     """The daemon's control socket (``xpro config reload``, ``xpro status``)."""
 
     socket: str = option(
-        FilePath(max_len=107), "/run/xpro/control.sock", flag="--control-socket", live=False,
-        doc="Path of the unix socket the CLI talks to the daemon through (root only).",
+        FilePath(max_len=107, off="no control socket"), "/run/xpro/control.sock",
+        flag="--control-socket", live=False,
+        doc="""Path of the unix socket the CLI talks to the daemon through (root
+        only); ``""`` turns it off.""",
         why="The runtime directory systemd gives the service; a root-only socket.")
+
+
+@dataclass(frozen=True, repr=False)
+class LogConfig(_Section):
+    """The daemon's log: one event per line on standard error."""
+
+    format: Literal["json", "text"] = option(
+        Choice(("json", "text")), "json", flag="--log-format",
+        doc="""``json``: one JSON object per line (``ts``, ``level``, ``logger``,
+        ``event`` and the event's fields), for a log pipeline; ``text``: the
+        same events for a human reading a terminal.""",
+        why="The journal and log shippers keep JSON fields searchable.")
+    level: Literal["debug", "info", "warning", "error"] = option(
+        Choice(("debug", "info", "warning", "error")), "info", flag="--log-level",
+        doc="The least severe level logged.",
+        why="Attach, reload, store outages and alerts are info or above; rounds are debug.")
 
 
 class Change(NamedTuple):
@@ -1019,6 +1051,7 @@ class Config:
     proxy: ProxyConfig = field(metadata=_SECTION_META)
     metrics: MetricsConfig = field(metadata=_SECTION_META)
     control: ControlConfig = field(metadata=_SECTION_META)
+    log: LogConfig = field(metadata=_SECTION_META)
     store_password: Secret | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     path: Path | None = field(default=None, compare=False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from xpro import layout as L
-from xpro.bpf import BpfObject, Map, object_path
+from xpro.bpf import BpfObject, Map, RingBuffer, object_path
 from xpro.errors import ConfigError, DatapathError
 from xpro.model import FilterParams, Prefix
 
@@ -196,6 +196,10 @@ class XdpFilter:
                 exists[i] = True
                 out[i] = v
         return exists, out
+
+    def events(self, callback: Callable[[Any], object]) -> RingBuffer:
+        """A ring-buffer reader handing each warning (an ``EVENT`` record) to ``callback``."""
+        return self.obj.ring_buffer("events", callback, L.EVENT)
 
     def counters(self) -> Array:
         """Packets and bytes by reason, summed over CPUs: shape (N_REASONS, 2)."""

@@ -1,0 +1,97 @@
+"""Data-path backends: how the filter reaches the packets of an interface.
+
+A backend is a plugin (``xpro_add_backends``); the built-ins register through
+the ``xpro`` entry points exactly as a third-party backend would, and the
+daemon finds them by name in :func:`xpro.plugins.backends`, never by import.
+
+The life of a backend, as :class:`xpro.daemon.Proxy` drives it::
+
+    backend = cls(params=..., sizes=..., pin_dir=..., netns=..., options=...)
+    filt = backend.load()            # the flow state the sync reads and writes
+    for ifname in interfaces:
+        backend.attach(ifname)       # or adopt what a previous daemon pinned
+    backend.start()                  # userspace data paths start their threads
+    ...                              # filt.configure(params) on reload
+    backend.stop()
+    backend.close(keep=False)        # detach and unpin; keep=True leaves it filtering
+
+``load()`` returns an object with the interface of :class:`xpro.kernel.XdpFilter`
+that :class:`xpro.sync.Syncer` uses (``configure``, ``read_flows``, ``read``,
+``apply``, ``next_epoch``, ``take_dirty``, ``dirty_lost``, ``read_dsts``,
+``read_dsts_of``, ``counters``, ``sync_clock``, ``events``), so the sync
+works unchanged over every data path.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from xpro.kernel import Sizes, XdpFilter
+from xpro.model import FilterParams
+
+__all__ = ["Attachment", "Backend"]
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """Where a backend attached, and how."""
+
+    ifname: str
+    mode: str  # native | generic | offload | afxdp
+    prog_id: int = 0
+    adopted: bool = False  # taken over from a previous daemon's pins
+    why: str = ""  # why this mode (``auto``), or what else runs beside it
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"interface": self.ifname, "mode": self.mode, "prog_id": self.prog_id,
+                "adopted": self.adopted, "why": self.why}
+
+
+class Backend(abc.ABC):
+    """One data path for one proxy.
+
+    :param params: the filter's thresholds and modes at start.
+    :param sizes: the map sizes (fixed at load).
+    :param pin_dir: the bpffs directory for pinned maps and links (``None``:
+        nothing pinned, everything goes with the process).
+    :param netns: the network namespace of the interfaces (``None``: this one).
+    :param options: backend-specific settings (``egress`` for ``afxdp``, ...).
+    """
+
+    #: The name ``--backend`` selects.
+    name: ClassVar[str] = ""
+    #: One line for ``xpro plugins`` and the docs.
+    summary: ClassVar[str] = ""
+
+    def __init__(self, *, params: FilterParams, sizes: Sizes | None = None,
+                 pin_dir: str | Path | None = None, netns: str | None = None,
+                 options: Mapping[str, Any] | None = None) -> None:
+        self.params = params
+        self.sizes = sizes or Sizes()
+        self.pin_dir = Path(pin_dir) if pin_dir is not None else None
+        self.netns = netns
+        self.options = dict(options or {})
+        self.attachments: dict[str, Attachment] = {}
+
+    @abc.abstractmethod
+    def load(self) -> XdpFilter:
+        """Load (or adopt from ``pin_dir``) the flow state; returns it."""
+
+    @abc.abstractmethod
+    def attach(self, ifname: str) -> Attachment:
+        """Start filtering ``ifname``: adopt our own pinned attachment, refuse a foreign one."""
+
+    def start(self) -> None:  # noqa: B027  (optional: userspace data paths run threads)
+        """Start whatever runs beside the kernel (userspace paths)."""
+
+    def stop(self) -> None:  # noqa: B027
+        """Stop what :meth:`start` started."""
+
+    @abc.abstractmethod
+    def close(self, *, keep: bool = False) -> None:
+        """Release everything: detach and unpin, or with ``keep`` leave the
+        filter running from its pins for the next daemon to adopt."""

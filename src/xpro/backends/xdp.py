@@ -1,0 +1,214 @@
+"""The kernel data paths: ``native`` (driver XDP), ``generic`` (skb XDP) and ``auto``.
+
+All three load the full program (:class:`xpro.kernel.XdpFilter`) and attach it
+with a BPF link per interface.  With a ``pin_dir`` the maps are pinned there
+and each link as ``pin_dir/link-IFNAME``: a daemon that dies, even by SIGKILL,
+leaves the filter running on the pinned state, and the next one adopts it
+(the new program replaces the old one in the same link, atomically, so no
+packet goes unfiltered).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+from xpro.backends import Attachment, Backend
+from xpro.bpf import XdpLink, XdpMode
+from xpro.bpf.xdp import attach_xdp, in_netns, resolve_interface, xdp_query
+from xpro.errors import AttachError, ModeNotSupported
+from xpro.hookspecs import hookimpl
+from xpro.kernel import XdpFilter
+from xpro.netns import link_info
+
+log = logging.getLogger("xpro.backends")
+
+__all__ = ["AutoBackend", "GenericBackend", "NativeBackend", "XdpBackend", "detach_pinned",
+           "link_pin"]
+
+#: Frames above this need the multi-buffer program on native XDP (DESIGN.md 10: veth
+#: refuses a single-buffer program when the peer's MTU exceeds ~3498).
+_FRAGS_MTU = 3498
+
+
+def link_pin(pin_dir: Path, ifname: str) -> Path:
+    """Where the link of ``ifname`` is pinned."""
+    return pin_dir / f"link-{ifname}"
+
+
+class XdpBackend(Backend):
+    """The full program in one XDP mode (subclasses fix the mode)."""
+
+    mode: ClassVar[XdpMode] = XdpMode.NATIVE
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.filter: XdpFilter | None = None
+        self._links: dict[str, XdpLink] = {}
+
+    def _program_name(self) -> str:
+        """``xpro_xdp_frags`` when an interface's MTU needs multi-buffer frames."""
+        frags = self.options.get("frags")
+        if frags is None:
+            frags = any(self._mtu(i) > _FRAGS_MTU for i in self.options.get("interfaces", ()))
+        return "xpro_xdp_frags" if frags else "xpro_xdp"
+
+    def _mtu(self, ifname: str) -> int:
+        try:
+            return link_info(ifname, self.netns).mtu
+        except Exception:  # attach() reports a missing interface clearly
+            return 0
+
+    def load(self) -> XdpFilter:
+        if self.filter is None:
+            self.filter = XdpFilter(self.params, sizes=self.sizes, pin_dir=self.pin_dir,
+                                    program=self._program_name())
+        return self.filter
+
+    def _modes(self, ifname: str) -> list[tuple[XdpMode, str]]:
+        """The modes to try on ``ifname``, in order, each with why."""
+        return [(self.mode, f"--backend {self.name}")]
+
+    def attach(self, ifname: str) -> Attachment:
+        filt = self.load()
+        with in_netns(self.netns):
+            resolve_interface(ifname, self.netns)  # NoSuchInterface, naming the namespace
+        adopted = self._adopt(ifname, filt)
+        if adopted is not None:
+            return adopted
+        errors: list[str] = []
+        for mode, why in self._modes(ifname):
+            try:
+                link = attach_xdp(filt.program, ifname, mode, netns=self.netns)
+            except ModeNotSupported as exc:
+                errors.append(str(exc))
+                continue
+            if self.pin_dir is not None:
+                link.pin(link_pin(self.pin_dir, ifname))
+            self._links[ifname] = link
+            att = Attachment(ifname, mode.label, link.prog_id, False,
+                             why if not errors else f"{why}: {errors[-1]}")
+            self.attachments[ifname] = att
+            log.info("attached to %s in %s mode (%s)", ifname, mode.label, att.why)
+            return att
+        raise ModeNotSupported("; ".join(errors))
+
+    def _adopt(self, ifname: str, filt: XdpFilter) -> Attachment | None:
+        """Take over the link a previous daemon pinned for ``ifname``, if any."""
+        if self.pin_dir is None:
+            return None
+        path = link_pin(self.pin_dir, ifname)
+        if not path.exists():
+            return None
+        link = XdpLink.from_pin(path)
+        with in_netns(self.netns):
+            ifindex, _ = resolve_interface(ifname, self.netns)
+        q = xdp_query(ifname, self.netns)
+        held = next((m for m in XdpMode if q[m.label] == link.prog_id and link.prog_id), None)
+        if link.ifindex != ifindex or held is None:
+            # The interface went away (or was recreated) since: the pin is stale.
+            log.warning("pinned link %s no longer holds %s; attaching afresh", path, ifname)
+            link.unpin()
+            link.close()
+            return None
+        if held not in [m for m, _ in self._modes(ifname)]:
+            log.warning("%s runs the pinned filter in %s mode, %s was asked: re-attaching",
+                        ifname, held.label, self.name)
+            link.detach()
+            link.unpin()
+            link.close()
+            return None
+        old = link.prog_id
+        link.update_program(filt.program)
+        link.pin_path = os.fspath(path)
+        self._links[ifname] = link
+        att = Attachment(ifname, held.label, link.prog_id, True,
+                         f"adopted the pinned link (program {old} replaced by {link.prog_id})")
+        self.attachments[ifname] = att
+        log.info("adopted %s on %s in %s mode", path, ifname, held.label)
+        return att
+
+    def close(self, *, keep: bool = False) -> None:
+        for ifname, link in list(self._links.items()):
+            try:
+                if not keep:
+                    link.detach()
+                    link.unpin()
+            except AttachError as exc:  # the interface may be gone already
+                log.warning("detaching from %s: %s", ifname, exc)
+                link.unpin()
+            finally:
+                link.close()
+        self._links.clear()
+        self.attachments.clear()
+        if self.filter is not None:
+            if not keep:
+                self.filter.obj.unpin_maps()
+            self.filter.close()
+            self.filter = None
+
+
+class NativeBackend(XdpBackend):
+    name = "native"
+    summary = "the full program in driver mode (XDP_FLAGS_DRV_MODE)"
+    mode = XdpMode.NATIVE
+
+
+class GenericBackend(XdpBackend):
+    name = "generic"
+    summary = "the full program in skb mode, for drivers without native XDP"
+    mode = XdpMode.GENERIC
+
+
+class AutoBackend(XdpBackend):
+    """Native where the driver has it, else generic, saying which and why."""
+
+    name = "auto"
+    summary = "native where the driver supports it, else generic"
+
+    def _modes(self, ifname: str) -> list[tuple[XdpMode, str]]:
+        return [(XdpMode.NATIVE, "auto: the driver supports native XDP"),
+                (XdpMode.GENERIC, "auto: the driver has no native XDP, fell back to generic")]
+
+
+def detach_pinned(pin_dir: str | Path, netns: str | None = None) -> list[str]:
+    """Remove what a daemon left in ``pin_dir``: detach its links, remove every pin.
+
+    Returns what was removed, for ``xpro detach``.  Interfaces already gone
+    are skipped; pins of other kinds in the directory are removed too (it is
+    xpro's own directory).
+    """
+    d = Path(pin_dir)
+    done: list[str] = []
+    if not d.is_dir():
+        return done
+    for p in sorted(d.glob("link-*")):
+        try:
+            link = XdpLink.from_pin(p)
+        except AttachError as exc:
+            log.warning("%s: %s", p, exc)
+        else:
+            with contextlib.closing(link):
+                if link.ifindex:
+                    with contextlib.suppress(AttachError):
+                        link.detach()
+                done.append(f"detached {p.name[5:]} (link {p})")
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    for p in sorted(d.iterdir()):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            done.append(f"removed {p}")
+    with contextlib.suppress(OSError):
+        d.rmdir()
+    return done
+
+
+@hookimpl
+def xpro_add_backends(registry: Any) -> None:
+    for cls in (NativeBackend, GenericBackend, AutoBackend):
+        registry.add(cls.name, cls)
+

@@ -1,0 +1,72 @@
+"""Structured logs: one event per line on standard error.
+
+Library code logs with a stable ``event`` name and fields passed as
+``extra`` (``log.info("attached", extra={"event": "attached", "interface":
+"eth0"})``).  :func:`setup_logging` renders them as one JSON object per line
+(``format = "json"``: ``ts``, ``level``, ``logger``, ``event``, ``message``
+and the fields) or as ``key=value`` text for a terminal.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import sys
+from typing import Any, TextIO
+
+__all__ = ["JsonFormatter", "TextFormatter", "setup_logging"]
+
+#: Attributes every LogRecord has; anything else on a record is an event field.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "taskName"}
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and k != "event"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": _dt.datetime.fromtimestamp(record.created, _dt.UTC).isoformat(
+                timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": getattr(record, "event", "message"),
+            "message": record.getMessage(),
+        }
+        out.update(_fields(record))
+        if record.exc_info:
+            out["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """``TIME LEVEL logger: message key=value ...`` for a human."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = _dt.datetime.fromtimestamp(record.created).strftime("%H:%M:%S.%f")[:-3]
+        extra = " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in
+                         _fields(record).items())
+        line = f"{ts} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        if extra:
+            line += " " + extra
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup_logging(fmt: str = "json", level: str = "info", *,
+                  stream: TextIO | None = None) -> None:
+    """Send the ``xpro`` loggers' records to ``stream`` (stderr) in ``fmt``."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger("xpro")
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    root.propagate = False

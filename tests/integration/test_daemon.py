@@ -1,0 +1,448 @@
+"""The daemon end to end: real ``xpro run`` processes in network namespaces, real Redis.
+
+Each test starts the daemon as a subprocess (the console script in this
+venv), attached in native mode to the proxy end of a veth pair, with its own
+pin directory, control socket and metrics port, drives traffic from the peer
+namespace, and checks what an operator would look at: ``xpro status``,
+``flows``, ``explain``, the metrics endpoint, alerts at the example sink,
+``config reload`` under traffic, SIGKILL mid-attack and the adoption by the
+next daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from xpro.bpf import Map, xdp_query
+from xpro.layout import STAT, Reason
+from xpro.netns import NsPair, NsProcess, netns_pair
+from xpro.servers import RedisServer, ServerSet, find_binary
+from xpro.traffic import Stream, send_streams, udp_frame
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+XPRO = str(Path(sys.executable).with_name("xpro"))
+PLUGIN_ROOT = Path(__file__).parent
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    if find_binary("redis-server") is None:
+        pytest.skip("redis-server not installed: apt-get install redis-server")
+    servers = ServerSet(prefix="xpro-daemon-")
+    try:
+        yield servers.redis()
+    finally:
+        servers.close()
+
+
+@pytest.fixture
+def pair() -> Iterator[NsPair]:
+    with netns_pair() as p:
+        yield p
+
+
+class Daemon:
+    """One ``xpro run`` subprocess; its JSON log goes to ``log``."""
+
+    def __init__(self, tmp: Path, pair: NsPair, store: str, *extra: str,
+                 env: dict[str, str] | None = None, config: Path | None = None) -> None:
+        run = secrets.token_hex(3)
+        self.sock = f"/run/xpro/test-{run}.sock"
+        self.pin_dir = f"/sys/fs/bpf/xpro-test-{run}"
+        self.metrics_port = free_port()
+        self.log = tmp / f"daemon-{run}.log"
+        self.alerts = tmp / f"alerts-{run}.jsonl"
+        self.args = [XPRO, "run", "--name", "p1", "--netns", pair.proxy_ns,
+                     "--interface", pair.proxy_if, "--store", store, "--pin-dir", self.pin_dir,
+                     "--control-socket", self.sock,
+                     "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
+                     "--sync-period", "0.5", "--log-level", "debug", *extra]
+        if config is not None:
+            self.args += ["--config", str(config)]
+        self.env = {**os.environ, "XPRO_ALERT_FILE": str(self.alerts), **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, wait: bool = True) -> Daemon:
+        self._logf = self.log.open("ab")
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self._logf,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.text()}")
+            r = self.cli("status", "--json", check=False)
+            if r.returncode == 0 and json.loads(r.stdout)["sync"]["rounds"] > 0:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"daemon not ready in {timeout} s:\n{self.text()}")
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([XPRO, *args, "--socket", self.sock], capture_output=True, text=True,
+                           timeout=60, env=self.env, check=False)
+        if check and r.returncode != 0:
+            raise AssertionError(f"xpro {' '.join(args)}: {r.returncode}\n{r.stderr}")
+        return r
+
+    def status(self) -> dict[str, Any]:
+        return dict(json.loads(self.cli("status", "--json").stdout))
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return str(resp.read().decode())
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout)
+        self._logf.close()
+        return rc
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        subprocess.run([XPRO, "detach", "--pin-dir", self.pin_dir], capture_output=True,
+                       check=False, timeout=30)
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
+    made: list[Daemon] = []
+    yield made
+    for d in made:
+        d.cleanup()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    want = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
+    for line in text.splitlines():
+        if line.startswith(f"{name}{want} "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name}{want} not in metrics:\n{text}")
+
+
+def streams(pair: NsPair, **rates: float) -> list[Stream]:
+    """``flood`` from .66 and ``legit`` from .10 of the peer's subnet, to the proxy."""
+    net = pair.subnet4
+    addrs = {"flood": str(net[66]), "legit": str(net[10]), "other": str(net[20])}
+    return [Stream(name, udp_frame(src_mac=pair.peer_mac, dst_mac=pair.proxy_mac, src=addrs[name],
+                                   dst=pair.proxy_addr4, sport=40000 + i, dport=9000), rate)
+            for i, (name, rate) in enumerate(rates.items())]
+
+
+def traffic(pair: NsPair, duration: float, **rates: float) -> NsProcess[dict[str, int]]:
+    return NsProcess(pair.peer_ns, send_streams, pair.peer_if, streams(pair, **rates),
+                     duration).start()
+
+
+def test_daemon_filters_syncs_and_reports(tmp_path: Path, pair: NsPair, redis: RedisServer,
+                                          daemons: list[Daemon]) -> None:
+    d = Daemon(tmp_path, pair, redis.url, "--t-f1", "100", "--t-t2", "0.5")
+    daemons.append(d)
+    d.start()
+    flood = str(pair.subnet4[66])
+    legit = str(pair.subnet4[10])
+    traffic(pair, 3.0, flood=2000, legit=20).result(timeout=30)
+
+    st = d.status()
+    assert st["counters"]["src_rate"]["packets"] > 2000
+    assert st["sync"]["healthy"] and st["sync"]["rounds"] >= 3
+    assert st["sync"]["peers"]["p1"]["alive"]
+    assert st["interfaces"][0]["mode"] == "native"
+    assert st["top_sources"][0]["src"] == flood
+    text = d.cli("status").stdout
+    assert "mesh" in text and "src_rate" in text and flood in text
+
+    rows = json.loads(d.cli("flows", "--json", "--sort", "rate").stdout)
+    assert rows[0]["src"] == flood and rows[0]["over_t_f1"]
+    legit_rows = json.loads(d.cli("flows", "--json", "--src", f"{legit}/32").stdout)
+    assert [r["src"] for r in legit_rows] == [legit]
+    assert not legit_rows[0]["over_t_f1"]
+    assert d.cli("flows", "--src", "10.99.0.0/16").stdout.strip() == "no flows match"
+
+    # Explain, while the flood's window is still open.
+    why = d.cli("explain", flood, pair.proxy_addr4).stdout
+    assert "DROPPED (SRC_RATE)" in why and "FIRES per-source" in why
+    why = json.loads(d.cli("explain", legit, pair.proxy_addr4, "--json").stdout)
+    assert why["verdict"] == "pass"
+
+    # The metrics endpoint, and the master holding the flood's record.
+    m = d.metrics()
+    assert metric(m, "xpro_packets_total", reason="src_rate") > 2000
+    assert metric(m, "xpro_store_up") == 1.0
+    assert metric(m, "xpro_sync_rounds_total") >= 3
+    assert metric(m, "xpro_workload_pps", proxy="p1") >= 0
+    assert metric(m, "xpro_alerts_total", kind="src_overload") >= 1
+
+    # The overload warning reached the example plugin's sink.
+    alerts = [json.loads(x) for x in d.alerts.read_text().splitlines()]
+    over = [a for a in alerts if a["kind"] == "src_overload"]
+    assert over and over[0]["details"]["src"] == flood and over[0]["proxy"] == "p1"
+
+    assert d.stop() == 0
+    # A clean stop detaches and unpins (on_exit = detach).
+    assert not any(xdp_query(pair.proxy_if, pair.proxy_ns).values())
+    assert not Path(d.pin_dir).exists()
+    events = {e.get("event") for e in d.events()}
+    assert {"attached", "started", "stopped"} <= events
+
+
+def test_config_reload_changes_the_threshold_under_traffic(
+        tmp_path: Path, pair: NsPair, redis: RedisServer, daemons: list[Daemon]) -> None:
+    conf = tmp_path / "xpro.toml"
+    conf.write_text("[thresholds]\nt_f1 = 100000\nt_t2 = 0.5\n")
+    d = Daemon(tmp_path, pair, redis.url, config=conf)
+    daemons.append(d)
+    d.start()
+    sender = traffic(pair, 6.0, flood=1500)
+    time.sleep(2.0)
+    before = d.status()
+    assert before["counters"]["src_rate"]["packets"] == 0
+    count_before = d.status()["top_sources"][0]["count"]
+
+    conf.write_text("[thresholds]\nt_f1 = 100\nt_t2 = 0.5\n[tables]\nflows = 4096\n")
+    out = json.loads(d.cli("config", "reload", "--json").stdout)
+    changed = {c["key"]: c for c in out["changes"]}
+    assert changed["thresholds.t_f1"]["live"] and changed["thresholds.t_f1"]["new"] == "100"
+    assert not changed["tables.flows"]["live"]  # reported, needs a restart
+    time.sleep(1.0)
+    after = d.status()
+    assert after["thresholds"]["t_f1"] == 100
+    assert after["counters"]["src_rate"]["packets"] > 500
+    # No state lost: the flood's record kept counting through the reload.
+    assert after["top_sources"][0]["count"] > count_before
+
+    # SIGHUP does the same; an invalid file changes nothing and keeps the daemon up.
+    conf.write_text("[thresholds]\nt_f1 = -3\n")
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGHUP)
+    r = d.cli("config", "reload", check=False)
+    assert r.returncode == 2 and "thresholds.t_f1" in r.stderr
+    assert d.status()["thresholds"]["t_f1"] == 100
+    conf.write_text("[thresholds]\nt_f1 = 50000\nt_t2 = 0.5\n")
+    d.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while d.status()["thresholds"]["t_f1"] != 50000:
+        assert time.monotonic() < deadline, d.text()
+        time.sleep(0.2)
+    sender.result(timeout=30)
+    assert d.stop() == 0
+    assert any(e.get("event") == "config_invalid" for e in d.events())
+
+
+def test_sigkill_keeps_filtering_and_the_next_daemon_adopts(
+        tmp_path: Path, pair: NsPair, redis: RedisServer, daemons: list[Daemon]) -> None:
+    d = Daemon(tmp_path, pair, redis.url, "--t-f1", "100", "--t-t2", "0.5")
+    daemons.append(d)
+    d.start()
+    sender = traffic(pair, 8.0, flood=1500)
+    time.sleep(2.5)
+    count = d.status()["top_sources"][0]["count"]
+    prog = xdp_query(pair.proxy_if, pair.proxy_ns)["native"]
+    assert d.stop(signal.SIGKILL) == -signal.SIGKILL
+
+    # Nobody runs, the program still drops: the pinned counters keep growing.
+    with Map.from_pin(Path(d.pin_dir) / "stats") as stats:
+        stats.typed(np.uint32, STAT)
+
+        def drops() -> int:
+            return int(np.asarray(stats[np.uint32(Reason.SRC_RATE)])["packets"].sum())
+
+        first = drops()
+        time.sleep(1.0)
+        assert drops() > first + 500
+    assert xdp_query(pair.proxy_if, pair.proxy_ns)["native"] == prog
+
+    # The next daemon adopts the link and the records.
+    d2 = Daemon(tmp_path, pair, redis.url, "--t-f1", "100", "--t-t2", "0.5")
+    d2.sock, d2.pin_dir = d.sock, d.pin_dir
+    d2.args = d.args
+    daemons.append(d2)
+    d2.start()
+    st = d2.status()
+    assert st["interfaces"][0]["adopted"]
+    assert st["counters"]["src_rate"]["packets"] > 1000  # the counters survived too
+    assert st["top_sources"][0]["count"] > count
+    sender.result(timeout=30)
+    assert d2.stop() == 0
+    assert not any(xdp_query(pair.proxy_if, pair.proxy_ns).values())
+
+
+def test_sigterm_with_keep_leaves_the_filter_and_detach_removes_it(
+        tmp_path: Path, pair: NsPair, redis: RedisServer, daemons: list[Daemon]) -> None:
+    d = Daemon(tmp_path, pair, redis.url, "--on-exit", "keep")
+    daemons.append(d)
+    d.start()
+    assert d.stop() == 0
+    assert xdp_query(pair.proxy_if, pair.proxy_ns)["native"]
+    assert (Path(d.pin_dir) / "flows").exists()
+    r = subprocess.run([XPRO, "detach", "--pin-dir", d.pin_dir], capture_output=True, text=True,
+                       check=False, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert f"detached {pair.proxy_if}" in r.stdout
+    assert not any(xdp_query(pair.proxy_if, pair.proxy_ns).values())
+    assert not Path(d.pin_dir).exists()
+
+
+def test_store_down_at_start_filters_anyway_and_recovers(
+        tmp_path: Path, pair: NsPair, daemons: list[Daemon]) -> None:
+    if find_binary("redis-server") is None:
+        pytest.skip("redis-server not installed")
+    servers = ServerSet(prefix="xpro-daemon-late-")
+    port = free_port()
+    try:
+        d = Daemon(tmp_path, pair, f"redis://127.0.0.1:{port}", "--t-f1", "100",
+                   "--t-t2", "0.5")
+        daemons.append(d)
+        d.start(wait=False)
+        deadline = time.monotonic() + 20
+        while d.cli("status", check=False).returncode != 0:
+            assert time.monotonic() < deadline, d.text()
+            time.sleep(0.2)
+        traffic(pair, 2.0, flood=1500).result(timeout=30)
+        st = d.status()
+        assert not st["sync"]["healthy"]
+        assert st["counters"]["src_rate"]["packets"] > 0  # filtering on local state
+        assert metric(d.metrics(), "xpro_store_up") == 0.0
+        servers.redis(port=port)
+        deadline = time.monotonic() + 30
+        while not d.status()["sync"]["healthy"]:
+            assert time.monotonic() < deadline, d.text()
+            time.sleep(0.3)
+        kinds = [json.loads(x)["kind"] for x in d.alerts.read_text().splitlines()]
+        assert "store_down" in kinds and "store_up" in kinds
+        assert d.stop() == 0
+    finally:
+        servers.close()
+
+
+def test_a_broken_plugin_is_reported_and_the_daemon_runs(
+        tmp_path: Path, pair: NsPair, daemons: list[Daemon]) -> None:
+    site = tmp_path / "site"
+    dist = site / "xpro_broken_daemon_plugin-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: xpro-broken-daemon-plugin\n"
+                                   "Version: 1.0\n")
+    (dist / "entry_points.txt").write_text("[xpro]\nbroken_sink = xpro_broken_sink\n"
+                                           "broken_import = xpro_no_such_module_here\n")
+    (site / "xpro_broken_sink.py").write_text(
+        "from xpro.hookspecs import hookimpl\n\n@hookimpl\ndef xpro_alert(alert):\n"
+        "    raise RuntimeError('sink exploded')\n")
+    pythonpath = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
+    d = Daemon(tmp_path, pair, "memory://", "--t-f1", "100", "--t-t2", "0.5",
+               env={"PYTHONPATH": pythonpath})
+    daemons.append(d)
+    d.start()
+    traffic(pair, 2.0, flood=1500).result(timeout=30)
+    st = d.status()
+    assert st["counters"]["src_rate"]["packets"] > 0
+    failed = st["plugins_failed"]
+    assert "xpro_no_such_module_here" in failed["broken_import"]
+    assert failed["broken_sink"] == "xpro_alert: RuntimeError: sink exploded"
+    # The other sinks still got the alert.
+    assert any(json.loads(x)["kind"] == "src_overload"
+               for x in d.alerts.read_text().splitlines())
+    assert d.stop() == 0
+    assert "broken_sink" in d.text()
+
+
+@pytest.mark.parametrize(("args", "code", "needle"), [
+    (["--t-f1", "-5"], 2, "thresholds.t_f1"),
+    (["--backend", "warp"], 2, "proxy.backend"),
+    (["--sync-period", "0"], 2, "sync.period"),
+    (["--set", "thresholds.t_f9=1"], 2, "thresholds.t_f9"),
+    (["--interface", "xpro-nosuch0"], 1, "no interface 'xpro-nosuch0'"),
+    (["--metrics-listen", "BUSY"], 2, "metrics.listen"),
+])
+def test_each_bad_config_gives_its_message(
+        tmp_path: Path, pair: NsPair, args: list[str], code: int, needle: str) -> None:
+    import socket
+
+    base = [XPRO, "run", "--netns", pair.proxy_ns, "--interface", pair.proxy_if,
+            "--pin-dir", "", "--control-socket", "", "--metrics-listen", "",
+            "--log-format", "text"]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        args = [a.replace("BUSY", "127.0.0.1:%d" % busy.getsockname()[1]) for a in args]
+        r = subprocess.run([*base, *args], capture_output=True, text=True, timeout=60,
+                           check=False, env={**os.environ, "XPRO_CONFIG": ""})
+    assert r.returncode == code, (r.stdout, r.stderr)
+    assert needle in r.stderr
+    assert "Traceback" not in r.stderr
+    # Nothing left attached after a failed start.
+    assert not any(xdp_query(pair.proxy_if, pair.proxy_ns).values())
+
+
+def test_a_bad_config_file_names_the_key_and_the_line(tmp_path: Path) -> None:
+    conf = tmp_path / "bad.toml"
+    conf.write_text("[thresholds]\nt_f1 = 100\nt_f3 = 7\n")
+    r = subprocess.run([XPRO, "config", "check", str(conf)], capture_output=True, text=True,
+                       timeout=30, check=False)
+    assert r.returncode == 2
+    assert "t_f3" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([XPRO, "config", "check", str(conf), "--json"], capture_output=True,
+                       text=True, timeout=30, check=False)
+    assert r.returncode == 2 and not json.loads(r.stdout)["valid"]
+
+
+def test_without_privilege_run_says_what_to_do() -> None:
+    """uid 0 without capabilities (a locked-down container): exit 77, one clear line."""
+    setpriv = find_binary("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) not installed")
+    r = subprocess.run([setpriv, "--bounding-set=-all", "--inh-caps=-all", XPRO, "run",
+                        "--interface", "lo", "--pin-dir", "", "--control-socket", "",
+                        "--metrics-listen", ""],
+                       capture_output=True, text=True, timeout=30, check=False)
+    assert r.returncode == 77, r.stderr
+    assert "grant CAP_BPF and CAP_NET_ADMIN" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_without_a_daemon_exits_3() -> None:
+    r = subprocess.run([XPRO, "status", "--socket", "/run/xpro/none-here.sock"],
+                       capture_output=True, text=True, timeout=30, check=False)
+    assert r.returncode == 3
+    assert "no xpro daemon listens on /run/xpro/none-here.sock" in r.stderr
