@@ -1,0 +1,138 @@
+"""The kernel backends on real interfaces: native, generic, auto, busy interfaces, adoption."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from xpro.backends.xdp import AutoBackend, GenericBackend, NativeBackend, detach_pinned, link_pin
+from xpro.bpf import BpfObject, XdpMode, object_path, xdp_query
+from xpro.errors import InterfaceBusy, ModeNotSupported, NoSuchInterface
+from xpro.kernel import Sizes
+from xpro.model import FilterParams
+from xpro.netns import NsPair, netns_pair
+from xpro.plugins import PluginHost
+
+pytestmark = pytest.mark.integration
+
+SIZES = Sizes(flows=4096, dsts=256, prefixes=16)
+
+
+@pytest.fixture
+def pair() -> Iterator[NsPair]:
+    with netns_pair() as p:
+        yield p
+
+
+@pytest.fixture
+def pin_dir() -> Iterator[Path]:
+    d = Path(f"/sys/fs/bpf/xpro-test-be-{secrets.token_hex(3)}")
+    yield d
+    detach_pinned(d)
+
+
+def backend(cls: type, pair: NsPair, pin_dir: Path | None = None) -> NativeBackend:
+    return cls(params=FilterParams(), sizes=SIZES, pin_dir=pin_dir, netns=pair.proxy_ns,  # type: ignore[no-any-return]
+               options={"interfaces": (pair.proxy_if,)})
+
+
+def test_builtin_backends_register_through_entry_points() -> None:
+    reg = PluginHost().collect("backend", "xpro_add_backends")
+    for name in ("native", "generic", "auto"):
+        assert name in reg
+        assert reg.owner(name) == "backend_xdp"
+
+
+@pytest.mark.parametrize(("cls", "mode"), [(NativeBackend, "native"),
+                                           (GenericBackend, "generic")])
+def test_attach_and_close_detaches(pair: NsPair, cls: type, mode: str) -> None:
+    b = backend(cls, pair)
+    att = b.attach(pair.proxy_if)
+    assert att.mode == mode and not att.adopted
+    assert xdp_query(pair.proxy_if, pair.proxy_ns)[mode] == att.prog_id
+    b.close()
+    assert not any(xdp_query(pair.proxy_if, pair.proxy_ns).values())
+
+
+def test_auto_chooses_native_on_veth_and_generic_where_the_driver_has_none(
+        pair: NsPair) -> None:
+    b = backend(AutoBackend, pair)
+    try:
+        att = b.attach(pair.proxy_if)
+        assert att.mode == "native" and "supports native" in att.why
+    finally:
+        b.close()
+    # Loopback has no native XDP: auto falls back and says why.
+    b = backend(AutoBackend, pair)
+    try:
+        att = b.attach("lo")
+        assert att.mode == "generic"
+        assert "no native XDP" in att.why
+    finally:
+        b.close()
+    n = backend(NativeBackend, pair)
+    try:
+        with pytest.raises(ModeNotSupported, match="lo"):
+            n.attach("lo")
+    finally:
+        n.close()
+
+
+def test_an_interface_held_by_another_program_is_named_not_replaced(pair: NsPair) -> None:
+    with BpfObject(object_path()) as other:
+        link = other.programs["xpro_xdp"].attach_xdp(pair.proxy_if, XdpMode.NATIVE,
+                                                      netns=pair.proxy_ns)
+        try:
+            b = backend(NativeBackend, pair)
+            with pytest.raises(InterfaceBusy) as exc:
+                b.attach(pair.proxy_if)
+            b.close()
+            msg = str(exc.value)
+            assert f"XDP program id {link.prog_id}" in msg and "xpro_xdp" in msg
+            assert xdp_query(pair.proxy_if, pair.proxy_ns)["native"] == link.prog_id
+        finally:
+            link.detach()
+            link.close()
+
+
+def test_no_such_interface_names_the_namespace(pair: NsPair) -> None:
+    b = backend(NativeBackend, pair)
+    try:
+        with pytest.raises(NoSuchInterface, match=pair.proxy_ns):
+            b.attach("xpro-nope0")
+    finally:
+        b.close()
+
+
+def test_keep_then_adopt_replaces_the_program_in_place(pair: NsPair, pin_dir: Path) -> None:
+    b = backend(NativeBackend, pair, pin_dir)
+    first = b.attach(pair.proxy_if)
+    filt = b.load()
+    filt.flows[bytes(36)] = bytes(filt.flows.value_size)  # a record to survive
+    b.close(keep=True)
+    assert link_pin(pin_dir, pair.proxy_if).exists()
+    assert xdp_query(pair.proxy_if, pair.proxy_ns)["native"] == first.prog_id
+
+    b2 = backend(NativeBackend, pair, pin_dir)
+    att = b2.attach(pair.proxy_if)
+    assert att.adopted and att.prog_id != first.prog_id
+    assert xdp_query(pair.proxy_if, pair.proxy_ns)["native"] == att.prog_id
+    assert b2.load().flows.get(bytes(36)) is not None
+    b2.close()
+    assert not pin_dir.exists()
+    assert not any(xdp_query(pair.proxy_if, pair.proxy_ns).values())
+
+
+def test_adopting_in_another_mode_reattaches(pair: NsPair, pin_dir: Path) -> None:
+    b = backend(GenericBackend, pair, pin_dir)
+    b.attach(pair.proxy_if)
+    b.close(keep=True)
+    b2 = backend(NativeBackend, pair, pin_dir)
+    att = b2.attach(pair.proxy_if)
+    assert att.mode == "native" and not att.adopted
+    q = xdp_query(pair.proxy_if, pair.proxy_ns)
+    assert q["native"] == att.prog_id and not q["generic"]
+    b2.close()

@@ -1,0 +1,90 @@
+"""``xpro explain`` predicts what the model does to the next packet, check by check."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.packets import frame
+from xpro import model
+from xpro.explain import explain
+from xpro.layout import DST_ADDR, DST_ADDR_PORT, MODE_ENFORCE, MODE_MONITOR, XDP_DROP, addr16
+
+pytestmark = pytest.mark.unit
+
+S = model.NS_PER_S
+MS = S // 1000
+T0 = 1_700_000_000 * S
+SOURCES = ["10.0.0.1", "10.0.0.2", "10.0.1.1"]
+DESTS = ["10.9.9.9", "10.9.9.10"]
+
+
+@st.composite
+def scenario(draw: st.DrawFn) -> tuple[model.FilterParams, list[tuple[int, int, int]], int, int]:
+    params = model.FilterParams(
+        t_t1=draw(st.integers(200, 3000)) * MS,
+        t_t2=draw(st.integers(0, 1000)) * MS,
+        t_t3=draw(st.integers(0, 1000)) * MS,
+        t_f1=draw(st.integers(1, 200)),
+        t_f2=draw(st.integers(1, 400)),
+        mode=draw(st.sampled_from([MODE_ENFORCE, MODE_MONITOR])),
+        dst_mode=draw(st.sampled_from([DST_ADDR, DST_ADDR_PORT])),
+        deny=frozenset({model.Prefix.parse("10.0.1.0/24")}) if draw(st.booleans())
+        else frozenset(),
+        allow=frozenset({model.Prefix.parse("10.0.0.2/32")}) if draw(st.booleans())
+        else frozenset(),
+    )
+    steps = draw(st.lists(st.tuples(st.integers(0, 400), st.integers(0, 2), st.integers(0, 1)),
+                          max_size=120))
+    return params, steps, draw(st.integers(0, 2)), draw(st.integers(0, 1))
+
+
+@given(scenario())
+@settings(max_examples=300, deadline=None)
+def test_explain_predicts_the_models_next_verdict(
+        case: tuple[model.FilterParams, list[tuple[int, int, int]], int, int]) -> None:
+    params, steps, qs, qd = case
+    f = model.Filter(params)
+    now = T0
+    for gap_ms, s, d in steps:
+        now += gap_ms * MS
+        f.packet(frame(SOURCES[s], DESTS[d], dport=53), now)
+    now += 7 * MS
+    pkt = frame(SOURCES[qs], DESTS[qd], dport=53)
+    parsed = model.parse(pkt, params.dst_mode)
+    rec = f.flows.get(parsed.key)
+    drec = f.dsts.get(parsed.dst)
+    e = explain(params, parsed.src, parsed.dst[:16], now=now,
+                flow=None if rec is None else {"ts1": rec.ts1, "ts2": rec.ts2, "c": rec.c},
+                dest=None if drec is None else {"ts1": drec.ts1, "ts2": drec.ts2, "c": drec.c},
+                flow_key=parsed.key)
+    v = f.packet(pkt, now)
+    assert e.reason == v.reason.name
+    assert e.verdict == ("drop" if v.action == XDP_DROP else "pass")
+    fired = [c.name for c in e.checks if c.fires]
+    assert len(fired) <= 1
+
+
+def test_explain_says_why_in_words() -> None:
+    p = model.FilterParams(t_t2=1 * S, t_f1=100)
+    src, dst = addr16("198.51.100.7"), addr16("192.0.2.10")
+    e = explain(p, src, dst, now=T0 + 3 * S, flow={"ts1": T0, "ts2": T0 + 3 * S - MS,
+                                                    "c": 900, "base_c": 600},
+                dest={"ts1": T0, "ts2": T0 + 3 * S, "c": 900},
+                synced={"ts1": T0, "ts2": T0 + 2 * S, "c": 600},
+                src_text="198.51.100.7", dst_text="192.0.2.10")
+    assert (e.verdict, e.reason) == ("drop", "SRC_RATE")
+    text = e.text()
+    assert "DROPPED (SRC_RATE)" in text
+    assert "901 packets in 3.000 s = 300.3/s > T_F1 100/s" in text
+    assert "300 counted here" in text and "last sync  c=600" in text
+    assert e.to_dict()["local"]["local_c"] == 300
+    young = explain(p, src, dst, now=T0 + S // 2, flow={"ts1": T0, "ts2": T0, "c": 5},
+                    dest=None)
+    assert young.verdict == "pass" and "not judged yet" in young.text()
+    idle = explain(dataclasses.replace(p, t_t1=2 * S), src, dst, now=T0 + 5 * S,
+                   flow={"ts1": T0, "ts2": T0, "c": 10_000}, dest=None)
+    assert idle.verdict == "pass" and "the window starts again" in idle.text()
