@@ -20,7 +20,15 @@ release = xpro.__version__
 
 extensions = [
     "sphinx.ext.autodoc",
+    "sphinx_click",  # the CLI reference, generated from the click commands (docs/cli.rst)
 ]
+
+# The CLI reference documents xpro's own commands, including `xpro plugins`,
+# which the built-in plugin module adds (and no third-party plugin's).
+from xpro import cli as _cli  # noqa: E402
+from xpro import plugins as _plugins  # noqa: E402
+
+_plugins.xpro_add_cli_commands(_cli.cli)
 
 # docs/_ext: the configuration reference, generated from xpro.config.
 sys.path.insert(0, str(Path(__file__).parent / "_ext"))
