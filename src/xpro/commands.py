@@ -10,6 +10,7 @@ one line on stderr, never a traceback (``--debug`` shows it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -71,11 +72,9 @@ def _notify(state: str) -> None:
         return
     if addr.startswith("@"):
         addr = "\0" + addr[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        try:
-            s.sendto(state.encode(), addr)
-        except OSError:
-            pass  # not under systemd after all
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s, \
+            contextlib.suppress(OSError):  # not under systemd after all
+        s.sendto(state.encode(), addr)
 
 
 @click.command()
@@ -138,10 +137,8 @@ def run(config_path: str | None, **params: Any) -> None:
                 reload.clear()
                 stop.clear()
                 _notify("RELOADING=1")
-                try:
+                with contextlib.suppress(XproError):  # logged; the running config stays
                     proxy.reload()
-                except XproError:
-                    pass  # logged by the proxy; the running config stays
                 _notify("READY=1")
                 continue
             break

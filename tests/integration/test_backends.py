@@ -51,7 +51,8 @@ def test_builtin_backends_register_through_entry_points() -> None:
 def test_attach_and_close_detaches(pair: NsPair, cls: type, mode: str) -> None:
     b = backend(cls, pair)
     att = b.attach(pair.proxy_if)
-    assert att.mode == mode and not att.adopted
+    assert att.mode == mode
+    assert not att.adopted
     assert xdp_query(pair.proxy_if, pair.proxy_ns)[mode] == att.prog_id
     b.close()
     assert not any(xdp_query(pair.proxy_if, pair.proxy_ns).values())
@@ -62,7 +63,8 @@ def test_auto_chooses_native_on_veth_and_generic_where_the_driver_has_none(
     b = backend(AutoBackend, pair)
     try:
         att = b.attach(pair.proxy_if)
-        assert att.mode == "native" and "supports native" in att.why
+        assert att.mode == "native"
+        assert "supports native" in att.why
     finally:
         b.close()
     # Loopback has no native XDP: auto falls back and says why.
@@ -91,7 +93,8 @@ def test_an_interface_held_by_another_program_is_named_not_replaced(pair: NsPair
                 b.attach(pair.proxy_if)
             b.close()
             msg = str(exc.value)
-            assert f"XDP program id {link.prog_id}" in msg and "xpro_xdp" in msg
+            assert f"XDP program id {link.prog_id}" in msg
+            assert "xpro_xdp" in msg
             assert xdp_query(pair.proxy_if, pair.proxy_ns)["native"] == link.prog_id
         finally:
             link.detach()
@@ -118,7 +121,8 @@ def test_keep_then_adopt_replaces_the_program_in_place(pair: NsPair, pin_dir: Pa
 
     b2 = backend(NativeBackend, pair, pin_dir)
     att = b2.attach(pair.proxy_if)
-    assert att.adopted and att.prog_id != first.prog_id
+    assert att.adopted
+    assert att.prog_id != first.prog_id
     assert xdp_query(pair.proxy_if, pair.proxy_ns)["native"] == att.prog_id
     assert b2.load().flows.get(bytes(36)) is not None
     b2.close()
@@ -132,7 +136,9 @@ def test_adopting_in_another_mode_reattaches(pair: NsPair, pin_dir: Path) -> Non
     b.close(keep=True)
     b2 = backend(NativeBackend, pair, pin_dir)
     att = b2.attach(pair.proxy_if)
-    assert att.mode == "native" and not att.adopted
+    assert att.mode == "native"
+    assert not att.adopted
     q = xdp_query(pair.proxy_if, pair.proxy_ns)
-    assert q["native"] == att.prog_id and not q["generic"]
+    assert q["native"] == att.prog_id
+    assert not q["generic"]
     b2.close()

@@ -188,15 +188,19 @@ def test_daemon_filters_syncs_and_reports(tmp_path: Path, pair: NsPair, redis: R
 
     st = d.status()
     assert st["counters"]["src_rate"]["packets"] > 2000
-    assert st["sync"]["healthy"] and st["sync"]["rounds"] >= 3
+    assert st["sync"]["healthy"]
+    assert st["sync"]["rounds"] >= 3
     assert st["sync"]["peers"]["p1"]["alive"]
     assert st["interfaces"][0]["mode"] == "native"
     assert st["top_sources"][0]["src"] == flood
     text = d.cli("status").stdout
-    assert "mesh" in text and "src_rate" in text and flood in text
+    assert "mesh" in text
+    assert "src_rate" in text
+    assert flood in text
 
     rows = json.loads(d.cli("flows", "--json", "--sort", "rate").stdout)
-    assert rows[0]["src"] == flood and rows[0]["over_t_f1"]
+    assert rows[0]["src"] == flood
+    assert rows[0]["over_t_f1"]
     legit_rows = json.loads(d.cli("flows", "--json", "--src", f"{legit}/32").stdout)
     assert [r["src"] for r in legit_rows] == [legit]
     assert not legit_rows[0]["over_t_f1"]
@@ -204,7 +208,8 @@ def test_daemon_filters_syncs_and_reports(tmp_path: Path, pair: NsPair, redis: R
 
     # Explain, while the flood's window is still open.
     why = d.cli("explain", flood, pair.proxy_addr4).stdout
-    assert "DROPPED (SRC_RATE)" in why and "FIRES per-source" in why
+    assert "DROPPED (SRC_RATE)" in why
+    assert "FIRES per-source" in why
     why = json.loads(d.cli("explain", legit, pair.proxy_addr4, "--json").stdout)
     assert why["verdict"] == "pass"
 
@@ -219,7 +224,18 @@ def test_daemon_filters_syncs_and_reports(tmp_path: Path, pair: NsPair, redis: R
     # The overload warning reached the example plugin's sink.
     alerts = [json.loads(x) for x in d.alerts.read_text().splitlines()]
     over = [a for a in alerts if a["kind"] == "src_overload"]
-    assert over and over[0]["details"]["src"] == flood and over[0]["proxy"] == "p1"
+    assert over
+    assert over[0]["details"]["src"] == flood
+    assert over[0]["proxy"] == "p1"
+
+    # The live view renders (two refreshes), and the running config is shown.
+    top = d.cli("top", "--count", "2", "--interval", "0.2").stdout
+    assert "top sources" in top
+    assert flood in top
+    assert "src_rate" in top
+    shown = d.cli("config", "show", "--running").stdout
+    assert "t_f1 = 100" in shown
+    assert "[proxy]" in shown
 
     assert d.stop() == 0
     # A clean stop detaches and unpins (on_exit = detach).
@@ -245,7 +261,8 @@ def test_config_reload_changes_the_threshold_under_traffic(
     conf.write_text("[thresholds]\nt_f1 = 100\nt_t2 = 0.5\n[tables]\nflows = 4096\n")
     out = json.loads(d.cli("config", "reload", "--json").stdout)
     changed = {c["key"]: c for c in out["changes"]}
-    assert changed["thresholds.t_f1"]["live"] and changed["thresholds.t_f1"]["new"] == "100"
+    assert changed["thresholds.t_f1"]["live"]
+    assert changed["thresholds.t_f1"]["new"] == "100"
     assert not changed["tables.flows"]["live"]  # reported, needs a restart
     time.sleep(1.0)
     after = d.status()
@@ -259,7 +276,8 @@ def test_config_reload_changes_the_threshold_under_traffic(
     assert d.proc is not None
     d.proc.send_signal(signal.SIGHUP)
     r = d.cli("config", "reload", check=False)
-    assert r.returncode == 2 and "thresholds.t_f1" in r.stderr
+    assert r.returncode == 2
+    assert "thresholds.t_f1" in r.stderr
     assert d.status()["thresholds"]["t_f1"] == 100
     conf.write_text("[thresholds]\nt_f1 = 50000\nt_t2 = 0.5\n")
     d.proc.send_signal(signal.SIGHUP)
@@ -352,7 +370,8 @@ def test_store_down_at_start_filters_anyway_and_recovers(
             assert time.monotonic() < deadline, d.text()
             time.sleep(0.3)
         kinds = [json.loads(x)["kind"] for x in d.alerts.read_text().splitlines()]
-        assert "store_down" in kinds and "store_up" in kinds
+        assert "store_down" in kinds
+        assert "store_up" in kinds
         assert d.stop() == 0
     finally:
         servers.close()
@@ -406,7 +425,7 @@ def test_each_bad_config_gives_its_message(
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        args = [a.replace("BUSY", "127.0.0.1:%d" % busy.getsockname()[1]) for a in args]
+        args = [a.replace("BUSY", f"127.0.0.1:{busy.getsockname()[1]}") for a in args]
         r = subprocess.run([*base, *args], capture_output=True, text=True, timeout=60,
                            check=False, env={**os.environ, "XPRO_CONFIG": ""})
     assert r.returncode == code, (r.stdout, r.stderr)
@@ -422,10 +441,12 @@ def test_a_bad_config_file_names_the_key_and_the_line(tmp_path: Path) -> None:
     r = subprocess.run([XPRO, "config", "check", str(conf)], capture_output=True, text=True,
                        timeout=30, check=False)
     assert r.returncode == 2
-    assert "t_f3" in r.stderr and "Traceback" not in r.stderr
+    assert "t_f3" in r.stderr
+    assert "Traceback" not in r.stderr
     r = subprocess.run([XPRO, "config", "check", str(conf), "--json"], capture_output=True,
                        text=True, timeout=30, check=False)
-    assert r.returncode == 2 and not json.loads(r.stdout)["valid"]
+    assert r.returncode == 2
+    assert not json.loads(r.stdout)["valid"]
 
 
 def test_without_privilege_run_says_what_to_do() -> None:
@@ -438,7 +459,8 @@ def test_without_privilege_run_says_what_to_do() -> None:
                         "--metrics-listen", ""],
                        capture_output=True, text=True, timeout=30, check=False)
     assert r.returncode == 77, r.stderr
-    assert "grant CAP_BPF and CAP_NET_ADMIN" in r.stderr and "Traceback" not in r.stderr
+    assert "grant CAP_BPF and CAP_NET_ADMIN" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_cli_without_a_daemon_exits_3() -> None:
