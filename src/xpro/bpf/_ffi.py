@@ -97,6 +97,7 @@ int bpf_program__set_autoload(struct bpf_program *prog, bool autoload);
 int bpf_program__fd(const struct bpf_program *prog);
 int bpf_program__type(const struct bpf_program *prog);     /* enum bpf_prog_type */
 void bpf_program__set_ifindex(struct bpf_program *prog, __u32 ifindex);
+int bpf_map__set_ifindex(struct bpf_map *map, __u32 ifindex);
 int bpf_program__set_log_level(struct bpf_program *prog, __u32 log_level);
 int bpf_program__set_log_buf(struct bpf_program *prog, char *log_buf, size_t log_size);
 
@@ -452,8 +453,10 @@ def check(
         where = _where(ifname, netns)
         exc = InterfaceBusy(
             f"{what}: {where} is already held by {held}; detach it first with "
-            f"`xpro detach {ifname or 'IF'}` (xpro.bpf.detach_xdp) or attach with "
-            "replace=True to replace it"
+            f"`xpro detach --interface {ifname or 'IF'}"
+            f"{f' --netns {netns}' if netns else ''}` (xpro.bpf.detach_xdp) if it is a "
+            "leftover; xpro never replaces it silently (from Python: attach with "
+            "replace=True)"
         )
     elif mode == "native" and code == _errno.ERANGE:
         exc = AttachError(

@@ -1,0 +1,632 @@
+"""The ``offload`` data path: a reduced program on the NIC, the full one beside it.
+
+A SmartNIC that offloads XDP (hardware mode, ``XDP_FLAGS_HW_MODE``) runs only
+programs within its limits: hash and array maps, map lookups, atomic adds,
+no clock, no ring buffer, no LPM trie, a bounded number of instructions
+(``bpf/xpro_offload.bpf.c`` states the set and why).  The full algorithm does
+not fit.  So the ``offload`` backend runs two programs on one device
+(multi-attach):
+
+* the full program (:class:`xpro.kernel.XdpFilter`) in driver mode, which
+  counts every packet that reaches it, keeps the flow records the sync
+  shares, and drops by Algorithm 2 as the ``native`` backend does;
+* the reduced program ``xpro_offload`` in hardware mode, in front of it on
+  the NIC, which drops the packets of a *drop set*: the (source,
+  destination) flows and the destinations the full algorithm would drop now.
+
+A thread (:meth:`OffloadBackend.start`) recomputes the drop set from the full
+program's records every ``refresh`` seconds (:func:`drop_set`) and brings the
+NIC's maps to it (new keys added, gone keys deleted).  Packets the NIC drops
+never reach the full program, so each drop entry counts what it dropped and
+the daemon adds those packets to the records it judges (:class:`_Hidden`):
+a source keeps being dropped while it keeps flooding, and is released when it
+slows down, as the full algorithm would do.
+
+Nothing here could be run on an offload NIC (none exists on the development
+machine): ``options["offload_driver_mode"]`` loads the reduced program without
+a device and attaches it in driver mode to an interface of its own
+(``options["offload_interface"]``), in front of the full program's interface,
+which is how the tests check its behaviour on veth.  docs/backends.rst says
+what was and was not tested.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from xpro import layout as L
+from xpro.backends import Attachment
+from xpro.backends.xdp import XdpBackend
+from xpro.bpf import BpfObject, Map, XdpLink, XdpMode, object_path
+from xpro.bpf._ffi import ENOTSUPP, check, load
+from xpro.bpf.xdp import (
+    _prog_name,
+    attach_xdp,
+    in_netns,
+    interface_driver,
+    resolve_interface,
+    xdp_query,
+)
+from xpro.errors import (
+    AttachError,
+    BpfLoadError,
+    ConfigError,
+    DatapathError,
+    ModeNotSupported,
+)
+from xpro.hookspecs import hookimpl
+from xpro.kernel import CLOCK_MONOTONIC_COARSE, XdpFilter
+from xpro.merge import rate_exceeds_array
+from xpro.model import FilterParams, longest_match
+from xpro.sync import index_of
+
+log = logging.getLogger("xpro.backends.offload")
+
+__all__ = [
+    "OFFLOAD_OBJECT",
+    "OFFLOAD_PROGRAM",
+    "OFF_CFG",
+    "OFF_HIT",
+    "DropSet",
+    "OffReason",
+    "OffloadBackend",
+    "ReducedProgram",
+    "RefreshStats",
+    "drop_set",
+]
+
+Array = npt.NDArray[Any]
+
+#: The packaged object and its program (``bpf/xpro_offload.bpf.c``).
+OFFLOAD_OBJECT = "xpro_offload"
+OFFLOAD_PROGRAM = "xpro_offload"
+
+#: ``struct xpro_off_cfg`` and ``struct xpro_off_hit`` of the reduced program.
+OFF_CFG = np.dtype([("dst_mode", "<u4"), ("pad", "<u4")])
+OFF_HIT = np.dtype([("packets", "<u8"), ("bytes", "<u8")])
+_STAT = np.dtype([("packets", "<u8"), ("bytes", "<u8")])  # struct xpro_stat
+
+#: Default drop-set capacities (entries of drop_flows and drop_dsts).
+DROP_FLOWS_MAX = 1 << 16
+DROP_DSTS_MAX = 1 << 12
+
+_NO_BATCH = frozenset({errno.EOPNOTSUPP, ENOTSUPP, errno.EINVAL})
+
+
+class OffReason(enum.IntEnum):
+    """The reduced program's verdict reasons: the index into ``off_stats``."""
+
+    PASS = 0  # no drop entry: on to the full program
+    NON_IP = 1
+    MALFORMED = 2  # passed: the full program judges it
+    FLOW = 3  # dropped: (source, destination) in the drop set
+    DST = 4  # dropped: destination in the drop set
+
+
+# --- the drop set ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DropSet:
+    """What the NIC should drop: flow keys (``FLOW_KEY``) and destination keys (``DST_KEY``)."""
+
+    flows: Array
+    dsts: Array
+
+
+def _enforced(dst_addrs: Array, params: FilterParams) -> Array:
+    """Which destinations are in ``enforce`` mode (monitor mode passes everything)."""
+    if not params.dst_policy:
+        return np.full(len(dst_addrs), params.mode == L.MODE_ENFORCE, dtype=bool)
+    out = np.empty(len(dst_addrs), dtype=bool)
+    cache: dict[bytes, bool] = {}
+    for i, a in enumerate(dst_addrs):
+        addr = bytes(a).ljust(16, b"\0")
+        if addr not in cache:
+            m = longest_match(params.dst_policy, addr)
+            cache[addr] = (params.mode if m is None else m) == L.MODE_ENFORCE
+        out[i] = cache[addr]
+    return out
+
+
+def _allowed(srcs: Array, params: FilterParams) -> Array:
+    """Which sources the allow list passes before any rate rule."""
+    out = np.zeros(len(srcs), dtype=bool)
+    if params.allow:
+        for i, s in enumerate(srcs):
+            addr = bytes(s).ljust(16, b"\0")
+            out[i] = any(p.contains(addr) for p in params.allow)
+    return out
+
+
+def _over(c: Array, ts1: Array, ts2: Array, now: int, t_t1: int, t_min: int,
+          limit: int) -> Array:
+    """The kernel's rate check for the next packet arriving at ``now``.
+
+    That packet resets a record idle for longer than T_T1 (then nothing is
+    over); else the record counts it (``c + 1``) and is over when its window
+    ``now - ts1`` is longer than ``t_min`` and ``(c + 1) / window > limit``.
+    """
+    idle = now - ts2.astype(np.int64)
+    window = now - ts1.astype(np.int64)
+    live = (idle <= t_t1) & (window > t_min)
+    out = np.zeros(len(c), dtype=bool)
+    if live.any():
+        out[live] = rate_exceeds_array(c[live].astype(np.int64) + 1, window[live], limit)
+    return out
+
+
+def drop_set(flow_keys: Array, flows: Array, dst_keys: Array, dsts: Array,
+             params: FilterParams, now: int) -> DropSet:
+    """The flows and destinations the full program would drop at ``now``.
+
+    Exactly the rules of ``bpf/xpro.bpf.c`` (and :class:`xpro.model.Filter`)
+    for the next packet of each flow or to each destination: a flow is dropped
+    by the per-source rule (over T_F1 after T_T2, not idle past T_T1, not
+    allow-listed, destination in enforce mode); a destination by the
+    per-destination rule (over T_F2 after T_T3, not idle past T_T1, enforce
+    mode).  Every source not dropped by its own rule is counted into the
+    destination and then judged by it, so a destination over T_F2 drops the
+    packets of every source.  Sources in the allow list pass before both
+    rules; the NIC cannot match prefixes, so with a non-empty allow list the
+    destination set stays empty (the full program still drops those packets).
+    """
+    fk = np.asarray(flow_keys, dtype=L.FLOW_KEY)
+    fv = np.asarray(flows)
+    dk = np.asarray(dst_keys, dtype=L.DST_KEY)
+    dv = np.asarray(dsts)
+    over = _over(fv["c"], fv["ts1"], fv["ts2"], now, params.t_t1, params.t_t2, params.t_f1)
+    cand = np.flatnonzero(over)
+    if len(cand):
+        keep = _enforced(fk["dst"]["addr"][cand], params) & ~_allowed(fk["src"][cand], params)
+        cand = cand[keep]
+    dover = _over(dv["c"], dv["ts1"], dv["ts2"], now, params.t_t1, params.t_t3, params.t_f2)
+    dcand = np.flatnonzero(dover)
+    if len(dcand):
+        dcand = dcand[_enforced(dk["addr"][dcand], params)]
+        if params.allow:
+            dcand = dcand[:0]
+    return DropSet(flows=fk[cand].copy(), dsts=dk[dcand].copy())
+
+
+# --- the reduced program ---------------------------------------------------------
+
+
+class ReducedProgram:
+    """``xpro_offload`` loaded for one interface: its drop maps, counters and config.
+
+    ``ifindex`` binds program and maps to that device at load (hardware
+    mode); ``None`` loads it for the host (driver or generic mode, tests).
+    Load inside the interface's network namespace (the kernel resolves
+    ``ifindex`` there).
+    """
+
+    def __init__(self, *, ifindex: int | None, flows_max: int = DROP_FLOWS_MAX,
+                 dsts_max: int = DROP_DSTS_MAX, dst_mode: int = L.DST_ADDR) -> None:
+        self.ifindex = ifindex
+        self.obj = BpfObject(
+            object_path(OFFLOAD_OBJECT), programs=[OFFLOAD_PROGRAM],
+            max_entries={"drop_flows": flows_max, "drop_dsts": dsts_max},
+            types={"drop_flows": (L.FLOW_KEY, OFF_HIT), "drop_dsts": (L.DST_KEY, OFF_HIT),
+                   "off_stats": (np.dtype("<u4"), _STAT), "off_cfg": (np.dtype("<u4"), OFF_CFG)})
+        #: packets each drop entry had dropped at the last read, by key bytes
+        self._seen: dict[str, dict[bytes, int]] = {"drop_flows": {}, "drop_dsts": {}}
+        try:
+            if ifindex is not None:
+                self._bind(ifindex)
+            self.obj.load()
+            self.program = self.obj.programs[OFFLOAD_PROGRAM]
+            self.drop_flows = self.obj.maps["drop_flows"]
+            self.drop_dsts = self.obj.maps["drop_dsts"]
+            self.stats = self.obj.maps["off_stats"]
+            self.cfg = self.obj.maps["off_cfg"]
+            self.dst_mode = -1
+            self.set_dst_mode(dst_mode)
+        except BaseException:
+            self.obj.close()
+            raise
+
+    def _bind(self, ifindex: int) -> None:
+        """Offload program and maps to device ``ifindex`` (before load)."""
+        lib = load()
+        lib.bpf_program__set_ifindex(self.obj.programs[OFFLOAD_PROGRAM]._ptr, ifindex)
+        set_map = getattr(lib, "bpf_map__set_ifindex", None)
+        if set_map is None:
+            log.warning("this xpro's libbpf binding lacks bpf_map__set_ifindex: the drop "
+                        "maps are created on the host and an offload NIC will refuse them")
+            return
+        for name in ("drop_flows", "drop_dsts", "off_stats", "off_cfg"):
+            check(set_map(self.obj.maps[name]._ptr, ifindex),
+                  f"bind map {name!r} to interface index {ifindex}")
+
+    def set_dst_mode(self, dst_mode: int) -> None:
+        """Build destination keys as the full program does; a change empties the drop set."""
+        if dst_mode == self.dst_mode:
+            return
+        rec = np.zeros(1, dtype=OFF_CFG)
+        rec["dst_mode"] = dst_mode
+        self.cfg[np.uint32(0)] = rec[0]
+        if self.dst_mode >= 0:
+            self._replace(self.drop_flows, np.zeros(0, dtype=L.FLOW_KEY))
+            self._replace(self.drop_dsts, np.zeros(0, dtype=L.DST_KEY))
+        self.dst_mode = dst_mode
+
+    def entries(self, m: Map) -> tuple[Array, Array]:
+        keys, vals = m.lookup_batch()
+        return np.asarray(keys), np.asarray(vals, dtype=OFF_HIT)
+
+    def hits(self, name: str) -> dict[bytes, int]:
+        """Packets dropped by each entry of ``name`` since the last call (key bytes -> n)."""
+        keys, vals = self.entries(self.obj.maps[name])
+        seen = self._seen[name]
+        now = {k.tobytes(): int(v) for k, v in zip(keys, vals["packets"], strict=True)}
+        out = {k: n - seen.get(k, 0) for k, n in now.items() if n > seen.get(k, 0)}
+        self._seen[name] = now
+        return out
+
+    def set_drops(self, want: DropSet) -> tuple[int, int]:
+        """Bring the drop maps to ``want``; returns (added, removed)."""
+        a1, r1 = self._replace(self.drop_flows, want.flows)
+        a2, r2 = self._replace(self.drop_dsts, want.dsts)
+        return a1 + a2, r1 + r2
+
+    def _replace(self, m: Map, want: Array) -> tuple[int, int]:
+        have, _ = self.entries(m)
+        gone = have[index_of(want, have) < 0] if len(have) else have
+        new = want[index_of(have, want) < 0] if len(want) else want
+        if len(gone):
+            m.delete_batch(gone)
+            seen = self._seen[m.name]
+            for k in gone:
+                seen.pop(k.tobytes(), None)
+        if len(new):
+            zeros = np.zeros(len(new), dtype=OFF_HIT)
+            try:
+                m.update_batch(new, zeros)
+            except DatapathError as exc:
+                cause = exc.__cause__
+                if not isinstance(cause, OSError) or cause.errno not in _NO_BATCH:
+                    raise
+                # offloaded maps have no batch operations: one by one
+                for k, v in zip(new, zeros, strict=True):
+                    m[k] = v
+        return len(new), len(gone)
+
+    def counters(self) -> Array:
+        """Packets and bytes by :class:`OffReason`: shape (len(OffReason), 2)."""
+        out = np.zeros((len(OffReason), 2), dtype=np.uint64)
+        for r in OffReason:
+            v = self.stats[np.uint32(r)]
+            out[r] = int(v["packets"]), int(v["bytes"])
+        return out
+
+    def close(self) -> None:
+        self.obj.close()
+
+
+@dataclass
+class _Hidden:
+    """Packets a drop entry dropped on the NIC, which the full program never saw."""
+
+    extra: int = 0
+    last: int = 0  # when the last of them was seen (the refresh's clock, ns)
+
+
+@dataclass(frozen=True)
+class RefreshStats:
+    """One refresh of the drop set."""
+
+    flows: int  # flows in the drop set
+    dsts: int  # destinations in the drop set
+    added: int  # entries added, over all interfaces
+    removed: int
+    truncated: int  # wanted but over the maps' capacity (left to the full program)
+    seconds: float
+
+
+@dataclass
+class _Reduced:
+    ifname: str
+    netns: str | None
+    prog: ReducedProgram
+    link: XdpLink
+    mode: XdpMode
+
+
+# --- the backend -----------------------------------------------------------------
+
+
+class OffloadBackend(XdpBackend):
+    """The full program in driver mode, the reduced one in hardware mode on the same device.
+
+    Options: ``refresh`` (seconds between drop-set refreshes, 0.1),
+    ``drop_flows`` / ``drop_dsts`` (capacities of the NIC's drop maps),
+    ``offload_driver_mode`` (tests: the reduced program in driver mode on
+    ``offload_interface``, a str or a mapping from the full program's
+    interface, in ``offload_netns``, default the backend's namespace).
+    """
+
+    name = "offload"
+    summary = ("SmartNIC: a reduced program in hardware mode drops what the full "
+               "program (driver mode, same device) finds over the limits")
+    mode: ClassVar[XdpMode] = XdpMode.NATIVE  # the full program's mode
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.refresh_period = float(self.options.get("refresh", 0.1))
+        if not self.refresh_period > 0:
+            raise ConfigError(f"offload refresh must be > 0 seconds, not {self.refresh_period}")
+        self.flows_max = int(self.options.get("drop_flows", DROP_FLOWS_MAX))
+        self.dsts_max = int(self.options.get("drop_dsts", DROP_DSTS_MAX))
+        self.driver_mode = bool(self.options.get("offload_driver_mode", False))
+        self.reduced: dict[str, _Reduced] = {}
+        self.last_refresh: RefreshStats | None = None
+        self._hidden_flows: dict[bytes, _Hidden] = {}
+        self._hidden_dsts: dict[bytes, _Hidden] = {}
+        self._full_warned = False
+        self._lock = threading.Lock()
+        self._stop_evt = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- attach ----------------------------------------------------------------
+
+    def _offload_target(self, ifname: str) -> tuple[str, str | None]:
+        """Where the reduced program goes for ``ifname``: (interface, namespace)."""
+        if not self.driver_mode:
+            return ifname, self.netns
+        target = self.options.get("offload_interface")
+        if isinstance(target, Mapping):
+            target = target.get(ifname)
+        if not target:
+            raise ConfigError(
+                "offload_driver_mode needs offload_interface: the interface the reduced "
+                f"program is attached to in driver mode, in front of {ifname!r} (a driver-"
+                "mode program cannot share its device with the full program)")
+        return str(target), self.options.get("offload_netns", self.netns)
+
+    def _load_reduced(self, ifname: str, netns: str | None) -> ReducedProgram:
+        params = self.load().params
+        kw = {"flows_max": self.flows_max, "dsts_max": self.dsts_max,
+              "dst_mode": params.dst_mode}
+        if self.driver_mode:
+            return ReducedProgram(ifindex=None, **kw)
+        with in_netns(netns):
+            ifindex, _ = resolve_interface(ifname, netns)
+            driver = interface_driver(ifname)
+            try:
+                return ReducedProgram(ifindex=ifindex, **kw)
+            except DatapathError as exc:
+                code = getattr(exc.__cause__, "errno", None)
+                if isinstance(exc, BpfLoadError) or code not in (
+                        errno.EINVAL, errno.EOPNOTSUPP, ENOTSUPP, errno.ENODEV):
+                    raise  # e.g. an offload NIC's verifier refused it: its log says why
+                try:
+                    check(-code, f"load the offload program {OFFLOAD_PROGRAM!r} for {ifname}",
+                          ifname=ifname, netns=netns, mode="offload", driver=driver)
+                except ModeNotSupported as ms:
+                    raise ModeNotSupported(
+                        f"{ms}. Run `--backend native` on {ifname} instead (the same full "
+                        "program in driver mode, without the NIC in front)") from exc
+                raise  # pragma: no cover - check() raised
+
+    def _attach_reduced(self, prog: ReducedProgram, ifname: str,
+                        netns: str | None) -> tuple[XdpLink, XdpMode]:
+        if self.driver_mode:
+            return attach_xdp(prog.program, ifname, XdpMode.NATIVE, netns=netns), XdpMode.NATIVE
+        q = xdp_query(ifname, netns)
+        held = q["offload"]
+        if held:
+            name = _prog_name(held)
+            if name != OFFLOAD_PROGRAM:
+                with in_netns(netns):
+                    check(-errno.EBUSY,
+                          f"attach XDP program {OFFLOAD_PROGRAM!r} to {ifname} in offload mode",
+                          ifname=ifname, netns=netns, mode="offload",
+                          holder=f"XDP program id {held} {name!r} (offload mode)")
+            log.warning("%s: replacing the reduced program %d a previous daemon left on the "
+                        "NIC", ifname, held)
+        # The hardware slot is free or holds our own program; the driver slot holds the
+        # full program, which attach_xdp's own holder check would count as busy.
+        return attach_xdp(prog.program, ifname, XdpMode.OFFLOAD, netns=netns,
+                          replace=True), XdpMode.OFFLOAD
+
+    def attach(self, ifname: str) -> Attachment:
+        if ifname in self.reduced:
+            return self.attachments[ifname]
+        off_if, off_ns = self._offload_target(ifname)
+        with in_netns(self.netns):
+            resolve_interface(ifname, self.netns)
+        # Load the reduced program first: an interface that cannot offload fails here,
+        # before the full program is attached.
+        prog = self._load_reduced(off_if, off_ns)
+        try:
+            full = super().attach(ifname)
+            try:
+                link, mode = self._attach_reduced(prog, off_if, off_ns)
+            except BaseException:
+                self._detach_full(ifname)
+                raise
+        except BaseException:
+            prog.close()
+            raise
+        self.reduced[ifname] = _Reduced(off_if, off_ns, prog, link, mode)
+        where = "on the NIC" if mode is XdpMode.OFFLOAD else f"in driver mode on {off_if}"
+        att = Attachment(ifname, "offload", link.prog_id, full.adopted,
+                         f"reduced program {where}; the full program (id {full.prog_id}) in "
+                         f"{full.mode} mode on {ifname}"
+                         + (f" ({full.why})" if full.adopted else ""))
+        self.attachments[ifname] = att
+        log.info("offload on %s: %s", ifname, att.why)
+        return att
+
+    def _detach_full(self, ifname: str) -> None:
+        link = self._links.pop(ifname, None)
+        self.attachments.pop(ifname, None)
+        if link is not None:
+            with contextlib.suppress(AttachError):
+                link.detach()
+            link.unpin()
+            link.close()
+
+    # --- the drop set ---------------------------------------------------------------
+
+    def _now(self, filt: XdpFilter) -> int:
+        """The full program's clock: its fake clock if set, else coarse monotonic + offset."""
+        fake = int(filt.cfg.view["fake_now"])
+        if fake:
+            return fake
+        return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE) + int(filt.cfg.view["clock_offset"])
+
+    @staticmethod
+    def _gather_hidden(hidden: dict[bytes, _Hidden], hits: dict[bytes, int], now: int) -> None:
+        for k, n in hits.items():
+            h = hidden.setdefault(k, _Hidden())
+            h.extra += n
+            h.last = now
+
+    @staticmethod
+    def _add_hidden(keys: Array, vals: Array, hidden: dict[bytes, _Hidden]) -> Array:
+        """The records with the packets dropped on the NIC counted in (a copy)."""
+        if not hidden or not len(keys):
+            return vals
+        hk = np.frombuffer(b"".join(hidden), dtype=keys.dtype)
+        idx = index_of(keys, hk)
+        vals = vals.copy()
+        for i, h in zip(idx, hidden.values(), strict=True):
+            if i >= 0:
+                vals["c"][i] += h.extra
+                vals["ts2"][i] = max(int(vals["ts2"][i]), h.last)
+        return vals
+
+    def refresh(self, now: int | None = None) -> RefreshStats:
+        """Recompute the drop set from the full program and install it on every interface."""
+        with self._lock:
+            return self._refresh(now)
+
+    def _refresh(self, now: int | None) -> RefreshStats:
+        t0 = time.perf_counter()
+        filt = self.load()
+        params = filt.params
+        when = self._now(filt) if now is None else now
+        for r in self.reduced.values():
+            r.prog.set_dst_mode(params.dst_mode)
+            self._gather_hidden(self._hidden_flows, r.prog.hits("drop_flows"), when)
+            self._gather_hidden(self._hidden_dsts, r.prog.hits("drop_dsts"), when)
+        fkeys, fvals = filt.read_flows()
+        dkeys, dvals = filt.read_dsts()
+        fvals = self._add_hidden(fkeys, fvals, self._hidden_flows)
+        dvals = self._add_hidden(dkeys, dvals, self._hidden_dsts)
+        want = drop_set(fkeys, fvals, dkeys, dvals, params, when)
+        truncated = 0
+        flows, dsts = want.flows, want.dsts
+        if len(flows) > self.flows_max or len(dsts) > self.dsts_max:
+            truncated = max(len(flows) - self.flows_max, 0) + max(len(dsts) - self.dsts_max, 0)
+            flows = self._top(flows, fkeys, fvals, self.flows_max, when)
+            dsts = self._top(dsts, dkeys, dvals, self.dsts_max, when)
+            if not self._full_warned:
+                log.warning(
+                    "the offload drop set is full: %d flows and %d destinations are over the "
+                    "limits, the NIC holds %d and %d (options drop_flows, drop_dsts); the "
+                    "fastest are dropped on the NIC, the rest by the full program",
+                    len(want.flows), len(want.dsts), self.flows_max, self.dsts_max)
+                self._full_warned = True
+        elif self._full_warned:
+            log.info("the offload drop set fits the NIC's maps again")
+            self._full_warned = False
+        final = DropSet(flows, dsts)
+        added = removed = 0
+        for r in self.reduced.values():
+            a, d = r.prog.set_drops(final)
+            added += a
+            removed += d
+        self._forget(self._hidden_flows, flows)
+        self._forget(self._hidden_dsts, dsts)
+        stats = RefreshStats(len(flows), len(dsts), added, removed, truncated,
+                             time.perf_counter() - t0)
+        self.last_refresh = stats
+        return stats
+
+    @staticmethod
+    def _top(want: Array, keys: Array, vals: Array, n: int, now: int) -> Array:
+        """The ``n`` keys of ``want`` with the highest rates."""
+        if len(want) <= n:
+            return want
+        v = vals[index_of(keys, want)]
+        window = np.maximum(now - v["ts1"].astype(np.int64), 1)
+        rate = v["c"].astype(np.float64) / window
+        return want[np.argsort(-rate, kind="stable")[:n]]
+
+    @staticmethod
+    def _forget(hidden: dict[bytes, _Hidden], kept: Array) -> None:
+        """Hidden counts of keys no longer in the drop set go: the full program sees them again."""
+        if hidden:
+            keep = {k.tobytes() for k in kept}
+            for k in [k for k in hidden if k not in keep]:
+                del hidden[k]
+
+    def counters(self) -> dict[str, Array]:
+        """The reduced programs' verdict counters, by interface (see :class:`OffReason`)."""
+        return {ifname: r.prog.counters() for ifname, r in self.reduced.items()}
+
+    # --- life cycle -------------------------------------------------------------
+
+    def _wait(self) -> float:
+        """The pause before the next refresh: ``refresh``, or longer when a refresh
+        is slow (it reads the whole flow table), so it takes at most ~10% of a core."""
+        last = self.last_refresh
+        return max(self.refresh_period, 9 * last.seconds) if last else self.refresh_period
+
+    def _run(self) -> None:
+        while not self._stop_evt.wait(self._wait()):
+            try:
+                self.refresh()
+            except Exception:  # keep refreshing: the full program still filters
+                log.exception("refreshing the offload drop set failed")
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self.refresh()
+        self._stop_evt.clear()
+        self._thread = threading.Thread(target=self._run, name="xpro-offload-refresh",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop_evt.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def close(self, *, keep: bool = False) -> None:
+        """Detach the reduced programs (always: nobody would keep their drop set
+        current), then the full program as :class:`XdpBackend` does."""
+        self.stop()
+        for ifname, r in list(self.reduced.items()):
+            try:
+                r.link.detach()
+            except AttachError as exc:  # the interface may be gone already
+                log.warning("detaching the reduced program from %s: %s", r.ifname, exc)
+            finally:
+                r.link.close()
+                r.prog.close()
+            del self.reduced[ifname]
+        self._hidden_flows.clear()
+        self._hidden_dsts.clear()
+        super().close(keep=keep)
+
+
+@hookimpl
+def xpro_add_backends(registry: Any) -> None:
+    registry.add(OffloadBackend.name, OffloadBackend)
