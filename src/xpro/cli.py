@@ -198,8 +198,9 @@ def demo(
 
 def _add_builtin_commands() -> None:
     from xpro.commands import COMMANDS
+    from xpro.doctor import doctor_command
 
-    for cmd in COMMANDS:
+    for cmd in [*COMMANDS, doctor_command]:
         cli.add_command(cmd)
 
 
