@@ -98,12 +98,18 @@ class XdpFilter:
         if self.sizes.dsts & (self.sizes.dsts - 1):
             raise ConfigError(f"the destination table size must be a power of two, "
                               f"not {self.sizes.dsts}")
-        self.obj = BpfObject(obj_path or object_path(), programs=[program, "xpro_apply"],
+        progs = [program, "xpro_apply"]
+        if program == "xpro_xdp":
+            progs.append("xpro_xdp_frags")  # for interfaces whose MTU needs it (attach)
+        self.obj = BpfObject(obj_path or object_path(), programs=progs,
                              max_entries=self.sizes.max_entries(), pin_dir=pin_dir,
                              types=L.MAP_TYPES)
         self.obj.load()
         try:
             self.program = self.obj.programs[program]
+            #: The multi-buffer variant, over the same maps (jumbo MTUs, veth peers).
+            self.program_frags = self.obj.programs["xpro_xdp_frags" if program == "xpro_xdp"
+                                                   else program]
             self._apply_prog = self.obj.programs["xpro_apply"]
             self.cfg = self.obj.global_data(".data", L.CONFIG)
             self.flows = self.obj.maps["flows"]

@@ -13,7 +13,7 @@ from xpro.bpf import BpfObject, XdpMode, object_path, xdp_query
 from xpro.errors import InterfaceBusy, ModeNotSupported, NoSuchInterface
 from xpro.kernel import Sizes
 from xpro.model import FilterParams
-from xpro.netns import NsPair, netns_pair
+from xpro.netns import NsPair, netns_pair, set_link
 from xpro.plugins import PluginHost
 
 pytestmark = pytest.mark.integration
@@ -142,3 +142,15 @@ def test_adopting_in_another_mode_reattaches(pair: NsPair, pin_dir: Path) -> Non
     assert q["native"] == att.prog_id
     assert not q["generic"]
     b2.close()
+
+
+def test_a_jumbo_veth_peer_gets_the_multi_buffer_program(pair: NsPair) -> None:
+    """veth refuses a single-buffer program when the *peer's* MTU is large (ERANGE)."""
+    set_link(pair.peer_if, pair.peer_ns, mtu=9000)
+    b = backend(NativeBackend, pair)
+    try:
+        att = b.attach(pair.proxy_if)
+        assert att.mode == "native"
+        assert att.prog_id == b.load().program_frags.id != b.load().program.id
+    finally:
+        b.close()

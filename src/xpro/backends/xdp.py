@@ -11,6 +11,7 @@ packet goes unfiltered).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 from pathlib import Path
@@ -82,7 +83,7 @@ class XdpBackend(Backend):
         errors: list[str] = []
         for mode, why in self._modes(ifname):
             try:
-                link = attach_xdp(filt.program, ifname, mode, netns=self.netns)
+                link = self._attach_one(filt, ifname, mode)
             except ModeNotSupported as exc:
                 errors.append(str(exc))
                 continue
@@ -95,6 +96,19 @@ class XdpBackend(Backend):
             log.info("attached to %s in %s mode (%s)", ifname, mode.label, att.why)
             return att
         raise ModeNotSupported("; ".join(errors))
+
+    def _attach_one(self, filt: XdpFilter, ifname: str, mode: XdpMode) -> XdpLink:
+        """Attach the single-buffer program, or the multi-buffer one where the
+        MTU (of the interface or, on veth, of its peer) needs it (ERANGE)."""
+        try:
+            return attach_xdp(filt.program, ifname, mode, netns=self.netns)
+        except AttachError as exc:
+            cause = exc.__cause__
+            if (mode is not XdpMode.NATIVE or filt.program_frags is filt.program
+                    or not isinstance(cause, OSError) or cause.errno != errno.ERANGE):
+                raise
+            log.info("%s: the MTU needs multi-buffer frames; attaching xpro_xdp_frags", ifname)
+            return attach_xdp(filt.program_frags, ifname, mode, netns=self.netns)
 
     def _adopt(self, ifname: str, filt: XdpFilter) -> Attachment | None:
         """Take over the link a previous daemon pinned for ``ifname``, if any."""
@@ -122,7 +136,10 @@ class XdpBackend(Backend):
             link.close()
             return None
         old = link.prog_id
-        link.update_program(filt.program)
+        try:
+            link.update_program(filt.program)
+        except AttachError:  # a jumbo MTU: the old program was the multi-buffer one
+            link.update_program(filt.program_frags)
         link.pin_path = os.fspath(path)
         self._links[ifname] = link
         att = Attachment(ifname, held.label, link.prog_id, True,
