@@ -41,6 +41,7 @@ from typing import Any, Literal
 import click
 from cffi import FFI
 
+from xpro.backends.xdp import SINGLE_BUFFER_MTU
 from xpro.config import Config, load_config, mask_url
 from xpro.errors import BpfLoadError, PrivilegeError, XproError
 
@@ -69,10 +70,6 @@ __all__ = [
 
 Status = Literal["ok", "warn", "fail"]
 
-#: Largest MTU a single-buffer XDP program takes on veth here (DESIGN.md 10);
-#: above it the daemon loads the multi-buffer program ``xpro_xdp_frags``,
-#: which needs a driver with XDP scatter-gather (``rx-sg``).
-SINGLE_BUFFER_MTU = 3498
 
 #: Seconds a store ping may take before the store counts as unreachable.
 STORE_TIMEOUT = 2.0

@@ -30,9 +30,10 @@ log = logging.getLogger("xpro.backends")
 __all__ = ["AutoBackend", "GenericBackend", "NativeBackend", "XdpBackend", "detach_pinned",
            "link_pin"]
 
-#: Frames above this need the multi-buffer program on native XDP (DESIGN.md 10: veth
-#: refuses a single-buffer program when the peer's MTU exceeds ~3498).
-_FRAGS_MTU = 3498
+#: Largest MTU a single-buffer XDP program takes on veth here (DESIGN.md 10); above
+#: it the multi-buffer program ``xpro_xdp_frags`` is attached, which needs a driver
+#: with XDP scatter-gather.
+SINGLE_BUFFER_MTU = 3498
 
 
 def link_pin(pin_dir: Path, ifname: str) -> Path:
@@ -54,7 +55,8 @@ class XdpBackend(Backend):
         """``xpro_xdp_frags`` when an interface's MTU needs multi-buffer frames."""
         frags = self.options.get("frags")
         if frags is None:
-            frags = any(self._mtu(i) > _FRAGS_MTU for i in self.options.get("interfaces", ()))
+            frags = any(self._mtu(i) > SINGLE_BUFFER_MTU
+                        for i in self.options.get("interfaces", ()))
         return "xpro_xdp_frags" if frags else "xpro_xdp"
 
     def _mtu(self, ifname: str) -> int:
