@@ -40,7 +40,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -140,14 +140,18 @@ class Proxy:
         installed ``xpro`` entry point).
     :param reload_source: what :meth:`reload` reads the new configuration
         from (default: the same file, and the environment, again).
+    :param backend_options: extra settings for the backend, merged over the
+        ones the configuration gives (see each backend in :doc:`/backends`).
     """
 
     def __init__(self, config: Config, *, plugins: PluginHost | None = None,
-                 reload_source: Callable[[], Config] | None = None) -> None:
+                 reload_source: Callable[[], Config] | None = None,
+                 backend_options: Mapping[str, Any] | None = None) -> None:
         from xpro import plugins as _plugins
 
         self.config = config
         self.reload_source = reload_source or (lambda: load_config(config.path))
+        self.backend_options = dict(backend_options or {})
         self.name = config.proxy.name
         self.plugins = plugins or _plugins.plugins()
         self.backend: Backend | None = None
@@ -206,7 +210,8 @@ class Proxy:
                 self._locks.append(_Lock("control_socket", cfg.control.socket))
             self.backend = cls(params=cfg.filter_params(), sizes=cfg.sizes(), pin_dir=pin_dir,
                                netns=cfg.proxy.netns or None,
-                               options={"interfaces": cfg.proxy.interfaces})
+                               options={"interfaces": cfg.proxy.interfaces,
+                                        **self.backend_options})
             filt = self.backend.load()
             adopted = False
             for ifname in cfg.proxy.interfaces:
