@@ -968,6 +968,35 @@ class ControlConfig(_Section):
 
 
 @dataclass(frozen=True, repr=False)
+class AfxdpConfig(_Section):
+    """The ``afxdp`` backend: the userspace data path (see the AF_XDP page)."""
+
+    egress: str = option(
+        Text(r"[^\s/:]{0,15}", '"" or an interface name'), "", flag="--afxdp-egress",
+        live=False,
+        doc="""The interface passed packets leave by (the service side); required
+        with ``backend = "afxdp"``, in the same network namespace as the
+        interfaces.""",
+        why="No default: it is where the service is, which only the operator knows.")
+    egress_dst_mac: str = option(
+        Text(r"(|[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5})", '"" or a MAC address'), "",
+        flag="--afxdp-egress-dst-mac", live=False,
+        doc="""The MAC address forwarded frames are sent to on the egress interface
+        (the service or the next hop).""",
+        why="Empty: frames keep their destination MAC address.")
+    parsers: tuple[str, ...] = option(
+        Names(), (), flag="--afxdp-parser", live=False,
+        doc="""Destination parsers (plugins, ``xpro plugins`` lists them) that take
+        a packet's destination from its payload, e.g. ``coap`` (Proxy-Uri,
+        Uri-Host).""",
+        why="None: destinations are the IP addresses, as in the kernel program.")
+    xdp_mode: Literal["native", "generic"] = option(
+        Choice(("native", "generic")), "native", flag="--afxdp-xdp-mode", live=False,
+        doc="The XDP mode of the small program that redirects packets to the sockets.",
+        why="Native where the driver has it; generic for the others.")
+
+
+@dataclass(frozen=True, repr=False)
 class LogConfig(_Section):
     """The daemon's log: one event per line on standard error."""
 
@@ -1052,6 +1081,7 @@ class Config:
     metrics: MetricsConfig = field(metadata=_SECTION_META)
     control: ControlConfig = field(metadata=_SECTION_META)
     log: LogConfig = field(metadata=_SECTION_META)
+    afxdp: AfxdpConfig = field(metadata=_SECTION_META)
     store_password: Secret | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     path: Path | None = field(default=None, compare=False)
@@ -1128,6 +1158,18 @@ class Config:
         """What the merge uses: T_T1 and T_T4 in ns, r as a fixed-point factor."""
         t = self.thresholds
         return SyncParams.from_factor(seconds_to_ns(t.t_t1), seconds_to_ns(t.t_t4), t.r)
+
+    def backend_options(self) -> dict[str, Any]:
+        """The settings of the configured backend that come from its own section."""
+        if self.proxy.backend != "afxdp":
+            return {}
+        a = self.afxdp
+        out: dict[str, Any] = {"xdp_mode": a.xdp_mode, "parsers": list(a.parsers)}
+        if a.egress:
+            out["egress"] = a.egress
+        if a.egress_dst_mac:
+            out["egress_dst_mac"] = a.egress_dst_mac
+        return out
 
     def sizes(self) -> Sizes:
         """The kernel map sizes (:class:`xpro.kernel.Sizes`)."""

@@ -211,7 +211,7 @@ class Proxy:
             self.backend = cls(params=cfg.filter_params(), sizes=cfg.sizes(), pin_dir=pin_dir,
                                netns=cfg.proxy.netns or None,
                                options={"interfaces": cfg.proxy.interfaces,
-                                        **self.backend_options})
+                                        **cfg.backend_options(), **self.backend_options})
             filt = self.backend.load()
             adopted = False
             for ifname in cfg.proxy.interfaces:

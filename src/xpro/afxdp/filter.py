@@ -1,0 +1,807 @@
+"""Algorithm 2 in userspace, over batches of frames: the ``afxdp`` data path's filter.
+
+:class:`UserFilter` keeps the same records as the kernel program (the
+``FLOW`` and ``DST`` dtypes of :mod:`xpro.layout`) and offers the interface
+:class:`xpro.sync.Syncer` uses on :class:`xpro.kernel.XdpFilter`
+(``configure``, ``read_flows``, ``read``, ``apply`` with the ``xpro_apply``
+operations, ``next_epoch``, ``take_dirty``, ...), so the sync runs unchanged
+over it.  It agrees with :class:`xpro.model.Filter` packet by packet,
+including the order of packets inside a batch (tests/unit/test_afxdp_filter.py).
+
+How a batch is vectorised (:meth:`UserFilter.process`):
+
+1. :func:`xpro.afxdp.parse.parse_batch` parses every frame; allow and deny
+   prefixes are checked as vectorised masks.
+2. Packets are grouped by flow key (a stable sort keeps arrival order inside
+   each group).  A flow's window resets when the gap to its previous packet
+   exceeds T_T1; the previous packet's time is known for every packet (it is
+   the previous packet of the group, or the stored ``ts2``), so every reset
+   is found at once.  Between resets the count is a group-wise cumulative
+   count, so ``c'``, ``ts1'`` and ``gen`` of every packet come from cumulative
+   sums, and the per-source check is one vectorised comparison.
+3. The packets admitted past it are grouped by destination key the same way:
+   gaps over T_T1 restart the aggregate, ``c*`` is a cumulative count, and
+   ``ts1*`` is the minimum of its start and the start of the first flow that
+   started inside the window (flows that start take the current time, which
+   never decreases inside a batch).
+4. Warnings (at most one per record per ``warn_period``) are the only
+   sequential rule: they are chosen by a short loop over the records that
+   warn in this batch, and nothing else.
+
+Time: the batch's packets carry non-decreasing timestamps (the data path
+stamps a whole batch with one reading of CLOCK_TAI, or the fake clock).
+
+All state is guarded by one lock: a sync round (``read``/``apply``) is atomic
+with respect to batches, which is what the kernel's atomic adds guarantee.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from xpro import layout as L
+from xpro.afxdp.parse import MALFORMED, NON_IP, OK, Batch, pack_frames, parse_batch
+from xpro.afxdp.table import Table
+from xpro.kernel import (
+    APPLIED,
+    CLOCK_MONOTONIC_COARSE,
+    GEN_MISMATCH,
+    NO_RECORD,
+    OP_CREATE,
+    OP_DELETE,
+    OP_DST,
+    OP_FLOW,
+    OP_READ,
+    Sizes,
+)
+from xpro.merge import rate_exceeds_array
+from xpro.model import FilterParams, Prefix
+
+__all__ = ["DestinationParser", "EventQueue", "UserFilter", "parsed_destination_addr"]
+
+Array = npt.NDArray[Any]
+
+#: A destination parser: UDP payload -> destination ("host" or "host:port") or None.
+DestinationParser = Callable[[bytes], Any]
+
+_I64_MAX = np.iinfo(np.int64).max
+_U32 = 0xFFFFFFFF
+
+
+def parsed_destination_addr(dest: str) -> bytes:
+    """The 16-byte destination address a parsed destination is keyed on.
+
+    ``fd`` (an IPv6 unique-local prefix, never a real proxy address here)
+    followed by the first 15 bytes of BLAKE2b of the lower-cased destination
+    text: the same destination always gets the same key, on every proxy, so
+    its records sync like any other.
+    """
+    h = hashlib.blake2b(dest.strip().lower().encode(), digest_size=15,
+                        person=b"xpro-destination")
+    return b"\xfd" + h.digest()
+
+
+@dataclass(frozen=True)
+class _PrefixSet:
+    """Prefixes as (network, mask) pairs of two big-endian 64-bit words."""
+
+    net_hi: Array
+    net_lo: Array
+    mask_hi: Array
+    mask_lo: Array
+    values: Array
+    lengths: Array
+
+    @classmethod
+    def build(cls, prefixes: Mapping[Prefix, int]) -> _PrefixSet:
+        items = sorted(prefixes.items(), key=lambda kv: kv[0].length)
+        full = (1 << 128) - 1
+        nets, masks = [], []
+        for p, _ in items:
+            m = (full << (128 - p.length)) & full
+            nets.append(p.network & m)
+            masks.append(m)
+        return cls(
+            np.array([x >> 64 for x in nets], dtype=np.uint64),
+            np.array([x & 0xFFFFFFFFFFFFFFFF for x in nets], dtype=np.uint64),
+            np.array([x >> 64 for x in masks], dtype=np.uint64),
+            np.array([x & 0xFFFFFFFFFFFFFFFF for x in masks], dtype=np.uint64),
+            np.array([v for _, v in items], dtype=np.int64),
+            np.array([p.length for p, _ in items], dtype=np.int64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def lookup(self, addrs: Array, default: int) -> Array:
+        """The value of the longest prefix holding each address (``default`` if none)."""
+        words = np.ascontiguousarray(addrs).view(">u8").reshape(len(addrs), 2)
+        hi, lo = words[:, 0].astype(np.uint64), words[:, 1].astype(np.uint64)
+        out = np.full(len(addrs), default, dtype=np.int64)
+        for i in range(len(self.values)):  # shortest first: longer ones override
+            hit = ((hi & self.mask_hi[i]) == self.net_hi[i]) & (
+                (lo & self.mask_lo[i]) == self.net_lo[i])
+            out[hit] = self.values[i]
+        return out
+
+    def contains(self, addrs: Array) -> Array:
+        return self.lookup(addrs, -1) >= 0
+
+
+class _ConfigView:
+    """``XdpFilter.cfg`` for readers: ``view`` is the configuration as the kernel
+    program's ``struct xpro_config`` (a copy; change it with ``configure``)."""
+
+    def __init__(self, owner: UserFilter) -> None:
+        self._owner = owner
+
+    @property
+    def view(self) -> Array:
+        f = self._owner
+        p = f.params
+        v = np.zeros((), dtype=L.CONFIG)
+        v["t_t1"], v["t_t2"], v["t_t3"] = p.t_t1, p.t_t2, p.t_t3
+        v["warn_period"], v["fake_now"] = p.warn_period, f._fake_now
+        v["t_f1"], v["t_f2"], v["mode"], v["dst_mode"] = p.t_f1, p.t_f2, p.mode, p.dst_mode
+        v["malformed_policy"], v["events"], v["epoch"] = p.malformed_policy, p.events, f.epoch
+        v["n_allow"], v["n_deny"] = len(p.allow), len(p.deny)
+        v["n_dst_policy"] = len(p.dst_policy)
+        return v
+
+
+class EventQueue:
+    """Overload warnings of a :class:`UserFilter`, handed to ``callback`` by :meth:`poll`.
+
+    The userspace counterpart of the kernel's ring buffer (and, like it,
+    bounded: when the daemon falls behind, new warnings are dropped, never
+    the filter's state).
+    """
+
+    def __init__(self, owner: UserFilter, callback: Callable[[Any], object],
+                 capacity: int = 4096) -> None:
+        self._owner = owner
+        self._callback = callback
+        self._items: collections.deque[Any] = collections.deque()
+        self._capacity = capacity
+        self._cond = threading.Condition()
+        self.dropped = 0
+
+    def _push(self, events: Array) -> None:
+        with self._cond:
+            for ev in events:
+                if len(self._items) >= self._capacity:
+                    self.dropped += 1
+                    continue
+                self._items.append(ev.copy())
+            self._cond.notify_all()
+
+    def consume(self) -> int:
+        with self._cond:
+            items = list(self._items)
+            self._items.clear()
+        for ev in items:
+            self._callback(ev)
+        return len(items)
+
+    def poll(self, timeout_ms: int = 0) -> int:
+        """Wait up to ``timeout_ms`` for warnings, hand them over; returns how many."""
+        with self._cond:
+            if not self._items and timeout_ms:
+                self._cond.wait(timeout_ms / 1000)
+        return self.consume()
+
+    def close(self) -> None:
+        self._owner._queues.discard(self)
+
+
+class UserFilter:
+    """The state of one proxy's filter in userspace, and Algorithm 2 over batches.
+
+    ``parsers`` are destination parsers (``xpro_add_destination_parsers``):
+    a UDP packet whose payload one of them recognises is keyed on the
+    destination it names (:func:`parsed_destination_addr`) instead of its
+    IP destination.  A parser may carry a ``udp_ports`` attribute (a set of
+    destination ports) so that only those packets are handed to it.
+    """
+
+    def __init__(self, params: FilterParams, *, sizes: Sizes | None = None,
+                 parsers: Sequence[DestinationParser] = ()) -> None:
+        self.sizes = sizes or Sizes()
+        self.flows = Table(L.FLOW_KEY, L.FLOW, self.sizes.flows)
+        self.dsts = Table(L.DST_KEY, L.DST, self.sizes.dsts)
+        self.stats = np.zeros((L.N_REASONS, 2), dtype=np.uint64)
+        self.lock = threading.RLock()
+        self._queues: set[EventQueue] = set()
+        self.parsers = list(parsers)
+        self._fake_now = 0
+        self._epoch = 0
+        self.cfg = _ConfigView(self)
+        self.params = params
+        self.configure(params)
+
+    # --- configuration ---------------------------------------------------------
+
+    def configure(self, params: FilterParams, *, clock_offset: int | None = None) -> None:
+        """Install thresholds, modes and prefix lists (no state is lost)."""
+        with self.lock:
+            self.params = params
+            self._allow = _PrefixSet.build(dict.fromkeys(params.allow, 1))
+            self._deny = _PrefixSet.build(dict.fromkeys(params.deny, 1))
+            self._policy = _PrefixSet.build(dict(params.dst_policy))
+        del clock_offset  # the userspace clock reads CLOCK_TAI directly
+
+    def sync_clock(self) -> int:
+        """The TAI offset of the coarse monotonic clock (the userspace path reads TAI itself)."""
+        return time.clock_gettime_ns(time.CLOCK_TAI) - time.clock_gettime_ns(
+            CLOCK_MONOTONIC_COARSE)
+
+    def set_clock(self, fake_now: int) -> None:
+        """Use a fake clock (tests); 0 goes back to the real one."""
+        self._fake_now = fake_now
+
+    def now(self) -> int:
+        return self._fake_now or time.clock_gettime_ns(time.CLOCK_TAI)
+
+    # --- the data path ---------------------------------------------------------
+
+    def process_frames(self, frames: Sequence[bytes], now: int | Array | None = None
+                       ) -> tuple[Array, Array]:
+        """:meth:`process` over a list of frames."""
+        buf, base, lens = pack_frames(list(frames))
+        return self.process(buf, base, lens, now)
+
+    def process(self, buf: Array, base: Array, lens: Array, now: int | Array | None = None,
+                *, frame_size: int = 0) -> tuple[Array, Array]:
+        """Algorithm 2 for a batch of frames (``buf[base[i] : base[i] + lens[i]]``).
+
+        ``now`` is one time for the batch or one per frame (non-decreasing);
+        by default the filter's clock.  Returns each frame's XDP action and
+        reason (:class:`xpro.layout.Reason`).  ``frame_size``: ``buf`` is a
+        UMEM of chunks of this size (headers are then gathered faster).
+        """
+        n = len(base)
+        lens = np.asarray(lens, dtype=np.int64)
+        with self.lock:
+            t = np.broadcast_to(np.asarray(self.now() if now is None else now,
+                                           dtype=np.int64), (n,))
+            batch = parse_batch(buf, base, lens, self.params.dst_mode, frame_size)
+            if self.parsers:
+                self._parsed_destinations(batch, buf, np.asarray(base, dtype=np.int64))
+            action, reason = self._run(batch, t, lens)
+        return action, reason
+
+    def _parsed_destinations(self, b: Batch, buf: Array, base: Array) -> None:
+        """Key UDP packets a destination parser recognises on the destination it names."""
+        udp = (b.status == OK) & (b.proto == 17) & ~b.frag & (b.l4off + 8 <= b.l4end)
+        if not udp.any():
+            return
+        dport = np.zeros(len(base), dtype=np.int64)
+        rows = np.flatnonzero(udp)
+        dport[rows] = (buf[base[rows] + b.l4off[rows] + 2].astype(np.int64) << 8) | buf[
+            base[rows] + b.l4off[rows] + 3]
+        keys = b.keys
+        for parser in self.parsers:
+            ports = getattr(parser, "udp_ports", None)
+            sel = udp if ports is None else udp & np.isin(dport, sorted(ports))
+            for i in np.flatnonzero(sel).tolist():
+                lo = int(base[i] + b.l4off[i] + 8)
+                payload = bytes(buf[lo : int(base[i] + b.l4end[i])])
+                try:
+                    dest = parser(payload)
+                except Exception:  # a parser must never stop the data path
+                    dest = None
+                if dest:
+                    keys[i]["dst"]["addr"] = parsed_destination_addr(str(dest))
+                    udp[i] = False  # the first parser that recognises it wins
+
+    def _run(self, b: Batch, t: Array, lens: Array) -> tuple[Array, Array]:
+        p = self.params
+        n = len(lens)
+        action = np.full(n, L.XDP_PASS, dtype=np.int64)
+        reason = np.full(n, int(L.Reason.PASS), dtype=np.int64)
+        reason[b.status == NON_IP] = L.Reason.NON_IP
+        malf = b.status == MALFORMED
+        reason[malf] = L.Reason.MALFORMED
+        if p.malformed_policy != L.MALFORMED_PASS:
+            action[malf] = L.XDP_DROP
+        ok = b.status == OK
+        if ok.any() and len(self._allow):
+            a = ok & self._allow.contains(b.keys["src"])
+            reason[a] = L.Reason.ALLOW
+            ok &= ~a
+        if ok.any() and len(self._deny):
+            d = ok & self._deny.contains(b.keys["src"])
+            reason[d] = L.Reason.DENY
+            action[d] = L.XDP_DROP
+            ok &= ~d
+        events: list[tuple[Array, Array]] = []
+        idx = np.flatnonzero(ok)
+        if len(idx):
+            keys = b.keys if len(idx) == n else _take(b.keys, idx)
+            self._rate(idx, keys, t[idx], action, reason, events)
+        self.stats[:, 0] += np.bincount(reason, minlength=L.N_REASONS).astype(np.uint64)
+        self.stats[:, 1] += np.bincount(reason, weights=lens, minlength=L.N_REASONS
+                                        ).astype(np.uint64)
+        if events and self._queues and p.events:
+            pos = np.concatenate([e[0] for e in events])
+            evs = np.concatenate([e[1] for e in events], dtype=L.EVENT)
+            evs = evs[np.argsort(pos, kind="stable")]
+            for q in list(self._queues):
+                q._push(evs)
+        return action, reason
+
+    def _modes(self, keys: Array, sel: Array) -> Array:
+        """The mode of the destinations of ``keys[sel]`` (``dst_policy``, else the default)."""
+        if len(self._policy):
+            return self._policy.lookup(_take(keys, sel)["dst"]["addr"], self.params.mode)
+        return np.full(len(sel), self.params.mode, dtype=np.int64)
+
+    def _rate(self, idx: Array, keys: Array, t: Array, action: Array, reason: Array,
+              events: list[tuple[Array, Array]]) -> None:
+        """Lines 1-25 of Algorithm 2 for the packets ``idx`` (keys ``keys``, times ``t``)."""
+        p = self.params
+        m = len(idx)
+        # --- per source (lines 1-16) -------------------------------------------
+        first, inv, uh, order = _group(self.flows, keys)
+        ukeys = _take(keys, first)
+        slots = self.flows.find(ukeys, uh)
+        exists = slots >= 0
+        rec = np.zeros(len(ukeys), dtype=L.FLOW)
+        rec[exists] = self.flows.get(slots[exists])
+        r_ts1 = rec["ts1"].astype(np.int64)
+        r_ts2 = rec["ts2"].astype(np.int64)
+        r_c = rec["c"].astype(np.int64)
+        r_gen = rec["gen"].astype(np.int64)
+
+        g = inv[order]
+        ts = t[order]
+        firstpos = np.ones(m, dtype=bool)
+        firstpos[1:] = g[1:] != g[:-1]
+        prev = np.empty(m, dtype=np.int64)
+        prev[1:] = ts[:-1]
+        prev[firstpos] = r_ts2[g[firstpos]]
+        created = firstpos & ~exists[g]
+        reset = ~created & (ts - prev > p.t_t1)
+        started = created | reset
+        segstart = firstpos | started
+        segid = np.cumsum(segstart) - 1
+        segpos = np.flatnonzero(segstart)
+        pos_in = np.arange(m) - segpos[segid]
+        cont = ~started[segpos][segid]  # the segment continues the stored record
+        c = pos_in + 1 + np.where(cont, r_c[g], 0)
+        ts1 = np.where(cont, r_ts1[g], ts[segpos][segid])
+        cumres = np.cumsum(reset)
+        gstart = np.flatnonzero(firstpos)
+        gbase: Array = cumres[gstart] - reset[gstart]
+        gen = (r_gen[g] + cumres - gbase[g]) & _U32
+        window = ts - ts1
+        over = (window > p.t_t2) & rate_exceeds_array(c, window, p.t_f1)
+        warned, warn_ts = _warnings(over, g, ts, rec["warn_ts"].astype(np.int64),
+                                    p.warn_period)
+
+        # records back
+        last = np.append(gstart[1:], m) - 1
+        new = rec.copy()
+        new["ts1"], new["ts2"], new["c"] = ts1[last], ts[last], c[last]
+        new["gen"], new["warn_ts"] = gen[last], warn_ts
+        epoch = self._epoch
+        mark = np.zeros(len(ukeys), dtype=bool)
+        if epoch:
+            mark = ~exists | (rec["epoch"] != epoch)
+            new["epoch"][mark] = epoch
+        new["epoch"][~exists] = epoch
+        self.flows.put(slots[exists], new[exists])
+        fresh = np.flatnonzero(~exists)
+        all_slots = slots.copy()
+        if len(fresh):
+            self.flows.make_room(len(fresh), slots[exists])
+            all_slots[fresh] = self.flows.insert(ukeys[fresh], new[fresh], uh[fresh])
+        if epoch:
+            bit = np.uint8(1 << (epoch & 1))
+            self.flows.aux[all_slots[mark]] |= bit
+
+        # verdicts of the per-source check, in packet order
+        pk = idx[order]  # original positions in sorted order
+        if over.any():
+            ov = np.flatnonzero(over)
+            mon = self._modes(keys, order[ov]) == L.MODE_MONITOR
+            action[pk[ov]] = np.where(mon, L.XDP_PASS, L.XDP_DROP)
+            reason[pk[ov]] = np.where(mon, L.Reason.MON_SRC_RATE, L.Reason.SRC_RATE)
+            w = np.flatnonzero(warned)
+            if len(w) and p.events:
+                ev = np.zeros(len(w), dtype=L.EVENT)
+                ev["ts"], ev["kind"] = ts[w], L.EventKind.SRC_OVERLOAD
+                ev["key"] = keys[order[w]]
+                ev["c"], ev["window"] = c[w], window[w]
+                events.append((pk[w], ev))
+
+        # --- per destination (lines 18-25), packets admitted ----------------------
+        if over.all():
+            return
+        # the admitted packets, back in arrival order (as indices of the sorted arrays)
+        where_sorted = np.empty(m, dtype=np.int64)
+        where_sorted[order] = np.arange(m)
+        adm = where_sorted[~over[where_sorted]]
+        self._dst(_take(keys, order[adm]), ts[adm], ts1[adm], started[adm], pk[adm], action,
+                  reason, events)
+
+    def _dst(self, keys: Array, t: Array, f_ts1: Array, f_started: Array, pk: Array,
+             action: Array, reason: Array, events: list[tuple[Array, Array]]) -> None:
+        p = self.params
+        m = len(keys)
+        dkeys = np.ascontiguousarray(keys["dst"])
+        first, inv, uh, order = _group(self.dsts, dkeys)
+        ukeys = _take(dkeys, first)
+        slots = self.dsts.find(ukeys, uh)
+        exists = slots >= 0
+        rec = np.zeros(len(ukeys), dtype=L.DST)
+        rec[exists] = self.dsts.get(slots[exists])
+        r_ts1 = rec["ts1"].astype(np.int64)
+        r_ts2 = rec["ts2"].astype(np.int64)
+        r_c = rec["c"].astype(np.int64)
+
+        g = inv[order]
+        ts = t[order]
+        fts1 = f_ts1[order]
+        fst = f_started[order]
+        firstpos = np.ones(m, dtype=bool)
+        firstpos[1:] = g[1:] != g[:-1]
+        prev = np.empty(m, dtype=np.int64)
+        prev[1:] = ts[:-1]
+        prev[firstpos] = r_ts2[g[firstpos]]
+        created = firstpos & ~exists[g]
+        reset = ~created & (ts - prev > p.t_t1)
+        segstart = firstpos | reset
+        segid = np.cumsum(segstart) - 1
+        segpos = np.flatnonzero(segstart)
+        start = segpos[segid]
+        pos_in = np.arange(m) - start
+        cont = ~(created | reset)[start]
+        startval = np.where(created[start], fts1[start],
+                            np.where(reset[start], ts[start], r_ts1[g]))
+        # ts1* = min(start, ts1' of the first flow that started since); later
+        # starters started later (time never decreases inside a batch).
+        cand = np.flatnonzero(fst & ~created & ~reset)
+        ts1s = startval
+        if len(cand):
+            k = np.searchsorted(cand, start)
+            kk = np.minimum(k, len(cand) - 1)
+            valid = (k < len(cand)) & (cand[kk] <= np.arange(m))
+            ts1s = np.where(valid, np.minimum(startval, fts1[cand[kk]]), startval)
+        cs = pos_in + 1 + np.where(cont, r_c[g], 0)
+        window = ts - ts1s
+        over = (window > p.t_t3) & rate_exceeds_array(cs, window, p.t_f2)
+        warned, warn_ts = _warnings(over, g, ts, rec["warn_ts"].astype(np.int64),
+                                    p.warn_period)
+        gstart = np.flatnonzero(firstpos)
+        last = np.append(gstart[1:], m) - 1
+        new = rec.copy()
+        new["ts1"], new["ts2"], new["c"], new["warn_ts"] = ts1s[last], ts[last], cs[last], warn_ts
+        self.dsts.put(slots[exists], new[exists])
+        fresh = np.flatnonzero(~exists)
+        if len(fresh):
+            self.dsts.make_room(len(fresh), slots[exists])
+            self.dsts.insert(ukeys[fresh], new[fresh], uh[fresh])
+        if over.any():
+            ov = np.flatnonzero(over)
+            opk = pk[order[ov]]
+            mon = self._modes(keys, order[ov]) == L.MODE_MONITOR
+            action[opk] = np.where(mon, L.XDP_PASS, L.XDP_DROP)
+            reason[opk] = np.where(mon, L.Reason.MON_DST_RATE, L.Reason.DST_RATE)
+            w = np.flatnonzero(warned)
+            if len(w) and p.events:
+                ev = np.zeros(len(w), dtype=L.EVENT)
+                ev["ts"], ev["kind"] = ts[w], L.EventKind.DST_OVERLOAD
+                ev["key"]["dst"] = dkeys[order[w]]
+                ev["c"], ev["window"] = cs[w], window[w]
+                events.append((pk[order[w]], ev))
+
+    # --- reading ---------------------------------------------------------------
+
+    def read_flows(self) -> tuple[Array, Array]:
+        with self.lock:
+            s = self.flows.slots()
+            return self.flows.keys[s].copy(), self.flows.vals[s].copy()
+
+    def read_dsts(self) -> tuple[Array, Array]:
+        with self.lock:
+            s = self.dsts.slots()
+            return self.dsts.keys[s].copy(), self.dsts.vals[s].copy()
+
+    def read_dsts_of(self, keys: Array) -> tuple[Array, Array]:
+        """The aggregates of ``keys`` (DST_KEY): ``(exists, records)``."""
+        with self.lock:
+            slots = self.dsts.find(np.asarray(keys, dtype=L.DST_KEY))
+            out = np.zeros(len(keys), dtype=L.DST)
+            exists = slots >= 0
+            out[exists] = self.dsts.vals[slots[exists]]
+            return exists, out
+
+    def read(self, keys: Array) -> tuple[Array, Array]:
+        """The records of ``keys``: ``(exists, FLOW records)`` (zero where absent)."""
+        with self.lock:
+            slots = self.flows.find(np.asarray(keys, dtype=L.FLOW_KEY))
+            out = np.zeros(len(keys), dtype=L.FLOW)
+            exists = slots >= 0
+            out[exists] = self.flows.vals[slots[exists]]
+            return exists, out
+
+    def counters(self) -> Array:
+        """Packets and bytes by reason: shape (N_REASONS, 2)."""
+        with self.lock:
+            return self.stats.copy()
+
+    def events(self, callback: Callable[[Any], object]) -> EventQueue:
+        """A reader handing each warning (an ``EVENT`` record) to ``callback``."""
+        q = EventQueue(self, callback)
+        self._queues.add(q)
+        return q
+
+    # --- writing: the semantics of xpro_apply ------------------------------------
+
+    def apply(self, entries: Array, out: Array | None = None) -> Array:
+        """Apply a batch of ``APPLY`` operations exactly as ``xpro_apply`` does.
+
+        In order, one after another: a key that occurs twice sees the first
+        operation's effect.  Runs of distinct keys are applied vectorised.
+        """
+        entries = np.array(entries, dtype=L.APPLY, copy=True)
+        with self.lock:
+            for lo, hi in _distinct_runs(entries):
+                self._apply_run(entries[lo:hi])
+        if out is not None:
+            out[: len(entries)] = entries
+        return entries["result"].astype(np.int32)
+
+    def _apply_run(self, e: Array) -> None:
+        op = e["op"].astype(np.int64)
+        read = (op & OP_READ) != 0
+        flow = ~read & ((op & OP_FLOW) != 0)
+        dst = ~read & ~flow & ((op & OP_DST) != 0)
+        if read.any():
+            r = np.flatnonzero(read)
+            slots = self.flows.find(e["key"][r])
+            ok = slots >= 0
+            v = self.flows.vals[slots[ok]]
+            ro = r[ok]
+            e["c_delta"][ro] = v["c"].astype(np.int64)
+            for f in ("ts1", "ts2", "base_c", "gen", "base_gen"):
+                e[f][ro] = v[f]
+            e["result"][ro] = APPLIED
+            e["result"][r[~ok]] = NO_RECORD
+        if flow.any():
+            self._apply_flows(e, np.flatnonzero(flow), op)
+        if dst.any():
+            self._apply_dsts(e, np.flatnonzero(dst), op)
+
+    def _apply_flows(self, e: Array, r: Array, op: Array) -> None:
+        t = self.flows
+        slots = t.find(e["key"][r])
+        absent = slots < 0
+        # no record: create it (CREATE) or report it
+        cr = absent & ((op[r] & OP_CREATE) != 0)
+        e["result"][r[absent & ~cr]] = NO_RECORD
+        if cr.any():
+            rc = r[cr]
+            nv = np.zeros(len(rc), dtype=L.FLOW)
+            nv["ts1"], nv["ts2"] = e["ts1"][rc], e["ts2"][rc]
+            nv["c"] = e["c_delta"][rc].astype(np.uint64)
+            nv["base_c"] = e["base_c"][rc]
+            t.make_room(len(rc), slots[~absent])
+            t.insert(e["key"][rc], nv)
+            e["result"][rc] = APPLIED
+        have = np.flatnonzero(~absent)
+        if len(have) == 0:
+            return
+        rh, sh = r[have], slots[have]
+        v = t.vals[sh]
+        same = v["gen"] == e["gen"][rh]
+        e["result"][rh[~same]] = GEN_MISMATCH
+        rh, sh, v = rh[same], sh[same], v[same]
+        dele = (op[rh] & OP_DELETE) != 0
+        if dele.any():
+            rd, sd = rh[dele], sh[dele]
+            gone = t.vals["ts2"][sd] == e["ts2"][rd]
+            t.delete(sd[gone])
+            e["result"][rd] = np.where(gone, APPLIED, GEN_MISMATCH)
+        ru, su = rh[~dele], sh[~dele]
+        if len(ru):
+            vals = t.vals[su]
+            vals["c"] = (vals["c"].astype(np.int64) + e["c_delta"][ru]).astype(np.uint64)
+            ts1 = e["ts1"][ru]
+            vals["ts1"] = np.where(ts1 != 0, ts1, vals["ts1"])
+            vals["ts2"] = _max_store(vals["ts2"], e["ts2"][ru])
+            vals["base_c"] = e["base_c"][ru]
+            vals["base_gen"] = e["gen"][ru]
+            t.vals[su] = vals
+            e["result"][ru] = APPLIED
+
+    def _apply_dsts(self, e: Array, r: Array, op: Array) -> None:
+        t = self.dsts
+        dkeys = np.ascontiguousarray(e["key"]["dst"][r])
+        slots = t.find(dkeys)
+        absent = slots < 0
+        cr = absent & ((op[r] & OP_CREATE) != 0)
+        e["result"][r[absent & ~cr]] = NO_RECORD
+        if cr.any():
+            rc = r[cr]
+            nv = np.zeros(len(rc), dtype=L.DST)
+            nv["ts1"], nv["ts2"] = e["ts1"][rc], e["ts2"][rc]
+            nv["c"] = e["c_delta"][rc].astype(np.uint64)
+            t.make_room(len(rc), slots[~absent])
+            t.insert(dkeys[cr], nv)
+            e["result"][rc] = APPLIED
+        have = np.flatnonzero(~absent)
+        if len(have) == 0:
+            return
+        rh, sh = r[have], slots[have]
+        dele = (op[rh] & OP_DELETE) != 0
+        if dele.any():
+            rd, sd = rh[dele], sh[dele]
+            gone = t.vals["ts2"][sd] == e["ts2"][rd]
+            t.delete(sd[gone])
+            e["result"][rd] = np.where(gone, APPLIED, GEN_MISMATCH)
+        ru, su = rh[~dele], sh[~dele]
+        if len(ru):
+            vals = t.vals[su]
+            vals["c"] = (vals["c"].astype(np.int64) + e["c_delta"][ru]).astype(np.uint64)
+            ts1 = e["ts1"][ru]
+            vals["ts1"] = np.where(ts1 != 0, ts1, vals["ts1"])
+            vals["ts2"] = _max_store(vals["ts2"], e["ts2"][ru])
+            t.vals[su] = vals
+            e["result"][ru] = APPLIED
+
+    # --- sync epochs -------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def next_epoch(self) -> int:
+        """Move to the next epoch; returns the one that ended."""
+        with self.lock:
+            ended = self._epoch
+            self._epoch = ended + 1 if ended < _U32 else 1
+            return ended
+
+    def take_dirty(self, epoch: int) -> Array:
+        """The keys marked dirty in ``epoch``, removed from its set."""
+        with self.lock:
+            bit = np.uint8(1 << (epoch & 1))
+            s = np.flatnonzero((self.flows.aux & bit) != 0)
+            self.flows.aux[s] &= ~bit
+            return self.flows.keys[s].copy()
+
+    def dirty_lost(self) -> int:
+        """Always 0: the userspace dirty marks live in the records, they cannot overflow."""
+        return 0
+
+    def clear(self) -> None:
+        """Forget every record and counter (tests)."""
+        with self.lock:
+            self.flows.clear()
+            self.dsts.clear()
+            self.stats[:] = 0
+
+    def close(self) -> None:
+        self._queues.clear()
+
+    def __enter__(self) -> UserFilter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _bytes(keys: Array) -> Array:
+    """Fixed-size records as an (n, itemsize) uint8 matrix (a view when contiguous)."""
+    c = np.ascontiguousarray(keys)
+    out: Array = c.view(np.uint8).reshape(len(c), c.dtype.itemsize)
+    return out
+
+
+def _take(keys: Array, idx: Array) -> Array:
+    """``keys[idx]`` for a structured array, as a row gather of raw bytes (faster)."""
+    out: Array = _bytes(keys)[idx].view(keys.dtype).reshape(len(idx))
+    return out
+
+
+def _group(table: Table, keys: Array) -> tuple[Array, Array, Array, Array]:
+    """Group equal keys, keeping arrival order inside each group.
+
+    Returns the index of each group's first key, the group of each key, each
+    group's hash and the stable order that lists the keys group by group.
+    Keys are grouped by their 64-bit hash (one integer sort); if two
+    different keys of the batch ever share a hash, by their bytes instead.
+    """
+    h = table._hash(keys)
+    order = np.argsort(h, kind="stable")
+    hs = h[order]
+    starts = np.ones(len(h), dtype=bool)
+    starts[1:] = hs[1:] != hs[:-1]
+    inv = np.empty(len(h), dtype=np.int64)
+    inv[order] = np.cumsum(starts) - 1
+    first = order[starts]
+    raw = _bytes(keys)
+    if len(first) == len(h) or bool((raw == raw[first][inv]).all()):
+        return first, inv, hs[starts], order
+    kv = np.ascontiguousarray(keys).view(table.void)
+    _, first, inv = np.unique(kv, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    return first, inv, h[first], np.argsort(inv, kind="stable")
+
+
+def _max_store(cur: Array, v: Array) -> Array:
+    """``max_store`` of the control program: ``v`` if set and later (wrapping compare)."""
+    later = (v != 0) & ((v.astype(np.uint64) - cur.astype(np.uint64)).view(np.int64) > 0)
+    out: Array = np.where(later, v, cur)
+    return out
+
+
+def _warnings(over: Array, g: Array, ts: Array, w0: Array, period: int
+              ) -> tuple[Array, Array]:
+    """Which over-limit packets warn (one per record per ``period``), and each
+    group's last warning time.  ``g`` groups the packets (sorted), ``ts`` their
+    times (non-decreasing inside a group), ``w0`` each group's stored ``warn_ts``."""
+    warned = np.zeros(len(g), dtype=bool)
+    w_final = w0.copy()
+    ov = np.flatnonzero(over)
+    if len(ov) == 0:
+        return warned, w_final
+    og = g[ov]
+    ug, gs = np.unique(og, return_index=True)
+    ge = np.append(gs[1:], len(og))
+    w = w0[ug]
+    lastt = ts[ov[ge - 1]]
+    due = (w == 0) | (lastt - w >= period)
+    for k in np.flatnonzero(due).tolist():  # only records that warn in this batch
+        tt = ts[ov[gs[k] : ge[k]]]
+        cur = int(w[k])
+        j = 0
+        while j < len(tt):
+            if cur != 0:
+                j += int(np.searchsorted(tt[j:], cur + period, side="left"))
+                if j >= len(tt):
+                    break
+            warned[ov[gs[k] + j]] = True
+            cur = int(tt[j])
+            j += 1
+        w_final[ug[k]] = cur
+    return warned, w_final
+
+
+def _distinct_runs(entries: Array) -> Iterable[tuple[int, int]]:
+    """Split a batch into consecutive runs in which no key repeats (per kind)."""
+    n = len(entries)
+    if n == 0:
+        return []
+    op = entries["op"].astype(np.int64)
+    kind = np.where((op & OP_READ) != 0, 0, np.where((op & OP_FLOW) != 0, 0, 1))
+    raw = np.zeros((n, L.FLOW_KEY.itemsize + 1), dtype=np.uint8)
+    raw[:, :-1] = np.ascontiguousarray(entries["key"]).view(np.uint8).reshape(n, -1)
+    raw[kind == 1, :16] = 0  # destination operations use key.dst only
+    raw[:, -1] = kind
+    v = raw.view(np.dtype((np.void, raw.shape[1]))).reshape(n)
+    _, inv, counts = np.unique(v, return_inverse=True, return_counts=True)
+    if counts.max() == 1:
+        return [(0, n)]
+    runs = []
+    lo = 0
+    seen: set[int] = set()
+    for i, k in enumerate(inv.reshape(-1).tolist()):
+        if k in seen:
+            runs.append((lo, i))
+            lo = i
+            seen = set()
+        seen.add(k)
+    runs.append((lo, n))
+    return runs

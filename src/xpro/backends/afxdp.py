@@ -1,0 +1,143 @@
+"""The ``afxdp`` data path: a minimal XDP program hands every frame to AF_XDP
+sockets and the daemon runs Algorithm 2 in userspace, over batches.
+
+The fallback for interfaces where the full program cannot run (or for
+packets that need inspection the kernel cannot do, through destination
+parsers such as :mod:`xpro.parsers.coap`).  The flow state is a
+:class:`xpro.afxdp.filter.UserFilter`, with the kernel's record layouts and
+the interface the sync uses, so a mesh can mix afxdp and kernel proxies.
+
+Options (``options=`` / ``[backend.afxdp]``):
+
+``egress`` (required)
+    The interface passed frames are sent out of (the service side), in the
+    same network namespace.
+``egress_dst_mac``
+    Rewrite forwarded frames' destination MAC to this (the service's
+    interface) and their source MAC to the egress interface's.
+``parsers``
+    Destination parsers: names registered through
+    ``xpro_add_destination_parsers`` (e.g. ``["coap"]``), or callables.
+``xdp_mode``
+    ``native`` (default) or ``generic`` for the redirect program.
+``queues``, ``frames``, ``frame_size``, ``ring_size``, ``batch``
+    At most this many RX queues; UMEM frames (32768) of ``frame_size`` bytes
+    (2048: frames up to 1792 bytes; 4096 for larger MTUs); ring entries
+    (16384); descriptors per batch (4096: a fill ring larger than the batch
+    keeps the kernel receiving while a batch is filtered).
+
+The state lives in this process: nothing is pinned, and :meth:`close`
+always removes the redirect program (``keep`` cannot leave the filter
+running without the daemon; the interface goes back to the stack).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from xpro.afxdp.datapath import AfxdpPath
+from xpro.afxdp.filter import DestinationParser, UserFilter
+from xpro.backends import Attachment, Backend
+from xpro.bpf import XdpMode
+from xpro.errors import ConfigError
+from xpro.hookspecs import hookimpl
+
+__all__ = ["AfxdpBackend"]
+
+log = logging.getLogger("xpro.backends")
+
+
+class AfxdpBackend(Backend):
+    name: ClassVar[str] = "afxdp"
+    summary: ClassVar[str] = ("AF_XDP sockets and Algorithm 2 in userspace (vectorised), "
+                              "passed frames forwarded out of an egress interface")
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.filter: UserFilter | None = None
+        self.path: AfxdpPath | None = None
+
+    def _parsers(self) -> list[DestinationParser]:
+        """The ``parsers`` option: names registered through
+        ``xpro_add_destination_parsers``, or the parser callables themselves."""
+        wanted = list(self.options.get("parsers") or [])
+        names = [n for n in wanted if isinstance(n, str)]
+        found: dict[str, DestinationParser] = {}
+        if names:
+            from xpro.plugins import destination_parsers
+
+            reg = destination_parsers()
+            missing = [n for n in names if n not in reg]
+            if missing:
+                raise ConfigError(f"afxdp: no destination parser {missing}; installed: "
+                                  f"{reg.names() or 'none'}")
+            found = {n: reg.get(n) for n in names}
+        out: list[DestinationParser] = []
+        for item in wanted:
+            if isinstance(item, str):
+                out.append(found[item])
+            elif callable(item):
+                out.append(item)
+            else:
+                raise ConfigError(f"afxdp: parsers takes names or callables, not {item!r}")
+        return out
+
+    def load(self) -> UserFilter:  # type: ignore[override]
+        if self.filter is None:
+            self.filter = UserFilter(self.params, sizes=self.sizes, parsers=self._parsers())
+        return self.filter
+
+    def _path(self) -> AfxdpPath:
+        if self.path is None:
+            egress = self.options.get("egress")
+            if not egress:
+                raise ConfigError("the afxdp backend needs an egress interface "
+                                  "(options: egress = \"IF\"): passed frames go out of it")
+            try:
+                mode = XdpMode[str(self.options.get("xdp_mode", "native")).upper()]
+            except KeyError:
+                raise ConfigError("afxdp: xdp_mode is native or generic") from None
+            kw: dict[str, Any] = {}
+            for opt, arg in (("frames", "nframes"), ("frame_size", "frame_size"),
+                             ("ring_size", "ring_size"), ("batch", "batch"),
+                             ("queues", "queues")):
+                if self.options.get(opt):
+                    kw[arg] = int(self.options[opt])
+            self.path = AfxdpPath(self.load(), egress, netns=self.netns, mode=mode,
+                                  egress_dst_mac=self.options.get("egress_dst_mac"), **kw)
+        return self.path
+
+    def attach(self, ifname: str) -> Attachment:
+        path = self._path()
+        prog_id, queues = path.attach(ifname)
+        att = Attachment(ifname, "afxdp", prog_id, False,
+                         f"redirect ({path.mode.label}) to {queues} AF_XDP socket(s), "
+                         f"passed frames out of {path.egress}")
+        self.attachments[ifname] = att
+        log.info("afxdp on %s: %s", ifname, att.why)
+        return att
+
+    def start(self) -> None:
+        self._path().start()
+
+    def stop(self) -> None:
+        if self.path is not None:
+            self.path.stop()
+
+    def close(self, *, keep: bool = False) -> None:
+        if keep:
+            log.warning("afxdp keeps its state in the daemon: the redirect program is "
+                        "removed on exit, the interfaces go back to the stack")
+        if self.path is not None:
+            self.path.close()
+            self.path = None
+        self.attachments.clear()
+        if self.filter is not None:
+            self.filter.close()
+            self.filter = None
+
+
+@hookimpl
+def xpro_add_backends(registry: Any) -> None:
+    registry.add(AfxdpBackend.name, AfxdpBackend)

@@ -1,0 +1,27 @@
+"""Destination parsers: find a packet's real destination in its payload.
+
+An application-level proxy (a CoAP forward proxy, an HTTP proxy) receives
+every request on one address; the service a request is really for is named
+inside it.  Keying the per-destination limit (T_F2) on that name instead of
+the proxy's address lets xpro protect each service behind the proxy on its
+own.  The kernel program cannot read variable-length options, so parsers run
+on the ``afxdp`` path (:class:`xpro.afxdp.filter.UserFilter`).
+
+A parser is a callable ``parser(payload: bytes) -> str | None``: the UDP
+payload in, the destination (``"host"`` or ``"host:port"``) out, ``None``
+when the payload is not its protocol.  It must never raise.  A
+``udp_ports`` attribute (a set of destination ports) lets the data path hand
+it only those packets.  Parsers register by name through the
+``xpro_add_destination_parsers`` hook; the built-in one is
+:mod:`xpro.parsers.coap`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["DestinationParser"]
+
+#: ``parser(payload) -> destination | None``.
+DestinationParser = Callable[[bytes], Any]

@@ -1,0 +1,256 @@
+"""The userspace filter of the afxdp path agrees with the reference model.
+
+The same generated traces as the kernel's differential tests
+(``tests/kernel/test_differential.py``, reused by import) run through
+:class:`xpro.afxdp.filter.UserFilter`: one packet at a time through the
+kernel harness's own checker, and as whole batches (split at random points)
+whose verdicts, counters, records and warnings must equal the model's packet
+by packet.  A real :class:`xpro.sync.Syncer` runs over the userspace filter.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scapy.contrib.coap import CoAP
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from tests.kernel.harness import run_differential
+from tests.kernel.test_differential import T0, params, traces
+from tests.packets import arp_frame, frame
+from xpro import layout as L
+from xpro import model
+from xpro.afxdp.filter import UserFilter, parsed_destination_addr
+from xpro.kernel import Sizes
+from xpro.parsers.coap import parse_coap
+from xpro.store import open_store
+from xpro.sync import Syncer
+
+pytestmark = pytest.mark.unit
+
+S = model.NS_PER_S
+EXAMPLES = int(os.environ.get("XPRO_DIFF_EXAMPLES", "300"))
+SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def _flow(v: Any) -> model.FlowRecord:
+    return model.FlowRecord(ts1=int(v["ts1"]), ts2=int(v["ts2"]), c=int(v["c"]),
+                            gen=int(v["gen"]), warn_ts=int(v["warn_ts"]))
+
+
+def _event(ev: Any) -> model.Event:
+    return model.Event(L.EventKind(int(ev["kind"])), bytes(np.asarray(ev["key"]).tobytes()),
+                       int(ev["ts"]), int(ev["c"]), int(ev["window"]))
+
+
+class UserHarness:
+    """A :class:`UserFilter` driven like the kernel harness's ``KernelFilter``."""
+
+    def __init__(self) -> None:
+        self.f = UserFilter(model.FilterParams(), sizes=Sizes(flows=4096, dsts=1024))
+        self.events: list[model.Event] = []
+        self.q = self.f.events(lambda ev: self.events.append(_event(ev)))
+
+    def reset(self, p: model.FilterParams) -> None:
+        self.f.clear()
+        self.f.configure(p)
+        self.q.consume()
+        self.events.clear()
+
+    def packet(self, fr: bytes, now: int) -> int:
+        action, _ = self.f.process_frames([fr], now)
+        self.q.consume()
+        return int(action[0])
+
+    def stat(self, reason: int) -> tuple[int, int]:
+        c = self.f.counters()
+        return int(c[reason, 0]), int(c[reason, 1])
+
+    def all_stats(self) -> list[list[int]]:
+        return [list(self.stat(r)) for r in range(L.N_REASONS)]
+
+    def flow(self, key: bytes) -> model.FlowRecord | None:
+        exists, recs = self.f.read(np.frombuffer(key, dtype=L.FLOW_KEY))
+        return _flow(recs[0]) if exists[0] else None
+
+    def all_flows(self) -> dict[bytes, model.FlowRecord]:
+        keys, vals = self.f.read_flows()
+        return {keys[i].tobytes(): _flow(vals[i]) for i in range(len(keys))}
+
+    def all_dsts(self) -> dict[bytes, model.DstRecord]:
+        keys, vals = self.f.read_dsts()
+        return {keys[i].tobytes(): model.DstRecord(ts1=int(v["ts1"]), ts2=int(v["ts2"]),
+                                                   c=int(v["c"]), warn_ts=int(v["warn_ts"]))
+                for i, v in enumerate(vals)}
+
+
+@pytest.fixture(scope="module")
+def harness() -> UserHarness:
+    return UserHarness()
+
+
+@SETTINGS
+@given(p=params(), trace=traces())
+def test_packet_by_packet_agrees_with_model(harness: UserHarness, p: model.FilterParams,
+                                           trace: list[tuple[bytes, int]]) -> None:
+    run_differential(harness, p, trace)  # type: ignore[arg-type]
+
+
+def run_batches(h: UserHarness, p: model.FilterParams, trace: list[tuple[bytes, int]],
+                cuts: list[int]) -> None:
+    """Feed ``trace`` in batches split at ``cuts``; compare everything with the model."""
+    h.reset(p)
+    m = model.Filter(p)
+    want = [m.packet(fr, now) for fr, now in trace]
+    bounds = [0, *sorted({c % (len(trace) + 1) for c in cuts}), len(trace)]
+    actions: list[int] = []
+    reasons: list[int] = []
+    for lo, hi in itertools.pairwise(bounds):
+        if hi <= lo:
+            continue
+        part = trace[lo:hi]
+        a, r = h.f.process_frames([fr for fr, _ in part], np.array([t for _, t in part]))
+        actions += a.tolist()
+        reasons += r.tolist()
+    h.q.consume()
+    for i, w in enumerate(want):
+        assert (actions[i], reasons[i]) == (w.action, int(w.reason)), (
+            f"packet {i} at t={trace[i][1]}: {trace[i][0].hex()} (batches {bounds})")
+    assert h.all_stats() == m.stats
+    assert h.all_flows() == m.flows
+    assert h.all_dsts() == m.dsts
+    assert h.events == m.events
+
+
+@SETTINGS
+@given(p=params(), trace=traces(), cuts=st.lists(st.integers(0, 80), max_size=4))
+def test_batches_agree_with_model(harness: UserHarness, p: model.FilterParams,
+                                  trace: list[tuple[bytes, int]], cuts: list[int]) -> None:
+    run_batches(harness, p, trace, cuts)
+
+
+def test_heavy_flood_in_large_batches(harness: UserHarness) -> None:
+    """The kernel suite's dense trace, in batches of 1000: flood, legitimate, many small."""
+    p = model.FilterParams(t_f1=100, t_t2=S, t_f2=2000, t_t3=S, t_t1=2 * S, warn_period=S // 3)
+    trace = []
+    bot = frame("10.0.0.66", "10.9.9.9")
+    legit = frame("2001:db8::7", "2001:db8:9::9", proto="tcp", dport=443)
+    small = [frame(f"10.1.{i // 200}.{i % 200 + 1}", "10.9.9.9") for i in range(600)]
+    for i in range(6000):
+        t = T0 + i * S // 2000
+        trace.append((bot, t))
+        trace.append((small[i % 600], t))
+        if i % 50 == 0:
+            trace.append((legit, t))
+    run_batches(harness, p, trace, list(range(0, len(trace), 1000)))
+
+
+def test_same_time_batch_as_the_data_path_stamps_it(harness: UserHarness) -> None:
+    """One timestamp for a whole batch (what the RX loop does) still agrees."""
+    p = model.FilterParams(t_f1=10, t_t2=0, t_t1=S, t_t3=0, t_f2=50)
+    frames = [frame(f"10.0.{i % 7}.1", f"10.9.9.{i % 3}") for i in range(500)]
+    trace = [(fr, T0 + (i // 100) * S // 10) for i, fr in enumerate(frames)]
+    run_batches(harness, p, trace, [100, 200, 300, 400])
+
+
+def test_table_grows_and_evicts_least_recently_used() -> None:
+    f = UserFilter(model.FilterParams(t_f1=10**6, t_f2=2**32 - 1), sizes=Sizes(flows=3000))
+    frames = [frame(f"10.{i >> 8 & 255}.{i & 255}.1", "10.9.9.9") for i in range(5000)]
+    for lo in range(0, 5000, 500):
+        f.process_frames(frames[lo : lo + 500], T0 + lo)
+    keys, vals = f.read_flows()
+    assert len(keys) == 3000
+    assert int(vals["ts2"].min()) == T0 + 2000  # the oldest 2000 went first
+    exists, _ = f.read(keys)
+    assert exists.all()
+
+
+def test_parsed_destination_keys_the_flow() -> None:
+    """A packet a destination parser recognises is keyed on the destination it names."""
+    def parser(payload: bytes) -> str | None:
+        return payload.decode() if payload.startswith(b"svc") else None
+
+    parser.udp_ports = {5683}  # type: ignore[attr-defined]
+    f = UserFilter(model.FilterParams(), parsers=[parser])
+    named = bytes(Ether() / IP(src="10.0.0.1", dst="10.9.9.9") / UDP(dport=5683) / b"svc-a")
+    other = bytes(Ether() / IP(src="10.0.0.1", dst="10.9.9.9") / UDP(dport=53) / b"svc-a")
+    f.process_frames([named, other], T0)
+    keys, _ = f.read_flows()
+    dsts = sorted(bytes(k["dst"]["addr"]).ljust(16, b"\0") for k in keys)
+    assert dsts == sorted([parsed_destination_addr("svc-a"), L.addr16("10.9.9.9")])
+
+
+def test_coap_parser_keys_requests_by_their_target() -> None:
+    """Through the real CoAP parser: two targets behind one proxy address, two records."""
+    f = UserFilter(model.FilterParams(), parsers=[parse_coap])
+    frames = [bytes(Ether() / IP(src="10.0.0.1", dst="10.9.9.9") / UDP(dport=5683)
+                    / CoAP(type=0, code=1, msg_id=i, options=[("Uri-Host", host)]))
+              for i, host in enumerate([b"a.example", b"b.example", b"a.example"])]
+    frames.append(arp_frame())  # not even IP: passes, as the kernel does
+    f.process_frames(frames, T0)
+    _, dsts = f.read_dsts()
+    keys, _ = f.read_dsts()
+    got = {bytes(k["addr"]).ljust(16, b"\0"): int(d["c"]) for k, d in zip(keys, dsts, strict=True)}
+    assert got == {parsed_destination_addr("a.example"): 2, parsed_destination_addr("b.example"): 1}
+
+
+def test_syncer_runs_unchanged_over_the_userspace_filter() -> None:
+    """Two userspace proxies, one memory:// master: a flow seen by both merges."""
+    url = f"memory://{uuid.uuid4().hex}"
+    sync_params = model.SyncParams(t_t1=100 * S, t_t4=1000 * S, r_q=2 * model.R_DEN)
+    p = model.FilterParams(t_t1=100 * S, t_t2=S, t_f1=100, t_t3=S, t_f2=10**6)
+    a, b = UserFilter(p), UserFilter(p)
+    sa = Syncer(a, open_store(url), "a", sync_params)  # type: ignore[arg-type]
+    sb = Syncer(b, open_store(url), "b", sync_params)  # type: ignore[arg-type]
+    bot = frame("10.0.0.66", "10.9.9.9")
+    a.process_frames([bot] * 30, T0)
+    b.process_frames([bot] * 20, T0 + 1000)
+    sa.round(T0 + S)
+    sb.round(T0 + S)
+    sa.round(T0 + S + 1)
+    key = model.parse(bot, 0).key
+    for f in (a, b):
+        exists, rec = f.read(np.frombuffer(key, dtype=L.FLOW_KEY))
+        assert exists[0]
+        assert int(rec[0]["c"]) == 50
+    _, dsts = b.read_dsts()
+    assert [int(d["c"]) for d in dsts] == [50]
+    # Sixty packets a second at each of four proxies: caught only together.
+    more = [UserFilter(p) for _ in range(2)]
+    syncers = [sa, sb] + [Syncer(f, open_store(url), f"p{i}", sync_params)  # type: ignore[arg-type]
+                          for i, f in enumerate(more)]
+    filters = [a, b, *more]
+    src = frame("10.0.0.77", "10.9.9.9")
+    verdicts: list[int] = []
+    for second in range(4):
+        for i in range(60):
+            for f in filters:
+                verdicts += f.process_frames([src], T0 + 10 * S + second * S + i * S // 60
+                                             )[0].tolist()
+        for s in syncers:
+            s.round(T0 + 10 * S + (second + 1) * S)
+    assert verdicts[:240] == [L.XDP_PASS] * 240
+    assert verdicts[-240:] == [L.XDP_DROP] * 240
+
+
+def test_backend_options_are_checked_before_anything_is_loaded() -> None:
+    from xpro.backends.afxdp import AfxdpBackend
+    from xpro.errors import ConfigError
+
+    b = AfxdpBackend(params=model.FilterParams(), options={"parsers": ["no-such-parser"]})
+    with pytest.raises(ConfigError, match="no-such-parser"):
+        b.load()
+    b = AfxdpBackend(params=model.FilterParams(), options={"parsers": [parse_coap]})
+    assert b.load().parsers == [parse_coap]
+    with pytest.raises(ConfigError, match="egress"):
+        b.attach("eth0")
+    b.close()

@@ -1,0 +1,136 @@
+"""The CoAP destination parser: targets from Proxy-Uri / Uri-Host, and no crash on garbage.
+
+Valid messages are built with scapy's CoAP layer (an encoder written
+independently of the parser); malformed ones are random bytes and valid
+messages cut, flipped and spliced by hypothesis.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scapy.contrib.coap import CoAP
+
+from xpro.parsers.coap import COAP_PORT, parse_coap, parse_options, xpro_add_destination_parsers
+from xpro.plugins import Registry
+
+pytestmark = pytest.mark.unit
+
+
+def coap(options: list[tuple[str, bytes]], payload: bytes = b"", code: int = 1,
+         token: bytes = b"") -> bytes:
+    msg = CoAP(type=0, code=code, msg_id=0x1234, token=token, options=options)
+    if payload:
+        msg.paymark = b"\xff"
+        return bytes(msg / payload)
+    return bytes(msg)
+
+
+@pytest.mark.parametrize(("options", "want"), [
+    ([("Uri-Host", b"sensor.example")], "sensor.example"),
+    ([("Uri-Host", b"Sensor.Example"), ("Uri-Port", b"\x16\x34")], "sensor.example:5684"),
+    ([("Uri-Host", b"2001:db8::1"), ("Uri-Port", b"\x16\x33")], "[2001:db8::1]:5683"),
+    ([("Proxy-Uri", b"coap://svc.example/temp")], "svc.example"),
+    ([("Proxy-Uri", b"coaps://SVC.example:61616/a?b=c")], "svc.example:61616"),
+    ([("Proxy-Uri", b"coap://[2001:db8::7]:1234/x")], "[2001:db8::7]:1234"),
+    ([("Uri-Host", b"other"), ("Proxy-Uri", b"coap://svc.example/")], "svc.example"),
+    # a Proxy-Uri longer than 268 bytes: the length takes the 14 nibble (two extra bytes)
+    ([("Proxy-Uri", b"coap://long.example/" + b"p" * 400)], "long.example"),
+    ([("Uri-Path", b"temp")], None),  # well formed, names no target
+    ([("Proxy-Uri", b"no-scheme-here")], None),
+])
+def test_targets(options: list[tuple[str, bytes]], want: str | None) -> None:
+    assert parse_coap(coap(options, payload=b"22.5", token=b"\x01\x02")) == want
+    assert parse_coap(coap(options)) == want
+
+
+def test_extended_deltas() -> None:
+    """Option numbers that need the 13 and 14 delta nibbles (hand-encoded)."""
+    # Uri-Host (3), then option 3+13+10=26 (delta 13: extended byte 10),
+    # then option 26+269+1000 (delta 14: two extended bytes), then a payload.
+    msg = (bytes([0x40, 0x01, 0x00, 0x01])
+           + bytes([0x34]) + b"host"
+           + bytes([0xD1, 10]) + b"x"
+           + bytes([0xE2]) + (1000).to_bytes(2, "big") + b"yz"
+           + b"\xff" + b"payload")
+    assert parse_options(msg) == [(3, b"host"), (26, b"x"), (26 + 269 + 1000, b"yz")]
+    assert parse_coap(msg) == "host"
+
+
+@pytest.mark.parametrize("raw", [
+    b"",
+    b"\x40",
+    b"\x80\x01\x00\x01" + bytes([0x34]) + b"host",  # version 2
+    b"\x49\x01\x00\x01" + b"123456789" + bytes([0x34]) + b"host",  # token length 9
+    b"\x40\x01\x00\x01" + bytes([0x3F]) + b"host",  # length nibble 15
+    b"\x40\x01\x00\x01" + bytes([0xF4]) + b"host",  # delta nibble 15
+    b"\x40\x01\x00\x01" + bytes([0x38]) + b"host",  # value past the end
+    b"\x40\x01\x00\x01" + bytes([0x34]) + b"host" + b"\xff",  # marker without payload
+    b"\x40\x01\x00\x01" + bytes([0xD4]),  # extended delta byte missing
+    b"\x40\x00\x00\x01" + bytes([0x34]) + b"host",  # an Empty message with options
+    b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01",
+])
+def test_malformed_or_not_coap(raw: bytes) -> None:
+    assert parse_coap(raw) is None
+
+
+host = st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,10}){0,3}", fullmatch=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(h=host, port=st.none() | st.integers(0, 65535), payload=st.binary(max_size=40),
+       token=st.binary(max_size=8), path=st.lists(st.binary(min_size=1, max_size=30),
+                                                  max_size=3))
+def test_uri_host_roundtrip(h: str, port: int | None, payload: bytes, token: bytes,
+                            path: list[bytes]) -> None:
+    opts = [("Uri-Host", h.encode())]
+    if port is not None:
+        opts.append(("Uri-Port", port.to_bytes(2, "big").lstrip(b"\0")))
+    opts += [("Uri-Path", p) for p in path]
+    want = h if port is None else f"{h}:{port}"
+    assert parse_coap(coap(opts, payload=payload, token=token)) == want
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_never_raise(raw: bytes) -> None:
+    out = parse_coap(raw)
+    assert out is None or isinstance(out, str)
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    base = bytearray(coap([("Uri-Host", draw(host).encode()), ("Uri-Port", b"\x16\x34"),
+                           ("Proxy-Uri", b"coap://svc.example:" + b"9" * draw(st.integers(0, 8)))],
+                          payload=draw(st.binary(max_size=20)), token=draw(st.binary(max_size=8))))
+    for _ in range(draw(st.integers(1, 6))):
+        how = draw(st.sampled_from(["flip", "cut", "insert", "delete"]))
+        i = draw(st.integers(0, max(len(base) - 1, 0)))
+        if how == "flip" and base:
+            base[i] ^= draw(st.integers(1, 255))
+        elif how == "cut":
+            del base[i:]
+        elif how == "insert":
+            base[i:i] = draw(st.binary(min_size=1, max_size=4))
+        elif base:
+            del base[i]
+    return bytes(base)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(mutated())
+def test_mutated_messages_never_raise(raw: bytes) -> None:
+    out = parse_coap(raw)
+    assert out is None or isinstance(out, str)
+    if out is not None:  # whatever it returns is a plausible host[:port]
+        assert "/" not in out
+        assert " " not in out
+
+
+def test_registered_by_the_hook() -> None:
+    reg: Registry[object] = Registry("destination parser")
+    xpro_add_destination_parsers(reg)
+    parser = reg.get("coap")
+    assert parser is parse_coap
+    assert COAP_PORT in parse_coap.udp_ports  # type: ignore[attr-defined]
