@@ -63,10 +63,8 @@ def merge_arrays(local: Array, local_exists: Array, master: Array, master_exists
     o_mt1 = np.where(shorten, new_t1, o_mt1)
     o_mt2 = np.where(shorten | plain, lt2, o_mt2)
     # Lines 19-22.
-    earlier_master = o_lt1 > o_mt1
-    long_local = ~earlier_master & (o_lt2 - o_lt1 > params.t_t4)
-    o_lt1 = np.where(earlier_master, o_mt1, o_lt1)
-    o_mt1 = np.where(long_local, o_lt1, o_mt1)
+    # (changed: the local window starts where the master's does; see model.merge)
+    o_lt1 = o_mt1.copy()
     # Line 24.
     o_lc = o_mc + ldc
     o_mc = o_lc

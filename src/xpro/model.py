@@ -475,8 +475,8 @@ def merge(
       the local window replaces the master's (lines 6-8).  Otherwise the
       windows are joined: the later ts2 wins (11-12); a window longer than
       T_T4 is shortened by the factor r and the master count divided by r
-      (13-15, ``floor(c / r)``); the earlier ts1 wins, or the master takes
-      the shortened local start (19-22).  The master count gains this
+      (13-15, ``floor(c / r)``); the local window then starts where the
+      master's does (19-22, changed from the paper: see docs/semantics.rst).  The master count gains this
       proxy's packets since the last sync and the local count becomes the
       global one (24).
     - Only in the master (27-28): the local record is created from it.
@@ -509,10 +509,12 @@ def merge(
         ts1, ts2 = ts1p, ts2p
     else:
         ts2 = ts2p  # line 17
-    if ts1p > ts1:  # line 19
-        ts1p = ts1  # line 20
-    elif ts2p - ts1p > params.t_t4:  # line 21
-        ts1 = ts1p  # line 22
+    # Lines 19-22, changed: the local window starts where the master's does.
+    # The paper's line 22 (ts1 <- ts1' when the local window is longer than
+    # T_T4) undoes another proxy's shortening (line 14) while keeping its
+    # c / r, so every round halves the count over the full window and a
+    # steady distributed attack falls under T_F1 (docs/evaluation.rst).
+    ts1p = ts1  # line 20, in both directions
     cp = c + dcp  # line 24
     return Local(ts1p, ts2p, cp, 0, 0), Master(ts1, ts2, cp)
 

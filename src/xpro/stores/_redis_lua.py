@@ -154,12 +154,7 @@ local function merge_limbs(loc, p, old, t1h, t1l, t4h, t4l, rq, mxh, mxl)
     end
     b2h, b2l = a2h, a2l  -- lines 15 and 17
   end
-  if gt(p1h, p1l, b1h, b1l) then  -- line 19
-    p1h, p1l = b1h, b1l
-  else
-    local yh, yl = add(p1h, p1l, t4h, t4l)
-    if gt(p2h, p2l, yh, yl) then b1h, b1l = p1h, p1l end  -- line 22
-  end
+  -- lines 19-22 (changed): the master keeps its start; the local side takes it
   ch, cl = add(ch, cl, adh, adl)  -- line 24
   return 1, struct.pack(REC, b1l, b1h, b2l, b2h, cl, ch)
 end
@@ -232,25 +227,18 @@ local function merge(keys, args)
         new = ssub(loc, p, p + 23)  -- lines 6-8: the local window wins
       else
         local BC = bch * B32 + bcl
-        local P1, P2 = A1, A2
-        if B2 > A2 then  -- line 11
-          P2 = B2
-        else
+        -- line 11: a later master end stays (the local side takes it in Python)
+        if B2 <= A2 then
           if A2 > B1 + T4 then  -- line 13
             local dd = A2 - B1
             local q = floor(dd / RQ)
-            P1 = A2 - (q * 1024 + floor((dd - q * RQ) * 1024 / RQ))  -- line 14
+            B1 = A2 - (q * 1024 + floor((dd - q * RQ) * 1024 / RQ))  -- line 14
             q = floor(BC / RQ)
             BC = q * 1024 + floor((BC - q * RQ) * 1024 / RQ)  -- line 15
-            B1 = P1
           end
           B2 = A2  -- lines 15 and 17
         end
-        if P1 > B1 then  -- line 19
-          P1 = B1
-        elseif P2 > P1 + T4 then  -- line 21
-          B1 = P1
-        end
+        -- lines 19-22 (changed): the master keeps its start
         BC = BC + AD  -- line 24
         local x1, x2, xc = B1 % B32, B2 % B32, BC % B32
         new = spack(REC, x1, (B1 - x1) / B32 + BH, x2, (B2 - x2) / B32 + BH, xc, (BC - xc) / B32)
