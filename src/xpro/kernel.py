@@ -282,6 +282,11 @@ class XdpFilter:
             m.delete_batch(keys)
         return keys
 
+    def peek_dirty(self, epoch: int) -> Array:
+        """The keys marked dirty in ``epoch`` so far, left in its set."""
+        keys, _ = self._dirty[epoch & 1].lookup_batch()
+        return np.asarray(keys, dtype=L.FLOW_KEY)
+
     def dirty_lost(self) -> int:
         """Flows that could not be marked dirty since load (a full dirty set)."""
         return int(self._bss.view["dirty_lost"])

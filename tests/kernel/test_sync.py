@@ -171,3 +171,30 @@ def test_restart_adopts_pinned_maps_without_double_counting(tmp_path_factory: py
     finally:
         second.obj.unpin_maps()
         second.close()
+
+
+def test_recompute_keeps_packets_of_flows_new_since_the_read(mesh: list[Proxy]) -> None:
+    """A spoofed flood creates flows between the round's read and its recompute:
+    their packets are in the kernel's aggregate and must stay there."""
+    p = mesh[0]
+    for i in range(20):
+        p.send(frame(f"10.1.0.{i}", "10.9.9.9"), T0 + i, 5)
+    p.sync.round(T0 + S)  # reads and recomputes the 20 flows: c* = 100
+    dkey = model.parse(BOT, 0).dst
+    assert int(p.filt.dsts[dkey]["c"]) == 100
+    # Next round: the epoch ends and the dirty flows are read ...
+    real_read = p.filt.read
+
+    def read_then_spoof(keys: object) -> object:
+        out = real_read(keys)  # type: ignore[arg-type]
+        if not getattr(read_then_spoof, "done", False):
+            read_then_spoof.done = True  # type: ignore[attr-defined]
+            # ... and meanwhile 30 new sources send 3 packets each.
+            for i in range(30):
+                p.send(frame(f"10.2.0.{i}", "10.9.9.9"), T0 + S + 10 + i, 3)
+        return out
+
+    p.filt.read = read_then_spoof  # type: ignore[method-assign]
+    p.send(frame("10.1.0.0", "10.9.9.9"), T0 + S + 5, 1)  # one dirty flow for the round
+    p.sync.round(T0 + 2 * S)
+    assert int(p.filt.dsts[dkey]["c"]) == 100 + 1 + 90

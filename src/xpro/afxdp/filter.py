@@ -681,6 +681,13 @@ class UserFilter:
             self.flows.aux[s] &= ~bit
             return self.flows.keys[s].copy()
 
+    def peek_dirty(self, epoch: int) -> Array:
+        """The keys marked dirty in ``epoch`` so far, left marked."""
+        with self.lock:
+            bit = np.uint8(1 << (epoch & 1))
+            s = np.flatnonzero((self.flows.aux & bit) != 0)
+            return self.flows.keys[s].copy()
+
     def dirty_lost(self) -> int:
         """Always 0: the userspace dirty marks live in the records, they cannot overflow."""
         return 0
