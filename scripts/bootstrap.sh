@@ -79,7 +79,7 @@ xpro_venv() {
     else
         xpro_say "installing xpro and its dependencies into $XPRO_VENV"
         (cd "$XPRO_ROOT" && "${pip[@]}" install 'setuptools>=77' wheel \
-            && "${pip[@]}" install -e '.[dev,redis,etcd,docs]') \
+            && "${pip[@]}" install -e '.[dev,redis,etcd,docs,lab]') \
             || xpro_die "installing xpro into $XPRO_VENV failed"
         printf '%s\n' "$want" >"$stamp"
     fi

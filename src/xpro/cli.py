@@ -199,8 +199,9 @@ def demo(
 def _add_builtin_commands() -> None:
     from xpro.commands import COMMANDS
     from xpro.doctor import doctor_command
+    from xpro.lab.cli import lab
 
-    for cmd in [*COMMANDS, doctor_command]:
+    for cmd in [*COMMANDS, doctor_command, lab]:
         cli.add_command(cmd)
 
 

@@ -1,0 +1,45 @@
+"""xpro lab: the commands and their help (no root)."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from xpro.lab.cli import lab
+from xpro.lab.scenarios import SCENARIOS
+
+pytestmark = pytest.mark.unit
+
+NAMES = ("distributed", "spoofed-flood", "heavy-hitter", "pulse", "flash-crowd",
+         "proxy-crash", "store-outage")
+
+
+def test_every_scenario_of_the_issue_is_there() -> None:
+    assert set(SCENARIOS) == set(NAMES)
+    assert {n for n, s in SCENARIOS.items() if s.server_store} == {"proxy-crash",
+                                                                   "store-outage"}
+
+
+def test_list() -> None:
+    out = CliRunner().invoke(lab, ["list"])
+    assert out.exit_code == 0
+    assert [line.split()[0] for line in out.output.splitlines()] == list(NAMES)
+
+
+@pytest.mark.parametrize("cmd", [[], ["run"], ["demo"], ["up"], ["down"], ["list"]])
+def test_help_has_examples(cmd: list[str]) -> None:
+    out = CliRunner().invoke(lab, [*cmd, "--help"])
+    assert out.exit_code == 0
+    assert "Example" in out.output
+
+
+def test_run_options() -> None:
+    out = CliRunner().invoke(lab, ["run", "--help"])
+    for opt in ("--proxies", "--bots", "--clients", "--duration", "--ipv6", "--store",
+                "--json", "--sweep"):
+        assert opt in out.output
+
+
+def test_unknown_scenario_is_refused() -> None:
+    out = CliRunner().invoke(lab, ["run", "no-such"])
+    assert out.exit_code == 2

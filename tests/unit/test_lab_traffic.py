@@ -1,0 +1,122 @@
+"""xpro.lab.traffic: flow schedules, SYN frames, spoofed sources (no root)."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+
+from xpro.lab.traffic import Bins, Flow, random_sources, syn_frame
+from xpro.traffic import TrafficError
+
+pytestmark = pytest.mark.unit
+
+MAC_A = "02:00:00:00:00:0a"
+MAC_B = "02:00:00:00:00:0b"
+
+
+def test_syn_frame_ipv4_is_valid() -> None:
+    raw = syn_frame(src_mac=MAC_A, dst_mac=MAC_B, src="10.0.0.1", dst="10.0.0.2", sport=1234,
+                    dport=80)
+    pkt = Ether(raw)
+    assert (pkt[IP].src, pkt[IP].dst, pkt[TCP].sport, pkt[TCP].dport) == (
+        "10.0.0.1", "10.0.0.2", 1234, 80)
+    assert pkt[TCP].flags == "S"
+    again = Ether(raw)
+    del again[IP].chksum
+    del again[TCP].chksum
+    rebuilt = Ether(bytes(again))
+    assert rebuilt[IP].chksum == pkt[IP].chksum
+    assert rebuilt[TCP].chksum == pkt[TCP].chksum
+
+
+def test_syn_frame_ipv6_is_valid() -> None:
+    raw = syn_frame(src_mac=MAC_A, dst_mac=MAC_B, src="fd00::1", dst="fd00::2")
+    pkt = Ether(raw)
+    assert (pkt[IPv6].src, pkt[IPv6].nh, pkt[TCP].flags) == ("fd00::1", 6, "S")
+    again = Ether(raw)
+    del again[TCP].chksum
+    assert Ether(bytes(again))[TCP].chksum == pkt[TCP].chksum
+
+
+def test_syn_frame_refuses_mixed_families() -> None:
+    with pytest.raises(TrafficError):
+        syn_frame(src_mac=MAC_A, dst_mac=MAC_B, src="10.0.0.1", dst="fd00::2")
+
+
+def test_random_sources_are_distinct_hosts_of_the_network() -> None:
+    srcs = random_sources("10.160.0.0/16", 5000, seed=3)
+    assert len(set(srcs)) == 5000
+    net = ipaddress.ip_network("10.160.0.0/16")
+    assert all(ipaddress.ip_address(s) in net for s in srcs)
+    assert random_sources("10.160.0.0/16", 10, seed=3) == random_sources(
+        "10.160.0.0/16", 10, seed=3)
+    assert len(set(random_sources("fd00:5::/64", 100))) == 100
+    with pytest.raises(TrafficError):
+        random_sources("10.0.0.0/30", 3)
+
+
+def _flow(**kw: float) -> Flow:
+    args: dict[str, float] = {"rate": 100.0, "start": 1.0, "stop": 5.0}
+    args.update(kw)
+    return Flow("s", "attack", 0, (b"\0" * 60,), args["rate"], args["start"], args["stop"],
+                args.get("on", 0.0), args.get("off", 0.0))
+
+
+def test_continuous_flow_schedule() -> None:
+    f = _flow()
+    assert f.total() == 400
+    assert f.due(0.5) == 0
+    assert f.due(1.5) == 50
+    assert f.due(99) == 400
+    assert f.when(1) == pytest.approx(1.01)
+    assert f.when(400) == pytest.approx(5.0)
+
+
+def test_pulse_sends_only_while_on() -> None:
+    f = _flow(on=0.5, off=0.5)  # from 1 s: on [1, 1.5), off [1.5, 2), on [2, 2.5) ...
+    assert f.total() == 200
+    assert f.due(1.5) == 50
+    assert f.due(1.9) == 50
+    assert f.due(2.25) == 75
+    assert f.when(51) == pytest.approx(2.01)
+    assert f.when(50) == pytest.approx(1.5)
+
+
+@given(rate=st.floats(1, 1e5), on=st.floats(0.05, 2), off=st.floats(0.05, 2),
+       n=st.integers(1, 10_000))
+def test_when_inverts_due(rate: float, on: float, off: float, n: int) -> None:
+    f = _flow(rate=rate, start=0.0, stop=1e6, on=on, off=off)
+    t = f.when(n)
+    assert f.due(t + 1e-7) >= n
+    assert f.due(t - 1e-6 * max(1.0, t)) <= n
+
+
+@pytest.mark.parametrize("bad", [
+    {"rate": -1.0}, {"start": 3.0, "stop": 2.0}, {"on": 1.0}, {"off": 1.0},
+])
+def test_bad_flows_are_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(TrafficError):
+        _flow(**bad)
+
+
+def test_role_must_be_known() -> None:
+    with pytest.raises(TrafficError):
+        Flow("s", "friend", 0, (b"\0" * 60,), 1.0, 0.0, 1.0)
+
+
+def test_bins_are_shared_memory_indexed_by_time() -> None:
+    b = Bins(2.0, width=0.1)
+    assert b.n == 21
+    assert b.index(-1) == 0
+    assert b.index(0.35) == 3
+    assert b.index(100) == 20
+    b.counts[1, 3] += 5
+    assert b.snapshot()[1, 3] == 5
+    assert math.isclose(b.times()[3], 0.3)
