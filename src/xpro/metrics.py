@@ -112,6 +112,14 @@ class ProxyCollector(Collector):
         yield alerts
         yield CounterMetricFamily("xpro_config_reloads", "Configuration reloads applied",
                                   value=float(p.reloads))
+        families: dict[str, CounterMetricFamily] = {}
+        for sample in p.backend.metrics():
+            fam = families.get(sample.name)
+            if fam is None:
+                fam = families[sample.name] = CounterMetricFamily(
+                    f"xpro_backend_{sample.name}", sample.help, labels=sorted(sample.labels))
+            fam.add_metric([sample.labels[k] for k in sorted(sample.labels)], sample.value)
+        yield from families.values()
 
 
 def _registry(proxy: Proxy) -> CollectorRegistry:

@@ -187,8 +187,11 @@ def test_a_flood_is_dropped_in_front_and_the_legitimate_stream_passes(chain: Cha
         stats = backend.last_refresh
         nic = backend.counters()[chain.b1]
         full = backend.load().counters()
+        samples = {(m.name, m.labels["reason"]): m.value for m in backend.metrics()}
     finally:
         backend.close()
+    # The metrics endpoint exports the offloaded program's verdicts.
+    assert samples[("offload_packets", "flow")] == int(nic[OffReason.FLOW, 0])
     assert got.get(LEGIT, 0) == sent["legit"] == 60
     # The flood is judged after t_t2 (0.5 s, ~1000 packets) and then dropped in front;
     # the full program drops only what came between its verdict and the next refresh.

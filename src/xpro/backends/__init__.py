@@ -33,7 +33,17 @@ from typing import Any, ClassVar
 from xpro.kernel import Sizes, XdpFilter
 from xpro.model import FilterParams
 
-__all__ = ["Attachment", "Backend"]
+__all__ = ["Attachment", "Backend", "Sample"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One counter value a backend exports: ``xpro_backend_<name>_total{labels}``."""
+
+    name: str
+    help: str
+    labels: dict[str, str]
+    value: float
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def attach(self, ifname: str) -> Attachment:
         """Start filtering ``ifname``: adopt our own pinned attachment, refuse a foreign one."""
+
+    def metrics(self) -> list[Sample]:
+        """Counters of the backend's own (the offloaded program's, the sockets'),
+        for the Prometheus endpoint; none by default."""
+        return []
 
     def start(self) -> None:  # noqa: B027  (optional: userspace data paths run threads)
         """Start whatever runs beside the kernel (userspace paths)."""

@@ -46,7 +46,7 @@ import numpy as np
 import numpy.typing as npt
 
 from xpro import layout as L
-from xpro.backends import Attachment
+from xpro.backends import Attachment, Sample
 from xpro.backends.xdp import XdpBackend
 from xpro.bpf import BpfObject, Map, XdpLink, XdpMode, object_path
 from xpro.bpf._ffi import ENOTSUPP, check, load
@@ -578,6 +578,16 @@ class OffloadBackend(XdpBackend):
     def counters(self) -> dict[str, Array]:
         """The reduced programs' verdict counters, by interface (see :class:`OffReason`)."""
         return {ifname: r.prog.counters() for ifname, r in self.reduced.items()}
+
+    def metrics(self) -> list[Sample]:
+        """The reduced programs' verdicts, per interface and reason."""
+        out = []
+        for ifname, arr in self.counters().items():
+            for r in OffReason:
+                out.append(Sample("offload_packets", "Packets by the offloaded program's verdict",
+                                  {"interface": ifname, "reason": r.name.lower()},
+                                  float(arr[r][0])))
+        return out
 
     # --- life cycle -------------------------------------------------------------
 
