@@ -22,6 +22,8 @@ metric                              type     what
 ``xpro_alerts_total{kind}``         counter  alerts raised by kind
 ``xpro_config_reloads_total``       counter  configuration reloads applied
 ``xpro_info{...}``                  gauge    1, with version, proxy, backend labels
+``xpro_backend_NAME_total{...}``    counter  a backend's own counters (offload: the
+                                             reduced program's verdicts per interface)
 ==================================  =======  ===========================================
 """
 
