@@ -42,6 +42,7 @@ import click
 from cffi import FFI
 
 from xpro.backends.xdp import SINGLE_BUFFER_MTU
+from xpro.bpf.xdp import prog_name
 from xpro.config import Config, load_config, mask_url
 from xpro.errors import BpfLoadError, PrivilegeError, XproError
 
@@ -644,23 +645,6 @@ def _attach_probe(ifindex: int, frags: bool) -> _Probe:
         os.close(fd)
 
 
-def _prog_name(prog_id: int) -> str:
-    from xpro.bpf._ffi import ffi, load
-
-    lib = load()
-    fd = lib.bpf_prog_get_fd_by_id(prog_id)
-    if fd < 0:
-        return "?"
-    try:
-        info = ffi.new("struct xpro_prog_info *")
-        size = ffi.new("__u32 *", ffi.sizeof("struct xpro_prog_info"))
-        if lib.bpf_obj_get_info_by_fd(fd, info, size) < 0:
-            return "?"
-        return str(ffi.string(info.name).decode(errors="replace"))
-    finally:
-        os.close(fd)
-
-
 @dataclass(frozen=True)
 class _Link:
     ifindex: int
@@ -842,7 +826,7 @@ def check_interface(ifname: str, config: Config, *, netns: str | None = None,
         described = []
         foreign = False
         for mode, pid in holders.items():
-            name = _prog_name(pid)
+            name = prog_name(pid)
             foreign |= not name.startswith("xpro_xdp")
             described.append(f"{name} (id {pid}, {mode} mode)")
         text = ", ".join(described)

@@ -51,10 +51,10 @@ from xpro.backends.xdp import XdpBackend
 from xpro.bpf import BpfObject, Map, XdpLink, XdpMode, object_path
 from xpro.bpf._ffi import ENOTSUPP, check, load
 from xpro.bpf.xdp import (
-    _prog_name,
     attach_xdp,
     in_netns,
     interface_driver,
+    prog_name,
     resolve_interface,
     xdp_query,
 )
@@ -427,7 +427,7 @@ class OffloadBackend(XdpBackend):
         q = xdp_query(ifname, netns)
         held = q["offload"]
         if held:
-            name = _prog_name(held)
+            name = prog_name(held)
             if name != OFFLOAD_PROGRAM:
                 with in_netns(netns):
                     check(-errno.EBUSY,

@@ -176,7 +176,8 @@ def xdp_query(interface: str | int, netns: str | None = None) -> dict[str, int]:
         return _query(ifindex, ifname, netns)
 
 
-def _prog_name(prog_id: int) -> str:
+def prog_name(prog_id: int) -> str:
+    """The name of the loaded BPF program ``prog_id`` (``?`` if it is gone)."""
     lib = load()
     fd = lib.bpf_prog_get_fd_by_id(prog_id)
     if fd < 0:
@@ -256,7 +257,7 @@ def attach_xdp(
                 ifname=ifname,
                 netns=netns,
                 mode=mode.label,
-                holder=f"XDP program id {hid} {_prog_name(hid)!r} ({hmode.label} mode)",
+                holder=f"XDP program id {hid} {prog_name(hid)!r} ({hmode.label} mode)",
             )
 
         if mode is XdpMode.OFFLOAD:
