@@ -355,8 +355,10 @@ static long apply_one(__u32 i, void *unused)
 		if (a->ts1)
 			f->ts1 = a->ts1;
 		max_store(&f->ts2, a->ts2);
-		f->base_c = a->base_c;
-		f->base_gen = a->gen;
+		if (!(a->op & XPRO_APPLY_KEEP_BASE)) {
+			f->base_c = a->base_c;
+			f->base_gen = a->gen;
+		}
 		a->result = 0;
 	} else if (a->op & XPRO_APPLY_DST) {
 		struct xpro_dst *d = bpf_map_lookup_elem(&dsts, &a->key.dst);

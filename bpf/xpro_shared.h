@@ -157,6 +157,7 @@ struct xpro_config {
 #define XPRO_APPLY_READ 4      /* read a flow record (no change) */
 #define XPRO_APPLY_CREATE 0x10 /* create the record if it does not exist */
 #define XPRO_APPLY_DELETE 0x20 /* delete the record if nothing changed since */
+#define XPRO_APPLY_KEEP_BASE 0x40 /* add c_delta, leave the sync baseline alone */
 
 struct xpro_apply {
 	__s64 c_delta;            /* in: added atomically to c' or c*; READ out: c' */

@@ -38,6 +38,9 @@ OP_DST = 0x2
 OP_READ = 0x4
 OP_CREATE = 0x10
 OP_DELETE = 0x20
+#: With OP_FLOW: add ``c_delta`` and leave ``base_c`` alone, so the packets
+#: count as this proxy's own at the next sync (counts made outside the program).
+OP_KEEP_BASE = 0x40
 
 #: Control-program results.
 APPLIED = 0
@@ -286,6 +289,13 @@ class XdpFilter:
         """The keys marked dirty in ``epoch`` so far, left in its set."""
         keys, _ = self._dirty[epoch & 1].lookup_batch()
         return np.asarray(keys, dtype=L.FLOW_KEY)
+
+    def mark_dirty(self, keys: Array) -> None:
+        """Mark ``keys`` dirty in the running epoch, as their next packet would,
+        so the next sync round reads them (counts added with OP_KEEP_BASE)."""
+        if len(keys):
+            self._dirty[self.epoch & 1].update_batch(
+                np.asarray(keys, dtype=L.FLOW_KEY), np.ones(len(keys), dtype=np.uint32))
 
     def dirty_lost(self) -> int:
         """Flows that could not be marked dirty since load (a full dirty set)."""

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.kernel
 
 S = model.NS_PER_S
 T0 = 1_700_000_000 * S
-FLOW_OP, DST_OP, CREATE, DELETE = 1, 2, 0x10, 0x20
+FLOW_OP, DST_OP, CREATE, DELETE, OP_KEEP_BASE = 1, 2, 0x10, 0x20, 0x40
 
 
 class Prog:
@@ -134,3 +134,13 @@ def test_no_packet_lost_while_deltas_are_applied(prog: Prog) -> None:
     t.join()
     sent += per_call * calls
     assert int(prog.flows[KEY]["c"]) == sent + applied
+
+
+def test_keep_base_adds_packets_as_this_proxys_own(prog: Prog) -> None:
+    """Counts made outside the program (an offload NIC's drops) go out as dc next round."""
+    prog.send(FR, T0, repeat=3)
+    prog.apply(entry(KEY, FLOW_OP, gen=0, c_delta=7, base_c=10))  # a sync: c 10, base 10
+    res = prog.apply(entry(KEY, FLOW_OP | OP_KEEP_BASE, gen=0, c_delta=40, ts2=T0 + S))
+    assert list(res) == [0]
+    f = prog.flows[KEY]
+    assert (int(f["c"]), int(f["base_c"]), int(f["ts2"])) == (50, 10, T0 + S)

@@ -60,6 +60,7 @@ from xpro.kernel import (
     OP_DELETE,
     OP_DST,
     OP_FLOW,
+    OP_KEEP_BASE,
     OP_READ,
     Sizes,
 )
@@ -620,8 +621,9 @@ class UserFilter:
             ts1 = e["ts1"][ru]
             vals["ts1"] = np.where(ts1 != 0, ts1, vals["ts1"])
             vals["ts2"] = _max_store(vals["ts2"], e["ts2"][ru])
-            vals["base_c"] = e["base_c"][ru]
-            vals["base_gen"] = e["gen"][ru]
+            keep = (op[ru] & OP_KEEP_BASE) != 0
+            vals["base_c"] = np.where(keep, vals["base_c"], e["base_c"][ru])
+            vals["base_gen"] = np.where(keep, vals["base_gen"], e["gen"][ru])
             t.vals[su] = vals
             e["result"][ru] = APPLIED
 

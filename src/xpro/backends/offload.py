@@ -66,7 +66,13 @@ from xpro.errors import (
     ModeNotSupported,
 )
 from xpro.hookspecs import hookimpl
-from xpro.kernel import CLOCK_MONOTONIC_COARSE, XdpFilter
+from xpro.kernel import (
+    CLOCK_MONOTONIC_COARSE,
+    OP_FLOW,
+    OP_KEEP_BASE,
+    XdpFilter,
+    apply_entries,
+)
 from xpro.merge import rate_exceeds_array
 from xpro.model import FilterParams, longest_match
 from xpro.sync import index_of
@@ -372,7 +378,6 @@ class OffloadBackend(XdpBackend):
         self.driver_mode = bool(self.options.get("offload_driver_mode", False))
         self.reduced: dict[str, _Reduced] = {}
         self.last_refresh: RefreshStats | None = None
-        self._hidden_flows: dict[bytes, _Hidden] = {}
         self._hidden_dsts: dict[bytes, _Hidden] = {}
         self._full_warned = False
         self._lock = threading.Lock()
@@ -496,6 +501,30 @@ class OffloadBackend(XdpBackend):
             h.last = now
 
     @staticmethod
+    def _count_in(filt: XdpFilter, hits: dict[bytes, int], now: int) -> None:
+        """Count the packets the NIC dropped per flow into the full program's records.
+
+        They are part of the flow's rate, and the records are what the sync
+        shares: left out, a bot dropped in front at every proxy stops growing
+        in the mesh's count, falls under T_F1 and is released.  Added as a
+        delta (``base_c`` kept, so the next round sends them as ``dc``) and
+        marked dirty in the running epoch.
+        """
+        if not hits:
+            return
+        keys = np.frombuffer(b"".join(hits), dtype=L.FLOW_KEY)
+        n = np.fromiter(hits.values(), dtype=np.int64, count=len(hits))
+        exists, recs = filt.read(keys)
+        if not exists.any():
+            return  # expired meanwhile: the next packet starts a new record
+        keys, n, recs = keys[exists], n[exists], recs[exists]
+        # OP_KEEP_BASE: the sync's baseline is left as it is, whatever round
+        # ran since the read, so the packets go out as this proxy's dc.
+        filt.apply(apply_entries(keys, OP_FLOW | OP_KEEP_BASE, gen=recs["gen"], c_delta=n,
+                                 ts1=0, ts2=now))
+        filt.mark_dirty(keys)
+
+    @staticmethod
     def _add_hidden(keys: Array, vals: Array, hidden: dict[bytes, _Hidden]) -> Array:
         """The records with the packets dropped on the NIC counted in (a copy)."""
         if not hidden or not len(keys):
@@ -521,11 +550,10 @@ class OffloadBackend(XdpBackend):
         when = self._now(filt) if now is None else now
         for r in self.reduced.values():
             r.prog.set_dst_mode(params.dst_mode)
-            self._gather_hidden(self._hidden_flows, r.prog.hits("drop_flows"), when)
+            self._count_in(filt, r.prog.hits("drop_flows"), when)
             self._gather_hidden(self._hidden_dsts, r.prog.hits("drop_dsts"), when)
         fkeys, fvals = filt.read_flows()
         dkeys, dvals = filt.read_dsts()
-        fvals = self._add_hidden(fkeys, fvals, self._hidden_flows)
         dvals = self._add_hidden(dkeys, dvals, self._hidden_dsts)
         want = drop_set(fkeys, fvals, dkeys, dvals, params, when)
         truncated = 0
@@ -550,7 +578,6 @@ class OffloadBackend(XdpBackend):
             a, d = r.prog.set_drops(final)
             added += a
             removed += d
-        self._forget(self._hidden_flows, flows)
         self._forget(self._hidden_dsts, dsts)
         stats = RefreshStats(len(flows), len(dsts), added, removed, truncated,
                              time.perf_counter() - t0)
@@ -632,7 +659,6 @@ class OffloadBackend(XdpBackend):
                 r.link.close()
                 r.prog.close()
             del self.reduced[ifname]
-        self._hidden_flows.clear()
         self._hidden_dsts.clear()
         super().close(keep=keep)
 
