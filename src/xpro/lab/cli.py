@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from xpro.lab.mesh import LabError, Thresholds, XproMesh
+from xpro.lab.mesh import BACKENDS, LabError, Thresholds, XproMesh
 from xpro.lab.report import Run, format_table, plot_runs, plot_sweep, to_json
 from xpro.lab.scenarios import (
     SCENARIOS,
@@ -38,6 +38,9 @@ from xpro.netns import require_root
 __all__ = ["lab"]
 
 _A, _L = ROLES.index("attack"), ROLES.index("legit")
+#: How the demo names each data path.
+_DATA_PATH = {"native": "XDP native", "generic": "XDP generic", "afxdp": "AF_XDP",
+              "offload": "offload, driver-mode emulation"}
 
 
 def _lab_options(fn: Any) -> Any:
@@ -78,6 +81,13 @@ def _lab_options(fn: Any) -> Any:
                      help="T_T4: a merged window longer than this is shortened by r."),
         click.option("--sync-period", type=click.FloatRange(0.05, 60.0), default=0.5,
                      show_default=True, help="Seconds between sync rounds."),
+        click.option("--backend", type=click.Choice(BACKENDS), default="native",
+                     show_default=True,
+                     help="The proxies' data path (in-process proxies; proxy-crash and "
+                          "store-outage run native daemons).  afxdp sends passed frames out "
+                          "of the proxy's service-side interface; offload runs the driver-"
+                          "mode emulation: the reduced program on the proxy's outside "
+                          "interface, the full program on the service's end of its link."),
     ]
     for o in reversed(opts):
         fn = o(fn)
@@ -95,6 +105,7 @@ def _options(p: dict[str, Any], *, duration: float = 10.0) -> LabOptions:
         client_rate=p["client_rate"], flood_rate=p["flood_rate"],
         thresholds=Thresholds(t_f1=p["t_f1"], t_f2=p["t_f2"], t_t4=p["t_t4"],
                               period=p["sync_period"]),
+        backend=p["backend"],
     )
     check_options(opts)
     return opts
@@ -138,10 +149,10 @@ def lab() -> None:
     """A proxy mesh under attack on this host, in network namespaces (root).
 
     The lab builds an "internet" namespace for every bot and client, N proxy
-    namespaces that run the XDP filter (native mode) and forward what passes,
-    and one protected service that counts what reaches it.  Every scenario
-    prints a table and writes a plot of delivered attack and legitimate
-    traffic over time.
+    namespaces that run the filter (native XDP, or another --backend) and
+    forward what passes, and one protected service that counts what reaches
+    it.  Every scenario prints a table and writes a plot of delivered attack
+    and legitimate traffic over time.
 
     \b
     Examples:
@@ -168,7 +179,11 @@ def list_() -> None:
         click.echo(f"{s.name.ljust(width)}  {s.summary}{extra}")
 
 
-def _write(runs: list[Run], out: Path, name: str, title: str) -> list[Path]:
+def _write(runs: list[Run], out: Path, name: str, title: str, backend: str = "native"
+           ) -> list[Path]:
+    """OUT/lab_NAME.png and .svg (lab_NAME_BACKEND.* on another backend than native)."""
+    if backend != "native":
+        return plot_runs(runs, out / f"lab_{name}_{backend}", title=f"{title} [{backend}]")
     return plot_runs(runs, out / f"lab_{name}", title=title)
 
 
@@ -202,11 +217,15 @@ def run(name: str, sweep: bool, variants: tuple[str, ...], as_json: bool, out: P
       sudo xpro lab run distributed
       sudo xpro lab run distributed --variant sync --duration 6 --json
       sudo xpro lab run distributed --sweep
+      sudo xpro lab run distributed --variant sync --backend afxdp
       sudo xpro lab run proxy-crash --store redis://
     """
     _root()
     scenario = SCENARIOS[name]
     opts = default_options(name, _options(params))
+    if scenario.server_store and opts.backend != "native":
+        raise LabError(f"{name} runs xpro daemons with pinned native filters: "
+                       f"--backend {opts.backend} is for the in-process scenarios")
     if scenario.server_store and opts.store.startswith("memory://"):
         opts = replace(opts, store="redis://")
     if sweep and name != "distributed":
@@ -215,8 +234,9 @@ def run(name: str, sweep: bool, variants: tuple[str, ...], as_json: bool, out: P
     out.mkdir(parents=True, exist_ok=True)
     with (quiet_logs(out / "lab.log"), _store_for(opts, scenario.server_store) as opts,
           _built(opts) as the_lab):
-        click.echo(f"lab {the_lab.tag}: {opts.proxies} proxies, {opts.bots} bots, "
-                   f"{opts.clients} clients, {opts.duration:g} s per variant", err=True)
+        click.echo(f"lab {the_lab.tag}: {opts.proxies} proxies ({opts.backend}), "
+                   f"{opts.bots} bots, {opts.clients} clients, {opts.duration:g} s per "
+                   "variant", err=True)
         if sweep:
             points = run_sweep(the_lab, opts, show)
             paths = plot_sweep(points, out / "lab_distributed_sweep",
@@ -226,12 +246,12 @@ def run(name: str, sweep: bool, variants: tuple[str, ...], as_json: bool, out: P
                       title="distributed with sync, by global rate / T_F1")
         elif name == "distributed" and variants:
             runs = run_distributed(the_lab, opts, show, variants)
-            paths = _write(runs, out, name, f"{name}: {scenario.summary}")
+            paths = _write(runs, out, name, f"{name}: {scenario.summary}", opts.backend)
         else:
             runs = scenario.run(the_lab, opts, show)
-            paths = _write(runs, out, name, f"{name}: {scenario.summary}")
+            paths = _write(runs, out, name, f"{name}: {scenario.summary}", opts.backend)
     if as_json:
-        extra: dict[str, Any] = {"plot": [str(p) for p in paths]}
+        extra: dict[str, Any] = {"plot": [str(p) for p in paths], "backend": opts.backend}
         if sweep:
             extra["sweep"] = {r.name: r.metrics()["attack_dropped_pct"] for r in runs}
         click.echo(to_json(runs, scenario=name, extra=extra))
@@ -299,7 +319,8 @@ def demo(out: Path, **params: Any) -> None:
     with (quiet_logs(out / "lab.log"), _store_for(opts) as opts,
           _built(opts) as the_lab):
         click.echo(
-            f"lab {the_lab.tag}: {opts.proxies} proxies (XDP native), {opts.bots} bots at "
+            f"lab {the_lab.tag}: {opts.proxies} proxies ({_DATA_PATH[opts.backend]}), "
+            f"{opts.bots} bots at "
             f"{opts.ratio:g} x T_F1 = {opts.ratio * opts.thresholds.t_f1:g} packets/s each "
             f"(each proxy sees {opts.ratio * opts.thresholds.t_f1 / opts.proxies:g}/s), "
             f"{opts.clients} clients at {opts.client_rate:g}/s; attack from "
@@ -335,7 +356,7 @@ def up(**params: Any) -> None:
     old = signal.signal(signal.SIGTERM, on_term)
     try:
         with quiet_logs(None), _store_for(opts) as opts, _built(opts) as the_lab:
-            mesh = XproMesh(the_lab, opts.thresholds,
+            mesh = XproMesh(the_lab, opts.thresholds, backend=opts.backend,
                             store="" if opts.store.startswith("memory://") else opts.store)
             with mesh:
                 a = opts.addressing

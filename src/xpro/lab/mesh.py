@@ -1,9 +1,10 @@
 """What filters the lab's traffic: the xpro mesh, or a baseline, on every proxy.
 
 * :class:`XproMesh`: one :class:`xpro.daemon.Proxy` per proxy namespace, all
-  in this process, the filter attached to the outside interface in native
-  mode.  With ``sync=True`` they share one master store (``memory://`` by
-  default: the same URL in one process is one master); with ``sync=False``
+  in this process, on the data path ``backend`` (:func:`placement` says
+  where each backend sits in the lab; ``native`` by default).  With
+  ``sync=True`` they share one master store (``memory://`` by default: the
+  same URL in one process is one master); with ``sync=False``
   each proxy gets a master of its own, so it runs exactly the same program
   and sync loop but never hears of the others (each proxy alone).
 * :class:`DaemonMesh`: one ``xpro run`` process per proxy, against a server
@@ -32,7 +33,20 @@ from xpro.errors import XproError
 from xpro.lab.topology import Lab, ProxySite
 from xpro.netns import run_in_netns
 
-__all__ = ["DaemonMesh", "HashlimitMesh", "LabError", "Mesh", "Thresholds", "XproMesh"]
+__all__ = [
+    "BACKENDS",
+    "DaemonMesh",
+    "HashlimitMesh",
+    "LabError",
+    "Mesh",
+    "Placement",
+    "Thresholds",
+    "XproMesh",
+    "placement",
+]
+
+#: The data paths the lab runs the mesh on (``xpro lab run --backend``).
+BACKENDS = ("native", "generic", "afxdp", "offload")
 
 
 class LabError(XproError):
@@ -63,6 +77,44 @@ class Thresholds:
         return ["--t-f1", str(self.t_f1), "--t-f2", str(self.t_f2), "--t-t1", str(self.t_t1),
                 "--t-t2", str(self.t_t2), "--t-t3", str(self.t_t3), "--t-t4", str(self.t_t4),
                 "--sync-period", str(self.period)]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one proxy's data path sits in the lab: the proxy's config and backend options."""
+
+    netns: str
+    interface: str
+    options: Mapping[str, Any]
+
+
+def placement(lab: Lab, site: ProxySite, backend: str) -> Placement:
+    """Where ``backend`` runs for the proxy ``site`` of ``lab``.
+
+    * ``native``, ``generic``: the full program on the proxy's outside
+      interface, in that mode; what passes is forwarded by the proxy's kernel.
+    * ``afxdp``: the redirect program on the outside interface; Algorithm 2
+      runs in this process and sends passed frames out of the proxy's inside
+      interface, addressed to the service's end of it (``egress``,
+      ``egress_dst_mac``): the lab's forwarding is otherwise the kernel's.
+    * ``offload``: there is no offload NIC here, so the backend's driver-mode
+      emulation: the reduced program (driver mode) on the proxy's outside
+      interface, the full program on the service's end of the proxy's inside
+      link.  Every packet of the proxy crosses the reduced program first, as
+      it would cross the NIC before the host; what the reduced program drops
+      the full program never sees.
+    """
+    if backend in ("native", "generic"):
+        return Placement(site.netns, site.outside, {})
+    if backend == "afxdp":
+        return Placement(site.netns, site.outside,
+                         {"egress": site.inside, "egress_dst_mac": site.svc_mac,
+                          "xdp_mode": "native"})
+    if backend == "offload":
+        return Placement(lab.svc_ns, site.svc_if,
+                         {"offload_driver_mode": True, "offload_interface": site.outside,
+                          "offload_netns": site.netns})
+    raise LabError(f"backend: one of {', '.join(BACKENDS)}, not {backend!r}")
 
 
 class Mesh:
@@ -112,17 +164,18 @@ class XproMesh(Mesh):
         base = self.store or f"memory://{self.lab.tag}-{os.urandom(3).hex()}"
         try:
             for site in self.lab.proxies:
+                where = placement(self.lab, site, self.backend)
                 url = base if self.sync or not base.startswith("memory://") else (
                     f"{base}-{site.name}")
                 mesh = self.mesh if self.sync else f"{self.mesh}-{site.name}"
                 cfg = load_config(None, env={}, overrides={
-                    "proxy.name": site.name, "proxy.netns": site.netns,
-                    "proxy.interfaces": site.outside, "proxy.backend": self.backend,
+                    "proxy.name": site.name, "proxy.netns": where.netns,
+                    "proxy.interfaces": where.interface, "proxy.backend": self.backend,
                     "proxy.pin_dir": "", "store.url": url, "store.mesh": mesh,
                     "metrics.listen": "", "control.socket": "",
                     **self.thresholds.overrides(), **dict(self.extra),
                 })
-                self.proxies.append(Proxy(cfg).start())
+                self.proxies.append(Proxy(cfg, backend_options=where.options).start())
         except BaseException:
             self.stop()
             raise
@@ -134,10 +187,20 @@ class XproMesh(Mesh):
                 p.stop(keep=False)
 
     def counters(self) -> dict[str, int]:
+        """By the full program's reasons; on ``offload`` also what the reduced
+        program dropped in front of it (``offload_flow``, ``offload_dst``),
+        which the full program never saw."""
         total: dict[str, int] = {}
         for p in self.proxies:
             for reason, v in p.counters().items():
                 total[reason] = total.get(reason, 0) + v["packets"]
+            if self.backend == "offload" and p.backend is not None:
+                from xpro.backends.offload import OffReason
+
+                for arr in p.backend.counters().values():
+                    for key, r in (("offload_flow", OffReason.FLOW),
+                                   ("offload_dst", OffReason.DST)):
+                        total[key] = total.get(key, 0) + int(arr[r, 0])
         return total
 
 

@@ -23,7 +23,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from xpro.lab.mesh import DaemonMesh, HashlimitMesh, LabError, Mesh, Thresholds, XproMesh
+from xpro.lab.mesh import (
+    BACKENDS,
+    DaemonMesh,
+    HashlimitMesh,
+    LabError,
+    Mesh,
+    Thresholds,
+    XproMesh,
+)
 from xpro.lab.report import Run
 from xpro.lab.service import Service
 from xpro.lab.topology import Addressing, Lab, ProxySite, link_drops
@@ -66,6 +74,7 @@ class LabOptions:
     client_rate: float = 20.0
     flood_rate: float = 50_000.0
     thresholds: Thresholds = field(default_factory=Thresholds)
+    backend: str = "native"
 
     @property
     def addressing(self) -> Addressing:
@@ -314,7 +323,8 @@ def run_distributed(lab: Lab, opts: LabOptions, live: Live | None,
         if v == "hashlimit":
             mesh = HashlimitMesh(lab, opts.thresholds)
         else:
-            mesh = XproMesh(lab, opts.thresholds, store=_store(opts), sync=v == "sync")
+            mesh = XproMesh(lab, opts.thresholds, store=_store(opts), backend=opts.backend,
+                            sync=v == "sync")
         runs.append(measure(lab, opts, v, mesh, flows, legit=_legit(flows),
                             attack_start=opts.attack_start, live=live))
     return runs
@@ -329,7 +339,7 @@ def run_sweep(lab: Lab, opts: LabOptions, live: Live | None,
     out = []
     for ratio in ratios:
         flows = distributed_flows(lab, opts, ratio)
-        mesh = XproMesh(lab, opts.thresholds, store=_store(opts), sync=True)
+        mesh = XproMesh(lab, opts.thresholds, store=_store(opts), backend=opts.backend, sync=True)
         run = measure(lab, opts, f"{ratio:g}x", mesh, flows, legit=_legit(flows),
                       attack_start=opts.attack_start, live=live)
         out.append((ratio, run))
@@ -351,7 +361,7 @@ def run_spoofed_flood(lab: Lab, opts: LabOptions, live: Live | None) -> list[Run
     flows = client_flows(lab, opts, clients=opts.clients, start=0.0, stop=opts.duration,
                          dst=a.other_service)
     flood = LiveFlood(_spoof_prefix(opts), opts.flood_rate, opts.attack_start, opts.duration)
-    mesh = XproMesh(lab, opts.thresholds, store=_store(opts), sync=True)
+    mesh = XproMesh(lab, opts.thresholds, store=_store(opts), backend=opts.backend, sync=True)
     run = measure(lab, opts, "sync", mesh, flows, legit=_legit(flows),
                   attack_start=opts.attack_start, flood=flood, attack_from_flood=True,
                   live=live)
@@ -368,7 +378,7 @@ def run_heavy_hitter(lab: Lab, opts: LabOptions, live: Live | None) -> list[Run]
         *bot_flows(lab, opts, bots=1, rate=20 * t_f1, start=opts.attack_start,
                    stop=opts.duration, sites=lab.proxies[:1]),
     ]
-    mesh = XproMesh(lab, opts.thresholds, store=_store(opts), sync=True)
+    mesh = XproMesh(lab, opts.thresholds, store=_store(opts), backend=opts.backend, sync=True)
     return [measure(lab, opts, "sync", mesh, flows, legit=_legit(flows),
                     attack_start=opts.attack_start, live=live)]
 
@@ -383,7 +393,8 @@ def run_pulse(lab: Lab, opts: LabOptions, live: Live | None) -> list[Run]:
     ]
     runs = []
     for v in ("sync", "no-sync"):
-        mesh = XproMesh(lab, opts.thresholds, store=_store(opts), sync=v == "sync")
+        mesh = XproMesh(lab, opts.thresholds, store=_store(opts), backend=opts.backend,
+                        sync=v == "sync")
         runs.append(measure(lab, opts, v, mesh, flows, legit=_legit(flows),
                             attack_start=opts.attack_start, live=live))
     return runs
@@ -398,7 +409,7 @@ def run_flash_crowd(lab: Lab, opts: LabOptions, live: Live | None) -> list[Run]:
         *client_flows(lab, opts, clients=crowd, start=opts.attack_start, stop=opts.duration,
                       network=a.crowd),
     ]
-    mesh = XproMesh(lab, opts.thresholds, store=_store(opts), sync=True)
+    mesh = XproMesh(lab, opts.thresholds, store=_store(opts), backend=opts.backend, sync=True)
     run = measure(lab, opts, "sync", mesh, flows, legit=_legit(flows),
                   attack_start=opts.attack_start, live=live)
     run.notes.append(f"{crowd} new clients at {opts.client_rate:g} packets/s each from "
@@ -489,3 +500,5 @@ def check_options(opts: LabOptions) -> None:
         raise LabError("need at least one proxy and one client")
     if not opts.attack_start < opts.duration or not math.isfinite(opts.duration):
         raise LabError("the attack must start before the end of the run")
+    if opts.backend not in BACKENDS:
+        raise LabError(f"backend: one of {', '.join(BACKENDS)}, not {opts.backend!r}")

@@ -14,7 +14,8 @@
   outside veth; the senders write prebuilt frames there with any source
   address (bots, clients, spoofed sources are addresses, not namespaces), so
   which proxy a packet goes through is which link it is written to.
-* Each proxy namespace ``p{i}`` has the filter attached (native XDP) to its
+* Each proxy namespace ``p{i}`` has the filter attached (native XDP by
+  default; :func:`xpro.lab.mesh.placement` for the other data paths) to its
   outside interface and forwards what passes (``ip_forward``) to the service
   over its own inside veth.
 * The service addresses sit on the loopback of ``svc`` and are the same
@@ -131,6 +132,8 @@ class ProxySite:
     net_mac: str
     inside: str  # towards the service
     pin_dir: Path
+    svc_if: str = ""  # the service's end of ``inside`` (in the service namespace)
+    svc_mac: str = ""
 
     @property
     def name(self) -> str:
@@ -269,7 +272,7 @@ def build_lab(proxies: int = 4, *, run: str | None = None) -> Lab:
                 index=i, netns=ns, outside=outside,
                 outside_mac=link_info(outside, ns).mac,
                 net_if=net_if, net_mac=link_info(net_if, net).mac, inside=inside,
-                pin_dir=PIN_ROOT / f"{topo.tag}-p{i}",
+                pin_dir=PIN_ROOT / f"{topo.tag}-p{i}", svc_if=svc_if, svc_mac=svc_mac,
             ))
         for addr in (v4.service, v4.other_service):
             add_address("lo", f"{addr}/32", svc)
