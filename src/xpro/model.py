@@ -476,9 +476,9 @@ def merge(
       windows are joined: the later ts2 wins (11-12); a window longer than
       T_T4 is shortened by the factor r and the master count divided by r
       (13-15, ``floor(c / r)``); the local window then starts where the
-      master's does (19-22, changed from the paper: see docs/semantics.rst).  The master count gains this
-      proxy's packets since the last sync and the local count becomes the
-      global one (24).
+      master's does (19-22, changed from the paper: see docs/sync.rst).
+      The master count gains this proxy's packets since the last sync and
+      the local count becomes the global one (24).
     - Only in the master (27-28): the local record is created from it.
     - Only local (31-33): the master record is created from it, and -- a fix
       to the paper, DESIGN 4.1 -- ``dc`` and ``mark`` are cleared, or those
