@@ -58,7 +58,7 @@ from xpro.sync import Syncer, SyncLoop, index_of
 
 if TYPE_CHECKING:
     from xpro.backends import Backend
-    from xpro.kernel import XdpFilter
+    from xpro.kernel import FilterState
     from xpro.plugins import PluginHost
     from xpro.store import Store
 
@@ -177,11 +177,11 @@ class Proxy:
     # ---- life cycle ----------------------------------------------------------------
 
     @property
-    def filter(self) -> XdpFilter:
+    def filter(self) -> FilterState:
         """The loaded filter state (after :meth:`start`)."""
         if self.backend is None or getattr(self.backend, "filter", None) is None:
             raise XproError(f"proxy {self.name} is not started")
-        filt: XdpFilter = self.backend.load()
+        filt: FilterState = self.backend.load()
         return filt
 
     @property

@@ -45,7 +45,7 @@ from xpro.kernel import (
     OP_DELETE,
     OP_DST,
     OP_FLOW,
-    XdpFilter,
+    FilterState,
     apply_entries,
 )
 from xpro.merge import merge_arrays, rate_exceeds_array
@@ -280,7 +280,7 @@ class Syncer:
     it must exceed T_T1 (an idle record older than that resets anyway).
     """
 
-    def __init__(self, filt: XdpFilter, store: Store, proxy: str, params: SyncParams, *,
+    def __init__(self, filt: FilterState, store: Store, proxy: str, params: SyncParams, *,
                  period: int = NS_PER_S, ttl: int | None = None,
                  store_expire_every: int = 10) -> None:
         self.filt = filt

@@ -102,7 +102,7 @@ def harness() -> UserHarness:
 @given(p=params(), trace=traces())
 def test_packet_by_packet_agrees_with_model(harness: UserHarness, p: model.FilterParams,
                                            trace: list[tuple[bytes, int]]) -> None:
-    run_differential(harness, p, trace)  # type: ignore[arg-type]
+    run_differential(harness, p, trace)
 
 
 def run_batches(h: UserHarness, p: model.FilterParams, trace: list[tuple[bytes, int]],
@@ -209,8 +209,8 @@ def test_syncer_runs_unchanged_over_the_userspace_filter() -> None:
     sync_params = model.SyncParams(t_t1=100 * S, t_t4=1000 * S, r_q=2 * model.R_DEN)
     p = model.FilterParams(t_t1=100 * S, t_t2=S, t_f1=100, t_t3=S, t_f2=10**6)
     a, b = UserFilter(p), UserFilter(p)
-    sa = Syncer(a, open_store(url), "a", sync_params)  # type: ignore[arg-type]
-    sb = Syncer(b, open_store(url), "b", sync_params)  # type: ignore[arg-type]
+    sa = Syncer(a, open_store(url), "a", sync_params)
+    sb = Syncer(b, open_store(url), "b", sync_params)
     bot = frame("10.0.0.66", "10.9.9.9")
     a.process_frames([bot] * 30, T0)
     b.process_frames([bot] * 20, T0 + 1000)
@@ -226,7 +226,7 @@ def test_syncer_runs_unchanged_over_the_userspace_filter() -> None:
     assert [int(d["c"]) for d in dsts] == [50]
     # Sixty packets a second at each of four proxies: caught only together.
     more = [UserFilter(p) for _ in range(2)]
-    syncers = [sa, sb] + [Syncer(f, open_store(url), f"p{i}", sync_params)  # type: ignore[arg-type]
+    syncers = [sa, sb] + [Syncer(f, open_store(url), f"p{i}", sync_params)
                           for i, f in enumerate(more)]
     filters = [a, b, *more]
     src = frame("10.0.0.77", "10.9.9.9")

@@ -15,11 +15,9 @@ The life of a backend, as :class:`xpro.daemon.Proxy` drives it::
     backend.stop()
     backend.close(keep=False)        # detach and unpin; keep=True leaves it filtering
 
-``load()`` returns an object with the interface of :class:`xpro.kernel.XdpFilter`
-that :class:`xpro.sync.Syncer` uses (``configure``, ``read_flows``, ``read``,
-``apply``, ``next_epoch``, ``take_dirty``, ``dirty_lost``, ``read_dsts``,
-``read_dsts_of``, ``counters``, ``sync_clock``, ``events``), so the sync
-works unchanged over every data path.
+``load()`` returns a :class:`xpro.kernel.FilterState`: the interface of
+:class:`xpro.kernel.XdpFilter` that :class:`xpro.sync.Syncer` and the daemon
+use, so the sync works unchanged over every data path.
 """
 
 from __future__ import annotations
@@ -30,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from xpro.kernel import Sizes, XdpFilter
+from xpro.kernel import FilterState, Sizes
 from xpro.model import FilterParams
 
 __all__ = ["Attachment", "Backend", "Sample"]
@@ -88,7 +86,7 @@ class Backend(abc.ABC):
         self.attachments: dict[str, Attachment] = {}
 
     @abc.abstractmethod
-    def load(self) -> XdpFilter:
+    def load(self) -> FilterState:
         """Load (or adopt from ``pin_dir``) the flow state; returns it."""
 
     @abc.abstractmethod

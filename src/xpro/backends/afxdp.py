@@ -83,7 +83,7 @@ class AfxdpBackend(Backend):
                 raise ConfigError(f"afxdp: parsers takes names or callables, not {item!r}")
         return out
 
-    def load(self) -> UserFilter:  # type: ignore[override]
+    def load(self) -> UserFilter:
         if self.filter is None:
             self.filter = UserFilter(self.params, sizes=self.sizes, parsers=self._parsers())
         return self.filter
