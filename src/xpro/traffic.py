@@ -37,9 +37,11 @@ __all__ = [
     "UdpCounter",
     "arp_request",
     "ethernet",
+    "ip_frame",
     "ipv4_checksum",
     "send_in_netns",
     "send_streams",
+    "syn_frame",
     "udp_frame",
 ]
 
@@ -79,6 +81,43 @@ def ethernet(dst_mac: str, src_mac: str, ethertype: int, payload: bytes) -> byte
     return frame.ljust(_ETH_MIN, b"\0")
 
 
+def ip_frame(
+    *,
+    src_mac: str,
+    dst_mac: str,
+    src: str,
+    dst: str,
+    proto: int,
+    l4: bytes,
+    csum_at: int,
+    ttl: int = 64,
+) -> bytes:
+    """An Ethernet/IPv4 or Ethernet/IPv6 frame around the transport header and
+    payload ``l4``, with its checksum (at byte ``csum_at`` of ``l4``, over the
+    pseudo-header) and the IPv4 header checksum filled in."""
+    s = ipaddress.ip_address(src)
+    d = ipaddress.ip_address(dst)
+    if s.version != d.version:
+        raise TrafficError(f"source {src} and destination {dst} differ in IP version")
+    n = len(l4)
+    if s.version == 4:
+        pseudo = s.packed + d.packed + struct.pack("!BBH", 0, proto, n)
+    else:
+        pseudo = s.packed + d.packed + struct.pack("!I3xB", n, proto)
+    csum = ipv4_checksum(pseudo + l4)
+    if proto == socket.IPPROTO_UDP:
+        csum = csum or 0xFFFF  # 0 means "no checksum" in UDP
+    l4 = l4[:csum_at] + struct.pack("!H", csum) + l4[csum_at + 2 :]
+    if s.version == 4:
+        hdr = struct.pack(
+            "!BBHHHBBH4s4s", 0x45, 0, 20 + n, 0, 0x4000, ttl, proto, 0, s.packed, d.packed,
+        )  # fmt: skip
+        hdr = hdr[:10] + struct.pack("!H", ipv4_checksum(hdr)) + hdr[12:]
+        return ethernet(dst_mac, src_mac, ETH_P_IP, hdr + l4)
+    hdr = struct.pack("!IHBB16s16s", 6 << 28, n, proto, ttl, s.packed, d.packed)
+    return ethernet(dst_mac, src_mac, ETH_P_IPV6, hdr + l4)
+
+
 def udp_frame(
     *,
     src_mac: str,
@@ -91,27 +130,27 @@ def udp_frame(
     ttl: int = 64,
 ) -> bytes:
     """An Ethernet/IPv4/UDP or Ethernet/IPv6/UDP frame with correct checksums."""
-    s = ipaddress.ip_address(src)
-    d = ipaddress.ip_address(dst)
-    if s.version != d.version:
-        raise TrafficError(f"source {src} and destination {dst} differ in IP version")
-    ulen = 8 + len(payload)
-    if s.version == 4:
-        pseudo = s.packed + d.packed + struct.pack("!BBH", 0, socket.IPPROTO_UDP, ulen)
-    else:
-        pseudo = s.packed + d.packed + struct.pack("!I3xB", ulen, socket.IPPROTO_UDP)
-    udp = struct.pack("!HHHH", sport, dport, ulen, 0) + payload
-    csum = ipv4_checksum(pseudo + udp) or 0xFFFF  # 0 means "no checksum" in UDP
-    udp = udp[:6] + struct.pack("!H", csum) + udp[8:]
-    if s.version == 4:
-        hdr = struct.pack(
-            "!BBHHHBBH4s4s", 0x45, 0, 20 + ulen, 0, 0x4000, ttl, socket.IPPROTO_UDP, 0,
-            s.packed, d.packed,
-        )  # fmt: skip
-        hdr = hdr[:10] + struct.pack("!H", ipv4_checksum(hdr)) + hdr[12:]
-        return ethernet(dst_mac, src_mac, ETH_P_IP, hdr + udp)
-    hdr = struct.pack("!IHBB16s16s", 6 << 28, ulen, socket.IPPROTO_UDP, ttl, s.packed, d.packed)
-    return ethernet(dst_mac, src_mac, ETH_P_IPV6, hdr + udp)
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    return ip_frame(src_mac=src_mac, dst_mac=dst_mac, src=src, dst=dst,
+                    proto=socket.IPPROTO_UDP, l4=udp, csum_at=6, ttl=ttl)
+
+
+def syn_frame(
+    *,
+    src_mac: str,
+    dst_mac: str,
+    src: str,
+    dst: str,
+    sport: int = 40000,
+    dport: int = 80,
+    seq: int = 1,
+    ttl: int = 64,
+) -> bytes:
+    """An Ethernet/IPv4/TCP or Ethernet/IPv6/TCP SYN frame with correct checksums."""
+    # 20-byte TCP header: data offset 5, SYN, window 64240, no options.
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, 0x02, 64240, 0, 0)
+    return ip_frame(src_mac=src_mac, dst_mac=dst_mac, src=src, dst=dst,
+                    proto=socket.IPPROTO_TCP, l4=tcp, csum_at=16, ttl=ttl)
 
 
 def arp_request(*, src_mac: str, src: str, target: str) -> bytes:

@@ -25,7 +25,6 @@ import math
 import mmap
 import random
 import socket
-import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from xpro.traffic import ETH_P_IP, ETH_P_IPV6, TrafficError, ethernet, ipv4_checksum, udp_frame
+from xpro.traffic import TrafficError, syn_frame, udp_frame
 
 __all__ = [
     "ROLES",
@@ -42,7 +41,6 @@ __all__ = [
     "Flow",
     "random_sources",
     "send_flows",
-    "syn_frame",
 ]
 
 #: The roles traffic is accounted by (index into :class:`Bins`).
@@ -137,41 +135,6 @@ class Flow:
         if rem == 0 and k > 0:
             return self.start + (k - 1) * (self.on + self.off) + self.on
         return self.start + k * (self.on + self.off) + rem
-
-
-def syn_frame(
-    *,
-    src_mac: str,
-    dst_mac: str,
-    src: str,
-    dst: str,
-    sport: int = 40000,
-    dport: int = 80,
-    seq: int = 1,
-    ttl: int = 64,
-) -> bytes:
-    """An Ethernet/IPv4/TCP or Ethernet/IPv6/TCP SYN frame with correct checksums."""
-    s = ipaddress.ip_address(src)
-    d = ipaddress.ip_address(dst)
-    if s.version != d.version:
-        raise TrafficError(f"source {src} and destination {dst} differ in IP version")
-    # 20-byte TCP header: data offset 5, SYN, window 64240, no options.
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, 0x02, 64240, 0, 0)
-    if s.version == 4:
-        pseudo = s.packed + d.packed + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp))
-    else:
-        pseudo = s.packed + d.packed + struct.pack("!I3xB", len(tcp), socket.IPPROTO_TCP)
-    tcp = tcp[:16] + struct.pack("!H", ipv4_checksum(pseudo + tcp)) + tcp[18:]
-    if s.version == 4:
-        hdr = struct.pack(
-            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, ttl, socket.IPPROTO_TCP, 0,
-            s.packed, d.packed,
-        )  # fmt: skip
-        hdr = hdr[:10] + struct.pack("!H", ipv4_checksum(hdr)) + hdr[12:]
-        return ethernet(dst_mac, src_mac, ETH_P_IP, hdr + tcp)
-    hdr = struct.pack("!IHBB16s16s", 6 << 28, len(tcp), socket.IPPROTO_TCP, ttl, s.packed,
-                      d.packed)
-    return ethernet(dst_mac, src_mac, ETH_P_IPV6, hdr + tcp)
 
 
 def frame(proto: str, **kw: Any) -> bytes:
