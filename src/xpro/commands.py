@@ -259,8 +259,8 @@ def top(sock: str, interval: float, iterations: int | None, limit: int) -> None:
 
     def render() -> Group:
         nonlocal prev, prev_t
-        st = _ask(sock, "status")
-        flows = _ask(sock, "flows", limit=limit)
+        st = _ask(sock, "status", top=limit)  # one read of the flow table a refresh
+        flows = st.get("top_sources", [])
         now = time.monotonic()
         dt = max(now - prev_t, 1e-6)
         counts = {k: v["packets"] for k, v in st.get("counters", {}).items()}

@@ -53,8 +53,9 @@ from xpro.alerts import Alert
 from xpro.config import Change, Config, load_config
 from xpro.errors import ConfigError, StoreError, XproError
 from xpro.explain import Explanation, explain, rate_pps
+from xpro.merge import rate_exceeds_array
 from xpro.model import NS_PER_S
-from xpro.sync import Syncer, SyncLoop, index_of
+from xpro.sync import Syncer, SyncLoop
 
 if TYPE_CHECKING:
     from xpro.backends import Backend
@@ -468,8 +469,11 @@ class Proxy:
         return {r.name.lower(): {"packets": int(arr[r][0]), "bytes": int(arr[r][1])}
                 for r in L.Reason}
 
-    def status(self) -> dict[str, Any]:
-        """This proxy and the mesh, as ``xpro status`` shows it (JSON-serialisable)."""
+    def status(self, *, top: int = 5) -> dict[str, Any]:
+        """This proxy and the mesh, as ``xpro status`` shows it (JSON-serialisable).
+
+        ``top`` is how many of the busiest sources and destinations it lists.
+        """
         with self._lock:
             now = _now()
             cfg = self.config
@@ -513,9 +517,8 @@ class Proxy:
             elif self._store_down:
                 sync["last_error"] = "master store unreachable"
             st["sync"] = sync
-            flows = self.flows(limit=5)
-            st["top_sources"] = flows
-            st["top_destinations"] = self.destinations(limit=5)
+            st["top_sources"] = self.flows(limit=top)
+            st["top_destinations"] = self.destinations(limit=top)
             st["dirty_lost"] = self.filter.dirty_lost()
             return st
 
@@ -535,10 +538,10 @@ class Proxy:
         keys, recs = self._read_flows()
         now = _now()
         mask = np.ones(len(keys), dtype=bool)
-        for prefix, field_ in ((src, "src"), (dst, "dst")):
+        for prefix, addrs, what in ((src, keys["src"], "--src"),
+                                    (dst, keys["dst"]["addr"], "--dst")):
             if prefix:
-                mask &= _in_prefix(keys[field_] if field_ == "src" else keys["dst"]["addr"],
-                                   prefix, what=f"--{field_}")
+                mask &= _in_prefix(addrs, prefix, what=what)
         keys, recs = keys[mask], recs[mask]
         window = np.maximum(now - recs["ts1"].astype(np.int64), 1)
         rate = recs["c"].astype(np.float64) * NS_PER_S / window
@@ -548,6 +551,9 @@ class Proxy:
         idx = np.argsort(order, kind="stable")
         if limit is not None:
             idx = idx[:limit]
+        p = self.filter.params  # what the running program judges with
+        c = recs["c"].astype(np.int64)
+        over = (window > p.t_t2) & rate_exceeds_array(c, window, p.t_f1)
         out = []
         for i in idx:
             k, r = keys[i], recs[i]
@@ -558,8 +564,7 @@ class Proxy:
                 "rate_pps": round(float(rate[i]), 3),
                 "idle_s": round(max(0, now - int(r["ts2"])) / NS_PER_S, 6),
                 "resets": int(r["gen"]),
-                "over_t_f1": bool(int(window[i]) > self.config.filter_params().t_t2
-                                  and float(rate[i]) > self.config.thresholds.t_f1),
+                "over_t_f1": bool(over[i]),
             })
         return out
 
@@ -606,11 +611,9 @@ class Proxy:
         synced = None
         if self.syncer is not None:
             m = self.syncer.mirror
-            slot = index_of(m.keys[m.alive], key)[0] if m.alive.any() else -1
+            slot = int(m.index.find(key, m.keys)[0])
             if slot >= 0:
-                alive = np.flatnonzero(m.alive)[slot]
-                synced = {"ts1": int(m.ts1[alive]), "ts2": int(m.ts2[alive]),
-                          "c": int(m.c[alive])}
+                synced = {"ts1": int(m.ts1[slot]), "ts2": int(m.ts2[slot]), "c": int(m.c[slot])}
         now = self.filter.cfg.view["fake_now"] or _now()
         return explain(params, s16, d16, now=int(now), flow=flow, dest=dest, synced=synced,
                        flow_key=key.tobytes(), src_text=src,

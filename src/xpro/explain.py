@@ -135,17 +135,9 @@ def explain(params: FilterParams, src: bytes, dst: bytes, *, now: int,
                             f"{p.t_t1 / NS_PER_S:g} s: the window starts again"))
     else:
         ts1, c = flow["ts1"], flow["c"] + 1
-    window = now - ts1
-    src_fires = window > p.t_t2 and rate_exceeds(c, window, p.t_f1)
-    if window <= p.t_t2:
-        why = (f"window {window / NS_PER_S:.3f} s <= T_T2 {p.t_t2 / NS_PER_S:g} s: "
-               "not judged yet")
-    else:
-        rel = ">" if src_fires else "<="
-        why = (f"{c} packets in {window / NS_PER_S:.3f} s = {rate_pps(c, window):.1f}/s "
-               f"{rel} T_F1 {p.t_f1}/s")
-    checks.append(Check("per-source", src_fires, why))
-    if src_fires:
+    per_src = _rate_check("per-source", c, now - ts1, p.t_t2, "T_T2", p.t_f1, "T_F1")
+    checks.append(per_src)
+    if per_src.fires:
         return done("pass" if monitor else "drop",
                     Reason.MON_SRC_RATE if monitor else Reason.SRC_RATE)
 
@@ -157,20 +149,24 @@ def explain(params: FilterParams, src: bytes, dst: bytes, *, now: int,
     else:
         d_ts1 = min(dest["ts1"], ts1) if started else dest["ts1"]
         d_c = dest["c"] + 1
-    d_window = now - d_ts1
-    dst_fires = d_window > p.t_t3 and rate_exceeds(d_c, d_window, p.t_f2)
-    if d_window <= p.t_t3:
-        why = (f"window {d_window / NS_PER_S:.3f} s <= T_T3 {p.t_t3 / NS_PER_S:g} s: "
-               "not judged yet")
-    else:
-        rel = ">" if dst_fires else "<="
-        why = (f"{d_c} packets in {d_window / NS_PER_S:.3f} s = "
-               f"{rate_pps(d_c, d_window):.1f}/s {rel} T_F2 {p.t_f2}/s")
-    checks.append(Check("per-dest", dst_fires, why))
-    if dst_fires:
+    per_dst = _rate_check("per-dest", d_c, now - d_ts1, p.t_t3, "T_T3", p.t_f2, "T_F2")
+    checks.append(per_dst)
+    if per_dst.fires:
         return done("pass" if monitor else "drop",
                     Reason.MON_DST_RATE if monitor else Reason.DST_RATE)
     return done("pass", Reason.PASS)
+
+
+def _rate_check(name: str, count: int, window: int, t_min: int, t_min_name: str,
+                limit: int, limit_name: str) -> Check:
+    """A rate rule: judged once the window is longer than ``t_min``, fires above ``limit``."""
+    if window <= t_min:
+        return Check(name, False, f"window {window / NS_PER_S:.3f} s <= {t_min_name} "
+                                  f"{t_min / NS_PER_S:g} s: not judged yet")
+    fires = rate_exceeds(count, window, limit)
+    rel = ">" if fires else "<="
+    return Check(name, fires, f"{count} packets in {window / NS_PER_S:.3f} s = "
+                              f"{rate_pps(count, window):.1f}/s {rel} {limit_name} {limit}/s")
 
 
 def _mode(p: FilterParams, key: bytes) -> int:
