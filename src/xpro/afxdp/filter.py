@@ -585,29 +585,39 @@ class UserFilter:
             self._apply_dsts(e, np.flatnonzero(dst), op)
 
     def _apply_flows(self, e: Array, r: Array, op: Array) -> None:
-        t = self.flows
-        slots = t.find(e["key"][r])
+        self._apply_records(self.flows, e["key"][r], e, r, op, flows=True)
+
+    def _apply_dsts(self, e: Array, r: Array, op: Array) -> None:
+        self._apply_records(self.dsts, np.ascontiguousarray(e["key"]["dst"][r]), e, r, op,
+                            flows=False)
+
+    def _apply_records(self, t: Table, keys: Array, e: Array, r: Array, op: Array, *,
+                       flows: bool) -> None:
+        """``xpro_apply`` on the entries ``r`` of ``e`` whose records (``keys``) are in ``t``:
+        flow records (generation checked, baseline written) or destination aggregates."""
+        slots = t.find(keys)
         absent = slots < 0
         # no record: create it (CREATE) or report it
         cr = absent & ((op[r] & OP_CREATE) != 0)
         e["result"][r[absent & ~cr]] = NO_RECORD
         if cr.any():
             rc = r[cr]
-            nv = np.zeros(len(rc), dtype=L.FLOW)
+            nv = np.zeros(len(rc), dtype=L.FLOW if flows else L.DST)
             nv["ts1"], nv["ts2"] = e["ts1"][rc], e["ts2"][rc]
             nv["c"] = e["c_delta"][rc].astype(np.uint64)
-            nv["base_c"] = e["base_c"][rc]
+            if flows:
+                nv["base_c"] = e["base_c"][rc]
             t.make_room(len(rc), slots[~absent])
-            t.insert(e["key"][rc], nv)
+            t.insert(keys[cr], nv)
             e["result"][rc] = APPLIED
         have = np.flatnonzero(~absent)
         if len(have) == 0:
             return
         rh, sh = r[have], slots[have]
-        v = t.vals[sh]
-        same = v["gen"] == e["gen"][rh]
-        e["result"][rh[~same]] = GEN_MISMATCH
-        rh, sh, v = rh[same], sh[same], v[same]
+        if flows:  # reset here meanwhile: the sync retries next round
+            same = t.vals["gen"][sh] == e["gen"][rh]
+            e["result"][rh[~same]] = GEN_MISMATCH
+            rh, sh = rh[same], sh[same]
         dele = (op[rh] & OP_DELETE) != 0
         if dele.any():
             rd, sd = rh[dele], sh[dele]
@@ -621,44 +631,10 @@ class UserFilter:
             ts1 = e["ts1"][ru]
             vals["ts1"] = np.where(ts1 != 0, ts1, vals["ts1"])
             vals["ts2"] = _max_store(vals["ts2"], e["ts2"][ru])
-            keep = (op[ru] & OP_KEEP_BASE) != 0
-            vals["base_c"] = np.where(keep, vals["base_c"], e["base_c"][ru])
-            vals["base_gen"] = np.where(keep, vals["base_gen"], e["gen"][ru])
-            t.vals[su] = vals
-            e["result"][ru] = APPLIED
-
-    def _apply_dsts(self, e: Array, r: Array, op: Array) -> None:
-        t = self.dsts
-        dkeys = np.ascontiguousarray(e["key"]["dst"][r])
-        slots = t.find(dkeys)
-        absent = slots < 0
-        cr = absent & ((op[r] & OP_CREATE) != 0)
-        e["result"][r[absent & ~cr]] = NO_RECORD
-        if cr.any():
-            rc = r[cr]
-            nv = np.zeros(len(rc), dtype=L.DST)
-            nv["ts1"], nv["ts2"] = e["ts1"][rc], e["ts2"][rc]
-            nv["c"] = e["c_delta"][rc].astype(np.uint64)
-            t.make_room(len(rc), slots[~absent])
-            t.insert(dkeys[cr], nv)
-            e["result"][rc] = APPLIED
-        have = np.flatnonzero(~absent)
-        if len(have) == 0:
-            return
-        rh, sh = r[have], slots[have]
-        dele = (op[rh] & OP_DELETE) != 0
-        if dele.any():
-            rd, sd = rh[dele], sh[dele]
-            gone = t.vals["ts2"][sd] == e["ts2"][rd]
-            t.delete(sd[gone])
-            e["result"][rd] = np.where(gone, APPLIED, GEN_MISMATCH)
-        ru, su = rh[~dele], sh[~dele]
-        if len(ru):
-            vals = t.vals[su]
-            vals["c"] = (vals["c"].astype(np.int64) + e["c_delta"][ru]).astype(np.uint64)
-            ts1 = e["ts1"][ru]
-            vals["ts1"] = np.where(ts1 != 0, ts1, vals["ts1"])
-            vals["ts2"] = _max_store(vals["ts2"], e["ts2"][ru])
+            if flows:
+                keep = (op[ru] & OP_KEEP_BASE) != 0
+                vals["base_c"] = np.where(keep, vals["base_c"], e["base_c"][ru])
+                vals["base_gen"] = np.where(keep, vals["base_gen"], e["gen"][ru])
             t.vals[su] = vals
             e["result"][ru] = APPLIED
 
