@@ -253,6 +253,11 @@ def plot_runs(runs: Sequence[Run], out: Path, *, title: str) -> list[Path]:
     axes[0, 0].legend(fontsize=7, ncol=4, loc="lower right")
     axes[-1, 0].set_xlabel("seconds (grey: attack starts; dashed: end of the 2nd sync period)")
     fig.suptitle(title, fontsize=10)
+    return _save(plt, fig, out)
+
+
+def _save(plt: Any, fig: Any, out: Path) -> list[Path]:
+    """Write ``fig`` as ``out``.png and .svg; returns both paths."""
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
@@ -282,10 +287,4 @@ def plot_sweep(points: Sequence[tuple[float, Run]], out: Path, *, title: str) ->
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
-    for p in paths:
-        fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return paths
+    return _save(plt, fig, out)
