@@ -51,7 +51,7 @@ from xpro import __version__
 from xpro import layout as L
 from xpro.alerts import Alert
 from xpro.config import Change, Config, load_config
-from xpro.errors import ConfigError, StoreError, XproError
+from xpro.errors import ConfigError, XproError
 from xpro.explain import Explanation, explain, rate_pps
 from xpro.merge import rate_exceeds_array
 from xpro.model import NS_PER_S
@@ -157,7 +157,6 @@ class Proxy:
         self.plugins = plugins or _plugins.plugins()
         self.backend: Backend | None = None
         self.store: Store | None = None
-        self.syncer: Syncer | None = None
         self.loop: SyncLoop | None = None
         self.started_ns = 0
         self.started_at = 0.0
@@ -165,7 +164,6 @@ class Proxy:
         self.recent_alerts: collections.deque[Alert] = collections.deque(maxlen=50)
         self.errors: collections.Counter[str] = collections.Counter()
         self.reloads = 0
-        self._store_down = False
         self._overloaded = False
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -228,7 +226,9 @@ class Proxy:
         self.started_ns, self.started_at = _now(), time.time()
         self._running = True
         self._stop.clear()
-        self._spawn(self._sync_main, "sync")
+        self.loop = SyncLoop(self._connect, cfg.sync.period, name=self.name,
+                             on_alert=self._sync_alert, on_round=self._on_round)
+        self.loop.start()
         self._spawn(self._events_main, "events")
         self._start_metrics()
         self._start_control()
@@ -285,7 +285,7 @@ class Proxy:
             with contextlib.suppress(Exception):
                 self.store.close()
             self.store = None
-        self.syncer = self.loop = None
+        self.loop = None
         for lock in reversed(self._locks):
             lock.release()
         self._locks.clear()
@@ -352,9 +352,15 @@ class Proxy:
                                            "changed": [c.key for c in changes]})
         return changes
 
-    # ---- the sync thread -----------------------------------------------------------
+    # ---- the sync ------------------------------------------------------------------
 
-    def _open_store(self) -> None:
+    @property
+    def syncer(self) -> Syncer | None:
+        """The sync's state, once the master store was reached."""
+        return self.loop.syncer if self.loop is not None else None
+
+    def _connect(self) -> Syncer:
+        """Open the master store and a :class:`Syncer` on it (the sync loop retries it)."""
         from xpro.store import open_store
 
         cfg = self.config
@@ -365,40 +371,8 @@ class Proxy:
             store.close()
             raise
         self.store = store
-        self.syncer = Syncer(self.filter, store, self.name, cfg.sync_params(),
-                             period=cfg.period_ns, ttl=cfg.ttl_ns)
-        self.loop = SyncLoop(self.syncer, cfg.sync.period, on_alert=self._sync_alert,
-                             on_round=self._on_round)
-
-    def _sync_main(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            wait = self.config.sync.period
-            try:
-                if self.loop is None:
-                    self._open_store()
-                    if self._store_down:
-                        self._store_down = False
-                        self._sync_alert("store_up", "master store reachable")
-                assert self.loop is not None
-                wait = self.loop.step()
-                failures = 0
-            except StoreError as exc:  # opening the store failed
-                failures += 1
-                self.errors["store"] += 1
-                if not self._store_down:
-                    self._store_down = True
-                    log.error("master store unreachable, filtering on local state",
-                              extra={"event": "store_down", "error": str(exc)})
-                    self._sync_alert("store_down", f"master store unreachable: {exc}")
-                wait = min(30.0, self.config.sync.period * 2 ** min(failures, 10))
-            except Exception as exc:  # a bug must not stop the sync
-                failures += 1
-                self.errors["sync"] += 1
-                log.exception("sync round failed", extra={"event": "sync_error",
-                                                          "error": repr(exc)})
-                wait = min(30.0, self.config.sync.period * 2 ** min(failures, 10))
-            self._stop.wait(wait)
+        return Syncer(self.filter, store, self.name, cfg.sync_params(),
+                      period=cfg.period_ns, ttl=cfg.ttl_ns)
 
     def _on_round(self, stats: Any) -> None:
         log.debug("sync round", extra={
@@ -496,12 +470,11 @@ class Proxy:
                 return st
             st["counters"] = self.counters()
             loop = self.loop
-            sync: dict[str, Any] = {"healthy": not self._store_down and (
-                loop is None or loop.status.healthy), "rounds": 0}
+            sync: dict[str, Any] = {"healthy": True, "rounds": 0}
             if loop is not None:
                 s = loop.status
                 sync.update(healthy=s.healthy, rounds=s.rounds, failures=s.failures,
-                            last_error=s.last_error,
+                            failed_total=s.failed_total, last_error=s.last_error,
                             last_ok_age_s=(now - s.last_ok) / NS_PER_S if s.last_ok else None)
                 if s.last is not None:
                     last = s.last
@@ -514,8 +487,6 @@ class Proxy:
                                "age_s": max(0.0, (now - p.last_seen) / NS_PER_S),
                                "alive": (now - p.last_seen) / NS_PER_S < 3 * period + 1}
                         for name, p in sorted(last.peers.items())}
-            elif self._store_down:
-                sync["last_error"] = "master store unreachable"
             st["sync"] = sync
             st["top_sources"] = self.flows(limit=top)
             st["top_destinations"] = self.destinations(limit=top)

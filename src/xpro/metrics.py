@@ -85,7 +85,7 @@ class ProxyCollector(Collector):
         rounds = loop.status.rounds if loop is not None else 0
         yield CounterMetricFamily("xpro_sync_rounds", "Completed sync rounds", value=rounds)
         yield CounterMetricFamily("xpro_sync_errors", "Failed sync rounds",
-                                  value=float(p.errors["store"] + p.errors["sync"]))
+                                  value=loop.status.failed_total if loop is not None else 0)
         last = loop.status.last if loop is not None else None
         yield GaugeMetricFamily("xpro_sync_round_seconds", "Duration of the last sync round",
                                 value=last.seconds if last is not None else 0.0)
@@ -95,7 +95,7 @@ class ProxyCollector(Collector):
             yield GaugeMetricFamily("xpro_sync_last_success_age_s",
                                     "Seconds since the last completed sync round",
                                     value=(_now() - loop.status.last_ok) / NS_PER_S)
-        up = loop is not None and loop.status.healthy and not p._store_down
+        up = loop is not None and loop.syncer is not None and loop.status.healthy
         yield GaugeMetricFamily("xpro_store_up", "1 while the master store answers",
                                 value=1.0 if up else 0.0)
         w = GaugeMetricFamily("xpro_workload_pps", "Workload W of each proxy (packets/s)",

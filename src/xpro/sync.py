@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -539,6 +540,7 @@ class SyncStatus:
     last_ok: int = 0  # ns, when the last round completed
     last_error: str = ""
     failures: int = 0  # consecutive failed rounds
+    failed_total: int = 0  # every failed attempt since start (store or bug)
     rounds: int = 0
     last: SyncStats | None = None
 
@@ -546,17 +548,29 @@ class SyncStatus:
 class SyncLoop:
     """Runs :meth:`Syncer.round` every period, and keeps going when the master fails.
 
-    While the master is unreachable the program keeps filtering on local
-    state; rounds are retried with exponential backoff (up to ``max_backoff``
-    seconds) and the first failure and the recovery are reported through
-    ``on_alert(kind, message)`` (``"store_down"`` / ``"store_up"``); every
-    completed round goes to ``on_round(stats)``.  The retry policy lives here
-    and only here (STYLE.md: the sync loop owns it).
+    ``syncer`` is a :class:`Syncer`, or a function that connects to the
+    master and returns one: it is called again until it succeeds, so a
+    daemon starts filtering while the store is still unreachable.  While the
+    master is unreachable the program keeps filtering on local state; rounds
+    (and connections) are retried with exponential backoff (up to
+    ``max_backoff`` seconds) and the first failure and the recovery are
+    reported through ``on_alert(kind, message)`` (``"store_down"`` /
+    ``"store_up"``); every completed round goes to ``on_round(stats)``.  Any
+    other exception in a round is logged with its traceback and retried the
+    same way: a bug must not stop the sync.  The retry policy lives here and
+    only here (STYLE.md: the sync loop owns it).
     """
 
-    def __init__(self, syncer: Syncer, period: float, *, max_backoff: float = 30.0,
-                 on_alert: Any = None, on_round: Any = None) -> None:
-        self.syncer = syncer
+    def __init__(self, syncer: Syncer | Callable[[], Syncer], period: float, *,
+                 name: str = "", max_backoff: float = 30.0, on_alert: Any = None,
+                 on_round: Any = None) -> None:
+        if isinstance(syncer, Syncer):
+            self.syncer: Syncer | None = syncer
+            self._connect: Callable[[], Syncer] | None = None
+            self.name = name or syncer.proxy
+        else:
+            self.syncer, self._connect = None, syncer
+            self.name = name or "proxy"
         self.period = period
         self.max_backoff = max_backoff
         self.on_alert = on_alert
@@ -565,21 +579,31 @@ class SyncLoop:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def _failed(self, error: str) -> float:
+        self.status.failures += 1
+        self.status.failed_total += 1
+        self.status.last_error = error
+        return float(min(self.max_backoff, self.period * 2 ** min(self.status.failures, 10)))
+
     def step(self) -> float:
         """One round (or one failed attempt); returns the seconds to wait before the next."""
         try:
+            if self.syncer is None:
+                assert self._connect is not None
+                self.syncer = self._connect()
             st = self.syncer.round()
         except StoreError as exc:
-            self.status.failures += 1
-            self.status.last_error = str(exc)
             if self.status.healthy:
                 self.status.healthy = False
                 log.error("sync %s: master store unreachable, filtering on local state: %s",
-                          self.syncer.proxy, exc)
+                          self.name, exc)
                 self._alert("store_down", f"master store unreachable: {exc}")
-            return float(min(self.max_backoff, self.period * 2 ** min(self.status.failures, 10)))
+            return self._failed(str(exc))
+        except Exception as exc:
+            log.exception("sync %s: the round failed; retrying", self.name)
+            return self._failed(f"{type(exc).__name__}: {exc}")
         if not self.status.healthy:
-            log.warning("sync %s: master store back after %d failed rounds", self.syncer.proxy,
+            log.warning("sync %s: master store back after %d failed rounds", self.name,
                         self.status.failures)
             self._alert("store_up", f"master store reachable again after "
                                     f"{self.status.failures} failed rounds")
@@ -597,7 +621,7 @@ class SyncLoop:
             try:
                 self.on_alert(kind, message)
             except Exception:  # an alert sink must not stop the sync
-                log.exception("sync %s: alert sink failed", self.syncer.proxy)
+                log.exception("sync %s: alert sink failed", self.name)
 
     def run(self) -> None:
         """Run until :meth:`stop`."""
@@ -606,7 +630,7 @@ class SyncLoop:
             self._stop.wait(wait)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name=f"xpro-sync-{self.syncer.proxy}",
+        self._thread = threading.Thread(target=self.run, name=f"xpro-sync-{self.name}",
                                         daemon=True)
         self._thread.start()
 
