@@ -54,6 +54,7 @@ __all__ = [
     "create_netns",
     "delete_link",
     "delete_netns",
+    "driver_stats",
     "in_netns",
     "link_info",
     "list_netns",
@@ -567,6 +568,23 @@ def _set_gro(ifname: str, on: bool) -> None:
 def set_gro(ifname: str, netns: str | None = None, *, on: bool = True) -> None:
     """``ethtool -K IF gro on|off``: a veth with GRO on takes frames without an XDP program."""
     run_in_netns(netns, _set_gro, ifname, on)
+
+
+def _driver_stats(ifname: str) -> dict[str, int]:
+    from pyroute2.ethtool.ioctl import IoctlEthtool
+
+    eth = IoctlEthtool(ifname)
+    try:
+        return {str(name): int(value) for name, value in eth.get_statistics()}
+    finally:
+        eth.close()
+
+
+def driver_stats(ifname: str, netns: str | None = None) -> dict[str, int]:
+    """``ethtool -S IF``: the driver's own counters, by name (a veth's include
+    ``tx_queue_N_xdp_xmit`` and ``tx_queue_N_xdp_xmit_errors``, the frames sent
+    to it with XDP that its peer's ring took or had no room for)."""
+    return run_in_netns(netns, _driver_stats, ifname)
 
 
 # -- topologies ---------------------------------------------------------------

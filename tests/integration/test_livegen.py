@@ -9,6 +9,7 @@ frames whose IPv4 header and UDP checksums are valid.
 from __future__ import annotations
 
 import ipaddress
+import re
 import time
 from collections.abc import Iterator
 
@@ -21,7 +22,7 @@ from xpro.kernel import Sizes, XdpFilter
 from xpro.layout import addr16
 from xpro.livegen import LiveGenerator, send_live
 from xpro.model import FilterParams
-from xpro.netns import NsPair, add_route, netns_pair, run_in_netns, set_gro
+from xpro.netns import NsPair, add_route, driver_stats, netns_pair, run_in_netns, set_gro
 from xpro.traffic import Stream, UdpCounter, send_streams, udp_frame
 
 pytestmark = pytest.mark.integration
@@ -56,6 +57,13 @@ def count_of(filt: XdpFilter, src: str) -> int:
     mine = keys["src"] == np.frombuffer(addr16(src), dtype="S16")[0]
     assert mine.sum() == 1
     return int(vals[mine]["c"][0])
+
+
+def xmit_stat(stats: dict[str, int], name: str) -> int:
+    """A veth's ``tx_queue_N_<name>`` counter, summed over its queues."""
+    found = [v for k, v in stats.items() if re.fullmatch(rf"tx_queue_\d+_{name}", k)]
+    assert found, f"no tx_queue_N_{name} in {sorted(stats)}"
+    return sum(found)
 
 
 def test_frames_reach_the_xdp_program_of_the_peer(pair: NsPair) -> None:
@@ -117,10 +125,12 @@ def test_unpaced_run_floods(pair: NsPair) -> None:
     with XdpFilter(params, sizes=Sizes(flows=1024, dsts=64)) as filt:
         link = attach_xdp(filt.program, pair.proxy_if, XdpMode.NATIVE, netns=pair.proxy_ns)
         try:
+            before = driver_stats(pair.peer_if, pair.peer_ns)
             with LiveGenerator(pair.peer_if, pair.peer_ns, [frame4(pair)]) as gen:
                 sent = gen.run(1.0)
                 elapsed = gen.elapsed
             time.sleep(0.2)
+            after = driver_stats(pair.peer_if, pair.peer_ns)
             received = count_of(filt, pair.peer_addr4)
         finally:
             link.detach()
@@ -130,8 +140,15 @@ def test_unpaced_run_floods(pair: NsPair) -> None:
     # (other floods' softirqs run inside the generator's kernel loop), and still
     # fails when the calls stay small and their fixed cost dominates.
     assert sent / elapsed > 300_000
-    # a veth ring that overflows drops a little; most arrive
-    assert 0.8 * sent <= received <= sent
+    # The veth's ring (256 frames) overflows when the receiving softirq falls
+    # behind, which on a fast sender can be most frames (CI saw 30 % arrive).
+    # The ledger is exact all the same: every frame sent was either taken by the
+    # ring and counted by the program, or counted by the driver as a drop.
+    taken = xmit_stat(after, "xdp_xmit") - xmit_stat(before, "xdp_xmit")
+    lost = xmit_stat(after, "xdp_xmit_errors") - xmit_stat(before, "xdp_xmit_errors")
+    assert taken + lost == sent
+    assert received == taken
+    assert received > 0.1 * sent
 
 
 def test_several_frames_take_turns(gro_pair: NsPair) -> None:
