@@ -6,6 +6,10 @@ that sends until it is stopped).  Each variant is installed on the proxy's
 end of the veth in turn, and drops the flood:
 
 * ``bare``: an XDP program that only returns XDP_DROP, native mode (the ceiling);
+* ``flow-counter``: the cheapest per-flow flood filter (parse, one hash lookup
+  keyed on the address pair, the coarse clock, one atomic add, then XDP_DROP:
+  ``bench/progs/flow_counter.bpf.c``), native mode: the floor under any
+  filter that keeps a record per flow, xpro included;
 * ``xpro-native`` / ``xpro-generic``: the xpro filter (``xpro.kernel.XdpFilter``
   attached with a BPF link) in driver and in skb mode, with a threshold the
   flood exceeds;
@@ -126,7 +130,7 @@ SCENARIOS = {
     ),
 }
 
-VARIANTS = ["bare", "xpro-native", "xpro-generic", "xdp-filter", "iptables-drop",
+VARIANTS = ["bare", "flow-counter", "xpro-native", "xpro-generic", "xdp-filter", "iptables-drop",
             "iptables-hashlimit", "nft-limit"]
 
 
@@ -225,6 +229,7 @@ class Bench:
     pair: NsPair
     scenario: Scenario
     bare_obj: BpfObject
+    counter_obj: BpfObject
     filt: XdpFilter
     rx: RxCounter
     link: XdpLink | None = None
@@ -251,6 +256,9 @@ class Bench:
         ns, dev = p.proxy_ns, p.proxy_if
         if variant == "bare":
             self._attach(self.bare_obj.programs["bare_drop"], XdpMode.NATIVE)
+            return self.rx
+        if variant == "flow-counter":  # drops every frame, like bare
+            self._attach(self.counter_obj.programs["flow_counter_drop"], XdpMode.NATIVE)
             return self.rx
         if variant in ("xpro-native", "xpro-generic"):
             self._attach(self.filt.program,
@@ -286,7 +294,7 @@ class Bench:
         if self.counter is not None:
             self.counter.close()
             self.counter = None
-        if variant in ("bare", "xpro-native", "xpro-generic"):
+        if variant in ("bare", "flow-counter", "xpro-native", "xpro-generic"):
             self._detach()
         elif variant == "xdp-filter":
             sh(ns, "xdp-filter", "unload", dev)
@@ -326,7 +334,7 @@ class Bench:
 
 
 def run_scenario(scn: Scenario, args: argparse.Namespace, bare_obj: BpfObject,
-                 variants: list[str]) -> dict[str, Any]:
+                 counter_obj: BpfObject, variants: list[str]) -> dict[str, Any]:
     with netns_pair() as pair:
         set_gro(pair.proxy_if, pair.proxy_ns, on=True)
         frame = udp_frame(src_mac=pair.peer_mac, dst_mac=pair.proxy_mac, src=pair.peer_addr4,
@@ -334,7 +342,7 @@ def run_scenario(scn: Scenario, args: argparse.Namespace, bare_obj: BpfObject,
         filt = XdpFilter(scn.params, sizes=Sizes(flows=args.flows))
         filt.next_epoch()  # as under a running sync: flows are marked dirty once an epoch
         rx = RxCounter(pair.proxy_if, pair.proxy_ns)
-        bench = Bench(pair, scn, bare_obj, filt, rx)
+        bench = Bench(pair, scn, bare_obj, counter_obj, filt, rx)
         samples: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
         try:
             for rep in range(args.reps):
@@ -375,6 +383,9 @@ def run_scenario(scn: Scenario, args: argparse.Namespace, bare_obj: BpfObject,
     vs = res["variants"]
     for v, r in vs.items():
         r["to_ceiling"] = paired_ratio(samples[v], samples["bare"])
+    if "xpro-native" in vs and "flow-counter" in vs:
+        res["native_to_flow_counter"] = paired_ratio(samples["xpro-native"],
+                                                     samples["flow-counter"])
     if "xpro-native" in vs and "iptables-hashlimit" in vs:
         res["native_to_hashlimit"] = paired_ratio(samples["xpro-native"],
                                                   samples["iptables-hashlimit"])
@@ -393,6 +404,8 @@ def print_table(name: str, res: dict[str, Any]) -> None:
     for v, r in res["variants"].items():
         print(f"{v:20} {r['pps'] / 1e6:12.2f} {r['min'] / 1e6:7.2f} {r['max'] / 1e6:7.2f} "
               f"{r['rx_pps'] / 1e6:9.2f} {r['to_ceiling']:9.2f}")
+    if "native_to_flow_counter" in res:
+        print(f"xpro native / flow counter: {res['native_to_flow_counter']:.2f}x")
     if "native_to_hashlimit" in res:
         print(f"xpro native / iptables hashlimit: {res['native_to_hashlimit']:.2f}x")
     for v, why in res["skipped"].items():
@@ -407,8 +420,8 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 
     scns = doc["scenarios"]
     fig, axes = plt.subplots(1, len(scns), figsize=(6.5 * len(scns), 4.6), squeeze=False)
-    colors = {"bare": "tab:gray", "xpro-native": "tab:green", "xpro-generic": "tab:olive",
-              "xdp-filter": "tab:blue", "iptables-drop": "tab:red",
+    colors = {"bare": "tab:gray", "flow-counter": "tab:cyan", "xpro-native": "tab:green",
+              "xpro-generic": "tab:olive", "xdp-filter": "tab:blue", "iptables-drop": "tab:red",
               "iptables-hashlimit": "tab:orange", "nft-limit": "tab:purple"}
     for ax, (name, res) in zip(axes[0], scns.items(), strict=True):
         vs = res["variants"]
@@ -479,11 +492,16 @@ def main() -> None:
     t0 = time.monotonic()
     try:
         bare_obj = BpfObject(compile_prog("bare_drop", tmp), programs=["bare_drop"])
-        bare_obj.load()
+        counter_obj = BpfObject(compile_prog("flow_counter", tmp),
+                                programs=["flow_counter_drop"])
         try:
-            scns = {n: run_scenario(SCENARIOS[n], args, bare_obj, variants) for n in names}
+            bare_obj.load()
+            counter_obj.load()
+            scns = {n: run_scenario(SCENARIOS[n], args, bare_obj, counter_obj, variants)
+                    for n in names}
         finally:
             bare_obj.close()
+            counter_obj.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for n, res in scns.items():
@@ -501,6 +519,9 @@ def main() -> None:
         "generic_to_ceiling": ratio("xpro-generic"),
         "native_to_hashlimit": (round(head["native_to_hashlimit"], 3)
                                 if "native_to_hashlimit" in head else None),
+        "flow_counter_to_ceiling": ratio("flow-counter"),
+        "native_to_flow_counter": (round(head["native_to_flow_counter"], 3)
+                                   if "native_to_flow_counter" in head else None),
         "pps": {v: round(r["pps"]) for v, r in hv.items()},
         "scenarios": scns,
         "reps": args.reps,

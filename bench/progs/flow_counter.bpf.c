@@ -3,6 +3,10 @@
  * A reference point: the simplest useful flow program.  Parse Ethernet and
  * IPv4/IPv6, key on (source, destination) in an LRU hash, read the coarse
  * clock, count with one atomic add.  No rate rule, no aggregate.
+ *
+ * flow_counter passes every frame (bench/packet_cost.py); flow_counter_drop
+ * drops every IP frame after counting it: the cheapest per-flow flood filter,
+ * the floor under xpro in bench/flood.py.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -28,8 +32,9 @@ struct {
 	__type(value, struct val);
 } counts SEC(".maps");
 
-SEC("xdp")
-int flow_counter(struct xdp_md *ctx)
+/* Counts the frame; returns XDP_PASS for a frame it does not count (not IP),
+ * XDP_DROP for a truncated IP header, else `verdict`. */
+static __always_inline int count_flow(struct xdp_md *ctx, int verdict)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -68,11 +73,23 @@ int flow_counter(struct xdp_md *ctx)
 		struct val nv = { .ts = now, .count = 1 };
 
 		bpf_map_update_elem(&counts, &k, &nv, BPF_NOEXIST);
-		return XDP_PASS;
+		return verdict;
 	}
 	__sync_fetch_and_add(&v->count, 1);
 	v->ts = now;
-	return XDP_PASS;
+	return verdict;
+}
+
+SEC("xdp")
+int flow_counter(struct xdp_md *ctx)
+{
+	return count_flow(ctx, XDP_PASS);
+}
+
+SEC("xdp")
+int flow_counter_drop(struct xdp_md *ctx)
+{
+	return count_flow(ctx, XDP_DROP);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
