@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
-from xpro.lab.cli import lab
+from xpro.lab.cli import _stem, lab
 from xpro.lab.scenarios import SCENARIOS
 
 pytestmark = pytest.mark.unit
@@ -43,3 +45,14 @@ def test_run_options() -> None:
 def test_unknown_scenario_is_refused() -> None:
     out = CliRunner().invoke(lab, ["run", "no-such"])
     assert out.exit_code == 2
+
+
+@pytest.mark.parametrize(("name", "backend", "stem"), [
+    ("distributed", "native", "lab_distributed"),
+    ("distributed", "afxdp", "lab_distributed_afxdp"),
+    ("distributed_sweep", "native", "lab_distributed_sweep"),
+    ("distributed_sweep", "generic", "lab_distributed_sweep_generic"),
+])
+def test_plots_of_other_backends_do_not_overwrite_native(tmp_path: Path, name: str,
+                                                         backend: str, stem: str) -> None:
+    assert _stem(tmp_path, name, backend) == tmp_path / stem

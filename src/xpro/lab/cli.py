@@ -179,12 +179,20 @@ def list_() -> None:
         click.echo(f"{s.name.ljust(width)}  {s.summary}{extra}")
 
 
+def _stem(out: Path, name: str, backend: str) -> Path:
+    """OUT/lab_NAME, or OUT/lab_NAME_BACKEND on another backend than native
+    (runs on different backends do not overwrite each other's plots)."""
+    return out / (f"lab_{name}" if backend == "native" else f"lab_{name}_{backend}")
+
+
+def _title(title: str, backend: str) -> str:
+    return title if backend == "native" else f"{title} [{backend}]"
+
+
 def _write(runs: list[Run], out: Path, name: str, title: str, backend: str = "native"
            ) -> list[Path]:
-    """OUT/lab_NAME.png and .svg (lab_NAME_BACKEND.* on another backend than native)."""
-    if backend != "native":
-        return plot_runs(runs, out / f"lab_{name}_{backend}", title=f"{title} [{backend}]")
-    return plot_runs(runs, out / f"lab_{name}", title=title)
+    """The time plot of ``runs``: ``_stem(...)`` .png and .svg."""
+    return plot_runs(runs, _stem(out, name, backend), title=_title(title, backend))
 
 
 @lab.command("run")
@@ -239,11 +247,12 @@ def run(name: str, sweep: bool, variants: tuple[str, ...], as_json: bool, out: P
                    "variant", err=True)
         if sweep:
             points = run_sweep(the_lab, opts, show)
-            paths = plot_sweep(points, out / "lab_distributed_sweep",
-                               title="distributed with sync: attack dropped vs rate / T_F1")
+            paths = plot_sweep(points, _stem(out, "distributed_sweep", opts.backend),
+                               title=_title("distributed with sync: attack dropped vs "
+                                            "rate / T_F1", opts.backend))
             runs = [r for _, r in points]
-            plot_runs(runs, out / "lab_distributed_sweep_time",
-                      title="distributed with sync, by global rate / T_F1")
+            _write(runs, out, "distributed_sweep_time",
+                   "distributed with sync, by global rate / T_F1", opts.backend)
         elif name == "distributed" and variants:
             runs = run_distributed(the_lab, opts, show, variants)
             paths = _write(runs, out, name, f"{name}: {scenario.summary}", opts.backend)
