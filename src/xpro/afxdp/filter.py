@@ -350,89 +350,49 @@ class UserFilter:
               events: list[tuple[Array, Array]]) -> None:
         """Lines 1-25 of Algorithm 2 for the packets ``idx`` (keys ``keys``, times ``t``)."""
         p = self.params
-        m = len(idx)
         # --- per source (lines 1-16) -------------------------------------------
-        first, inv, uh, order = _group(self.flows, keys)
-        ukeys = _take(keys, first)
-        slots = self.flows.find(ukeys, uh)
-        exists = slots >= 0
-        rec = np.zeros(len(ukeys), dtype=L.FLOW)
-        rec[exists] = self.flows.get(slots[exists])
-        r_ts1 = rec["ts1"].astype(np.int64)
-        r_ts2 = rec["ts2"].astype(np.int64)
-        r_c = rec["c"].astype(np.int64)
-        r_gen = rec["gen"].astype(np.int64)
-
-        g = inv[order]
-        ts = t[order]
-        firstpos = np.ones(m, dtype=bool)
-        firstpos[1:] = g[1:] != g[:-1]
-        prev = np.empty(m, dtype=np.int64)
-        prev[1:] = ts[:-1]
-        prev[firstpos] = r_ts2[g[firstpos]]
-        created = firstpos & ~exists[g]
-        reset = ~created & (ts - prev > p.t_t1)
-        started = created | reset
-        segstart = firstpos | started
-        segid = np.cumsum(segstart) - 1
-        segpos = np.flatnonzero(segstart)
-        pos_in = np.arange(m) - segpos[segid]
-        cont = ~started[segpos][segid]  # the segment continues the stored record
-        c = pos_in + 1 + np.where(cont, r_c[g], 0)
-        ts1 = np.where(cont, r_ts1[g], ts[segpos][segid])
-        cumres = np.cumsum(reset)
-        gstart = np.flatnonzero(firstpos)
-        gbase: Array = cumres[gstart] - reset[gstart]
-        gen = (r_gen[g] + cumres - gbase[g]) & _U32
+        r = _Runs.of(self.flows, keys, t, L.FLOW, p.t_t1)
+        rec, g, ts, m = r.rec, r.g, r.ts, len(r.g)
+        started = r.created | r.reset
+        c = r.count()
+        ts1 = np.where(r.cont, rec["ts1"].astype(np.int64)[g], ts[r.start])
+        cumres = np.cumsum(r.reset)
+        gbase: Array = cumres[r.gstart] - r.reset[r.gstart]
+        gen = (rec["gen"].astype(np.int64)[g] + cumres - gbase[g]) & _U32
         window = ts - ts1
         over = (window > p.t_t2) & rate_exceeds_array(c, window, p.t_f1)
         warned, warn_ts = _warnings(over, g, ts, rec["warn_ts"].astype(np.int64),
                                     p.warn_period)
 
         # records back
-        last = np.append(gstart[1:], m) - 1
         new = rec.copy()
-        new["ts1"], new["ts2"], new["c"] = ts1[last], ts[last], c[last]
-        new["gen"], new["warn_ts"] = gen[last], warn_ts
+        new["ts1"], new["ts2"], new["c"] = ts1[r.last], ts[r.last], c[r.last]
+        new["gen"], new["warn_ts"] = gen[r.last], warn_ts
         epoch = self._epoch
-        mark = np.zeros(len(ukeys), dtype=bool)
+        mark = np.zeros(len(rec), dtype=bool)
         if epoch:
-            mark = ~exists | (rec["epoch"] != epoch)
+            mark = ~r.exists | (rec["epoch"] != epoch)
             new["epoch"][mark] = epoch
-        new["epoch"][~exists] = epoch
-        self.flows.put(slots[exists], new[exists])
-        fresh = np.flatnonzero(~exists)
-        all_slots = slots.copy()
-        if len(fresh):
-            self.flows.make_room(len(fresh), slots[exists])
-            all_slots[fresh] = self.flows.insert(ukeys[fresh], new[fresh], uh[fresh])
+        new["epoch"][~r.exists] = epoch
+        all_slots = r.store(self.flows, new)
         if epoch:
             bit = np.uint8(1 << (epoch & 1))
             self.flows.aux[all_slots[mark]] |= bit
 
         # verdicts of the per-source check, in packet order
-        pk = idx[order]  # original positions in sorted order
+        pk = idx[r.order]  # original positions in sorted order
         if over.any():
-            ov = np.flatnonzero(over)
-            mon = self._modes(keys, order[ov]) == L.MODE_MONITOR
-            action[pk[ov]] = np.where(mon, L.XDP_PASS, L.XDP_DROP)
-            reason[pk[ov]] = np.where(mon, L.Reason.MON_SRC_RATE, L.Reason.SRC_RATE)
-            w = np.flatnonzero(warned)
-            if len(w) and p.events:
-                ev = np.zeros(len(w), dtype=L.EVENT)
-                ev["ts"], ev["kind"] = ts[w], L.EventKind.SRC_OVERLOAD
-                ev["key"] = keys[order[w]]
-                ev["c"], ev["window"] = c[w], window[w]
-                events.append((pk[w], ev))
+            self._judge(keys, r.order, pk, ts, over, warned, c, window,
+                        L.EventKind.SRC_OVERLOAD, action, reason, events)
 
         # --- per destination (lines 18-25), packets admitted ----------------------
         if over.all():
             return
         # the admitted packets, back in arrival order (as indices of the sorted arrays)
         where_sorted = np.empty(m, dtype=np.int64)
-        where_sorted[order] = np.arange(m)
+        where_sorted[r.order] = np.arange(m)
         adm = where_sorted[~over[where_sorted]]
-        self._dst(_take(keys, order[adm]), ts[adm], ts1[adm], started[adm], pk[adm], action,
+        self._dst(_take(keys, r.order[adm]), ts[adm], ts1[adm], started[adm], pk[adm], action,
                   reason, events)
 
     def _dst(self, keys: Array, t: Array, f_ts1: Array, f_started: Array, pk: Array,
@@ -440,71 +400,58 @@ class UserFilter:
         p = self.params
         m = len(keys)
         dkeys = np.ascontiguousarray(keys["dst"])
-        first, inv, uh, order = _group(self.dsts, dkeys)
-        ukeys = _take(dkeys, first)
-        slots = self.dsts.find(ukeys, uh)
-        exists = slots >= 0
-        rec = np.zeros(len(ukeys), dtype=L.DST)
-        rec[exists] = self.dsts.get(slots[exists])
-        r_ts1 = rec["ts1"].astype(np.int64)
-        r_ts2 = rec["ts2"].astype(np.int64)
-        r_c = rec["c"].astype(np.int64)
-
-        g = inv[order]
-        ts = t[order]
-        fts1 = f_ts1[order]
-        fst = f_started[order]
-        firstpos = np.ones(m, dtype=bool)
-        firstpos[1:] = g[1:] != g[:-1]
-        prev = np.empty(m, dtype=np.int64)
-        prev[1:] = ts[:-1]
-        prev[firstpos] = r_ts2[g[firstpos]]
-        created = firstpos & ~exists[g]
-        reset = ~created & (ts - prev > p.t_t1)
-        segstart = firstpos | reset
-        segid = np.cumsum(segstart) - 1
-        segpos = np.flatnonzero(segstart)
-        start = segpos[segid]
-        pos_in = np.arange(m) - start
-        cont = ~(created | reset)[start]
-        startval = np.where(created[start], fts1[start],
-                            np.where(reset[start], ts[start], r_ts1[g]))
+        r = _Runs.of(self.dsts, dkeys, t, L.DST, p.t_t1)
+        rec, g, ts, start = r.rec, r.g, r.ts, r.start
+        fts1 = f_ts1[r.order]
+        fst = f_started[r.order]
+        startval = np.where(r.created[start], fts1[start],
+                            np.where(r.reset[start], ts[start], rec["ts1"].astype(np.int64)[g]))
         # ts1* = min(start, ts1' of the first flow that started since); later
         # starters started later (time never decreases inside a batch).
-        cand = np.flatnonzero(fst & ~created & ~reset)
+        cand = np.flatnonzero(fst & ~r.created & ~r.reset)
         ts1s = startval
         if len(cand):
             k = np.searchsorted(cand, start)
             kk = np.minimum(k, len(cand) - 1)
             valid = (k < len(cand)) & (cand[kk] <= np.arange(m))
             ts1s = np.where(valid, np.minimum(startval, fts1[cand[kk]]), startval)
-        cs = pos_in + 1 + np.where(cont, r_c[g], 0)
+        cs = r.count()
         window = ts - ts1s
         over = (window > p.t_t3) & rate_exceeds_array(cs, window, p.t_f2)
         warned, warn_ts = _warnings(over, g, ts, rec["warn_ts"].astype(np.int64),
                                     p.warn_period)
-        gstart = np.flatnonzero(firstpos)
-        last = np.append(gstart[1:], m) - 1
         new = rec.copy()
-        new["ts1"], new["ts2"], new["c"], new["warn_ts"] = ts1s[last], ts[last], cs[last], warn_ts
-        self.dsts.put(slots[exists], new[exists])
-        fresh = np.flatnonzero(~exists)
-        if len(fresh):
-            self.dsts.make_room(len(fresh), slots[exists])
-            self.dsts.insert(ukeys[fresh], new[fresh], uh[fresh])
+        new["ts1"], new["ts2"], new["c"] = ts1s[r.last], ts[r.last], cs[r.last]
+        new["warn_ts"] = warn_ts
+        r.store(self.dsts, new)
         if over.any():
-            ov = np.flatnonzero(over)
-            opk = pk[order[ov]]
-            mon = self._modes(keys, order[ov]) == L.MODE_MONITOR
-            action[opk] = np.where(mon, L.XDP_PASS, L.XDP_DROP)
-            reason[opk] = np.where(mon, L.Reason.MON_DST_RATE, L.Reason.DST_RATE)
-            w = np.flatnonzero(warned)
-            if len(w) and p.events:
-                ev = np.zeros(len(w), dtype=L.EVENT)
-                ev["ts"], ev["kind"] = ts[w], L.EventKind.DST_OVERLOAD
-                ev["key"]["dst"] = dkeys[order[w]]
-                ev["c"], ev["window"] = cs[w], window[w]
-                events.append((pk[order[w]], ev))
+            self._judge(keys, r.order, pk[r.order], ts, over, warned, cs, window,
+                        L.EventKind.DST_OVERLOAD, action, reason, events)
+
+    def _judge(self, keys: Array, order: Array, pos: Array, ts: Array, over: Array,
+               warned: Array, c: Array, window: Array, kind: L.EventKind, action: Array,
+               reason: Array, events: list[tuple[Array, Array]]) -> None:
+        """The verdicts of a rate check.  The checked packets are ``keys`` sorted by
+        ``order``; ``pos`` are their places in the batch, ``ts`` their times, ``c``
+        and ``window`` the count and window checked.  Those ``over`` are dropped, or
+        passed in monitor mode; the ``warned`` ones become events of ``kind``."""
+        src = kind == L.EventKind.SRC_OVERLOAD
+        ov = np.flatnonzero(over)
+        mon = self._modes(keys, order[ov]) == L.MODE_MONITOR
+        action[pos[ov]] = np.where(mon, L.XDP_PASS, L.XDP_DROP)
+        reason[pos[ov]] = np.where(
+            mon, L.Reason.MON_SRC_RATE if src else L.Reason.MON_DST_RATE,
+            L.Reason.SRC_RATE if src else L.Reason.DST_RATE)
+        w = np.flatnonzero(warned)
+        if len(w) and self.params.events:
+            ev = np.zeros(len(w), dtype=L.EVENT)
+            ev["ts"], ev["kind"] = ts[w], kind
+            if src:
+                ev["key"] = keys[order[w]]
+            else:  # a destination's event carries no source
+                ev["key"]["dst"] = keys[order[w]]["dst"]
+            ev["c"], ev["window"] = c[w], window[w]
+            events.append((pos[w], ev))
 
     # --- reading ---------------------------------------------------------------
 
@@ -723,6 +670,79 @@ def _group(table: Table, keys: Array) -> tuple[Array, Array, Array, Array]:
     _, first, inv = np.unique(kv, return_index=True, return_inverse=True)
     inv = inv.reshape(-1)
     return first, inv, h[first], np.argsort(inv, kind="stable")
+
+
+@dataclass
+class _Runs:
+    """A batch's packets grouped by record, and cut where a record starts.
+
+    ``order`` sorts the packets group by group (arrival order inside each);
+    every array indexed by packet is in that order.  A record starts where it
+    is created (its first packet, no stored record) or reset (a gap over T_T1
+    after the previous packet, or after the stored ``ts2``); a *run* is the
+    packets from one start to the next.  Within a run the count is a
+    cumulative count; a run that starts at the group's first packet without a
+    start continues the stored record (``cont``).
+    """
+
+    ukeys: Array    # the groups' keys
+    uh: Array       # their hashes
+    slots: Array    # their slots in the table (-1: none)
+    exists: Array   # whether they have a record
+    rec: Array      # their records (zeros where none)
+    order: Array    # packets, sorted group by group
+    g: Array        # each packet's group
+    ts: Array       # each packet's time
+    created: Array  # the packet creates its record
+    reset: Array    # the packet resets its record
+    start: Array    # the position of the first packet of each packet's run
+    cont: Array     # the packet's run continues the stored record
+    gstart: Array   # the position of each group's first packet
+    last: Array     # the position of each group's last packet
+
+    @classmethod
+    def of(cls, table: Table, keys: Array, t: Array, dtype: Any, t_t1: int) -> _Runs:
+        m = len(keys)
+        first, inv, uh, order = _group(table, keys)
+        ukeys = _take(keys, first)
+        slots = table.find(ukeys, uh)
+        exists = slots >= 0
+        rec = np.zeros(len(ukeys), dtype=dtype)
+        rec[exists] = table.get(slots[exists])
+        g = inv[order]
+        ts = t[order]
+        firstpos = np.ones(m, dtype=bool)
+        firstpos[1:] = g[1:] != g[:-1]
+        prev = np.empty(m, dtype=np.int64)
+        prev[1:] = ts[:-1]
+        prev[firstpos] = rec["ts2"].astype(np.int64)[g[firstpos]]
+        created = firstpos & ~exists[g]
+        reset = ~created & (ts - prev > t_t1)
+        segstart = firstpos | reset  # a creation is always a group's first packet
+        start = np.flatnonzero(segstart)[np.cumsum(segstart) - 1]
+        gstart = np.flatnonzero(firstpos)
+        return cls(ukeys=ukeys, uh=uh, slots=slots, exists=exists, rec=rec, order=order, g=g,
+                   ts=ts, created=created, reset=reset, start=start,
+                   cont=~(created | reset)[start], gstart=gstart,
+                   last=np.append(gstart[1:], m) - 1)
+
+    def count(self) -> Array:
+        """Each packet's count: its place in its run, plus the stored count if
+        the run continues the stored record."""
+        pos_in = np.arange(len(self.g)) - self.start
+        out: Array = pos_in + 1 + np.where(self.cont, self.rec["c"].astype(np.int64)[self.g], 0)
+        return out
+
+    def store(self, table: Table, new: Array) -> Array:
+        """Write the groups' records ``new`` back (inserting the new ones, making
+        room first); returns every group's slot."""
+        slots = self.slots.copy()
+        table.put(slots[self.exists], new[self.exists])
+        fresh = np.flatnonzero(~self.exists)
+        if len(fresh):
+            table.make_room(len(fresh), slots[self.exists])
+            slots[fresh] = table.insert(self.ukeys[fresh], new[fresh], self.uh[fresh])
+        return slots
 
 
 def _max_store(cur: Array, v: Array) -> Array:
