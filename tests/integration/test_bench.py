@@ -1,0 +1,79 @@
+"""Every script of ``bench/`` runs to its end, at a tiny size, and prints its JSON.
+
+The benchmarks are run by hand (their figures are in ``docs/``), so nothing
+else would notice when one stops working: a renamed API, a program that no
+longer loads, a baseline that cannot be installed.  These runs are far too
+short for their figures to mean anything; the tests check only that every
+variant was measured and that the keys the docs and the issues name are
+there, with values of the right kind.  No figure is compared to a bound.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def run_bench(script: str, *args: str, timeout: float = 240) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stderr[-3000:]}"
+    last = proc.stdout.strip().splitlines()[-1]
+    doc: dict[str, Any] = json.loads(last)
+    return doc
+
+
+def positive(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and x > 0
+
+
+def test_flood() -> None:
+    doc = run_bench("flood.py", "--reps", "1", "--warm", "0.2", "--window", "0.3")
+    for key in ("native_to_ceiling", "generic_to_ceiling", "native_to_hashlimit",
+                "flow_counter_to_ceiling", "native_to_flow_counter"):
+        assert positive(doc[key]), key
+    for name, scn in doc["scenarios"].items():
+        want = {"bare", "flow-counter", "xpro-native", "xpro-generic", "iptables-drop",
+                "iptables-hashlimit", "nft-limit", "xdp-filter"} - set(scn["skipped"])
+        assert set(scn["variants"]) == want, name
+        assert all(positive(v["pps"]) for v in scn["variants"].values()), name
+
+
+def test_packet_cost() -> None:
+    doc = run_bench("packet_cost.py", "--repeat", "1000", "--runs", "1", "--flows", "1000")
+    for key in ("ratio_hot", "ratio_100k", "ratio_ipv6", "ratio_to_xdp_filter"):
+        assert positive(doc[key]), key
+    assert set(doc["ns"]) == {"bare", "counter", "xpro", "xdp-filter"}
+
+
+def test_afxdp() -> None:
+    doc = run_bench("afxdp.py", "--runs", "1", "--window", "0.3", "--warmup", "0.2")
+    assert positive(doc["afxdp_to_native"])
+    assert all(positive(v) for v in doc["pps"].values()), doc["pps"]
+
+
+def test_spoof_cost() -> None:
+    doc = run_bench("spoof_cost.py", "--repeat", "10000", "--runs", "1",
+                    "--groups", "main,bisect")
+    assert positive(doc["ratio_single"])
+    assert positive(doc["ratio_spoof"])
+    assert doc["bisect"]
+    assert all(positive(v) for v in doc["bisect"].values())
+
+
+@pytest.mark.parametrize("script", ["sync_cost.py", "sync_store.py"])
+def test_sync_benches(script: str) -> None:
+    # redis-server is started by the bench itself, on a free loopback port
+    doc = run_bench(script, "--quick", "--stores", "memory,redis")
+    assert set(doc["stores"]) == {"memory", "redis"}
+    for store, res in doc["stores"].items():
+        assert positive(res["round_4x100k_s"]), store
