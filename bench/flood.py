@@ -6,10 +6,10 @@ that sends until it is stopped).  Each variant is installed on the proxy's
 end of the veth in turn, and drops the flood:
 
 * ``bare``: an XDP program that only returns XDP_DROP, native mode (the ceiling);
-* ``flow-counter``: the cheapest per-flow flood filter (parse, one hash lookup
-  keyed on the address pair, the coarse clock, one atomic add, then XDP_DROP:
-  ``bench/progs/flow_counter.bpf.c``), native mode: the floor under any
-  filter that keeps a record per flow, xpro included;
+* ``flow-counter``: the least a per-flow flood filter does (parse, one hash
+  lookup keyed on the address pair, the coarse clock, one atomic add on a
+  record every CPU shares, then XDP_DROP: ``bench/progs/flow_counter.bpf.c``),
+  native mode: the floor under xpro;
 * ``xpro-native`` / ``xpro-generic``: the xpro filter (``xpro.kernel.XdpFilter``
   attached with a BPF link) in driver and in skb mode, with a threshold the
   flood exceeds;

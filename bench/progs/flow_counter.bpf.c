@@ -5,8 +5,8 @@
  * clock, count with one atomic add.  No rate rule, no aggregate.
  *
  * flow_counter passes every frame (bench/packet_cost.py); flow_counter_drop
- * drops every IP frame after counting it: the cheapest per-flow flood filter,
- * the floor under xpro in bench/flood.py.
+ * drops every IP frame after counting it: the least a per-flow flood filter
+ * does, the floor under xpro in bench/flood.py.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
