@@ -189,6 +189,52 @@ def test_parsed_destination_keys_the_flow() -> None:
     assert dsts == sorted([parsed_destination_addr("svc-a"), L.addr16("10.9.9.9")])
 
 
+def _udp(payload: bytes) -> bytes:
+    return bytes(Ether() / IP(src="10.0.0.1", dst="10.9.9.9") / UDP(dport=5683) / payload)
+
+
+def _dst_addrs(f: UserFilter) -> dict[int, bytes]:
+    """Each flow's destination address, by the flow's packet count (one source here)."""
+    keys, vals = f.read_flows()
+    return {int(v["c"]): bytes(k["dst"]["addr"]).ljust(16, b"\0")
+            for k, v in zip(keys, vals, strict=True)}
+
+
+def test_parsers_take_turns_and_a_failing_one_is_skipped() -> None:
+    """The first parser that names a destination wins; one that raises names none,
+    and the packet goes on to the next parser, or keeps its IP destination."""
+    def boom(payload: bytes) -> str | None:
+        if payload == b"boom":
+            raise ValueError("a broken parser")
+        return "first" if payload.startswith(b"a") else None
+
+    def second(payload: bytes) -> str | None:
+        return "second" if payload in (b"ab", b"b") else None
+
+    f = UserFilter(model.FilterParams(), parsers=[boom, second])
+    # 1 packet "ab" (both recognise it), 2 "b", 3 "boom", 4 "zzz": counts tell them apart
+    frames = ([_udp(b"ab")] + [_udp(b"b")] * 2 + [_udp(b"boom")] * 3 + [_udp(b"zzz")] * 4)
+    f.process_frames(frames, T0)
+    assert _dst_addrs(f) == {1: parsed_destination_addr("first"),
+                             2: parsed_destination_addr("second"),
+                             7: L.addr16("10.9.9.9")}
+
+
+def test_many_destination_names_are_all_keyed_right() -> None:
+    """More names than the filter remembers: every packet still gets its own name's key."""
+    from xpro.afxdp import filter as filt
+
+    names = [f"svc{i}.example" for i in range(filt._DEST_CACHE + 50)]
+    f = UserFilter(model.FilterParams(), sizes=Sizes(flows=1 << 14, dsts=1 << 14),
+                   parsers=[lambda payload: payload.decode()])
+    for start in range(0, len(names), 1000):
+        f.process_frames([_udp(n.encode()) for n in names[start:start + 1000]], T0)
+    keys, _ = f.read_dsts()
+    got = sorted(bytes(k["addr"]).ljust(16, b"\0") for k in keys)
+    assert got == sorted(parsed_destination_addr(n) for n in names)
+    assert len(f._dest_addrs) <= filt._DEST_CACHE
+
+
 def test_coap_parser_keys_requests_by_their_target() -> None:
     """Through the real CoAP parser: two targets behind one proxy address, two records."""
     f = UserFilter(model.FilterParams(), parsers=[parse_coap])

@@ -75,6 +75,8 @@ Array = npt.NDArray[Any]
 DestinationParser = Callable[[bytes], Any]
 
 _I64_MAX = np.iinfo(np.int64).max
+#: Destination texts whose address :class:`UserFilter` remembers.
+_DEST_CACHE = 4096
 _U32 = 0xFFFFFFFF
 
 
@@ -223,6 +225,7 @@ class UserFilter:
         self.lock = threading.RLock()
         self._queues: set[EventQueue] = set()
         self.parsers = list(parsers)
+        self._dest_addrs: dict[str, bytes] = {}
         self._fake_now = 0
         self._epoch = 0
         self.cfg = _ConfigView(self)
@@ -281,7 +284,13 @@ class UserFilter:
         return action, reason
 
     def _parsed_destinations(self, b: Batch, buf: Array, base: Array) -> None:
-        """Key UDP packets a destination parser recognises on the destination it names."""
+        """Key UDP packets a destination parser recognises on the destination it names.
+
+        The parser itself runs once per packet (it is the inspection the kernel
+        cannot do); everything around it is done once per batch: the payload
+        bounds, the keys written back, and the destination's address, which
+        is remembered per destination text (:meth:`_destination_addr`).
+        """
         udp = (b.status == OK) & (b.proto == 17) & ~b.frag & (b.l4off + 8 <= b.l4end)
         if not udp.any():
             return
@@ -289,20 +298,38 @@ class UserFilter:
         rows = np.flatnonzero(udp)
         dport[rows] = (buf[base[rows] + b.l4off[rows] + 2].astype(np.int64) << 8) | buf[
             base[rows] + b.l4off[rows] + 3]
-        keys = b.keys
+        mem = np.ascontiguousarray(buf, dtype=np.uint8).data  # no copy: the UMEM is contiguous
         for parser in self.parsers:
             ports = getattr(parser, "udp_ports", None)
-            sel = udp if ports is None else udp & np.isin(dport, sorted(ports))
-            for i in np.flatnonzero(sel).tolist():
-                lo = int(base[i] + b.l4off[i] + 8)
-                payload = bytes(buf[lo : int(base[i] + b.l4end[i])])
+            sel = np.flatnonzero(udp if ports is None else udp & np.isin(dport, sorted(ports)))
+            if not len(sel):
+                continue
+            los = (base[sel] + b.l4off[sel] + 8).tolist()
+            his = (base[sel] + b.l4end[sel]).tolist()
+            hits: list[int] = []
+            addrs: list[bytes] = []
+            for i, lo, hi in zip(sel.tolist(), los, his, strict=True):
                 try:
-                    dest = parser(payload)
+                    dest = parser(bytes(mem[lo:hi]))
                 except Exception:  # a parser must never stop the data path
                     dest = None
                 if dest:
-                    keys[i]["dst"]["addr"] = parsed_destination_addr(str(dest))
-                    udp[i] = False  # the first parser that recognises it wins
+                    hits.append(i)
+                    addrs.append(self._destination_addr(str(dest)))
+            if hits:
+                b.keys["dst"]["addr"][hits] = addrs
+                udp[hits] = False  # the first parser that recognises it wins
+
+    def _destination_addr(self, dest: str) -> bytes:
+        """:func:`parsed_destination_addr`, remembered for the last destinations seen
+        (a flood names the same few again and again; a bounded memory, since a
+        flood can also name a new one in every packet)."""
+        addr = self._dest_addrs.get(dest)
+        if addr is None:
+            if len(self._dest_addrs) >= _DEST_CACHE:
+                self._dest_addrs.clear()
+            addr = self._dest_addrs[dest] = parsed_destination_addr(dest)
+        return addr
 
     def _run(self, b: Batch, t: Array, lens: Array) -> tuple[Array, Array]:
         p = self.params
