@@ -482,9 +482,11 @@ def main() -> None:
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         ap.error(f"unknown variants {sorted(unknown)}; known: {VARIANTS}")
+    host_skips: dict[str, str] = {}
     if "xdp-filter" in variants and XDP_FILTER_PINS.exists():
-        print(f"xdp-filter is in use on this host ({XDP_FILTER_PINS} exists; its state is "
-              "global): measuring without it", file=sys.stderr)
+        host_skips["xdp-filter"] = (f"in use on this host ({XDP_FILTER_PINS} exists; its "
+                                    "state is global)")
+        print(f"xdp-filter {host_skips['xdp-filter']}: measuring without it", file=sys.stderr)
         variants.remove("xdp-filter")
 
     names = list(SCENARIOS) if args.scenario == "both" else [args.scenario]
@@ -505,6 +507,7 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for n, res in scns.items():
+        res["skipped"].update(host_skips)
         print_table(n, res)
 
     head = scns["single"] if "single" in scns else scns[names[0]]
