@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.contrib.coap import CoAP
 
+from xpro.parsers import coap as coap_mod
 from xpro.parsers.coap import COAP_PORT, parse_coap, parse_options, xpro_add_destination_parsers
 from xpro.plugins import Registry
 
@@ -126,6 +127,52 @@ def test_mutated_messages_never_raise(raw: bytes) -> None:
     if out is not None:  # whatever it returns is a plausible host[:port]
         assert "/" not in out
         assert " " not in out
+
+
+@st.composite
+def header(draw: st.DrawFn) -> bytes:
+    """A first byte (version, type, token length), a code (often Empty), a message
+    ID and a token of the length the first byte says (valid or not)."""
+    b0 = draw(st.sampled_from([0x40, 0x41, 0x48, 0x50, 0x49, 0x80, 0x00]) | st.integers(0, 255))
+    code = draw(st.sampled_from([0, 1, 2, 0x45]) | st.integers(0, 255))
+    return bytes([b0, code]) + draw(st.binary(min_size=2, max_size=2)) + draw(
+        st.binary(min_size=b0 & 0x0F, max_size=b0 & 0x0F))
+
+
+@st.composite
+def message(draw: st.DrawFn) -> bytes:
+    """A request that names a target, one mutated, or any bytes."""
+    return draw(st.one_of(
+        st.builds(lambda h, t: coap([("Uri-Host", h.encode())], token=t), host,
+                  st.binary(max_size=8)),
+        mutated(), st.binary(max_size=60)))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(raw=message(), other_header=header(), at=st.integers(0, 40), xor=st.integers(1, 255))
+def test_the_memory_never_changes_a_target(raw: bytes, other_header: bytes, at: int,
+                                           xor: int) -> None:
+    """parse_coap remembers targets by the bytes after the token: it must give what
+    the parse gives, for the message, for one with another header and token in
+    front of the same bytes, and for one whose bytes after the token differ in
+    one byte (in every order: any may be remembered first)."""
+    head = 4 + (raw[0] & 0x0F) if raw else 0
+    other = other_header + raw[head:]
+    changed = bytearray(raw)
+    if head + at < len(raw):
+        changed[head + at] ^= xor
+    msgs = [raw, other, bytes(changed)]
+    for k in range(3):
+        coap_mod._memo.clear()
+        for msg in msgs[k:] + msgs[:k] + msgs:
+            assert parse_coap(msg) == coap_mod._target(msg)
+
+
+def test_the_memory_is_bounded() -> None:
+    coap_mod._memo.clear()
+    for i in range(coap_mod._MEMO_MAX + 10):
+        assert parse_coap(coap([("Uri-Host", f"h{i}.example".encode())])) == f"h{i}.example"
+    assert 0 < len(coap_mod._memo) <= coap_mod._MEMO_MAX
 
 
 def test_registered_by_the_hook() -> None:

@@ -109,8 +109,40 @@ def _from_proxy_uri(value: bytes) -> str | None:
     return None if h is None else _join(h, port)
 
 
+#: Targets remembered by the bytes after the token (see :func:`parse_coap`).
+_MEMO_MAX = 4096
+_memo: dict[bytes, str | None] = {}
+
+
 def parse_coap(payload: bytes) -> str | None:
-    """The target a CoAP request names (Proxy-Uri, else Uri-Host[:Uri-Port]), or None."""
+    """The target a CoAP request names (Proxy-Uri, else Uri-Host[:Uri-Port]), or None.
+
+    Once the header is valid (version 1, a token of at most 8 bytes, not an
+    Empty message), the target depends only on the bytes after the token: the
+    message ID and the token, which change from request to request, do not
+    count.  So the target is remembered by those bytes (for the last 4096
+    seen): the requests of a flood mostly repeat their options, and a lookup
+    costs a fifth of a parse.
+    """
+    if len(payload) < 4:
+        return None
+    tkl = payload[0] & 0x0F
+    if payload[0] >> 6 != 1 or tkl > 8 or payload[1] == 0 or 4 + tkl > len(payload):
+        return None
+    tail = payload[4 + tkl :]
+    try:
+        return _memo[tail]
+    except KeyError:
+        pass
+    target = _target(payload)
+    if len(_memo) >= _MEMO_MAX:
+        _memo.clear()
+    _memo[tail] = target
+    return target
+
+
+def _target(payload: bytes) -> str | None:
+    """:func:`parse_coap` without the memory."""
     try:
         options = parse_options(payload)
     except Exception:  # pragma: no cover - parse_options checks every bound
