@@ -433,43 +433,43 @@ def _server_store(opts: LabOptions) -> tuple[Any, Any, str]:
         raise
 
 
-def run_proxy_crash(lab: Lab, opts: LabOptions, live: Live | None) -> list[Run]:
-    """``distributed`` on daemons: SIGKILL one mid-attack, restart it 2 s later."""
-    flows = distributed_flows(lab, opts, opts.ratio)
-    servers, _server, url = _server_store(opts)
-    try:
-        mesh = DaemonMesh(lab, opts.thresholds, url)
-        site = lab.proxies[0]
-        kill_at = opts.attack_start + (opts.duration - opts.attack_start) / 3
-        events = [
-            (kill_at, f"SIGKILL {site.name}", lambda: mesh.kill(site)),
-            (kill_at + 2.0, f"restart {site.name}", lambda: mesh.restart(site)),
-        ]
-        run = measure(lab, opts, "sync", mesh, flows, legit=_legit(flows),
-                      attack_start=opts.attack_start, events=events, live=live)
-        run.notes.append(f"daemons: xpro run per proxy against {url.split('://')[0]}")
-        return [run]
-    finally:
-        servers.close()
+#: The events of a scenario on daemons: (mesh, the store server, when) -> events.
+DaemonEvents = Callable[[DaemonMesh, Any, float], list[tuple[float, str, Callable[[], object]]]]
 
 
-def run_store_outage(lab: Lab, opts: LabOptions, live: Live | None) -> list[Run]:
-    """``distributed`` on daemons: stop the master mid-attack, start it again 3 s later."""
+def _on_daemons(lab: Lab, opts: LabOptions, live: Live | None, events: DaemonEvents
+                ) -> list[Run]:
+    """``distributed`` with ``xpro run`` daemons against a store server the lab
+    starts, and ``events`` a third of the way into the attack."""
     flows = distributed_flows(lab, opts, opts.ratio)
     servers, server, url = _server_store(opts)
     try:
         mesh = DaemonMesh(lab, opts.thresholds, url)
-        stop_at = opts.attack_start + (opts.duration - opts.attack_start) / 3
-        events = [
-            (stop_at, "store down", server.kill),
-            (stop_at + 3.0, "store up", server.start),
-        ]
+        at = opts.attack_start + (opts.duration - opts.attack_start) / 3
         run = measure(lab, opts, "sync", mesh, flows, legit=_legit(flows),
-                      attack_start=opts.attack_start, events=events, live=live)
+                      attack_start=opts.attack_start, events=events(mesh, server, at),
+                      live=live)
         run.notes.append(f"daemons: xpro run per proxy against {url.split('://')[0]}")
         return [run]
     finally:
         servers.close()
+
+
+def run_proxy_crash(lab: Lab, opts: LabOptions, live: Live | None) -> list[Run]:
+    """``distributed`` on daemons: SIGKILL one mid-attack, restart it 2 s later."""
+    site = lab.proxies[0]
+    return _on_daemons(lab, opts, live, lambda mesh, _server, at: [
+        (at, f"SIGKILL {site.name}", lambda: mesh.kill(site)),
+        (at + 2.0, f"restart {site.name}", lambda: mesh.restart(site)),
+    ])
+
+
+def run_store_outage(lab: Lab, opts: LabOptions, live: Live | None) -> list[Run]:
+    """``distributed`` on daemons: stop the master mid-attack, start it again 3 s later."""
+    return _on_daemons(lab, opts, live, lambda _mesh, server, at: [
+        (at, "store down", server.kill),
+        (at + 3.0, "store up", server.start),
+    ])
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
