@@ -29,7 +29,7 @@ from tests.packets import arp_frame, frame
 from xpro import layout as L
 from xpro import model
 from xpro.afxdp.filter import UserFilter, parsed_destination_addr
-from xpro.kernel import Sizes
+from xpro.kernel import APPLIED, OP_CREATE, OP_FLOW, Sizes, apply_entries
 from xpro.parsers.coap import parse_coap
 from xpro.store import open_store
 from xpro.sync import Syncer
@@ -172,6 +172,45 @@ def test_table_grows_and_evicts_least_recently_used() -> None:
     assert int(vals["ts2"].min()) == T0 + 2000  # the oldest 2000 went first
     exists, _ = f.read(keys)
     assert exists.all()
+
+
+def _flow_frames(first: int, n: int) -> list[bytes]:
+    return [bytes(Ether() / IP(src=f"10.{i >> 8 & 255}.{i & 255}.1", dst="10.9.9.9") / UDP())
+            for i in range(first, first + n)]
+
+
+def test_dirty_marks_survive_the_table_growing() -> None:
+    """A batch that grows the table (moving every record) still marks every flow
+    it touched dirty in the running epoch."""
+    f = UserFilter(model.FilterParams())
+    f.next_epoch()  # epoch 1
+    f.process_frames(_flow_frames(0, 500), T0)
+    assert len(f.take_dirty(f.next_epoch())) == 500  # epoch 1 ended, 2 runs
+    f.process_frames(_flow_frames(0, 600), T0 + 1000)  # 500 known + 100 new: it grows
+    assert len(f.take_dirty(2)) == 600
+
+
+def test_apply_across_the_table_growing() -> None:
+    """One apply batch that creates records (growing the table) and updates
+    others: every update lands on its own record."""
+    f = UserFilter(model.FilterParams())
+    f.process_frames(_flow_frames(0, 500), T0)
+    known, vals = f.read_flows()
+    fresh = np.zeros(100, dtype=L.FLOW_KEY)
+    fresh["src"] = [L.addr16(f"10.200.{i}.1") for i in range(100)]
+    fresh["dst"]["addr"] = L.addr16("10.9.9.9")
+    e = np.concatenate([
+        apply_entries(known, OP_FLOW, gen=vals["gen"], c_delta=7, base_c=7),
+        apply_entries(fresh, OP_FLOW | OP_CREATE, c_delta=3, ts1=T0, ts2=T0, base_c=3),
+    ])
+    assert (f.apply(e) == APPLIED).all()
+    exists, after = f.read(known)
+    assert exists.all()
+    assert (after["c"] == vals["c"] + 7).all()
+    exists, made = f.read(fresh)
+    assert exists.all()
+    assert (made["c"] == 3).all()
+    assert len(f.read_flows()[0]) == 600
 
 
 def test_parsed_destination_keys_the_flow() -> None:

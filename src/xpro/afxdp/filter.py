@@ -569,6 +569,7 @@ class UserFilter:
                        flows: bool) -> None:
         """``xpro_apply`` on the entries ``r`` of ``e`` whose records (``keys``) are in ``t``:
         flow records (generation checked, baseline written) or destination aggregates."""
+        t.reserve(len(keys))  # before find: the creations below must not move the slots
         slots = t.find(keys)
         absent = slots < 0
         # no record: create it (CREATE) or report it
@@ -732,6 +733,7 @@ class _Runs:
         m = len(keys)
         first, inv, uh, order = _group(table, keys)
         ukeys = _take(keys, first)
+        table.reserve(len(ukeys))  # before find: store() inserts without moving slots
         slots = table.find(ukeys, uh)
         exists = slots >= 0
         rec = np.zeros(len(ukeys), dtype=dtype)

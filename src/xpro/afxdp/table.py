@@ -117,13 +117,22 @@ class Table:
             pos[act] = (pos[act] + 1) & self.mask
         return out
 
+    def reserve(self, n: int) -> None:
+        """Make room for ``n`` more records, growing (and moving every record to a
+        new slot) now if need be.  Call it before :meth:`find` when the slots
+        found are used after an :meth:`insert`: an insert never moves records."""
+        if 2 * (self.used + self.tomb + n) > self.cap:
+            self._rebuild(self.used + n)
+
     def insert(self, keys: Array, vals: Array, hashes: Array | None = None) -> Array:
-        """Add records whose keys are absent and distinct; returns their slots."""
+        """Add records whose keys are absent and distinct, in room :meth:`reserve`
+        made; returns their slots."""
         n = len(keys)
         if n == 0:
             return np.zeros(0, dtype=np.int64)
         if 2 * (self.used + self.tomb + n) > self.cap:
-            self._rebuild(self.used + n)
+            raise RuntimeError(f"Table.insert of {n} records without reserve(): "
+                               "growing now would move the slots the caller holds")
         keys = np.ascontiguousarray(keys, dtype=self.key_dtype)
         fp = self._hash(keys) if hashes is None else hashes
         kw, vw = self.key_dtype.itemsize, self.val_dtype.itemsize
