@@ -278,11 +278,9 @@ class XdpFilter:
 
     def take_dirty(self, epoch: int) -> Array:
         """The keys marked dirty in ``epoch``, removed from its set."""
-        m = self._dirty[epoch & 1]
-        keys, _ = m.lookup_batch()
-        keys = np.asarray(keys, dtype=L.FLOW_KEY)
+        keys = self.peek_dirty(epoch)
         if len(keys):
-            m.delete_batch(keys)
+            self._dirty[epoch & 1].delete_batch(keys)
         return keys
 
     def peek_dirty(self, epoch: int) -> Array:

@@ -469,18 +469,19 @@ class Syncer:
         # but their packets are in the kernel's aggregate: a spoofed flood
         # creates thousands per round, and leaving them out would lower the
         # aggregate under T_F2 every round.  Take them from the kernel.
+        # Only those of the destinations recomputed are read.
         fresh = self.filt.peek_dirty(self.filt.epoch)
         if len(fresh):
             fresh = fresh[mr.index.find(fresh, mr.keys) < 0]
         if len(fresh):
-            exists, recs = self.filt.read(fresh)
-            fresh, recs = fresh[exists], recs[exists]
-            f_dst = mr._dst_ids(fresh["dst"]) if len(fresh) else np.zeros(0, np.int64)
+            f_dst = mr._dst_ids(fresh["dst"])
             mine = np.isin(f_dst, dst_ids)
-            ts1 = np.concatenate([ts1, recs["ts1"][mine].astype(np.int64)])
-            ts2 = np.concatenate([ts2, recs["ts2"][mine].astype(np.int64)])
-            c = np.concatenate([c, recs["c"][mine].astype(np.int64)])
-            dst = np.concatenate([dst, f_dst[mine]])
+            exists, recs = self.filt.read(fresh[mine])
+            recs = recs[exists]
+            ts1 = np.concatenate([ts1, recs["ts1"].astype(np.int64)])
+            ts2 = np.concatenate([ts2, recs["ts2"].astype(np.int64)])
+            c = np.concatenate([c, recs["c"].astype(np.int64)])
+            dst = np.concatenate([dst, f_dst[mine][exists]])
         window = ts2 - ts1
         over = (window > p.t_t2) & rate_exceeds_array(c, window, p.t_f1)
         live = ((now - ts2) <= p.t_t1) & ~over
