@@ -18,7 +18,7 @@ from xpro.layout import MODE_MONITOR, Reason
 from xpro.model import (
     NS_PER_S,
     FilterParams,
-    longest_match,
+    flow_mode,
     rate_exceeds,
 )
 
@@ -107,7 +107,7 @@ def explain(params: FilterParams, src: bytes, dst: bytes, *, now: int,
     limits = {"t_f1": p.t_f1, "t_f2": p.t_f2, "t_t1_s": p.t_t1 / NS_PER_S,
               "t_t2_s": p.t_t2 / NS_PER_S, "t_t3_s": p.t_t3 / NS_PER_S}
     key = flow_key if flow_key is not None else src + dst
-    monitor = _mode(p, key) == MODE_MONITOR
+    monitor = flow_mode(p, key) == MODE_MONITOR
 
     def done(verdict: str, reason: Reason) -> Explanation:
         return Explanation(src_text, dst_text, now, verdict, reason.name, tuple(checks),
@@ -167,15 +167,6 @@ def _rate_check(name: str, count: int, window: int, t_min: int, t_min_name: str,
     rel = ">" if fires else "<="
     return Check(name, fires, f"{count} packets in {window / NS_PER_S:.3f} s = "
                               f"{rate_pps(count, window):.1f}/s {rel} {limit_name} {limit}/s")
-
-
-def _mode(p: FilterParams, key: bytes) -> int:
-    """The enforcement mode of a flow: the destination prefix policy, else the global one."""
-    if p.dst_policy:
-        m = longest_match(p.dst_policy, key[16:32])
-        if m is not None:
-            return m
-    return p.mode
 
 
 def _view(rec: dict[str, int] | None, now: int, *, with_local: bool = False

@@ -307,6 +307,16 @@ class Verdict:
     reason: Reason
 
 
+def flow_mode(p: FilterParams, key: bytes) -> int:
+    """The enforcement mode of a flow (its 36-byte key): the destination prefix
+    policy, else the global mode."""
+    if p.dst_policy:
+        m = longest_match(p.dst_policy, key[16:32])
+        if m is not None:
+            return m
+    return p.mode
+
+
 class Filter:
     """The state of one proxy's kernel program, and Algorithm 2 over it.
 
@@ -337,12 +347,7 @@ class Filter:
         return True
 
     def _mode(self, key: bytes) -> int:
-        p = self.params
-        if p.dst_policy:
-            m = longest_match(p.dst_policy, key[16:32])
-            if m is not None:
-                return m
-        return p.mode
+        return flow_mode(self.params, key)
 
     def packet(self, frame: bytes, now: int) -> Verdict:
         """Algorithm 2 for one frame arriving at time ``now`` (ns)."""
