@@ -25,6 +25,7 @@ from typing import Any
 import click
 
 from xpro.config import (
+    SCHEMA,
     InvalidConfig,
     click_options,
     dumps,
@@ -35,7 +36,8 @@ from xpro.errors import XproError
 
 __all__ = ["COMMANDS"]
 
-_DEFAULT_SOCKET = "/run/xpro/control.sock"
+#: Where the client commands look for the daemon: the schema's control.socket default.
+_DEFAULT_SOCKET: str = next(o.default for o in SCHEMA if o.key == "control.socket")
 
 
 def _socket_option(fn: Callable[..., Any]) -> Callable[..., Any]:

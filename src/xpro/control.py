@@ -155,7 +155,7 @@ def request(path: str, op: str, *, timeout: float = 30.0, **args: Any) -> Any:
         except (FileNotFoundError, ConnectionRefusedError):
             raise NoDaemon(f"no xpro daemon listens on {path}: start one (xpro run, or "
                            "systemctl start xpro), or name its socket with "
-                           "--control-socket") from None
+                           "--socket (the daemon's control.socket)") from None
         except PermissionError:
             raise XproError(f"{path}: permission denied; the control socket is root "
                             "only (run with sudo)") from None
