@@ -238,8 +238,11 @@ def _lib() -> Any:
 
 
 def _errstr(rc: int) -> str:
-    code = -rc
-    return f"{os.strerror(code)} (errno {code})"
+    """A negative libbpf return as the loader words it (the kernel's ENOTSUPP, 524,
+    has no name in errno)."""
+    from xpro.bpf._ffi import _errname, _strerror
+
+    return f"{_strerror(-rc)} ({_errname(-rc)})"
 
 
 # ---------------------------------------------------------------------------
@@ -1036,9 +1039,14 @@ def run_checks(config: Config, *, interfaces: Sequence[str] | None = None,
                 load = _LoadResult(Finding("bpf-object", "fail", str(exc)))
             findings.append(load.finding)
             findings += _guard("lockdown", lambda: [check_lockdown()])
-    findings += _guard("bpffs", lambda: [check_bpffs(config)])
-    if libbpf.status == "ok":
-        findings += _guard("pins", lambda: [check_pins(config)])
+    if not config.proxy.pin_dir:  # "" turns pinning off: nothing to check
+        findings.append(Finding("bpffs", "warn", "pinning is off ([proxy] pin_dir = \"\"): "
+                                "a daemon restart drops the filter and its state",
+                                "set [proxy] pin_dir to a directory on bpffs"))
+    else:
+        findings += _guard("bpffs", lambda: [check_bpffs(config)])
+        if libbpf.status == "ok":
+            findings += _guard("pins", lambda: [check_pins(config)])
     if not ifaces:
         findings.append(Finding("interfaces", "warn", "no interface to check",
                                 "set [proxy] interfaces, or pass --interface IF"))

@@ -269,6 +269,16 @@ def test_run_checks_uses_the_configured_interfaces(veth: tuple[str, str],
     assert netns in found["interface:xpnosuch0"].message
 
 
+def test_pinning_off_is_a_warning_not_a_bpffs_failure(tmp_path: Path) -> None:
+    """pin_dir = "" turns pinning off: doctor says so, and does not probe the
+    current directory as if it were the pin directory."""
+    cfg = config_with(tmp_path, '[proxy]\npin_dir = ""\n')
+    found = by_check(run_checks(cfg))
+    assert found["bpffs"].status == "warn"
+    assert "pinning is off" in found["bpffs"].message
+    assert "pins" not in found
+
+
 # --- pins left by a previous daemon ---------------------------------------------------
 
 
