@@ -40,7 +40,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -493,9 +493,6 @@ class Proxy:
             st["dirty_lost"] = self.filter.dirty_lost()
             return st
 
-    def _read_flows(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.filter.read_flows()
-
     def flows(self, *, src: str | None = None, dst: str | None = None, sort: str = "rate",
               limit: int | None = 20) -> list[dict[str, Any]]:
         """Flow records, filtered by source/destination prefix, sorted, as dicts.
@@ -506,7 +503,7 @@ class Proxy:
         """
         if sort not in ("rate", "count", "recent", "age"):
             raise ConfigError(f"--sort {sort!r}: choose rate, count, recent or age")
-        keys, recs = self._read_flows()
+        keys, recs = self.filter.read_flows()
         now = _now()
         mask = np.ones(len(keys), dtype=bool)
         for prefix, addrs, what in ((src, keys["src"], "--src"),
@@ -546,10 +543,13 @@ class Proxy:
         window = np.maximum(now - recs["ts1"].astype(np.int64), 1)
         rate = recs["c"].astype(np.float64) * NS_PER_S / window
         idx = np.argsort(-rate, kind="stable")[:limit]
+        p = self.filter.params  # judged as the running program judges (flows() alike)
+        over = (window > p.t_t3) & rate_exceeds_array(recs["c"].astype(np.int64), window,
+                                                       p.t_f2)
         return [{"dst": _dst_text(keys[i]), "count": int(recs[i]["c"]),
                  "window_s": round(int(window[i]) / NS_PER_S, 6),
                  "rate_pps": round(float(rate[i]), 3),
-                 "over_t_f2": bool(float(rate[i]) > self.config.thresholds.t_f2)}
+                 "over_t_f2": bool(over[i])}
                 for i in idx]
 
     def explain(self, src: str, dst: str, *, proto: int = 17) -> Explanation:
@@ -656,12 +656,3 @@ def _in_prefix(addrs: np.ndarray, prefix: str, *, what: str) -> np.ndarray:
     out: np.ndarray = ok
     return out
 
-
-@contextlib.contextmanager
-def running(config: Config) -> Iterator[Proxy]:
-    """A started :class:`Proxy`, stopped at the end of the block."""
-    proxy = Proxy(config).start()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
