@@ -11,7 +11,7 @@ yield 0 and the length checks decide, exactly as in the model.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -70,14 +70,22 @@ def parse_batch(buf: Array, base: Array, lens: Array, dst_mode: int,
               & (lens >= 34))
     if simple.all():
         return _parse_simple_v4(hdr, lens, dst_mode)
-    if simple.any():
-        out = _parse_general(buf, base, lens, dst_mode, hdr)
-        fast = np.flatnonzero(simple)
-        quick = _parse_simple_v4(hdr[fast], lens[fast], dst_mode)
-        for f in ("status", "keys", "proto", "l4off", "l4end", "frag"):
-            getattr(out, f)[fast] = getattr(quick, f)
-        return out
-    return _parse_general(buf, base, lens, dst_mode, hdr)
+    if not simple.any():
+        return _parse_general(buf, base, lens, dst_mode, hdr)
+    # a mix: each frame is parsed once, by the walk that fits it
+    fast, rest = np.flatnonzero(simple), np.flatnonzero(~simple)
+    quick = _parse_simple_v4(hdr[fast], lens[fast], dst_mode)
+    out = Batch(*(np.empty(len(lens), dtype=getattr(quick, f.name).dtype)
+                  for f in fields(Batch)))
+    _put(out, fast, quick)
+    _put(out, rest, _parse_general(buf, base[rest], lens[rest], dst_mode, hdr[rest]))
+    return out
+
+
+def _put(into: Batch, rows: Array, part: Batch) -> None:
+    """Write the frames of ``part`` into ``into`` at ``rows``."""
+    for f in fields(Batch):
+        getattr(into, f.name)[rows] = getattr(part, f.name)
 
 
 def _parse_simple_v4(hdr: Array, lens: Array, dst_mode: int) -> Batch:
@@ -149,9 +157,7 @@ def _parse_general(buf: Array, base: Array, lens: Array, dst_mode: int, hdr: Arr
             o: Array = buf[np.clip(b2[:, None] + off[:, None] + _AR16, 0, len(buf) - 1)]
             return o
 
-        again = _parse(raw, raw16, len(slow), l2, dst_mode)
-        for f in ("status", "keys", "proto", "l4off", "l4end", "frag"):
-            getattr(out, f)[slow] = getattr(again, f)
+        _put(out, slow, _parse(raw, raw16, len(slow), l2, dst_mode))
     return out
 
 
