@@ -41,7 +41,7 @@ import collections
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,7 +65,8 @@ from xpro.kernel import (
     Sizes,
 )
 from xpro.merge import rate_exceeds_array
-from xpro.model import FilterParams, Prefix
+from xpro.model import FilterParams
+from xpro.prefixset import PrefixSet
 
 __all__ = ["DestinationParser", "EventQueue", "UserFilter", "parsed_destination_addr"]
 
@@ -91,53 +92,6 @@ def parsed_destination_addr(dest: str) -> bytes:
     h = hashlib.blake2b(dest.strip().lower().encode(), digest_size=15,
                         person=b"xpro-destination")
     return b"\xfd" + h.digest()
-
-
-@dataclass(frozen=True)
-class _PrefixSet:
-    """Prefixes as (network, mask) pairs of two big-endian 64-bit words."""
-
-    net_hi: Array
-    net_lo: Array
-    mask_hi: Array
-    mask_lo: Array
-    values: Array
-    lengths: Array
-
-    @classmethod
-    def build(cls, prefixes: Mapping[Prefix, int]) -> _PrefixSet:
-        items = sorted(prefixes.items(), key=lambda kv: kv[0].length)
-        full = (1 << 128) - 1
-        nets, masks = [], []
-        for p, _ in items:
-            m = (full << (128 - p.length)) & full
-            nets.append(p.network & m)
-            masks.append(m)
-        return cls(
-            np.array([x >> 64 for x in nets], dtype=np.uint64),
-            np.array([x & 0xFFFFFFFFFFFFFFFF for x in nets], dtype=np.uint64),
-            np.array([x >> 64 for x in masks], dtype=np.uint64),
-            np.array([x & 0xFFFFFFFFFFFFFFFF for x in masks], dtype=np.uint64),
-            np.array([v for _, v in items], dtype=np.int64),
-            np.array([p.length for p, _ in items], dtype=np.int64),
-        )
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def lookup(self, addrs: Array, default: int) -> Array:
-        """The value of the longest prefix holding each address (``default`` if none)."""
-        words = np.ascontiguousarray(addrs).view(">u8").reshape(len(addrs), 2)
-        hi, lo = words[:, 0].astype(np.uint64), words[:, 1].astype(np.uint64)
-        out = np.full(len(addrs), default, dtype=np.int64)
-        for i in range(len(self.values)):  # shortest first: longer ones override
-            hit = ((hi & self.mask_hi[i]) == self.net_hi[i]) & (
-                (lo & self.mask_lo[i]) == self.net_lo[i])
-            out[hit] = self.values[i]
-        return out
-
-    def contains(self, addrs: Array) -> Array:
-        return self.lookup(addrs, -1) >= 0
 
 
 class _ConfigView:
@@ -238,9 +192,9 @@ class UserFilter:
         """Install thresholds, modes and prefix lists (no state is lost)."""
         with self.lock:
             self.params = params
-            self._allow = _PrefixSet.build(dict.fromkeys(params.allow, 1))
-            self._deny = _PrefixSet.build(dict.fromkeys(params.deny, 1))
-            self._policy = _PrefixSet.build(dict(params.dst_policy))
+            self._allow = PrefixSet.build(dict.fromkeys(params.allow, 1))
+            self._deny = PrefixSet.build(dict.fromkeys(params.deny, 1))
+            self._policy = PrefixSet.build(dict(params.dst_policy))
         del clock_offset  # the userspace clock reads CLOCK_TAI directly
 
     def sync_clock(self) -> int:

@@ -74,7 +74,8 @@ from xpro.kernel import (
     apply_entries,
 )
 from xpro.merge import rate_exceeds_array
-from xpro.model import FilterParams, longest_match
+from xpro.model import FilterParams
+from xpro.prefixset import PrefixSet
 from xpro.sync import index_of
 
 log = logging.getLogger("xpro.backends.offload")
@@ -135,25 +136,16 @@ def _enforced(dst_addrs: Array, params: FilterParams) -> Array:
     """Which destinations are in ``enforce`` mode (monitor mode passes everything)."""
     if not params.dst_policy:
         return np.full(len(dst_addrs), params.mode == L.MODE_ENFORCE, dtype=bool)
-    out = np.empty(len(dst_addrs), dtype=bool)
-    cache: dict[bytes, bool] = {}
-    for i, a in enumerate(dst_addrs):
-        addr = bytes(a).ljust(16, b"\0")
-        if addr not in cache:
-            m = longest_match(params.dst_policy, addr)
-            cache[addr] = (params.mode if m is None else m) == L.MODE_ENFORCE
-        out[i] = cache[addr]
+    modes = PrefixSet.build(dict(params.dst_policy)).lookup(dst_addrs, params.mode)
+    out: Array = modes == L.MODE_ENFORCE
     return out
 
 
 def _allowed(srcs: Array, params: FilterParams) -> Array:
     """Which sources the allow list passes before any rate rule."""
-    out = np.zeros(len(srcs), dtype=bool)
-    if params.allow:
-        for i, s in enumerate(srcs):
-            addr = bytes(s).ljust(16, b"\0")
-            out[i] = any(p.contains(addr) for p in params.allow)
-    return out
+    if not params.allow:
+        return np.zeros(len(srcs), dtype=bool)
+    return PrefixSet.build(dict.fromkeys(params.allow, 1)).contains(srcs)
 
 
 def _over(c: Array, ts1: Array, ts2: Array, now: int, t_t1: int, t_min: int,
