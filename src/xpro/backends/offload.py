@@ -67,7 +67,6 @@ from xpro.errors import (
 )
 from xpro.hookspecs import hookimpl
 from xpro.kernel import (
-    CLOCK_MONOTONIC_COARSE,
     OP_FLOW,
     OP_KEEP_BASE,
     XdpFilter,
@@ -478,13 +477,6 @@ class OffloadBackend(XdpBackend):
 
     # --- the drop set ---------------------------------------------------------------
 
-    def _now(self, filt: XdpFilter) -> int:
-        """The full program's clock: its fake clock if set, else coarse monotonic + offset."""
-        fake = int(filt.cfg.view["fake_now"])
-        if fake:
-            return fake
-        return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE) + int(filt.cfg.view["clock_offset"])
-
     @staticmethod
     def _gather_hidden(hidden: dict[bytes, _Hidden], hits: dict[bytes, int], now: int) -> None:
         for k, n in hits.items():
@@ -539,7 +531,7 @@ class OffloadBackend(XdpBackend):
         t0 = time.perf_counter()
         filt = self.load()
         params = filt.params
-        when = self._now(filt) if now is None else now
+        when = filt.now() if now is None else now
         for r in self.reduced.values():
             r.prog.set_dst_mode(params.dst_mode)
             self._count_in(filt, r.prog.hits("drop_flows"), when)
