@@ -4,15 +4,15 @@ Topology (namespaces made here and removed at the end)::
 
     peer ──veth── proxy (ingress ... egress) ──veth── service
 
-The generator is the same for both: :class:`xpro.livegen.LiveGenerator`
+The generator is the same for both: :class:`xpro.lab.livegen.LiveGenerator`
 (``BPF_PROG_TEST_RUN`` with live frames, XDP_TX out of the peer's veth, the
-fast generator of DESIGN.md 10), unpaced, in a child process in the peer
+fast generator of docs/platform.rst), unpaced, in a child process in the peer
 namespace.  The proxy runs either
 
 * ``native``: the full xpro program in driver mode on the ingress veth;
 * ``afxdp``: the redirect program, one AF_XDP socket per RX queue (copy mode,
   the only mode veth has) and Algorithm 2 in numpy over batches
-  (:class:`xpro.afxdp.filter.UserFilter`), passed frames out of the egress.
+  (:class:`xpro.datapath.afxdp.filter.UserFilter`), passed frames out of the egress.
 
 Figures are frames the filter judged per second (its verdict counters), over
 a window after a warm-up.  Cases:
@@ -48,16 +48,17 @@ from typing import Any
 
 import numpy as np
 
-from xpro.afxdp.filter import UserFilter
 from xpro.backends.afxdp import AfxdpBackend
 from xpro.bpf import XdpMode
 from xpro.bpf.xdp import attach_xdp
-from xpro.kernel import Sizes, XdpFilter
-from xpro.layout import XDP_DROP, Reason
-from xpro.livegen import send_live
-from xpro.model import FilterParams
-from xpro.netns import Topology, add_address, link_info
-from xpro.traffic import udp_frame
+from xpro.core.layout import XDP_DROP, Reason
+from xpro.core.model import FilterParams
+from xpro.core.params import Sizes
+from xpro.datapath.afxdp.filter import UserFilter
+from xpro.datapath.xdp import XdpFilter
+from xpro.lab.frames import udp_frame
+from xpro.lab.livegen import send_live
+from xpro.lab.namespaces import Topology, add_address, link_info
 
 S = 1_000_000_000
 FLOOD = FilterParams(t_f1=100, t_t2=0, t_t1=10 * S, t_f2=2**32 - 1, events=False)

@@ -1,7 +1,7 @@
 """Flood benchmark: packets per second dropped at one proxy's veth, per filter, in one run.
 
 A peer namespace floods a proxy namespace over a veth pair with 60-byte UDP
-frames from the live-frames generator (:mod:`xpro.livegen`: one kernel call
+frames from the live-frames generator (:mod:`xpro.lab.livegen`: one kernel call
 that sends until it is stopped).  Each variant is installed on the proxy's
 end of the veth in turn, and drops the flood:
 
@@ -10,7 +10,7 @@ end of the veth in turn, and drops the flood:
   lookup keyed on the address pair, the coarse clock, one atomic add on a
   record every CPU shares, then XDP_DROP: ``bench/progs/flow_counter.bpf.c``),
   native mode: the floor under xpro;
-* ``xpro-native`` / ``xpro-generic``: the xpro filter (``xpro.kernel.XdpFilter``
+* ``xpro-native`` / ``xpro-generic``: the xpro filter (``xpro.datapath.xdp.XdpFilter``
   attached with a BPF link) in driver and in skb mode, with a threshold the
   flood exceeds;
 * ``xdp-filter``: xdp-tools' ``xdp-filter load --mode native`` with a deny rule
@@ -70,12 +70,13 @@ from pyroute2 import IPRoute
 
 from xpro.bpf import XDP_DROP, BpfObject, Map, XdpLink, XdpMode
 from xpro.bpf.xdp import attach_xdp
-from xpro.kernel import Sizes, XdpFilter
-from xpro.layout import Reason
-from xpro.livegen import LiveGenerator
-from xpro.model import NS_PER_S, FilterParams
-from xpro.netns import NsPair, NsProcess, in_netns, netns_pair, run_in_netns, set_gro
-from xpro.traffic import udp_frame
+from xpro.core.layout import Reason
+from xpro.core.model import NS_PER_S, FilterParams
+from xpro.core.params import Sizes
+from xpro.datapath.xdp import XdpFilter
+from xpro.lab.frames import udp_frame
+from xpro.lab.livegen import LiveGenerator
+from xpro.lab.namespaces import NsPair, NsProcess, in_netns, netns_pair, run_in_netns, set_gro
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

@@ -39,9 +39,9 @@ from typing import Any
 
 import numpy as np
 
-from xpro import traffic
 from xpro.bpf import BpfObject, object_path
-from xpro.layout import CONFIG, addr16
+from xpro.core.layout import CONFIG, addr16
+from xpro.lab import frames as traffic
 
 HERE = Path(__file__).resolve().parent
 XDP_FILTER_OBJ = Path("/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_dny_all.o")

@@ -79,8 +79,8 @@ from typing import Any
 import numpy as np
 
 from xpro.bpf import BpfObject
-from xpro.layout import CONFIG, Reason
-from xpro.model import NS_PER_S
+from xpro.core.layout import CONFIG, Reason
+from xpro.core.model import NS_PER_S
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -300,8 +300,8 @@ def group_flood(args: argparse.Namespace, tmp: Path, out: dict[str, Any]) -> Non
 
     from xpro.bpf import XdpMode
     from xpro.bpf.xdp import attach_xdp
-    from xpro.netns import NsProcess, netns_pair, set_gro
-    from xpro.traffic import udp_frame as mk_frame
+    from xpro.lab.frames import udp_frame as mk_frame
+    from xpro.lab.namespaces import NsProcess, netns_pair, set_gro
 
     vs = [
         Variant("bare", "spoof_xpro.bpf.c", ["SPOOF_BARE"], spoof=False),

@@ -2,7 +2,7 @@
 
 Run as ``python bench/sync_cost.py`` (root: it loads the XDP program; about
 six minutes; ``--quick`` for a tenth of the sizes, ``--plot PATH`` to draw the
-figure).  It starts its own servers with :mod:`xpro.servers` (one
+figure).  It starts its own servers with :mod:`xpro.lab.servers` (one
 redis-server, a Redis Cluster of 3 masters with a replica each, one etcd
 member with fsync), on free loopback ports, and removes them at the end.
 Each round is the one the daemon runs every period: heartbeat, dirty flows
@@ -53,11 +53,14 @@ from typing import Any
 
 import numpy as np
 
-from xpro import layout as L
-from xpro import model
-from xpro.kernel import OP_CREATE, OP_FLOW, Sizes, XdpFilter, apply_entries
-from xpro.servers import ServerSet
-from xpro.store import Store, open_store
+from xpro.core import layout as L
+from xpro.core import model
+from xpro.core.params import Sizes
+from xpro.core.state import OP_CREATE, OP_FLOW, apply_entries
+from xpro.datapath.xdp import XdpFilter
+from xpro.lab.servers import ServerSet
+from xpro.plugins import open_store
+from xpro.stores.base import Store
 from xpro.sync import Syncer
 
 S = model.NS_PER_S
@@ -139,7 +142,7 @@ def send(filt: XdpFilter, ids: np.ndarray, t: int) -> None:
 
 
 def table_size(n: int) -> Sizes:
-    """An LRU well above ``n`` flows (a thrashing LRU costs ~6x, DESIGN.md 10)."""
+    """An LRU well above ``n`` flows (a thrashing LRU costs ~6x, docs/platform.rst)."""
     return Sizes(flows=max(1 << 14, 1 << int(np.ceil(np.log2(2 * n)))))
 
 

@@ -1,7 +1,7 @@
 """Sync cost per master store: merge rounds, idle and 1%-changed reads, memory per record.
 
 Run as ``python bench/sync_store.py`` (``--quick`` for a smaller run).  It
-starts its own servers with :mod:`xpro.servers` (redis-server single and a
+starts its own servers with :mod:`xpro.lab.servers` (redis-server single and a
 3-master cluster with replicas, one etcd member with fsync; free loopback
 ports, a temporary directory, removed at the end).  It measures the store
 calls alone; ``bench/sync_cost.py`` measures whole sync rounds.  For each store it measures:
@@ -42,10 +42,11 @@ from typing import Any
 
 import numpy as np
 
-from xpro.layout import FLOW_KEY
-from xpro.model import R_DEN, SyncParams
-from xpro.servers import RedisServer, ServerSet
-from xpro.store import LOCAL, Store, open_store
+from xpro.core.layout import FLOW_KEY, LOCAL
+from xpro.core.model import R_DEN, SyncParams
+from xpro.lab.servers import RedisServer, ServerSet
+from xpro.plugins import open_store
+from xpro.stores.base import Store
 
 P = SyncParams(t_t1=10 * 10**9, t_t4=5 * 10**9, r_q=2 * R_DEN)
 TARGET_ROUND_S = 1.0
@@ -53,7 +54,7 @@ TARGET_IDLE_S = 0.050
 
 
 # ---------------------------------------------------------------------------
-# Servers: xpro.servers (127.0.0.1, free ports, a temporary directory, cleaned up)
+# Servers: xpro.lab.servers (127.0.0.1, free ports, a temporary directory, cleaned up)
 # ---------------------------------------------------------------------------
 
 ETCD_QUOTA = ("--quota-backend-bytes", str(8 * 1024**3))

@@ -26,7 +26,7 @@ extensions = [
 # The CLI reference documents xpro's own commands, including `xpro plugins`,
 # which the built-in plugin module adds (and no third-party plugin's).
 from xpro import cli as _cli  # noqa: E402
-from xpro import plugins as _plugins  # noqa: E402
+from xpro.plugins.builtin import plugins_command as _plugins  # noqa: E402
 
 _plugins.xpro_add_cli_commands(_cli.cli)
 

@@ -8,7 +8,7 @@
 * SIGTERM (``timeout`` in ``scripts/test``) unwinds like Ctrl-C, so fixtures
   still remove their namespaces.
 * A session that runs as root first removes network namespaces that dead runs
-  left behind (:func:`xpro.netns.cleanup_stale`; live runs are never touched).
+  left behind (:func:`xpro.lab.namespaces.cleanup_stale`; live runs are never touched).
 """
 
 from __future__ import annotations
@@ -61,6 +61,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session", autouse=True)
 def _stale_namespaces() -> None:
     if IS_ROOT:
-        from xpro.netns import cleanup_stale
+        from xpro.lab.namespaces import cleanup_stale
 
         cleanup_stale()

@@ -1,4 +1,4 @@
-"""Frames for tests, crafted with scapy (DESIGN.md 9)."""
+"""Frames for tests, crafted with scapy (docs/dependencies.rst)."""
 
 from __future__ import annotations
 

@@ -54,6 +54,10 @@ class NoSuchInterface(AttachError):
     """The named interface does not exist (in this network namespace)."""
 
 
+class NetnsError(AttachError):
+    """A network namespace is missing, or changing a namespace, link or address failed."""
+
+
 class ModeNotSupported(AttachError):
     """The driver does not support the requested XDP mode (e.g. HW offload)."""
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from xpro.lab.cli import lab
+from xpro.cli.lab import lab
+from xpro.lab.namespaces import list_netns
 from xpro.lab.topology import LAB_PREFIX, PIN_ROOT
-from xpro.netns import list_netns
 
 
 def lab_leftovers() -> dict[str, list[str]]:

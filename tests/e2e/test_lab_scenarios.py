@@ -74,7 +74,7 @@ def test_demo(tmp_path: Any) -> None:
     """``xpro lab demo``: a live view, then sync and no-sync side by side, and the plot."""
     from click.testing import CliRunner
 
-    from xpro.lab.cli import lab
+    from xpro.cli.lab import lab
 
     result = CliRunner().invoke(lab, ["demo", "--duration", "4", "--proxies", "2",
                                       "--bots", "10", "--out", str(tmp_path)],

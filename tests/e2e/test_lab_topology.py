@@ -10,11 +10,11 @@ import time
 import pytest
 
 from tests.e2e.conftest import lab_leftovers
+from xpro.lab.namespaces import NsProcess
 from xpro.lab.scenarios import SERVICE_ADDRESSES, SERVICE_PORT
 from xpro.lab.service import Service
 from xpro.lab.topology import Addressing, build_lab, lab_down
 from xpro.lab.traffic import ROLES, Bins, Flow, frame, send_flows
-from xpro.netns import NsProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -92,7 +92,7 @@ def test_up_then_down_stop() -> None:
 
     from xpro.lab.topology import live_runs
 
-    with subprocess.Popen([sys.executable, "-m", "xpro.lab.cli", "up", "--proxies", "1"],
+    with subprocess.Popen([sys.executable, "-m", "xpro.cli.lab", "up", "--proxies", "1"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None

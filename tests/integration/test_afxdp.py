@@ -32,24 +32,17 @@ from scapy.layers.l2 import Ether
 
 from tests.kernel.test_differential import params, traces
 from tests.unit.test_afxdp_filter import _event, _flow
-from xpro import layout as L
-from xpro import model
-from xpro.afxdp.filter import UserFilter, parsed_destination_addr
 from xpro.backends.afxdp import AfxdpBackend
 from xpro.bpf import XdpMode
-from xpro.kernel import (
-    OP_CREATE,
-    OP_DELETE,
-    OP_DST,
-    OP_FLOW,
-    OP_READ,
-    Sizes,
-    XdpFilter,
-    apply_entries,
-)
-from xpro.netns import Topology, add_address, in_netns, link_info, sysctl
+from xpro.core import layout as L
+from xpro.core import model
+from xpro.core.params import Sizes
+from xpro.core.state import OP_CREATE, OP_DELETE, OP_DST, OP_FLOW, OP_READ, apply_entries
+from xpro.datapath.afxdp.filter import UserFilter, parsed_destination_addr
+from xpro.datapath.xdp import XdpFilter
+from xpro.lab.frames import Stream, UdpCounter, send_in_netns, udp_frame
+from xpro.lab.namespaces import Topology, add_address, in_netns, link_info, sysctl
 from xpro.parsers.coap import COAP_PORT, parse_coap
-from xpro.traffic import Stream, UdpCounter, send_in_netns, udp_frame
 
 pytestmark = pytest.mark.integration
 

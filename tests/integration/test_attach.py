@@ -13,11 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from xpro import layout
 from xpro.bpf import BpfObject, XdpLink, XdpMode, object_path, xdp_query
-from xpro.layout import Reason, addr16
-from xpro.netns import NsPair, in_netns, netns_pair
-from xpro.traffic import (
+from xpro.core import layout
+from xpro.core.layout import Reason, addr16
+from xpro.lab.frames import (
     ETH_P_ARP,
     Stream,
     UdpCounter,
@@ -25,6 +24,7 @@ from xpro.traffic import (
     send_in_netns,
     udp_frame,
 )
+from xpro.lab.namespaces import NsPair, in_netns, netns_pair
 
 pytestmark = pytest.mark.integration
 

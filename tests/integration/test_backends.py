@@ -10,10 +10,10 @@ import pytest
 
 from xpro.backends.xdp import AutoBackend, GenericBackend, NativeBackend, detach_pinned, link_pin
 from xpro.bpf import BpfObject, XdpMode, object_path, xdp_query
+from xpro.core.model import FilterParams
+from xpro.core.params import Sizes
 from xpro.errors import InterfaceBusy, ModeNotSupported, NoSuchInterface
-from xpro.kernel import Sizes
-from xpro.model import FilterParams
-from xpro.netns import NsPair, netns_pair, set_link
+from xpro.lab.namespaces import NsPair, netns_pair, set_link
 from xpro.plugins import PluginHost
 
 pytestmark = pytest.mark.integration

@@ -27,10 +27,10 @@ import numpy as np
 import pytest
 
 from xpro.bpf import Map, xdp_query
-from xpro.layout import STAT, Reason
-from xpro.netns import NsPair, NsProcess, netns_pair
-from xpro.servers import RedisServer, ServerSet, find_binary
-from xpro.traffic import Stream, send_streams, udp_frame
+from xpro.core.layout import STAT, Reason
+from xpro.lab.frames import Stream, send_streams, udp_frame
+from xpro.lab.namespaces import NsPair, NsProcess, netns_pair
+from xpro.lab.servers import RedisServer, ServerSet, find_binary
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -387,7 +387,7 @@ def test_a_broken_plugin_is_reported_and_the_daemon_runs(
     (dist / "entry_points.txt").write_text("[xpro]\nbroken_sink = xpro_broken_sink\n"
                                            "broken_import = xpro_no_such_module_here\n")
     (site / "xpro_broken_sink.py").write_text(
-        "from xpro.hookspecs import hookimpl\n\n@hookimpl\ndef xpro_alert(alert):\n"
+        "from xpro.hooks.specs import hookimpl\n\n@hookimpl\ndef xpro_alert(alert):\n"
         "    raise RuntimeError('sink exploded')\n")
     pythonpath = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
     d = Daemon(tmp_path, pair, "memory://", "--t-f1", "100", "--t-t2", "0.5",

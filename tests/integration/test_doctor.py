@@ -1,6 +1,6 @@
 """``xpro doctor`` against real interfaces, programs and servers.
 
-Every test builds its own namespaces with :class:`xpro.netns.Topology` (removed
+Every test builds its own namespaces with :class:`xpro.lab.namespaces.Topology` (removed
 afterwards, also on failure): veth pairs (native XDP), an interface whose
 driver has no native XDP (``dummy`` where the kernel has it, else ``ifb`` or a
 bridge: this kernel has no modules and no dummy driver), a veth held by
@@ -23,22 +23,22 @@ from click.testing import CliRunner
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from xpro import layout
 from xpro.bpf import BpfObject, XdpMode, object_path, xdp_query
 from xpro.bpf.xdp import in_netns
+from xpro.cli.doctor import doctor_command
 from xpro.config import Config, default_config, load_config
+from xpro.core import layout
+from xpro.datapath.xdp import XdpFilter
 from xpro.doctor import (
     Finding,
     check_interface,
     check_pins,
     check_store,
-    doctor_command,
     run_checks,
 )
 from xpro.errors import DatapathError
-from xpro.kernel import XdpFilter
-from xpro.netns import Topology
-from xpro.servers import BinaryMissing, ServerSet
+from xpro.lab.namespaces import Topology
+from xpro.lab.servers import BinaryMissing, ServerSet
 
 pytestmark = pytest.mark.integration
 
@@ -322,7 +322,7 @@ def test_without_privileges_every_check_still_reports() -> None:
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         pytest.skip("setpriv (util-linux) is needed to drop capabilities")
-    code = ("import sys; from xpro.doctor import doctor_command; "
+    code = ("import sys; from xpro.cli.doctor import doctor_command; "
             "doctor_command.main(args=sys.argv[1:], prog_name='xpro doctor')")
     r = subprocess.run([setpriv, "--inh-caps=-all",
                         "--bounding-set=-bpf,-sys_admin,-net_admin,-perfmon",

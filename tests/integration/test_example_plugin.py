@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-import xpro.alerts
-from xpro.alerts import Alert
+import xpro.core.alert
+from xpro.core.alert import Alert
 from xpro.plugins import PluginHost
 
 pytestmark = [
@@ -104,8 +104,8 @@ def test_an_unreachable_webhook_is_reported_and_other_sinks_still_run(
     monkeypatch.setenv("XPRO_WEBHOOK_URL", dead)
     alert = Alert.make("store_down", "master store unreachable", "p1")
     if not host.pm.has_plugin("alert_log"):  # its entry point: test_plugins checks it
-        host.register(xpro.alerts, "alert_log")
-    with caplog.at_level("CRITICAL", logger="xpro.alerts"):
+        host.register(xpro.core.alert, "alert_log")
+    with caplog.at_level("CRITICAL", logger="xpro.core.alert"):
         assert host.call_each("xpro_alert", alert=alert) == ["example"]
     assert "URLError" in host.failed()["example"]
     assert "kind=store_down" in caplog.text  # the built-in log sink still ran

@@ -1,4 +1,4 @@
-"""xpro.livegen on a real veth pair: frames leave the peer namespace and arrive at the proxy.
+"""xpro.lab.livegen on a real veth pair: frames leave the peer namespace and arrive at the proxy.
 
 Arrival is checked where it happens: in the XDP program on the proxy's end
 (the xpro filter's flow record of the generator's source) and, with GRO on
@@ -18,12 +18,13 @@ import pytest
 
 from xpro.bpf import XdpMode, xdp_query
 from xpro.bpf.xdp import attach_xdp
-from xpro.kernel import Sizes, XdpFilter
-from xpro.layout import addr16
-from xpro.livegen import LiveGenerator, send_live
-from xpro.model import FilterParams
-from xpro.netns import NsPair, add_route, driver_stats, netns_pair, run_in_netns, set_gro
-from xpro.traffic import Stream, UdpCounter, send_streams, udp_frame
+from xpro.core.layout import addr16
+from xpro.core.model import FilterParams
+from xpro.core.params import Sizes
+from xpro.datapath.xdp import XdpFilter
+from xpro.lab.frames import Stream, UdpCounter, send_streams, udp_frame
+from xpro.lab.livegen import LiveGenerator, send_live
+from xpro.lab.namespaces import NsPair, add_route, driver_stats, netns_pair, run_in_netns, set_gro
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""xpro.netns on the real kernel: namespaces, veth pairs, children, and cleanup."""
+"""xpro.lab.namespaces on the real kernel: namespaces, veth pairs, children, and cleanup."""
 
 from __future__ import annotations
 
@@ -11,8 +11,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from xpro import netns
-from xpro.netns import NetnsError, NsProcess, Topology, cleanup_stale, list_netns, netns_pair
+from xpro.lab import namespaces as netns
+from xpro.lab.namespaces import (
+    NetnsError,
+    NsProcess,
+    Topology,
+    cleanup_stale,
+    list_netns,
+    netns_pair,
+)
 
 pytestmark = pytest.mark.integration
 

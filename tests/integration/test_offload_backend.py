@@ -23,16 +23,16 @@ from typing import Any
 
 import pytest
 
-from xpro import layout as L
-from xpro import model
 from xpro.backends.offload import OffloadBackend, OffReason
 from xpro.backends.xdp import NativeBackend
 from xpro.bpf import XdpMode, xdp_query
+from xpro.core import layout as L
+from xpro.core import model
+from xpro.core.params import Sizes
 from xpro.errors import InterfaceBusy, ModeNotSupported
-from xpro.kernel import Sizes
-from xpro.netns import Topology, add_address, link_info, sysctl
-from xpro.plugins import Registry
-from xpro.traffic import Stream, UdpCounter, send_in_netns, udp_frame
+from xpro.hooks.registry import Registry
+from xpro.lab.frames import Stream, UdpCounter, send_in_netns, udp_frame
+from xpro.lab.namespaces import Topology, add_address, link_info, sysctl
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""xpro.traffic: frames the kernel accepts, paced at the asked rates, counted on arrival."""
+"""xpro.lab.frames: frames the kernel accepts, paced at the asked rates, counted on arrival."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
-from xpro.netns import NsPair, netns_pair
-from xpro.traffic import Stream, UdpCounter, arp_request, send_in_netns, send_streams, udp_frame
+from xpro.lab.frames import Stream, UdpCounter, arp_request, send_in_netns, send_streams, udp_frame
+from xpro.lab.namespaces import NsPair, netns_pair
 
 pytestmark = pytest.mark.integration
 

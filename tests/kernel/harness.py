@@ -1,4 +1,4 @@
-"""The kernel program behind the same interface as :class:`xpro.model.Filter`.
+"""The kernel program behind the same interface as :class:`xpro.core.model.Filter`.
 
 Differential tests feed one trace to both and compare, packet by packet, the
 verdict, the counter of the reason, the flow record, and the warnings; at
@@ -14,14 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from xpro import layout as L
-from xpro import model
 from xpro.bpf import RingBuffer
-from xpro.kernel import Sizes, XdpFilter
+from xpro.core import layout as L
+from xpro.core import model
+from xpro.core.params import Sizes
+from xpro.datapath.xdp import XdpFilter
 
 
 class KernelFilter:
-    """One loaded xpro program (:class:`xpro.kernel.XdpFilter`), driven like a
+    """One loaded xpro program (:class:`xpro.datapath.xdp.XdpFilter`), driven like a
     :class:`model.Filter`."""
 
     def __init__(self, program: str = "xpro_xdp", flows_max: int = 4096) -> None:

@@ -1,7 +1,7 @@
 """The control program xpro_apply: the sync's only way to change a record.
 
 It applies deltas in kernel context with atomic adds and a generation check,
-so packets counted while a sync runs are never lost (DESIGN.md 4.3).
+so packets counted while a sync runs are never lost (docs/semantics.rst, "Record ownership").
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from tests.packets import frame
-from xpro import layout as L
-from xpro import model
 from xpro.bpf import BpfObject, object_path
-from xpro.kernel import apply_entries
+from xpro.core import layout as L
+from xpro.core import model
+from xpro.core.state import apply_entries
 
 pytestmark = pytest.mark.kernel
 

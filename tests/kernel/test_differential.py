@@ -3,7 +3,7 @@
 Hypothesis generates traces -- many sources and destinations, IPv4 and IPv6,
 VLAN tags, fragments and extension headers, malformed and non-IP frames,
 timestamps from a fake clock, random thresholds and both modes -- and runs
-each through ``BPF_PROG_TEST_RUN`` and through :class:`xpro.model.Filter`.
+each through ``BPF_PROG_TEST_RUN`` and through :class:`xpro.core.model.Filter`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from tests.kernel.harness import KernelFilter, run_differential
 from tests.packets import arp_frame, frame
-from xpro import model
+from xpro.core import model
 
 pytestmark = pytest.mark.kernel
 

@@ -1,4 +1,4 @@
-"""xpro.layout matches bpf/xpro_shared.h, checked against the object's BTF."""
+"""xpro.core.layout matches bpf/xpro_shared.h, checked against the object's BTF."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from xpro import layout as L
 from xpro.bpf import object_path
+from xpro.core import layout as L
 
 pytestmark = [
     pytest.mark.kernel,

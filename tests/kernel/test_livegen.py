@@ -19,7 +19,7 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet, Raw
 
 from xpro.bpf import XDP_PASS, BpfObject, object_path
-from xpro.livegen import CONFIG, LiveGenerator, LiveGenError
+from xpro.lab.livegen import CONFIG, LiveGenerator, LiveGenError
 
 pytestmark = pytest.mark.kernel
 

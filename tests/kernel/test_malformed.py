@@ -23,7 +23,7 @@ from scapy.packet import Raw
 
 from tests.kernel.harness import KernelFilter, run_differential
 from tests.packets import frame
-from xpro import model
+from xpro.core import model
 
 pytestmark = pytest.mark.kernel
 

@@ -35,8 +35,6 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.packets import arp_frame, frame
-from xpro import layout as L
-from xpro import model
 from xpro.backends.offload import (
     OFFLOAD_OBJECT,
     OFFLOAD_PROGRAM,
@@ -46,7 +44,10 @@ from xpro.backends.offload import (
     drop_set,
 )
 from xpro.bpf import XDP_DROP, XDP_PASS, BpfObject, MapType, object_path
-from xpro.kernel import Sizes, XdpFilter
+from xpro.core import layout as L
+from xpro.core import model
+from xpro.core.params import Sizes
+from xpro.datapath.xdp import XdpFilter
 
 pytestmark = pytest.mark.kernel
 

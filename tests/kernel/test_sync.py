@@ -13,9 +13,11 @@ from collections.abc import Iterator
 import pytest
 
 from tests.packets import frame
-from xpro import model
-from xpro.kernel import Sizes, XdpFilter
-from xpro.store import Store, open_store
+from xpro.core import model
+from xpro.core.params import Sizes
+from xpro.datapath.xdp import XdpFilter
+from xpro.plugins import open_store
+from xpro.stores.base import Store
 from xpro.sync import Syncer
 
 pytestmark = pytest.mark.kernel

@@ -7,9 +7,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from xpro import model
-from xpro.layout import FLOW_KEY
-from xpro.store import LOCAL, Store
+from xpro.core import model
+from xpro.core.layout import FLOW_KEY, LOCAL
+from xpro.stores.base import Store
 
 S = model.NS_PER_S
 

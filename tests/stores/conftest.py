@@ -6,7 +6,7 @@
 * ``store_factory``: parametrized over every backend; ``store_factory(mesh)``
   opens one more Store on the same backend and mesh (one per proxy).
 
-The servers come from :mod:`xpro.servers` (the same code the benchmarks and the
+The servers come from :mod:`xpro.lab.servers` (the same code the benchmarks and the
 lab use): 127.0.0.1 only, free ports, a temporary data directory, all of it
 stopped and deleted at teardown, also when a test fails.  A missing binary
 skips the tests that need it, naming the package to install.
@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from xpro.servers import (
+from xpro.lab.servers import (
     BinaryMissing,
     EtcdServer,
     RedisServer,
@@ -33,7 +33,7 @@ from xpro.servers import (
     redis_command,
     wait_for,
 )
-from xpro.store import Store
+from xpro.stores.base import Store
 
 REDIS = find_binary("redis-server")
 REDIS_CLI = find_binary("redis-cli")
@@ -46,7 +46,7 @@ __all__ = ["ETCD", "REDIS", "REDIS_CLI", "Server", "Servers", "cluster_ok", "fre
 
 
 class Servers:
-    """Everything started for the session (a :class:`xpro.servers.ServerSet`)."""
+    """Everything started for the session (a :class:`xpro.lab.servers.ServerSet`)."""
 
     def __init__(self) -> None:
         self.set = ServerSet(prefix="xpro-stores-")
@@ -171,7 +171,7 @@ def store_factory(request: pytest.FixtureRequest, backend: str) -> Iterator[Stor
     All stores of one test share a fresh mesh unless ``mesh`` is given; all are
     closed at the end of the test.
     """
-    from xpro.store import open_store
+    from xpro.plugins import open_store
 
     url = backend_url(request, backend)
     default_mesh = f"t{uuid.uuid4().hex[:10]}"

@@ -12,9 +12,9 @@ import redis
 
 from tests.stores._util import S, keys, locals_, now_ns, read_all
 from tests.stores.conftest import ETCD, Server, Servers, free_port
+from xpro.core.model import SyncParams
 from xpro.errors import StoreUnavailable
-from xpro.model import SyncParams
-from xpro.store import open_store
+from xpro.plugins import open_store
 
 pytestmark = pytest.mark.integration
 

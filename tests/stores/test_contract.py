@@ -17,10 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.stores._util import S, as_dict, keys, locals_, now_ns, read_all, seed_master, to_local
-from xpro import model
+from xpro.core import model
+from xpro.core.layout import LOCAL
+from xpro.core.model import R_DEN, SyncParams
 from xpro.errors import BadRecord, ConfigError
-from xpro.model import R_DEN, SyncParams
-from xpro.store import LOCAL, Store
+from xpro.stores.base import Store
 
 pytestmark = pytest.mark.integration
 

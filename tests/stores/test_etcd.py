@@ -15,9 +15,9 @@ import pytest
 
 from tests.stores._util import S, as_dict, keys, locals_, now_ns, read_all
 from tests.stores.conftest import Server, Servers, wait_for
+from xpro.core.layout import MASTER
+from xpro.core.model import R_DEN, SyncParams
 from xpro.errors import StoreConflict, StoreUnavailable
-from xpro.model import R_DEN, SyncParams
-from xpro.store import MASTER
 from xpro.stores._common import Replay, batch_digest, key_hex
 from xpro.stores.etcd import EtcdStore
 

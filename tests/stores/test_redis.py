@@ -16,12 +16,14 @@ from hypothesis import strategies as st
 
 from tests.stores._util import S, as_dict, keys, locals_, now_ns, read_all, to_local
 from tests.stores.conftest import Server, Servers, cluster_ok, role, wait_for
-from xpro import model
+from xpro.core import model
+from xpro.core.layout import MASTER
+from xpro.core.merge import merge_arrays
+from xpro.core.model import R_DEN, SyncParams
 from xpro.errors import ConfigError, StoreUnavailable
-from xpro.model import R_DEN, SyncParams
-from xpro.store import MASTER, open_store
+from xpro.plugins import open_store
 from xpro.stores import _redis_lua
-from xpro.stores._common import Replay, batch_digest, key_hex, merge_arrays
+from xpro.stores._common import Replay, batch_digest, key_hex
 from xpro.stores.redis import RedisStore
 
 pytestmark = pytest.mark.integration
@@ -101,7 +103,7 @@ def test_lua_merge_equals_python_merge(rstore: RedisStore, case: Any, seed: int)
     for i, m in enumerate(masters):
         if m is not None:
             m_arr[i] = m
-    _, py_new = merge_arrays(loc, m_arr, has, params)
+    _, py_new = merge_arrays(loc, np.ones(len(loc), dtype=bool), m_arr, has, params)
     assert (existed == has).all()
     assert (before[has] == m_arr[has]).all()
     for i in range(len(rows)):

@@ -17,10 +17,11 @@ import pytest
 
 from tests.packets import frame
 from tests.stores.conftest import Servers
-from xpro import model
+from xpro.core import model
+from xpro.core.params import Sizes
+from xpro.datapath.xdp import XdpFilter
 from xpro.errors import StoreError
-from xpro.kernel import Sizes, XdpFilter
-from xpro.store import open_store
+from xpro.plugins import open_store
 from xpro.sync import Syncer
 
 pytestmark = [

@@ -2,7 +2,7 @@
 
 The same generated traces as the kernel's differential tests
 (``tests/kernel/test_differential.py``, reused by import) run through
-:class:`xpro.afxdp.filter.UserFilter`: one packet at a time through the
+:class:`xpro.datapath.afxdp.filter.UserFilter`: one packet at a time through the
 kernel harness's own checker, and as whole batches (split at random points)
 whose verdicts, counters, records and warnings must equal the model's packet
 by packet.  A real :class:`xpro.sync.Syncer` runs over the userspace filter.
@@ -26,12 +26,13 @@ from scapy.layers.l2 import Ether
 from tests.kernel.harness import run_differential
 from tests.kernel.test_differential import T0, params, traces
 from tests.packets import arp_frame, frame
-from xpro import layout as L
-from xpro import model
-from xpro.afxdp.filter import UserFilter, parsed_destination_addr
-from xpro.kernel import APPLIED, OP_CREATE, OP_FLOW, Sizes, apply_entries
+from xpro.core import layout as L
+from xpro.core import model
+from xpro.core.params import Sizes
+from xpro.core.state import APPLIED, OP_CREATE, OP_FLOW, apply_entries
+from xpro.datapath.afxdp.filter import UserFilter, parsed_destination_addr
 from xpro.parsers.coap import parse_coap
-from xpro.store import open_store
+from xpro.plugins import open_store
 from xpro.sync import Syncer
 
 pytestmark = pytest.mark.unit
@@ -261,7 +262,7 @@ def test_parsers_take_turns_and_a_failing_one_is_skipped() -> None:
 
 def test_many_destination_names_are_all_keyed_right() -> None:
     """More names than the filter remembers: every packet still gets its own name's key."""
-    from xpro.afxdp import filter as filt
+    from xpro.datapath.afxdp import filter as filt
 
     names = [f"svc{i}.example" for i in range(filt._DEST_CACHE + 50)]
     f = UserFilter(model.FilterParams(), sizes=Sizes(flows=1 << 14, dsts=1 << 14),

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.contrib.coap import CoAP
 
+from xpro.hooks.registry import Registry
 from xpro.parsers import coap as coap_mod
 from xpro.parsers.coap import COAP_PORT, parse_coap, parse_options, xpro_add_destination_parsers
-from xpro.plugins import Registry
 
 pytestmark = pytest.mark.unit
 

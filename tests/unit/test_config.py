@@ -20,15 +20,11 @@ from hypothesis import strategies as st
 
 from xpro import config as C
 from xpro.config import Config, InvalidConfig, load_config
+from xpro.config import kinds as K
+from xpro.core.layout import DST_ADDR_PORT, MALFORMED_PASS, MODE_ENFORCE, MODE_MONITOR
+from xpro.core.model import NS_PER_S, R_DEN, FilterParams, Prefix, SyncParams
+from xpro.core.params import Sizes
 from xpro.errors import ConfigError
-from xpro.kernel import Sizes
-from xpro.layout import (
-    DST_ADDR_PORT,
-    MALFORMED_PASS,
-    MODE_ENFORCE,
-    MODE_MONITOR,
-)
-from xpro.model import NS_PER_S, R_DEN, FilterParams, Prefix, SyncParams
 
 pytestmark = pytest.mark.unit
 
@@ -528,33 +524,33 @@ def test_diff_lists_changed_keys() -> None:
 
 def _value_strategy(opt: C.Option) -> st.SearchStrategy[Any]:
     kind = opt.kind
-    if isinstance(kind, C.Integer):
+    if isinstance(kind, K.Integer):
         if kind.power_of_two:
             return st.integers(kind.lo.bit_length() - 1, kind.hi.bit_length() - 1).map(
                 lambda b: 1 << b)
         return st.integers(kind.lo, kind.hi)
-    if isinstance(kind, C.Number):
+    if isinstance(kind, K.Number):
         return st.floats(kind.lo, kind.hi, exclude_min=kind.lo_open, allow_nan=False)
-    if isinstance(kind, C.Choice):
+    if isinstance(kind, K.Choice):
         return st.sampled_from(kind.choices)
-    if isinstance(kind, C.Boolean):
+    if isinstance(kind, K.Boolean):
         return st.booleans()
-    if isinstance(kind, C.Text):
+    if isinstance(kind, K.Text):
         return st.from_regex(kind.pattern, fullmatch=True)
-    if isinstance(kind, C.Url):
+    if isinstance(kind, K.Url):
         return st.builds("{}://{}:{}".format, st.sampled_from(["redis", "rediss", "etcd"]),
                          st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True),
                          st.integers(1, 65535)) | st.just("memory://")
-    if isinstance(kind, C.Listen):
+    if isinstance(kind, K.Listen):
         return st.builds("{}:{}".format, st.ip_addresses(v=4).map(str),
                          st.integers(1, 65535)) | st.just("")
-    if isinstance(kind, C.FilePath):
+    if isinstance(kind, K.FilePath):
         return st.from_regex(r"(/[a-z0-9_]{1,12}){1,4}", fullmatch=True)
-    if isinstance(kind, C.Prefixes):
+    if isinstance(kind, K.Prefixes):
         nets = st.builds(lambda a, n: str(ipaddress.ip_network(f"{a}/{n}", strict=False)),
                          st.ip_addresses(v=4) | st.ip_addresses(v=6), st.integers(8, 32))
         return st.lists(nets, max_size=4, unique_by=Prefix.parse).map(tuple)
-    if isinstance(kind, C.Names):
+    if isinstance(kind, K.Names):
         return st.lists(st.from_regex(r"[a-z][a-z0-9]{0,14}", fullmatch=True), max_size=3,
                         unique=True).map(tuple)
     raise AssertionError(f"no strategy for {opt.key}")
@@ -571,7 +567,7 @@ def _text(value: Any) -> str:
 
 
 _ROUND_TRIP_KEYS = [o for o in C.SCHEMA
-                    if not (isinstance(o.kind, C.FilePath) and o.kind.must_exist)]
+                    if not (isinstance(o.kind, K.FilePath) and o.kind.must_exist)]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])

@@ -12,13 +12,13 @@ import pytest
 from click.testing import CliRunner
 
 from xpro.cli import cli
-from xpro.commands import format_status
+from xpro.cli.operator import format_status
 from xpro.config import load_config
-from xpro.daemon import _in_prefix, _merge_live, parse_endpoint
+from xpro.core.layout import addr16
+from xpro.daemon.logs import setup_logging
+from xpro.daemon.metrics import parse_listen
+from xpro.daemon.proxy import _in_prefix, _merge_live, parse_endpoint
 from xpro.errors import ConfigError
-from xpro.layout import addr16
-from xpro.logs import setup_logging
-from xpro.metrics import parse_listen
 
 pytestmark = pytest.mark.unit
 

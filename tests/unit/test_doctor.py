@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from xpro.cli.doctor import doctor_command
 from xpro.config import default_config, load_config
 from xpro.doctor import (
     Finding,
@@ -25,12 +26,11 @@ from xpro.doctor import (
     check_memory,
     check_store,
     clock_tolerance,
-    doctor_command,
     exit_code,
     format_findings,
     to_json,
 )
-from xpro.servers import free_port
+from xpro.lab.servers import free_port
 
 pytestmark = pytest.mark.unit
 

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.packets import frame
-from xpro import model
-from xpro.explain import explain
-from xpro.layout import DST_ADDR, DST_ADDR_PORT, MODE_ENFORCE, MODE_MONITOR, XDP_DROP, addr16
+from xpro.core import model
+from xpro.core.explain import explain
+from xpro.core.layout import DST_ADDR, DST_ADDR_PORT, MODE_ENFORCE, MODE_MONITOR, XDP_DROP, addr16
 
 pytestmark = pytest.mark.unit
 

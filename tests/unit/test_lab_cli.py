@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from xpro.lab.cli import _stem, lab
+from xpro.cli.lab import _stem, lab
 from xpro.lab.scenarios import SCENARIOS
 
 pytestmark = pytest.mark.unit

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from xpro.lab.cli import lab
+from xpro.cli.lab import lab
 from xpro.lab.mesh import BACKENDS, LabError, placement
+from xpro.lab.namespaces import Topology
 from xpro.lab.topology import Lab, ProxySite
-from xpro.netns import Topology
 
 pytestmark = pytest.mark.unit
 

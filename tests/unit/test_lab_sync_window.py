@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 
-from xpro.model import NS_PER_S, Local, Master, SyncParams, merge
+from xpro.core.model import NS_PER_S, Local, Master, SyncParams, merge
 
 pytestmark = pytest.mark.unit
 

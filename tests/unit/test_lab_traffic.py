@@ -12,8 +12,8 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
+from xpro.lab.frames import TrafficError, syn_frame
 from xpro.lab.traffic import Bins, Flow, random_sources
-from xpro.traffic import TrafficError, syn_frame
 
 pytestmark = pytest.mark.unit
 

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xpro import model
-from xpro.merge import merge_arrays
-from xpro.store import LOCAL, MASTER
+from xpro.core import model
+from xpro.core.layout import LOCAL, MASTER
+from xpro.core.merge import merge_arrays
 
 pytestmark = pytest.mark.unit
 

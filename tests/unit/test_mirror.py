@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xpro import layout as L
-from xpro.sync import _fingerprint, _KeyIndex, _Mirror
+from xpro.core import layout as L
+from xpro.core.keys import KeyIndex, fingerprint
+from xpro.sync.mirror import Mirror
 
 pytestmark = pytest.mark.unit
 
@@ -20,7 +21,7 @@ def keys(n: int, seed: int) -> np.ndarray:
 
 
 def test_mirror_update_find_remove_against_a_dict() -> None:
-    m = _Mirror()
+    m = Mirror()
     ref: dict[bytes, int] = {}
     dsts: set[bytes] = set()
     all_keys = keys(5000, 1)
@@ -49,10 +50,10 @@ def test_mirror_update_find_remove_against_a_dict() -> None:
 
 def test_fingerprint_clash_goes_to_the_side_dict() -> None:
     """Key B's fingerprint equals stored key A's: B is found through the side dict."""
-    idx = _KeyIndex(L.FLOW_KEY)
+    idx = KeyIndex(L.FLOW_KEY)
     stored = keys(2, 5)
     idx.add(stored[:1], np.array([0]))
-    idx.fp[:] = _fingerprint(stored[1:2])  # A now sits under B's fingerprint
+    idx.fp[:] = fingerprint(stored[1:2])  # A now sits under B's fingerprint
     idx.add(stored[1:2], np.array([1]))  # so B clashes with A
     assert list(idx.clash.values()) == [1]
     assert idx.find(stored[1:2], stored)[0] == 1

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.packets import arp_frame, frame
-from xpro import model
-from xpro.layout import DST_ADDR, DST_ADDR_PORT, XDP_PASS, Reason, addr16
+from xpro.core import model
+from xpro.core.layout import DST_ADDR, DST_ADDR_PORT, XDP_PASS, Reason, addr16
 
 pytestmark = pytest.mark.unit
 

@@ -14,12 +14,16 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from xpro import alerts, hookspecs, plugins
-from xpro.alerts import Alert
+from xpro import plugins
+from xpro.core.alert import Alert
+from xpro.core.status import SyncStats
 from xpro.errors import PluginError
-from xpro.hookspecs import hookimpl
-from xpro.plugins import PluginHost, Registry
-from xpro.sync import SyncStats
+from xpro.hooks import specs as hookspecs
+from xpro.hooks.registry import Registry
+from xpro.hooks.specs import hookimpl
+from xpro.plugins import PluginHost
+from xpro.plugins.builtin import alert_log as alerts
+from xpro.plugins.builtin import plugins_command
 
 pytestmark = pytest.mark.unit
 
@@ -156,38 +160,19 @@ def test_a_raising_sink_is_reported_by_name_and_the_others_still_get_the_alert(
     assert "plugin broken: xpro_alert: RuntimeError: sink exploded" in caplog.text
 
 
-def test_module_helpers_isolate_failures(
-    host: PluginHost, alert: Alert, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(plugins, "plugins", lambda: host)
+def test_typed_hook_methods_isolate_failures(host: PluginHost, alert: Alert) -> None:
     rec = Recorder()
     host.register(Broken(), "broken")
     host.register(rec, "rec")
     stats = SyncStats(flows=3)
-    assert plugins.call_alert(alert) == ["broken"]
-    assert plugins.call_sync_completed(stats, "p1") == ["broken"]
-    assert plugins.call_startup("p1") == []
-    assert plugins.call_shutdown("p1") == []
+    assert host.alert(alert) == ["broken"]
+    assert host.sync_completed(stats, "p1") == ["broken"]
+    assert host.startup("p1") == []
+    assert host.shutdown("p1") == []
     assert rec.alerts == [alert]
     assert rec.rounds == [(stats, "p1")]
     assert rec.events == [("startup", "p1"), ("shutdown", "p1")]
-    assert plugins.failed_plugins() == {"broken": "xpro_sync_completed: OSError: disk full"}
-
-
-def test_sync_callbacks_turn_sync_loop_events_into_hooks(
-    host: PluginHost, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(plugins, "plugins", lambda: host)
-    rec = Recorder()
-    host.register(rec, "rec")
-    on_alert, on_round = plugins.sync_callbacks("proxy-7")
-    on_alert("store_down", "master store unreachable: refused")
-    stats = SyncStats(merged=5)
-    on_round(stats)
-    (got,) = rec.alerts
-    assert (got.kind, got.severity, got.proxy) == ("store_down", "critical", "proxy-7")
-    assert got.message == "master store unreachable: refused"
-    assert rec.rounds == [(stats, "proxy-7")]
+    assert host.failed() == {"broken": "xpro_sync_completed: OSError: disk full"}
 
 
 def test_a_plugin_that_fails_to_import_is_reported_and_the_others_load(
@@ -202,7 +187,7 @@ def test_a_plugin_that_fails_to_import_is_reported_and_the_others_load(
         "[xpro]\nbroken_import = xpro_no_such_module_anywhere\n"
         "good_test = xpro_good_test_plugin\n")
     (tmp_path / "xpro_good_test_plugin.py").write_text(
-        "from xpro.hookspecs import hookimpl\n\n"
+        "from xpro.hooks.specs import hookimpl\n\n"
         "@hookimpl\ndef xpro_startup(proxy):\n    pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
@@ -279,7 +264,7 @@ def test_plugins_command_lists_plugins_and_failures(
     host: PluginHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(plugins, "plugins", lambda: host)
-    host.register(plugins, "plugins_cli")
+    host.register(plugins_command, "plugins_cli")
     host.register(Broken(), "broken")
 
     @click.group()
@@ -301,8 +286,9 @@ def test_plugins_command_lists_plugins_and_failures(
 
 def test_builtins_are_declared_as_entry_points() -> None:
     names = {ep.name: ep.value for ep in entry_points(group="xpro")}
-    for name, module in [("store_memory", "xpro.stores.memory"), ("alert_log", "xpro.alerts"),
-                         ("plugins_cli", "xpro.plugins")]:
+    for name, module in [("store_memory", "xpro.stores.memory"),
+                         ("alert_log", "xpro.plugins.builtin.alert_log"),
+                         ("plugins_cli", "xpro.plugins.builtin.plugins_command")]:
         assert names.get(name) == module, (
             f"entry point {name} = {module!r} missing: add it to [project.entry-points.xpro] "
             f"in pyproject.toml and reinstall xpro (pip install -e .)")
@@ -333,7 +319,7 @@ def test_log_sink_writes_one_structured_line(
 ) -> None:
     host.register(alerts, "alert_log")
     a = Alert.make("store_down", 'refused "quickly"\nretrying', "p1", time_ns=42, tries=3)
-    with caplog.at_level(logging.INFO, logger="xpro.alerts"):
+    with caplog.at_level(logging.INFO, logger="xpro.core.alert"):
         assert host.call_each("xpro_alert", alert=a) == []
     (rec,) = caplog.records
     assert rec.levelno == logging.CRITICAL
@@ -357,6 +343,6 @@ def test_every_hook_is_documented() -> None:
         for param in inspect.signature(fn).parameters:
             assert f":param {param}:" in doc, f"{name}: parameter {param} is not documented"
     page = (DOCS / "plugins.rst").read_text(encoding="utf-8")
-    assert ".. automodule:: xpro.hookspecs" in page
+    assert ".. automodule:: xpro.hooks.specs" in page
     for name in hooks:
         assert name in page, f"docs/plugins.rst never mentions {name}"

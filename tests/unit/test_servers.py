@@ -1,4 +1,4 @@
-"""xpro.servers without any real store server: ports, waits, processes, clean-up."""
+"""xpro.lab.servers without any real store server: ports, waits, processes, clean-up."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from xpro.errors import XproError
-from xpro.servers import (
+from xpro.lab.servers import (
     HOST,
     BinaryMissing,
     RedisReplyError,
@@ -152,7 +152,7 @@ def test_servers_die_with_their_owner_and_stale_dirs_go(tmp_path: Path) -> None:
     """Kill -9 the process that started a server: the server dies, its dir is reclaimed."""
     script = textwrap.dedent(f"""
         import os, signal, sys
-        from xpro.servers import Server, ServerSet
+        from xpro.lab.servers import Server, ServerSet
         ss = ServerSet({str(tmp_path)!r}, prefix="xpro-orphan-")
         srv = ss.add(Server("sleeper", [{SLEEP!r}, "300"], 0, ss.directory("s"),
                             ready=lambda s: True))

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from tests.stores._util import S, as_dict, keys, locals_, now_ns, read_all
-from xpro.model import SyncParams
+from xpro.core.model import SyncParams
 from xpro.stores._common import key_hex
 from xpro.stores.memory import MemoryStore
 

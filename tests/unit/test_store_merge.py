@@ -1,4 +1,4 @@
-"""The vectorised merge and the Redis wire encoding against xpro.model (no server)."""
+"""The vectorised merge and the Redis wire encoding against xpro.core.model (no server)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xpro import model
+from xpro.core import model
+from xpro.core.layout import FLOW_KEY, LOCAL, MASTER
+from xpro.core.merge import merge_arrays
+from xpro.core.model import R_DEN, SyncParams
 from xpro.errors import BadRecord, ConfigError
-from xpro.layout import FLOW_KEY
-from xpro.model import R_DEN, SyncParams
-from xpro.store import LOCAL, MASTER
 from xpro.stores._common import (
     MAX_COUNT,
     bucket_of,
@@ -19,7 +19,6 @@ from xpro.stores._common import (
     check_merge_input,
     check_params,
     decode_values,
-    merge_arrays,
     valid_master,
 )
 from xpro.stores.redis import WIRE, _encode_local, _fixed_args
@@ -71,7 +70,7 @@ def test_merge_arrays_equals_model(case: tuple[list[model.Local], list[model.Mas
                                                SyncParams]) -> None:
     locs, masters, params = case
     loc, mas, ex = arrays(locs, masters)
-    out_l, out_m = merge_arrays(loc, mas, ex, params)
+    out_l, out_m = merge_arrays(loc, np.ones(len(loc), dtype=bool), mas, ex, params)
     for i, (lv, m) in enumerate(zip(locs, masters, strict=True)):
         want_l, want_m = model.merge(lv, m, params)
         assert want_l is not None

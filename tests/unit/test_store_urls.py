@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from xpro.errors import ConfigError, PluginError
-from xpro.plugins import stores
-from xpro.store import open_store
+from xpro.plugins import open_store, stores
 from xpro.stores.etcd import EtcdStore
 from xpro.stores.memory import MemoryStore
 from xpro.stores.redis import RedisStore

@@ -15,8 +15,8 @@ The life of a backend, as :class:`xpro.daemon.Proxy` drives it::
     backend.stop()
     backend.close(keep=False)        # detach and unpin; keep=True leaves it filtering
 
-``load()`` returns a :class:`xpro.kernel.FilterState`: the interface of
-:class:`xpro.kernel.XdpFilter` that :class:`xpro.sync.Syncer` and the daemon
+``load()`` returns a :class:`xpro.datapath.xdp.FilterState`: the interface of
+:class:`xpro.datapath.xdp.XdpFilter` that :class:`xpro.sync.Syncer` and the daemon
 use, so the sync works unchanged over every data path.
 """
 
@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from xpro.kernel import FilterState, Sizes
-from xpro.model import FilterParams
+from xpro.core.model import FilterParams
+from xpro.core.params import Sizes
+from xpro.core.state import FilterState
 
 __all__ = ["Attachment", "Backend", "Sample"]
 

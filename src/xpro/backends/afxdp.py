@@ -4,7 +4,7 @@ sockets and the daemon runs Algorithm 2 in userspace, over batches.
 The fallback for interfaces where the full program cannot run (or for
 packets that need inspection the kernel cannot do, through destination
 parsers such as :mod:`xpro.parsers.coap`).  The flow state is a
-:class:`xpro.afxdp.filter.UserFilter`, with the kernel's record layouts and
+:class:`xpro.datapath.afxdp.filter.UserFilter`, with the kernel's record layouts and
 the interface the sync uses, so a mesh can mix afxdp and kernel proxies.
 
 Options (``options=`` / ``[backend.afxdp]``):
@@ -36,12 +36,12 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
-from xpro.afxdp.datapath import AfxdpPath
-from xpro.afxdp.filter import DestinationParser, UserFilter
 from xpro.backends import Attachment, Backend
 from xpro.bpf import XdpMode
+from xpro.datapath.afxdp.datapath import AfxdpPath
+from xpro.datapath.afxdp.filter import DestinationParser, UserFilter
 from xpro.errors import ConfigError
-from xpro.hookspecs import hookimpl
+from xpro.hooks.specs import hookimpl
 
 __all__ = ["AfxdpBackend"]
 
@@ -59,28 +59,14 @@ class AfxdpBackend(Backend):
         self.path: AfxdpPath | None = None
 
     def _parsers(self) -> list[DestinationParser]:
-        """The ``parsers`` option: names registered through
-        ``xpro_add_destination_parsers``, or the parser callables themselves."""
-        wanted = list(self.options.get("parsers") or [])
-        names = [n for n in wanted if isinstance(n, str)]
-        found: dict[str, DestinationParser] = {}
-        if names:
-            from xpro.plugins import destination_parsers
-
-            reg = destination_parsers()
-            missing = [n for n in names if n not in reg]
-            if missing:
-                raise ConfigError(f"afxdp: no destination parser {missing}; installed: "
-                                  f"{reg.names() or 'none'}")
-            found = {n: reg.get(n) for n in names}
+        """The ``parsers`` option: parser callables (the daemon resolves the
+        configured names through ``xpro_add_destination_parsers``)."""
         out: list[DestinationParser] = []
-        for item in wanted:
-            if isinstance(item, str):
-                out.append(found[item])
-            elif callable(item):
-                out.append(item)
-            else:
-                raise ConfigError(f"afxdp: parsers takes names or callables, not {item!r}")
+        for item in self.options.get("parsers") or []:
+            if not callable(item):
+                raise ConfigError(f"afxdp: parsers takes parser callables, not {item!r}; "
+                                  "resolve names with xpro.plugins.destination_parsers()")
+            out.append(item)
         return out
 
     def load(self) -> UserFilter:

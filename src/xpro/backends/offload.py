@@ -7,7 +7,7 @@ no clock, no ring buffer, no LPM trie, a bounded number of instructions
 not fit.  So the ``offload`` backend runs two programs on one device
 (multi-attach):
 
-* the full program (:class:`xpro.kernel.XdpFilter`) in driver mode, which
+* the full program (:class:`xpro.datapath.xdp.XdpFilter`) in driver mode, which
   counts every packet that reaches it, keeps the flow records the sync
   shares, and drops by Algorithm 2 as the ``native`` backend does;
 * the reduced program ``xpro_offload`` in hardware mode, in front of it on
@@ -45,7 +45,6 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from xpro import layout as L
 from xpro.backends import Attachment, Sample
 from xpro.backends.xdp import XdpBackend
 from xpro.bpf import BpfObject, Map, XdpLink, XdpMode, object_path
@@ -58,6 +57,13 @@ from xpro.bpf.xdp import (
     resolve_interface,
     xdp_query,
 )
+from xpro.core import layout as L
+from xpro.core.keys import index_of
+from xpro.core.merge import rate_exceeds_array
+from xpro.core.model import FilterParams
+from xpro.core.prefixset import PrefixSet
+from xpro.core.state import OP_FLOW, OP_KEEP_BASE, apply_entries
+from xpro.datapath.xdp import XdpFilter
 from xpro.errors import (
     AttachError,
     BpfLoadError,
@@ -65,17 +71,7 @@ from xpro.errors import (
     DatapathError,
     ModeNotSupported,
 )
-from xpro.hookspecs import hookimpl
-from xpro.kernel import (
-    OP_FLOW,
-    OP_KEEP_BASE,
-    XdpFilter,
-    apply_entries,
-)
-from xpro.merge import rate_exceeds_array
-from xpro.model import FilterParams
-from xpro.prefixset import PrefixSet
-from xpro.sync import index_of
+from xpro.hooks.specs import hookimpl
 
 log = logging.getLogger("xpro.backends.offload")
 
@@ -168,7 +164,7 @@ def drop_set(flow_keys: Array, flows: Array, dst_keys: Array, dsts: Array,
              params: FilterParams, now: int) -> DropSet:
     """The flows and destinations the full program would drop at ``now``.
 
-    Exactly the rules of ``bpf/xpro.bpf.c`` (and :class:`xpro.model.Filter`)
+    Exactly the rules of ``bpf/xpro.bpf.c`` (and :class:`xpro.core.model.Filter`)
     for the next packet of each flow or to each destination: a flow is dropped
     by the per-source rule (over T_F1 after T_T2, not idle past T_T1, not
     allow-listed, destination in enforce mode); a destination by the

@@ -1,6 +1,6 @@
 """The kernel data paths: ``native`` (driver XDP), ``generic`` (skb XDP) and ``auto``.
 
-All three load the full program (:class:`xpro.kernel.XdpFilter`) and attach it
+All three load the full program (:class:`xpro.datapath.xdp.XdpFilter`) and attach it
 with a BPF link per interface.  With a ``pin_dir`` the maps are pinned there
 and each link as ``pin_dir/link-IFNAME``: a daemon that dies, even by SIGKILL,
 leaves the filter running on the pinned state, and the next one adopts it
@@ -20,17 +20,17 @@ from typing import Any, ClassVar
 from xpro.backends import Attachment, Backend
 from xpro.bpf import XdpLink, XdpMode
 from xpro.bpf.xdp import attach_xdp, in_netns, resolve_interface, xdp_query
+from xpro.datapath.host import link_info
+from xpro.datapath.xdp import XdpFilter
 from xpro.errors import AttachError, ModeNotSupported
-from xpro.hookspecs import hookimpl
-from xpro.kernel import XdpFilter
-from xpro.netns import link_info
+from xpro.hooks.specs import hookimpl
 
 log = logging.getLogger("xpro.backends")
 
 __all__ = ["AutoBackend", "GenericBackend", "NativeBackend", "XdpBackend", "detach_pinned",
            "link_pin"]
 
-#: Largest MTU a single-buffer XDP program takes on veth here (DESIGN.md 10); above
+#: Largest MTU a single-buffer XDP program takes on veth here (docs/platform.rst); above
 #: it the multi-buffer program ``xpro_xdp_frags`` is attached, which needs a driver
 #: with XDP scatter-gather.
 SINGLE_BUFFER_MTU = 3498

@@ -7,7 +7,7 @@ uses netlink, which outlives the process by itself.
 
 A ``netns`` argument switches only the calling thread's network namespace
 (``setns``) for the duration of the call, never the mount namespace, so bpffs
-stays visible (DESIGN.md 10).
+stays visible (docs/platform.rst).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from xpro.bpf._ffi import check, ffi, libc, load
 from xpro.bpf.fs import require_bpffs
-from xpro.errors import AttachError, DatapathError
+from xpro.errors import AttachError, DatapathError, NetnsError
 
 if TYPE_CHECKING:
     from xpro.bpf.object import Program
@@ -104,7 +104,7 @@ def in_netns(netns: str | None) -> Iterator[None]:
     try:
         target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise AttachError(
+        raise NetnsError(
             f"network namespace {netns!r} does not exist ({path} is missing); "
             "list them with `ip netns list`"
         ) from None
@@ -395,11 +395,6 @@ class XdpLink:
             os.close(fd)
             raise
         return cls(fd, ifindex=int(info.xdp.ifindex), pin_path=p)
-
-    @property
-    def is_link(self) -> bool:
-        """True for a BPF link, False for a netlink (offload) attachment."""
-        return self._fd is not None
 
     @property
     def fd(self) -> int:

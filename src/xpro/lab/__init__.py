@@ -10,5 +10,5 @@ The pieces, each in its module:
   daemon per proxy) or a baseline (iptables ``hashlimit``);
 * :mod:`xpro.lab.scenarios` -- the named scenarios and how they are measured;
 * :mod:`xpro.lab.report` -- the figures, the table, the JSON and the plots;
-* :mod:`xpro.lab.cli` -- the ``xpro lab`` commands.
+* :mod:`xpro.cli.lab` -- the ``xpro lab`` commands.
 """

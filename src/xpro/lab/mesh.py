@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from xpro.errors import XproError
+from xpro.lab.namespaces import run_in_netns
 from xpro.lab.topology import Lab, ProxySite
-from xpro.netns import run_in_netns
 
 __all__ = [
     "BACKENDS",
@@ -264,7 +264,7 @@ def xpro_command() -> list[str]:
     exe = Path(sys.executable).with_name("xpro")
     if exe.exists():
         return [str(exe)]
-    return [sys.executable, "-m", "xpro.cli"]
+    return [sys.executable, "-m", "xpro"]
 
 
 @dataclass

@@ -32,11 +32,11 @@ from xpro.lab.mesh import (
     Thresholds,
     XproMesh,
 )
+from xpro.lab.namespaces import NsProcess
 from xpro.lab.report import Run
 from xpro.lab.service import Service
 from xpro.lab.topology import Addressing, Lab, ProxySite, link_drops
 from xpro.lab.traffic import ROLES, Bins, Flow, frame, send_flows
-from xpro.netns import NsProcess
 
 __all__ = [
     "SCENARIOS",
@@ -168,7 +168,7 @@ def _live_flood(lab: Lab, opts: LabOptions, flood: LiveFlood, t0: float
 
     Returns, per generator, (frames sent, start, end) in seconds after ``t0``.
     """
-    from xpro.livegen import LiveGenerator
+    from xpro.lab.livegen import LiveGenerator
 
     a = opts.addressing
     src = a.host(flood.spoof, 0)
@@ -419,7 +419,7 @@ def run_flash_crowd(lab: Lab, opts: LabOptions, live: Live | None) -> list[Run]:
 
 def _server_store(opts: LabOptions) -> tuple[Any, Any, str]:
     """(server set, server, URL): the store server the lab starts for its daemons."""
-    from xpro.servers import ServerSet
+    from xpro.lab.servers import ServerSet
 
     servers = ServerSet()
     try:

@@ -24,8 +24,8 @@ import time
 from collections import Counter
 from collections.abc import Collection
 
+from xpro.lab.namespaces import NsProcess
 from xpro.lab.traffic import ROLES, Bins
-from xpro.netns import NsProcess
 
 __all__ = ["Service", "serve"]
 

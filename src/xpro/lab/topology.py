@@ -25,7 +25,7 @@
   spoofed by design).
 
 GRO is on at the receiving end of every veth: a veth drops frames written to
-its peer unless the receiver has an XDP program or GRO (DESIGN.md 10), and the
+its peer unless the receiver has an XDP program or GRO (docs/platform.rst), and the
 baselines run without XDP.
 
 Names: every namespace is ``xpro-lab{run}-{role}``, every interface carries
@@ -47,7 +47,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xpro.netns import (
+from xpro.lab.namespaces import (
     LOCK_DIR,
     PREFIX,
     Topology,
@@ -195,7 +195,7 @@ def link_drops(lab: Lab) -> int:
 
 
 def _drops_here_in(netns: str, ifnames: list[str]) -> int:
-    from xpro.netns import in_netns
+    from xpro.lab.namespaces import in_netns
 
     with in_netns(netns):
         return _drops_here(ifnames)

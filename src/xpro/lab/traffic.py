@@ -12,7 +12,7 @@ frame.  Frames handed to the device are counted per flow and, in
 :class:`Bins`, per role and time bin; the service counts the same way on the
 far side, which is how the lab computes what was dropped and when.
 
-Frames are built with :mod:`xpro.traffic` (valid IPv4 and UDP checksums: the
+Frames are built with :mod:`xpro.lab.frames` (valid IPv4 and UDP checksums: the
 kernel drops packets with bad ones before any filter sees them).
 """
 
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from xpro.traffic import TrafficError, syn_frame, udp_frame
+from xpro.lab.frames import TrafficError, syn_frame, udp_frame
 
 __all__ = [
     "ROLES",

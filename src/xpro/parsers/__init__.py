@@ -5,7 +5,7 @@ every request on one address; the service a request is really for is named
 inside it.  Keying the per-destination limit (T_F2) on that name instead of
 the proxy's address lets xpro protect each service behind the proxy on its
 own.  The kernel program cannot read variable-length options, so parsers run
-on the ``afxdp`` path (:class:`xpro.afxdp.filter.UserFilter`).
+on the ``afxdp`` path (:class:`xpro.datapath.afxdp.filter.UserFilter`).
 
 A parser is a callable ``parser(payload: bytes) -> str | None``: the UDP
 payload in, the destination (``"host"`` or ``"host:port"``) out, ``None``

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from xpro.hookspecs import hookimpl
+from xpro.hooks.specs import hookimpl
 
 __all__ = ["COAP_PORT", "parse_coap", "parse_options"]
 

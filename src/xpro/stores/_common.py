@@ -1,6 +1,6 @@
 """What every store shares: bounds, the vectorised merge, bucketing, secrets.
 
-The merge rules live once, in :func:`xpro.model.merge`; :func:`merge_arrays` is
+The merge rules live once, in :func:`xpro.core.model.merge`; :func:`merge_arrays` is
 the same function over numpy arrays (tested record by record against it), used
 by the memory and etcd stores and by tests of the Redis function.
 """
@@ -20,11 +20,9 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
+from xpro.core.layout import FLOW_KEY, LOCAL, MASTER
+from xpro.core.model import R_DEN, SyncParams
 from xpro.errors import BadRecord, ConfigError
-from xpro.layout import FLOW_KEY
-from xpro.merge import merge_arrays as _merge
-from xpro.model import R_DEN, SyncParams
-from xpro.store import LOCAL, MASTER
 
 log = logging.getLogger("xpro.stores")
 
@@ -150,7 +148,7 @@ def check_merge_input(keys: np.ndarray, local: np.ndarray, params: SyncParams,
         raise BadRecord(
             f"{int((~ok).sum())} local record(s) out of bounds (timestamps after "
             f"{limit_ts}, counts above 2**62 or mark not 0/1), e.g. {', '.join(bad)}: "
-            "drop them before merging (xpro.stores.check_local)"
+            "drop them before merging (xpro.stores._common.check_local)"
         )
     if len(k) > 1 and _has_duplicates(k):
         raise ValueError("keys must not repeat within one merge batch")
@@ -199,21 +197,6 @@ def decode_values(keys: Sequence[bytes], values: Sequence[bytes | None], limit_t
                         where, key_hex(keys[i]), r["ts1"], r["ts2"], r["c"], limit_ts)
         ks, recs = ks[ok], recs[ok]
     return ks, recs
-
-
-# --------------------------------------------------------------------------
-# The merge over arrays
-# --------------------------------------------------------------------------
-
-
-def merge_arrays(local: np.ndarray, master: np.ndarray, existed: np.ndarray,
-                 params: SyncParams) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`xpro.model.merge` over arrays (every local record present): ``(local', master')``.
-
-    ``master`` is ignored where ``existed`` is False.  The one implementation is
-    :func:`xpro.merge.merge_arrays`; this keeps the stores' argument order.
-    """
-    return _merge(local, np.ones(len(local), dtype=bool), master, existed, params)
 
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)

@@ -39,11 +39,12 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
+from xpro.core.layout import FLOW_KEY, MASTER
+from xpro.core.merge import merge_arrays
+from xpro.core.model import SyncParams
+from xpro.core.status import ProxyStatus
 from xpro.errors import BadRecord, ConfigError, StoreConflict, StoreError, StoreUnavailable
-from xpro.hookspecs import hookimpl
-from xpro.layout import FLOW_KEY
-from xpro.model import SyncParams
-from xpro.store import MASTER, ProxyStatus, Store
+from xpro.hooks.specs import hookimpl
 from xpro.stores._common import (
     DEFAULT_MAX_FUTURE_S,
     FLAG_ABSENT,
@@ -60,7 +61,6 @@ from xpro.stores._common import (
     key_list,
     mask_url,
     max_ts,
-    merge_arrays,
     merged_options,
     opt_int,
     opt_num,
@@ -68,9 +68,10 @@ from xpro.stores._common import (
     unknown_options,
     valid_master,
 )
+from xpro.stores.base import Store
 
 if TYPE_CHECKING:
-    from xpro.plugins import Registry
+    from xpro.hooks.registry import Registry
 
 log = logging.getLogger("xpro.stores.etcd")
 
@@ -446,7 +447,7 @@ class EtcdStore(Store):
                 revs = [kv[0].mod_revision if kv else 0 for kv in vals]
                 m_rec, flags = self._decode_for_merge(vals, limit)
                 ex = flags == FLAG_EXISTED
-                _, new = merge_arrays(loc[idx], m_rec, ex, params)
+                _, new = merge_arrays(loc[idx], np.ones(len(idx), dtype=bool), m_rec, ex, params)
                 entry = (struct.pack("<I", len(idx)) + b"".join(kl[i] for i in idx)
                          + flags.tobytes() + m_rec.tobytes())
                 compare = [

@@ -23,11 +23,12 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from xpro.core.layout import FLOW_KEY, MASTER
+from xpro.core.merge import merge_arrays
+from xpro.core.model import SyncParams
+from xpro.core.status import ProxyStatus
 from xpro.errors import ConfigError
-from xpro.hookspecs import hookimpl
-from xpro.layout import FLOW_KEY
-from xpro.model import SyncParams
-from xpro.store import MASTER, ProxyStatus, Store
+from xpro.hooks.specs import hookimpl
 from xpro.stores._common import (
     DEFAULT_MAX_FUTURE_S,
     KEY_SIZE,
@@ -36,15 +37,15 @@ from xpro.stores._common import (
     key_hex,
     key_list,
     max_ts,
-    merge_arrays,
     merged_options,
     opt_num,
     unknown_options,
     valid_master,
 )
+from xpro.stores.base import Store
 
 if TYPE_CHECKING:
-    from xpro.plugins import Registry
+    from xpro.hooks.registry import Registry
 
 log = logging.getLogger("xpro.stores.memory")
 
@@ -167,7 +168,7 @@ class MemoryStore(Store):
                                     "proxy's record", self.mesh, key_hex(kb))
                     existed &= ok
                     before[bad] = 0
-            _, new = merge_arrays(loc, before, existed, params)
+            _, new = merge_arrays(loc, np.ones(len(loc), dtype=bool), before, existed, params)
             missing = slots < 0
             if missing.any():
                 idx = np.flatnonzero(missing)

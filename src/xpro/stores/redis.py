@@ -5,7 +5,7 @@ The master side of the merge runs inside Redis as a function library
 each record is merged atomically however many proxies merge at once.  The
 master is sharded into ``buckets`` hash-tagged key groups ``{xpro:MESH:B}`` by
 a hash of the flow key, so a Redis Cluster spreads the load even when every
-flow targets one destination (DESIGN.md 4.6).  Reads are incremental through a
+flow targets one destination (docs/stores.rst).  Reads are incremental through a
 per-bucket change log.  The encoding and the failure behaviour are described
 in ``docs/stores.rst``.
 
@@ -28,10 +28,11 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
+from xpro.core.layout import MASTER
+from xpro.core.model import SyncParams
+from xpro.core.status import ProxyStatus
 from xpro.errors import BadRecord, ConfigError, StoreError, StoreUnavailable
-from xpro.hookspecs import hookimpl
-from xpro.model import SyncParams
-from xpro.store import MASTER, ProxyStatus, Store
+from xpro.hooks.specs import hookimpl
 from xpro.stores import _redis_lua
 from xpro.stores._common import (
     DEFAULT_MAX_FUTURE_S,
@@ -57,9 +58,10 @@ from xpro.stores._common import (
     resolve_password,
     unknown_options,
 )
+from xpro.stores.base import Store
 
 if TYPE_CHECKING:
-    from xpro.plugins import Registry
+    from xpro.hooks.registry import Registry
 
 log = logging.getLogger("xpro.stores.redis")
 
@@ -848,10 +850,6 @@ def decode_heartbeats(items: Any, limit: int, where: str) -> dict[str, ProxyStat
             continue
         out[pname] = ProxyStatus(workload=w, last_seen=seen)
     return out
-
-
-def encode_heartbeat(workload: float, now: int) -> bytes:
-    return _HEARTBEAT.pack(float(workload), int(now))
 
 
 def _text(v: Any) -> str:

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from xpro.hookspecs import hookimpl
+from xpro.hooks.specs import hookimpl
 
 if TYPE_CHECKING:
-    from xpro.alerts import Alert
+    from xpro.core.alert import Alert
 
 __version__ = "0.1.0"
 

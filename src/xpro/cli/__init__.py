@@ -1,0 +1,82 @@
+"""The ``xpro`` command line.
+
+This module is the one place where an :class:`~xpro.errors.XproError` becomes
+a message and an exit code; ``--debug`` (or ``XPRO_DEBUG=1``) shows the
+traceback as well.  Every option can also be given as an ``XPRO_*``
+environment variable (``XPRO_DEMO_DURATION=3``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+
+from xpro import __version__
+from xpro.cli._base import XproGroup
+from xpro.errors import XproError
+
+__all__ = ["cli", "main"]
+
+
+@click.group(cls=XproGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show the traceback of an error.")
+def cli(debug: bool) -> None:
+    """xpro: distributed XDP proxies against DDoS.
+
+    Each proxy drops floods at the driver hook with an XDP program; the
+    proxies share their per-flow rate records through a master store.
+    """
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: xpro, Python, kernel, libbpf.")
+def version(as_json: bool) -> None:
+    """Print the version of xpro (and, with --json, of what it runs on).
+
+    \b
+    Examples:
+      xpro version
+      xpro version --json
+    """
+    if not as_json:
+        click.echo(f"xpro {__version__}")
+        return
+    import json
+    import platform
+
+    info = {"xpro": __version__, "python": platform.python_version(),
+            "kernel": platform.release()}
+    try:
+        from xpro.bpf._ffi import libbpf_version
+
+        info["libbpf"] = libbpf_version()
+    except XproError as exc:
+        info["libbpf"] = f"unavailable: {exc}"
+    click.echo(json.dumps(info, indent=2))
+
+
+def _add_builtin_commands() -> None:
+    from xpro.cli.demo import demo
+    from xpro.cli.doctor import doctor_command
+    from xpro.cli.lab import lab
+    from xpro.cli.operator import COMMANDS
+
+    for cmd in [*COMMANDS, doctor_command, demo, lab]:
+        cli.add_command(cmd)
+
+
+_add_builtin_commands()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The console script ``xpro``."""
+    from xpro.plugins import add_cli_commands
+
+    add_cli_commands(cli)  # plugins' commands (xpro_add_cli_commands)
+    cli.main(
+        args=list(argv) if argv is not None else sys.argv[1:],
+        prog_name="xpro",
+        auto_envvar_prefix="XPRO",
+    )

@@ -1,0 +1,494 @@
+"""The operator commands: ``run``, ``status``, ``top``, ``flows``, ``explain``,
+``detach`` and ``config``.
+
+Each is a thin layer over the library (:class:`xpro.daemon.Proxy`,
+:mod:`xpro.daemon.control`, :mod:`xpro.config`): it parses, calls, prints.  Exit
+codes: 0 success, 1 an operation failed, 2 a usage or configuration error,
+3 no daemon listens on the control socket, 77 missing privilege; errors are
+one line on stderr, never a traceback (``--debug`` shows it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from xpro.config import (
+    SCHEMA,
+    InvalidConfig,
+    click_options,
+    dumps,
+    load_config,
+    overrides_from_click,
+)
+from xpro.errors import XproError
+
+__all__ = ["COMMANDS"]
+
+#: Where the client commands look for the daemon: the schema's control.socket default.
+_DEFAULT_SOCKET: str = next(o.default for o in SCHEMA if o.key == "control.socket")
+
+
+def _socket_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--socket", "sock", metavar="PATH", envvar="XPRO_CONTROL_SOCKET",
+        default=_DEFAULT_SOCKET, show_default=True,
+        help="The daemon's control socket [XPRO_CONTROL_SOCKET].")(fn)
+
+
+def _json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print JSON (for scripts) instead of a table.")(fn)
+
+
+def _ask(sock: str, op: str, **args: Any) -> Any:
+    from xpro.daemon.control import request
+
+    return request(sock, op, **args)
+
+
+def _echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+# ---------------------------------------------------------------------------
+# xpro run
+# ---------------------------------------------------------------------------
+
+
+def _notify(state: str) -> None:
+    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s, \
+            contextlib.suppress(OSError):  # not under systemd after all
+        s.sendto(state.encode(), addr)
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="XPRO_CONFIG",
+              help="The TOML configuration file [XPRO_CONFIG].")
+@click_options()
+def run(config_path: str | None, **params: Any) -> None:
+    """Run the proxy daemon: attach the filter and sync with the mesh (root).
+
+    Attaches the XDP program to every --interface (native mode by default),
+    runs the sync with the master store every sync period, turns the
+    program's overload warnings into alerts, serves Prometheus metrics and
+    the control socket.  SIGHUP (or `xpro config reload`) reads the
+    configuration again and applies what changed with no state lost;
+    SIGTERM stops: detach (default) or keep filtering on the pinned state
+    (--on-exit keep).  A daemon killed outright leaves the filter running
+    from its pins; the next `xpro run` adopts it.
+
+    Every key of the configuration has a flag, an XPRO_* variable and a TOML
+    key; flags win over the environment, which wins over the file.
+
+    \b
+    Examples:
+      sudo xpro run --interface eth0 --store redis://10.0.0.5:6379
+      sudo xpro run --config /etc/xpro/xpro.toml --backend auto
+    """
+    from xpro.daemon import Proxy
+    from xpro.daemon.logs import setup_logging
+    from xpro.lab.namespaces import require_root
+
+    overrides = overrides_from_click(params)
+
+    def source() -> Any:
+        return load_config(config_path, overrides=overrides)
+
+    config = source()
+    setup_logging(config.log.format, config.log.level)
+    require_root("xpro run")
+
+    stop = threading.Event()
+    reload = threading.Event()
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        reload.set()
+        stop.set()  # wake the main loop; cleared again below
+
+    old = {s: signal.signal(s, h) for s, h in ((signal.SIGTERM, on_term),
+                                               (signal.SIGINT, on_term),
+                                               (signal.SIGHUP, on_hup))}
+    proxy = Proxy(config, reload_source=source)
+    try:
+        proxy.start()
+        _notify("READY=1")
+        while True:
+            stop.wait()
+            if reload.is_set():
+                reload.clear()
+                stop.clear()
+                _notify("RELOADING=1")
+                with contextlib.suppress(XproError):  # logged; the running config stays
+                    proxy.reload()
+                _notify("READY=1")
+                continue
+            break
+        _notify("STOPPING=1")
+    finally:
+        proxy.stop()
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+# ---------------------------------------------------------------------------
+# xpro status / top / flows / explain
+# ---------------------------------------------------------------------------
+
+
+def _fmt_rate(x: float) -> str:
+    return f"{x:,.1f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+              for r in rows]
+    return "\n".join(lines)
+
+
+def format_status(st: dict[str, Any]) -> str:
+    """``xpro status`` as text."""
+    out = [f"proxy {st['proxy']}  (xpro {st['version']}, pid {st['pid']}, "
+           f"up {st['uptime_s']:.0f} s, backend {st['backend']})"]
+    for att in st.get("interfaces", []):
+        extra = f", {att['why']}" if att.get("why") else ""
+        out.append(f"  interface {att['interface']}: {att['mode']} XDP, "
+                   f"program {att['prog_id']}{extra}")
+    sync = st.get("sync", {})
+    health = "ok" if sync.get("healthy") else f"DOWN ({sync.get('last_error', '')})"
+    out.append(f"  store {st['store']['url']} mesh {st['store']['mesh']}: {health}, "
+               f"{sync.get('rounds', 0)} rounds")
+    t = st["thresholds"]
+    out.append(f"  thresholds: T_F1 {t['t_f1']}/s  T_F2 {t['t_f2']}/s  T_W {t['t_w']}/s  "
+               f"T_T1 {t['t_t1']} s  T_T2 {t['t_t2']} s  mode {st['mode']}")
+    peers = sync.get("peers", {})
+    if peers:
+        out += ["", "mesh"]
+        out.append(_table(["proxy", "W (packets/s)", "last seen", "alive"], [
+            [name, _fmt_rate(p["workload"]), f"{p['age_s']:.1f} s ago",
+             "yes" if p["alive"] else "NO"] for name, p in peers.items()]))
+    counters = st.get("counters", {})
+    if counters:
+        out += ["", "verdicts"]
+        out.append(_table(["reason", "packets", "bytes"], [
+            [name, f"{c['packets']:,}", f"{c['bytes']:,}"] for name, c in counters.items()
+            if c["packets"] or name in ("pass", "src_rate", "dst_rate")]))
+    if st.get("top_destinations"):
+        out += ["", "top destinations"]
+        out.append(_table(["destination", "packets/s", "count", "over T_F2"], [
+            [d["dst"], _fmt_rate(d["rate_pps"]), str(d["count"]),
+             "yes" if d["over_t_f2"] else ""] for d in st["top_destinations"]]))
+    if st.get("top_sources"):
+        out += ["", "top sources"]
+        out.append(_flows_table(st["top_sources"]))
+    if st.get("alerts"):
+        out += ["", "alerts: " + ", ".join(f"{k} {v}" for k, v in sorted(st["alerts"].items()))]
+    return "\n".join(out)
+
+
+def _flows_table(flows: list[dict[str, Any]]) -> str:
+    return _table(["source", "destination", "packets/s", "count", "here", "window",
+                   "idle", "over T_F1"], [
+        [f["src"], f["dst"], _fmt_rate(f["rate_pps"]), str(f["count"]),
+         str(f["local_count"]), f"{f['window_s']:.1f} s", f"{f['idle_s']:.1f} s",
+         "yes" if f["over_t_f1"] else ""] for f in flows])
+
+
+@click.command()
+@_socket_option
+@_json_option
+def status(sock: str, as_json: bool) -> None:
+    """This proxy and the mesh: every proxy's W and liveness, store health,
+    top destinations and sources by rate, drops by reason.
+
+    \b
+    Examples:
+      sudo xpro status
+      sudo xpro status --json | jq .sync.peers
+    """
+    st = _ask(sock, "status")
+    if as_json:
+        _echo_json(st)
+    else:
+        click.echo(format_status(st))
+
+
+@click.command()
+@_socket_option
+@click.option("--interval", type=click.FloatRange(0.1, 60.0), default=1.0, show_default=True,
+              help="Seconds between refreshes.")
+@click.option("--count", "iterations", type=click.IntRange(1), default=None,
+              help="Stop after this many refreshes (default: until Ctrl-C).")
+@click.option("--limit", type=click.IntRange(1, 1000), default=15, show_default=True,
+              help="Rows of sources shown.")
+def top(sock: str, interval: float, iterations: int | None, limit: int) -> None:
+    """A live view: verdict rates, the mesh, the busiest sources and destinations.
+
+    \b
+    Example:
+      sudo xpro top --interval 0.5
+    """
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.table import Table
+
+    console = Console()
+    prev: dict[str, int] = {}
+    prev_t = time.monotonic()
+
+    def render() -> Group:
+        nonlocal prev, prev_t
+        st = _ask(sock, "status", top=limit)  # one read of the flow table a refresh
+        flows = st.get("top_sources", [])
+        now = time.monotonic()
+        dt = max(now - prev_t, 1e-6)
+        counts = {k: v["packets"] for k, v in st.get("counters", {}).items()}
+        head = Table(title=f"xpro {st['proxy']} — {st['backend']} on "
+                     f"{', '.join(a['interface'] for a in st['interfaces'])}", expand=True)
+        for col in ("reason", "packets/s", "total"):
+            head.add_column(col, justify="right" if col != "reason" else "left")
+        for k, v in counts.items():
+            if v or k in ("pass", "src_rate", "dst_rate"):
+                head.add_row(k, _fmt_rate((v - prev.get(k, v)) / dt), f"{v:,}")
+        prev, prev_t = counts, now
+        mesh = Table(title="mesh", expand=True)
+        for col in ("proxy", "W packets/s", "last seen", "alive"):
+            mesh.add_column(col)
+        for name, p in st.get("sync", {}).get("peers", {}).items():
+            mesh.add_row(name, _fmt_rate(p["workload"]), f"{p['age_s']:.1f} s",
+                         "yes" if p["alive"] else "[red]NO")
+        src = Table(title="top sources", expand=True)
+        for col in ("source", "destination", "packets/s", "count", "over T_F1"):
+            src.add_column(col)
+        for f in flows:
+            src.add_row(f["src"], f["dst"], _fmt_rate(f["rate_pps"]), str(f["count"]),
+                        "[red]yes" if f["over_t_f1"] else "")
+        return Group(head, mesh, src)
+
+    n = 0
+    with Live(render(), console=console, refresh_per_second=4, transient=False) as live:
+        while iterations is None or n < iterations - 1:
+            time.sleep(interval)
+            live.update(render())
+            n += 1
+
+
+@click.command()
+@_socket_option
+@_json_option
+@click.option("--src", metavar="PREFIX", help="Only sources in this prefix (10.0.0.0/8).")
+@click.option("--dst", metavar="PREFIX", help="Only destinations in this prefix.")
+@click.option("--sort", type=click.Choice(["rate", "count", "recent", "age"]), default="rate",
+              show_default=True, help="Order: highest rate, count, newest, longest window.")
+@click.option("--limit", type=click.IntRange(0), default=20, show_default=True,
+              help="At most this many rows (0: all).")
+def flows(sock: str, as_json: bool, src: str | None, dst: str | None, sort: str,
+          limit: int) -> None:
+    """The flow records of this proxy: count, window, rate, what was counted here.
+
+    ``count`` is the mesh-wide count as of the last sync plus what this
+    proxy counted since (``here``).
+
+    \b
+    Examples:
+      sudo xpro flows --dst 192.0.2.10/32 --sort rate --limit 10
+      sudo xpro flows --json | jq '.[] | select(.over_t_f1)'
+    """
+    rows = _ask(sock, "flows", src=src, dst=dst, sort=sort, limit=limit or None)
+    if as_json:
+        _echo_json(rows)
+    elif rows:
+        click.echo(_flows_table(rows))
+    else:
+        click.echo("no flows match")
+
+
+@click.command()
+@_socket_option
+@_json_option
+@click.argument("src")
+@click.argument("dst")
+@click.option("--proto", type=click.Choice(["udp", "tcp"]), default="udp", show_default=True,
+              help="The protocol of DST's port (addr+port destinations).")
+def explain(sock: str, as_json: bool, src: str, dst: str, proto: str) -> None:
+    """Why SRC -> DST is passed or dropped: the local and last-synced record,
+    the window, the rates, and which check would fire on the next packet.
+
+    \b
+    Examples:
+      sudo xpro explain 198.51.100.7 192.0.2.10
+      sudo xpro explain 2001:db8::7 [2001:db8::10]:443 --proto tcp
+    """
+    res = _ask(sock, "explain", src=src, dst=dst, proto=17 if proto == "udp" else 6)
+    if as_json:
+        res.pop("text", None)
+        _echo_json(res)
+    else:
+        click.echo(res["text"])
+
+
+# ---------------------------------------------------------------------------
+# xpro detach
+# ---------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="XPRO_CONFIG",
+              help="Take the pin directory from this configuration [XPRO_CONFIG].")
+@click.option("--pin-dir", metavar="PATH", help="The pin directory to clean up "
+              "(default: proxy.pin_dir of the configuration).")
+@click.option("--interface", "interfaces", multiple=True, metavar="IF",
+              help="Also remove any XDP program from this interface (repeatable).")
+@click.option("--netns", metavar="NAME", help="The network namespace of --interface.")
+def detach(config_path: str | None, pin_dir: str | None, interfaces: tuple[str, ...],
+           netns: str | None) -> None:
+    """Remove what a stopped or killed daemon left: its XDP links and pinned maps.
+
+    Refuses while a daemon runs with that pin directory (stop it instead:
+    it detaches itself).
+
+    \b
+    Examples:
+      sudo xpro detach
+      sudo xpro detach --pin-dir /sys/fs/bpf/xpro-lab --interface eth1
+    """
+    from xpro.backends.xdp import detach_pinned
+    from xpro.bpf.xdp import detach_xdp
+    from xpro.daemon.proxy import RunLock
+    from xpro.lab.namespaces import require_root
+
+    require_root("xpro detach")
+    if pin_dir is None:
+        pin_dir = load_config(config_path).proxy.pin_dir
+    done: list[str] = []
+    if pin_dir:
+        lock = RunLock("pin_dir", pin_dir)  # DaemonRunning if a daemon holds it
+        try:
+            done += detach_pinned(pin_dir, netns)
+        finally:
+            lock.release()
+    for ifname in interfaces:
+        ids = detach_xdp(ifname, netns=netns)
+        done += [f"detached XDP program {i} from {ifname}" for i in ids]
+    click.echo("\n".join(done) if done else f"nothing to detach ({pin_dir or 'no pin dir'} "
+               "is empty)")
+
+
+# ---------------------------------------------------------------------------
+# xpro config show | check | reload
+# ---------------------------------------------------------------------------
+
+
+@click.group()
+def config() -> None:
+    """Show, check and reload the configuration."""
+
+
+@config.command("show")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="XPRO_CONFIG",
+              help="The TOML configuration file [XPRO_CONFIG].")
+@click.option("--running", is_flag=True,
+              help="Show the running daemon's configuration (via its control socket).")
+@_socket_option
+@_json_option
+@click.option("--sources/--no-sources", default=True, show_default=True,
+              help="Say where each value comes from (default, file, environment, flag).")
+@click_options()
+def config_show(config_path: str | None, running: bool, sock: str, as_json: bool,
+                sources: bool, **params: Any) -> None:
+    """Print the effective configuration: defaults < file < XPRO_* < flags.
+
+    \b
+    Examples:
+      xpro config show --config /etc/xpro/xpro.toml
+      XPRO_T_F1=200 xpro config show --json
+      sudo xpro config show --running
+    """
+    overrides = overrides_from_click(params)
+    if running:
+        res = _ask(sock, "config")
+        if as_json:
+            _echo_json(res["values"])
+        else:
+            click.echo(res["toml"], nl=False)
+        return
+    cfg = load_config(config_path, overrides=overrides)
+    if as_json:
+        _echo_json(cfg.effective_config(with_sources=sources))
+    else:
+        click.echo(dumps(cfg, sources=sources), nl=False)
+
+
+@config.command("check")
+@click.argument("path", type=click.Path(dir_okay=False))
+@_json_option
+def config_check(path: str, as_json: bool) -> None:
+    """Validate a configuration file; exit 0 if it is valid, 2 with every problem if not.
+
+    \b
+    Example:
+      xpro config check /etc/xpro/xpro.toml && systemctl reload xpro
+    """
+    try:
+        load_config(path, env={})
+    except InvalidConfig as exc:
+        if as_json:
+            _echo_json({"valid": False, "problems": list(exc.problems)})
+            raise SystemExit(2) from None
+        raise
+    if as_json:
+        _echo_json({"valid": True, "problems": []})
+    else:
+        click.echo(f"{Path(path)}: valid")
+
+
+@config.command("reload")
+@_socket_option
+@_json_option
+def config_reload(sock: str, as_json: bool) -> None:
+    """Make the running daemon read its configuration again and apply it.
+
+    Thresholds, modes and prefix lists change in the running program with
+    no state lost; keys that need a restart (sizes, interfaces, the store)
+    are listed and left as they are.  An invalid file changes nothing.
+
+    \b
+    Example:
+      sudo xpro config reload
+    """
+    res = _ask(sock, "reload")
+    if as_json:
+        _echo_json(res)
+        return
+    changes = res["changes"]
+    if not changes:
+        click.echo("reloaded: nothing changed")
+    for c in changes:
+        how = "applied" if c["live"] else "needs a restart, not applied"
+        click.echo(f"{c['key']}: {c['old']} -> {c['new']} ({how})")
+
+
+COMMANDS = [run, status, top, flows, explain, detach, config]

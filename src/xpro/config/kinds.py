@@ -1,0 +1,547 @@
+"""Kinds of configuration values: how one value is parsed, checked, shown and documented."""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import os
+import re
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from xpro.core.model import Prefix
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Every environment variable of a key starts with this.
+ENV_PREFIX = "XPRO_"
+#: The store password (never a config key, never shown).
+PASSWORD_ENV = "XPRO_STORE_PASSWORD"
+#: The config file to read when :func:`load_config` is given no path.
+PATH_ENV = "XPRO_CONFIG"
+
+#: A value as TOML holds it (what :meth:`Config.effective_config` returns).
+TomlValue = str | int | float | bool | list[str]
+
+U32_MAX = 2**32 - 1
+
+
+
+# ---------------------------------------------------------------------------
+# Kinds of values: how one value is parsed, checked, shown and documented
+# ---------------------------------------------------------------------------
+
+
+class _Bad(Exception):
+    """A value was refused; the text completes "KEY = VALUE (ENV): ..."."""
+
+
+def _toml_str(s: str) -> str:
+    """``s`` as a TOML basic string."""
+    out = ['"']
+    for ch in s:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _toml_value(v: object) -> str:
+    """A TOML literal for one value (str, bool, int, float or a list of those)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v)  # finite: values are validated; repr is valid TOML
+    if isinstance(v, str):
+        return _toml_str(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"no TOML form for {v!r}")
+
+
+def _fmt_num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(float(x))
+
+
+class Kind(Generic[T]):
+    """How one kind of value is read from TOML or text, checked and shown."""
+
+    #: Whether the environment form is a comma-separated list.
+    is_list = False
+
+    def from_toml(self, raw: object) -> T:
+        raise NotImplementedError
+
+    def from_text(self, text: str) -> T:
+        """Parse the string form (an environment variable, a command-line flag)."""
+        raise NotImplementedError
+
+    def to_toml(self, value: T) -> TomlValue:
+        """The value as TOML holds it; ``load(to_toml(v)) == v``."""
+        return typing.cast(TomlValue, value)
+
+    def show(self, value: T) -> str:
+        """The value for messages, logs and reprs (secrets masked)."""
+        return _toml_value(self.to_toml(value))
+
+    def allowed(self) -> str:
+        """What is allowed, completing "must be ..."."""
+        raise NotImplementedError
+
+    def type_doc(self) -> str:
+        """The type as the reference documents it."""
+        raise NotImplementedError
+
+    def range_doc(self) -> str:
+        """The range or the choices, for the reference."""
+        return ""
+
+    def metavar(self) -> str:
+        return "VALUE"
+
+
+@dataclass(frozen=True)
+class Integer(Kind[int]):
+    """A whole number from ``lo`` to ``hi`` (an integral float such as 1e6 is accepted)."""
+
+    lo: int
+    hi: int
+    unit: str = ""
+    power_of_two: bool = False
+
+    def type_doc(self) -> str:
+        return "integer" + (", a power of two" if self.power_of_two else "")
+
+    def _check(self, x: int) -> int:
+        if not self.lo <= x <= self.hi or (self.power_of_two and x & (x - 1)):
+            raise _Bad(f"must be {self.allowed()}")
+        return x
+
+    def from_toml(self, raw: object) -> int:
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise _Bad(f"must be {self.allowed()}")
+        if isinstance(raw, float):
+            if not (math.isfinite(raw) and raw.is_integer()):
+                raise _Bad(f"must be {self.allowed()}")
+            raw = int(raw)
+        return self._check(raw)
+
+    def from_text(self, text: str) -> int:
+        t = text.strip().replace("_", "")
+        try:
+            return self._check(int(t))
+        except ValueError:
+            pass
+        try:
+            x = float(t)
+        except ValueError:
+            raise _Bad(f"must be {self.allowed()}") from None
+        return self.from_toml(x)
+
+    def allowed(self) -> str:
+        unit = f" {self.unit}" if self.unit else ""
+        a = "a power of two" if self.power_of_two else "an integer"
+        return f"{a} from {self.lo} to {self.hi}{unit}"
+
+    def range_doc(self) -> str:
+        unit = f" {self.unit}" if self.unit else ""
+        return f"{self.lo} to {self.hi}{unit}"
+
+    def metavar(self) -> str:
+        return "N"
+
+
+@dataclass(frozen=True)
+class Number(Kind[float]):
+    """A real number in a range; ``lo_open`` excludes ``lo`` itself."""
+
+    lo: float
+    hi: float
+    unit: str = ""
+    lo_open: bool = False
+
+    def type_doc(self) -> str:
+        return "number" + (" (seconds)" if self.unit == "s" else "")
+
+    def _check(self, x: float) -> float:
+        low_ok = x > self.lo if self.lo_open else x >= self.lo
+        if not (math.isfinite(x) and low_ok and x <= self.hi):
+            raise _Bad(f"must be {self.allowed()}")
+        return x
+
+    def from_toml(self, raw: object) -> float:
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise _Bad(f"must be {self.allowed()}")
+        return self._check(float(raw))
+
+    def from_text(self, text: str) -> float:
+        try:
+            x = float(text.strip().replace("_", ""))
+        except ValueError:
+            raise _Bad(f"must be {self.allowed()}") from None
+        return self._check(x)
+
+    def to_toml(self, value: float) -> TomlValue:
+        return float(value)
+
+    def allowed(self) -> str:
+        unit = f" {self.unit}" if self.unit else ""
+        if self.lo_open:
+            lo, hi = _fmt_num(self.lo), _fmt_num(self.hi)
+            return f"a number greater than {lo} and at most {hi}{unit}"
+        return f"a number from {_fmt_num(self.lo)} to {_fmt_num(self.hi)}{unit}"
+
+    def range_doc(self) -> str:
+        unit = f" {self.unit}" if self.unit else ""
+        op = "<" if self.lo_open else "≤"
+        return f"{_fmt_num(self.lo)} {op} x ≤ {_fmt_num(self.hi)}{unit}"
+
+    def metavar(self) -> str:
+        return "SECONDS" if self.unit == "s" else "X"
+
+
+@dataclass(frozen=True)
+class Choice(Kind[str]):
+    """One of a few words."""
+
+    choices: tuple[str, ...]
+
+    def type_doc(self) -> str:
+        return "string"
+
+    def from_toml(self, raw: object) -> str:
+        if not isinstance(raw, str) or raw not in self.choices:
+            hint = ""
+            if isinstance(raw, str):
+                close = difflib.get_close_matches(raw.lower(), self.choices, n=1)
+                hint = f" (did you mean {_toml_str(close[0])}?)" if close else ""
+            raise _Bad(f"must be {self.allowed()}{hint}")
+        return raw
+
+    def from_text(self, text: str) -> str:
+        return self.from_toml(text.strip())
+
+    def allowed(self) -> str:
+        names = [_toml_str(c) for c in self.choices]
+        return "one of " + ", ".join(names[:-1]) + " or " + names[-1]
+
+    def range_doc(self) -> str:
+        return ", ".join(f'``"{c}"``' for c in self.choices)
+
+    def metavar(self) -> str:
+        return "|".join(self.choices)
+
+
+@dataclass(frozen=True)
+class Boolean(Kind[bool]):
+    _TEXT: typing.ClassVar[dict[str, bool]] = {
+        "true": True, "false": False, "1": True, "0": False,
+        "yes": True, "no": False, "on": True, "off": False,
+    }
+
+    def from_toml(self, raw: object) -> bool:
+        if not isinstance(raw, bool):
+            raise _Bad(f"must be {self.allowed()}")
+        return raw
+
+    def from_text(self, text: str) -> bool:
+        try:
+            return self._TEXT[text.strip().lower()]
+        except KeyError:
+            raise _Bad(f"must be {self.allowed()} (or 1/0, yes/no, on/off)") from None
+
+    def allowed(self) -> str:
+        return "true or false"
+
+    def type_doc(self) -> str:
+        return "boolean"
+
+    def range_doc(self) -> str:
+        return "``true``, ``false``"
+
+    def metavar(self) -> str:
+        return "true|false"
+
+
+@dataclass(frozen=True)
+class Text(Kind[str]):
+    """A string matching ``pattern`` (described by ``what``)."""
+
+    pattern: str
+    what: str
+
+    def type_doc(self) -> str:
+        return "string"
+
+    def from_toml(self, raw: object) -> str:
+        if not isinstance(raw, str) or not re.fullmatch(self.pattern, raw):
+            raise _Bad(f"must be {self.allowed()}")
+        return raw
+
+    def from_text(self, text: str) -> str:
+        return self.from_toml(text.strip())
+
+    def allowed(self) -> str:
+        return self.what
+
+    def range_doc(self) -> str:
+        return self.what
+
+    def metavar(self) -> str:
+        return "NAME"
+
+
+_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
+_URL_PASSWORD_RE = re.compile(r"(?<=://)([^:/@]*):([^@/]*)@")
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    return _URL_PASSWORD_RE.sub(r"\1:***@", url)
+
+
+@dataclass(frozen=True)
+class Url(Kind[str]):
+    def type_doc(self) -> str:
+        return "string (URL)"
+
+    def from_toml(self, raw: object) -> str:
+        if not isinstance(raw, str) or not _URL_RE.fullmatch(raw):
+            raise _Bad(f"must be {self.allowed()}")
+        return raw
+
+    def from_text(self, text: str) -> str:
+        return self.from_toml(text.strip())
+
+    def show(self, value: str) -> str:
+        return _toml_str(mask_url(value))
+
+    def allowed(self) -> str:
+        return ('a store URL SCHEME://..., such as "memory://", "redis://HOST:6379", '
+                '"redis+cluster://HOST:7000" or "etcd://HOST:2379"')
+
+    def range_doc(self) -> str:
+        return ("``memory://``, ``redis[s]://``, ``redis[s]+cluster://``, ``etcd[s]://``, "
+                "or a plugin's scheme")
+
+    def metavar(self) -> str:
+        return "URL"
+
+
+_HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*")
+
+
+@dataclass(frozen=True)
+class Listen(Kind[str]):
+    """``HOST:PORT`` (``[V6]:PORT`` for IPv6), or "" for off."""
+
+    def type_doc(self) -> str:
+        return "string"
+
+    def from_toml(self, raw: object) -> str:
+        if not isinstance(raw, str):
+            raise _Bad(f"must be {self.allowed()}")
+        if raw == "":
+            return raw
+        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", raw)
+        if m is None:
+            raise _Bad(f"must be {self.allowed()}")
+        host, port = (m[1], m[2]) if m[1] else (m[3], m[4])
+        try:
+            if m[1]:
+                ipaddress.IPv6Address(host)
+            elif not _HOST_RE.fullmatch(host):
+                ipaddress.IPv4Address(host)
+        except ValueError:
+            raise _Bad(f"must be {self.allowed()}") from None
+        if not 1 <= int(port) <= 65535:
+            raise _Bad(f"must be {self.allowed()} (the port from 1 to 65535)")
+        return raw
+
+    def from_text(self, text: str) -> str:
+        return self.from_toml(text.strip())
+
+    def allowed(self) -> str:
+        return 'an address "HOST:PORT" ("[ADDR]:PORT" for IPv6), or "" to turn it off'
+
+    def range_doc(self) -> str:
+        return '``"HOST:PORT"``, ``"[ADDR]:PORT"``, ``""`` (off)'
+
+    def metavar(self) -> str:
+        return "HOST:PORT"
+
+
+@dataclass(frozen=True)
+class FilePath(Kind[str]):
+    """A path; relative ones are taken from the config file's directory.
+
+    ``must_exist`` checks at load time that it names a readable file;
+    ``max_len`` bounds it (a unix socket path fits in ``sun_path``).
+    """
+
+    must_exist: bool = False
+    max_len: int = 4095
+    off: str = ""  # what ``""`` means, when the empty string turns the feature off
+
+    def type_doc(self) -> str:
+        return "string (path)"
+
+    def from_toml(self, raw: object) -> str:
+        if not isinstance(raw, str) or (not raw and not self.off) or "\0" in raw:
+            raise _Bad(f"must be {self.allowed()}")
+        return raw
+
+    def from_text(self, text: str) -> str:
+        return self.from_toml(text.strip())
+
+    def resolve(self, value: str, base: Path | None) -> str:
+        if not value and self.off:
+            return value
+        p = Path(value).expanduser()
+        if not p.is_absolute():
+            p = (base or Path.cwd()) / p
+        s = os.path.normpath(p)
+        if len(s.encode()) > self.max_len:
+            raise _Bad(f"must be {self.allowed()}")
+        if self.must_exist and not os.access(s, os.R_OK):
+            why = "no such file" if not os.path.exists(s) else "not readable"
+            raise _Bad(f"{why}: {s}")
+        return s
+
+    def allowed(self) -> str:
+        a = "a readable file" if self.must_exist else "a path"
+        off = f', or "" ({self.off})' if self.off else ""
+        return f"{a} of at most {self.max_len} bytes{off}"
+
+    def range_doc(self) -> str:
+        extra = ", must exist" if self.must_exist else ""
+        off = f'; ``""``: {self.off}' if self.off else ""
+        return f"absolute, or relative to the config file{extra}{off}"
+
+    def metavar(self) -> str:
+        return "PATH"
+
+
+@dataclass(frozen=True)
+class Prefixes(Kind[tuple[str, ...]]):
+    """A list of IPv4/IPv6 prefixes, kept in normal form ("10.0.0.0/8")."""
+
+    is_list = True
+
+    def type_doc(self) -> str:
+        return "list of strings (prefixes)"
+
+    @staticmethod
+    def _one(text: str) -> tuple[str, Prefix]:
+        t = text.strip()
+        try:
+            net = ipaddress.ip_network(t, strict=False)
+            prefix = Prefix.parse(t)
+        except ValueError:
+            raise _Bad(f"{_toml_str(text)} is not an IP prefix (write it as 10.0.0.0/8, "
+                       "192.0.2.7 or 2001:db8::/32)") from None
+        try:
+            ipaddress.ip_network(t, strict=True)
+        except ValueError:
+            raise _Bad(f"{_toml_str(text)} has host bits set (did you mean "
+                       f"{_toml_str(str(net))}?)") from None
+        return str(net), prefix
+
+    def _many(self, items: Sequence[str]) -> tuple[str, ...]:
+        out: list[str] = []
+        seen: set[Prefix] = set()
+        bad: list[str] = []
+        for i, item in enumerate(items):
+            try:
+                text, prefix = self._one(item)
+            except _Bad as exc:
+                bad.append(f"item {i + 1}: {exc}")
+                continue
+            if prefix in seen:
+                bad.append(f"item {i + 1}: {_toml_str(item)} is listed twice")
+            seen.add(prefix)
+            out.append(text)
+        if bad:
+            raise _Bad("; ".join(bad))
+        return tuple(out)
+
+    def from_toml(self, raw: object) -> tuple[str, ...]:
+        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+            raise _Bad(f"must be {self.allowed()}")
+        return self._many(raw)
+
+    def from_text(self, text: str) -> tuple[str, ...]:
+        return self._many([t for t in text.split(",") if t.strip()])
+
+    def to_toml(self, value: tuple[str, ...]) -> TomlValue:
+        return list(value)
+
+    def allowed(self) -> str:
+        return 'a list of prefixes such as ["10.0.0.0/8", "2001:db8::/32"]'
+
+    def range_doc(self) -> str:
+        return "IPv4 or IPv6 prefixes; a bare address is a /32 or /128"
+
+    def metavar(self) -> str:
+        return "PREFIX,..."
+
+
+_IFNAME_RE = re.compile(r"[^\s/:]{1,15}")
+
+
+@dataclass(frozen=True)
+class Names(Kind[tuple[str, ...]]):
+    """A list of network interface names."""
+
+    is_list = True
+
+    def type_doc(self) -> str:
+        return "list of strings"
+
+    def _many(self, items: Sequence[str]) -> tuple[str, ...]:
+        bad = [f"item {i + 1}: {_toml_str(x)} is not an interface name (1-15 characters, "
+               "no space, '/' or ':')" for i, x in enumerate(items)
+               if not (_IFNAME_RE.fullmatch(x) and len(x.encode()) <= 15)]
+        seen: set[str] = set()
+        for i, x in enumerate(items):
+            if x in seen:
+                bad.append(f"item {i + 1}: {_toml_str(x)} is listed twice")
+            seen.add(x)
+        if bad:
+            raise _Bad("; ".join(bad))
+        return tuple(items)
+
+    def from_toml(self, raw: object) -> tuple[str, ...]:
+        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+            raise _Bad(f"must be {self.allowed()}")
+        return self._many(raw)
+
+    def from_text(self, text: str) -> tuple[str, ...]:
+        return self._many([t.strip() for t in text.split(",") if t.strip()])
+
+    def to_toml(self, value: tuple[str, ...]) -> TomlValue:
+        return list(value)
+
+    def allowed(self) -> str:
+        return 'a list of interface names such as ["eth0", "eth1"]'
+
+    def range_doc(self) -> str:
+        return "interface names (1-15 characters)"
+
+    def metavar(self) -> str:
+        return "IFNAME,..."

@@ -1,0 +1,186 @@
+"""Why a flow is (or would be) dropped: the question every operator of a rate filter asks.
+
+:func:`explain` takes the filter's parameters, the flow's record and its
+destination's aggregate as the kernel holds them, and the sync's last view of
+the flow, and says what the *next* packet of that flow would meet, check by
+check, in the order of Algorithm 2 (``bpf/xpro.bpf.c``, :meth:`xpro.core.model.Filter.packet`):
+allow and deny lists, the T_T1 idle reset, the per-source check (T_T2, T_F1),
+then the per-destination check (T_T3, T_F2).  It is a pure function, tested
+against the model: the verdict it predicts is the verdict the model gives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from xpro.core.layout import MODE_MONITOR, Reason
+from xpro.core.model import (
+    NS_PER_S,
+    FilterParams,
+    flow_mode,
+    rate_exceeds,
+)
+
+__all__ = ["Check", "Explanation", "explain", "rate_pps"]
+
+
+def rate_pps(count: int, window_ns: int) -> float:
+    """Packets per second over a window (0 for an empty window)."""
+    return count * NS_PER_S / window_ns if window_ns > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Check:
+    """One rule the next packet meets, and what it gives."""
+
+    name: str
+    fires: bool
+    why: str
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What the next packet of ``src -> dst`` would meet, and the resulting verdict."""
+
+    src: str
+    dst: str
+    now: int
+    verdict: str  # "pass" or "drop"
+    reason: str  # a :class:`xpro.core.layout.Reason` name
+    checks: tuple[Check, ...]
+    local: dict[str, Any] | None = None  # the kernel record (global as of the last sync + local)
+    synced: dict[str, Any] | None = None  # the sync's last view of the master record
+    destination: dict[str, Any] | None = None  # the aggregate of the destination key
+    limits: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["checks"] = [asdict(c) for c in self.checks]
+        return d
+
+    def text(self) -> str:
+        """A few lines for a terminal."""
+        word = {"pass": "PASSED", "drop": "DROPPED"}[self.verdict]
+        lines = [f"{self.src} -> {self.dst}: the next packet is {word} "
+                 f"({self.reason})"]
+        if self.local is not None:
+            loc = self.local
+            lines.append(
+                f"  record     c={loc['c']} over {loc['window_s']:.3f} s "
+                f"= {loc['rate_pps']:.1f} packets/s; since the last sync {loc['local_c']} "
+                f"counted here; idle {loc['idle_s']:.3f} s")
+        else:
+            lines.append("  record     none: the next packet starts a new window")
+        if self.synced is not None:
+            s = self.synced
+            lines.append(f"  last sync  c={s['c']} over {s['window_s']:.3f} s "
+                         f"= {s['rate_pps']:.1f} packets/s (the mesh-wide record)")
+        if self.destination is not None:
+            d = self.destination
+            lines.append(f"  dest       c={d['c']} over {d['window_s']:.3f} s "
+                         f"= {d['rate_pps']:.1f} packets/s (all sources)")
+        for c in self.checks:
+            mark = "FIRES" if c.fires else "ok   "
+            lines.append(f"  {mark} {c.name:<12} {c.why}")
+        return "\n".join(lines)
+
+
+def _window(now: int, ts1: int) -> int:
+    return max(0, now - ts1)
+
+
+def explain(params: FilterParams, src: bytes, dst: bytes, *, now: int,
+            flow: dict[str, int] | None, dest: dict[str, int] | None,
+            synced: dict[str, int] | None = None, flow_key: bytes | None = None,
+            src_text: str = "", dst_text: str = "") -> Explanation:
+    """Explain the next packet of a flow at time ``now`` (ns, the filter's clock).
+
+    ``src``/``dst`` are 16-byte addresses (:func:`xpro.core.layout.addr16`);
+    ``flow`` the kernel record (``ts1``, ``ts2``, ``c``, ``base_c``), ``dest``
+    the destination aggregate (``ts1``, ``ts2``, ``c``), ``synced`` the sync's
+    view of the master record (``ts1``, ``ts2``, ``c``); each ``None`` when
+    absent.  ``flow_key`` selects the mode override (defaults to ``src+dst``).
+    """
+    p = params
+    checks: list[Check] = []
+    limits = {"t_f1": p.t_f1, "t_f2": p.t_f2, "t_t1_s": p.t_t1 / NS_PER_S,
+              "t_t2_s": p.t_t2 / NS_PER_S, "t_t3_s": p.t_t3 / NS_PER_S}
+    key = flow_key if flow_key is not None else src + dst
+    monitor = flow_mode(p, key) == MODE_MONITOR
+
+    def done(verdict: str, reason: Reason) -> Explanation:
+        return Explanation(src_text, dst_text, now, verdict, reason.name, tuple(checks),
+                           _view(flow, now, with_local=True), _view(synced, now),
+                           _view(dest, now), limits)
+
+    if p.allow and any(q.contains(src) for q in p.allow):
+        checks.append(Check("allow", True, "the source is in an allow prefix: always passed"))
+        return done("pass", Reason.ALLOW)
+    if p.deny and any(q.contains(src) for q in p.deny):
+        checks.append(Check("deny", True, "the source is in a deny prefix: always dropped"))
+        return done("drop", Reason.DENY)
+
+    # The record the next packet would see (Algorithm 2, lines 1-11).
+    started = False
+    if flow is None:
+        ts1, c = now, 1
+        started = True
+        checks.append(Check("new", False, "no record: the packet opens a window of its own"))
+    elif now - flow["ts2"] > p.t_t1:
+        ts1, c = now, 1
+        started = True
+        checks.append(Check("idle-reset", False,
+                            f"idle {(now - flow['ts2']) / NS_PER_S:.3f} s > T_T1 "
+                            f"{p.t_t1 / NS_PER_S:g} s: the window starts again"))
+    else:
+        ts1, c = flow["ts1"], flow["c"] + 1
+    per_src = _rate_check("per-source", c, now - ts1, p.t_t2, "T_T2", p.t_f1, "T_F1")
+    checks.append(per_src)
+    if per_src.fires:
+        return done("pass" if monitor else "drop",
+                    Reason.MON_SRC_RATE if monitor else Reason.SRC_RATE)
+
+    # The destination aggregate (lines 18-25, docs/semantics.rst, "The per-destination check").
+    if dest is None:
+        d_ts1, d_c = ts1, 1
+    elif now - dest["ts2"] > p.t_t1:
+        d_ts1, d_c = now, 1
+    else:
+        d_ts1 = min(dest["ts1"], ts1) if started else dest["ts1"]
+        d_c = dest["c"] + 1
+    per_dst = _rate_check("per-dest", d_c, now - d_ts1, p.t_t3, "T_T3", p.t_f2, "T_F2")
+    checks.append(per_dst)
+    if per_dst.fires:
+        return done("pass" if monitor else "drop",
+                    Reason.MON_DST_RATE if monitor else Reason.DST_RATE)
+    return done("pass", Reason.PASS)
+
+
+def _rate_check(name: str, count: int, window: int, t_min: int, t_min_name: str,
+                limit: int, limit_name: str) -> Check:
+    """A rate rule: judged once the window is longer than ``t_min``, fires above ``limit``."""
+    if window <= t_min:
+        return Check(name, False, f"window {window / NS_PER_S:.3f} s <= {t_min_name} "
+                                  f"{t_min / NS_PER_S:g} s: not judged yet")
+    fires = rate_exceeds(count, window, limit)
+    rel = ">" if fires else "<="
+    return Check(name, fires, f"{count} packets in {window / NS_PER_S:.3f} s = "
+                              f"{rate_pps(count, window):.1f}/s {rel} {limit_name} {limit}/s")
+
+
+def _view(rec: dict[str, int] | None, now: int, *, with_local: bool = False
+          ) -> dict[str, Any] | None:
+    if rec is None:
+        return None
+    window = _window(now, rec["ts1"])
+    out: dict[str, Any] = {
+        "ts1": rec["ts1"], "ts2": rec["ts2"], "c": rec["c"],
+        "window_s": window / NS_PER_S, "rate_pps": rate_pps(rec["c"], window),
+        "idle_s": max(0, now - rec["ts2"]) / NS_PER_S,
+    }
+    if with_local:
+        out["local_c"] = rec["c"] - rec.get("base_c", 0)
+    return out
+
+

@@ -1,0 +1,139 @@
+"""Fixed-size keys as numpy structured arrays: fingerprints, look-ups, an index.
+
+The sync's mirror, the kernel filter's destination reads, the offload drop
+set and the AF_XDP table look keys up in bulk with these (no Python loop per
+key).  Pure numpy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["KeyIndex", "fingerprint", "gather", "index_of"]
+
+Array = npt.NDArray[Any]
+
+_MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
+                 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD], dtype=np.uint64)
+
+
+def fingerprint(keys: Array) -> Array:
+    """A 64-bit mix of each key's bytes (to sort and search keys as integers)."""
+    width = keys.dtype.itemsize
+    n = len(keys)
+    raw = np.zeros((n, (width + 7) // 8 * 8), dtype=np.uint8)
+    raw[:, :width] = np.ascontiguousarray(keys).view(np.uint8).reshape(n, width)
+    words = raw.view("<u8")
+    h: Array = (words * _MIX[: words.shape[1]]).sum(axis=1, dtype=np.uint64)
+    out: Array = h ^ (h >> np.uint64(29))
+    return out
+
+
+def _search(sorted_hay: Array, needles: Array) -> Array:
+    """``np.searchsorted(sorted_hay, needles)``, with the needles searched in
+    sorted order (a random-order search over a large array misses the cache
+    at every step: 0.7 s against 0.1 s for 1M in 1M)."""
+    order = np.argsort(needles, kind="stable")
+    pos = np.empty(len(needles), dtype=np.int64)
+    pos[order] = np.searchsorted(sorted_hay, needles[order])
+    return pos
+
+
+def index_of(haystack: Array, needles: Array) -> Array:
+    """For each needle, its index in ``haystack`` or -1 (both arrays of one key dtype)."""
+    if len(haystack) == 0 or len(needles) == 0:
+        return np.full(len(needles), -1, dtype=np.int64)
+    width = haystack.dtype.itemsize
+    fh, fn = fingerprint(haystack), fingerprint(needles)
+    order = np.argsort(fh, kind="stable")
+    sorted_fh = fh[order]
+    pos = np.minimum(_search(sorted_fh, fn), len(order) - 1)
+    cand = order[pos]
+    vd = np.dtype((np.void, width))
+    same = (sorted_fh[pos] == fn) & (
+        np.ascontiguousarray(haystack).view(vd)[cand] == np.ascontiguousarray(needles).view(vd))
+    return np.where(same, cand, -1)
+
+
+def gather(values: Array, idx: Array) -> Array:
+    """``values[idx]`` where ``idx >= 0``, zero where ``idx`` is -1 (no match)."""
+    out = np.zeros(len(idx), dtype=values.dtype)
+    hit = idx >= 0
+    out[hit] = values[idx[hit]]
+    return out
+
+
+
+class KeyIndex:
+    """Fixed-size keys -> slots, found and grown in bulk (no Python loop per key).
+
+    Keys are kept sorted by a 64-bit fingerprint; a lookup is one
+    ``searchsorted`` and a byte comparison with the stored key.  Two different
+    keys with one fingerprint (about 1 in 10^7 at a million keys) are kept in
+    a small dict instead.
+    """
+
+    def __init__(self, dtype: np.dtype[Any]) -> None:
+        self.void = np.dtype((np.void, dtype.itemsize))
+        self.fp = np.zeros(0, dtype=np.uint64)
+        self.slot = np.zeros(0, dtype=np.int64)
+        self.clash: dict[bytes, int] = {}
+
+    def _probe(self, keys: Array) -> tuple[Array, Array, Array]:
+        fp = fingerprint(keys)
+        if len(self.fp) == 0:
+            none = np.zeros(len(keys), dtype=bool)
+            return fp, np.zeros(len(keys), dtype=np.int64), none
+        pos = np.minimum(_search(self.fp, fp), len(self.fp) - 1)
+        same_fp = self.fp[pos] == fp
+        return fp, pos, same_fp
+
+    def find(self, keys: Array, stored: Array) -> Array:
+        """The slot of each key, or -1; ``stored`` holds the key of each slot."""
+        _, pos, same_fp = self._probe(keys)
+        out = np.full(len(keys), -1, dtype=np.int64)
+        if not same_fp.any():
+            return out
+        cand = self.slot[pos]
+        kv = np.ascontiguousarray(keys).view(self.void)
+        hit = same_fp & (np.ascontiguousarray(stored).view(self.void)[cand] == kv)
+        out[hit] = cand[hit]
+        if self.clash:
+            for i in np.flatnonzero(same_fp & ~hit).tolist():
+                out[i] = self.clash.get(kv[i].tobytes(), -1)
+        return out
+
+    def add(self, keys: Array, slots: Array) -> None:
+        """Index keys that :meth:`find` did not find."""
+        fp, _, same_fp = self._probe(keys)
+        _, first = np.unique(fp, return_index=True)
+        dup = np.ones(len(keys), dtype=bool)
+        dup[first] = False
+        clash = same_fp | dup
+        if clash.any():
+            kv = np.ascontiguousarray(keys).view(self.void)
+            for i in np.flatnonzero(clash).tolist():
+                self.clash[kv[i].tobytes()] = int(slots[i])
+        keep = ~clash
+        order = np.argsort(fp[keep], kind="stable")
+        new_fp, new_slot = fp[keep][order], slots[keep][order]
+        at = np.searchsorted(self.fp, new_fp)
+        self.fp = np.insert(self.fp, at, new_fp)
+        self.slot = np.insert(self.slot, at, new_slot)
+
+    def remove(self, keys: Array, slots: Array) -> None:
+        """Forget keys found at ``slots``."""
+        fp = fingerprint(keys)
+        pos = np.searchsorted(self.fp, fp)
+        ok = (pos < len(self.fp)) & (self.fp[np.minimum(pos, len(self.fp) - 1)] == fp)
+        ok &= self.slot[np.minimum(pos, len(self.fp) - 1)] == slots
+        self.fp = np.delete(self.fp, pos[ok])
+        self.slot = np.delete(self.slot, pos[ok])
+        if self.clash:
+            kv = np.ascontiguousarray(keys).view(self.void)
+            for i in np.flatnonzero(~ok).tolist():
+                self.clash.pop(kv[i].tobytes(), None)
+

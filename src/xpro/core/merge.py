@@ -1,0 +1,121 @@
+"""Algorithm 1's merge over whole arrays: :func:`xpro.core.model.merge`, vectorised.
+
+The sync merges every changed flow each period; a Python loop per record
+costs microseconds each, which at 100k flows is the whole period
+(docs/sync.rst, "One round").  This is the same function over numpy arrays,
+branch for branch, and
+``tests/unit/test_merge.py`` checks it against the model on random records.
+Timestamps and counts are handled as int64 (nanoseconds of TAI fit until
+2262; counts far below 2**63).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from xpro.core.layout import LOCAL, MASTER
+from xpro.core.model import NS_PER_S, R_DEN, SyncParams
+
+Array = npt.NDArray[Any]
+
+
+def _div_r(x: Array, r_q: int) -> Array:
+    """``floor(x * R_DEN / r_q)`` for 0 <= x < 2**63, without overflowing int64."""
+    q, rem = np.divmod(x, r_q)
+    out: Array = q * R_DEN + rem * R_DEN // r_q
+    return out
+
+
+def merge_arrays(local: Array, local_exists: Array, master: Array, master_exists: Array,
+                 params: SyncParams) -> tuple[Array, Array]:
+    """Merge parallel arrays of LOCAL and MASTER records; returns (local', master').
+
+    Where neither side exists the outputs are zeros.  Everything the model
+    does per record happens here per element, with masks for the branches.
+    """
+    n = len(local)
+    lt1 = local["ts1"].astype(np.int64)
+    lt2 = local["ts2"].astype(np.int64)
+    lc = local["c"].astype(np.int64)
+    ldc = local["dc"].astype(np.int64)
+    mark = local["mark"] == 1
+    mt1 = master["ts1"].astype(np.int64)
+    mt2 = master["ts2"].astype(np.int64)
+    mc = master["c"].astype(np.int64)
+    le = np.asarray(local_exists, dtype=bool)
+    me = np.asarray(master_exists, dtype=bool)
+    both = le & me
+
+    # Outputs start as "both exist, not reset" and are patched per branch.
+    o_lt1, o_lt2 = lt1.copy(), lt2.copy()
+    o_mt1, o_mt2, o_mc = mt1.copy(), mt2.copy(), mc.copy()
+
+    # Lines 11-17.
+    later = lt2 < mt2
+    shorten = ~later & (lt2 - mt1 > params.t_t4)
+    plain = ~later & ~shorten
+    o_lt2 = np.where(later, mt2, o_lt2)
+    new_t1 = lt2 - _div_r(np.where(shorten, lt2 - mt1, 0), params.r_q)
+    o_lt1 = np.where(shorten, new_t1, o_lt1)
+    o_mc = np.where(shorten, _div_r(mc, params.r_q), o_mc)
+    o_mt1 = np.where(shorten, new_t1, o_mt1)
+    o_mt2 = np.where(shorten | plain, lt2, o_mt2)
+    # Lines 19-22.
+    # (changed: the local window starts where the master's does; see model.merge)
+    o_lt1 = o_mt1.copy()
+    # Line 24.
+    o_lc = o_mc + ldc
+    o_mc = o_lc
+
+    # Lines 6-8: a local reset replaces the master's window.
+    reset = both & mark & (lt1 - mt1 > params.t_t1)
+    # Lines 31-33: only local -> the master takes it as it is.
+    only_local = le & ~me
+    take_local = reset | only_local
+    o_lt1 = np.where(take_local, lt1, o_lt1)
+    o_lt2 = np.where(take_local, lt2, o_lt2)
+    o_lc = np.where(take_local, lc, o_lc)
+    o_mt1 = np.where(take_local, lt1, o_mt1)
+    o_mt2 = np.where(take_local, lt2, o_mt2)
+    o_mc = np.where(take_local, lc, o_mc)
+    # Lines 27-28: only in the master -> the local record is created from it.
+    only_master = me & ~le
+    o_lt1 = np.where(only_master, mt1, o_lt1)
+    o_lt2 = np.where(only_master, mt2, o_lt2)
+    o_lc = np.where(only_master, mc, o_lc)
+    o_mt1 = np.where(only_master, mt1, o_mt1)
+    o_mt2 = np.where(only_master, mt2, o_mt2)
+    o_mc = np.where(only_master, mc, o_mc)
+
+    out_local = np.zeros(n, dtype=LOCAL)
+    out_master = np.zeros(n, dtype=MASTER)
+    any_ = le | me
+    out_local["ts1"] = np.where(any_, o_lt1, 0)
+    out_local["ts2"] = np.where(any_, o_lt2, 0)
+    out_local["c"] = np.where(any_, o_lc, 0)
+    out_master["ts1"] = np.where(any_, o_mt1, 0)
+    out_master["ts2"] = np.where(any_, o_mt2, 0)
+    out_master["c"] = np.where(any_, o_mc, 0)
+    # dc and mark are consumed by every merge (left zero).
+    return out_local, out_master
+
+
+def rate_exceeds_array(count: Array, window: Array, limit: int) -> Array:
+    """:func:`xpro.core.model.rate_exceeds` over arrays: ``count * 1e9 > limit * window``.
+
+    Exact: int64 products where they cannot overflow, Python integers where
+    they could (a very long window at a high limit).
+    """
+    count = np.asarray(count, dtype=np.int64)
+    window = np.asarray(window, dtype=np.int64)
+    if len(count) == 0:
+        return np.zeros(0, dtype=bool)
+    big = 2**62
+    if int(count.max()) < big // NS_PER_S and int(np.abs(window).max()) < big // max(limit, 1):
+        return np.asarray(count * NS_PER_S > window * limit)
+    lhs = count.astype(object) * NS_PER_S
+    rhs = window.astype(object) * limit
+    return np.asarray(lhs > rhs, dtype=bool)

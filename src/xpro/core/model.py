@@ -1,0 +1,558 @@
+"""The executable specification of xpro's algorithms.
+
+This module is the reference the kernel program (``bpf/xpro.bpf.c``) and the
+sync (Algorithm 1) are checked against.  It is pure Python and favours being
+obviously right over being fast.  Line numbers refer to the algorithms of the
+X-Pro paper (Al Atiiq and Gehrmann, SEC@SAC '21, section 5); "DESIGN" refers
+to the decisions in ``docs/semantics.rst`` (DESIGN.md sections 2-4).
+
+Keys are the exact bytes the kernel uses (:data:`xpro.core.layout.FLOW_KEY`):
+16-byte source, 16-byte destination address, destination port in network
+byte order, protocol, one pad byte.  Times are integer nanoseconds, rates are
+packets per second, and every rate comparison is exact integer arithmetic
+(``count * 1e9 > limit * window``), as in the kernel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import ipaddress
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from xpro.core.layout import (
+    DST_ADDR_PORT,
+    MALFORMED_PASS,
+    MAX_EXTHDR,
+    MAX_VLAN,
+    MODE_MONITOR,
+    XDP_DROP,
+    XDP_PASS,
+    EventKind,
+    Reason,
+)
+
+NS_PER_S = 1_000_000_000
+
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+ETH_P_8021Q = 0x8100
+ETH_P_8021AD = 0x88A8
+
+IPPROTO_HOPOPTS = 0
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+IPPROTO_ROUTING = 43
+IPPROTO_FRAGMENT = 44
+IPPROTO_AH = 51
+IPPROTO_DSTOPTS = 60
+IPPROTO_SCTP = 132
+IPPROTO_UDPLITE = 136
+
+_PORT_PROTOS = frozenset({IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP, IPPROTO_UDPLITE})
+_EXT_HEADERS = frozenset(
+    {IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS, IPPROTO_AH, IPPROTO_FRAGMENT}
+)
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+
+
+# --------------------------------------------------------------------------
+# Parsing (DESIGN 3.1)
+# --------------------------------------------------------------------------
+
+
+class ParseStatus(enum.Enum):
+    OK = 0
+    NON_IP = 1
+    MALFORMED = 2
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """What the parser found: a status and, when OK, the 36-byte flow key."""
+
+    status: ParseStatus
+    key: bytes = b""
+
+    @property
+    def src(self) -> bytes:
+        return self.key[:16]
+
+    @property
+    def dst(self) -> bytes:
+        """The 20-byte destination key."""
+        return self.key[16:]
+
+
+_NON_IP = Parsed(ParseStatus.NON_IP)
+_MALFORMED = Parsed(ParseStatus.MALFORMED)
+
+
+def _key(src: bytes, dst: bytes, port: bytes = b"\0\0", proto: int = 0) -> bytes:
+    return src + dst + port + bytes((proto, 0))
+
+
+def parse(frame: bytes, dst_mode: int) -> Parsed:
+    """Parse an Ethernet frame as ``parse_packet()`` in ``bpf/parsing.h`` does.
+
+    - Ethernet, then up to two 802.1Q/802.1ad tags.  A frame too short for
+      its Ethernet header or a tag is not IP: it passes.  Any other
+      ethertype (ARP, LLDP, a third tag) is not IP: it passes.
+    - IPv4: version 4, IHL >= 5, the header and ``tot_len`` inside the frame
+      and ``tot_len >= header``; otherwise malformed.  Trailing padding
+      beyond ``tot_len`` is fine.  A fragment (MF set or an offset) keys on
+      addresses only.
+    - IPv6: version 6, the payload inside the frame; extension headers
+      (hop-by-hop, routing, destination options, AH, fragment) are walked,
+      at most ``MAX_EXTHDR`` of them, each inside the payload; a deeper
+      chain is malformed.  A fragment header makes it a fragment.
+    - In ``addr+port`` mode the destination key adds the protocol and, for
+      TCP/UDP/SCTP/UDP-Lite, the destination port (4 bytes of L4 header
+      must be inside the IP payload, or the packet is malformed).
+    """
+    n = len(frame)
+    if n < 14:
+        return _NON_IP
+    eth_type = int.from_bytes(frame[12:14], "big")
+    off = 14
+    for _ in range(MAX_VLAN):
+        if eth_type not in (ETH_P_8021Q, ETH_P_8021AD):
+            break
+        if off + 4 > n:
+            return _NON_IP
+        eth_type = int.from_bytes(frame[off + 2 : off + 4], "big")
+        off += 4
+
+    frag = False
+    if eth_type == ETH_P_IP:
+        if off + 20 > n:
+            return _MALFORMED
+        vihl = frame[off]
+        hl = (vihl & 0xF) * 4
+        if vihl >> 4 != 4 or hl < 20 or off + hl > n:
+            return _MALFORMED
+        tot = int.from_bytes(frame[off + 2 : off + 4], "big")
+        if tot < hl or off + tot > n:
+            return _MALFORMED
+        frag = (int.from_bytes(frame[off + 6 : off + 8], "big") & 0x3FFF) != 0
+        proto = frame[off + 9]
+        src = _V4_MAPPED + frame[off + 12 : off + 16]
+        dst = _V4_MAPPED + frame[off + 16 : off + 20]
+        l4off, l4end = off + hl, off + tot
+    elif eth_type == ETH_P_IPV6:
+        if off + 40 > n or frame[off] >> 4 != 6:
+            return _MALFORMED
+        l4end = off + 40 + int.from_bytes(frame[off + 4 : off + 6], "big")
+        if l4end > n:
+            return _MALFORMED
+        proto = frame[off + 6]
+        src = frame[off + 8 : off + 24]
+        dst = frame[off + 24 : off + 40]
+        l4off = off + 40
+        for _ in range(MAX_EXTHDR):
+            if proto in (IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS):
+                if l4off + 2 > l4end:
+                    return _MALFORMED
+                length = (frame[l4off + 1] + 1) * 8
+            elif proto == IPPROTO_AH:
+                if l4off + 2 > l4end:
+                    return _MALFORMED
+                length = (frame[l4off + 1] + 2) * 4
+            elif proto == IPPROTO_FRAGMENT:
+                if l4off + 8 > l4end:
+                    return _MALFORMED
+                length = 8
+                frag = True
+            else:
+                break
+            proto = frame[l4off]
+            l4off += length
+            if l4off > l4end:
+                return _MALFORMED
+        else:
+            if proto in _EXT_HEADERS:
+                return _MALFORMED
+    else:
+        return _NON_IP
+
+    if dst_mode != DST_ADDR_PORT or frag:
+        return Parsed(ParseStatus.OK, _key(src, dst))
+    port = b"\0\0"
+    if proto in _PORT_PROTOS:
+        if l4off + 4 > l4end:
+            return _MALFORMED
+        port = frame[l4off + 2 : l4off + 4]
+    return Parsed(ParseStatus.OK, _key(src, dst, port, proto))
+
+
+# --------------------------------------------------------------------------
+# Records, parameters
+# --------------------------------------------------------------------------
+
+
+def rate_exceeds(count: int, window: int, limit: int) -> bool:
+    """``count / window > limit`` with window in ns and limit in packets/s.
+
+    Division-free and exact: ``count * 1e9 > limit * window`` (the kernel
+    does the same products in 128 bits).
+    """
+    return count * NS_PER_S > limit * window
+
+
+@dataclass
+class FlowRecord:
+    """A proxy's local record of one (source, destination key) flow.
+
+    ``ts1``/``ts2``/``c`` are the paper's ts1', ts2', c'; ``gen`` counts the
+    local window resets (Algorithm 2, line 4); ``warn_ts`` is the last
+    overload warning.  The paper's ``dc`` and ``mark`` are not stored in the
+    kernel record: the sync derives them from its baseline (:class:`Synced`,
+    :func:`local_view`), so the packet path makes one atomic add and the sync
+    never writes a field the packet path writes (DESIGN 4.3).
+    """
+
+    ts1: int
+    ts2: int
+    c: int
+    gen: int = 0
+    warn_ts: int = 0
+
+
+@dataclass(frozen=True)
+class Synced:
+    """The sync's baseline for a flow: c' and gen right after its last update."""
+
+    c: int
+    gen: int
+
+
+@dataclass
+class DstRecord:
+    """The per-destination aggregate (ts1*, ts2*, c*) of DESIGN 3.5."""
+
+    ts1: int
+    ts2: int
+    c: int
+    warn_ts: int = 0
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """An address prefix over the 16-byte (IPv4-mapped) address space."""
+
+    network: int
+    length: int
+
+    @classmethod
+    def parse(cls, text: str) -> Prefix:
+        net = ipaddress.ip_network(text, strict=False)
+        if isinstance(net, ipaddress.IPv4Network):
+            base = int.from_bytes(_V4_MAPPED + net.network_address.packed, "big")
+            return cls(base, 96 + net.prefixlen)
+        return cls(int(net.network_address), net.prefixlen)
+
+    def contains(self, addr16: bytes) -> bool:
+        shift = 128 - self.length
+        return (int.from_bytes(addr16, "big") >> shift) == (self.network >> shift)
+
+
+def longest_match(prefixes: Mapping[Prefix, int], addr16: bytes) -> int | None:
+    """The value of the longest prefix containing ``addr16`` (an LPM trie)."""
+    best: tuple[int, int] | None = None
+    for p, value in prefixes.items():
+        if p.contains(addr16) and (best is None or p.length > best[0]):
+            best = (p.length, value)
+    return None if best is None else best[1]
+
+
+@dataclass(frozen=True)
+class FilterParams:
+    """What the kernel program reads from its configuration (``struct xpro_config``).
+
+    Times in ns, rates in packets/s.  ``allow``/``deny`` are source prefixes;
+    ``dst_policy`` maps destination prefixes to a mode.
+    """
+
+    t_t1: int = 10 * NS_PER_S
+    t_t2: int = 1 * NS_PER_S
+    t_t3: int = 1 * NS_PER_S
+    t_f1: int = 100
+    t_f2: int = 10_000
+    warn_period: int = 1 * NS_PER_S
+    mode: int = 0
+    dst_mode: int = 0
+    malformed_policy: int = 0
+    events: bool = True
+    allow: frozenset[Prefix] = frozenset()
+    deny: frozenset[Prefix] = frozenset()
+    dst_policy: Mapping[Prefix, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Event:
+    """An overload warning (the ring buffer's ``struct xpro_event``)."""
+
+    kind: EventKind
+    key: bytes  # for DST_OVERLOAD the source bytes are zero
+    ts: int
+    c: int
+    window: int
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: int  # XDP_PASS or XDP_DROP
+    reason: Reason
+
+
+def flow_mode(p: FilterParams, key: bytes) -> int:
+    """The enforcement mode of a flow (its 36-byte key): the destination prefix
+    policy, else the global mode."""
+    if p.dst_policy:
+        m = longest_match(p.dst_policy, key[16:32])
+        if m is not None:
+            return m
+    return p.mode
+
+
+class Filter:
+    """The state of one proxy's kernel program, and Algorithm 2 over it.
+
+    ``packet(frame, now)`` is the per-packet procedure; ``flows``, ``dsts``,
+    ``stats`` and ``events`` mirror the program's maps.
+    """
+
+    def __init__(self, params: FilterParams) -> None:
+        self.params = params
+        self.flows: dict[bytes, FlowRecord] = {}
+        self.dsts: dict[bytes, DstRecord] = {}
+        self.stats: list[list[int]] = [[0, 0] for _ in Reason]
+        self.events: list[Event] = []
+
+    def _count(self, reason: Reason, nbytes: int) -> None:
+        self.stats[reason][0] += 1
+        self.stats[reason][1] += nbytes
+
+    def _verdict(self, action: int, reason: Reason, nbytes: int) -> Verdict:
+        self._count(reason, nbytes)
+        return Verdict(action, reason)
+
+    def _warn_due(self, rec: FlowRecord | DstRecord, now: int) -> bool:
+        """At most one warning per record per ``warn_period`` (DESIGN 3.4)."""
+        if rec.warn_ts and now - rec.warn_ts < self.params.warn_period:
+            return False
+        rec.warn_ts = now
+        return True
+
+    def _mode(self, key: bytes) -> int:
+        return flow_mode(self.params, key)
+
+    def packet(self, frame: bytes, now: int) -> Verdict:
+        """Algorithm 2 for one frame arriving at time ``now`` (ns)."""
+        p = self.params
+        size = len(frame)
+        parsed = parse(frame, p.dst_mode)
+        if parsed.status is ParseStatus.NON_IP:
+            return self._verdict(XDP_PASS, Reason.NON_IP, size)
+        if parsed.status is ParseStatus.MALFORMED:
+            action = XDP_PASS if p.malformed_policy == MALFORMED_PASS else XDP_DROP
+            return self._verdict(action, Reason.MALFORMED, size)
+
+        key = parsed.key
+        # DESIGN 3.2: allow, then deny, before any rate rule.
+        if p.allow and any(q.contains(parsed.src) for q in p.allow):
+            return self._verdict(XDP_PASS, Reason.ALLOW, size)
+        if p.deny and any(q.contains(parsed.src) for q in p.deny):
+            return self._verdict(XDP_DROP, Reason.DENY, size)
+
+        # Lines 1-10: find the record, reset it after T_T1 idle, or create it.
+        f = self.flows.get(key)
+        started = False
+        if f is None:
+            f = FlowRecord(ts1=now, ts2=now, c=0)
+            self.flows[key] = f
+            started = True
+        elif now - f.ts2 > p.t_t1:
+            # Line 4: ts1' = t, c' = 0; dc = 0 and mark = 1 are the new gen.
+            f.gen = (f.gen + 1) & 0xFFFFFFFF
+            f.ts1, f.c = now, 0
+            started = True
+        # Line 11 (dc is derived: see local_view).
+        f.c += 1
+        f.ts2 = now
+        # Lines 12-16: the per-source check.
+        window = now - f.ts1
+        if window > p.t_t2 and rate_exceeds(f.c, window, p.t_f1):
+            if self._warn_due(f, now) and p.events:
+                self.events.append(Event(EventKind.SRC_OVERLOAD, key, now, f.c, window))
+            if self._mode(key) == MODE_MONITOR:
+                return self._verdict(XDP_PASS, Reason.MON_SRC_RATE, size)
+            return self._verdict(XDP_DROP, Reason.SRC_RATE, size)
+
+        # Lines 18-25 in O(1): the aggregate counts packets admitted past
+        # the per-source check (DESIGN 3.5).
+        dkey = parsed.dst
+        d = self.dsts.get(dkey)
+        if d is None:
+            d = DstRecord(ts1=f.ts1, ts2=now, c=0)
+            self.dsts[dkey] = d
+        elif now - d.ts2 > p.t_t1:
+            d.ts1, d.c = now, 0  # the destination was idle: a new window
+        elif started and f.ts1 < d.ts1:
+            d.ts1 = f.ts1
+        d.c += 1
+        d.ts2 = now
+        window = now - d.ts1
+        if window > p.t_t3 and rate_exceeds(d.c, window, p.t_f2):
+            if self._warn_due(d, now) and p.events:
+                src0 = bytes(16) + dkey
+                self.events.append(Event(EventKind.DST_OVERLOAD, src0, now, d.c, window))
+            if self._mode(key) == MODE_MONITOR:
+                return self._verdict(XDP_PASS, Reason.MON_DST_RATE, size)
+            return self._verdict(XDP_DROP, Reason.DST_RATE, size)
+        return self._verdict(XDP_PASS, Reason.PASS, size)
+
+
+# --------------------------------------------------------------------------
+# Algorithm 1: the merge of one flow (DESIGN 4.1)
+# --------------------------------------------------------------------------
+
+#: r is kept as a fixed-point number with this denominator, so the merge is
+#: exact integer arithmetic everywhere it runs (Python, the Redis function).
+R_DEN = 1024
+
+
+@dataclass(frozen=True)
+class SyncParams:
+    """The thresholds the sync uses: T_T1 and T_T4 in ns, r > 1 as r_q/R_DEN."""
+
+    t_t1: int = 10 * NS_PER_S
+    t_t4: int = 5 * NS_PER_S
+    r_q: int = 2 * R_DEN
+
+    @classmethod
+    def from_factor(cls, t_t1: int, t_t4: int, r: float) -> SyncParams:
+        return cls(t_t1=t_t1, t_t4=t_t4, r_q=round(r * R_DEN))
+
+
+@dataclass(frozen=True)
+class Local:
+    """The local side of a merge: ts1', ts2', c', dc, mark."""
+
+    ts1: int
+    ts2: int
+    c: int
+    dc: int
+    mark: int
+
+
+@dataclass(frozen=True)
+class Master:
+    """The master store's record of a flow: ts1, ts2, c."""
+
+    ts1: int
+    ts2: int
+    c: int
+
+
+def local_view(rec: FlowRecord, base: Synced | None) -> Local:
+    """The paper's (ts1', ts2', c', dc, mark) of a kernel record.
+
+    ``dc`` is what this proxy counted since the sync last updated the record:
+    ``c' - base.c``.  If the window was reset here since then (``gen``
+    moved), ``mark`` is 1 and every packet in the window is local: ``dc = c'``.
+    A record the sync never saw has no baseline: all of it is local.
+    """
+    if base is None or base.gen != rec.gen:
+        return Local(rec.ts1, rec.ts2, rec.c, rec.c, 0 if base is None else 1)
+    return Local(rec.ts1, rec.ts2, rec.c, rec.c - base.c, 0)
+
+
+def merge(
+    local: Local | None, master: Master | None, params: SyncParams
+) -> tuple[Local | None, Master | None]:
+    """Algorithm 1, lines 5-33, for one flow key: returns (local', master').
+
+    - Both exist (lines 6-25).  If this proxy reset the window
+      (``mark``) and its window starts more than T_T1 after the master's,
+      the local window replaces the master's (lines 6-8).  Otherwise the
+      windows are joined: the later ts2 wins (11-12); a window longer than
+      T_T4 is shortened by the factor r and the master count divided by r
+      (13-15, ``floor(c / r)``); the local window then starts where the
+      master's does (19-22, changed from the paper: see docs/sync.rst).
+      The master count gains this proxy's packets since the last sync and
+      the local count becomes the global one (24).
+    - Only in the master (27-28): the local record is created from it.
+    - Only local (31-33): the master record is created from it, and -- a fix
+      to the paper, DESIGN 4.1 -- ``dc`` and ``mark`` are cleared, or those
+      packets would be added again at the next sync.
+
+    ``mark`` is cleared and ``dc`` consumed in every case that writes the
+    master; ``r`` divides with ``R_DEN`` fixed point (DESIGN 4.1).
+    """
+    if master is None:
+        if local is None:
+            return None, None
+        return (
+            Local(local.ts1, local.ts2, local.c, 0, 0),
+            Master(local.ts1, local.ts2, local.c),
+        )
+    if local is None:
+        return Local(master.ts1, master.ts2, master.c, 0, 0), master
+
+    ts1p, ts2p, cp, dcp = local.ts1, local.ts2, local.c, local.dc
+    ts1, ts2, c = master.ts1, master.ts2, master.c
+    if local.mark == 1 and ts1p - ts1 > params.t_t1:  # line 6
+        return Local(ts1p, ts2p, cp, 0, 0), Master(ts1p, ts2p, cp)  # lines 7-8
+    if ts2p < ts2:  # line 11
+        ts2p = ts2  # line 12
+    elif ts2p - ts1 > params.t_t4:  # line 13
+        ts1p = ts2p - (ts2p - ts1) * R_DEN // params.r_q  # line 14
+        c = c * R_DEN // params.r_q  # line 15
+        ts1, ts2 = ts1p, ts2p
+    else:
+        ts2 = ts2p  # line 17
+    # Lines 19-22, changed: the local window starts where the master's does.
+    # The paper's line 22 (ts1 <- ts1' when the local window is longer than
+    # T_T4) undoes another proxy's shortening (line 14) while keeping its
+    # c / r, so every round halves the count over the full window and a
+    # steady distributed attack falls under T_F1 (docs/evaluation.rst).
+    ts1p = ts1  # line 20, in both directions
+    cp = c + dcp  # line 24
+    return Local(ts1p, ts2p, cp, 0, 0), Master(ts1, ts2, cp)
+
+
+def recompute_dst(
+    flows: Iterable[FlowRecord], now: int, params: FilterParams
+) -> DstRecord | None:
+    """The exact per-destination aggregate the sync writes (DESIGN 3.5).
+
+    Over the destination's flows that are neither idle for longer than T_T1
+    (the kernel would reset them) nor over T_F1 (their packets are dropped
+    by the per-source rule): ts1* = min ts1', ts2* = max ts2', c* = sum c'.
+    """
+    live = [
+        f
+        for f in flows
+        if now - f.ts2 <= params.t_t1
+        and not (f.ts2 - f.ts1 > params.t_t2 and rate_exceeds(f.c, f.ts2 - f.ts1, params.t_f1))
+    ]
+    if not live:
+        return None
+    return DstRecord(
+        ts1=min(f.ts1 for f in live),
+        ts2=max(f.ts2 for f in live),
+        c=sum(f.c for f in live),
+    )
+
+
+def replace(rec: FlowRecord, **changes: int) -> FlowRecord:
+    """A copy of ``rec`` with fields changed (for tests and the sync)."""
+    return dataclasses.replace(rec, **changes)
+
+
+def port_bytes(port: int) -> bytes:
+    """A port as the key stores it (network byte order)."""
+    return struct.pack(">H", port)

@@ -1,0 +1,50 @@
+"""What the mesh and the sync report: values passed to hooks, status and metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["ProxyStatus", "SyncStats", "SyncStatus"]
+
+
+@dataclass(frozen=True)
+class ProxyStatus:
+    """What a proxy last published: its workload W (packets/s) and when."""
+
+    workload: float
+    last_seen: int  # ns, the proxy's clock (TAI)
+
+
+@dataclass
+class SyncStats:
+    """What one round did (passed to ``xpro_sync_completed``)."""
+
+    started: int = 0  # ns
+    seconds: float = 0.0
+    flows: int = 0  # local records read
+    merged: int = 0  # sent to the master
+    pulled: int = 0  # master changes taken in
+    created: int = 0  # local records created from the master
+    applied: int = 0  # kernel updates applied
+    raced: int = 0  # updates skipped: reset in the kernel meanwhile
+    expired: int = 0
+    destinations: int = 0
+    workload: float = 0.0
+    peers: dict[str, ProxyStatus] = field(default_factory=dict)
+    error: str = ""  # a store error after the merge (the round still completed)
+
+
+
+@dataclass
+class SyncStatus:
+    """The sync loop's health, as ``xpro status`` and the metrics show it."""
+
+    healthy: bool = True
+    last_ok: int = 0  # ns, when the last round completed
+    last_error: str = ""
+    failures: int = 0  # consecutive failed rounds
+    failed_total: int = 0  # every failed attempt since start (store or bug)
+    rounds: int = 0
+    last: SyncStats | None = None
+
+

@@ -1,0 +1,158 @@
+"""The Prometheus endpoint of a proxy (prometheus-client, a custom collector).
+
+Values are read when Prometheus scrapes, from the program's per-CPU counters
+and the sync's status, so nothing on the packet path or in the sync loop
+pays for metrics.  Each proxy has a registry of its own (several proxies can
+run in one process, as the lab does).
+
+==================================  =======  ===========================================
+metric                              type     what
+==================================  =======  ===========================================
+``xpro_packets_total{reason}``      counter  packets by verdict reason (pass, src_rate...)
+``xpro_bytes_total{reason}``        counter  bytes by verdict reason
+``xpro_dropped_packets_total``      counter  packets dropped, every reason
+``xpro_flows``                      gauge    flows the sync tracks on this proxy
+``xpro_sync_rounds_total``          counter  completed sync rounds
+``xpro_sync_errors_total``          counter  failed sync rounds (store unreachable, ...)
+``xpro_sync_round_seconds``         gauge    duration of the last round
+``xpro_sync_last_success_age_s``    gauge    seconds since the last completed round
+``xpro_store_up``                   gauge    1 while the master store answers
+``xpro_workload_pps{proxy}``        gauge    W of every proxy of the mesh (heartbeats)
+``xpro_peer_age_seconds{proxy}``    gauge    age of each proxy's last heartbeat
+``xpro_alerts_total{kind}``         counter  alerts raised by kind
+``xpro_config_reloads_total``       counter  configuration reloads applied
+``xpro_info{...}``                  gauge    1, with version, proxy, backend labels
+``xpro_backend_NAME_total{...}``    counter  a backend's own counters (offload: the
+                                             reduced program's verdicts per interface)
+==================================  =======  ===========================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from xpro import __version__
+from xpro.core.alert import KINDS
+from xpro.core.layout import Reason
+from xpro.core.model import NS_PER_S
+from xpro.core.params import tai_now
+from xpro.errors import ConfigError
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from xpro.daemon.api import ProxyView
+
+__all__ = ["MetricsServer", "ProxyCollector", "exposition", "parse_listen", "serve"]
+
+#: The endpoint's server (``shutdown()`` stops it).
+MetricsServer = WSGIServer
+
+
+class ProxyCollector(Collector):
+    """Reads one :class:`~xpro.daemon.api.ProxyView` at scrape time."""
+
+    def __init__(self, proxy: ProxyView) -> None:
+        self.proxy = proxy
+
+    def collect(self) -> Iterator[Metric]:
+        p = self.proxy
+        info = GaugeMetricFamily("xpro_info", "xpro build and proxy identity",
+                                 labels=["version", "proxy", "backend"])
+        info.add_metric([__version__, p.name, p.config.proxy.backend], 1)
+        yield info
+        if p.backend is None:
+            return
+        packets = CounterMetricFamily("xpro_packets", "Packets by verdict reason",
+                                      labels=["reason"])
+        nbytes = CounterMetricFamily("xpro_bytes", "Bytes by verdict reason", labels=["reason"])
+        counts = p.filter.counters()
+        for r in Reason:
+            packets.add_metric([r.name.lower()], float(counts[r][0]))
+            nbytes.add_metric([r.name.lower()], float(counts[r][1]))
+        yield packets
+        yield nbytes
+        dropping = [Reason.DENY, Reason.SRC_RATE, Reason.DST_RATE]
+        if p.config.filter.malformed == "drop":
+            dropping.append(Reason.MALFORMED)
+        yield CounterMetricFamily("xpro_dropped_packets", "Packets dropped, every reason",
+                                  value=float(sum(counts[r][0] for r in dropping)))
+        loop, syncer = p.loop, p.syncer
+        flows = int(syncer.mirror.alive.sum()) if syncer is not None else 0
+        yield GaugeMetricFamily("xpro_flows", "Flows the sync tracks on this proxy",
+                                value=flows)
+        rounds = loop.status.rounds if loop is not None else 0
+        yield CounterMetricFamily("xpro_sync_rounds", "Completed sync rounds", value=rounds)
+        yield CounterMetricFamily("xpro_sync_errors", "Failed sync rounds",
+                                  value=loop.status.failed_total if loop is not None else 0)
+        last = loop.status.last if loop is not None else None
+        yield GaugeMetricFamily("xpro_sync_round_seconds", "Duration of the last sync round",
+                                value=last.seconds if last is not None else 0.0)
+        if loop is not None and loop.status.last_ok:
+            yield GaugeMetricFamily("xpro_sync_last_success_age_s",
+                                    "Seconds since the last completed sync round",
+                                    value=(tai_now() - loop.status.last_ok) / NS_PER_S)
+        up = loop is not None and loop.syncer is not None and loop.status.healthy
+        yield GaugeMetricFamily("xpro_store_up", "1 while the master store answers",
+                                value=1.0 if up else 0.0)
+        w = GaugeMetricFamily("xpro_workload_pps", "Workload W of each proxy (packets/s)",
+                              labels=["proxy"])
+        age = GaugeMetricFamily("xpro_peer_age_seconds", "Age of each proxy's last heartbeat",
+                                labels=["proxy"])
+        if last is not None:
+            for name, peer in sorted(last.peers.items()):
+                w.add_metric([name], peer.workload)
+                age.add_metric([name], max(0.0, (last.started - peer.last_seen) / NS_PER_S))
+        yield w
+        yield age
+        alerts = CounterMetricFamily("xpro_alerts", "Alerts raised by kind", labels=["kind"])
+        for kind in KINDS:
+            alerts.add_metric([kind], float(p.alert_counts[kind]))
+        yield alerts
+        yield CounterMetricFamily("xpro_config_reloads", "Configuration reloads applied",
+                                  value=float(p.reloads))
+        families: dict[str, CounterMetricFamily] = {}
+        for sample in p.backend.metrics():
+            fam = families.get(sample.name)
+            if fam is None:
+                fam = families[sample.name] = CounterMetricFamily(
+                    f"xpro_backend_{sample.name}", sample.help, labels=sorted(sample.labels))
+            fam.add_metric([sample.labels[k] for k in sorted(sample.labels)], sample.value)
+        yield from families.values()
+
+
+def _registry(proxy: ProxyView) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(ProxyCollector(proxy))
+    return reg
+
+
+def exposition(proxy: ProxyView) -> str:
+    """The exposition text, as the endpoint serves it."""
+    return generate_latest(_registry(proxy)).decode()
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"metrics.listen {listen!r}: write HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def serve(proxy: ProxyView, listen: str) -> MetricsServer:
+    """Start the endpoint on ``listen``; returns the server (``shutdown()`` stops it)."""
+    host, port = parse_listen(listen)
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=_registry(proxy))
+    except OSError as exc:
+        raise ConfigError(f"metrics.listen {listen}: cannot listen ({exc.strerror}); choose "
+                          "another port with --metrics-listen, or \"\" to turn metrics off"
+                          ) from None
+    return server

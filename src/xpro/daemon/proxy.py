@@ -1,0 +1,650 @@
+"""The proxy daemon as a library object: :class:`Proxy`.
+
+``xpro run`` is a thin layer over this class; a program (the lab, a test, an
+operator's own supervisor) can start, reconfigure and stop a proxy the same
+way::
+
+    from xpro.config import load_config
+    from xpro.daemon import Proxy
+
+    with Proxy(load_config("/etc/xpro/xpro.toml")) as proxy:   # start()
+        print(proxy.status()["counters"])
+        proxy.reconfigure(load_config("/etc/xpro/xpro.toml"))
+
+A started proxy has:
+
+- a data-path backend (a plugin, ``proxy.backend``) attached to every
+  ``proxy.interfaces`` in ``proxy.netns``, with its maps and links pinned in
+  ``proxy.pin_dir`` (a previous daemon's pins are adopted);
+- the sync thread: Algorithm 1 every ``sync.period`` against the master store
+  (:class:`xpro.sync.SyncLoop`; an unreachable store is retried, filtering
+  goes on on local state);
+- the event thread: the program's overload warnings (ring buffer) become
+  ``xpro_alert`` calls, as do store outages and a workload above T_W;
+- the Prometheus endpoint (``metrics.listen``) and the control socket
+  (``control.socket``) that ``xpro status``, ``xpro flows``, ``xpro explain``
+  and ``xpro config reload`` talk to.
+
+No failure of a plugin, of the store, or of a single round takes the
+daemon down; each is logged, counted in the metrics and retried.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import fcntl
+import hashlib
+import ipaddress
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import numpy as np
+
+from xpro import __version__
+from xpro.config import Change, Config, load_config
+from xpro.core import layout as L
+from xpro.core.alert import Alert, AlertKind
+from xpro.core.explain import Explanation, explain, rate_pps
+from xpro.core.merge import rate_exceeds_array
+from xpro.core.model import NS_PER_S, Prefix
+from xpro.core.params import tai_now
+from xpro.core.prefixset import PrefixSet
+from xpro.core.status import SyncStats
+from xpro.daemon.control import ControlServer
+from xpro.daemon.metrics import MetricsServer, exposition, serve
+from xpro.errors import ConfigError, XproError
+from xpro.plugins import plugins as process_plugins
+from xpro.sync import Syncer, SyncLoop
+
+if TYPE_CHECKING:
+    from xpro.backends import Backend
+    from xpro.core.state import FilterState
+    from xpro.plugins.host import PluginHost
+    from xpro.stores.base import Store
+
+__all__ = ["DaemonRunning", "Proxy", "parse_endpoint"]
+
+log = logging.getLogger("xpro.daemon")
+
+#: Where the daemon's lock files live (one per pin directory).
+RUN_DIR = Path("/run/xpro")
+
+
+class DaemonRunning(XproError):
+    """Another daemon already runs with the same pin directory or control socket."""
+
+
+def parse_endpoint(text: str, *, what: str) -> tuple[bytes, int, int]:
+    """``ADDR``, ``ADDR:PORT`` or ``[V6]:PORT`` -> (addr16, port, has_port)."""
+    host, port = text.strip(), 0
+    has_port = 0
+    if host.startswith("["):
+        inner, _, rest = host[1:].partition("]")
+        host = inner
+        if rest.startswith(":"):
+            port, has_port = _port(rest[1:], what), 1
+    elif host.count(":") == 1:
+        host, _, p = host.partition(":")
+        port, has_port = _port(p, what), 1
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{what} {text!r} is not an IP address (write 192.0.2.1, "
+                          f"192.0.2.1:53, 2001:db8::1 or [2001:db8::1]:53)") from None
+    return L.addr16(addr), port, has_port
+
+
+def _port(text: str, what: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ConfigError(f"{what}: port {text!r} must be a number from 1 to 65535")
+    return int(text)
+
+
+class RunLock:
+    """An exclusive lock on a name (a pin directory, a socket) under :data:`RUN_DIR`."""
+
+    def __init__(self, what: str, name: str) -> None:
+        RUN_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+        digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+        self.path = RUN_DIR / f"{what}-{digest}.lock"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise DaemonRunning(
+                f"another xpro daemon (pid {other}) runs with {what} {name}: stop it "
+                f"(systemctl stop xpro, or kill -TERM {other}) or give this one its own "
+                f"--{what.replace('_', '-')}") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Proxy:
+    """One proxy of the mesh: the data path, the sync, alerts, metrics and control.
+
+    :param config: the effective configuration (:func:`xpro.config.load_config`).
+    :param plugins: the plugin host (default: the process-wide one, with every
+        installed ``xpro`` entry point).
+    :param reload_source: what :meth:`reload` reads the new configuration
+        from (default: the same file, and the environment, again).
+    :param backend_options: extra settings for the backend, merged over the
+        ones the configuration gives (see each backend in :doc:`/backends`).
+    """
+
+    def __init__(self, config: Config, *, plugins: PluginHost | None = None,
+                 reload_source: Callable[[], Config] | None = None,
+                 backend_options: Mapping[str, Any] | None = None) -> None:
+        self.config = config
+        self.reload_source = reload_source or (lambda: load_config(config.path))
+        self.backend_options = dict(backend_options or {})
+        self.name = config.proxy.name
+        self.plugins = plugins or process_plugins()
+        self.backend: Backend | None = None
+        self.store: Store | None = None
+        self.loop: SyncLoop | None = None
+        self.started_ns = 0
+        self.started_at = 0.0
+        self.alert_counts: collections.Counter[str] = collections.Counter()
+        self.recent_alerts: collections.deque[Alert] = collections.deque(maxlen=50)
+        self.errors: collections.Counter[str] = collections.Counter()
+        self.reloads = 0
+        self._overloaded = False
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.RLock()
+        self._locks: list[RunLock] = []
+        self._metrics: MetricsServer | None = None
+        self._control: ControlServer | None = None
+        self._running = False
+
+    # ---- life cycle ----------------------------------------------------------------
+
+    @property
+    def filter(self) -> FilterState:
+        """The loaded filter state (after :meth:`start`)."""
+        if self.backend is None or getattr(self.backend, "filter", None) is None:
+            raise XproError(f"proxy {self.name} is not started")
+        filt: FilterState = self.backend.load()
+        return filt
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def start(self) -> Self:
+        """Load or adopt the filter, attach it, start the sync, events, metrics and control."""
+        if self._running:
+            return self
+        cfg = self.config
+        if not cfg.proxy.interfaces:
+            raise ConfigError("no interface to attach to: set proxy.interfaces in the config "
+                              "file, XPRO_PROXY_INTERFACES, or --interface IF")
+        backends = self.plugins.backends()
+        if cfg.proxy.backend not in backends:
+            raise ConfigError(f"proxy.backend: no backend {cfg.proxy.backend!r} is installed "
+                              f"(installed: {', '.join(backends.names()) or 'none'}); "
+                              "see `xpro plugins`")
+        cls = backends.get(cfg.proxy.backend)
+        pin_dir = cfg.proxy.pin_dir or None
+        try:
+            if pin_dir:
+                self._locks.append(RunLock("pin_dir", pin_dir))
+            if cfg.control.socket:
+                self._locks.append(RunLock("control_socket", cfg.control.socket))
+            options = {"interfaces": cfg.proxy.interfaces, **cfg.backend_options(),
+                       **self.backend_options}
+            if options.get("parsers"):
+                options["parsers"] = self._parsers(options["parsers"])
+            self.backend = cls(params=cfg.filter_params(), sizes=cfg.sizes(), pin_dir=pin_dir,
+                               netns=cfg.proxy.netns or None, options=options)
+            filt = self.backend.load()
+            adopted = False
+            for ifname in cfg.proxy.interfaces:
+                att = self.backend.attach(ifname)
+                adopted |= att.adopted
+                log.info("attached", extra={"event": "attached", **att.to_dict()})
+            # Adopted maps keep the old configuration: install this one.
+            filt.configure(cfg.filter_params())
+            self.backend.start()
+        except BaseException:
+            self._release(keep=self._adopted_any())
+            raise
+        self.started_ns, self.started_at = tai_now(), time.time()
+        self._running = True
+        self._stop.clear()
+        self.loop = SyncLoop(self._connect, cfg.sync.period, name=self.name,
+                             on_alert=self._sync_alert, on_round=self._on_round)
+        self.loop.start()
+        self._spawn(self._events_main, "events")
+        self._start_metrics()
+        self._start_control()
+        self.plugins.startup(self.name)
+        log.info("started", extra={"event": "started", "proxy": self.name,
+                                   "backend": cfg.proxy.backend,
+                                   "interfaces": list(cfg.proxy.interfaces),
+                                   "store": cfg.store_url, "adopted": adopted})
+        return self
+
+    def _parsers(self, wanted: list[Any]) -> list[Callable[[bytes], Any]]:
+        """Destination parsers by name (``xpro_add_destination_parsers``) or as callables."""
+        reg = self.plugins.destination_parsers()
+        missing = [n for n in wanted if isinstance(n, str) and n not in reg]
+        if missing:
+            raise ConfigError(f"afxdp.parsers: no destination parser {missing}; installed: "
+                              f"{reg.names() or 'none'} (see `xpro plugins`)")
+        return [reg.get(n) if isinstance(n, str) else n for n in wanted]
+
+    def _adopted_any(self) -> bool:
+        return self.backend is not None and any(
+            a.adopted for a in self.backend.attachments.values())
+
+    def _spawn(self, fn: Callable[[], None], what: str) -> None:
+        t = threading.Thread(target=fn, name=f"xpro-{what}-{self.name}", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def stop(self, *, keep: bool | None = None) -> None:
+        """Stop: detach and unpin (``proxy.on_exit = "detach"``) or leave the
+        filter running on its pins for the next daemon (``keep``)."""
+        if not self._running:
+            return
+        keep = self.config.proxy.on_exit == "keep" if keep is None else keep
+        self._running = False
+        self._stop.set()
+        if self.loop is not None:
+            self.loop.stop()
+        for t in self._threads:
+            t.join(10)
+        self._threads.clear()
+        self.plugins.shutdown(self.name)
+        self._release(keep=keep)
+        log.info("stopped", extra={"event": "stopped", "proxy": self.name,
+                                   "kept": keep})
+
+    def _release(self, *, keep: bool) -> None:
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        if self._metrics is not None:
+            with contextlib.suppress(Exception):
+                self._metrics.shutdown()
+                self._metrics.server_close()
+            self._metrics = None
+        if self.backend is not None:
+            try:
+                self.backend.stop()
+            finally:
+                self.backend.close(keep=keep)
+            self.backend = None
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                self.store.close()
+            self.store = None
+        self.loop = None
+        for lock in reversed(self._locks):
+            lock.release()
+        self._locks.clear()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until :meth:`stop` (True) or ``timeout`` (False)."""
+        return self._stop.wait(timeout)
+
+    # ---- reconfiguration -----------------------------------------------------------
+
+    def reconfigure(self, new: Config) -> tuple[Change, ...]:
+        """Apply ``new``: live keys at once, in the running program (no state lost).
+
+        Keys that take a restart (map sizes, interfaces, the store...) are
+        reported and left as they are; the returned changes say which is
+        which (``Change.live``).
+        """
+        with self._lock:
+            changes = self.config.diff(new)
+            if not changes:
+                return changes
+            applied = [c for c in changes if c.live]
+            pending = [c for c in changes if not c.live]
+            if self.backend is not None:
+                self.filter.configure(new.filter_params())
+            if self.syncer is not None:
+                self.syncer.params = new.sync_params()
+                self.syncer.period = new.period_ns
+                self.syncer.ttl = new.ttl_ns
+            if self.loop is not None:
+                self.loop.period = new.sync.period
+            logging.getLogger("xpro").setLevel(new.log.level.upper())
+            # Keys that need a restart keep their running values.
+            self.config = _merge_live(self.config, new)
+            self.reloads += 1
+        for c in applied:
+            log.info("config changed", extra={"event": "config_changed", "key": c.key,
+                                              "old": c.old, "new": c.new})
+        for c in pending:
+            log.warning("config key needs a restart", extra={
+                "event": "config_needs_restart", "key": c.key, "old": c.old, "new": c.new})
+        return changes
+
+    def reload(self) -> tuple[Change, ...]:
+        """Read the configuration again (SIGHUP, ``xpro config reload``) and apply it.
+
+        A configuration that does not validate changes nothing: the error
+        says what is wrong and the daemon goes on with the one it has.
+        """
+        try:
+            new = self.reload_source()
+        except ConfigError as exc:
+            log.error("config reload refused: %s", exc, extra={"event": "config_invalid"})
+            raise
+        changes = self.reconfigure(new)
+        log.info("config reloaded", extra={"event": "config_reloaded",
+                                           "changed": [c.key for c in changes]})
+        return changes
+
+    # ---- the sync ------------------------------------------------------------------
+
+    @property
+    def syncer(self) -> Syncer | None:
+        """The sync's state, once the master store was reached."""
+        return self.loop.syncer if self.loop is not None else None
+
+    def _connect(self) -> Syncer:
+        """Open the master store and a :class:`Syncer` on it (the sync loop retries it)."""
+        from xpro.plugins import open_store
+
+        cfg = self.config
+        store = open_store(cfg.store_url, mesh=cfg.store.mesh, options=cfg.store_options())
+        try:
+            store.ping()
+        except BaseException:
+            store.close()
+            raise
+        self.store = store
+        return Syncer(self.filter, store, self.name, cfg.sync_params(),
+                      period=cfg.period_ns, ttl=cfg.ttl_ns)
+
+    def _on_round(self, stats: SyncStats) -> None:
+        log.debug("sync round", extra={
+            "event": "sync_round", "seconds": round(stats.seconds, 6), "flows": stats.flows,
+            "merged": stats.merged, "pulled": stats.pulled, "applied": stats.applied,
+            "workload": round(stats.workload, 1)})
+        self.plugins.sync_completed(stats, self.name)
+        t_w = self.config.thresholds.t_w
+        if stats.workload > t_w and not self._overloaded:
+            self._overloaded = True
+            self.alert(Alert.make("workload", f"workload {stats.workload:.0f} packets/s "
+                                  f"exceeds T_W {t_w}: add proxies", self.name,
+                                  workload=stats.workload, limit=t_w))
+        elif stats.workload <= t_w * 0.9:
+            self._overloaded = False
+
+    def _sync_alert(self, kind: AlertKind, message: str) -> None:
+        self.alert(Alert.make(kind, message, self.name))
+
+    def alert(self, alert: Alert) -> None:
+        """Hand ``alert`` to every ``xpro_alert`` sink (a failing sink is reported, not fatal)."""
+        self.alert_counts[alert.kind] += 1
+        self.recent_alerts.append(alert)
+        self.plugins.alert(alert)
+
+    # ---- the event thread ----------------------------------------------------------
+
+    def _events_main(self) -> None:
+        try:
+            rb = self.filter.events(self._on_event)
+        except XproError as exc:
+            log.error("cannot read the program's events: %s", exc,
+                      extra={"event": "events_error"})
+            return
+        try:
+            while not self._stop.is_set():
+                try:
+                    rb.poll(250)
+                except Exception:
+                    self.errors["events"] += 1
+                    log.exception("handling an event failed", extra={"event": "events_error"})
+                    self._stop.wait(0.25)
+        finally:
+            rb.close()
+
+    def _on_event(self, ev: Any) -> None:
+        key = ev["key"]
+        window = int(ev["window"])
+        rate = rate_pps(int(ev["c"]), window)
+        dst = _dst_text(key["dst"])
+        if int(ev["kind"]) == L.EventKind.SRC_OVERLOAD:
+            src = L.addr_str(bytes(key["src"]))
+            limit = self.config.thresholds.t_f1
+            self.alert(Alert.make("src_overload", f"{src} sends {rate:.0f} packets/s to {dst} "
+                                  f"(T_F1 {limit})", self.name, src=src, dst=dst, rate=rate,
+                                  limit=limit, count=int(ev["c"]), window_s=window / NS_PER_S))
+        else:
+            limit = self.config.thresholds.t_f2
+            self.alert(Alert.make("dst_overload", f"{dst} receives {rate:.0f} packets/s "
+                                  f"(T_F2 {limit})", self.name, dst=dst, rate=rate, limit=limit,
+                                  count=int(ev["c"]), window_s=window / NS_PER_S))
+
+    # ---- views -----------------------------------------------------------------------
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Packets and bytes by verdict reason since the program was loaded."""
+        arr = self.filter.counters()
+        return {r.name.lower(): {"packets": int(arr[r][0]), "bytes": int(arr[r][1])}
+                for r in L.Reason}
+
+    def status(self, *, top: int = 5) -> dict[str, Any]:
+        """This proxy and the mesh, as ``xpro status`` shows it (JSON-serialisable).
+
+        ``top`` is how many of the busiest sources and destinations it lists.
+        """
+        with self._lock:
+            now = tai_now()
+            cfg = self.config
+            st: dict[str, Any] = {
+                "proxy": self.name, "version": __version__, "pid": os.getpid(),
+                "running": self._running, "uptime_s": round(time.time() - self.started_at, 3),
+                "backend": cfg.proxy.backend, "netns": cfg.proxy.netns,
+                "interfaces": [a.to_dict() for a in (self.backend.attachments.values()
+                                                     if self.backend else ())],
+                "store": {"url": cfg.store_url, "mesh": cfg.store.mesh},
+                "thresholds": {k: getattr(cfg.thresholds, k) for k in
+                               ("t_t1", "t_t2", "t_t3", "t_t4", "t_f1", "t_f2", "t_w", "r")},
+                "mode": cfg.filter.mode, "sync_period_s": cfg.sync.period,
+                "reloads": self.reloads, "errors": dict(self.errors),
+                "plugins_failed": self.plugins.failed(),
+                "alerts": dict(self.alert_counts),
+                "recent_alerts": [a.to_dict() for a in list(self.recent_alerts)[-10:]],
+            }
+            if self.backend is None:
+                return st
+            st["counters"] = self.counters()
+            loop = self.loop
+            sync: dict[str, Any] = {"healthy": True, "rounds": 0}
+            if loop is not None:
+                s = loop.status
+                sync.update(healthy=s.healthy, rounds=s.rounds, failures=s.failures,
+                            failed_total=s.failed_total, last_error=s.last_error,
+                            last_ok_age_s=(now - s.last_ok) / NS_PER_S if s.last_ok else None)
+                if s.last is not None:
+                    last = s.last
+                    sync["last_round"] = {k: getattr(last, k) for k in (
+                        "seconds", "flows", "merged", "pulled", "created", "applied", "raced",
+                        "expired", "destinations", "workload", "error")}
+                    period = cfg.sync.period
+                    sync["peers"] = {
+                        name: {"workload": p.workload,
+                               "age_s": max(0.0, (now - p.last_seen) / NS_PER_S),
+                               "alive": (now - p.last_seen) / NS_PER_S < 3 * period + 1}
+                        for name, p in sorted(last.peers.items())}
+            st["sync"] = sync
+            st["top_sources"] = self.flows(limit=top)
+            st["top_destinations"] = self.destinations(limit=top)
+            st["dirty_lost"] = self.filter.dirty_lost()
+            return st
+
+    def flows(self, *, src: str | None = None, dst: str | None = None, sort: str = "rate",
+              limit: int | None = 20) -> list[dict[str, Any]]:
+        """Flow records, filtered by source/destination prefix, sorted, as dicts.
+
+        ``sort``: ``rate`` (packets/s over the window, highest first),
+        ``count``, ``recent`` (last packet, newest first) or ``age`` (window,
+        longest first).
+        """
+        if sort not in ("rate", "count", "recent", "age"):
+            raise ConfigError(f"--sort {sort!r}: choose rate, count, recent or age")
+        keys, recs = self.filter.read_flows()
+        now = tai_now()
+        mask = np.ones(len(keys), dtype=bool)
+        for prefix, addrs, what in ((src, keys["src"], "--src"),
+                                    (dst, keys["dst"]["addr"], "--dst")):
+            if prefix:
+                mask &= _in_prefix(addrs, prefix, what=what)
+        keys, recs = keys[mask], recs[mask]
+        window = np.maximum(now - recs["ts1"].astype(np.int64), 1)
+        rate = recs["c"].astype(np.float64) * NS_PER_S / window
+        order = {"rate": -rate, "count": -recs["c"].astype(np.float64),
+                 "recent": -recs["ts2"].astype(np.float64),
+                 "age": -window.astype(np.float64)}[sort]
+        idx = np.argsort(order, kind="stable")
+        if limit is not None:
+            idx = idx[:limit]
+        p = self.filter.params  # what the running program judges with
+        c = recs["c"].astype(np.int64)
+        over = (window > p.t_t2) & rate_exceeds_array(c, window, p.t_f1)
+        out = []
+        for i in idx:
+            k, r = keys[i], recs[i]
+            out.append({
+                "src": L.addr_str(bytes(k["src"])), "dst": _dst_text(k["dst"]),
+                "count": int(r["c"]), "local_count": int(r["c"]) - int(r["base_c"]),
+                "window_s": round(int(window[i]) / NS_PER_S, 6),
+                "rate_pps": round(float(rate[i]), 3),
+                "idle_s": round(max(0, now - int(r["ts2"])) / NS_PER_S, 6),
+                "resets": int(r["gen"]),
+                "over_t_f1": bool(over[i]),
+            })
+        return out
+
+    def destinations(self, *, limit: int | None = 20) -> list[dict[str, Any]]:
+        """Destination aggregates by rate, highest first."""
+        keys, recs = self.filter.read_dsts()
+        now = tai_now()
+        window = np.maximum(now - recs["ts1"].astype(np.int64), 1)
+        rate = recs["c"].astype(np.float64) * NS_PER_S / window
+        idx = np.argsort(-rate, kind="stable")[:limit]
+        p = self.filter.params  # judged as the running program judges (flows() alike)
+        over = (window > p.t_t3) & rate_exceeds_array(recs["c"].astype(np.int64), window,
+                                                       p.t_f2)
+        return [{"dst": _dst_text(keys[i]), "count": int(recs[i]["c"]),
+                 "window_s": round(int(window[i]) / NS_PER_S, 6),
+                 "rate_pps": round(float(rate[i]), 3),
+                 "over_t_f2": bool(over[i])}
+                for i in idx]
+
+    def explain(self, src: str, dst: str, *, proto: int = 17) -> Explanation:
+        """What the next packet from ``src`` to ``dst`` would meet, and why.
+
+        ``dst`` may carry a port (``192.0.2.1:53``) in ``addr+port``
+        destination mode; ``proto`` is the IP protocol of that port.
+        """
+        s16, _, _ = parse_endpoint(src, what="source")
+        d16, port, has_port = parse_endpoint(dst, what="destination")
+        params = self.filter.params
+        key = np.zeros(1, dtype=L.FLOW_KEY)
+        key["src"] = s16
+        key["dst"]["addr"] = d16
+        if params.dst_mode == L.DST_ADDR_PORT:
+            if not has_port:
+                raise ConfigError("the filter keys destinations by address and port "
+                                  "(filter.destination = \"addr+port\"): give DST as ADDR:PORT")
+            key["dst"]["port"] = port
+            key["dst"]["proto"] = proto
+        exists, recs = self.filter.read(key)
+        flow = None
+        if exists[0]:
+            r = recs[0]
+            flow = {f: int(r[f]) for f in ("ts1", "ts2", "c", "base_c")}
+        d_exists, d_recs = self.filter.read_dsts_of(key["dst"])
+        dest = None
+        if d_exists[0]:
+            dest = {f: int(d_recs[0][f]) for f in ("ts1", "ts2", "c")}
+        synced = None
+        if self.syncer is not None:
+            synced = self.syncer.mirror.record(key)
+        now = self.filter.cfg.view["fake_now"] or tai_now()
+        return explain(params, s16, d16, now=int(now), flow=flow, dest=dest, synced=synced,
+                       flow_key=key.tobytes(), src_text=src,
+                       dst_text=_dst_text(key["dst"][0]))
+
+    # ---- metrics and control -------------------------------------------------------
+
+    def metrics_text(self) -> str:
+        """The Prometheus exposition text of this proxy."""
+        return exposition(self)
+
+    def _start_metrics(self) -> None:
+        listen = self.config.metrics.listen
+        if not listen:
+            return
+        self._metrics = serve(self, listen)
+
+    def _start_control(self) -> None:
+        path = self.config.control.socket
+        if not path:
+            return
+        self._control = ControlServer(self, path)
+
+
+def _merge_live(old: Config, new: Config) -> Config:
+    """``new`` with every key that needs a restart kept at its value in ``old``."""
+    import dataclasses
+
+    from xpro.config import SCHEMA
+
+    sections: dict[str, dict[str, Any]] = {}
+    for opt in SCHEMA:
+        value = new.get(opt.key) if opt.live else old.get(opt.key)
+        sections.setdefault(opt.section, {})[opt.name] = value
+    replaced = {name: dataclasses.replace(getattr(new, name), **vals)
+                for name, vals in sections.items()}
+    return dataclasses.replace(new, **replaced, store_password=old.store_password)
+
+
+def _dst_text(dkey: Any) -> str:
+    addr = L.addr_str(bytes(dkey["addr"]))
+    port = int(dkey["port"])
+    if not port:
+        return addr
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def _in_prefix(addrs: np.ndarray, prefix: str, *, what: str) -> np.ndarray:
+    """Which 16-byte addresses lie in ``prefix`` (vectorised)."""
+    try:
+        p = Prefix.parse(prefix)
+    except ValueError as exc:
+        raise ConfigError(f"{what} {prefix!r}: {exc}") from None
+    out: np.ndarray = PrefixSet.build({p: 1}).contains(addrs)
+    return out

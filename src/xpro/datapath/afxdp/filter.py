@@ -1,0 +1,795 @@
+"""Algorithm 2 in userspace, over batches of frames: the ``afxdp`` data path's filter.
+
+:class:`UserFilter` keeps the same records as the kernel program (the
+``FLOW`` and ``DST`` dtypes of :mod:`xpro.core.layout`) and offers the interface
+:class:`xpro.sync.Syncer` uses on :class:`xpro.datapath.xdp.XdpFilter`
+(``configure``, ``read_flows``, ``read``, ``apply`` with the ``xpro_apply``
+operations, ``next_epoch``, ``take_dirty``, ...), so the sync runs unchanged
+over it.  It agrees with :class:`xpro.core.model.Filter` packet by packet,
+including the order of packets inside a batch (tests/unit/test_afxdp_filter.py).
+
+How a batch is vectorised (:meth:`UserFilter.process`):
+
+1. :func:`xpro.datapath.afxdp.parse.parse_batch` parses every frame; allow and deny
+   prefixes are checked as vectorised masks.
+2. Packets are grouped by flow key (a stable sort keeps arrival order inside
+   each group).  A flow's window resets when the gap to its previous packet
+   exceeds T_T1; the previous packet's time is known for every packet (it is
+   the previous packet of the group, or the stored ``ts2``), so every reset
+   is found at once.  Between resets the count is a group-wise cumulative
+   count, so ``c'``, ``ts1'`` and ``gen`` of every packet come from cumulative
+   sums, and the per-source check is one vectorised comparison.
+3. The packets admitted past it are grouped by destination key the same way:
+   gaps over T_T1 restart the aggregate, ``c*`` is a cumulative count, and
+   ``ts1*`` is the minimum of its start and the start of the first flow that
+   started inside the window (flows that start take the current time, which
+   never decreases inside a batch).
+4. Warnings (at most one per record per ``warn_period``) are the only
+   sequential rule: they are chosen by a short loop over the records that
+   warn in this batch, and nothing else.
+
+Time: the batch's packets carry non-decreasing timestamps (the data path
+stamps a whole batch with one reading of CLOCK_TAI, or the fake clock).
+
+All state is guarded by one lock: a sync round (``read``/``apply``) is atomic
+with respect to batches, which is what the kernel's atomic adds guarantee.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from xpro.core import layout as L
+from xpro.core.merge import rate_exceeds_array
+from xpro.core.model import FilterParams
+from xpro.core.params import Sizes
+from xpro.core.prefixset import PrefixSet
+from xpro.core.state import (
+    APPLIED,
+    GEN_MISMATCH,
+    NO_RECORD,
+    OP_CREATE,
+    OP_DELETE,
+    OP_DST,
+    OP_FLOW,
+    OP_KEEP_BASE,
+    OP_READ,
+)
+from xpro.datapath.afxdp.parse import MALFORMED, NON_IP, OK, Batch, pack_frames, parse_batch
+from xpro.datapath.afxdp.table import Table
+from xpro.datapath.xdp import CLOCK_MONOTONIC_COARSE
+
+__all__ = ["DestinationParser", "EventQueue", "UserFilter", "parsed_destination_addr"]
+
+Array = npt.NDArray[Any]
+
+#: A destination parser: UDP payload -> destination ("host" or "host:port") or None.
+DestinationParser = Callable[[bytes], Any]
+
+_I64_MAX = np.iinfo(np.int64).max
+#: Destination texts whose address :class:`UserFilter` remembers.
+_DEST_CACHE = 4096
+_U32 = 0xFFFFFFFF
+
+
+def parsed_destination_addr(dest: str) -> bytes:
+    """The 16-byte destination address a parsed destination is keyed on.
+
+    ``fd`` (an IPv6 unique-local prefix, never a real proxy address here)
+    followed by the first 15 bytes of BLAKE2b of the lower-cased destination
+    text: the same destination always gets the same key, on every proxy, so
+    its records sync like any other.
+    """
+    h = hashlib.blake2b(dest.strip().lower().encode(), digest_size=15,
+                        person=b"xpro-destination")
+    return b"\xfd" + h.digest()
+
+
+class _ConfigView:
+    """``XdpFilter.cfg`` for readers: ``view`` is the configuration as the kernel
+    program's ``struct xpro_config`` (a copy; change it with ``configure``)."""
+
+    def __init__(self, owner: UserFilter) -> None:
+        self._owner = owner
+
+    @property
+    def view(self) -> Array:
+        f = self._owner
+        p = f.params
+        v = np.zeros((), dtype=L.CONFIG)
+        v["t_t1"], v["t_t2"], v["t_t3"] = p.t_t1, p.t_t2, p.t_t3
+        v["warn_period"], v["fake_now"] = p.warn_period, f._fake_now
+        v["t_f1"], v["t_f2"], v["mode"], v["dst_mode"] = p.t_f1, p.t_f2, p.mode, p.dst_mode
+        v["malformed_policy"], v["events"], v["epoch"] = p.malformed_policy, p.events, f.epoch
+        v["n_allow"], v["n_deny"] = len(p.allow), len(p.deny)
+        v["n_dst_policy"] = len(p.dst_policy)
+        return v
+
+
+class EventQueue:
+    """Overload warnings of a :class:`UserFilter`, handed to ``callback`` by :meth:`poll`.
+
+    The userspace counterpart of the kernel's ring buffer (and, like it,
+    bounded: when the daemon falls behind, new warnings are dropped, never
+    the filter's state).
+    """
+
+    def __init__(self, owner: UserFilter, callback: Callable[[Any], object],
+                 capacity: int = 4096) -> None:
+        self._owner = owner
+        self._callback = callback
+        self._items: collections.deque[Any] = collections.deque()
+        self._capacity = capacity
+        self._cond = threading.Condition()
+        self.dropped = 0
+
+    def _push(self, events: Array) -> None:
+        with self._cond:
+            for ev in events:
+                if len(self._items) >= self._capacity:
+                    self.dropped += 1
+                    continue
+                self._items.append(ev.copy())
+            self._cond.notify_all()
+
+    def consume(self) -> int:
+        with self._cond:
+            items = list(self._items)
+            self._items.clear()
+        for ev in items:
+            self._callback(ev)
+        return len(items)
+
+    def poll(self, timeout_ms: int = 0) -> int:
+        """Wait up to ``timeout_ms`` for warnings, hand them over; returns how many."""
+        with self._cond:
+            if not self._items and timeout_ms:
+                self._cond.wait(timeout_ms / 1000)
+        return self.consume()
+
+    def close(self) -> None:
+        self._owner._queues.discard(self)
+
+
+class UserFilter:
+    """The state of one proxy's filter in userspace, and Algorithm 2 over batches.
+
+    ``parsers`` are destination parsers (``xpro_add_destination_parsers``):
+    a UDP packet whose payload one of them recognises is keyed on the
+    destination it names (:func:`parsed_destination_addr`) instead of its
+    IP destination.  A parser may carry a ``udp_ports`` attribute (a set of
+    destination ports) so that only those packets are handed to it.
+    """
+
+    def __init__(self, params: FilterParams, *, sizes: Sizes | None = None,
+                 parsers: Sequence[DestinationParser] = ()) -> None:
+        self.sizes = sizes or Sizes()
+        self.flows = Table(L.FLOW_KEY, L.FLOW, self.sizes.flows)
+        self.dsts = Table(L.DST_KEY, L.DST, self.sizes.dsts)
+        self.stats = np.zeros((L.N_REASONS, 2), dtype=np.uint64)
+        self.lock = threading.RLock()
+        self._queues: set[EventQueue] = set()
+        self.parsers = list(parsers)
+        self._dest_addrs: dict[str, bytes] = {}
+        self._fake_now = 0
+        self._epoch = 0
+        self.cfg = _ConfigView(self)
+        self.params = params
+        self.configure(params)
+
+    # --- configuration ---------------------------------------------------------
+
+    def configure(self, params: FilterParams, *, clock_offset: int | None = None) -> None:
+        """Install thresholds, modes and prefix lists (no state is lost)."""
+        with self.lock:
+            self.params = params
+            self._allow = PrefixSet.build(dict.fromkeys(params.allow, 1))
+            self._deny = PrefixSet.build(dict.fromkeys(params.deny, 1))
+            self._policy = PrefixSet.build(dict(params.dst_policy))
+        del clock_offset  # the userspace clock reads CLOCK_TAI directly
+
+    def sync_clock(self) -> int:
+        """The TAI offset of the coarse monotonic clock (the userspace path reads TAI itself)."""
+        return time.clock_gettime_ns(time.CLOCK_TAI) - time.clock_gettime_ns(
+            CLOCK_MONOTONIC_COARSE)
+
+    def set_clock(self, fake_now: int) -> None:
+        """Use a fake clock (tests); 0 goes back to the real one."""
+        self._fake_now = fake_now
+
+    def now(self) -> int:
+        return self._fake_now or time.clock_gettime_ns(time.CLOCK_TAI)
+
+    # --- the data path ---------------------------------------------------------
+
+    def process_frames(self, frames: Sequence[bytes], now: int | Array | None = None
+                       ) -> tuple[Array, Array]:
+        """:meth:`process` over a list of frames."""
+        buf, base, lens = pack_frames(list(frames))
+        return self.process(buf, base, lens, now)
+
+    def process(self, buf: Array, base: Array, lens: Array, now: int | Array | None = None,
+                *, frame_size: int = 0) -> tuple[Array, Array]:
+        """Algorithm 2 for a batch of frames (``buf[base[i] : base[i] + lens[i]]``).
+
+        ``now`` is one time for the batch or one per frame (non-decreasing);
+        by default the filter's clock.  Returns each frame's XDP action and
+        reason (:class:`xpro.core.layout.Reason`).  ``frame_size``: ``buf`` is a
+        UMEM of chunks of this size (headers are then gathered faster).
+        """
+        n = len(base)
+        lens = np.asarray(lens, dtype=np.int64)
+        with self.lock:
+            t = np.broadcast_to(np.asarray(self.now() if now is None else now,
+                                           dtype=np.int64), (n,))
+            batch = parse_batch(buf, base, lens, self.params.dst_mode, frame_size)
+            if self.parsers:
+                self._parsed_destinations(batch, buf, np.asarray(base, dtype=np.int64))
+            action, reason = self._run(batch, t, lens)
+        return action, reason
+
+    def _parsed_destinations(self, b: Batch, buf: Array, base: Array) -> None:
+        """Key UDP packets a destination parser recognises on the destination it names.
+
+        The parser itself runs once per packet (it is the inspection the kernel
+        cannot do); everything around it is done once per batch: the payload
+        bounds, the keys written back, and the destination's address, which
+        is remembered per destination text (:meth:`_destination_addr`).
+        """
+        udp = (b.status == OK) & (b.proto == 17) & ~b.frag & (b.l4off + 8 <= b.l4end)
+        if not udp.any():
+            return
+        dport = np.zeros(len(base), dtype=np.int64)
+        rows = np.flatnonzero(udp)
+        dport[rows] = (buf[base[rows] + b.l4off[rows] + 2].astype(np.int64) << 8) | buf[
+            base[rows] + b.l4off[rows] + 3]
+        mem = np.ascontiguousarray(buf, dtype=np.uint8).data  # no copy: the UMEM is contiguous
+        for parser in self.parsers:
+            ports = getattr(parser, "udp_ports", None)
+            sel = np.flatnonzero(udp if ports is None else udp & np.isin(dport, sorted(ports)))
+            if not len(sel):
+                continue
+            los = (base[sel] + b.l4off[sel] + 8).tolist()
+            his = (base[sel] + b.l4end[sel]).tolist()
+            hits: list[int] = []
+            addrs: list[bytes] = []
+            for i, lo, hi in zip(sel.tolist(), los, his, strict=True):
+                try:
+                    dest = parser(bytes(mem[lo:hi]))
+                except Exception:  # a parser must never stop the data path
+                    dest = None
+                if dest:
+                    hits.append(i)
+                    addrs.append(self._destination_addr(str(dest)))
+            if hits:
+                b.keys["dst"]["addr"][hits] = addrs
+                udp[hits] = False  # the first parser that recognises it wins
+
+    def _destination_addr(self, dest: str) -> bytes:
+        """:func:`parsed_destination_addr`, remembered for the last destinations seen
+        (a flood names the same few again and again; a bounded memory, since a
+        flood can also name a new one in every packet)."""
+        addr = self._dest_addrs.get(dest)
+        if addr is None:
+            if len(self._dest_addrs) >= _DEST_CACHE:
+                self._dest_addrs.clear()
+            addr = self._dest_addrs[dest] = parsed_destination_addr(dest)
+        return addr
+
+    def _run(self, b: Batch, t: Array, lens: Array) -> tuple[Array, Array]:
+        p = self.params
+        n = len(lens)
+        action = np.full(n, L.XDP_PASS, dtype=np.int64)
+        reason = np.full(n, int(L.Reason.PASS), dtype=np.int64)
+        reason[b.status == NON_IP] = L.Reason.NON_IP
+        malf = b.status == MALFORMED
+        reason[malf] = L.Reason.MALFORMED
+        if p.malformed_policy != L.MALFORMED_PASS:
+            action[malf] = L.XDP_DROP
+        ok = b.status == OK
+        if ok.any() and len(self._allow):
+            a = ok & self._allow.contains(b.keys["src"])
+            reason[a] = L.Reason.ALLOW
+            ok &= ~a
+        if ok.any() and len(self._deny):
+            d = ok & self._deny.contains(b.keys["src"])
+            reason[d] = L.Reason.DENY
+            action[d] = L.XDP_DROP
+            ok &= ~d
+        events: list[tuple[Array, Array]] = []
+        idx = np.flatnonzero(ok)
+        if len(idx):
+            keys = b.keys if len(idx) == n else _take(b.keys, idx)
+            self._rate(idx, keys, t[idx], action, reason, events)
+        self.stats[:, 0] += np.bincount(reason, minlength=L.N_REASONS).astype(np.uint64)
+        self.stats[:, 1] += np.bincount(reason, weights=lens, minlength=L.N_REASONS
+                                        ).astype(np.uint64)
+        if events and self._queues and p.events:
+            pos = np.concatenate([e[0] for e in events])
+            evs = np.concatenate([e[1] for e in events], dtype=L.EVENT)
+            evs = evs[np.argsort(pos, kind="stable")]
+            for q in list(self._queues):
+                q._push(evs)
+        return action, reason
+
+    def _modes(self, keys: Array, sel: Array) -> Array:
+        """The mode of the destinations of ``keys[sel]`` (``dst_policy``, else the default)."""
+        if len(self._policy):
+            return self._policy.lookup(_take(keys, sel)["dst"]["addr"], self.params.mode)
+        return np.full(len(sel), self.params.mode, dtype=np.int64)
+
+    def _rate(self, idx: Array, keys: Array, t: Array, action: Array, reason: Array,
+              events: list[tuple[Array, Array]]) -> None:
+        """Lines 1-25 of Algorithm 2 for the packets ``idx`` (keys ``keys``, times ``t``)."""
+        p = self.params
+        # --- per source (lines 1-16) -------------------------------------------
+        r = _Runs.of(self.flows, keys, t, L.FLOW, p.t_t1)
+        rec, g, ts, m = r.rec, r.g, r.ts, len(r.g)
+        started = r.created | r.reset
+        c = r.count()
+        ts1 = np.where(r.cont, rec["ts1"].astype(np.int64)[g], ts[r.start])
+        cumres = np.cumsum(r.reset)
+        gbase: Array = cumres[r.gstart] - r.reset[r.gstart]
+        gen = (rec["gen"].astype(np.int64)[g] + cumres - gbase[g]) & _U32
+        window = ts - ts1
+        over = (window > p.t_t2) & rate_exceeds_array(c, window, p.t_f1)
+        warned, warn_ts = _warnings(over, g, ts, rec["warn_ts"].astype(np.int64),
+                                    p.warn_period)
+
+        # records back
+        new = rec.copy()
+        new["ts1"], new["ts2"], new["c"] = ts1[r.last], ts[r.last], c[r.last]
+        new["gen"], new["warn_ts"] = gen[r.last], warn_ts
+        epoch = self._epoch
+        mark = np.zeros(len(rec), dtype=bool)
+        if epoch:
+            mark = ~r.exists | (rec["epoch"] != epoch)
+            new["epoch"][mark] = epoch
+        new["epoch"][~r.exists] = epoch
+        all_slots = r.store(self.flows, new)
+        if epoch:
+            bit = np.uint8(1 << (epoch & 1))
+            self.flows.aux[all_slots[mark]] |= bit
+
+        # verdicts of the per-source check, in packet order
+        pk = idx[r.order]  # original positions in sorted order
+        if over.any():
+            self._judge(keys, r.order, pk, ts, over, warned, c, window,
+                        L.EventKind.SRC_OVERLOAD, action, reason, events)
+
+        # --- per destination (lines 18-25), packets admitted ----------------------
+        if over.all():
+            return
+        # the admitted packets, back in arrival order (as indices of the sorted arrays)
+        where_sorted = np.empty(m, dtype=np.int64)
+        where_sorted[r.order] = np.arange(m)
+        adm = where_sorted[~over[where_sorted]]
+        self._dst(_take(keys, r.order[adm]), ts[adm], ts1[adm], started[adm], pk[adm], action,
+                  reason, events)
+
+    def _dst(self, keys: Array, t: Array, f_ts1: Array, f_started: Array, pk: Array,
+             action: Array, reason: Array, events: list[tuple[Array, Array]]) -> None:
+        p = self.params
+        m = len(keys)
+        dkeys = np.ascontiguousarray(keys["dst"])
+        r = _Runs.of(self.dsts, dkeys, t, L.DST, p.t_t1)
+        rec, g, ts, start = r.rec, r.g, r.ts, r.start
+        fts1 = f_ts1[r.order]
+        fst = f_started[r.order]
+        startval = np.where(r.created[start], fts1[start],
+                            np.where(r.reset[start], ts[start], rec["ts1"].astype(np.int64)[g]))
+        # ts1* = min(start, ts1' of the first flow that started since); later
+        # starters started later (time never decreases inside a batch).
+        cand = np.flatnonzero(fst & ~r.created & ~r.reset)
+        ts1s = startval
+        if len(cand):
+            k = np.searchsorted(cand, start)
+            kk = np.minimum(k, len(cand) - 1)
+            valid = (k < len(cand)) & (cand[kk] <= np.arange(m))
+            ts1s = np.where(valid, np.minimum(startval, fts1[cand[kk]]), startval)
+        cs = r.count()
+        window = ts - ts1s
+        over = (window > p.t_t3) & rate_exceeds_array(cs, window, p.t_f2)
+        warned, warn_ts = _warnings(over, g, ts, rec["warn_ts"].astype(np.int64),
+                                    p.warn_period)
+        new = rec.copy()
+        new["ts1"], new["ts2"], new["c"] = ts1s[r.last], ts[r.last], cs[r.last]
+        new["warn_ts"] = warn_ts
+        r.store(self.dsts, new)
+        if over.any():
+            self._judge(keys, r.order, pk[r.order], ts, over, warned, cs, window,
+                        L.EventKind.DST_OVERLOAD, action, reason, events)
+
+    def _judge(self, keys: Array, order: Array, pos: Array, ts: Array, over: Array,
+               warned: Array, c: Array, window: Array, kind: L.EventKind, action: Array,
+               reason: Array, events: list[tuple[Array, Array]]) -> None:
+        """The verdicts of a rate check.  The checked packets are ``keys`` sorted by
+        ``order``; ``pos`` are their places in the batch, ``ts`` their times, ``c``
+        and ``window`` the count and window checked.  Those ``over`` are dropped, or
+        passed in monitor mode; the ``warned`` ones become events of ``kind``."""
+        src = kind == L.EventKind.SRC_OVERLOAD
+        ov = np.flatnonzero(over)
+        mon = self._modes(keys, order[ov]) == L.MODE_MONITOR
+        action[pos[ov]] = np.where(mon, L.XDP_PASS, L.XDP_DROP)
+        reason[pos[ov]] = np.where(
+            mon, L.Reason.MON_SRC_RATE if src else L.Reason.MON_DST_RATE,
+            L.Reason.SRC_RATE if src else L.Reason.DST_RATE)
+        w = np.flatnonzero(warned)
+        if len(w) and self.params.events:
+            ev = np.zeros(len(w), dtype=L.EVENT)
+            ev["ts"], ev["kind"] = ts[w], kind
+            if src:
+                ev["key"] = keys[order[w]]
+            else:  # a destination's event carries no source
+                ev["key"]["dst"] = keys[order[w]]["dst"]
+            ev["c"], ev["window"] = c[w], window[w]
+            events.append((pos[w], ev))
+
+    # --- reading ---------------------------------------------------------------
+
+    def read_flows(self) -> tuple[Array, Array]:
+        with self.lock:
+            s = self.flows.slots()
+            return self.flows.keys[s].copy(), self.flows.vals[s].copy()
+
+    def read_dsts(self) -> tuple[Array, Array]:
+        with self.lock:
+            s = self.dsts.slots()
+            return self.dsts.keys[s].copy(), self.dsts.vals[s].copy()
+
+    def read_dsts_of(self, keys: Array) -> tuple[Array, Array]:
+        """The aggregates of ``keys`` (DST_KEY): ``(exists, records)``."""
+        with self.lock:
+            slots = self.dsts.find(np.asarray(keys, dtype=L.DST_KEY))
+            out = np.zeros(len(keys), dtype=L.DST)
+            exists = slots >= 0
+            out[exists] = self.dsts.vals[slots[exists]]
+            return exists, out
+
+    def read(self, keys: Array) -> tuple[Array, Array]:
+        """The records of ``keys``: ``(exists, FLOW records)`` (zero where absent)."""
+        with self.lock:
+            slots = self.flows.find(np.asarray(keys, dtype=L.FLOW_KEY))
+            out = np.zeros(len(keys), dtype=L.FLOW)
+            exists = slots >= 0
+            out[exists] = self.flows.vals[slots[exists]]
+            return exists, out
+
+    def counters(self) -> Array:
+        """Packets and bytes by reason: shape (N_REASONS, 2)."""
+        with self.lock:
+            return self.stats.copy()
+
+    def events(self, callback: Callable[[Any], object]) -> EventQueue:
+        """A reader handing each warning (an ``EVENT`` record) to ``callback``."""
+        q = EventQueue(self, callback)
+        self._queues.add(q)
+        return q
+
+    # --- writing: the semantics of xpro_apply ------------------------------------
+
+    def apply(self, entries: Array, out: Array | None = None) -> Array:
+        """Apply a batch of ``APPLY`` operations exactly as ``xpro_apply`` does.
+
+        In order, one after another: a key that occurs twice sees the first
+        operation's effect.  Runs of distinct keys are applied vectorised.
+        """
+        entries = np.array(entries, dtype=L.APPLY, copy=True)
+        with self.lock:
+            for lo, hi in _distinct_runs(entries):
+                self._apply_run(entries[lo:hi])
+        if out is not None:
+            out[: len(entries)] = entries
+        return entries["result"].astype(np.int32)
+
+    def _apply_run(self, e: Array) -> None:
+        op = e["op"].astype(np.int64)
+        read = (op & OP_READ) != 0
+        flow = ~read & ((op & OP_FLOW) != 0)
+        dst = ~read & ~flow & ((op & OP_DST) != 0)
+        if read.any():
+            r = np.flatnonzero(read)
+            slots = self.flows.find(e["key"][r])
+            ok = slots >= 0
+            v = self.flows.vals[slots[ok]]
+            ro = r[ok]
+            e["c_delta"][ro] = v["c"].astype(np.int64)
+            for f in ("ts1", "ts2", "base_c", "gen", "base_gen"):
+                e[f][ro] = v[f]
+            e["result"][ro] = APPLIED
+            e["result"][r[~ok]] = NO_RECORD
+        if flow.any():
+            self._apply_flows(e, np.flatnonzero(flow), op)
+        if dst.any():
+            self._apply_dsts(e, np.flatnonzero(dst), op)
+
+    def _apply_flows(self, e: Array, r: Array, op: Array) -> None:
+        self._apply_records(self.flows, e["key"][r], e, r, op, flows=True)
+
+    def _apply_dsts(self, e: Array, r: Array, op: Array) -> None:
+        self._apply_records(self.dsts, np.ascontiguousarray(e["key"]["dst"][r]), e, r, op,
+                            flows=False)
+
+    def _apply_records(self, t: Table, keys: Array, e: Array, r: Array, op: Array, *,
+                       flows: bool) -> None:
+        """``xpro_apply`` on the entries ``r`` of ``e`` whose records (``keys``) are in ``t``:
+        flow records (generation checked, baseline written) or destination aggregates."""
+        t.reserve(len(keys))  # before find: the creations below must not move the slots
+        slots = t.find(keys)
+        absent = slots < 0
+        # no record: create it (CREATE) or report it
+        cr = absent & ((op[r] & OP_CREATE) != 0)
+        e["result"][r[absent & ~cr]] = NO_RECORD
+        if cr.any():
+            rc = r[cr]
+            nv = np.zeros(len(rc), dtype=L.FLOW if flows else L.DST)
+            nv["ts1"], nv["ts2"] = e["ts1"][rc], e["ts2"][rc]
+            nv["c"] = e["c_delta"][rc].astype(np.uint64)
+            if flows:
+                nv["base_c"] = e["base_c"][rc]
+            t.make_room(len(rc), slots[~absent])
+            t.insert(keys[cr], nv)
+            e["result"][rc] = APPLIED
+        have = np.flatnonzero(~absent)
+        if len(have) == 0:
+            return
+        rh, sh = r[have], slots[have]
+        if flows:  # reset here meanwhile: the sync retries next round
+            same = t.vals["gen"][sh] == e["gen"][rh]
+            e["result"][rh[~same]] = GEN_MISMATCH
+            rh, sh = rh[same], sh[same]
+        dele = (op[rh] & OP_DELETE) != 0
+        if dele.any():
+            rd, sd = rh[dele], sh[dele]
+            gone = t.vals["ts2"][sd] == e["ts2"][rd]
+            t.delete(sd[gone])
+            e["result"][rd] = np.where(gone, APPLIED, GEN_MISMATCH)
+        ru, su = rh[~dele], sh[~dele]
+        if len(ru):
+            vals = t.vals[su]
+            vals["c"] = (vals["c"].astype(np.int64) + e["c_delta"][ru]).astype(np.uint64)
+            ts1 = e["ts1"][ru]
+            vals["ts1"] = np.where(ts1 != 0, ts1, vals["ts1"])
+            vals["ts2"] = _max_store(vals["ts2"], e["ts2"][ru])
+            if flows:
+                keep = (op[ru] & OP_KEEP_BASE) != 0
+                vals["base_c"] = np.where(keep, vals["base_c"], e["base_c"][ru])
+                vals["base_gen"] = np.where(keep, vals["base_gen"], e["gen"][ru])
+            t.vals[su] = vals
+            e["result"][ru] = APPLIED
+
+    # --- sync epochs -------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def next_epoch(self) -> int:
+        """Move to the next epoch; returns the one that ended."""
+        with self.lock:
+            ended = self._epoch
+            self._epoch = ended + 1 if ended < _U32 else 1
+            return ended
+
+    def take_dirty(self, epoch: int) -> Array:
+        """The keys marked dirty in ``epoch``, removed from its set."""
+        with self.lock:
+            bit = np.uint8(1 << (epoch & 1))
+            s = np.flatnonzero((self.flows.aux & bit) != 0)
+            self.flows.aux[s] &= ~bit
+            return self.flows.keys[s].copy()
+
+    def peek_dirty(self, epoch: int) -> Array:
+        """The keys marked dirty in ``epoch`` so far, left marked."""
+        with self.lock:
+            bit = np.uint8(1 << (epoch & 1))
+            s = np.flatnonzero((self.flows.aux & bit) != 0)
+            return self.flows.keys[s].copy()
+
+    def dirty_lost(self) -> int:
+        """Always 0: the userspace dirty marks live in the records, they cannot overflow."""
+        return 0
+
+    def clear(self) -> None:
+        """Forget every record and counter (tests)."""
+        with self.lock:
+            self.flows.clear()
+            self.dsts.clear()
+            self.stats[:] = 0
+
+    def close(self) -> None:
+        self._queues.clear()
+
+    def __enter__(self) -> UserFilter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _bytes(keys: Array) -> Array:
+    """Fixed-size records as an (n, itemsize) uint8 matrix (a view when contiguous)."""
+    c = np.ascontiguousarray(keys)
+    out: Array = c.view(np.uint8).reshape(len(c), c.dtype.itemsize)
+    return out
+
+
+def _take(keys: Array, idx: Array) -> Array:
+    """``keys[idx]`` for a structured array, as a row gather of raw bytes (faster)."""
+    out: Array = _bytes(keys)[idx].view(keys.dtype).reshape(len(idx))
+    return out
+
+
+def _group(table: Table, keys: Array) -> tuple[Array, Array, Array, Array]:
+    """Group equal keys, keeping arrival order inside each group.
+
+    Returns the index of each group's first key, the group of each key, each
+    group's hash and the stable order that lists the keys group by group.
+    Keys are grouped by their 64-bit hash (one integer sort); if two
+    different keys of the batch ever share a hash, by their bytes instead.
+    """
+    h = table._hash(keys)
+    order = np.argsort(h, kind="stable")
+    hs = h[order]
+    starts = np.ones(len(h), dtype=bool)
+    starts[1:] = hs[1:] != hs[:-1]
+    inv = np.empty(len(h), dtype=np.int64)
+    inv[order] = np.cumsum(starts) - 1
+    first = order[starts]
+    raw = _bytes(keys)
+    if len(first) == len(h) or bool((raw == raw[first][inv]).all()):
+        return first, inv, hs[starts], order
+    kv = np.ascontiguousarray(keys).view(table.void)
+    _, first, inv = np.unique(kv, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    return first, inv, h[first], np.argsort(inv, kind="stable")
+
+
+@dataclass
+class _Runs:
+    """A batch's packets grouped by record, and cut where a record starts.
+
+    ``order`` sorts the packets group by group (arrival order inside each);
+    every array indexed by packet is in that order.  A record starts where it
+    is created (its first packet, no stored record) or reset (a gap over T_T1
+    after the previous packet, or after the stored ``ts2``); a *run* is the
+    packets from one start to the next.  Within a run the count is a
+    cumulative count; a run that starts at the group's first packet without a
+    start continues the stored record (``cont``).
+    """
+
+    ukeys: Array    # the groups' keys
+    uh: Array       # their hashes
+    slots: Array    # their slots in the table (-1: none)
+    exists: Array   # whether they have a record
+    rec: Array      # their records (zeros where none)
+    order: Array    # packets, sorted group by group
+    g: Array        # each packet's group
+    ts: Array       # each packet's time
+    created: Array  # the packet creates its record
+    reset: Array    # the packet resets its record
+    start: Array    # the position of the first packet of each packet's run
+    cont: Array     # the packet's run continues the stored record
+    gstart: Array   # the position of each group's first packet
+    last: Array     # the position of each group's last packet
+
+    @classmethod
+    def of(cls, table: Table, keys: Array, t: Array, dtype: Any, t_t1: int) -> _Runs:
+        m = len(keys)
+        first, inv, uh, order = _group(table, keys)
+        ukeys = _take(keys, first)
+        table.reserve(len(ukeys))  # before find: store() inserts without moving slots
+        slots = table.find(ukeys, uh)
+        exists = slots >= 0
+        rec = np.zeros(len(ukeys), dtype=dtype)
+        rec[exists] = table.get(slots[exists])
+        g = inv[order]
+        ts = t[order]
+        firstpos = np.ones(m, dtype=bool)
+        firstpos[1:] = g[1:] != g[:-1]
+        prev = np.empty(m, dtype=np.int64)
+        prev[1:] = ts[:-1]
+        prev[firstpos] = rec["ts2"].astype(np.int64)[g[firstpos]]
+        created = firstpos & ~exists[g]
+        reset = ~created & (ts - prev > t_t1)
+        segstart = firstpos | reset  # a creation is always a group's first packet
+        start = np.flatnonzero(segstart)[np.cumsum(segstart) - 1]
+        gstart = np.flatnonzero(firstpos)
+        return cls(ukeys=ukeys, uh=uh, slots=slots, exists=exists, rec=rec, order=order, g=g,
+                   ts=ts, created=created, reset=reset, start=start,
+                   cont=~(created | reset)[start], gstart=gstart,
+                   last=np.append(gstart[1:], m) - 1)
+
+    def count(self) -> Array:
+        """Each packet's count: its place in its run, plus the stored count if
+        the run continues the stored record."""
+        pos_in = np.arange(len(self.g)) - self.start
+        out: Array = pos_in + 1 + np.where(self.cont, self.rec["c"].astype(np.int64)[self.g], 0)
+        return out
+
+    def store(self, table: Table, new: Array) -> Array:
+        """Write the groups' records ``new`` back (inserting the new ones, making
+        room first); returns every group's slot."""
+        slots = self.slots.copy()
+        table.put(slots[self.exists], new[self.exists])
+        fresh = np.flatnonzero(~self.exists)
+        if len(fresh):
+            table.make_room(len(fresh), slots[self.exists])
+            slots[fresh] = table.insert(self.ukeys[fresh], new[fresh], self.uh[fresh])
+        return slots
+
+
+def _max_store(cur: Array, v: Array) -> Array:
+    """``max_store`` of the control program: ``v`` if set and later (wrapping compare)."""
+    later = (v != 0) & ((v.astype(np.uint64) - cur.astype(np.uint64)).view(np.int64) > 0)
+    out: Array = np.where(later, v, cur)
+    return out
+
+
+def _warnings(over: Array, g: Array, ts: Array, w0: Array, period: int
+              ) -> tuple[Array, Array]:
+    """Which over-limit packets warn (one per record per ``period``), and each
+    group's last warning time.  ``g`` groups the packets (sorted), ``ts`` their
+    times (non-decreasing inside a group), ``w0`` each group's stored ``warn_ts``."""
+    warned = np.zeros(len(g), dtype=bool)
+    w_final = w0.copy()
+    ov = np.flatnonzero(over)
+    if len(ov) == 0:
+        return warned, w_final
+    og = g[ov]
+    ug, gs = np.unique(og, return_index=True)
+    ge = np.append(gs[1:], len(og))
+    w = w0[ug]
+    lastt = ts[ov[ge - 1]]
+    due = (w == 0) | (lastt - w >= period)
+    for k in np.flatnonzero(due).tolist():  # only records that warn in this batch
+        tt = ts[ov[gs[k] : ge[k]]]
+        cur = int(w[k])
+        j = 0
+        while j < len(tt):
+            if cur != 0:
+                j += int(np.searchsorted(tt[j:], cur + period, side="left"))
+                if j >= len(tt):
+                    break
+            warned[ov[gs[k] + j]] = True
+            cur = int(tt[j])
+            j += 1
+        w_final[ug[k]] = cur
+    return warned, w_final
+
+
+def _distinct_runs(entries: Array) -> Iterable[tuple[int, int]]:
+    """Split a batch into consecutive runs in which no key repeats (per kind)."""
+    n = len(entries)
+    if n == 0:
+        return []
+    op = entries["op"].astype(np.int64)
+    kind = np.where((op & OP_READ) != 0, 0, np.where((op & OP_FLOW) != 0, 0, 1))
+    raw = np.zeros((n, L.FLOW_KEY.itemsize + 1), dtype=np.uint8)
+    raw[:, :-1] = np.ascontiguousarray(entries["key"]).view(np.uint8).reshape(n, -1)
+    raw[kind == 1, :16] = 0  # destination operations use key.dst only
+    raw[:, -1] = kind
+    v = raw.view(np.dtype((np.void, raw.shape[1]))).reshape(n)
+    _, inv, counts = np.unique(v, return_inverse=True, return_counts=True)
+    if counts.max() == 1:
+        return [(0, n)]
+    runs = []
+    lo = 0
+    seen: set[int] = set()
+    for i, k in enumerate(inv.reshape(-1).tolist()):
+        if k in seen:
+            runs.append((lo, i))
+            lo = i
+            seen = set()
+        seen.add(k)
+    runs.append((lo, n))
+    return runs

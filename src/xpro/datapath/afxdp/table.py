@@ -1,0 +1,205 @@
+"""A hash table of fixed-size records in numpy arrays, looked up and filled in bulk.
+
+The userspace filter keeps its flow and destination records here, in the
+same dtypes as the kernel maps (:mod:`xpro.core.layout`).  Open addressing with
+linear probing: a lookup of a whole batch of keys is a handful of vectorised
+probe rounds (the table is kept at most half full, so chains are short), not
+a Python loop per key.  Deleted slots become tombstones until the next
+rebuild.  Like the kernel's LRU hash, a full table evicts the records idle
+longest (smallest ``ts2``) to make room.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+Array = npt.NDArray[Any]
+
+_EMPTY, _USED, _TOMB = 0, 1, 2
+_MULT = np.array([0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
+                  0x9E3779B97F4A7C15, 0xFF51AFD7ED558CCD], dtype=np.uint64)
+
+
+class Table:
+    """Records of ``val_dtype`` keyed by ``key_dtype``, at most ``max_entries`` of them.
+
+    ``aux`` is one spare byte per record for the owner (the filter keeps its
+    dirty-set bits there); it moves with the record when the table grows.
+    """
+
+    def __init__(self, key_dtype: np.dtype[Any], val_dtype: np.dtype[Any],
+                 max_entries: int) -> None:
+        self.key_dtype = key_dtype
+        self.val_dtype = val_dtype
+        self.void = np.dtype((np.void, key_dtype.itemsize))
+        self.max_entries = max_entries
+        self._alloc(1024)
+
+    def _alloc(self, cap: int) -> None:
+        self.cap = cap
+        self.mask = cap - 1
+        self.keys: Array = np.zeros(cap, dtype=self.key_dtype)
+        self.vals: Array = np.zeros(cap, dtype=self.val_dtype)
+        self.aux: Array = np.zeros(cap, dtype=np.uint8)
+        self.state: Array = np.zeros(cap, dtype=np.uint8)
+        self.fp: Array = np.zeros(cap, dtype=np.uint64)
+        self.used = 0
+        self.tomb = 0
+
+    def __len__(self) -> int:
+        return self.used
+
+    def get(self, slots: Array) -> Array:
+        """The records at ``slots`` (a row gather of raw bytes: faster than a
+        structured fancy index)."""
+        raw = self.vals.view(np.uint8).reshape(self.cap, self.val_dtype.itemsize)
+        out: Array = raw[slots].view(self.val_dtype).reshape(len(slots))
+        return out
+
+    def put(self, slots: Array, vals: Array) -> None:
+        """Overwrite the records at ``slots``."""
+        raw = self.vals.view(np.uint8).reshape(self.cap, self.val_dtype.itemsize)
+        src = np.ascontiguousarray(vals, dtype=self.val_dtype)
+        raw[slots] = src.view(np.uint8).reshape(len(src), self.val_dtype.itemsize)
+
+    def slots(self) -> Array:
+        """The slots in use."""
+        return np.flatnonzero(self.state == _USED)
+
+    def clear(self) -> None:
+        self._alloc(1024)
+
+    def _hash(self, keys: Array) -> Array:
+        """A 64-bit hash of each key whose low bits (the slot) depend on every byte."""
+        c = np.ascontiguousarray(keys, dtype=self.key_dtype)
+        raw = c.view(np.uint8).reshape(len(c), self.key_dtype.itemsize)
+        width = raw.shape[1]
+        padded = np.zeros((len(c), (width + 7) // 8 * 8), dtype=np.uint8)
+        padded[:, :width] = raw
+        words = padded.view("<u8")
+        h = np.full(len(c), 0x9E3779B97F4A7C15, dtype=np.uint64)
+        for j in range(words.shape[1]):
+            h ^= words[:, j]
+            h *= _MULT[j % len(_MULT)]
+            h ^= h >> np.uint64(29)
+        # MurmurHash3's finaliser: products carry bits only upward; fold them down.
+        h ^= h >> np.uint64(33)
+        h *= np.uint64(0xFF51AFD7ED558CCD)
+        h ^= h >> np.uint64(33)
+        h *= np.uint64(0xC4CEB9FE1A85EC53)
+        h ^= h >> np.uint64(33)
+        return h
+
+    def find(self, keys: Array, hashes: Array | None = None) -> Array:
+        """The slot of each key, or -1 (``hashes``: their :meth:`hash`, if known)."""
+        n = len(keys)
+        out = np.full(n, -1, dtype=np.int64)
+        if n == 0 or self.used == 0:
+            return out
+        keys = np.ascontiguousarray(keys, dtype=self.key_dtype)
+        fp = self._hash(keys) if hashes is None else hashes
+        kv = keys.view(self.void)
+        stored = self.keys.view(self.void)
+        pos = (fp & np.uint64(self.mask)).astype(np.int64)
+        act = np.arange(n)
+        while len(act):
+            p = pos[act]
+            st = self.state[p]
+            hit = (st == _USED) & (self.fp[p] == fp[act])
+            if hit.any():
+                h = np.flatnonzero(hit)
+                hit[h] = stored[p[h]] == kv[act[h]]
+            out[act[hit]] = p[hit]
+            act = act[(st != _EMPTY) & ~hit]
+            pos[act] = (pos[act] + 1) & self.mask
+        return out
+
+    def reserve(self, n: int) -> None:
+        """Make room for ``n`` more records, growing (and moving every record to a
+        new slot) now if need be.  Call it before :meth:`find` when the slots
+        found are used after an :meth:`insert`: an insert never moves records."""
+        if 2 * (self.used + self.tomb + n) > self.cap:
+            self._rebuild(self.used + n)
+
+    def insert(self, keys: Array, vals: Array, hashes: Array | None = None) -> Array:
+        """Add records whose keys are absent and distinct, in room :meth:`reserve`
+        made; returns their slots."""
+        n = len(keys)
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        if 2 * (self.used + self.tomb + n) > self.cap:
+            raise RuntimeError(f"Table.insert of {n} records without reserve(): "
+                               "growing now would move the slots the caller holds")
+        keys = np.ascontiguousarray(keys, dtype=self.key_dtype)
+        fp = self._hash(keys) if hashes is None else hashes
+        kw, vw = self.key_dtype.itemsize, self.val_dtype.itemsize
+        kraw = keys.view(np.uint8).reshape(n, kw)
+        vraw = np.ascontiguousarray(vals, dtype=self.val_dtype).view(np.uint8).reshape(n, vw)
+        skeys = self.keys.view(np.uint8).reshape(self.cap, kw)
+        svals = self.vals.view(np.uint8).reshape(self.cap, vw)
+        out = np.empty(n, dtype=np.int64)
+        pos = (fp & np.uint64(self.mask)).astype(np.int64)
+        act = np.arange(n)
+        while len(act):
+            p = pos[act]
+            free = self.state[p] != _USED
+            cand, cp = act[free], p[free]
+            _, first = np.unique(cp, return_index=True)
+            win, wp = cand[first], cp[first]
+            self.tomb -= int((self.state[wp] == _TOMB).sum())
+            self.state[wp] = _USED
+            self.fp[wp] = fp[win]
+            skeys[wp] = kraw[win]
+            svals[wp] = vraw[win]
+            self.aux[wp] = 0
+            out[win] = wp
+            lose = np.ones(len(act), dtype=bool)
+            lose[np.flatnonzero(free)[first]] = False
+            act = act[lose]
+            pos[act] = (pos[act] + 1) & self.mask
+        self.used += n
+        return out
+
+    def delete(self, slots: Array) -> None:
+        slots = np.unique(np.asarray(slots, dtype=np.int64))
+        slots = slots[self.state[slots] == _USED]
+        self.state[slots] = _TOMB
+        self.vals[slots] = 0
+        self.aux[slots] = 0
+        self.used -= len(slots)
+        self.tomb += len(slots)
+
+    def make_room(self, n_new: int, keep: Array) -> Array:
+        """Evict the least recently used records so ``n_new`` more fit (at least a
+        sixteenth of the table at a time); returns the evicted keys.  Slots in
+        ``keep`` (records in use by the batch) stay."""
+        over = self.used + n_new - self.max_entries
+        if over <= 0:
+            return np.zeros(0, dtype=self.key_dtype)
+        # A pass over the table costs O(table): under a flood of new keys,
+        # make room for many batches at once (1/16 of the table).
+        over = max(over, self.max_entries // 16)
+        used = self.slots()
+        if len(keep):
+            used = used[~np.isin(used, keep)]
+        if len(used) == 0:
+            return np.zeros(0, dtype=self.key_dtype)
+        k = min(over, len(used))
+        ts2 = self.vals["ts2"][used]
+        victims = used[np.argpartition(ts2, k - 1)[:k]] if k < len(used) else used
+        gone = self.keys[victims].copy()
+        self.delete(victims)
+        return gone
+
+    def _rebuild(self, need: int) -> None:
+        live = self.slots()
+        keys, vals, aux = self.keys[live], self.vals[live], self.aux[live]
+        cap = 1024
+        while 2 * need > cap:
+            cap *= 2
+        self._alloc(cap)
+        slots = self.insert(keys, vals)
+        self.aux[slots] = aux

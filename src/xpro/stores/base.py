@@ -1,0 +1,89 @@
+"""The master store: where proxies share their flow records (Algorithm 1).
+
+A store keeps, per flow key, the master record (ts1, ts2, c) and applies the
+master side of :func:`xpro.core.model.merge` atomically per record, in bulk.
+Implementations are plugins (``xpro_add_stores``), selected by URL scheme:
+``memory://``, ``redis://``, ``rediss://``, ``redis+cluster://``, ``etcd://``.
+
+Everything moves as numpy structured arrays (docs/sync.rst, "One round"): keys are
+:data:`xpro.core.layout.FLOW_KEY`, records :data:`MASTER` and :data:`LOCAL`.
+Errors: :class:`~xpro.errors.StoreUnavailable` when the server cannot be
+reached (the sync retries), :class:`~xpro.errors.BadRecord` for data that does
+not parse or is out of bounds (skipped and logged, never fatal).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from xpro.core.model import SyncParams
+from xpro.core.status import ProxyStatus
+
+
+class Store(abc.ABC):
+    """One connection to a master store, for one mesh (a key namespace)."""
+
+    #: URL schemes this class serves.
+    schemes: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    @abc.abstractmethod
+    def from_url(cls, url: str, *, mesh: str = "xpro", options: Mapping[str, Any] | None = None
+                 ) -> Store:
+        """Connect (lazily or not) to the store at ``url``; keys live under ``mesh``."""
+
+    @abc.abstractmethod
+    def merge(self, keys: np.ndarray, local: np.ndarray, params: SyncParams
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """Apply the master side of :func:`xpro.core.model.merge` to each key, atomically per key.
+
+        ``keys`` (FLOW_KEY, no duplicates) and ``local`` (LOCAL) are parallel
+        arrays.  For each i: ``master' = merge(local[i], master, params)[1]``
+        is stored, where ``master`` is the record as it was (or None).
+        Returns ``(existed, before)``: a bool array and the MASTER records as
+        they were before this merge (zeros where none existed), from which the
+        caller computes the same ``local'`` with :func:`xpro.core.model.merge`.
+
+        If it raises :class:`~xpro.errors.StoreError`, the batch may or may not
+        have been applied; calling it again on the same object with the same
+        arrays applies each record at most once and returns what the first
+        application saw (the sync relies on this to replay a failed merge).
+        """
+
+    @abc.abstractmethod
+    def changes(self, cursor: Any | None) -> tuple[np.ndarray, np.ndarray, Any]:
+        """Master records changed since ``cursor`` (all of them for None).
+
+        Returns ``(keys, records, new_cursor)``; the cost follows the number of
+        changes, not the size of the table (docs/sync.rst, "One round").
+        """
+
+    @abc.abstractmethod
+    def heartbeat(self, proxy: str, workload: float, now: int) -> None:
+        """Publish this proxy's workload W and liveness (Algorithm 1, line 1)."""
+
+    @abc.abstractmethod
+    def proxies(self) -> dict[str, ProxyStatus]:
+        """Every proxy's last heartbeat (Algorithm 1, line 2)."""
+
+    @abc.abstractmethod
+    def expire(self, before: int) -> int:
+        """Delete master records whose ts2 is older than ``before``; return how many."""
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

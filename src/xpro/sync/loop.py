@@ -1,0 +1,113 @@
+"""The sync loop: a round every period, and the retry policy of the whole sync."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from xpro.core.alert import AlertKind
+from xpro.core.status import SyncStats, SyncStatus
+from xpro.errors import StoreError
+from xpro.sync.round import Syncer
+
+__all__ = ["SyncLoop"]
+
+log = logging.getLogger(__name__)
+
+
+class SyncLoop:
+    """Runs :meth:`Syncer.round` every period, and keeps going when the master fails.
+
+    ``syncer`` is a :class:`Syncer`, or a function that connects to the
+    master and returns one: it is called again until it succeeds, so a
+    daemon starts filtering while the store is still unreachable.  While the
+    master is unreachable the program keeps filtering on local state; rounds
+    (and connections) are retried with exponential backoff (up to
+    ``max_backoff`` seconds) and the first failure and the recovery are
+    reported through ``on_alert(kind, message)`` (``"store_down"`` /
+    ``"store_up"``); every completed round goes to ``on_round(stats)``.  Any
+    other exception in a round is logged with its traceback and retried the
+    same way: a bug must not stop the sync.  The retry policy lives here and
+    only here (docs/sync.rst, "Faults").
+    """
+
+    def __init__(self, syncer: Syncer | Callable[[], Syncer], period: float, *,
+                 name: str = "", max_backoff: float = 30.0,
+                 on_alert: Callable[[AlertKind, str], None] | None = None,
+                 on_round: Callable[[SyncStats], None] | None = None) -> None:
+        if isinstance(syncer, Syncer):
+            self.syncer: Syncer | None = syncer
+            self._connect: Callable[[], Syncer] | None = None
+            self.name = name or syncer.proxy
+        else:
+            self.syncer, self._connect = None, syncer
+            self.name = name or "proxy"
+        self.period = period
+        self.max_backoff = max_backoff
+        self.on_alert = on_alert
+        self.on_round = on_round
+        self.status = SyncStatus()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _failed(self, error: str) -> float:
+        self.status.failures += 1
+        self.status.failed_total += 1
+        self.status.last_error = error
+        return float(min(self.max_backoff, self.period * 2 ** min(self.status.failures, 10)))
+
+    def step(self) -> float:
+        """One round (or one failed attempt); returns the seconds to wait before the next."""
+        try:
+            if self.syncer is None:
+                assert self._connect is not None
+                self.syncer = self._connect()
+            st = self.syncer.round()
+        except StoreError as exc:
+            if self.status.healthy:
+                self.status.healthy = False
+                log.error("sync %s: master store unreachable, filtering on local state: %s",
+                          self.name, exc)
+                self._alert("store_down", f"master store unreachable: {exc}")
+            return self._failed(str(exc))
+        except Exception as exc:
+            log.exception("sync %s: the round failed; retrying", self.name)
+            return self._failed(f"{type(exc).__name__}: {exc}")
+        if not self.status.healthy:
+            log.warning("sync %s: master store back after %d failed rounds", self.name,
+                        self.status.failures)
+            self._alert("store_up", f"master store reachable again after "
+                                    f"{self.status.failures} failed rounds")
+        self.status.healthy = True
+        self.status.failures = 0
+        self.status.rounds += 1
+        self.status.last_ok = st.started
+        self.status.last = st
+        if self.on_round is not None:
+            self.on_round(st)
+        return max(0.0, self.period - st.seconds)
+
+    def _alert(self, kind: AlertKind, message: str) -> None:
+        if self.on_alert is not None:
+            try:
+                self.on_alert(kind, message)
+            except Exception:  # an alert sink must not stop the sync
+                log.exception("sync %s: alert sink failed", self.name)
+
+    def run(self) -> None:
+        """Run until :meth:`stop`."""
+        while not self._stop.is_set():
+            wait = self.step()
+            self._stop.wait(wait)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name=f"xpro-sync-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+

@@ -1,0 +1,100 @@
+"""The sync's mirror of the local flow table (what each round read or wrote)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from xpro.core import layout as L
+from xpro.core.keys import KeyIndex
+
+__all__ = ["Mirror"]
+
+Array = npt.NDArray[Any]
+
+
+class Mirror:
+    """The sync's copy of the local flow table: what each round read or wrote.
+
+    Updated only for the records a round touches; used to recompute the
+    aggregates of the destinations those records belong to and to find idle
+    records, without reading the kernel's whole table.
+    """
+
+    def __init__(self) -> None:
+        self.index = KeyIndex(L.FLOW_KEY)
+        self.free = np.zeros(0, dtype=np.int64)
+        self.keys = np.zeros(0, dtype=L.FLOW_KEY)
+        self.ts1 = np.zeros(0, dtype=np.int64)
+        self.ts2 = np.zeros(0, dtype=np.int64)
+        self.c = np.zeros(0, dtype=np.int64)
+        self.dst = np.zeros(0, dtype=np.int64)
+        self.alive = np.zeros(0, dtype=bool)
+        self.dst_index: dict[bytes, int] = {}
+        self.dst_keys = np.zeros(0, dtype=L.DST_KEY)
+
+    def _grow(self, need: int) -> None:
+        cap = len(self.alive)
+        if need <= len(self.free):
+            return
+        new = max(cap + need, 2 * cap, 1024)
+        for name in ("keys", "ts1", "ts2", "c", "dst", "alive"):
+            old = getattr(self, name)
+            arr = np.zeros(new, dtype=old.dtype)
+            arr[:cap] = old
+            setattr(self, name, arr)
+        self.free = np.concatenate([np.arange(new - 1, cap - 1, -1, dtype=np.int64), self.free])
+
+    def dst_ids(self, dkeys: Array) -> Array:
+        """Destination ids (a dict over the few distinct destinations of a batch)."""
+        vd = np.dtype((np.void, L.DST_KEY.itemsize))
+        uniq, inv = np.unique(np.ascontiguousarray(dkeys).view(vd), return_inverse=True)
+        ids = np.empty(len(uniq), dtype=np.int64)
+        for j, u in enumerate(uniq):
+            k = u.tobytes()
+            d = self.dst_index.get(k)
+            if d is None:
+                d = self.dst_index[k] = len(self.dst_index)
+                if d >= len(self.dst_keys):
+                    grown = np.zeros(max(1024, 2 * len(self.dst_keys)), dtype=L.DST_KEY)
+                    grown[: len(self.dst_keys)] = self.dst_keys
+                    self.dst_keys = grown
+                self.dst_keys[d] = np.frombuffer(k, dtype=L.DST_KEY)[0]
+            ids[j] = d
+        out: Array = ids[inv.reshape(-1)]
+        return out
+
+    def update(self, keys: Array, ts1: Array, ts2: Array, c: Array) -> Array:
+        """Record these flows (no duplicate keys); returns their destination ids."""
+        keys = np.asarray(keys, dtype=L.FLOW_KEY)
+        slots = self.index.find(keys, self.keys)
+        fresh = np.flatnonzero(slots < 0)
+        if len(fresh):
+            self._grow(len(fresh))
+            new_slots = self.free[len(self.free) - len(fresh):][::-1].copy()
+            self.free = self.free[: len(self.free) - len(fresh)]
+            slots[fresh] = new_slots
+            self.keys[new_slots] = keys[fresh]
+            self.dst[new_slots] = self.dst_ids(keys["dst"][fresh])
+            self.alive[new_slots] = True
+            self.index.add(keys[fresh], new_slots)
+        self.ts1[slots], self.ts2[slots], self.c[slots] = ts1, ts2, c
+        return self.dst[slots]
+
+    def remove(self, keys: Array) -> None:
+        keys = np.asarray(keys, dtype=L.FLOW_KEY)
+        slots = self.index.find(keys, self.keys)
+        hit = slots >= 0
+        self.index.remove(keys[hit], slots[hit])
+        self.alive[slots[hit]] = False
+        self.free = np.concatenate([self.free, slots[hit]])
+
+    def record(self, key: Array) -> dict[str, int] | None:
+        """The mirrored ts1, ts2 and c of one flow (``key``: one FLOW_KEY), or None."""
+        keys = np.asarray(key, dtype=L.FLOW_KEY).reshape(1)
+        slot = int(self.index.find(keys, self.keys)[0])
+        if slot < 0:
+            return None
+        return {"ts1": int(self.ts1[slot]), "ts2": int(self.ts2[slot]), "c": int(self.c[slot])}
