@@ -29,6 +29,7 @@ from xpro.lab.scenarios import (
     Live,
     check_options,
     default_options,
+    flood_plan,
     quiet_logs,
     run_distributed,
     run_sweep,
@@ -56,8 +57,9 @@ def _lab_options(fn: Any) -> Any:
         click.option("--duration", type=click.FloatRange(3.0, 600.0), default=None,
                      help="Seconds of traffic per variant  [default: 10; 12 for "
                           "proxy-crash and store-outage; 8 for demo]."),
-        click.option("--attack-start", type=click.FloatRange(0.0, 600.0), default=1.0,
-                     show_default=True, help="Second at which the attack starts."),
+        click.option("--attack-start", type=click.FloatRange(0.0, 600.0), default=None,
+                     help="Second at which the attack starts  [default: 1; 3 for "
+                          "spoofed-flood, whose victim's clients are established first]."),
         click.option("--ipv6", is_flag=True, help="Send everything over IPv6."),
         click.option("--proto", type=click.Choice(["udp", "syn"]), default="udp",
                      show_default=True, help="UDP datagrams or TCP SYNs."),
@@ -71,8 +73,9 @@ def _lab_options(fn: Any) -> Any:
                      help="Each bot's global rate as a multiple of T_F1 (distributed, pulse)."),
         click.option("--client-rate", type=click.FloatRange(0.1, 10000.0), default=20.0,
                      show_default=True, help="Packets/s of each legitimate client."),
-        click.option("--flood-rate", type=click.FloatRange(1000.0, 1e7), default=50_000.0,
-                     show_default=True, help="Packets/s of the spoofed flood, in total."),
+        click.option("--flood-rate", type=click.FloatRange(1000.0, 1e7), default=None,
+                     help="Packets/s of the spoofed flood, in total  [default: 50000; with "
+                          "--spread chosen from T_F2]."),
         click.option("--t-f1", type=click.IntRange(1, 10**9), default=100, show_default=True,
                      help="Per-source limit T_F1, packets/s."),
         click.option("--t-f2", type=click.IntRange(1, 10**9), default=10_000,
@@ -95,18 +98,20 @@ def _lab_options(fn: Any) -> Any:
     return fn
 
 
-def _options(p: dict[str, Any], *, duration: float = 10.0) -> LabOptions:
+def _options(p: dict[str, Any], *, duration: float = 10.0, attack_start: float = 1.0,
+             spread: bool = False) -> LabOptions:
     store = p["store"]
     if not store.startswith(("memory://", "redis://", "etcd://")):
         raise LabError(f"--store: memory://, redis:// or etcd://, not {store!r}")
     opts = LabOptions(
         proxies=p["proxies"], bots=p["bots"], clients=p["clients"],
-        duration=p["duration"] or duration, attack_start=p["attack_start"],
+        duration=p["duration"] or duration,
+        attack_start=attack_start if p["attack_start"] is None else p["attack_start"],
         ipv6=p["ipv6"], proto=p["proto"], store=store, ratio=p["ratio"],
         client_rate=p["client_rate"], flood_rate=p["flood_rate"],
         thresholds=Thresholds(t_f1=p["t_f1"], t_f2=p["t_f2"], t_t4=p["t_t4"],
                               period=p["sync_period"]),
-        backend=p["backend"],
+        backend=p["backend"], spread=spread,
     )
     check_options(opts)
     return opts
@@ -202,6 +207,10 @@ def _write(runs: list[Run], out: Path, name: str, title: str, backend: str = "na
 @click.option("--sweep", is_flag=True,
               help="distributed only: run global rates of 0.8, 1.0, 1.2, 1.6, 2.0 x T_F1 "
                    "and plot attack dropped against the ratio.")
+@click.option("--spread", is_flag=True,
+              help="spoofed-flood only: a flood every proxy alone sees under T_F2 and only "
+                   "the mesh over it (its rate is chosen from T_F2 unless --flood-rate is "
+                   "given, and printed).")
 @click.option("--variant", "variants", multiple=True,
               type=click.Choice(["sync", "no-sync", "hashlimit"]),
               help="distributed only: run just these variants (repeatable).")
@@ -211,27 +220,38 @@ def _write(runs: list[Run], out: Path, name: str, title: str, backend: str = "na
               help="Directory for plots (lab_NAME.png/.svg) and the log.")
 @click.option("--live/--no-live", default=True, show_default=True,
               help="Show a line a second while traffic runs (on stderr).")
-def run(name: str, sweep: bool, variants: tuple[str, ...], as_json: bool, out: Path,
-        live: bool, **params: Any) -> None:
+def run(name: str, sweep: bool, spread: bool, variants: tuple[str, ...], as_json: bool,
+        out: Path, live: bool, **params: Any) -> None:
     """Run scenario NAME and print its figures (root).
 
     Prints a table (or with --json one JSON object: attack_dropped_pct,
     legit_dropped_pct -- counted from the end of the second sync period after
     the attack starts --, the same over the whole run, time_to_first_drop_s,
     time_to_converge_s; several variants as {"variants": {NAME: ...}}) and
-    writes OUT/lab_NAME.png and .svg.
+    writes OUT/lab_NAME.png and .svg.  spoofed-flood adds
+    victim_clients_dropped_pct, other_clients_dropped_pct and
+    new_clients_dropped_pct, and the flood's rates per proxy and in total.
 
     \b
     Examples:
       sudo xpro lab run distributed
       sudo xpro lab run distributed --variant sync --duration 6 --json
       sudo xpro lab run distributed --sweep
+      sudo xpro lab run spoofed-flood --spread --json
       sudo xpro lab run distributed --variant sync --backend afxdp
       sudo xpro lab run proxy-crash --store redis://
     """
     _root()
     scenario = SCENARIOS[name]
-    opts = default_options(name, _options(params))
+    if spread and name != "spoofed-flood":
+        raise LabError("--spread is for the spoofed-flood scenario")
+    opts = default_options(name, _options(params, attack_start=scenario.attack_start,
+                                          spread=spread))
+    if name == "spoofed-flood":
+        plan = flood_plan(opts)  # refuses a --spread that cannot hold before building
+        click.echo(f"flood: {plan.total:.0f} packets/s in total, {plan.per_proxy:.0f}/s per "
+                   f"proxy; to the victim at most {plan.per_proxy_max:.0f}/s per proxy, "
+                   f"{plan.mesh:.0f}/s over the mesh (T_F2 = {plan.t_f2})", err=True)
     if scenario.server_store and opts.backend != "native":
         raise LabError(f"{name} runs xpro daemons with pinned native filters: "
                        f"--backend {opts.backend} is for the in-process scenarios")

@@ -15,7 +15,11 @@ turns it into the figures the scenarios report:
 * ``time_to_converge_s``: from the attack's start to the start of the first
   0.5-s window from which on every window of the attack has at least 95 %
   dropped (``None``: never);
-* ``attack_reached_service``: attack packets the service received.
+* ``attack_reached_service``: attack packets the service received;
+* for each *group* of legitimate clients a scenario accounts on its own
+  (``spoofed-flood``: ``victim_clients``, ``other_clients``,
+  ``new_clients``): ``{group}_dropped_pct``, counted like
+  ``legit_dropped_pct``, with ``{group}_sent`` and ``{group}_received``.
 
 Sent and received are counted by the clock all processes share, so a bin's
 figures compare directly (the path through a proxy takes well under a bin).
@@ -46,6 +50,8 @@ FIRST_DROP_SHARE = 0.05
 CONVERGED_SHARE = 0.95
 #: Window of the convergence test, seconds.
 CONVERGE_WINDOW = 0.5
+#: Colours of the groups' lines in the plots, in the order of ``Run.groups``.
+_GROUP_COLORS = ("tab:blue", "tab:olive", "tab:purple", "tab:brown")
 
 
 def _pct(sent: float, received: float) -> float | None:
@@ -75,13 +81,24 @@ class Run:
     #: When the proxies' own counters first showed a rate drop (s after the
     #: attack started; sampled every 50 ms; in-process proxies only).
     first_filter_drop: float | None = None
+    #: Groups of legitimate clients: rows ``len(ROLES) + i`` of ``sent`` and
+    #: ``received`` (see :class:`xpro.lab.traffic.Bins`).
+    groups: tuple[str, ...] = ()
+    #: Scenario-specific figures added to :meth:`metrics` as they are.
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def _row(self, name: str) -> int:
+        if name in ROLES:
+            return ROLES.index(name)
+        return len(ROLES) + self.groups.index(name)
 
     def _bin(self, t: float) -> int:
         return min(max(round(t / self.width), 0), int(self.sent.shape[1]))
 
     def dropped_pct(self, role: str, start: float = 0.0, end: float = math.inf) -> float | None:
-        """Share of ``role``'s packets sent in ``[start, end)`` that did not arrive (%)."""
-        r = ROLES.index(role)
+        """Share of ``role``'s (or a group's) packets sent in ``[start, end)`` that did
+        not arrive (%)."""
+        r = self._row(role)
         a = self._bin(start)
         b = self.sent.shape[1] if math.isinf(end) else self._bin(end)
         return _pct(float(self.sent[r, a:b].sum()), float(self.received[r, a:b].sum()))
@@ -128,9 +145,16 @@ class Run:
         hit, worst = self.legit_per_source()
         attack_sent = int(self.sent[_A].sum())
         legit_sent = int(self.sent[_L].sum())
+        groups: dict[str, Any] = {}
+        for g in self.groups:
+            r = self._row(g)
+            groups[f"{g}_dropped_pct"] = self.dropped_pct(g, settled)
+            groups[f"{g}_sent"] = int(self.sent[r].sum())
+            groups[f"{g}_received"] = int(self.received[r].sum())
         return {
             "attack_dropped_pct": self.dropped_pct("attack", settled),
             "legit_dropped_pct": self.dropped_pct("legit", settled),
+            **groups,
             "attack_dropped_total_pct": self.dropped_pct("attack"),
             "legit_dropped_total_pct": self.dropped_pct("legit"),
             "time_to_first_drop_s": self.time_to_first_drop(),
@@ -148,6 +172,7 @@ class Run:
             "verdicts": {k: v for k, v in self.counters.items() if v},
             "events": [{"t_s": round(t, 2), "what": w} for t, w in self.events],
             "notes": list(self.notes),
+            **self.info,
         }
 
 
@@ -171,6 +196,9 @@ def format_table(runs: Sequence[Run], *, title: str = "") -> str:
         ["legit dropped, after 2nd sync", *(_fmt(m["legit_dropped_pct"], "%") for m in ms)],
         ["legit dropped, whole run", *(_fmt(m["legit_dropped_total_pct"], "%") for m in ms)],
         ["legit sources that lost any", *(_fmt(m["legit_sources_hit"]) for m in ms)],
+        *([f"{g.replace('_', ' ')} dropped, after 2nd sync",
+           *(_fmt(m.get(f"{g}_dropped_pct"), "%") for m in ms)]
+          for g in dict.fromkeys(g for r in runs for g in r.groups)),
         ["time to first drop", *(_fmt(m["time_to_first_drop_s"], " s") for m in ms)],
         ["time to converge (>95%)", *(_fmt(m["time_to_converge_s"], " s") for m in ms)],
     ]
@@ -233,6 +261,10 @@ def plot_runs(runs: Sequence[Run], out: Path, *, title: str) -> list[Path]:
             _, d = _rate(run.received[r], run.width, smooth)
             ax.plot(t, s, color=color, linestyle=":", linewidth=1, label=f"{role} sent")
             ax.plot(t, d, color=color, linewidth=1.6, label=f"{role} delivered")
+        for g, color in zip(run.groups, _GROUP_COLORS, strict=False):
+            r = run._row(g)
+            _, d = _rate(run.received[r], run.width, smooth)
+            ax.plot(t, d, color=color, linewidth=1.0, label=f"{g.replace('_', ' ')} delivered")
         ax.axvline(run.attack_start, color="grey", linewidth=0.8)
         ax.axvline(run.attack_start + 2 * run.period, color="grey", linestyle="--",
                    linewidth=0.8)

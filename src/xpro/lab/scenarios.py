@@ -5,6 +5,8 @@ Every scenario runs on one :class:`~xpro.lab.topology.Lab` and returns one
 mesh with sync, each proxy alone, iptables ``hashlimit``).  The timeline of a
 run: legitimate clients send from 0 s, the attack from ``attack_start`` to
 the end (``duration``); the sender and the service count per 0.1-s bin.
+``attack_start`` defaults to 1 s, 3 s in ``spoofed-flood`` (the victim's
+clients are established before the flood, as real users are).
 
 Traffic of a bot is spread evenly over every proxy (the paper's mesh: each
 proxy sees 1/N of every bot); each legitimate client reaches the service
@@ -40,9 +42,11 @@ from xpro.lab.traffic import ROLES, Bins, Flow, frame, send_flows
 
 __all__ = [
     "SCENARIOS",
+    "FloodPlan",
     "LabOptions",
     "Live",
     "Scenario",
+    "flood_plan",
     "measure",
     "quiet_logs",
 ]
@@ -53,6 +57,13 @@ SERVICE_ADDRESSES = tuple(a for v6 in (False, True) for a in (
     Addressing(v6).service, Addressing(v6).other_service))
 SYN_PORT = 80
 _A = ROLES.index("attack")
+#: Default packets/s of the spoofed flood, in total (over T_F2 at every proxy).
+FLOOD_RATE = 50_000.0
+#: With ``--spread``: what each proxy sees of the destination (flood and its
+#: clients), as a share of T_F2.
+SPREAD_SHARE = 0.8
+#: The groups of legitimate clients ``spoofed-flood`` reports on its own.
+FLOOD_GROUPS = ("victim_clients", "other_clients", "new_clients")
 
 #: Called about once a second while traffic runs: (variant, seconds, sent, received).
 Live = Callable[[str, float, Any, Any], None]
@@ -72,9 +83,13 @@ class LabOptions:
     store: str = "memory://"
     ratio: float = 1.6
     client_rate: float = 20.0
-    flood_rate: float = 50_000.0
+    #: Total packets/s of the spoofed flood; None: :data:`FLOOD_RATE`, or with
+    #: ``spread`` chosen from T_F2 (:func:`flood_plan`).
+    flood_rate: float | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
     backend: str = "native"
+    #: spoofed-flood: a flood every proxy alone sees under T_F2, the mesh over it.
+    spread: bool = False
 
     @property
     def addressing(self) -> Addressing:
@@ -89,6 +104,7 @@ class Scenario:
     summary: str
     run: Callable[[Lab, LabOptions, Live | None], list[Run]]
     server_store: bool = False  # needs proxies in separate processes
+    attack_start: float = 1.0  # the default of --attack-start
 
 
 @contextlib.contextmanager
@@ -140,7 +156,7 @@ def bot_flows(lab: Lab, opts: LabOptions, *, bots: int, rate: float, start: floa
 
 def client_flows(lab: Lab, opts: LabOptions, *, clients: int, start: float, stop: float,
                  network: str | None = None, dst: str | None = None,
-                 first: int = 0) -> list[Flow]:
+                 first: int = 0, group: str = "") -> list[Flow]:
     """``clients`` legitimate sources, client ``k`` through proxy ``k mod N``."""
     a = opts.addressing
     out = []
@@ -148,7 +164,8 @@ def client_flows(lab: Lab, opts: LabOptions, *, clients: int, start: float, stop
         src = a.host(network or a.clients, k)
         site = lab.proxies[k % len(lab.proxies)]
         fr = _frame(site, opts, src, dst or a.service, 30000 + k % 30000)
-        out.append(Flow(src, "legit", site.index, (fr,), opts.client_rate, start, stop))
+        out.append(Flow(src, "legit", site.index, (fr,), opts.client_rate, start, stop,
+                        group=group))
     return out
 
 
@@ -213,7 +230,10 @@ def measure(lab: Lab, opts: LabOptions, name: str, mesh: Mesh | None, flows: Seq
     started (they are the whole attack).
     """
     duration = max([f.stop for f in flows] + ([flood.stop] if flood else []))
-    sent_bins, recv_bins = Bins(duration + 2.0), Bins(duration + 2.0)
+    groups = tuple(dict.fromkeys(f.group for f in flows if f.group))
+    sent_bins = Bins(duration + 2.0, groups=groups)
+    recv_bins = Bins(duration + 2.0, groups=groups)
+    info: dict[str, Any] = {}
     notes: list[str] = []
     drops_before = link_drops(lab)
     with contextlib.ExitStack() as stack:
@@ -222,7 +242,7 @@ def measure(lab: Lab, opts: LabOptions, name: str, mesh: Mesh | None, flows: Seq
             stack.callback(mesh.stop)
         t0 = time.monotonic() + 0.5
         service = Service(lab.svc_ns, SERVICE_PORT, SERVICE_ADDRESSES, legit, t0, duration,
-                          recv_bins).start()
+                          recv_bins, {f.source: f.group for f in flows if f.group}).start()
         stack.callback(service.stop)
         sender: NsProcess[dict[str, int]] = NsProcess(
             lab.net_ns, send_flows, [s.net_if for s in lab.proxies], list(flows), t0,
@@ -264,6 +284,8 @@ def measure(lab: Lab, opts: LabOptions, name: str, mesh: Mesh | None, flows: Seq
                 # and its count is exact: spread it evenly over the time it ran.
                 _spread(sent_bins, n, begin, end)
                 total += n
+            info["flood_sent_per_proxy_pps"] = [round(n / max(end - begin, 1e-9))
+                                                for n, begin, end in parts]
             sent["spoofed flood"] = total
             notes.append(f"spoofed flood: {total} frames by live-frames test runs, "
                          f"{flood.rate:.0f}/s over {len(lab.proxies)} proxies")
@@ -281,7 +303,8 @@ def measure(lab: Lab, opts: LabOptions, name: str, mesh: Mesh | None, flows: Seq
                duration=duration, period=opts.thresholds.period, events=done,
                counters=counters, notes=notes,
                first_filter_drop=None if first_filter_drop is None
-               else round(first_filter_drop - attack_start, 2))
+               else round(first_filter_drop - attack_start, 2),
+               groups=groups, info=info)
 
 
 def _spread(bins: Bins, n: int, begin: float, end: float) -> None:
@@ -355,18 +378,137 @@ def _spoof_prefix(opts: LabOptions) -> str:
     return "fd00:5::/112" if opts.ipv6 else "10.160.0.0/16"
 
 
+@dataclass(frozen=True)
+class FloodPlan:
+    """The rates of ``spoofed-flood`` at the victim, in packets/s (see :func:`flood_plan`)."""
+
+    spread: bool
+    proxies: int
+    t_f2: int
+    total: float  # the flood, over every proxy
+    legit_total: float  # the victim's clients during the flood (old and new)
+    legit_per_proxy_max: float  # of those, the most any one proxy carries
+
+    @property
+    def per_proxy(self) -> float:
+        """The flood through each proxy (it is split evenly)."""
+        return self.total / self.proxies
+
+    @property
+    def per_proxy_max(self) -> float:
+        """The most any one proxy sees sent to the victim: its share of the flood and
+        of the victim's clients."""
+        return self.per_proxy + self.legit_per_proxy_max
+
+    @property
+    def mesh(self) -> float:
+        """What the mesh as a whole sees sent to the victim."""
+        return self.total + self.legit_total
+
+    def over_t_f2_after(self, lead: float, legit_before: float) -> float | None:
+        """Seconds of flood after which the victim's mesh-wide rate, averaged over a
+        window that started ``lead`` s before the flood with ``legit_before``
+        packets/s, passes T_F2 (None: never).  An estimate: it ignores T_T4."""
+        if self.mesh <= self.t_f2:
+            return None
+        return max(0.0, (self.t_f2 - legit_before) * lead / (self.mesh - self.t_f2))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"spread": self.spread, "total_pps": round(self.total),
+                "per_proxy_pps": round(self.per_proxy),
+                "victim_per_proxy_max_pps": round(self.per_proxy_max),
+                "victim_mesh_pps": round(self.mesh), "t_f2": self.t_f2}
+
+
+def _victim_clients(opts: LabOptions) -> tuple[int, int]:
+    """(the victim's clients established before the flood, new ones during it)."""
+    return opts.clients, opts.clients
+
+
+def new_clients_start(opts: LabOptions) -> float:
+    """When the victim's new clients start: the end of the 2nd sync period of the flood."""
+    return opts.attack_start + 2 * opts.thresholds.period
+
+
+def flood_plan(opts: LabOptions) -> FloodPlan:
+    """The flood rate of ``spoofed-flood`` and what each proxy and the mesh see of it.
+
+    Without ``spread``: ``opts.flood_rate`` (default :data:`FLOOD_RATE`),
+    split evenly over the proxies as always.  With ``spread`` the flood is
+    just as split, at a rate that every proxy alone sees under T_F2 and only
+    the mesh over it: unless given, each proxy carries :data:`SPREAD_SHARE`
+    x T_F2 to the victim (its share of the flood plus the victim's clients
+    that go through it), so the mesh sees about ``N x SPREAD_SHARE`` x T_F2.
+    A rate that does not make it so is refused (:class:`LabError`).
+    """
+    n = opts.proxies
+    t_f2 = opts.thresholds.t_f2
+    old, new = _victim_clients(opts)
+    during = new_clients_start(opts) < opts.duration
+    per_proxy_clients = math.ceil(old / n) + (math.ceil(new / n) if during else 0)
+    legit_max = per_proxy_clients * opts.client_rate
+    legit_total = (old + (new if during else 0)) * opts.client_rate
+    if not opts.spread:
+        total = FLOOD_RATE if opts.flood_rate is None else opts.flood_rate
+        return FloodPlan(False, n, t_f2, total, legit_total, legit_max)
+    if n < 2:
+        raise LabError("--spread needs at least 2 proxies: the mesh must see more than "
+                       "any proxy alone")
+    total = (opts.flood_rate if opts.flood_rate is not None
+             else n * (SPREAD_SHARE * t_f2 - legit_max))
+    plan = FloodPlan(True, n, t_f2, total, legit_total, legit_max)
+    if total <= 0 or plan.per_proxy_max >= t_f2 or plan.mesh <= t_f2:
+        raise LabError(
+            f"--spread: a flood of {total:.0f}/s over {n} proxies puts "
+            f"{plan.per_proxy_max:.0f}/s on a proxy and {plan.mesh:.0f}/s on the mesh (with "
+            f"the victim's clients at {opts.client_rate:g}/s each); each proxy must stay "
+            f"under T_F2 = {t_f2} and the mesh go over it: change --flood-rate, --proxies, "
+            "--clients or --t-f2")
+    return plan
+
+
 def run_spoofed_flood(lab: Lab, opts: LabOptions, live: Live | None) -> list[Run]:
-    """Random spoofed sources at a high rate to the service; clients use another service."""
+    """Random spoofed sources at a high rate to the victim, while three groups of
+    legitimate clients are counted apart: the victim's own clients (from 0 s,
+    established before the flood), another service's clients (from 0 s), and
+    new clients of the victim that start during the flood."""
     a = opts.addressing
-    flows = client_flows(lab, opts, clients=opts.clients, start=0.0, stop=opts.duration,
-                         dst=a.other_service)
-    flood = LiveFlood(_spoof_prefix(opts), opts.flood_rate, opts.attack_start, opts.duration)
+    plan = flood_plan(opts)
+    old, new = _victim_clients(opts)
+    new_start = new_clients_start(opts)
+    flows = [
+        *client_flows(lab, opts, clients=old, start=0.0, stop=opts.duration,
+                      group="victim_clients"),
+        *client_flows(lab, opts, clients=opts.clients, start=0.0, stop=opts.duration,
+                      dst=a.other_service, first=old, group="other_clients"),
+    ]
+    if new_start < opts.duration:
+        flows += client_flows(lab, opts, clients=new, start=new_start, stop=opts.duration,
+                              network=a.new_clients, group="new_clients")
+    flood = LiveFlood(_spoof_prefix(opts), plan.total, opts.attack_start, opts.duration)
     mesh = XproMesh(lab, opts.thresholds, store=_store(opts), backend=opts.backend, sync=True)
     run = measure(lab, opts, "sync", mesh, flows, legit=_legit(flows),
                   attack_start=opts.attack_start, flood=flood, attack_from_flood=True,
                   live=live)
-    run.notes.append(f"legitimate clients send to {a.other_service}, the flood goes to "
-                     f"{a.service}")
+    over = plan.over_t_f2_after(opts.attack_start, old * opts.client_rate)
+    run.info["flood"] = {**plan.as_dict(),
+                         "sent_per_proxy_pps": run.info.pop("flood_sent_per_proxy_pps", []),
+                         "mesh_over_t_f2_after_s": None if over is None else round(over, 2)}
+    run.info["victim_clients_lead_s"] = opts.attack_start
+    run.info["new_clients_start_s"] = new_start if new_start < opts.duration else None
+    run.notes.append(
+        f"{old} clients of the victim {a.service} from 0 s ({opts.attack_start:g} s before "
+        f"the flood), {opts.clients} clients of {a.other_service} from 0 s, "
+        + (f"{new} new clients of the victim from {new_start:g} s (during the flood)"
+           if new_start < opts.duration else "no new clients (the run ends first)"))
+    where = ("spread: each proxy alone sees it under T_F2, the mesh over it"
+             if plan.spread else "split evenly over the proxies")
+    run.notes.append(
+        f"flood {plan.total:.0f}/s in total, {plan.per_proxy:.0f}/s per proxy ({where}); "
+        f"to the victim at most {plan.per_proxy_max:.0f}/s per proxy, {plan.mesh:.0f}/s "
+        f"over the mesh, T_F2 = {plan.t_f2}"
+        + ("" if over is None else
+           f"; the mesh-wide rate passes T_F2 about {over:.1f} s into the flood"))
     return [run]
 
 
@@ -475,8 +617,8 @@ def run_store_outage(lab: Lab, opts: LabOptions, live: Live | None) -> list[Run]
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("distributed", "bots under T_F1 at each proxy, over it globally: sync vs "
              "no sync vs hashlimit", run_distributed),
-    Scenario("spoofed-flood", "random spoofed sources at a high rate to one destination",
-             run_spoofed_flood),
+    Scenario("spoofed-flood", "random spoofed sources flood one destination; its own, new "
+             "and another's clients counted apart", run_spoofed_flood, attack_start=3.0),
     Scenario("heavy-hitter", "one source far above T_F1", run_heavy_hitter),
     Scenario("pulse", "on-off bursts timed against the sync period", run_pulse),
     Scenario("flash-crowd", "a legitimate surge of new clients (false drops)",

@@ -22,7 +22,7 @@ import socket
 import struct
 import time
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from xpro.lab.namespaces import NsProcess
 from xpro.lab.traffic import ROLES, Bins
@@ -65,6 +65,7 @@ def serve(
     until: float,
     bins: Bins,
     *,
+    groups: Mapping[str, str] | None = None,
     settle: float = 0.3,
     rcvbuf: int = RCVBUF,
 ) -> dict[str, int]:
@@ -72,8 +73,9 @@ def serve(
 
     One UDP socket per service address in ``addresses``: a flood that fills
     the queue of the service it attacks does not spill into another's.
-    Sources in ``legit`` are counted as legitimate, all others as attack.
-    Returns the packets received by source address.
+    Sources in ``legit`` are counted as legitimate, all others as attack;
+    a source in ``groups`` also counts in the row of its group (``bins``
+    must have it).  Returns the packets received by source address.
     """
     socks_udp = []
     for addr in addresses:
@@ -88,6 +90,7 @@ def serve(
     for s in socks:
         sel.register(s, selectors.EVENT_READ, s)
     legit_set = frozenset(legit)
+    group_row = {src: bins.row(g) for src, g in (groups or {}).items()}
     counts: Counter[str] = Counter()
     arr = bins.counts
     last_bin = arr.shape[1] - 1
@@ -123,8 +126,11 @@ def serve(
                         b = int((sec + nsec * 1e-9 - t0_real) / width)
                     else:
                         b = int((mono() - t0) / width)
-                    arr[_LEGIT if src in legit_set else _ATTACK,
-                        min(max(b, 0), last_bin)] += 1
+                    b = min(max(b, 0), last_bin)
+                    arr[_LEGIT if src in legit_set else _ATTACK, b] += 1
+                    g = group_row.get(src)
+                    if g is not None:
+                        arr[g, b] += 1
                     last_rx = mono()
     finally:
         sel.close()
@@ -138,9 +144,11 @@ class Service:
     """The counting service, running as a child process in ``netns``."""
 
     def __init__(self, netns: str, port: int, addresses: Collection[str],
-                 legit: Collection[str], t0: float, until: float, bins: Bins) -> None:
+                 legit: Collection[str], t0: float, until: float, bins: Bins,
+                 groups: Mapping[str, str] | None = None) -> None:
         self._proc: NsProcess[dict[str, int]] = NsProcess(
-            netns, serve, port, list(addresses), list(legit), t0, until, bins)
+            netns, serve, port, list(addresses), list(legit), t0, until, bins,
+            groups=dict(groups or {}))
 
     def start(self) -> Service:
         self._proc.start()

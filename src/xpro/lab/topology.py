@@ -109,6 +109,11 @@ class Addressing:
         return "fd00:d::/64" if self.ipv6 else "10.101.0.0/16"
 
     @property
+    def new_clients(self) -> str:
+        """Clients of the protected service that first show up during an attack."""
+        return "fd00:e::/64" if self.ipv6 else "10.102.0.0/16"
+
+    @property
     def spoofed(self) -> str:
         """Where random spoofed sources are drawn from."""
         return "fd00:5::/64" if self.ipv6 else "10.160.0.0/11"

@@ -10,7 +10,10 @@ grow with the number of flows, and a flow that fell behind catches up in
 bursts, so the count sent by any moment is ``rate * active time`` up to one
 frame.  Frames handed to the device are counted per flow and, in
 :class:`Bins`, per role and time bin; the service counts the same way on the
-far side, which is how the lab computes what was dropped and when.
+far side, which is how the lab computes what was dropped and when.  A flow
+may also belong to a *group* (the victim's clients, another service's
+clients...): :class:`Bins` then has one more row per group, counted on both
+sides like the roles, so a scenario can report each group on its own.
 
 Frames are built with :mod:`xpro.lab.frames` (valid IPv4 and UDP checksums: the
 kernel drops packets with bad ones before any filter sees them).
@@ -57,13 +60,29 @@ class Bins:
     The sender (one child) and the service (another) write their counts here
     while they run; the parent reads them for the live view and the report.
     Bin ``i`` covers ``[i * width, (i + 1) * width)`` seconds after ``t0``.
+    Rows: the :data:`ROLES`, then one per name in ``groups`` (a packet of a
+    flow in a group counts in its role's row and in its group's).
     """
 
-    def __init__(self, duration: float, width: float = 0.1) -> None:
+    def __init__(self, duration: float, width: float = 0.1,
+                 groups: Sequence[str] = ()) -> None:
         self.width = width
         self.n = math.ceil(duration / width) + 1
-        self._mm = mmap.mmap(-1, 8 * len(ROLES) * self.n)
-        self.counts: Array = np.ndarray((len(ROLES), self.n), dtype=np.int64, buffer=self._mm)
+        self.groups = tuple(groups)
+        if len(set(self.groups)) != len(self.groups) or set(self.groups) & set(ROLES):
+            raise TrafficError(f"groups must be distinct and not a role: {self.groups}")
+        rows = len(ROLES) + len(self.groups)
+        self._mm = mmap.mmap(-1, 8 * rows * self.n)
+        self.counts: Array = np.ndarray((rows, self.n), dtype=np.int64, buffer=self._mm)
+
+    def row(self, name: str) -> int:
+        """The row of a role or a group."""
+        if name in ROLES:
+            return ROLES.index(name)
+        try:
+            return len(ROLES) + self.groups.index(name)
+        except ValueError:
+            raise TrafficError(f"no role or group {name!r} in these bins") from None
 
     def index(self, t: float) -> int:
         """The bin of ``t`` seconds after ``t0`` (clamped to the first and last)."""
@@ -86,7 +105,8 @@ class Flow:
     ``on + off`` (a pulse); ``rate`` is the rate while on.  ``frames`` are
     sent in turn (one frame: one source; many: a spoofed flood).
     ``source`` is the key the flow is accounted under (several flows of one
-    bot through several proxies share it).
+    bot through several proxies share it).  ``group`` (optional) is a finer
+    account than the role: a row of its own in :class:`Bins`.
     """
 
     source: str
@@ -98,6 +118,7 @@ class Flow:
     stop: float = math.inf
     on: float = 0.0
     off: float = 0.0
+    group: str = ""
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -192,6 +213,7 @@ def send_flows(
         sent = [0] * len(flows)
         nxt = [0] * len(flows)  # index of the next frame of each flow
         roles = [ROLES.index(f.role) for f in flows]
+        groups = [bins.row(f.group) if bins is not None and f.group else -1 for f in flows]
         heap = [(f.when(1), i) for i, f in enumerate(flows) if totals[i] > 0]
         heapq.heapify(heap)
         counts = bins.counts if bins is not None else None
@@ -224,7 +246,10 @@ def send_flows(
             sent[i] += done
             if counts is not None and done:
                 b = int(now / bins.width)  # type: ignore[union-attr]
-                counts[roles[i], min(b, counts.shape[1] - 1)] += done
+                b = min(b, counts.shape[1] - 1)
+                counts[roles[i], b] += done
+                if groups[i] >= 0:
+                    counts[groups[i], b] += done
             if sent[i] >= totals[i]:
                 heapq.heappop(heap)
             elif done < n:
