@@ -56,3 +56,16 @@ def test_unknown_scenario_is_refused() -> None:
 def test_plots_of_other_backends_do_not_overwrite_native(tmp_path: Path, name: str,
                                                          backend: str, stem: str) -> None:
     assert _stem(tmp_path, name, backend) == tmp_path / stem
+
+
+@pytest.mark.parametrize(("args", "why"), [
+    (["distributed", "--spread"], "--spread is for the spoofed-flood scenario"),
+    (["spoofed-flood", "--spread", "--proxies", "1"], "at least 2 proxies"),
+    (["spoofed-flood", "--spread", "--flood-rate", "100000"], "under T_F2"),
+])
+def test_spread_is_checked_before_anything_is_built(args: list[str], why: str) -> None:
+    from xpro.lab.mesh import LabError
+
+    out = CliRunner().invoke(lab, ["run", *args])
+    assert isinstance(out.exception, LabError), out.output
+    assert why in str(out.exception)

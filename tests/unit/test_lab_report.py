@@ -99,3 +99,27 @@ def test_plots_are_written(tmp_path: Path) -> None:
     paths = plot_sweep([(0.8, _run(drop_from=99)), (1.6, _run())], tmp_path / "lab_s",
                        title="s")
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_groups_are_reported_apart_from_the_settled_time_on() -> None:
+    """A group of the legit clients lost everything from 3 s on: its figure counts
+    from the end of the 2nd sync period (2 s) like legit_dropped_pct."""
+    run = _run()
+    g = np.zeros((1, run.sent.shape[1]), dtype=np.int64)
+    g[0, :100] = 10  # half of the legit packets of each bin
+    got = g.copy()
+    got[0, 30:100] = 0
+    run.sent = np.vstack([run.sent, g])
+    run.received = np.vstack([run.received, got])
+    run.received[L, 30:100] -= 10
+    run.groups = ("victim_clients",)
+    run.info = {"flood": {"total_pps": 1}}
+    m = run.metrics()
+    # from 2 s: 10 bins received, 70 lost, of 80
+    assert m["victim_clients_dropped_pct"] == pytest.approx(100 * 70 / 80)
+    assert m["victim_clients_sent"] == 1000
+    assert m["victim_clients_received"] == 300
+    assert m["legit_dropped_pct"] == pytest.approx(100 * 700 / 1600)
+    assert m["flood"] == {"total_pps": 1}
+    assert "victim clients dropped, after 2nd sync" in format_table([run])
+    assert json.loads(to_json([run], scenario="s"))["victim_clients_dropped_pct"] > 80

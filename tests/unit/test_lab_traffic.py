@@ -120,3 +120,16 @@ def test_bins_are_shared_memory_indexed_by_time() -> None:
     b.counts[1, 3] += 5
     assert b.snapshot()[1, 3] == 5
     assert math.isclose(b.times()[3], 0.3)
+
+
+def test_groups_have_rows_after_the_roles() -> None:
+    b = Bins(1.0, width=0.1, groups=("victim_clients", "new_clients"))
+    assert b.counts.shape == (4, 11)
+    assert [b.row(n) for n in ("attack", "legit", "victim_clients", "new_clients")] == [
+        0, 1, 2, 3]
+    with pytest.raises(TrafficError):
+        b.row("nobody")
+    with pytest.raises(TrafficError):
+        Bins(1.0, groups=("legit",))
+    with pytest.raises(TrafficError):
+        Bins(1.0, groups=("a", "a"))

@@ -241,7 +241,6 @@ def run(name: str, sweep: bool, spread: bool, variants: tuple[str, ...], as_json
       sudo xpro lab run distributed --variant sync --backend afxdp
       sudo xpro lab run proxy-crash --store redis://
     """
-    _root()
     scenario = SCENARIOS[name]
     if spread and name != "spoofed-flood":
         raise LabError("--spread is for the spoofed-flood scenario")
@@ -252,6 +251,7 @@ def run(name: str, sweep: bool, spread: bool, variants: tuple[str, ...], as_json
         click.echo(f"flood: {plan.total:.0f} packets/s in total, {plan.per_proxy:.0f}/s per "
                    f"proxy; to the victim at most {plan.per_proxy_max:.0f}/s per proxy, "
                    f"{plan.mesh:.0f}/s over the mesh (T_F2 = {plan.t_f2})", err=True)
+    _root()
     if scenario.server_store and opts.backend != "native":
         raise LabError(f"{name} runs xpro daemons with pinned native filters: "
                        f"--backend {opts.backend} is for the in-process scenarios")
