@@ -39,8 +39,13 @@ def positive(x: object) -> bool:
 def test_flood() -> None:
     doc = run_bench("flood.py", "--reps", "1", "--warm", "0.2", "--window", "0.3")
     for key in ("native_to_ceiling", "generic_to_ceiling", "native_to_hashlimit",
-                "flow_counter_to_ceiling", "native_to_flow_counter"):
+                "flow_counter_to_ceiling", "native_to_flow_counter",
+                "spoof8_to_ceiling", "spoof8_to_hashlimit"):
         assert positive(doc[key]), key
+    assert set(doc["scenarios"]) == {"single", "spoofed", "spoof8"}
+    # the xpro variants say how much of the flood the destination rule dropped
+    shares = doc["scenarios"]["spoof8"]["variants"]["xpro-native"]["dst_drop_share"]
+    assert all(isinstance(x, float) and x >= 0 for x in shares), shares
     for name, scn in doc["scenarios"].items():
         want = {"bare", "flow-counter", "xpro-native", "xpro-generic", "iptables-drop",
                 "iptables-hashlimit", "nft-limit", "xdp-filter"} - set(scn["skipped"])
