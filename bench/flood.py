@@ -91,7 +91,7 @@ import numpy as np
 from pyroute2 import IPRoute
 
 from xpro.bpf import XDP_DROP, BpfObject, Map, XdpLink, XdpMode
-from xpro.bpf.xdp import attach_xdp
+from xpro.bpf.xdp import attach_xdp, detach_xdp
 from xpro.core.layout import Reason
 from xpro.core.model import NS_PER_S, FilterParams
 from xpro.core.params import Sizes
@@ -346,7 +346,14 @@ class Bench:
         if variant in ("bare", "flow-counter", "xpro-native", "xpro-generic"):
             self._detach()
         elif variant == "xdp-filter":
-            sh(ns, "xdp-filter", "unload", dev)
+            try:
+                sh(ns, "xdp-filter", "unload", dev)
+            finally:
+                # xdp-filter keeps its state in one place for the whole host: another
+                # run of it (another user's bench) can make it lose track of ours.
+                # Whatever it left on our own interface goes, or every variant after
+                # it would measure xdp-filter.
+                detach_xdp(dev, netns=ns)
         elif variant.startswith("iptables"):
             sh(ns, "iptables", "-w", "-t", "raw", "-F", "PREROUTING")
         elif variant == "nft-limit":
