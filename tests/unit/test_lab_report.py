@@ -117,6 +117,8 @@ def test_groups_are_reported_apart_from_the_settled_time_on() -> None:
     m = run.metrics()
     # from 2 s: 10 bins received, 70 lost, of 80
     assert m["victim_clients_dropped_pct"] == pytest.approx(100 * 70 / 80)
+    # the attack converged 0.5 s after it started (1.5 s): 15 bins received, 70 lost
+    assert m["victim_clients_dropped_converged_pct"] == pytest.approx(100 * 70 / 85, abs=0.01)
     assert m["victim_clients_sent"] == 1000
     assert m["victim_clients_received"] == 300
     assert m["legit_dropped_pct"] == pytest.approx(100 * 700 / 1600)

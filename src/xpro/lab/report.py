@@ -19,7 +19,10 @@ turns it into the figures the scenarios report:
 * for each *group* of legitimate clients a scenario accounts on its own
   (``spoofed-flood``: ``victim_clients``, ``other_clients``,
   ``new_clients``): ``{group}_dropped_pct``, counted like
-  ``legit_dropped_pct``, with ``{group}_sent`` and ``{group}_received``.
+  ``legit_dropped_pct``, with ``{group}_sent`` and ``{group}_received``;
+  and ``{group}_dropped_converged_pct``, counted from the moment the attack
+  converged (``time_to_converge_s``) to the end: how the group fares while
+  the filter keeps the attack out (``None``: it never converged).
 
 Sent and received are counted by the clock all processes share, so a bin's
 figures compare directly (the path through a proxy takes well under a bin).
@@ -145,10 +148,14 @@ class Run:
         hit, worst = self.legit_per_source()
         attack_sent = int(self.sent[_A].sum())
         legit_sent = int(self.sent[_L].sum())
+        converge = self.time_to_converge()
+        converged = None if converge is None else self.attack_start + converge
         groups: dict[str, Any] = {}
         for g in self.groups:
             r = self._row(g)
             groups[f"{g}_dropped_pct"] = self.dropped_pct(g, settled)
+            groups[f"{g}_dropped_converged_pct"] = (None if converged is None
+                                                    else self.dropped_pct(g, converged))
             groups[f"{g}_sent"] = int(self.sent[r].sum())
             groups[f"{g}_received"] = int(self.received[r].sum())
         return {
@@ -158,7 +165,7 @@ class Run:
             "attack_dropped_total_pct": self.dropped_pct("attack"),
             "legit_dropped_total_pct": self.dropped_pct("legit"),
             "time_to_first_drop_s": self.time_to_first_drop(),
-            "time_to_converge_s": self.time_to_converge(),
+            "time_to_converge_s": converge,
             "time_to_first_filter_drop_s": self.first_filter_drop,
             "attack_sent": attack_sent,
             "attack_reached_service": int(self.received[_A].sum()),
@@ -196,9 +203,10 @@ def format_table(runs: Sequence[Run], *, title: str = "") -> str:
         ["legit dropped, after 2nd sync", *(_fmt(m["legit_dropped_pct"], "%") for m in ms)],
         ["legit dropped, whole run", *(_fmt(m["legit_dropped_total_pct"], "%") for m in ms)],
         ["legit sources that lost any", *(_fmt(m["legit_sources_hit"]) for m in ms)],
-        *([f"{g.replace('_', ' ')} dropped, after 2nd sync",
-           *(_fmt(m.get(f"{g}_dropped_pct"), "%") for m in ms)]
-          for g in dict.fromkeys(g for r in runs for g in r.groups)),
+        *([f"{g.replace('_', ' ')} dropped, {when}",
+           *(_fmt(m.get(f"{g}_dropped{key}_pct"), "%") for m in ms)]
+          for g in dict.fromkeys(g for r in runs for g in r.groups)
+          for when, key in (("after 2nd sync", ""), ("once converged", "_converged"))),
         ["time to first drop", *(_fmt(m["time_to_first_drop_s"], " s") for m in ms)],
         ["time to converge (>95%)", *(_fmt(m["time_to_converge_s"], " s") for m in ms)],
     ]
