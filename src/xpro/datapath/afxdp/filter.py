@@ -687,7 +687,10 @@ class _Runs:
         m = len(keys)
         first, inv, uh, order = _group(table, keys)
         ukeys = _take(keys, first)
+        key = table.key
         table.reserve(len(ukeys))  # before find: store() inserts without moving slots
+        if table.key != key:  # reserve() rekeyed the table: the hashes are stale
+            uh = table._hash(ukeys)
         slots = table.find(ukeys, uh)
         exists = slots >= 0
         rec = np.zeros(len(ukeys), dtype=dtype)

@@ -7,10 +7,20 @@ probe rounds (the table is kept at most half full, so chains are short), not
 a Python loop per key.  Deleted slots become tombstones until the next
 rebuild.  Like the kernel's LRU hash, a full table evicts the records idle
 longest (smallest ``ts2``) to make room.
+
+The keys are chosen by the traffic, so the hash is keyed: every table mixes
+a random 64-bit key (from :mod:`secrets`) into its hash, and sources chosen
+offline to share one slot (a spoofed flood can choose its sources freely) no
+longer do.  The keyed hash is a mix, not a cryptographic PRF; as a second
+line, a probe sequence longer than :meth:`Table.probe_limit` (four times the
+longest chain a random half-full table shows, measured up to 2**21 slots) has
+the table rebuilt with a fresh key at the next :meth:`Table.reserve`
+(docs/operations.rst, "Isolation").
 """
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import numpy as np
@@ -21,6 +31,13 @@ Array = npt.NDArray[Any]
 _EMPTY, _USED, _TOMB = 0, 1, 2
 _MULT = np.array([0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
                   0x9E3779B97F4A7C15, 0xFF51AFD7ED558CCD], dtype=np.uint64)
+#: The hash's starting state, before the key is mixed in (key 0: the unkeyed hash).
+_SEED = 0x9E3779B97F4A7C15
+
+
+def new_key() -> int:
+    """A fresh random 64-bit hash key."""
+    return secrets.randbits(64)
 
 
 class Table:
@@ -28,14 +45,27 @@ class Table:
 
     ``aux`` is one spare byte per record for the owner (the filter keeps its
     dirty-set bits there); it moves with the record when the table grows.
+
+    ``key`` is the hash key (default: a random one, :func:`new_key`); 0 is
+    the unkeyed hash, and ``rekey=False`` keeps the key whatever the probes
+    (both for tests that need the table to stay predictable).  ``probes``
+    counts the probe steps of every :meth:`find` and :meth:`insert` (one per
+    key per slot looked at), ``longest`` the longest probe sequence seen and
+    ``rekeys`` the rebuilds with a fresh key.
     """
 
     def __init__(self, key_dtype: np.dtype[Any], val_dtype: np.dtype[Any],
-                 max_entries: int) -> None:
+                 max_entries: int, *, key: int | None = None, rekey: bool = True) -> None:
         self.key_dtype = key_dtype
         self.val_dtype = val_dtype
         self.void = np.dtype((np.void, key_dtype.itemsize))
         self.max_entries = max_entries
+        self.key = new_key() if key is None else key & 0xFFFFFFFFFFFFFFFF
+        self.rekey = rekey
+        self.probes = 0
+        self.longest = 0
+        self.rekeys = 0
+        self._long = False  # a probe went past probe_limit: rekey at the next reserve()
         self._alloc(1024)
 
     def _alloc(self, cap: int) -> None:
@@ -72,15 +102,28 @@ class Table:
     def clear(self) -> None:
         self._alloc(1024)
 
+    @property
+    def probe_limit(self) -> int:
+        """The longest probe sequence tolerated before a rekey: 4 log2(capacity),
+        at least 32 (a random half-full table of 2**21 slots shows at most about 50)."""
+        return max(32, 4 * (self.cap.bit_length() - 1))
+
+    def _probed(self, rounds: int, steps: int) -> None:
+        self.probes += steps
+        self.longest = max(self.longest, rounds)
+        if rounds > self.probe_limit and self.rekey:
+            self._long = True
+
     def _hash(self, keys: Array) -> Array:
-        """A 64-bit hash of each key whose low bits (the slot) depend on every byte."""
+        """A 64-bit hash of each key, keyed by :attr:`key`, whose low bits (the
+        slot) depend on every byte."""
         c = np.ascontiguousarray(keys, dtype=self.key_dtype)
         raw = c.view(np.uint8).reshape(len(c), self.key_dtype.itemsize)
         width = raw.shape[1]
         padded = np.zeros((len(c), (width + 7) // 8 * 8), dtype=np.uint8)
         padded[:, :width] = raw
         words = padded.view("<u8")
-        h = np.full(len(c), 0x9E3779B97F4A7C15, dtype=np.uint64)
+        h = np.full(len(c), _SEED ^ self.key, dtype=np.uint64)
         for j in range(words.shape[1]):
             h ^= words[:, j]
             h *= _MULT[j % len(_MULT)]
@@ -105,7 +148,10 @@ class Table:
         stored = self.keys.view(self.void)
         pos = (fp & np.uint64(self.mask)).astype(np.int64)
         act = np.arange(n)
+        rounds = steps = 0
         while len(act):
+            rounds += 1
+            steps += len(act)
             p = pos[act]
             st = self.state[p]
             hit = (st == _USED) & (self.fp[p] == fp[act])
@@ -115,13 +161,23 @@ class Table:
             out[act[hit]] = p[hit]
             act = act[(st != _EMPTY) & ~hit]
             pos[act] = (pos[act] + 1) & self.mask
+        self._probed(rounds, steps)
         return out
 
     def reserve(self, n: int) -> None:
         """Make room for ``n`` more records, growing (and moving every record to a
         new slot) now if need be.  Call it before :meth:`find` when the slots
-        found are used after an :meth:`insert`: an insert never moves records."""
-        if 2 * (self.used + self.tomb + n) > self.cap:
+        found are used after an :meth:`insert`: an insert never moves records.
+
+        A probe sequence past :attr:`probe_limit` since the last call has the
+        table rebuilt here with a fresh key: hashes computed before this call
+        are then stale (compare :attr:`key` before and after)."""
+        if self._long:
+            self._long = False
+            self.key = new_key()
+            self.rekeys += 1
+            self._rebuild(self.used + n)
+        elif 2 * (self.used + self.tomb + n) > self.cap:
             self._rebuild(self.used + n)
 
     def insert(self, keys: Array, vals: Array, hashes: Array | None = None) -> Array:
@@ -143,7 +199,10 @@ class Table:
         out = np.empty(n, dtype=np.int64)
         pos = (fp & np.uint64(self.mask)).astype(np.int64)
         act = np.arange(n)
+        rounds = steps = 0
         while len(act):
+            rounds += 1
+            steps += len(act)
             p = pos[act]
             free = self.state[p] != _USED
             cand, cp = act[free], p[free]
@@ -161,6 +220,7 @@ class Table:
             act = act[lose]
             pos[act] = (pos[act] + 1) & self.mask
         self.used += n
+        self._probed(rounds, steps)
         return out
 
     def delete(self, slots: Array) -> None:
