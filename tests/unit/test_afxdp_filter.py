@@ -214,6 +214,52 @@ def test_apply_across_the_table_growing() -> None:
     assert len(f.read_flows()[0]) == 600
 
 
+class _CountingLock:
+    """A lock that records how many APPLY entries each taking of it covered."""
+
+    def __init__(self, f: UserFilter) -> None:
+        self._lock = f.lock
+        self.takes = 0
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self.takes += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def test_a_large_apply_takes_the_lock_per_chunk_with_the_same_results(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sync batch does not hold the data path's lock for its whole length,
+    and chunking changes nothing: a key repeated across a chunk boundary still
+    sees the earlier operation first."""
+    import xpro.datapath.afxdp.filter as filt
+
+    cut = filt.APPLY_CHUNK
+    n = 3 * cut + 100
+    keys = np.zeros(n, dtype=L.FLOW_KEY)
+    keys["src"] = [L.addr16(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}") for i in range(n)]
+    keys["dst"]["addr"] = L.addr16("10.9.9.9")
+    keys[cut] = keys[cut - 1]  # create, then update, across the cut
+    e = apply_entries(keys, OP_FLOW | OP_CREATE, c_delta=2, ts1=T0, ts2=T0, base_c=2)
+
+    results = {}
+    for chunk in (cut, 10 * n):
+        monkeypatch.setattr(filt, "APPLY_CHUNK", chunk)
+        f = UserFilter(model.FilterParams(), sizes=Sizes(flows=1 << 16, dsts=1024))
+        lock = _CountingLock(f)
+        f.lock = lock  # type: ignore[assignment]
+        res = f.apply(e)
+        exists, recs = f.read(keys)
+        assert exists.all()
+        results[chunk] = (res.tobytes(), recs.tobytes())
+        assert lock.takes == (2 * -(-n // chunk))  # apply, then read, chunk by chunk
+    assert len(set(results.values())) == 1
+    recs = np.frombuffer(results[cut][1], dtype=L.FLOW)
+    assert recs["c"][cut] == recs["c"][cut - 1] == 4  # created with 2, then 2 added
+
+
 def test_parsed_destination_keys_the_flow() -> None:
     """A packet a destination parser recognises is keyed on the destination it names."""
     def parser(payload: bytes) -> str | None:
