@@ -6,6 +6,9 @@ import inspect
 import json
 import logging
 import sys
+import threading
+import time
+import uuid
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from xpro.hooks.specs import hookimpl
 from xpro.plugins import PluginHost
 from xpro.plugins.builtin import alert_log as alerts
 from xpro.plugins.builtin import plugins_command
+from xpro.sync import Syncer, SyncLoop
 
 pytestmark = pytest.mark.unit
 
@@ -165,14 +169,164 @@ def test_typed_hook_methods_isolate_failures(host: PluginHost, alert: Alert) -> 
     host.register(Broken(), "broken")
     host.register(rec, "rec")
     stats = SyncStats(flows=3)
-    assert host.alert(alert) == ["broken"]
-    assert host.sync_completed(stats, "p1") == ["broken"]
+    assert host.alert(alert)  # queued
+    assert host.sync_completed(stats, "p1")
+    assert host.flush(10)
     assert host.startup("p1") == []
     assert host.shutdown("p1") == []
     assert rec.alerts == [alert]
     assert rec.rounds == [(stats, "p1")]
     assert rec.events == [("startup", "p1"), ("shutdown", "p1")]
     assert host.failed() == {"broken": "xpro_sync_completed: OSError: disk full"}
+    hs = host.hook_stats()
+    assert hs.errors == {"broken": 2}
+    assert hs.delivered == 2
+    assert hs.queued == 0
+
+
+# -- slow plugins ------------------------------------------------------------------------
+
+
+class Slow:
+    """A sink that sleeps far longer than the host's limit (until ``release``)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+
+    @hookimpl
+    def xpro_alert(self, alert: Alert) -> None:
+        self.calls += 1
+        self.release.wait(60)
+
+    @hookimpl
+    def xpro_sync_completed(self, stats: SyncStats, proxy: str) -> None:
+        self.calls += 1
+        self.release.wait(60)
+
+    @hookimpl
+    def xpro_startup(self, proxy: str) -> None:
+        self.release.wait(60)
+
+
+def _userspace_syncer(name: str) -> Syncer:
+    from xpro.core import model
+    from xpro.datapath.afxdp.filter import UserFilter
+
+    p = model.SyncParams(t_t1=10 * model.NS_PER_S, t_t4=100 * model.NS_PER_S,
+                         r_q=model.R_DEN)
+    return Syncer(UserFilter(model.FilterParams()), plugins.open_store(
+        f"memory://{uuid.uuid4().hex}"), name, p)
+
+
+def test_a_slow_sink_does_not_stall_the_sync() -> None:
+    """A sink that sleeps longer than the limit: the sync keeps its period, the
+    other plugins still get every round, and the slow one is named and counted."""
+    host = PluginHost(load_entry_points=False, hook_timeout=0.2)
+    slow, rec = Slow(), Recorder()
+    host.register(slow, "slow_sink")
+    host.register(rec, "rec")
+    loop = SyncLoop(_userspace_syncer("p1"), 0.01, name="p1",
+                    on_round=lambda st: host.sync_completed(st, "p1"))
+    loop.start()
+    try:
+        # Before the queue, the first round sat in the sink for its 60 s: rounds
+        # stayed at 1 (these loops would run into pytest's timeout).
+        while not host.hook_stats().timeouts:
+            time.sleep(0.01)
+        stuck_at = loop.status.rounds
+        while loop.status.rounds < stuck_at + 20:  # the sink is still stuck meanwhile
+            time.sleep(0.01)
+        assert not slow.release.is_set()
+    finally:
+        loop.stop()
+        slow.release.set()
+    assert host.flush(10)
+    assert len(rec.rounds) == loop.status.rounds
+    hs = host.hook_stats()
+    assert hs.timeouts["slow_sink"] >= 1
+    # Calls made while it was stuck were skipped, not waited for.
+    assert hs.skipped["slow_sink"] + slow.calls == loop.status.rounds
+    assert host.failed()["slow_sink"] == (
+        "xpro_sync_completed: no answer within 0.2 s; its calls are skipped until it returns")
+    assert "rec" not in host.failed()
+
+
+def test_a_full_queue_drops_and_counts(alert: Alert) -> None:
+    host = PluginHost(load_entry_points=False, hook_timeout=30, queue_size=5)
+    slow = Slow()
+    host.register(slow, "slow_sink")
+    try:
+        accepted = [host.alert(alert) for _ in range(50)]
+    finally:
+        slow.release.set()
+    assert accepted.count(False) >= 50 - 5 - 1  # 5 queued, 1 in the sink's hands
+    assert host.hook_stats().dropped["xpro_alert"] == accepted.count(False)
+    assert host.flush(10)
+    assert host.hook_stats().queued == 0
+
+
+def test_startup_waits_for_a_slow_plugin_only_up_to_the_limit() -> None:
+    host = PluginHost(load_entry_points=False, hook_timeout=0.2)
+    slow, rec = Slow(), Recorder()
+    host.register(slow, "slow")
+    host.register(rec, "rec")
+    try:
+        assert host.startup("p1") == ["slow"]
+        assert rec.events == [("startup", "p1")]
+        assert host.hook_stats().timeouts == {"slow": 1}
+    finally:
+        slow.release.set()
+
+
+def test_a_sink_that_exits_is_recorded_and_the_deliveries_go_on(alert: Alert) -> None:
+    class Exits:
+        @hookimpl
+        def xpro_alert(self, alert: Alert) -> None:
+            raise SystemExit(3)
+
+    host = PluginHost(load_entry_points=False)
+    rec = Recorder()
+    host.register(Exits(), "exits")
+    host.register(rec, "rec")
+    for _ in range(3):
+        host.alert(alert)
+    assert host.flush(10)
+    assert rec.alerts == [alert] * 3
+    assert host.hook_stats().errors == {"exits": 3}
+    assert host.failed() == {"exits": "xpro_alert: SystemExit: 3"}
+
+
+def test_plugin_counters_are_metrics_and_the_status_names_the_plugin() -> None:
+    from types import SimpleNamespace
+
+    from xpro.cli.operator import format_status
+    from xpro.config import default_config
+    from xpro.daemon.metrics import exposition
+
+    host = PluginHost(load_entry_points=False, hook_timeout=0.1, queue_size=1)
+    slow = Slow()
+    host.register(slow, "slow_sink")
+    try:
+        for _ in range(20):
+            host.sync_completed(SyncStats(), "p1")
+        time.sleep(0.3)
+        host.sync_completed(SyncStats(), "p1")
+    finally:
+        slow.release.set()
+    host.flush(10)
+    view = SimpleNamespace(name="p1", config=default_config(), backend=None, plugins=host)
+    text = exposition(view)  # type: ignore[arg-type]
+    assert 'xpro_plugin_timeouts_total{plugin="slow_sink"} 1.0' in text
+    assert 'xpro_plugin_notifications_dropped_total{hook="xpro_sync_completed"}' in text
+    assert "xpro_plugin_queue_depth 0.0" in text
+    st = {"proxy": "p1", "version": "0", "pid": 1, "uptime_s": 1.0, "backend": "native",
+          "store": {"url": "memory://", "mesh": "xpro"}, "mode": "enforce",
+          "thresholds": {"t_f1": 1, "t_f2": 1, "t_w": 1, "t_t1": 1, "t_t2": 1},
+          "plugins_failed": host.failed(), "plugins": host.hook_stats().to_dict()}
+    out = format_status(st)
+    assert "plugin slow_sink: xpro_sync_completed: no answer within 0.1 s" in out
+    assert "dropped" in out
 
 
 def test_a_plugin_that_fails_to_import_is_reported_and_the_others_load(

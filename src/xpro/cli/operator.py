@@ -169,8 +169,29 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+#: Characters of one string shown in a table; the rest is summarised.
+_SHOWN = 200
+
+
+def _safe(obj: Any) -> Any:
+    """``obj`` (a reply of the daemon) with every string made :func:`printable`.
+
+    Peer names, store and plugin errors reach the terminal through here: none
+    can move the cursor, clear the screen or start a line of its own."""
+    from xpro.core.text import printable
+
+    if isinstance(obj, str):
+        return printable(obj, _SHOWN)
+    if isinstance(obj, dict):
+        return {_safe(k): _safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_safe(v) for v in obj]
+    return obj
+
+
 def format_status(st: dict[str, Any]) -> str:
-    """``xpro status`` as text."""
+    """``xpro status`` as text (every string escaped, :func:`_safe`)."""
+    st = _safe(st)
     out = [f"proxy {st['proxy']}  (xpro {st['version']}, pid {st['pid']}, "
            f"up {st['uptime_s']:.0f} s, backend {st['backend']})"]
     for att in st.get("interfaces", []):
@@ -206,15 +227,38 @@ def format_status(st: dict[str, Any]) -> str:
         out.append(_flows_table(st["top_sources"]))
     if st.get("alerts"):
         out += ["", "alerts: " + ", ".join(f"{k} {v}" for k, v in sorted(st["alerts"].items()))]
+    failed = st.get("plugins_failed") or {}
+    hooks = st.get("plugins") or {}
+    if failed or hooks.get("dropped"):
+        out.append("")
+        out += [f"plugin {name}: {why}" for name, why in sorted(failed.items())]
+        for kind in ("timeouts", "skipped", "errors"):
+            if hooks.get(kind):
+                out.append(f"plugin calls {kind}: " + ", ".join(
+                    f"{n} {c}" for n, c in sorted(hooks[kind].items())))
+        if hooks.get("dropped"):
+            out.append("plugin notifications dropped (queue full): " + ", ".join(
+                f"{h} {c}" for h, c in sorted(hooks["dropped"].items())))
     return "\n".join(out)
 
 
 def _flows_table(flows: list[dict[str, Any]]) -> str:
+    flows = _safe(flows)
     return _table(["source", "destination", "packets/s", "count", "here", "window",
                    "idle", "over T_F1"], [
         [f["src"], f["dst"], _fmt_rate(f["rate_pps"]), str(f["count"]),
          str(f["local_count"]), f"{f['window_s']:.1f} s", f"{f['idle_s']:.1f} s",
          "yes" if f["over_t_f1"] else ""] for f in flows])
+
+
+def _markup_safe(obj: Any, escape: Callable[[str], str]) -> Any:
+    if isinstance(obj, str):
+        return escape(obj)
+    if isinstance(obj, dict):
+        return {_markup_safe(k, escape): _markup_safe(v, escape) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_markup_safe(v, escape) for v in obj]
+    return obj
 
 
 @click.command()
@@ -253,6 +297,7 @@ def top(sock: str, interval: float, iterations: int | None, limit: int) -> None:
     """
     from rich.console import Console, Group
     from rich.live import Live
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -261,7 +306,9 @@ def top(sock: str, interval: float, iterations: int | None, limit: int) -> None:
 
     def render() -> Group:
         nonlocal prev, prev_t
-        st = _ask(sock, "status", top=limit)  # one read of the flow table a refresh
+        # one read of the flow table a refresh; strings escaped for the terminal and
+        # for rich's markup ("[red]" in a peer name is text)
+        st = _markup_safe(_safe(_ask(sock, "status", top=limit)), escape)
         flows = st.get("top_sources", [])
         now = time.monotonic()
         dt = max(now - prev_t, 1e-6)

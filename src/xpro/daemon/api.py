@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from xpro.config import Change, Config
     from xpro.core.explain import Explanation
     from xpro.core.state import FilterState
+    from xpro.plugins.host import PluginHost
     from xpro.sync import Syncer, SyncLoop
 
 __all__ = ["ProxyView"]
@@ -28,6 +29,7 @@ class ProxyView(Protocol):
     loop: SyncLoop | None
     alert_counts: collections.Counter[str]
     reloads: int
+    plugins: PluginHost
 
     @property
     def filter(self) -> FilterState: ...

@@ -5,26 +5,45 @@ and the sync's status, so nothing on the packet path or in the sync loop
 pays for metrics.  Each proxy has a registry of its own (several proxies can
 run in one process, as the lab does).
 
-==================================  =======  ===========================================
-metric                              type     what
-==================================  =======  ===========================================
-``xpro_packets_total{reason}``      counter  packets by verdict reason (pass, src_rate...)
-``xpro_bytes_total{reason}``        counter  bytes by verdict reason
-``xpro_dropped_packets_total``      counter  packets dropped, every reason
-``xpro_flows``                      gauge    flows the sync tracks on this proxy
-``xpro_sync_rounds_total``          counter  completed sync rounds
-``xpro_sync_errors_total``          counter  failed sync rounds (store unreachable, ...)
-``xpro_sync_round_seconds``         gauge    duration of the last round
-``xpro_sync_last_success_age_s``    gauge    seconds since the last completed round
-``xpro_store_up``                   gauge    1 while the master store answers
-``xpro_workload_pps{proxy}``        gauge    W of every proxy of the mesh (heartbeats)
-``xpro_peer_age_seconds{proxy}``    gauge    age of each proxy's last heartbeat
-``xpro_alerts_total{kind}``         counter  alerts raised by kind
-``xpro_config_reloads_total``       counter  configuration reloads applied
-``xpro_info{...}``                  gauge    1, with version, proxy, backend labels
-``xpro_backend_NAME_total{...}``    counter  a backend's own counters (offload: the
-                                             reduced program's verdicts per interface)
-==================================  =======  ===========================================
+=============================================  =======  ====================================
+metric                                         type     what
+=============================================  =======  ====================================
+``xpro_packets_total{reason}``                 counter  packets by verdict reason (pass,
+                                                        src_rate...)
+``xpro_bytes_total{reason}``                   counter  bytes by verdict reason
+``xpro_dropped_packets_total``                 counter  packets dropped, every reason
+``xpro_flows``                                 gauge    flows the sync tracks on this proxy
+``xpro_sync_rounds_total``                     counter  completed sync rounds
+``xpro_sync_errors_total``                     counter  failed sync rounds (store
+                                                        unreachable, ...)
+``xpro_sync_round_seconds``                    gauge    duration of the last round
+``xpro_sync_last_success_age_s``               gauge    seconds since the last completed
+                                                        round
+``xpro_store_up``                              gauge    1 while the master store answers
+``xpro_workload_pps{proxy}``                   gauge    W of every proxy of the mesh
+                                                        (heartbeats)
+``xpro_peer_age_seconds{proxy}``               gauge    age of each proxy's last heartbeat
+``xpro_alerts_total{kind}``                    counter  alerts raised by kind
+``xpro_config_reloads_total``                  counter  configuration reloads applied
+``xpro_info{...}``                             gauge    1, with version, proxy, backend
+                                                        labels
+``xpro_backend_NAME_total{...}``               counter  a backend's own counters (offload:
+                                                        the reduced program's verdicts per
+                                                        interface)
+``xpro_plugin_queue_depth``                    gauge    plugin notifications waiting for
+                                                        delivery
+``xpro_plugin_notifications_dropped_total``    counter  notifications dropped, the queue
+                                                        being full, by ``hook``
+``xpro_plugin_timeouts_total{plugin}``         counter  hook calls that took longer than
+                                                        the limit
+``xpro_plugin_calls_skipped_total{plugin}``    counter  calls not made: the plugin was
+                                                        still in a call that timed out
+``xpro_plugin_errors_total{plugin}``           counter  hook calls that raised
+=============================================  =======  ====================================
+
+Label values that come from outside -- proxy names from heartbeats, plugin
+names -- pass through :func:`xpro.core.text.printable` (no control
+characters; the client library escapes only ``\\``, ``"`` and newlines).
 """
 
 from __future__ import annotations
@@ -42,12 +61,14 @@ from xpro.core.alert import KINDS
 from xpro.core.layout import Reason
 from xpro.core.model import NS_PER_S
 from xpro.core.params import tai_now
+from xpro.core.text import printable
 from xpro.errors import ConfigError
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
     from xpro.daemon.api import ProxyView
+    from xpro.plugins.host import HookStats
 
 __all__ = ["MetricsServer", "ProxyCollector", "exposition", "parse_listen", "serve"]
 
@@ -67,6 +88,7 @@ class ProxyCollector(Collector):
                                  labels=["version", "proxy", "backend"])
         info.add_metric([__version__, p.name, p.config.proxy.backend], 1)
         yield info
+        yield from _plugin_metrics(p.plugins.hook_stats())
         if p.backend is None:
             return
         packets = CounterMetricFamily("xpro_packets", "Packets by verdict reason",
@@ -107,8 +129,9 @@ class ProxyCollector(Collector):
                                 labels=["proxy"])
         if last is not None:
             for name, peer in sorted(last.peers.items()):
-                w.add_metric([name], peer.workload)
-                age.add_metric([name], max(0.0, (last.started - peer.last_seen) / NS_PER_S))
+                w.add_metric([printable(name)], peer.workload)
+                age.add_metric([printable(name)],
+                               max(0.0, (last.started - peer.last_seen) / NS_PER_S))
         yield w
         yield age
         alerts = CounterMetricFamily("xpro_alerts", "Alerts raised by kind", labels=["kind"])
@@ -125,6 +148,23 @@ class ProxyCollector(Collector):
                     f"xpro_backend_{sample.name}", sample.help, labels=sorted(sample.labels))
             fam.add_metric([sample.labels[k] for k in sorted(sample.labels)], sample.value)
         yield from families.values()
+
+
+def _plugin_metrics(hs: HookStats) -> Iterator[Metric]:
+    yield GaugeMetricFamily("xpro_plugin_queue_depth",
+                            "Plugin notifications waiting for delivery", value=hs.queued)
+    for name, help_, by, counts in (
+            ("notifications_dropped", "Plugin notifications dropped: the queue was full",
+             "hook", hs.dropped),
+            ("timeouts", "Plugin hook calls that took longer than the limit", "plugin",
+             hs.timeouts),
+            ("calls_skipped", "Plugin hook calls not made: still in a call that timed out",
+             "plugin", hs.skipped),
+            ("errors", "Plugin hook calls that raised", "plugin", hs.errors)):
+        fam = CounterMetricFamily(f"xpro_plugin_{name}", help_, labels=[by])
+        for label, n in sorted(counts.items()):
+            fam.add_metric([printable(label)], float(n))
+        yield fam
 
 
 def _registry(proxy: ProxyView) -> CollectorRegistry:

@@ -474,6 +474,7 @@ class Proxy:
                 "mode": cfg.filter.mode, "sync_period_s": cfg.sync.period,
                 "reloads": self.reloads, "errors": dict(self.errors),
                 "plugins_failed": self.plugins.failed(),
+                "plugins": self.plugins.hook_stats().to_dict(),
                 "alerts": dict(self.alert_counts),
                 "recent_alerts": [a.to_dict() for a in list(self.recent_alerts)[-10:]],
             }

@@ -79,8 +79,10 @@ def xpro_add_destination_parsers(registry: Registry[Any]) -> None:
 def xpro_alert(alert: Alert) -> None:
     """Receive an alert: a store down or back, an overloaded source or destination, the workload.
 
-    Called on the thread that raised the alert (the sync loop, the event
-    reader): a slow sink should hand the alert to its own thread or queue.
+    Called on a thread of this plugin, from a bounded queue, never on the
+    sync or event threads; a call that takes longer than the host's limit
+    (2 s) is reported and skipped past, and the plugin gets no further call
+    until it returns (docs/operations.rst, "Isolation").
 
     :param alert: what happened, where and when (:class:`xpro.core.alert.Alert`).
     """
@@ -89,6 +91,9 @@ def xpro_alert(alert: Alert) -> None:
 @hookspec
 def xpro_sync_completed(stats: SyncStats, proxy: str) -> None:
     """Observe a completed sync round (metrics, logging, capacity planning).
+
+    Queued and called as :func:`xpro_alert` is: off the sync thread, with a
+    time limit.
 
     :param stats: what the round did (:class:`xpro.sync.SyncStats`).
     :param proxy: the name of the proxy that ran the round.
