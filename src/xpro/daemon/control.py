@@ -7,6 +7,21 @@ newline, the daemon answers with one JSON object: ``{"ok": true, "result":
 ...}``, or ``{"ok": false, "error": "...", "exit_code": N}`` for an error the
 user can fix (the same message and exit code the CLI gives).  A malformed or
 failing request never affects the daemon.
+
+Nor do its clients.  One thread reads every connection (a selector), so an
+idle client costs a file descriptor, not a thread:
+
+* a client has :data:`READ_TIMEOUT` seconds from connecting to send its whole
+  request (one deadline, not one per byte), and at most :data:`MAX_REQUEST`
+  bytes; otherwise it gets an error reply and is closed;
+* at most :data:`MAX_CLIENTS` connections are open.  A further one closes the
+  connection that has been waiting longest for its request (which gets an
+  error reply saying so), so idle clients cannot lock ``xpro status`` out; if
+  every open connection is being answered, the new one gets the error;
+* at most :data:`MAX_BUSY` requests are answered at once (a thread each); a
+  further request gets an error reply ("busy: try again").
+
+See docs/operations.rst, "Isolation".
 """
 
 from __future__ import annotations
@@ -15,10 +30,12 @@ import contextlib
 import json
 import logging
 import os
+import selectors
 import socket
-import socketserver
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,11 +44,20 @@ from xpro.errors import XproError
 if TYPE_CHECKING:
     from xpro.daemon.api import ProxyView
 
-__all__ = ["ControlError", "ControlServer", "NoDaemon", "request"]
+__all__ = ["MAX_BUSY", "MAX_CLIENTS", "MAX_REQUEST", "READ_TIMEOUT", "BadRequest",
+           "ControlError", "ControlServer", "NoDaemon", "handle_request", "parse_request",
+           "request"]
 
 log = logging.getLogger("xpro.daemon.control")
 
-_MAX_REQUEST = 1 << 16
+#: Seconds a client has, from connecting, to send its whole request.
+READ_TIMEOUT = 5.0
+#: Connections open at once (waiting for their request or being answered).
+MAX_CLIENTS = 64
+#: Requests answered at once.
+MAX_BUSY = 8
+#: The largest request, in bytes (the newline included).
+MAX_REQUEST = 1 << 16
 
 
 class ControlError(XproError):
@@ -76,69 +102,258 @@ def _ops(proxy: ProxyView) -> dict[str, Callable[..., Any]]:
     }
 
 
-class _Handler(socketserver.StreamRequestHandler):
-    server: _Server
+class BadRequest(ControlError):
+    """A request that does not parse (exit code 2)."""
 
-    def handle(self) -> None:
-        try:
-            line = self.rfile.readline(_MAX_REQUEST)
-            req = json.loads(line)
-            if not isinstance(req, dict) or not isinstance(req.get("op"), str):
-                raise ValueError("a request is {\"op\": NAME, \"args\": {...}}")
-            fn = self.server.ops.get(req["op"])
-            if fn is None:
-                raise ControlError(f"unknown request {req['op']!r} (this daemon knows "
-                                   f"{', '.join(sorted(self.server.ops))}): is the CLI "
-                                   "newer than the daemon?", 2)
-            args = req.get("args") or {}
-            if not isinstance(args, dict):
-                raise ValueError("args must be an object")
-            reply: dict[str, Any] = {"ok": True, "result": fn(**args)}
-        except XproError as exc:
-            reply = {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
-        except (ValueError, TypeError) as exc:
-            reply = {"ok": False, "error": f"bad request: {exc}", "exit_code": 2}
-        except Exception as exc:  # never take the daemon down
-            log.exception("control request failed", extra={"event": "control_error"})
-            reply = {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}",
-                     "exit_code": 1}
-        with contextlib.suppress(OSError):
-            self.wfile.write(json.dumps(reply, default=str).encode() + b"\n")
+    def __init__(self, message: str) -> None:
+        super().__init__(f"bad request: {message}", 2)
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-    ops: dict[str, Callable[..., Any]]
+def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
+    """One request line -> ``(op, args)``; anything else raises :class:`BadRequest`."""
+    if len(line) > MAX_REQUEST:
+        raise BadRequest(f"larger than {MAX_REQUEST} bytes")
+    try:
+        req = json.loads(line)
+    except RecursionError:
+        raise BadRequest("nested too deeply") from None
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise BadRequest(f"not JSON ({exc})") from None
+    if not isinstance(req, dict) or not isinstance(req.get("op"), str):
+        raise BadRequest('a request is {"op": NAME, "args": {...}}')
+    args = req.get("args") or {}
+    if not isinstance(args, dict):
+        raise BadRequest("args must be an object")
+    return req["op"], args
+
+
+def handle_request(ops: dict[str, Callable[..., Any]], line: bytes) -> dict[str, Any]:
+    """The reply to one request line (never raises)."""
+    try:
+        op, args = parse_request(line)
+        fn = ops.get(op)
+        if fn is None:
+            raise ControlError(f"unknown request {op!r} (this daemon knows "
+                               f"{', '.join(sorted(ops))}): is the CLI "
+                               "newer than the daemon?", 2)
+        return {"ok": True, "result": fn(**args)}
+    except XproError as exc:
+        return {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
+    except (ValueError, TypeError) as exc:
+        return {"ok": False, "error": f"bad request: {exc}", "exit_code": 2}
+    except Exception as exc:  # never take the daemon down
+        log.exception("control request failed", extra={"event": "control_error"})
+        return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}",
+                "exit_code": 1}
+
+
+def _encode(reply: dict[str, Any]) -> bytes:
+    return json.dumps(reply, default=str).encode() + b"\n"
+
+
+@dataclass
+class _Conn:
+    sock: socket.socket
+    opened: float
+    buf: bytearray = field(default_factory=bytearray)
 
 
 class ControlServer:
-    """Serves :func:`_ops` of ``proxy`` on the unix socket ``path`` (a thread)."""
+    """Serves :func:`_ops` of ``proxy`` on the unix socket ``path`` (a thread).
 
-    def __init__(self, proxy: ProxyView, path: str) -> None:
+    ``read_timeout``, ``max_clients``, ``max_busy`` and ``max_request``: see
+    :data:`READ_TIMEOUT`, :data:`MAX_CLIENTS`, :data:`MAX_BUSY` and
+    :data:`MAX_REQUEST`.  ``refused`` counts the connections closed with an
+    error reply, by why (``timeout``, ``too_large``, ``evicted``, ``full``,
+    ``busy``).
+    """
+
+    def __init__(self, proxy: ProxyView, path: str, *, read_timeout: float = READ_TIMEOUT,
+                 max_clients: int = MAX_CLIENTS, max_busy: int = MAX_BUSY,
+                 max_request: int = MAX_REQUEST) -> None:
         self.path = Path(path)
+        self.read_timeout = read_timeout
+        self.max_clients = max_clients
+        self.max_busy = max_busy
+        self.max_request = max_request
+        self.refused: dict[str, int] = {}
         self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         # The daemon holds the socket's lock (xpro.daemon): a file here is stale.
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
-            self.server = _Server(str(self.path), _Handler)
+            self.sock.bind(str(self.path))
+            self.sock.listen(128)
         except OSError as exc:
+            self.sock.close()
             raise XproError(f"control socket {path}: {exc.strerror}; choose another path "
                             "with --control-socket, or \"\" to turn it off") from None
         finally:
             os.umask(old)
-        self.server.ops = _ops(proxy)
-        self.thread = threading.Thread(target=self.server.serve_forever,
-                                       name=f"xpro-control-{proxy.name}", daemon=True)
+        self.sock.setblocking(False)
+        self.ops = _ops(proxy)
+        self._pending: dict[socket.socket, _Conn] = {}  # oldest first
+        self._busy = 0
+        self._lock = threading.Lock()
+        self._stop = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self.sock, selectors.EVENT_READ)
+        self._sel.register(self._wake_r, selectors.EVENT_READ)
+        self.thread = threading.Thread(target=self._serve, name=f"xpro-control-{proxy.name}",
+                                       daemon=True)
         self.thread.start()
 
+    # -- the reading thread --------------------------------------------------------
+
+    def _serve(self) -> None:
+        while not self._stop:
+            now = time.monotonic()
+            wait = 1.0
+            if self._pending:
+                first = next(iter(self._pending.values()))  # the oldest expires first
+                wait = min(wait, max(0.0, first.opened + self.read_timeout - now))
+            try:
+                events = self._sel.select(wait)
+            except OSError:  # pragma: no cover - a closed selector on close()
+                return
+            for key, _ in events:
+                if key.fileobj is self.sock:
+                    self._accept()
+                elif key.fileobj is self._wake_r:
+                    with contextlib.suppress(OSError):
+                        self._wake_r.recv(64)
+                elif isinstance(key.fileobj, socket.socket):
+                    conn = self._pending.get(key.fileobj)
+                    if conn is not None:
+                        self._read(conn)
+            self._expire(time.monotonic())
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.sock.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:  # out of file descriptors: make room, retry later
+                log.warning("control socket: accept failed: %s", exc.strerror,
+                            extra={"event": "control_accept_failed"})
+                if self._pending:
+                    self._evict_oldest()
+                else:
+                    time.sleep(0.05)
+                return
+            sock.setblocking(False)
+            with self._lock:
+                busy = self._busy
+            if len(self._pending) + busy >= self.max_clients:
+                if not self._pending:
+                    self._refuse(sock, "full", f"too many control clients: {busy} requests "
+                                 "are being answered; try again")
+                    continue
+                self._evict_oldest()
+            self._pending[sock] = _Conn(sock, time.monotonic())
+            self._sel.register(sock, selectors.EVENT_READ)
+
+    def _evict_oldest(self) -> None:
+        conn = next(iter(self._pending.values()))
+        self._drop(conn)
+        age = time.monotonic() - conn.opened
+        self._refuse(conn.sock, "evicted", f"closed: {self.max_clients} control clients are "
+                     f"connected and this one sent no request in {age:.1f} s")
+
+    def _drop(self, conn: _Conn) -> None:
+        """Stop reading ``conn`` (its socket stays open)."""
+        del self._pending[conn.sock]
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(conn.sock)
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._drop(conn)
+            conn.sock.close()
+            return
+        if data:
+            conn.buf += data
+        nl = conn.buf.find(b"\n")
+        if (nl < 0 and len(conn.buf) > self.max_request) or nl >= self.max_request:
+            self._drop(conn)
+            self._refuse(conn.sock, "too_large", f"bad request: larger than "
+                         f"{self.max_request} bytes", exit_code=2)
+            return
+        if nl < 0 and data:
+            return  # more to come
+        self._drop(conn)
+        if not conn.buf:  # closed without a request
+            conn.sock.close()
+            return
+        line = bytes(conn.buf[: nl + 1] if nl >= 0 else conn.buf)
+        with self._lock:
+            busy = self._busy >= self.max_busy
+            if not busy:
+                self._busy += 1
+        if busy:
+            self._refuse(conn.sock, "busy", f"the daemon is busy with {self.max_busy} "
+                         "requests: try again")
+            return
+        threading.Thread(target=self._answer, args=(conn.sock, line), daemon=True,
+                         name="xpro-control-request").start()
+
+    def _expire(self, now: float) -> None:
+        for conn in list(self._pending.values()):
+            if now - conn.opened < self.read_timeout:
+                break  # oldest first: the others are younger
+            self._drop(conn)
+            self._refuse(conn.sock, "timeout", f"bad request: no complete request within "
+                         f"{self.read_timeout:g} s", exit_code=2)
+
+    def _refuse(self, sock: socket.socket, why: str, message: str, exit_code: int = 1) -> None:
+        """Reply ``message`` (best effort, never blocking) and close ``sock``."""
+        self.refused[why] = self.refused.get(why, 0) + 1
+        with contextlib.suppress(OSError):
+            sock.recv(1 << 16)  # what the client sent: unread data would reset its read
+        with contextlib.suppress(OSError):
+            sock.send(_encode({"ok": False, "error": message, "exit_code": exit_code}))
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+    # -- the answering threads --------------------------------------------------------
+
+    def _answer(self, sock: socket.socket, line: bytes) -> None:
+        try:
+            reply = _encode(handle_request(self.ops, line))
+            sock.setblocking(True)
+            sock.settimeout(self.read_timeout)  # a client that does not read its answer
+            sock.sendall(reply)
+        except OSError:
+            pass
+        finally:
+            sock.close()
+            with self._lock:
+                self._busy -= 1
+
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._stop = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        self.thread.join(5)
+        for conn in list(self._pending.values()):
+            self._drop(conn)
+            conn.sock.close()
+        self._sel.close()
+        self.sock.close()
+        self._wake_r.close()
+        self._wake_w.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        self.thread.join(5)
 
 
 def request(path: str, op: str, *, timeout: float = 30.0, **args: Any) -> Any:
@@ -149,9 +364,17 @@ def request(path: str, op: str, *, timeout: float = 30.0, **args: Any) -> Any:
     """
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
+    deadline = time.monotonic() + timeout
     try:
         try:
-            s.connect(path)
+            while True:
+                try:
+                    s.connect(path)
+                    break
+                except BlockingIOError:  # the daemon's backlog is full (a flood of clients)
+                    if time.monotonic() > deadline:
+                        raise TimeoutError from None
+                    time.sleep(0.01)
         except (FileNotFoundError, ConnectionRefusedError):
             raise NoDaemon(f"no xpro daemon listens on {path}: start one (xpro run, or "
                            "systemctl start xpro), or name its socket with "
@@ -159,10 +382,16 @@ def request(path: str, op: str, *, timeout: float = 30.0, **args: Any) -> Any:
         except PermissionError:
             raise XproError(f"{path}: permission denied; the control socket is root "
                             "only (run with sudo)") from None
-        s.sendall(json.dumps({"op": op, "args": args}).encode() + b"\n")
+        # A daemon that refuses the connection answers and closes at once: keep
+        # reading its answer even if the request could not be written.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            s.sendall(json.dumps({"op": op, "args": args}).encode() + b"\n")
         chunks = []
         while True:
-            chunk = s.recv(1 << 16)
+            try:
+                chunk = s.recv(1 << 16)
+            except ConnectionResetError:
+                break
             if not chunk:
                 break
             chunks.append(chunk)

@@ -1,0 +1,197 @@
+"""The control socket against its own clients (docs/operations.rst, "Isolation").
+
+A real :class:`~xpro.daemon.control.ControlServer` on a unix socket in a
+temporary directory, serving a stand-in for the proxy: many idle
+connections, a slow client, a huge request and more requests at once than
+the daemon answers at once.  ``xpro status`` must answer throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from xpro.cli import cli
+from xpro.daemon.control import ControlError, ControlServer, request
+
+pytestmark = pytest.mark.unit
+
+
+class FakeProxy:
+    """What the control socket reads of a proxy; ``status`` can be held."""
+
+    def __init__(self) -> None:
+        self.name = "p1"
+        self.config = SimpleNamespace()
+        self.hold = threading.Event()
+        self.hold.set()
+        self.entered = threading.Semaphore(0)
+
+    def status(self, *, top: int = 5) -> dict[str, Any]:
+        self.entered.release()
+        self.hold.wait(30)
+        return {"proxy": self.name, "top": top}
+
+    def flows(self, **kw: Any) -> list[Any]:
+        return []
+
+    destinations = flows
+
+    def explain(self, *a: Any, **kw: Any) -> Any:
+        raise NotImplementedError
+
+    def reload(self) -> tuple[Any, ...]:
+        return ()
+
+    def metrics_text(self) -> str:
+        return ""
+
+
+@pytest.fixture
+def sock_path() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="xc", dir="/tmp") as d:
+        yield str(Path(d) / "c.sock")
+
+
+def _read_all(s: socket.socket) -> dict[str, Any]:
+    s.settimeout(10)
+    chunks = []
+    while True:
+        try:
+            b = s.recv(1 << 16)
+        except ConnectionResetError:
+            break
+        if not b:
+            break
+        chunks.append(b)
+    reply: dict[str, Any] = json.loads(b"".join(chunks))
+    return reply
+
+
+def _connect(path: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    return s
+
+
+def test_many_idle_connections_and_status_still_answers(sock_path: str) -> None:
+    proxy = FakeProxy()
+    server = ControlServer(proxy, sock_path, max_clients=16)  # type: ignore[arg-type]
+    idle = [_connect(sock_path) for _ in range(200)]
+    try:
+        assert request(sock_path, "status", timeout=10) == {"proxy": "p1", "top": 5}
+        r = CliRunner().invoke(cli, ["status", "--json", "--socket", sock_path])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.output)["proxy"] == "p1"
+        # The idle connections that made room were told why, and closed.
+        evicted = _read_all(idle[0])
+        assert not evicted["ok"]
+        assert "16 control clients are connected and this one sent no request" in (
+            evicted["error"])
+        assert server.refused["evicted"] >= 200 - 16
+        # At most max_clients are open: the daemon holds no more.
+        assert len(server._pending) <= 16
+    finally:
+        for s in idle:
+            s.close()
+        server.close()
+
+
+def test_an_idle_or_slow_client_is_closed_after_the_read_timeout(sock_path: str) -> None:
+    server = ControlServer(FakeProxy(), sock_path, read_timeout=0.5)  # type: ignore[arg-type]
+    try:
+        idle = _connect(sock_path)
+        slow = _connect(sock_path)
+        # One deadline per connection, not per byte: a byte every 0.1 s does not help.
+        for b in b'{"op": "sta':
+            try:
+                slow.send(bytes([b]))
+            except OSError:
+                break
+            time.sleep(0.1)
+        for s in (idle, slow):
+            reply = _read_all(s)
+            assert reply == {"ok": False, "exit_code": 2,
+                             "error": "bad request: no complete request within 0.5 s"}
+            s.close()
+        assert server.refused["timeout"] == 2
+        assert request(sock_path, "status", timeout=10)["proxy"] == "p1"
+    finally:
+        server.close()
+
+
+def test_a_request_over_the_size_limit_is_refused(sock_path: str) -> None:
+    server = ControlServer(FakeProxy(), sock_path)  # type: ignore[arg-type]
+    try:
+        s = _connect(sock_path)
+        sent = 0
+        try:  # the daemon stops reading past the limit and closes
+            while sent < 1 << 20:
+                s.sendall(b" " * 8192)
+                sent += 8192
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert sent < 1 << 20
+        reply = _read_all(s)
+        s.close()
+        assert reply["error"] == "bad request: larger than 65536 bytes"
+        assert reply["exit_code"] == 2
+        with pytest.raises(ControlError, match="larger than 65536 bytes"):
+            request(sock_path, "flows", src="x" * 70000)
+        assert request(sock_path, "flows") == []
+    finally:
+        server.close()
+
+
+def test_requests_beyond_the_busy_cap_get_a_clear_error(sock_path: str) -> None:
+    proxy = FakeProxy()
+    proxy.hold.clear()
+    server = ControlServer(proxy, sock_path, max_busy=2)  # type: ignore[arg-type]
+    results: list[Any] = []
+    held = [threading.Thread(target=lambda: results.append(request(sock_path, "status")))
+            for _ in range(2)]
+    try:
+        for t in held:
+            t.start()
+        for _ in held:
+            assert proxy.entered.acquire(timeout=10)
+        with pytest.raises(ControlError, match="busy with 2 requests: try again"):
+            request(sock_path, "status")
+        r = CliRunner().invoke(cli, ["status", "--socket", sock_path])
+        assert r.exit_code == 1
+        assert "busy with 2 requests" in r.output
+    finally:
+        proxy.hold.set()
+        for t in held:
+            t.join(10)
+        server.close()
+    assert results == [{"proxy": "p1", "top": 5}] * 2
+    assert server.refused["busy"] == 2
+
+
+def test_bad_requests_get_exit_code_2_and_the_daemon_goes_on(sock_path: str) -> None:
+    server = ControlServer(FakeProxy(), sock_path)  # type: ignore[arg-type]
+    try:
+        for raw, needle in ((b"\xff\xfe\n", "not JSON"), (b"[" * 60000 + b"\n", "nested"),
+                            (b"[1]\n", '"op"'), (b'{"op": "status", "args": 3}\n', "args"),
+                            (b'{"op": "status", "args": {"colour": 1}}\n', "colour"),
+                            (b'{"op": "format_disk"}\n', "unknown request")):
+            s = _connect(sock_path)
+            s.sendall(raw)
+            reply = _read_all(s)
+            s.close()
+            assert reply["exit_code"] == 2, (raw[:20], reply)
+            assert needle in reply["error"]
+        assert request(sock_path, "ping")["proxy"] == "p1"
+    finally:
+        server.close()
