@@ -5,6 +5,12 @@ Library code logs with a stable ``event`` name and fields passed as
 "eth0"})``).  :func:`setup_logging` renders them as one JSON object per line
 (``format = "json"``: ``ts``, ``level``, ``logger``, ``event``, ``message``
 and the fields) or as ``key=value`` text for a terminal.
+
+A record is one line whatever its strings hold (a peer's name from the
+store, a server's error): JSON escapes every control character, and the
+text format passes the message through :func:`xpro.core.text.printable` and
+indents a traceback's lines, escaped too, under ``  | `` so that no line of
+it reads as a record of its own.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import json
 import logging
 import sys
 from typing import Any, TextIO
+
+from xpro.core.text import printable
 
 __all__ = ["JsonFormatter", "TextFormatter", "setup_logging"]
 
@@ -51,11 +59,12 @@ class TextFormatter(logging.Formatter):
         ts = _dt.datetime.fromtimestamp(record.created).strftime("%H:%M:%S.%f")[:-3]
         extra = " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in
                          _fields(record).items())
-        line = f"{ts} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        line = f"{ts} {record.levelname:<7} {record.name}: {printable(record.getMessage())}"
         if extra:
             line += " " + extra
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            line += "".join(f"\n  | {printable(t)}"
+                            for t in self.formatException(record.exc_info).splitlines())
         return line
 
 

@@ -7,6 +7,7 @@ import json
 import click
 
 from xpro import plugins as process
+from xpro.core.text import printable
 from xpro.errors import PluginError
 from xpro.hooks import hookimpl
 
@@ -44,6 +45,6 @@ def xpro_add_cli_commands(cli: click.Group) -> None:
             click.echo(f"{info.name:<20} {state:<6} {info.dist or '-':<28} "
                        f"{','.join(h.removeprefix('xpro_') for h in info.hooks) or '-'}")
             if info.error:
-                click.echo(f"    {info.error}")
+                click.echo(f"    {printable(info.error)}")
         if check and any(i.error for i in infos):
             click.get_current_context().exit(1)

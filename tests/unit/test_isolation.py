@@ -1,0 +1,153 @@
+"""A hostile peer name, and overload warnings counted (docs/operations.rst, "Isolation").
+
+A :class:`~xpro.daemon.Proxy` runs here over the userspace filter (a small
+backend of this module, no kernel) and a ``memory://`` master in which
+another "proxy" heartbeats under the name ``"\\x1b[2J\\nEVIL"``: an escape
+sequence that clears a terminal, then a line of its own.  Everywhere the
+name is shown -- ``xpro status`` (text and JSON), ``xpro top``, the metrics,
+the logs -- it must come out escaped, on the line it belongs to.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
+
+from xpro.backends import Attachment, Backend
+from xpro.cli import cli
+from xpro.cli.operator import format_status
+from xpro.config import load_config
+from xpro.core import model
+from xpro.core.text import printable
+from xpro.daemon.logs import setup_logging
+from xpro.daemon.proxy import Proxy
+from xpro.datapath.afxdp.filter import UserFilter
+from xpro.plugins import PluginHost, open_store
+from xpro.sync import SyncLoop
+
+pytestmark = pytest.mark.unit
+
+EVIL = "\x1b[2J\nEVIL"
+S = model.NS_PER_S
+
+
+class UserBackend(Backend):
+    """The userspace filter as a backend, attached nowhere."""
+
+    name = "test-user"
+
+    def __init__(self, filt: UserFilter) -> None:
+        super().__init__(params=filt.params)
+        self.filter = filt
+        self.attachments = {"eth0": Attachment("eth0", "afxdp")}
+
+    def load(self) -> UserFilter:
+        return self.filter
+
+    def attach(self, ifname: str) -> Attachment:
+        return self.attachments[ifname]
+
+    def close(self, *, keep: bool = False) -> None:
+        pass
+
+
+@pytest.fixture
+def proxy() -> Proxy:
+    cfg = load_config(None, env={}, overrides={"proxy.name": "p1", "thresholds.t_f1": "10",
+                                               "thresholds.t_t2": "0.01"})
+    host = PluginHost(load_entry_points=False)
+    p = Proxy(cfg, plugins=host)
+    filt = UserFilter(cfg.filter_params())
+    p.backend = UserBackend(filt)
+    url = f"memory://{uuid.uuid4().hex}"
+    store = open_store(url)
+    store.heartbeat(EVIL, 1234.0, filt.now())  # a peer, as the store gives it
+    from xpro.sync import Syncer
+
+    p.loop = SyncLoop(Syncer(filt, open_store(url), "p1", cfg.sync_params()), 1.0, name="p1")
+    p.loop.step()
+    return p
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger("xpro")
+    saved = (list(root.handlers), root.level, root.propagate)
+    yield None
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    root.propagate = saved[2]
+
+
+def _no_raw_controls(text: str) -> None:
+    assert "\x1b" not in text
+    assert not any(line.startswith("EVIL") for line in text.splitlines())
+
+
+def test_status_text_escapes_a_hostile_peer_name(proxy: Proxy) -> None:
+    st = proxy.status()
+    assert EVIL in st["sync"]["peers"]  # the data is the store's, unchanged
+    text = format_status(st)
+    _no_raw_controls(text)
+    (row,) = [line for line in text.splitlines() if "EVIL" in line]
+    assert row.split()[0] == "\\x1b[2J\\nEVIL"
+    assert "1,234.0" in row  # the rest of its row is still there
+    # --json: the escaping of JSON
+    out = json.dumps(st, default=str)
+    _no_raw_controls(out)
+    assert json.loads(out)["sync"]["peers"][EVIL]["workload"] == 1234.0
+
+
+def test_top_escapes_a_hostile_peer_name_and_rich_markup(
+        proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    st = proxy.status()
+    st["sync"]["peers"]["[red]x[/red]"] = st["sync"]["peers"][EVIL]
+    monkeypatch.setattr("xpro.cli.operator._ask", lambda sock, op, **kw: st)
+    r = CliRunner().invoke(cli, ["top", "--count", "1", "--socket", "/nonexistent"])
+    assert r.exit_code == 0, r.output
+    _no_raw_controls(r.output)
+    assert "\\x1b[2J\\nEVIL" in r.output
+    assert "[red]x[/red]" in r.output  # shown as text, not taken as markup
+
+
+def test_metrics_escape_a_hostile_peer_name(proxy: Proxy) -> None:
+    text = proxy.metrics_text()
+    _no_raw_controls(text)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    labels = {s.labels["proxy"] for s in families["xpro_workload_pps"].samples}
+    assert labels == {printable(EVIL), "p1"}
+
+
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_logs_stay_one_line_with_a_hostile_peer_name(fmt: str) -> None:
+    buf = io.StringIO()
+    setup_logging(fmt, "debug", stream=buf)
+    log = logging.getLogger("xpro.test")
+    log.warning("peer %s is late", EVIL, extra={"event": "peer_late", "peer": EVIL})
+    try:
+        raise ValueError(EVIL)
+    except ValueError:
+        log.exception("failed for %s", EVIL, extra={"event": "failed", "x": 1})
+    lines = buf.getvalue().splitlines()
+    _no_raw_controls(buf.getvalue())
+    if fmt == "json":
+        assert len(lines) == 2
+        first = json.loads(lines[0])
+        assert first["message"] == f"peer {EVIL} is late"  # JSON keeps it, escaped
+        assert first["peer"] == EVIL
+        assert EVIL in json.loads(lines[1])["traceback"]
+    else:
+        assert lines[0].endswith('xpro.test: peer \\x1b[2J\\nEVIL is late peer="\\u001b[2J\\nEVIL"')
+        # A traceback's lines are indented and escaped: none reads as a record
+        # (its message's own newline ends a line there, under the indent).
+        assert lines[1].endswith("xpro.test: failed for \\x1b[2J\\nEVIL x=1")
+        assert all(line.startswith("  | ") for line in lines[2:])
+        assert lines[-2:] == ["  | ValueError: \\x1b[2J", "  | EVIL"]
