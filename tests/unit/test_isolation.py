@@ -15,11 +15,14 @@ import json
 import logging
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.packets import frame
 from xpro.backends import Attachment, Backend
 from xpro.cli import cli
 from xpro.cli.operator import format_status
@@ -151,3 +154,42 @@ def test_logs_stay_one_line_with_a_hostile_peer_name(fmt: str) -> None:
         assert lines[1].endswith("xpro.test: failed for \\x1b[2J\\nEVIL x=1")
         assert all(line.startswith("  | ") for line in lines[2:])
         assert lines[-2:] == ["  | ValueError: \\x1b[2J", "  | EVIL"]
+
+
+# -- overload warnings, counted ---------------------------------------------------------
+
+
+def _flood(filt: UserFilter, sources: int) -> None:
+    """30 packets from each source over 0.24 s: each goes over T_F1 and warns once."""
+    frames = [frame(f"10.0.{i >> 8}.{i & 255}", "10.9.9.9") for i in range(sources)] * 30
+    t0 = filt.now()
+    filt.process_frames(frames, t0 + np.arange(len(frames), dtype=np.int64) * (S // 1000))
+
+
+def test_warnings_read_failed_and_lost_are_counted(
+        proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    filt = proxy.filter
+    assert isinstance(filt, UserFilter)
+    q = filt.events(proxy._on_event, capacity=5)
+    _flood(filt, 8)  # 8 sources over T_F1: 8 warnings, 3 find the queue full
+    calls = {"n": 0}
+    real = proxy.alert
+
+    def alert(a: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("a broken alert")
+        real(a)
+
+    monkeypatch.setattr(proxy, "alert", alert)
+    assert q.consume() == 5  # the failure did not stop the others
+    assert (proxy.events_seen, proxy.events_failed, proxy.events_lost()) == (5, 1, 3)
+    assert proxy.alert_counts["src_overload"] == 4
+    st = proxy.status()
+    assert st["events"] == {"seen": 5, "failed": 1, "lost": 3}
+    assert "overload warnings: 5 read, 1 could not be handled, 3 lost" in format_status(st)
+    families = {f.name: f for f in text_string_to_metric_families(proxy.metrics_text())}
+    assert families["xpro_events"].samples[0].value == 5
+    assert families["xpro_events_failed"].samples[0].value == 1
+    assert families["xpro_events_lost"].samples[0].value == 3
+    assert np.isfinite(proxy.status()["sync"]["peers"][EVIL]["age_s"])

@@ -227,6 +227,11 @@ def format_status(st: dict[str, Any]) -> str:
         out.append(_flows_table(st["top_sources"]))
     if st.get("alerts"):
         out += ["", "alerts: " + ", ".join(f"{k} {v}" for k, v in sorted(st["alerts"].items()))]
+    ev = st.get("events") or {}
+    if ev.get("failed") or ev.get("lost"):
+        out.append(f"overload warnings: {ev.get('seen', 0)} read, {ev.get('failed', 0)} could "
+                   f"not be handled, {ev.get('lost') or 0} lost (the data path's buffer was "
+                   "full)")
     failed = st.get("plugins_failed") or {}
     hooks = st.get("plugins") or {}
     if failed or hooks.get("dropped"):

@@ -25,6 +25,12 @@ metric                                         type     what
 ``xpro_peer_age_seconds{proxy}``               gauge    age of each proxy's last heartbeat
 ``xpro_alerts_total{kind}``                    counter  alerts raised by kind
 ``xpro_config_reloads_total``                  counter  configuration reloads applied
+``xpro_events_total``                          counter  overload warnings read from the
+                                                        data path
+``xpro_events_failed_total``                   counter  warnings whose handling raised
+``xpro_events_lost_total``                     counter  warnings the data path dropped, its
+                                                        ring buffer or queue full (only if
+                                                        it counts them)
 ``xpro_info{...}``                             gauge    1, with version, proxy, backend
                                                         labels
 ``xpro_backend_NAME_total{...}``               counter  a backend's own counters (offload:
@@ -140,6 +146,15 @@ class ProxyCollector(Collector):
         yield alerts
         yield CounterMetricFamily("xpro_config_reloads", "Configuration reloads applied",
                                   value=float(p.reloads))
+        yield CounterMetricFamily("xpro_events", "Overload warnings read from the data path",
+                                  value=float(p.events_seen))
+        yield CounterMetricFamily("xpro_events_failed", "Overload warnings whose handling "
+                                  "raised", value=float(p.events_failed))
+        lost = p.events_lost()
+        if lost is not None:
+            yield CounterMetricFamily("xpro_events_lost", "Overload warnings the data path "
+                                      "dropped: its ring buffer or queue was full",
+                                      value=float(lost))
         families: dict[str, CounterMetricFamily] = {}
         for sample in p.backend.metrics():
             fam = families.get(sample.name)

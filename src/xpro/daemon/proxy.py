@@ -164,6 +164,9 @@ class Proxy:
         self.recent_alerts: collections.deque[Alert] = collections.deque(maxlen=50)
         self.errors: collections.Counter[str] = collections.Counter()
         self.reloads = 0
+        #: Overload warnings read from the data path, and those whose handling failed.
+        self.events_seen = 0
+        self.events_failed = 0
         self._overloaded = False
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -430,6 +433,30 @@ class Proxy:
             rb.close()
 
     def _on_event(self, ev: Any) -> None:
+        """One warning from the data path: count it, turn it into an alert.
+
+        A warning that cannot be handled is counted and logged (the first,
+        then every power of two), never raised: the reader would stop for a
+        moment and the rest of the ring buffer's batch would wait."""
+        self.events_seen += 1
+        try:
+            self._event_alert(ev)
+        except Exception:
+            self.events_failed += 1
+            n = self.events_failed
+            if n & (n - 1) == 0:
+                log.exception("an overload warning could not be handled (%d so far)", n,
+                              extra={"event": "events_error"})
+
+    def events_lost(self) -> int | None:
+        """Warnings the data path dropped (its ring buffer or queue was full), or None
+        if it does not count them."""
+        if self.backend is None:
+            return None
+        fn = getattr(self.filter, "events_lost", None)
+        return None if fn is None else fn()
+
+    def _event_alert(self, ev: Any) -> None:
         key = ev["key"]
         window = int(ev["window"])
         rate = rate_pps(int(ev["c"]), window)
@@ -475,6 +502,8 @@ class Proxy:
                 "reloads": self.reloads, "errors": dict(self.errors),
                 "plugins_failed": self.plugins.failed(),
                 "plugins": self.plugins.hook_stats().to_dict(),
+                "events": {"seen": self.events_seen, "failed": self.events_failed,
+                           "lost": self.events_lost()},
                 "alerts": dict(self.alert_counts),
                 "recent_alerts": [a.to_dict() for a in list(self.recent_alerts)[-10:]],
             }

@@ -31,6 +31,19 @@ Array = npt.NDArray[Any]
 #: What bpf_ktime_get_coarse_ns() reads (not exported by the time module).
 CLOCK_MONOTONIC_COARSE = 6
 
+def _bss_dtype(maps: Mapping[str, Map]) -> np.dtype[Any]:
+    """The program's ``.bss``: ``dirty_lost``, then ``events_lost`` if the program
+    counts the warnings it could not put in the ring buffer.
+
+    Both must be members of one struct in C: the compiler places separate
+    globals of a section in an order of its own (clang: the reverse of the
+    source), so only a struct fixes the offsets."""
+    fields = [("dirty_lost", "<u8")]
+    if maps[".bss"].value_size >= 16:
+        fields.append(("events_lost", "<u8"))
+    return np.dtype(fields)
+
+
 def lpm_key(p: Prefix) -> bytes:
     """The LPM-trie key of a prefix (``struct xpro_lpm_key``)."""
     return p.length.to_bytes(4, "little") + p.network.to_bytes(16, "big")
@@ -85,7 +98,7 @@ class XdpFilter:
             self.cfg = self.obj.global_data(".data", L.CONFIG)
             self.flows = self.obj.maps["flows"]
             self._dirty = (self.obj.maps["dirty0"], self.obj.maps["dirty1"])
-            self._bss = self.obj.global_data(".bss", np.dtype([("dirty_lost", "<u8")]))
+            self._bss = self.obj.global_data(".bss", _bss_dtype(self.obj.maps))
             self.dsts = self.obj.maps["dsts"]
             self.stats = self.obj.maps["stats"]
             self._apply = _ArrayMmap(self.obj.maps["apply_buf"], L.APPLY)
@@ -274,6 +287,13 @@ class XdpFilter:
     def dirty_lost(self) -> int:
         """Flows that could not be marked dirty since load (a full dirty set)."""
         return int(self._bss.view["dirty_lost"])
+
+    def events_lost(self) -> int | None:
+        """Warnings the program dropped since load (the ring buffer was full), or
+        None if the program does not count them (a ``.bss`` of one counter)."""
+        if "events_lost" not in (self._bss.dtype.names or ()):
+            return None
+        return int(self._bss.view["events_lost"])
 
     def close(self) -> None:
         self._apply.close()

@@ -141,11 +141,12 @@ class EventQueue:
 
     def _push(self, events: Array) -> None:
         with self._cond:
-            for ev in events:
-                if len(self._items) >= self._capacity:
-                    self.dropped += 1
-                    continue
+            room = max(0, self._capacity - len(self._items))
+            for ev in events[:room]:
                 self._items.append(ev.copy())
+            lost = len(events) - min(room, len(events))
+            self.dropped += lost
+            self._owner._events_lost += lost
             self._cond.notify_all()
 
     def consume(self) -> int:
@@ -185,6 +186,7 @@ class UserFilter:
         self.stats = np.zeros((L.N_REASONS, 2), dtype=np.uint64)
         self.lock = threading.RLock()
         self._queues: set[EventQueue] = set()
+        self._events_lost = 0
         self.parsers = list(parsers)
         self._dest_addrs: dict[str, bytes] = {}
         self._fake_now = 0
@@ -483,11 +485,17 @@ class UserFilter:
         with self.lock:
             return self.stats.copy()
 
-    def events(self, callback: Callable[[Any], object]) -> EventQueue:
-        """A reader handing each warning (an ``EVENT`` record) to ``callback``."""
-        q = EventQueue(self, callback)
+    def events(self, callback: Callable[[Any], object], *, capacity: int = 4096
+               ) -> EventQueue:
+        """A reader handing each warning (an ``EVENT`` record) to ``callback``;
+        at most ``capacity`` wait, further ones are dropped (:meth:`events_lost`)."""
+        q = EventQueue(self, callback, capacity)
         self._queues.add(q)
         return q
+
+    def events_lost(self) -> int:
+        """Warnings dropped since the filter was made: a reader's queue was full."""
+        return self._events_lost
 
     # --- writing: the semantics of xpro_apply ------------------------------------
 
