@@ -2,35 +2,52 @@
 
 A CoAP forward proxy receives requests on UDP port 5683 that name their real
 target in options: ``Proxy-Uri`` (option 35, an absolute URI) or
-``Uri-Host`` (option 3) with ``Uri-Port`` (option 7).  :func:`parse_coap`
-returns that target as ``"host"`` or ``"host:port"`` (an IPv6 literal in
-brackets when a port follows), the host in lower case.  ``Proxy-Uri`` wins
-over ``Uri-Host`` when both are present (RFC 7252 5.10.2 forbids mixing them;
-the proxy would use the URI).
+``Uri-Host`` (option 3) with ``Uri-Port`` (option 7) and ``Proxy-Scheme``
+(option 39).  :func:`parse_coap` returns that target in its canonical form
+(:mod:`xpro.core.hostnames`): ``"host"`` or ``"host:port"`` (an IPv6 address
+in brackets when a port follows), the host case-folded, percent-decoded,
+without a trailing dot and, when it is not ASCII, encoded by UTS #46; the
+port left out when it is 5683, and taken from the scheme when the request
+gives none (``coaps://h`` is ``h:5684``).  So the spellings of one target
+are one name, and one key (docs/semantics.rst, "Evasions").  ``Proxy-Uri``
+wins over ``Uri-Host`` when both are present (RFC 7252 5.10.2 forbids mixing
+them; the proxy would use the URI).
 
 Anything that is not a well-formed CoAP message -- wrong version, a token
 length above 8, an option with the reserved nibble 15, an option running
 past the end, a payload marker with no payload -- gives ``None``; so does a
-well-formed message that names no target.  The parser never raises: it runs
-on every CoAP packet of a flood.
+request a proxy must reject (a target option repeated or of a length out of
+its range, RFC 7252 5.4.3 and 5.4.5: they are critical options), one whose
+target is malformed (a ``Proxy-Uri`` that is not an absolute URI with a
+host, or has user information or a fragment; a host that is not a host
+name), and a well-formed message that names no target.  The parser never
+raises: it runs on every CoAP packet of a flood.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
-from urllib.parse import urlsplit
 
+from xpro.core.hostnames import COAP_PORT, DEFAULT_PORTS, canonical_host, canonical_target, join
 from xpro.hooks.specs import hookimpl
 
-__all__ = ["COAP_PORT", "parse_coap", "parse_options"]
-
-COAP_PORT = 5683
+__all__ = ["COAP_PORT", "canonical_name", "parse_coap", "parse_options"]
 
 URI_HOST = 3
 URI_PORT = 7
 PROXY_URI = 35
+PROXY_SCHEME = 39
+
+#: The lengths RFC 7252 5.10 allows each target option (a value outside is an
+#: unrecognised critical option: the request is rejected).
+_LENGTHS = {URI_HOST: (1, 255), URI_PORT: (0, 2), PROXY_URI: (1, 1034),
+            PROXY_SCHEME: (1, 255)}
 
 _PAYLOAD_MARKER = 0xFF
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+_AUTHORITY = re.compile(r"[^/?]*")
+_URI_PORT = re.compile(r"[0-9]*")  # RFC 3986 3.2.3: any number of digits, "" the default
 
 
 def _extended(nibble: int, data: bytes, i: int) -> tuple[int, int] | None:
@@ -83,30 +100,52 @@ def parse_options(data: bytes) -> list[tuple[int, bytes]] | None:
     return options
 
 
-def _host(text: str) -> str | None:
-    host = text.strip().lower()
-    if not host or any(c in host for c in " /?#@"):
+def canonical_name(text: str) -> str | None:
+    """The canonical form of a target as an operator writes it (``host[:port]``,
+    port 5683 by default), as :func:`parse_coap` returns it; None if it is not one."""
+    return canonical_target(text, COAP_PORT)
+
+
+def _text(value: bytes) -> str | None:
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
         return None
-    return host
-
-
-def _join(host: str, port: int | None) -> str:
-    if port is None:
-        return host
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    # no control characters and no white space (isprintable() lets the ASCII space by)
+    return text if text.isprintable() and " " not in text else None
 
 
 def _from_proxy_uri(value: bytes) -> str | None:
-    try:
-        parts = urlsplit(value.decode("utf-8"))
-        host = parts.hostname
-        port = parts.port
-    except (UnicodeDecodeError, ValueError):
+    """The target of an absolute URI (RFC 7252 6.4 steps 1-3, RFC 3986 3.2), or None."""
+    uri = _text(value)
+    if uri is None:
         return None
-    if not parts.scheme or not host:
+    scheme, sep, rest = uri.partition(":")
+    if not sep or not _SCHEME.fullmatch(scheme) or not rest.startswith("//") or "#" in rest:
+        return None  # not absolute, no authority, or a fragment (6.4 step 3)
+    authority = _AUTHORITY.match(rest, 2).group()  # type: ignore[union-attr]
+    if "@" in authority:  # a CoAP URI has no user information (6.1)
         return None
-    h = _host(host)
-    return None if h is None else _join(h, port)
+    if authority.startswith("["):
+        end = authority.find("]")
+        if end < 0:
+            return None
+        host_text, after = authority[: end + 1], authority[end + 1 :]
+    else:
+        host_text, colon, port_text = authority.partition(":")
+        after = colon + port_text
+    if after and not after.startswith(":"):
+        return None
+    digits = after[1:]
+    if not _URI_PORT.fullmatch(digits):
+        return None
+    if len(digits.lstrip("0")) > 5:
+        return None
+    port = int(digits) if digits else DEFAULT_PORTS.get(scheme.lower())
+    if port is not None and not 0 < port <= 65535:
+        return None
+    host = canonical_host(host_text)
+    return None if host is None else join(host, port)
 
 
 #: Targets remembered by the bytes after the token (see :func:`parse_coap`).
@@ -149,25 +188,39 @@ def _target(payload: bytes) -> str | None:
         return None
     if not options:
         return None
-    host: str | None = None
-    port: int | None = None
+    found: dict[int, bytes] = {}
     for number, value in options:
-        if number == PROXY_URI:
-            target = _from_proxy_uri(value)
-            if target is not None:
-                return target
-        elif number == URI_HOST and host is None:
-            try:
-                host = _host(value.decode("utf-8"))
-            except UnicodeDecodeError:
-                host = None
-        elif number == URI_PORT and port is None and len(value) <= 2:
-            port = int.from_bytes(value, "big")
-    return None if host is None else _join(host, port)
+        bounds = _LENGTHS.get(number)
+        if bounds is None:
+            continue
+        if number in found or not bounds[0] <= len(value) <= bounds[1]:
+            return None  # a critical option repeated or out of range: rejected (5.4)
+        found[number] = value
+    if PROXY_URI in found:
+        return _from_proxy_uri(found[PROXY_URI])
+    if URI_HOST not in found:
+        return None  # the target is the proxy itself (its IP destination)
+    scheme = "coap"
+    if PROXY_SCHEME in found:
+        text = _text(found[PROXY_SCHEME])
+        if text is None or not _SCHEME.fullmatch(text):
+            return None
+        scheme = text.lower()
+    port = (int.from_bytes(found[URI_PORT], "big") if URI_PORT in found
+            else DEFAULT_PORTS.get(scheme))
+    if port == 0:
+        return None
+    text = _text(found[URI_HOST])
+    host = None if text is None else canonical_host(text)
+    return None if host is None else join(host, port)
 
 
 #: Only CoAP's port is handed to this parser by the data path.
 parse_coap.udp_ports = frozenset({COAP_PORT})  # type: ignore[attr-defined]
+#: Operator names are put in the form the parser gives (see UserFilter.set_names).
+parse_coap.canonical = canonical_name  # type: ignore[attr-defined]
+#: The backend option (``afxdp.coap_names``) listing the names that get keys of their own.
+parse_coap.names_option = "coap_names"  # type: ignore[attr-defined]
 
 
 @hookimpl
