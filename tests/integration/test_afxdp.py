@@ -69,7 +69,7 @@ class Path:
 
 
 def make_path(p: model.FilterParams, mode: XdpMode = XdpMode.NATIVE,
-              parsers: list[Any] | None = None) -> Path:
+              parsers: list[Any] | None = None, coap_names: list[str] | None = None) -> Path:
     """peer -- proxy (afxdp) -- service, up and running; :func:`close_path` removes it."""
     topo = Topology().open()
     backend: AfxdpBackend | None = None
@@ -87,7 +87,8 @@ def make_path(p: model.FilterParams, mode: XdpMode = XdpMode.NATIVE,
                                options={"egress": egress, "egress_dst_mac": svc_mac,
                                         "xdp_mode": mode.label, "frames": 16384,
                                         "ring_size": 4096, "batch": 1024,
-                                        "parsers": parsers or []})
+                                        "parsers": parsers or [],
+                                        "coap_names": coap_names or []})
         filt = backend.load()
         backend.attach(ingress)
         backend.start()
@@ -117,8 +118,8 @@ def path_factory() -> Iterator[Any]:
     made: list[Path] = []
 
     def make(p: model.FilterParams, mode: XdpMode = XdpMode.NATIVE,
-             parsers: list[Any] | None = None) -> Path:
-        made.append(make_path(p, mode, parsers))
+             parsers: list[Any] | None = None, coap_names: list[str] | None = None) -> Path:
+        made.append(make_path(p, mode, parsers, coap_names))
         return made[-1]
 
     yield make
@@ -245,6 +246,31 @@ def _coap_frame(path: Path, src: str, host: bytes) -> bytes:
                  / CoAP(type=0, code=1, msg_id=1, options=[("Uri-Host", host)]))
 
 
+def test_coap_name_spray_is_one_flow(path_factory: Any) -> None:
+    """One source spraying requests over 100 invented target names, through real
+    AF_XDP sockets: none is listed, so all key on the proxy's address, one flow,
+    cut by the per-source rule after T_T2 like any flood; the listed target of
+    a quiet client is keyed apart and reaches the service whole."""
+    p = model.FilterParams(t_f1=100, t_t2=S // 2, t_t1=10 * S, t_f2=10**6, t_t3=S)
+    path: Path = path_factory(p, parsers=[parse_coap], coap_names=["svc.example"])
+    spray = [Stream(f"n{i}", _coap_frame(path, "10.77.0.66", f"n{i}.invented.example".encode()),
+                    20) for i in range(100)]  # 2000 requests a second in all
+    quiet = Stream("quiet", _coap_frame(path, "10.77.0.11", b"SVC.example."), 10)
+    with UdpCounter(path.svc_ns, COAP_PORT) as rx:
+        sent = send_in_netns(path.peer_ns, path.peer_if, [*spray, quiet], 2.0)
+    got = rx.counts
+    assert sum(sent.values()) == 4000 + 20
+    assert got.get("10.77.0.11") == 20
+    assert got.get("10.77.0.66", 0) < 2000  # at most the first T_T2 and a little more
+    c = path.filt.counters()
+    assert int(c[L.Reason.SRC_RATE, 0]) > 2000
+    keys, vals = path.filt.read_flows()
+    flows = {(L.addr_str(bytes(k["src"])), bytes(k["dst"]["addr"]).ljust(16, b"\0")): int(v["c"])
+             for k, v in zip(keys, vals, strict=True)}
+    assert flows == {("10.77.0.66", L.addr16("10.88.0.2")): 4000,
+                     ("10.77.0.11", parsed_destination_addr("svc.example")): 20}
+
+
 @pytest.mark.parametrize("keyed", [pytest.param(True, id="coap-parser"),
                                    pytest.param(False, id="no-parser")])
 def test_coap_targets_limited_apart(path_factory: Any, keyed: bool) -> None:
@@ -255,7 +281,8 @@ def test_coap_targets_limited_apart(path_factory: Any, keyed: bool) -> None:
     requests fall under the flood's destination limit too.
     """
     p = model.FilterParams(t_f1=10**6, t_f2=50, t_t3=S // 4, t_t1=10 * S)
-    path: Path = path_factory(p, parsers=[parse_coap] if keyed else None)
+    path: Path = path_factory(p, parsers=[parse_coap] if keyed else None,
+                              coap_names=["a.example", "b.example"])
     flood = _coap_frame(path, "10.77.0.10", b"a.example")
     quiet = _coap_frame(path, "10.77.0.11", b"b.example")
     with UdpCounter(path.svc_ns, COAP_PORT) as rx:

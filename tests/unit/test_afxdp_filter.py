@@ -323,7 +323,8 @@ def test_many_destination_names_are_all_keyed_right() -> None:
 
 def test_coap_parser_keys_requests_by_their_target() -> None:
     """Through the real CoAP parser: two targets behind one proxy address, two records."""
-    f = UserFilter(model.FilterParams(), parsers=[parse_coap])
+    f = UserFilter(model.FilterParams(), parsers=[parse_coap],
+                   names={parse_coap: ["a.example", "B.Example."]})
     frames = [bytes(Ether() / IP(src="10.0.0.1", dst="10.9.9.9") / UDP(dport=5683)
                     / CoAP(type=0, code=1, msg_id=i, options=[("Uri-Host", host)]))
               for i, host in enumerate([b"a.example", b"b.example", b"a.example"])]
@@ -382,7 +383,179 @@ def test_backend_options_are_checked_before_anything_is_loaded() -> None:
     with pytest.raises(ConfigError, match="no-such-parser"):
         b.load()
     b = AfxdpBackend(params=model.FilterParams(), options={"parsers": [parse_coap]})
+    with pytest.raises(ConfigError, match="coap_names"):  # the parser keys only listed names
+        b.load()
+    b = AfxdpBackend(params=model.FilterParams(), options={"parsers": [parse_coap],
+                                                           "coap_names": ["a b"]})
+    with pytest.raises(ConfigError, match=r"afxdp\.coap_names: 'a b' is not a destination"):
+        b.load()
+    b = AfxdpBackend(params=model.FilterParams(), options={"parsers": [parse_coap],
+                                                           "coap_names": ["svc.example"]})
     assert b.load().parsers == [parse_coap]
     with pytest.raises(ConfigError, match="egress"):
         b.attach("eth0")
     b.close()
+
+
+# --- evasions: a flood that spells or invents destination names ----------------------
+
+def _addr(a: Any) -> bytes:
+    """A 16-byte address field (numpy drops trailing zero bytes of ``S16``)."""
+    return bytes(a).ljust(16, b"\0")
+
+
+COAP_PARAMS = model.FilterParams(t_f1=100, t_t2=S // 2, t_t1=10 * S, t_f2=10**6, t_t3=S)
+
+
+def _coap_request(src: str, target: list[tuple[str, bytes]], i: int) -> bytes:
+    return bytes(Ether() / IP(src=src, dst="10.9.9.9") / UDP(sport=40000, dport=5683)
+                 / CoAP(type=0, code=1, msg_id=i & 0xFFFF, token=i.to_bytes(4, "big"),
+                        options=target))
+
+
+def _spray(f: UserFilter, targets: list[list[tuple[str, bytes]]], *, src: str = "10.0.0.66",
+           rate: int = 1000, seconds: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """One source cycling through ``targets`` at ``rate`` requests a second, in batches
+    of 100 (a tenth of a second each); returns every verdict's action and reason."""
+    n = rate * seconds
+    frames = [_coap_request(src, targets[i % len(targets)], i) for i in range(n)]
+    actions, reasons = [], []
+    for lo in range(0, n, 100):
+        a, r = f.process_frames(frames[lo:lo + 100], T0 + lo * S // rate)
+        actions.append(a)
+        reasons.append(r)
+    return np.concatenate(actions), np.concatenate(reasons)
+
+
+def _names_parser(payload: bytes) -> str | None:
+    """parse_coap without its list: keys every name it is given (the evasion)."""
+    return parse_coap(payload)
+
+
+_names_parser.udp_ports = {5683}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("listed", [pytest.param(True, id="names-listed"),
+                                    pytest.param(False, id="every-name-keyed")])
+def test_a_spray_over_invented_names_is_one_flow(listed: bool) -> None:
+    """One source cycling through 100 invented target names, 1000 requests a second.
+
+    With the operator's list, every name it does not list keys on the IP
+    destination: the spray is one flow, over T_F1 once its window passes T_T2,
+    and dropped by the per-source rule.  The control keys every name (what the
+    parser did before): 100 flows of 10 requests a second, each under T_F1,
+    none dropped.
+    """
+    names = [[("Uri-Host", f"bot{i}.invented.example".encode())] for i in range(100)]
+    if listed:
+        f = UserFilter(COAP_PARAMS, parsers=[parse_coap],
+                       names={parse_coap: ["victim.example"]})
+    else:
+        f = UserFilter(COAP_PARAMS, parsers=[_names_parser])
+    action, reason = _spray(f, names)
+    keys, vals = f.read_flows()
+    if listed:
+        assert len(keys) == 1
+        assert _addr(keys[0]["dst"]["addr"]) == L.addr16("10.9.9.9")
+        assert int(vals[0]["c"]) == 2000
+        # judged after T_T2 (0.5 s), then over T_F1: dropped but for the first half second
+        assert (reason[:500] == L.Reason.PASS).all()
+        assert (reason[600:] == L.Reason.SRC_RATE).all()
+        assert (action[600:] == L.XDP_DROP).all()
+    else:
+        assert len(keys) == 100
+        assert (reason == L.Reason.PASS).all()
+
+
+def test_a_spray_over_the_spellings_of_a_listed_name_is_one_flow() -> None:
+    """100 spellings of the one listed target (case, trailing dot, default port,
+    percent-encoding, Proxy-Uri or Uri-Host, full width) from one source: one flow
+    and one destination keyed on the target's name, cut by the per-source rule."""
+    base = "victim.example"
+    spellings: list[list[tuple[str, bytes]]] = []
+    for i in range(100):
+        host = "".join(c.upper() if (i >> (k % 7)) & 1 else c for k, c in enumerate(base))
+        if i % 3 == 0:
+            host = host.replace("i", "%69", 1)
+        if i % 5 == 0:
+            host = host.replace("t", "\uff54")  # full-width t
+        if i % 2:
+            host += "."
+        if i % 4 < 2:
+            port = ":5683" if i % 8 < 4 else ""
+            spellings.append([("Proxy-Uri", f"coap://{host}{port}/p{i}".encode())])
+        else:
+            opts = [("Uri-Host", host.encode())]
+            if i % 8 < 4:
+                opts.append(("Uri-Port", b"\x16\x33"))
+            spellings.append(opts)
+    assert len({tuple(s) for s in spellings}) > 50
+    f = UserFilter(COAP_PARAMS, parsers=[parse_coap], names={parse_coap: ["Victim.Example."]})
+    _, reason = _spray(f, spellings)
+    keys, vals = f.read_flows()
+    assert [_addr(k["dst"]["addr"]) for k in keys] == [parsed_destination_addr(base)]
+    assert int(vals[0]["c"]) == 2000
+    assert (reason[600:] == L.Reason.SRC_RATE).all()
+    dkeys, _ = f.read_dsts()
+    assert [_addr(k["addr"]) for k in dkeys] == [parsed_destination_addr(base)]
+
+
+def test_names_change_live_and_a_bad_list_changes_nothing() -> None:
+    target = [("Uri-Host", b"b.example")]
+    f = UserFilter(COAP_PARAMS, parsers=[parse_coap], names={parse_coap: ["a.example"]})
+    f.process_frames([_coap_request("10.0.0.1", target, 0)], T0)
+    f.set_names({parse_coap: ["a.example", "b.example:5683"]})
+    f.process_frames([_coap_request("10.0.0.1", target, 1)], T0 + 1)
+    keys, _ = f.read_flows()
+    assert sorted(_addr(k["dst"]["addr"]) for k in keys) == sorted(
+        [L.addr16("10.9.9.9"), parsed_destination_addr("b.example")])
+    with pytest.raises(ValueError, match="'not a name' is not a destination"):
+        f.set_names({parse_coap: ["c.example", "not a name"]})
+    with pytest.raises(ValueError, match="keys only the destinations it is given"):
+        f.set_names({})
+    f.process_frames([_coap_request("10.0.0.1", target, 2)], T0 + 2)
+    _, vals = f.read_flows()
+    assert sorted(int(v["c"]) for v in vals) == [1, 2]  # b.example still keyed apart
+    with pytest.raises(ValueError, match="keys only the destinations it is given"):
+        UserFilter(COAP_PARAMS, parsers=[parse_coap])
+
+
+def test_backend_takes_the_names_live() -> None:
+    from xpro.backends.afxdp import AfxdpBackend
+    from xpro.errors import ConfigError
+
+    b = AfxdpBackend(params=COAP_PARAMS, options={"parsers": [parse_coap],
+                                                  "coap_names": ["a.example"]})
+    f = b.load()
+    b.reconfigure({"coap_names": ["b.example"], "parsers": ["coap"], "xdp_mode": "native"})
+    assert b.options["parsers"] == [parse_coap]  # only the names are live
+    f.process_frames([_coap_request("10.0.0.1", [("Uri-Host", b"B.example")], 0)], T0)
+    keys, _ = f.read_flows()
+    assert [_addr(k["dst"]["addr"]) for k in keys] == [parsed_destination_addr("b.example")]
+    with pytest.raises(ConfigError, match=r"afxdp\.coap_names"):
+        b.reconfigure({"coap_names": ["bad name"]})
+    assert b.options["coap_names"] == ["b.example"]
+    b.close()
+
+
+def test_a_reload_gives_the_filter_the_new_names() -> None:
+    """Proxy.reconfigure hands afxdp.coap_names to the running backend (a live key)."""
+    from xpro.backends.afxdp import AfxdpBackend
+    from xpro.config import load_config
+    from xpro.daemon.proxy import Proxy
+
+    base = {"proxy.backend": "afxdp", "afxdp.parsers": "coap", "afxdp.egress": "eth9"}
+    old = load_config(None, env={}, overrides={**base, "afxdp.coap_names": "a.example"})
+    new = load_config(None, env={}, overrides={**base,
+                                               "afxdp.coap_names": "a.example,B.Example."})
+    proxy = Proxy(old)
+    proxy.backend = AfxdpBackend(params=old.filter_params(),
+                                 options={**old.backend_options(), "parsers": [parse_coap]})
+    f = proxy.backend.load()
+    changes = proxy.reconfigure(new)
+    assert [(c.key, c.live) for c in changes] == [("afxdp.coap_names", True)]
+    assert proxy.config.afxdp.coap_names == ("a.example", "b.example")
+    f.process_frames([_coap_request("10.0.0.1", [("Uri-Host", b"b.example")], 0)], T0)
+    keys, _ = f.read_flows()
+    assert [_addr(k["dst"]["addr"]) for k in keys] == [parsed_destination_addr("b.example")]
+    proxy.backend.close()

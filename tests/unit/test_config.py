@@ -279,6 +279,18 @@ BAD_TOML = [
         "[tables]\nprefixes = 1\n[filter]\nmonitor = ['10.0.0.0/8']\nenforce = ['10.1.0.0/16']\n",
         "filter.monitor + filter.enforce hold 2 prefixes, more than tables.prefixes",
         id="cross-prefix-room"),
+    pytest.param(
+        "[afxdp]\ncoap_names = ['svc.example', 'bad name', 'svc.example:0']\n",
+        '{p}:2: afxdp.coap_names = ["svc.example", "bad name", "svc.example:0"] '
+        '(XPRO_AFXDP_COAP_NAMES): item 2: "bad name" is not a host name', id="coap-name"),
+    pytest.param(
+        "[afxdp]\ncoap_names = ['Svc.Example.', 'svc.example:5683']\n",
+        'item 2: "svc.example:5683" is the same name as item 1 (both are "svc.example")',
+        id="coap-name-twice"),
+    pytest.param(
+        "[proxy]\nbackend = 'afxdp'\n[afxdp]\nparsers = ['coap']\n",
+        'afxdp.coap_names = [] (XPRO_AFXDP_COAP_NAMES; default): the coap parser keys only '
+        "the targets listed in afxdp.coap_names", id="cross-coap-names"),
 ]
 
 
@@ -553,6 +565,12 @@ def _value_strategy(opt: C.Option) -> st.SearchStrategy[Any]:
     if isinstance(kind, K.Names):
         return st.lists(st.from_regex(r"[a-z][a-z0-9]{0,14}", fullmatch=True), max_size=3,
                         unique=True).map(tuple)
+    if isinstance(kind, K.HostNames):  # canonical names, as the loader keeps them
+        names = st.builds(lambda h, p: h if p == kind.default_port else f"{h}:{p}",
+                          st.from_regex(r"[a-z][a-z0-9]{0,14}(\.[a-z]{1,8}){0,2}",
+                                        fullmatch=True),
+                          st.sampled_from([kind.default_port, 5684, 61616]))
+        return st.lists(names, max_size=3, unique=True).map(tuple)
     raise AssertionError(f"no strategy for {opt.key}")
 
 
@@ -702,3 +720,16 @@ def test_example_config_loads_and_shows_every_key() -> None:
     # Everything the example sets is a default, but the interfaces.
     diff = C.default_config().diff(cfg)
     assert [c.key for c in diff] == ["proxy.interfaces"]
+
+
+def test_coap_names_are_kept_in_canonical_form(tmp_path: Path) -> None:
+    path = write(tmp_path, "[proxy]\nbackend = 'afxdp'\n[afxdp]\nparsers = ['coap']\n"
+                           "coap_names = ['Victim.Example.', 'v%69ctim.example:5684', "
+                           "'[2001:DB8::1]:5683', 'BÜCHER.example']\n")
+    cfg = load_config(path, env={})
+    assert cfg.afxdp.coap_names == ("victim.example", "victim.example:5684", "2001:db8::1",
+                                    "xn--bcher-kva.example")
+    assert cfg.backend_options()["coap_names"] == list(cfg.afxdp.coap_names)
+    assert C.SCHEMA[[o.key for o in C.SCHEMA].index("afxdp.coap_names")].live
+    env = load_config(None, env={"XPRO_AFXDP_COAP_NAMES": "A.example, b.example."})
+    assert env.afxdp.coap_names == ("a.example", "b.example")

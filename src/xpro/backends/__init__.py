@@ -11,7 +11,8 @@ The life of a backend, as :class:`xpro.daemon.Proxy` drives it::
     for ifname in interfaces:
         backend.attach(ifname)       # or adopt what a previous daemon pinned
     backend.start()                  # userspace data paths start their threads
-    ...                              # filt.configure(params) on reload
+    ...                              # filt.configure(params), backend.reconfigure(options)
+                                     # on reload
     backend.stop()
     backend.close(keep=False)        # detach and unpin; keep=True leaves it filtering
 
@@ -98,6 +99,10 @@ class Backend(abc.ABC):
         """Counters of the backend's own (the offloaded program's, the sockets'),
         for the Prometheus endpoint; none by default."""
         return []
+
+    def reconfigure(self, options: Mapping[str, Any]) -> None:  # noqa: B027
+        """Apply the live settings of a reloaded configuration
+        (:meth:`xpro.config.Config.backend_options`); none by default."""
 
     def start(self) -> None:  # noqa: B027  (optional: userspace data paths run threads)
         """Start whatever runs beside the kernel (userspace paths)."""

@@ -18,6 +18,10 @@ Options (``options=`` / ``[backend.afxdp]``):
 ``parsers``
     Destination parsers: names registered through
     ``xpro_add_destination_parsers`` (e.g. ``["coap"]``), or callables.
+``coap_names`` (and ``NAME`` for a parser whose ``names_option`` is ``NAME``)
+    The destinations the parser may key on (``afxdp.coap_names``); a request
+    naming any other keys on its IP destination.  Required with the ``coap``
+    parser; live (:meth:`AfxdpBackend.reconfigure`).
 ``xdp_mode``
     ``native`` (default) or ``generic`` for the redirect program.
 ``queues``, ``frames``, ``frame_size``, ``ring_size``, ``batch``
@@ -34,6 +38,7 @@ running without the daemon; the interface goes back to the stack).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from xpro.backends import Attachment, Backend
@@ -69,10 +74,55 @@ class AfxdpBackend(Backend):
             out.append(item)
         return out
 
+    def _names(self, parsers: list[DestinationParser], options: Mapping[str, Any]
+               ) -> dict[DestinationParser, list[str]]:
+        """The destinations each parser with a ``names_option`` may key on."""
+        out: dict[DestinationParser, list[str]] = {}
+        for parser in parsers:
+            opt = getattr(parser, "names_option", None)
+            if opt is None:
+                continue
+            listed = options.get(opt)
+            what = getattr(parser, "__name__", repr(parser))
+            if listed is None:
+                raise ConfigError(
+                    f"afxdp: the destination parser {what} keys only the destinations listed "
+                    f"in {opt} (afxdp.{opt} = [\"svc.example\", ...]); every other request "
+                    "keys on its IP destination, so a flood cannot split itself over "
+                    "invented names")
+            if isinstance(listed, str) or not all(isinstance(n, str) for n in listed):
+                raise ConfigError(f"afxdp.{opt}: a list of names, not {listed!r}")
+            out[parser] = list(listed)
+        return out
+
+    @staticmethod
+    def _bad_names(parsers: list[DestinationParser], exc: ValueError) -> ConfigError:
+        opts = sorted({str(getattr(p, "names_option", "")) for p in parsers} - {""})
+        return ConfigError(f"afxdp.{'/'.join(opts) or 'parsers'}: {exc}")
+
     def load(self) -> UserFilter:
         if self.filter is None:
-            self.filter = UserFilter(self.params, sizes=self.sizes, parsers=self._parsers())
+            parsers = self._parsers()
+            try:
+                self.filter = UserFilter(self.params, sizes=self.sizes, parsers=parsers,
+                                         names=self._names(parsers, self.options))
+            except ValueError as exc:
+                raise self._bad_names(parsers, exc) from None
         return self.filter
+
+    def reconfigure(self, options: Mapping[str, Any]) -> None:
+        """Take the destination lists of a reloaded configuration (``coap_names``...):
+        the filter keys on the new lists from its next batch, no record is lost.
+        A list that does not validate raises ConfigError and changes nothing."""
+        filt = self.load()
+        keys = {getattr(p, "names_option", None) for p in filt.parsers} - {None}
+        new = dict(self.options)
+        new.update({k: options[k] for k in keys if isinstance(k, str) and k in options})
+        try:
+            filt.set_names(self._names(filt.parsers, new))
+        except ValueError as exc:
+            raise self._bad_names(filt.parsers, exc) from None
+        self.options = new
 
     def _path(self) -> AfxdpPath:
         if self.path is None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from xpro.core.hostnames import canonical_target
 from xpro.core.model import Prefix
 
 T = TypeVar("T")
@@ -545,3 +546,58 @@ class Names(Kind[tuple[str, ...]]):
 
     def metavar(self) -> str:
         return "IFNAME,..."
+
+
+@dataclass(frozen=True)
+class HostNames(Kind[tuple[str, ...]]):
+    """A list of destination names (``host`` or ``host:port``), kept in canonical form
+    (:func:`xpro.core.hostnames.canonical_target`: case-folded, no trailing dot,
+    percent-decoded, UTS #46, the port left out when it is ``default_port``)."""
+
+    default_port: int
+    is_list = True
+
+    def type_doc(self) -> str:
+        return "list of strings (host names)"
+
+    def _many(self, items: Sequence[str]) -> tuple[str, ...]:
+        out: list[str] = []
+        first: dict[str, int] = {}
+        bad: list[str] = []
+        for i, item in enumerate(items):
+            name = canonical_target(item, self.default_port)
+            if name is None:
+                bad.append(f"item {i + 1}: {_toml_str(item)} is not a host name or "
+                           'address with an optional port (write it as "svc.example", '
+                           f'"svc.example:{self.default_port + 1}" or "[2001:db8::1]")')
+                continue
+            if name in first:
+                bad.append(f"item {i + 1}: {_toml_str(item)} is the same name as item "
+                           f"{first[name] + 1} (both are {_toml_str(name)})")
+                continue
+            first[name] = i
+            out.append(name)
+        if bad:
+            raise _Bad("; ".join(bad))
+        return tuple(out)
+
+    def from_toml(self, raw: object) -> tuple[str, ...]:
+        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+            raise _Bad(f"must be {self.allowed()}")
+        return self._many(raw)
+
+    def from_text(self, text: str) -> tuple[str, ...]:
+        return self._many([t.strip() for t in text.split(",") if t.strip()])
+
+    def to_toml(self, value: tuple[str, ...]) -> TomlValue:
+        return list(value)
+
+    def allowed(self) -> str:
+        return 'a list of host names such as ["svc.example", "[2001:db8::1]:5684"]'
+
+    def range_doc(self) -> str:
+        return (f"host names or addresses, each with an optional port ({self.default_port} "
+                "when none is given); kept in canonical form")
+
+    def metavar(self) -> str:
+        return "NAME,..."

@@ -19,6 +19,7 @@ from xpro.config.kinds import (
     Boolean,
     Choice,
     FilePath,
+    HostNames,
     Integer,
     Kind,
     Listen,
@@ -30,6 +31,7 @@ from xpro.config.kinds import (
     _toml_str,
     mask_url,
 )
+from xpro.core.hostnames import COAP_PORT
 from xpro.core.layout import (
     DST_ADDR,
     DST_ADDR_PORT,
@@ -423,6 +425,17 @@ class AfxdpConfig(_Section):
         a packet's destination from its payload, e.g. ``coap`` (Proxy-Uri,
         Uri-Host).""",
         why="None: destinations are the IP addresses, as in the kernel program.")
+    coap_names: tuple[str, ...] = option(
+        HostNames(COAP_PORT), (), flag="--afxdp-coap-name",
+        doc="""The CoAP targets (``host`` or ``host:port``) that get a destination
+        key of their own with the ``coap`` parser.  A request naming any other
+        target keys on its IP destination, so a flood that invents a target
+        name per request stays one destination.  Names are kept in canonical
+        form: ``"Victim.Example."`` is ``"victim.example"``, and a port of 5683
+        is left out.""",
+        why="""None: a target the operator did not name cannot be told from one a
+        bot invented; list the services behind the proxy (required with the
+        ``coap`` parser).""")
     xdp_mode: Literal["native", "generic"] = option(
         Choice(("native", "generic")), "native", flag="--afxdp-xdp-mode", live=False,
         doc="The XDP mode of the small program that redirects packets to the sockets.",
@@ -599,7 +612,8 @@ class Config:
         if self.proxy.backend != "afxdp":
             return {}
         a = self.afxdp
-        out: dict[str, Any] = {"xdp_mode": a.xdp_mode, "parsers": list(a.parsers)}
+        out: dict[str, Any] = {"xdp_mode": a.xdp_mode, "parsers": list(a.parsers),
+                               "coap_names": list(a.coap_names)}
         if a.egress:
             out["egress"] = a.egress
         if a.egress_dst_mac:
@@ -758,6 +772,14 @@ def _tls_pair(v: Mapping[str, Any]) -> str | None:
     return "store.tls_cert and store.tls_key go together: set both or neither"
 
 
+def _coap_names(v: Mapping[str, Any]) -> str | None:
+    if v["proxy.backend"] != "afxdp" or "coap" not in v["afxdp.parsers"] or v[
+            "afxdp.coap_names"]:
+        return None
+    return ("the coap parser keys only the targets listed in afxdp.coap_names (any other "
+            "request keys on its IP destination): list the CoAP services behind this proxy")
+
+
 #: Rules between keys, checked after every value is valid.
 RULES: tuple[Rule, ...] = (
     _gt("sync.ttl", "thresholds.t_t1",
@@ -774,4 +796,7 @@ RULES: tuple[Rule, ...] = (
     _fits(("filter.monitor", "filter.enforce")),
     Rule(("store.tls_cert", "store.tls_key"), _tls_pair,
          "``store.tls_cert`` and ``store.tls_key`` are set together"),
+    Rule(("proxy.backend", "afxdp.parsers", "afxdp.coap_names"), _coap_names,
+         "with ``backend = \"afxdp\"`` and the ``coap`` parser, ``afxdp.coap_names`` lists "
+         "at least one target: the parser keys only those"),
 )

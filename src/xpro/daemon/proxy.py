@@ -331,6 +331,8 @@ class Proxy:
             applied = [c for c in changes if c.live]
             pending = [c for c in changes if not c.live]
             if self.backend is not None:
+                # Live backend settings first: one that does not take changes nothing.
+                self.backend.reconfigure({**new.backend_options(), **self.backend_options})
                 self.filter.configure(new.filter_params())
             if self.syncer is not None:
                 self.syncer.params = new.sync_params()

@@ -44,7 +44,7 @@ import collections
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,10 +176,20 @@ class UserFilter:
     destination it names (:func:`parsed_destination_addr`) instead of its
     IP destination.  A parser may carry a ``udp_ports`` attribute (a set of
     destination ports) so that only those packets are handed to it.
+
+    ``names`` lists, per parser, the destinations that get keys of their
+    own (the operator's list, e.g. ``afxdp.coap_names``): a packet naming
+    any other destination keys on its IP destination, so a flood that
+    invents a name per packet is one destination, not thousands.  A parser
+    with a ``canonical`` attribute (a function putting a name in the form
+    the parser returns, or None if it is not a name) must be given its list,
+    which is put through it; a parser without one keys every destination it
+    names unless it is given a list (see :meth:`set_names`).
     """
 
     def __init__(self, params: FilterParams, *, sizes: Sizes | None = None,
-                 parsers: Sequence[DestinationParser] = ()) -> None:
+                 parsers: Sequence[DestinationParser] = (),
+                 names: Mapping[DestinationParser, Iterable[str]] | None = None) -> None:
         self.sizes = sizes or Sizes()
         self.flows = Table(L.FLOW_KEY, L.FLOW, self.sizes.flows)
         self.dsts = Table(L.DST_KEY, L.DST, self.sizes.dsts)
@@ -189,6 +199,8 @@ class UserFilter:
         self._events_lost = 0
         self.parsers = list(parsers)
         self._dest_addrs: dict[str, bytes] = {}
+        self._names: list[dict[str, bytes] | None] = []
+        self.set_names(names or {})
         self._fake_now = 0
         self._epoch = 0
         self.cfg = _ConfigView(self)
@@ -205,6 +217,37 @@ class UserFilter:
             self._deny = PrefixSet.build(dict.fromkeys(params.deny, 1))
             self._policy = PrefixSet.build(dict(params.dst_policy))
         del clock_offset  # the userspace clock reads CLOCK_TAI directly
+
+    def set_names(self, names: Mapping[DestinationParser, Iterable[str]]) -> None:
+        """Install the destinations each parser may key on (live: no state is lost).
+
+        ``names[parser]`` is that parser's list; a parser absent from
+        ``names`` keys every destination it names, unless it has a
+        ``canonical`` attribute, which makes the list required.  Raises
+        ValueError (and changes nothing) for a missing list or a name the
+        parser's ``canonical`` refuses.
+        """
+        table: list[dict[str, bytes] | None] = []
+        for parser in self.parsers:
+            canonical = getattr(parser, "canonical", None)
+            what = getattr(parser, "__name__", repr(parser))
+            listed = names.get(parser)
+            if listed is None:
+                if canonical is not None:
+                    raise ValueError(
+                        f"the destination parser {what} keys only the destinations it is "
+                        "given (names=): without a list every packet keeps its IP destination")
+                table.append(None)
+                continue
+            keyed: dict[str, bytes] = {}
+            for name in listed:
+                canon = canonical(name) if canonical is not None else name
+                if not canon:
+                    raise ValueError(f"{name!r} is not a destination {what} can name")
+                keyed[str(canon)] = parsed_destination_addr(str(canon))
+            table.append(keyed)
+        with self.lock:
+            self._names = table
 
     def sync_clock(self) -> int:
         """The TAI offset of the coarse monotonic clock (the userspace path reads TAI itself)."""
@@ -249,10 +292,14 @@ class UserFilter:
     def _parsed_destinations(self, b: Batch, buf: Array, base: Array) -> None:
         """Key UDP packets a destination parser recognises on the destination it names.
 
-        The parser itself runs once per packet (it is the inspection the kernel
-        cannot do); everything around it is done once per batch: the payload
-        bounds, the keys written back, and the destination's address, which
-        is remembered per destination text (:meth:`_destination_addr`).
+        Only destinations in the parser's list (:meth:`set_names`) are keyed
+        so; a packet naming another one goes on to the next parser and, if
+        none keys it, keeps its IP destination.  The parser itself runs once
+        per packet (it is the inspection the kernel cannot do); everything
+        around it is done once per batch: the payload bounds, the keys written
+        back, and the destination's address, which is computed when the list
+        is installed (or, for a parser without a list, remembered per
+        destination text: :meth:`_destination_addr`).
         """
         udp = (b.status == OK) & (b.proto == 17) & ~b.frag & (b.l4off + 8 <= b.l4end)
         if not udp.any():
@@ -262,7 +309,7 @@ class UserFilter:
         dport[rows] = (buf[base[rows] + b.l4off[rows] + 2].astype(np.int64) << 8) | buf[
             base[rows] + b.l4off[rows] + 3]
         mem = np.ascontiguousarray(buf, dtype=np.uint8).data  # no copy: the UMEM is contiguous
-        for parser in self.parsers:
+        for parser, listed in zip(self.parsers, self._names, strict=True):
             ports = getattr(parser, "udp_ports", None)
             sel = np.flatnonzero(udp if ports is None else udp & np.isin(dport, sorted(ports)))
             if not len(sel):
@@ -276,9 +323,14 @@ class UserFilter:
                     dest = parser(bytes(mem[lo:hi]))
                 except Exception:  # a parser must never stop the data path
                     dest = None
-                if dest:
-                    hits.append(i)
-                    addrs.append(self._destination_addr(str(dest)))
+                if not dest:
+                    continue
+                addr = (self._destination_addr(str(dest)) if listed is None
+                        else listed.get(str(dest)))
+                if addr is None:  # a name the operator did not list: the IP destination
+                    continue
+                hits.append(i)
+                addrs.append(addr)
             if hits:
                 b.keys["dst"]["addr"][hits] = addrs
                 udp[hits] = False  # the first parser that recognises it wins
