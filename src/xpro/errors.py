@@ -66,6 +66,10 @@ class InterfaceBusy(AttachError):
     """Another XDP program already holds the interface."""
 
 
+class LinkTypeNotSupported(AttachError):
+    """The interface's frames have no Ethernet header (a tun, WireGuard or IP tunnel)."""
+
+
 class BpffsError(DatapathError):
     """bpffs is not mounted and could not be mounted."""
 

@@ -4,18 +4,32 @@ Each test builds its own pair of network namespaces (a peer side that sends,
 a proxy side where the filter runs), sends from the peer side only, and
 removes everything afterwards.  No mocks: the compiled program, the kernel's
 XDP hook, and UDP sockets that count what passes.
+
+Every backend refuses, at attach, an interface whose frames have no Ethernet
+header (a tun, an ipip or gre tunnel, made in the test's namespace), and
+takes veth and loopback.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from tests.links import LINK_TYPES, add_link
+from xpro.backends import Backend
+from xpro.backends.afxdp import AfxdpBackend
+from xpro.backends.offload import OffloadBackend
+from xpro.backends.xdp import AutoBackend, GenericBackend, NativeBackend
 from xpro.bpf import BpfObject, XdpLink, XdpMode, object_path, xdp_query
 from xpro.core import layout
 from xpro.core.layout import Reason, addr16
+from xpro.core.model import FilterParams
+from xpro.core.params import Sizes
+from xpro.datapath.host import link_info
+from xpro.errors import LinkTypeNotSupported
 from xpro.lab.frames import (
     ETH_P_ARP,
     Stream,
@@ -24,7 +38,7 @@ from xpro.lab.frames import (
     send_in_netns,
     udp_frame,
 )
-from xpro.lab.namespaces import NsPair, in_netns, netns_pair
+from xpro.lab.namespaces import NsPair, Topology, in_netns, netns_pair
 
 pytestmark = pytest.mark.integration
 
@@ -197,3 +211,102 @@ def test_detach_leaves_the_interface_clean(
         sent = send_in_netns(pair.peer_ns, pair.peer_if, streams, 1.0)
     assert rx.counts["10.77.0.66"] == sent["flood"] == 3000
     assert stats(filt) == before
+
+
+# --- interfaces whose frames have no Ethernet header ---------------------------------
+
+
+@pytest.fixture
+def topo() -> Iterator[Topology]:
+    with Topology() as t:
+        yield t
+
+
+def _backend(name: str, netns: str, **options: Any) -> Backend:
+    cls: type[Backend] = {"native": NativeBackend, "generic": GenericBackend,
+                          "auto": AutoBackend, "offload": OffloadBackend,
+                          "afxdp": AfxdpBackend}[name]
+    return cls(params=FilterParams(), sizes=Sizes(flows=1024, dsts=64, prefixes=16),
+               netns=netns, options=options)
+
+
+BACKENDS = ["native", "generic", "auto", "offload", "afxdp"]
+
+
+@pytest.mark.parametrize("kind", ["tun", "ipip", "gre"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_backend_refuses_a_link_without_ethernet_headers(
+        topo: Topology, kind: str, backend: str) -> None:
+    """tun (ARPHRD_NONE), ipip (ARPHRD_TUNNEL) and gre (ARPHRD_IPGRE) frames start
+    with an IP header: the parser would read it as MAC addresses and an ethertype.
+    Every backend refuses them at attach, naming the interface, its link type and
+    what to do, and leaves nothing attached."""
+    proxy, svc = topo.namespace("proxy"), topo.namespace("svc")
+    ifname = add_link(topo, proxy, kind)
+    assert link_info(ifname, proxy).link_type_name == LINK_TYPES[kind]
+    egress, _ = topo.veth(proxy, svc)
+    options: dict[str, Any] = {"egress": egress} if backend == "afxdp" else {}
+    b = _backend(backend, proxy, **options)
+    try:
+        with pytest.raises(LinkTypeNotSupported) as exc:
+            b.attach(ifname)
+    finally:
+        b.close()
+    msg = str(exc.value)
+    assert f"cannot attach to {ifname} in network namespace {proxy!r}" in msg
+    assert LINK_TYPES[kind] in msg
+    assert "no Ethernet header" in msg
+    assert "Instead, attach xpro to the Ethernet interface the traffic arrives on" in msg
+    q = xdp_query(ifname, netns=proxy)
+    assert q["native"] == q["generic"] == q["offload"] == 0
+
+
+def test_afxdp_refuses_an_egress_without_ethernet_headers(topo: Topology) -> None:
+    """Passed frames leave by the egress as Ethernet frames: a tun there is refused too."""
+    peer, proxy = topo.namespace("peer"), topo.namespace("proxy")
+    _, ingress = topo.veth(peer, proxy)
+    egress = add_link(topo, proxy, "tun")
+    b = _backend("afxdp", proxy, egress=egress)
+    try:
+        with pytest.raises(LinkTypeNotSupported,
+                           match=f"cannot send passed frames out of {egress} .*ARPHRD_NONE"):
+            b.attach(ingress)
+    finally:
+        b.close()
+    assert xdp_query(ingress, netns=proxy)["native"] == 0
+
+
+@pytest.mark.parametrize("backend", ["native", "generic", "auto", "afxdp"])
+def test_ethernet_links_are_taken(topo: Topology, backend: str) -> None:
+    """The positive case: a veth (ARPHRD_ETHER) attaches with every backend."""
+    peer, proxy, svc = (topo.namespace(r) for r in ("peer", "proxy", "svc"))
+    _, ifname = topo.veth(peer, proxy)
+    assert link_info(ifname, proxy).link_type_name == "ARPHRD_ETHER"
+    egress, _ = topo.veth(proxy, svc)
+    options: dict[str, Any] = {"egress": egress} if backend == "afxdp" else {}
+    b = _backend(backend, proxy, **options)
+    try:
+        att = b.attach(ifname)
+        assert att.prog_id != 0
+    finally:
+        b.close()
+
+
+def test_loopback_is_taken(topo: Topology) -> None:
+    """ARPHRD_LOOPBACK frames carry an Ethernet header (zero MACs) in XDP too:
+    loopback is not refused, and the program sees IP there (not "not IP")."""
+    proxy = topo.namespace("proxy")
+    assert link_info("lo", proxy).link_type_name == "ARPHRD_LOOPBACK"
+    b = _backend("generic", proxy)
+    try:
+        assert b.attach("lo").mode == "generic"
+        filt = b.load()
+        with in_netns(proxy):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock:
+            for _ in range(5):
+                sock.sendto(b"x", ("127.0.0.1", PORT))
+        st = filt.counters()
+        assert int(st[Reason.PASS, 0]) >= 5
+    finally:
+        b.close()

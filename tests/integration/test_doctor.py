@@ -4,7 +4,8 @@ Every test builds its own namespaces with :class:`xpro.lab.namespaces.Topology` 
 afterwards, also on failure): veth pairs (native XDP), an interface whose
 driver has no native XDP (``dummy`` where the kernel has it, else ``ifb`` or a
 bridge: this kernel has no modules and no dummy driver), a veth held by
-another XDP program, and a real ``redis-server`` on loopback.
+another XDP program, a tun device (no Ethernet header), and a real
+``redis-server`` on loopback.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from click.testing import CliRunner
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from tests.links import add_link
 from xpro.bpf import BpfObject, XdpMode, object_path, xdp_query
 from xpro.bpf.xdp import in_netns
 from xpro.cli.doctor import doctor_command
@@ -163,6 +165,29 @@ def test_large_mtu_needs_the_multi_buffer_program(topo: Topology, attach_probe: 
         # the kernel refused the single-buffer program and took the multi-buffer one
         assert "multi-buffer programs only" in found[f"xdp:{ifname}"].message
         assert "Numerical result out of range" in found[f"xdp:{ifname}"].message
+
+
+# --- the link type ----------------------------------------------------------------------
+
+
+def test_a_link_without_ethernet_headers_fails_and_says_what_to_do(topo: Topology) -> None:
+    netns = topo.namespace("proxy")
+    tun = add_link(topo, netns, "tun")
+    found = by_check(check_interface(tun, default_config(), netns=netns))
+    lt = found[f"linktype:{tun}"]
+    assert lt.status == "fail", lt.format()
+    assert "ARPHRD_NONE" in lt.message
+    assert "no Ethernet header" in lt.message
+    assert "Ethernet interface the traffic arrives on" in lt.fix
+    assert "tap instead of tun" in lt.fix
+
+
+def test_ethernet_and_loopback_links_are_ok(veth: tuple[str, str]) -> None:
+    netns, ifname = veth
+    for name, kind in ((ifname, "ARPHRD_ETHER"), ("lo", "ARPHRD_LOOPBACK")):
+        lt = by_check(check_interface(name, default_config(), netns=netns))[f"linktype:{name}"]
+        assert lt.status == "ok", lt.format()
+        assert kind in lt.message
 
 
 # --- a program already attached ---------------------------------------------------

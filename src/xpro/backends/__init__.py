@@ -93,7 +93,12 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def attach(self, ifname: str) -> Attachment:
-        """Start filtering ``ifname``: adopt our own pinned attachment, refuse a foreign one."""
+        """Start filtering ``ifname``: adopt our own pinned attachment, refuse a foreign one.
+
+        A data path that parses Ethernet frames refuses an interface whose
+        frames have none (:func:`xpro.datapath.host.require_ethernet`); every
+        built-in backend does.
+        """
 
     def metrics(self) -> list[Sample]:
         """Counters of the backend's own (the offloaded program's, the sockets'),

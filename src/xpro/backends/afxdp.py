@@ -30,6 +30,10 @@ Options (``options=`` / ``[backend.afxdp]``):
     (16384); descriptors per batch (4096: a fill ring larger than the batch
     keeps the kernel receiving while a batch is filtered).
 
+Both the ingress interfaces and ``egress`` must carry Ethernet frames
+(:func:`xpro.datapath.host.require_ethernet`): the parser reads an Ethernet
+header first, and frames are forwarded as Ethernet frames.
+
 The state lives in this process: nothing is pinned, and :meth:`close`
 always removes the redirect program (``keep`` cannot leave the filter
 running without the daemon; the interface goes back to the stack).
@@ -45,6 +49,7 @@ from xpro.backends import Attachment, Backend
 from xpro.bpf import XdpMode
 from xpro.datapath.afxdp.datapath import AfxdpPath
 from xpro.datapath.afxdp.filter import DestinationParser, UserFilter
+from xpro.datapath.host import require_ethernet
 from xpro.errors import ConfigError
 from xpro.hooks.specs import hookimpl
 
@@ -130,6 +135,7 @@ class AfxdpBackend(Backend):
             if not egress:
                 raise ConfigError("the afxdp backend needs an egress interface "
                                   "(options: egress = \"IF\"): passed frames go out of it")
+            require_ethernet(egress, self.netns, role="send passed frames out of")
             try:
                 mode = XdpMode[str(self.options.get("xdp_mode", "native")).upper()]
             except KeyError:
@@ -146,6 +152,7 @@ class AfxdpBackend(Backend):
 
     def attach(self, ifname: str) -> Attachment:
         path = self._path()
+        require_ethernet(ifname, self.netns)
         prog_id, queues = path.attach(ifname)
         att = Attachment(ifname, "afxdp", prog_id, False,
                          f"redirect ({path.mode.label}) to {queues} AF_XDP socket(s), "

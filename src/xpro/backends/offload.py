@@ -63,6 +63,7 @@ from xpro.core.merge import rate_exceeds_array
 from xpro.core.model import FilterParams
 from xpro.core.prefixset import PrefixSet
 from xpro.core.state import OP_FLOW, OP_KEEP_BASE, apply_entries
+from xpro.datapath.host import require_ethernet
 from xpro.datapath.xdp import XdpFilter
 from xpro.errors import (
     AttachError,
@@ -439,6 +440,10 @@ class OffloadBackend(XdpBackend):
         off_if, off_ns = self._offload_target(ifname)
         with in_netns(self.netns):
             resolve_interface(ifname, self.netns)
+        # Both programs parse an Ethernet header: refuse before loading anything.
+        require_ethernet(ifname, self.netns)
+        if (off_if, off_ns) != (ifname, self.netns):
+            require_ethernet(off_if, off_ns)
         # Load the reduced program first: an interface that cannot offload fails here,
         # before the full program is attached.
         prog = self._load_reduced(off_if, off_ns)

@@ -5,7 +5,8 @@ with a BPF link per interface.  With a ``pin_dir`` the maps are pinned there
 and each link as ``pin_dir/link-IFNAME``: a daemon that dies, even by SIGKILL,
 leaves the filter running on the pinned state, and the next one adopts it
 (the new program replaces the old one in the same link, atomically, so no
-packet goes unfiltered).
+packet goes unfiltered).  An interface whose frames have no Ethernet header
+is refused (:func:`xpro.datapath.host.require_ethernet`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, ClassVar
 from xpro.backends import Attachment, Backend
 from xpro.bpf import XdpLink, XdpMode
 from xpro.bpf.xdp import attach_xdp, in_netns, resolve_interface, xdp_query
-from xpro.datapath.host import link_info
+from xpro.datapath.host import link_info, require_ethernet
 from xpro.datapath.xdp import XdpFilter
 from xpro.errors import AttachError, ModeNotSupported
 from xpro.hooks.specs import hookimpl
@@ -76,9 +77,10 @@ class XdpBackend(Backend):
         return [(self.mode, f"--backend {self.name}")]
 
     def attach(self, ifname: str) -> Attachment:
-        filt = self.load()
         with in_netns(self.netns):
             resolve_interface(ifname, self.netns)  # NoSuchInterface, naming the namespace
+        require_ethernet(ifname, self.netns)  # the program parses an Ethernet header
+        filt = self.load()
         adopted = self._adopt(ifname, filt)
         if adopted is not None:
             return adopted

@@ -43,6 +43,7 @@ from cffi import FFI
 from xpro.backends.xdp import SINGLE_BUFFER_MTU
 from xpro.bpf.xdp import prog_name
 from xpro.config import Config, mask_url
+from xpro.datapath.host import link_type_name, link_type_problem
 from xpro.errors import BpfLoadError, PrivilegeError, XproError
 
 __all__ = [
@@ -653,10 +654,12 @@ class _Link:
     mtu: int
     kind: str
     peer_mtu: int | None
+    link_type: int  # ARPHRD_*
 
 
 def _link(ifname: str) -> _Link:
-    """Index, MTU, kind and (veth in the same namespace) the peer's MTU, by netlink."""
+    """Index, MTU, kind, link type and (veth in the same namespace) the peer's MTU,
+    by netlink."""
     from pyroute2 import IPRoute
 
     ipr = IPRoute()
@@ -670,7 +673,8 @@ def _link(ifname: str) -> _Link:
         if kind == "veth" and peer and msg.get_attr("IFLA_LINK_NETNSID") is None:
             with contextlib.suppress(Exception):
                 peer_mtu = int(ipr.get_links(peer)[0].get_attr("IFLA_MTU"))
-        return _Link(int(idx), int(msg.get_attr("IFLA_MTU")), str(kind), peer_mtu)
+        return _Link(int(idx), int(msg.get_attr("IFLA_MTU")), str(kind), peer_mtu,
+                     int(msg["ifi_type"]))
     finally:
         ipr.close()
 
@@ -724,6 +728,13 @@ def check_interface(ifname: str, config: Config, *, netns: str | None = None,
     kind = f"{link.kind}, " if link.kind else ""
     out.append(Finding(f"interface:{ifname}", "ok",
                        f"exists{where}: {kind}driver {driver}, MTU {link.mtu}"))
+
+    # --- link type: the parser reads an Ethernet header ---------------------
+    problem = link_type_problem(ifname, link.link_type, netns)
+    out.append(Finding(f"linktype:{ifname}", "fail", *problem) if problem is not None else
+               Finding(f"linktype:{ifname}", "ok",
+                       f"link type {link_type_name(link.link_type)}: frames start with an "
+                       "Ethernet header"))
 
     # --- native XDP support -------------------------------------------------
     native_needed = backend in ("native", "auto")
