@@ -69,7 +69,8 @@ def xpro_add_destination_parsers(registry: Registry[Any]) -> None:
     Used by the AF_XDP path for application-level proxies (a CoAP
     ``Proxy-Uri`` option, an HTTP ``Host`` header): each parser is a callable
     ``parser(payload: bytes) -> destination | None`` returning ``None`` when
-    the payload is not its protocol.
+    the payload is not its protocol (:mod:`xpro.parsers` lists the attributes
+    a parser may carry: ``udp_ports``, ``canonical``, ``names_option``).
 
     :param registry: call ``registry.add(name, parser)`` for each parser.
     """

@@ -9,11 +9,24 @@ on the ``afxdp`` path (:class:`xpro.datapath.afxdp.filter.UserFilter`).
 
 A parser is a callable ``parser(payload: bytes) -> str | None``: the UDP
 payload in, the destination (``"host"`` or ``"host:port"``) out, ``None``
-when the payload is not its protocol.  It must never raise.  A
-``udp_ports`` attribute (a set of destination ports) lets the data path hand
-it only those packets.  Parsers register by name through the
-``xpro_add_destination_parsers`` hook; the built-in one is
-:mod:`xpro.parsers.coap`.
+when the payload is not its protocol.  It must never raise.  Optional
+attributes:
+
+``udp_ports``
+    A set of destination ports: the data path hands it only those packets.
+``canonical``
+    ``canonical(name) -> str | None``: a name as an operator writes it, in
+    the form the parser returns (None if it is not a name).  A parser that
+    has it keys only the names it is given (``UserFilter(names=...)``), put
+    through it; every other packet keeps its IP destination, so a flood
+    cannot split itself over invented names (docs/semantics.rst, "Evasions").
+    The parser must then return every spelling of a destination in that one
+    form.
+``names_option``
+    The ``afxdp`` backend option holding that list (``"coap_names"``).
+
+Parsers register by name through the ``xpro_add_destination_parsers`` hook;
+the built-in one is :mod:`xpro.parsers.coap`.
 """
 
 from __future__ import annotations
