@@ -1,4 +1,5 @@
-"""xpro.lab.traffic: flow schedules, SYN frames, spoofed sources (no root)."""
+"""xpro.lab.traffic: flow schedules, SYN, ICMP, other-protocol and fragment frames,
+spoofed sources (no root)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,18 @@ import math
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from scapy.layers.inet import IP, TCP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet import ICMP, IP, TCP
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import Ether
 
-from xpro.lab.frames import TrafficError, syn_frame
+from xpro.lab.frames import (
+    KNOWN_HEADERS,
+    TrafficError,
+    fragment_frame,
+    icmp_frame,
+    proto_frame,
+    syn_frame,
+)
 from xpro.lab.traffic import Bins, Flow, random_sources
 
 pytestmark = pytest.mark.unit
@@ -48,6 +56,81 @@ def test_syn_frame_ipv6_is_valid() -> None:
 def test_syn_frame_refuses_mixed_families() -> None:
     with pytest.raises(TrafficError):
         syn_frame(src_mac=MAC_A, dst_mac=MAC_B, src="10.0.0.1", dst="fd00::2")
+
+
+def test_icmp_echo_ipv4_is_valid() -> None:
+    raw = icmp_frame(src_mac=MAC_A, dst_mac=MAC_B, src="10.0.0.1", dst="10.0.0.2", ident=7,
+                     seq=9)
+    pkt = Ether(raw)
+    assert (pkt[IP].proto, pkt[ICMP].type, pkt[ICMP].id, pkt[ICMP].seq) == (1, 8, 7, 9)
+    again = Ether(raw)
+    del again[IP].chksum
+    del again[ICMP].chksum
+    rebuilt = Ether(bytes(again))
+    assert rebuilt[IP].chksum == pkt[IP].chksum
+    assert rebuilt[ICMP].chksum == pkt[ICMP].chksum
+
+
+def test_icmpv6_echo_is_valid() -> None:
+    raw = icmp_frame(src_mac=MAC_A, dst_mac=MAC_B, src="fd00::1", dst="fd00::2", ident=3)
+    pkt = Ether(raw)
+    assert (pkt[IPv6].nh, pkt[ICMPv6EchoRequest].id) == (58, 3)
+    again = Ether(raw)
+    del again[ICMPv6EchoRequest].cksum  # over the pseudo-header
+    assert Ether(bytes(again))[ICMPv6EchoRequest].cksum == pkt[ICMPv6EchoRequest].cksum
+
+
+@pytest.mark.parametrize("proto", [47, 50, 89, 144, 252])
+def test_other_protocols_carry_opaque_bytes(proto: int) -> None:
+    raw = proto_frame(src_mac=MAC_A, dst_mac=MAC_B, src="10.0.0.1", dst="10.0.0.2",
+                      proto=proto, payload=b"abcdefgh")
+    pkt = Ether(raw)
+    assert pkt[IP].proto == proto
+    assert bytes(pkt[IP].payload)[:8] == b"abcdefgh"
+    assert pkt[IP].len == 28
+    again = Ether(raw)
+    del again[IP].chksum
+    assert Ether(bytes(again))[IP].chksum == pkt[IP].chksum
+    v6 = Ether(proto_frame(src_mac=MAC_A, dst_mac=MAC_B, src="fd00::1", dst="fd00::2",
+                           proto=proto, payload=b"abcdefgh"))
+    assert (v6[IPv6].nh, v6[IPv6].plen) == (proto, 8)
+
+
+@pytest.mark.parametrize("proto", sorted(KNOWN_HEADERS))
+def test_other_protocols_refuse_known_headers(proto: int) -> None:
+    with pytest.raises(TrafficError, match="header of its own"):
+        proto_frame(src_mac=MAC_A, dst_mac=MAC_B, src="10.0.0.1", dst="10.0.0.2", proto=proto)
+
+
+@pytest.mark.parametrize("more", [False, True])
+def test_ipv4_later_fragment_is_valid(more: bool) -> None:
+    raw = fragment_frame(src_mac=MAC_A, dst_mac=MAC_B, src="10.0.0.1", dst="10.0.0.2",
+                         offset=1480, more=more, ident=0x1234, payload=b"z" * 16)
+    pkt = Ether(raw)
+    ip = pkt[IP]
+    assert (ip.proto, ip.frag * 8, ip.id, ip.len) == (17, 1480, 0x1234, 36)
+    assert ip.flags == ("MF" if more else 0)
+    assert bytes(ip.payload)[:16] == b"z" * 16  # no UDP header: the datagram's middle
+    again = Ether(raw)
+    del again[IP].chksum
+    assert Ether(bytes(again))[IP].chksum == ip.chksum
+
+
+def test_ipv6_later_fragment_is_valid() -> None:
+    raw = fragment_frame(src_mac=MAC_A, dst_mac=MAC_B, src="fd00::1", dst="fd00::2",
+                         proto=6, offset=2048, more=True, ident=77, payload=b"q" * 16)
+    pkt = Ether(raw)
+    assert (pkt[IPv6].nh, pkt[IPv6].plen) == (44, 24)
+    frag = pkt[IPv6ExtHdrFragment]
+    assert (frag.nh, frag.offset * 8, frag.m, frag.id) == (6, 2048, 1, 77)
+    assert bytes(frag.payload) == b"q" * 16
+
+
+@pytest.mark.parametrize("offset", [0, 12, 1 << 16])
+def test_fragment_offset_must_be_a_positive_multiple_of_8(offset: int) -> None:
+    with pytest.raises(TrafficError, match="multiple of 8"):
+        fragment_frame(src_mac=MAC_A, dst_mac=MAC_B, src="10.0.0.1", dst="10.0.0.2",
+                       offset=offset)
 
 
 def test_random_sources_are_distinct_hosts_of_the_network() -> None:

@@ -18,7 +18,10 @@ Two things to know about the receiving side:
 
 With ``spoof`` the program rewrites the source address of every frame within a
 prefix, at random or sequentially, and updates the IPv4 header checksum and
-the UDP/TCP (ICMPv6) checksum incrementally.
+the UDP/TCP (ICMPv6) checksum incrementally.  With ``random_dport`` it also
+draws the destination port of every UDP or TCP frame at random (frames of
+other protocols, and later fragments, keep theirs: they have none), with the
+same incremental update.
 
 A test run of an XDP program with ``repeat > 1`` adds the program to the
 kernel's XDP dispatcher and removes it again, and each change waits for an
@@ -76,6 +79,8 @@ from xpro.lab.namespaces import in_netns
 
 __all__ = [
     "CONFIG",
+    "DPORT_KEEP",
+    "DPORT_RANDOM",
     "MAX_BATCH",
     "MAX_FRAME",
     "SPOOF_ORDERS",
@@ -85,7 +90,11 @@ __all__ = [
 ]
 
 #: ``struct livegen_cfg`` of bpf/xpro_livegen.bpf.c (the program's ``.data``).
-CONFIG = np.dtype([("spoof", "<u4"), ("mask", "<u4"), ("base", "V16"), ("seq", "<u8")])
+CONFIG = np.dtype([("spoof", "<u4"), ("mask", "<u4"), ("base", "V16"), ("seq", "<u8"),
+                   ("dport", "<u4"), ("pad", "<u4")])
+
+#: ``dport`` values (LIVEGEN_DPORT_*): keep the frame's, or draw one at random.
+DPORT_KEEP, DPORT_RANDOM = 0, 1
 
 #: ``spoof_order`` values and their ``LIVEGEN_SPOOF_*`` codes.
 SPOOF_ORDERS = {"sequential": 1, "random": 2}
@@ -153,8 +162,10 @@ class LiveGenerator:
     times (a burst).  ``spoof`` is a prefix (``"10.200.0.0/16"``,
     ``"fd00:66::/112"``) the source of every frame is drawn from, in
     ``spoof_order`` (``"random"`` or ``"sequential"``); every frame must then
-    be untagged IP of that family.  ``batch_size`` is the kernel's batch in
-    live mode (frames per page-pool round, at most 256; 0 is its default, 64).
+    be untagged IP of that family.  ``random_dport``: every UDP or TCP frame
+    gets a random destination port (the others are sent as they are).
+    ``batch_size`` is the kernel's batch in live mode (frames per page-pool
+    round, at most 256; 0 is its default, 64).
     ``hold`` attaches the program in skb mode to ``ifname`` from the first
     run until :meth:`close`, which makes each kernel call cheap; frames the
     interface receives pass it untouched (see the module's notes).
@@ -174,6 +185,7 @@ class LiveGenerator:
         rate: float | None = None,
         spoof: str | None = None,
         spoof_order: str = "random",
+        random_dport: bool = False,
         batch_size: int = 0,
         hold: bool = True,
     ) -> None:
@@ -193,6 +205,7 @@ class LiveGenerator:
             raise LiveGenError(f"batch_size must be 0 to {MAX_BATCH}, not {batch_size}")
         self.rate = rate
         self.spoof = spoof
+        self.random_dport = random_dport
         self.batch_size = batch_size
         cfg = (0, 0, b"\0" * 16)
         if spoof is not None:
@@ -209,7 +222,8 @@ class LiveGenerator:
             self._obj.load()
             self._prog = self._obj.programs[_PROGRAM]
             self._cfg = self._obj.global_data(".data", CONFIG)
-            self._cfg.view[()] = (cfg[0], cfg[1], cfg[2], 0)
+            self._cfg.view[()] = (cfg[0], cfg[1], cfg[2], 0,
+                                  DPORT_RANDOM if random_dport else DPORT_KEEP, 0)
         except BaseException:
             self.close()
             raise
@@ -255,7 +269,8 @@ class LiveGenerator:
 
         Runs the program without live frames (nothing is sent) and returns its
         output frames: with ``spoof``, each with the next source address and
-        updated checksums.  A sequential spoof advances as if they were sent.
+        updated checksums (with ``random_dport``, a new destination port).  A
+        sequential spoof advances as if they were sent.
         """
         self._check_open()
         data = self._data[frame]
@@ -399,6 +414,7 @@ def send_live(
     rate: float | None = None,
     spoof: str | None = None,
     spoof_order: str = "random",
+    random_dport: bool = False,
     batch_size: int = 0,
 ) -> tuple[int, float]:
     """Load a generator, run it for ``duration`` s, unload it: ``(frames sent, seconds)``.
@@ -408,6 +424,7 @@ def send_live(
     (pass ``netns=None`` there when the child is already in the namespace).
     """
     with LiveGenerator(ifname, netns, frames, rate=rate, spoof=spoof,
-                       spoof_order=spoof_order, batch_size=batch_size) as gen:
+                       spoof_order=spoof_order, random_dport=random_dport,
+                       batch_size=batch_size) as gen:
         sent = gen.run(duration)
         return sent, gen.elapsed
