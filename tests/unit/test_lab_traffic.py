@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -20,6 +21,8 @@ from xpro.lab.frames import (
     icmp_frame,
     proto_frame,
     syn_frame,
+    udp_frame,
+    with_sources,
 )
 from xpro.lab.traffic import Bins, Flow, random_sources
 
@@ -133,6 +136,33 @@ def test_fragment_offset_must_be_a_positive_multiple_of_8(offset: int) -> None:
                        offset=offset)
 
 
+@pytest.mark.parametrize(("build", "src", "network"), [
+    (udp_frame, "10.0.0.1", "10.160.0.0/16"),
+    (syn_frame, "10.0.0.1", "10.160.0.0/16"),
+    (udp_frame, "fd00::1", "fd00:a:0:7::/64"),
+    (syn_frame, "fd00::1", "fd00:a:0:7::/64"),
+    (icmp_frame, "fd00::1", "fd00:a:0:7::/64"),
+])
+def test_with_sources_equals_building_each_frame(build: Any, src: str, network: str) -> None:
+    dst = "10.0.0.2" if "." in src else "fd00::2"
+    template = build(src_mac=MAC_A, dst_mac=MAC_B, src=src, dst=dst)
+    sources = random_sources(network, 500, seed=1)
+    fast = with_sources(template, sources)
+    for s, raw in zip(sources, fast, strict=True):
+        assert raw == build(src_mac=MAC_A, dst_mac=MAC_B, src=s, dst=dst), s
+
+
+@pytest.mark.parametrize("raw", [
+    icmp_frame(src_mac=MAC_A, dst_mac=MAC_B, src="10.0.0.1", dst="10.0.0.2"),
+    proto_frame(src_mac=MAC_A, dst_mac=MAC_B, src="fd00::1", dst="fd00::2", proto=47),
+    fragment_frame(src_mac=MAC_A, dst_mac=MAC_B, src="10.0.0.1", dst="10.0.0.2"),
+    udp_frame(src_mac=MAC_A, dst_mac=MAC_B, src="10.0.0.1", dst="10.0.0.2")[:12] + b"\x08\x06",
+])
+def test_with_sources_refuses_what_it_cannot_update(raw: bytes) -> None:
+    with pytest.raises(TrafficError, match="with_sources"):
+        with_sources(raw, ["10.0.0.9"])
+
+
 def test_random_sources_are_distinct_hosts_of_the_network() -> None:
     srcs = random_sources("10.160.0.0/16", 5000, seed=3)
     assert len(set(srcs)) == 5000
@@ -141,6 +171,9 @@ def test_random_sources_are_distinct_hosts_of_the_network() -> None:
     assert random_sources("10.160.0.0/16", 10, seed=3) == random_sources(
         "10.160.0.0/16", 10, seed=3)
     assert len(set(random_sources("fd00:5::/64", 100))) == 100
+    # written as ipaddress writes them (sources are matched as text)
+    for s in random_sources("fd00:5::/64", 300) + random_sources("fd00::/120", 200):
+        assert s == str(ipaddress.ip_address(s))
     with pytest.raises(TrafficError):
         random_sources("10.0.0.0/30", 3)
 

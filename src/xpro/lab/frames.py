@@ -25,7 +25,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -50,6 +50,7 @@ __all__ = [
     "send_streams",
     "syn_frame",
     "udp_frame",
+    "with_sources",
 ]
 
 ETH_P_IP = 0x0800
@@ -251,6 +252,60 @@ def fragment_frame(
                          frag=(0x2000 if more else 0) | offset // 8, ident=ident & 0xFFFF)
     frag = struct.pack("!BBHI", proto, 0, offset | int(more), ident)
     return _ip_frame(src_mac, dst_mac, s, d, IPPROTO_FRAGMENT, frag + payload, ttl)
+
+
+def with_sources(frame: bytes, sources: Iterable[str]) -> list[bytes]:
+    """``frame`` once per address of ``sources`` put in as its source, with its
+    checksums updated (RFC 1624, as the live-frames generator does): an
+    untagged IPv4 or IPv6 frame of UDP or TCP, or ICMPv6, as built here.  Many
+    times faster than building each frame."""
+    if frame[12:14] == struct.pack("!H", ETH_P_IP):
+        fam, at, n, proto, l4 = socket.AF_INET, 26, 4, frame[23], 14 + (frame[14] & 0xF) * 4
+        if struct.unpack_from("!H", frame, 20)[0] & 0x3FFF:
+            raise TrafficError("with_sources: not for fragments")
+    elif frame[12:14] == struct.pack("!H", ETH_P_IPV6):
+        fam, at, n, proto, l4 = socket.AF_INET6, 22, 16, frame[20], 54
+    else:
+        raise TrafficError("with_sources: not an untagged IP frame")
+    where = {socket.IPPROTO_UDP: 6, socket.IPPROTO_TCP: 16}
+    if fam == socket.AF_INET6:
+        where[IPPROTO_ICMPV6] = 2
+    if proto not in where:
+        raise TrafficError(f"with_sources: protocol {proto} is not UDP, TCP or ICMPv6")
+    words = f"!{n // 2}H"
+    gone: int = sum(0xFFFF ^ w for w in struct.unpack_from(words, frame, at))
+
+    def base(pos: int) -> int:  # ~HC + ~m: what every new source adds its words to
+        (check,) = struct.unpack_from("!H", frame, pos)
+        return (0xFFFF ^ int(check)) + gone
+
+    l4_at = l4 + where[proto]
+    if fam == socket.AF_INET and proto == socket.IPPROTO_UDP and frame[l4_at:l4_at + 2] == (
+            b"\0\0"):
+        raise TrafficError("with_sources: an IPv4 UDP frame without a checksum")
+    l4_base = base(l4_at)
+    ip_base = base(24) if fam == socket.AF_INET else 0
+    udp = proto == socket.IPPROTO_UDP
+    head, mid, tail = frame[:at], frame[at + n:l4_at], frame[l4_at + 2:]
+    out = []
+    for src in sources:
+        packed = socket.inet_pton(fam, src)
+        add = sum(struct.unpack(words, packed))
+        c = _fold(l4_base + add) ^ 0xFFFF
+        if udp and not c:
+            c = 0xFFFF  # 0 means "no checksum" in UDP
+        if fam == socket.AF_INET:
+            ip = struct.pack("!H", _fold(ip_base + add) ^ 0xFFFF)
+            out.append(head[:24] + ip + packed + mid + struct.pack("!H", c) + tail)
+        else:
+            out.append(head + packed + mid + struct.pack("!H", c) + tail)
+    return out
+
+
+def _fold(total: int) -> int:
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
 
 
 def arp_request(*, src_mac: str, src: str, target: str) -> bytes:
