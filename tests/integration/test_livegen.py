@@ -9,6 +9,7 @@ frames whose IPv4 header and UDP checksums are valid.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from xpro.core.model import FilterParams
 from xpro.core.params import Sizes
 from xpro.datapath.xdp import XdpFilter
 from xpro.lab.frames import Stream, UdpCounter, send_streams, udp_frame
-from xpro.lab.livegen import LiveGenerator, send_live
+from xpro.lab.livegen import LiveGenerator, LiveGenError, send_live
 from xpro.lab.namespaces import NsPair, add_route, driver_stats, netns_pair, run_in_netns, set_gro
 
 pytestmark = pytest.mark.integration
@@ -231,3 +232,47 @@ def test_second_generator_on_an_interface_runs_without_the_hold(gro_pair: NsPair
         assert second.hold_error is not None
         assert "10.77.0.20" not in rx.counts
         assert rx.counts == {"10.77.0.21": 1000}
+
+
+def _forward(forwarded: bool) -> tuple[int, int, int, list[tuple[float, int]]]:
+    """Send into the lab's topology (net -> p0, which routes on -> svc) at a rate whose
+    bursts are several batches long: (sent, taken by the veth, its errors, the calls)."""
+    from xpro.lab.topology import build_lab
+
+    with build_lab(1) as lab:
+        site = lab.proxies[0]
+        fr = udp_frame(src_mac=site.net_mac, dst_mac=site.outside_mac, src="10.128.0.1",
+                       dst="10.200.0.1", dport=PORT)
+        before = driver_stats(site.net_if, lab.net_ns)
+        with LiveGenerator(site.net_if, lab.net_ns, [fr], rate=300_000,
+                           forwarded=forwarded) as gen:
+            sent = gen.run(1.0)
+            calls = gen.calls
+        time.sleep(0.2)
+        after = driver_stats(site.net_if, lab.net_ns)
+    return (sent, xmit_stat(after, "xdp_xmit") - xmit_stat(before, "xdp_xmit"),
+            xmit_stat(after, "xdp_xmit_errors") - xmit_stat(before, "xdp_xmit_errors"), calls)
+
+
+def test_forwarded_frames_are_each_sent_or_counted() -> None:
+    """A routed frame comes back to its call's page pool changed, its mark overwritten:
+    ``forwarded`` sends one batch a call, so every frame is taken by the veth or
+    counted as its error, and the calls log says when each went.  (Without it,
+    84-87 % of these frames vanished, counted nowhere, in two runs here.)"""
+    sent, taken, lost, calls = _forward(True)
+    assert sent == 300_000
+    assert taken + lost == sent
+    assert sum(n for _, n in calls) == sent
+    assert max(n for _, n in calls) <= 64
+    assert all(a <= b for (a, _), (b, _) in itertools.pairwise(calls))
+    assert calls[-1][0] - calls[0][0] < 3.0
+
+
+def test_forwarded_needs_a_paced_run() -> None:
+    fr = udp_frame(src_mac="02:00:00:00:00:0a", dst_mac="02:00:00:00:00:0b", src="10.0.0.1",
+                   dst="10.0.0.2")
+    with pytest.raises(LiveGenError, match="forwarded needs a rate"):
+        LiveGenerator("lo", None, [fr], forwarded=True)
+    with LiveGenerator("lo", None, [fr], rate=1000.0, forwarded=True) as gen, \
+            pytest.raises(LiveGenError, match="not for forwarded"):
+        gen.send(10)

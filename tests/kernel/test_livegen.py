@@ -1,9 +1,11 @@
-"""The live-frames generator's program: spoofed sources and checksums, through BPF_PROG_TEST_RUN.
+"""The live-frames generator's program: spoofed sources, random ports and checksums,
+through BPF_PROG_TEST_RUN.
 
 :meth:`LiveGenerator.preview` runs the real program without live frames and
 returns what it would send; every output is compared, byte for byte, with
-the same frame built by scapy from scratch with the new source address, so
-the incremental checksum updates must match a full recomputation.
+the same frame built by scapy from scratch with the new source address (and
+destination port), so the incremental checksum updates must match a full
+recomputation.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet, Raw
 
@@ -37,11 +39,14 @@ def v6(l4: Packet) -> Packet:
     return eth() / IPv6(src="2001:db8::1", dst="fd00:77::1") / l4
 
 
-def rebuilt(pkt: Packet, src: str) -> bytes:
-    """``pkt`` with source ``src`` and every checksum computed afresh by scapy."""
+def rebuilt(pkt: Packet, src: str, dport: int | None = None) -> bytes:
+    """``pkt`` with source ``src`` (and destination port ``dport``) and every checksum
+    computed afresh by scapy."""
     p = pkt.copy()
     ip = p[IP] if IP in p else p[IPv6]
     ip.src = src
+    if dport is not None:
+        (p[UDP] if UDP in p else p[TCP]).dport = dport
     for layer, fname in ((IP, "chksum"), (UDP, "chksum"), (TCP, "chksum"),
                          (ICMPv6EchoRequest, "cksum")):
         if layer in p and not (layer is UDP and p[UDP].chksum == 0):  # UDP 0: none, stays
@@ -103,6 +108,56 @@ def test_random_sources_vary_within_the_prefix(case: str, draws: int, min_distin
     assert len(set(sources)) >= min_distinct
     for frame, src in zip(out[:200], sources, strict=False):
         assert frame == rebuilt(pkt, src)
+
+
+def dport_of(frame: bytes) -> int:
+    p = Ether(frame)
+    return int(p[UDP].dport if UDP in p else p[TCP].dport)
+
+
+@pytest.mark.parametrize("case", ["ipv4-udp", "ipv4-tcp", "ipv4-udp-options", "ipv6-udp",
+                                  "ipv6-tcp"])
+@pytest.mark.parametrize("spoof", [True, False])
+def test_random_ports_with_valid_checksums(case: str, spoof: bool) -> None:
+    make, prefix = CASES[case]
+    pkt = Ether(bytes(make()))
+    with LiveGenerator("lo", None, [bytes(pkt)], spoof=prefix if spoof else None,
+                       random_dport=True) as gen:
+        out = gen.preview(1000)
+    ports = [dport_of(f) for f in out]
+    # 1000 draws from 65536 ports repeat about 8 of them
+    assert len(set(ports)) >= 950
+    original = source_of(bytes(pkt))
+    for frame, port in zip(out[:300], ports, strict=False):
+        src = source_of(frame)
+        assert (src != original) if spoof else (src == original)
+        assert frame == rebuilt(pkt, src, port), f"port {port}: checksums differ from scapy's"
+
+
+@pytest.mark.parametrize("make", [
+    lambda: v4(ICMP(type=8, id=7, seq=1) / Raw(b"ping")),
+    lambda: v4(Raw(bytes(range(16))), proto=47),
+    lambda: v4(Raw(b"\x11" * 24), frag=185, proto=17),  # a later fragment: no UDP header
+    lambda: v6(ICMPv6EchoRequest(id=7, seq=1)),
+    lambda: v6(Raw(bytes(range(16)))),  # next header 59: none
+    lambda: v6(IPv6ExtHdrFragment(nh=17, offset=185, id=3) / Raw(b"\x11" * 16)),
+], ids=["icmp", "gre", "ipv4-fragment", "icmpv6", "ipv6-none", "ipv6-fragment"])
+def test_random_ports_leave_portless_frames_alone(make: Callable[[], Packet]) -> None:
+    pkt = Ether(bytes(make()))
+    prefix = "10.9.0.0/16" if IP in pkt else "fd00:66::/112"
+    with LiveGenerator("lo", None, [bytes(pkt)], spoof=prefix, random_dport=True) as gen:
+        out = gen.preview(50)
+    for frame in out:
+        assert frame == rebuilt(pkt, source_of(frame))
+
+
+def test_random_ports_leave_udp_without_a_checksum_without_one() -> None:
+    pkt = Ether(bytes(v4(UDP(sport=1, dport=2, chksum=0) / Raw(b"z" * 8))))
+    with LiveGenerator("lo", None, [bytes(pkt)], random_dport=True) as gen:
+        out = gen.preview(50)
+    assert len({dport_of(f) for f in out}) > 40
+    for frame in out:
+        assert Ether(frame)[UDP].chksum == 0
 
 
 def test_udp_without_checksum_keeps_none() -> None:
@@ -169,7 +224,8 @@ def test_frames_without_the_mark_pass_untouched() -> None:
     raw = bytes(CASES["ipv4-udp"][0]())
     with BpfObject(object_path("xpro_livegen")) as obj:
         cfg = obj.global_data(".data", CONFIG)
-        cfg.view[()] = (2, 0xFFFF, bytes([10, 200]).ljust(16, b"\0"), 0)  # random, /16
+        cfg.view[()] = (2, 0xFFFF, bytes([10, 200]).ljust(16, b"\0"), 0, 1, 0)  # random /16,
+        # random ports
         res = obj.programs["xpro_livegen"].test_run(raw)
     assert res.retval == XDP_PASS
     assert res.data == raw

@@ -12,8 +12,8 @@ from xpro.lab.scenarios import SCENARIOS
 
 pytestmark = pytest.mark.unit
 
-NAMES = ("distributed", "spoofed-flood", "heavy-hitter", "pulse", "flash-crowd",
-         "proxy-crash", "store-outage")
+NAMES = ("distributed", "spoofed-flood", "port-spray", "v6-rotation", "heavy-hitter", "pulse",
+         "flash-crowd", "proxy-crash", "store-outage")
 
 
 def test_every_scenario_of_the_issue_is_there() -> None:
@@ -64,6 +64,21 @@ def test_plots_of_other_backends_do_not_overwrite_native(tmp_path: Path, name: s
     (["spoofed-flood", "--spread", "--flood-rate", "100000"], "under T_F2"),
 ])
 def test_spread_is_checked_before_anything_is_built(args: list[str], why: str) -> None:
+    from xpro.lab.mesh import LabError
+
+    out = CliRunner().invoke(lab, ["run", *args])
+    assert isinstance(out.exception, LabError), out.output
+    assert why in str(out.exception)
+
+
+@pytest.mark.parametrize(("args", "why"), [
+    (["port-spray", "--flood-rate", "5000"], "the address must go over T_F2"),
+    (["port-spray", "--flood-rate", "1000000"], "every key stay under"),
+    (["port-spray", "--clients", "200", "--client-rate", "20"], "every key stay under"),
+    (["v6-rotation", "--bots", "30"], "must stay under 0.8 x T_F2"),
+    (["v6-rotation", "--bots", "0"], "at least one attacker"),
+])
+def test_evasion_plans_are_checked_before_anything_is_built(args: list[str], why: str) -> None:
     from xpro.lab.mesh import LabError
 
     out = CliRunner().invoke(lab, ["run", *args])

@@ -31,8 +31,10 @@ from xpro.lab.scenarios import (
     default_options,
     flood_plan,
     quiet_logs,
+    rotation_plan,
     run_distributed,
     run_sweep,
+    spray_plan,
 )
 from xpro.lab.topology import Lab, build_lab, lab_down, live_runs
 from xpro.lab.traffic import ROLES
@@ -50,8 +52,9 @@ def _lab_options(fn: Any) -> Any:
     opts = [
         click.option("--proxies", type=click.IntRange(1, 16), default=4, show_default=True,
                      help="Proxy namespaces (each runs the filter in native mode)."),
-        click.option("--bots", type=click.IntRange(0, 5000), default=40, show_default=True,
-                     help="Attacking sources."),
+        click.option("--bots", type=click.IntRange(0, 5000), default=None,
+                     help="Attacking sources  [default: 40; 10 for v6-rotation, each "
+                          "attacker a /64]."),
         click.option("--clients", type=click.IntRange(1, 2000), default=10, show_default=True,
                      help="Legitimate clients."),
         click.option("--duration", type=click.FloatRange(3.0, 600.0), default=None,
@@ -59,8 +62,10 @@ def _lab_options(fn: Any) -> Any:
                           "proxy-crash and store-outage; 8 for demo]."),
         click.option("--attack-start", type=click.FloatRange(0.0, 600.0), default=None,
                      help="Second at which the attack starts  [default: 1; 3 for "
-                          "spoofed-flood, whose victim's clients are established first]."),
-        click.option("--ipv6", is_flag=True, help="Send everything over IPv6."),
+                          "spoofed-flood and port-spray, whose victim's clients are "
+                          "established first]."),
+        click.option("--ipv6", is_flag=True,
+                     help="Send everything over IPv6 (v6-rotation always does)."),
         click.option("--proto", type=click.Choice(["udp", "syn"]), default="udp",
                      show_default=True, help="UDP datagrams or TCP SYNs."),
         click.option("--store", default="memory://", show_default=True,
@@ -74,8 +79,8 @@ def _lab_options(fn: Any) -> Any:
         click.option("--client-rate", type=click.FloatRange(0.1, 10000.0), default=20.0,
                      show_default=True, help="Packets/s of each legitimate client."),
         click.option("--flood-rate", type=click.FloatRange(1000.0, 1e7), default=None,
-                     help="Packets/s of the spoofed flood, in total  [default: 50000; with "
-                          "--spread chosen from T_F2]."),
+                     help="Packets/s of the spoofed flood (spoofed-flood, port-spray), in "
+                          "total  [default: 50000; with --spread chosen from T_F2]."),
         click.option("--t-f1", type=click.IntRange(1, 10**9), default=100, show_default=True,
                      help="Per-source limit T_F1, packets/s."),
         click.option("--t-f2", type=click.IntRange(1, 10**9), default=10_000,
@@ -99,12 +104,13 @@ def _lab_options(fn: Any) -> Any:
 
 
 def _options(p: dict[str, Any], *, duration: float = 10.0, attack_start: float = 1.0,
-             spread: bool = False) -> LabOptions:
+             spread: bool = False, bots: int = 40) -> LabOptions:
     store = p["store"]
     if not store.startswith(("memory://", "redis://", "etcd://")):
         raise LabError(f"--store: memory://, redis:// or etcd://, not {store!r}")
     opts = LabOptions(
-        proxies=p["proxies"], bots=p["bots"], clients=p["clients"],
+        proxies=p["proxies"], bots=bots if p["bots"] is None else p["bots"],
+        clients=p["clients"],
         duration=p["duration"] or duration,
         attack_start=attack_start if p["attack_start"] is None else p["attack_start"],
         ipv6=p["ipv6"], proto=p["proto"], store=store, ratio=p["ratio"],
@@ -167,6 +173,8 @@ def lab() -> None:
       sudo xpro lab run distributed --json
       sudo xpro lab run distributed --sweep
       sudo xpro lab run spoofed-flood --ipv6
+      sudo xpro lab run port-spray --json
+      sudo xpro lab run v6-rotation --json
       sudo xpro lab down
     """
 
@@ -230,7 +238,10 @@ def run(name: str, sweep: bool, spread: bool, variants: tuple[str, ...], as_json
     time_to_converge_s; several variants as {"variants": {NAME: ...}}) and
     writes OUT/lab_NAME.png and .svg.  spoofed-flood adds
     victim_clients_dropped_pct, other_clients_dropped_pct and
-    new_clients_dropped_pct, and the flood's rates per proxy and in total.
+    new_clients_dropped_pct, and the flood's rates per proxy and in total;
+    port-spray adds victim_clients_dropped_pct and other_clients_dropped_pct,
+    and the flood's rates on the victim's address and its busiest key;
+    v6-rotation the attackers' rates ("rotation").
 
     \b
     Examples:
@@ -238,6 +249,8 @@ def run(name: str, sweep: bool, spread: bool, variants: tuple[str, ...], as_json
       sudo xpro lab run distributed --variant sync --duration 6 --json
       sudo xpro lab run distributed --sweep
       sudo xpro lab run spoofed-flood --spread --json
+      sudo xpro lab run port-spray --json
+      sudo xpro lab run v6-rotation --bots 10 --json
       sudo xpro lab run distributed --variant sync --backend afxdp
       sudo xpro lab run proxy-crash --store redis://
     """
@@ -245,12 +258,25 @@ def run(name: str, sweep: bool, spread: bool, variants: tuple[str, ...], as_json
     if spread and name != "spoofed-flood":
         raise LabError("--spread is for the spoofed-flood scenario")
     opts = default_options(name, _options(params, attack_start=scenario.attack_start,
-                                          spread=spread))
+                                          spread=spread, bots=scenario.bots))
+    # the plans refuse options that cannot hold, before anything is built
     if name == "spoofed-flood":
-        plan = flood_plan(opts)  # refuses a --spread that cannot hold before building
+        plan = flood_plan(opts)
         click.echo(f"flood: {plan.total:.0f} packets/s in total, {plan.per_proxy:.0f}/s per "
                    f"proxy; to the victim at most {plan.per_proxy_max:.0f}/s per proxy, "
                    f"{plan.mesh:.0f}/s over the mesh (T_F2 = {plan.t_f2})", err=True)
+    elif name == "port-spray":
+        spray = spray_plan(opts)
+        click.echo(f"flood: {spray.total:.0f} packets/s in total, {spray.per_proxy:.0f}/s "
+                   f"per proxy; {spray.address:.0f}/s on the victim's address, at most "
+                   f"{spray.key_max:.0f}/s on any (address, port, protocol) key "
+                   f"(T_F2 = {spray.t_f2})", err=True)
+    elif name == "v6-rotation":
+        rot = rotation_plan(opts)
+        click.echo(f"rotation: {rot.attackers} attackers at {rot.per_attacker:g} packets/s "
+                   f"each ({rot.per_attacker_per_proxy:g}/s per proxy), a new address of "
+                   f"its /64 per packet; {rot.victim:.0f}/s on the victim (T_F1 = {rot.t_f1}, "
+                   f"T_F2 = {rot.t_f2})", err=True)
     _root()
     if scenario.server_store and opts.backend != "native":
         raise LabError(f"{name} runs xpro daemons with pinned native filters: "

@@ -5,7 +5,11 @@ one interface, in a child process inside a network namespace
 (:func:`send_in_netns`).  Several streams share one pacing loop, each at its
 own rate, so a flood and a legitimate stream run at the same time.  Frames are
 built once, with valid IPv4 header checksums (the kernel drops packets with bad
-ones before any socket sees them) and UDP checksums.
+ones before any socket sees them) and transport checksums: UDP
+(:func:`udp_frame`), TCP SYN (:func:`syn_frame`), ICMP and ICMPv6 echo
+(:func:`icmp_frame`); also packets of a protocol without ports carrying opaque
+bytes (:func:`proto_frame`) and later fragments, which carry no transport
+header (:func:`fragment_frame`).
 
 :class:`UdpCounter` listens in another namespace (on the proxy side) and counts
 the datagrams that reached the stack, by source address.
@@ -21,7 +25,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -37,17 +41,25 @@ __all__ = [
     "UdpCounter",
     "arp_request",
     "ethernet",
+    "fragment_frame",
+    "icmp_frame",
     "ip_frame",
     "ipv4_checksum",
+    "proto_frame",
     "send_in_netns",
     "send_streams",
     "syn_frame",
     "udp_frame",
+    "with_sources",
 ]
 
 ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
 ETH_P_IPV6 = 0x86DD
+IPPROTO_ICMPV6 = 58
+IPPROTO_FRAGMENT = 44  # IPv6's Fragment header
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _ETH_MIN = 60  # shortest Ethernet frame without FCS
 _SO_RCVBUFFORCE = 33  # Linux; the socket module does not export it
@@ -89,33 +101,50 @@ def ip_frame(
     dst: str,
     proto: int,
     l4: bytes,
-    csum_at: int,
+    csum_at: int | None,
     ttl: int = 64,
+    pseudo: bool = True,
 ) -> bytes:
     """An Ethernet/IPv4 or Ethernet/IPv6 frame around the transport header and
-    payload ``l4``, with its checksum (at byte ``csum_at`` of ``l4``, over the
-    pseudo-header) and the IPv4 header checksum filled in."""
+    payload ``l4``, with its checksum at byte ``csum_at`` of ``l4`` (over the
+    pseudo-header, unless ``pseudo`` is False: ICMP for IPv4; ``csum_at``
+    None: no transport checksum) and the IPv4 header checksum filled in."""
+    s, d = _addresses(src, dst)
+    n = len(l4)
+    if csum_at is not None:
+        head = b""
+        if pseudo and s.version == 4:
+            head = s.packed + d.packed + struct.pack("!BBH", 0, proto, n)
+        elif pseudo:
+            head = s.packed + d.packed + struct.pack("!I3xB", n, proto)
+        csum = ipv4_checksum(head + l4)
+        if proto == socket.IPPROTO_UDP:
+            csum = csum or 0xFFFF  # 0 means "no checksum" in UDP
+        l4 = l4[:csum_at] + struct.pack("!H", csum) + l4[csum_at + 2 :]
+    return _ip_frame(src_mac, dst_mac, s, d, proto, l4, ttl)
+
+
+def _addresses(src: str, dst: str) -> tuple[IPAddress, IPAddress]:
     s = ipaddress.ip_address(src)
     d = ipaddress.ip_address(dst)
     if s.version != d.version:
         raise TrafficError(f"source {src} and destination {dst} differ in IP version")
-    n = len(l4)
-    if s.version == 4:
-        pseudo = s.packed + d.packed + struct.pack("!BBH", 0, proto, n)
-    else:
-        pseudo = s.packed + d.packed + struct.pack("!I3xB", n, proto)
-    csum = ipv4_checksum(pseudo + l4)
-    if proto == socket.IPPROTO_UDP:
-        csum = csum or 0xFFFF  # 0 means "no checksum" in UDP
-    l4 = l4[:csum_at] + struct.pack("!H", csum) + l4[csum_at + 2 :]
+    return s, d
+
+
+def _ip_frame(src_mac: str, dst_mac: str, s: IPAddress, d: IPAddress, proto: int,
+              body: bytes, ttl: int, *, frag: int = 0x4000, ident: int = 0) -> bytes:
+    """The frame of an IPv4 packet (flags and fragment offset ``frag``, identification
+    ``ident``; DF alone by default) or an IPv6 packet, around ``body``."""
+    n = len(body)
     if s.version == 4:
         hdr = struct.pack(
-            "!BBHHHBBH4s4s", 0x45, 0, 20 + n, 0, 0x4000, ttl, proto, 0, s.packed, d.packed,
+            "!BBHHHBBH4s4s", 0x45, 0, 20 + n, ident, frag, ttl, proto, 0, s.packed, d.packed,
         )  # fmt: skip
         hdr = hdr[:10] + struct.pack("!H", ipv4_checksum(hdr)) + hdr[12:]
-        return ethernet(dst_mac, src_mac, ETH_P_IP, hdr + l4)
+        return ethernet(dst_mac, src_mac, ETH_P_IP, hdr + body)
     hdr = struct.pack("!IHBB16s16s", 6 << 28, n, proto, ttl, s.packed, d.packed)
-    return ethernet(dst_mac, src_mac, ETH_P_IPV6, hdr + l4)
+    return ethernet(dst_mac, src_mac, ETH_P_IPV6, hdr + body)
 
 
 def udp_frame(
@@ -151,6 +180,132 @@ def syn_frame(
     tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, 0x02, 64240, 0, 0)
     return ip_frame(src_mac=src_mac, dst_mac=dst_mac, src=src, dst=dst,
                     proto=socket.IPPROTO_TCP, l4=tcp, csum_at=16, ttl=ttl)
+
+
+def icmp_frame(
+    *,
+    src_mac: str,
+    dst_mac: str,
+    src: str,
+    dst: str,
+    ident: int = 1,
+    seq: int = 1,
+    payload: bytes = b"xpro",
+    ttl: int = 64,
+) -> bytes:
+    """An ICMP echo request (IPv4) or ICMPv6 echo request (IPv6) with correct
+    checksums (ICMPv6's covers the pseudo-header, ICMP's does not)."""
+    v6 = ipaddress.ip_address(src).version == 6
+    icmp = struct.pack("!BBHHH", 128 if v6 else 8, 0, 0, ident, seq) + payload
+    return ip_frame(src_mac=src_mac, dst_mac=dst_mac, src=src, dst=dst,
+                    proto=IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP, l4=icmp, csum_at=2,
+                    ttl=ttl, pseudo=v6)
+
+
+#: IP protocols :func:`proto_frame` refuses: those with ports (the program reads
+#: them), ICMP and ICMPv6 (:func:`icmp_frame`), and IPv6's extension headers.
+KNOWN_HEADERS = frozenset({0, 1, 6, 17, 43, 44, 51, 58, 60, 132, 136})
+
+
+def proto_frame(
+    *,
+    src_mac: str,
+    dst_mac: str,
+    src: str,
+    dst: str,
+    proto: int,
+    payload: bytes = bytes(range(16)),
+    ttl: int = 64,
+) -> bytes:
+    """A packet of IP protocol ``proto`` carrying ``payload`` as opaque bytes: a
+    protocol without ports and without a header this module builds (GRE, ESP,
+    OSPF, an unassigned number...).  Only the IPv4 header has a checksum."""
+    if not 0 <= proto <= 255 or proto in KNOWN_HEADERS:
+        raise TrafficError(f"proto_frame: protocol {proto} has a header of its own "
+                           f"(not one of {sorted(KNOWN_HEADERS)})")
+    return ip_frame(src_mac=src_mac, dst_mac=dst_mac, src=src, dst=dst, proto=proto,
+                    l4=payload, csum_at=None, ttl=ttl)
+
+
+def fragment_frame(
+    *,
+    src_mac: str,
+    dst_mac: str,
+    src: str,
+    dst: str,
+    proto: int = socket.IPPROTO_UDP,
+    offset: int = 1480,
+    more: bool = False,
+    ident: int = 0x7870,
+    payload: bytes = b"xpro" * 4,
+    ttl: int = 64,
+) -> bytes:
+    """A later fragment (``offset`` bytes into a datagram of protocol ``proto``,
+    so no transport header: ``payload`` is the datagram's middle or end) of an
+    IPv4 packet, or of an IPv6 packet with a Fragment header.  ``more``: more
+    fragments follow.  It never completes a datagram at the receiver."""
+    if not 0 < offset < 1 << 16 or offset % 8:
+        raise TrafficError(f"fragment offset {offset}: a positive multiple of 8 under 65536")
+    s, d = _addresses(src, dst)
+    if s.version == 4:
+        return _ip_frame(src_mac, dst_mac, s, d, proto, payload, ttl,
+                         frag=(0x2000 if more else 0) | offset // 8, ident=ident & 0xFFFF)
+    frag = struct.pack("!BBHI", proto, 0, offset | int(more), ident)
+    return _ip_frame(src_mac, dst_mac, s, d, IPPROTO_FRAGMENT, frag + payload, ttl)
+
+
+def with_sources(frame: bytes, sources: Iterable[str]) -> list[bytes]:
+    """``frame`` once per address of ``sources`` put in as its source, with its
+    checksums updated (RFC 1624, as the live-frames generator does): an
+    untagged IPv4 or IPv6 frame of UDP or TCP, or ICMPv6, as built here.  Many
+    times faster than building each frame."""
+    if frame[12:14] == struct.pack("!H", ETH_P_IP):
+        fam, at, n, proto, l4 = socket.AF_INET, 26, 4, frame[23], 14 + (frame[14] & 0xF) * 4
+        if struct.unpack_from("!H", frame, 20)[0] & 0x3FFF:
+            raise TrafficError("with_sources: not for fragments")
+    elif frame[12:14] == struct.pack("!H", ETH_P_IPV6):
+        fam, at, n, proto, l4 = socket.AF_INET6, 22, 16, frame[20], 54
+    else:
+        raise TrafficError("with_sources: not an untagged IP frame")
+    where = {socket.IPPROTO_UDP: 6, socket.IPPROTO_TCP: 16}
+    if fam == socket.AF_INET6:
+        where[IPPROTO_ICMPV6] = 2
+    if proto not in where:
+        raise TrafficError(f"with_sources: protocol {proto} is not UDP, TCP or ICMPv6")
+    words = f"!{n // 2}H"
+    gone: int = sum(0xFFFF ^ w for w in struct.unpack_from(words, frame, at))
+
+    def base(pos: int) -> int:  # ~HC + ~m: what every new source adds its words to
+        (check,) = struct.unpack_from("!H", frame, pos)
+        return (0xFFFF ^ int(check)) + gone
+
+    l4_at = l4 + where[proto]
+    if fam == socket.AF_INET and proto == socket.IPPROTO_UDP and frame[l4_at:l4_at + 2] == (
+            b"\0\0"):
+        raise TrafficError("with_sources: an IPv4 UDP frame without a checksum")
+    l4_base = base(l4_at)
+    ip_base = base(24) if fam == socket.AF_INET else 0
+    udp = proto == socket.IPPROTO_UDP
+    head, mid, tail = frame[:at], frame[at + n:l4_at], frame[l4_at + 2:]
+    out = []
+    for src in sources:
+        packed = socket.inet_pton(fam, src)
+        add = sum(struct.unpack(words, packed))
+        c = _fold(l4_base + add) ^ 0xFFFF
+        if udp and not c:
+            c = 0xFFFF  # 0 means "no checksum" in UDP
+        if fam == socket.AF_INET:
+            ip = struct.pack("!H", _fold(ip_base + add) ^ 0xFFFF)
+            out.append(head[:24] + ip + packed + mid + struct.pack("!H", c) + tail)
+        else:
+            out.append(head + packed + mid + struct.pack("!H", c) + tail)
+    return out
+
+
+def _fold(total: int) -> int:
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
 
 
 def arp_request(*, src_mac: str, src: str, target: str) -> bytes:

@@ -16,6 +16,7 @@ through one proxy (client ``k`` through proxy ``k mod N``).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import math
 import threading
@@ -25,6 +26,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from xpro.lab.frames import fragment_frame, icmp_frame, proto_frame, with_sources
 from xpro.lab.mesh import (
     BACKENDS,
     DaemonMesh,
@@ -38,17 +42,22 @@ from xpro.lab.namespaces import NsProcess
 from xpro.lab.report import Run
 from xpro.lab.service import Service
 from xpro.lab.topology import Addressing, Lab, ProxySite, link_drops
-from xpro.lab.traffic import ROLES, Bins, Flow, frame, send_flows
+from xpro.lab.traffic import ROLES, Bins, Flow, frame, random_sources, send_flows
 
 __all__ = [
     "SCENARIOS",
     "FloodPlan",
     "LabOptions",
     "Live",
+    "RotationPlan",
     "Scenario",
+    "SprayPlan",
     "flood_plan",
     "measure",
     "quiet_logs",
+    "rotation_flows",
+    "rotation_plan",
+    "spray_plan",
 ]
 
 SERVICE_PORT = 9000
@@ -64,6 +73,24 @@ FLOOD_RATE = 50_000.0
 SPREAD_SHARE = 0.8
 #: The groups of legitimate clients ``spoofed-flood`` reports on its own.
 FLOOD_GROUPS = ("victim_clients", "other_clients", "new_clients")
+
+#: port-spray: the IP protocols without ports its flood sends besides ICMP
+#: (ICMPv6): GRE, ESP, OSPF, PIM, VRRP, L2TP and nine unassigned numbers.
+SPRAY_PORTLESS = (47, 50, 89, 103, 112, 115, *range(144, 153))
+#: One cycle of port-spray's flood, by kind of frame: the generators take turns
+#: with these frames, one burst each, so a kind's share of the flood is its
+#: share of the cycle.  UDP and TCP SYN to a random port each (16/49 of the
+#: flood each), ICMP and each other portless protocol (1/49 each), later
+#: fragments (1/49: they carry no port, so the program keys them on the address).
+SPRAY_CYCLE = (*(k for p in ("icmp", *(f"ip{n}" for n in SPRAY_PORTLESS))
+                 for k in ("udp", "syn", p)), "fragment")
+#: port-spray: every (address, port, protocol) key stays under this share of T_F2.
+SPRAY_KEY_SHARE = 0.25
+#: v6-rotation: each attacker's rate over the mesh, in T_F1.
+ROTATION_RATIO = 4.0
+#: v6-rotation: the victim's rate over the mesh (attackers and clients) stays
+#: under this share of T_F2, so the per-destination limit cannot act.
+ROTATION_DST_SHARE = 0.8
 
 #: Called about once a second while traffic runs: (variant, seconds, sent, received).
 Live = Callable[[str, float, Any, Any], None]
@@ -105,6 +132,7 @@ class Scenario:
     run: Callable[[Lab, LabOptions, Live | None], list[Run]]
     server_store: bool = False  # needs proxies in separate processes
     attack_start: float = 1.0  # the default of --attack-start
+    bots: int = 40  # the default of --bots
 
 
 @contextlib.contextmanager
@@ -171,19 +199,38 @@ def client_flows(lab: Lab, opts: LabOptions, *, clients: int, start: float, stop
 
 @dataclass(frozen=True)
 class LiveFlood:
-    """A flood from random sources of ``spoof`` through every proxy, by live frames."""
+    """A flood from random sources of ``spoof`` through every proxy, by live frames.
+
+    ``kinds``: the frames the generators take turns with, by kind (see
+    :func:`spray_frame`; empty: one frame of the scenario's ``--proto``);
+    ``random_dport``: each UDP or TCP frame to a random port.
+    """
 
     spoof: str
     rate: float
     start: float
     stop: float
+    kinds: tuple[str, ...] = ()
+    random_dport: bool = False
 
 
-def _live_flood(lab: Lab, opts: LabOptions, flood: LiveFlood, t0: float
-                ) -> list[tuple[int, float, float]]:
+@dataclass(frozen=True)
+class FloodPart:
+    """What one generator of a live flood sent, in seconds after ``t0``: its
+    frames, when it started and ended, and its kernel calls (the end of each,
+    frames)."""
+
+    sent: int
+    begin: float
+    end: float
+    calls: tuple[tuple[float, int], ...]
+
+
+def _live_flood(lab: Lab, opts: LabOptions, flood: LiveFlood, t0: float) -> list[FloodPart]:
     """In the ``net`` namespace: one live-frames generator per proxy link, in threads.
 
-    Returns, per generator, (frames sent, start, end) in seconds after ``t0``.
+    The proxies forward what they pass, so the generators run ``forwarded``
+    (:mod:`xpro.lab.livegen`: otherwise frames that come back changed are lost).
     """
     from xpro.lab.livegen import LiveGenerator
 
@@ -192,16 +239,19 @@ def _live_flood(lab: Lab, opts: LabOptions, flood: LiveFlood, t0: float
     gens = []
     try:
         for site in lab.proxies:
-            fr = _frame(site, opts, src, a.service, 12345)
-            gens.append(LiveGenerator(site.net_if, None, [fr],
-                                      rate=flood.rate / len(lab.proxies), spoof=flood.spoof))
-        out = [(0, 0.0, 0.0)] * len(gens)
+            frames = ([spray_frame(k, site, src, a.service) for k in flood.kinds]
+                      or [_frame(site, opts, src, a.service, 12345)])
+            gens.append(LiveGenerator(site.net_if, None, frames,
+                                      rate=flood.rate / len(lab.proxies), spoof=flood.spoof,
+                                      random_dport=flood.random_dport, forwarded=True))
+        out = [FloodPart(0, 0.0, 0.0, ())] * len(gens)
 
         def go(i: int) -> None:
             time.sleep(max(0.0, t0 + flood.start - time.monotonic()))
             begin = time.monotonic() - t0
             n = gens[i].run(flood.stop - flood.start)
-            out[i] = (n, begin, time.monotonic() - t0)
+            out[i] = FloodPart(n, begin, time.monotonic() - t0,
+                               tuple((t - t0, k) for t, k in gens[i].calls))
 
         threads = [threading.Thread(target=go, args=(i,)) for i in range(len(gens))]
         for t in threads:
@@ -221,13 +271,15 @@ def measure(lab: Lab, opts: LabOptions, name: str, mesh: Mesh | None, flows: Seq
             *, legit: Sequence[str], attack_start: float, attack_end: float | None = None,
             flood: LiveFlood | None = None, attack_from_flood: bool = False,
             events: Sequence[tuple[float, str, Callable[[], object]]] = (),
-            live: Live | None = None) -> Run:
+            count_frames: bool = False, live: Live | None = None) -> Run:
     """Start ``mesh``, send ``flows`` (and ``flood``), count at the service, stop ``mesh``.
 
     ``events`` are ``(seconds, label, action)``: the action runs in this
     process at that moment of the run (kill a daemon, stop the store...).
     ``attack_from_flood``: the attack starts when the flood generators really
-    started (they are the whole attack).
+    started (they are the whole attack).  ``count_frames``: the service
+    counts every IP frame to a service address on its links, not what its
+    sockets receive (a flood to any port and protocol, fragments).
     """
     duration = max([f.stop for f in flows] + ([flood.stop] if flood else []))
     groups = tuple(dict.fromkeys(f.group for f in flows if f.group))
@@ -242,13 +294,15 @@ def measure(lab: Lab, opts: LabOptions, name: str, mesh: Mesh | None, flows: Seq
             stack.callback(mesh.stop)
         t0 = time.monotonic() + 0.5
         service = Service(lab.svc_ns, SERVICE_PORT, SERVICE_ADDRESSES, legit, t0, duration,
-                          recv_bins, {f.source: f.group for f in flows if f.group}).start()
+                          recv_bins, {f.source: f.group for f in flows if f.group},
+                          links=[s.svc_if for s in lab.proxies] if count_frames else ()
+                          ).start()
         stack.callback(service.stop)
         sender: NsProcess[dict[str, int]] = NsProcess(
             lab.net_ns, send_flows, [s.net_if for s in lab.proxies], list(flows), t0,
             sent_bins).start()
         stack.callback(sender.stop)
-        flooder: NsProcess[list[tuple[int, float, float]]] | None = None
+        flooder: NsProcess[list[FloodPart]] | None = None
         if flood is not None:
             flooder = NsProcess(lab.net_ns, _live_flood, lab, opts, flood, t0).start()
             stack.callback(flooder.stop)
@@ -278,14 +332,15 @@ def measure(lab: Lab, opts: LabOptions, name: str, mesh: Mesh | None, flows: Seq
             parts = flooder.result(60)
             if parts and attack_from_flood:
                 # The generators start a few ms late: the attack starts when they did.
-                attack_start = min(begin for _, begin, _ in parts)
-            for n, begin, end in parts:
-                # The live-frames generator paces in bursts of about a millisecond
-                # and its count is exact: spread it evenly over the time it ran.
-                _spread(sent_bins, n, begin, end)
-                total += n
-            info["flood_sent_per_proxy_pps"] = [round(n / max(end - begin, 1e-9))
-                                                for n, begin, end in parts]
+                attack_start = min(part.begin for part in parts)
+            for part in parts:
+                # Each kernel call's frames in the bin of its end (a call takes
+                # microseconds); the count is exact.
+                _add_calls(sent_bins, part.calls)
+                total += part.sent
+            info["flood_sent_per_proxy_pps"] = [round(part.sent / max(part.end - part.begin,
+                                                                      1e-9))
+                                                for part in parts]
             sent["spoofed flood"] = total
             notes.append(f"spoofed flood: {total} frames by live-frames test runs, "
                          f"{flood.rate:.0f}/s over {len(lab.proxies)} proxies")
@@ -307,17 +362,11 @@ def measure(lab: Lab, opts: LabOptions, name: str, mesh: Mesh | None, flows: Seq
                groups=groups, info=info)
 
 
-def _spread(bins: Bins, n: int, begin: float, end: float) -> None:
-    """Add ``n`` attack frames sent evenly over ``[begin, end)`` to ``bins``."""
-    a, b = bins.index(begin), bins.index(end)
-    w = bins.width
-    edges = [max(begin, min(end, i * w)) for i in range(a, b + 2)]
-    span = max(end - begin, 1e-9)
-    shares = [(edges[k + 1] - edges[k]) / span for k in range(b - a + 1)]
-    counts = [int(n * x) for x in shares]
-    counts[-1] += n - sum(counts)
-    for k, c in enumerate(counts):
-        bins.counts[_A, a + k] += c
+def _add_calls(bins: Bins, calls: Sequence[tuple[float, int]]) -> None:
+    """Add the attack frames of ``calls`` ((seconds after ``t0``, frames)) to ``bins``."""
+    if calls:
+        at = np.array([bins.index(t) for t, _ in calls], dtype=np.intp)
+        np.add.at(bins.counts[_A], at, np.array([n for _, n in calls], dtype=np.int64))
 
 
 def _legit(flows: Sequence[Flow]) -> list[str]:
@@ -512,6 +561,247 @@ def run_spoofed_flood(lab: Lab, opts: LabOptions, live: Live | None) -> list[Run
     return [run]
 
 
+def spray_frame(kind: str, site: ProxySite, src: str, dst: str) -> bytes:
+    """A frame of port-spray's flood of ``kind`` (see :data:`SPRAY_CYCLE`)."""
+    smac, dmac = site.net_mac, site.outside_mac
+    if kind in ("udp", "syn"):
+        return frame(kind, src_mac=smac, dst_mac=dmac, src=src, dst=dst, sport=12345,
+                     dport=SERVICE_PORT if kind == "udp" else SYN_PORT)
+    if kind == "icmp":
+        return icmp_frame(src_mac=smac, dst_mac=dmac, src=src, dst=dst)
+    if kind == "fragment":
+        return fragment_frame(src_mac=smac, dst_mac=dmac, src=src, dst=dst)
+    if kind.startswith("ip") and kind[2:].isdigit():
+        return proto_frame(src_mac=smac, dst_mac=dmac, src=src, dst=dst, proto=int(kind[2:]))
+    raise LabError(f"port-spray: no frame of kind {kind!r}")
+
+
+@dataclass(frozen=True)
+class SprayPlan:
+    """The rates of ``port-spray`` at the victim, in packets/s over the mesh
+    (see :func:`spray_plan`)."""
+
+    proxies: int
+    t_f2: int
+    total: float  # the flood, over every proxy
+    clients: float  # the victim's clients, all on one key
+    client_kind: str  # their protocol: "udp" or "syn"
+    cycle: tuple[str, ...] = SPRAY_CYCLE
+
+    def share(self, kind: str) -> float:
+        """The share of the flood that is of ``kind``."""
+        return self.cycle.count(kind) / len(self.cycle)
+
+    @property
+    def per_proxy(self) -> float:
+        """The flood through each proxy (it is split evenly)."""
+        return self.total / self.proxies
+
+    @property
+    def address(self) -> float:
+        """What the mesh sees sent to the victim's address: the flood and its clients."""
+        return self.total + self.clients
+
+    def keys(self) -> dict[str, float]:
+        """The busiest (address, port, protocol) key of each kind, packets/s over
+        the mesh: a port of UDP or TCP (the clients' port, with them on it), a
+        portless protocol, the fragments (keyed on the address alone, port and
+        protocol 0)."""
+        out: dict[str, float] = {}
+        for kind in dict.fromkeys(self.cycle):
+            rate = self.total * self.share(kind)
+            if kind in ("udp", "syn"):
+                rate = rate / 65536 + (self.clients if kind == self.client_kind else 0.0)
+            out[kind] = rate
+        return out
+
+    @property
+    def key_max(self) -> float:
+        return max(self.keys().values())
+
+    def as_dict(self) -> dict[str, Any]:
+        keys = self.keys()
+        busiest = max(keys, key=lambda k: keys[k])
+        return {"destination": "addr+port", "total_pps": round(self.total),
+                "per_proxy_pps": round(self.per_proxy),
+                "victim_address_pps": round(self.address),
+                "key_max_pps": round(self.key_max, 2), "key_max_kind": busiest,
+                "shares": {k: round(self.share(k), 4) for k in dict.fromkeys(self.cycle)},
+                "t_f2": self.t_f2}
+
+
+def spray_plan(opts: LabOptions) -> SprayPlan:
+    """The flood of ``port-spray``: ``opts.flood_rate`` (default
+    :data:`FLOOD_RATE`) split evenly over the proxies, over T_F2 for the
+    victim's address while every (address, port, protocol) key, its clients'
+    included, stays under :data:`SPRAY_KEY_SHARE` x T_F2.  A rate (or
+    thresholds) that does not make it so is refused (:class:`LabError`)."""
+    t_f2 = opts.thresholds.t_f2
+    total = FLOOD_RATE if opts.flood_rate is None else opts.flood_rate
+    plan = SprayPlan(opts.proxies, t_f2, total, opts.clients * opts.client_rate, opts.proto)
+    if plan.address <= t_f2 or plan.key_max >= SPRAY_KEY_SHARE * t_f2:
+        raise LabError(
+            f"port-spray: a flood of {total:.0f}/s puts {plan.address:.0f}/s on the victim's "
+            f"address and {plan.key_max:.0f}/s on its busiest key; the address must go over "
+            f"T_F2 = {t_f2} and every key stay under {SPRAY_KEY_SHARE:g} x T_F2: change "
+            "--flood-rate, --clients, --client-rate or --t-f2")
+    return plan
+
+
+def run_port_spray(lab: Lab, opts: LabOptions, live: Live | None) -> list[Run]:
+    """The filter keys destinations on (address, port, protocol); a spoofed flood
+    to the victim's address spreads over every port and protocol, so no key
+    sees much, while the victim's clients (established first) talk to their
+    usual port and another service's clients to theirs."""
+    a = opts.addressing
+    plan = spray_plan(opts)
+    flows = [
+        *client_flows(lab, opts, clients=opts.clients, start=0.0, stop=opts.duration,
+                      group="victim_clients"),
+        *client_flows(lab, opts, clients=opts.clients, start=0.0, stop=opts.duration,
+                      dst=a.other_service, first=opts.clients, group="other_clients"),
+    ]
+    flood = LiveFlood(_spoof_prefix(opts), plan.total, opts.attack_start, opts.duration,
+                      kinds=plan.cycle, random_dport=True)
+    mesh = XproMesh(lab, opts.thresholds, store=_store(opts), backend=opts.backend, sync=True,
+                    extra={"filter.destination": "addr+port"})
+    run = measure(lab, opts, "sync", mesh, flows, legit=_legit(flows),
+                  attack_start=opts.attack_start, flood=flood, attack_from_flood=True,
+                  count_frames=True, live=live)
+    run.info["flood"] = {**plan.as_dict(),
+                         "sent_per_proxy_pps": run.info.pop("flood_sent_per_proxy_pps", [])}
+    run.info["victim_clients_lead_s"] = opts.attack_start
+    port = f"{SYN_PORT}/tcp" if opts.proto == "syn" else f"{SERVICE_PORT}/udp"
+    run.notes.append(
+        f"destination keys: addr+port; {opts.clients} clients of the victim {a.service} on "
+        f"{port} from 0 s ({opts.attack_start:g} s before the flood), {opts.clients} clients "
+        f"of {a.other_service} from 0 s")
+    run.notes.append(
+        f"flood {plan.total:.0f}/s in total ({plan.per_proxy:.0f}/s per proxy) to "
+        f"{a.service}: UDP and TCP SYN to a random port each, ICMP and "
+        f"{len(SPRAY_PORTLESS)} other portless protocols, later fragments; "
+        f"{plan.address:.0f}/s on the address, at most {plan.key_max:.0f}/s on any key, "
+        f"T_F2 = {plan.t_f2}")
+    run.notes.append("counted in frames on the service host's links (no socket receives "
+                     "every port, protocol and fragment)")
+    return [run]
+
+
+@dataclass(frozen=True)
+class RotationPlan:
+    """The rates of ``v6-rotation``, in packets/s (see :func:`rotation_plan`)."""
+
+    attackers: int
+    proxies: int
+    t_f1: int
+    t_f2: int
+    per_attacker: float  # over the mesh
+    clients: float  # the legitimate clients, in total
+
+    @property
+    def per_attacker_per_proxy(self) -> float:
+        return self.per_attacker / self.proxies
+
+    @property
+    def victim(self) -> float:
+        """What the mesh sees sent to the victim: every attacker and client."""
+        return self.attackers * self.per_attacker + self.clients
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"attackers": self.attackers, "prefix_len": 64,
+                "per_attacker_pps": round(self.per_attacker, 2),
+                "per_attacker_per_proxy_pps": round(self.per_attacker_per_proxy, 2),
+                "victim_pps": round(self.victim), "t_f1": self.t_f1, "t_f2": self.t_f2}
+
+
+def rotation_plan(opts: LabOptions) -> RotationPlan:
+    """``v6-rotation``: ``opts.bots`` attackers, each at :data:`ROTATION_RATIO`
+    x T_F1 over the mesh.  The victim must stay under
+    :data:`ROTATION_DST_SHARE` x T_F2 (the per-destination limit is not what
+    is tested): more is refused (:class:`LabError`)."""
+    t = opts.thresholds
+    plan = RotationPlan(opts.bots, opts.proxies, t.t_f1, t.t_f2, ROTATION_RATIO * t.t_f1,
+                        opts.clients * opts.client_rate)
+    if plan.attackers < 1 or plan.victim >= ROTATION_DST_SHARE * t.t_f2:
+        raise LabError(
+            f"v6-rotation: {plan.attackers} attackers at {plan.per_attacker:g}/s each and the "
+            f"clients put {plan.victim:.0f}/s on the victim; it needs at least one attacker "
+            f"and must stay under {ROTATION_DST_SHARE:g} x T_F2 = "
+            f"{ROTATION_DST_SHARE * t.t_f2:.0f}: change --bots, --clients, --t-f1 or --t-f2")
+    return plan
+
+
+def rotation_flows(sites: Sequence[ProxySite], opts: LabOptions, plan: RotationPlan, *,
+                   start: float, stop: float) -> list[Flow]:
+    """Every attacker of ``v6-rotation`` through every site, each packet from an
+    address of its /64 that no other packet of the run has.
+
+    Attacker ``k`` owns ``Addressing.rotation_net(k)`` and sends
+    ``plan.per_attacker`` packets/s, split evenly over ``sites``; its flows
+    are accounted under its /64.  Each flow gets a distinct random address
+    for every frame it sends (``Flow.total``), so it never cycles.
+    """
+    a = Addressing(True)
+    rate = plan.per_attacker / len(sites)
+    port = SYN_PORT if opts.proto == "syn" else SERVICE_PORT
+    out = []
+    for k in range(plan.attackers):
+        net = a.rotation_net(k)
+        n = math.ceil(rate * (stop - start)) + 1
+        srcs = random_sources(net, n * len(sites), seed=k)
+        for j, site in enumerate(sites):
+            template = frame(opts.proto, src_mac=site.net_mac, dst_mac=site.outside_mac,
+                             src=srcs[j], dst=a.service, sport=20000 + k % 40000, dport=port)
+            frames = tuple(with_sources(template, srcs[j::len(sites)]))
+            out.append(Flow(net, "attack", site.index, frames, rate, start, stop))
+    return out
+
+
+def _rotation_index(src: str, nets: Sequence[ipaddress.IPv6Network | ipaddress.IPv4Network]
+                    ) -> int | None:
+    """Which of ``nets`` (consecutive /64s) ``src`` is in, if any."""
+    ip = ipaddress.ip_address(src)
+    if ip.version != 6 or not nets:
+        return None
+    k = (int(ip) >> 64) - (int(nets[0].network_address) >> 64)
+    return k if 0 <= k < len(nets) else None
+
+
+def run_v6_rotation(lab: Lab, opts: LabOptions, live: Live | None) -> list[Run]:
+    """IPv6 attackers, each sending every packet from a new random address of
+    its own /64, at 4 x T_F1 each over the mesh, spread over every proxy; IPv6
+    clients from single addresses at the usual rate."""
+    opts = replace(opts, ipv6=True)
+    plan = rotation_plan(opts)
+    flows = [
+        *client_flows(lab, opts, clients=opts.clients, start=0.0, stop=opts.duration),
+        *rotation_flows(lab.proxies, opts, plan, start=opts.attack_start, stop=opts.duration),
+    ]
+    mesh = XproMesh(lab, opts.thresholds, store=_store(opts), backend=opts.backend, sync=True)
+    run = measure(lab, opts, "sync", mesh, flows, legit=_legit(flows),
+                  attack_start=opts.attack_start, live=live)
+    span = opts.duration - opts.attack_start
+    nets = [ipaddress.ip_network(Addressing(True).rotation_net(k))
+            for k in range(plan.attackers)]
+    reached, seen = [0] * len(nets), [0] * len(nets)
+    for src, n in run.received_by_source.items():
+        k = _rotation_index(src, nets)
+        if k is not None:
+            reached[k] += n
+            seen[k] += 1
+    run.info["rotation"] = {
+        **plan.as_dict(),
+        "sent_per_attacker_pps": [round(run.sent_by_source.get(str(net), 0) / span, 2)
+                                  for net in nets],
+        "reached_per_attacker": reached, "addresses_seen_per_attacker": seen}
+    run.notes.append(
+        f"{plan.attackers} attackers, each a /64 of {Addressing(True).rotation} sending every "
+        f"packet from a new random address of it, at {plan.per_attacker:g}/s over the mesh "
+        f"({plan.per_attacker_per_proxy:g}/s through each proxy); {plan.victim:.0f}/s on the "
+        f"victim with the clients, T_F1 = {plan.t_f1}, T_F2 = {plan.t_f2}")
+    return [run]
+
+
 def run_heavy_hitter(lab: Lab, opts: LabOptions, live: Live | None) -> list[Run]:
     """One source far above T_F1 (20x), through one proxy."""
     t_f1 = opts.thresholds.t_f1
@@ -619,6 +909,11 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "no sync vs hashlimit", run_distributed),
     Scenario("spoofed-flood", "random spoofed sources flood one destination; its own, new "
              "and another's clients counted apart", run_spoofed_flood, attack_start=3.0),
+    Scenario("port-spray", "addr+port keys: a spoofed flood to the victim's address over "
+             "every port and protocol, each key far under T_F2", run_port_spray,
+             attack_start=3.0),
+    Scenario("v6-rotation", "IPv6 attackers sending each packet from a new address of "
+             "their own /64", run_v6_rotation, bots=10),
     Scenario("heavy-hitter", "one source far above T_F1", run_heavy_hitter),
     Scenario("pulse", "on-off bursts timed against the sync period", run_pulse),
     Scenario("flash-crowd", "a legitimate surge of new clients (false drops)",
@@ -634,6 +929,8 @@ def default_options(name: str, base: LabOptions) -> LabOptions:
     """Per-scenario adjustments of the options (longer runs where events need time)."""
     if name in ("proxy-crash", "store-outage") and base.duration < 12:
         return replace(base, duration=12.0)
+    if name == "v6-rotation":
+        return replace(base, ipv6=True)
     return base
 
 

@@ -114,6 +114,18 @@ class Addressing:
         return "fd00:e::/64" if self.ipv6 else "10.102.0.0/16"
 
     @property
+    def rotation(self) -> str:
+        """Where each attacker of ``v6-rotation`` owns a /64: always IPv6."""
+        return "fd00:a::/48"
+
+    def rotation_net(self, k: int) -> str:
+        """The ``k``-th (0-based) /64 of :attr:`rotation`."""
+        net = ipaddress.ip_network(self.rotation)
+        if not 0 <= k < 1 << (64 - net.prefixlen):
+            raise ValueError(f"{self.rotation} has no /64 number {k}")
+        return f"{net.network_address + (k << 64)}/64"
+
+    @property
     def spoofed(self) -> str:
         """Where random spoofed sources are drawn from."""
         return "fd00:5::/64" if self.ipv6 else "10.160.0.0/11"
@@ -191,11 +203,18 @@ def link_drops(lab: Lab) -> int:
     """Frames the lab's veths themselves dropped (full queues), summed over every end.
 
     Not a filter's doing: a veth drops what its peer cannot take in time
-    (its ring is full), which happens when the 2 cores are saturated.
+    (its ring is full), which happens when the 2 cores are saturated.  That
+    includes the frames the live-frames generator sent (``XDP_TX`` on the
+    ``net`` end) that the proxy's ring had no room for: the driver counts
+    those apart (``tx_queue_N_xdp_xmit_errors``), not as dropped.
     """
+    from xpro.lab.namespaces import driver_stats
+
     total = _drops_here_in(lab.net_ns, [s.net_if for s in lab.proxies])
     for s in lab.proxies:
         total += _drops_here_in(s.netns, [s.outside, s.inside])
+        total += sum(v for k, v in driver_stats(s.net_if, lab.net_ns).items()
+                     if k.startswith("tx_queue_") and k.endswith("_xdp_xmit_errors"))
     return total
 
 

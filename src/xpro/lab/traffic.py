@@ -176,7 +176,9 @@ def random_sources(network: str, count: int, *, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     base = int(net.network_address) + 1
     picked = rng.sample(range(span), count) if span < 1 << 24 else _sample_big(rng, span, count)
-    return [str(ipaddress.ip_address(base + i)) for i in picked]
+    # inet_ntop writes the same text as ipaddress (RFC 5952), many times faster
+    fam, size = ((socket.AF_INET, 4) if net.version == 4 else (socket.AF_INET6, 16))
+    return [socket.inet_ntop(fam, (base + i).to_bytes(size, "big")) for i in picked]
 
 
 def _sample_big(rng: random.Random, span: int, count: int) -> list[int]:
