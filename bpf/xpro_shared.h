@@ -5,15 +5,18 @@
  * This header is the single source of truth for every key, value, event and
  * configuration layout.  The Python side (xpro.layout) declares the same
  * structures as numpy dtypes and a test (tests/kernel/test_layout.py) checks
- * both against the BTF of the compiled object, field by field.
+ * both against the BTF of the compiled object, field by field; every
+ * constant here (#define XPRO_* and enum) is checked against its Python twin
+ * by tests/unit/test_shared_constants.py.
  *
- * Ownership (DESIGN.md 4.3): every field of a flow or destination record is
- * written only from kernel context.  The XDP program counts with one atomic
- * add per packet; the daemon never writes a record from userspace but hands
- * batches of deltas to the control program (xpro_apply), which applies them
- * in the kernel with atomic adds and a generation check.  The sync's own
- * baseline lives in fields the packet path never reads.  So a sync can never
- * lose or double a packet counted while it runs.
+ * Ownership (docs/semantics.rst, "Record ownership"): every field of a flow
+ * or destination record is written only from kernel context.  The XDP
+ * program counts with one atomic add per packet; the daemon never writes a
+ * record from userspace but hands batches of deltas to the control program
+ * (xpro_apply), which applies them in the kernel with atomic adds and a
+ * generation check.  The sync's own baseline lives in fields the packet path
+ * never reads.  So a sync can never lose or double a packet counted while it
+ * runs.
  */
 #ifndef XPRO_SHARED_H
 #define XPRO_SHARED_H
@@ -159,6 +162,16 @@ struct xpro_config {
 #define XPRO_APPLY_DELETE 0x20 /* delete the record if nothing changed since */
 #define XPRO_APPLY_KEEP_BASE 0x40 /* add c_delta, leave the sync baseline alone */
 
+/* What the control program did with one operation (xpro_apply.result). */
+enum xpro_apply_result {
+	XPRO_APPLY_APPLIED = 0, /* done (READ: the record is in the entry) */
+	XPRO_APPLY_RACED = 1,   /* a packet got there first: the record was reset
+				 * (gen moved), created, or (DELETE) counted since
+				 * the daemon read it; nothing changed, retry next
+				 * round */
+	XPRO_APPLY_MISSING = 2, /* no record (and no CREATE, or it failed) */
+};
+
 struct xpro_apply {
 	__s64 c_delta;            /* in: added atomically to c' or c*; READ out: c' */
 	__u64 ts1;                /* in: new ts1 (0: unchanged); READ out */
@@ -166,7 +179,7 @@ struct xpro_apply {
 	__u64 base_c;             /* in: the flow's new baseline; READ out */
 	__u32 op;                 /* XPRO_APPLY_* */
 	__u32 gen;                /* in: the gen the daemon read; READ out */
-	__s32 result;             /* out: 0 applied, 1 gen mismatch, 2 no record */
+	__s32 result;             /* out: enum xpro_apply_result */
 	__u32 base_gen;           /* READ out */
 	struct xpro_flow_key key; /* for DST operations only key.dst is used */
 	__u32 pad;

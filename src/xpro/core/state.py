@@ -17,8 +17,9 @@ import numpy.typing as npt
 from xpro.core import layout as L
 from xpro.core.model import FilterParams
 
-__all__ = ["APPLIED", "APPLY_MAX", "GEN_MISMATCH", "NO_RECORD", "OP_CREATE", "OP_DELETE",
-           "OP_DST", "OP_FLOW", "OP_KEEP_BASE", "OP_READ", "FilterState", "apply_entries"]
+__all__ = ["APPLIED", "APPLY_MAX", "GEN_MISMATCH", "MISSING", "NO_RECORD", "OP_CREATE",
+           "OP_DELETE", "OP_DST", "OP_FLOW", "OP_KEEP_BASE", "OP_READ", "RACED", "FilterState",
+           "apply_entries"]
 
 Array = npt.NDArray[Any]
 
@@ -34,10 +35,16 @@ OP_DELETE = 0x20
 #: count as this proxy's own at the next sync (counts made outside the program).
 OP_KEEP_BASE = 0x40
 
-#: Control-program results.
+#: Control-program results (enum xpro_apply_result in bpf/xpro_shared.h).
 APPLIED = 0
-GEN_MISMATCH = 1
-NO_RECORD = 2
+#: A packet got there first (the record was reset, created or counted since
+#: the read): nothing changed, the next round retries.
+RACED = 1
+#: No record (and no OP_CREATE, or the create failed).
+MISSING = 2
+#: Older names of RACED and MISSING.
+GEN_MISMATCH = RACED
+NO_RECORD = MISSING
 
 
 @runtime_checkable
