@@ -21,6 +21,9 @@
 #ifndef XPRO_LPM_MAX
 #define XPRO_LPM_MAX 16384
 #endif
+#ifndef XPRO_KNOWN_MAX
+#define XPRO_KNOWN_MAX 65536
+#endif
 
 /* (source, destination key) -> flow record.  LRU: a spoofed flood evicts
  * old flows, it never blocks the program (docs/semantics.rst). */
@@ -52,6 +55,16 @@ struct {
 	__type(key, struct xpro_dst_key);
 	__type(value, struct xpro_dst);
 } dsts SEC(".maps");
+
+/* (source, destination key) -> enum xpro_known_class, written only by the
+ * daemon; read per packet only while the destination is closed.  A plain
+ * hash, not LRU: a flood must not evict the known clients. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XPRO_KNOWN_MAX);
+	__type(key, struct xpro_flow_key);
+	__type(value, __u32);
+} known SEC(".maps");
 
 /* Verdict counters by reason. */
 struct {

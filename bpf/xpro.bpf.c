@@ -17,6 +17,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * in xpro.layout.SIZES (tests/kernel/test_layout.py checks the rest). */
 _Static_assert(sizeof(struct xpro_event) == 72, "xpro_event layout");
 _Static_assert(sizeof(struct xpro_apply) == 88, "xpro_apply layout");
+_Static_assert(sizeof(struct xpro_dst) == 40, "xpro_dst layout");
 
 /* Run-time configuration.  Defaults match xpro.config; userspace rewrites the
  * whole struct through an mmap of the .data map. */
@@ -141,15 +142,15 @@ static __always_inline int verdict(__u32 reason, int action, __u64 pkt_len)
 
 /*
  * The verdict of a rate rule that fired: the overload warning if one is due
- * on the record (warn_ts), then drop, or pass in monitor mode, counted under
- * the reason of the mode.
+ * on the record (warn_ts; NULL: no warning), then drop, or pass in monitor
+ * mode, counted under the reason of the mode.
  */
 static __always_inline int limit_verdict(struct xpro_flow_key *key, __u64 now,
 					 __u64 pkt_len, __u64 *warn_ts, __u32 kind,
 					 __u64 c, __u64 window, __u32 reason,
 					 __u32 mon_reason)
 {
-	if (warn_due(warn_ts, now))
+	if (warn_ts && warn_due(warn_ts, now))
 		warn(kind, key, now, c, window);
 	if (mode_for(key) == XPRO_MODE_MONITOR)
 		return verdict(mon_reason, XDP_PASS, pkt_len);
@@ -258,14 +259,65 @@ static __always_inline int flow_stage(struct xpro_flow_key *key, __u64 now, __u6
 }
 
 /*
+ * Whether the destination is closed to unknown sources: not idle, and its
+ * aggregate over T_F2 after T_T3 (docs/semantics.rst).  Judged once per
+ * packet, on the record as it was before the packet.
+ */
+static __always_inline int dst_closed(struct xpro_dst *d, __u64 now)
+{
+	__u64 ts1s = d->ts1;
+
+	return (__s64)(now - d->ts2) <= (__s64)cfg.t_t1 &&
+	       (__s64)(now - ts1s) > (__s64)cfg.t_t3 &&
+	       rate_exceeds(d->c, now - ts1s, cfg.t_f2);
+}
+
+/*
+ * A packet of an unknown source to a closed destination: counted into the
+ * destination's closed-drops record (as a flow stage counts, with no
+ * per-source check) and into c*, then dropped as DST_CLOSED, with the
+ * destination's overload warning.  No record of its own source is touched,
+ * so a spoofed flood costs one hot record, not one per source.
+ */
+static __always_inline int closed_stage(struct xpro_flow_key *key, struct xpro_dst *d,
+					__u64 now, __u64 pkt_len)
+{
+	struct xpro_flow_key ck __attribute__((aligned(8)));
+	const __u32 *k = (const __u32 *)key;
+	__u32 *w = (__u32 *)&ck;
+	__u64 c, ts1;
+	int started;
+
+	/* Word stores, as the parser builds keys (store forwarding). */
+	w[0] = 0;
+	w[1] = 0;
+	w[2] = 0;
+	w[3] = 0;
+	w[4] = k[4];
+	w[5] = k[5];
+	w[6] = k[6];
+	w[7] = k[7];
+	w[8] = (k[8] & 0x00ffffff) | ((__u32)XPRO_DST_PAD_CLOSED << 24); /* pad: byte 35 */
+	flow_count(&ck, now, &c, &ts1, &started);
+
+	c = __sync_fetch_and_add(&d->c, 1) + 1;
+	d->ts2 = now;
+	return limit_verdict(key, now, pkt_len, &d->warn_ts, XPRO_EV_DST_OVERLOAD,
+			     c, now - d->ts1, XPRO_R_DST_CLOSED, XPRO_R_MON_DST_CLOSED);
+}
+
+/*
  * The destination stage, lines 18-25 in O(1): the aggregate counts packets
  * admitted past the per-source check (docs/semantics.rst); ts1 and started
- * come from the flow stage.
+ * come from the flow stage, d (NULL if there was none) and closed, cls from
+ * the top of the packet.  An open destination drops over T_F2; a closed
+ * one serves its known clients until their own total is over T_F2, and
+ * drops a heavy source's packets that got past its flow record.
  */
-static __always_inline int dst_stage(struct xpro_flow_key *key, __u64 now, __u64 pkt_len,
-				     __u64 ts1, int started)
+static __always_inline int dst_stage(struct xpro_flow_key *key, struct xpro_dst *d,
+				     __u64 now, __u64 pkt_len, __u64 ts1, int started,
+				     int closed, __u32 cls)
 {
-	struct xpro_dst *d = bpf_map_lookup_elem(&dsts, &key->dst);
 	__u64 cs, ts1s;
 
 	if (!d) {
@@ -282,6 +334,7 @@ static __always_inline int dst_stage(struct xpro_flow_key *key, __u64 now, __u64
 		/* the destination was idle: a new aggregate window */
 		d->ts1 = now;
 		d->c = 0;
+		d->kc = 0;
 	} else if (started && (__s64)(ts1 - d->ts1) < 0) {
 		d->ts1 = ts1;
 	}
@@ -289,6 +342,13 @@ static __always_inline int dst_stage(struct xpro_flow_key *key, __u64 now, __u64
 	d->ts2 = now;
 	ts1s = d->ts1;
 
+	if (closed) {
+		if (cls != XPRO_KNOWN_CLIENT) /* heavy: never served while closed */
+			return limit_verdict(key, now, pkt_len, NULL, 0, 0, 0,
+					     XPRO_R_DST_CLOSED, XPRO_R_MON_DST_CLOSED);
+		/* a known client: closed to it too once their total is over */
+		cs = __sync_fetch_and_add(&d->kc, 1) + 1;
+	}
 	if ((__s64)(now - ts1s) > (__s64)cfg.t_t3 && rate_exceeds(cs, now - ts1s, cfg.t_f2))
 		return limit_verdict(key, now, pkt_len, &d->warn_ts, XPRO_EV_DST_OVERLOAD,
 				     cs, now - ts1s, XPRO_R_DST_RATE, XPRO_R_MON_DST_RATE);
@@ -298,8 +358,11 @@ static __always_inline int dst_stage(struct xpro_flow_key *key, __u64 now, __u64
 static __always_inline int filter(struct xdp_md *ctx, __u64 pkt_len)
 {
 	struct xpro_flow_key key __attribute__((aligned(8)));
+	struct xpro_dst *d;
 	__u64 now, ts1;
 	int started = 0;
+	int closed = 0;
+	__u32 cls = 0;
 	int rc;
 
 	rc = parse_stage(ctx, pkt_len, &key);
@@ -309,10 +372,21 @@ static __always_inline int filter(struct xdp_md *ctx, __u64 pkt_len)
 	if (rc != XPRO_NEXT)
 		return rc;
 	now = cfg.fake_now ? cfg.fake_now : bpf_ktime_get_coarse_ns() + cfg.clock_offset;
+
+	/* A closed destination first: unknown sources go no further. */
+	d = bpf_map_lookup_elem(&dsts, &key.dst);
+	if (d && dst_closed(d, now)) {
+		__u32 *kn = bpf_map_lookup_elem(&known, &key);
+
+		cls = kn ? *kn : 0;
+		if (!cls) /* an unknown source */
+			return closed_stage(&key, d, now, pkt_len);
+		closed = 1;
+	}
 	rc = flow_stage(&key, now, pkt_len, &ts1, &started);
 	if (rc != XPRO_NEXT)
 		return rc;
-	return dst_stage(&key, now, pkt_len, ts1, started);
+	return dst_stage(&key, d, now, pkt_len, ts1, started, closed, cls);
 }
 
 SEC("xdp")
@@ -400,7 +474,8 @@ static __always_inline int apply_flow(struct xpro_apply *a)
 	return XPRO_APPLY_APPLIED;
 }
 
-/* DST: add the delta to a destination aggregate; or create, or delete it. */
+/* DST: add the deltas to a destination aggregate (c_delta to c*, base_c to
+ * kc); or create, or delete it. */
 static __always_inline int apply_dst(struct xpro_apply *a)
 {
 	struct xpro_dst *d = bpf_map_lookup_elem(&dsts, &a->key.dst);
@@ -408,6 +483,7 @@ static __always_inline int apply_dst(struct xpro_apply *a)
 	if (!d) {
 		struct xpro_dst nd = {
 			.ts1 = a->ts1, .ts2 = a->ts2, .c = (__u64)a->c_delta,
+			.kc = a->base_c,
 		};
 
 		if (a->op & XPRO_APPLY_CREATE &&
@@ -421,6 +497,7 @@ static __always_inline int apply_dst(struct xpro_apply *a)
 		return XPRO_APPLY_RACED;
 	}
 	__sync_fetch_and_add(&d->c, a->c_delta);
+	__sync_fetch_and_add(&d->kc, a->base_c); /* the kc delta, two's complement */
 	if (a->ts1)
 		d->ts1 = a->ts1;
 	max_store(&d->ts2, a->ts2);

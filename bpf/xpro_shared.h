@@ -35,6 +35,10 @@
 #define XPRO_MALFORMED_DROP 0
 #define XPRO_MALFORMED_PASS 1
 
+/* The key pad of a destination's closed-drops record (struct xpro_dst_key):
+ * a parsed packet always has pad 0, so that key is no real flow's. */
+#define XPRO_DST_PAD_CLOSED 1
+
 /* Bounds of the parser. */
 #define XPRO_MAX_VLAN 2       /* 802.1Q / 802.1ad tags walked */
 #define XPRO_MAX_EXTHDR 8     /* IPv6 extension headers walked */
@@ -53,7 +57,22 @@ enum xpro_reason {
 	XPRO_R_DST_RATE = 6,    /* over T_F2 (enforce): dropped */
 	XPRO_R_MON_SRC_RATE = 7,/* over T_F1 in monitor mode: passed */
 	XPRO_R_MON_DST_RATE = 8,/* over T_F2 in monitor mode: passed */
-	XPRO_R_MAX = 9,
+	XPRO_R_DST_CLOSED = 9,  /* destination closed to unknown sources: dropped */
+	XPRO_R_MON_DST_CLOSED = 10, /* the same in monitor mode: passed */
+	XPRO_R_MAX = 11,
+};
+
+/*
+ * Values of the `known` map: sources the daemon has classified for one
+ * destination key (written only from userspace, read per packet only while
+ * the destination is closed).
+ */
+enum xpro_known_class {
+	XPRO_KNOWN_CLIENT = 1, /* a known client: served while the destination
+				* is closed, counted in kc */
+	XPRO_KNOWN_HEAVY = 2,  /* over T_F1 somewhere in the mesh: goes through
+				* its flow record (its drops count as src_rate),
+				* never served by a closed destination */
 };
 
 /* Ring-buffer event kinds. */
@@ -67,10 +86,15 @@ struct xpro_dst_key {
 	__u8 addr[16];   /* IPv6, or IPv4-mapped IPv6 (::ffff:a.b.c.d) */
 	__u16 port;      /* destination port, network byte order */
 	__u8 proto;      /* IP protocol number */
-	__u8 pad;        /* always 0 */
+	__u8 pad;        /* 0; XPRO_DST_PAD_CLOSED in a closed-drops record's key */
 };
 
-/* The flow key: 36 bytes. */
+/*
+ * The flow key: 36 bytes.  A destination's closed-drops record (the packets
+ * dropped because it was closed to unknown sources) is the flow record
+ * under src = 16 zero bytes, dst = the destination key with
+ * pad = XPRO_DST_PAD_CLOSED: counted, reset, synced and merged like a flow.
+ */
 struct xpro_flow_key {
 	__u8 src[16];
 	struct xpro_dst_key dst;
@@ -96,12 +120,19 @@ struct xpro_flow {
 	__u32 pad;
 };
 
-/* The per-destination aggregate (ts1*, ts2*, c*), updated in O(1). */
+/*
+ * The per-destination aggregate (ts1*, ts2*, c*), updated in O(1).  The
+ * destination is closed (to unknown sources) while it is not idle and c*
+ * is over T_F2 after T_T3.
+ */
 struct xpro_dst {
 	__u64 ts1;      /* ts1*: min ts1' of the admitted flows */
-	__u64 ts2;      /* ts2*: last admitted packet */
-	__u64 c;        /* c*: packets admitted past the per-source check */
+	__u64 ts2;      /* ts2*: last admitted (or closed-dropped) packet */
+	__u64 c;        /* c*: packets admitted past the per-source check, plus
+			 * packets dropped because the destination was closed */
 	__u64 warn_ts;  /* last overload warning for this destination */
+	__u64 kc;       /* packets of known clients in the window: counted per
+			 * packet while closed, recomputed by the sync */
 };
 
 /* Per-CPU verdict counters, one slot per enum xpro_reason. */
@@ -156,7 +187,7 @@ struct xpro_config {
  * them atomically, so packets counted in between are kept.
  */
 #define XPRO_APPLY_FLOW 1      /* update a flow record */
-#define XPRO_APPLY_DST 2       /* update a destination aggregate */
+#define XPRO_APPLY_DST 2       /* update a destination aggregate (c, kc, ts) */
 #define XPRO_APPLY_READ 4      /* read a flow record (no change) */
 #define XPRO_APPLY_CREATE 0x10 /* create the record if it does not exist */
 #define XPRO_APPLY_DELETE 0x20 /* delete the record if nothing changed since */
@@ -176,7 +207,8 @@ struct xpro_apply {
 	__s64 c_delta;            /* in: added atomically to c' or c*; READ out: c' */
 	__u64 ts1;                /* in: new ts1 (0: unchanged); READ out */
 	__u64 ts2;                /* in: ts2 = max(ts2, this) (0: unchanged); READ out */
-	__u64 base_c;             /* in: the flow's new baseline; READ out */
+	__u64 base_c;             /* in: the flow's new baseline; DST: the delta
+				   * added to kc (two's complement); READ out */
 	__u32 op;                 /* XPRO_APPLY_* */
 	__u32 gen;                /* in: the gen the daemon read; READ out */
 	__s32 result;             /* out: enum xpro_apply_result */

@@ -31,6 +31,8 @@ PYTHON: dict[str, int] = {
     "XPRO_MALFORMED_PASS": L.MALFORMED_PASS,
     "XPRO_MAX_VLAN": L.MAX_VLAN,
     "XPRO_MAX_EXTHDR": L.MAX_EXTHDR,
+    "XPRO_DST_PAD_CLOSED": L.DST_PAD_CLOSED,
+    **{f"XPRO_KNOWN_{k.name}": k.value for k in L.Known},
     **{f"XPRO_R_{r.name}": r.value for r in L.Reason},
     "XPRO_R_MAX": L.N_REASONS,
     **{f"XPRO_EV_{k.name}": k.value for k in L.EventKind},
@@ -51,6 +53,7 @@ MAP_SIZES = {
     "XPRO_FLOWS_MAX": "flows",
     "XPRO_DSTS_MAX": "dsts",
     "XPRO_LPM_MAX": "prefixes",
+    "XPRO_KNOWN_MAX": "known",
 }
 
 _DEFINE = re.compile(r"^\s*#\s*define\s+(XPRO_\w+)[ \t]+([^/\n]+?)\s*(?:/[*/].*)?$", re.M)

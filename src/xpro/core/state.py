@@ -82,14 +82,24 @@ class FilterState(Protocol):
 
 
 def apply_entries(keys: Iterable[bytes] | Array, op: int | Array, *, gen: Any = 0,
-                  c_delta: Any = 0, ts1: Any = 0, ts2: Any = 0, base_c: Any = 0) -> Array:
-    """Build an APPLY array from parallel columns (scalars broadcast)."""
+                  c_delta: Any = 0, ts1: Any = 0, ts2: Any = 0, base_c: Any = 0,
+                  kc_delta: Any = None) -> Array:
+    """Build an APPLY array from parallel columns (scalars broadcast).
+
+    ``kc_delta`` (OP_DST only) is the signed delta added to a destination's
+    ``kc``; it travels in the ``base_c`` field, which DST operations do not
+    otherwise use (``struct xpro_apply`` in ``bpf/xpro_shared.h``).
+    """
     karr = keys if isinstance(keys, np.ndarray) else np.frombuffer(
         b"".join(keys), dtype=L.FLOW_KEY)
     e = np.zeros(len(karr), dtype=L.APPLY)
     e["key"] = karr
     e["op"], e["gen"], e["c_delta"], e["ts1"], e["ts2"] = op, gen, c_delta, ts1, ts2
-    e["base_c"] = base_c
+    if kc_delta is None:
+        e["base_c"] = base_c
+    else:
+        e["base_c"] = np.broadcast_to(np.asarray(kc_delta, dtype=np.int64),
+                                      (len(karr),)).view(np.uint64)
     return e
 
 
