@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * The maps of the xpro XDP program, BTF-defined.  The loader pins them per
- * instance (xpro.bpf), so a
- * restarted daemon adopts them (DESIGN.md 4.8).  Sizes are defaults that the
- * loader overrides from config before load.
+ * instance (xpro.bpf), so a restarted daemon adopts them
+ * (docs/operations.rst).  Sizes are defaults that the loader overrides from
+ * config before load.
  */
 #ifndef XPRO_MAPS_H
 #define XPRO_MAPS_H
@@ -21,9 +21,12 @@
 #ifndef XPRO_LPM_MAX
 #define XPRO_LPM_MAX 16384
 #endif
+#ifndef XPRO_KNOWN_MAX
+#define XPRO_KNOWN_MAX 65536
+#endif
 
 /* (source, destination key) -> flow record.  LRU: a spoofed flood evicts
- * old flows, it never blocks the program (DESIGN.md 3.3). */
+ * old flows, it never blocks the program (docs/semantics.rst). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, XPRO_FLOWS_MAX);
@@ -53,6 +56,16 @@ struct {
 	__type(value, struct xpro_dst);
 } dsts SEC(".maps");
 
+/* (source, destination key) -> enum xpro_known_class, written only by the
+ * daemon; read per packet only while the destination is closed.  A plain
+ * hash, not LRU: a flood must not evict the known clients. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XPRO_KNOWN_MAX);
+	__type(key, struct xpro_flow_key);
+	__type(value, __u32);
+} known SEC(".maps");
+
 /* Verdict counters by reason. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -61,31 +74,21 @@ struct {
 	__type(value, struct xpro_stat);
 } stats SEC(".maps");
 
-/* Source prefixes always passed / always dropped (checked first). */
-struct {
+/* An address prefix -> a value (LPM trie over the 16-byte mapped address). */
+struct xpro_lpm_map {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, XPRO_LPM_MAX);
 	__type(key, struct xpro_lpm_key);
 	__type(value, __u32);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-} allow_src SEC(".maps");
+};
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, XPRO_LPM_MAX);
-	__type(key, struct xpro_lpm_key);
-	__type(value, __u32);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} deny_src SEC(".maps");
+/* Source prefixes always passed / always dropped (checked first). */
+struct xpro_lpm_map allow_src SEC(".maps");
+struct xpro_lpm_map deny_src SEC(".maps");
 
 /* Destination prefix -> XPRO_MODE_* (overrides config.mode). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, XPRO_LPM_MAX);
-	__type(key, struct xpro_lpm_key);
-	__type(value, __u32);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} dst_policy SEC(".maps");
+struct xpro_lpm_map dst_policy SEC(".maps");
 
 /* The sync's batch of updates for xpro_apply, written by the daemon through
  * an mmap; the control program applies it in kernel context. */

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * xpro: Algorithm 2 of the X-Pro paper (per-packet filter) at the XDP hook,
- * with the decisions of DESIGN.md section 3.  xpro.model is the executable
+ * with the decisions of docs/semantics.rst.  xpro.model is the executable
  * specification of this file; tests/kernel checks they agree packet by
  * packet.
  */
@@ -17,6 +17,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * in xpro.layout.SIZES (tests/kernel/test_layout.py checks the rest). */
 _Static_assert(sizeof(struct xpro_event) == 72, "xpro_event layout");
 _Static_assert(sizeof(struct xpro_apply) == 88, "xpro_apply layout");
+_Static_assert(sizeof(struct xpro_dst) == 40, "xpro_dst layout");
 
 /* Run-time configuration.  Defaults match xpro.config; userspace rewrites the
  * whole struct through an mmap of the .data map. */
@@ -130,67 +131,95 @@ static __always_inline void mark_dirty(struct xpro_flow_key *key, __u32 epoch)
 		__sync_fetch_and_add(&dirty_lost, 1);
 }
 
-static __always_inline int filter(struct xdp_md *ctx, __u64 pkt_len)
+/* A stage's answer when the packet goes on to the next stage (XDP_* are >= 0). */
+#define XPRO_NEXT -1
+
+static __always_inline int verdict(__u32 reason, int action, __u64 pkt_len)
+{
+	count(reason, pkt_len);
+	return action;
+}
+
+/*
+ * The verdict of a rate rule that fired: the overload warning if one is due
+ * on the record (warn_ts; NULL: no warning), then drop, or pass in monitor
+ * mode, counted under the reason of the mode.
+ */
+static __always_inline int limit_verdict(struct xpro_flow_key *key, __u64 now,
+					 __u64 pkt_len, __u64 *warn_ts, __u32 kind,
+					 __u64 c, __u64 window, __u32 reason,
+					 __u32 mon_reason)
+{
+	if (warn_ts && warn_due(warn_ts, now))
+		warn(kind, key, now, c, window);
+	if (mode_for(key) == XPRO_MODE_MONITOR)
+		return verdict(mon_reason, XDP_PASS, pkt_len);
+	return verdict(reason, XDP_DROP, pkt_len);
+}
+
+/* Parse the frame into key; non-IP and malformed frames get their verdict. */
+static __always_inline int parse_stage(struct xdp_md *ctx, __u64 pkt_len,
+				       struct xpro_flow_key *key)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	struct xpro_flow_key key __attribute__((aligned(8)));
-	__u64 now;
-	int rc;
+	int rc = parse_packet(data, data_end, pkt_len, cfg.dst_mode, key);
 
-	rc = parse_packet(data, data_end, pkt_len, cfg.dst_mode, &key);
-	if (rc == PARSE_NON_IP) {
-		count(XPRO_R_NON_IP, pkt_len);
-		return XDP_PASS;
-	}
-	if (rc == PARSE_MALFORMED) {
-		count(XPRO_R_MALFORMED, pkt_len);
-		return cfg.malformed_policy == XPRO_MALFORMED_PASS ? XDP_PASS : XDP_DROP;
-	}
+	if (rc == PARSE_NON_IP)
+		return verdict(XPRO_R_NON_IP, XDP_PASS, pkt_len);
+	if (rc == PARSE_MALFORMED)
+		return verdict(XPRO_R_MALFORMED,
+			       cfg.malformed_policy == XPRO_MALFORMED_PASS ? XDP_PASS : XDP_DROP,
+			       pkt_len);
+	return XPRO_NEXT;
+}
 
-	/* Allow and deny lists first (DESIGN.md 3.2); skipped when empty. */
+/* The allow and deny lists, before any rate rule (docs/semantics.rst);
+ * skipped when empty. */
+static __always_inline int lists_stage(struct xpro_flow_key *key, __u64 pkt_len)
+{
 	if (cfg.n_allow || cfg.n_deny) {
 		struct xpro_lpm_key lk = { .prefixlen = 128 };
 
-		__builtin_memcpy(lk.addr, key.src, 16);
-		if (cfg.n_allow && bpf_map_lookup_elem(&allow_src, &lk)) {
-			count(XPRO_R_ALLOW, pkt_len);
-			return XDP_PASS;
-		}
-		if (cfg.n_deny && bpf_map_lookup_elem(&deny_src, &lk)) {
-			count(XPRO_R_DENY, pkt_len);
-			return XDP_DROP;
-		}
+		__builtin_memcpy(lk.addr, key->src, 16);
+		if (cfg.n_allow && bpf_map_lookup_elem(&allow_src, &lk))
+			return verdict(XPRO_R_ALLOW, XDP_PASS, pkt_len);
+		if (cfg.n_deny && bpf_map_lookup_elem(&deny_src, &lk))
+			return verdict(XPRO_R_DENY, XDP_DROP, pkt_len);
 	}
+	return XPRO_NEXT;
+}
 
-	now = cfg.fake_now ? cfg.fake_now :
-			     bpf_ktime_get_coarse_ns() + cfg.clock_offset;
-
-	/* Algorithm 2, lines 1-11: the per-source record. */
-	struct xpro_flow *f = bpf_map_lookup_elem(&flows, &key);
-	__u64 c, ts1;
-	int started = 0;
+/*
+ * Algorithm 2, lines 1-11: count one packet into the flow record of key,
+ * creating it, or starting a new window after T_T1 idle.  Sets *c (the count
+ * with this packet), *ts1 (the window start) and *started (the window
+ * started with this packet).  Returns the record, or NULL when this packet
+ * created it (or it could not be kept): its window is empty, under any limit.
+ */
+static __always_inline struct xpro_flow *flow_count(struct xpro_flow_key *key, __u64 now,
+						     __u64 *c, __u64 *ts1, int *started)
+{
+	struct xpro_flow *f = bpf_map_lookup_elem(&flows, key);
+	__u32 epoch = cfg.epoch;
 
 	if (!f) {
-		__u32 epoch = cfg.epoch;
 		struct xpro_flow nf = { .ts1 = now, .ts2 = now, .c = 1, .epoch = epoch };
 
 		/* BPF_NOEXIST: if another CPU created it meanwhile, count
 		 * into that record instead of overwriting it. */
-		if (bpf_map_update_elem(&flows, &key, &nf, BPF_NOEXIST) == 0) {
+		if (bpf_map_update_elem(&flows, key, &nf, BPF_NOEXIST) == 0) {
 			if (epoch)
-				mark_dirty(&key, epoch);
-			c = 1;
-			ts1 = now;
-			started = 1;
-			goto checked_new;
+				mark_dirty(key, epoch);
+		} else {
+			/* NULL if evicted at once: the table is far too small */
+			f = bpf_map_lookup_elem(&flows, key);
 		}
-		f = bpf_map_lookup_elem(&flows, &key);
-		if (!f) { /* evicted at once: the table is far too small */
-			c = 1;
-			ts1 = now;
-			started = 1;
-			goto checked_new;
+		if (!f) {
+			*c = 1;
+			*ts1 = now;
+			*started = 1;
+			return NULL;
 		}
 	}
 	if ((__s64)(now - f->ts2) > (__s64)cfg.t_t1) {
@@ -199,37 +228,96 @@ static __always_inline int filter(struct xdp_md *ctx, __u64 pkt_len)
 		f->gen += 1;
 		f->ts1 = now;
 		f->c = 0;
-		started = 1;
+		*started = 1;
 	}
 	/* Line 11, with an atomic add: CPUs share records, and the sync's
 	 * deltas (xpro_apply) must never be lost against a packet. */
-	c = __sync_fetch_and_add(&f->c, 1) + 1;
+	*c = __sync_fetch_and_add(&f->c, 1) + 1;
 	f->ts2 = now;
-	ts1 = f->ts1;
-	__u32 epoch = cfg.epoch;
-
+	*ts1 = f->ts1;
 	if (f->epoch != epoch && epoch) {
 		f->epoch = epoch;
-		mark_dirty(&key, epoch);
+		mark_dirty(key, epoch);
 	}
+	return f;
+}
 
-	/* Lines 12-16: over T_F1 after at least T_T2. */
-	if ((__s64)(now - ts1) > (__s64)cfg.t_t2 &&
-	    rate_exceeds(c, now - ts1, cfg.t_f1)) {
-		if (warn_due(&f->warn_ts, now))
-			warn(XPRO_EV_SRC_OVERLOAD, &key, now, c, now - ts1);
-		if (mode_for(&key) == XPRO_MODE_MONITOR) {
-			count(XPRO_R_MON_SRC_RATE, pkt_len);
-			return XDP_PASS;
-		}
-		count(XPRO_R_SRC_RATE, pkt_len);
-		return XDP_DROP;
-	}
+/* The per-source stage: the flow record, then lines 12-16 (over T_F1 after
+ * at least T_T2).  Hands the flow's window to the destination stage. */
+static __always_inline int flow_stage(struct xpro_flow_key *key, __u64 now, __u64 pkt_len,
+				      __u64 *ts1, int *started)
+{
+	struct xpro_flow *f;
+	__u64 c;
 
-checked_new:;
-	/* Lines 18-25, in O(1): the destination aggregate counts packets
-	 * admitted past the per-source check (DESIGN.md 3.5). */
-	struct xpro_dst *d = bpf_map_lookup_elem(&dsts, &key.dst);
+	f = flow_count(key, now, &c, ts1, started);
+	if (f && (__s64)(now - *ts1) > (__s64)cfg.t_t2 &&
+	    rate_exceeds(c, now - *ts1, cfg.t_f1))
+		return limit_verdict(key, now, pkt_len, &f->warn_ts, XPRO_EV_SRC_OVERLOAD,
+				     c, now - *ts1, XPRO_R_SRC_RATE, XPRO_R_MON_SRC_RATE);
+	return XPRO_NEXT;
+}
+
+/*
+ * Whether the destination is closed to unknown sources: not idle, and its
+ * aggregate over T_F2 after T_T3 (docs/semantics.rst).  Judged once per
+ * packet, on the record as it was before the packet.
+ */
+static __always_inline int dst_closed(struct xpro_dst *d, __u64 now)
+{
+	__u64 ts1s = d->ts1;
+
+	return (__s64)(now - d->ts2) <= (__s64)cfg.t_t1 &&
+	       (__s64)(now - ts1s) > (__s64)cfg.t_t3 &&
+	       rate_exceeds(d->c, now - ts1s, cfg.t_f2);
+}
+
+/*
+ * A packet of an unknown source to a closed destination: counted into the
+ * destination's closed-drops record (as a flow stage counts, with no
+ * per-source check) and into c*, then dropped as DST_CLOSED, with the
+ * destination's overload warning.  No record of its own source is touched,
+ * so a spoofed flood costs one hot record, not one per source.
+ */
+static __always_inline int closed_stage(struct xpro_flow_key *key, struct xpro_dst *d,
+					__u64 now, __u64 pkt_len)
+{
+	struct xpro_flow_key ck __attribute__((aligned(8)));
+	const __u32 *k = (const __u32 *)key;
+	__u32 *w = (__u32 *)&ck;
+	__u64 c, ts1;
+	int started;
+
+	/* Word stores, as the parser builds keys (store forwarding). */
+	w[0] = 0;
+	w[1] = 0;
+	w[2] = 0;
+	w[3] = 0;
+	w[4] = k[4];
+	w[5] = k[5];
+	w[6] = k[6];
+	w[7] = k[7];
+	w[8] = (k[8] & 0x00ffffff) | ((__u32)XPRO_DST_PAD_CLOSED << 24); /* pad: byte 35 */
+	flow_count(&ck, now, &c, &ts1, &started);
+
+	c = __sync_fetch_and_add(&d->c, 1) + 1;
+	d->ts2 = now;
+	return limit_verdict(key, now, pkt_len, &d->warn_ts, XPRO_EV_DST_OVERLOAD,
+			     c, now - d->ts1, XPRO_R_DST_CLOSED, XPRO_R_MON_DST_CLOSED);
+}
+
+/*
+ * The destination stage, lines 18-25 in O(1): the aggregate counts packets
+ * admitted past the per-source check (docs/semantics.rst); ts1 and started
+ * come from the flow stage, d (NULL if there was none) and closed, cls from
+ * the top of the packet.  An open destination drops over T_F2; a closed
+ * one serves its known clients until their own total is over T_F2, and
+ * drops a heavy source's packets that got past its flow record.
+ */
+static __always_inline int dst_stage(struct xpro_flow_key *key, struct xpro_dst *d,
+				     __u64 now, __u64 pkt_len, __u64 ts1, int started,
+				     int closed, __u32 cls)
+{
 	__u64 cs, ts1s;
 
 	if (!d) {
@@ -237,17 +325,16 @@ checked_new:;
 		 * path so warnings have a record to rate-limit on. */
 		struct xpro_dst nd = { .ts1 = ts1, .ts2 = now };
 
-		bpf_map_update_elem(&dsts, &key.dst, &nd, BPF_NOEXIST);
-		d = bpf_map_lookup_elem(&dsts, &key.dst);
-		if (!d) { /* cannot track it: fail open */
-			count(XPRO_R_PASS, pkt_len);
-			return XDP_PASS;
-		}
+		bpf_map_update_elem(&dsts, &key->dst, &nd, BPF_NOEXIST);
+		d = bpf_map_lookup_elem(&dsts, &key->dst);
+		if (!d) /* cannot track it: fail open */
+			return verdict(XPRO_R_PASS, XDP_PASS, pkt_len);
 	}
 	if ((__s64)(now - d->ts2) > (__s64)cfg.t_t1) {
 		/* the destination was idle: a new aggregate window */
 		d->ts1 = now;
 		d->c = 0;
+		d->kc = 0;
 	} else if (started && (__s64)(ts1 - d->ts1) < 0) {
 		d->ts1 = ts1;
 	}
@@ -255,19 +342,51 @@ checked_new:;
 	d->ts2 = now;
 	ts1s = d->ts1;
 
-	if ((__s64)(now - ts1s) > (__s64)cfg.t_t3 &&
-	    rate_exceeds(cs, now - ts1s, cfg.t_f2)) {
-		if (warn_due(&d->warn_ts, now))
-			warn(XPRO_EV_DST_OVERLOAD, &key, now, cs, now - ts1s);
-		if (mode_for(&key) == XPRO_MODE_MONITOR) {
-			count(XPRO_R_MON_DST_RATE, pkt_len);
-			return XDP_PASS;
-		}
-		count(XPRO_R_DST_RATE, pkt_len);
-		return XDP_DROP;
+	if (closed) {
+		if (cls != XPRO_KNOWN_CLIENT) /* heavy: never served while closed */
+			return limit_verdict(key, now, pkt_len, NULL, 0, 0, 0,
+					     XPRO_R_DST_CLOSED, XPRO_R_MON_DST_CLOSED);
+		/* a known client: closed to it too once their total is over */
+		cs = __sync_fetch_and_add(&d->kc, 1) + 1;
 	}
-	count(XPRO_R_PASS, pkt_len);
-	return XDP_PASS;
+	if ((__s64)(now - ts1s) > (__s64)cfg.t_t3 && rate_exceeds(cs, now - ts1s, cfg.t_f2))
+		return limit_verdict(key, now, pkt_len, &d->warn_ts, XPRO_EV_DST_OVERLOAD,
+				     cs, now - ts1s, XPRO_R_DST_RATE, XPRO_R_MON_DST_RATE);
+	return verdict(XPRO_R_PASS, XDP_PASS, pkt_len);
+}
+
+static __always_inline int filter(struct xdp_md *ctx, __u64 pkt_len)
+{
+	struct xpro_flow_key key __attribute__((aligned(8)));
+	struct xpro_dst *d;
+	__u64 now, ts1;
+	int started = 0;
+	int closed = 0;
+	__u32 cls = 0;
+	int rc;
+
+	rc = parse_stage(ctx, pkt_len, &key);
+	if (rc != XPRO_NEXT)
+		return rc;
+	rc = lists_stage(&key, pkt_len);
+	if (rc != XPRO_NEXT)
+		return rc;
+	now = cfg.fake_now ? cfg.fake_now : bpf_ktime_get_coarse_ns() + cfg.clock_offset;
+
+	/* A closed destination first: unknown sources go no further. */
+	d = bpf_map_lookup_elem(&dsts, &key.dst);
+	if (d && dst_closed(d, now)) {
+		__u32 *kn = bpf_map_lookup_elem(&known, &key);
+
+		cls = kn ? *kn : 0;
+		if (!cls) /* an unknown source */
+			return closed_stage(&key, d, now, pkt_len);
+		closed = 1;
+	}
+	rc = flow_stage(&key, now, pkt_len, &ts1, &started);
+	if (rc != XPRO_NEXT)
+		return rc;
+	return dst_stage(&key, d, now, pkt_len, ts1, started, closed, cls);
 }
 
 SEC("xdp")
@@ -289,13 +408,100 @@ int xpro_xdp_frags(struct xdp_md *ctx)
  * The control program: applies the sync's batch (apply_buf[0..n), n in the
  * first four bytes of the test-run packet) in kernel context, with atomic
  * adds and a generation check, so no packet counted meanwhile is lost
- * (DESIGN.md 4.3).  Run by the daemon with BPF_PROG_TEST_RUN; returns the
- * number of entries it looked at.  Never attached to an interface.
+ * (docs/semantics.rst, "Record ownership").  Run by the daemon with
+ * BPF_PROG_TEST_RUN; returns the number of entries it looked at.  Never
+ * attached to an interface.  Each operation returns its
+ * enum xpro_apply_result.
  */
 static __always_inline void max_store(__u64 *dst, __u64 v)
 {
 	if (v && (__s64)(v - *dst) > 0)
 		*dst = v;
+}
+
+/* READ: copy a flow record into the entry. */
+static __always_inline int apply_read(struct xpro_apply *a)
+{
+	struct xpro_flow *f = bpf_map_lookup_elem(&flows, &a->key);
+
+	if (!f)
+		return XPRO_APPLY_MISSING;
+	a->c_delta = (__s64)f->c;
+	a->ts1 = f->ts1;
+	a->ts2 = f->ts2;
+	a->base_c = f->base_c;
+	a->gen = f->gen;
+	a->base_gen = f->base_gen;
+	return XPRO_APPLY_APPLIED;
+}
+
+/* FLOW: add the delta to a flow record and set the sync's baseline, if its
+ * gen is still the one the daemon read; or create, or delete it. */
+static __always_inline int apply_flow(struct xpro_apply *a)
+{
+	struct xpro_flow *f = bpf_map_lookup_elem(&flows, &a->key);
+
+	if (!f) {
+		struct xpro_flow nf = {
+			.ts1 = a->ts1, .ts2 = a->ts2, .c = (__u64)a->c_delta,
+			.base_c = a->base_c,
+		};
+
+		if (!(a->op & XPRO_APPLY_CREATE))
+			return XPRO_APPLY_MISSING;
+		/* NOEXIST: a packet may have created it meanwhile (then
+		 * merge next round). */
+		if (bpf_map_update_elem(&flows, &a->key, &nf, BPF_NOEXIST) == 0)
+			return XPRO_APPLY_APPLIED;
+		return XPRO_APPLY_RACED;
+	}
+	if (f->gen != a->gen)
+		return XPRO_APPLY_RACED; /* reset here meanwhile: next round */
+	if (a->op & XPRO_APPLY_DELETE) {
+		/* only if no packet arrived since the daemon read it */
+		if (f->ts2 == a->ts2 && bpf_map_delete_elem(&flows, &a->key) == 0)
+			return XPRO_APPLY_APPLIED;
+		return XPRO_APPLY_RACED;
+	}
+	__sync_fetch_and_add(&f->c, a->c_delta);
+	if (a->ts1)
+		f->ts1 = a->ts1;
+	max_store(&f->ts2, a->ts2);
+	if (!(a->op & XPRO_APPLY_KEEP_BASE)) {
+		f->base_c = a->base_c;
+		f->base_gen = a->gen;
+	}
+	return XPRO_APPLY_APPLIED;
+}
+
+/* DST: add the deltas to a destination aggregate (c_delta to c*, base_c to
+ * kc); or create, or delete it. */
+static __always_inline int apply_dst(struct xpro_apply *a)
+{
+	struct xpro_dst *d = bpf_map_lookup_elem(&dsts, &a->key.dst);
+
+	if (!d) {
+		struct xpro_dst nd = {
+			.ts1 = a->ts1, .ts2 = a->ts2, .c = (__u64)a->c_delta,
+			.kc = a->base_c,
+		};
+
+		if (a->op & XPRO_APPLY_CREATE &&
+		    bpf_map_update_elem(&dsts, &a->key.dst, &nd, BPF_NOEXIST) == 0)
+			return XPRO_APPLY_APPLIED;
+		return XPRO_APPLY_MISSING;
+	}
+	if (a->op & XPRO_APPLY_DELETE) {
+		if (d->ts2 == a->ts2 && bpf_map_delete_elem(&dsts, &a->key.dst) == 0)
+			return XPRO_APPLY_APPLIED;
+		return XPRO_APPLY_RACED;
+	}
+	__sync_fetch_and_add(&d->c, a->c_delta);
+	__sync_fetch_and_add(&d->kc, a->base_c); /* the kc delta, two's complement */
+	if (a->ts1)
+		d->ts1 = a->ts1;
+	max_store(&d->ts2, a->ts2);
+	return XPRO_APPLY_APPLIED;
 }
 
 static long apply_one(__u32 i, void *unused)
@@ -304,88 +510,12 @@ static long apply_one(__u32 i, void *unused)
 
 	if (!a)
 		return 1;
-	if (a->op & XPRO_APPLY_READ) {
-		struct xpro_flow *f = bpf_map_lookup_elem(&flows, &a->key);
-
-		if (!f) {
-			a->result = 2;
-			return 0;
-		}
-		a->c_delta = (__s64)f->c;
-		a->ts1 = f->ts1;
-		a->ts2 = f->ts2;
-		a->base_c = f->base_c;
-		a->gen = f->gen;
-		a->base_gen = f->base_gen;
-		a->result = 0;
-	} else if (a->op & XPRO_APPLY_FLOW) {
-		struct xpro_flow *f = bpf_map_lookup_elem(&flows, &a->key);
-
-		if (!f) {
-			struct xpro_flow nf = {
-				.ts1 = a->ts1, .ts2 = a->ts2, .c = (__u64)a->c_delta,
-				.base_c = a->base_c,
-			};
-
-			if (!(a->op & XPRO_APPLY_CREATE)) {
-				a->result = 2;
-				return 0;
-			}
-			/* NOEXIST: a packet may have created it meanwhile. */
-			if (bpf_map_update_elem(&flows, &a->key, &nf, BPF_NOEXIST) == 0) {
-				a->result = 0;
-				return 0;
-			}
-			a->result = 1; /* created by a packet: merge next round */
-			return 0;
-		}
-		if (f->gen != a->gen) {
-			a->result = 1; /* reset here meanwhile: next round */
-			return 0;
-		}
-		if (a->op & XPRO_APPLY_DELETE) {
-			/* only if no packet arrived since the daemon read it */
-			if (f->ts2 == a->ts2 && bpf_map_delete_elem(&flows, &a->key) == 0)
-				a->result = 0;
-			else
-				a->result = 1;
-			return 0;
-		}
-		__sync_fetch_and_add(&f->c, a->c_delta);
-		if (a->ts1)
-			f->ts1 = a->ts1;
-		max_store(&f->ts2, a->ts2);
-		if (!(a->op & XPRO_APPLY_KEEP_BASE)) {
-			f->base_c = a->base_c;
-			f->base_gen = a->gen;
-		}
-		a->result = 0;
-	} else if (a->op & XPRO_APPLY_DST) {
-		struct xpro_dst *d = bpf_map_lookup_elem(&dsts, &a->key.dst);
-
-		if (!d) {
-			struct xpro_dst nd = {
-				.ts1 = a->ts1, .ts2 = a->ts2, .c = (__u64)a->c_delta,
-			};
-
-			if (a->op & XPRO_APPLY_CREATE &&
-			    bpf_map_update_elem(&dsts, &a->key.dst, &nd, BPF_NOEXIST) == 0)
-				a->result = 0;
-			else
-				a->result = 2;
-			return 0;
-		}
-		if (a->op & XPRO_APPLY_DELETE) {
-			a->result = (d->ts2 == a->ts2 &&
-				     bpf_map_delete_elem(&dsts, &a->key.dst) == 0) ? 0 : 1;
-			return 0;
-		}
-		__sync_fetch_and_add(&d->c, a->c_delta);
-		if (a->ts1)
-			d->ts1 = a->ts1;
-		max_store(&d->ts2, a->ts2);
-		a->result = 0;
-	}
+	if (a->op & XPRO_APPLY_READ)
+		a->result = apply_read(a);
+	else if (a->op & XPRO_APPLY_FLOW)
+		a->result = apply_flow(a);
+	else if (a->op & XPRO_APPLY_DST)
+		a->result = apply_dst(a);
 	return 0;
 }
 

@@ -5,15 +5,18 @@
  * This header is the single source of truth for every key, value, event and
  * configuration layout.  The Python side (xpro.layout) declares the same
  * structures as numpy dtypes and a test (tests/kernel/test_layout.py) checks
- * both against the BTF of the compiled object, field by field.
+ * both against the BTF of the compiled object, field by field; every
+ * constant here (#define XPRO_* and enum) is checked against its Python twin
+ * by tests/unit/test_shared_constants.py.
  *
- * Ownership (DESIGN.md 4.3): every field of a flow or destination record is
- * written only from kernel context.  The XDP program counts with one atomic
- * add per packet; the daemon never writes a record from userspace but hands
- * batches of deltas to the control program (xpro_apply), which applies them
- * in the kernel with atomic adds and a generation check.  The sync's own
- * baseline lives in fields the packet path never reads.  So a sync can never
- * lose or double a packet counted while it runs.
+ * Ownership (docs/semantics.rst, "Record ownership"): every field of a flow
+ * or destination record is written only from kernel context.  The XDP
+ * program counts with one atomic add per packet; the daemon never writes a
+ * record from userspace but hands batches of deltas to the control program
+ * (xpro_apply), which applies them in the kernel with atomic adds and a
+ * generation check.  The sync's own baseline lives in fields the packet path
+ * never reads.  So a sync can never lose or double a packet counted while it
+ * runs.
  */
 #ifndef XPRO_SHARED_H
 #define XPRO_SHARED_H
@@ -31,6 +34,10 @@
 /* Policy for malformed IP packets (config.malformed_policy). */
 #define XPRO_MALFORMED_DROP 0
 #define XPRO_MALFORMED_PASS 1
+
+/* The key pad of a destination's closed-drops record (struct xpro_dst_key):
+ * a parsed packet always has pad 0, so that key is no real flow's. */
+#define XPRO_DST_PAD_CLOSED 1
 
 /* Bounds of the parser. */
 #define XPRO_MAX_VLAN 2       /* 802.1Q / 802.1ad tags walked */
@@ -50,7 +57,22 @@ enum xpro_reason {
 	XPRO_R_DST_RATE = 6,    /* over T_F2 (enforce): dropped */
 	XPRO_R_MON_SRC_RATE = 7,/* over T_F1 in monitor mode: passed */
 	XPRO_R_MON_DST_RATE = 8,/* over T_F2 in monitor mode: passed */
-	XPRO_R_MAX = 9,
+	XPRO_R_DST_CLOSED = 9,  /* destination closed to unknown sources: dropped */
+	XPRO_R_MON_DST_CLOSED = 10, /* the same in monitor mode: passed */
+	XPRO_R_MAX = 11,
+};
+
+/*
+ * Values of the `known` map: sources the daemon has classified for one
+ * destination key (written only from userspace, read per packet only while
+ * the destination is closed).
+ */
+enum xpro_known_class {
+	XPRO_KNOWN_CLIENT = 1, /* a known client: served while the destination
+				* is closed, counted in kc */
+	XPRO_KNOWN_HEAVY = 2,  /* over T_F1 somewhere in the mesh: goes through
+				* its flow record (its drops count as src_rate),
+				* never served by a closed destination */
 };
 
 /* Ring-buffer event kinds. */
@@ -64,10 +86,15 @@ struct xpro_dst_key {
 	__u8 addr[16];   /* IPv6, or IPv4-mapped IPv6 (::ffff:a.b.c.d) */
 	__u16 port;      /* destination port, network byte order */
 	__u8 proto;      /* IP protocol number */
-	__u8 pad;        /* always 0 */
+	__u8 pad;        /* 0; XPRO_DST_PAD_CLOSED in a closed-drops record's key */
 };
 
-/* The flow key: 36 bytes. */
+/*
+ * The flow key: 36 bytes.  A destination's closed-drops record (the packets
+ * dropped because it was closed to unknown sources) is the flow record
+ * under src = 16 zero bytes, dst = the destination key with
+ * pad = XPRO_DST_PAD_CLOSED: counted, reset, synced and merged like a flow.
+ */
 struct xpro_flow_key {
 	__u8 src[16];
 	struct xpro_dst_key dst;
@@ -93,12 +120,19 @@ struct xpro_flow {
 	__u32 pad;
 };
 
-/* The per-destination aggregate (ts1*, ts2*, c*), updated in O(1). */
+/*
+ * The per-destination aggregate (ts1*, ts2*, c*), updated in O(1).  The
+ * destination is closed (to unknown sources) while it is not idle and c*
+ * is over T_F2 after T_T3.
+ */
 struct xpro_dst {
 	__u64 ts1;      /* ts1*: min ts1' of the admitted flows */
-	__u64 ts2;      /* ts2*: last admitted packet */
-	__u64 c;        /* c*: packets admitted past the per-source check */
+	__u64 ts2;      /* ts2*: last admitted (or closed-dropped) packet */
+	__u64 c;        /* c*: packets admitted past the per-source check, plus
+			 * packets dropped because the destination was closed */
 	__u64 warn_ts;  /* last overload warning for this destination */
+	__u64 kc;       /* packets of known clients in the window: counted per
+			 * packet while closed, recomputed by the sync */
 };
 
 /* Per-CPU verdict counters, one slot per enum xpro_reason. */
@@ -153,20 +187,31 @@ struct xpro_config {
  * them atomically, so packets counted in between are kept.
  */
 #define XPRO_APPLY_FLOW 1      /* update a flow record */
-#define XPRO_APPLY_DST 2       /* update a destination aggregate */
+#define XPRO_APPLY_DST 2       /* update a destination aggregate (c, kc, ts) */
 #define XPRO_APPLY_READ 4      /* read a flow record (no change) */
 #define XPRO_APPLY_CREATE 0x10 /* create the record if it does not exist */
 #define XPRO_APPLY_DELETE 0x20 /* delete the record if nothing changed since */
 #define XPRO_APPLY_KEEP_BASE 0x40 /* add c_delta, leave the sync baseline alone */
 
+/* What the control program did with one operation (xpro_apply.result). */
+enum xpro_apply_result {
+	XPRO_APPLY_APPLIED = 0, /* done (READ: the record is in the entry) */
+	XPRO_APPLY_RACED = 1,   /* a packet got there first: the record was reset
+				 * (gen moved), created, or (DELETE) counted since
+				 * the daemon read it; nothing changed, retry next
+				 * round */
+	XPRO_APPLY_MISSING = 2, /* no record (and no CREATE, or it failed) */
+};
+
 struct xpro_apply {
 	__s64 c_delta;            /* in: added atomically to c' or c*; READ out: c' */
 	__u64 ts1;                /* in: new ts1 (0: unchanged); READ out */
 	__u64 ts2;                /* in: ts2 = max(ts2, this) (0: unchanged); READ out */
-	__u64 base_c;             /* in: the flow's new baseline; READ out */
+	__u64 base_c;             /* in: the flow's new baseline; DST: the delta
+				   * added to kc (two's complement); READ out */
 	__u32 op;                 /* XPRO_APPLY_* */
 	__u32 gen;                /* in: the gen the daemon read; READ out */
-	__s32 result;             /* out: 0 applied, 1 gen mismatch, 2 no record */
+	__s32 result;             /* out: enum xpro_apply_result */
 	__u32 base_gen;           /* READ out */
 	struct xpro_flow_key key; /* for DST operations only key.dst is used */
 	__u32 pad;

@@ -1,15 +1,20 @@
 """The kernel program behind the same interface as :class:`xpro.core.model.Filter`.
 
 Differential tests feed one trace to both and compare, packet by packet, the
-verdict, the counter of the reason, the flow record, and the warnings; at
-the end of the trace, every map.  The kernel runs with the fake clock
-(``cfg.fake_now``) through ``BPF_PROG_TEST_RUN``.
+verdict, the counter of the reason, the flow record, the destination's
+aggregate and closed-drops record, and the warnings; at the end of the
+trace, every map.  The kernel runs with the fake clock (``cfg.fake_now``)
+through ``BPF_PROG_TEST_RUN``.  Besides packets, a trace holds what the
+daemon does between packets: known-client classes written to both
+(:class:`SetKnown`) and sync rounds that write the model's exact aggregates
+to both (:class:`SyncRound`, the kernel's through the control program).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,7 +23,28 @@ from xpro.bpf import RingBuffer
 from xpro.core import layout as L
 from xpro.core import model
 from xpro.core.params import Sizes
+from xpro.core.state import APPLIED, OP_CREATE, OP_DST, apply_entries
 from xpro.datapath.xdp import XdpFilter
+
+
+@dataclass(frozen=True)
+class SetKnown:
+    """The daemon classes the flow of ``frame`` (``cls``: a ``Known``, or 0 to remove it)."""
+
+    frame: bytes
+    cls: int
+
+
+@dataclass(frozen=True)
+class SyncRound:
+    """A sync round at ``now``: each destination's aggregate set to
+    :func:`model.recompute_dst` of the model's records."""
+
+    now: int
+
+
+#: One step of a trace: a packet ``(frame, now)``, or what the daemon does.
+Step = tuple[bytes, int] | SetKnown | SyncRound
 
 
 class KernelFilter:
@@ -27,7 +53,7 @@ class KernelFilter:
 
     def __init__(self, program: str = "xpro_xdp", flows_max: int = 4096) -> None:
         self.xdp = XdpFilter(model.FilterParams(), program=program,
-                             sizes=Sizes(flows=flows_max, dsts=1024, prefixes=64))
+                             sizes=Sizes(flows=flows_max, dsts=1024, prefixes=64, known=1024))
         self.prog = self.xdp.program
         self.cfg = self.xdp.cfg
         self.flows = self.xdp.flows
@@ -55,6 +81,7 @@ class KernelFilter:
         """Empty every map and install ``params`` (as the daemon would)."""
         self.flows.clear()
         self.dsts.clear()
+        self.xdp.known.clear()
         for i in range(L.N_REASONS):
             self.stats[np.uint32(i)] = self._zero_stat
         self.ring.consume()
@@ -86,14 +113,22 @@ class KernelFilter:
             for i in range(len(keys))
         }
 
+    @staticmethod
+    def _dst_record(v: Any) -> model.DstRecord:
+        return model.DstRecord(ts1=int(v["ts1"]), ts2=int(v["ts2"]), c=int(v["c"]),
+                               warn_ts=int(v["warn_ts"]), kc=int(v["kc"]))
+
+    def dst(self, dkey: bytes) -> model.DstRecord | None:
+        v = self.dsts.get(dkey)
+        return None if v is None else self._dst_record(v)
+
     def all_dsts(self) -> dict[bytes, model.DstRecord]:
         keys, vals = self.dsts.lookup_batch()
-        return {
-            keys[i].tobytes(): model.DstRecord(
-                ts1=int(vals[i]["ts1"]), ts2=int(vals[i]["ts2"]), c=int(vals[i]["c"]),
-                warn_ts=int(vals[i]["warn_ts"]))
-            for i in range(len(keys))
-        }
+        return {keys[i].tobytes(): self._dst_record(vals[i]) for i in range(len(keys))}
+
+    def all_known(self) -> dict[bytes, int]:
+        keys, classes = self.xdp.read_known()
+        return {keys[i].tobytes(): int(classes[i]) for i in range(len(keys))}
 
     def stat(self, reason: int) -> tuple[int, int]:
         per_cpu = np.asarray(self.stats[np.uint32(reason)])
@@ -112,12 +147,68 @@ def kernel_filter(**kw: Any) -> Iterator[KernelFilter]:
         k.close()
 
 
+def set_known(k: KernelFilter, m: model.Filter, step: SetKnown) -> None:
+    """Write (or remove) a known-client class in both, as the daemon would."""
+    parsed = model.parse(step.frame, m.params.dst_mode)
+    if parsed.status is not model.ParseStatus.OK:
+        return
+    key = np.frombuffer(parsed.key, dtype=L.FLOW_KEY)
+    if step.cls:
+        m.known[parsed.key] = step.cls
+        k.xdp.set_known(key, step.cls)
+    else:
+        m.known.pop(parsed.key, None)
+        k.xdp.drop_known(key)
+
+
+def sync_round(k: KernelFilter, m: model.Filter, now: int) -> None:
+    """Set every destination's aggregate to the model's exact recompute, in both.
+
+    The model's records are grouped by destination (a closed-drops record
+    with its destination); the kernel gets the result as the sync writes it:
+    deltas of c and kc from its own record, ts1 set, ts2 moved forward,
+    through the control program.
+    """
+    by_dst: dict[bytes, list[tuple[bytes, model.FlowRecord]]] = {}
+    for key, rec in m.flows.items():
+        by_dst.setdefault(key[16:35] + b"\0", []).append((key, rec))
+    for dkey, recs in sorted(by_dst.items()):
+        r = model.recompute_dst(recs, now, m.params, m.known)
+        if r is None:
+            continue
+        d = m.dsts.get(dkey)
+        if d is None:
+            m.dsts[dkey] = model.DstRecord(ts1=r.ts1, ts2=r.ts2, c=r.c, kc=r.kc)
+        else:
+            d.ts1, d.ts2, d.c, d.kc = r.ts1, max(d.ts2, r.ts2), r.c, r.kc
+        cur = k.dst(dkey)
+        fk = bytes(16) + dkey
+        if cur is None:
+            ent = apply_entries([fk], OP_DST | OP_CREATE, c_delta=r.c, kc_delta=r.kc,
+                                ts1=r.ts1, ts2=r.ts2)
+        else:
+            ent = apply_entries([fk], OP_DST, c_delta=r.c - cur.c, kc_delta=r.kc - cur.kc,
+                                ts1=r.ts1, ts2=r.ts2)
+        assert list(k.xdp.apply(ent)) == [APPLIED], f"sync round at {now}: {dkey.hex()}"
+
+
 def run_differential(k: KernelFilter, params: model.FilterParams,
-                     trace: list[tuple[bytes, int]]) -> None:
-    """Feed ``trace`` to the kernel and the model; assert they agree at every packet."""
+                     trace: Sequence[Step]) -> model.Filter:
+    """Feed ``trace`` to the kernel and the model; assert they agree at every packet.
+
+    Returns the model, in the state the kernel is in.
+    """
     k.reset(params)
     m = model.Filter(params)
-    for i, (frame, now) in enumerate(trace):
+    for i, step in enumerate(trace):
+        if isinstance(step, SetKnown):
+            set_known(k, m, step)
+            continue
+        if isinstance(step, SyncRound):
+            sync_round(k, m, step.now)
+            assert k.all_dsts() == m.dsts, f"step {i}: sync round at {step.now}"
+            continue
+        frame, now = step
         if len(frame) < 14:  # BPF_PROG_TEST_RUN refuses frames below ETH_HLEN
             continue
         want = m.packet(frame, now)
@@ -127,9 +218,14 @@ def run_differential(k: KernelFilter, params: model.FilterParams,
         assert k.stat(want.reason)[0] == m.stats[want.reason][0], (
             f"reason {want.reason.name} not counted as the model did ({ctx})")
         parsed = model.parse(frame, params.dst_mode)
-        if parsed.status is model.ParseStatus.OK and parsed.key in m.flows:
-            assert k.flow(parsed.key) == m.flows[parsed.key], f"flow record ({ctx})"
+        if parsed.status is model.ParseStatus.OK:
+            assert k.flow(parsed.key) == m.flows.get(parsed.key), f"flow record ({ctx})"
+            assert k.dst(parsed.dst) == m.dsts.get(parsed.dst), f"destination ({ctx})"
+            ck = model.closed_key(parsed.dst)
+            assert k.flow(ck) == m.flows.get(ck), f"closed-drops record ({ctx})"
         assert k.events == m.events, f"warnings ({ctx})"
     assert k.all_stats() == m.stats
     assert k.all_flows() == m.flows
     assert k.all_dsts() == m.dsts
+    assert k.all_known() == m.known
+    return m

@@ -4,6 +4,10 @@ Hypothesis generates traces -- many sources and destinations, IPv4 and IPv6,
 VLAN tags, fragments and extension headers, malformed and non-IP frames,
 timestamps from a fake clock, random thresholds and both modes -- and runs
 each through ``BPF_PROG_TEST_RUN`` and through :class:`xpro.core.model.Filter`.
+A second generator adds closed destinations: bursts of spoofed sources that
+close a destination, known and heavy sources written to both at random
+points, idle gaps that reopen it, and sync rounds that write the model's
+exact aggregates (with kc) into both.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.kernel.harness import KernelFilter, run_differential
+from tests.kernel.harness import KernelFilter, SetKnown, Step, SyncRound, run_differential
 from tests.packets import arp_frame, frame
 from xpro.core import model
+from xpro.core.layout import Known, Reason
 
 pytestmark = pytest.mark.kernel
 
@@ -34,6 +39,7 @@ DST6 = [f"2001:db8:9::{i}" for i in range(1, 4)]
 PREFIXES = ["10.0.0.0/30", "10.0.0.4/32", "10.0.0.0/8", "2001:db8::/125", "2001:db8::6/128",
             "0.0.0.0/0", "::/0"]
 DST_PREFIXES = ["10.9.9.1/32", "10.9.9.0/30", "2001:db8:9::/64", "2001:db8:9::2/128"]
+N_SPOOF = 256  # spoofed sources of the bursts
 
 
 @functools.cache
@@ -59,6 +65,12 @@ def _frame(v6: bool, s: int, d: int, proto: str, dport: int, vlans: int, shape: 
     return frame(src, dst, proto=proto, dport=dport, vlans=vlans)
 
 
+@functools.cache
+def _spoofed(v6: bool, i: int, d: int, proto: str, dport: int) -> bytes:
+    src = f"2001:db8:5::{i + 1:x}" if v6 else f"172.16.{i // 250}.{i % 250 + 1}"
+    return frame(src, DST6[d] if v6 else DST4[d], proto=proto, dport=dport)
+
+
 @st.composite
 def params(draw: st.DrawFn) -> model.FilterParams:
     allow = draw(st.frozensets(st.sampled_from(PREFIXES), max_size=2)) if draw(
@@ -70,7 +82,7 @@ def params(draw: st.DrawFn) -> model.FilterParams:
     return model.FilterParams(
         t_t1=draw(st.one_of(st.integers(0, 6 * S), st.sampled_from([0, 500 * MS, 2 * S]))),
         t_t2=draw(st.one_of(st.integers(0, 2 * S), st.just(0))),
-        t_t3=draw(st.one_of(st.integers(0, 2 * S), st.just(0))),
+        t_t3=draw(st.one_of(st.integers(0, 2 * S), st.just(0), st.integers(0, 50 * MS))),
         t_f1=draw(st.one_of(st.integers(0, 300), st.integers(0, 2**32 - 1))),
         t_f2=draw(st.one_of(st.integers(0, 1000), st.integers(0, 2**32 - 1))),
         warn_period=draw(st.integers(0, 2 * S)),
@@ -104,6 +116,47 @@ def traces(draw: st.DrawFn) -> list[tuple[bytes, int]]:
     return out
 
 
+@st.composite
+def closure_traces(draw: st.DrawFn) -> list[Step]:
+    """Packets as :func:`traces` draws them, and bursts of spoofed sources to
+    one destination (closing it when T_F2 is low and T_T3 short), known and
+    heavy classes written or removed, idle gaps, and sync rounds."""
+    t = T0 + draw(st.integers(0, S))
+    out: list[Step] = []
+    sent: list[bytes] = []  # frames of the "packet" steps: the known classes hit them
+    v6, d = draw(st.booleans()), draw(st.integers(0, 2))
+    for _ in range(draw(st.integers(1, 40))):
+        op = draw(st.sampled_from(["packet"] * 5 + ["burst", "burst", "known", "known",
+                                                    "sync", "gap"]))
+        if draw(st.integers(0, 3)) == 0:  # mostly one destination: it closes, it reopens
+            v6, d = draw(st.booleans()), draw(st.integers(0, 2))
+        proto = draw(st.sampled_from(["udp", "udp", "tcp", "icmp"]))
+        dport = draw(st.sampled_from([53, 80, 443]))
+        if op == "packet":
+            for _ in range(draw(st.integers(1, 5))):
+                t += draw(step)
+                sent.append(_frame(v6, draw(st.integers(0, 5)), d, proto, dport,
+                                   draw(st.integers(0, 2)), draw(shape)))
+                out.append((sent[-1], t))
+        elif op == "burst":
+            first, gap = draw(st.integers(0, N_SPOOF - 1)), draw(st.integers(0, 2 * MS))
+            for j in range(draw(st.integers(5, 40))):
+                t += gap
+                out.append((_spoofed(v6, (first + j) % N_SPOOF, d, proto, dport), t))
+        elif op == "known":
+            src = _frame(v6, draw(st.integers(0, 5)), d, proto, dport, 0, "plain")
+            reuse: bool = draw(st.booleans())
+            if sent and reuse:
+                src = draw(st.sampled_from(sent))
+            cls = draw(st.sampled_from([0, Known.CLIENT, Known.CLIENT, Known.HEAVY, Known.HEAVY]))
+            out.append(SetKnown(src, int(cls)))
+        elif op == "sync":
+            out.append(SyncRound(t))
+        else:
+            t += draw(st.integers(0, 8 * S))
+    return out
+
+
 @pytest.fixture(scope="module")
 def kernel() -> Iterator[KernelFilter]:
     k = KernelFilter()
@@ -117,6 +170,15 @@ def kernel() -> Iterator[KernelFilter]:
 @given(p=params(), trace=traces())
 def test_kernel_agrees_with_model(kernel: KernelFilter, p: model.FilterParams,
                                   trace: list[tuple[bytes, int]]) -> None:
+    run_differential(kernel, p, trace)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.data_too_large])
+@given(p=params(), trace=closure_traces())
+def test_kernel_agrees_with_model_on_closed_destinations(
+        kernel: KernelFilter, p: model.FilterParams, trace: list[Step]) -> None:
     run_differential(kernel, p, trace)
 
 
@@ -152,3 +214,103 @@ def test_flow_back_under_limit_after_destination_idle(kernel: KernelFilter) -> N
     trace.append((b, T0 + 5 * S + 1))
     trace.sort(key=lambda x: x[1])
     run_differential(kernel, p, trace)
+
+
+def _spoof8(i: int) -> bytes:
+    """A source of a /8-wide spoofed flood (one packet each)."""
+    return frame(f"11.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", "10.9.9.9")
+
+
+def _reasons(p: model.FilterParams, trace: list[Step]) -> dict[bytes, list[Reason]]:
+    """The model's reasons for each packet of ``trace``, by frame (the kernel's are
+    the same: :func:`run_differential` checked them one by one)."""
+    m = model.Filter(p)
+    out: dict[bytes, list[Reason]] = {}
+    for st_ in trace:
+        if isinstance(st_, SetKnown):
+            m.known[model.parse(st_.frame, p.dst_mode).key] = st_.cls
+        elif isinstance(st_, tuple):
+            out.setdefault(st_[0], []).append(m.packet(*st_).reason)
+    return out
+
+
+def test_spoofed_flood_to_a_closed_destination_creates_no_records(kernel: KernelFilter) -> None:
+    """Once closed, a /8-style spoofed flood adds no flow record but the one
+    closed-drops record; a known client keeps passing, every unknown source
+    is dropped as DST_CLOSED."""
+    p = model.FilterParams(t_f1=10**6, t_t2=S, t_f2=1000, t_t3=100 * MS, t_t1=2 * S)
+    client = frame("192.0.2.7", "10.9.9.9")
+    # 2000 pps from new sources: closed after T_T3 ...
+    trace: list[Step] = [SetKnown(client, Known.CLIENT), (client, T0)]
+    trace += [(_spoof8(i), T0 + i * S // 2000) for i in range(1, 400)]
+    # ... and the flood goes on, from 5000 more new sources in a second, with
+    # the client at 10 pps among them.
+    t1 = T0 + 200 * MS
+    late = [_spoof8(1000 + i) for i in range(5000)]
+    for i, fr in enumerate(late):
+        t = t1 + i * S // 5000
+        trace.append((fr, t))
+        if i % 500 == 0:
+            trace.append((client, t))
+    run_differential(kernel, p, trace)
+
+    reasons = _reasons(p, trace)
+    assert set(reasons[client]) == {Reason.PASS}
+    assert len(reasons[client]) == 11
+    assert {r for fr in late for r in reasons[fr]} == {Reason.DST_CLOSED}
+    flows = kernel.all_flows()
+    dkey = model.parse(client, 0).dst
+    drops = flows[model.closed_key(dkey)]
+    assert not {model.parse(fr, 0).key for fr in late} & flows.keys()
+    opened = [fr for fr, rs in reasons.items() if rs == [Reason.PASS]]
+    assert len(flows) == len(opened) + 1 + 1  # (the client is among the opened)
+    assert drops.c == kernel.stat(Reason.DST_CLOSED)[0] >= 5000
+    assert kernel.stat(Reason.SRC_RATE)[0] == kernel.stat(Reason.DST_RATE)[0] == 0
+
+
+def test_known_clients_over_t_f2_get_dst_rate(kernel: KernelFilter) -> None:
+    """A closed destination serves its known clients until their own total is
+    over T_F2 (kc over the aggregate window): then DST_RATE, for them too."""
+    p = model.FilterParams(t_f1=10**6, t_t2=S, t_f2=100, t_t3=500 * MS, t_t1=2 * S)
+    clients = [frame(f"192.0.2.{i}", "10.9.9.9") for i in range(1, 5)]
+    trace: list[Step] = [SetKnown(c, Known.CLIENT) for c in clients]
+    trace += [(_spoof8(i), T0 + i * MS) for i in range(600)]  # 1000 pps: closed at 0.5 s
+    # Four known clients, 100 pps each from T0 + 0.6 s: kc = 400 * (t - 0.6 s)
+    # is over T_F2 * (t - T0) from t = T0 + 0.8 s.
+    t = T0 + 600 * MS
+    for i in range(400):
+        t += 2500 * MS // 1000
+        trace.append((clients[i % 4], t))
+    run_differential(kernel, p, trace)
+
+    reasons = _reasons(p, trace)
+    served = [r for c in clients for r in reasons[c]]
+    assert set(served) == {Reason.PASS, Reason.DST_RATE}
+    assert 60 <= served.count(Reason.PASS) <= 100
+    for c in clients:  # passed until the total was over, dropped from then on
+        rs = reasons[c]
+        first = rs.index(Reason.DST_RATE)
+        assert set(rs[:first]) == {Reason.PASS}
+        assert set(rs[first:]) == {Reason.DST_RATE}
+    d = kernel.dst(model.parse(clients[0], 0).dst)
+    assert d is not None
+    assert d.kc == 400
+    assert model.rate_exceeds(d.kc, t - d.ts1, p.t_f2)
+
+
+def test_heavy_source_of_a_closed_destination(kernel: KernelFilter) -> None:
+    """A heavy source goes through its flow record: over T_F1 it is SRC_RATE,
+    under it DST_CLOSED (never a closed drop, never served)."""
+    p = model.FilterParams(t_f1=50, t_t2=200 * MS, t_f2=100, t_t3=100 * MS, t_t1=2 * S)
+    heavy = frame("192.0.2.9", "10.9.9.9")
+    trace: list[Step] = [SetKnown(heavy, Known.HEAVY)]
+    trace += [(_spoof8(i), T0 + i * MS) for i in range(300)]  # closed at 0.1 s
+    trace += [(heavy, T0 + 300 * MS + i * MS) for i in range(400)]  # 1000 pps
+    run_differential(kernel, p, trace)
+    rs = _reasons(p, trace)[heavy]
+    first = rs.index(Reason.SRC_RATE)
+    assert set(rs[:first]) == {Reason.DST_CLOSED}
+    assert set(rs[first:]) == {Reason.SRC_RATE}
+    drops = kernel.flow(model.closed_key(model.parse(heavy, 0).dst))
+    assert drops is not None
+    assert drops.c == kernel.stat(Reason.DST_CLOSED)[0] - first

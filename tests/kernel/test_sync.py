@@ -10,10 +10,12 @@ import threading
 import uuid
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 
 from tests.packets import frame
 from xpro.core import model
+from xpro.core.layout import Reason
 from xpro.core.params import Sizes
 from xpro.datapath.xdp import XdpFilter
 from xpro.plugins import open_store
@@ -200,3 +202,28 @@ def test_recompute_keeps_packets_of_flows_new_since_the_read(mesh: list[Proxy]) 
     p.send(frame("10.1.0.0", "10.9.9.9"), T0 + S + 5, 1)  # one dirty flow for the round
     p.sync.round(T0 + 2 * S)
     assert int(p.filt.dsts[dkey]["c"]) == 100 + 1 + 90
+
+
+def test_closed_drops_count_in_the_recomputed_aggregate() -> None:
+    """A sync round folds a destination's closed-drops record into its own
+    aggregate: the destination stays closed, no aggregate appears for the
+    record's key."""
+    params = model.FilterParams(t_t1=100 * S, t_t2=S, t_f1=100, t_t3=S // 2, t_f2=100)
+    p = Proxy("p0", open_store(f"memory://{uuid.uuid4().hex}"), params)
+    try:
+        dkey = model.parse(BOT, 0).dst
+        spoofed = [frame(f"11.0.{i // 250}.{i % 250 + 1}", "10.9.9.9") for i in range(600)]
+        for i, fr in enumerate(spoofed):  # 600 pps of new sources: closed after T_T3
+            p.send(fr, T0 + i * S // 600)
+        closed_drops = int(np.asarray(p.filt.counters())[Reason.DST_CLOSED, 0])
+        assert closed_drops > 200
+        drops = p.filt.flows[model.closed_key(dkey)]
+        assert int(drops["c"]) == closed_drops
+        p.sync.round(T0 + S + 1)
+        keys, dsts = p.filt.read_dsts()
+        assert [k.tobytes() for k in keys] == [dkey]
+        assert int(dsts[0]["c"]) == 600  # the admitted flows and the closed drops
+        assert p.send(frame("11.1.0.1", "10.9.9.9"), T0 + S + 2) == [1]
+        assert int(np.asarray(p.filt.counters())[Reason.DST_CLOSED, 0]) == closed_drops + 1
+    finally:
+        p.close()

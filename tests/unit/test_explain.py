@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 from tests.packets import frame
 from xpro.core import model
 from xpro.core.explain import explain
-from xpro.core.layout import DST_ADDR, DST_ADDR_PORT, MODE_ENFORCE, MODE_MONITOR, XDP_DROP, addr16
+from xpro.core.layout import (
+    DST_ADDR,
+    DST_ADDR_PORT,
+    MODE_ENFORCE,
+    MODE_MONITOR,
+    XDP_DROP,
+    Known,
+    addr16,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -37,17 +45,20 @@ def scenario(draw: st.DrawFn) -> tuple[model.FilterParams, list[tuple[int, int, 
         allow=frozenset({model.Prefix.parse("10.0.0.2/32")}) if draw(st.booleans())
         else frozenset(),
     )
-    steps = draw(st.lists(st.tuples(st.integers(0, 400), st.integers(0, 2), st.integers(0, 1)),
+    gap = st.one_of(st.integers(0, 400), st.integers(0, 5))  # dense: destinations close
+    steps = draw(st.lists(st.tuples(gap, st.integers(0, 2), st.integers(0, 1)),
                           max_size=120))
     return params, steps, draw(st.integers(0, 2)), draw(st.integers(0, 1))
 
 
-@given(scenario())
+@given(scenario(), st.sampled_from([0, 0, Known.CLIENT, Known.HEAVY]))
 @settings(max_examples=300, deadline=None)
 def test_explain_predicts_the_models_next_verdict(
-        case: tuple[model.FilterParams, list[tuple[int, int, int]], int, int]) -> None:
+        case: tuple[model.FilterParams, list[tuple[int, int, int]], int, int], cls: int) -> None:
     params, steps, qs, qd = case
     f = model.Filter(params)
+    if cls:  # the queried flow is known (its earlier packets too)
+        f.known[model.parse(frame(SOURCES[qs], DESTS[qd], dport=53), params.dst_mode).key] = cls
     now = T0
     for gap_ms, s, d in steps:
         now += gap_ms * MS
@@ -59,8 +70,9 @@ def test_explain_predicts_the_models_next_verdict(
     drec = f.dsts.get(parsed.dst)
     e = explain(params, parsed.src, parsed.dst[:16], now=now,
                 flow=None if rec is None else {"ts1": rec.ts1, "ts2": rec.ts2, "c": rec.c},
-                dest=None if drec is None else {"ts1": drec.ts1, "ts2": drec.ts2, "c": drec.c},
-                flow_key=parsed.key)
+                dest=None if drec is None else {"ts1": drec.ts1, "ts2": drec.ts2, "c": drec.c,
+                                                "kc": drec.kc},
+                flow_key=parsed.key, known=cls)
     v = f.packet(pkt, now)
     assert e.reason == v.reason.name
     assert e.verdict == ("drop" if v.action == XDP_DROP else "pass")

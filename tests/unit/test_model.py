@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from tests.packets import arp_frame, frame
 from xpro.core import model
-from xpro.core.layout import DST_ADDR, DST_ADDR_PORT, XDP_PASS, Reason, addr16
+from xpro.core.layout import DST_ADDR, DST_ADDR_PORT, XDP_PASS, Known, Reason, addr16
 
 pytestmark = pytest.mark.unit
 
@@ -88,8 +88,47 @@ def test_destination_limit_catches_many_small_sources_not_bots() -> None:
     f = model.Filter(p)
     srcs = [frame(f"10.1.{i // 250}.{i % 250 + 1}", "10.9.9.9") for i in range(1000)]
     verdicts = _run(f, [(srcs[i % 1000], T0 + i * S // 1000) for i in range(3000)])
-    # 1000 pps to one destination, each source at 1 pps: only T_F2 fires.
-    assert {v.reason for v in verdicts[1200:]} == {Reason.DST_RATE}
+    # 1000 pps to one destination, each source at 1 pps: only T_F2 fires, and
+    # from the next packet on the destination is closed to them all.
+    # (The crossing packet itself is usually DST_CLOSED already: the closed
+    # check uses the same clock as the dst check, with one packet fewer.)
+    first = next(i for i, v in enumerate(verdicts) if v.reason is not Reason.PASS)
+    assert first > 1000
+    assert verdicts[first].reason in (Reason.DST_RATE, Reason.DST_CLOSED)
+    assert {v.reason for v in verdicts[first + 1 :]} == {Reason.DST_CLOSED}
+
+
+def test_closed_destination_serves_known_clients_only() -> None:
+    p = model.FilterParams(t_f1=10**6, t_f2=100, t_t2=S, t_t3=S // 2, t_t1=2 * S)
+    f = model.Filter(p)
+    client = frame("192.0.2.7", "10.9.9.9")
+    heavy = frame("192.0.2.8", "10.9.9.9")
+    ckey, hkey = (model.parse(x, 0).key for x in (client, heavy))
+    f.known.update({ckey: Known.CLIENT, hkey: Known.HEAVY})
+    spoofed = [frame(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", "10.9.9.9")
+               for i in range(1, 1001)]
+    # 1000 spoofed sources at 1 ms: closed after T_T3.
+    vs = _run(f, [(spoofed[i], T0 + i * S // 1000) for i in range(1000)])
+    assert vs[-1].reason is Reason.DST_CLOSED
+    dkey = model.parse(client, 0).dst
+    n_flows = len(f.flows)
+    assert f.packet(client, T0 + S).reason is Reason.PASS
+    assert f.packet(heavy, T0 + S).reason is Reason.DST_CLOSED
+    assert f.packet(spoofed[0], T0 + S).reason is Reason.DST_CLOSED
+    # The client's and the heavy source's records are new; the spoofed source's is not.
+    assert len(f.flows) == n_flows + 2
+    d = f.dsts[dkey]
+    assert d.kc == 1
+    drops = f.flows[model.closed_key(dkey)]
+    assert drops.c == f.stats[Reason.DST_CLOSED][0] - 1  # the heavy one is not in it
+    # The client alone over T_F2 (kc over the aggregate window): DST_RATE.
+    t = T0 + S
+    for i in range(1, 400):
+        v = f.packet(client, t + i * S // 1000)
+    assert v.reason is Reason.DST_RATE
+    # Idle longer than T_T1: open again, to anyone.
+    assert f.packet(spoofed[5], t + 3 * S).reason is Reason.PASS
+    assert f.dsts[dkey].kc == 0
 
 
 def test_monitor_mode_passes_and_counts() -> None:
@@ -173,12 +212,36 @@ def test_merge_conserves_counts_within_t_t4(ts1: int, d1: int, mts1: int, d2: in
     assert mas.ts1 <= mas.ts2 or mas.ts1 <= local.ts2
 
 
+def _fkey(src: int, dst: bytes = b"\x0a" * 16) -> bytes:
+    return bytes(15) + bytes((src,)) + dst + b"\0\0\0\0"
+
+
 def test_recompute_dst_skips_idle_and_over_limit_flows() -> None:
     p = model.FilterParams(t_t1=10 * S, t_t2=S, t_f1=100)
     flows = [
-        model.FlowRecord(ts1=T0, ts2=T0 + 5 * S, c=50),       # live, 10 pps
-        model.FlowRecord(ts1=T0, ts2=T0 + 5 * S, c=10_000),   # over T_F1
-        model.FlowRecord(ts1=T0 - 100 * S, ts2=T0 - 50 * S, c=5),  # idle
+        (_fkey(1), model.FlowRecord(ts1=T0, ts2=T0 + 5 * S, c=50)),       # live, 10 pps
+        (_fkey(2), model.FlowRecord(ts1=T0, ts2=T0 + 5 * S, c=10_000)),   # over T_F1
+        (_fkey(3), model.FlowRecord(ts1=T0 - 100 * S, ts2=T0 - 50 * S, c=5)),  # idle
     ]
     d = model.recompute_dst(flows, T0 + 5 * S, p)
     assert d == model.DstRecord(ts1=T0, ts2=T0 + 5 * S, c=50)
+
+
+def test_recompute_dst_counts_closed_drops_and_known_clients() -> None:
+    p = model.FilterParams(t_t1=10 * S, t_t2=S, t_f1=100)
+    dkey = _fkey(0)[16:]
+    known = {_fkey(1): Known.CLIENT, _fkey(2): Known.CLIENT, _fkey(3): Known.HEAVY}
+    recs = [
+        (_fkey(1), model.FlowRecord(ts1=T0, ts2=T0 + 5 * S, c=50)),      # known client
+        (_fkey(2), model.FlowRecord(ts1=T0, ts2=T0 + 5 * S, c=10_000)),  # known, over T_F1
+        (_fkey(3), model.FlowRecord(ts1=T0, ts2=T0 + 5 * S, c=30)),      # heavy, under here
+        (_fkey(4), model.FlowRecord(ts1=T0, ts2=T0 + 5 * S, c=20)),      # unknown
+        # closed drops at 2000 pps: never left out for T_F1
+        (model.closed_key(dkey), model.FlowRecord(ts1=T0 - S, ts2=T0 + 5 * S, c=12_000)),
+    ]
+    d = model.recompute_dst(recs, T0 + 5 * S, p, known)
+    assert d == model.DstRecord(ts1=T0 - S, ts2=T0 + 5 * S, c=50 + 30 + 20 + 12_000, kc=50)
+    assert model.closed_key(dkey)[:16] == bytes(16)
+    assert model.closed_key(dkey)[16:35] == dkey[:19]
+    assert model.is_closed_key(model.closed_key(dkey))
+    assert not model.is_closed_key(_fkey(1))

@@ -4,8 +4,9 @@
 destination's aggregate as the kernel holds them, and the sync's last view of
 the flow, and says what the *next* packet of that flow would meet, check by
 check, in the order of Algorithm 2 (``bpf/xpro.bpf.c``, :meth:`xpro.core.model.Filter.packet`):
-allow and deny lists, the T_T1 idle reset, the per-source check (T_T2, T_F1),
-then the per-destination check (T_T3, T_F2).  It is a pure function, tested
+allow and deny lists, a destination closed to unknown sources, the T_T1 idle
+reset, the per-source check (T_T2, T_F1), then the per-destination check
+(T_T3, T_F2).  It is a pure function, tested
 against the model: the verdict it predicts is the verdict the model gives.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from xpro.core.layout import MODE_MONITOR, Reason
+from xpro.core.layout import MODE_MONITOR, Known, Reason
 from xpro.core.model import (
     NS_PER_S,
     FilterParams,
@@ -93,14 +94,15 @@ def _window(now: int, ts1: int) -> int:
 def explain(params: FilterParams, src: bytes, dst: bytes, *, now: int,
             flow: dict[str, int] | None, dest: dict[str, int] | None,
             synced: dict[str, int] | None = None, flow_key: bytes | None = None,
-            src_text: str = "", dst_text: str = "") -> Explanation:
+            src_text: str = "", dst_text: str = "", known: int = 0) -> Explanation:
     """Explain the next packet of a flow at time ``now`` (ns, the filter's clock).
 
     ``src``/``dst`` are 16-byte addresses (:func:`xpro.core.layout.addr16`);
     ``flow`` the kernel record (``ts1``, ``ts2``, ``c``, ``base_c``), ``dest``
     the destination aggregate (``ts1``, ``ts2``, ``c``), ``synced`` the sync's
     view of the master record (``ts1``, ``ts2``, ``c``); each ``None`` when
-    absent.  ``flow_key`` selects the mode override (defaults to ``src+dst``).
+    absent.  ``flow_key`` selects the mode override (defaults to ``src+dst``);
+    ``known`` is the flow's class in the ``known`` map (0: none).
     """
     p = params
     checks: list[Check] = []
@@ -120,6 +122,22 @@ def explain(params: FilterParams, src: bytes, dst: bytes, *, now: int,
     if p.deny and any(q.contains(src) for q in p.deny):
         checks.append(Check("deny", True, "the source is in a deny prefix: always dropped"))
         return done("drop", Reason.DENY)
+
+    # A destination closed to unknown sources (judged before the packet).
+    closed = dest is not None and _closed(p, dest, now)
+    if closed:
+        assert dest is not None
+        who = {0: "an unknown source", Known.CLIENT: "a known client"}.get(
+            known, "a heavy source")
+        window = now - dest["ts1"]
+        checks.append(Check("closed", known == 0,
+                            f"the destination is closed to unknown sources ({dest['c']} "
+                            f"packets in {window / NS_PER_S:.3f} s = "
+                            f"{rate_pps(dest['c'], window):.1f}/s > T_F2 {p.t_f2}/s); "
+                            f"this is {who}"))
+        if known == 0:
+            return done("pass" if monitor else "drop",
+                        Reason.MON_DST_CLOSED if monitor else Reason.DST_CLOSED)
 
     # The record the next packet would see (Algorithm 2, lines 1-11).
     started = False
@@ -149,12 +167,27 @@ def explain(params: FilterParams, src: bytes, dst: bytes, *, now: int,
     else:
         d_ts1 = min(dest["ts1"], ts1) if started else dest["ts1"]
         d_c = dest["c"] + 1
+    if closed and known != Known.CLIENT:
+        checks.append(Check("closed", True, "a heavy source is never served by a closed "
+                                            "destination"))
+        return done("pass" if monitor else "drop",
+                    Reason.MON_DST_CLOSED if monitor else Reason.DST_CLOSED)
+    if closed:  # a known client: judged on the known clients' total
+        assert dest is not None
+        d_c = dest.get("kc", 0) + 1
     per_dst = _rate_check("per-dest", d_c, now - d_ts1, p.t_t3, "T_T3", p.t_f2, "T_F2")
     checks.append(per_dst)
     if per_dst.fires:
         return done("pass" if monitor else "drop",
                     Reason.MON_DST_RATE if monitor else Reason.DST_RATE)
     return done("pass", Reason.PASS)
+
+
+def _closed(p: FilterParams, dest: dict[str, int], now: int) -> bool:
+    """:meth:`xpro.core.model.Filter.dst_closed` on a destination record dict."""
+    window = now - dest["ts1"]
+    return (now - dest["ts2"] <= p.t_t1 and window > p.t_t3
+            and rate_exceeds(dest["c"], window, p.t_f2))
 
 
 def _rate_check(name: str, count: int, window: int, t_min: int, t_min_name: str,

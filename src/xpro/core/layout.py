@@ -29,6 +29,9 @@ MALFORMED_PASS = 1
 MAX_VLAN = 2
 MAX_EXTHDR = 8
 
+#: The key pad of a destination's closed-drops record (a packet's key has pad 0).
+DST_PAD_CLOSED = 1
+
 #: XDP return codes.
 XDP_ABORTED = 0
 XDP_DROP = 1
@@ -47,9 +50,19 @@ class Reason(enum.IntEnum):
     DST_RATE = 6
     MON_SRC_RATE = 7
     MON_DST_RATE = 8
+    DST_CLOSED = 9
+    MON_DST_CLOSED = 10
 
 
 N_REASONS = len(Reason)
+
+
+class Known(enum.IntEnum):
+    """Values of the ``known`` map (``enum xpro_known_class``): how the daemon
+    classified a (source, destination key) for a closed destination."""
+
+    CLIENT = 1  # served while the destination is closed (counted in kc)
+    HEAVY = 2  # over T_F1 in the mesh: through its flow record, never served when closed
 
 
 class EventKind(enum.IntEnum):
@@ -78,7 +91,9 @@ FLOW = np.dtype(
     ]
 )
 
-DST = np.dtype([("ts1", "<u8"), ("ts2", "<u8"), ("c", "<u8"), ("warn_ts", "<u8")])
+DST = np.dtype(
+    [("ts1", "<u8"), ("ts2", "<u8"), ("c", "<u8"), ("warn_ts", "<u8"), ("kc", "<u8")]
+)
 
 STAT = np.dtype([("packets", "<u8"), ("bytes", "<u8")])
 
@@ -137,7 +152,7 @@ SIZES = {
     "xpro_dst_key": 20,
     "xpro_flow_key": 36,
     "xpro_flow": 56,
-    "xpro_dst": 32,
+    "xpro_dst": 40,
     "xpro_stat": 16,
     "xpro_lpm_key": 20,
     "xpro_event": 72,
@@ -155,6 +170,7 @@ MAP_TYPES: dict[str, tuple[np.dtype, np.dtype]] = {
     "allow_src": (LPM_KEY, np.dtype("<u4")),
     "deny_src": (LPM_KEY, np.dtype("<u4")),
     "dst_policy": (LPM_KEY, np.dtype("<u4")),
+    "known": (FLOW_KEY, np.dtype("<u4")),
 }
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from xpro.core.layout import (
     DST_ADDR_PORT,
+    DST_PAD_CLOSED,
     MALFORMED_PASS,
     MAX_EXTHDR,
     MAX_VLAN,
@@ -31,6 +32,7 @@ from xpro.core.layout import (
     XDP_DROP,
     XDP_PASS,
     EventKind,
+    Known,
     Reason,
 )
 
@@ -230,12 +232,29 @@ class Synced:
 
 @dataclass
 class DstRecord:
-    """The per-destination aggregate (ts1*, ts2*, c*) of DESIGN 3.5."""
+    """The per-destination aggregate (ts1*, ts2*, c*) of DESIGN 3.5.
+
+    ``c`` counts the packets admitted past the per-source check and those
+    dropped because the destination was closed; ``kc`` the packets of known
+    clients (counted per packet while closed, recomputed by the sync).
+    """
 
     ts1: int
     ts2: int
     c: int
     warn_ts: int = 0
+    kc: int = 0
+
+
+def closed_key(dst: bytes) -> bytes:
+    """The flow key of a destination's closed-drops record: src = 16 zero bytes,
+    the 20-byte destination key ``dst`` with ``pad = DST_PAD_CLOSED``."""
+    return bytes(16) + dst[:19] + bytes((DST_PAD_CLOSED,))
+
+
+def is_closed_key(key: bytes) -> bool:
+    """Whether a 36-byte flow key is a closed-drops record's (no packet's key is)."""
+    return key[35] == DST_PAD_CLOSED
 
 
 @dataclass(frozen=True)
@@ -321,13 +340,15 @@ class Filter:
     """The state of one proxy's kernel program, and Algorithm 2 over it.
 
     ``packet(frame, now)`` is the per-packet procedure; ``flows``, ``dsts``,
-    ``stats`` and ``events`` mirror the program's maps.
+    ``stats`` and ``events`` mirror the program's maps; ``known`` the map the
+    daemon writes (flow key -> :class:`~xpro.core.layout.Known`).
     """
 
     def __init__(self, params: FilterParams) -> None:
         self.params = params
         self.flows: dict[bytes, FlowRecord] = {}
         self.dsts: dict[bytes, DstRecord] = {}
+        self.known: dict[bytes, int] = {}
         self.stats: list[list[int]] = [[0, 0] for _ in Reason]
         self.events: list[Event] = []
 
@@ -367,14 +388,66 @@ class Filter:
         if p.deny and any(q.contains(parsed.src) for q in p.deny):
             return self._verdict(XDP_DROP, Reason.DENY, size)
 
+        # A closed destination first (judged on its record before this
+        # packet): unknown sources go no further (docs/semantics.rst).
+        dkey = parsed.dst
+        d = self.dsts.get(dkey)
+        closed = d is not None and self.dst_closed(d, now)
+        cls = self.known.get(key, 0) if closed else 0
+        if d is not None and closed and cls == 0:
+            return self._closed_drop(key, d, now, size)
+
         # Lines 1-10: find the record, reset it after T_T1 idle, or create it.
+        f, started = self._count_flow(key, now)
+        # Lines 12-16: the per-source check.
+        window = now - f.ts1
+        if window > p.t_t2 and rate_exceeds(f.c, window, p.t_f1):
+            return self._limit(key, f, now, size, EventKind.SRC_OVERLOAD, f.c, window,
+                               Reason.SRC_RATE, Reason.MON_SRC_RATE)
+
+        # Lines 18-25 in O(1): the aggregate counts packets admitted past
+        # the per-source check (DESIGN 3.5).
+        if d is None:
+            d = DstRecord(ts1=f.ts1, ts2=now, c=0)
+            self.dsts[dkey] = d
+        elif now - d.ts2 > p.t_t1:
+            d.ts1, d.c, d.kc = now, 0, 0  # the destination was idle: a new window
+        elif started and f.ts1 < d.ts1:
+            d.ts1 = f.ts1
+        d.c += 1
+        d.ts2 = now
+        count = d.c
+        if closed:
+            if cls != Known.CLIENT:  # heavy: never served while closed
+                return self._limit(key, None, now, size, EventKind.DST_OVERLOAD, 0, 0,
+                                   Reason.DST_CLOSED, Reason.MON_DST_CLOSED)
+            d.kc += 1  # a known client: closed to it too once their total is over
+            count = d.kc
+        window = now - d.ts1
+        if window > p.t_t3 and rate_exceeds(count, window, p.t_f2):
+            return self._limit(key, d, now, size, EventKind.DST_OVERLOAD, count, window,
+                               Reason.DST_RATE, Reason.MON_DST_RATE)
+        return self._verdict(XDP_PASS, Reason.PASS, size)
+
+    def dst_closed(self, d: DstRecord, now: int) -> bool:
+        """Whether a destination is closed to unknown sources: not idle, and its
+        aggregate over T_F2 after T_T3."""
+        p = self.params
+        window = now - d.ts1
+        return (now - d.ts2 <= p.t_t1 and window > p.t_t3
+                and rate_exceeds(d.c, window, p.t_f2))
+
+    def _count_flow(self, key: bytes, now: int) -> tuple[FlowRecord, bool]:
+        """Lines 1-11: count one packet into the record of ``key`` (created, or
+        a new window after T_T1 idle); returns it and whether its window
+        started with this packet."""
         f = self.flows.get(key)
         started = False
         if f is None:
             f = FlowRecord(ts1=now, ts2=now, c=0)
             self.flows[key] = f
             started = True
-        elif now - f.ts2 > p.t_t1:
+        elif now - f.ts2 > self.params.t_t1:
             # Line 4: ts1' = t, c' = 0; dc = 0 and mark = 1 are the new gen.
             f.gen = (f.gen + 1) & 0xFFFFFFFF
             f.ts1, f.c = now, 0
@@ -382,37 +455,29 @@ class Filter:
         # Line 11 (dc is derived: see local_view).
         f.c += 1
         f.ts2 = now
-        # Lines 12-16: the per-source check.
-        window = now - f.ts1
-        if window > p.t_t2 and rate_exceeds(f.c, window, p.t_f1):
-            if self._warn_due(f, now) and p.events:
-                self.events.append(Event(EventKind.SRC_OVERLOAD, key, now, f.c, window))
-            if self._mode(key) == MODE_MONITOR:
-                return self._verdict(XDP_PASS, Reason.MON_SRC_RATE, size)
-            return self._verdict(XDP_DROP, Reason.SRC_RATE, size)
+        return f, started
 
-        # Lines 18-25 in O(1): the aggregate counts packets admitted past
-        # the per-source check (DESIGN 3.5).
-        dkey = parsed.dst
-        d = self.dsts.get(dkey)
-        if d is None:
-            d = DstRecord(ts1=f.ts1, ts2=now, c=0)
-            self.dsts[dkey] = d
-        elif now - d.ts2 > p.t_t1:
-            d.ts1, d.c = now, 0  # the destination was idle: a new window
-        elif started and f.ts1 < d.ts1:
-            d.ts1 = f.ts1
+    def _closed_drop(self, key: bytes, d: DstRecord, now: int, size: int) -> Verdict:
+        """An unknown source's packet to a closed destination: counted into the
+        destination's closed-drops record (no per-source check) and into c*,
+        then dropped as DST_CLOSED with the destination's warning."""
+        self._count_flow(closed_key(key[16:]), now)
         d.c += 1
         d.ts2 = now
-        window = now - d.ts1
-        if window > p.t_t3 and rate_exceeds(d.c, window, p.t_f2):
-            if self._warn_due(d, now) and p.events:
-                src0 = bytes(16) + dkey
-                self.events.append(Event(EventKind.DST_OVERLOAD, src0, now, d.c, window))
-            if self._mode(key) == MODE_MONITOR:
-                return self._verdict(XDP_PASS, Reason.MON_DST_RATE, size)
-            return self._verdict(XDP_DROP, Reason.DST_RATE, size)
-        return self._verdict(XDP_PASS, Reason.PASS, size)
+        return self._limit(key, d, now, size, EventKind.DST_OVERLOAD, d.c, now - d.ts1,
+                           Reason.DST_CLOSED, Reason.MON_DST_CLOSED)
+
+    def _limit(self, key: bytes, rec: FlowRecord | DstRecord | None, now: int, size: int,
+               kind: EventKind, count: int, window: int, reason: Reason,
+               mon_reason: Reason) -> Verdict:
+        """The verdict of a rate rule that fired: the warning if due on ``rec``
+        (``None``: no warning), then drop, or pass in monitor mode."""
+        if rec is not None and self._warn_due(rec, now) and self.params.events:
+            wkey = key if kind is EventKind.SRC_OVERLOAD else bytes(16) + key[16:]
+            self.events.append(Event(kind, wkey, now, count, window))
+        if self._mode(key) == MODE_MONITOR:
+            return self._verdict(XDP_PASS, mon_reason, size)
+        return self._verdict(XDP_DROP, reason, size)
 
 
 # --------------------------------------------------------------------------
@@ -525,26 +590,34 @@ def merge(
 
 
 def recompute_dst(
-    flows: Iterable[FlowRecord], now: int, params: FilterParams
+    records: Iterable[tuple[bytes, FlowRecord]], now: int, params: FilterParams,
+    known: Mapping[bytes, int] | None = None,
 ) -> DstRecord | None:
     """The exact per-destination aggregate the sync writes (DESIGN 3.5).
 
-    Over the destination's flows that are neither idle for longer than T_T1
-    (the kernel would reset them) nor over T_F1 (their packets are dropped
-    by the per-source rule): ts1* = min ts1', ts2* = max ts2', c* = sum c'.
+    ``records`` are one destination's (flow key, record) pairs, its
+    closed-drops record (:func:`closed_key`) among them if it has one.  Over
+    those not idle for longer than T_T1 (the kernel would reset them): the
+    real flows not over T_F1 (their packets are dropped by the per-source
+    rule) and the closed-drops record, which is never left out for T_F1.
+    ts1* = min ts1', ts2* = max ts2', c* = sum c'; kc = sum c' of the
+    included real flows that ``known`` classes as :attr:`Known.CLIENT`.
     """
+    known = known or {}
     live = [
-        f
-        for f in flows
+        (k, f)
+        for k, f in records
         if now - f.ts2 <= params.t_t1
-        and not (f.ts2 - f.ts1 > params.t_t2 and rate_exceeds(f.c, f.ts2 - f.ts1, params.t_f1))
+        and (is_closed_key(k) or not (f.ts2 - f.ts1 > params.t_t2
+                                      and rate_exceeds(f.c, f.ts2 - f.ts1, params.t_f1)))
     ]
     if not live:
         return None
     return DstRecord(
-        ts1=min(f.ts1 for f in live),
-        ts2=max(f.ts2 for f in live),
-        c=sum(f.c for f in live),
+        ts1=min(f.ts1 for _, f in live),
+        ts2=max(f.ts2 for _, f in live),
+        c=sum(f.c for _, f in live),
+        kc=sum(f.c for k, f in live if not is_closed_key(k) and known.get(k) == Known.CLIENT),
     )
 
 

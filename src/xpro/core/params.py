@@ -15,12 +15,14 @@ class Sizes:
     flows: int = 1 << 20
     dsts: int = 1 << 16
     prefixes: int = 16384
+    #: (source, destination) pairs the daemon classifies for closed destinations.
+    known: int = 1 << 16
 
     def max_entries(self) -> dict[str, int]:
         return {"flows": self.flows, "dirty0": self.flows, "dirty1": self.flows,
                 "dsts": self.dsts,
                 "allow_src": self.prefixes, "deny_src": self.prefixes,
-                "dst_policy": self.prefixes}
+                "dst_policy": self.prefixes, "known": self.known}
 
 
 def tai_now() -> int:

@@ -17,8 +17,9 @@ import numpy.typing as npt
 from xpro.core import layout as L
 from xpro.core.model import FilterParams
 
-__all__ = ["APPLIED", "APPLY_MAX", "GEN_MISMATCH", "NO_RECORD", "OP_CREATE", "OP_DELETE",
-           "OP_DST", "OP_FLOW", "OP_KEEP_BASE", "OP_READ", "FilterState", "apply_entries"]
+__all__ = ["APPLIED", "APPLY_MAX", "GEN_MISMATCH", "MISSING", "NO_RECORD", "OP_CREATE",
+           "OP_DELETE", "OP_DST", "OP_FLOW", "OP_KEEP_BASE", "OP_READ", "RACED", "FilterState",
+           "apply_entries"]
 
 Array = npt.NDArray[Any]
 
@@ -34,10 +35,16 @@ OP_DELETE = 0x20
 #: count as this proxy's own at the next sync (counts made outside the program).
 OP_KEEP_BASE = 0x40
 
-#: Control-program results.
+#: Control-program results (enum xpro_apply_result in bpf/xpro_shared.h).
 APPLIED = 0
-GEN_MISMATCH = 1
-NO_RECORD = 2
+#: A packet got there first (the record was reset, created or counted since
+#: the read): nothing changed, the next round retries.
+RACED = 1
+#: No record (and no OP_CREATE, or the create failed).
+MISSING = 2
+#: Older names of RACED and MISSING.
+GEN_MISMATCH = RACED
+NO_RECORD = MISSING
 
 
 @runtime_checkable
@@ -75,14 +82,24 @@ class FilterState(Protocol):
 
 
 def apply_entries(keys: Iterable[bytes] | Array, op: int | Array, *, gen: Any = 0,
-                  c_delta: Any = 0, ts1: Any = 0, ts2: Any = 0, base_c: Any = 0) -> Array:
-    """Build an APPLY array from parallel columns (scalars broadcast)."""
+                  c_delta: Any = 0, ts1: Any = 0, ts2: Any = 0, base_c: Any = 0,
+                  kc_delta: Any = None) -> Array:
+    """Build an APPLY array from parallel columns (scalars broadcast).
+
+    ``kc_delta`` (OP_DST only) is the signed delta added to a destination's
+    ``kc``; it travels in the ``base_c`` field, which DST operations do not
+    otherwise use (``struct xpro_apply`` in ``bpf/xpro_shared.h``).
+    """
     karr = keys if isinstance(keys, np.ndarray) else np.frombuffer(
         b"".join(keys), dtype=L.FLOW_KEY)
     e = np.zeros(len(karr), dtype=L.APPLY)
     e["key"] = karr
     e["op"], e["gen"], e["c_delta"], e["ts1"], e["ts2"] = op, gen, c_delta, ts1, ts2
-    e["base_c"] = base_c
+    if kc_delta is None:
+        e["base_c"] = base_c
+    else:
+        e["base_c"] = np.broadcast_to(np.asarray(kc_delta, dtype=np.int64),
+                                      (len(karr),)).view(np.uint64)
     return e
 
 

@@ -100,6 +100,7 @@ class XdpFilter:
             self._dirty = (self.obj.maps["dirty0"], self.obj.maps["dirty1"])
             self._bss = self.obj.global_data(".bss", _bss_dtype(self.obj.maps))
             self.dsts = self.obj.maps["dsts"]
+            self.known = self.obj.maps["known"]
             self.stats = self.obj.maps["stats"]
             self._apply = _ArrayMmap(self.obj.maps["apply_buf"], L.APPLY)
             self.params = params
@@ -195,6 +196,11 @@ class XdpFilter:
                 out[i] = v
         return exists, out
 
+    def read_known(self) -> tuple[Array, Array]:
+        """The ``known`` map: flow keys (FLOW_KEY) and their class (``Known``, uint32)."""
+        keys, vals = self.known.lookup_batch()
+        return np.asarray(keys, dtype=L.FLOW_KEY), np.asarray(vals, dtype="<u4")
+
     def events(self, callback: Callable[[Any], object]) -> RingBuffer:
         """A ring-buffer reader handing each warning (an ``EVENT`` record) to ``callback``."""
         return self.obj.ring_buffer("events", callback, L.EVENT)
@@ -247,6 +253,26 @@ class XdpFilter:
             out[f] = res[f]
         out[~exists] = 0
         return exists, out
+
+    # --- known clients (a userspace map: the packet path only reads it) ------
+
+    def set_known(self, keys: Array, classes: Any) -> None:
+        """Write (or overwrite) the class (``Known``) of these flow keys, in batches.
+
+        ``classes`` is one class for all keys or one per key.  A full map
+        raises :class:`~xpro.errors.DatapathError` (a plain hash: nothing
+        is evicted to make room).
+        """
+        keys = np.asarray(keys, dtype=L.FLOW_KEY)
+        if len(keys):
+            cls = np.broadcast_to(np.asarray(classes, dtype="<u4"), (len(keys),))
+            self.known.update_batch(keys, np.ascontiguousarray(cls))
+
+    def drop_known(self, keys: Array) -> int:
+        """Remove these flow keys from the ``known`` map (absent ones are skipped);
+        returns how many went."""
+        keys = np.asarray(keys, dtype=L.FLOW_KEY)
+        return self.known.delete_batch(keys) if len(keys) else 0
 
     # --- sync epochs: which flows changed since the last round ----------------
 

@@ -48,9 +48,15 @@ class Mirror:
         self.free = np.concatenate([np.arange(new - 1, cap - 1, -1, dtype=np.int64), self.free])
 
     def dst_ids(self, dkeys: Array) -> Array:
-        """Destination ids (a dict over the few distinct destinations of a batch)."""
+        """Destination ids (a dict over the few distinct destinations of a batch).
+
+        A closed-drops record's key (``pad = DST_PAD_CLOSED``) maps to its
+        destination's id.
+        """
         vd = np.dtype((np.void, L.DST_KEY.itemsize))
-        uniq, inv = np.unique(np.ascontiguousarray(dkeys).view(vd), return_inverse=True)
+        dkeys = np.array(dkeys, dtype=L.DST_KEY)
+        dkeys["pad"] = 0
+        uniq, inv = np.unique(dkeys.view(vd), return_inverse=True)
         ids = np.empty(len(uniq), dtype=np.int64)
         for j, u in enumerate(uniq):
             k = u.tobytes()

@@ -245,9 +245,10 @@ class Syncer:
         (docs/semantics.rst, "The per-destination check")
 
         Over each destination's flows neither idle longer than T_T1 nor over
-        T_F1 (:func:`xpro.core.model.recompute_dst`): ts1* = min ts1', ts2* = max
+        T_F1, and its closed-drops record if not idle
+        (:func:`xpro.core.model.recompute_dst`): ts1* = min ts1', ts2* = max
         ts2', c* = sum c'.  Written as deltas, so packets admitted meanwhile
-        stay counted.
+        stay counted.  (kc is left as the packet path counts it.)
         """
         if len(dst_ids) == 0:
             return 0
@@ -255,6 +256,7 @@ class Syncer:
         mr = self.mirror
         sel = mr.alive & np.isin(mr.dst, dst_ids)
         ts1, ts2, c, dst = mr.ts1[sel], mr.ts2[sel], mr.c[sel], mr.dst[sel]
+        drops = mr.keys["dst"]["pad"][sel] == L.DST_PAD_CLOSED
         # Flows first counted after this round's read are not in the mirror,
         # but their packets are in the kernel's aggregate: a spoofed flood
         # creates thousands per round, and leaving them out would lower the
@@ -272,8 +274,11 @@ class Syncer:
             ts2 = np.concatenate([ts2, recs["ts2"].astype(np.int64)])
             c = np.concatenate([c, recs["c"].astype(np.int64)])
             dst = np.concatenate([dst, f_dst[mine][exists]])
+            drops = np.concatenate(
+                [drops, fresh[mine][exists]["dst"]["pad"] == L.DST_PAD_CLOSED])
         window = ts2 - ts1
-        over = (window > p.t_t2) & rate_exceeds_array(c, window, p.t_f1)
+        # A closed-drops record is never left out for T_F1.
+        over = (window > p.t_t2) & rate_exceeds_array(c, window, p.t_f1) & ~drops
         live = ((now - ts2) <= p.t_t1) & ~over
         pos = np.searchsorted(dst_ids, dst[live])
         n = len(dst_ids)
