@@ -22,7 +22,7 @@
 #define XPRO_LPM_MAX 16384
 #endif
 #ifndef XPRO_KNOWN_MAX
-#define XPRO_KNOWN_MAX 65536
+#define XPRO_KNOWN_MAX (1 << 18)
 #endif
 
 /* (source, destination key) -> flow record.  LRU: a spoofed flood evicts

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -36,6 +37,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 XPRO = str(Path(sys.executable).with_name("xpro"))
 PLUGIN_ROOT = Path(__file__).parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -220,6 +222,7 @@ def test_daemon_filters_syncs_and_reports(tmp_path: Path, pair: NsPair, redis: R
     assert metric(m, "xpro_sync_rounds_total") >= 3
     assert metric(m, "xpro_workload_pps", proxy="p1") >= 0
     assert metric(m, "xpro_alerts_total", kind="src_overload") >= 1
+    check_dashboard(m)
 
     # The overload warning reached the example plugin's sink.
     alerts = [json.loads(x) for x in d.alerts.read_text().splitlines()]
@@ -243,6 +246,29 @@ def test_daemon_filters_syncs_and_reports(tmp_path: Path, pair: NsPair, redis: R
     assert not Path(d.pin_dir).exists()
     events = {e.get("event") for e in d.events()}
     assert {"attached", "started", "stopped"} <= events
+
+
+def check_dashboard(exposition: str) -> None:
+    """Every query of the Grafana dashboard (packaging/) names a metric this daemon
+    exports, with labels it has (``instance`` and ``job`` are Prometheus's own)."""
+    dash = json.loads((ROOT / "packaging" / "grafana-dashboard.json").read_text())
+    labels: dict[str, set[str]] = {}
+    for line in exposition.splitlines():
+        mm = re.match(r"(xpro_\w+)(?:\{(.*)\})? ", line)
+        if mm:
+            labels.setdefault(mm[1], set()).update(
+                re.findall(r"(\w+)=\"", mm[2] or ""))
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    assert exprs
+    for expr in exprs:
+        names = re.findall(r"\b(xpro_\w+)(\{[^}]*\})?", expr)
+        assert names, expr
+        for name, sel in names:
+            assert name in labels, f"{name} (in {expr!r}) is not exported"
+            used = set(re.findall(r"(\w+)\s*=~?", sel)) - {"instance", "job"}
+            assert used <= labels[name], f"{name} has no label(s) {used - labels[name]}"
+    templ = [v["query"] for v in dash["templating"]["list"] if v["type"] == "query"]
+    assert all(re.search(r"xpro_\w+", q)[0] in labels for q in templ)
 
 
 def test_config_reload_changes_the_threshold_under_traffic(

@@ -79,8 +79,8 @@ def test_every_key_has_docs_and_an_env_var() -> None:
         assert opt.doc, opt.key
         assert opt.why, opt.key
         assert opt.env == "XPRO_" + opt.key.upper().replace(".", "_")
-    assert set(C.SECTIONS) == {"thresholds", "sync", "filter", "tables", "store", "proxy",
-                               "metrics", "control", "log", "afxdp"}
+    assert set(C.SECTIONS) == {"thresholds", "sync", "known", "filter", "tables", "store",
+                               "proxy", "metrics", "control", "log", "afxdp"}
 
 
 def test_config_is_immutable_and_hashable() -> None:

@@ -216,12 +216,20 @@ def format_status(st: dict[str, Any]) -> str:
         out += ["", "verdicts"]
         out.append(_table(["reason", "packets", "bytes"], [
             [name, f"{c['packets']:,}", f"{c['bytes']:,}"] for name, c in counters.items()
-            if c["packets"] or name in ("pass", "src_rate", "dst_rate")]))
+            if c["packets"] or name in ("pass", "src_rate", "dst_rate", "dst_closed")]))
+    closed = st.get("closed", {})
+    if closed.get("destinations"):
+        out += ["", f"closed to unknown sources: {closed['destinations']} destination(s); "
+                    f"{closed['known_clients']} known clients in the table"
+                + (f", {closed['known_overflow']} more did not fit (tables.known)"
+                   if closed.get("known_overflow") else "")]
     if st.get("top_destinations"):
         out += ["", "top destinations"]
-        out.append(_table(["destination", "packets/s", "count", "over T_F2"], [
+        out.append(_table(["destination", "packets/s", "count", "state", "known clients",
+                           "dropped while closed"], [
             [d["dst"], _fmt_rate(d["rate_pps"]), str(d["count"]),
-             "yes" if d["over_t_f2"] else ""] for d in st["top_destinations"]]))
+             _dst_state(d), str(d.get("known_clients", 0)),
+             f"{d.get('closed_drops', 0):,}"] for d in st["top_destinations"]]))
     if st.get("top_sources"):
         out += ["", "top sources"]
         out.append(_flows_table(st["top_sources"]))
@@ -245,6 +253,14 @@ def format_status(st: dict[str, Any]) -> str:
             out.append("plugin notifications dropped (queue full): " + ", ".join(
                 f"{h} {c}" for h, c in sorted(hooks["dropped"].items())))
     return "\n".join(out)
+
+
+def _dst_state(d: dict[str, Any]) -> str:
+    """A destination's state: open, over T_F2, or closed (for how long)."""
+    if d.get("closed"):
+        since = d.get("closed_since_s")
+        return "CLOSED" + (f" {since:.0f} s" if since is not None else "")
+    return "over T_F2" if d["over_t_f2"] else "open"
 
 
 def _flows_table(flows: list[dict[str, Any]]) -> str:

@@ -41,7 +41,7 @@ from xpro.core.layout import (
     MODE_MONITOR,
 )
 from xpro.core.model import NS_PER_S, R_DEN, FilterParams, Prefix, SyncParams
-from xpro.core.params import Sizes
+from xpro.core.params import KnownPolicy, Sizes
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -207,6 +207,33 @@ class SyncConfig(_Section):
 
 
 @dataclass(frozen=True, repr=False)
+class KnownConfig(_Section):
+    """Known clients: who is still served while a destination is closed.
+
+    A destination over T_F2 is *closed*: packets from sources that are not
+    known clients are dropped before they reach a flow record.  A known client
+    is a source whose flow to the destination was established before it
+    closed (docs/semantics.rst, "Closed destinations and known clients").
+    """
+
+    min_age: float = option(
+        _seconds(0.0, 3600), 2.0, flag="--known-min-age",
+        doc="""Seconds a flow's window must span (first to last packet) for its
+        source to become a known client of the destination.""",
+        why="""Longer than a spoofed flood's sources live (each sends a packet
+        or two), shorter than any real session.  Measured with the lab's
+        spoofed flood (docs/evaluation.rst): clients that started two seconds
+        before the flood were all kept; a spoofed /16 produced none.""")
+    min_packets: int = option(
+        Integer(1, 1 << 32, "packets"), 8, flag="--known-min-packets",
+        doc="""Packets a flow's window must hold (mesh-wide) for its source to
+        become a known client.""",
+        why="""A source spoofed at random from a /16 or wider sends about one
+        packet per window even at a million packets per second; eight packets
+        over two seconds is a very slow real client.""")
+
+
+@dataclass(frozen=True, repr=False)
 class FilterConfig(_Section):
     """What the XDP program does with the packets (the Semantics page says how)."""
 
@@ -284,6 +311,16 @@ class TablesConfig(_Section):
         doc="""Entries of each prefix table (allow, deny, destination policy):
         the most prefixes each list may hold.""",
         why="Room for large imported deny lists; an LPM trie grows only as it is filled.")
+    known: int = option(
+        Integer(1024, 1 << 24, "known clients"), 1 << 18, flag="--tables-known", live=False,
+        doc="""Entries of the known-client table (a hash apart from the flow
+        table, so a flood cannot evict it): the established (source,
+        destination) pairs that keep being served while their destination is
+        closed.""",
+        why="""A quarter of a million established clients across the protected
+        destinations, about 25 MB of kernel memory.  When it is full the
+        clients beyond it are not known: they are counted
+        (``xpro_known_clients_overflow``) and treated like new sources.""")
 
 
 @dataclass(frozen=True, repr=False)
@@ -520,6 +557,7 @@ class Config:
 
     thresholds: ThresholdsConfig = field(metadata=_SECTION_META)
     sync: SyncConfig = field(metadata=_SECTION_META)
+    known: KnownConfig = field(metadata=_SECTION_META)
     filter: FilterConfig = field(metadata=_SECTION_META)
     tables: TablesConfig = field(metadata=_SECTION_META)
     store: StoreConfig = field(metadata=_SECTION_META)
@@ -623,7 +661,12 @@ class Config:
     def sizes(self) -> Sizes:
         """The kernel map sizes (:class:`xpro.datapath.xdp.Sizes`)."""
         return Sizes(flows=self.tables.flows, dsts=self.tables.destinations,
-                     prefixes=self.tables.prefixes)
+                     prefixes=self.tables.prefixes, known=self.tables.known)
+
+    def known_policy(self) -> KnownPolicy:
+        """Who becomes a known client of a destination (:class:`xpro.sync.known.KnownPolicy`)."""
+        return KnownPolicy(min_age=seconds_to_ns(self.known.min_age),
+                           min_packets=self.known.min_packets, capacity=self.tables.known)
 
     @property
     def period_ns(self) -> int:

@@ -19,7 +19,8 @@ from typing import Any, Literal, get_args
 __all__ = ["KINDS", "SEVERITIES", "Alert", "AlertKind", "Severity", "format_alert"]
 
 #: What an alert is about.
-AlertKind = Literal["store_down", "store_up", "src_overload", "dst_overload", "workload"]
+AlertKind = Literal["store_down", "store_up", "src_overload", "dst_overload", "workload",
+                    "dst_closed", "dst_reopened"]
 #: How urgent it is.
 Severity = Literal["info", "warning", "critical"]
 
@@ -35,6 +36,8 @@ DEFAULT_SEVERITY: Mapping[str, Severity] = MappingProxyType({
     "src_overload": "warning",
     "dst_overload": "warning",
     "workload": "warning",
+    "dst_closed": "critical",
+    "dst_reopened": "info",
 })
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["ProxyStatus", "SyncStats", "SyncStatus"]
+__all__ = ["Closure", "ProxyStatus", "SyncStats", "SyncStatus"]
 
 
 @dataclass(frozen=True)
@@ -13,6 +13,18 @@ class ProxyStatus:
 
     workload: float
     last_seen: int  # ns, the proxy's clock (TAI)
+
+
+@dataclass(frozen=True)
+class Closure:
+    """A destination that closed or reopened in a round, with the mesh-wide figures."""
+
+    dst: bytes  # the 20-byte destination key
+    closed: bool  # True: it closed; False: it reopened
+    count: int  # c* (admitted plus dropped while closed) in the window
+    window: int  # ns
+    known: int  # known clients of it in the table
+    since: int  # when it closed (ns); for a reopening, when it had closed
 
 
 @dataclass
@@ -32,6 +44,10 @@ class SyncStats:
     workload: float = 0.0
     peers: dict[str, ProxyStatus] = field(default_factory=dict)
     error: str = ""  # a store error after the merge (the round still completed)
+    closures: list[Closure] = field(default_factory=list)  # closed or reopened this round
+    closed: int = 0  # destinations closed to unknown sources after the round
+    known: int = 0  # entries of the known-client table
+    known_overflow: int = 0  # clients that did not fit in the known-client table
 
 
 

@@ -106,7 +106,7 @@ class ProxyCollector(Collector):
             nbytes.add_metric([r.name.lower()], float(counts[r][1]))
         yield packets
         yield nbytes
-        dropping = [Reason.DENY, Reason.SRC_RATE, Reason.DST_RATE]
+        dropping = [Reason.DENY, Reason.SRC_RATE, Reason.DST_RATE, Reason.DST_CLOSED]
         if p.config.filter.malformed == "drop":
             dropping.append(Reason.MALFORMED)
         yield CounterMetricFamily("xpro_dropped_packets", "Packets dropped, every reason",
@@ -126,6 +126,16 @@ class ProxyCollector(Collector):
             yield GaugeMetricFamily("xpro_sync_last_success_age_s",
                                     "Seconds since the last completed sync round",
                                     value=(tai_now() - loop.status.last_ok) / NS_PER_S)
+        known = syncer.known if syncer is not None else None
+        yield GaugeMetricFamily("xpro_closed_destinations",
+                                "Destinations closed to unknown sources (over T_F2)",
+                                value=len(known.closed) if known is not None else 0)
+        yield GaugeMetricFamily("xpro_known_clients",
+                                "Entries of the known-client table (clients and heavy sources)",
+                                value=len(known.keys) if known is not None else 0)
+        yield GaugeMetricFamily("xpro_known_clients_overflow",
+                                "Known clients that did not fit in the table at the last round",
+                                value=known.overflow if known is not None else 0)
         up = loop is not None and loop.syncer is not None and loop.status.healthy
         yield GaugeMetricFamily("xpro_store_up", "1 while the master store answers",
                                 value=1.0 if up else 0.0)

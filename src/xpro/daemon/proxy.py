@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import ipaddress
@@ -56,12 +57,13 @@ from xpro.core.merge import rate_exceeds_array
 from xpro.core.model import NS_PER_S, Prefix
 from xpro.core.params import tai_now
 from xpro.core.prefixset import PrefixSet
-from xpro.core.status import SyncStats
+from xpro.core.status import Closure, SyncStats
 from xpro.daemon.control import ControlServer
 from xpro.daemon.metrics import MetricsServer, exposition, serve
 from xpro.errors import ConfigError, XproError
 from xpro.plugins import plugins as process_plugins
 from xpro.sync import Syncer, SyncLoop
+from xpro.sync.known import closed_now, is_closed_record
 
 if TYPE_CHECKING:
     from xpro.backends import Backend
@@ -338,6 +340,9 @@ class Proxy:
                 self.syncer.params = new.sync_params()
                 self.syncer.period = new.period_ns
                 self.syncer.ttl = new.ttl_ns
+                # The table's size is fixed at load: only the rule changes live.
+                self.syncer.known.policy = dataclasses.replace(
+                    new.known_policy(), capacity=self.syncer.known.policy.capacity)
             if self.loop is not None:
                 self.loop.period = new.sync.period
             logging.getLogger("xpro").setLevel(new.log.level.upper())
@@ -388,7 +393,7 @@ class Proxy:
             raise
         self.store = store
         return Syncer(self.filter, store, self.name, cfg.sync_params(),
-                      period=cfg.period_ns, ttl=cfg.ttl_ns)
+                      period=cfg.period_ns, ttl=cfg.ttl_ns, known=cfg.known_policy())
 
     def _on_round(self, stats: SyncStats) -> None:
         log.debug("sync round", extra={
@@ -396,6 +401,8 @@ class Proxy:
             "merged": stats.merged, "pulled": stats.pulled, "applied": stats.applied,
             "workload": round(stats.workload, 1)})
         self.plugins.sync_completed(stats, self.name)
+        for closure in stats.closures:
+            self._closure_alert(closure)
         t_w = self.config.thresholds.t_w
         if stats.workload > t_w and not self._overloaded:
             self._overloaded = True
@@ -404,6 +411,24 @@ class Proxy:
                                   workload=stats.workload, limit=t_w))
         elif stats.workload <= t_w * 0.9:
             self._overloaded = False
+
+    def _closure_alert(self, cl: Closure) -> None:
+        """One alert when a destination closes, one when it reopens (mesh-wide figures)."""
+        dst = _dst_text(np.frombuffer(cl.dst, dtype=L.DST_KEY)[0])
+        rate = rate_pps(cl.count, cl.window)
+        limit = self.config.thresholds.t_f2
+        if cl.closed:
+            self.alert(Alert.make(
+                "dst_closed", f"{dst} closed to unknown sources: {rate:.0f} packets/s offered "
+                f"in the mesh (T_F2 {limit}); {cl.known} known clients still served",
+                self.name, dst=dst, rate=rate, limit=limit, count=cl.count,
+                window_s=cl.window / NS_PER_S, known_clients=cl.known))
+        else:
+            self.alert(Alert.make(
+                "dst_reopened", f"{dst} reopened: {rate:.0f} packets/s offered in the mesh "
+                f"(T_F2 {limit}), closed for {(tai_now() - cl.since) / NS_PER_S:.1f} s",
+                self.name, dst=dst, rate=rate, limit=limit, count=cl.count,
+                closed_s=(tai_now() - cl.since) / NS_PER_S))
 
     def _sync_alert(self, kind: AlertKind, message: str) -> None:
         self.alert(Alert.make(kind, message, self.name))
@@ -523,7 +548,7 @@ class Proxy:
                     last = s.last
                     sync["last_round"] = {k: getattr(last, k) for k in (
                         "seconds", "flows", "merged", "pulled", "created", "applied", "raced",
-                        "expired", "destinations", "workload", "error")}
+                        "expired", "destinations", "workload", "error", "closed", "known")}
                     period = cfg.sync.period
                     sync["peers"] = {
                         name: {"workload": p.workload,
@@ -533,6 +558,12 @@ class Proxy:
             st["sync"] = sync
             st["top_sources"] = self.flows(limit=top)
             st["top_destinations"] = self.destinations(limit=top)
+            syncer = self.syncer
+            st["closed"] = {
+                "destinations": len(syncer.known.closed) if syncer is not None else 0,
+                "known_clients": len(syncer.known.keys) if syncer is not None else 0,
+                "known_overflow": syncer.known.overflow if syncer is not None else 0,
+            }
             st["dirty_lost"] = self.filter.dirty_lost()
             return st
 
@@ -566,16 +597,20 @@ class Proxy:
         c = recs["c"].astype(np.int64)
         over = (window > p.t_t2) & rate_exceeds_array(c, window, p.t_f1)
         out = []
+        drops = is_closed_record(keys)
         for i in idx:
             k, r = keys[i], recs[i]
             out.append({
-                "src": L.addr_str(bytes(k["src"])), "dst": _dst_text(k["dst"]),
+                # A destination's closed-drops record has no source of its own.
+                "src": "(closed drops)" if drops[i] else L.addr_str(bytes(k["src"])),
+                "dst": _dst_text(k["dst"]),
                 "count": int(r["c"]), "local_count": int(r["c"]) - int(r["base_c"]),
                 "window_s": round(int(window[i]) / NS_PER_S, 6),
                 "rate_pps": round(float(rate[i]), 3),
                 "idle_s": round(max(0, now - int(r["ts2"])) / NS_PER_S, 6),
                 "resets": int(r["gen"]),
-                "over_t_f1": bool(over[i]),
+                "over_t_f1": bool(over[i]) and not drops[i],
+                "closed_drops": bool(drops[i]),
             })
         return out
 
@@ -589,11 +624,31 @@ class Proxy:
         p = self.filter.params  # judged as the running program judges (flows() alike)
         over = (window > p.t_t3) & rate_exceeds_array(recs["c"].astype(np.int64), window,
                                                        p.t_f2)
-        return [{"dst": _dst_text(keys[i]), "count": int(recs[i]["c"]),
-                 "window_s": round(int(window[i]) / NS_PER_S, 6),
-                 "rate_pps": round(float(rate[i]), 3),
-                 "over_t_f2": bool(over[i])}
-                for i in idx]
+        shut = closed_now(recs["ts1"].astype(np.int64), recs["ts2"].astype(np.int64),
+                          recs["c"].astype(np.int64), now, p)
+        # The drops while closed: each destination's closed-drops record (mesh-wide c').
+        ck = np.zeros(len(idx), dtype=L.FLOW_KEY)
+        ck["dst"] = keys[idx]
+        ck["dst"]["pad"] = L.DST_PAD_CLOSED
+        has_drops, drop_recs = self.filter.read(ck)
+        syncer = self.syncer
+        out = []
+        for j, i in enumerate(idx):
+            dkey = bytes(np.ascontiguousarray(keys[i]).tobytes())
+            since = syncer.known.closed.get(dkey) if syncer is not None else None
+            out.append({
+                "dst": _dst_text(keys[i]), "count": int(recs[i]["c"]),
+                "window_s": round(int(window[i]) / NS_PER_S, 6),
+                "rate_pps": round(float(rate[i]), 3),
+                "over_t_f2": bool(over[i]),
+                "closed": bool(shut[i]),
+                "closed_since_s": (round((now - since) / NS_PER_S, 3)
+                                   if since is not None else None),
+                "known_clients": syncer.known.count_of(dkey) if syncer is not None else 0,
+                "known_count": int(recs[i]["kc"]),
+                "closed_drops": int(drop_recs[j]["c"]) if has_drops[j] else 0,
+            })
+        return out
 
     def explain(self, src: str, dst: str, *, proto: int = 17) -> Explanation:
         """What the next packet from ``src`` to ``dst`` would meet, and why.

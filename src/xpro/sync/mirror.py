@@ -50,13 +50,13 @@ class Mirror:
     def dst_ids(self, dkeys: Array) -> Array:
         """Destination ids (a dict over the few distinct destinations of a batch).
 
-        A closed-drops record's key (``pad = DST_PAD_CLOSED``) maps to its
-        destination's id.
+        A closed-drops record's key (pad ``DST_PAD_CLOSED``) has the id of its
+        destination: the recompute sums it with the destination's flows.
         """
         vd = np.dtype((np.void, L.DST_KEY.itemsize))
         dkeys = np.array(dkeys, dtype=L.DST_KEY)
         dkeys["pad"] = 0
-        uniq, inv = np.unique(dkeys.view(vd), return_inverse=True)
+        uniq, inv = np.unique(np.ascontiguousarray(dkeys).view(vd), return_inverse=True)
         ids = np.empty(len(uniq), dtype=np.int64)
         for j, u in enumerate(uniq):
             k = u.tobytes()

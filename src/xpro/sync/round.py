@@ -39,8 +39,9 @@ import numpy.typing as npt
 from xpro.core import layout as L
 from xpro.core.keys import index_of
 from xpro.core.layout import LOCAL, MASTER
-from xpro.core.merge import merge_arrays, rate_exceeds_array
+from xpro.core.merge import merge_arrays
 from xpro.core.model import NS_PER_S, SyncParams
+from xpro.core.params import KnownPolicy
 from xpro.core.state import (
     APPLIED,
     OP_CREATE,
@@ -50,9 +51,10 @@ from xpro.core.state import (
     FilterState,
     apply_entries,
 )
-from xpro.core.status import SyncStats
+from xpro.core.status import Closure, SyncStats
 from xpro.errors import StoreError
 from xpro.stores.base import Store
+from xpro.sync.known import KnownClients, is_closed_record, over_t_f1
 from xpro.sync.mirror import Mirror
 
 __all__ = ["Syncer"]
@@ -71,7 +73,7 @@ class Syncer:
 
     def __init__(self, filt: FilterState, store: Store, proxy: str, params: SyncParams, *,
                  period: int = NS_PER_S, ttl: int | None = None,
-                 store_expire_every: int = 10) -> None:
+                 store_expire_every: int = 10, known: KnownPolicy | None = None) -> None:
         self.filt = filt
         self.store = store
         self.proxy = proxy
@@ -80,6 +82,8 @@ class Syncer:
         self.ttl = ttl if ttl is not None else max(6 * params.t_t1, 60 * NS_PER_S)
         self.cursor: Any = None
         self.mirror = Mirror()
+        #: Closed destinations and the known-client table.
+        self.known = KnownClients(filt, known)
         self.rounds = 0
         self.store_expire_every = store_expire_every
         self._full_scan = True  # the first round reads the whole table
@@ -201,7 +205,11 @@ class Syncer:
                                 new_recs["ts2"][ok[len(upd):]]]).astype(np.int64)
         m_c = np.concatenate([all_final["c"], new_recs["c"][ok[len(upd):]]]).astype(np.int64)
         touched.append(self.mirror.update(m_keys, m_ts1, m_ts2, m_c))
-        st.destinations = self._recompute_destinations(np.unique(np.concatenate(touched)), now)
+        st.destinations, st.closures = self._recompute_destinations(
+            np.unique(np.concatenate(touched)), now)
+        st.closed = len(self.known.closed)
+        st.known = len(self.known.keys)
+        st.known_overflow = self.known.overflow
 
         try:
             st.expired = self._expire(now)
@@ -234,29 +242,35 @@ class Syncer:
                                                 ts2=recs["ts2"]))
             mr.remove(keys[res == APPLIED])
             mr.remove(mr.keys[idle][~exists])
+            self.known.forget(mr.keys[idle])
             gone = int((res == APPLIED).sum())
         if self.rounds % self.store_expire_every == 0:
             self.store.expire(now - self.ttl)
         return gone
 
-    def _recompute_destinations(self, dst_ids: Array, now: int) -> int:
-        """Set the aggregates of ``dst_ids`` to their exact value.
+    def _recompute_destinations(self, dst_ids: Array, now: int) -> tuple[int, list[Closure]]:
+        """Set the aggregates of ``dst_ids`` to their exact value; judge closures.
 
-        (docs/semantics.rst, "The per-destination check")
-
-        Over each destination's flows neither idle longer than T_T1 nor over
-        T_F1, and its closed-drops record if not idle
-        (:func:`xpro.core.model.recompute_dst`): ts1* = min ts1', ts2* = max
-        ts2', c* = sum c'.  Written as deltas, so packets admitted meanwhile
-        stay counted.  (kc is left as the packet path counts it.)
+        Over each destination's records neither idle longer than T_T1 nor
+        (real flows only) over T_F1, its closed-drops record included
+        (:func:`xpro.core.model.recompute_dst`, docs/semantics.rst, "The
+        per-destination check" and "Closed destinations and known clients"):
+        ts1* = min ts1', ts2* = max ts2', c* = sum c', kc = sum c' of its
+        known clients.  The destinations closed at the last round are judged
+        too (they reopen without a flow changing), and the known-client table
+        follows (:class:`xpro.sync.known.KnownClients`).  Written as deltas,
+        so packets admitted meanwhile stay counted.
         """
-        if len(dst_ids) == 0:
-            return 0
-        p = self.filt.params
         mr = self.mirror
+        if self.known.closed:
+            shut = np.frombuffer(b"".join(self.known.closed), dtype=L.DST_KEY)
+            dst_ids = np.union1d(dst_ids, mr.dst_ids(shut))
+        if len(dst_ids) == 0:
+            return 0, []
+        p = self.filt.params
         sel = mr.alive & np.isin(mr.dst, dst_ids)
+        keys = mr.keys[sel]
         ts1, ts2, c, dst = mr.ts1[sel], mr.ts2[sel], mr.c[sel], mr.dst[sel]
-        drops = mr.keys["dst"]["pad"][sel] == L.DST_PAD_CLOSED
         # Flows first counted after this round's read are not in the mirror,
         # but their packets are in the kernel's aggregate: a spoofed flood
         # creates thousands per round, and leaving them out would lower the
@@ -270,26 +284,32 @@ class Syncer:
             mine = np.isin(f_dst, dst_ids)
             exists, recs = self.filt.read(fresh[mine])
             recs = recs[exists]
+            keys = np.concatenate([keys, fresh[mine][exists]], dtype=L.FLOW_KEY)
             ts1 = np.concatenate([ts1, recs["ts1"].astype(np.int64)])
             ts2 = np.concatenate([ts2, recs["ts2"].astype(np.int64)])
             c = np.concatenate([c, recs["c"].astype(np.int64)])
             dst = np.concatenate([dst, f_dst[mine][exists]])
-            drops = np.concatenate(
-                [drops, fresh[mine][exists]["dst"]["pad"] == L.DST_PAD_CLOSED])
-        window = ts2 - ts1
-        # A closed-drops record is never left out for T_F1.
-        over = (window > p.t_t2) & rate_exceeds_array(c, window, p.t_f1) & ~drops
-        live = ((now - ts2) <= p.t_t1) & ~over
-        pos = np.searchsorted(dst_ids, dst[live])
+        drops = is_closed_record(keys)
+        live = ((now - ts2) <= p.t_t1) & (drops | ~over_t_f1(ts1, ts2, c, p))
+        pos = np.searchsorted(dst_ids, dst)
         n = len(dst_ids)
+        agg = np.zeros(n, dtype=L.DST)
         agg_c = np.zeros(n, dtype=np.int64)
-        np.add.at(agg_c, pos, c[live])
+        np.add.at(agg_c, pos[live], c[live])
         agg_t1 = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
-        np.minimum.at(agg_t1, pos, ts1[live])
+        np.minimum.at(agg_t1, pos[live], ts1[live])
         agg_t2 = np.zeros(n, dtype=np.int64)
-        np.maximum.at(agg_t2, pos, ts2[live])
+        np.maximum.at(agg_t2, pos[live], ts2[live])
         has = agg_t2 > 0
-        ukeys = mr.dst_keys[dst_ids[has]]
+        agg["c"], agg["ts2"] = agg_c, agg_t2
+        agg["ts1"] = np.where(has, agg_t1, 0)
+        dkeys = mr.dst_keys[dst_ids]
+        closures = self.known.update(dkeys, agg, {"keys": keys, "ts1": ts1, "ts2": ts2, "c": c,
+                                                  "dst": pos}, now, p)
+        client = live & ~drops & (self.known.classes_of(keys) == L.Known.CLIENT)
+        agg_kc = np.zeros(n, dtype=np.int64)
+        np.add.at(agg_kc, pos[client], c[client])
+        ukeys = dkeys[has]
         have, cur = self.filt.read_dsts_of(ukeys)
         fk = np.zeros(len(ukeys), dtype=L.FLOW_KEY)
         fk["dst"] = ukeys
@@ -297,9 +317,10 @@ class Syncer:
         cur_t1 = cur["ts1"].astype(np.int64)
         ent = apply_entries(fk, np.where(have, OP_DST, OP_DST | OP_CREATE),
                             c_delta=agg_c[has] - cur_c,
-                            ts1=np.where(agg_t1[has] != cur_t1, agg_t1[has], 0), ts2=agg_t2[has])
+                            ts1=np.where(agg_t1[has] != cur_t1, agg_t1[has], 0), ts2=agg_t2[has],
+                            kc_delta=agg_kc[has] - cur["kc"].astype(np.int64))
         self.filt.apply(ent)
-        return len(ukeys)
+        return len(ukeys), closures
 
 
 def _flow_updates(keys: Array, recs: Array, final: Array) -> Array:
