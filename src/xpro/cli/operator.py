@@ -500,20 +500,26 @@ def config_show(config_path: str | None, running: bool, sock: str, as_json: bool
 def config_check(path: str, as_json: bool) -> None:
     """Validate a configuration file; exit 0 if it is valid, 2 with every problem if not.
 
+    What is valid but unsafe (a store password over a plaintext URL) is
+    printed as a warning; it does not change the exit code.
+
     \b
     Example:
       xpro config check /etc/xpro/xpro.toml && systemctl reload xpro
     """
     try:
-        load_config(path, env={})
+        cfg = load_config(path, env={})
     except InvalidConfig as exc:
         if as_json:
-            _echo_json({"valid": False, "problems": list(exc.problems)})
+            _echo_json({"valid": False, "problems": list(exc.problems), "warnings": []})
             raise SystemExit(2) from None
         raise
+    warnings = list(cfg.warnings())
     if as_json:
-        _echo_json({"valid": True, "problems": []})
+        _echo_json({"valid": True, "problems": [], "warnings": warnings})
     else:
+        for w in warnings:
+            click.echo(f"warning: {w}", err=True)
         click.echo(f"{Path(path)}: valid")
 
 

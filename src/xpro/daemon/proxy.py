@@ -49,6 +49,7 @@ import numpy as np
 
 from xpro import __version__
 from xpro.config import Change, Config, load_config
+from xpro.config.kinds import mask_url, redact
 from xpro.core import layout as L
 from xpro.core.alert import Alert, AlertKind
 from xpro.core.explain import Explanation, explain, rate_pps
@@ -241,7 +242,7 @@ class Proxy:
         log.info("started", extra={"event": "started", "proxy": self.name,
                                    "backend": cfg.proxy.backend,
                                    "interfaces": list(cfg.proxy.interfaces),
-                                   "store": cfg.store_url, "adopted": adopted})
+                                   "store": mask_url(cfg.store_url), "adopted": adopted})
         return self
 
     def _parsers(self, wanted: list[Any]) -> list[Callable[[bytes], Any]]:
@@ -406,7 +407,8 @@ class Proxy:
             self._overloaded = False
 
     def _sync_alert(self, kind: AlertKind, message: str) -> None:
-        self.alert(Alert.make(kind, message, self.name))
+        # A store error's text goes to every alert sink: no secret in it.
+        self.alert(Alert.make(kind, redact(message), self.name))
 
     def alert(self, alert: Alert) -> None:
         """Hand ``alert`` to every ``xpro_alert`` sink (a failing sink is reported, not fatal)."""
@@ -497,7 +499,8 @@ class Proxy:
                 "backend": cfg.proxy.backend, "netns": cfg.proxy.netns,
                 "interfaces": [a.to_dict() for a in (self.backend.attachments.values()
                                                      if self.backend else ())],
-                "store": {"url": cfg.store_url, "mesh": cfg.store.mesh},
+                "store": {"url": mask_url(cfg.store_url), "mesh": cfg.store.mesh,
+                          "username": cfg.store.username},
                 "thresholds": {k: getattr(cfg.thresholds, k) for k in
                                ("t_t1", "t_t2", "t_t3", "t_t4", "t_f1", "t_f2", "t_w", "r")},
                 "mode": cfg.filter.mode, "sync_period_s": cfg.sync.period,
@@ -517,7 +520,8 @@ class Proxy:
             if loop is not None:
                 s = loop.status
                 sync.update(healthy=s.healthy, rounds=s.rounds, failures=s.failures,
-                            failed_total=s.failed_total, last_error=s.last_error,
+                            failed_total=s.failed_total,
+                            last_error=redact(s.last_error) if s.last_error else s.last_error,
                             last_ok_age_s=(now - s.last_ok) / NS_PER_S if s.last_ok else None)
                 if s.last is not None:
                     last = s.last

@@ -35,10 +35,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
-from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
+from xpro.config.kinds import mask_url, redact, split_url
 from xpro.core.layout import FLOW_KEY, MASTER
 from xpro.core.merge import merge_arrays
 from xpro.core.model import SyncParams
@@ -59,14 +59,15 @@ from xpro.stores._common import (
     decode_values,
     key_hex,
     key_list,
-    mask_url,
     max_ts,
     merged_options,
     opt_int,
     opt_num,
     resolve_password,
+    resolve_username,
     unknown_options,
     valid_master,
+    warn_plaintext,
 )
 from xpro.stores.base import Store
 
@@ -87,8 +88,8 @@ _GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
 ]
 KNOWN_OPTIONS = (
-    "ca", "cert", "key", "server_name", "password_file", "timeout", "retry_time",
-    "max_retries", "log_retention", "max_future", "page",
+    "ca", "cert", "key", "server_name", "username", "password", "password_file", "timeout",
+    "retry_time",    "max_retries", "log_retention", "max_future", "page",
 )
 
 
@@ -153,17 +154,15 @@ class EtcdStore(Store):
     def from_url(cls, url: str, *, mesh: str = "xpro", options: Mapping[str, Any] | None = None
                  ) -> EtcdStore:
         """``etcd://[user:pass@]host:port[,host:port...]`` or ``etcds://`` (TLS)."""
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
+        try:
+            parts = split_url(url)
+        except ValueError:
+            raise ConfigError(f"store URL {mask_url(url)}: no scheme (etcd://HOST:PORT)"
+                              ) from None
+        scheme = parts.scheme
         if scheme not in cls.schemes:
             raise ConfigError(f"{scheme}:// is not an etcd URL scheme (etcd://, etcds://)")
-        userinfo, _, hostlist = parts.netloc.rpartition("@")
-        username: str | None = None
-        url_password: str | None = None
-        if userinfo:
-            user, sep, pw = userinfo.partition(":")
-            username = unquote(user) or None
-            url_password = unquote(pw) if sep else None
+        hostlist = parts.hosts
         endpoints: list[tuple[str, int]] = []
         for raw in hostlist.split(","):
             item = raw.strip()
@@ -184,7 +183,9 @@ class EtcdStore(Store):
             raise ConfigError(f"store URL {mask_url(url)}: etcd URLs take no path")
         opts = merged_options(parts.query, options)
         unknown_options(opts, KNOWN_OPTIONS, scheme)
-        password = resolve_password(url_password, opts)
+        password = resolve_password(parts.password, opts)
+        username = resolve_username(parts.username, opts)
+        warn_plaintext(url, None if scheme == "etcds" else password)
         if password and not username:
             username = "root"
         return cls(url=url, mesh=mesh, endpoints=endpoints, tls=scheme == "etcds",
@@ -264,7 +265,7 @@ class EtcdStore(Store):
                 return fn(self._stub(), self._metadata())
             except grpc.RpcError as exc:
                 code = exc.code()
-                detail = exc.details() or ""
+                detail = redact(exc.details() or "")
                 if "authentication failed" in detail or "user ID or password" in detail:
                     raise StoreUnavailable(
                         f"etcd store at {self.where}: authentication failed during {what}: "
