@@ -62,8 +62,9 @@ def _add_builtin_commands() -> None:
     from xpro.cli.doctor import doctor_command
     from xpro.cli.lab import lab
     from xpro.cli.operator import COMMANDS
+    from xpro.cli.store import store
 
-    for cmd in [*COMMANDS, doctor_command, demo, lab]:
+    for cmd in [*COMMANDS, store, doctor_command, demo, lab]:
         cli.add_command(cmd)
 
 

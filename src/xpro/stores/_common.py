@@ -317,11 +317,10 @@ def resolve_password(url_password: str | None, opts: Mapping[str, Any]) -> str |
 def _find_password(url_password: str | None, opts: Mapping[str, Any]) -> str | None:
     if url_password:
         return url_password
-    given = opts.get("password")
-    if given is not None:
-        text = given.reveal() if isinstance(given, Secret) else str(given)
-        if text:
-            return text
+    if "password" in opts:  # given explicitly (None or "": no password, not the env's)
+        given = opts["password"]
+        text = given.reveal() if isinstance(given, Secret) else str(given or "")
+        return text or None
     env = os.environ.get(PASSWORD_ENV)
     if env:
         return env

@@ -140,7 +140,6 @@ class EtcdStore(Store):
         self._channels: list[Any] = [None] * len(self.endpoints)
         self._current = random.randrange(len(self.endpoints))
         self._token: str | None = None
-        self._last_expire_rev = 0
         p = b"xpro/" + self.mesh.encode() + b"/"
         self._p_rec = p + b"r/"
         self._p_log = p + b"l/"
@@ -295,6 +294,11 @@ class EtcdStore(Store):
                     time.sleep(delay)
                     delay = min(2 * delay, 1.0)
                     continue
+                if "permission denied" in detail:
+                    raise StoreUnavailable(
+                        f"etcd store at {self.where}: user {self._username or 'root'} may not "
+                        f"do {what} on mesh {self.mesh!r} (permission denied): run `xpro store "
+                        "init` for this mesh and proxy, and use the user it made") from exc
                 if "too many operations" in detail:
                     raise ConfigError(
                         f"etcd at {self.where} refuses {CHUNK + 2} operations per "
@@ -631,16 +635,18 @@ class EtcdStore(Store):
         return out
 
     def expire(self, before: int) -> int:
-        """Delete records with ts2 < ``before`` (and corrupt ones), trim the log, compact.
+        """Delete records with ts2 < ``before`` (and corrupt ones) and trim the log.
 
         Each deletion is guarded by the record's mod_revision, so a record
-        merged meanwhile stays.  History is compacted up to the revision the
-        previous ``expire`` of this store saw.
+        merged meanwhile stays.  A proxy never compacts the cluster's history
+        (that would reach every other key of the cluster, and a proxy's user
+        may not): the etcd server's auto-compaction does it, or an
+        administrator with :meth:`compact` (``xpro store compact``).
         """
         rpc, _ = _etcd()
         limit = max_ts(self.max_future)
         with self._guard():
-            kvs, rev, _ = self._range_all(self._p_rec)
+            kvs, _, _ = self._range_all(self._p_rec)
             doomed: list[Any] = []
             for kv in kvs:
                 v = kv.value
@@ -671,9 +677,6 @@ class EtcdStore(Store):
                         (r1,) = self._call_txns([one], "expire")
                         deleted += int(r1.succeeded)
             self._trim_log(rpc)
-            if self._last_expire_rev:
-                self._compact(rpc, self._last_expire_rev)
-            self._last_expire_rev = rev
         return deleted
 
     def _trim_log(self, rpc: Any) -> None:
@@ -697,7 +700,21 @@ class EtcdStore(Store):
         if not resp.succeeded:
             log.info("etcd mesh %s: change log changed while trimming; next time", self.mesh)
 
-    def _compact(self, rpc: Any, revision: int) -> None:
+    def revision(self) -> int:
+        """The cluster's current revision."""
+        rpc, _ = _etcd()
+        req = rpc.RangeRequest(key=self._k_cfg)
+        resp: Any = self._rpc(lambda stub, md: stub.Range(req, timeout=self.timeout,
+                                                           metadata=md), "reading the revision")
+        return int(resp.header.revision)
+
+    def compact(self, revision: int) -> bool:
+        """Compact the cluster's history up to ``revision`` (etcd's admin right).
+
+        The whole cluster, not only this mesh: only a user with the ``root``
+        role may.  Returns False if it was compacted that far already.
+        """
+        rpc, _ = _etcd()
         req = rpc.CompactionRequest(revision=revision)
         try:
             self._rpc(lambda stub, md: stub.Compact(req, timeout=self.timeout, metadata=md),
@@ -705,6 +722,19 @@ class EtcdStore(Store):
         except StoreError as exc:
             if "compacted" not in str(exc):
                 raise
+            return False
+        return True
+
+    def auth_call(self, method: str, request: Any, what: str) -> Any:
+        """One call of etcd's Auth service (``UserAdd``, ``RoleGrantPermission``...)
+        with this store's credentials and failover (for :mod:`xpro.stores.admin`)."""
+        rpc, _ = _etcd()
+
+        def run(_stub: Any, md: Any) -> Any:
+            auth = rpc.AuthStub(self._channel(self._current))
+            return getattr(auth, method)(request, timeout=self.timeout, metadata=md)
+
+        return self._rpc(run, what)
 
     def ping(self) -> None:
         rpc, _ = _etcd()

@@ -354,7 +354,17 @@ class RedisStore(Store):
             if d.get("library_name") == _redis_lua.LIBRARY:
                 code = d.get("library_code")
         if code != _redis_lua.CODE:
-            client.function_load(_redis_lua.CODE, replace=True)
+            # A proxy's own user (xpro store init) may not load functions: the
+            # administrator loads them once, with `xpro store init`.
+            try:
+                client.function_load(_redis_lua.CODE, replace=True)
+            except _redis().exceptions.NoPermissionError:
+                state = "is missing" if code is None else "is from another xpro version"
+                raise StoreUnavailable(
+                    f"redis store at {name}: the {_redis_lua.LIBRARY} function library "
+                    f"{state} and user {self._username or 'default'} may not load it: run "
+                    "`xpro store init` with the administrator's credentials (again after "
+                    "a server restart without persistence, or an upgrade of xpro)") from None
             log.info("loaded the %s function library on %s", _redis_lua.LIBRARY, name)
         conn.prepared.add(name)
 
@@ -433,6 +443,12 @@ class RedisStore(Store):
                         if not isinstance(res, Exception):
                             continue
                         msg = str(res)
+                        if isinstance(res, ex.NoPermissionError) or msg.startswith("NOPERM"):
+                            raise StoreUnavailable(
+                                f"redis store at {name}: user {self._username or 'default'} "
+                                f"may not run {calls[i].args[0]} on {calls[i].route} (mesh "
+                                f"{self.mesh!r}): {msg}; run `xpro store init --proxy NAME` "
+                                "for this mesh and use the user it made") from res
                         if "Function not found" in msg or "NOSCRIPT" in msg:
                             conn.prepared.discard(name)
                             retry.append(i)
