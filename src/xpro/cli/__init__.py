@@ -8,8 +8,15 @@ environment variable (``XPRO_DEMO_DURATION=3``).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
+
+# Before numpy loads: its BLAS would start a thread pool at import, and those
+# threads would keep every capability `xpro run` drops (capabilities belong to
+# a thread; only the threads started after the drop inherit it).  xpro does no
+# BLAS work.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import click
 

@@ -129,7 +129,8 @@ def run(config_path: str | None, **params: Any) -> None:
     old = {s: signal.signal(s, h) for s, h in ((signal.SIGTERM, on_term),
                                                (signal.SIGINT, on_term),
                                                (signal.SIGHUP, on_hup))}
-    proxy = Proxy(config, reload_source=source)
+    proxy = Proxy(config, reload_source=source,
+                  drop_capabilities=config.proxy.drop_capabilities)
     try:
         proxy.start()
         _notify("READY=1")

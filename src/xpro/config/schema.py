@@ -381,6 +381,18 @@ class ProxyConfig(_Section):
         not its mount namespace, so bpffs and the control socket stay where
         they are.""",
         why="Empty: the daemon's own namespace, the usual case on a proxy host.")
+    drop_capabilities: bool = option(
+        Boolean(), True, flag="--drop-capabilities", live=False,
+        doc="""Once every interface is attached, ``xpro run`` drops every
+        capability the backend no longer needs (``native``, ``generic``,
+        ``auto`` and ``afxdp``: all of them; ``offload`` keeps CAP_NET_ADMIN,
+        and CAP_SYS_ADMIN with ``netns``, to detach its reduced program; a
+        plugin's backend keeps everything), from the bounding set too
+        (docs/security.rst).""",
+        why="""A daemon that parses packets and talks to the network should not
+        hold the rights to load kernel code or reconfigure the host once it no
+        longer needs them.  Turn it off only to find out whether a problem is
+        caused by it.""")
     on_exit: Literal["detach", "keep"] = option(
         Choice(("detach", "keep")), "detach", flag="--on-exit",
         doc="""On a clean stop (SIGTERM): ``detach`` removes the program and its

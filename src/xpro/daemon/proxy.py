@@ -60,6 +60,12 @@ from xpro.core.prefixset import PrefixSet
 from xpro.core.status import SyncStats
 from xpro.daemon.control import ControlServer
 from xpro.daemon.metrics import MetricsServer, exposition, serve
+from xpro.daemon.privileges import (
+    Capabilities,
+    drop_to,
+    read_capabilities,
+    runtime_capabilities,
+)
 from xpro.errors import ConfigError, XproError
 from xpro.plugins import plugins as process_plugins
 from xpro.sync import Syncer, SyncLoop
@@ -146,12 +152,20 @@ class Proxy:
         from (default: the same file, and the environment, again).
     :param backend_options: extra settings for the backend, merged over the
         ones the configuration gives (see each backend in :doc:`/backends`).
+    :param drop_capabilities: once attached, drop every capability the
+        backend no longer needs (:mod:`xpro.daemon.privileges`).  For the
+        daemon process only (``xpro run`` passes ``proxy.drop_capabilities``):
+        capabilities belong to the calling thread and everything it starts,
+        so a program running several proxies must not.
     """
 
     def __init__(self, config: Config, *, plugins: PluginHost | None = None,
                  reload_source: Callable[[], Config] | None = None,
-                 backend_options: Mapping[str, Any] | None = None) -> None:
+                 backend_options: Mapping[str, Any] | None = None,
+                 drop_capabilities: bool = False) -> None:
         self.config = config
+        self.drop_capabilities = drop_capabilities
+        self.capabilities: Capabilities | None = None
         self.reload_source = reload_source or (lambda: load_config(config.path))
         self.backend_options = dict(backend_options or {})
         self.name = config.proxy.name
@@ -225,6 +239,8 @@ class Proxy:
                 log.info("attached", extra={"event": "attached", **att.to_dict()})
             # Adopted maps keep the old configuration: install this one.
             filt.configure(cfg.filter_params())
+            if self.drop_capabilities:  # before any thread starts: they inherit it
+                self._drop_capabilities()
             self.backend.start()
         except BaseException:
             self._release(keep=self._adopted_any())
@@ -244,6 +260,22 @@ class Proxy:
                                    "interfaces": list(cfg.proxy.interfaces),
                                    "store": mask_url(cfg.store_url), "adopted": adopted})
         return self
+
+    def _drop_capabilities(self) -> None:
+        backend = self.config.proxy.backend
+        keep = runtime_capabilities(backend, netns=bool(self.config.proxy.netns))
+        if keep is None:
+            log.warning("backend %s is not one of xpro's: its needs at run time are unknown, "
+                        "no capability is dropped", backend,
+                        extra={"event": "capabilities_kept", "backend": backend})
+            return
+        before = read_capabilities()
+        self.capabilities = drop_to(keep)
+        log.info("capabilities dropped", extra={
+            "event": "capabilities_dropped", "backend": backend,
+            "kept": sorted(self.capabilities.permitted),
+            "dropped": sorted(before.permitted - self.capabilities.permitted),
+            "bounding": sorted(self.capabilities.bounding)})
 
     def _parsers(self, wanted: list[Any]) -> list[Callable[[bytes], Any]]:
         """Destination parsers by name (``xpro_add_destination_parsers``) or as callables."""
@@ -505,6 +537,8 @@ class Proxy:
                                ("t_t1", "t_t2", "t_t3", "t_t4", "t_f1", "t_f2", "t_w", "r")},
                 "mode": cfg.filter.mode, "sync_period_s": cfg.sync.period,
                 "reloads": self.reloads, "errors": dict(self.errors),
+                "capabilities": (self.capabilities.to_dict()
+                                 if self.capabilities is not None else None),
                 "plugins_failed": self.plugins.failed(),
                 "plugins": self.plugins.hook_stats().to_dict(),
                 "events": {"seen": self.events_seen, "failed": self.events_failed,
