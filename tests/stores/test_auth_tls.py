@@ -19,6 +19,7 @@ from xpro.core.model import SyncParams
 from xpro.errors import StoreError, StoreUnavailable
 from xpro.lab.servers import TlsFiles
 from xpro.plugins import open_store
+from xpro.stores import _redis_lua
 from xpro.stores.base import Store
 from xpro.stores.etcd import EtcdStore
 
@@ -263,6 +264,19 @@ def test_redis_tls_acl_proxy_user_has_only_what_the_sync_needs(
     xpro_cli("store", "init", "--store", url, "--mesh", "m1", *ca,
              env={"XPRO_ADMIN_PASSWORD": ADMIN})
     roundtrip_store(proxy)
+    proxy.close()
+
+    # A library replaced by someone with FUNCTION rights (same name, other code)
+    # is refused by the proxy, which compares the text at connect: it never
+    # merges through code it does not know.
+    evil = _redis_lua.CODE + "\n-- changed\n"
+    admin = redis.Redis(host="127.0.0.1", port=srv.port, password=ADMIN, ssl=True,
+                        ssl_ca_certs=str(tls.ca))
+    admin.function_load(evil, replace=True)
+    admin.close()
+    proxy = open_store(url, mesh="m1", options=opts)
+    with pytest.raises(StoreUnavailable, match="from another xpro version"):
+        roundtrip_store(proxy)
     proxy.close()
 
 
