@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,9 +14,14 @@ import redis
 
 from tests.stores._util import S, keys, locals_, now_ns, read_all
 from tests.stores.conftest import ETCD, Server, Servers, free_port
+from xpro.config import Secret
 from xpro.core.model import SyncParams
-from xpro.errors import StoreUnavailable
+from xpro.errors import StoreError, StoreUnavailable
+from xpro.lab.servers import TlsFiles
 from xpro.plugins import open_store
+from xpro.stores import _redis_lua
+from xpro.stores.base import Store
+from xpro.stores.etcd import EtcdStore
 
 pytestmark = pytest.mark.integration
 
@@ -134,3 +141,260 @@ def test_etcd_tls(server_factory: Servers, certs: tuple[Path, Path, Path]) -> No
     ca, _, _ = certs
     (srv,) = server_factory.etcd(1, tls=certs)
     roundtrip(f"etcds://127.0.0.1:{srv.port}", ca=str(ca))
+
+
+# --------------------------------------------------------------------------
+# Least privilege: `xpro store init` with the administrator's credentials, then
+# each proxy runs with a user of its own (docs/security.rst)
+# --------------------------------------------------------------------------
+
+ADMIN = "adm1n-Secret@pw"
+XPRO = [sys.executable, "-m", "xpro"]
+
+
+def xpro_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([*XPRO, *args], capture_output=True, text=True, timeout=120,
+                          check=False, env={**os.environ, **(env or {})})
+    assert done.returncode == 0, f"xpro {' '.join(args)}: {done.returncode}\n{done.stderr}"
+    return done
+
+
+def sync_a_round(store: Store, mesh: str) -> None:
+    """A proxy's round through ``store``: real XDP program, real Syncer."""
+    if os.geteuid() != 0:
+        pytest.skip("loads BPF programs: needs root")
+    from tests.packets import frame
+    from xpro.core import model
+    from xpro.core.params import Sizes
+    from xpro.datapath.xdp import XdpFilter
+    from xpro.sync import Syncer
+
+    t0 = now_ns()
+    filt = XdpFilter(model.FilterParams(t_t1=1000 * S, t_f1=2**32 - 1, t_f2=2**32 - 1),
+                     sizes=Sizes(flows=1024, dsts=64, prefixes=8))
+    try:
+        filt.set_clock(t0)
+        f = frame("10.0.2.1", "10.9.9.9")
+        filt.program.test_run(f, repeat=25, data_out=False)
+        sync = Syncer(filt, store, "p1", model.SyncParams(t_t1=1000 * S, t_t4=10_000 * S))
+        stats = sync.round(t0 + 1)
+        assert stats.merged == 1
+        assert "p1" in stats.peers
+        sync.round(t0 + 2)
+    finally:
+        filt.close()
+    got = read_all(store)
+    assert [c for _, _, c in got.values()] == [25]
+
+
+@pytest.fixture
+def tls(certs: tuple[Path, Path, Path]) -> TlsFiles:
+    return TlsFiles(*certs)
+
+
+def test_redis_tls_acl_proxy_user_has_only_what_the_sync_needs(
+        server_factory: Servers, tls: TlsFiles, tmp_path: Path) -> None:
+    srv = server_factory.redis(tls=tls, password=ADMIN)
+    url = f"rediss://127.0.0.1:{srv.port}"
+    secrets_dir = tmp_path / "secrets"
+    ca = ["--store-tls-ca", str(tls.ca)]
+    out = xpro_cli("store", "init", "--store", url, "--mesh", "m1", *ca, "--proxy", "p1",
+                   "--secrets-dir", str(secrets_dir), env={"XPRO_ADMIN_PASSWORD": ADMIN})
+    pwfile = secrets_dir / "p1.password"
+    assert pwfile.stat().st_mode & 0o777 == 0o600
+    pw = pwfile.read_text().strip()
+    assert pw not in out.stdout + out.stderr
+    assert ADMIN not in out.stdout + out.stderr
+    assert "function library xpro_v1 loaded" in out.stdout
+    # Running init again changes no password (the file is reused).
+    xpro_cli("store", "init", "--store", url, "--mesh", "m1", *ca, "--proxy", "p1",
+             "--secrets-dir", str(secrets_dir), env={"XPRO_ADMIN_PASSWORD": ADMIN})
+    assert pwfile.read_text().strip() == pw
+
+    user = "xpro-m1-p1"
+    opts = {"ca": str(tls.ca), "username": user, "password": Secret(pw)}
+    proxy = open_store(url, mesh="m1", options=opts)
+    try:
+        sync_a_round(proxy, "m1")
+        roundtrip_store(proxy)
+        assert proxy.expire(now_ns() + S) >= 1
+    finally:
+        proxy.close()
+
+    raw = redis.Redis(host="127.0.0.1", port=srv.port, username=user, password=pw, ssl=True,
+                      ssl_ca_certs=str(tls.ca), protocol=2)
+    try:
+        denied = redis.exceptions.NoPermissionError
+        # It cannot load, replace or remove functions...
+        with pytest.raises(denied):
+            raw.function_load("#!lua name=evil\nredis.register_function('x', "
+                              "function() return 1 end)", replace=True)
+        with pytest.raises(denied):
+            raw.execute_command("FUNCTION", "DELETE", "xpro_v1")
+        with pytest.raises(denied):
+            raw.execute_command("FUNCTION", "FLUSH")
+        # ...nor run the server's administration or arbitrary scripts...
+        for cmd in (("FLUSHALL",), ("FLUSHDB",), ("CONFIG", "GET", "*"), ("KEYS", "*"),
+                    ("SCAN", "0"), ("ACL", "LIST"), ("EVAL", "return 1", "0"),
+                    ("CLIENT", "LIST"), ("SAVE",), ("SHUTDOWN",), ("MONITOR",)):
+            with pytest.raises(denied):
+                raw.execute_command(*cmd)
+        # ...nor touch another mesh's keys, directly or through the functions.
+        for cmd in (("HSET", "{xpro:m2:0}:r", "k", "v"), ("HGETALL", "{xpro:m2}:hb"),
+                    ("DEL", "{xpro:m2}:cfg"), ("HSET", "other-app-key", "k", "v"),
+                    ("FCALL_RO", "xpro_v1_changes", 3, "{xpro:m2:0}:r", "{xpro:m2:0}:l",
+                     "{xpro:m2:0}:m", -1)):
+            with pytest.raises(denied):
+                raw.execute_command(*cmd)
+        assert raw.ping()
+    finally:
+        raw.close()
+    other = open_store(url, mesh="m2", options=opts)
+    with pytest.raises(StoreUnavailable, match="may not run"):
+        roundtrip_store(other)
+    other.close()
+
+    # Functions gone (a restart without persistence): the proxy cannot load them,
+    # and says what to do; init puts them back.
+    srv.command("FUNCTION", "DELETE", "xpro_v1")
+    proxy = open_store(url, mesh="m1", options=opts)
+    with pytest.raises(StoreUnavailable, match="xpro store init") as err:
+        roundtrip_store(proxy)
+    assert pw not in str(err.value)
+    xpro_cli("store", "init", "--store", url, "--mesh", "m1", *ca,
+             env={"XPRO_ADMIN_PASSWORD": ADMIN})
+    roundtrip_store(proxy)
+    proxy.close()
+
+    # A library replaced by someone with FUNCTION rights (same name, other code)
+    # is refused by the proxy, which compares the text at connect: it never
+    # merges through code it does not know.
+    evil = _redis_lua.CODE + "\n-- changed\n"
+    admin = redis.Redis(host="127.0.0.1", port=srv.port, password=ADMIN, ssl=True,
+                        ssl_ca_certs=str(tls.ca))
+    admin.function_load(evil, replace=True)
+    admin.close()
+    proxy = open_store(url, mesh="m1", options=opts)
+    with pytest.raises(StoreUnavailable, match="from another xpro version"):
+        roundtrip_store(proxy)
+    proxy.close()
+
+
+def test_redis_password_rotation_keeps_every_round(server_factory: Servers, tls: TlsFiles,
+                                                   tmp_path: Path) -> None:
+    srv = server_factory.redis(tls=tls, password=ADMIN)
+    url = f"rediss://127.0.0.1:{srv.port}"
+    base = ["--store", url, "--mesh", "rot", "--store-tls-ca", str(tls.ca)]
+    env = {"XPRO_ADMIN_PASSWORD": ADMIN}
+    old, new = tmp_path / "old.pw", tmp_path / "new.pw"
+    xpro_cli("store", "init", *base, env=env)
+    xpro_cli("store", "user", "p1", *base, "--password-file", str(old), env=env)
+
+    def works(pwfile: Path) -> bool:
+        s = open_store(url, mesh="rot", options={"ca": str(tls.ca), "username": "xpro-rot-p1",
+                                                 "password": pwfile.read_text().strip()})
+        try:
+            s.ping()
+            return True
+        except StoreUnavailable:
+            return False
+        finally:
+            s.close()
+
+    assert works(old)
+    xpro_cli("store", "user", "p1", *base, "--password-file", str(new), "--add", env=env)
+    assert works(old)
+    assert works(new)  # both, while the proxies move over
+    xpro_cli("store", "user", "p1", *base, "--password-file", str(new), env=env)
+    assert works(new)
+    assert not works(old)
+    xpro_cli("store", "user", "p1", *base, "--delete", env=env)
+    assert not works(new)
+
+
+@pytest.mark.skipif(ETCD is None, reason="etcd not installed: apt-get install etcd-server")
+def test_etcd_tls_auth_proxy_user_has_only_its_prefix(server_factory: Servers, tls: TlsFiles,
+                                                      tmp_path: Path) -> None:
+    (srv,) = server_factory.etcd(1, tls=tls)
+    url = f"etcds://127.0.0.1:{srv.port}"
+    admin_pw = tmp_path / "root.pw"
+    admin_pw.write_text(ADMIN + "\n")
+    secrets_dir = tmp_path / "secrets"
+    base = ["--store", url, "--mesh", "m1", "--store-tls-ca", str(tls.ca),
+            "--admin-password-file", str(admin_pw)]
+    out = xpro_cli("store", "init", *base, "--enable-auth", "--proxy", "p1",
+                   "--secrets-dir", str(secrets_dir))
+    assert "authentication enabled" in out.stdout
+    assert "role xpro-m1 created" in out.stdout
+    pw = (secrets_dir / "p1.password").read_text().strip()
+    assert pw not in out.stdout + out.stderr
+    assert ADMIN not in out.stdout + out.stderr
+
+    # Without credentials nothing is readable any more.
+    anon = open_store(url, mesh="m1", options={"ca": str(tls.ca), "retry_time": 0.2})
+    with pytest.raises(StoreError):
+        anon.ping()
+    anon.close()
+
+    opts = {"ca": str(tls.ca), "username": "xpro-m1-p1", "password": Secret(pw),
+            "retry_time": 0.2}
+    proxy = open_store(url, mesh="m1", options=opts)
+    assert isinstance(proxy, EtcdStore)
+    try:
+        first = proxy.revision()
+        sync_a_round(proxy, "m1")
+        roundtrip_store(proxy)
+        proxy.expire(now_ns() + S)
+        # A proxy never compacts the cluster's history: every old revision is
+        # still there after its expire (compaction is `xpro store compact`).
+        assert history_kept(proxy, first)
+        # It cannot write outside its mesh's prefix...
+        for key in (b"xpro/m2/r/x", b"xpro/m1", b"other-app/key", b"xpro/m10/r/x"):
+            with pytest.raises(StoreUnavailable, match="permission denied"):
+                proxy.raw_put(key, b"x")
+        # ...nor hand out rights.
+        from etcd3.etcdrpc import AuthUserAddRequest  # type: ignore[import-untyped]
+
+        with pytest.raises(StoreError, match="permission denied"):
+            proxy.auth_call("UserAdd", AuthUserAddRequest(name="evil", password="x"), "add")
+    finally:
+        proxy.close()
+    other = open_store(url, mesh="m2", options=opts)
+    with pytest.raises(StoreUnavailable, match="permission denied"):
+        roundtrip_store(other)
+    other.close()
+    # The administrator compacts.
+    out = xpro_cli("store", "compact", *base, "--keep-revisions", "0")
+    assert "compacted the history up to revision" in out.stdout
+    proxy = open_store(url, mesh="m1", options=opts)
+    assert isinstance(proxy, EtcdStore)
+    assert not history_kept(proxy, first)
+    # What etcd does NOT restrict (docs/security.rst says so): any authenticated
+    # user may compact the whole cluster's history -- etcd checks no role for
+    # Compact (3.4 as 3.6).  A stolen etcd proxy credential can do this; if a
+    # release of etcd ever forbids it, this fails and the docs can say so.
+    proxy.heartbeat("p1", 1.0, now_ns())  # one more revision to compact to
+    assert proxy.compact(proxy.revision())
+    proxy.close()
+
+
+def history_kept(store: EtcdStore, revision: int) -> bool:
+    """Whether ``revision`` can still be read (not compacted away)."""
+    import etcd3.etcdrpc as rpc  # type: ignore[import-untyped]
+
+    req = rpc.RangeRequest(key=store.record_key(b""), revision=revision)
+    try:
+        store._rpc(lambda stub, md: stub.Range(req, timeout=5, metadata=md), "old read")
+    except StoreError as exc:
+        if "compacted" not in str(exc):
+            raise
+        return False
+    return True
+
+
+def roundtrip_store(s: Store) -> None:
+    t = now_ns() - S
+    s.merge(keys(10, 3), locals_([(t, t, 1, 1, 0)] * 10), P)
+    assert len(read_all(s)) >= 10
+    s.heartbeat("p", 1.0, t)
+    assert "p" in s.proxies()

@@ -406,7 +406,9 @@ def test_password_file_and_env_precedence(tmp_path: Path) -> None:
     assert cfg.store_password is not None
     assert cfg.store_password.reveal() == "from-file-pw"
     assert "from-file-pw" not in _everything_shown(cfg)
-    assert cfg.store_options() == {"password_file": str(pw)}
+    assert cfg.store_options() == {"password_file": str(pw),
+                                   "password": C.Secret("from-file-pw")}
+    assert "from-file-pw" not in repr(cfg.store_options())
     cfg = load_config(None, env={"XPRO_STORE_PASSWORD_FILE": str(pw),
                                  "XPRO_STORE_PASSWORD": "from-env-pw"})
     assert cfg.store_password is not None

@@ -150,3 +150,19 @@ def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
     r = subprocess.run([analyze, "verify", str(target)], capture_output=True, text=True,
                        timeout=60, check=False)
     assert "LimitMEMLOK" in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_the_unit_filters_system_calls_but_leaves_bpf(name: str) -> None:
+    """SystemCallFilter=: services' calls plus bpf and capset, never @mount (the
+    daemon runs under this very filter in tests/integration/test_daemon_security.py)."""
+    text = (PACKAGING / name).read_text()
+    lines = re.findall(r"^SystemCallFilter=(.*)$", text, re.M)
+    assert lines[0].split() == ["@system-service", "bpf"]
+    denied = lines[1].removeprefix("~").split()
+    assert lines[1].startswith("~")
+    assert {"@mount", "@privileged", "@module", "@clock", "@debug"} <= set(denied)
+    assert set(lines[2].split()) == {"bpf", "capset"}  # back from @privileged
+    assert read_unit(name)["Service"]["SystemCallErrorNumber"] == "EPERM"
+    caps = read_unit(name)["Service"]["CapabilityBoundingSet"].split()
+    assert "CAP_SETPCAP" in caps  # to shrink the bounding set once attached

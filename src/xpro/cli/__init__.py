@@ -8,8 +8,15 @@ environment variable (``XPRO_DEMO_DURATION=3``).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
+
+# Before numpy loads: its BLAS would start a thread pool at import, and those
+# threads would keep every capability `xpro run` drops (capabilities belong to
+# a thread; only the threads started after the drop inherit it).  xpro does no
+# BLAS work.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import click
 
@@ -62,8 +69,9 @@ def _add_builtin_commands() -> None:
     from xpro.cli.doctor import doctor_command
     from xpro.cli.lab import lab
     from xpro.cli.operator import COMMANDS
+    from xpro.cli.store import store
 
-    for cmd in [*COMMANDS, doctor_command, demo, lab]:
+    for cmd in [*COMMANDS, store, doctor_command, demo, lab]:
         cli.add_command(cmd)
 
 

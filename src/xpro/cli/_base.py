@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 import click
 
+from xpro.config.kinds import redact
 from xpro.errors import XproError
 
 __all__ = ["XproGroup", "sigterm_unwinds"]
@@ -25,8 +26,8 @@ class XproGroup(click.Group):
             return super().invoke(ctx)
         except XproError as exc:
             if ctx.params.get("debug"):
-                traceback.print_exc()
-            click.echo(f"error: {exc}", err=True)
+                click.echo(redact(traceback.format_exc()), err=True, nl=False)
+            click.echo(redact(f"error: {exc}"), err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             if ctx.params.get("debug"):

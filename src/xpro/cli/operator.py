@@ -129,7 +129,8 @@ def run(config_path: str | None, **params: Any) -> None:
     old = {s: signal.signal(s, h) for s, h in ((signal.SIGTERM, on_term),
                                                (signal.SIGINT, on_term),
                                                (signal.SIGHUP, on_hup))}
-    proxy = Proxy(config, reload_source=source)
+    proxy = Proxy(config, reload_source=source,
+                  drop_capabilities=config.proxy.drop_capabilities)
     try:
         proxy.start()
         _notify("READY=1")
@@ -516,20 +517,26 @@ def config_show(config_path: str | None, running: bool, sock: str, as_json: bool
 def config_check(path: str, as_json: bool) -> None:
     """Validate a configuration file; exit 0 if it is valid, 2 with every problem if not.
 
+    What is valid but unsafe (a store password over a plaintext URL) is
+    printed as a warning; it does not change the exit code.
+
     \b
     Example:
       xpro config check /etc/xpro/xpro.toml && systemctl reload xpro
     """
     try:
-        load_config(path, env={})
+        cfg = load_config(path, env={})
     except InvalidConfig as exc:
         if as_json:
-            _echo_json({"valid": False, "problems": list(exc.problems)})
+            _echo_json({"valid": False, "problems": list(exc.problems), "warnings": []})
             raise SystemExit(2) from None
         raise
+    warnings = list(cfg.warnings())
     if as_json:
-        _echo_json({"valid": True, "problems": []})
+        _echo_json({"valid": True, "problems": [], "warnings": warnings})
     else:
+        for w in warnings:
+            click.echo(f"warning: {w}", err=True)
         click.echo(f"{Path(path)}: valid")
 
 

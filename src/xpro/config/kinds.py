@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import math
 import os
 import re
+import threading
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
+from urllib.parse import quote, unquote
 
 from xpro.core.hostnames import canonical_target
 from xpro.core.model import Prefix
+from xpro.core.text import printable
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -308,12 +312,149 @@ class Text(Kind[str]):
 
 
 _URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
-_URL_PASSWORD_RE = re.compile(r"(?<=://)([^:/@]*):([^@/]*)@")
+_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+# ---------------------------------------------------------------------------
+# Store URLs and secrets: one parser, one mask, one redaction
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoreUrl:
+    """A store URL taken apart by :func:`split_url` (user and password decoded)."""
+
+    scheme: str
+    username: str | None
+    password: str | None
+    hosts: str
+    path: str
+    query: str
+
+    def __repr__(self) -> str:
+        pw = "None" if self.password is None else "'***'"
+        return (f"StoreUrl(scheme={self.scheme!r}, username={self.username!r}, "
+                f"password={pw}, hosts={self.hosts!r}, path={self.path!r}, "
+                f"query={self.query!r})")
+
+
+def _userinfo_span(url: str) -> tuple[int, int]:
+    """Where the user information lies: ``(start, at)``, ``url[start:at]``; at < 0 if none.
+
+    The user information is everything from ``://`` to the *last* ``@``, so a
+    password may hold ``@``, ``:``, ``/``, ``?`` or ``#`` written as they are
+    (percent-encoding works too).  The price: an ``@`` after the host, in an
+    option value, must be written ``%40``.  :func:`mask_url` and the stores
+    take URLs apart with this same rule, so what is masked is what is sent.
+    """
+    m = _SCHEME_RE.search(url)  # the first one: also in a quoted or prefixed text
+    start = m.end() if m else 0
+    at = url.rfind("@")
+    return start, (at if at >= start else -1)
+
+
+def split_url(url: str) -> StoreUrl:
+    """``SCHEME://[USER[:PASSWORD]@]HOSTS[/PATH][?QUERY]`` taken apart.
+
+    ``HOSTS`` is everything up to the first ``/``, ``?`` or ``#`` after the
+    user information (``host:port``, ``[v6]:port``, comma-separated lists:
+    each store reads its own).  User and password are percent-decoded; a
+    ``%`` in a password must be written ``%25``.  Raises ValueError when the
+    URL has no scheme.
+    """
+    m = _SCHEME_RE.match(url)
+    if m is None:
+        raise ValueError("a store URL starts with SCHEME://")
+    start, at = _userinfo_span(url)
+    username = password = None
+    rest = url[start:]
+    if at >= 0:
+        user, sep, pw = url[start:at].partition(":")
+        username = unquote(user) or None
+        password = unquote(pw) if sep else None
+        rest = url[at + 1:]
+    rest = rest.split("#", 1)[0]
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    hosts, tail = rest[:cut], rest[cut:]
+    path, _, query = tail.partition("?")
+    return StoreUrl(m[1].lower(), username, password or None, hosts, path, query)
 
 
 def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    return _URL_PASSWORD_RE.sub(r"\1:***@", url)
+    """``url`` with its password, whatever it holds, replaced by ``***``.
+
+    The user name stays (it is not a secret); a URL without a password comes
+    back unchanged.
+    """
+    start, at = _userinfo_span(url)
+    if at < 0:
+        return url
+    user, sep, _ = url[start:at].partition(":")
+    if not sep:
+        return url
+    return f"{url[:start]}{user}:***{url[at:]}"
+
+
+#: Secrets shorter than this are not scrubbed from free text: every such
+#: substring of a log line would go (and a password that short is no secret).
+MIN_REDACTED = 4
+
+
+class _Redactor:
+    """The secrets of this process, in every form they take in text."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.forms: tuple[str, ...] = ()
+
+    def add(self, value: str) -> None:
+        forms = {value, quote(value, safe=""), quote(value), json.dumps(value)[1:-1],
+                 repr(value)[1:-1], value.encode("unicode_escape").decode("ascii"),
+                 printable(value)}
+        with self.lock:  # longest first: a form inside another goes with it
+            self.forms = tuple(sorted(set(self.forms) | forms, key=len, reverse=True))
+
+
+_REDACTOR = _Redactor()
+
+
+def remember_secret(value: str | None) -> None:
+    """Scrub ``value`` from everything :func:`redact` sees, from now on, in this process.
+
+    Every :class:`~xpro.config.Secret` and every password a store is given
+    calls this, so log lines, tracebacks, error messages and replies of the
+    control socket never carry it, in any of the forms it takes in text:
+    as is, percent-encoded, escaped for JSON, for ``repr`` or for a text log
+    (:func:`xpro.core.text.printable`).
+    """
+    if value and len(value) >= MIN_REDACTED:
+        _REDACTOR.add(value)
+
+
+def redact(text: str) -> str:
+    """``text`` with every remembered secret replaced by ``***``."""
+    for form in _REDACTOR.forms:
+        if form in text:
+            text = text.replace(form, "***")
+    return text
+
+
+#: Schemes that send the password in clear text, and the TLS scheme to use instead.
+PLAINTEXT_SCHEMES = {"redis": "rediss", "redis+cluster": "rediss+cluster", "etcd": "etcds"}
+
+
+def plaintext_password_warning(url: str, has_password: bool) -> str | None:
+    """The warning for a password sent over a plaintext store URL, or None."""
+    try:
+        scheme = split_url(url).scheme
+    except ValueError:
+        return None
+    tls = PLAINTEXT_SCHEMES.get(scheme)
+    if not has_password or tls is None:
+        return None
+    return (f"store {mask_url(url)}: the store password goes over {scheme}:// in clear "
+            f"text, so anyone on the path can read it and then write to the mesh; use "
+            f"{tls}:// (TLS, with store.tls_ca) -- see the Security page of the docs")
 
 
 @dataclass(frozen=True)
@@ -322,7 +463,8 @@ class Url(Kind[str]):
         return "string (URL)"
 
     def from_toml(self, raw: object) -> str:
-        if not isinstance(raw, str) or not _URL_RE.fullmatch(raw):
+        # The password may hold anything but a line break; the rest no white space.
+        if not isinstance(raw, str) or "\n" in raw or not _URL_RE.fullmatch(mask_url(raw)):
             raise _Bad(f"must be {self.allowed()}")
         return raw
 

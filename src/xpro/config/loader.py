@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -17,9 +18,13 @@ from xpro.config.kinds import (
     PASSWORD_ENV,
     PATH_ENV,
     FilePath,
+    Url,
     _Bad,
     _toml_str,
     _toml_value,
+    mask_url,
+    remember_secret,
+    split_url,
 )
 from xpro.config.schema import (
     _BY_ENV,
@@ -119,6 +124,8 @@ class _Loader:
 
     def bad(self, where: str, opt: Option | None, key: str, shown: str, text: str) -> None:
         env = f" ({opt.env})" if opt else ""
+        if opt is not None and isinstance(opt.kind, Url):
+            shown = mask_url(shown)  # a refused URL may still hold a password
         self.problems.append(f"{where}: {key} = {shown}{env}: {text}")
         self.broken.add(key)
 
@@ -310,6 +317,10 @@ def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None
     loader.overrides(overrides or {})
     loader.finish()
     password = loader.password()
+    url = loader.values.get("store.url")
+    if isinstance(url, str):
+        with contextlib.suppress(ValueError):
+            remember_secret(split_url(url).password)  # scrubbed from logs from now on
     if loader.problems:
         raise InvalidConfig(loader.problems)
     sections = {

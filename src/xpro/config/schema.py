@@ -30,6 +30,9 @@ from xpro.config.kinds import (
     Url,
     _toml_str,
     mask_url,
+    plaintext_password_warning,
+    remember_secret,
+    split_url,
 )
 from xpro.core.hostnames import COAP_PORT
 from xpro.core.layout import (
@@ -344,6 +347,15 @@ class StoreConfig(_Section):
         doc="""The mesh's name: the namespace of its records in the store, so
         several meshes can share one store.""",
         why="One mesh per store is the common case.")
+    username: str | None = option(
+        Text(r"[A-Za-z0-9_.@+-]{1,128}", "1-128 letters, digits, '_', '.', '@', '+' or '-'"),
+        flag="--store-username", live=False,
+        doc="""The user this proxy authenticates as (a Redis ACL user, an etcd
+        user).  ``xpro store init --proxy NAME`` creates one per proxy with
+        only the rights the sync needs on this mesh's keys.  A user name in
+        ``url`` wins over it.""",
+        why="""Unset: Redis's ``default`` user, etcd's ``root`` when a password
+        is set.  Give every proxy its own user (docs/security.rst).""")
     password_file: str | None = option(
         FilePath(must_exist=True), flag="--store-password-file", live=False,
         doc="""A file holding the store password (one line, read at load).
@@ -406,6 +418,18 @@ class ProxyConfig(_Section):
         not its mount namespace, so bpffs and the control socket stay where
         they are.""",
         why="Empty: the daemon's own namespace, the usual case on a proxy host.")
+    drop_capabilities: bool = option(
+        Boolean(), True, flag="--drop-capabilities", live=False,
+        doc="""Once every interface is attached, ``xpro run`` drops every
+        capability the backend no longer needs (``native``, ``generic``,
+        ``auto`` and ``afxdp``: all of them; ``offload`` keeps CAP_NET_ADMIN,
+        and CAP_SYS_ADMIN with ``netns``, to detach its reduced program; a
+        plugin's backend keeps everything), from the bounding set too
+        (docs/security.rst).""",
+        why="""A daemon that parses packets and talks to the network should not
+        hold the rights to load kernel code or reconfigure the host once it no
+        longer needs them.  Turn it off only to find out whether a problem is
+        caused by it.""")
     on_exit: Literal["detach", "keep"] = option(
         Choice(("detach", "keep")), "detach", flag="--on-exit",
         doc="""On a clean stop (SIGTERM): ``detach`` removes the program and its
@@ -514,6 +538,7 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
+        remember_secret(value)  # and never in a log line or a message either
 
     def reveal(self) -> str:
         """The secret itself: hand it to the client that needs it, nowhere else."""
@@ -622,6 +647,20 @@ class Config:
         pw = ", store_password=Secret('***')" if self.store_password else ""
         return f"Config({body}{pw})"
 
+    def warnings(self) -> tuple[str, ...]:
+        """What is allowed but unsafe (``xpro config check`` prints it, the stores log it).
+
+        Today: a store password sent over a plaintext URL (``redis://``,
+        ``etcd://``): use TLS.
+        """
+        try:
+            in_url = split_url(self.store.url).password is not None
+        except ValueError:
+            in_url = False
+        w = plaintext_password_warning(self.store.url,
+                                       in_url or self.store_password is not None)
+        return (w,) if w else ()
+
     # --- runtime objects ------------------------------------------------------
 
     def filter_params(self) -> FilterParams:
@@ -684,9 +723,17 @@ class Config:
         return self.store.url
 
     def store_options(self) -> dict[str, Any]:
-        """Options for :func:`xpro.stores.base.open_store` (only those that are set)."""
+        """Options for :func:`xpro.stores.base.open_store` (only those that are set).
+
+        The password goes as a :class:`Secret` (``password``), so a printed
+        options mapping never shows it.
+        """
         s = self.store
         opts: dict[str, Any] = {}
+        if s.username is not None:
+            opts["username"] = s.username
+        if self.store_password is not None:
+            opts["password"] = self.store_password
         for name, value in (("ca", s.tls_ca), ("cert", s.tls_cert), ("key", s.tls_key),
                             ("password_file", s.password_file)):
             if value is not None:

@@ -19,8 +19,12 @@ import datetime as _dt
 import json
 import logging
 import sys
+import threading
+import traceback
+from types import TracebackType
 from typing import Any, TextIO
 
+from xpro.config.kinds import redact
 from xpro.core.text import printable
 
 __all__ = ["JsonFormatter", "TextFormatter", "setup_logging"]
@@ -35,9 +39,12 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record."""
+    """One JSON object per record (secrets scrubbed: :func:`xpro.config.kinds.redact`)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        return redact(self._format(record))
+
+    def _format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "ts": _dt.datetime.fromtimestamp(record.created, _dt.UTC).isoformat(
                 timespec="milliseconds"),
@@ -53,9 +60,12 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``TIME LEVEL logger: message key=value ...`` for a human."""
+    """``TIME LEVEL logger: message key=value ...`` for a human (secrets scrubbed)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        return redact(self._format(record))
+
+    def _format(self, record: logging.LogRecord) -> str:
         ts = _dt.datetime.fromtimestamp(record.created).strftime("%H:%M:%S.%f")[:-3]
         extra = " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in
                          _fields(record).items())
@@ -70,7 +80,13 @@ class TextFormatter(logging.Formatter):
 
 def setup_logging(fmt: str = "json", level: str = "info", *,
                   stream: TextIO | None = None) -> None:
-    """Send the ``xpro`` loggers' records to ``stream`` (stderr) in ``fmt``."""
+    """Send the ``xpro`` loggers' records to ``stream`` (stderr) in ``fmt``.
+
+    The libraries' own warnings (redis-py, grpc...) and uncaught exceptions
+    of any thread go the same way, so every line the daemon writes passes
+    through :func:`xpro.config.kinds.redact`: a store password never
+    reaches the log, not even inside a traceback.
+    """
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger("xpro")
@@ -79,3 +95,31 @@ def setup_logging(fmt: str = "json", level: str = "info", *,
     root.addHandler(handler)
     root.setLevel(level.upper())
     root.propagate = False
+    top = logging.getLogger()
+    for h in list(top.handlers):
+        if getattr(h, "_xpro", False):
+            top.removeHandler(h)
+    others = logging.StreamHandler(stream or sys.stderr)
+    others.setFormatter(handler.formatter)
+    others.setLevel(logging.WARNING)
+    others._xpro = True  # type: ignore[attr-defined]
+    top.addHandler(others)
+    _redacting_excepthooks()
+
+
+def _redacting_excepthooks() -> None:
+    """Uncaught exceptions (main thread and others) printed with secrets scrubbed."""
+
+    def main_hook(et: type[BaseException], e: BaseException, tb: TracebackType | None) -> None:
+        sys.stderr.write(redact("".join(traceback.format_exception(et, e, tb))))
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        name = args.thread.name if args.thread is not None else "?"
+        text = "".join(traceback.format_exception(args.exc_type, args.exc_value,
+                                                  args.exc_traceback))
+        sys.stderr.write(redact(f"Exception in thread {name}:\n{text}"))
+
+    sys.excepthook = main_hook
+    threading.excepthook = thread_hook

@@ -50,6 +50,7 @@ import numpy as np
 
 from xpro import __version__
 from xpro.config import Change, Config, load_config
+from xpro.config.kinds import mask_url, redact
 from xpro.core import layout as L
 from xpro.core.alert import Alert, AlertKind
 from xpro.core.explain import Explanation, explain, rate_pps
@@ -60,6 +61,12 @@ from xpro.core.prefixset import PrefixSet
 from xpro.core.status import Closure, SyncStats
 from xpro.daemon.control import ControlServer
 from xpro.daemon.metrics import MetricsServer, exposition, serve
+from xpro.daemon.privileges import (
+    Capabilities,
+    drop_to,
+    read_capabilities,
+    runtime_capabilities,
+)
 from xpro.errors import ConfigError, XproError
 from xpro.plugins import plugins as process_plugins
 from xpro.sync import Syncer, SyncLoop
@@ -147,12 +154,20 @@ class Proxy:
         from (default: the same file, and the environment, again).
     :param backend_options: extra settings for the backend, merged over the
         ones the configuration gives (see each backend in :doc:`/backends`).
+    :param drop_capabilities: once attached, drop every capability the
+        backend no longer needs (:mod:`xpro.daemon.privileges`).  For the
+        daemon process only (``xpro run`` passes ``proxy.drop_capabilities``):
+        capabilities belong to the calling thread and everything it starts,
+        so a program running several proxies must not.
     """
 
     def __init__(self, config: Config, *, plugins: PluginHost | None = None,
                  reload_source: Callable[[], Config] | None = None,
-                 backend_options: Mapping[str, Any] | None = None) -> None:
+                 backend_options: Mapping[str, Any] | None = None,
+                 drop_capabilities: bool = False) -> None:
         self.config = config
+        self.drop_capabilities = drop_capabilities
+        self.capabilities: Capabilities | None = None
         self.reload_source = reload_source or (lambda: load_config(config.path))
         self.backend_options = dict(backend_options or {})
         self.name = config.proxy.name
@@ -226,6 +241,8 @@ class Proxy:
                 log.info("attached", extra={"event": "attached", **att.to_dict()})
             # Adopted maps keep the old configuration: install this one.
             filt.configure(cfg.filter_params())
+            if self.drop_capabilities:  # before any thread starts: they inherit it
+                self._drop_capabilities()
             self.backend.start()
         except BaseException:
             self._release(keep=self._adopted_any())
@@ -243,8 +260,24 @@ class Proxy:
         log.info("started", extra={"event": "started", "proxy": self.name,
                                    "backend": cfg.proxy.backend,
                                    "interfaces": list(cfg.proxy.interfaces),
-                                   "store": cfg.store_url, "adopted": adopted})
+                                   "store": mask_url(cfg.store_url), "adopted": adopted})
         return self
+
+    def _drop_capabilities(self) -> None:
+        backend = self.config.proxy.backend
+        keep = runtime_capabilities(backend, netns=bool(self.config.proxy.netns))
+        if keep is None:
+            log.warning("backend %s is not one of xpro's: its needs at run time are unknown, "
+                        "no capability is dropped", backend,
+                        extra={"event": "capabilities_kept", "backend": backend})
+            return
+        before = read_capabilities()
+        self.capabilities = drop_to(keep)
+        log.info("capabilities dropped", extra={
+            "event": "capabilities_dropped", "backend": backend,
+            "kept": sorted(self.capabilities.permitted),
+            "dropped": sorted(before.permitted - self.capabilities.permitted),
+            "bounding": sorted(self.capabilities.bounding)})
 
     def _parsers(self, wanted: list[Any]) -> list[Callable[[bytes], Any]]:
         """Destination parsers by name (``xpro_add_destination_parsers``) or as callables."""
@@ -431,7 +464,8 @@ class Proxy:
                 closed_s=(tai_now() - cl.since) / NS_PER_S))
 
     def _sync_alert(self, kind: AlertKind, message: str) -> None:
-        self.alert(Alert.make(kind, message, self.name))
+        # A store error's text goes to every alert sink: no secret in it.
+        self.alert(Alert.make(kind, redact(message), self.name))
 
     def alert(self, alert: Alert) -> None:
         """Hand ``alert`` to every ``xpro_alert`` sink (a failing sink is reported, not fatal)."""
@@ -522,11 +556,14 @@ class Proxy:
                 "backend": cfg.proxy.backend, "netns": cfg.proxy.netns,
                 "interfaces": [a.to_dict() for a in (self.backend.attachments.values()
                                                      if self.backend else ())],
-                "store": {"url": cfg.store_url, "mesh": cfg.store.mesh},
+                "store": {"url": mask_url(cfg.store_url), "mesh": cfg.store.mesh,
+                          "username": cfg.store.username},
                 "thresholds": {k: getattr(cfg.thresholds, k) for k in
                                ("t_t1", "t_t2", "t_t3", "t_t4", "t_f1", "t_f2", "t_w", "r")},
                 "mode": cfg.filter.mode, "sync_period_s": cfg.sync.period,
                 "reloads": self.reloads, "errors": dict(self.errors),
+                "capabilities": (self.capabilities.to_dict()
+                                 if self.capabilities is not None else None),
                 "plugins_failed": self.plugins.failed(),
                 "plugins": self.plugins.hook_stats().to_dict(),
                 "events": {"seen": self.events_seen, "failed": self.events_failed,
@@ -542,7 +579,8 @@ class Proxy:
             if loop is not None:
                 s = loop.status
                 sync.update(healthy=s.healthy, rounds=s.rounds, failures=s.failures,
-                            failed_total=s.failed_total, last_error=s.last_error,
+                            failed_total=s.failed_total,
+                            last_error=redact(s.last_error) if s.last_error else s.last_error,
                             last_ok_age_s=(now - s.last_ok) / NS_PER_S if s.last_ok else None)
                 if s.last is not None:
                     last = s.last

@@ -20,6 +20,13 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
+from xpro.config import Secret
+from xpro.config.kinds import (
+    PASSWORD_ENV,
+    mask_url,
+    plaintext_password_warning,
+    remember_secret,
+)
 from xpro.core.layout import FLOW_KEY, LOCAL, MASTER
 from xpro.core.model import R_DEN, SyncParams
 from xpro.errors import BadRecord, ConfigError
@@ -254,7 +261,6 @@ class Replay:
 # URLs, options, secrets
 # --------------------------------------------------------------------------
 
-PASSWORD_ENV = "XPRO_STORE_PASSWORD"
 
 
 def merged_options(query: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -296,9 +302,25 @@ def opt_int(opts: Mapping[str, Any], name: str, default: int, lo: int, hi: int) 
 
 
 def resolve_password(url_password: str | None, opts: Mapping[str, Any]) -> str | None:
-    """The secret: from the URL, else $XPRO_STORE_PASSWORD, else option ``password_file``."""
+    """The secret: from the URL, else option ``password`` (a
+    :class:`~xpro.config.Secret` or a string), else $XPRO_STORE_PASSWORD, else
+    the file named by option ``password_file``.
+
+    Whatever it returns is remembered for redaction
+    (:func:`xpro.config.kinds.redact`): no log line or message shows it.
+    """
+    pw = _find_password(url_password, opts)
+    remember_secret(pw)
+    return pw
+
+
+def _find_password(url_password: str | None, opts: Mapping[str, Any]) -> str | None:
     if url_password:
         return url_password
+    if "password" in opts:  # given explicitly (None or "": no password, not the env's)
+        given = opts["password"]
+        text = given.reveal() if isinstance(given, Secret) else str(given or "")
+        return text or None
     env = os.environ.get(PASSWORD_ENV)
     if env:
         return env
@@ -312,6 +334,27 @@ def resolve_password(url_password: str | None, opts: Mapping[str, Any]) -> str |
     return None
 
 
+def resolve_username(url_username: str | None, opts: Mapping[str, Any]) -> str | None:
+    """The user: from the URL, else option ``username``."""
+    if url_username:
+        return url_username
+    given = opts.get("username")
+    return str(given) if given else None
+
+
+_warned: set[str] = set()
+
+
+def warn_plaintext(url: str, password: str | None) -> None:
+    """Log, once per URL and process, that a password goes over a plaintext URL."""
+    text = plaintext_password_warning(url, bool(password))
+    shown = mask_url(url)
+    if text is None or shown in _warned:
+        return
+    _warned.add(shown)
+    log.warning(text, extra={"event": "store_plaintext_password", "store": shown})
+
+
 def unknown_options(opts: Mapping[str, Any], known: Iterable[str], scheme: str) -> None:
     extra = sorted(set(opts) - set(known))
     if extra:
@@ -320,7 +363,3 @@ def unknown_options(opts: Mapping[str, Any], known: Iterable[str], scheme: str) 
             f"(known: {', '.join(sorted(known))})"
         )
 
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (for logs and repr)."""
-    return re.sub(r"(?<=://)([^:/@]*):([^@/]*)@", r"\1:***@", url)

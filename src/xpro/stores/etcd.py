@@ -35,10 +35,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
-from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
+from xpro.config.kinds import mask_url, redact, split_url
 from xpro.core.layout import FLOW_KEY, MASTER
 from xpro.core.merge import merge_arrays
 from xpro.core.model import SyncParams
@@ -59,14 +59,15 @@ from xpro.stores._common import (
     decode_values,
     key_hex,
     key_list,
-    mask_url,
     max_ts,
     merged_options,
     opt_int,
     opt_num,
     resolve_password,
+    resolve_username,
     unknown_options,
     valid_master,
+    warn_plaintext,
 )
 from xpro.stores.base import Store
 
@@ -87,8 +88,8 @@ _GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
 ]
 KNOWN_OPTIONS = (
-    "ca", "cert", "key", "server_name", "password_file", "timeout", "retry_time",
-    "max_retries", "log_retention", "max_future", "page",
+    "ca", "cert", "key", "server_name", "username", "password", "password_file", "timeout",
+    "retry_time",    "max_retries", "log_retention", "max_future", "page",
 )
 
 
@@ -139,7 +140,6 @@ class EtcdStore(Store):
         self._channels: list[Any] = [None] * len(self.endpoints)
         self._current = random.randrange(len(self.endpoints))
         self._token: str | None = None
-        self._last_expire_rev = 0
         p = b"xpro/" + self.mesh.encode() + b"/"
         self._p_rec = p + b"r/"
         self._p_log = p + b"l/"
@@ -153,17 +153,15 @@ class EtcdStore(Store):
     def from_url(cls, url: str, *, mesh: str = "xpro", options: Mapping[str, Any] | None = None
                  ) -> EtcdStore:
         """``etcd://[user:pass@]host:port[,host:port...]`` or ``etcds://`` (TLS)."""
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
+        try:
+            parts = split_url(url)
+        except ValueError:
+            raise ConfigError(f"store URL {mask_url(url)}: no scheme (etcd://HOST:PORT)"
+                              ) from None
+        scheme = parts.scheme
         if scheme not in cls.schemes:
             raise ConfigError(f"{scheme}:// is not an etcd URL scheme (etcd://, etcds://)")
-        userinfo, _, hostlist = parts.netloc.rpartition("@")
-        username: str | None = None
-        url_password: str | None = None
-        if userinfo:
-            user, sep, pw = userinfo.partition(":")
-            username = unquote(user) or None
-            url_password = unquote(pw) if sep else None
+        hostlist = parts.hosts
         endpoints: list[tuple[str, int]] = []
         for raw in hostlist.split(","):
             item = raw.strip()
@@ -184,7 +182,9 @@ class EtcdStore(Store):
             raise ConfigError(f"store URL {mask_url(url)}: etcd URLs take no path")
         opts = merged_options(parts.query, options)
         unknown_options(opts, KNOWN_OPTIONS, scheme)
-        password = resolve_password(url_password, opts)
+        password = resolve_password(parts.password, opts)
+        username = resolve_username(parts.username, opts)
+        warn_plaintext(url, None if scheme == "etcds" else password)
         if password and not username:
             username = "root"
         return cls(url=url, mesh=mesh, endpoints=endpoints, tls=scheme == "etcds",
@@ -264,7 +264,7 @@ class EtcdStore(Store):
                 return fn(self._stub(), self._metadata())
             except grpc.RpcError as exc:
                 code = exc.code()
-                detail = exc.details() or ""
+                detail = redact(exc.details() or "")
                 if "authentication failed" in detail or "user ID or password" in detail:
                     raise StoreUnavailable(
                         f"etcd store at {self.where}: authentication failed during {what}: "
@@ -294,6 +294,11 @@ class EtcdStore(Store):
                     time.sleep(delay)
                     delay = min(2 * delay, 1.0)
                     continue
+                if "permission denied" in detail:
+                    raise StoreUnavailable(
+                        f"etcd store at {self.where}: user {self._username or 'root'} may not "
+                        f"do {what} on mesh {self.mesh!r} (permission denied): run `xpro store "
+                        "init` for this mesh and proxy, and use the user it made") from exc
                 if "too many operations" in detail:
                     raise ConfigError(
                         f"etcd at {self.where} refuses {CHUNK + 2} operations per "
@@ -630,16 +635,18 @@ class EtcdStore(Store):
         return out
 
     def expire(self, before: int) -> int:
-        """Delete records with ts2 < ``before`` (and corrupt ones), trim the log, compact.
+        """Delete records with ts2 < ``before`` (and corrupt ones) and trim the log.
 
         Each deletion is guarded by the record's mod_revision, so a record
-        merged meanwhile stays.  History is compacted up to the revision the
-        previous ``expire`` of this store saw.
+        merged meanwhile stays.  A proxy never compacts the cluster's history
+        (that would reach every other key of the cluster, and a proxy's user
+        may not): the etcd server's auto-compaction does it, or an
+        administrator with :meth:`compact` (``xpro store compact``).
         """
         rpc, _ = _etcd()
         limit = max_ts(self.max_future)
         with self._guard():
-            kvs, rev, _ = self._range_all(self._p_rec)
+            kvs, _, _ = self._range_all(self._p_rec)
             doomed: list[Any] = []
             for kv in kvs:
                 v = kv.value
@@ -670,9 +677,6 @@ class EtcdStore(Store):
                         (r1,) = self._call_txns([one], "expire")
                         deleted += int(r1.succeeded)
             self._trim_log(rpc)
-            if self._last_expire_rev:
-                self._compact(rpc, self._last_expire_rev)
-            self._last_expire_rev = rev
         return deleted
 
     def _trim_log(self, rpc: Any) -> None:
@@ -696,7 +700,21 @@ class EtcdStore(Store):
         if not resp.succeeded:
             log.info("etcd mesh %s: change log changed while trimming; next time", self.mesh)
 
-    def _compact(self, rpc: Any, revision: int) -> None:
+    def revision(self) -> int:
+        """The cluster's current revision."""
+        rpc, _ = _etcd()
+        req = rpc.RangeRequest(key=self._k_cfg)
+        resp: Any = self._rpc(lambda stub, md: stub.Range(req, timeout=self.timeout,
+                                                           metadata=md), "reading the revision")
+        return int(resp.header.revision)
+
+    def compact(self, revision: int) -> bool:
+        """Compact the cluster's history up to ``revision`` (etcd's admin right).
+
+        The whole cluster, not only this mesh: only a user with the ``root``
+        role may.  Returns False if it was compacted that far already.
+        """
+        rpc, _ = _etcd()
         req = rpc.CompactionRequest(revision=revision)
         try:
             self._rpc(lambda stub, md: stub.Compact(req, timeout=self.timeout, metadata=md),
@@ -704,6 +722,19 @@ class EtcdStore(Store):
         except StoreError as exc:
             if "compacted" not in str(exc):
                 raise
+            return False
+        return True
+
+    def auth_call(self, method: str, request: Any, what: str) -> Any:
+        """One call of etcd's Auth service (``UserAdd``, ``RoleGrantPermission``...)
+        with this store's credentials and failover (for :mod:`xpro.stores.admin`)."""
+        rpc, _ = _etcd()
+
+        def run(_stub: Any, md: Any) -> Any:
+            auth = rpc.AuthStub(self._channel(self._current))
+            return getattr(auth, method)(request, timeout=self.timeout, metadata=md)
+
+        return self._rpc(run, what)
 
     def ping(self) -> None:
         rpc, _ = _etcd()

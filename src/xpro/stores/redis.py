@@ -24,10 +24,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
+from xpro.config.kinds import mask_url, redact, split_url
 from xpro.core.layout import MASTER
 from xpro.core.model import SyncParams
 from xpro.core.status import ProxyStatus
@@ -49,14 +49,15 @@ from xpro.stores._common import (
     key_hex,
     key_list,
     keys_from_bytes,
-    mask_url,
     max_ts,
     merged_options,
     opt_bool,
     opt_int,
     opt_num,
     resolve_password,
+    resolve_username,
     unknown_options,
+    warn_plaintext,
 )
 from xpro.stores.base import Store
 
@@ -81,8 +82,8 @@ _SENTINEL = b"xpro:encoding"
 _HEARTBEAT = struct.Struct("<dQ")
 
 KNOWN_OPTIONS = (
-    "ca", "cert", "key", "verify", "password_file", "buckets", "batch", "timeout",
-    "connect_timeout", "log_retention", "max_future", "heartbeat_ttl", "retry_time",
+    "ca", "cert", "key", "verify", "username", "password", "password_file", "buckets", "batch",
+    "timeout",    "connect_timeout", "log_retention", "max_future", "heartbeat_ttl", "retry_time",
 )
 
 
@@ -186,20 +187,17 @@ class RedisStore(Store):
         Options come from the URL query (``?buckets=512&verify=false``) and
         from ``options`` (which win); see docs/stores.rst for the list.
         """
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
+        try:
+            parts = split_url(url)
+        except ValueError:
+            raise ConfigError(f"store URL {mask_url(url)}: no scheme (redis://HOST:PORT)"
+                              ) from None
+        scheme = parts.scheme
         if scheme not in cls.schemes:
             raise ConfigError(f"{scheme}:// is not a Redis URL scheme ({', '.join(cls.schemes)})")
         cluster = scheme.endswith("+cluster")
         tls = scheme.startswith("rediss")
-        netloc = parts.netloc
-        userinfo, _, hostlist = netloc.rpartition("@")
-        username: str | None = None
-        url_password: str | None = None
-        if userinfo:
-            user, sep, pw = userinfo.partition(":")
-            username = unquote(user) or None
-            url_password = unquote(pw) if sep else None
+        hostlist = parts.hosts
         nodes: list[tuple[str, int]] = []
         for raw_item in (hostlist or "").split(","):
             item = raw_item.strip()
@@ -234,7 +232,9 @@ class RedisStore(Store):
                                   ) from None
         opts = merged_options(parts.query, options)
         unknown_options(opts, KNOWN_OPTIONS, scheme)
-        password = resolve_password(url_password, opts)
+        password = resolve_password(parts.password, opts)
+        username = resolve_username(parts.username, opts)
+        warn_plaintext(url, None if tls else password)
         return cls(url=url, mesh=mesh, nodes=nodes, cluster=cluster, tls=tls, username=username,
                    password=password, db=db, opts=opts)
 
@@ -302,7 +302,7 @@ class RedisStore(Store):
                     "local state and retries")
             raise StoreUnavailable(
                 f"redis store at {self.where} unavailable during {what}: "
-                f"{type(exc).__name__}: {exc}; {hint}"
+                f"{type(exc).__name__}: {redact(str(exc))}; {hint}"
             ) from exc
 
     def _drop_connection(self) -> None:
@@ -354,7 +354,17 @@ class RedisStore(Store):
             if d.get("library_name") == _redis_lua.LIBRARY:
                 code = d.get("library_code")
         if code != _redis_lua.CODE:
-            client.function_load(_redis_lua.CODE, replace=True)
+            # A proxy's own user (xpro store init) may not load functions: the
+            # administrator loads them once, with `xpro store init`.
+            try:
+                client.function_load(_redis_lua.CODE, replace=True)
+            except _redis().exceptions.NoPermissionError:
+                state = "is missing" if code is None else "is from another xpro version"
+                raise StoreUnavailable(
+                    f"redis store at {name}: the {_redis_lua.LIBRARY} function library "
+                    f"{state} and user {self._username or 'default'} may not load it: run "
+                    "`xpro store init` with the administrator's credentials (again after "
+                    "a server restart without persistence, or an upgrade of xpro)") from None
             log.info("loaded the %s function library on %s", _redis_lua.LIBRARY, name)
         conn.prepared.add(name)
 
@@ -433,6 +443,12 @@ class RedisStore(Store):
                         if not isinstance(res, Exception):
                             continue
                         msg = str(res)
+                        if isinstance(res, ex.NoPermissionError) or msg.startswith("NOPERM"):
+                            raise StoreUnavailable(
+                                f"redis store at {name}: user {self._username or 'default'} "
+                                f"may not run {calls[i].args[0]} on {calls[i].route} (mesh "
+                                f"{self.mesh!r}): {msg}; run `xpro store init --proxy NAME` "
+                                "for this mesh and use the user it made") from res
                         if "Function not found" in msg or "NOSCRIPT" in msg:
                             conn.prepared.discard(name)
                             retry.append(i)
