@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tests.packets import frame
 from xpro.core import model
-from xpro.core.explain import explain
+from xpro.core.explain import explain, known_reason
 from xpro.core.layout import (
     DST_ADDR,
     DST_ADDR_PORT,
@@ -20,6 +20,7 @@ from xpro.core.layout import (
     Known,
     addr16,
 )
+from xpro.core.params import KnownPolicy
 
 pytestmark = pytest.mark.unit
 
@@ -103,3 +104,35 @@ def test_explain_says_why_in_words() -> None:
                    flow={"ts1": T0, "ts2": T0, "c": 10_000}, dest=None)
     assert idle.verdict == "pass"
     assert "the window starts again" in idle.text()
+
+
+def test_explain_says_why_a_closed_destination_drops_or_serves() -> None:
+    p = model.FilterParams(t_t2=1 * S, t_t3=1 * S, t_f1=100, t_f2=1000)
+    policy = KnownPolicy(min_age=2 * S, min_packets=8)
+    src, dst = addr16("198.51.100.7"), addr16("192.0.2.10")
+    now = T0 + 10 * S
+    dest = {"ts1": T0, "ts2": now - MS, "c": 50_000, "kc": 300}
+    # A source seen for half a second: not a known client, dropped before its record.
+    young = {"ts1": now - S // 2, "ts2": now - MS, "c": 20}
+    why = known_reason(young, now, p, policy, known=0, closed=True)
+    assert "too young or too few packets" in why
+    e = explain(p, src, dst, now=now, flow=None, dest=dest, closed_since=now - 3 * S,
+                known_why=why, src_text="198.51.100.7", dst_text="192.0.2.10")
+    assert (e.verdict, e.reason) == ("drop", "DST_CLOSED")
+    text = e.text()
+    assert "closed to unknown sources since 3.0 s" in text
+    assert "this is an unknown source: its window is 0.5 s with 20 packets" in text
+    # An established client: served, judged on the known clients' total.
+    old = {"ts1": T0, "ts2": now - MS, "c": 800}
+    why = known_reason(old, now, p, policy, known=Known.CLIENT, closed=True)
+    assert why.startswith("it was established before the destination closed")
+    e = explain(p, src, dst, now=now, flow={**old, "base_c": 800}, dest=dest,
+                known=Known.CLIENT, known_why=why)
+    assert (e.verdict, e.reason) == ("pass", "PASS")
+    assert "this is a known client: it was established" in e.text()
+    # A heavy source is never served, whatever its rate now.
+    assert known_reason(old, now, p, policy, known=Known.HEAVY, closed=True) == (
+        "it is over T_F1 in the mesh")
+    # One that qualified only during the closure stays out.
+    assert "only after the destination closed" in known_reason(
+        old, now, p, policy, known=0, closed=True)

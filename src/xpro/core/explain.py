@@ -22,8 +22,9 @@ from xpro.core.model import (
     flow_mode,
     rate_exceeds,
 )
+from xpro.core.params import KnownPolicy
 
-__all__ = ["Check", "Explanation", "explain", "rate_pps"]
+__all__ = ["Check", "Explanation", "explain", "known_reason", "rate_pps"]
 
 
 def rate_pps(count: int, window_ns: int) -> float:
@@ -94,7 +95,8 @@ def _window(now: int, ts1: int) -> int:
 def explain(params: FilterParams, src: bytes, dst: bytes, *, now: int,
             flow: dict[str, int] | None, dest: dict[str, int] | None,
             synced: dict[str, int] | None = None, flow_key: bytes | None = None,
-            src_text: str = "", dst_text: str = "", known: int = 0) -> Explanation:
+            src_text: str = "", dst_text: str = "", known: int = 0,
+            closed_since: int | None = None, known_why: str = "") -> Explanation:
     """Explain the next packet of a flow at time ``now`` (ns, the filter's clock).
 
     ``src``/``dst`` are 16-byte addresses (:func:`xpro.core.layout.addr16`);
@@ -102,7 +104,10 @@ def explain(params: FilterParams, src: bytes, dst: bytes, *, now: int,
     the destination aggregate (``ts1``, ``ts2``, ``c``), ``synced`` the sync's
     view of the master record (``ts1``, ``ts2``, ``c``); each ``None`` when
     absent.  ``flow_key`` selects the mode override (defaults to ``src+dst``);
-    ``known`` is the flow's class in the ``known`` map (0: none).
+    ``known`` is the flow's class in the ``known`` map (0: none);
+    ``closed_since`` when the sync saw the destination close, and
+    ``known_why`` why the source is or is not a known client
+    (:func:`known_reason`), for the words.
     """
     p = params
     checks: list[Check] = []
@@ -130,11 +135,14 @@ def explain(params: FilterParams, src: bytes, dst: bytes, *, now: int,
         who = {0: "an unknown source", Known.CLIENT: "a known client"}.get(
             known, "a heavy source")
         window = now - dest["ts1"]
+        since = (f" since {(now - closed_since) / NS_PER_S:.1f} s"
+                 if closed_since is not None else "")
+        because = f": {known_why}" if known_why else ""
         checks.append(Check("closed", known == 0,
-                            f"the destination is closed to unknown sources ({dest['c']} "
-                            f"packets in {window / NS_PER_S:.3f} s = "
+                            f"the destination is closed to unknown sources{since} "
+                            f"({dest['c']} packets in {window / NS_PER_S:.3f} s = "
                             f"{rate_pps(dest['c'], window):.1f}/s > T_F2 {p.t_f2}/s); "
-                            f"this is {who}"))
+                            f"this is {who}{because}"))
         if known == 0:
             return done("pass" if monitor else "drop",
                         Reason.MON_DST_CLOSED if monitor else Reason.DST_CLOSED)
@@ -181,6 +189,32 @@ def explain(params: FilterParams, src: bytes, dst: bytes, *, now: int,
         return done("pass" if monitor else "drop",
                     Reason.MON_DST_RATE if monitor else Reason.DST_RATE)
     return done("pass", Reason.PASS)
+
+
+def known_reason(rec: dict[str, int] | None, now: int, p: FilterParams, policy: KnownPolicy,
+                 *, known: int, closed: bool) -> str:
+    """Why a source is (or is not) a known client of a destination, from its
+    mesh-wide record (docs/semantics.rst, "Closed destinations and known clients")."""
+    if known == Known.HEAVY:
+        return "it is over T_F1 in the mesh"
+    if rec is None:
+        return ("no record of it reached this proxy" if not known
+                else "it was established before the destination closed")
+    window, c = rec["ts2"] - rec["ts1"], rec["c"]
+    facts = (f"its window is {window / NS_PER_S:.1f} s with {c} packets "
+             f"(known.min_age {policy.min_age / NS_PER_S:g} s, "
+             f"known.min_packets {policy.min_packets})")
+    if known:
+        return f"it was established before the destination closed ({facts})"
+    if now - rec["ts2"] > p.t_t1:
+        return "its record is idle"
+    if window > p.t_t2 and rate_exceeds(c, window, p.t_f1):
+        return "it is over T_F1"
+    if window < policy.min_age or c < policy.min_packets:
+        return f"{facts}: too young or too few packets"
+    if closed:
+        return f"it qualified only after the destination closed ({facts})"
+    return f"it qualifies and joins at the next sync round ({facts})"
 
 
 def _closed(p: FilterParams, dest: dict[str, int], now: int) -> bool:

@@ -53,7 +53,7 @@ from xpro.config import Change, Config, load_config
 from xpro.config.kinds import mask_url, redact
 from xpro.core import layout as L
 from xpro.core.alert import Alert, AlertKind
-from xpro.core.explain import Explanation, explain, rate_pps
+from xpro.core.explain import Explanation, explain, known_reason, rate_pps
 from xpro.core.merge import rate_exceeds_array
 from xpro.core.model import NS_PER_S, Prefix
 from xpro.core.params import tai_now
@@ -714,14 +714,21 @@ class Proxy:
         d_exists, d_recs = self.filter.read_dsts_of(key["dst"])
         dest = None
         if d_exists[0]:
-            dest = {f: int(d_recs[0][f]) for f in ("ts1", "ts2", "c")}
+            dest = {f: int(d_recs[0][f]) for f in ("ts1", "ts2", "c", "kc")}
         synced = None
-        if self.syncer is not None:
-            synced = self.syncer.mirror.record(key)
-        now = self.filter.cfg.view["fake_now"] or tai_now()
-        return explain(params, s16, d16, now=int(now), flow=flow, dest=dest, synced=synced,
+        known, since, why = 0, None, ""
+        now = int(self.filter.cfg.view["fake_now"] or tai_now())
+        syncer = self.syncer
+        if syncer is not None:
+            synced = syncer.mirror.record(key)
+            known = int(syncer.known.classes_of(key)[0])
+            since = syncer.known.closed.get(bytes(np.ascontiguousarray(key["dst"]).tobytes()))
+            why = known_reason(synced, now, params, syncer.known.policy, known=known,
+                               closed=since is not None)
+        return explain(params, s16, d16, now=now, flow=flow, dest=dest, synced=synced,
                        flow_key=key.tobytes(), src_text=src,
-                       dst_text=_dst_text(key["dst"][0]))
+                       dst_text=_dst_text(key["dst"][0]), known=known, closed_since=since,
+                       known_why=why)
 
     # ---- metrics and control -------------------------------------------------------
 
