@@ -20,7 +20,7 @@ __all__ = ["KINDS", "SEVERITIES", "Alert", "AlertKind", "Severity", "format_aler
 
 #: What an alert is about.
 AlertKind = Literal["store_down", "store_up", "src_overload", "dst_overload", "workload",
-                    "dst_closed", "dst_reopened"]
+                    "dst_closed", "dst_reopened", "known_full"]
 #: How urgent it is.
 Severity = Literal["info", "warning", "critical"]
 
@@ -38,6 +38,7 @@ DEFAULT_SEVERITY: Mapping[str, Severity] = MappingProxyType({
     "workload": "warning",
     "dst_closed": "critical",
     "dst_reopened": "info",
+    "known_full": "critical",
 })
 
 

@@ -185,6 +185,7 @@ class Proxy:
         self.events_seen = 0
         self.events_failed = 0
         self._overloaded = False
+        self._known_full = False
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.RLock()
@@ -436,6 +437,16 @@ class Proxy:
         self.plugins.sync_completed(stats, self.name)
         for closure in stats.closures:
             self._closure_alert(closure)
+        if stats.known_overflow and not self._known_full:
+            self._known_full = True
+            size = self.config.tables.known
+            self.alert(Alert.make(
+                "known_full", f"the known-client table is full ({size} entries): "
+                f"{stats.known_overflow} clients of open or closing destinations are not "
+                "known, and are dropped like new sources while their destination is closed; "
+                "raise tables.known", self.name, overflow=stats.known_overflow, size=size))
+        elif not stats.known_overflow:
+            self._known_full = False
         t_w = self.config.thresholds.t_w
         if stats.workload > t_w and not self._overloaded:
             self._overloaded = True
