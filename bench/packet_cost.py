@@ -8,19 +8,28 @@ Every program runs under ``BPF_PROG_TEST_RUN`` on the same frames:
 * ``xdp-filter``: xdp-tools' deny filter (``xdpfilt_dny_all.o``) with a
   comparable rule set: 64 IPv4 and 64 IPv6 addresses and 16 ports denied,
   none matching the test traffic, so every lookup runs and the packet passes;
-* ``xpro``: the whole of Algorithm 2 (parse, allow/deny skipped when empty,
-  the flow record, the per-source check, the destination aggregate and its
-  check, the verdict counter), with default thresholds.
+* ``xpro``: the whole of Algorithm 2 on the open path (parse, allow/deny
+  skipped when empty, the destination's closed check, the flow record, the
+  per-source check, the destination aggregate and its check, the verdict
+  counter), with both rate limits out of reach so every packet passes every
+  check: the most expensive path;
+* ``xpro-ref`` (with ``--compare OBJ``): another build of ``xpro.bpf.o``
+  (the one before a change), measured in the same rounds.
 
 Cases: a hot flow (one IPv4 frame, repeat N, the median of several rounds that
 each run every program once, so noise from elsewhere hits all alike);
 IPv6 (the same, an IPv6 frame); 100k distinct flows (100k IPv4 frames from
 distinct sources, each run once, so each lookup touches a different record:
 the kernel's per-run timer overhead is in every program's figure alike,
-including the baseline's).
+including the baseline's); src_rate (the hot IPv4 flow over T_F1 to an open
+destination: the per-source drop); closed_new (as many frames, each from a
+source never seen, to a destination closed to unknown sources: xpro drops
+them with one hot closed-drops record and no record of their own).
 
-Ends with one line of JSON: ``ratio_hot``, ``ratio_100k``, ``ratio_ipv6``
-(xpro / bare) and ``ratio_to_xdp_filter`` (xpro / xdp-filter, hot flow).
+Ends with one line of JSON: ``ratio_hot``, ``ratio_100k``, ``ratio_ipv6``,
+``ratio_src_rate``, ``ratio_closed_new`` (xpro / bare),
+``ratio_to_xdp_filter`` (xpro / xdp-filter, hot flow) and, with
+``--compare``, ``ref`` (the same ratios for the other build).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -103,11 +113,43 @@ def setup_xdp_filter(obj: BpfObject) -> None:
         ports[np.uint32(9000 + p).tobytes()] = src_and_dst
 
 
+#: Rate limits out of reach: every packet takes the open path to its end.
+NO_LIMIT = 2**32 - 1
+CLOSED_DST = "10.9.8.8"
+
+
+def open_path(cfg: Any) -> None:
+    cfg.view["events"] = 0
+    cfg.view["epoch"] = 1  # as under a running sync: flows marked dirty once an epoch
+    cfg.view["t_f1"] = cfg.view["t_f2"] = NO_LIMIT
+
+
+def over_t_f1(cfg: Any, prog: Prog, frame: bytes) -> None:
+    """Put the flow of ``frame`` over T_F1 (1 packet/s after T_T2 = 0)."""
+    cfg.view["t_f1"] = 1
+    cfg.view["t_t2"] = 0
+    for _ in range(3):  # the coarse clock must move on past the flow's start
+        prog.hot(frame, 1000)
+        time.sleep(0.01)
+
+
+def close_destination(cfg: Any, prog: Prog, frames: list[bytes]) -> None:
+    """Close CLOSED_DST: T_F2 of 1 packet/s after T_T3 = 0, and packets to it."""
+    cfg.view["t_f1"] = NO_LIMIT
+    cfg.view["t_f2"] = 1
+    cfg.view["t_t3"] = 0
+    for _ in range(3):  # the coarse clock must move on past the aggregate's start
+        prog.spread(frames[:1000])
+        time.sleep(0.01)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--flows", type=int, default=100_000)
+    ap.add_argument("--compare", type=Path, metavar="OBJ",
+                    help="another build of xpro.bpf.o to measure beside this one")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="xpro-bench-"))
@@ -122,12 +164,15 @@ def main() -> None:
         bare = Prog("bare", load(compile_prog("bare_drop", tmp), ["bare_drop"]), "bare_drop")
         counter = Prog("counter", load(compile_prog("flow_counter", tmp), ["flow_counter"]),
                        "flow_counter")
-        xp_obj = load(object_path(), ["xpro_xdp"], max_entries={"flows": 1 << 18})
-        xpro = Prog("xpro", xp_obj, "xpro_xdp")
-        cfg = xp_obj.global_data(".data", CONFIG)
-        cfg.view["events"] = 0
-        cfg.view["epoch"] = 1  # as under a running sync: flows marked dirty once an epoch
-        progs = [bare, counter, xpro]
+        xpros: list[tuple[Prog, Any]] = []
+        for label, path in [("xpro", object_path()), ("xpro-ref", args.compare)]:
+            if path is None:
+                continue
+            xp_obj = load(path, ["xpro_xdp"], max_entries={"flows": 1 << 18})
+            cfg = xp_obj.global_data(".data", CONFIG)
+            open_path(cfg)
+            xpros.append((Prog(label, xp_obj, "xpro_xdp"), cfg))
+        progs = [bare, counter, *(x for x, _ in xpros)]
         xf: Prog | None = None
         if XDP_FILTER_OBJ.exists():
             try:
@@ -145,29 +190,50 @@ def main() -> None:
         v6 = udp_frame("2001:db8::1", "2001:db8:9::9")
         spread = [udp_frame(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", "10.9.9.9")
                   for i in range(1, args.flows + 1)]
+        # Sources no packet came from before (and none of them gets a record).
+        spoofed = [udp_frame(f"11.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", CLOSED_DST)
+                   for i in range(1, args.flows + 1)]
 
         res: dict[str, dict[str, float]] = {p.label: {} for p in progs}
         cases: dict[str, Callable[[Prog], float]] = {
             "hot": lambda p: p.hot(v4, args.repeat),
             "ipv6": lambda p: p.hot(v6, args.repeat),
             "100k": lambda p: p.spread(spread),
+            "src_rate": lambda p: p.hot(v4, args.repeat),
+            "closed_new": lambda p: p.spread(spoofed),
         }
         for p in progs:  # create the 100k flows before measuring them
             p.spread(spread)
         for case, measure in cases.items():
-            runs = args.runs if case != "100k" else max(3, args.runs // 3)
+            # The open path first; then the configurations that drop.
+            for x, cfg in xpros:
+                if case == "src_rate":
+                    over_t_f1(cfg, x, v4)
+                elif case == "closed_new":
+                    close_destination(cfg, x, spoofed)
+            runs = args.runs if case in ("hot", "ipv6", "src_rate") else max(3, args.runs // 3)
             for label, ns in interleaved(progs, runs, measure).items():
                 res[label][case] = ns
 
-        print(f"{'program':12} {'hot ns':>8} {'ipv6 ns':>8} {'100k ns':>8}")
+        print(f"{'program':12} " + " ".join(f"{c + ' ns':>13}" for c in cases))
         for label, r in res.items():
-            print(f"{label:12} {r['hot']:8.1f} {r['ipv6']:8.1f} {r['100k']:8.1f}")
-        b, x = res["bare"], res["xpro"]
-        out = {
-            "ratio_hot": round(x["hot"] / b["hot"], 2),
-            "ratio_100k": round(x["100k"] / b["100k"], 2),
-            "ratio_ipv6": round(x["ipv6"] / b["ipv6"], 2),
-            "ratio_to_xdp_filter": round(x["hot"] / res["xdp-filter"]["hot"], 2) if xf else None,
+            print(f"{label:12} " + " ".join(f"{r[c]:13.1f}" for c in cases))
+        b = res["bare"]
+
+        def ratios(label: str) -> dict[str, float | None]:
+            x = res[label]
+            return {
+                "ratio_hot": round(x["hot"] / b["hot"], 2),
+                "ratio_100k": round(x["100k"] / b["100k"], 2),
+                "ratio_ipv6": round(x["ipv6"] / b["ipv6"], 2),
+                "ratio_src_rate": round(x["src_rate"] / b["src_rate"], 2),
+                "ratio_closed_new": round(x["closed_new"] / b["closed_new"], 2),
+                "ratio_to_xdp_filter": round(x["hot"] / res["xdp-filter"]["hot"], 2)
+                if xf else None,
+            }
+
+        out: dict[str, Any] = {
+            **ratios("xpro"),
             "counter_ratio_hot": round(res["counter"]["hot"] / b["hot"], 2),
             "counter_ratio_100k": round(res["counter"]["100k"] / b["100k"], 2),
             "ns": res,
@@ -175,6 +241,8 @@ def main() -> None:
             "runs": args.runs,
             "flows": args.flows,
         }
+        if args.compare is not None:
+            out["ref"] = {"obj": str(args.compare), **ratios("xpro-ref")}
         print(json.dumps(out))
     finally:
         for o in objs:
