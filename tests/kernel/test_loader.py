@@ -228,10 +228,15 @@ def test_cdef_layouts_match_libbpf_headers(tmp_path: Path) -> None:
         "bpf_map_batch_opts": ["elem_flags", "flags"],
         "bpf_link_update_opts": ["flags", "old_prog_fd"],
         "ring_buffer_opts": [],
+        "bpf_prog_load_opts": ["attempts", "expected_attach_type", "prog_flags",
+                               "prog_ifindex", "fd_array", "log_level", "log_size", "log_buf"],
+        "timex": ["modes", "offset", "maxerror", "esterror", "status", "time", "tick",
+                  "tai"],
     }
     lines = [
         "#include <stdio.h>",
         "#include <stddef.h>",
+        "#include <sys/timex.h>",
         "#include <bpf/libbpf.h>",
         "#include <bpf/bpf.h>",
         "#include <linux/bpf.h>",

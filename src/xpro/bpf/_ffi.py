@@ -258,7 +258,63 @@ struct xpro_link_info {
     };
 };
 
+/* ---- feature probes and a raw program load (xpro doctor) ------------------- */
+
+int libbpf_probe_bpf_prog_type(int prog_type, const void *opts);
+int libbpf_probe_bpf_map_type(int map_type, const void *opts);
+int libbpf_probe_bpf_helper(int prog_type, int helper_id, const void *opts);
+
+struct bpf_prog_load_opts {
+    size_t sz;
+    int attempts;
+    int expected_attach_type;
+    __u32 prog_btf_fd;
+    __u32 prog_flags;
+    __u32 prog_ifindex;
+    __u32 kern_version;
+    __u32 attach_btf_id;
+    __u32 attach_prog_fd;
+    __u32 attach_btf_obj_fd;
+    const int *fd_array;
+    const void *func_info;
+    __u32 func_info_cnt;
+    __u32 func_info_rec_size;
+    const void *line_info;
+    __u32 line_info_cnt;
+    __u32 line_info_rec_size;
+    __u32 log_level;
+    __u32 log_size;
+    char *log_buf;
+};
+int bpf_prog_load(int prog_type, const char *prog_name, const char *license,
+                  const void *insns, size_t insn_cnt, const struct bpf_prog_load_opts *opts);
+
 /* ---- libc ---------------------------------------------------------------- */
+struct xpro_timeval { long tv_sec; long tv_usec; };
+struct timex {
+    unsigned int modes;
+    long offset;
+    long freq;
+    long maxerror;
+    long esterror;
+    int status;
+    long constant;
+    long precision;
+    long tolerance;
+    struct xpro_timeval time;
+    long tick;
+    long ppsfreq;
+    long jitter;
+    int shift;
+    long stabil;
+    long jitcnt;
+    long calcnt;
+    long errcnt;
+    long stbcnt;
+    int tai;
+    int _reserved[11];
+};
+int adjtimex(struct timex *buf);
 int vsnprintf(char *str, size_t size, const char *format, void *ap);
 int setns(int fd, int nstype);
 int mount(const char *source, const char *target, const char *filesystemtype,

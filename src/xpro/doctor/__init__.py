@@ -38,9 +38,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from cffi import FFI
-
 from xpro.backends.xdp import SINGLE_BUFFER_MTU
+from xpro.bpf._ffi import ffi, libc, load
 from xpro.bpf.xdp import prog_name
 from xpro.config import Config, mask_url
 from xpro.datapath.host import link_type_name, link_type_problem
@@ -124,78 +123,9 @@ def to_json(findings: Sequence[Finding]) -> str:
 
 
 # ---------------------------------------------------------------------------
-# The few libbpf and libc calls only the doctor needs (a separate FFI over the
-# same libraries, so the loader's binding stays as it is)
+# Constants of the probes (the calls are declared in xpro.bpf._ffi, whose
+# layouts tests/kernel/test_loader.py checks against the headers)
 # ---------------------------------------------------------------------------
-
-_CDEF = r"""
-typedef unsigned int __u32;
-int libbpf_probe_bpf_prog_type(int prog_type, const void *opts);
-int libbpf_probe_bpf_map_type(int map_type, const void *opts);
-int libbpf_probe_bpf_helper(int prog_type, int helper_id, const void *opts);
-
-struct bpf_prog_load_opts {
-    size_t sz;
-    int attempts;
-    int expected_attach_type;
-    __u32 prog_btf_fd;
-    __u32 prog_flags;
-    __u32 prog_ifindex;
-    __u32 kern_version;
-    __u32 attach_btf_id;
-    __u32 attach_prog_fd;
-    __u32 attach_btf_obj_fd;
-    const int *fd_array;
-    const void *func_info;
-    __u32 func_info_cnt;
-    __u32 func_info_rec_size;
-    const void *line_info;
-    __u32 line_info_cnt;
-    __u32 line_info_rec_size;
-    __u32 log_level;
-    __u32 log_size;
-    char *log_buf;
-};
-int bpf_prog_load(int prog_type, const char *prog_name, const char *license,
-                  const void *insns, size_t insn_cnt, const struct bpf_prog_load_opts *opts);
-
-struct bpf_xdp_attach_opts {
-    size_t sz;
-    int old_prog_fd;
-};
-int bpf_xdp_attach(int ifindex, int prog_fd, __u32 flags,
-                   const struct bpf_xdp_attach_opts *opts);
-int bpf_xdp_detach(int ifindex, __u32 flags, const struct bpf_xdp_attach_opts *opts);
-
-struct xpro_timeval { long tv_sec; long tv_usec; };
-struct timex {
-    unsigned int modes;
-    long offset;
-    long freq;
-    long maxerror;
-    long esterror;
-    int status;
-    long constant;
-    long precision;
-    long tolerance;
-    struct xpro_timeval time;
-    long tick;
-    long ppsfreq;
-    long jitter;
-    int shift;
-    long stabil;
-    long jitcnt;
-    long calcnt;
-    long errcnt;
-    long stbcnt;
-    int tai;
-    int _reserved[11];
-};
-int adjtimex(struct timex *buf);
-"""
-
-_ffi = FFI()
-_ffi.cdef(_CDEF)
 
 # linux/bpf.h
 _PROG_XDP = 6
@@ -223,17 +153,9 @@ _NETDEV_CMD_DEV_GET = 1
 _XDP_ACT = {"basic": 1, "redirect": 2, "ndo-xmit": 4, "xsk-zerocopy": 8, "hw-offload": 16,
             "rx-sg": 32, "ndo-xmit-sg": 64}
 
-_libbpf: Any = None
-
-
 def _lib() -> Any:
-    global _libbpf  # noqa: PLW0603 - one handle per process
-    if _libbpf is None:
-        from xpro.bpf._ffi import load
-
-        load()  # the loader's handle: libbpf logging routed, a clear error if missing
-        _libbpf = _ffi.dlopen("libbpf.so.1")
-    return _libbpf
+    """The loader's libbpf handle (logging routed, a clear error if it is missing)."""
+    return load()
 
 
 def _errstr(rc: int) -> str:
@@ -350,19 +272,19 @@ def check_bpf_features() -> Finding:
                        "run as root, or with CAP_BPF and CAP_NET_ADMIN")
     missing: list[str] = []
     errors: list[str] = []
-    rc = lib.libbpf_probe_bpf_prog_type(_PROG_XDP, _ffi.NULL)
+    rc = lib.libbpf_probe_bpf_prog_type(_PROG_XDP, ffi.NULL)
     if rc == 0:
         missing.append("XDP programs (4.8)")
     elif rc < 0:
         errors.append(f"XDP programs: {_errstr(rc)}")
     for name, mtype in _MAPS.items():
-        rc = lib.libbpf_probe_bpf_map_type(mtype, _ffi.NULL)
+        rc = lib.libbpf_probe_bpf_map_type(mtype, ffi.NULL)
         if rc == 0:
             missing.append(f"{name} maps ({_MAP_SINCE[name]})")
         elif rc < 0:
             errors.append(f"{name} maps: {_errstr(rc)}")
     for name, (helper, since) in _HELPERS.items():
-        rc = lib.libbpf_probe_bpf_helper(_PROG_XDP, helper, _ffi.NULL)
+        rc = lib.libbpf_probe_bpf_helper(_PROG_XDP, helper, ffi.NULL)
         if rc == 0:
             missing.append(f"{name}() in XDP ({since})")
         elif rc < 0:
@@ -505,7 +427,7 @@ def check_lockdown() -> Finding:
     """Kernel lockdown and kernel BTF: what they block, and that XDP is not among it."""
     btf = Path("/sys/kernel/btf/vmlinux").exists()
     notes = []
-    tracing = _lib().libbpf_probe_bpf_prog_type(_PROG_TRACING, _ffi.NULL)
+    tracing = _lib().libbpf_probe_bpf_prog_type(_PROG_TRACING, ffi.NULL)
     if tracing != 1 and _load_errno() == 0:  # (a refusal for want of privilege says nothing)
         why = "" if btf else " (no kernel BTF, /sys/kernel/btf/vmlinux)"
         notes.append(f"tracing and extension programs cannot load here{why}, so the "
@@ -582,11 +504,11 @@ def _feature_names(bits: int) -> str:
 def _trivial_prog(frags: bool) -> int:
     """Load ``return XDP_PASS;`` (single- or multi-buffer); returns its fd."""
     insns = struct.pack("<BBhi", 0xB7, 0, 0, 2) + struct.pack("<BBhi", 0x95, 0, 0, 0)
-    opts = _ffi.new("struct bpf_prog_load_opts *")
-    opts.sz = _ffi.sizeof("struct bpf_prog_load_opts")
+    opts = ffi.new("struct bpf_prog_load_opts *")
+    opts.sz = ffi.sizeof("struct bpf_prog_load_opts")
     opts.expected_attach_type = _BPF_XDP
     opts.prog_flags = _BPF_F_XDP_HAS_FRAGS if frags else 0
-    buf = _ffi.new("char[]", insns)
+    buf = ffi.new("char[]", insns)
     fd = int(_lib().bpf_prog_load(_PROG_XDP, b"xpro_probe", b"GPL", buf, 2, opts))
     if fd < 0:
         raise OSError(-fd, f"load the probe program: {_errstr(fd)}")
@@ -635,10 +557,10 @@ def _attach_probe(ifindex: int, frags: bool) -> _Probe:
     try:
         with _kernel_messages() as said:
             rc = int(lib.bpf_xdp_attach(
-                ifindex, fd, _XDP_FLAGS_DRV_MODE | _XDP_FLAGS_UPDATE_IF_NOEXIST, _ffi.NULL))
+                ifindex, fd, _XDP_FLAGS_DRV_MODE | _XDP_FLAGS_UPDATE_IF_NOEXIST, ffi.NULL))
             if rc == 0:
-                opts = _ffi.new("struct bpf_xdp_attach_opts *")
-                opts.sz = _ffi.sizeof("struct bpf_xdp_attach_opts")
+                opts = ffi.new("struct bpf_xdp_attach_opts *")
+                opts.sz = ffi.sizeof("struct bpf_xdp_attach_opts")
                 opts.old_prog_fd = fd
                 lib.bpf_xdp_detach(ifindex, _XDP_FLAGS_DRV_MODE | _XDP_FLAGS_REPLACE, opts)
         text = "; ".join(line.removeprefix("libbpf: Kernel error message: ").strip()
@@ -896,7 +818,6 @@ def check_store(config: Config, url: str | None = None) -> Finding:
     return Finding("store", "ok", f"{shown} answers ({ms:.0f} ms)")
 
 
-_libc: Any = _ffi.dlopen(None)
 
 
 def clock_tolerance(config: Config) -> float:
@@ -910,7 +831,7 @@ def _sync_finding(config: Config, state: int, tx: Any, *, shared: bool) -> Findi
     tol = clock_tolerance(config)
     if state < 0:
         return Finding("clock-sync", "warn", "the clock state cannot be read (adjtimex: "
-                       f"{os.strerror(_ffi.errno)}), e.g. under systemd's ProtectClock=",
+                       f"{os.strerror(ffi.errno)}), e.g. under systemd's ProtectClock=",
                        "run xpro doctor outside the service sandbox")
     why = (f"records carry TAI timestamps that proxies compare: a skew of d seconds "
            f"stretches or shrinks a window by d, so a rate is off by d/t_t2; tolerable "
@@ -939,8 +860,8 @@ def _sync_finding(config: Config, state: int, tx: Any, *, shared: bool) -> Findi
 
 def check_clock(config: Config, *, shared: bool) -> list[Finding]:
     """Clock synchronisation (adjtimex) and the kernel's TAI offset."""
-    tx = _ffi.new("struct timex *")
-    state = int(_libc.adjtimex(tx))
+    tx = ffi.new("struct timex *")
+    state = int(libc.adjtimex(tx))
     out = [_sync_finding(config, state, tx, shared=shared)]
     tai_gap = round((time.clock_gettime_ns(time.CLOCK_TAI)
                      - time.clock_gettime_ns(time.CLOCK_REALTIME)) / 1e9)
