@@ -6,6 +6,27 @@ code.  Every message says what happened and what to do about it.
 
 from __future__ import annotations
 
+__all__ = [
+    "AttachError",
+    "BadRecord",
+    "BpfLoadError",
+    "BpffsError",
+    "ConfigError",
+    "DatapathError",
+    "InterfaceBusy",
+    "LibbpfMissing",
+    "LinkTypeNotSupported",
+    "ModeNotSupported",
+    "NetnsError",
+    "NoSuchInterface",
+    "PluginError",
+    "PrivilegeError",
+    "StoreConflict",
+    "StoreError",
+    "StoreUnavailable",
+    "XproError",
+]
+
 
 class XproError(Exception):
     """Base of every error xpro raises on purpose."""

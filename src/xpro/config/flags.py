@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 from xpro.config.loader import InvalidConfig
 from xpro.config.schema import _BY_KEY, SCHEMA
 
+__all__ = ["U32_MAX", "Flag", "TomlValue", "cli_flags", "click_options", "overrides_from_click"]
+
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -20,6 +20,34 @@ from xpro.core.hostnames import canonical_target
 from xpro.core.model import Prefix
 from xpro.core.text import printable
 
+__all__ = [
+    "ENV_PREFIX",
+    "MIN_REDACTED",
+    "PASSWORD_ENV",
+    "PATH_ENV",
+    "PLAINTEXT_SCHEMES",
+    "U32_MAX",
+    "Boolean",
+    "Choice",
+    "FilePath",
+    "HostNames",
+    "Integer",
+    "Kind",
+    "Listen",
+    "Names",
+    "Number",
+    "Prefixes",
+    "StoreUrl",
+    "Text",
+    "TomlValue",
+    "Url",
+    "mask_url",
+    "plaintext_password_warning",
+    "redact",
+    "remember_secret",
+    "split_url",
+]
+
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -39,6 +39,8 @@ from xpro.config.schema import (
 )
 from xpro.errors import ConfigError
 
+__all__ = ["U32_MAX", "InvalidConfig", "TomlValue", "default_config", "dumps", "load_config"]
+
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 

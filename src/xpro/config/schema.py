@@ -46,6 +46,32 @@ from xpro.core.layout import (
 from xpro.core.model import NS_PER_S, R_DEN, FilterParams, Prefix, SyncParams
 from xpro.core.params import KnownPolicy, Sizes
 
+__all__ = [
+    "RULES",
+    "SCHEMA",
+    "SECTIONS",
+    "U32_MAX",
+    "AfxdpConfig",
+    "Change",
+    "Config",
+    "ControlConfig",
+    "FilterConfig",
+    "KnownConfig",
+    "LogConfig",
+    "MetricsConfig",
+    "Option",
+    "ProxyConfig",
+    "Rule",
+    "Secret",
+    "StoreConfig",
+    "SyncConfig",
+    "TablesConfig",
+    "ThresholdsConfig",
+    "TomlValue",
+    "option",
+    "seconds_to_ns",
+]
+
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -19,6 +19,8 @@ import numpy.typing as npt
 from xpro.core.layout import LOCAL, MASTER
 from xpro.core.model import NS_PER_S, R_DEN, SyncParams
 
+__all__ = ["merge_arrays", "rate_exceeds_array"]
+
 Array = npt.NDArray[Any]
 
 

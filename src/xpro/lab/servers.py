@@ -62,6 +62,29 @@ from typing import Any, BinaryIO, Generic, NamedTuple, TypeVar, overload
 
 from xpro.errors import XproError
 
+__all__ = [
+    "HOST",
+    "BinaryMissing",
+    "EtcdCluster",
+    "EtcdServer",
+    "RedisCluster",
+    "RedisReplyError",
+    "RedisServer",
+    "Server",
+    "ServerError",
+    "ServerSet",
+    "ServerTimeout",
+    "TlsFiles",
+    "find_binary",
+    "free_port",
+    "make_tls",
+    "orphan_proof",
+    "redis_command",
+    "remove_stale_dirs",
+    "require_binary",
+    "wait_for",
+]
+
 #: The only address servers listen on.
 HOST = "127.0.0.1"
 
@@ -836,27 +859,3 @@ class ServerSet:
         for srv in out:
             srv.wait_ready(timeout)
         return EtcdCluster(out)
-
-
-__all__ = [
-    "HOST",
-    "BinaryMissing",
-    "EtcdCluster",
-    "EtcdServer",
-    "RedisCluster",
-    "RedisReplyError",
-    "RedisServer",
-    "Server",
-    "ServerError",
-    "ServerSet",
-    "ServerTimeout",
-    "TlsFiles",
-    "find_binary",
-    "free_port",
-    "make_tls",
-    "orphan_proof",
-    "redis_command",
-    "remove_stale_dirs",
-    "require_binary",
-    "wait_for",
-]

@@ -31,6 +31,40 @@ from xpro.core.layout import FLOW_KEY, LOCAL, MASTER
 from xpro.core.model import R_DEN, SyncParams
 from xpro.errors import BadRecord, ConfigError
 
+__all__ = [
+    "DEFAULT_MAX_FUTURE_S",
+    "KEY_SIZE",
+    "MAX_COUNT",
+    "MAX_RQ",
+    "MAX_THRESHOLD",
+    "RECORD_SIZE",
+    "WIRE_BEFORE",
+    "WIRE_LOCAL",
+    "Replay",
+    "as_keys",
+    "batch_digest",
+    "bucket_of",
+    "check_local",
+    "check_merge_input",
+    "check_mesh",
+    "check_params",
+    "decode_values",
+    "key_hash",
+    "key_hex",
+    "key_list",
+    "keys_from_bytes",
+    "max_ts",
+    "merged_options",
+    "opt_bool",
+    "opt_int",
+    "opt_num",
+    "resolve_password",
+    "resolve_username",
+    "unknown_options",
+    "valid_master",
+    "warn_plaintext",
+]
+
 log = logging.getLogger("xpro.stores")
 
 #: Counts above this are garbage (a negative i64 read as u64 is >= 2**63).

@@ -23,6 +23,8 @@ import numpy as np
 from xpro.core.model import SyncParams
 from xpro.core.status import ProxyStatus
 
+__all__ = ["Store"]
+
 
 class Store(abc.ABC):
     """One connection to a master store, for one mesh (a key namespace)."""

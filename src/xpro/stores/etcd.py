@@ -74,6 +74,8 @@ from xpro.stores.base import Store
 if TYPE_CHECKING:
     from xpro.hooks.registry import Registry
 
+__all__ = ["CHUNK", "ENCODING", "KNOWN_OPTIONS", "EtcdCursor", "EtcdStore", "xpro_add_stores"]
+
 log = logging.getLogger("xpro.stores.etcd")
 
 T = TypeVar("T")

@@ -47,6 +47,8 @@ from xpro.stores.base import Store
 if TYPE_CHECKING:
     from xpro.hooks.registry import Registry
 
+__all__ = ["MemoryCursor", "MemoryStore", "xpro_add_stores"]
+
 log = logging.getLogger("xpro.stores.memory")
 
 

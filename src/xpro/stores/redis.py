@@ -64,6 +64,8 @@ from xpro.stores.base import Store
 if TYPE_CHECKING:
     from xpro.hooks.registry import Registry
 
+__all__ = ["ENCODING", "KNOWN_OPTIONS", "WIRE", "RedisCursor", "RedisStore", "xpro_add_stores"]
+
 log = logging.getLogger("xpro.stores.redis")
 
 ENCODING = 1
