@@ -181,7 +181,10 @@ def traffic(pair: NsPair, duration: float, **rates: float) -> NsProcess[dict[str
 
 def test_daemon_filters_syncs_and_reports(tmp_path: Path, pair: NsPair, redis: RedisServer,
                                           daemons: list[Daemon]) -> None:
-    d = Daemon(tmp_path, pair, redis.url, "--t-f1", "100", "--t-t2", "0.5")
+    # T_T1 of a minute: the checks below run after the flood, and on a loaded
+    # machine they take longer than the default 10 s window would stay open.
+    d = Daemon(tmp_path, pair, redis.url, "--t-f1", "100", "--t-t2", "0.5", "--t-t1", "60",
+               "--sync-ttl", "120")
     daemons.append(d)
     d.start()
     flood = str(pair.subnet4[66])

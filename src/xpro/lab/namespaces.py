@@ -28,6 +28,7 @@ import multiprocessing.connection
 import os
 import secrets
 import signal
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -508,13 +509,34 @@ def driver_stats(ifname: str, netns: str | None = None) -> dict[str, int]:
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Hold back SIGINT/SIGTERM (delivered afterwards) so cleanup runs to the end."""
-    sigs = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    """Hold back SIGINT/SIGTERM (delivered afterwards) so cleanup runs to the end.
+
+    A thread's signal mask is not enough: the kernel hands a process signal
+    to any thread that does not block it (a sync or plugin thread), and
+    Python then runs the handler in the main thread anyway.  So while the
+    block runs, the Python-level handlers only note the signal; the old
+    handlers are put back and the noted signals sent again afterwards.
+    Outside the main thread (where handlers cannot be changed) the mask is
+    used as before.
+    """
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread():
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(sigs))
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        return
+    noted: list[int] = []
+    old = {sig: signal.signal(sig, lambda signum, frame: noted.append(signum))
+           for sig in sigs}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for signum in dict.fromkeys(noted):
+            os.kill(os.getpid(), signum)
 
 
 def _run_id(name: str, prefix: str) -> str:
