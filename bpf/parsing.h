@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * Packet parsing for xpro: Ethernet, up to two VLAN tags, IPv4, IPv6 with a
- * bounded extension-header walk, and (in addr+port mode) the L4 port.
+ * Packet parsing for xpro: Ethernet, up to two VLAN tags (a third is
+ * malformed), IPv4, IPv6 with a bounded extension-header walk, and (in
+ * addr+port mode) the L4 port.
  *
  * The rules here are mirrored exactly by xpro.model.parse(); the
  * differential tests hold the two together.  Offsets are tracked as scalars
@@ -78,6 +79,10 @@ static __always_inline int parse_packet(void *data, void *data_end,
 		eth_type = *(__u16 *)(p + off + 2);
 		off += 4;
 	}
+	/* A tag beyond XPRO_MAX_VLAN: what it carries is not seen, and it must
+	 * not pass uncounted as "not IP" (docs/semantics.rst, "Parsing"). */
+	if (eth_type == bpf_htons(ETH_P_8021Q_) || eth_type == bpf_htons(ETH_P_8021AD_))
+		return PARSE_MALFORMED;
 
 	__u8 proto;
 	__u64 l4off, l4end;

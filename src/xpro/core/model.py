@@ -100,8 +100,9 @@ def parse(frame: bytes, dst_mode: int) -> Parsed:
     """Parse an Ethernet frame as ``parse_packet()`` in ``bpf/parsing.h`` does.
 
     - Ethernet, then up to two 802.1Q/802.1ad tags.  A frame too short for
-      its Ethernet header or a tag is not IP: it passes.  Any other
-      ethertype (ARP, LLDP, a third tag) is not IP: it passes.
+      its Ethernet header or a tag is not IP: it passes.  A third tag is
+      malformed (the parser walks no further, and what it carries must not
+      pass uncounted).  Any other ethertype (ARP, LLDP) is not IP: it passes.
     - IPv4: version 4, IHL >= 5, the header and ``tot_len`` inside the frame
       and ``tot_len >= header``; otherwise malformed.  Trailing padding
       beyond ``tot_len`` is fine.  A fragment (MF set or an offset) keys on
@@ -126,6 +127,8 @@ def parse(frame: bytes, dst_mode: int) -> Parsed:
             return _NON_IP
         eth_type = int.from_bytes(frame[off + 2 : off + 4], "big")
         off += 4
+    if eth_type in (ETH_P_8021Q, ETH_P_8021AD):
+        return _MALFORMED  # a tag beyond MAX_VLAN: what it carries is not seen
 
     frag = False
     if eth_type == ETH_P_IP:

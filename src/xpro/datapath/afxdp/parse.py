@@ -202,7 +202,8 @@ def _parse(u8: Reader, addr16: Reader, n: int, lens: Array, dst_mode: int) -> Ba
 
     v4 = ~done & (eth == M.ETH_P_IP)
     v6 = ~done & (eth == M.ETH_P_IPV6)
-    malformed = np.zeros(n, dtype=bool)
+    # a tag beyond MAX_VLAN: what it carries is not seen, and it must not pass as not IP
+    malformed = ~done & ((eth == M.ETH_P_8021Q) | (eth == M.ETH_P_8021AD))
     frag = np.zeros(n, dtype=bool)
     proto = np.zeros(n, dtype=np.int64)
     l4off = np.zeros(n, dtype=np.int64)
