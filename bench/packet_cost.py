@@ -113,6 +113,20 @@ def setup_xdp_filter(obj: BpfObject) -> None:
         ports[np.uint32(9000 + p).tobytes()] = src_and_dst
 
 
+def config_dtype(obj: BpfObject) -> np.dtype:
+    """``CONFIG`` cut to the fields an object's ``.data`` holds: an older build
+    (``--compare``) may lack fields added at the end of ``struct xpro_config``,
+    which it then runs without (their defaults are the program's own)."""
+    size = obj.maps[".data"].value_size
+    fields, names = CONFIG.fields, CONFIG.names
+    assert fields is not None
+    assert names is not None
+    kept = [(n, fields[n][0], fields[n][1]) for n in names
+            if fields[n][1] + fields[n][0].itemsize <= size]
+    return np.dtype({"names": [n for n, _, _ in kept], "formats": [f for _, f, _ in kept],
+                     "offsets": [o for _, _, o in kept], "itemsize": size})
+
+
 #: Rate limits out of reach: every packet takes the open path to its end.
 NO_LIMIT = 2**32 - 1
 CLOSED_DST = "10.9.8.8"
@@ -169,7 +183,7 @@ def main() -> None:
             if path is None:
                 continue
             xp_obj = load(path, ["xpro_xdp"], max_entries={"flows": 1 << 18})
-            cfg = xp_obj.global_data(".data", CONFIG)
+            cfg = xp_obj.global_data(".data", config_dtype(xp_obj))
             open_path(cfg)
             xpros.append((Prog(label, xp_obj, "xpro_xdp"), cfg))
         progs = [bare, counter, *(x for x, _ in xpros)]

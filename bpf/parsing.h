@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * Packet parsing for xpro: Ethernet, up to two VLAN tags, IPv4, IPv6 with a
- * bounded extension-header walk, and (in addr+port mode) the L4 port.
+ * Packet parsing for xpro: Ethernet, up to two VLAN tags (a third is
+ * malformed), IPv4, IPv6 with a bounded extension-header walk, and (in
+ * addr+port mode) the L4 port; the source prefix mask of the flow key.
  *
- * The rules here are mirrored exactly by xpro.model.parse(); the
+ * The rules here are mirrored exactly by xpro.core.model.parse(); the
  * differential tests hold the two together.  Offsets are tracked as scalars
  * (for the length rules) beside a bounds-checked cursor (for the verifier).
  */
@@ -52,12 +53,14 @@ static __always_inline int proto_has_ports(__u8 proto)
 }
 
 /*
- * Parse the packet into key.  pkt_len is the length the IP length fields
- * are checked against (the whole frame).  Returns PARSE_*.
+ * Parse the packet into key, with the full source address.  pkt_len is the
+ * length the IP length fields are checked against (the whole frame).  Sets
+ * *ipv6 to the family (by ethertype) when it returns PARSE_OK.  Returns
+ * PARSE_*.
  */
-static __always_inline int parse_packet(void *data, void *data_end,
-					__u64 pkt_len, __u32 dst_mode,
-					struct xpro_flow_key *key)
+static __always_inline int parse_packet_af(void *data, void *data_end,
+					   __u64 pkt_len, __u32 dst_mode,
+					   struct xpro_flow_key *key, int *ipv6)
 {
 	__u8 *p = data;
 	__u16 eth_type;
@@ -78,6 +81,10 @@ static __always_inline int parse_packet(void *data, void *data_end,
 		eth_type = *(__u16 *)(p + off + 2);
 		off += 4;
 	}
+	/* A tag beyond XPRO_MAX_VLAN: what it carries is not seen, and it must
+	 * not pass uncounted as "not IP" (docs/semantics.rst, "Parsing"). */
+	if (eth_type == bpf_htons(ETH_P_8021Q_) || eth_type == bpf_htons(ETH_P_8021AD_))
+		return PARSE_MALFORMED;
 
 	__u8 proto;
 	__u64 l4off, l4end;
@@ -102,6 +109,7 @@ static __always_inline int parse_packet(void *data, void *data_end,
 		__u16 fragoff = bpf_ntohs(*(__u16 *)(ip + 6));
 
 		frag = (fragoff & 0x3fff) != 0; /* MF or offset */
+		*ipv6 = 0;
 		proto = ip[9];
 		/* The key is written in aligned 32-bit words: narrower stores
 		 * that the hash then reads as words stall store forwarding
@@ -140,6 +148,7 @@ static __always_inline int parse_packet(void *data, void *data_end,
 			w[i] = a[i];
 		proto = ip6[6];
 		l4off = off + 40;
+		*ipv6 = 1;
 
 		/* The caller needs no L4 in addr mode, but the walk also
 		 * decides what is malformed, so it runs in both modes. */
@@ -209,6 +218,38 @@ static __always_inline int parse_packet(void *data, void *data_end,
 	/* bytes: port (network order), proto, pad; little-endian word */
 	*tail = (__u32)port | ((__u32)proto << 16);
 	return PARSE_OK;
+}
+
+/* parse_packet_af() for callers that do not need the family. */
+static __always_inline int parse_packet(void *data, void *data_end,
+					__u64 pkt_len, __u32 dst_mode,
+					struct xpro_flow_key *key)
+{
+	int ipv6;
+
+	return parse_packet_af(data, data_end, pkt_len, dst_mode, key, &ipv6);
+}
+
+/*
+ * Key the flow on its source prefix (docs/semantics.rst, "Source
+ * prefixes"): AND the source words with mask6 (an IPv6 packet) or its last
+ * word with mask4 (IPv4: the address of ::ffff:a.b.c.d).  Masks are bytes
+ * in network order, as the key's words are.  Word loads and stores, as the
+ * parser writes the key.
+ */
+static __always_inline void mask_source(struct xpro_flow_key *key, int ipv6,
+					const __u32 *mask6, __u32 mask4)
+{
+	__u32 *w = (__u32 *)key;
+
+	if (ipv6) {
+		w[0] &= mask6[0];
+		w[1] &= mask6[1];
+		w[2] &= mask6[2];
+		w[3] &= mask6[3];
+	} else {
+		w[3] &= mask4;
+	}
 }
 
 #endif /* XPRO_PARSING_H */

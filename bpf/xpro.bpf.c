@@ -34,6 +34,9 @@ struct xpro_config cfg SEC(".data") = {
 	.dst_mode = XPRO_DST_ADDR,
 	.malformed_policy = XPRO_MALFORMED_DROP,
 	.events = 1,
+	/* source_prefix_v6 = 64, source_prefix_v4 = 32 */
+	.src_mask6 = { 0xffffffff, 0xffffffff, 0, 0 },
+	.src_mask4 = 0xffffffff,
 };
 
 /* Flows that could not be marked dirty (a full set): the sync then reads the
@@ -157,13 +160,14 @@ static __always_inline int limit_verdict(struct xpro_flow_key *key, __u64 now,
 	return verdict(reason, XDP_DROP, pkt_len);
 }
 
-/* Parse the frame into key; non-IP and malformed frames get their verdict. */
+/* Parse the frame into key (with the full source; *ipv6: its family);
+ * non-IP and malformed frames get their verdict. */
 static __always_inline int parse_stage(struct xdp_md *ctx, __u64 pkt_len,
-				       struct xpro_flow_key *key)
+				       struct xpro_flow_key *key, int *ipv6)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	int rc = parse_packet(data, data_end, pkt_len, cfg.dst_mode, key);
+	int rc = parse_packet_af(data, data_end, pkt_len, cfg.dst_mode, key, ipv6);
 
 	if (rc == PARSE_NON_IP)
 		return verdict(XPRO_R_NON_IP, XDP_PASS, pkt_len);
@@ -363,14 +367,17 @@ static __always_inline int filter(struct xdp_md *ctx, __u64 pkt_len)
 	int started = 0;
 	int closed = 0;
 	__u32 cls = 0;
+	int ipv6 = 0;
 	int rc;
 
-	rc = parse_stage(ctx, pkt_len, &key);
+	rc = parse_stage(ctx, pkt_len, &key, &ipv6);
 	if (rc != XPRO_NEXT)
 		return rc;
 	rc = lists_stage(&key, pkt_len);
 	if (rc != XPRO_NEXT)
 		return rc;
+	/* The lists judged the full address; the flow is the source's prefix. */
+	mask_source(&key, ipv6, cfg.src_mask6, cfg.src_mask4);
 	now = cfg.fake_now ? cfg.fake_now : bpf_ktime_get_coarse_ns() + cfg.clock_offset;
 
 	/* A closed destination first: unknown sources go no further. */

@@ -179,6 +179,15 @@ struct xpro_config {
 	__u32 n_dst_policy;   /* entries in dst_policy (0: lookup skipped) */
 	__u32 events;         /* 0: no ring-buffer warnings */
 	__u32 epoch;          /* sync epoch (0: no sync, nothing marked dirty) */
+	/* The source prefix a flow is keyed on (docs/semantics.rst, "Source
+	 * prefixes"), as masks over the key's source words, bytes in network
+	 * order: all four words for an IPv6 packet (filter.source_prefix_v6),
+	 * the last word (the IPv4 address of ::ffff:a.b.c.d) for an IPv4 one
+	 * (filter.source_prefix_v4).  The allow and deny lists see the full
+	 * address; the mask is applied after them. */
+	__u32 src_mask6[4];
+	__u32 src_mask4;
+	__u32 pad;
 };
 
 /*

@@ -21,6 +21,8 @@ DST_MAC = "02:00:00:00:00:02"
 
 def _l2(vlans: int) -> Packet:
     eth = Ether(src=SRC_MAC, dst=DST_MAC)
+    if vlans >= 3:  # one more than the parser walks
+        return eth / Dot1AD(vlan=100) / Dot1Q(vlan=200) / Dot1Q(vlan=300)
     if vlans >= 2:
         return eth / Dot1AD(vlan=100) / Dot1Q(vlan=200)
     if vlans == 1:

@@ -152,12 +152,13 @@ def set_known(k: KernelFilter, m: model.Filter, step: SetKnown) -> None:
     parsed = model.parse(step.frame, m.params.dst_mode)
     if parsed.status is not model.ParseStatus.OK:
         return
-    key = np.frombuffer(parsed.key, dtype=L.FLOW_KEY)
+    fk = model.flow_key(parsed, m.params)  # the daemon classes flows, by their keys
+    key = np.frombuffer(fk, dtype=L.FLOW_KEY)
     if step.cls:
-        m.known[parsed.key] = step.cls
+        m.known[fk] = step.cls
         k.xdp.set_known(key, step.cls)
     else:
-        m.known.pop(parsed.key, None)
+        m.known.pop(fk, None)
         k.xdp.drop_known(key)
 
 
@@ -219,7 +220,8 @@ def run_differential(k: KernelFilter, params: model.FilterParams,
             f"reason {want.reason.name} not counted as the model did ({ctx})")
         parsed = model.parse(frame, params.dst_mode)
         if parsed.status is model.ParseStatus.OK:
-            assert k.flow(parsed.key) == m.flows.get(parsed.key), f"flow record ({ctx})"
+            fk = model.flow_key(parsed, params)
+            assert k.flow(fk) == m.flows.get(fk), f"flow record ({ctx})"
             assert k.dst(parsed.dst) == m.dsts.get(parsed.dst), f"destination ({ctx})"
             ck = model.closed_key(parsed.dst)
             assert k.flow(ck) == m.flows.get(ck), f"closed-drops record ({ctx})"

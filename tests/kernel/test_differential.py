@@ -1,8 +1,10 @@
 """The kernel program and the reference model agree, packet by packet.
 
 Hypothesis generates traces -- many sources and destinations, IPv4 and IPv6,
-VLAN tags, fragments and extension headers, malformed and non-IP frames,
-timestamps from a fake clock, random thresholds and both modes -- and runs
+sources that share prefixes of several lengths (and an IPv6 packet from a
+mapped IPv4 address), VLAN tags (a third one among them), fragments and
+extension headers, malformed and non-IP frames, timestamps from a fake
+clock, random thresholds, source prefix lengths and both modes -- and runs
 each through ``BPF_PROG_TEST_RUN`` and through :class:`xpro.core.model.Filter`.
 A second generator adds closed destinations: bursts of spoofed sources that
 close a destination, known and heavy sources written to both at random
@@ -12,6 +14,7 @@ exact aggregates (with kc) into both.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Iterator
@@ -32,12 +35,16 @@ MS = S // 1000
 T0 = 1_700_000_000 * S
 EXAMPLES = int(os.environ.get("XPRO_DIFF_EXAMPLES", "1000"))
 
-SRC4 = [f"10.0.0.{i}" for i in range(1, 7)]
+# Sources within a few prefixes: they share a /24 (/64) or not, a /30 (/125)
+# or not, so that each prefix length draws different flows from them.
+SRC4 = ["10.0.0.1", "10.0.0.2", "10.0.0.5", "10.0.0.129", "10.0.1.1", "10.1.0.1", "192.0.2.1"]
 DST4 = [f"10.9.9.{i}" for i in range(1, 4)]
-SRC6 = [f"2001:db8::{i}" for i in range(1, 7)]
+SRC6 = ["2001:db8::1", "2001:db8::2", "2001:db8::1:5", "2001:db8::8000:0:0:1",
+        "2001:db8:0:1::1", "2001:db8:1::6", "::ffff:10.0.0.1"]
 DST6 = [f"2001:db8:9::{i}" for i in range(1, 4)]
-PREFIXES = ["10.0.0.0/30", "10.0.0.4/32", "10.0.0.0/8", "2001:db8::/125", "2001:db8::6/128",
-            "0.0.0.0/0", "::/0"]
+N_SRC = len(SRC4)
+PREFIXES = ["10.0.0.0/30", "10.0.0.5/32", "10.0.0.0/8", "2001:db8::/125", "2001:db8:1::6/128",
+            "2001:db8::/64", "0.0.0.0/0", "::/0"]
 DST_PREFIXES = ["10.9.9.1/32", "10.9.9.0/30", "2001:db8:9::/64", "2001:db8:9::2/128"]
 N_SPOOF = 256  # spoofed sources of the bursts
 
@@ -67,7 +74,7 @@ def _frame(v6: bool, s: int, d: int, proto: str, dport: int, vlans: int, shape: 
 
 @functools.cache
 def _spoofed(v6: bool, i: int, d: int, proto: str, dport: int) -> bytes:
-    src = f"2001:db8:5::{i + 1:x}" if v6 else f"172.16.{i // 250}.{i % 250 + 1}"
+    src = f"2001:db8:5:{i % 4}::{i + 1:x}" if v6 else f"172.16.{i // 250}.{i % 250 + 1}"
     return frame(src, DST6[d] if v6 else DST4[d], proto=proto, dport=dport)
 
 
@@ -93,6 +100,9 @@ def params(draw: st.DrawFn) -> model.FilterParams:
         allow=frozenset(model.Prefix.parse(p) for p in allow),
         deny=frozenset(model.Prefix.parse(p) for p in deny),
         dst_policy={model.Prefix.parse(p): m for p, m in policy.items()},
+        source_prefix_v4=draw(st.one_of(st.sampled_from([32, 32, 24, 30]), st.integers(0, 32))),
+        source_prefix_v6=draw(st.one_of(st.sampled_from([64, 64, 128, 48, 112, 125]),
+                                        st.integers(0, 128))),
     )
 
 
@@ -101,6 +111,8 @@ step = st.one_of(
     st.integers(0, 300 * MS), st.integers(0, 7 * S),
 )
 shape = st.sampled_from(["plain"] * 12 + ["frag", "ext", "arp", "short", "trunc"])
+#: VLAN tags: none mostly, one, two, or three (one more than the parser walks: malformed).
+vlans = st.sampled_from([0, 0, 0, 0, 1, 2, 3])
 
 
 @st.composite
@@ -109,9 +121,9 @@ def traces(draw: st.DrawFn) -> list[tuple[bytes, int]]:
     out = []
     for _ in range(draw(st.integers(1, 80))):
         t += draw(step)
-        f = _frame(draw(st.booleans()), draw(st.integers(0, 5)), draw(st.integers(0, 2)),
-                   draw(st.sampled_from(["udp", "udp", "tcp", "icmp"])),
-                   draw(st.sampled_from([53, 80, 443])), draw(st.integers(0, 2)), draw(shape))
+        f = _frame(draw(st.booleans()), draw(st.integers(0, N_SRC - 1)),
+                   draw(st.integers(0, 2)), draw(st.sampled_from(["udp", "udp", "tcp", "icmp"])),
+                   draw(st.sampled_from([53, 80, 443])), draw(vlans), draw(shape))
         out.append((f, t))
     return out
 
@@ -135,8 +147,8 @@ def closure_traces(draw: st.DrawFn) -> list[Step]:
         if op == "packet":
             for _ in range(draw(st.integers(1, 5))):
                 t += draw(step)
-                sent.append(_frame(v6, draw(st.integers(0, 5)), d, proto, dport,
-                                   draw(st.integers(0, 2)), draw(shape)))
+                sent.append(_frame(v6, draw(st.integers(0, N_SRC - 1)), d, proto, dport,
+                                   draw(vlans), draw(shape)))
                 out.append((sent[-1], t))
         elif op == "burst":
             first, gap = draw(st.integers(0, N_SPOOF - 1)), draw(st.integers(0, 2 * MS))
@@ -144,7 +156,7 @@ def closure_traces(draw: st.DrawFn) -> list[Step]:
                 t += gap
                 out.append((_spoofed(v6, (first + j) % N_SPOOF, d, proto, dport), t))
         elif op == "known":
-            src = _frame(v6, draw(st.integers(0, 5)), d, proto, dport, 0, "plain")
+            src = _frame(v6, draw(st.integers(0, N_SRC - 1)), d, proto, dport, 0, "plain")
             reuse: bool = draw(st.booleans())
             if sent and reuse:
                 src = draw(st.sampled_from(sent))
@@ -228,7 +240,7 @@ def _reasons(p: model.FilterParams, trace: list[Step]) -> dict[bytes, list[Reaso
     out: dict[bytes, list[Reason]] = {}
     for st_ in trace:
         if isinstance(st_, SetKnown):
-            m.known[model.parse(st_.frame, p.dst_mode).key] = st_.cls
+            m.known[model.flow_key(model.parse(st_.frame, p.dst_mode), p)] = st_.cls
         elif isinstance(st_, tuple):
             out.setdefault(st_[0], []).append(m.packet(*st_).reason)
     return out
@@ -314,3 +326,76 @@ def test_heavy_source_of_a_closed_destination(kernel: KernelFilter) -> None:
     drops = kernel.flow(model.closed_key(model.parse(heavy, 0).dst))
     assert drops is not None
     assert drops.c == kernel.stat(Reason.DST_CLOSED)[0] - first
+
+
+def _rotating(v6: bool, i: int) -> bytes:
+    """The ``i``-th packet of an attacker that takes a new source address of its
+    own network (a /64, or a /24) for every packet."""
+    if v6:
+        return frame(f"2001:db8:bad:1:{i >> 16 & 0xFFFF:x}:{i & 0xFFFF:x}::1", "2001:db8:9::9")
+    return frame(f"198.51.100.{i % 254 + 1}", "10.9.9.9")
+
+
+@pytest.mark.parametrize(("v6", "prefix", "whole"), [(True, 64, 128), (False, 24, 32)],
+                         ids=["ipv6-64", "ipv4-24"])
+def test_source_rotating_through_its_prefix(kernel: KernelFilter, v6: bool, prefix: int,
+                                            whole: int) -> None:
+    """An attacker that sends each packet from a new address of its /64 (/24), at
+    4 x T_F1: one source to the per-source rule keyed on the prefix, dropped as
+    SRC_RATE once T_T2 is over; keyed on whole addresses, never over T_F1."""
+    base = model.FilterParams(t_f1=100, t_t2=S, t_t1=10 * S, t_f2=2**32 - 1, t_t3=S)
+    assert (base.source_prefix_v6, base.source_prefix_v4) == (64, 32)  # the defaults
+    trace: list[Step] = [(_rotating(v6, i), T0 + i * S // 400) for i in range(1200)]  # 3 s
+
+    p = _keyed(base, v6, prefix)
+    run_differential(kernel, p, trace)
+    rs = _run_reasons(p, trace)
+    assert set(rs[:401]) == {Reason.PASS}  # a window up to T_T2: not judged yet
+    assert set(rs[401:]) == {Reason.SRC_RATE}
+    flows = kernel.all_flows()
+    assert len(flows) == 1
+    (key,) = flows
+    want = "2001:db8:bad:1::/64" if v6 else "198.51.100.0/24"
+    assert model.source_text(key[:16], p) == want
+    assert kernel.stat(Reason.SRC_RATE)[0] == rs.count(Reason.SRC_RATE)
+
+    p = _keyed(base, v6, whole)
+    run_differential(kernel, p, trace)
+    assert set(_run_reasons(p, trace)) == {Reason.PASS}
+    assert kernel.stat(Reason.SRC_RATE)[0] == 0
+
+
+def _keyed(p: model.FilterParams, v6: bool, bits: int) -> model.FilterParams:
+    """``p`` with the source prefix of one family set to ``bits``."""
+    if v6:
+        return dataclasses.replace(p, source_prefix_v6=bits)
+    return dataclasses.replace(p, source_prefix_v4=bits)
+
+
+def _run_reasons(p: model.FilterParams, trace: list[Step]) -> list[Reason]:
+    """The model's reason for each packet of ``trace``, in order."""
+    m = model.Filter(p)
+    return [m.packet(*st_).reason for st_ in trace if isinstance(st_, tuple)]
+
+
+def test_lists_match_the_full_source_before_the_prefix(kernel: KernelFilter) -> None:
+    """The allow and deny lists see the whole address: one denied address of a
+    /64 is dropped, its neighbours are not, and an allowed one passes though
+    its /64 is over T_F1; the others share one record."""
+    bad, good = "2001:db8:7::66", "2001:db8:7::1"
+    p = model.FilterParams(t_f1=10, t_t2=0, t_f2=2**32 - 1, t_t3=S,
+                           deny=frozenset({model.Prefix.parse(f"{bad}/128")}),
+                           allow=frozenset({model.Prefix.parse(f"{good}/128")}))
+    others = [frame(f"2001:db8:7::{i:x}", "2001:db8:9::9") for i in range(2, 60)]
+    trace: list[Step] = []
+    for i in range(300):
+        t = T0 + i * MS
+        trace += [(frame(bad, "2001:db8:9::9"), t), (frame(good, "2001:db8:9::9"), t),
+                  (others[i % len(others)], t)]
+    run_differential(kernel, p, trace)
+    rs = _run_reasons(p, trace)
+    assert set(rs[0::3]) == {Reason.DENY}
+    assert set(rs[1::3]) == {Reason.ALLOW}
+    assert Reason.SRC_RATE in rs[2::3]
+    assert list(kernel.all_flows()) == [model.mask_source(
+        model.parse(others[0], 0).src, True, 32, 64) + model.parse(others[0], 0).dst]

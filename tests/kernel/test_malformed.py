@@ -2,7 +2,8 @@
 the verdict the model gives.
 
 A corpus (every truncation of several frame shapes, bad IHL, bad lengths, deep
-IPv6 extension chains, QinQ) plus hypothesis mutations of valid frames, each
+IPv6 extension chains, QinQ, a third VLAN tag) plus hypothesis mutations of
+valid frames, each
 run through the kernel and the model under both destination modes and both
 malformed policies.
 """
@@ -18,12 +19,13 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
 from scapy.layers.ipsec import AH
-from scapy.layers.l2 import Ether
+from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
 from tests.kernel.harness import KernelFilter, run_differential
 from tests.packets import frame
 from xpro.core import model
+from xpro.core.layout import XDP_DROP, XDP_PASS, Reason
 
 pytestmark = pytest.mark.kernel
 
@@ -39,6 +41,9 @@ BASES = [
     bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2", options=b"\x01" * 8) / UDP(dport=7)
           / Raw(b"y" * 8)),
     bytes(Ether() / IPv6(src="2001:db8::1", dst="2001:db8::2") / AH(nh=17) / UDP(dport=9)),
+    # One tag more than the parser walks (XPRO_MAX_VLAN): malformed.
+    frame("10.0.0.1", "10.0.0.2", vlans=3),
+    frame("2001:db8::1", "2001:db8::2", proto="tcp", dport=443, vlans=3),
 ]
 
 
@@ -74,9 +79,21 @@ def corpus() -> list[bytes]:
     hop = bytes(Ether() / IPv6(src="2001:db8::1", dst="2001:db8::2") / IPv6ExtHdrHopByHop()
                 / UDP(dport=5))
     out.append(_set(hop, 54 + 1, b"\x20"))
-    # QinQ and a third tag (not walked: not IP, passes).
+    # QinQ with an 802.1Q outer tag, and a frame cut inside its second tag
+    # (not IP, passes).
     out.append(_set(frame("10.0.0.1", "10.0.0.2", vlans=2), 12, b"\x81\x00"))
     out.append(frame("10.0.0.1", "10.0.0.2", vlans=2)[:14 + 6])
+    # A third tag, whatever it carries (IP, ARP) and whatever its TPID, is
+    # malformed: the parser does not see past it, and it must not pass
+    # uncounted.  Cut anywhere after the second tag's type, it still is.
+    q3 = frame("10.0.0.1", "10.0.0.2", vlans=3)
+    for tpid in (b"\x81\x00", b"\x88\xa8"):
+        for at in (12, 16, 20):
+            out.append(_set(q3, at, tpid))
+    out.append(bytes(Ether() / Dot1AD(vlan=1) / Dot1Q(vlan=2) / Dot1Q(vlan=3)
+                     / ARP(pdst="10.0.0.1")))
+    out.append(bytes(Ether() / Dot1Q(vlan=1) / Dot1Q(vlan=2) / Dot1Q(vlan=3) / Dot1Q(vlan=4)
+                     / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(dport=7)))
     return out
 
 
@@ -121,3 +138,22 @@ def test_mutations(kernel: KernelFilter, base: bytes, edits: list[tuple[int, int
 @given(data=st.binary(min_size=14, max_size=300), p=st.sampled_from(CONFIGS))
 def test_random_bytes(kernel: KernelFilter, data: bytes, p: model.FilterParams) -> None:
     run_differential(kernel, p, [(data, T0)])
+
+
+@pytest.mark.parametrize("policy", [0, 1], ids=["drop", "pass"])
+def test_a_third_tag_is_malformed(kernel: KernelFilter, policy: int) -> None:
+    """Frames with more tags than the parser walks follow ``filter.malformed``:
+    counted as MALFORMED and dropped (or passed), never NON_IP; two tags parse."""
+    p = model.FilterParams(malformed_policy=policy)
+    three = [frame("10.0.0.1", "10.0.0.2", vlans=3),
+             frame("2001:db8::1", "2001:db8::2", vlans=3),
+             frame("10.0.0.1", "10.0.0.2", vlans=3)[:14 + 8],  # cut after the second tag
+             bytes(Ether() / Dot1AD(vlan=1) / Dot1Q(vlan=2) / Dot1Q(vlan=3)
+                   / ARP(pdst="10.0.0.1"))]
+    two = frame("10.0.0.1", "10.0.0.2", vlans=2)
+    m = run_differential(kernel, p, [(f, T0 + i) for i, f in enumerate([*three, two])])
+    assert m.stats[Reason.MALFORMED][0] == len(three)
+    assert m.stats[Reason.NON_IP][0] == 0
+    assert m.stats[Reason.PASS][0] == 1
+    want = XDP_PASS if policy else XDP_DROP
+    assert {model.Filter(p).packet(f, T0).action for f in three} == {want}

@@ -31,6 +31,7 @@ from xpro.core import model
 from xpro.core.params import Sizes
 from xpro.core.state import APPLIED, OP_CREATE, OP_FLOW, apply_entries
 from xpro.datapath.afxdp.filter import UserFilter, parsed_destination_addr
+from xpro.datapath.afxdp.parse import OK, mask_sources, pack_frames, parse_batch
 from xpro.parsers.coap import parse_coap
 from xpro.plugins import open_store
 from xpro.sync import Syncer
@@ -137,6 +138,24 @@ def run_batches(h: UserHarness, p: model.FilterParams, trace: list[tuple[bytes, 
 def test_batches_agree_with_model(harness: UserHarness, p: model.FilterParams,
                                   trace: list[tuple[bytes, int]], cuts: list[int]) -> None:
     run_batches(harness, p, trace, cuts)
+
+
+@SETTINGS
+@given(p=params(), trace=traces())
+def test_parse_and_source_prefix_agree_with_model(p: model.FilterParams,
+                                                 trace: list[tuple[bytes, int]]) -> None:
+    """The batch parser gives the model's status, key and family for every frame
+    (a third VLAN tag is malformed), and :func:`mask_sources` the model's flow key."""
+    frames = [fr for fr, _ in trace]
+    b = parse_batch(*pack_frames(frames), p.dst_mode)
+    want = [model.parse(fr, p.dst_mode) for fr in frames]
+    assert b.status.tolist() == [w.status.value for w in want]
+    ok = b.status == OK
+    assert [bytes(k.tobytes()) for k in b.keys[ok]] == [w.key for w in want if w.key]
+    assert b.ipv6[ok].tolist() == [w.ipv6 for w in want if w.key]
+    mask_sources(b, ok, p.source_prefix_v4, p.source_prefix_v6)
+    assert [bytes(k.tobytes()) for k in b.keys[ok]] == [
+        model.flow_key(w, p) for w in want if w.key]
 
 
 def test_heavy_flood_in_large_batches(harness: UserHarness) -> None:

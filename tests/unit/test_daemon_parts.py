@@ -15,6 +15,7 @@ from xpro.cli import cli
 from xpro.cli.operator import format_status
 from xpro.config import load_config
 from xpro.core.layout import addr16
+from xpro.core.model import FilterParams
 from xpro.daemon.logs import setup_logging
 from xpro.daemon.metrics import parse_listen
 from xpro.daemon.proxy import _in_prefix, _merge_live, parse_endpoint
@@ -47,6 +48,23 @@ def test_in_prefix_matches_the_model() -> None:
     assert list(_in_prefix(arr, "0.0.0.0/0", what="--src")) == [True] * 3 + [False, True]
     with pytest.raises(ConfigError, match="--src"):
         _in_prefix(arr, "10.0.0.0/33", what="--src")
+
+
+def test_in_prefix_finds_the_flow_an_address_is_counted_in() -> None:
+    """Flow sources are prefixes (/64, /24 here): ``--src`` with an address (or
+    a longer prefix) finds the flow of the prefix that holds it."""
+    p = FilterParams(source_prefix_v4=24)
+    flows = ["2001:db8:1:2::", "2001:db8:1:3::", "10.0.0.0", "10.0.1.0"]
+    arr = np.array([addr16(a) for a in flows], dtype="S16")
+
+    def hits(q: str) -> list[bool]:
+        return list(_in_prefix(arr, q, what="--src", params=p))
+
+    assert hits("2001:db8:1:2::5") == [True, False, False, False]
+    assert hits("2001:db8:1:2:8000::/65") == [True, False, False, False]
+    assert hits("2001:db8:1::/48") == [True, True, False, False]
+    assert hits("10.0.0.77") == [False, False, True, False]
+    assert hits("10.0.0.0/23") == [False, False, True, True]
 
 
 def test_reconfigure_keeps_restart_keys_at_their_running_values() -> None:

@@ -45,6 +45,7 @@ def scenario(draw: st.DrawFn) -> tuple[model.FilterParams, list[tuple[int, int, 
         else frozenset(),
         allow=frozenset({model.Prefix.parse("10.0.0.2/32")}) if draw(st.booleans())
         else frozenset(),
+        source_prefix_v4=draw(st.sampled_from([32, 24])),  # /24: 10.0.0.1 and .2 are one
     )
     gap = st.one_of(st.integers(0, 400), st.integers(0, 5))  # dense: destinations close
     steps = draw(st.lists(st.tuples(gap, st.integers(0, 2), st.integers(0, 1)),
@@ -52,14 +53,16 @@ def scenario(draw: st.DrawFn) -> tuple[model.FilterParams, list[tuple[int, int, 
     return params, steps, draw(st.integers(0, 2)), draw(st.integers(0, 1))
 
 
-@given(scenario(), st.sampled_from([0, 0, Known.CLIENT, Known.HEAVY]))
+@given(scenario(), st.sampled_from([0, 0, Known.CLIENT, Known.HEAVY]), st.booleans())
 @settings(max_examples=300, deadline=None)
 def test_explain_predicts_the_models_next_verdict(
-        case: tuple[model.FilterParams, list[tuple[int, int, int]], int, int], cls: int) -> None:
+        case: tuple[model.FilterParams, list[tuple[int, int, int]], int, int], cls: int,
+        draw_key: bool) -> None:
     params, steps, qs, qd = case
     f = model.Filter(params)
     if cls:  # the queried flow is known (its earlier packets too)
-        f.known[model.parse(frame(SOURCES[qs], DESTS[qd], dport=53), params.dst_mode).key] = cls
+        f.known[model.flow_key(model.parse(frame(SOURCES[qs], DESTS[qd], dport=53),
+                                           params.dst_mode), params)] = cls
     now = T0
     for gap_ms, s, d in steps:
         now += gap_ms * MS
@@ -67,13 +70,14 @@ def test_explain_predicts_the_models_next_verdict(
     now += 7 * MS
     pkt = frame(SOURCES[qs], DESTS[qd], dport=53)
     parsed = model.parse(pkt, params.dst_mode)
-    rec = f.flows.get(parsed.key)
+    fk = model.flow_key(parsed, params)
+    rec = f.flows.get(fk)
     drec = f.dsts.get(parsed.dst)
     e = explain(params, parsed.src, parsed.dst[:16], now=now,
                 flow=None if rec is None else {"ts1": rec.ts1, "ts2": rec.ts2, "c": rec.c},
                 dest=None if drec is None else {"ts1": drec.ts1, "ts2": drec.ts2, "c": drec.c,
                                                 "kc": drec.kc},
-                flow_key=parsed.key, known=cls)
+                flow_key=fk if draw_key else None, known=cls)
     v = f.packet(pkt, now)
     assert e.reason == v.reason.name
     assert e.verdict == ("drop" if v.action == XDP_DROP else "pass")
@@ -136,3 +140,18 @@ def test_explain_says_why_a_closed_destination_drops_or_serves() -> None:
     # One that qualified only during the closure stays out.
     assert "only after the destination closed" in known_reason(
         old, now, p, policy, known=0, closed=True)
+
+
+def test_explain_names_the_source_prefix_of_the_flow() -> None:
+    """The flow of an address is its prefix's: explain shows which."""
+    p = model.FilterParams()
+    e = explain(p, addr16("2001:db8:1:2::5"), addr16("2001:db8:9::9"), now=T0, flow=None,
+                dest=None, src_text="2001:db8:1:2::5", dst_text="2001:db8:9::9")
+    assert e.flow_src == "2001:db8:1:2::/64"
+    assert "counted as 2001:db8:1:2::/64" in e.text()
+    v4 = explain(p, addr16("192.0.2.7"), addr16("10.9.9.9"), now=T0, flow=None, dest=None)
+    assert v4.flow_src == "192.0.2.7"
+    assert "counted as" not in v4.text()
+    v4 = explain(dataclasses.replace(p, source_prefix_v4=24), addr16("192.0.2.7"),
+                 addr16("10.9.9.9"), now=T0, flow=None, dest=None)
+    assert v4.flow_src == "192.0.2.0/24"

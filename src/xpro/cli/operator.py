@@ -368,7 +368,9 @@ def top(sock: str, interval: float, iterations: int | None, limit: int) -> None:
 @click.command()
 @_socket_option
 @_json_option
-@click.option("--src", metavar="PREFIX", help="Only sources in this prefix (10.0.0.0/8).")
+@click.option("--src", metavar="PREFIX",
+              help="Only sources in this prefix (10.0.0.0/8), or the flow an address is "
+                   "counted in (its source prefix).")
 @click.option("--dst", metavar="PREFIX", help="Only destinations in this prefix.")
 @click.option("--sort", type=click.Choice(["rate", "count", "recent", "age"]), default="rate",
               show_default=True, help="Order: highest rate, count, newest, longest window.")

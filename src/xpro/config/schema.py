@@ -292,6 +292,28 @@ class FilterConfig(_Section):
         Prefixes(), (), flag="--deny",
         doc="Source prefixes that are always dropped (also in monitor mode).",
         why="Empty: an empty list costs nothing per packet.")
+    source_prefix_v6: int = option(
+        Integer(32, 128, "bits"), 64, flag="--source-prefix-v6",
+        doc="""The bits of an IPv6 source its flows are keyed on: every source
+        of one ``/64`` (the default) is one source to the per-source rule, and
+        the allow and deny lists still match the full address.  ``128`` keys
+        each address apart; ``56`` or ``48`` make a whole site one source.
+        Set it alike on every proxy of a mesh (docs/semantics.rst, "Source
+        prefixes").""",
+        why="""A /64 is the smallest network an IPv6 host is given (RFC 4291,
+        RFC 6177), and any host of it can send from all of its 2^64
+        addresses: keyed by address, a flood that takes a new address per
+        packet is never over T_F1.  Shorter than /32 (a whole provider) is
+        refused.""")
+    source_prefix_v4: int = option(
+        Integer(16, 32, "bits"), 32, flag="--source-prefix-v4",
+        doc="""The bits of an IPv4 source its flows are keyed on: ``32`` keys
+        each address apart; ``24`` makes every source of a /24 one source to
+        the per-source rule (against an attacker who holds a /24).  The allow
+        and deny lists still match the full address.""",
+        why="""An IPv4 host rarely holds more than its address, and many
+        clients share a /24 behind carrier-grade NAT or a campus: one address
+        is one source.  Shorter than /16 is refused.""")
     monitor: tuple[str, ...] = option(
         Prefixes(), (), flag="--monitor",
         doc="""Destination prefixes in monitor mode whatever ``mode`` says (a
@@ -703,6 +725,7 @@ class Config:
             allow=frozenset(Prefix.parse(p) for p in f.allow),
             deny=frozenset(Prefix.parse(p) for p in f.deny),
             dst_policy=policy,
+            source_prefix_v4=f.source_prefix_v4, source_prefix_v6=f.source_prefix_v6,
         )
 
     def sync_params(self) -> SyncParams:

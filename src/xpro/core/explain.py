@@ -12,6 +12,7 @@ against the model: the verdict it predicts is the verdict the model gives.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,7 +21,9 @@ from xpro.core.model import (
     NS_PER_S,
     FilterParams,
     flow_mode,
+    mask_source,
     rate_exceeds,
+    source_text,
 )
 from xpro.core.params import KnownPolicy
 
@@ -55,6 +58,9 @@ class Explanation:
     synced: dict[str, Any] | None = None  # the sync's last view of the master record
     destination: dict[str, Any] | None = None  # the aggregate of the destination key
     limits: dict[str, Any] = field(default_factory=dict)
+    #: The source the flow is keyed on: the prefix of ``filter.source_prefix_v6``
+    #: (``_v4``) that holds ``src`` (``2001:db8:1:2::/64``), or the address itself.
+    flow_src: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -66,6 +72,9 @@ class Explanation:
         word = {"pass": "PASSED", "drop": "DROPPED"}[self.verdict]
         lines = [f"{self.src} -> {self.dst}: the next packet is {word} "
                  f"({self.reason})"]
+        if "/" in self.flow_src:
+            lines.append(f"  source     counted as {self.flow_src}: the flow of every "
+                         f"address in it (filter.source_prefix_v4/_v6)")
         if self.local is not None:
             loc = self.local
             lines.append(
@@ -103,7 +112,10 @@ def explain(params: FilterParams, src: bytes, dst: bytes, *, now: int,
     ``flow`` the kernel record (``ts1``, ``ts2``, ``c``, ``base_c``), ``dest``
     the destination aggregate (``ts1``, ``ts2``, ``c``), ``synced`` the sync's
     view of the master record (``ts1``, ``ts2``, ``c``); each ``None`` when
-    absent.  ``flow_key`` selects the mode override (defaults to ``src+dst``);
+    absent.  ``src`` is the full address (the allow and deny lists match
+    it); ``flow_key`` is the flow's key, its source masked to the configured
+    prefix (by default ``src`` masked by the family of its address, then
+    ``dst``); it selects the mode override;
     ``known`` is the flow's class in the ``known`` map (0: none);
     ``closed_since`` when the sync saw the destination close, and
     ``known_why`` why the source is or is not a known client
@@ -113,13 +125,17 @@ def explain(params: FilterParams, src: bytes, dst: bytes, *, now: int,
     checks: list[Check] = []
     limits = {"t_f1": p.t_f1, "t_f2": p.t_f2, "t_t1_s": p.t_t1 / NS_PER_S,
               "t_t2_s": p.t_t2 / NS_PER_S, "t_t3_s": p.t_t3 / NS_PER_S}
-    key = flow_key if flow_key is not None else src + dst
+    if flow_key is None:  # the source's prefix, by the family of its address
+        ipv6 = ipaddress.IPv6Address(src).ipv4_mapped is None
+        flow_key = mask_source(src, ipv6, p.source_prefix_v4, p.source_prefix_v6) + dst
+    key = flow_key
     monitor = flow_mode(p, key) == MODE_MONITOR
+    flow_src = source_text(key[:16], p)
 
     def done(verdict: str, reason: Reason) -> Explanation:
         return Explanation(src_text, dst_text, now, verdict, reason.name, tuple(checks),
                            _view(flow, now, with_local=True), _view(synced, now),
-                           _view(dest, now), limits)
+                           _view(dest, now), limits, flow_src)
 
     if p.allow and any(q.contains(src) for q in p.allow):
         checks.append(Check("allow", True, "the source is in an allow prefix: always passed"))

@@ -129,6 +129,10 @@ CONFIG = np.dtype(
         ("n_dst_policy", "<u4"),
         ("events", "<u4"),
         ("epoch", "<u4"),
+        # source prefix masks, bytes in network order (big-endian words)
+        ("src_mask6", ">u4", (4,)),
+        ("src_mask4", ">u4"),
+        ("pad", "<u4"),
     ]
 )
 
@@ -157,7 +161,7 @@ SIZES = {
     "xpro_lpm_key": 20,
     "xpro_event": 72,
     "xpro_apply": 88,
-    "xpro_config": 88,
+    "xpro_config": 112,
 }
 
 #: The dtype of each map's key and value, by map name.

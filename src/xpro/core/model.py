@@ -73,10 +73,13 @@ class ParseStatus(enum.Enum):
 
 @dataclass(frozen=True)
 class Parsed:
-    """What the parser found: a status and, when OK, the 36-byte flow key."""
+    """What the parser found: a status and, when OK, the 36-byte key of the
+    packet with its full source address (the allow and deny lists match it;
+    :func:`flow_key` masks the source for the flow) and its family."""
 
     status: ParseStatus
     key: bytes = b""
+    ipv6: bool = False  # an IPv6 packet (by ethertype), else IPv4
 
     @property
     def src(self) -> bytes:
@@ -100,8 +103,9 @@ def parse(frame: bytes, dst_mode: int) -> Parsed:
     """Parse an Ethernet frame as ``parse_packet()`` in ``bpf/parsing.h`` does.
 
     - Ethernet, then up to two 802.1Q/802.1ad tags.  A frame too short for
-      its Ethernet header or a tag is not IP: it passes.  Any other
-      ethertype (ARP, LLDP, a third tag) is not IP: it passes.
+      its Ethernet header or a tag is not IP: it passes.  A third tag is
+      malformed (the parser walks no further, and what it carries must not
+      pass uncounted).  Any other ethertype (ARP, LLDP) is not IP: it passes.
     - IPv4: version 4, IHL >= 5, the header and ``tot_len`` inside the frame
       and ``tot_len >= header``; otherwise malformed.  Trailing padding
       beyond ``tot_len`` is fine.  A fragment (MF set or an offset) keys on
@@ -126,6 +130,8 @@ def parse(frame: bytes, dst_mode: int) -> Parsed:
             return _NON_IP
         eth_type = int.from_bytes(frame[off + 2 : off + 4], "big")
         off += 4
+    if eth_type in (ETH_P_8021Q, ETH_P_8021AD):
+        return _MALFORMED  # a tag beyond MAX_VLAN: what it carries is not seen
 
     frag = False
     if eth_type == ETH_P_IP:
@@ -179,14 +185,69 @@ def parse(frame: bytes, dst_mode: int) -> Parsed:
     else:
         return _NON_IP
 
+    ipv6 = eth_type == ETH_P_IPV6
     if dst_mode != DST_ADDR_PORT or frag:
-        return Parsed(ParseStatus.OK, _key(src, dst))
+        return Parsed(ParseStatus.OK, _key(src, dst), ipv6)
     port = b"\0\0"
     if proto in _PORT_PROTOS:
         if l4off + 4 > l4end:
             return _MALFORMED
         port = frame[l4off + 2 : l4off + 4]
-    return Parsed(ParseStatus.OK, _key(src, dst, port, proto))
+    return Parsed(ParseStatus.OK, _key(src, dst, port, proto), ipv6)
+
+
+# --------------------------------------------------------------------------
+# Source prefixes (docs/semantics.rst, "Source prefixes")
+# --------------------------------------------------------------------------
+
+
+def source_mask(ipv6: bool, prefix_v4: int, prefix_v6: int) -> bytes:
+    """The 16-byte mask of a flow's source address.
+
+    An IPv6 source keeps its first ``prefix_v6`` bits; an IPv4 source (the
+    key holds ``::ffff:a.b.c.d``) keeps the mapped prefix and the first
+    ``prefix_v4`` bits of its address.  The family is the packet's (its
+    ethertype), not the address's: an IPv6 packet from ``::ffff:a.b.c.d`` is
+    an IPv6 source.
+    """
+    bits = prefix_v6 if ipv6 else 96 + prefix_v4
+    return ((1 << 128) - (1 << (128 - bits))).to_bytes(16, "big")
+
+
+def mask_source(src: bytes, ipv6: bool, prefix_v4: int, prefix_v6: int) -> bytes:
+    """``src`` (16 bytes) masked to its family's prefix length."""
+    mask = int.from_bytes(source_mask(ipv6, prefix_v4, prefix_v6), "big")
+    return (int.from_bytes(src, "big") & mask).to_bytes(16, "big")
+
+
+def flow_key(parsed: Parsed, params: FilterParams) -> bytes:
+    """The flow key of a parsed packet: its source masked to the configured
+    prefix (``params.source_prefix_v4`` / ``source_prefix_v6``), the
+    destination key as parsed.  The allow and deny lists match the full
+    source, before this."""
+    src = mask_source(parsed.src, parsed.ipv6, params.source_prefix_v4,
+                      params.source_prefix_v6)
+    return src + parsed.key[16:]
+
+
+def source_text(src: bytes, params: FilterParams) -> str:
+    """A flow key's source as an operator reads it: the prefix it stands for
+    (``2001:db8:1:2::/64``, ``192.0.2.0/24``), or the address when the
+    prefix is a whole address (``/128``, ``/32``).
+
+    The family is read from the address: a key in ``::ffff:0:0/96`` is an
+    IPv4 source (an IPv6 packet's mapped source masked to ``/96`` or longer
+    reads as IPv4 too; nothing else looks so).
+    """
+    ip = ipaddress.IPv6Address(src.ljust(16, b"\0"))
+    mapped = ip.ipv4_mapped
+    if mapped is not None:
+        if params.source_prefix_v4 >= 32:
+            return str(mapped)
+        return str(ipaddress.IPv4Network((mapped, params.source_prefix_v4), strict=False))
+    if params.source_prefix_v6 >= 128:
+        return str(ip)
+    return str(ipaddress.IPv6Network((ip, params.source_prefix_v6), strict=False))
 
 
 # --------------------------------------------------------------------------
@@ -291,7 +352,9 @@ class FilterParams:
     """What the kernel program reads from its configuration (``struct xpro_config``).
 
     Times in ns, rates in packets/s.  ``allow``/``deny`` are source prefixes;
-    ``dst_policy`` maps destination prefixes to a mode.
+    ``dst_policy`` maps destination prefixes to a mode.  ``source_prefix_v4``
+    (0-32) and ``source_prefix_v6`` (0-128) are the bits of a source address
+    its flows are keyed on (:func:`flow_key`).
     """
 
     t_t1: int = 10 * NS_PER_S
@@ -307,6 +370,14 @@ class FilterParams:
     allow: frozenset[Prefix] = frozenset()
     deny: frozenset[Prefix] = frozenset()
     dst_policy: Mapping[Prefix, int] = field(default_factory=dict)
+    source_prefix_v4: int = 32
+    source_prefix_v6: int = 64
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.source_prefix_v4 <= 32:
+            raise ValueError(f"source_prefix_v4 {self.source_prefix_v4}: 0 to 32")
+        if not 0 <= self.source_prefix_v6 <= 128:
+            raise ValueError(f"source_prefix_v6 {self.source_prefix_v6}: 0 to 128")
 
 
 @dataclass(frozen=True)
@@ -381,12 +452,13 @@ class Filter:
             action = XDP_PASS if p.malformed_policy == MALFORMED_PASS else XDP_DROP
             return self._verdict(action, Reason.MALFORMED, size)
 
-        key = parsed.key
-        # DESIGN 3.2: allow, then deny, before any rate rule.
+        # Allow, then deny, before any rate rule, on the full source; then
+        # the flow's source is its prefix (docs/semantics.rst).
         if p.allow and any(q.contains(parsed.src) for q in p.allow):
             return self._verdict(XDP_PASS, Reason.ALLOW, size)
         if p.deny and any(q.contains(parsed.src) for q in p.deny):
             return self._verdict(XDP_DROP, Reason.DENY, size)
+        key = flow_key(parsed, p)
 
         # A closed destination first (judged on its record before this
         # packet): unknown sources go no further (docs/semantics.rst).

@@ -55,7 +55,7 @@ from xpro.core import layout as L
 from xpro.core.alert import Alert, AlertKind
 from xpro.core.explain import Explanation, explain, known_reason, rate_pps
 from xpro.core.merge import rate_exceeds_array
-from xpro.core.model import NS_PER_S, Prefix
+from xpro.core.model import NS_PER_S, FilterParams, Prefix, mask_source, source_text
 from xpro.core.params import tai_now
 from xpro.core.prefixset import PrefixSet
 from xpro.core.status import Closure, SyncStats
@@ -534,7 +534,7 @@ class Proxy:
         rate = rate_pps(int(ev["c"]), window)
         dst = _dst_text(key["dst"])
         if int(ev["kind"]) == L.EventKind.SRC_OVERLOAD:
-            src = L.addr_str(bytes(key["src"]))
+            src = source_text(bytes(key["src"]), self.filter.params)  # a prefix, or an address
             limit = self.config.thresholds.t_f1
             self.alert(Alert.make("src_overload", f"{src} sends {rate:.0f} packets/s to {dst} "
                                   f"(T_F1 {limit})", self.name, src=src, dst=dst, rate=rate,
@@ -620,19 +620,23 @@ class Proxy:
               limit: int | None = 20) -> list[dict[str, Any]]:
         """Flow records, filtered by source/destination prefix, sorted, as dicts.
 
-        ``sort``: ``rate`` (packets/s over the window, highest first),
-        ``count``, ``recent`` (last packet, newest first) or ``age`` (window,
-        longest first).
+        A flow's source is the prefix its flows are keyed on
+        (``filter.source_prefix_v6``/``_v4``: ``2001:db8:1:2::/64``), and
+        ``src`` selects the flows whose source prefix overlaps it (an address
+        finds the prefix it lies in).  ``sort``: ``rate`` (packets/s over
+        the window, highest first), ``count``, ``recent`` (last packet,
+        newest first) or ``age`` (window, longest first).
         """
         if sort not in ("rate", "count", "recent", "age"):
             raise ConfigError(f"--sort {sort!r}: choose rate, count, recent or age")
+        p = self.filter.params  # what the running program judges (and keys) with
         keys, recs = self.filter.read_flows()
         now = tai_now()
         mask = np.ones(len(keys), dtype=bool)
-        for prefix, addrs, what in ((src, keys["src"], "--src"),
-                                    (dst, keys["dst"]["addr"], "--dst")):
-            if prefix:
-                mask &= _in_prefix(addrs, prefix, what=what)
+        if src:
+            mask &= _in_prefix(keys["src"], src, what="--src", params=p)
+        if dst:
+            mask &= _in_prefix(keys["dst"]["addr"], dst, what="--dst")
         keys, recs = keys[mask], recs[mask]
         window = np.maximum(now - recs["ts1"].astype(np.int64), 1)
         rate = recs["c"].astype(np.float64) * NS_PER_S / window
@@ -642,7 +646,6 @@ class Proxy:
         idx = np.argsort(order, kind="stable")
         if limit is not None:
             idx = idx[:limit]
-        p = self.filter.params  # what the running program judges with
         c = recs["c"].astype(np.int64)
         over = (window > p.t_t2) & rate_exceeds_array(c, window, p.t_f1)
         out = []
@@ -651,7 +654,7 @@ class Proxy:
             k, r = keys[i], recs[i]
             out.append({
                 # A destination's closed-drops record has no source of its own.
-                "src": "(closed drops)" if drops[i] else L.addr_str(bytes(k["src"])),
+                "src": "(closed drops)" if drops[i] else source_text(bytes(k["src"]), p),
                 "dst": _dst_text(k["dst"]),
                 "count": int(r["c"]), "local_count": int(r["c"]) - int(r["base_c"]),
                 "window_s": round(int(window[i]) / NS_PER_S, 6),
@@ -709,7 +712,9 @@ class Proxy:
         d16, port, has_port = parse_endpoint(dst, what="destination")
         params = self.filter.params
         key = np.zeros(1, dtype=L.FLOW_KEY)
-        key["src"] = s16
+        # the flow is keyed on the source's prefix (the lists see s16 itself)
+        ipv6 = ipaddress.IPv6Address(s16).ipv4_mapped is None
+        key["src"] = mask_source(s16, ipv6, params.source_prefix_v4, params.source_prefix_v6)
         key["dst"]["addr"] = d16
         if params.dst_mode == L.DST_ADDR_PORT:
             if not has_port:
@@ -783,11 +788,22 @@ def _dst_text(dkey: Any) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
-def _in_prefix(addrs: np.ndarray, prefix: str, *, what: str) -> np.ndarray:
-    """Which 16-byte addresses lie in ``prefix`` (vectorised)."""
+def _in_prefix(addrs: np.ndarray, prefix: str, *, what: str,
+               params: FilterParams | None = None) -> np.ndarray:
+    """Which 16-byte addresses lie in ``prefix`` (vectorised).
+
+    With ``params``, ``addrs`` are flow sources (prefixes of the configured
+    lengths): those that overlap ``prefix``, so an address, or a prefix
+    longer than the flows', finds the flow it is counted in.
+    """
     try:
         p = Prefix.parse(prefix)
     except ValueError as exc:
         raise ConfigError(f"{what} {prefix!r}: {exc}") from None
+    if params is not None:
+        v4 = p.length >= 96 and (p.network >> 32) == 0xFFFF
+        keyed = 96 + params.source_prefix_v4 if v4 else params.source_prefix_v6
+        if p.length > keyed:
+            p = Prefix(p.network >> (128 - keyed) << (128 - keyed), keyed)
     out: np.ndarray = PrefixSet.build({p: 1}).contains(addrs)
     return out

@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from xpro.bpf import BpfObject, Map, RingBuffer, object_path
 from xpro.core import layout as L
-from xpro.core.model import FilterParams, Prefix
+from xpro.core.model import FilterParams, Prefix, source_mask
 from xpro.core.params import Sizes
 from xpro.core.state import APPLIED, APPLY_MAX, OP_READ, apply_entries
 from xpro.errors import ConfigError, DatapathError
@@ -128,6 +128,10 @@ class XdpFilter:
         v["mode"], v["dst_mode"] = params.mode, params.dst_mode
         v["malformed_policy"] = params.malformed_policy
         v["events"] = int(params.events)
+        v["src_mask6"] = np.frombuffer(
+            source_mask(True, params.source_prefix_v4, params.source_prefix_v6), dtype=">u4")
+        v["src_mask4"] = int.from_bytes(
+            source_mask(False, params.source_prefix_v4, params.source_prefix_v6)[12:], "big")
         if clock_offset is not None:
             v["clock_offset"] = clock_offset
         self.params = params

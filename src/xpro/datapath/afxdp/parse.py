@@ -33,9 +33,11 @@ class Batch:
     """What the parser found for each frame.
 
     ``status`` is OK / NON_IP / MALFORMED; for OK frames ``keys`` holds the
-    flow key (``FLOW_KEY``), ``proto`` the transport protocol, ``l4off`` and
-    ``l4end`` the transport header's offset and the IP payload's end (frame
-    offsets), ``frag`` whether it is a fragment.
+    key (``FLOW_KEY``) with the full source address (:func:`mask_sources`
+    makes it the flow's, after the allow and deny lists), ``proto`` the
+    transport protocol, ``l4off`` and ``l4end`` the transport header's
+    offset and the IP payload's end (frame offsets), ``frag`` whether it is a
+    fragment, ``ipv6`` whether it is IPv6 (by ethertype; else IPv4).
     """
 
     status: Array
@@ -44,6 +46,7 @@ class Batch:
     l4off: Array
     l4end: Array
     frag: Array
+    ipv6: Array
 
 
 #: Header bytes gathered per frame for the fast path: Ethernet, two VLAN tags,
@@ -114,7 +117,8 @@ def _parse_simple_v4(hdr: Array, lens: Array, dst_mode: int) -> Batch:
     raw[malformed] = 0
     status = np.where(malformed, MALFORMED, OK).astype(np.int8)
     keys = raw.view(L.FLOW_KEY).reshape(n)
-    return Batch(status, keys, proto, np.full(n, 34, dtype=np.int64), l4end, frag)
+    return Batch(status, keys, proto, np.full(n, 34, dtype=np.int64), l4end, frag,
+                 np.zeros(n, dtype=bool))
 
 
 def _parse_general(buf: Array, base: Array, lens: Array, dst_mode: int, hdr: Array) -> Batch:
@@ -202,7 +206,8 @@ def _parse(u8: Reader, addr16: Reader, n: int, lens: Array, dst_mode: int) -> Ba
 
     v4 = ~done & (eth == M.ETH_P_IP)
     v6 = ~done & (eth == M.ETH_P_IPV6)
-    malformed = np.zeros(n, dtype=bool)
+    # a tag beyond MAX_VLAN: what it carries is not seen, and it must not pass as not IP
+    malformed = ~done & ((eth == M.ETH_P_8021Q) | (eth == M.ETH_P_8021AD))
     frag = np.zeros(n, dtype=bool)
     proto = np.zeros(n, dtype=np.int64)
     l4off = np.zeros(n, dtype=np.int64)
@@ -292,7 +297,28 @@ def _parse(u8: Reader, addr16: Reader, n: int, lens: Array, dst_mode: int) -> Ba
     status[ip] = OK
     status[malformed] = MALFORMED
     keys = raw.view(L.FLOW_KEY).reshape(n)
-    return Batch(status, keys, proto, l4off, l4end, frag)
+    return Batch(status, keys, proto, l4off, l4end, frag, v6 & ip)
+
+
+def mask_sources(b: Batch, rows: Array, prefix_v4: int, prefix_v6: int) -> None:
+    """Key the frames ``rows`` (a boolean mask of OK frames) on their source
+    prefix, in place: ``mask_source()`` of ``bpf/parsing.h``,
+    :func:`xpro.core.model.flow_key`.  An IPv6 frame's source keeps its first
+    ``prefix_v6`` bits, an IPv4 frame's (``::ffff:a.b.c.d``) the first
+    ``prefix_v4`` bits of its address.  Run after the allow and deny lists,
+    which match the full address.
+    """
+    raw = b.keys.view(np.uint8).reshape(len(b.keys), L.FLOW_KEY.itemsize)
+    if prefix_v6 < 128:
+        six = rows & b.ipv6
+        if six.any():
+            m6 = np.frombuffer(M.source_mask(True, prefix_v4, prefix_v6), dtype=np.uint8)
+            raw[six, :16] &= m6
+    if prefix_v4 < 32:
+        four = rows & ~b.ipv6
+        if four.any():
+            m4 = np.frombuffer(M.source_mask(False, prefix_v4, prefix_v6), dtype=np.uint8)
+            raw[four, 12:16] &= m4[12:]
 
 
 def _is_ext(proto: Array) -> Array:
