@@ -982,7 +982,7 @@ class _Grouping:
         used = np.zeros(u + len(dd), dtype=bool)
         used[gid] = True
         inv = (np.cumsum(used) - 1)[gid]
-        ukeys = np.concatenate([self.ukeys, ck])[used]
+        ukeys = np.concatenate([self.ukeys, ck], dtype=L.FLOW_KEY)[used]
         uh = (np.concatenate([self.uh, table._hash(ck)])[used] if table.key == self.key
               else table._hash(ukeys))
         return _Grouping(ukeys, uh, table.key, inv, np.argsort(inv, kind="stable"))
