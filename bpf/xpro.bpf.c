@@ -39,9 +39,16 @@ struct xpro_config cfg SEC(".data") = {
 	.src_mask4 = 0xffffffff,
 };
 
-/* Flows that could not be marked dirty (a full set): the sync then reads the
- * whole table once. */
-__u64 dirty_lost SEC(".bss");
+/* What the program could not record, for the daemon (xpro.datapath.xdp reads
+ * it through an mmap of .bss): flows that could not be marked dirty (a full
+ * set: the sync then reads the whole table once), and overload warnings lost
+ * to a full ring buffer.  One struct, so the offsets are fixed: the compiler
+ * places separate globals of a section in an order of its own. */
+struct xpro_bss {
+	__u64 dirty_lost;
+	__u64 events_lost;
+};
+struct xpro_bss counters SEC(".bss");
 
 /*
  * a * b, as a 128-bit (hi, lo) pair, with a < 2^64 and b < 2^32: exact, no
@@ -86,8 +93,11 @@ static __always_inline void warn(__u32 kind, struct xpro_flow_key *key,
 	if (!cfg.events)
 		return;
 	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
-	if (!ev)
-		return; /* the daemon is behind: drop the warning, not the state */
+	if (!ev) {
+		/* the daemon is behind: drop the warning, not the state */
+		__sync_fetch_and_add(&counters.events_lost, 1);
+		return;
+	}
 	ev->ts = now;
 	ev->kind = kind;
 	ev->pad = 0;
@@ -131,7 +141,7 @@ static __always_inline void mark_dirty(struct xpro_flow_key *key, __u32 epoch)
 	void *set = (epoch & 1) ? (void *)&dirty1 : (void *)&dirty0;
 
 	if (bpf_map_update_elem(set, key, &one, BPF_ANY))
-		__sync_fetch_and_add(&dirty_lost, 1);
+		__sync_fetch_and_add(&counters.dirty_lost, 1);
 }
 
 /* A stage's answer when the packet goes on to the next stage (XDP_* are >= 0). */

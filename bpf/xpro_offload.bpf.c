@@ -4,9 +4,11 @@
  *
  * It runs on the NIC (XDP hardware mode) in front of the full program
  * (xpro.bpf.c, driver mode on the same device) and only enforces a drop set
- * that the daemon computes from the full program's state: the (source,
- * destination) flows over T_F1 and the destinations over T_F2.  Everything
- * else passes on to the full program, which counts it and decides.
+ * that the daemon computes from the full program's state: the destinations
+ * closed to unknown sources (with the known sources of each, which pass),
+ * the (source, destination) flows over T_F1 and the destinations that drop
+ * every source.  Everything else passes on to the full program, which
+ * counts it and decides.
  *
  * It stays inside what NIC offload accepts (Netronome nfp, the one upstream
  * XDP offload driver; see docs/backends.rst for the source of each rule):
@@ -36,13 +38,17 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define XPRO_OFF_R_MALFORMED 2 /* malformed IP: passed, the full program judges it */
 #define XPRO_OFF_R_FLOW 3      /* (source, destination) in drop_flows: dropped */
 #define XPRO_OFF_R_DST 4       /* destination in drop_dsts: dropped */
-#define XPRO_OFF_R_MAX 5
+#define XPRO_OFF_R_CLOSED 5    /* destination in closed_dsts, source not known: dropped */
+#define XPRO_OFF_R_MAX 6
 
 #ifndef XPRO_OFF_FLOWS_MAX
 #define XPRO_OFF_FLOWS_MAX (1 << 16)
 #endif
 #ifndef XPRO_OFF_DSTS_MAX
 #define XPRO_OFF_DSTS_MAX (1 << 12)
+#endif
+#ifndef XPRO_OFF_KNOWN_MAX
+#define XPRO_OFF_KNOWN_MAX (1 << 16)
 #endif
 
 /* The program's configuration: one entry, written by the daemon. */
@@ -77,6 +83,28 @@ struct {
 	__type(key, struct xpro_dst_key);
 	__type(value, struct xpro_off_hit);
 } drop_dsts SEC(".maps");
+
+/* Destination keys closed to unknown sources (docs/semantics.rst, "Closed
+ * destinations and known clients"): the full program's closed check.  The
+ * daemon counts each entry's drops back into the destination's
+ * closed-drops record and aggregate, as the full program would have. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XPRO_OFF_DSTS_MAX);
+	__type(key, struct xpro_dst_key);
+	__type(value, struct xpro_off_hit);
+} closed_dsts SEC(".maps");
+
+/* The (source, destination key) pairs of the full program's known table
+ * (clients and heavy sources; the value is 1) for the destinations in
+ * closed_dsts: they pass the closed check here and are judged behind (or by
+ * drop_flows), as the full program judges them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XPRO_OFF_KNOWN_MAX);
+	__type(key, struct xpro_flow_key);
+	__type(value, __u32);
+} known_pairs SEC(".maps");
 
 /* Verdict counters by reason (a plain array: the NIC has no per-CPU maps). */
 struct {
@@ -137,6 +165,11 @@ int xpro_offload(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 
+	/* Closed first, as in the full program: an unknown source's packet is
+	 * a closed drop there (not its flow's), whatever its own rate. */
+	h = bpf_map_lookup_elem(&closed_dsts, &key.dst);
+	if (h && !bpf_map_lookup_elem(&known_pairs, &key))
+		return off_drop(h, XPRO_OFF_R_CLOSED, pkt_len);
 	h = bpf_map_lookup_elem(&drop_flows, &key);
 	if (h)
 		return off_drop(h, XPRO_OFF_R_FLOW, pkt_len);

@@ -7,7 +7,7 @@ Topology (namespaces made per test, removed afterwards)::
 * the generated traces of the kernel's differential tests, sent as real
   frames from the peer and filtered behind real AF_XDP sockets with a fake
   clock, agree with the reference model (counters after every step, records
-  and warnings at the end);
+  and warnings at the end), closures, known clients and sync rounds included;
 * end to end, with the real clock: a flood is cut after T_T2 while a
   legitimate stream reaches a UDP socket in the service namespace whole, in
   native and in generic mode.
@@ -30,8 +30,9 @@ from scapy.contrib.coap import CoAP
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.kernel.test_differential import params, traces
-from tests.unit.test_afxdp_filter import _event, _flow
+from tests.kernel.harness import SetKnown, Step, SyncRound, set_known, sync_round
+from tests.kernel.test_differential import closure_traces, params, traces
+from tests.unit.test_afxdp_filter import _dst, _event, _flow
 from xpro.backends.afxdp import AfxdpBackend
 from xpro.bpf import XdpMode
 from xpro.core import layout as L
@@ -144,50 +145,95 @@ def shared_path() -> Iterator[Path]:
     close_path(path)
 
 
-@settings(max_examples=EXAMPLES, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.data_too_large])
-@given(p=params(), trace=traces())
-def test_real_sockets_agree_with_model(shared_path: Path, p: model.FilterParams,
-                                       trace: list[tuple[bytes, int]]) -> None:
-    path = shared_path
+class _Daemon:
+    """What the kernel harness's ``set_known`` and ``sync_round`` need of a filter:
+    the daemon's writes go to the path's :class:`UserFilter` as to ``XdpFilter``."""
+
+    def __init__(self, filt: UserFilter) -> None:
+        self.xdp = filt
+
+    def dst(self, dkey: bytes) -> model.DstRecord | None:
+        exists, recs = self.xdp.read_dsts_of(np.frombuffer(dkey, dtype=L.DST_KEY))
+        return _dst(recs[0]) if exists[0] else None
+
+
+def run_real(path: Path, p: model.FilterParams, trace: list[Step]) -> None:
+    """Send ``trace`` through the path's real sockets, one tick (the frames of one
+    time) at a time, the daemon's steps (known classes, sync rounds) written to
+    the running filter between ticks; the counters must equal the model's after
+    every tick, the records and warnings at the end."""
     filt = path.filt
     events: list[model.Event] = []
     q = filt.events(lambda ev: events.append(_event(ev)))
+    daemon = _Daemon(filt)
     try:
         filt.clear()
         filt.configure(p)
         m = model.Filter(p)
         # Frames shorter than the 60-byte Ethernet minimum stay as they are:
         # AF_PACKET on a veth sends them unpadded.
-        trace = [(fr, t) for fr, t in trace if len(fr) >= 14]
+        trace = [st_ for st_ in trace if not isinstance(st_, tuple) or len(st_[0]) >= 14]
         i = 0
         total = 0
         while i < len(trace):
-            t = trace[i][1]
+            st_ = trace[i]
+            if isinstance(st_, SetKnown):
+                set_known(daemon, m, st_)  # type: ignore[arg-type]
+                i += 1
+                continue
+            if isinstance(st_, SyncRound):
+                sync_round(daemon, m, st_.now)  # type: ignore[arg-type]
+                i += 1
+                continue
+            t = st_[1]
             j = i
-            while j < len(trace) and trace[j][1] == t:
+            tick: list[bytes] = []
+            while j < len(trace):
+                nxt = trace[j]
+                if not isinstance(nxt, tuple) or nxt[1] != t:
+                    break
+                tick.append(nxt[0])
                 j += 1
             filt.set_clock(t)
-            tick = [fr for fr, _ in trace[i:j]]
             for fr in tick:
                 m.packet(fr, t)
             path.send(tick)
             total += len(tick)
             _wait_total(filt, total)
-            assert filt.counters().astype(int).tolist() == m.stats, f"after packet {j - 1}"
+            assert filt.counters().astype(int).tolist() == m.stats, f"after step {j - 1}"
             i = j
         q.consume()
         keys, vals = filt.read_flows()
         assert {keys[k].tobytes(): _flow(vals[k]) for k in range(len(keys))} == m.flows
         dk, dv = filt.read_dsts()
-        assert {dk[k].tobytes(): model.DstRecord(int(v["ts1"]), int(v["ts2"]), int(v["c"]),
-                                                 int(v["warn_ts"]))
-                for k, v in enumerate(dv)} == m.dsts
+        assert {dk[k].tobytes(): _dst(v) for k, v in enumerate(dv)} == m.dsts
+        kk, kv = filt.read_known()
+        assert {kk[k].tobytes(): int(kv[k]) for k in range(len(kk))} == m.known
         assert events == m.events
     finally:
         q.close()
         filt.set_clock(0)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.data_too_large])
+@given(p=params(), trace=traces())
+def test_real_sockets_agree_with_model(shared_path: Path, p: model.FilterParams,
+                                       trace: list[tuple[bytes, int]]) -> None:
+    run_real(shared_path, p, list(trace))
+
+
+@settings(max_examples=EXAMPLES, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.data_too_large])
+@given(p=params(), trace=closure_traces())
+def test_real_sockets_agree_with_model_on_closed_destinations(
+        shared_path: Path, p: model.FilterParams, trace: list[Step]) -> None:
+    """The closure traces: spoofed bursts close a destination behind real sockets,
+    known and heavy sources are written into the running filter's known table,
+    sync rounds apply the model's aggregates (kc included) between ticks."""
+    run_real(shared_path, p, trace)
 
 
 @pytest.mark.parametrize("mode", [pytest.param(XdpMode.NATIVE, id="native"),
@@ -292,7 +338,8 @@ def test_coap_targets_limited_apart(path_factory: Any, keyed: bool) -> None:
     assert sent == {"flood": 4000, "quiet": 20}
     assert got.get("10.77.0.10", 0) < 1000  # the flood's target is limited either way
     c = path.filt.counters()
-    assert int(c[L.Reason.DST_RATE, 0]) > 3000
+    # over T_F2, then closed to its unknown sources (docs/semantics.rst)
+    assert int(c[L.Reason.DST_RATE, 0] + c[L.Reason.DST_CLOSED, 0]) > 3000
     if keyed:
         assert got.get("10.77.0.11") == 20  # the other target is untouched
         keys, _ = path.filt.read_dsts()
@@ -328,7 +375,7 @@ def apply_batches(draw: st.DrawFn) -> tuple[list[tuple[int, int, int]], list[dic
         "gen": st.integers(0, 2), "c_delta": st.integers(-3, 50),
         "ts1": st.sampled_from([0, T0, T0 + S, T0 + 5 * S]),
         "ts2": st.sampled_from([0, T0, T0 + 2 * S, T0 + 9 * S]),
-        "base_c": st.integers(0, 60),
+        "base_c": st.one_of(st.integers(0, 60), st.just(2**64 - 3)),  # DST: a kc delta
     }), max_size=24))
     return seed, ops
 

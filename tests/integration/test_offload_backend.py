@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pytest
 
 from xpro.backends.offload import OffloadBackend, OffReason
@@ -270,3 +271,56 @@ def test_a_full_drop_set_keeps_the_fastest_and_says_so(chain: Chain,
         assert {bytes(k) for k in keys["src"]} == {L.addr16("10.77.0.71"), L.addr16("10.77.0.73")}
     finally:
         backend.close()
+
+
+def test_a_spoofed_flood_to_a_closed_destination_is_dropped_in_front(chain: Chain) -> None:
+    """A flood from 100 sources, each far under T_F1, closes the service's address
+    (over T_F2 after T_T3); the NIC then drops every source that is not a known
+    client of it, and counts those drops back into the full program's
+    closed-drops record, while the known client's stream passes whole."""
+    params = model.FilterParams(t_t1=10 * S, t_t2=S // 2, t_f1=10**6, t_f2=300, t_t3=S // 4,
+                                events=False)
+    backend = _backend(chain, params, refresh=0.05)
+    spoofed = [f"10.77.0.{100 + i}" for i in range(100)]
+    try:
+        filt = backend.load()
+        backend.attach(chain.b1)
+        client = np.zeros(1, dtype=L.FLOW_KEY)
+        client["src"], client["dst"]["addr"] = L.addr16(LEGIT), L.addr16(SVC)
+        filt.set_known(client, L.Known.CLIENT)  # what the sync writes for an established client
+        backend.start()
+        streams = [Stream(s, chain.frame(s), 30) for s in spoofed]  # 3000 a second in all
+        streams.append(Stream("legit", chain.frame(LEGIT), 20))
+        with UdpCounter(chain.svc_ns, PORT) as rx:
+            sent = send_in_netns(chain.peer_ns, chain.a0, streams, 3.0)
+            got = rx.stop()
+        backend.stop()
+        last = backend.refresh()  # counts back what the NIC dropped since the last one
+        nic = backend.counters()[chain.b1]
+        full = filt.counters()
+        keys, recs = filt.read_flows()
+        exists, agg = filt.read_dsts_of(np.frombuffer(L.addr16(SVC) + bytes(4), dtype=L.DST_KEY))
+    finally:
+        backend.close()
+    flood = sum(n for s, n in sent.items() if s != "legit")
+    assert flood == 9000
+    assert got.get(LEGIT, 0) == sent["legit"] == 60  # served while the address is closed
+    nic_closed = int(nic[OffReason.CLOSED, 0])
+    full_closed = int(full[L.Reason.DST_CLOSED, 0])
+    passed = sum(got.get(s, 0) for s in spoofed)
+    assert nic_closed > flood // 2  # most of the flood never reached the full program
+    assert full_closed < nic_closed
+    assert passed < flood // 4  # what came before the closure (T_T3) and the first refresh
+    assert nic_closed + full_closed + passed == flood
+    assert int(nic[OffReason.FLOW, 0]) == int(nic[OffReason.DST, 0]) == 0
+    assert (last.closed, last.known) == (1, 1)  # still closed: the flood lasted to the end
+    # The full program's closed-drops record holds every closed drop, the NIC's too.
+    drops = [int(r["c"]) for k, r in zip(keys, recs, strict=True)
+             if model.is_closed_key(k.tobytes())]
+    assert drops == [nic_closed + full_closed]
+    assert exists[0]  # and so does the aggregate: c* judges the offered load
+    assert int(agg[0]["c"]) >= nic_closed + full_closed
+    # No spoofed source got a record once the address was closed: only those
+    # that passed before (each under T_F1).
+    srcs = {bytes(k["src"]).ljust(16, b"\0") for k in keys}
+    assert len(srcs & {L.addr16(s) for s in spoofed}) <= 100

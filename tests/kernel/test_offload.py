@@ -9,15 +9,19 @@ Three kinds of test:
   dropped, everything else passes, for every frame shape the full program's
   parser knows;
 * :func:`xpro.backends.offload.drop_set` against the full kernel program:
-  after a random trace (fake clock), every flow and destination it names is
-  one the full program drops at that moment, and no other.
+  after a random trace (fake clock; the differential suite's closure traces
+  too), the reduced program under the drop set drops the next packet of
+  every flow, known pair and new source exactly when the full program would
+  at that moment.
 
 The offload limits checked here, and their sources, are in docs/backends.rst.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import os
 import shutil
 import struct
 import subprocess
@@ -34,6 +38,8 @@ from elftools.elf.sections import SymbolTableSection
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from tests.kernel.harness import KernelFilter, SetKnown, Step, SyncRound, set_known, sync_round
+from tests.kernel.test_differential import closure_traces, params
 from tests.packets import arp_frame, frame
 from xpro.backends.offload import (
     OFFLOAD_OBJECT,
@@ -366,6 +372,30 @@ def test_a_destination_in_the_drop_set_drops_every_source(prog: ReducedProgram) 
     assert prog.hits("drop_dsts") == {model.parse(to_d[0], 0).dst: 5}
 
 
+def test_a_closed_destination_drops_every_source_but_its_known_ones(
+        prog: ReducedProgram) -> None:
+    """The closed check comes first: an unknown source is dropped (counted on the
+    destination's entry) even with its own flow in the drop set; a known pair
+    goes on to the flow and destination checks, as in the full program."""
+    to_d = [frame(f"10.1.0.{i}", "10.2.0.9") for i in range(1, 6)]
+    elsewhere = frame("10.1.0.1", "10.2.0.8")
+    keys = _keys(to_d)
+    want = DropSet(keys.flows[3:5], np.zeros(0, L.DST_KEY), closed=_dsts(to_d[:1]).dsts,
+                   known=keys.flows[[0, 4]])  # 10.1.0.1 and .5 known, .4 and .5 over T_F1
+    assert prog.set_drops(want) == (5, 0)
+    before = prog.counters()
+    assert [_run(prog, f) for f in to_d] == [XDP_PASS] + [XDP_DROP] * 4
+    assert _run(prog, elsewhere) == XDP_PASS
+    d = prog.counters() - before
+    assert d[OffReason.CLOSED, 0] == 3  # the unknown ones, 10.1.0.4 among them
+    assert d[OffReason.FLOW, 0] == 1  # 10.1.0.5: known, its own flow is in the set
+    assert prog.hits("closed_dsts") == {model.parse(to_d[0], 0).dst: 3}
+    # Opened again: the known pairs go with it, every source passes.
+    assert prog.set_drops(DropSet(np.zeros(0, L.FLOW_KEY), np.zeros(0, L.DST_KEY))) == (0, 5)
+    assert len(prog.known_pairs) == 0
+    assert _run(prog, to_d[1]) == XDP_PASS
+
+
 def test_addr_port_keys_follow_the_configured_mode(prog: ReducedProgram) -> None:
     dns = frame("10.1.0.1", "10.2.0.1", dport=53)
     other_port = frame("10.1.0.1", "10.2.0.1", dport=54)
@@ -412,9 +442,40 @@ def test_map_layouts_match_the_python_dtypes(reduced: ReducedProgram) -> None:
         L.FLOW_KEY.itemsize, OFF_HIT.itemsize)
     assert (m["drop_dsts"].key_size, m["drop_dsts"].value_size) == (
         L.DST_KEY.itemsize, OFF_HIT.itemsize)
+    assert (m["closed_dsts"].key_size, m["closed_dsts"].value_size) == (
+        L.DST_KEY.itemsize, OFF_HIT.itemsize)
+    assert (m["known_pairs"].key_size, m["known_pairs"].value_size) == (L.FLOW_KEY.itemsize, 4)
     assert m["off_cfg"].value_size == OFF_CFG.itemsize
     assert m["off_stats"].max_entries == len(OffReason)
     assert reduced.program.name == OFFLOAD_PROGRAM
+
+
+def test_closed_drops_on_the_nic_are_counted_into_the_full_program() -> None:
+    """What the NIC dropped to a closed destination goes into the full program's
+    closed-drops record (created when there is none, added with the sync's
+    baseline kept otherwise, marked dirty) and into the aggregate's c*."""
+    from xpro.backends.offload import OffloadBackend
+
+    p = model.FilterParams(t_f1=10**6, t_f2=100, t_t3=0, t_t1=10 * S)
+    with XdpFilter(p, sizes=Sizes(flows=256, dsts=16, prefixes=16, known=16)) as full:
+        full.set_clock(T0)
+        full.next_epoch()
+        fr = [frame(f"10.0.0.{i}", "10.9.9.1") for i in range(1, 4)]
+        for f in fr:
+            full.program.test_run(f, data_out=False)
+        dkey = model.parse(fr[0], 0).dst
+        ck = model.closed_key(dkey)
+        OffloadBackend._count_closed(full, {dkey: 50}, T0 + S)
+        exists, rec = full.read(np.frombuffer(ck, dtype=L.FLOW_KEY))
+        assert exists[0]
+        assert (int(rec[0]["c"]), int(rec[0]["ts1"]), int(rec[0]["ts2"])) == (50, T0 + S, T0 + S)
+        assert int(rec[0]["base_c"]) == 0  # all of it this proxy's, at the next round
+        OffloadBackend._count_closed(full, {dkey: 7}, T0 + 2 * S)
+        exists, rec = full.read(np.frombuffer(ck, dtype=L.FLOW_KEY))
+        assert (int(rec[0]["c"]), int(rec[0]["ts2"])) == (57, T0 + 2 * S)
+        _, agg = full.read_dsts_of(np.frombuffer(dkey, dtype=L.DST_KEY))
+        assert (int(agg[0]["c"]), int(agg[0]["ts2"])) == (3 + 57, T0 + 2 * S)
+        assert ck in {k.tobytes() for k in full.peek_dirty(full.epoch)}
 
 
 # --- drop_set() against the full program -----------------------------------------
@@ -424,20 +485,122 @@ DSTS = [f"10.9.9.{i}" for i in range(1, 4)]
 
 
 @pytest.fixture(scope="module")
-def full() -> Iterator[XdpFilter]:
-    f = XdpFilter(model.FilterParams(), sizes=Sizes(flows=4096, dsts=256, prefixes=16))
+def kernel() -> Iterator[KernelFilter]:
+    k = KernelFilter()
     try:
-        yield f
+        yield k
     finally:
-        f.close()
+        k.close()
 
 
-def _reason(full: XdpFilter, fr: bytes) -> L.Reason:
-    before = full.counters()[:, 0].copy()
-    full.program.test_run(fr, data_out=False)
-    changed = np.flatnonzero(full.counters()[:, 0] - before)
-    assert len(changed) == 1
-    return L.Reason(int(changed[0]))
+def _drive(k: KernelFilter, p: model.FilterParams, trace: list[Step]) -> model.Filter:
+    """Run ``trace`` through the full program and the model in step (known classes
+    and sync rounds written to both); they must end in the same state (the
+    differential suite checks them packet by packet).  Returns the model."""
+    k.reset(p)
+    m = model.Filter(p)
+    for st_ in trace:
+        if isinstance(st_, SetKnown):
+            set_known(k, m, st_)
+        elif isinstance(st_, SyncRound):
+            sync_round(k, m, st_.now)
+        elif len(st_[0]) >= 14:
+            k.packet(*st_)
+            m.packet(*st_)
+    assert k.all_flows() == m.flows
+    assert k.all_dsts() == m.dsts
+    assert k.all_known() == m.known
+    return m
+
+
+def _next_verdict(m: model.Filter, fr: bytes, now: int) -> model.Verdict:
+    """The model's verdict for ``fr`` arriving at ``now``, on copies of the records
+    it would touch: ``m`` is left as it was, so every probe sees the same state."""
+    c = model.Filter(m.params)
+    c.known = m.known
+    parsed = model.parse(fr, m.params.dst_mode)
+    if parsed.status is model.ParseStatus.OK:
+        for key in (parsed.key, model.closed_key(parsed.dst)):
+            if key in m.flows:
+                c.flows[key] = model.replace(m.flows[key])
+        if parsed.dst in m.dsts:
+            c.dsts[parsed.dst] = dataclasses.replace(m.dsts[parsed.dst])
+    return c.packet(fr, now)
+
+
+def _nic_drops(want: DropSet, key: bytes) -> tuple[bool, bool]:
+    """What the reduced program does with a packet of ``key`` under ``want``:
+    (dropped, dropped as closed), in its order (closed, flows, destinations)."""
+    dst = key[16:]
+    closed = dst in {k.tobytes() for k in want.closed}
+    if closed and key not in {k.tobytes() for k in want.known}:
+        return True, True
+    return (key in {k.tobytes() for k in want.flows}
+            or dst in {k.tobytes() for k in want.dsts}), False
+
+
+def _new_source(fr: bytes, i: int) -> bytes:
+    """``fr`` from a source no trace uses (198.51.100.i, 2001:db8:77::i+1)."""
+    off, eth = 14, fr[12:14]
+    while eth in (b"\x81\x00", b"\x88\xa8"):
+        eth, off = fr[off + 2 : off + 4], off + 4
+    b = bytearray(fr)
+    if eth == b"\x08\x00":
+        b[off + 12 : off + 16] = bytes((198, 51, 100, i % 250 + 1))
+    else:
+        b[off + 8 : off + 24] = ipaddress.IPv6Address(f"2001:db8:77::{i + 1:x}").packed
+    return bytes(b)
+
+
+def check_drop_set(k: KernelFilter, m: model.Filter, trace: list[Step], now: int) -> DropSet:
+    """drop_set() of the full program's maps at ``now`` against the full program's
+    rule: for the next packet of every flow with a record, of every known pair,
+    and from a new source to every destination, the NIC drops it under the
+    drop set exactly when the full program (the model in its state) would.
+    Allow-listed and deny-listed sources aside: the NIC never drops what the
+    full program passes, but leaves some of what it drops to it."""
+    p = m.params
+    fk, fv = k.xdp.read_flows()
+    dk, dv = k.xdp.read_dsts()
+    kk, kc = k.xdp.read_known()
+    want = drop_set(fk, fv, dk, dv, p, now, kk, kc)
+    assert not any(model.is_closed_key(f.tobytes()) for f in want.flows)
+    assert not {c.tobytes() for c in want.closed} & {d.tobytes() for d in want.dsts}
+    assert {f.tobytes()[16:] for f in want.known} <= {c.tobytes() for c in want.closed}
+    frames: dict[bytes, bytes] = {}  # key -> a frame of it
+    for st_ in trace:
+        fr = st_.frame if isinstance(st_, SetKnown) else st_[0] if isinstance(st_, tuple) \
+            else None
+        if fr is not None and len(fr) >= 14:
+            parsed = model.parse(fr, p.dst_mode)
+            if parsed.status is model.ParseStatus.OK:
+                frames.setdefault(parsed.key, fr)
+    by_dst: dict[bytes, bytes] = {}
+    for key, fr in frames.items():
+        by_dst.setdefault(key[16:], fr)
+    probes = [frames[f.tobytes()] for f in fk if f.tobytes() in frames]
+    probes += [frames[f.tobytes()] for f in kk if f.tobytes() in frames]
+    probes += [_new_source(fr, i) for i, fr in enumerate(by_dst.values())]
+    shown = set()
+    for fr in probes:
+        parsed = model.parse(fr, p.dst_mode)
+        full = _next_verdict(m, fr, now)
+        nic, as_closed = _nic_drops(want, parsed.key)
+        shown.add((nic, full.reason.name))
+        listed = (p.allow or any(q.contains(parsed.src) for q in p.deny))
+        if listed:
+            assert full.action == XDP_DROP or not nic, (fr.hex(), full)
+        else:
+            assert nic == (full.action == XDP_DROP), (fr.hex(), full, nic)
+            # A closed drop on the NIC is counted back into the closed-drops record:
+            # it must be one there too (an unknown source's, not a heavy one's).
+            assert not as_closed or full.reason is L.Reason.DST_CLOSED, (fr.hex(), full)
+            if (full.reason is L.Reason.DST_CLOSED and parsed.key not in m.known
+                    and parsed.dst not in {d.tobytes() for d in want.dsts}):
+                assert as_closed, (fr.hex(), full)
+    for nic, reason in sorted(shown):
+        event(f"{'nic drops' if nic else 'nic passes'} {reason}")
+    return want
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -453,64 +616,43 @@ def _reason(full: XdpFilter, fr: bytes) -> L.Reason:
     allow=st.booleans(),
 )
 def test_drop_set_is_what_the_full_program_drops_now(
-        full: XdpFilter, trace: list[tuple[int, int, int, int]], t_f1: int, t_f2: int,
+        kernel: KernelFilter, trace: list[tuple[int, int, int, int]], t_f1: int, t_f2: int,
         t_t1_s: int, gap_ms: int, monitor_dst: int | None, allow: bool) -> None:
+    """Flows of a few sources, each n packets at one time: flows over T_F1,
+    destinations over T_F2 and closed (a new source's packet is then a closed
+    drop), in enforce or monitor mode, with or without an allow list."""
     policy = {model.Prefix.parse(f"{DSTS[monitor_dst]}/32"): L.MODE_MONITOR} \
         if monitor_dst is not None else {}
     params = model.FilterParams(t_t1=t_t1_s * S, t_t2=1 * S, t_t3=1 * S, t_f1=t_f1, t_f2=t_f2,
                                 events=False, dst_policy=policy,
                                 allow=frozenset({model.Prefix.parse(SRCS[0] + "/32")})
                                 if allow else frozenset())
-    full.flows.clear()
-    full.dsts.clear()
-    full.configure(params)
+    steps: list[Step] = []
     now = T0
     for s, d, n, step_ms in trace:  # n packets of one flow, then the clock moves on
-        full.set_clock(now)
-        fr = frame(SRCS[s], DSTS[d])
-        for _ in range(n):
-            full.program.test_run(fr, data_out=False)
+        steps += [(frame(SRCS[s], DSTS[d]), now)] * n
         now += step_ms * MS
-    now += gap_ms * MS
-    full.set_clock(now)
-    fk, fv = full.read_flows()
-    dk, dv = full.read_dsts()
-    want = drop_set(fk, fv, dk, dv, params, now)
-    drop_flows = {k.tobytes() for k in want.flows}
-    drop_dsts = {k.tobytes() for k in want.dsts}
+    m = _drive(kernel, params, steps)
+    want = check_drop_set(kernel, m, steps, now + gap_ms * MS)
     if allow:
-        assert not drop_dsts
-    event(f"flows dropped: {min(len(drop_flows), 2)}+, destinations: {min(len(drop_dsts), 1)}+")
-
-    # 1. Every flow with a record: its next packet is dropped by the source rule
-    #    exactly when drop_set names it -- or, to a destination already closed
-    #    to unknown sources, as closed (a drop changes no destination record,
-    #    but for c* of a destination that is closed already).
-    keys = [k.tobytes() for k in fk if not model.is_closed_key(k.tobytes())]  # no source's
-    flows_first = sorted(keys, key=lambda k: k not in drop_flows)
-    for k in flows_first:
-        if k not in drop_flows:
-            break
-        src, dst = _addr(k[:16]), _addr(k[16:32])
-        assert _reason(full, frame(src, dst)) in (L.Reason.SRC_RATE, L.Reason.DST_CLOSED), (
-            src, dst)
-    # 2. A new source to each destination: dropped by the destination rule (as
-    #    over T_F2, or as closed) exactly when drop_set names the destination
-    #    (allow-listed sources excepted).
-    for i, dst in enumerate(DSTS):
-        dkey = model.parse(frame("10.0.1.1", dst), 0).dst
-        r = _reason(full, frame(f"10.0.1.{i + 1}", dst))
-        if not allow:  # with an allow list the NIC leaves destinations alone
-            dropped = r in (L.Reason.DST_RATE, L.Reason.DST_CLOSED)
-            assert dropped == (dkey in drop_dsts), (dst, r)
-    # 3. The flows not in the set are not dropped by the source rule.
-    for k in flows_first:
-        if k in drop_flows:
-            continue
-        r = _reason(full, frame(_addr(k[:16]), _addr(k[16:32])))
-        assert r not in (L.Reason.SRC_RATE,), (_addr(k[:16]), r)
+        assert not len(want.dsts)
+        assert not len(want.closed)
 
 
-def _addr(a16: bytes) -> str:
-    ip = ipaddress.IPv6Address(a16)
-    return str(ip.ipv4_mapped) if ip.ipv4_mapped else str(ip)
+@settings(max_examples=int(os.environ.get("XPRO_DIFF_EXAMPLES", "300")), deadline=None,
+          database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                HealthCheck.function_scoped_fixture])
+@given(p=params(), trace=closure_traces(),
+       gap=st.sampled_from([0, 1, 5 * MS, 100 * MS, S, 3 * S]))
+def test_drop_set_is_what_the_full_program_drops_on_closed_destinations(
+        kernel: KernelFilter, p: model.FilterParams, trace: list[Step], gap: int) -> None:
+    """The differential suite's closure traces (spoofed bursts, known and heavy
+    sources, sync rounds): closed destinations with their known pairs, the
+    heavy sources in the flow set, destinations whose known clients are over
+    T_F2 dropped whole, closed-drops records never in the flow set."""
+    m = _drive(kernel, p, trace)
+    times = [st_[1] if isinstance(st_, tuple) else st_.now for st_ in trace
+             if not isinstance(st_, SetKnown)]
+    check_drop_set(kernel, m, trace, max(times, default=T0) + gap)
+
+

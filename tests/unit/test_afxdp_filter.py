@@ -10,9 +10,9 @@ by packet.  A real :class:`xpro.sync.Syncer` runs over the userspace filter.
 
 from __future__ import annotations
 
-import itertools
 import os
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -23,8 +23,14 @@ from scapy.contrib.coap import CoAP
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.kernel.harness import run_differential
-from tests.kernel.test_differential import T0, params, traces
+from tests.kernel.harness import SetKnown, Step, SyncRound, run_differential, set_known, sync_round
+from tests.kernel.test_differential import (
+    T0,
+    _spoof8,
+    closure_traces,
+    params,
+    traces,
+)
 from tests.packets import arp_frame, frame
 from xpro.core import layout as L
 from xpro.core import model
@@ -39,6 +45,7 @@ from xpro.sync import Syncer
 pytestmark = pytest.mark.unit
 
 S = model.NS_PER_S
+MS = S // 1000
 EXAMPLES = int(os.environ.get("XPRO_DIFF_EXAMPLES", "300"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -54,11 +61,20 @@ def _event(ev: Any) -> model.Event:
                        int(ev["ts"]), int(ev["c"]), int(ev["window"]))
 
 
+def _dst(v: Any) -> model.DstRecord:
+    return model.DstRecord(ts1=int(v["ts1"]), ts2=int(v["ts2"]), c=int(v["c"]),
+                           warn_ts=int(v["warn_ts"]), kc=int(v["kc"]))
+
+
 class UserHarness:
-    """A :class:`UserFilter` driven like the kernel harness's ``KernelFilter``."""
+    """A :class:`UserFilter` driven like the kernel harness's ``KernelFilter``
+    (``xdp`` is the filter itself: the harness writes the known table and the
+    sync rounds' aggregates through it, as through ``XdpFilter``)."""
 
     def __init__(self) -> None:
-        self.f = UserFilter(model.FilterParams(), sizes=Sizes(flows=4096, dsts=1024))
+        self.f = UserFilter(model.FilterParams(),
+                            sizes=Sizes(flows=4096, dsts=1024, known=1024))
+        self.xdp = self.f
         self.events: list[model.Event] = []
         self.q = self.f.events(lambda ev: self.events.append(_event(ev)))
 
@@ -88,11 +104,17 @@ class UserHarness:
         keys, vals = self.f.read_flows()
         return {keys[i].tobytes(): _flow(vals[i]) for i in range(len(keys))}
 
+    def dst(self, dkey: bytes) -> model.DstRecord | None:
+        exists, recs = self.f.read_dsts_of(np.frombuffer(dkey, dtype=L.DST_KEY))
+        return _dst(recs[0]) if exists[0] else None
+
     def all_dsts(self) -> dict[bytes, model.DstRecord]:
         keys, vals = self.f.read_dsts()
-        return {keys[i].tobytes(): model.DstRecord(ts1=int(v["ts1"]), ts2=int(v["ts2"]),
-                                                   c=int(v["c"]), warn_ts=int(v["warn_ts"]))
-                for i, v in enumerate(vals)}
+        return {keys[i].tobytes(): _dst(v) for i, v in enumerate(vals)}
+
+    def all_known(self) -> dict[bytes, int]:
+        keys, classes = self.f.read_known()
+        return {keys[i].tobytes(): int(classes[i]) for i in range(len(keys))}
 
 
 @pytest.fixture(scope="module")
@@ -104,33 +126,65 @@ def harness() -> UserHarness:
 @given(p=params(), trace=traces())
 def test_packet_by_packet_agrees_with_model(harness: UserHarness, p: model.FilterParams,
                                            trace: list[tuple[bytes, int]]) -> None:
-    run_differential(harness, p, trace)
+    run_differential(harness, p, trace)  # type: ignore[arg-type]
 
 
-def run_batches(h: UserHarness, p: model.FilterParams, trace: list[tuple[bytes, int]],
-                cuts: list[int]) -> None:
-    """Feed ``trace`` in batches split at ``cuts``; compare everything with the model."""
+@SETTINGS
+@given(p=params(), trace=closure_traces())
+def test_packet_by_packet_agrees_with_model_on_closed_destinations(
+        harness: UserHarness, p: model.FilterParams, trace: list[Step]) -> None:
+    """The kernel suite's closure traces (spoofed bursts, known and heavy sources
+    written into the known table, sync rounds applied through ``apply``), one
+    packet at a time."""
+    run_differential(harness, p, trace)  # type: ignore[arg-type]
+
+
+def run_batches(h: UserHarness, p: model.FilterParams, trace: Sequence[Step],
+                cuts: list[int]) -> tuple[model.Filter, dict[bytes, list[L.Reason]]]:
+    """Feed ``trace`` in batches split at ``cuts`` (and at each thing the daemon
+    does: a known class written, a sync round applied); compare every verdict
+    with the model's, and every record, counter and warning at each of those
+    steps and at the end.  Returns the model and each frame's reasons."""
     h.reset(p)
     m = model.Filter(p)
-    want = [m.packet(fr, now) for fr, now in trace]
-    bounds = [0, *sorted({c % (len(trace) + 1) for c in cuts}), len(trace)]
+    cut = {c % (len(trace) + 1) for c in cuts}
     actions: list[int] = []
-    reasons: list[int] = []
-    for lo, hi in itertools.pairwise(bounds):
-        if hi <= lo:
-            continue
-        part = trace[lo:hi]
-        a, r = h.f.process_frames([fr for fr, _ in part], np.array([t for _, t in part]))
-        actions += a.tolist()
-        reasons += r.tolist()
+    want: list[model.Verdict] = []
+    reasons: dict[bytes, list[L.Reason]] = {}
+    batch: list[tuple[bytes, int]] = []
+
+    def flush() -> None:
+        if batch:
+            a, r = h.f.process_frames([fr for fr, _ in batch], np.array([t for _, t in batch]))
+            for i, (fr, t) in enumerate(batch):
+                w = m.packet(fr, t)
+                assert (int(a[i]), int(r[i])) == (w.action, int(w.reason)), (
+                    f"packet {len(want)} at t={t}: {fr.hex()} (a batch of {len(batch)})")
+                want.append(w)
+                reasons.setdefault(fr, []).append(w.reason)
+            actions.extend(a.tolist())
+            batch.clear()
+
+    for i, st_ in enumerate(trace):
+        if i in cut:
+            flush()
+        if isinstance(st_, SetKnown):
+            flush()
+            set_known(h, m, st_)  # type: ignore[arg-type]
+        elif isinstance(st_, SyncRound):
+            flush()
+            sync_round(h, m, st_.now)  # type: ignore[arg-type]
+            assert h.all_dsts() == m.dsts, f"step {i}: sync round at {st_.now}"
+        else:
+            batch.append(st_)
+    flush()
     h.q.consume()
-    for i, w in enumerate(want):
-        assert (actions[i], reasons[i]) == (w.action, int(w.reason)), (
-            f"packet {i} at t={trace[i][1]}: {trace[i][0].hex()} (batches {bounds})")
     assert h.all_stats() == m.stats
     assert h.all_flows() == m.flows
     assert h.all_dsts() == m.dsts
+    assert h.all_known() == m.known
     assert h.events == m.events
+    return m, reasons
 
 
 @SETTINGS
@@ -158,6 +212,44 @@ def test_parse_and_source_prefix_agree_with_model(p: model.FilterParams,
         model.flow_key(w, p) for w in want if w.key]
 
 
+@SETTINGS
+@given(p=params(), trace=closure_traces(), cuts=st.lists(st.integers(0, 200), max_size=4),
+       stamp=st.booleans())
+def test_batches_agree_with_model_on_closed_destinations(
+        harness: UserHarness, p: model.FilterParams, trace: list[Step], cuts: list[int],
+        stamp: bool) -> None:
+    """Closure traces in batches: a destination closes, reopens, serves its known
+    clients inside one batch.  With ``stamp`` every batch gets one time, as the
+    data path stamps it (the trace's times, moved to each batch's last)."""
+    if stamp:
+        trace = _stamped(trace, cuts)
+    run_batches(harness, p, trace, cuts)
+
+
+def _stamped(trace: Sequence[Step], cuts: list[int]) -> list[Step]:
+    """``trace`` with every packet of a batch (as :func:`run_batches` splits it at
+    ``cuts``) stamped with the batch's last time."""
+    cut = {c % (len(trace) + 1) for c in cuts}
+    out: list[Step] = []
+    batch: list[bytes] = []
+    t = 0
+
+    def flush() -> None:
+        out.extend((fr, t) for fr in batch)
+        batch.clear()
+
+    for i, st_ in enumerate(trace):
+        if i in cut or not isinstance(st_, tuple):
+            flush()
+        if isinstance(st_, tuple):
+            batch.append(st_[0])
+            t = st_[1]
+        else:
+            out.append(st_)
+    flush()
+    return out
+
+
 def test_heavy_flood_in_large_batches(harness: UserHarness) -> None:
     """The kernel suite's dense trace, in batches of 1000: flood, legitimate, many small."""
     p = model.FilterParams(t_f1=100, t_t2=S, t_f2=2000, t_t3=S, t_t1=2 * S, warn_period=S // 3)
@@ -180,6 +272,81 @@ def test_same_time_batch_as_the_data_path_stamps_it(harness: UserHarness) -> Non
     frames = [frame(f"10.0.{i % 7}.1", f"10.9.9.{i % 3}") for i in range(500)]
     trace = [(fr, T0 + (i // 100) * S // 10) for i, fr in enumerate(frames)]
     run_batches(harness, p, trace, [100, 200, 300, 400])
+
+
+def test_spoofed_flood_to_a_closed_destination_in_stamped_batches(harness: UserHarness) -> None:
+    """The kernel suite's spoofed flood, in batches of 256 stamped with one time
+    each (as the data path stamps them): the destination closes inside a
+    batch; then no flow record is made for the flood but its closed-drops
+    record, a known client keeps passing, every other source is DST_CLOSED."""
+    p = model.FilterParams(t_f1=10**6, t_t2=S, t_f2=1000, t_t3=100 * MS, t_t1=2 * S)
+    client = frame("192.0.2.7", "10.9.9.9")
+    trace: list[Step] = [SetKnown(client, L.Known.CLIENT), (client, T0)]
+    trace += [(_spoof8(i), T0 + i * S // 2000) for i in range(1, 400)]
+    late = [_spoof8(1000 + i) for i in range(5000)]
+    t1 = T0 + 200 * MS
+    for i, fr in enumerate(late):
+        trace.append((fr, t1 + i * S // 5000))
+        if i % 500 == 0:
+            trace.append((client, t1 + i * S // 5000))
+    cuts = list(range(2, len(trace), 256))
+    trace = _stamped(trace, cuts)
+    _, reasons = run_batches(harness, p, trace, cuts)
+    assert set(reasons[client]) == {L.Reason.PASS}
+    assert {r for fr in late for r in reasons[fr]} == {L.Reason.DST_CLOSED}
+    flows = harness.all_flows()
+    assert not {model.parse(fr, 0).key for fr in late} & flows.keys()
+    drops = flows[model.closed_key(model.parse(client, 0).dst)]
+    assert drops.c == harness.stat(L.Reason.DST_CLOSED)[0] >= 5000
+
+
+def test_known_and_heavy_sources_of_a_closed_destination_in_batches(
+        harness: UserHarness) -> None:
+    """Known clients served until their own total is over T_F2 (kc), a heavy
+    source never served (DST_CLOSED under T_F1, SRC_RATE over it), a sync round
+    writing kc in the middle, in batches of 64 with one time each."""
+    p = model.FilterParams(t_f1=200, t_t2=200 * MS, t_f2=100, t_t3=100 * MS, t_t1=2 * S)
+    clients = [frame(f"192.0.2.{i}", "10.9.9.9") for i in range(1, 5)]  # 125 pps each
+    heavy = frame("192.0.2.9", "10.9.9.9")  # 500 pps
+    trace: list[Step] = [SetKnown(c, L.Known.CLIENT) for c in clients]
+    trace.append(SetKnown(heavy, L.Known.HEAVY))
+    trace += [(_spoof8(i), T0 + i * MS) for i in range(300)]  # 1000 pps: closed at 0.1 s
+    t = T0 + 300 * MS
+    for i in range(800):
+        t += MS
+        trace.append((clients[i // 2 % 4] if i % 2 else heavy, t))
+        if i == 400:
+            trace.append(SyncRound(t))
+    cuts = list(range(0, len(trace), 64))
+    trace = _stamped(trace, cuts)
+    m, reasons = run_batches(harness, p, trace, cuts)
+    served = [r for c in clients for r in reasons[c]]
+    assert {L.Reason.PASS, L.Reason.DST_RATE} <= set(served)
+    assert set(reasons[heavy]) == {L.Reason.DST_CLOSED, L.Reason.SRC_RATE}
+    d = m.dsts[model.parse(heavy, 0).dst]
+    assert d.kc > 0
+
+
+def test_known_table_set_drop_read_and_full() -> None:
+    """Like the kernel's plain hash: the last class of a key given twice wins, a
+    full table takes what fits and raises, nothing is evicted."""
+    from xpro.errors import DatapathError
+
+    f = UserFilter(model.FilterParams(), sizes=Sizes(known=4))
+    keys = np.zeros(6, dtype=L.FLOW_KEY)
+    keys["src"] = [L.addr16(f"10.0.0.{i}") for i in range(6)]
+    keys["dst"]["addr"] = L.addr16("10.9.9.9")
+    f.set_known(keys[:2], L.Known.CLIENT)
+    f.set_known(keys[[1, 2, 1]], np.array([L.Known.CLIENT, L.Known.HEAVY, L.Known.HEAVY]))
+    got, cls = f.read_known()
+    assert dict(zip((k.tobytes() for k in got), cls.tolist(), strict=True)) == {
+        keys[0].tobytes(): L.Known.CLIENT, keys[1].tobytes(): L.Known.HEAVY,
+        keys[2].tobytes(): L.Known.HEAVY}
+    with pytest.raises(DatapathError, match="full"):
+        f.set_known(keys[3:], L.Known.CLIENT)
+    assert len(f.read_known()[0]) == 4
+    assert f.drop_known(keys[[0, 0, 5]]) == 1
+    assert len(f.read_known()[0]) == 3
 
 
 def test_table_grows_and_evicts_least_recently_used() -> None:

@@ -11,16 +11,21 @@ not fit.  So the ``offload`` backend runs two programs on one device
   counts every packet that reaches it, keeps the flow records the sync
   shares, and drops by Algorithm 2 as the ``native`` backend does;
 * the reduced program ``xpro_offload`` in hardware mode, in front of it on
-  the NIC, which drops the packets of a *drop set*: the (source,
+  the NIC, which drops the packets of a *drop set*: the destinations closed
+  to unknown sources (with their known sources, which pass), the (source,
   destination) flows and the destinations the full algorithm would drop now.
 
 A thread (:meth:`OffloadBackend.start`) recomputes the drop set from the full
 program's records every ``refresh`` seconds (:func:`drop_set`) and brings the
 NIC's maps to it (new keys added, gone keys deleted).  Packets the NIC drops
 never reach the full program, so each drop entry counts what it dropped and
-the daemon adds those packets to the records it judges (:class:`_Hidden`):
-a source keeps being dropped while it keeps flooding, and is released when it
-slows down, as the full algorithm would do.
+the daemon adds those packets to the records it judges: a flow's into its
+record, a closed destination's into its closed-drops record and aggregate
+(both through the control program, so the sync shares them), a destination
+dropped whole into what the refresh judges (:class:`_Hidden`).  A source
+keeps being dropped while it keeps flooding, a destination stays closed
+while the flood lasts, and both are released when it slows down, as the
+full algorithm would do.
 
 Nothing here could be run on an offload NIC (none exists on the development
 machine): ``options["offload_driver_mode"]`` loads the reduced program without
@@ -33,6 +38,7 @@ what was and was not tested.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import errno
 import logging
@@ -62,7 +68,7 @@ from xpro.core.keys import index_of
 from xpro.core.merge import rate_exceeds_array
 from xpro.core.model import FilterParams
 from xpro.core.prefixset import PrefixSet
-from xpro.core.state import OP_FLOW, OP_KEEP_BASE, apply_entries
+from xpro.core.state import APPLIED, OP_CREATE, OP_DST, OP_FLOW, OP_KEEP_BASE, apply_entries
 from xpro.datapath.host import require_ethernet
 from xpro.datapath.xdp import XdpFilter
 from xpro.errors import (
@@ -100,9 +106,11 @@ OFF_CFG = np.dtype([("dst_mode", "<u4"), ("pad", "<u4")])
 OFF_HIT = np.dtype([("packets", "<u8"), ("bytes", "<u8")])
 _STAT = np.dtype([("packets", "<u8"), ("bytes", "<u8")])  # struct xpro_stat
 
-#: Default drop-set capacities (entries of drop_flows and drop_dsts).
+#: Default drop-set capacities (entries of drop_flows, of drop_dsts and of
+#: closed_dsts each, and of known_pairs).
 DROP_FLOWS_MAX = 1 << 16
 DROP_DSTS_MAX = 1 << 12
+DROP_KNOWN_MAX = 1 << 16
 
 _NO_BATCH = frozenset({errno.EOPNOTSUPP, ENOTSUPP, errno.EINVAL})
 
@@ -115,17 +123,31 @@ class OffReason(enum.IntEnum):
     MALFORMED = 2  # passed: the full program judges it
     FLOW = 3  # dropped: (source, destination) in the drop set
     DST = 4  # dropped: destination in the drop set
+    CLOSED = 5  # dropped: destination closed, source not known
 
 
 # --- the drop set ------------------------------------------------------------------
 
 
+def _no_dsts() -> Array:
+    return np.zeros(0, dtype=L.DST_KEY)
+
+
+def _no_flows() -> Array:
+    return np.zeros(0, dtype=L.FLOW_KEY)
+
+
 @dataclass(frozen=True)
 class DropSet:
-    """What the NIC should drop: flow keys (``FLOW_KEY``) and destination keys (``DST_KEY``)."""
+    """What the NIC should drop: flow keys (``FLOW_KEY``), destination keys
+    (``DST_KEY``) whose every packet is dropped, destination keys closed to
+    unknown sources (``closed``) and the flow keys of their known sources
+    (``known``), which pass the closed check."""
 
     flows: Array
     dsts: Array
+    closed: Array = dataclasses.field(default_factory=_no_dsts)
+    known: Array = dataclasses.field(default_factory=_no_flows)
 
 
 def _enforced(dst_addrs: Array, params: FilterParams) -> Array:
@@ -161,37 +183,100 @@ def _over(c: Array, ts1: Array, ts2: Array, now: int, t_t1: int, t_min: int,
     return out
 
 
+def _closed(c: Array, ts1: Array, ts2: Array, now: int, params: FilterParams) -> Array:
+    """The full program's closed check for the next packet arriving at ``now``,
+    judged on the record before it: not idle past T_T1, the window longer than
+    T_T3 and ``c* / window > T_F2``."""
+    idle = now - ts2.astype(np.int64)
+    window = now - ts1.astype(np.int64)
+    live = (idle <= params.t_t1) & (window > params.t_t3)
+    out = np.zeros(len(c), dtype=bool)
+    if live.any():
+        out[live] = rate_exceeds_array(c[live].astype(np.int64), window[live], params.t_f2)
+    return out
+
+
 def drop_set(flow_keys: Array, flows: Array, dst_keys: Array, dsts: Array,
-             params: FilterParams, now: int) -> DropSet:
-    """The flows and destinations the full program would drop at ``now``.
+             params: FilterParams, now: int, known_keys: Array | None = None,
+             known_cls: Array | None = None) -> DropSet:
+    """What the full program would drop at ``now``, as the NIC can match it.
 
     Exactly the rules of ``bpf/xpro.bpf.c`` (and :class:`xpro.core.model.Filter`)
-    for the next packet of each flow or to each destination: a flow is dropped
-    by the per-source rule (over T_F1 after T_T2, not idle past T_T1, not
-    allow-listed, destination in enforce mode); a destination by the
-    per-destination rule (over T_F2 after T_T3, not idle past T_T1, enforce
-    mode).  Every source not dropped by its own rule is counted into the
-    destination and then judged by it, so a destination over T_F2 drops the
-    packets of every source.  Sources in the allow list pass before both
-    rules; the NIC cannot match prefixes, so with a non-empty allow list the
-    destination set stays empty (the full program still drops those packets).
+    for the next packet of each flow or to each destination, given the
+    records and the known table (``known_keys``, ``known_cls``):
+
+    * ``closed``: the destinations closed to unknown sources (not idle past
+      T_T1, over T_F2 after T_T3; docs/semantics.rst), with ``known`` the
+      pairs of the known table to them, which pass the closed check;
+    * ``flows``: the flows dropped by the per-source rule (over T_F1 after
+      T_T2, not idle past T_T1, not allow-listed), but for an unknown
+      source of a closed destination, which the closed check drops first
+      (counted into the destination's closed-drops record, not its own);
+      closed-drops records are no source's and never in it.  The heavy
+      sources of a closed destination are in it too: there every packet of
+      theirs is dropped, through their own record;
+    * ``dsts``: the destinations that drop every source: one open but over
+      T_F2 with the next packet counted, or one closed whose known clients
+      are over T_F2 together (``kc``).
+
+    Only destinations in enforce mode.  Sources in the allow list pass before
+    every rule; the NIC cannot match prefixes, so with a non-empty allow list
+    ``dsts`` and ``closed`` stay empty (the full program still drops those
+    packets).
     """
     fk = np.asarray(flow_keys, dtype=L.FLOW_KEY)
     fv = np.asarray(flows)
     dk = np.asarray(dst_keys, dtype=L.DST_KEY)
     dv = np.asarray(dsts)
-    over = _over(fv["c"], fv["ts1"], fv["ts2"], now, params.t_t1, params.t_t2, params.t_f1)
+    kk = _no_flows() if known_keys is None else np.asarray(known_keys, dtype=L.FLOW_KEY)
+    kc = (np.ones(len(kk), dtype=np.int64) if known_cls is None
+          else np.asarray(known_cls).astype(np.int64))
+    kk, kc = kk[kc != 0], kc[kc != 0]
+
+    # destinations
+    closed = _closed(dv["c"], dv["ts1"], dv["ts2"], now, params)
+    every = ~closed & _over(dv["c"], dv["ts1"], dv["ts2"], now, params.t_t1, params.t_t3,
+                            params.t_f2)
+    if closed.any():  # closed to its known clients too once they are over (kc + 1)
+        c = np.flatnonzero(closed)
+        window = now - dv["ts1"][c].astype(np.int64)
+        every[c] = rate_exceeds_array(dv["kc"][c].astype(np.int64) + 1, window, params.t_f2)
+    shut = closed & ~every
+    judged = np.flatnonzero(every | shut)
+    if len(judged):
+        enforced = np.zeros(len(dk), dtype=bool)
+        enforced[judged] = _enforced(dk["addr"][judged], params)
+        every &= enforced
+        shut &= enforced
+    if params.allow:
+        every[:] = False
+        shut[:] = False
+
+    # flows: over T_F1, not the closed check's
+    real = fk["dst"]["pad"] != L.DST_PAD_CLOSED
+    over = real & _over(fv["c"], fv["ts1"], fv["ts2"], now, params.t_t1, params.t_t2,
+                        params.t_f1)
     cand = np.flatnonzero(over)
+    if len(cand) and closed.any():
+        di = index_of(dk, np.ascontiguousarray(fk["dst"][cand]))
+        to_closed = (di >= 0) & closed[np.maximum(di, 0)]
+        if to_closed.any():
+            unknown = index_of(kk, fk[cand]) < 0
+            cand = cand[~(to_closed & unknown)]
     if len(cand):
         keep = _enforced(fk["dst"]["addr"][cand], params) & ~_allowed(fk["src"][cand], params)
         cand = cand[keep]
-    dover = _over(dv["c"], dv["ts1"], dv["ts2"], now, params.t_t1, params.t_t3, params.t_f2)
-    dcand = np.flatnonzero(dover)
-    if len(dcand):
-        dcand = dcand[_enforced(dk["addr"][dcand], params)]
-        if params.allow:
-            dcand = dcand[:0]
-    return DropSet(flows=fk[cand].copy(), dsts=dk[dcand].copy())
+    out_flows = fk[cand]
+    out_known = _no_flows()
+    if shut.any() and len(kk):
+        di = index_of(dk[shut], np.ascontiguousarray(kk["dst"]))
+        out_known = kk[di >= 0]
+        heavy = out_known[kc[di >= 0] != L.Known.CLIENT]
+        if len(heavy):  # never served while closed: dropped through their own record
+            heavy = heavy[index_of(out_flows, heavy) < 0]
+            out_flows = np.concatenate([out_flows, heavy], dtype=L.FLOW_KEY)
+    return DropSet(flows=out_flows.copy(), dsts=dk[every].copy(), closed=dk[shut].copy(),
+                   known=out_known.copy())
 
 
 # --- the reduced program ---------------------------------------------------------
@@ -207,15 +292,20 @@ class ReducedProgram:
     """
 
     def __init__(self, *, ifindex: int | None, flows_max: int = DROP_FLOWS_MAX,
-                 dsts_max: int = DROP_DSTS_MAX, dst_mode: int = L.DST_ADDR) -> None:
+                 dsts_max: int = DROP_DSTS_MAX, known_max: int = DROP_KNOWN_MAX,
+                 dst_mode: int = L.DST_ADDR) -> None:
         self.ifindex = ifindex
         self.obj = BpfObject(
             object_path(OFFLOAD_OBJECT), programs=[OFFLOAD_PROGRAM],
-            max_entries={"drop_flows": flows_max, "drop_dsts": dsts_max},
+            max_entries={"drop_flows": flows_max, "drop_dsts": dsts_max,
+                         "closed_dsts": dsts_max, "known_pairs": known_max},
             types={"drop_flows": (L.FLOW_KEY, OFF_HIT), "drop_dsts": (L.DST_KEY, OFF_HIT),
+                   "closed_dsts": (L.DST_KEY, OFF_HIT),
+                   "known_pairs": (L.FLOW_KEY, np.dtype("<u4")),
                    "off_stats": (np.dtype("<u4"), _STAT), "off_cfg": (np.dtype("<u4"), OFF_CFG)})
         #: packets each drop entry had dropped at the last read, by key bytes
-        self._seen: dict[str, dict[bytes, int]] = {"drop_flows": {}, "drop_dsts": {}}
+        self._seen: dict[str, dict[bytes, int]] = {"drop_flows": {}, "drop_dsts": {},
+                                                   "closed_dsts": {}}
         try:
             if ifindex is not None:
                 self._bind(ifindex)
@@ -223,6 +313,8 @@ class ReducedProgram:
             self.program = self.obj.programs[OFFLOAD_PROGRAM]
             self.drop_flows = self.obj.maps["drop_flows"]
             self.drop_dsts = self.obj.maps["drop_dsts"]
+            self.closed_dsts = self.obj.maps["closed_dsts"]
+            self.known_pairs = self.obj.maps["known_pairs"]
             self.stats = self.obj.maps["off_stats"]
             self.cfg = self.obj.maps["off_cfg"]
             self.dst_mode = -1
@@ -240,7 +332,8 @@ class ReducedProgram:
             log.warning("this xpro's libbpf binding lacks bpf_map__set_ifindex: the drop "
                         "maps are created on the host and an offload NIC will refuse them")
             return
-        for name in ("drop_flows", "drop_dsts", "off_stats", "off_cfg"):
+        for name in ("drop_flows", "drop_dsts", "closed_dsts", "known_pairs", "off_stats",
+                     "off_cfg"):
             check(set_map(self.obj.maps[name]._ptr, ifindex),
                   f"bind map {name!r} to interface index {ifindex}")
 
@@ -252,13 +345,17 @@ class ReducedProgram:
         rec["dst_mode"] = dst_mode
         self.cfg[np.uint32(0)] = rec[0]
         if self.dst_mode >= 0:
-            self._replace(self.drop_flows, np.zeros(0, dtype=L.FLOW_KEY))
-            self._replace(self.drop_dsts, np.zeros(0, dtype=L.DST_KEY))
+            self._replace(self.drop_flows, _no_flows())
+            self._replace(self.drop_dsts, _no_dsts())
+            self._replace(self.closed_dsts, _no_dsts())
+            self._replace(self.known_pairs, _no_flows())
         self.dst_mode = dst_mode
 
     def entries(self, m: Map) -> tuple[Array, Array]:
+        """A map's keys and values (``OFF_HIT``; uint32 for ``known_pairs``)."""
         keys, vals = m.lookup_batch()
-        return np.asarray(keys), np.asarray(vals, dtype=OFF_HIT)
+        return np.asarray(keys), np.asarray(
+            vals, dtype=np.dtype("<u4") if m.name == "known_pairs" else OFF_HIT)
 
     def hits(self, name: str) -> dict[bytes, int]:
         """Packets dropped by each entry of ``name`` since the last call (key bytes -> n)."""
@@ -270,32 +367,53 @@ class ReducedProgram:
         return out
 
     def set_drops(self, want: DropSet) -> tuple[int, int]:
-        """Bring the drop maps to ``want``; returns (added, removed)."""
+        """Bring the drop maps to ``want``; returns (added, removed).
+
+        A destination's known sources are in place before it is closed and
+        leave after it is opened, so no refresh drops a known client."""
+        k_new, k_gone = self._diff(self.known_pairs, want.known)
+        self._add(self.known_pairs, k_new)
+        a0, r0 = self._replace(self.closed_dsts, want.closed)
+        self._delete(self.known_pairs, k_gone)
         a1, r1 = self._replace(self.drop_flows, want.flows)
         a2, r2 = self._replace(self.drop_dsts, want.dsts)
-        return a1 + a2, r1 + r2
+        return a0 + a1 + a2 + len(k_new), r0 + r1 + r2 + len(k_gone)
 
-    def _replace(self, m: Map, want: Array) -> tuple[int, int]:
+    def _diff(self, m: Map, want: Array) -> tuple[Array, Array]:
+        """The keys of ``want`` not in ``m``, and those of ``m`` not in ``want``."""
         have, _ = self.entries(m)
         gone = have[index_of(want, have) < 0] if len(have) else have
         new = want[index_of(have, want) < 0] if len(want) else want
+        return new, gone
+
+    def _replace(self, m: Map, want: Array) -> tuple[int, int]:
+        new, gone = self._diff(m, want)
+        self._delete(m, gone)
+        self._add(m, new)
+        return len(new), len(gone)
+
+    def _delete(self, m: Map, gone: Array) -> None:
         if len(gone):
             m.delete_batch(gone)
-            seen = self._seen[m.name]
-            for k in gone:
-                seen.pop(k.tobytes(), None)
-        if len(new):
-            zeros = np.zeros(len(new), dtype=OFF_HIT)
-            try:
-                m.update_batch(new, zeros)
-            except DatapathError as exc:
-                cause = exc.__cause__
-                if not isinstance(cause, OSError) or cause.errno not in _NO_BATCH:
-                    raise
-                # offloaded maps have no batch operations: one by one
-                for k, v in zip(new, zeros, strict=True):
-                    m[k] = v
-        return len(new), len(gone)
+            seen = self._seen.get(m.name)
+            if seen is not None:
+                for k in gone:
+                    seen.pop(k.tobytes(), None)
+
+    def _add(self, m: Map, new: Array) -> None:
+        if not len(new):
+            return
+        vals = (np.ones(len(new), dtype="<u4") if m.name == "known_pairs"
+                else np.zeros(len(new), dtype=OFF_HIT))
+        try:
+            m.update_batch(new, vals)
+        except DatapathError as exc:
+            cause = exc.__cause__
+            if not isinstance(cause, OSError) or cause.errno not in _NO_BATCH:
+                raise
+            # offloaded maps have no batch operations: one by one
+            for k, v in zip(new, vals, strict=True):
+                m[k] = v
 
     def counters(self) -> Array:
         """Packets and bytes by :class:`OffReason`: shape (len(OffReason), 2)."""
@@ -327,6 +445,8 @@ class RefreshStats:
     removed: int
     truncated: int  # wanted but over the maps' capacity (left to the full program)
     seconds: float
+    closed: int = 0  # destinations closed to unknown sources
+    known: int = 0  # their known sources (pairs), which pass
 
 
 @dataclass
@@ -345,7 +465,9 @@ class OffloadBackend(XdpBackend):
     """The full program in driver mode, the reduced one in hardware mode on the same device.
 
     Options: ``refresh`` (seconds between drop-set refreshes, 0.1),
-    ``drop_flows`` / ``drop_dsts`` (capacities of the NIC's drop maps),
+    ``drop_flows`` / ``drop_dsts`` (capacities of the NIC's drop maps; the
+    map of closed destinations holds ``drop_dsts`` too), ``drop_known``
+    (the known sources of the closed destinations the NIC holds),
     ``offload_driver_mode`` (tests: the reduced program in driver mode on
     ``offload_interface``, a str or a mapping from the full program's
     interface, in ``offload_netns``, default the backend's namespace).
@@ -363,6 +485,7 @@ class OffloadBackend(XdpBackend):
             raise ConfigError(f"offload refresh must be > 0 seconds, not {self.refresh_period}")
         self.flows_max = int(self.options.get("drop_flows", DROP_FLOWS_MAX))
         self.dsts_max = int(self.options.get("drop_dsts", DROP_DSTS_MAX))
+        self.known_max = int(self.options.get("drop_known", DROP_KNOWN_MAX))
         self.driver_mode = bool(self.options.get("offload_driver_mode", False))
         self.reduced: dict[str, _Reduced] = {}
         self.last_refresh: RefreshStats | None = None
@@ -391,7 +514,7 @@ class OffloadBackend(XdpBackend):
     def _load_reduced(self, ifname: str, netns: str | None) -> ReducedProgram:
         params = self.load().params
         kw = {"flows_max": self.flows_max, "dsts_max": self.dsts_max,
-              "dst_mode": params.dst_mode}
+              "known_max": self.known_max, "dst_mode": params.dst_mode}
         if self.driver_mode:
             return ReducedProgram(ifindex=None, **kw)
         with in_netns(netns):
@@ -510,6 +633,40 @@ class OffloadBackend(XdpBackend):
         filt.mark_dirty(keys)
 
     @staticmethod
+    def _count_closed(filt: XdpFilter, hits: dict[bytes, int], now: int) -> None:
+        """Count the packets the NIC dropped to a closed destination as the full
+        program counts a closed drop: into the destination's closed-drops record
+        (created if it has none) and its aggregate (``c*``, ``ts2*``).
+
+        The record is what the sync shares, so the mesh keeps the destination
+        closed while the flood lasts although no proxy's full program sees
+        it; added as :meth:`_count_in` adds a flow's (``base_c`` kept: this
+        proxy's ``dc`` at the next round) and marked dirty.  The aggregate gets
+        them at once, or it would look open here until the next round.
+        """
+        if not hits:
+            return
+        dkeys = np.frombuffer(b"".join(hits), dtype=L.DST_KEY)
+        n = np.fromiter(hits.values(), dtype=np.int64, count=len(hits))
+        agg = np.zeros(len(dkeys), dtype=L.FLOW_KEY)  # DST operations read key.dst only
+        agg["dst"] = dkeys
+        keys = agg.copy()  # the closed-drops records
+        keys["dst"]["pad"] = L.DST_PAD_CLOSED
+        exists, recs = filt.read(keys)
+        have = np.flatnonzero(exists)
+        new = np.flatnonzero(~exists)
+        ent = np.concatenate([
+            apply_entries(keys[have], OP_FLOW | OP_KEEP_BASE, gen=recs["gen"][have],
+                          c_delta=n[have], ts1=0, ts2=now),
+            apply_entries(keys[new], OP_FLOW | OP_CREATE, c_delta=n[new], ts1=now, ts2=now),
+            apply_entries(agg, OP_DST, c_delta=n, ts1=0, ts2=now),
+        ], dtype=L.APPLY)  # (a plain concatenate would make the port little-endian)
+        res = filt.apply(ent)
+        counted = keys[res[: len(keys)][np.argsort(np.concatenate([have, new]))] == APPLIED]
+        if len(counted):
+            filt.mark_dirty(counted)
+
+    @staticmethod
     def _add_hidden(keys: Array, vals: Array, hidden: dict[bytes, _Hidden]) -> Array:
         """The records with the packets dropped on the NIC counted in (a copy)."""
         if not hidden or not len(keys):
@@ -536,28 +693,37 @@ class OffloadBackend(XdpBackend):
         for r in self.reduced.values():
             r.prog.set_dst_mode(params.dst_mode)
             self._count_in(filt, r.prog.hits("drop_flows"), when)
+            self._count_closed(filt, r.prog.hits("closed_dsts"), when)
             self._gather_hidden(self._hidden_dsts, r.prog.hits("drop_dsts"), when)
         fkeys, fvals = filt.read_flows()
         dkeys, dvals = filt.read_dsts()
         dvals = self._add_hidden(dkeys, dvals, self._hidden_dsts)
-        want = drop_set(fkeys, fvals, dkeys, dvals, params, when)
+        known_keys = known_cls = None
+        if _closed(dvals["c"], dvals["ts1"], dvals["ts2"], when, params).any():
+            known_keys, known_cls = filt.read_known()  # only needed then: it can be large
+        want = drop_set(fkeys, fvals, dkeys, dvals, params, when, known_keys, known_cls)
         truncated = 0
         flows, dsts = want.flows, want.dsts
-        if len(flows) > self.flows_max or len(dsts) > self.dsts_max:
-            truncated = max(len(flows) - self.flows_max, 0) + max(len(dsts) - self.dsts_max, 0)
+        closed, known = self._fit_closed(want, dkeys, dvals, when)
+        if (len(flows) > self.flows_max or len(dsts) > self.dsts_max
+                or len(closed) < len(want.closed)):
+            truncated = (max(len(flows) - self.flows_max, 0) + max(len(dsts) - self.dsts_max, 0)
+                         + len(want.closed) - len(closed))
             flows = self._top(flows, fkeys, fvals, self.flows_max, when)
             dsts = self._top(dsts, dkeys, dvals, self.dsts_max, when)
             if not self._full_warned:
                 log.warning(
-                    "the offload drop set is full: %d flows and %d destinations are over the "
-                    "limits, the NIC holds %d and %d (options drop_flows, drop_dsts); the "
-                    "fastest are dropped on the NIC, the rest by the full program",
-                    len(want.flows), len(want.dsts), self.flows_max, self.dsts_max)
+                    "the offload drop set is full: %d flows, %d destinations and %d closed "
+                    "ones (%d known sources) are over the limits, the NIC holds %d, %d, %d "
+                    "(%d) (options drop_flows, drop_dsts, drop_known); the fastest are "
+                    "dropped on the NIC, the rest by the full program",
+                    len(want.flows), len(want.dsts), len(want.closed), len(want.known),
+                    self.flows_max, self.dsts_max, self.dsts_max, self.known_max)
                 self._full_warned = True
         elif self._full_warned:
             log.info("the offload drop set fits the NIC's maps again")
             self._full_warned = False
-        final = DropSet(flows, dsts)
+        final = DropSet(flows, dsts, closed, known)
         added = removed = 0
         for r in self.reduced.values():
             a, d = r.prog.set_drops(final)
@@ -565,7 +731,7 @@ class OffloadBackend(XdpBackend):
             removed += d
         self._forget(self._hidden_dsts, dsts)
         stats = RefreshStats(len(flows), len(dsts), added, removed, truncated,
-                             time.perf_counter() - t0)
+                             time.perf_counter() - t0, len(closed), len(known))
         self.last_refresh = stats
         return stats
 
@@ -574,10 +740,38 @@ class OffloadBackend(XdpBackend):
         """The ``n`` keys of ``want`` with the highest rates."""
         if len(want) <= n:
             return want
-        v = vals[index_of(keys, want)]
+        return OffloadBackend._ranked(want, keys, vals, now)[:n]
+
+    @staticmethod
+    def _ranked(want: Array, keys: Array, vals: Array, now: int) -> Array:
+        """The keys of ``want``, highest rate first (a key without a record, a
+        heavy source not seen yet, comes last)."""
+        idx = index_of(keys, want)
+        v = vals[np.maximum(idx, 0)]
         window = np.maximum(now - v["ts1"].astype(np.int64), 1)
-        rate = v["c"].astype(np.float64) / window
-        return want[np.argsort(-rate, kind="stable")[:n]]
+        rate = np.where(idx >= 0, v["c"].astype(np.float64) / window, -1.0)
+        return want[np.argsort(-rate, kind="stable")]
+
+    def _fit_closed(self, want: DropSet, keys: Array, vals: Array, now: int
+                    ) -> tuple[Array, Array]:
+        """The closed destinations and known pairs the NIC's maps hold: the
+        fastest destinations first, each with all of its known sources or not
+        at all (one left out is judged by the full program alone; one whose
+        known clients did not fit would drop them)."""
+        closed, known = want.closed, want.known
+        if len(closed) <= self.dsts_max and len(known) <= self.known_max:
+            return closed, known
+        ranked = self._ranked(closed, keys, vals, now)
+        per = np.zeros(len(ranked), dtype=np.int64)
+        if len(known):
+            di = index_of(ranked, np.ascontiguousarray(known["dst"]))
+            per = np.bincount(di[di >= 0], minlength=len(ranked))
+        fits = (np.cumsum(per) <= self.known_max) & (np.arange(len(ranked)) < self.dsts_max)
+        fits &= np.cumprod(fits).astype(bool)  # in rank order, up to the first that does not
+        kept = ranked[fits]
+        if not len(known):
+            return kept, known
+        return kept, known[index_of(kept, np.ascontiguousarray(known["dst"])) >= 0]
 
     @staticmethod
     def _forget(hidden: dict[bytes, _Hidden], kept: Array) -> None:

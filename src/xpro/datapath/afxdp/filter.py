@@ -53,7 +53,7 @@ import numpy.typing as npt
 
 from xpro.core import layout as L
 from xpro.core.merge import rate_exceeds_array
-from xpro.core.model import FilterParams
+from xpro.core.model import NS_PER_S, FilterParams
 from xpro.core.params import Sizes
 from xpro.core.prefixset import PrefixSet
 from xpro.core.state import (
@@ -70,6 +70,7 @@ from xpro.core.state import (
 from xpro.datapath.afxdp.parse import MALFORMED, NON_IP, OK, Batch, pack_frames, parse_batch
 from xpro.datapath.afxdp.table import Table
 from xpro.datapath.xdp import CLOCK_MONOTONIC_COARSE
+from xpro.errors import DatapathError
 
 __all__ = ["APPLY_CHUNK", "DestinationParser", "EventQueue", "UserFilter",
            "parsed_destination_addr"]
@@ -193,6 +194,10 @@ class UserFilter:
         self.sizes = sizes or Sizes()
         self.flows = Table(L.FLOW_KEY, L.FLOW, self.sizes.flows)
         self.dsts = Table(L.DST_KEY, L.DST, self.sizes.dsts)
+        #: (source, destination key) -> class (``Known``): the daemon writes it, the
+        #: packets read it while their destination is closed.  A plain table, not
+        #: LRU: at most ``sizes.known`` entries, nothing is evicted to make room.
+        self.known = Table(L.FLOW_KEY, np.dtype("<u4"), self.sizes.known)
         self.stats = np.zeros((L.N_REASONS, 2), dtype=np.uint64)
         self.lock = threading.RLock()
         self._queues: set[EventQueue] = set()
@@ -390,11 +395,80 @@ class UserFilter:
 
     def _rate(self, idx: Array, keys: Array, t: Array, action: Array, reason: Array,
               events: list[tuple[Array, Array]]) -> None:
-        """Lines 1-25 of Algorithm 2 for the packets ``idx`` (keys ``keys``, times ``t``)."""
+        """Lines 1-25 of Algorithm 2, with closed destinations, for the packets ``idx``
+        (keys ``keys``, times ``t``).
+
+        Whether a packet's destination is closed depends on the packets before
+        it, and what they did depends on it in turn (an unknown source of a
+        closed destination skips its flow record).  Each pass *guesses* it for
+        every packet from the destination's record as it was before the pass,
+        runs the whole batch vectorised on the guess, and checks the guess
+        against the record each packet really found.  Destinations are
+        independent (a flow belongs to one), so the packets of a destination
+        before its first wrong guess are right: they are applied, and the
+        rest goes round again, guessed from the records they left.  A
+        destination changes state at most a couple of times in a batch
+        stamped with one time (the data path's), so it takes one or two
+        passes; one when nothing is closed or closes.
+        """
+        pending = np.arange(len(idx))
+        while len(pending):
+            sub = keys if len(pending) == len(idx) else _take(keys, pending)
+            bad = self._pass(idx[pending], sub, t[pending], action, reason, events,
+                             verify=True)
+            if bad is None:
+                return
+            good = np.flatnonzero(~bad)
+            if len(good):  # right up to each destination's first wrong guess
+                self._pass(idx[pending[good]], _take(sub, good), t[pending[good]], action,
+                           reason, events, verify=False)
+            pending = pending[bad]
+
+    def _pass(self, idx: Array, keys: Array, t: Array, action: Array, reason: Array,
+              events: list[tuple[Array, Array]], *, verify: bool) -> Array | None:
+        """One pass of :meth:`_rate` over the packets ``idx`` (keys ``keys``, times ``t``,
+        in arrival order).  With ``verify``, returns the packets from each
+        destination's first wrong guess on (a bool mask) and changes nothing if
+        there is one; otherwise applies the pass and returns None."""
         p = self.params
-        # --- per source (lines 1-16) -------------------------------------------
-        r = _Runs.of(self.flows, keys, t, L.FLOW, p.t_t1)
-        rec, g, ts, m = r.rec, r.g, r.ts, len(r.g)
+        m = len(idx)
+        # --- the groups: flows, and destinations from the flows' keys ------------
+        fg = _Grouping.of(self.flows, keys)
+        dg0 = _Grouping.of(self.dsts, np.ascontiguousarray(fg.ukeys["dst"]))
+        dinv = dg0.inv[fg.inv]  # each packet's destination
+        dorder = np.argsort(dinv, kind="stable")
+        dkeys = dg0.ukeys
+        self.dsts.reserve(len(dkeys))  # before find: the store below inserts without moving
+        dh = dg0.uh if self.dsts.key == dg0.key else self.dsts._hash(dkeys)
+        dslots = self.dsts.find(dkeys, dh)
+        dexists = dslots >= 0
+        drec = np.zeros(len(dkeys), dtype=L.DST)
+        drec[dexists] = self.dsts.get(dslots[dexists])
+        d_ts1, d_ts2 = drec["ts1"].astype(np.int64), drec["ts2"].astype(np.int64)
+        d_c = drec["c"].astype(np.int64)
+
+        # --- the guess: closed as the destination's record was before the pass --
+        cmin = p.t_f2 * p.t_t3 // NS_PER_S  # closed needs c* above this
+        cl = np.zeros(m, dtype=bool)
+        maybe = dexists & (d_c > cmin)
+        if maybe.any():
+            rows = np.flatnonzero(maybe[dinv])
+            g = dinv[rows]
+            cl[rows] = self._closed(d_ts1[g], d_ts2[g], d_c[g], t[rows])
+        cls = np.zeros(m, dtype=np.int64)
+        if cl.any() and len(self.known):
+            rows = np.flatnonzero(cl)
+            ks = self.known.find(_take(keys, rows))
+            hit = ks >= 0
+            cls[rows[hit]] = self.known.vals[ks[hit]]
+        cd = cl & (cls == 0)  # unknown sources of a closed destination: closed drops
+        if cd.any():
+            fg = fg.with_closed(self.flows, cd, dinv, dkeys)
+
+        # --- per source (lines 1-16); closed drops count into their closed-drops
+        # record, with no per-source check ------------------------------------------
+        r = _Runs.of(self.flows, fg, t, L.FLOW, p.t_t1)
+        rec, g, ts = r.rec, r.g, r.ts
         started = r.created | r.reset
         c = r.count()
         ts1 = np.where(r.cont, rec["ts1"].astype(np.int64)[g], ts[r.start])
@@ -403,10 +477,65 @@ class UserFilter:
         gen = (rec["gen"].astype(np.int64)[g] + cumres - gbase[g]) & _U32
         window = ts - ts1
         over = (window > p.t_t2) & rate_exceeds_array(c, window, p.t_f1)
+        if cd.any():
+            over &= ~cd[r.order]
         warned, warn_ts = _warnings(over, g, ts, rec["warn_ts"].astype(np.int64),
                                     p.warn_period)
+        over_a = np.empty(m, dtype=bool)  # in arrival order
+        over_a[r.order] = over
+        f_ts1 = np.empty(m, dtype=np.int64)
+        f_ts1[r.order] = ts1
+        f_started = np.zeros(m, dtype=bool)
+        f_started[r.order] = started
+        f_started &= ~cd  # a closed drop starts no window of the aggregate
 
-        # records back
+        # --- per destination (lines 18-25): the packets admitted, and the closed
+        # drops, in arrival order per destination ---------------------------------------
+        counted = ~over_a  # a closed drop is never over
+        s = dorder[counted[dorder]]
+        gs, tss = dinv[s], t[s]
+        n = len(s)
+        first = np.ones(n, dtype=bool)
+        first[1:] = gs[1:] != gs[:-1]
+        prev = np.empty(n, dtype=np.int64)
+        prev[1:] = tss[:-1]
+        prev[first] = d_ts2[gs[first]]
+        created = first & ~dexists[gs]
+        reset = ~created & (tss - prev > p.t_t1)
+        segstart = first | reset
+        start = np.flatnonzero(segstart)[np.cumsum(segstart) - 1]
+        cont = ~(created | reset)[start]
+        fts1, fst = f_ts1[s], f_started[s]
+        startval = np.where(created[start], fts1[start],
+                            np.where(reset[start], tss[start], d_ts1[gs]))
+        # ts1* = min(start, ts1' of the first flow that started since); later
+        # starters started later (time never decreases inside a batch).
+        ts1s = startval
+        cand = np.flatnonzero(fst & ~created & ~reset)
+        if len(cand):
+            k = np.searchsorted(cand, start)
+            kk = np.minimum(k, len(cand) - 1)
+            valid = (k < len(cand)) & (cand[kk] <= np.arange(n))
+            ts1s = np.where(valid, np.minimum(startval, fts1[cand[kk]]), startval)
+        pos_in = np.arange(n) - start
+        cs = pos_in + 1 + np.where(cont, d_c[gs], 0)
+        cls_s, cl_s, cd_s = cls[s], cl[s], cd[s]
+        client = cl_s & (cls_s == L.Known.CLIENT)
+        heavy = cl_s & ~cd_s & ~client  # never served while closed
+        kc = np.where(cont, drec["kc"].astype(np.int64)[gs], 0)
+        if client.any():
+            cum = np.cumsum(client)
+            kc = kc + cum - (cum[start] - client[start])
+        cnt = np.where(client, kc, cs)
+        dwin = tss - ts1s
+        over_d = ~cd_s & ~heavy & (dwin > p.t_t3) & rate_exceeds_array(cnt, dwin, p.t_f2)
+
+        if verify:
+            bad = self._wrong_guesses(cl, t, dorder, dinv, counted, gs, ts1s, tss, cs, cmin)
+            if bad is not None:
+                return bad
+
+        # --- apply: records, verdicts, warnings ----------------------------------------
         new = rec.copy()
         new["ts1"], new["ts2"], new["c"] = ts1[r.last], ts[r.last], c[r.last]
         new["gen"], new["warn_ts"] = gen[r.last], warn_ts
@@ -420,70 +549,100 @@ class UserFilter:
         if epoch:
             bit = np.uint8(1 << (epoch & 1))
             self.flows.aux[all_slots[mark]] |= bit
-
-        # verdicts of the per-source check, in packet order
         pk = idx[r.order]  # original positions in sorted order
         if over.any():
             self._judge(keys, r.order, pk, ts, over, warned, c, window,
                         L.EventKind.SRC_OVERLOAD, action, reason, events)
-
-        # --- per destination (lines 18-25), packets admitted ----------------------
-        if over.all():
-            return
-        # the admitted packets, back in arrival order (as indices of the sorted arrays)
-        where_sorted = np.empty(m, dtype=np.int64)
-        where_sorted[r.order] = np.arange(m)
-        adm = where_sorted[~over[where_sorted]]
-        self._dst(_take(keys, r.order[adm]), ts[adm], ts1[adm], started[adm], pk[adm], action,
-                  reason, events)
-
-    def _dst(self, keys: Array, t: Array, f_ts1: Array, f_started: Array, pk: Array,
-             action: Array, reason: Array, events: list[tuple[Array, Array]]) -> None:
-        p = self.params
-        m = len(keys)
-        dkeys = np.ascontiguousarray(keys["dst"])
-        r = _Runs.of(self.dsts, dkeys, t, L.DST, p.t_t1)
-        rec, g, ts, start = r.rec, r.g, r.ts, r.start
-        fts1 = f_ts1[r.order]
-        fst = f_started[r.order]
-        startval = np.where(r.created[start], fts1[start],
-                            np.where(r.reset[start], ts[start], rec["ts1"].astype(np.int64)[g]))
-        # ts1* = min(start, ts1' of the first flow that started since); later
-        # starters started later (time never decreases inside a batch).
-        cand = np.flatnonzero(fst & ~r.created & ~r.reset)
-        ts1s = startval
-        if len(cand):
-            k = np.searchsorted(cand, start)
-            kk = np.minimum(k, len(cand) - 1)
-            valid = (k < len(cand)) & (cand[kk] <= np.arange(m))
-            ts1s = np.where(valid, np.minimum(startval, fts1[cand[kk]]), startval)
-        cs = r.count()
-        window = ts - ts1s
-        over = (window > p.t_t3) & rate_exceeds_array(cs, window, p.t_f2)
-        warned, warn_ts = _warnings(over, g, ts, rec["warn_ts"].astype(np.int64),
+        if n == 0:
+            return None
+        dwarn, dwarn_ts = _warnings(over_d | cd_s, gs, tss, drec["warn_ts"].astype(np.int64),
                                     p.warn_period)
-        new = rec.copy()
-        new["ts1"], new["ts2"], new["c"] = ts1s[r.last], ts[r.last], cs[r.last]
-        new["warn_ts"] = warn_ts
-        r.store(self.dsts, new)
-        if over.any():
-            self._judge(keys, r.order, pk[r.order], ts, over, warned, cs, window,
-                        L.EventKind.DST_OVERLOAD, action, reason, events)
+        last = np.append(np.flatnonzero(first)[1:], n) - 1
+        gl = gs[last]  # the destinations with packets counted, and their last one
+        dnew = drec[gl]
+        dnew["ts1"], dnew["ts2"], dnew["c"], dnew["kc"] = ts1s[last], tss[last], cs[last], kc[last]
+        dnew["warn_ts"] = dwarn_ts[gl]
+        have = dexists[gl]
+        self.dsts.put(dslots[gl[have]], dnew[have])
+        fresh = gl[~have]
+        if len(fresh):
+            self.dsts.make_room(len(fresh), dslots[dexists])
+            self.dsts.insert(dkeys[fresh], dnew[~have], dh[fresh])
+        judged = over_d | cd_s | heavy
+        if judged.any():
+            self._judge(keys, s, idx[s], tss, judged, dwarn, cnt, dwin,
+                        L.EventKind.DST_OVERLOAD, action, reason, events,
+                        closed=~over_d)
+        return None
+
+    def _closed(self, ts1: Array, ts2: Array, c: Array, t: Array) -> Array:
+        """``model.Filter.dst_closed`` over arrays (records as int64 columns)."""
+        p = self.params
+        window = t - ts1
+        out: Array = (t - ts2 <= p.t_t1) & (window > p.t_t3)
+        if out.any():
+            w = np.flatnonzero(out)
+            out[w] = rate_exceeds_array(c[w], window[w], p.t_f2)
+        return out
+
+    def _wrong_guesses(self, cl: Array, t: Array, dorder: Array, dinv: Array,
+                       counted: Array, gs: Array, ts1s: Array, tss: Array, cs: Array,
+                       cmin: int) -> Array | None:
+        """Check a pass's guess ``cl`` (closed or not, per packet) against the record
+        each packet found: the stored one, or the one the last counted packet of
+        its destination left (``gs``, ``ts1s``, ``tss``, ``cs``: the counted
+        packets, sorted by destination).  Returns the packets from each
+        destination's first wrong guess on, or None if every guess was right."""
+        if not cl.any() and (len(cs) == 0 or int(cs.max()) <= cmin):
+            return None  # nothing was closed, nothing could have become closed
+        m = len(cl)
+        c_o = counted[dorder]
+        kprev = np.cumsum(c_o) - 1 - c_o  # the last counted packet before each, in s
+        g_o = dinv[dorder]
+        valid = kprev >= 0
+        kp = np.maximum(kprev, 0)
+        if len(gs):
+            valid &= gs[kp] == g_o
+        else:
+            valid[:] = False
+        # where no packet of the destination was counted before, the guess read
+        # the same record: right by construction
+        actual = cl[dorder].copy()
+        v = np.flatnonzero(valid)
+        actual[v] = False
+        v = v[cs[kp[v]] > cmin]
+        if len(v):
+            actual[v] = self._closed(ts1s[kp[v]], tss[kp[v]], cs[kp[v]], t[dorder[v]])
+        wrong = actual != cl[dorder]
+        if not wrong.any():
+            return None
+        firstbad = np.full(int(g_o.max()) + 1, m, dtype=np.int64)
+        np.minimum.at(firstbad, g_o[wrong], np.flatnonzero(wrong))
+        bad = np.empty(m, dtype=bool)
+        bad[dorder] = np.arange(m) >= firstbad[g_o]
+        return bad
 
     def _judge(self, keys: Array, order: Array, pos: Array, ts: Array, over: Array,
                warned: Array, c: Array, window: Array, kind: L.EventKind, action: Array,
-               reason: Array, events: list[tuple[Array, Array]]) -> None:
+               reason: Array, events: list[tuple[Array, Array]],
+               closed: Array | None = None) -> None:
         """The verdicts of a rate check.  The checked packets are ``keys`` sorted by
         ``order``; ``pos`` are their places in the batch, ``ts`` their times, ``c``
         and ``window`` the count and window checked.  Those ``over`` are dropped, or
-        passed in monitor mode; the ``warned`` ones become events of ``kind``."""
+        passed in monitor mode; the ``warned`` ones become events of ``kind``.
+        ``closed`` marks (for a destination's check) those dropped because the
+        destination was closed (DST_CLOSED) rather than over T_F2."""
         src = kind == L.EventKind.SRC_OVERLOAD
         ov = np.flatnonzero(over)
         mon = self._modes(keys, order[ov]) == L.MODE_MONITOR
         action[pos[ov]] = np.where(mon, L.XDP_PASS, L.XDP_DROP)
-        reason[pos[ov]] = np.where(
-            mon, L.Reason.MON_SRC_RATE if src else L.Reason.MON_DST_RATE,
-            L.Reason.SRC_RATE if src else L.Reason.DST_RATE)
+        if src:
+            reason[pos[ov]] = np.where(mon, L.Reason.MON_SRC_RATE, L.Reason.SRC_RATE)
+        else:
+            shut = np.zeros(len(ov), dtype=bool) if closed is None else closed[ov]
+            reason[pos[ov]] = np.where(
+                mon, np.where(shut, L.Reason.MON_DST_CLOSED, L.Reason.MON_DST_RATE),
+                np.where(shut, L.Reason.DST_CLOSED, L.Reason.DST_RATE))
         w = np.flatnonzero(warned)
         if len(w) and self.params.events:
             ev = np.zeros(len(w), dtype=L.EVENT)
@@ -617,6 +776,8 @@ class UserFilter:
             nv["c"] = e["c_delta"][rc].astype(np.uint64)
             if flows:
                 nv["base_c"] = e["base_c"][rc]
+            else:  # the kc delta travels in base_c
+                nv["kc"] = e["base_c"][rc]
             t.make_room(len(rc), slots[~absent])
             t.insert(keys[cr], nv)
             e["result"][rc] = APPLIED
@@ -645,8 +806,61 @@ class UserFilter:
                 keep = (op[ru] & OP_KEEP_BASE) != 0
                 vals["base_c"] = np.where(keep, vals["base_c"], e["base_c"][ru])
                 vals["base_gen"] = np.where(keep, vals["base_gen"], e["gen"][ru])
+            else:  # kc += the delta in base_c, two's complement (wraps as in the kernel)
+                vals["kc"] = vals["kc"] + e["base_c"][ru]
             t.vals[su] = vals
             e["result"][ru] = APPLIED
+
+    # --- known clients (written by the daemon, read by the packets) -------------
+
+    def set_known(self, keys: Array, classes: Any) -> None:
+        """Write (or overwrite) the class (``Known``) of these flow keys.
+
+        ``classes`` is one class for all keys or one per key; a key given twice
+        takes its last class.  Like the kernel's batch update of its plain hash,
+        a full table takes the keys that fit, in order, and then raises
+        :class:`~xpro.errors.DatapathError` (nothing is evicted to make room).
+        """
+        keys = np.ascontiguousarray(keys, dtype=L.FLOW_KEY)
+        n = len(keys)
+        if n == 0:
+            return
+        cls = np.ascontiguousarray(np.broadcast_to(np.asarray(classes, dtype="<u4"), (n,)))
+        kv = keys.view(self.known.void)
+        _, last = np.unique(kv[::-1], return_index=True)
+        if len(last) != n:  # repeated keys: the last one wins
+            keep = np.sort(n - 1 - last)
+            keys, cls = keys[keep], cls[keep]
+        with self.lock:
+            t = self.known
+            t.reserve(len(keys))
+            slots = t.find(keys)
+            have = slots >= 0
+            t.put(slots[have], cls[have])
+            new = np.flatnonzero(~have)
+            room = max(0, t.max_entries - len(t))
+            t.insert(keys[new[:room]], cls[new[:room]])
+        if len(new) > room:
+            raise DatapathError(f"the known-client table is full ({t.max_entries} entries): "
+                                f"{len(new) - room} of {n} not written")
+
+    def drop_known(self, keys: Array) -> int:
+        """Remove these flow keys from the known table (absent ones are skipped);
+        returns how many went."""
+        keys = np.ascontiguousarray(keys, dtype=L.FLOW_KEY)
+        if len(keys) == 0:
+            return 0
+        with self.lock:
+            slots = self.known.find(keys)
+            gone = np.unique(slots[slots >= 0])
+            self.known.delete(gone)
+            return len(gone)
+
+    def read_known(self) -> tuple[Array, Array]:
+        """The known table: flow keys (FLOW_KEY) and their class (``Known``, uint32)."""
+        with self.lock:
+            s = self.known.slots()
+            return self.known.keys[s].copy(), self.known.vals[s].copy()
 
     # --- sync epochs -------------------------------------------------------------
 
@@ -681,10 +895,11 @@ class UserFilter:
         return 0
 
     def clear(self) -> None:
-        """Forget every record and counter (tests)."""
+        """Forget every record, known client and counter (tests)."""
         with self.lock:
             self.flows.clear()
             self.dsts.clear()
+            self.known.clear()
             self.stats[:] = 0
 
     def close(self) -> None:
@@ -736,6 +951,44 @@ def _group(table: Table, keys: Array) -> tuple[Array, Array, Array, Array]:
 
 
 @dataclass
+class _Grouping:
+    """A batch's packets grouped by key (:func:`_group`): the groups' keys and
+    their hashes under the table's hash key ``key``, each packet's group
+    (``inv``) and the packets group by group (``order``, arrival order inside
+    each; the groups in the order of their numbers)."""
+
+    ukeys: Array
+    uh: Array
+    key: int
+    inv: Array
+    order: Array
+
+    @classmethod
+    def of(cls, table: Table, keys: Array) -> _Grouping:
+        first, inv, uh, order = _group(table, keys)
+        return cls(_take(keys, first), uh, table.key, inv, order)
+
+    def with_closed(self, table: Table, cd: Array, dinv: Array, dkeys: Array) -> _Grouping:
+        """The packets ``cd`` moved to their destination's closed-drops record
+        (``dinv``: each packet's destination, ``dkeys`` the destinations' keys);
+        groups left with no packet go."""
+        u = len(self.ukeys)
+        dd = np.unique(dinv[cd])
+        ck = np.zeros(len(dd), dtype=L.FLOW_KEY)
+        ck["dst"] = dkeys[dd]
+        ck["dst"]["pad"] = L.DST_PAD_CLOSED
+        gid = self.inv.copy()
+        gid[cd] = u + np.searchsorted(dd, dinv[cd])
+        used = np.zeros(u + len(dd), dtype=bool)
+        used[gid] = True
+        inv = (np.cumsum(used) - 1)[gid]
+        ukeys = np.concatenate([self.ukeys, ck], dtype=L.FLOW_KEY)[used]
+        uh = (np.concatenate([self.uh, table._hash(ck)])[used] if table.key == self.key
+              else table._hash(ukeys))
+        return _Grouping(ukeys, uh, table.key, inv, np.argsort(inv, kind="stable"))
+
+
+@dataclass
 class _Runs:
     """A batch's packets grouped by record, and cut where a record starts.
 
@@ -764,13 +1017,11 @@ class _Runs:
     last: Array     # the position of each group's last packet
 
     @classmethod
-    def of(cls, table: Table, keys: Array, t: Array, dtype: Any, t_t1: int) -> _Runs:
-        m = len(keys)
-        first, inv, uh, order = _group(table, keys)
-        ukeys = _take(keys, first)
-        key = table.key
+    def of(cls, table: Table, grouping: _Grouping, t: Array, dtype: Any, t_t1: int) -> _Runs:
+        m = len(grouping.inv)
+        ukeys, uh, inv, order = grouping.ukeys, grouping.uh, grouping.inv, grouping.order
         table.reserve(len(ukeys))  # before find: store() inserts without moving slots
-        if table.key != key:  # reserve() rekeyed the table: the hashes are stale
+        if table.key != grouping.key:  # rekeyed (by reserve() or since): the hashes are stale
             uh = table._hash(ukeys)
         slots = table.find(ukeys, uh)
         exists = slots >= 0
