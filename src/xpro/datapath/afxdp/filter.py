@@ -67,7 +67,15 @@ from xpro.core.state import (
     OP_KEEP_BASE,
     OP_READ,
 )
-from xpro.datapath.afxdp.parse import MALFORMED, NON_IP, OK, Batch, pack_frames, parse_batch
+from xpro.datapath.afxdp.parse import (
+    MALFORMED,
+    NON_IP,
+    OK,
+    Batch,
+    mask_sources,
+    pack_frames,
+    parse_batch,
+)
 from xpro.datapath.afxdp.table import Table
 from xpro.datapath.xdp import CLOCK_MONOTONIC_COARSE
 from xpro.errors import DatapathError
@@ -371,6 +379,8 @@ class UserFilter:
             reason[d] = L.Reason.DENY
             action[d] = L.XDP_DROP
             ok &= ~d
+        # The flow key's source is its prefix; the lists above matched the full address.
+        mask_sources(b, ok, p.source_prefix_v4, p.source_prefix_v6)
         events: list[tuple[Array, Array]] = []
         idx = np.flatnonzero(ok)
         if len(idx):
