@@ -26,7 +26,7 @@ from xpro.backends.xdp import AutoBackend, GenericBackend, NativeBackend
 from xpro.bpf import BpfObject, XdpLink, XdpMode, object_path, xdp_query
 from xpro.core import layout
 from xpro.core.layout import Reason, addr16
-from xpro.core.model import FilterParams
+from xpro.core.model import FilterParams, mask_source
 from xpro.core.params import Sizes
 from xpro.datapath.host import link_info
 from xpro.errors import LinkTypeNotSupported
@@ -93,7 +93,10 @@ def stats(obj: BpfObject) -> dict[Reason, int]:
 
 
 def flow_count(obj: BpfObject, src: str, dst: str) -> int:
-    key = addr16(src) + addr16(dst) + b"\0" * 4  # dst_mode addr: no port, no proto
+    # The flow is keyed on the source's prefix (/64 and /32 by default).
+    p = FilterParams()
+    masked = mask_source(addr16(src), ":" in src, p.source_prefix_v4, p.source_prefix_v6)
+    key = masked + addr16(dst) + b"\0" * 4  # dst_mode addr: no port, no proto
     return int(obj.maps["flows"][key]["c"])
 
 
