@@ -91,7 +91,11 @@ def test_spoofed_flood(run_lab: Runner) -> None:
     for group in ("victim_clients", "other_clients", "new_clients"):
         assert out[f"{group}_sent"] > 0, group
     assert out["other_clients_dropped_pct"] <= 1.0, (out["notes"], out["verdicts"], out)
-    assert out["verdicts"].get("dst_rate", 0) > 0
+    # the destination rule dropped the flood: closed to unknown sources
+    assert out["verdicts"].get("dst_closed", 0) > 0, out["verdicts"]
+    # ... and the victim's own clients, established before it closed, kept
+    # being served (docs/semantics.rst, "Closed destinations and known clients")
+    assert out["victim_clients_dropped_pct"] <= 1.0, (out["notes"], out["verdicts"])
     assert out["flood"]["per_proxy_pps"] == 50_000 / 4 > out["flood"]["t_f2"]
 
 

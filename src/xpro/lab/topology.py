@@ -97,21 +97,21 @@ class Addressing:
 
     @property
     def bots(self) -> str:
-        return "fd00:b::/64" if self.ipv6 else "10.128.0.0/16"
+        return "fd00:b::/48" if self.ipv6 else "10.128.0.0/16"
 
     @property
     def clients(self) -> str:
-        return "fd00:c::/64" if self.ipv6 else "10.100.0.0/16"
+        return "fd00:c::/48" if self.ipv6 else "10.100.0.0/16"
 
     @property
     def crowd(self) -> str:
         """New legitimate clients of a flash crowd."""
-        return "fd00:d::/64" if self.ipv6 else "10.101.0.0/16"
+        return "fd00:d::/48" if self.ipv6 else "10.101.0.0/16"
 
     @property
     def new_clients(self) -> str:
         """Clients of the protected service that first show up during an attack."""
-        return "fd00:e::/64" if self.ipv6 else "10.102.0.0/16"
+        return "fd00:e::/48" if self.ipv6 else "10.102.0.0/16"
 
     @property
     def rotation(self) -> str:
@@ -132,8 +132,16 @@ class Addressing:
 
     @staticmethod
     def host(network: str, k: int) -> str:
-        """The ``k``-th host (0-based) of ``network``."""
+        """The ``k``-th host (0-based) of ``network``.
+
+        In an IPv6 network of a /64 or wider every host gets a /64 of its own,
+        as real hosts do: flows are keyed on the source's /64 by default
+        (docs/semantics.rst, "Source addresses"), so hosts sharing one /64
+        would be one source.
+        """
         net = ipaddress.ip_network(network)
+        if net.version == 6 and net.prefixlen <= 64:
+            return str(net.network_address + (k << 64) + 1)
         return str(net.network_address + 1 + k)
 
 
