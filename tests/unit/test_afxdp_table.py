@@ -134,3 +134,18 @@ def test_filter_recomputes_its_hashes_when_the_table_rekeys() -> None:
     _, recs = f.read_flows()
     assert len(recs) == 300
     assert (recs["c"] == 2).all()
+
+
+def test_a_few_keys_hash_as_a_batch_does() -> None:
+    """A handful of keys is hashed in Python integers (faster for one key); the
+    hash is the batch's, for every key width and hash key."""
+    rng = np.random.default_rng(5)
+    for dtype in (L.FLOW_KEY, L.DST_KEY):
+        for key in (0, None):
+            t = Table(dtype, L.DST, 1024, key=key)
+            keys = np.frombuffer(rng.bytes(dtype.itemsize * 40), dtype=dtype)
+            batch = t._hash(keys)
+            assert len(batch) > 2  # the batch path, not the few-keys one
+            one_by_one = np.concatenate([t._hash(keys[i : i + 1]) for i in range(len(keys))])
+            assert (one_by_one == batch).all()
+            assert (t._hash(keys[:2]) == batch[:2]).all()

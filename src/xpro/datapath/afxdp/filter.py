@@ -421,18 +421,16 @@ class UserFilter:
         stamped with one time (the data path's), so it takes one or two
         passes; one when nothing is closed or closes.
         """
-        pending = np.arange(len(idx))
-        while len(pending):
-            sub = keys if len(pending) == len(idx) else _take(keys, pending)
-            bad = self._pass(idx[pending], sub, t[pending], action, reason, events,
-                             verify=True)
-            if bad is None:
-                return
+        bad = self._pass(idx, keys, t, action, reason, events, verify=True)
+        pending, sub = np.arange(len(idx)), keys
+        while bad is not None:  # (never empty: it holds a wrong guess)
             good = np.flatnonzero(~bad)
             if len(good):  # right up to each destination's first wrong guess
                 self._pass(idx[pending[good]], _take(sub, good), t[pending[good]], action,
                            reason, events, verify=False)
-            pending = pending[bad]
+            pending, sub = pending[bad], _take(sub, np.flatnonzero(bad))
+            bad = self._pass(idx[pending], sub, t[pending], action, reason, events,
+                             verify=True)
 
     def _pass(self, idx: Array, keys: Array, t: Array, action: Array, reason: Array,
               events: list[tuple[Array, Array]], *, verify: bool) -> Array | None:
@@ -446,7 +444,6 @@ class UserFilter:
         fg = _Grouping.of(self.flows, keys)
         dg0 = _Grouping.of(self.dsts, np.ascontiguousarray(fg.ukeys["dst"]))
         dinv = dg0.inv[fg.inv]  # each packet's destination
-        dorder = np.argsort(dinv, kind="stable")
         dkeys = dg0.ukeys
         self.dsts.reserve(len(dkeys))  # before find: the store below inserts without moving
         dh = dg0.uh if self.dsts.key == dg0.key else self.dsts._hash(dkeys)
@@ -465,15 +462,20 @@ class UserFilter:
             rows = np.flatnonzero(maybe[dinv])
             g = dinv[rows]
             cl[rows] = self._closed(d_ts1[g], d_ts2[g], d_c[g], t[rows])
-        cls = np.zeros(m, dtype=np.int64)
-        if cl.any() and len(self.known):
-            rows = np.flatnonzero(cl)
-            ks = self.known.find(_take(keys, rows))
-            hit = ks >= 0
-            cls[rows[hit]] = self.known.vals[ks[hit]]
-        cd = cl & (cls == 0)  # unknown sources of a closed destination: closed drops
-        if cd.any():
-            fg = fg.with_closed(self.flows, cd, dinv, dkeys)
+        closing = bool(cl.any())  # (when not, the closed rule is skipped throughout)
+        cls = cd = cl
+        anycd = False
+        if closing:
+            cls = np.zeros(m, dtype=np.int64)
+            if len(self.known):
+                rows = np.flatnonzero(cl)
+                ks = self.known.find(_take(keys, rows))
+                hit = ks >= 0
+                cls[rows[hit]] = self.known.vals[ks[hit]]
+            cd = cl & (cls == 0)  # unknown sources of a closed destination: closed drops
+            anycd = bool(cd.any())
+            if anycd:
+                fg = fg.with_closed(self.flows, cd, dinv, dkeys)
 
         # --- per source (lines 1-16); closed drops count into their closed-drops
         # record, with no per-source check ------------------------------------------
@@ -487,21 +489,29 @@ class UserFilter:
         gen = (rec["gen"].astype(np.int64)[g] + cumres - gbase[g]) & _U32
         window = ts - ts1
         over = (window > p.t_t2) & rate_exceeds_array(c, window, p.t_f1)
-        if cd.any():
+        if anycd:
             over &= ~cd[r.order]
         warned, warn_ts = _warnings(over, g, ts, rec["warn_ts"].astype(np.int64),
                                     p.warn_period)
+        if over.all():  # a flood the per-source rule drops whole: no destination moves,
+            # so every guess read the record its packet found
+            self._flows_back(r, c, ts1, gen, warn_ts)
+            self._judge(keys, r.order, idx[r.order], ts, over, warned, c, window,
+                        L.EventKind.SRC_OVERLOAD, action, reason, events)
+            return None
         over_a = np.empty(m, dtype=bool)  # in arrival order
         over_a[r.order] = over
         f_ts1 = np.empty(m, dtype=np.int64)
         f_ts1[r.order] = ts1
         f_started = np.zeros(m, dtype=bool)
         f_started[r.order] = started
-        f_started &= ~cd  # a closed drop starts no window of the aggregate
+        if anycd:
+            f_started &= ~cd  # a closed drop starts no window of the aggregate
 
         # --- per destination (lines 18-25): the packets admitted, and the closed
         # drops, in arrival order per destination ---------------------------------------
         counted = ~over_a  # a closed drop is never over
+        dorder = np.argsort(dinv, kind="stable")
         s = dorder[counted[dorder]]
         gs, tss = dinv[s], t[s]
         n = len(s)
@@ -529,16 +539,21 @@ class UserFilter:
             ts1s = np.where(valid, np.minimum(startval, fts1[cand[kk]]), startval)
         pos_in = np.arange(n) - start
         cs = pos_in + 1 + np.where(cont, d_c[gs], 0)
-        cls_s, cl_s, cd_s = cls[s], cl[s], cd[s]
-        client = cl_s & (cls_s == L.Known.CLIENT)
-        heavy = cl_s & ~cd_s & ~client  # never served while closed
         kc = np.where(cont, drec["kc"].astype(np.int64)[gs], 0)
-        if client.any():
-            cum = np.cumsum(client)
-            kc = kc + cum - (cum[start] - client[start])
-        cnt = np.where(client, kc, cs)
         dwin = tss - ts1s
-        over_d = ~cd_s & ~heavy & (dwin > p.t_t3) & rate_exceeds_array(cnt, dwin, p.t_f2)
+        over_d = (dwin > p.t_t3) & rate_exceeds_array(cs, dwin, p.t_f2)
+        cd_s = heavy = np.zeros(n, dtype=bool)
+        cnt = cs
+        if closing:
+            cls_s, cl_s, cd_s = cls[s], cl[s], cd[s]
+            client = cl_s & (cls_s == L.Known.CLIENT)
+            heavy = cl_s & ~cd_s & ~client  # never served while closed
+            if client.any():
+                cum = np.cumsum(client)
+                kc = kc + cum - (cum[start] - client[start])
+                cnt = np.where(client, kc, cs)
+                over_d = (dwin > p.t_t3) & rate_exceeds_array(cnt, dwin, p.t_f2)
+            over_d &= ~cd_s & ~heavy
 
         if verify:
             bad = self._wrong_guesses(cl, t, dorder, dinv, counted, gs, ts1s, tss, cs, cmin)
@@ -546,19 +561,7 @@ class UserFilter:
                 return bad
 
         # --- apply: records, verdicts, warnings ----------------------------------------
-        new = rec.copy()
-        new["ts1"], new["ts2"], new["c"] = ts1[r.last], ts[r.last], c[r.last]
-        new["gen"], new["warn_ts"] = gen[r.last], warn_ts
-        epoch = self._epoch
-        mark = np.zeros(len(rec), dtype=bool)
-        if epoch:
-            mark = ~r.exists | (rec["epoch"] != epoch)
-            new["epoch"][mark] = epoch
-        new["epoch"][~r.exists] = epoch
-        all_slots = r.store(self.flows, new)
-        if epoch:
-            bit = np.uint8(1 << (epoch & 1))
-            self.flows.aux[all_slots[mark]] |= bit
+        self._flows_back(r, c, ts1, gen, warn_ts)
         pk = idx[r.order]  # original positions in sorted order
         if over.any():
             self._judge(keys, r.order, pk, ts, over, warned, c, window,
@@ -584,6 +587,24 @@ class UserFilter:
                         L.EventKind.DST_OVERLOAD, action, reason, events,
                         closed=~over_d)
         return None
+
+    def _flows_back(self, r: _Runs, c: Array, ts1: Array, gen: Array, warn_ts: Array) -> None:
+        """Write a pass's flow records back (each group's state after its last
+        packet), marking the flows dirty in the running epoch."""
+        rec = r.rec
+        new = rec.copy()
+        new["ts1"], new["ts2"], new["c"] = ts1[r.last], r.ts[r.last], c[r.last]
+        new["gen"], new["warn_ts"] = gen[r.last], warn_ts
+        epoch = self._epoch
+        mark = np.zeros(len(rec), dtype=bool)
+        if epoch:
+            mark = ~r.exists | (rec["epoch"] != epoch)
+            new["epoch"][mark] = epoch
+        new["epoch"][~r.exists] = epoch
+        all_slots = r.store(self.flows, new)
+        if epoch:
+            bit = np.uint8(1 << (epoch & 1))
+            self.flows.aux[all_slots[mark]] |= bit
 
     def _closed(self, ts1: Array, ts2: Array, c: Array, t: Array) -> Array:
         """``model.Filter.dst_closed`` over arrays (records as int64 columns)."""
@@ -975,6 +996,9 @@ class _Grouping:
 
     @classmethod
     def of(cls, table: Table, keys: Array) -> _Grouping:
+        if len(keys) == 1:  # one flow's destination (a flood from one source): no sort
+            one = np.zeros(1, dtype=np.int64)
+            return cls(np.ascontiguousarray(keys), table._hash(keys), table.key, one, one)
         first, inv, uh, order = _group(table, keys)
         return cls(_take(keys, first), uh, table.key, inv, order)
 

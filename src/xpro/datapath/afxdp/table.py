@@ -21,6 +21,7 @@ the table rebuilt with a fresh key at the next :meth:`Table.reserve`
 from __future__ import annotations
 
 import secrets
+import struct
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,10 @@ _MULT = np.array([0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
                   0x9E3779B97F4A7C15, 0xFF51AFD7ED558CCD], dtype=np.uint64)
 #: The hash's starting state, before the key is mixed in (key 0: the unkeyed hash).
 _SEED = 0x9E3779B97F4A7C15
+_MULT_INT = [int(m) for m in _MULT]
+_M64 = (1 << 64) - 1
+#: Up to this many keys are hashed in Python integers (:meth:`Table._hash_few`).
+_FEW = 2
 
 
 def new_key() -> int:
@@ -118,6 +123,8 @@ class Table:
         """A 64-bit hash of each key, keyed by :attr:`key`, whose low bits (the
         slot) depend on every byte."""
         c = np.ascontiguousarray(keys, dtype=self.key_dtype)
+        if len(c) <= _FEW:
+            return self._hash_few(c)
         raw = c.view(np.uint8).reshape(len(c), self.key_dtype.itemsize)
         width = raw.shape[1]
         padded = np.zeros((len(c), (width + 7) // 8 * 8), dtype=np.uint8)
@@ -135,6 +142,27 @@ class Table:
         h *= np.uint64(0xC4CEB9FE1A85EC53)
         h ^= h >> np.uint64(33)
         return h
+
+    def _hash_few(self, c: Array) -> Array:
+        """:meth:`_hash` of a handful of keys in Python integers (numpy's fixed
+        cost per operation is most of the time for one key: a one-source flood's
+        destination)."""
+        width = self.key_dtype.itemsize
+        nwords = (width + 7) // 8
+        out = np.empty(len(c), dtype=np.uint64)
+        for i, raw in enumerate(c.tobytes()[k : k + width] for k in range(0, len(c) * width,
+                                                                            width)):
+            h = _SEED ^ self.key
+            for j, w in enumerate(struct.unpack(f"<{nwords}Q", raw.ljust(nwords * 8, b"\0"))):
+                h = ((h ^ w) * _MULT_INT[j % len(_MULT_INT)]) & _M64
+                h ^= h >> 29
+            h ^= h >> 33
+            h = (h * 0xFF51AFD7ED558CCD) & _M64
+            h ^= h >> 33
+            h = (h * 0xC4CEB9FE1A85EC53) & _M64
+            h ^= h >> 33
+            out[i] = h
+        return out
 
     def find(self, keys: Array, hashes: Array | None = None) -> Array:
         """The slot of each key, or -1 (``hashes``: their :meth:`hash`, if known)."""
