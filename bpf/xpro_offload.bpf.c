@@ -3,7 +3,9 @@
  * xpro_offload: the reduced program of the `offload` backend.
  *
  * It runs on the NIC (XDP hardware mode) in front of the full program
- * (xpro.bpf.c, driver mode on the same device) and only enforces a drop set
+ * (xpro.bpf.c, driver mode on the same device), builds the full program's
+ * flow keys (its parser, the source masked to the configured prefix), and
+ * only enforces a drop set
  * that the daemon computes from the full program's state: the destinations
  * closed to unknown sources (with the known sources of each, which pass),
  * the (source, destination) flows over T_F1 and the destinations that drop
@@ -53,8 +55,9 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* The program's configuration: one entry, written by the daemon. */
 struct xpro_off_cfg {
-	__u32 dst_mode; /* XPRO_DST_*: how the destination key is built */
-	__u32 pad;
+	__u32 dst_mode;    /* XPRO_DST_*: how the destination key is built */
+	__u32 src_mask4;   /* the flow key's source prefix, as the full program's */
+	__u32 src_mask6[4]; /* struct xpro_config (network order) */
 };
 
 /* What a drop entry has dropped (atomic adds only; the daemon reads it to
@@ -67,6 +70,7 @@ struct xpro_off_hit {
 
 _Static_assert(sizeof(struct xpro_flow_key) == 36, "xpro_flow_key layout");
 _Static_assert(sizeof(struct xpro_off_hit) == 16, "xpro_off_hit layout");
+_Static_assert(sizeof(struct xpro_off_cfg) == 24, "xpro_off_cfg layout");
 
 /* (source, destination key) flows to drop: the full program's T_F1 verdict. */
 struct {
@@ -150,12 +154,13 @@ int xpro_offload(struct xdp_md *ctx)
 	struct xpro_off_hit *h;
 	__u32 zero = 0;
 	__u32 dst_mode;
+	int ipv6 = 0;
 	int rc;
 
 	cfg = bpf_map_lookup_elem(&off_cfg, &zero);
 	dst_mode = cfg ? cfg->dst_mode : XPRO_DST_ADDR;
 
-	rc = parse_packet(data, data_end, pkt_len, dst_mode, &key);
+	rc = parse_packet_af(data, data_end, pkt_len, dst_mode, &key, &ipv6);
 	if (rc == PARSE_NON_IP) {
 		off_count(XPRO_OFF_R_NON_IP, pkt_len);
 		return XDP_PASS;
@@ -164,6 +169,11 @@ int xpro_offload(struct xdp_md *ctx)
 		off_count(XPRO_OFF_R_MALFORMED, pkt_len);
 		return XDP_PASS;
 	}
+
+	/* The full program's flow key: the source masked to its prefix (the
+	 * drop set's and the known pairs' keys are its keys). */
+	if (cfg)
+		mask_source(&key, ipv6, cfg->src_mask6, cfg->src_mask4);
 
 	/* Closed first, as in the full program: an unknown source's packet is
 	 * a closed drop there (not its flow's), whatever its own rate. */

@@ -310,7 +310,7 @@ def reduced() -> Iterator[ReducedProgram]:
 
 @pytest.fixture
 def prog(reduced: ReducedProgram) -> ReducedProgram:
-    reduced.set_dst_mode(L.DST_ADDR)
+    reduced.configure(L.DST_ADDR)  # whole addresses, address keys
     reduced.set_drops(DropSet(np.zeros(0, L.FLOW_KEY), np.zeros(0, L.DST_KEY)))
     return reduced
 
@@ -407,6 +407,23 @@ def test_addr_port_keys_follow_the_configured_mode(prog: ReducedProgram) -> None
     prog.set_dst_mode(L.DST_ADDR)
     assert len(prog.drop_dsts) == 0
     assert _run(prog, dns) == XDP_PASS
+
+
+def test_flow_keys_are_source_prefixes_as_in_the_full_program(prog: ReducedProgram) -> None:
+    """With source prefixes configured, a drop entry (the full program's masked
+    key) drops every address of its prefix, and no other."""
+    prog.configure(L.DST_ADDR, 24, 64)
+    p = model.FilterParams(source_prefix_v4=24, source_prefix_v6=64)
+    v4 = [frame("10.1.7.1", "10.2.0.1"), frame("10.1.7.200", "10.2.0.1"),
+          frame("10.1.8.1", "10.2.0.1")]
+    v6 = [frame("2001:db8:1:2::1", "2001:db8:9::1"), frame("2001:db8:1:2:ffff::9", "2001:db8:9::1"),
+          frame("2001:db8:1:3::1", "2001:db8:9::1")]
+    keys = [model.flow_key(model.parse(f, 0), p) for f in (v4[0], v6[0])]
+    prog.set_drops(DropSet(np.frombuffer(b"".join(keys), dtype=L.FLOW_KEY),
+                           np.zeros(0, L.DST_KEY)))
+    assert [_run(prog, f) for f in v4 + v6] == [XDP_DROP, XDP_DROP, XDP_PASS] * 2
+    prog.configure(L.DST_ADDR)  # back to whole addresses: the set goes with the layout
+    assert len(prog.drop_flows) == 0
 
 
 def test_non_ip_and_malformed_frames_pass_to_the_full_program(prog: ReducedProgram) -> None:
@@ -520,7 +537,7 @@ def _next_verdict(m: model.Filter, fr: bytes, now: int) -> model.Verdict:
     c.known = m.known
     parsed = model.parse(fr, m.params.dst_mode)
     if parsed.status is model.ParseStatus.OK:
-        for key in (parsed.key, model.closed_key(parsed.dst)):
+        for key in (model.flow_key(parsed, m.params), model.closed_key(parsed.dst)):
             if key in m.flows:
                 c.flows[key] = model.replace(m.flows[key])
         if parsed.dst in m.dsts:
@@ -574,7 +591,7 @@ def check_drop_set(k: KernelFilter, m: model.Filter, trace: list[Step], now: int
         if fr is not None and len(fr) >= 14:
             parsed = model.parse(fr, p.dst_mode)
             if parsed.status is model.ParseStatus.OK:
-                frames.setdefault(parsed.key, fr)
+                frames.setdefault(model.flow_key(parsed, p), fr)
     by_dst: dict[bytes, bytes] = {}
     for key, fr in frames.items():
         by_dst.setdefault(key[16:], fr)
@@ -584,8 +601,9 @@ def check_drop_set(k: KernelFilter, m: model.Filter, trace: list[Step], now: int
     shown = set()
     for fr in probes:
         parsed = model.parse(fr, p.dst_mode)
+        key = model.flow_key(parsed, p)  # the reduced program masks the source as well
         full = _next_verdict(m, fr, now)
-        nic, as_closed = _nic_drops(want, parsed.key)
+        nic, as_closed = _nic_drops(want, key)
         shown.add((nic, full.reason.name))
         listed = (p.allow or any(q.contains(parsed.src) for q in p.deny))
         if listed:
@@ -595,7 +613,7 @@ def check_drop_set(k: KernelFilter, m: model.Filter, trace: list[Step], now: int
             # A closed drop on the NIC is counted back into the closed-drops record:
             # it must be one there too (an unknown source's, not a heavy one's).
             assert not as_closed or full.reason is L.Reason.DST_CLOSED, (fr.hex(), full)
-            if (full.reason is L.Reason.DST_CLOSED and parsed.key not in m.known
+            if (full.reason is L.Reason.DST_CLOSED and key not in m.known
                     and parsed.dst not in {d.tobytes() for d in want.dsts}):
                 assert as_closed, (fr.hex(), full)
     for nic, reason in sorted(shown):

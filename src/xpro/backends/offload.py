@@ -66,7 +66,7 @@ from xpro.bpf.xdp import (
 from xpro.core import layout as L
 from xpro.core.keys import index_of
 from xpro.core.merge import rate_exceeds_array
-from xpro.core.model import FilterParams
+from xpro.core.model import FilterParams, source_mask
 from xpro.core.prefixset import PrefixSet
 from xpro.core.state import APPLIED, OP_CREATE, OP_DST, OP_FLOW, OP_KEEP_BASE, apply_entries
 from xpro.datapath.host import require_ethernet
@@ -102,7 +102,7 @@ OFFLOAD_OBJECT = "xpro_offload"
 OFFLOAD_PROGRAM = "xpro_offload"
 
 #: ``struct xpro_off_cfg`` and ``struct xpro_off_hit`` of the reduced program.
-OFF_CFG = np.dtype([("dst_mode", "<u4"), ("pad", "<u4")])
+OFF_CFG = np.dtype([("dst_mode", "<u4"), ("src_mask4", ">u4"), ("src_mask6", ">u4", (4,))])
 OFF_HIT = np.dtype([("packets", "<u8"), ("bytes", "<u8")])
 _STAT = np.dtype([("packets", "<u8"), ("bytes", "<u8")])  # struct xpro_stat
 
@@ -293,7 +293,8 @@ class ReducedProgram:
 
     def __init__(self, *, ifindex: int | None, flows_max: int = DROP_FLOWS_MAX,
                  dsts_max: int = DROP_DSTS_MAX, known_max: int = DROP_KNOWN_MAX,
-                 dst_mode: int = L.DST_ADDR) -> None:
+                 dst_mode: int = L.DST_ADDR, source_prefix_v4: int = 32,
+                 source_prefix_v6: int = 128) -> None:
         self.ifindex = ifindex
         self.obj = BpfObject(
             object_path(OFFLOAD_OBJECT), programs=[OFFLOAD_PROGRAM],
@@ -317,8 +318,8 @@ class ReducedProgram:
             self.known_pairs = self.obj.maps["known_pairs"]
             self.stats = self.obj.maps["off_stats"]
             self.cfg = self.obj.maps["off_cfg"]
-            self.dst_mode = -1
-            self.set_dst_mode(dst_mode)
+            self.keying: tuple[int, int, int] | None = None
+            self.configure(dst_mode, source_prefix_v4, source_prefix_v6)
         except BaseException:
             self.obj.close()
             raise
@@ -337,19 +338,36 @@ class ReducedProgram:
             check(set_map(self.obj.maps[name]._ptr, ifindex),
                   f"bind map {name!r} to interface index {ifindex}")
 
-    def set_dst_mode(self, dst_mode: int) -> None:
-        """Build destination keys as the full program does; a change empties the drop set."""
-        if dst_mode == self.dst_mode:
+    @property
+    def dst_mode(self) -> int:
+        return -1 if self.keying is None else self.keying[0]
+
+    def configure(self, dst_mode: int, source_prefix_v4: int = 32,
+                  source_prefix_v6: int = 128) -> None:
+        """Build keys as the full program does: the destination key mode and the
+        flow key's source prefixes (docs/semantics.rst).  A change empties the
+        drop set (its keys have the other layout)."""
+        keying = (dst_mode, source_prefix_v4, source_prefix_v6)
+        if keying == self.keying:
             return
         rec = np.zeros(1, dtype=OFF_CFG)
         rec["dst_mode"] = dst_mode
+        rec["src_mask6"] = np.frombuffer(
+            source_mask(True, source_prefix_v4, source_prefix_v6), dtype=">u4")
+        rec["src_mask4"] = int.from_bytes(
+            source_mask(False, source_prefix_v4, source_prefix_v6)[12:], "big")
         self.cfg[np.uint32(0)] = rec[0]
-        if self.dst_mode >= 0:
+        if self.keying is not None:
             self._replace(self.drop_flows, _no_flows())
             self._replace(self.drop_dsts, _no_dsts())
             self._replace(self.closed_dsts, _no_dsts())
             self._replace(self.known_pairs, _no_flows())
-        self.dst_mode = dst_mode
+        self.keying = keying
+
+    def set_dst_mode(self, dst_mode: int) -> None:
+        """:meth:`configure` with the destination key mode only (prefixes kept)."""
+        _, v4, v6 = self.keying or (dst_mode, 32, 128)
+        self.configure(dst_mode, v4, v6)
 
     def entries(self, m: Map) -> tuple[Array, Array]:
         """A map's keys and values (``OFF_HIT``; uint32 for ``known_pairs``)."""
@@ -514,7 +532,9 @@ class OffloadBackend(XdpBackend):
     def _load_reduced(self, ifname: str, netns: str | None) -> ReducedProgram:
         params = self.load().params
         kw = {"flows_max": self.flows_max, "dsts_max": self.dsts_max,
-              "known_max": self.known_max, "dst_mode": params.dst_mode}
+              "known_max": self.known_max, "dst_mode": params.dst_mode,
+              "source_prefix_v4": params.source_prefix_v4,
+              "source_prefix_v6": params.source_prefix_v6}
         if self.driver_mode:
             return ReducedProgram(ifindex=None, **kw)
         with in_netns(netns):
@@ -691,7 +711,7 @@ class OffloadBackend(XdpBackend):
         params = filt.params
         when = filt.now() if now is None else now
         for r in self.reduced.values():
-            r.prog.set_dst_mode(params.dst_mode)
+            r.prog.configure(params.dst_mode, params.source_prefix_v4, params.source_prefix_v6)
             self._count_in(filt, r.prog.hits("drop_flows"), when)
             self._count_closed(filt, r.prog.hits("closed_dsts"), when)
             self._gather_hidden(self._hidden_dsts, r.prog.hits("drop_dsts"), when)
