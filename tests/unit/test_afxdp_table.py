@@ -123,7 +123,9 @@ def test_filter_recomputes_its_hashes_when_the_table_rekeys() -> None:
     from xpro.core.params import Sizes
     from xpro.datapath.afxdp.filter import UserFilter
 
-    f = UserFilter(model.FilterParams(), sizes=Sizes(flows=1 << 16, dsts=1024))
+    # whole addresses: the crafted sources differ in their last 64 bits
+    f = UserFilter(model.FilterParams(source_prefix_v6=128),
+                   sizes=Sizes(flows=1 << 16, dsts=1024))
     f.flows.key = 0  # as if the attacker knew the key
     flood = colliding_sources(300, dst="2001:db8::10")
     frames = [frame(L.addr_str(bytes(k["src"])), "2001:db8::10") for k in flood]
