@@ -29,7 +29,7 @@ import numpy.typing as npt
 from xpro.core import layout as L
 from xpro.core.keys import index_of
 from xpro.core.merge import rate_exceeds_array
-from xpro.core.model import FilterParams
+from xpro.core.model import FilterParams, window_over
 from xpro.core.params import KnownPolicy
 from xpro.core.state import FilterState
 from xpro.core.status import Closure
@@ -55,7 +55,7 @@ def over_t_f1(ts1: Array, ts2: Array, c: Array, p: FilterParams) -> Array:
 def closed_now(ts1: Array, ts2: Array, c: Array, now: int, p: FilterParams) -> Array:
     """Which aggregates are closed at ``now``: not idle, window over T_T3, c* over T_F2."""
     window = now - ts1
-    out: Array = ((now - ts2) <= p.t_t1) & (window > p.t_t3) & rate_exceeds_array(
+    out: Array = ~window_over(now, ts2, p.t_t1) & (window > p.t_t3) & rate_exceeds_array(
         c, window, p.t_f2)
     return out
 
@@ -123,7 +123,7 @@ class KnownClients:
         c, fdst = flows["c"].astype(np.int64), flows["dst"]
         p = self.policy
         real = ~is_closed_record(keys)
-        alive = (now - ts2) <= params.t_t1
+        alive = ~window_over(now, ts2, params.t_t1)
         over = over_t_f1(ts1, ts2, c, params)
         client = real & alive & ~over & ((ts2 - ts1) >= p.min_age) & (c >= p.min_packets)
         heavy = real & over & alive
