@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from tests.stores._util import S, as_dict, keys, locals_, now_ns, read_all, to_local
 from tests.stores.conftest import Server, Servers, cluster_ok, role, wait_for
 from xpro.core import model
+from xpro.core.bounds import Bounds
 from xpro.core.layout import MASTER
 from xpro.core.merge import merge_arrays
 from xpro.core.model import R_DEN, SyncParams
@@ -80,29 +81,39 @@ def raw_case(draw: st.DrawFn) -> tuple[list[tuple[int, int, int] | None],
     params = SyncParams(t_t1=draw(st.integers(0, 1 << 62) | st.sampled_from([10 * S, 0])),
                         t_t4=draw(st.integers(0, 1 << 62) | st.sampled_from([5 * S, 1])),
                         r_q=draw(st.integers(R_DEN, (1 << 20) - 1)))
-    return masters, rows, params
+    bounds = Bounds(now=draw(st.sampled_from([NOW, NOW - 10**13, 1 << 52])),
+                    future=draw(st.sampled_from([2 * S, 3600 * S, 86_400 * S])),
+                    max_age=draw(st.sampled_from([None, 100 * S, 10**13])),
+                    max_pps=draw(st.sampled_from([None, 1 << 32, 1000, 1])))
+    return masters, rows, params, bounds
 
 
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(case=raw_case(), seed=st.integers(0, 2**32 - 1))
 def test_lua_merge_equals_python_merge(rstore: RedisStore, case: Any, seed: int) -> None:
-    """Raw records in, and three answers compared: Lua, numpy (merge_arrays), model.merge."""
-    masters, rows, params = case
+    """Raw records in, and three answers compared: Lua, numpy (merge_arrays), model.merge.
+
+    A raw master out of the bounds counts as absent in all three: the Lua
+    bounds check (doubles for the count ceiling) and the Python one agree.
+    """
+    masters, rows, params, bounds = case
     k = keys(len(rows), seed ^ uuid.uuid4().int & 0xFFFFFFFF)  # new keys for every example
     for i, m in enumerate(masters):
         if m is not None:
             raw_hset(rstore, k[i].tobytes(), np.array([m], dtype=MASTER).tobytes())
     _, _, cursor = rstore.changes(None)
     loc = locals_(rows)
-    existed, before = rstore.merge(k, loc, params)
+    existed, before = rstore.merge(k, loc, params, bounds)
     stored = as_dict(*rstore.changes(cursor)[:2])
     assert len(stored) == len(rows)
     m_arr = np.zeros(len(rows), dtype=MASTER)
-    has = np.array([m is not None for m in masters])
     for i, m in enumerate(masters):
         if m is not None:
             m_arr[i] = m
+    has = np.array([m is not None for m in masters]) & bounds.ok(m_arr)
+    masters = [m if h else None for m, h in zip(masters, has, strict=True)]
+    m_arr[~has] = 0
     _, py_new = merge_arrays(loc, np.ones(len(loc), dtype=bool), m_arr, has, params)
     assert (existed == has).all()
     assert (before[has] == m_arr[has]).all()

@@ -48,7 +48,13 @@ class SyncStats:
     closed: int = 0  # destinations closed to unknown sources after the round
     known: int = 0  # entries of the known-client table
     known_overflow: int = 0  # clients that did not fit in the known-client table
-
+    # Values from the store out of bounds, dropped from the round (docs/sync.rst,
+    # "Values from the store"): how many, and the first few as (what, why).
+    quarantined: int = 0
+    bad_values: list[tuple[str, str]] = field(default_factory=list)
+    # Destinations whose share from other proxies was cut to what the mesh's
+    # workloads can back.
+    unbacked: int = 0
 
 
 @dataclass

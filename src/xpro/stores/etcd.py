@@ -39,11 +39,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import numpy as np
 
 from xpro.config.kinds import mask_url, redact, split_url
+from xpro.core.bounds import REASONS, Bounds
 from xpro.core.layout import FLOW_KEY, MASTER
 from xpro.core.merge import merge_arrays
 from xpro.core.model import SyncParams
 from xpro.core.status import ProxyStatus
-from xpro.errors import BadRecord, ConfigError, StoreConflict, StoreError, StoreUnavailable
+from xpro.errors import ConfigError, StoreConflict, StoreError, StoreUnavailable
 from xpro.hooks.specs import hookimpl
 from xpro.stores._common import (
     DEFAULT_MAX_FUTURE_S,
@@ -57,6 +58,7 @@ from xpro.stores._common import (
     check_merge_input,
     check_mesh,
     decode_values,
+    default_bounds,
     key_hex,
     key_list,
     max_ts,
@@ -66,7 +68,6 @@ from xpro.stores._common import (
     resolve_password,
     resolve_username,
     unknown_options,
-    valid_master,
     warn_plaintext,
 )
 from xpro.stores.base import Store
@@ -149,6 +150,7 @@ class EtcdStore(Store):
         self._k_ver = p + b"v"
         self._k_trim = p + b"lt"
         self._k_cfg = p + b"cfg"
+        self._p_lease = p + b"lease/"
         self._cfg_ok = False
 
     @classmethod
@@ -388,8 +390,8 @@ class EtcdStore(Store):
     # Store API
     # ------------------------------------------------------------------
 
-    def merge(self, keys: np.ndarray, local: np.ndarray, params: SyncParams
-              ) -> tuple[np.ndarray, np.ndarray]:
+    def merge(self, keys: np.ndarray, local: np.ndarray, params: SyncParams,
+              bounds: Bounds | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Compare-and-swap transactions of up to 120 records, retried on conflict.
 
         Atomic per record.  If it raises :class:`StoreUnavailable`, calling it
@@ -398,6 +400,7 @@ class EtcdStore(Store):
         """
         now = time.time_ns()
         limit = max_ts(self.max_future, now)
+        b = bounds or default_bounds(self.max_future, now)
         k, loc = check_merge_input(keys, local, params, limit)
         n = len(k)
         existed = np.zeros(n, dtype=bool)
@@ -413,13 +416,13 @@ class EtcdStore(Store):
                 op, stamp = self._op, now
             self._replay, self._replay_stamp = None, stamp
             try:
-                return self._merge(k, loc, params, op, stamp, limit)
+                return self._merge(k, loc, params, op, stamp, b)
             except BaseException:
                 self._replay = Replay(batch_digest(k, loc, params), op)
                 raise
 
     def _merge(self, k: np.ndarray, loc: np.ndarray, params: SyncParams, op: int, stamp: int,
-               limit: int) -> tuple[np.ndarray, np.ndarray]:
+               bounds: Bounds) -> tuple[np.ndarray, np.ndarray]:
         rpc, _ = _etcd()
         n = len(k)
         existed = np.zeros(n, dtype=bool)
@@ -448,11 +451,13 @@ class EtcdStore(Store):
                 ranges = state[ci]
                 logkv = ranges[-1].response_range.kvs
                 if logkv:  # applied by an earlier attempt of this very merge
-                    self._take_logged(logkv[0].value, idx, existed, before)
+                    if not self._take_logged(logkv[0].value, idx, existed, before):
+                        for i in idx:
+                            self.reject(key_hex(kl[i]), "the merge's log entry was altered")
                     continue
                 vals = [r.response_range.kvs for r in ranges[:-1]]
                 revs = [kv[0].mod_revision if kv else 0 for kv in vals]
-                m_rec, flags = self._decode_for_merge(vals, limit)
+                m_rec, flags = self._decode_for_merge(vals, bounds)
                 ex = flags == FLAG_EXISTED
                 _, new = merge_arrays(loc[idx], np.ones(len(idx), dtype=bool), m_rec, ex, params)
                 entry = (struct.pack("<I", len(idx)) + b"".join(kl[i] for i in idx)
@@ -498,14 +503,16 @@ class EtcdStore(Store):
                         f"lost the compare-and-swap {attempt} times (too many proxies "
                         "merging the same flows?); the sync retries next round")
                 time.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.2)))
-        for kb in corrupt[:100]:
-            log.warning("etcd mesh %s: record %s was corrupt; replaced by this proxy's "
-                        "record", self.mesh, key_hex(kb))
+        for i, kb in enumerate(corrupt):
+            if i < 100:
+                log.warning("etcd mesh %s: record %s was corrupt; replaced by this proxy's "
+                            "record", self.mesh, key_hex(kb))
+            self.reject(key_hex(kb), "merged into: corrupt or out of bounds")
         return existed, before
 
-    def _decode_for_merge(self, vals: Sequence[Any], limit: int
+    def _decode_for_merge(self, vals: Sequence[Any], bounds: Bounds
                           ) -> tuple[np.ndarray, np.ndarray]:
-        """Stored values -> (records, flags); corrupt ones count as absent."""
+        """Stored values -> (records, flags); corrupt or out-of-bounds ones count as absent."""
         m = len(vals)
         recs = np.zeros(m, dtype=MASTER)
         flags = np.full(m, FLAG_ABSENT, dtype=np.uint8)
@@ -518,25 +525,38 @@ class EtcdStore(Store):
                 flags[j] = FLAG_EXISTED
             else:
                 flags[j] = FLAG_CORRUPT
-        ok = valid_master(recs, limit)
-        bad = (flags == FLAG_EXISTED) & ~ok
+        why = bounds.check(recs)
+        bad = (flags == FLAG_EXISTED) & (why != 0)
+        if bad.any():
+            log.info("etcd mesh %s: %d record(s) out of bounds (%s) count as absent", self.mesh,
+                     int(bad.sum()), REASONS[int(why[bad][0])])
         flags[bad] = FLAG_CORRUPT
         recs[flags != FLAG_EXISTED] = 0
         return recs, flags
 
-    @staticmethod
-    def _take_logged(entry: bytes, idx: np.ndarray, existed: np.ndarray, before: np.ndarray
-                     ) -> None:
-        """What a transaction applied earlier saw, from its log entry."""
+    def _take_logged(self, entry: bytes, idx: np.ndarray, existed: np.ndarray,
+                     before: np.ndarray) -> bool:
+        """What a transaction applied earlier saw, from its log entry.
+
+        An entry that does not match its transaction (someone rewrote it)
+        tells nothing of what the master held, but the transaction was
+        applied: its records come back as absent (the caller keeps its own
+        view, nothing is merged twice) and False is returned.
+        """
         m = len(idx)
         if len(entry) != 4 + m * (KEY_SIZE + 1 + RECORD_SIZE) or \
                 struct.unpack_from("<I", entry)[0] != m:
-            raise BadRecord("etcd: a merge log entry of this proxy does not match its "
-                            "transaction; was the store modified by hand?")
+            log.warning("etcd mesh %s: a merge log entry of this proxy does not match its "
+                        "transaction (was the store modified by hand?); its %d records count "
+                        "as absent", self.mesh, m)
+            existed[idx] = False
+            before[idx] = 0
+            return False
         off = 4 + m * KEY_SIZE
         flags = np.frombuffer(entry, dtype=np.uint8, count=m, offset=off)
         existed[idx] = flags == FLAG_EXISTED
         before[idx] = np.frombuffer(entry, dtype=MASTER, count=m, offset=off + m)
+        return True
 
     def changes(self, cursor: Any | None) -> tuple[np.ndarray, np.ndarray, EtcdCursor]:
         """Records changed since ``cursor`` (a revision), read through the change log."""
@@ -605,10 +625,11 @@ class EtcdStore(Store):
             if len(kb) != KEY_SIZE:
                 log.warning("etcd mesh %s: skipping key %r: not a flow key", self.mesh,
                             kv.key[:80])
+                self.reject(repr(kv.key[:80]), "not a flow key")
                 continue
             keys.append(kb)
             vals.append(kv.value)
-        return decode_values(keys, vals, limit, f"etcd mesh {self.mesh}")
+        return decode_values(keys, vals, limit, f"etcd mesh {self.mesh}", self.reject)
 
     def heartbeat(self, proxy: str, workload: float, now: int) -> None:
         if not math.isfinite(workload) or workload < 0:
@@ -627,17 +648,20 @@ class EtcdStore(Store):
             if len(kv.value) != _HEARTBEAT.size:
                 log.warning("etcd mesh %s: skipping heartbeat of %r: %d bytes", self.mesh, name,
                             len(kv.value))
+                self.reject(f"heartbeat {name!r}", f"{len(kv.value)} bytes")
                 continue
             w, seen = _HEARTBEAT.unpack(kv.value)
             if not math.isfinite(w) or w < 0 or seen > limit:
                 log.warning("etcd mesh %s: skipping heartbeat of %r: out of bounds", self.mesh,
                             name)
+                self.reject(f"heartbeat {name!r}", "out of bounds")
                 continue
             out[name] = ProxyStatus(workload=w, last_seen=seen)
         return out
 
-    def expire(self, before: int) -> int:
-        """Delete records with ts2 < ``before`` (and corrupt ones) and trim the log.
+    def expire(self, before: int, bounds: Bounds | None = None) -> int:
+        """Delete records with ts2 < ``before`` (and corrupt or out-of-bounds ones) and
+        trim the log.
 
         Each deletion is guarded by the record's mod_revision, so a record
         merged meanwhile stays.  A proxy never compacts the cluster's history
@@ -646,7 +670,7 @@ class EtcdStore(Store):
         administrator with :meth:`compact` (``xpro store compact``).
         """
         rpc, _ = _etcd()
-        limit = max_ts(self.max_future)
+        b = bounds or default_bounds(self.max_future)
         with self._guard():
             kvs, _, _ = self._range_all(self._p_rec)
             doomed: list[Any] = []
@@ -656,7 +680,7 @@ class EtcdStore(Store):
                     doomed.append(kv)
                     continue
                 rec = np.frombuffer(v, dtype=MASTER)
-                if rec["ts2"][0] < before or not valid_master(rec, limit)[0]:
+                if rec["ts2"][0] < before or not b.ok(rec)[0]:
                     doomed.append(kv)
             reqs = [
                 self._txn(
@@ -701,6 +725,38 @@ class EtcdStore(Store):
         (resp,) = self._call_txns([req], "trimming the change log")
         if not resp.succeeded:
             log.info("etcd mesh %s: change log changed while trimming; next time", self.mesh)
+
+    def lease(self, name: str, holder: str, seconds: float) -> bool:
+        """A key ``lease/NAME`` holding the holder and its end (the holder's clock),
+        taken or renewed by a compare-and-swap on its revision.  etcd's own
+        leases would use the server's clock but need a keep-alive stream; a
+        few seconds of skew only let two proxies expire at once, which is
+        safe."""
+        rpc, _ = _etcd()
+        key = self._p_lease + name.encode()
+        now = time.time_ns()
+        value = f"{holder} {now + int(seconds * 1e9)}".encode()
+        with self._guard():
+            req = rpc.RangeRequest(key=key)
+            resp: Any = self._rpc(_ranger(req, self.timeout), "reading a lease")
+            if resp.kvs:
+                kv = resp.kvs[0]
+                who, _, until = kv.value.decode("utf-8", "replace").partition(" ")
+                try:
+                    end = int(until)
+                except ValueError:
+                    end = 0  # unreadable: free
+                if who != holder and end > now:
+                    return False
+                cmp = rpc.Compare(key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL,
+                                  mod_revision=kv.mod_revision)
+            else:
+                cmp = rpc.Compare(key=key, target=rpc.Compare.VERSION,
+                                  result=rpc.Compare.EQUAL, version=0)
+            txn = self._txn(rpc, [cmp], [rpc.RequestOp(request_put=rpc.PutRequest(
+                key=key, value=value))], [])
+            (out,) = self._call_txns([txn], "taking a lease")
+            return bool(out.succeeded)
 
     def revision(self) -> int:
         """The cluster's current revision."""

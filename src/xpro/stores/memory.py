@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from xpro.core.bounds import REASONS, Bounds
 from xpro.core.layout import FLOW_KEY, MASTER
 from xpro.core.merge import merge_arrays
 from xpro.core.model import SyncParams
@@ -34,6 +36,7 @@ from xpro.stores._common import (
     KEY_SIZE,
     check_merge_input,
     check_mesh,
+    default_bounds,
     key_hex,
     key_list,
     max_ts,
@@ -75,6 +78,7 @@ class _State:
     used: int = 0
     version: int = 0
     heartbeats: dict[str, ProxyStatus] = field(default_factory=dict)
+    leases: dict[str, tuple[str, float]] = field(default_factory=dict)  # holder, until
 
     def grow(self, need: int) -> None:
         cap = len(self.recs)
@@ -150,9 +154,10 @@ class MemoryStore(Store):
     def __repr__(self) -> str:
         return f"MemoryStore('memory://{self.name}', mesh={self.mesh!r})"
 
-    def merge(self, keys: np.ndarray, local: np.ndarray, params: SyncParams
-              ) -> tuple[np.ndarray, np.ndarray]:
+    def merge(self, keys: np.ndarray, local: np.ndarray, params: SyncParams,
+              bounds: Bounds | None = None) -> tuple[np.ndarray, np.ndarray]:
         limit = max_ts(self.max_future)
+        b = bounds or default_bounds(self.max_future)
         k, loc = check_merge_input(keys, local, params, limit)
         n = len(k)
         kl = key_list(k)
@@ -162,13 +167,17 @@ class MemoryStore(Store):
             before = np.zeros(n, dtype=MASTER)
             if existed.any():
                 before[existed] = st.recs[slots[existed]]
-                ok = valid_master(before, limit)
-                bad = existed & ~ok
+                why = b.check(before)
+                bad = existed & (why != 0)
                 if bad.any():
-                    for kb in key_list(k[bad])[:100]:
-                        log.warning("memory mesh %s: record %s was corrupt; replaced by this "
-                                    "proxy's record", self.mesh, key_hex(kb))
-                    existed &= ok
+                    for i, (kb, w) in enumerate(zip(key_list(k[bad]), why[bad].tolist(),
+                                                    strict=True)):
+                        if i < 100:
+                            log.warning("memory mesh %s: record %s was out of bounds (%s); "
+                                        "replaced by this proxy's record", self.mesh,
+                                        key_hex(kb), REASONS[w])
+                        self.reject(key_hex(kb), f"merged into: {REASONS[w]}")
+                    existed &= ~bad
                     before[bad] = 0
             _, new = merge_arrays(loc, np.ones(len(loc), dtype=bool), before, existed, params)
             missing = slots < 0
@@ -194,9 +203,11 @@ class MemoryStore(Store):
             version = st.version
         ok = valid_master(recs, limit)
         if not ok.all():
-            for kb in key_list(keys[~ok])[:100]:
-                log.warning("memory mesh %s: skipping record %s: out of bounds", self.mesh,
-                            key_hex(kb))
+            for i, kb in enumerate(key_list(keys[~ok])):
+                if i < 100:
+                    log.warning("memory mesh %s: skipping record %s: out of bounds", self.mesh,
+                                key_hex(kb))
+                self.reject(key_hex(kb), "out of bounds")
             keys, recs = keys[ok], recs[ok]
         return keys, recs, MemoryCursor(st.ident, version)
 
@@ -210,14 +221,14 @@ class MemoryStore(Store):
         with self._state.lock:
             return dict(self._state.heartbeats)
 
-    def expire(self, before: int) -> int:
+    def expire(self, before: int, bounds: Bounds | None = None) -> int:
         st = self._state
-        limit = max_ts(self.max_future)
+        b = bounds or default_bounds(self.max_future)
         with st.lock:
             u = st.used
             live = st.alive[:u]
             recs = st.recs[:u]
-            gone = live & ((recs["ts2"] < np.uint64(before)) | ~valid_master(recs, limit))
+            gone = live & ((recs["ts2"] < np.uint64(before)) | (b.check(recs) != 0))
             idx = np.flatnonzero(gone)
             for kb in key_list(st.keys[idx]):
                 del st.index[kb]
@@ -225,6 +236,15 @@ class MemoryStore(Store):
             st.recs[idx] = 0
             st.free.extend(idx.tolist())
         return len(idx)
+
+    def lease(self, name: str, holder: str, seconds: float) -> bool:
+        now = time.monotonic()
+        with self._state.lock:
+            cur = self._state.leases.get(name)
+            if cur is not None and cur[0] != holder and cur[1] > now:
+                return False
+            self._state.leases[name] = (holder, now + seconds)
+            return True
 
     def ping(self) -> None:
         return None

@@ -20,7 +20,9 @@ class Mirror:
 
     Updated only for the records a round touches; used to recompute the
     aggregates of the destinations those records belong to and to find idle
-    records, without reading the kernel's whole table.
+    records, without reading the kernel's whole table.  ``local`` says which
+    flows this proxy counted packets of itself (the others it knows only from
+    the master: docs/sync.rst, "Values from the store").
     """
 
     def __init__(self) -> None:
@@ -32,6 +34,7 @@ class Mirror:
         self.c = np.zeros(0, dtype=np.int64)
         self.dst = np.zeros(0, dtype=np.int64)
         self.alive = np.zeros(0, dtype=bool)
+        self.local = np.zeros(0, dtype=bool)
         self.dst_index: dict[bytes, int] = {}
         self.dst_keys = np.zeros(0, dtype=L.DST_KEY)
 
@@ -40,7 +43,7 @@ class Mirror:
         if need <= len(self.free):
             return
         new = max(cap + need, 2 * cap, 1024)
-        for name in ("keys", "ts1", "ts2", "c", "dst", "alive"):
+        for name in ("keys", "ts1", "ts2", "c", "dst", "alive", "local"):
             old = getattr(self, name)
             arr = np.zeros(new, dtype=old.dtype)
             arr[:cap] = old
@@ -72,8 +75,12 @@ class Mirror:
         out: Array = ids[inv.reshape(-1)]
         return out
 
-    def update(self, keys: Array, ts1: Array, ts2: Array, c: Array) -> Array:
-        """Record these flows (no duplicate keys); returns their destination ids."""
+    def update(self, keys: Array, ts1: Array, ts2: Array, c: Array, *, local: bool = False
+               ) -> Array:
+        """Record these flows (no duplicate keys); returns their destination ids.
+
+        ``local``: this proxy counted packets of them (the flag stays set).
+        """
         keys = np.asarray(keys, dtype=L.FLOW_KEY)
         slots = self.index.find(keys, self.keys)
         fresh = np.flatnonzero(slots < 0)
@@ -85,8 +92,11 @@ class Mirror:
             self.keys[new_slots] = keys[fresh]
             self.dst[new_slots] = self.dst_ids(keys["dst"][fresh])
             self.alive[new_slots] = True
+            self.local[new_slots] = False
             self.index.add(keys[fresh], new_slots)
         self.ts1[slots], self.ts2[slots], self.c[slots] = ts1, ts2, c
+        if local:
+            self.local[slots] = True
         return self.dst[slots]
 
     def remove(self, keys: Array) -> None:
