@@ -307,6 +307,45 @@ def test_changes_are_incremental(store_factory: Any) -> None:
     assert len(b.changes(object())[0]) == 500
 
 
+def test_changes_in_batches(store_factory: Any) -> None:
+    """With a limit, a read returns about that many changes and the rest at the
+    next calls (the cursor says ``more``): a full read and incremental ones."""
+    a, b = store_factory(), store_factory()
+    k = keys(1000, 12)
+    t = now_ns() - S
+    a.merge(k, locals_([(t, t, 1, 1, 0)] * len(k)), P)
+    got: dict[bytes, tuple[int, int, int]] = {}
+    cur: Any = None
+    calls = 0
+    while True:
+        kk, rr, cur = b.changes(cur, limit=100)
+        calls += 1
+        assert len(kk) <= 300, len(kk)
+        got.update(as_dict(kk, rr))
+        if not cur.more:
+            break
+        assert calls < 100
+    assert calls >= 4
+    assert set(got) == {x.tobytes() for x in k}
+    # Changes since: five merges of 100 records each, read 150 at a time.
+    for i in range(5):
+        sub = k[i * 100 : (i + 1) * 100]
+        a.merge(sub, locals_([(t, t + 1, 2, 1, 0)] * len(sub)), P)
+    seen: set[bytes] = set()
+    calls = 0
+    while True:
+        kk, rr, cur = b.changes(cur, limit=150)
+        calls += 1
+        assert len(kk) <= 300, len(kk)
+        assert {c for _, _, c in as_dict(kk, rr).values()} <= {2}
+        seen |= {x.tobytes() for x in kk}
+        if not cur.more:
+            break
+        assert calls < 100
+    assert seen == {x.tobytes() for x in k[:500]}
+    assert len(b.changes(cur, limit=150)[0]) == 0
+
+
 def test_expire(store_factory: Any) -> None:
     s = store_factory()
     k = keys(40, 13)

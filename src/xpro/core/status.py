@@ -55,6 +55,11 @@ class SyncStats:
     # Destinations whose share from other proxies was cut to what the mesh's
     # workloads can back.
     unbacked: int = 0
+    # Bounded work (docs/sync.rst): changes were left for the next round; flows
+    # the mirror forgot at its cap; heartbeats beyond the peers' cap.
+    pull_capped: bool = False
+    mirror_capped: int = 0
+    peers_capped: int = 0
 
 
 @dataclass

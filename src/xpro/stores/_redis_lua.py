@@ -301,20 +301,30 @@ local function merge(keys, args)
   return result
 end
 
--- KEYS: r l m   ARGV: cursor (entries seen; -1 for none)
+-- KEYS: r l m   ARGV: cursor (entries seen; -1 for none), cap (keys; 0: all)
 -- Returns {n, 2} (nothing new), {n, 1} (read the whole bucket), {n, 3} (the
--- records key is not a hash) or {n, 0, keys, values} (changed since the cursor).
+-- records key is not a hash) or {upto, 0, keys, values, n} (changed since the
+-- cursor, in the entries up to upto: whole entries, at least one, while the
+-- keys stay within cap).
 local function changes(keys, args)
   local r, l, m = keys[1], keys[2], keys[3]
   local c = tonumber(args[1])
+  local cap = tonumber(args[2] or 0) or 0
   local meta = try('HMGET', m, 'n', 't') or {}
   local n, t = tonumber(meta[1]) or 0, tonumber(meta[2]) or 0
   if c == n then return {n, 2} end
   if c < t or c > n then return {n, 1} end
-  local ents = try('LRANGE', l, c - t, n - t - 1)
-  if ents == nil or #ents ~= n - c then return {n, 1} end
+  local last = n - t - 1
+  if cap > 0 then last = math.min(last, c - t + cap - 1) end
+  local ents = try('LRANGE', l, c - t, last)
+  if ents == nil or #ents ~= last - (c - t) + 1 then return {n, 1} end
   local seen, list = {}, {}
-  for _, e in ipairs(ents) do
+  local upto = c + #ents
+  for i, e in ipairs(ents) do
+    if cap > 0 and i > 1 and #list + math.floor((#e - 4) / 36) > cap then
+      upto = c + i - 1
+      break
+    end
     for off = 5, #e - 35, 36 do
       local k = string.sub(e, off, off + 35)
       if not seen[k] then
@@ -325,7 +335,7 @@ local function changes(keys, args)
   end
   local vals = hmget(r, list)
   if vals == nil then return {n, 3} end
-  return {n, 0, table.concat(list), vals}
+  return {upto, 0, table.concat(list), vals, n}
 end
 
 -- KEYS: r l m   ARGV: before_hi before_lo mxh mxl olh oll ppn retention now keys

@@ -76,11 +76,16 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def changes(self, cursor: Any | None) -> tuple[np.ndarray, np.ndarray, Any]:
+    def changes(self, cursor: Any | None, limit: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray, Any]:
         """Master records changed since ``cursor`` (all of them for None).
 
         Returns ``(keys, records, new_cursor)``; the cost follows the number of
-        changes, not the size of the table (docs/sync.rst, "One round").
+        changes, not the size of the table (docs/sync.rst, "One round").  With
+        a ``limit``, about that many at most (a store reads in whole units --
+        a change-log entry, a page -- and may go over by one); the others come
+        with the next call from the new cursor, whose attribute ``more`` is
+        True while some were left.
         """
 
     @abc.abstractmethod

@@ -108,10 +108,17 @@ def _etcd() -> Any:
 
 @dataclass(frozen=True)
 class EtcdCursor:
-    """A reader's position: the cluster and the revision it has read up to."""
+    """A reader's position: the cluster and the revision it has read up to.
+
+    ``scan_from``: a full read of the records is under way, from this key on
+    (``revision`` is then the one it began at); ``more``: changes were left
+    for the next read (its ``limit`` was reached).
+    """
 
     cluster: int
     revision: int
+    scan_from: bytes | None = None
+    more: bool = False
 
 
 class EtcdStore(Store):
@@ -503,8 +510,8 @@ class EtcdStore(Store):
                         f"lost the compare-and-swap {attempt} times (too many proxies "
                         "merging the same flows?); the sync retries next round")
                 time.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.2)))
-        for i, kb in enumerate(corrupt):
-            if i < 100:
+        for n_bad, kb in enumerate(corrupt):
+            if n_bad < 100:
                 log.warning("etcd mesh %s: record %s was corrupt; replaced by this proxy's "
                             "record", self.mesh, key_hex(kb))
             self.reject(key_hex(kb), "merged into: corrupt or out of bounds")
@@ -558,10 +565,16 @@ class EtcdStore(Store):
         before[idx] = np.frombuffer(entry, dtype=MASTER, count=m, offset=off + m)
         return True
 
-    def changes(self, cursor: Any | None) -> tuple[np.ndarray, np.ndarray, EtcdCursor]:
-        """Records changed since ``cursor`` (a revision), read through the change log."""
+    def changes(self, cursor: Any | None, limit: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray, EtcdCursor]:
+        """Records changed since ``cursor`` (a revision), read through the change log.
+
+        With a ``limit``: the log entries in revision order while their keys
+        stay within it (at least one entry), and a full read of the records
+        ``limit`` at a time over several calls.
+        """
         rpc, _ = _etcd()
-        limit = max_ts(self.max_future)
+        lim_ts = max_ts(self.max_future)
         with self._guard():
             req = self._txn(rpc, [], [self._range_op(rpc, self._k_ver),
                                       self._range_op(rpc, self._k_trim)], [])
@@ -570,38 +583,68 @@ class EtcdStore(Store):
             ver_kv = resp.responses[0].response_range.kvs
             trim_kv = resp.responses[1].response_range.kvs
             trimmed = _int(trim_kv[0].value) if trim_kv else 0
-            since = cursor.revision if (
-                isinstance(cursor, EtcdCursor) and cursor.cluster == cluster
-                and cursor.revision <= rev
-            ) else -1
+            cur = cursor if (isinstance(cursor, EtcdCursor) and cursor.cluster == cluster
+                             and cursor.revision <= rev) else None
+            if cur is not None and cur.scan_from is not None:
+                # A full read under way: go on with it (at the current revision;
+                # what changed since it began is read from the log afterwards).
+                kvs, nxt = self._range_some(self._p_rec, cur.scan_from, limit)
+                keys, recs = self._decode_kvs(kvs, lim_ts)
+                return keys, recs, EtcdCursor(cluster, cur.revision, nxt, True)
+            since = cur.revision if cur is not None else -1
             new_cursor = EtcdCursor(cluster, rev)
             if since >= 0 and (not ver_kv or ver_kv[0].mod_revision <= since):
                 return _empty_keys(), np.zeros(0, dtype=MASTER), new_cursor
             if since < 0 or trimmed > since:
-                kvs, _, _ = self._range_all(self._p_rec, revision=rev)
+                kvs, nxt = self._range_some(self._p_rec, self._p_rec, limit, revision=rev)
+                if nxt is not None:
+                    new_cursor = EtcdCursor(cluster, rev, nxt, True)
             else:
                 entries, _, _ = self._range_all(self._p_log, revision=rev, min_mod=since + 1)
+                entries.sort(key=lambda kv: kv.mod_revision)
                 wanted: dict[bytes, None] = {}
                 broken = False
                 for kv in entries:
                     e = kv.value
-                    if len(e) < 4:
+                    m = struct.unpack_from("<I", e)[0] if len(e) >= 4 else -1
+                    if m < 0 or len(e) != 4 + m * (KEY_SIZE + 1 + RECORD_SIZE):
                         broken = True
                         continue
-                    m = struct.unpack_from("<I", e)[0]
-                    if len(e) != 4 + m * (KEY_SIZE + 1 + RECORD_SIZE):
-                        broken = True
-                        continue
+                    if limit is not None and wanted and len(wanted) + m > limit:
+                        new_cursor = EtcdCursor(cluster, kv.mod_revision - 1, None, True)
+                        break
                     for j in range(m):
                         wanted[e[4 + j * KEY_SIZE : 4 + (j + 1) * KEY_SIZE]] = None
                 if broken:
                     log.warning("etcd mesh %s: a change-log entry is corrupt; reading every "
                                 "record", self.mesh)
-                    kvs, _, _ = self._range_all(self._p_rec, revision=rev)
+                    self.reject("change log", "an entry is corrupt")
+                    kvs, nxt = self._range_some(self._p_rec, self._p_rec, limit, revision=rev)
+                    new_cursor = EtcdCursor(cluster, rev, nxt, nxt is not None)
                 else:
                     kvs = self._get_many([self._p_rec + kb for kb in wanted], rev)
-        keys, recs = self._decode_kvs(kvs, limit)
+        keys, recs = self._decode_kvs(kvs, lim_ts)
         return keys, recs, new_cursor
+
+    def _range_some(self, prefix: bytes, start: bytes, limit: int | None, revision: int = 0
+                    ) -> tuple[list[Any], bytes | None]:
+        """The kvs under ``prefix`` from key ``start`` on, about ``limit`` of them
+        (None: all); returns them and the key to go on from (None: the end)."""
+        if limit is None:
+            kvs, _, _ = self._range_all(prefix, revision=revision)
+            return kvs, None
+        rpc, _ = _etcd()
+        end = self._prefix_end(prefix)
+        out: list[Any] = []
+        while len(out) < limit:
+            req = rpc.RangeRequest(key=start, range_end=end, revision=revision,
+                                   limit=min(self.page, max(1, limit - len(out))))
+            resp: Any = self._rpc(_ranger(req, self.timeout), "range read")
+            out.extend(resp.kvs)
+            if not resp.more or not resp.kvs:
+                return out, None
+            start = resp.kvs[-1].key + b"\0"
+        return out, start
 
     def _get_many(self, keys: Sequence[bytes], revision: int) -> list[Any]:
         rpc, _ = _etcd()

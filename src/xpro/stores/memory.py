@@ -57,10 +57,16 @@ log = logging.getLogger("xpro.stores.memory")
 
 @dataclass(frozen=True)
 class MemoryCursor:
-    """A reader's position: the state's identity and the last version it saw."""
+    """A reader's position: the state's identity and the last (version, slot) it saw.
+
+    ``more``: records changed before this read were left for the next one
+    (the read's ``limit`` was reached).
+    """
 
     state: str
     version: int
+    slot: int = 1 << 62
+    more: bool = False
 
 
 @dataclass
@@ -189,19 +195,33 @@ class MemoryStore(Store):
             st.ver[slots] = st.version
         return existed, before
 
-    def changes(self, cursor: Any | None) -> tuple[np.ndarray, np.ndarray, MemoryCursor]:
+    def changes(self, cursor: Any | None, limit: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray, MemoryCursor]:
+        """Records stamped after the cursor, in (version, slot) order; at most
+        ``limit`` of them, the rest at the next call."""
         st = self._state
-        since = cursor.version if (
-            isinstance(cursor, MemoryCursor) and cursor.state == st.ident
-        ) else 0
-        limit = max_ts(self.max_future)
+        if isinstance(cursor, MemoryCursor) and cursor.state == st.ident:
+            since, after = cursor.version, cursor.slot
+        else:
+            since, after = 0, 1 << 62
+        lim_ts = max_ts(self.max_future)
         with st.lock:
             u = st.used
-            sel = np.flatnonzero(st.alive[:u] & (st.ver[:u] > np.uint64(since)))
+            ver = st.ver[:u]
+            slots = np.arange(u)
+            sel = np.flatnonzero(st.alive[:u] & ((ver > np.uint64(since)) | (
+                (ver == np.uint64(since)) & (slots > after))))
+            more = limit is not None and len(sel) > limit
+            if more:
+                assert limit is not None
+                order = np.lexsort((sel, ver[sel]))[:limit]
+                sel = sel[order]
+                version, last = int(ver[sel[-1]]), int(sel[-1])
+            else:
+                version, last = st.version, 1 << 62
             keys = st.keys[sel].copy()
             recs = st.recs[sel].copy()
-            version = st.version
-        ok = valid_master(recs, limit)
+        ok = valid_master(recs, lim_ts)
         if not ok.all():
             for i, kb in enumerate(key_list(keys[~ok])):
                 if i < 100:
@@ -209,7 +229,7 @@ class MemoryStore(Store):
                                 key_hex(kb))
                 self.reject(key_hex(kb), "out of bounds")
             keys, recs = keys[ok], recs[ok]
-        return keys, recs, MemoryCursor(st.ident, version)
+        return keys, recs, MemoryCursor(st.ident, version, last, more)
 
     def heartbeat(self, proxy: str, workload: float, now: int) -> None:
         if not math.isfinite(workload) or workload < 0:

@@ -94,10 +94,17 @@ KNOWN_OPTIONS = (
 
 @dataclass(frozen=True)
 class RedisCursor:
-    """Where a reader is: the store's epoch and, per bucket, the log entries seen."""
+    """Where a reader is: the store's epoch and, per bucket, the log entries seen.
+
+    ``scans``: the buckets being read in full, as (bucket, HSCAN cursor,
+    entries in the log when the read began); ``more``: changes were left for
+    the next read (its ``limit`` was reached).
+    """
 
     epoch: str
     versions: tuple[int, ...]
+    scans: tuple[tuple[int, int, int], ...] = ()
+    more: bool = False
 
 
 @dataclass
@@ -644,22 +651,33 @@ class RedisStore(Store):
             self.reject(key_hex(kb), "merged into: corrupt or out of bounds")
         return existed, before
 
-    def changes(self, cursor: Any | None) -> tuple[np.ndarray, np.ndarray, RedisCursor]:
-        """Records changed since ``cursor``; O(changed records) per bucket with changes."""
-        limit = max_ts(self.max_future)
+    def changes(self, cursor: Any | None, limit: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray, RedisCursor]:
+        """Records changed since ``cursor``; O(changed records) per bucket with changes.
+
+        With a ``limit``, each bucket gives at most ``limit // buckets`` keys
+        (whole change-log entries, at least one), and a bucket read in full
+        (its log trimmed past the cursor, the first read) is scanned
+        ``limit`` records at a time over several calls.
+        """
+        lim_ts = max_ts(self.max_future)
         epoch = self._epoch or self._check_cfg()
+        scans: dict[int, tuple[int, int]] = {}
         if (
             isinstance(cursor, RedisCursor)
             and cursor.epoch == epoch
             and len(cursor.versions) == self.buckets
         ):
             seen = list(cursor.versions)
+            scans = {b: (hc, v0) for b, hc, v0 in cursor.scans if 0 <= b < self.buckets}
         else:
             seen = [-1] * self.buckets
+        cap = 0 if limit is None else max(1, limit // self.buckets)
         calls = [_Call(("HGET", self._cfg_key, "epoch"), self._cfg_key)]
         for b, tag in enumerate(self._tags):
-            calls.append(_Call(("FCALL_RO", "xpro_v1_changes", 3, f"{tag}:r", f"{tag}:l",
-                                f"{tag}:m", seen[b]), f"{tag}:r", b))
+            if b not in scans:
+                calls.append(_Call(("FCALL_RO", "xpro_v1_changes", 3, f"{tag}:r", f"{tag}:l",
+                                    f"{tag}:m", seen[b], cap), f"{tag}:r", b))
         res = self._execute(calls, "reading changes")
         now_epoch = _text(res[0]) if res[0] is not None and not isinstance(res[0], Exception) \
             else None
@@ -673,41 +691,87 @@ class RedisStore(Store):
             if cursor is None:
                 epoch = self._check_cfg()
             else:
-                return self.changes(None)
+                return self.changes(None, limit)
         versions = list(seen)
         got_keys: list[bytes] = []
         got_vals: list[bytes | None] = []
-        full: list[int] = []
+        more = False
         for call, r in zip(calls[1:], res[1:], strict=True):
             b = call.bucket
             if isinstance(r, Exception):
                 log.error("redis mesh %s: bucket %d cannot be read (%s); skipping it", self.mesh,
                           b, r)
                 continue
-            versions[b] = int(r[0])
             mode = int(r[1])
             if mode == 3:
+                versions[b] = int(r[0])
                 log.error("redis mesh %s: %s is not a hash; skipping bucket %d (delete the key, "
                           "or let the next merge into it replace it)", self.mesh,
                           self.bucket_keys(b)["records"], b)
             elif mode == 1:
-                full.append(b)
+                scans[b] = (0, int(r[0]))
             elif mode == 0:
                 kb, vals = bytes(r[2]), r[3]
                 if len(kb) % KEY_SIZE or len(kb) // KEY_SIZE != len(vals):
                     log.warning("redis mesh %s: bucket %d's change log is corrupt; reading the "
                                 "bucket in full", self.mesh, b)
-                    full.append(b)
+                    scans[b] = (0, int(r[-1]))
                     continue
+                versions[b] = int(r[0])
+                more = more or (len(r) > 4 and int(r[0]) < int(r[4]))
                 got_keys.extend(kb[i : i + KEY_SIZE] for i in range(0, len(kb), KEY_SIZE))
                 got_vals.extend(vals)
-        if full:
-            fk, fv = self._scan(full)
+            else:
+                versions[b] = int(r[0])
+        if scans:
+            budget = None if limit is None else max(1, limit - len(got_keys))
+            fk, fv, done = self._scan_some(scans, budget)
             got_keys.extend(fk)
             got_vals.extend(fv)
-        ks, recs = decode_values(got_keys, got_vals, limit, f"redis mesh {self.mesh}",
+            for b in done:
+                versions[b] = scans.pop(b)[1]
+            more = more or bool(scans)
+        ks, recs = decode_values(got_keys, got_vals, lim_ts, f"redis mesh {self.mesh}",
                                  self.reject)
-        return ks, recs, RedisCursor(epoch, tuple(versions))
+        return ks, recs, RedisCursor(epoch, tuple(versions),
+                                     tuple((b, hc, v0) for b, (hc, v0) in sorted(scans.items())),
+                                     more)
+
+    def _scan_some(self, scans: dict[int, tuple[int, int]], budget: int | None
+                   ) -> tuple[list[bytes], list[bytes | None], list[int]]:
+        """Go on with the full reads of ``scans`` (bucket -> (HSCAN cursor, log
+        entries at the start)), until about ``budget`` records were read (None:
+        to the end).  Updates ``scans``; returns the records and the buckets done."""
+        found: dict[bytes, bytes | None] = {}
+        done: list[int] = []
+        while len(done) < len(scans) and (budget is None or len(found) < budget):
+            todo = [b for b in scans if b not in done]
+            if budget is not None:  # as many buckets as the budget needs, ~10 a call each
+                todo = todo[: max(1, (budget - len(found)) // 10)]
+            count = 10000 if budget is None else max(10, min(10000, (budget - len(found))
+                                                          // len(todo)))
+            calls = [_Call(("HSCAN", f"{self._tags[b]}:r", scans[b][0], "COUNT", count),
+                           f"{self._tags[b]}:r", b) for b in todo]
+            for call, r in zip(calls, self._execute(calls, "reading all records"), strict=True):
+                b = call.bucket
+                if isinstance(r, Exception):
+                    log.error("redis mesh %s: bucket %d cannot be scanned (%s); skipping it",
+                              self.mesh, b, r)
+                    done.append(b)
+                    continue
+                nxt, items = r
+                d = dict(zip(items[0::2], items[1::2], strict=True))
+                d.pop(_SENTINEL, None)
+                for kf in [kf for kf in d if len(kf) != KEY_SIZE]:
+                    log.warning("redis mesh %s: skipping field %r in bucket %d: not a flow key",
+                                self.mesh, kf[:64], b)
+                    self.reject(repr(kf[:64]), "not a flow key")
+                    del d[kf]
+                found.update(d)  # HSCAN may return a field twice: one is kept
+                scans[b] = (int(nxt), scans[b][1])
+                if int(nxt) == 0:
+                    done.append(b)
+        return list(found), list(found.values()), done
 
     def _scan(self, buckets: Sequence[int]) -> tuple[list[bytes], list[bytes | None]]:
         """Every record of these buckets (HSCAN, pipelined across buckets)."""

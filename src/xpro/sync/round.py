@@ -86,6 +86,14 @@ BUDGET_SLACK = 2
 LOG_PER_ROUND = 20
 #: Quarantined values kept in a round's stats, as examples for an alert.
 EXAMPLES = 20
+#: Master records one round takes in at most (Syncer ``max_pull``): the rest
+#: come the next rounds (docs/sync.rst, "Bounded work").
+MAX_PULL = 250_000
+#: Flows the mirror holds at most (Syncer ``max_mirror``): four times the
+#: default flow table; beyond it the idlest are forgotten.
+MAX_MIRROR = 1 << 22
+#: Proxies whose heartbeats a round takes (the most recent).
+MAX_PEERS = 1024
 
 
 def _accepts_bounds(fn: Callable[..., Any]) -> bool:
@@ -110,7 +118,8 @@ class Syncer:
     def __init__(self, filt: FilterState, store: Store, proxy: str, params: SyncParams, *,
                  period: int = NS_PER_S, ttl: int | None = None,
                  store_expire_every: int = 10, known: KnownPolicy | None = None,
-                 max_pps: int = MAX_PPS) -> None:
+                 max_pps: int = MAX_PPS, max_pull: int = MAX_PULL,
+                 max_mirror: int = MAX_MIRROR) -> None:
         self.filt = filt
         self.store = store
         self.proxy = proxy
@@ -118,8 +127,15 @@ class Syncer:
         self.period = period
         self.ttl = ttl if ttl is not None else max(6 * params.t_t1, 60 * NS_PER_S)
         self.max_pps = max_pps
+        self.max_pull = max_pull
+        self.max_mirror = max_mirror
         #: Values from the store quarantined since the start.
         self.quarantined_total = 0
+        #: Rounds in which each bound was reached, since the start: ``pull``
+        #: (max_pull), ``mirror`` (max_mirror), ``peers`` (MAX_PEERS),
+        #: ``workload`` (a destination's share from others cut to the mesh's
+        #: workloads).
+        self.caps_reached = dict.fromkeys(("pull", "mirror", "peers", "workload"), 0)
         self._logged: set[str] = set()
         self._round_logs = 0
         self._unlogged = 0
@@ -128,6 +144,7 @@ class Syncer:
         self._unbacked = 0
         self._merge_bounds = _accepts_bounds(store.merge)
         self._expire_bounds = _accepts_bounds(store.expire)
+        self._changes_limit = "limit" in inspect.signature(store.changes).parameters
         self.cursor: Any = None
         self.mirror = Mirror()
         #: Closed destinations and the known-client table.
@@ -135,6 +152,8 @@ class Syncer:
         self.rounds = 0
         self.store_expire_every = store_expire_every
         self._full_scan = True  # the first round reads the whole table
+        #: Flows whose merge the store refused (bad data): read again next round.
+        self._retry = np.zeros(0, dtype=L.FLOW_KEY)
         self._pending: tuple[Array, Array, Array] | None = None
         self._dirty_lost = filt.dirty_lost()
         self._last_packets: int | None = None
@@ -171,6 +190,9 @@ class Syncer:
             self._full_scan = False
             return self.filt.read_flows()
         keys = self.filt.take_dirty(ended)
+        if len(self._retry):
+            keys = np.concatenate([keys, self._retry[index_of(keys, self._retry) < 0]])
+            self._retry = self._retry[:0]
         exists, recs = self.filt.read(keys)
         return keys[exists], recs[exists]
 
@@ -215,6 +237,7 @@ class Syncer:
             log.warning("sync %s: the store refused the merge of %d flows (%s); they are "
                         "merged again next round", self.proxy, len(keys), exc)
             st.error = str(exc)
+            self._retry = keys.copy()
             keys, recs, local = keys[:0], recs[:0], local[:0]
             existed, before = np.zeros(0, dtype=bool), np.zeros(0, dtype=MASTER)
         except StoreError:
@@ -229,8 +252,12 @@ class Syncer:
         # From here on the master holds our dc: whatever fails, the kernel must
         # be brought level with it, or the next round would count it again.
         try:
-            pkeys, precs, cursor = self.store.changes(self.cursor)
+            if self._changes_limit:
+                pkeys, precs, cursor = self.store.changes(self.cursor, limit=self.max_pull)
+            else:
+                pkeys, precs, cursor = self.store.changes(self.cursor)
             self.cursor = cursor
+            st.pull_capped = bool(getattr(cursor, "more", False))
         except StoreError as exc:
             log.warning("sync %s: reading the master's changes failed (%s); merged flows "
                         "are still written back, changes are read next round", self.proxy, exc)
@@ -279,14 +306,19 @@ class Syncer:
         st.closed = len(self.known.closed)
         st.known = len(self.known.keys)
         st.known_overflow = self.known.overflow
+        st.mirror_capped = self._cap_mirror()
 
         try:
             st.expired = self._expire(now, b)
         except StoreError as exc:
             log.warning("sync %s: expiring master records failed: %s", self.proxy, exc)
             st.error = str(exc)
+        self.mirror.prune_dsts()
         for what, why in self.store.take_rejected():  # logged by the store already
             self._quarantine(st, what, why, logged=True)
+        for cap, hit in (("pull", st.pull_capped), ("mirror", st.mirror_capped),
+                         ("peers", st.peers_capped), ("workload", st.unbacked)):
+            self.caps_reached[cap] += bool(hit)
         if self._unlogged:
             log.warning("sync %s: %d more values from the store quarantined this round "
                         "(%d in all)", self.proxy, self._unlogged, st.quarantined)
@@ -372,6 +404,7 @@ class Syncer:
         existed[gone] = False
         before[gone] = 0
         if refused.any():
+            self._retry = np.concatenate([self._retry, keys[refused]], dtype=L.FLOW_KEY)
             keep = ~refused
             return keys[keep], recs[keep], local[keep], existed[keep], before[keep]
         return keys, recs, local, existed, before
@@ -393,6 +426,10 @@ class Syncer:
         ``max_pps``) or a beat dated after now is quarantined.  This proxy's own
         entry is what it measured, not what the store returns."""
         out: dict[str, ProxyStatus] = {}
+        if len(peers) > MAX_PEERS:
+            keep = sorted(peers, key=lambda n: peers[n].last_seen, reverse=True)[:MAX_PEERS]
+            st.peers_capped = len(peers) - MAX_PEERS
+            peers = {n: peers[n] for n in keep}
         for name, ps in peers.items():
             if name == self.proxy:
                 continue
@@ -422,6 +459,31 @@ class Syncer:
         return float(sum(max(seen.values()) for seen in self._w_seen.values()))
 
     # ------------------------------------------------------------------------
+
+    def _cap_mirror(self) -> int:
+        """Hold the mirror to ``max_mirror`` flows: forget first those the kernel
+        no longer has (its flow table evicts the least recently used), then
+        the idlest, from the kernel too.  Returns how many were forgotten."""
+        mr = self.mirror
+        excess = len(mr) - self.max_mirror
+        if excess <= 0:
+            return 0
+        slots = np.flatnonzero(mr.alive)
+        idle = slots[np.argsort(mr.ts2[slots], kind="stable")[: 2 * excess]]
+        keys = mr.keys[idle]
+        exists, recs = self.filt.read(keys)
+        gone = keys[~exists]
+        left = excess - len(gone)
+        if left > 0:
+            old, old_recs = keys[exists][:left], recs[exists][:left]
+            self.filt.apply(apply_entries(old, OP_FLOW | OP_DELETE, gen=old_recs["gen"],
+                                          ts2=old_recs["ts2"]))
+            gone = np.concatenate([gone, old])
+        mr.remove(gone)
+        self.known.forget(gone)
+        log.warning("sync %s: the mirror holds more than %d flows; forgot the %d idlest",
+                    self.proxy, self.max_mirror, len(gone))
+        return len(gone)
 
     def _expire(self, now: int, b: Bounds) -> int:
         """Remove records idle longer than the TTL from the maps; the master too,
