@@ -253,3 +253,28 @@ def test_mirror_forgets_destinations_without_flows() -> None:
     assert set(again.tolist()) <= set(m.dst_free + list(range(201)))
     assert len(m.dst_index) == 61
     assert m.dst_refs[m.dst[m.index.find(k[200:201], m.keys)[0]]] == 200
+
+
+def test_a_change_made_right_after_our_merge_is_taken_next_round(url: str) -> None:
+    """Another proxy merges a flow between this proxy's merge of it and its read
+    of the changes: the read skips it (merged here), and with no packet of it
+    since, no later merge would bring the other's count (it did not before)."""
+    a, b = syncer(url, "a"), syncer(url, "b")
+    fr = frame("10.0.0.9", "10.9.9.9")
+    a.filt.process_frames([fr] * 5, T0)
+    b.filt.process_frames([fr] * 7, T0)
+    real = a.store.merge
+
+    def merge_then_b(*args: Any, **kw: Any) -> Any:
+        out = real(*args, **kw)
+        b.round(T0 + S)  # b merges its 7 right after
+        return out
+
+    a.store.merge = merge_then_b  # type: ignore[method-assign]
+    a.round(T0 + S)
+    a.store.merge = real  # type: ignore[method-assign]
+    key = np.frombuffer(flow_key("10.0.0.9"), dtype=L.FLOW_KEY)
+    assert int(a.filt.read(key)[1][0]["c"]) == 5
+    a.round(T0 + 2 * S)
+    assert int(a.filt.read(key)[1][0]["c"]) == 12
+    assert [int(r["c"]) for r in a.store.changes(None)[1]] == [12]

@@ -154,6 +154,10 @@ class Syncer:
         self._full_scan = True  # the first round reads the whole table
         #: Flows whose merge the store refused (bad data): read again next round.
         self._retry = np.zeros(0, dtype=L.FLOW_KEY)
+        #: Master records of flows this proxy merged in a round that another
+        #: proxy changed after that merge: taken in the next round.
+        self._carry: tuple[Array, Array] = (np.zeros(0, dtype=L.FLOW_KEY),
+                                            np.zeros(0, dtype=MASTER))
         self._pending: tuple[Array, Array, Array] | None = None
         self._dirty_lost = filt.dirty_lost()
         self._last_packets: int | None = None
@@ -247,7 +251,8 @@ class Syncer:
         keys, recs, local, existed, before = self._check_before(keys, recs, local, existed,
                                                                 before, b, st)
         st.merged = len(keys)
-        final, _ = merge_arrays(local, np.ones(len(keys), bool), before, existed, self.params)
+        final, mastered = merge_arrays(local, np.ones(len(keys), bool), before, existed,
+                                       self.params)
 
         # From here on the master holds our dc: whatever fails, the kernel must
         # be brought level with it, or the next round would count it again.
@@ -268,8 +273,23 @@ class Syncer:
 
         # Others' changes to flows we did not merge now: taken into our view
         # where we have counted nothing new (else next round merges both).
-        other = index_of(keys, pkeys) < 0
+        at = index_of(keys, pkeys)
+        other = at < 0
+        # A flow merged here and changed by another proxy after that merge is
+        # held back for the next round: if no packet of it comes meanwhile,
+        # no merge would bring the other's count here.
+        ours = np.flatnonzero(~other)
+        newer = (precs["c"][ours] != mastered["c"][at[ours]]) | (
+            precs["ts1"][ours] != mastered["ts1"][at[ours]]) | (
+            precs["ts2"][ours] != mastered["ts2"][at[ours]])
+        carry = (pkeys[ours[newer]], precs[ours[newer]])
         pkeys, precs = pkeys[other], precs[other]
+        ck, cr = self._carry  # held back last round: unless merged or read again now
+        if len(ck):
+            use = (index_of(keys, ck) < 0) & (index_of(pkeys, ck) < 0)
+            pkeys = np.concatenate([pkeys, ck[use]], dtype=L.FLOW_KEY)
+            precs = np.concatenate([precs, cr[use]], dtype=MASTER)
+        self._carry = carry
         p_exists, p_recs = self.filt.read(pkeys)
         p_local = _local_view(p_recs)
         quiet = p_exists & (p_local["dc"] == 0) & (p_local["mark"] == 0)
