@@ -22,7 +22,7 @@ from xpro.core.bounds import Bounds
 from xpro.core.layout import LOCAL, MASTER
 from xpro.core.model import R_DEN, SyncParams
 from xpro.errors import BadRecord, ConfigError
-from xpro.stores.base import Store
+from xpro.stores.base import REFUSED, Store
 
 pytestmark = pytest.mark.integration
 
@@ -193,8 +193,9 @@ def test_merge_validates_its_input(store_factory: Any) -> None:
 
 def test_out_of_bounds_masters_count_as_absent(store_factory: Any) -> None:
     """Judged by the caller's clock (here a fake one, 1000 days ago): a record
-    dated after now + future, with ts1 > ts2, with a count over the ceiling or
-    idle longer than max_age is merged as if there were none."""
+    with ts1 > ts2, with a count over the ceiling or idle longer than max_age is
+    merged as if there were none; one dated after now + future is left as it
+    is and the merge of it refused (the caller's clock may be the late one)."""
     store = store_factory()
     t = NOW - 1000 * DAY
     b = Bounds(now=t, future=2 * S, max_age=60 * S)
@@ -213,11 +214,15 @@ def test_out_of_bounds_masters_count_as_absent(store_factory: Any) -> None:
     seed_master(store, k, masters)  # type: ignore[arg-type]
     existed, before = store.merge(k, locals_(rows), P, bounds=b)
     assert existed.tolist() == [True, False, False, False, False, False, True, False]
-    assert int(before[1]["c"]) == int(before[4]["c"]) == 0
+    assert int(before[4]["c"]) == 0
+    assert (before[[1, 2]] == REFUSED).all()
     got = read_all(store)
     assert got[k[0].tobytes()] == (t - 5 * S, t, 407)
-    for i in (1, 2, 3, 4, 5, 7):
+    for i in (3, 4, 5, 7):
         assert got[k[i].tobytes()] == (t - 2 * S, t, 7), i  # the local record, as if new
+    for i in (1, 2):
+        m = masters[i]
+        assert got[k[i].tobytes()] == (m.ts1, m.ts2, m.c), i  # left as it was
     # Without bounds, the store's own: its clock, max_future, the 2**32 pps ceiling.
     k2 = keys(2, 2025)
     t2 = now_ns()

@@ -18,9 +18,11 @@ sees the world at ``now``:
   record has expired and counts as absent.
 
 The same rules run in the stores' merge functions (the Redis function in Lua,
-the memory and etcd stores in Python, :mod:`xpro.stores`), which treat a
-master record out of these bounds as absent, and in the sync, which checks
-again what the store returns.  Rates are compared in float64 (the Lua side
+the memory and etcd stores in Python, :mod:`xpro.stores`), which leave a
+master record dated in the future as it is (the merge of that record is
+refused: the caller's clock may be the one behind) and treat one out of the
+other bounds as absent; and in the sync, which checks again what the store
+returns.  Rates are compared in float64 (the Lua side
 has doubles only): the bound is a ceiling, not a count, so rounding at the
 last bit does not matter.
 """
@@ -35,7 +37,7 @@ import numpy.typing as npt
 
 from xpro.core.model import NS_PER_S
 
-__all__ = ["COUNT", "FUTURE", "MAX_COUNT", "MAX_PPS", "OK", "ORDER", "RATE_SLACK",
+__all__ = ["COUNT", "FUTURE", "MAX_COUNT", "MAX_PPS", "MAX_SKEW", "OK", "ORDER", "RATE_SLACK",
            "RATE_WINDOW_CAP", "REASONS", "STALE", "Bounds"]
 
 Array = npt.NDArray[Any]
@@ -49,6 +51,12 @@ RATE_WINDOW_CAP = 86_400 * NS_PER_S
 #: Added to every window for the count ceiling (1 s): a record created by a
 #: burst has a window of a few ns and many packets.
 RATE_SLACK = NS_PER_S
+
+#: How far in the future a stored record may be dated before expiry deletes
+#: it, and how far a proxy's clock may be off the mesh's and be corrected
+#: (ten minutes): records dated a little ahead are a clock's doing, and a
+#: proxy whose clock is behind must not delete the others' records.
+MAX_SKEW = 600 * NS_PER_S
 
 #: Why a record is out of bounds (0: it is not).
 OK, FUTURE, ORDER, COUNT, STALE = 0, 1, 2, 3, 4

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import re
+import struct
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -90,10 +91,11 @@ KEY_SIZE = FLOW_KEY.itemsize
 WIRE_LOCAL = np.dtype(
     [("ts1", "<u8"), ("ts2", "<u8"), ("c", "<u8"), ("dc", "<u8"), ("mark", "u1")]
 )
-#: What a merge call returns per record: a flag (0 absent, 1 existed,
-#: 2 corrupt and overwritten) and the record before the merge, 25 bytes.
+#: What a merge call returns per record: a flag (0 absent, 1 existed, 2
+#: corrupt or out of bounds and overwritten, 3 dated in the future and left
+#: as it was: refused) and the record before the merge, 25 bytes.
 WIRE_BEFORE = np.dtype([("flag", "u1"), ("ts1", "<u8"), ("ts2", "<u8"), ("c", "<u8")])
-FLAG_ABSENT, FLAG_EXISTED, FLAG_CORRUPT = 0, 1, 2
+FLAG_ABSENT, FLAG_EXISTED, FLAG_CORRUPT, FLAG_REFUSED = 0, 1, 2, 3
 
 _MESH_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -256,6 +258,31 @@ def decode_values(keys: Sequence[bytes], values: Sequence[bytes | None], limit_t
                 reject(key_hex(keys[i]), "out of bounds")
         ks, recs = ks[ok], recs[ok]
     return ks, recs
+
+
+#: A heartbeat as stored: W (f64), last seen (u64) and, from this version
+#: on, the proxy's clock offset to the store (i64; NO_OFFSET: unmeasured).
+HEARTBEAT = struct.Struct("<dQ")
+HEARTBEAT_OFFSET = struct.Struct("<dQq")
+NO_OFFSET = -(1 << 63)
+
+
+def encode_heartbeat(workload: float, now: int, offset: int | None) -> bytes:
+    """16 bytes (W, last seen), or 24 with the clock offset."""
+    if offset is None:
+        return HEARTBEAT.pack(float(workload), int(now))
+    return HEARTBEAT_OFFSET.pack(float(workload), int(now), int(offset))
+
+
+def decode_heartbeat(value: bytes) -> tuple[float, int, int | None] | None:
+    """(W, last seen, offset or None) from 16 or 24 bytes; None if neither."""
+    if len(value) == HEARTBEAT.size:
+        w, seen = HEARTBEAT.unpack(value)
+        return w, seen, None
+    if len(value) == HEARTBEAT_OFFSET.size:
+        w, seen, off = HEARTBEAT_OFFSET.unpack(value)
+        return w, seen, None if off == NO_OFFSET else off
+    return None
 
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)

@@ -74,11 +74,14 @@ local function within(ch, cl, w, ppn)
   return ch * B32 + cl <= ppn * (w + SLACK)
 end
 
-local function valid(t1h, t1l, t2h, t2l, ch, cl, bd)
-  return not gt(t1h, t1l, bd[1], bd[2]) and not gt(t2h, t2l, bd[1], bd[2])
-    and not gt(ch, cl, MAXC_HI, 0) and not gt(t1h, t1l, t2h, t2l)
-    and not gt(bd[3], bd[4], t2h, t2l)
-    and within(ch, cl, (t2h - t1h) * B32 + (t2l - t1l), bd[5])
+-- 0: in bounds; 1: dated in the future; 2: out of bounds otherwise.
+local function judge(t1h, t1l, t2h, t2l, ch, cl, bd)
+  if gt(t1h, t1l, bd[1], bd[2]) or gt(t2h, t2l, bd[1], bd[2]) then return 1 end
+  if gt(ch, cl, MAXC_HI, 0) or gt(t1h, t1l, t2h, t2l) or gt(bd[3], bd[4], t2h, t2l)
+      or not within(ch, cl, (t2h - t1h) * B32 + (t2l - t1l), bd[5]) then
+    return 2
+  end
+  return 0
 end
 
 -- A key of the wrong type (bad data) makes a command fail: pcall it, and
@@ -136,20 +139,20 @@ end
 
 -- The general merge of one record on (hi, lo) limbs: any u64 in bounds.
 -- loc, p: the locals and where this one starts; old: the stored value or false.
--- A stored value out of bounds (bd) counts as absent.  Returns the flag, the new value.
+-- A stored value dated in the future (bd) is left as it is (flag 3); one out of
+-- bounds otherwise counts as absent (flag 2).  Returns the flag, the new value.
 local function merge_limbs(loc, p, old, t1h, t1l, t4h, t4l, rq, bd)
   local a1l, a1h, a2l, a2h, acl, ach, adl, adh = struct.unpack(LIMBS8, loc, p)
   local mark = string.byte(loc, p + 56) % 2
-  local ok = false
+  if not old then return 0, string.sub(loc, p, p + 23) end
+  local j = 2
   local b1l, b1h, b2l, b2h, bcl, bch
-  if old and #old == 24 then
+  if #old == 24 then
     b1l, b1h, b2l, b2h, bcl, bch = struct.unpack(REC, old)
-    ok = valid(b1h, b1l, b2h, b2l, bch, bcl, bd)
+    j = judge(b1h, b1l, b2h, b2l, bch, bcl, bd)
   end
-  if not ok then
-    if old then return 2, string.sub(loc, p, p + 23) end
-    return 0, string.sub(loc, p, p + 23)
-  end
+  if j == 1 then return 3, old end
+  if j == 2 then return 2, string.sub(loc, p, p + 23) end
   local rh, rl = add(b1h, b1l, t1h, t1l)
   if mark == 1 and gt(a1h, a1l, rh, rl) then
     return 1, string.sub(loc, p, p + 23)  -- lines 6-8: the local window wins
@@ -275,13 +278,18 @@ local function merge(keys, args)
       elseif flag == 2 then
         flags[i], befores[i] = '\2', Z24
         redis.log(redis.LOG_WARNING, 'xpro: overwrote a corrupt or out-of-bounds record in ' .. r)
+      elseif flag == 3 then
+        flags[i], befores[i] = '\3', Z24
+        new = nil  -- dated in the future: left as it is
       else
         flags[i], befores[i] = '\0', Z24
       end
     end
-    nh = nh + 2
-    hset[nh - 1] = args[K + i]
-    hset[nh] = new
+    if new then
+      nh = nh + 2
+      hset[nh - 1] = args[K + i]
+      hset[nh] = new
+    end
     p = p + 57
   end
   for i = 1, nh, 4000 do
@@ -357,7 +365,7 @@ local function expire(keys, args)
       local gone = true
       if #v == 24 then
         local a1l, a1h, a2l, a2h, acl, ach = struct.unpack(REC, v)
-        gone = gt(bh, bl, a2h, a2l) or not valid(a1h, a1l, a2h, a2l, ach, acl, bd)
+        gone = gt(bh, bl, a2h, a2l) or judge(a1h, a1l, a2h, a2l, ach, acl, bd) ~= 0
       end
       if gone then del[#del + 1] = list[i] end
     end

@@ -89,8 +89,10 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def heartbeat(self, proxy: str, workload: float, now: int) -> None:
-        """Publish this proxy's workload W and liveness (Algorithm 1, line 1)."""
+    def heartbeat(self, proxy: str, workload: float, now: int, offset: int | None = None
+                  ) -> None:
+        """Publish this proxy's workload W and liveness (Algorithm 1, line 1), and
+        its clock's offset to the store's (ns, :meth:`clock`) if it measured one."""
 
     @abc.abstractmethod
     def proxies(self) -> dict[str, ProxyStatus]:
@@ -101,6 +103,12 @@ class Store(abc.ABC):
         """Delete master records whose ts2 is older than ``before``, or that are out
         of ``bounds`` (dated in the future, say; None: the store's own clock and
         limits); return how many."""
+
+    def clock(self) -> int | None:
+        """The store's clock now (ns since the epoch), or None if it has none the
+        proxies can read: the sync measures each proxy's offset to it and takes
+        the store as the mesh's time base (docs/sync.rst, "Clocks")."""
+        return None
 
     def lease(self, name: str, holder: str, seconds: float) -> bool:
         """Take or renew the mesh-wide lease ``name`` for ``holder``; True if it holds it.

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import numpy as np
 
 from xpro.config.kinds import mask_url, redact, split_url
-from xpro.core.bounds import REASONS, Bounds
+from xpro.core.bounds import FUTURE, REASONS, Bounds
 from xpro.core.layout import FLOW_KEY, MASTER
 from xpro.core.merge import merge_arrays
 from xpro.core.model import SyncParams
@@ -51,14 +51,17 @@ from xpro.stores._common import (
     FLAG_ABSENT,
     FLAG_CORRUPT,
     FLAG_EXISTED,
+    FLAG_REFUSED,
     KEY_SIZE,
     RECORD_SIZE,
     Replay,
     batch_digest,
     check_merge_input,
     check_mesh,
+    decode_heartbeat,
     decode_values,
     default_bounds,
+    encode_heartbeat,
     key_hex,
     key_list,
     max_ts,
@@ -70,7 +73,7 @@ from xpro.stores._common import (
     unknown_options,
     warn_plaintext,
 )
-from xpro.stores.base import Store
+from xpro.stores.base import REFUSED, Store
 
 if TYPE_CHECKING:
     from xpro.hooks.registry import Registry
@@ -85,7 +88,6 @@ ENCODING = 1
 #: Records per merge transaction: 120 compares and puts, plus the log entry
 #: and ``v``, stay within etcd's default --max-txn-ops of 128.
 CHUNK = 120
-_HEARTBEAT = struct.Struct("<dQ")
 _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
@@ -480,7 +482,7 @@ class EtcdStore(Store):
                     rpc.RequestOp(request_put=rpc.PutRequest(
                         key=self._p_rec + kl[i],
                         value=newb[j * RECORD_SIZE : (j + 1) * RECORD_SIZE]))
-                    for j, i in enumerate(idx)
+                    for j, i in enumerate(idx) if flags[j] != FLAG_REFUSED
                 ] + [
                     rpc.RequestOp(request_put=rpc.PutRequest(key=logkeys[ci], value=entry)),
                     rpc.RequestOp(request_put=rpc.PutRequest(key=self._k_ver, value=b"")),
@@ -496,6 +498,10 @@ class EtcdStore(Store):
                 if resp.succeeded:
                     existed[idx] = flags == FLAG_EXISTED
                     before[idx] = m_rec
+                    before[idx[flags == FLAG_REFUSED]] = REFUSED
+                    for i in idx[flags == FLAG_REFUSED]:
+                        self.reject(key_hex(kl[i]), "merge refused: the record is dated in "
+                                    "the future")
                     if (flags == FLAG_CORRUPT).any():
                         corrupt.extend(kl[i] for i in idx[flags == FLAG_CORRUPT])
                 else:
@@ -533,6 +539,8 @@ class EtcdStore(Store):
             else:
                 flags[j] = FLAG_CORRUPT
         why = bounds.check(recs)
+        future = (flags == FLAG_EXISTED) & (why == FUTURE)
+        flags[future] = FLAG_REFUSED  # dated in the future: left as it is
         bad = (flags == FLAG_EXISTED) & (why != 0)
         if bad.any():
             log.info("etcd mesh %s: %d record(s) out of bounds (%s) count as absent", self.mesh,
@@ -563,6 +571,7 @@ class EtcdStore(Store):
         flags = np.frombuffer(entry, dtype=np.uint8, count=m, offset=off)
         existed[idx] = flags == FLAG_EXISTED
         before[idx] = np.frombuffer(entry, dtype=MASTER, count=m, offset=off + m)
+        before[idx[flags == FLAG_REFUSED]] = REFUSED
         return True
 
     def changes(self, cursor: Any | None, limit: int | None = None
@@ -674,12 +683,13 @@ class EtcdStore(Store):
             vals.append(kv.value)
         return decode_values(keys, vals, limit, f"etcd mesh {self.mesh}", self.reject)
 
-    def heartbeat(self, proxy: str, workload: float, now: int) -> None:
+    def heartbeat(self, proxy: str, workload: float, now: int, offset: int | None = None
+                  ) -> None:
         if not math.isfinite(workload) or workload < 0:
             raise ValueError(f"workload {workload!r} must be a finite number >= 0")
         rpc, _ = _etcd()
         req = rpc.PutRequest(key=self._p_hb + proxy.encode(),
-                             value=_HEARTBEAT.pack(float(workload), int(now)))
+                             value=encode_heartbeat(workload, now, offset))
         self._rpc(lambda stub, md: stub.Put(req, timeout=self.timeout, metadata=md), "heartbeat")
 
     def proxies(self) -> dict[str, ProxyStatus]:
@@ -688,18 +698,19 @@ class EtcdStore(Store):
         out: dict[str, ProxyStatus] = {}
         for kv in kvs:
             name = kv.key[len(self._p_hb):].decode("utf-8", "replace")
-            if len(kv.value) != _HEARTBEAT.size:
+            hb = decode_heartbeat(kv.value)
+            if hb is None:
                 log.warning("etcd mesh %s: skipping heartbeat of %r: %d bytes", self.mesh, name,
                             len(kv.value))
                 self.reject(f"heartbeat {name!r}", f"{len(kv.value)} bytes")
                 continue
-            w, seen = _HEARTBEAT.unpack(kv.value)
+            w, seen, off = hb
             if not math.isfinite(w) or w < 0 or seen > limit:
                 log.warning("etcd mesh %s: skipping heartbeat of %r: out of bounds", self.mesh,
                             name)
                 self.reject(f"heartbeat {name!r}", "out of bounds")
                 continue
-            out[name] = ProxyStatus(workload=w, last_seen=seen)
+            out[name] = ProxyStatus(workload=w, last_seen=seen, offset=off)
         return out
 
     def expire(self, before: int, bounds: Bounds | None = None) -> int:

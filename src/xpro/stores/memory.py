@@ -17,14 +17,14 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 import numpy as np
 
-from xpro.core.bounds import REASONS, Bounds
+from xpro.core.bounds import FUTURE, REASONS, Bounds
 from xpro.core.layout import FLOW_KEY, MASTER
 from xpro.core.merge import merge_arrays
 from xpro.core.model import SyncParams
@@ -45,7 +45,7 @@ from xpro.stores._common import (
     unknown_options,
     valid_master,
 )
-from xpro.stores.base import Store
+from xpro.stores.base import REFUSED, Store
 
 if TYPE_CHECKING:
     from xpro.hooks.registry import Registry
@@ -85,6 +85,7 @@ class _State:
     version: int = 0
     heartbeats: dict[str, ProxyStatus] = field(default_factory=dict)
     leases: dict[str, tuple[str, float]] = field(default_factory=dict)  # holder, until
+    clock: Callable[[], int] = time.time_ns  # the store's clock (tests set a fake one)
 
     def grow(self, need: int) -> None:
         cap = len(self.recs)
@@ -171,9 +172,15 @@ class MemoryStore(Store):
         with st.lock:
             slots, existed = st.slots_for(kl)
             before = np.zeros(n, dtype=MASTER)
+            refused = np.zeros(n, dtype=bool)
             if existed.any():
                 before[existed] = st.recs[slots[existed]]
                 why = b.check(before)
+                # Dated in the future: left as it is (docs/sync.rst).
+                refused = existed & (why == FUTURE)
+                for kb in key_list(k[refused]):
+                    self.reject(key_hex(kb), "merge refused: the record is dated in the future")
+                existed &= ~refused
                 bad = existed & (why != 0)
                 if bad.any():
                     for i, (kb, w) in enumerate(zip(key_list(k[bad]), why[bad].tolist(),
@@ -191,8 +198,9 @@ class MemoryStore(Store):
                 idx = np.flatnonzero(missing)
                 slots[idx] = st.allocate([kl[i] for i in idx], k[idx])
             st.version += 1
-            st.recs[slots] = new
-            st.ver[slots] = st.version
+            st.recs[slots[~refused]] = new[~refused]
+            st.ver[slots[~refused]] = st.version
+        before[refused] = REFUSED
         return existed, before
 
     def changes(self, cursor: Any | None, limit: int | None = None
@@ -231,11 +239,20 @@ class MemoryStore(Store):
             keys, recs = keys[ok], recs[ok]
         return keys, recs, MemoryCursor(st.ident, version, last, more)
 
-    def heartbeat(self, proxy: str, workload: float, now: int) -> None:
+    def heartbeat(self, proxy: str, workload: float, now: int, offset: int | None = None
+                  ) -> None:
         if not math.isfinite(workload) or workload < 0:
             raise ValueError(f"workload {workload!r} must be a finite number >= 0")
         with self._state.lock:
-            self._state.heartbeats[proxy] = ProxyStatus(float(workload), int(now))
+            self._state.heartbeats[proxy] = ProxyStatus(float(workload), int(now), offset)
+
+    def clock(self) -> int | None:
+        """This process's clock (``time.time_ns``), or the fake one of :meth:`use_clock`."""
+        return int(self._state.clock())
+
+    def use_clock(self, clock: Callable[[], int]) -> None:
+        """Give this store (every proxy on it) a clock of its own (tests)."""
+        self._state.clock = clock
 
     def proxies(self) -> dict[str, ProxyStatus]:
         with self._state.lock:

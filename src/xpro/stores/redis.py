@@ -39,6 +39,7 @@ from xpro.stores._common import (
     DEFAULT_MAX_FUTURE_S,
     FLAG_CORRUPT,
     FLAG_EXISTED,
+    FLAG_REFUSED,
     KEY_SIZE,
     RECORD_SIZE,
     Reject,
@@ -47,8 +48,10 @@ from xpro.stores._common import (
     bucket_of,
     check_merge_input,
     check_mesh,
+    decode_heartbeat,
     decode_values,
     default_bounds,
+    encode_heartbeat,
     key_hex,
     key_list,
     keys_from_bytes,
@@ -84,7 +87,6 @@ WIRE = np.dtype(
     ]
 )
 _SENTINEL = b"xpro:encoding"
-_HEARTBEAT = struct.Struct("<dQ")
 
 KNOWN_OPTIONS = (
     "ca", "cert", "key", "verify", "username", "password", "password_file", "buckets", "batch",
@@ -188,6 +190,7 @@ class RedisStore(Store):
         self._cfg_pinned = False  # the configuration was read and accepted once
         self._epoch_seen: str | None = None
         self._cfg_warned: set[str] = set()
+        self._no_clock = False
         self._hb_key = f"{{xpro:{self.mesh}}}:hb"
 
     # ------------------------------------------------------------------
@@ -642,6 +645,10 @@ class RedisStore(Store):
             flags = np.frombuffer(blob[:m], dtype=np.uint8)
             existed[call.idx] = flags == FLAG_EXISTED
             before[call.idx] = np.frombuffer(blob[m:], dtype=MASTER)
+            if (flags == FLAG_REFUSED).any():
+                before[call.idx[flags == FLAG_REFUSED]] = REFUSED
+                for kb in key_list(k[call.idx[flags == FLAG_REFUSED]]):
+                    self.reject(key_hex(kb), "merge refused: the record is dated in the future")
             if (flags == FLAG_CORRUPT).any():
                 corrupt.extend(key_list(k[call.idx[flags == FLAG_CORRUPT]]))
         for i, kb in enumerate(corrupt):
@@ -815,10 +822,11 @@ class RedisStore(Store):
             vals.extend(d.values())
         return keys, vals
 
-    def heartbeat(self, proxy: str, workload: float, now: int) -> None:
+    def heartbeat(self, proxy: str, workload: float, now: int, offset: int | None = None
+                  ) -> None:
         if not math.isfinite(workload) or workload < 0:
             raise ValueError(f"workload {workload!r} must be a finite number >= 0")
-        value = _HEARTBEAT.pack(float(workload), int(now))
+        value = encode_heartbeat(workload, now, offset)
         calls = [
             _Call(("HSET", self._hb_key, proxy, value), self._hb_key),
             _Call(("EXPIRE", self._hb_key, self.heartbeat_ttl), self._hb_key),
@@ -876,6 +884,23 @@ class RedisStore(Store):
                 continue
             total += int(r)
         return total
+
+    def clock(self) -> int | None:
+        """The server's ``TIME``; None (logged once) if this user may not ask."""
+        try:
+            (r,) = self._execute([_Call(("TIME",), self._cfg_key)], "reading the clock")
+        except StoreUnavailable as exc:
+            if "NOPERM" not in str(exc) and "may not" not in str(exc):
+                raise
+            r = exc
+        if isinstance(r, Exception) or not isinstance(r, list | tuple) or len(r) != 2:
+            if not self._no_clock:
+                self._no_clock = True
+                log.warning("redis mesh %s: the store's clock cannot be read (%s); clock "
+                            "offsets are not measured (grant +time: `xpro store init`)",
+                            self.mesh, r)
+            return None
+        return int(r[0]) * 1_000_000_000 + int(r[1]) * 1000
 
     def lease(self, name: str, holder: str, seconds: float) -> bool:
         """``xpro_v1_lease`` on ``{xpro:MESH}:lease:NAME``: the server's clock times it."""
@@ -989,20 +1014,21 @@ def decode_heartbeats(items: Any, limit: int, where: str, reject: Reject | None 
     for name, value in items:
         pname = _text(name)
         v = bytes(value) if value is not None else b""
-        if len(v) != _HEARTBEAT.size:
-            log.warning("%s: skipping heartbeat of %r: %d bytes, not %d", where, pname, len(v),
-                        _HEARTBEAT.size)
+        hb = decode_heartbeat(v)
+        if hb is None:
+            log.warning("%s: skipping heartbeat of %r: %d bytes, not 16 or 24", where, pname,
+                        len(v))
             if reject is not None:
                 reject(f"heartbeat {pname!r}", f"{len(v)} bytes")
             continue
-        w, seen = _HEARTBEAT.unpack(v)
+        w, seen, off = hb
         if not math.isfinite(w) or w < 0 or seen > limit:
             log.warning("%s: skipping heartbeat of %r: out of bounds (W=%r, last seen %d)",
                         where, pname, w, seen)
             if reject is not None:
                 reject(f"heartbeat {pname!r}", "out of bounds")
             continue
-        out[pname] = ProxyStatus(workload=w, last_seen=seen)
+        out[pname] = ProxyStatus(workload=w, last_seen=seen, offset=off)
     return out
 
 

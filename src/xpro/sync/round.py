@@ -38,6 +38,7 @@ Everything is done on whole numpy arrays (docs/sync.rst, "One round").
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import math
@@ -49,7 +50,7 @@ import numpy as np
 import numpy.typing as npt
 
 from xpro.core import layout as L
-from xpro.core.bounds import MAX_COUNT, MAX_PPS, OK, REASONS, STALE, Bounds
+from xpro.core.bounds import MAX_COUNT, MAX_PPS, MAX_SKEW, OK, REASONS, STALE, Bounds
 from xpro.core.keys import index_of
 from xpro.core.layout import LOCAL, MASTER
 from xpro.core.merge import merge_arrays
@@ -94,6 +95,11 @@ MAX_PULL = 250_000
 MAX_MIRROR = 1 << 22
 #: Proxies whose heartbeats a round takes (the most recent).
 MAX_PEERS = 1024
+#: A proxy whose clock is off the mesh's by less than this is not corrected
+#: (NTP does better; the offsets' own jitter is below it).  Nor by more than
+#: MAX_SKEW (xpro.core.bounds): a clock that far off is a fault to fix (and
+#: offsets that far apart may be forged); the proxy says so instead.
+MIN_SKEW = 50_000_000
 
 
 def _accepts_bounds(fn: Callable[..., Any]) -> bool:
@@ -142,9 +148,20 @@ class Syncer:
         #: Each peer's published workloads by the time it published them.
         self._w_seen: dict[str, dict[int, float]] = {}
         self._unbacked = 0
+        #: The local clock of rounds run without ``now`` (None: TAI, after the
+        #: program's clock is synced to it; tests set a fake one).
+        self.local_clock: Callable[[], int] | None = None
+        #: Correct this proxy's clock by the mesh's (docs/sync.rst, "Clocks").
+        self.clock_sync = True
+        #: The store's clock minus this proxy's at the last measurement (ns).
+        self.offset: int | None = None
+        #: What this proxy adds to its timestamps to get the mesh's time.
+        self.skew = 0
+        self._skew_warned = False
         self._merge_bounds = _accepts_bounds(store.merge)
         self._expire_bounds = _accepts_bounds(store.expire)
         self._changes_limit = "limit" in inspect.signature(store.changes).parameters
+        self._beat_offset = "offset" in inspect.signature(store.heartbeat).parameters
         self.cursor: Any = None
         self.mirror = Mirror()
         #: Closed destinations and the known-client table.
@@ -203,18 +220,31 @@ class Syncer:
     def round(self, now: int | None = None) -> SyncStats:
         """One sync round at time ``now`` (ns, TAI; the real clock by default)."""
         t0 = time.perf_counter()
+        measure = now is None and self.clock_sync
         if now is None:
-            self.filt.sync_clock()
-            now = time.clock_gettime_ns(time.CLOCK_TAI)
+            if self.local_clock is None:
+                self.filt.sync_clock()
+                now = time.clock_gettime_ns(time.CLOCK_TAI)
+            else:
+                now = self.local_clock()
         st = SyncStats(started=now)
         self.rounds += 1
         self._round_logs = self._unlogged = 0
         b = self.bounds(now)
+        if measure:
+            self._measure_offset()
+        st.clock_offset = self.offset
 
         # Lines 1-2.
         st.workload = self.workload(now)
-        self.store.heartbeat(self.proxy, st.workload, now)
-        st.peers = self._check_peers(self.store.proxies(), st, b)
+        if self._beat_offset:
+            self.store.heartbeat(self.proxy, st.workload, now + self.skew, offset=self.offset)
+        else:
+            self.store.heartbeat(self.proxy, st.workload, now + self.skew)
+        peers = self.store.proxies()
+        self.skew = self._consensus_skew(peers, now)
+        st.skew = self.skew
+        st.peers = self._check_peers(peers, st, b)
 
         # A merge that failed last time (the store unreachable) is repeated
         # first, with the same arrays (the store applies each batch at most
@@ -268,6 +298,7 @@ class Syncer:
                         "are still written back, changes are read next round", self.proxy, exc)
             st.error = str(exc)
             pkeys, precs = np.zeros(0, dtype=L.FLOW_KEY), np.zeros(0, dtype=MASTER)
+        precs = _shift(precs, -self.skew)
         pkeys, precs = self._check_pulled(pkeys, precs, b, st)
         st.pulled = len(pkeys)
 
@@ -346,9 +377,53 @@ class Syncer:
         return st
 
     def _merge(self, keys: Array, local: Array, b: Bounds) -> tuple[Array, Array]:
+        """The store's merge, in the mesh's time (timestamps shifted by the skew)."""
+        d = self.skew
+        mesh_local = _shift(local, d)
         if self._merge_bounds:
-            return self.store.merge(keys, local, self.params, bounds=b)
-        return self.store.merge(keys, local, self.params)
+            existed, before = self.store.merge(keys, mesh_local, self.params,
+                                               bounds=dataclasses.replace(b, now=b.now + d))
+        else:
+            existed, before = self.store.merge(keys, mesh_local, self.params)
+        return existed, _shift(before, -d, existed)
+
+    # ---- clocks --------------------------------------------------------------
+
+    def _measure_offset(self) -> None:
+        """The store's clock minus this proxy's, read between two local readings."""
+        clock = self.local_clock or (lambda: time.clock_gettime_ns(time.CLOCK_TAI))
+        a = clock()
+        theirs = self.store.clock()
+        z = clock()
+        self.offset = None if theirs is None else theirs - (a + z) // 2
+
+    def _consensus_skew(self, peers: dict[str, ProxyStatus], now: int) -> int:
+        """This proxy's offset minus the median of the live proxies' offsets: what
+        its clock lags the mesh's.  The store's clock is the reference every
+        offset is measured against; the median removes what they share (the
+        store's own error, TAI against UTC), so a mesh of synced clocks keeps
+        its timestamps and only a proxy off the others is corrected."""
+        if self.offset is None or not self.clock_sync:
+            return 0
+        mesh_now = now + self.skew
+        offs = [ps.offset for name, ps in list(peers.items())[:MAX_PEERS]
+                if name != self.proxy and ps.offset is not None
+                and abs(ps.last_seen - mesh_now) <= self.ttl]
+        d = self.offset - int(np.median(np.array([*offs, self.offset], dtype=np.float64)))
+        if abs(d) < MIN_SKEW:
+            return 0
+        if abs(d) > MAX_SKEW:
+            if not self._skew_warned:
+                self._skew_warned = True
+                log.error("sync %s: this proxy's clock is %.1f s off the mesh's (the median "
+                          "of %d proxies' offsets to the store): more than %d s, not "
+                          "corrected; fix the clocks", self.proxy, d / NS_PER_S,
+                          len(offs) + 1, MAX_SKEW // NS_PER_S)
+            return 0
+        if self.skew == 0:
+            log.warning("sync %s: this proxy's clock is %.3f s behind the mesh's; its "
+                        "timestamps are translated", self.proxy, d / NS_PER_S)
+        return d
 
     def _replay(self, keys: Array, recs: Array, local: Array, b: Bounds, st: SyncStats) -> None:
         """Repeat a failed merge and write its result into the kernel."""
@@ -446,6 +521,9 @@ class Syncer:
         ``max_pps``) or a beat dated after now is quarantined.  This proxy's own
         entry is what it measured, not what the store returns."""
         out: dict[str, ProxyStatus] = {}
+        if self.skew:  # their times into this proxy's
+            peers = {n: dataclasses.replace(ps, last_seen=max(0, ps.last_seen - self.skew))
+                     for n, ps in peers.items()}
         if len(peers) > MAX_PEERS:
             keep = sorted(peers, key=lambda n: peers[n].last_seen, reverse=True)[:MAX_PEERS]
             st.peers_capped = len(peers) - MAX_PEERS
@@ -460,7 +538,7 @@ class Syncer:
                                  f"dated in the future (last seen {ps.last_seen})")
             else:
                 out[name] = ps
-        out[self.proxy] = ProxyStatus(st.workload, b.now)
+        out[self.proxy] = ProxyStatus(st.workload, b.now, self.offset)
         horizon = b.now - self.ttl
         for name, ps in out.items():
             if ps.last_seen >= horizon:
@@ -524,10 +602,12 @@ class Syncer:
         if self.rounds % self.store_expire_every == 0:
             lease_s = 3 * self.store_expire_every * self.period / NS_PER_S
             if self.store.lease("expire", self.proxy, lease_s):
-                if self._expire_bounds:
-                    self.store.expire(now - self.ttl, bounds=b)
+                d = self.skew
+                if self._expire_bounds:  # records dated far ahead only: MAX_SKEW
+                    self.store.expire(now - self.ttl + d, bounds=dataclasses.replace(
+                        b, now=b.now + d, future=max(b.future, MAX_SKEW)))
                 else:
-                    self.store.expire(now - self.ttl)
+                    self.store.expire(now - self.ttl + d)
         return gone
 
     def _recompute_destinations(self, dst_ids: Array, now: int) -> tuple[int, list[Closure]]:
@@ -616,6 +696,22 @@ class Syncer:
         window = np.clip(now - start + 2 * self.period, 0, None).astype(np.float64)
         out: Array = np.floor(BUDGET_SLACK * self.mesh_rate() * window / NS_PER_S)
         return out
+
+
+def _shift(recs: Array, d: int, where: Array | None = None) -> Array:
+    """``recs`` (fields ts1, ts2) with ``d`` ns added to the timestamps that are
+    times (below 2**62: garbage stays garbage, for the bounds to catch), where
+    ``where``; never below 0."""
+    if d == 0 or not len(recs):
+        return recs
+    out = recs.copy()
+    sel = np.ones(len(recs), dtype=bool) if where is None else np.asarray(where, dtype=bool)
+    for f in ("ts1", "ts2"):
+        v = out[f].astype(np.uint64)
+        ok = sel & (v < np.uint64(1 << 62))
+        moved = np.clip(v.astype(np.int64) + d, 0, None).astype(np.uint64)
+        out[f] = np.where(ok, moved, v)
+    return out
 
 
 def _capped_sum(pos: Array, c: Array, sel: Array, here: Array, cap: Array, n: int
