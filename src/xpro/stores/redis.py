@@ -719,13 +719,14 @@ class RedisStore(Store):
                 scans[b] = (0, int(r[0]))
             elif mode == 0:
                 kb, vals = bytes(r[2]), r[3]
+                head = int(r[4]) if len(r) > 4 else int(r[0])  # the log's length now
                 if len(kb) % KEY_SIZE or len(kb) // KEY_SIZE != len(vals):
                     log.warning("redis mesh %s: bucket %d's change log is corrupt; reading the "
                                 "bucket in full", self.mesh, b)
-                    scans[b] = (0, int(r[-1]))
+                    scans[b] = (0, head)
                     continue
                 versions[b] = int(r[0])
-                more = more or (len(r) > 4 and int(r[0]) < int(r[4]))
+                more = more or int(r[0]) < head
                 got_keys.extend(kb[i : i + KEY_SIZE] for i in range(0, len(kb), KEY_SIZE))
                 got_vals.extend(vals)
             else:
