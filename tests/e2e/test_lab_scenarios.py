@@ -176,9 +176,11 @@ def test_v6_rotation(run_lab: Runner) -> None:
 def test_proxy_crash(run_lab: Runner) -> None:
     out = run_lab("run", "proxy-crash")
     assert [e["what"] for e in out["events"]] == ["SIGKILL p0", "restart p0"]
-    # 98.3 % in the release before closed destinations; 91.7-94.8 % on
-    # 2026-12-06 after it, cause not yet found (docs/evaluation.rst, "proxy-crash").
-    # The bound keeps a crash from costing the mesh its detection.
+    # 98.3 % in an earlier release, 91.7-94.8 % on a loaded machine since: the
+    # killed proxy passes its share between the decay of its last round's
+    # counts and the restarted daemon's first round, which a slow start-up
+    # lengthens (docs/evaluation.rst, "proxy-crash").  The bound keeps a crash
+    # from costing the mesh its detection.
     assert out["attack_dropped_pct"] >= 90.0, out
     assert out["legit_dropped_pct"] <= 1.0, out
 
