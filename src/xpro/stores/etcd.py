@@ -43,6 +43,7 @@ from xpro.core.bounds import FUTURE, REASONS, Bounds
 from xpro.core.layout import FLOW_KEY, MASTER
 from xpro.core.merge import merge_arrays
 from xpro.core.model import SyncParams
+from xpro.core.pull import PullRule
 from xpro.core.status import ProxyStatus
 from xpro.errors import ConfigError, StoreConflict, StoreError, StoreUnavailable
 from xpro.hooks.specs import hookimpl
@@ -400,7 +401,8 @@ class EtcdStore(Store):
     # ------------------------------------------------------------------
 
     def merge(self, keys: np.ndarray, local: np.ndarray, params: SyncParams,
-              bounds: Bounds | None = None) -> tuple[np.ndarray, np.ndarray]:
+              bounds: Bounds | None = None, rule: PullRule | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
         """Compare-and-swap transactions of up to 120 records, retried on conflict.
 
         Atomic per record.  If it raises :class:`StoreUnavailable`, calling it

@@ -31,6 +31,7 @@ from xpro.config.kinds import mask_url, redact, split_url
 from xpro.core.bounds import Bounds
 from xpro.core.layout import MASTER
 from xpro.core.model import SyncParams
+from xpro.core.pull import PullRule
 from xpro.core.status import ProxyStatus
 from xpro.errors import BadRecord, ConfigError, StoreError, StoreUnavailable
 from xpro.hooks.specs import hookimpl
@@ -560,7 +561,8 @@ class RedisStore(Store):
     # ------------------------------------------------------------------
 
     def merge(self, keys: np.ndarray, local: np.ndarray, params: SyncParams,
-              bounds: Bounds | None = None) -> tuple[np.ndarray, np.ndarray]:
+              bounds: Bounds | None = None, rule: PullRule | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
         """Merge through the ``xpro_v1_merge`` function, per bucket, pipelined.
 
         Atomic per record.  If it raises :class:`StoreUnavailable`, calling it
