@@ -98,7 +98,9 @@ class PullRule:
 
     @property
     def slot_ns(self) -> int:
-        return max(1, -(-self.t_t1 // SLOTS))
+        """T_T1 / SLOTS rounded up to a multiple of 2**20 ns (so the Redis function
+        computes a slot exactly: ``(ts2 >> 20) // (slot_ns >> 20)``)."""
+        return max(1, -(-self.t_t1 // (SLOTS << 20))) << 20
 
     def live_from(self, now: int) -> int:
         """The first slot that can hold a flow not idle for longer than T_T1 at ``now``."""

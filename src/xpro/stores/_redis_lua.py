@@ -121,7 +121,8 @@ end
 -- bucket has records (reading it would cost more than a full read) or, when
 -- now is given, while the head is older than the retention.  The newest
 -- entry always stays.  Returns the new t and k.
-local function trim(r, l, t, k, n, now, retention)
+local function trim(r, l, t, k, n, now, retention, width)
+  width = width or 36
   local limit = math.max(try('HLEN', r) or 0, 256)
   while n - t > 1 do
     if k <= limit then
@@ -132,9 +133,166 @@ local function trim(r, l, t, k, n, now, retention)
     local head = try('LPOP', l)
     if not head then break end
     t = t + 1
-    k = k - math.floor((#head - 4) / 36)
+    k = k - math.floor((#head - 4) / width)
   end
   return t, k
+end
+
+-- ---------------------------------------------------------------------------
+-- Candidates, destination partials, known-client index (xpro.core.pull)
+-- ---------------------------------------------------------------------------
+-- The rule: RULE = T_F1 T_T2 NEAR_PM MIN_AGE MIN_PACKETS SLOT20 (doubles;
+-- SLOT20 = slot_ns / 2^20).  Keys per bucket: ...:c (candidate log, entries
+-- like the change log), ...:cs (hash: the current candidates), ...:a (hash:
+-- partial key, 28 bytes = dst with pad 0 and the slot as u64 LE -> 32 bytes
+-- ts1 ts2 c n as u64 LE), ...:al (partial log: 4-byte time, then 28-byte
+-- partial keys), ...:k:DST (set: the flows indexed as possible known clients).
+-- Counts are compared in doubles (exact below 2^53; a rate within a rounding
+-- error of a threshold may be judged either way).
+local RULE = '<dddddd'
+local RU = {0, 0, 0, 0, 0, 1}  -- the rule of the call being run
+local PART = '<I4I4I4I4I4I4I4I4'
+local Z32 = Z24 .. '\0\0\0\0\0\0\0\0'
+
+-- A record's facts under the rule: ts1 (hi, lo), ts2 (hi, lo), c (hi, lo),
+-- its window and count as doubles, its slot.
+local function facts(s)
+  local t1l, t1h, t2l, t2h, cl, ch = struct.unpack(REC, s)
+  local w = (t2h - t1h) * B32 + (t2l - t1l)
+  local slot = math.floor((t2h * 4096 + math.floor(t2l / 1048576)) / RU[6])
+  return {t1h, t1l, t2h, t2l, ch, cl, w, ch * B32 + cl, slot}
+end
+
+local function closed_key(k)
+  return string.byte(k, 36) == 1
+end
+
+local function is_cand(k, f)
+  if closed_key(k) then return true end
+  local w = math.max(f[7], RU[2])
+  return f[8] * 1e12 >= RU[3] * RU[1] * w
+end
+
+local function contributes(k, f)
+  if closed_key(k) then return true end
+  return not (f[7] > RU[2] and f[8] * 1e9 > RU[1] * f[7])
+end
+
+local function eligible(k, f)
+  return not closed_key(k) and contributes(k, f) and f[7] >= RU[4] and f[8] >= RU[5]
+end
+
+local function dst_of(k)
+  return string.sub(k, 17, 35) .. '\0'
+end
+
+-- The delta of the partial of k's destination in f's slot (created empty):
+-- {plus hi, lo, minus hi, lo, n, ts1 hi, lo, ts2 hi, lo}.
+local function delta_of(pd, order, k, f)
+  local fld = dst_of(k) .. struct.pack('<I4I4', f[9] % B32, math.floor(f[9] / B32))
+  local d = pd[fld]
+  if not d then
+    d = {0, 0, 0, 0, 0, false, false, false, false}
+    pd[fld] = d
+    order[#order + 1] = fld
+  end
+  return d
+end
+
+-- Accumulate one record's move between partials into pd (field -> delta).
+local function part_delta(pd, order, k, fb, fa)
+  if fb and contributes(k, fb) then
+    local d = delta_of(pd, order, k, fb)
+    d[3], d[4] = add(d[3], d[4], fb[5], fb[6])  -- minus
+    d[5] = d[5] - 1
+  end
+  if fa and contributes(k, fa) then
+    local d = delta_of(pd, order, k, fa)
+    d[1], d[2] = add(d[1], d[2], fa[5], fa[6])  -- plus
+    d[5] = d[5] + 1
+    if not d[6] or gt(d[6], d[7], fa[1], fa[2]) then d[6], d[7] = fa[1], fa[2] end
+    if not d[8] or gt(fa[3], fa[4], d[8], d[9]) then d[8], d[9] = fa[3], fa[4] end
+  end
+end
+
+-- Apply the accumulated deltas to the partials hash a; returns the fields.
+local function part_apply(a, pd, order)
+  if #order == 0 then return order end
+  local cur = hmget(a, order) or {}
+  local hset = {}
+  for i, fld in ipairs(order) do
+    local d = pd[fld]
+    local o = cur[i]
+    local t1l, t1h, t2l, t2h, cl, ch, nl, nh = 0, 0, 0, 0, 0, 0, 0, 0
+    if o and #o == 32 then t1l, t1h, t2l, t2h, cl, ch, nl, nh = struct.unpack(PART, o) end
+    local n0 = nh * B32 + nl
+    if n0 <= 0 then t1l, t1h, t2l, t2h, cl, ch, n0 = 0, 0, 0, 0, 0, 0, 0 end
+    local n = n0 + d[5]
+    local val = Z32
+    if n > 0 then
+      ch, cl = add(ch, cl, d[1], d[2])
+      if gt(d[3], d[4], ch, cl) then ch, cl = 0, 0 else ch, cl = sub(ch, cl, d[3], d[4]) end
+      if d[6] and (n0 <= 0 or gt(t1h, t1l, d[6], d[7])) then t1h, t1l = d[6], d[7] end
+      if d[8] and gt(d[8], d[9], t2h, t2l) then t2h, t2l = d[8], d[9] end
+      val = struct.pack(PART, t1l, t1h, t2l, t2h, cl, ch, n % B32, math.floor(n / B32))
+    end
+    hset[#hset + 1] = fld
+    hset[#hset + 1] = val
+  end
+  for i = 1, #hset, 4000 do
+    redis.call('HSET', a, unpack(hset, i, math.min(i + 3999, #hset)))
+  end
+  return order
+end
+
+-- Append an entry to a log and keep its meta (fields pre .. n/t/k) in m.
+local function log_append(l, m, pre, entry, count, width, limit_key)
+  local len = replace('RPUSH', l, entry)
+  local meta = replace('HMGET', m, pre .. 'n', pre .. 't', pre .. 'k')
+  local nn = (tonumber(meta[1]) or 0) + 1
+  local t, k = tonumber(meta[2]) or 0, (tonumber(meta[3]) or 0) + count
+  if nn - t ~= len then t = nn - len end
+  if k > 256 then t, k = trim(limit_key, l, t, k, nn, nil, 0, width) end
+  redis.call('HSET', m, pre .. 'n', nn, pre .. 't', t, pre .. 'k', k)
+end
+
+-- Judge the records one call wrote: ks (keys), bs (before or false), as_
+-- (after or false).  Keys: r (records), m (meta), c, cs, a, al.
+local function judge_all(r, m, c, cs, a, al, stamp, ks, bs, as_)
+  local pd, order = {}, {}
+  local cands, cs_add, cs_del = {}, {}, {}
+  local tag = string.sub(r, 1, #r - 1)
+  for i = 1, #ks do
+    local k = ks[i]
+    local fb = bs[i] and facts(bs[i]) or false
+    local fa = as_[i] and facts(as_[i]) or false
+    local cb = fb and is_cand(k, fb)
+    local ca = fa and is_cand(k, fa)
+    if cb or ca then cands[#cands + 1] = k end
+    if ca and not cb then cs_add[#cs_add + 1] = k; cs_add[#cs_add + 1] = '' end
+    if cb and not ca then cs_del[#cs_del + 1] = k end
+    part_delta(pd, order, k, fb, fa)
+    local eb = fb and eligible(k, fb)
+    local ea = fa and eligible(k, fa)
+    if ea and not eb then
+      replace('SADD', tag .. 'k:' .. dst_of(k), k)
+    elseif fb and not fa then
+      try('SREM', tag .. 'k:' .. dst_of(k), k)
+    end
+  end
+  for i = 1, #cs_add, 4000 do
+    replace('HSET', cs, unpack(cs_add, i, math.min(i + 3999, #cs_add)))
+  end
+  for i = 1, #cs_del, 4000 do
+    try('HDEL', cs, unpack(cs_del, i, math.min(i + 3999, #cs_del)))
+  end
+  if #cands > 0 then
+    log_append(c, m, 'c', stamp .. table.concat(cands), #cands, 36, cs)
+  end
+  part_apply(a, pd, order)
+  if #order > 0 then
+    log_append(al, m, 'a', stamp .. table.concat(order), #order, 28, a)
+  end
 end
 
 -- The general merge of one record on (hi, lo) limbs: any u64 in bounds.
@@ -212,6 +370,12 @@ local function merge(keys, args)
   local OLR, PPN = tonumber(args[14]), bd[5]
   local loc, entry = args[18], args[19]
   local K = 19
+  local judging = #keys >= 8
+  if judging then
+    K = 20
+    local a1, a2, a3, a4, a5, a6 = struct.unpack(RULE, args[20])
+    RU[1], RU[2], RU[3], RU[4], RU[5], RU[6] = a1, a2, a3, a4, a5, a6
+  end
   local n = #args - K
   local fast_ok = T1 >= 0
   local olds = {}
@@ -226,6 +390,7 @@ local function merge(keys, args)
   end
   local sunpack, spack, ssub, floor = struct.unpack, struct.pack, string.sub, math.floor
   local flags, befores, hset = {}, {}, {}
+  local jk, jb, ja = {}, {}, {}
   local p, nh = 1, 0
   for i = 1, n do
     local old = olds[i]
@@ -289,6 +454,11 @@ local function merge(keys, args)
       nh = nh + 2
       hset[nh - 1] = args[K + i]
       hset[nh] = new
+      if judging then
+        jk[#jk + 1] = args[K + i]
+        jb[#jk] = flags[i] == '\1' and befores[i] or false
+        ja[#jk] = new
+      end
     end
     p = p + 57
   end
@@ -304,6 +474,9 @@ local function merge(keys, args)
     if nn - t ~= len then t = nn - len end  -- the log was tampered with
     if k > 256 then t, k = trim(r, l, t, k, nn, nil, 0) end
     redis.call('HSET', m, 'n', nn, 't', t, 'k', k)
+    if judging then
+      judge_all(r, m, keys[5], keys[6], keys[7], keys[8], string.sub(entry, 1, 4), jk, jb, ja)
+    end
   end
   redis.call('HSET', d, call, result)
   return result
@@ -346,6 +519,73 @@ local function changes(keys, args)
   return {upto, 0, table.concat(list), vals, n}
 end
 
+-- Entries of a log after cursor cur (meta fields pre .. n/t), whole entries
+-- while the items stay within cap (0: all).  Returns upto, mode (0: read,
+-- 1: read everything, 2: nothing new), the items (unique), the log's n.
+local function log_read(l, m, pre, cur, cap, width)
+  local meta = try('HMGET', m, pre .. 'n', pre .. 't') or {}
+  local n, t = tonumber(meta[1]) or 0, tonumber(meta[2]) or 0
+  if cur == n then return n, 2, {}, n end
+  if cur < t or cur > n then return n, 1, {}, n end
+  local last = n - t - 1
+  if cap > 0 then last = math.min(last, cur - t + cap - 1) end
+  local ents = try('LRANGE', l, cur - t, last)
+  if ents == nil or #ents ~= last - (cur - t) + 1 then return n, 1, {}, n end
+  local seen, list = {}, {}
+  local upto = cur + #ents
+  for i, e in ipairs(ents) do
+    if cap > 0 and i > 1 and #list + math.floor((#e - 4) / width) > cap then
+      upto = cur + i - 1
+      break
+    end
+    for off = 5, #e - width + 1, width do
+      local k = string.sub(e, off, off + width - 1)
+      if not seen[k] then
+        seen[k] = true
+        list[#list + 1] = k
+      end
+    end
+  end
+  return upto, 0, list, n
+end
+
+-- KEYS: r m c cs a al   ARGV: candidate cursor, partial cursor (-1: none), cap
+-- Returns {cupto, cn, ckeys, cvals, aupto, an, akeys, avals}: the candidates
+-- judged since the cursor (every current one when the cursor is gone) and
+-- the partials changed since (every partial when the cursor is gone).
+local function pull(keys, args)
+  local r, m, c, cs, a, al = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6]
+  local cap = tonumber(args[3] or 0) or 0
+  local cupto, cmode, clist, cn = log_read(c, m, 'c', tonumber(args[1]), cap, 36)
+  if cmode == 1 then
+    clist = try('HKEYS', cs) or {}
+    cupto = cn
+  end
+  local aupto, amode, alist, an = log_read(al, m, 'a', tonumber(args[2]), 0, 28)
+  if amode == 1 then
+    alist = try('HKEYS', a) or {}
+    aupto = an
+  end
+  local cvals = hmget(r, clist) or {}
+  local avals = hmget(a, alist) or {}
+  return {cupto, cn, table.concat(clist), cvals, aupto, an, table.concat(alist), avals}
+end
+
+-- KEYS: r   ARGV: destination keys (20 bytes each, pad 0)
+-- Returns {keys, values}: the flows indexed as possible known clients.
+local function clients(keys, args)
+  local r = keys[1]
+  local tag = string.sub(r, 1, #r - 1)
+  local blob = args[1]
+  local list = {}
+  for i = 1, #blob - 19, 20 do
+    local members = try('SMEMBERS', tag .. 'k:' .. string.sub(blob, i, i + 19)) or {}
+    for _, k in ipairs(members) do list[#list + 1] = k end
+  end
+  local vals = hmget(r, list) or {}
+  return {table.concat(list), vals}
+end
+
 -- KEYS: r l m   ARGV: before_hi before_lo mxh mxl olh oll ppn retention now keys
 -- Deletes the listed records whose ts2 < before, that are corrupt or out of
 -- bounds (mx, ol, ppn as in merge: dated in the future, say).
@@ -360,6 +600,7 @@ local function expire(keys, args)
   for i = 1, #kblob / 36 do list[i] = string.sub(kblob, i * 36 - 35, i * 36) end
   local vals = hmget(r, list) or {}
   local del = {}
+  local jb, ja = {}, {}
   for i, v in ipairs(vals) do
     if v then
       local gone = true
@@ -367,7 +608,33 @@ local function expire(keys, args)
         local a1l, a1h, a2l, a2h, acl, ach = struct.unpack(REC, v)
         gone = gt(bh, bl, a2h, a2l) or judge(a1h, a1l, a2h, a2l, ach, acl, bd) ~= 0
       end
-      if gone then del[#del + 1] = list[i] end
+      if gone then
+        del[#del + 1] = list[i]
+        jb[#del] = #v == 24 and v or false
+        ja[#del] = false
+      end
+    end
+  end
+  if #keys >= 7 and args[11] then
+    local a1, a2, a3, a4, a5, a6 = struct.unpack(RULE, args[11])
+    RU[1], RU[2], RU[3], RU[4], RU[5], RU[6] = a1, a2, a3, a4, a5, a6
+    if #del > 0 then
+      judge_all(r, m, keys[4], keys[5], keys[6], keys[7], struct.pack('>I4', now), del, jb, ja)
+    end
+    -- partials no flow can be live in any more
+    local first = tonumber(args[12])
+    local all = try('HKEYS', keys[6]) or {}
+    local dead = {}
+    for _, fld in ipairs(all) do
+      if #fld == 28 then
+        local sl, sh = struct.unpack('<I4I4', fld, 21)
+        if sh * B32 + sl < first then dead[#dead + 1] = fld end
+      else
+        dead[#dead + 1] = fld
+      end
+    end
+    for i = 1, #dead, 4000 do
+      redis.call('HDEL', keys[6], unpack(dead, i, math.min(i + 3999, #dead)))
     end
   end
   for i = 1, #del, 4000 do
@@ -398,4 +665,7 @@ redis.register_function('xpro_v1_lease', lease)
 redis.register_function{function_name = 'xpro_v1_changes', callback = changes,
                         flags = {'no-writes'}}
 redis.register_function('xpro_v1_expire', expire)
+redis.register_function{function_name = 'xpro_v1_pull', callback = pull, flags = {'no-writes'}}
+redis.register_function{function_name = 'xpro_v1_clients', callback = clients,
+                        flags = {'no-writes'}}
 """

@@ -29,9 +29,9 @@ import numpy as np
 
 from xpro.config.kinds import mask_url, redact, split_url
 from xpro.core.bounds import Bounds
-from xpro.core.layout import MASTER
+from xpro.core.layout import DST_KEY, FLOW_KEY, MASTER
 from xpro.core.model import SyncParams
-from xpro.core.pull import PullRule
+from xpro.core.pull import AGG_KEY, PARTIAL, PullRule
 from xpro.core.status import ProxyStatus
 from xpro.errors import BadRecord, ConfigError, StoreError, StoreUnavailable
 from xpro.hooks.specs import hookimpl
@@ -71,7 +71,8 @@ from xpro.stores.base import REFUSED, Store
 if TYPE_CHECKING:
     from xpro.hooks.registry import Registry
 
-__all__ = ["ENCODING", "KNOWN_OPTIONS", "WIRE", "RedisCursor", "RedisStore", "xpro_add_stores"]
+__all__ = ["ENCODING", "KNOWN_OPTIONS", "WIRE", "RedisCursor", "RedisPullCursor", "RedisStore",
+           "xpro_add_stores"]
 
 log = logging.getLogger("xpro.stores.redis")
 
@@ -107,6 +108,17 @@ class RedisCursor:
     epoch: str
     versions: tuple[int, ...]
     scans: tuple[tuple[int, int, int], ...] = ()
+    more: bool = False
+
+
+@dataclass(frozen=True)
+class RedisPullCursor:
+    """A pull reader's position: per bucket, the candidate-log and partial-log
+    entries seen (``more``: candidates were left for the next read)."""
+
+    epoch: str
+    cands: tuple[int, ...]
+    parts: tuple[int, ...]
     more: bool = False
 
 
@@ -185,6 +197,8 @@ class RedisStore(Store):
         self._replay: Replay | None = None
         self._conn: _Conn | None = None
         self._epoch: str | None = None
+        #: The rule of the last judged merge: expire moves partials by it too.
+        self._rule: PullRule | None = None
         self._tags = [f"{{xpro:{self.mesh}:{b}}}" for b in range(self.buckets)]
         self._cfg_key = f"{{xpro:{self.mesh}}}:cfg"
         self._lease_key = f"{{xpro:{self.mesh}}}:lease:"
@@ -579,6 +593,8 @@ class RedisStore(Store):
         n = len(k)
         existed = np.zeros(n, dtype=bool)
         before = np.zeros(n, dtype=MASTER)
+        if rule is not None:
+            self._rule = rule
         if n == 0:
             return existed, before
         if self._epoch is None:
@@ -611,11 +627,18 @@ class RedisStore(Store):
             lo, hi = int(edges[bk]), int(edges[bk + 1])
             for ci, s in enumerate(range(lo, hi, self.batch)):
                 e = min(s + self.batch, hi)
-                head = (
+                head: tuple[Any, ...] = (
                     "FCALL", "xpro_v1_merge", 4, f"{tag}:r", f"{tag}:l", f"{tag}:m",
                     f"{tag}:d:{self.client_id}", op, ci, *fixed, wraw[s * ws : e * ws],
                     stamp + kraw[s * KEY_SIZE : e * KEY_SIZE],
                 )
+                if rule is not None:  # judged too: candidates, partials, clients
+                    head = (
+                        "FCALL", "xpro_v1_merge", 8, f"{tag}:r", f"{tag}:l", f"{tag}:m",
+                        f"{tag}:d:{self.client_id}", f"{tag}:c", f"{tag}:cs", f"{tag}:a",
+                        f"{tag}:al", op, ci, *fixed, wraw[s * ws : e * ws],
+                        stamp + kraw[s * KEY_SIZE : e * KEY_SIZE], _rule_blob(rule),
+                    )
                 packed = _resp_head(head, len(head) + e - s) + kresp[s * rs : e * rs]
                 calls.append(_Call(head, f"{tag}:r", int(bk), order[s:e], packed))
         try:
@@ -747,6 +770,107 @@ class RedisStore(Store):
                                      tuple((b, hc, v0) for b, (hc, v0) in sorted(scans.items())),
                                      more)
 
+    candidates = True
+
+    def pull(self, cursor: Any | None, limit: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, RedisPullCursor]:
+        """Candidates and partials changed since ``cursor``, per bucket
+        (``xpro_v1_pull``, pipelined): O(candidates + partials changed)."""
+        lim_ts = max_ts(self.max_future)
+        epoch = self._epoch or self._check_cfg()
+        if (isinstance(cursor, RedisPullCursor) and cursor.epoch == epoch
+                and len(cursor.cands) == self.buckets):
+            cseen, aseen = list(cursor.cands), list(cursor.parts)
+        else:
+            cseen, aseen = [-1] * self.buckets, [-1] * self.buckets
+        cap = 0 if limit is None else max(1, limit // self.buckets)
+        calls = [_Call(("HGET", self._cfg_key, "epoch"), self._cfg_key)]
+        for b, tag in enumerate(self._tags):
+            calls.append(_Call(("FCALL_RO", "xpro_v1_pull", 6, f"{tag}:r", f"{tag}:m",
+                                f"{tag}:c", f"{tag}:cs", f"{tag}:a", f"{tag}:al",
+                                cseen[b], aseen[b], cap), f"{tag}:r", b))
+        res = self._execute(calls, "pulling candidates")
+        now_epoch = _text(res[0]) if res[0] is not None and not isinstance(res[0], Exception) \
+            else None
+        if now_epoch != epoch:
+            log.warning("redis mesh %s: the store's epoch changed (emptied or replaced?); "
+                        "pulling everything again", self.mesh)
+            self.reject("config epoch", "changed: every candidate is pulled again")
+            self._epoch = None
+            if cursor is None:
+                epoch = self._check_cfg()
+            else:
+                return self.pull(None, limit)
+        got_keys: list[bytes] = []
+        got_vals: list[bytes | None] = []
+        akeys: list[bytes] = []
+        avals: list[bytes] = []
+        shards: list[int] = []
+        more = False
+        for call, r in zip(calls[1:], res[1:], strict=True):
+            b = call.bucket
+            if isinstance(r, Exception):
+                log.error("redis mesh %s: bucket %d cannot be pulled (%s); skipping it",
+                          self.mesh, b, r)
+                continue
+            kb, vals = bytes(r[2]), r[3]
+            if len(kb) % KEY_SIZE == 0 and len(kb) // KEY_SIZE == len(vals):
+                got_keys.extend(kb[i : i + KEY_SIZE] for i in range(0, len(kb), KEY_SIZE))
+                got_vals.extend(vals)
+                cseen[b] = int(r[0])
+                more = more or int(r[0]) < int(r[1])
+            else:
+                cseen[b] = -1  # a corrupt log: everything again next time
+            ab, pv = bytes(r[6]), r[7]
+            w = _AGG_FIELD
+            if len(ab) % w == 0 and len(ab) // w == len(pv):
+                for i in range(len(pv)):
+                    v = pv[i]
+                    if v is not None and len(v) == PARTIAL.itemsize:
+                        akeys.append(ab[i * w : (i + 1) * w])
+                        avals.append(bytes(v))
+                        shards.append(b)
+                aseen[b] = int(r[4])
+            else:
+                aseen[b] = -1
+        ks, recs = decode_values(got_keys, got_vals, lim_ts, f"redis mesh {self.mesh}",
+                                 self.reject)
+        ak = np.zeros(len(akeys), dtype=AGG_KEY)
+        if akeys:
+            raw = np.frombuffer(b"".join(akeys), dtype=np.dtype([("dst", DST_KEY),
+                                                                 ("slot", "<u8")]))
+            ak["dst"], ak["slot"] = raw["dst"], raw["slot"]
+            ak["shard"] = shards
+        parts = np.frombuffer(b"".join(avals), dtype=PARTIAL).copy() if avals \
+            else np.zeros(0, dtype=PARTIAL)
+        return ks, recs, ak, parts, RedisPullCursor(epoch, tuple(cseen), tuple(aseen), more)
+
+    def clients(self, dsts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The known-client index of these destinations, every bucket (``xpro_v1_clients``)."""
+        dk = np.array(dsts, dtype=DST_KEY).reshape(-1)
+        dk["pad"] = 0
+        if not len(dk):
+            return np.zeros(0, dtype=FLOW_KEY), np.zeros(0, dtype=MASTER)
+        if self._epoch is None:
+            self._check_cfg()
+        blob = dk.tobytes()
+        calls = [_Call(("FCALL_RO", "xpro_v1_clients", 1, f"{tag}:r", blob), f"{tag}:r", b)
+                 for b, tag in enumerate(self._tags)]
+        got_keys: list[bytes] = []
+        got_vals: list[bytes | None] = []
+        for call, r in zip(calls, self._execute(calls, "reading known clients"), strict=True):
+            if isinstance(r, Exception):
+                log.error("redis mesh %s: bucket %d's known clients cannot be read (%s)",
+                          self.mesh, call.bucket, r)
+                continue
+            kb, vals = bytes(r[0]), r[1]
+            if len(kb) % KEY_SIZE or len(kb) // KEY_SIZE != len(vals):
+                continue
+            got_keys.extend(kb[i : i + KEY_SIZE] for i in range(0, len(kb), KEY_SIZE))
+            got_vals.extend(vals)
+        return decode_values(got_keys, got_vals, max_ts(self.max_future),
+                             f"redis mesh {self.mesh}", self.reject)
+
     def _scan_some(self, scans: dict[int, tuple[int, int]], budget: int | None
                    ) -> tuple[list[bytes], list[bytes | None], list[int]]:
         """Go on with the full reads of ``scans`` (bucket -> (HSCAN cursor, log
@@ -874,11 +998,18 @@ class RedisStore(Store):
             tag = self._tags[bk]
             chunks = [lst[i : i + 4000] for i in range(0, len(lst), 4000)] or [[]]
             for ch in chunks:
-                calls.append(_Call(
-                    ("FCALL", "xpro_v1_expire", 3, f"{tag}:r", f"{tag}:l", f"{tag}:m",
-                     before >> 32, before & _LO32, limit >> 32, limit & _LO32,
-                     oldest >> 32, oldest & _LO32, repr(ppn),
-                     self.log_retention, int(time.time()), b"".join(ch)), f"{tag}:r", bk))
+                args: tuple[Any, ...] = (
+                    before >> 32, before & _LO32, limit >> 32, limit & _LO32,
+                    oldest >> 32, oldest & _LO32, repr(ppn),
+                    self.log_retention, int(time.time()), b"".join(ch))
+                if self._rule is None:
+                    head: tuple[Any, ...] = ("FCALL", "xpro_v1_expire", 3, f"{tag}:r",
+                                             f"{tag}:l", f"{tag}:m")
+                else:
+                    head = ("FCALL", "xpro_v1_expire", 7, f"{tag}:r", f"{tag}:l", f"{tag}:m",
+                            f"{tag}:c", f"{tag}:cs", f"{tag}:a", f"{tag}:al")
+                    args = (*args, _rule_blob(self._rule), self._rule.live_from(before))
+                calls.append(_Call((*head, *args), f"{tag}:r", bk))
         total = 0
         for call, r in zip(calls, self._execute(calls, "expire"), strict=True):
             if isinstance(r, Exception):
@@ -977,6 +1108,15 @@ def _resp_head(args: Sequence[Any], argc: int) -> bytes:
 def _retryable(ex: Any) -> tuple[type[Exception], ...]:
     return (ex.ConnectionError, ex.TimeoutError, ex.MovedError, ex.AskError, ex.TryAgainError,
             ex.ClusterDownError, ex.ReadOnlyError)
+
+
+_AGG_FIELD = 28  # a partial's field: the destination (20 bytes), the slot (u64)
+
+
+def _rule_blob(rule: PullRule) -> bytes:
+    """The rule as the merge and expire functions read it (``RULE`` in _redis_lua)."""
+    return struct.pack("<dddddd", rule.t_f1, rule.t_t2, rule.near_pm, rule.min_age,
+                       rule.min_packets, rule.slot_ns >> 20)
 
 
 def _encode_local(loc: np.ndarray, base: int) -> np.ndarray:
