@@ -239,7 +239,8 @@ def eligible_array(keys: Array, recs: Array, rule: PullRule) -> Array:
 
 
 def partial_deltas(keys: Array, before: Array, had: Array, after: Array, has: Array,
-                   rule: PullRule) -> tuple[Array, Array, Array, Array, Array]:
+                   rule: PullRule, shard: Array | None = None
+                   ) -> tuple[Array, Array, Array, Array, Array]:
     """What a merge (or a deletion) does to the partials, grouped by (destination, slot).
 
     ``before`` where ``had``: the master records as they were; ``after``
@@ -247,7 +248,7 @@ def partial_deltas(keys: Array, before: Array, had: Array, after: Array, has: Ar
     ``(agg_keys, ts1_min, ts2_max, dc, dn)``: per partial touched, the
     earliest ts1 and latest ts2 of the contributions added (``ts1_min``
     2**64 - 1 where none), and the signed change of its count and of its
-    number of flows.
+    number of flows.  ``shard``: each record's shard (a Redis bucket).
     """
     out_b = np.asarray(had, dtype=bool) & contributes_array(keys, before, rule)
     in_a = np.asarray(has, dtype=bool) & contributes_array(keys, after, rule)
@@ -257,6 +258,8 @@ def partial_deltas(keys: Array, before: Array, had: Array, after: Array, has: Ar
     n_b, n_a = int(out_b.sum()), int(in_a.sum())
     ak = np.zeros(n_b + n_a, dtype=AGG_KEY)
     ak["dst"][:n_b], ak["dst"][n_b:] = dst[out_b], dst[in_a]
+    if shard is not None:
+        ak["shard"][:n_b], ak["shard"][n_b:] = shard[out_b], shard[in_a]
     ak["slot"][:n_b] = before["ts2"][out_b] // sl
     ak["slot"][n_b:] = after["ts2"][in_a] // sl
     c = np.concatenate([-before["c"][out_b].astype(np.int64), after["c"][in_a].astype(np.int64)])
@@ -280,6 +283,19 @@ def partial_deltas(keys: Array, before: Array, had: Array, after: Array, has: Ar
     g_t2 = np.zeros(m, np.uint64)
     np.maximum.at(g_t2, inv, t2)
     return uniq.view(AGG_KEY).reshape(-1), g_t1, g_t2, g_c, g_n
+
+
+def judge_arrays(keys: Array, before: Array, had: Array, after: Array, has: Array,
+                 rule: PullRule) -> tuple[Array, Array, Array, Array]:
+    """What a merge (or deletion) publishes, per record: (candidate judged,
+    candidate now, candidate no more, newly eligible as a known client)."""
+    had = np.asarray(had, dtype=bool)
+    has = np.asarray(has, dtype=bool)
+    cb = had & candidates_array(keys, before, rule)
+    ca = has & candidates_array(keys, after, rule)
+    eb = had & eligible_array(keys, before, rule)
+    ea = has & eligible_array(keys, after, rule)
+    return cb | ca, ca & ~cb, cb & ~ca, ea & ~eb
 
 
 def apply_partials(cur: Array, t1: Array, t2: Array, dc: Array, dn: Array) -> Array:

@@ -141,78 +141,19 @@ end
 -- ---------------------------------------------------------------------------
 -- Candidates, destination partials, known-client index (xpro.core.pull)
 -- ---------------------------------------------------------------------------
--- The rule: RULE = T_F1 T_T2 NEAR_PM MIN_AGE MIN_PACKETS SLOT20 (doubles;
--- SLOT20 = slot_ns / 2^20).  Keys per bucket: ...:c (candidate log, entries
--- like the change log), ...:cs (hash: the current candidates), ...:a (hash:
--- partial key, 28 bytes = dst with pad 0 and the slot as u64 LE -> 32 bytes
--- ts1 ts2 c n as u64 LE), ...:al (partial log: 4-byte time, then 28-byte
--- partial keys), ...:k:DST (set: the flows indexed as possible known clients).
--- Counts are compared in doubles (exact below 2^53; a rate within a rounding
--- error of a threshold may be judged either way).
-local RULE = '<dddddd'
-local RU = {0, 0, 0, 0, 0, 1}  -- the rule of the call being run
+-- Candidates, destination partials and known clients are judged by the
+-- merging proxy from the merge's exact before and after (xpro.core.pull)
+-- and published by xpro_v1_publish.  Keys per bucket: ...:c (candidate log,
+-- entries like the change log), ...:cs (hash: the current candidates), ...:a
+-- (hash: partial key, 28 bytes = destination with pad 0 and the slot as u64
+-- LE -> 32 bytes ts1 ts2 c n as u64 LE), ...:al (partial log: 4-byte time,
+-- then 28-byte partial keys), ...:k:DST (set: the flows indexed as possible
+-- known clients of DST), ...:p:CLIENT (what a client published, for replays).
 local PART = '<I4I4I4I4I4I4I4I4'
 local Z32 = Z24 .. '\0\0\0\0\0\0\0\0'
 
--- A record's facts under the rule: ts1 (hi, lo), ts2 (hi, lo), c (hi, lo),
--- its window and count as doubles, its slot.
-local function facts(s)
-  local t1l, t1h, t2l, t2h, cl, ch = struct.unpack(REC, s)
-  local w = (t2h - t1h) * B32 + (t2l - t1l)
-  local slot = math.floor((t2h * 4096 + math.floor(t2l / 1048576)) / RU[6])
-  return {t1h, t1l, t2h, t2l, ch, cl, w, ch * B32 + cl, slot}
-end
-
-local function closed_key(k)
-  return string.byte(k, 36) == 1
-end
-
-local function is_cand(k, f)
-  if closed_key(k) then return true end
-  local w = math.max(f[7], RU[2])
-  return f[8] * 1e12 >= RU[3] * RU[1] * w
-end
-
-local function contributes(k, f)
-  if closed_key(k) then return true end
-  return not (f[7] > RU[2] and f[8] * 1e9 > RU[1] * f[7])
-end
-
-local function eligible(k, f)
-  return not closed_key(k) and contributes(k, f) and f[7] >= RU[4] and f[8] >= RU[5]
-end
-
 local function dst_of(k)
   return string.sub(k, 17, 35) .. '\0'
-end
-
--- The delta of the partial of k's destination in f's slot (created empty):
--- {plus hi, lo, minus hi, lo, n, ts1 hi, lo, ts2 hi, lo}.
-local function delta_of(pd, order, k, f)
-  local fld = dst_of(k) .. struct.pack('<I4I4', f[9] % B32, math.floor(f[9] / B32))
-  local d = pd[fld]
-  if not d then
-    d = {0, 0, 0, 0, 0, false, false, false, false}
-    pd[fld] = d
-    order[#order + 1] = fld
-  end
-  return d
-end
-
--- Accumulate one record's move between partials into pd (field -> delta).
-local function part_delta(pd, order, k, fb, fa)
-  if fb and contributes(k, fb) then
-    local d = delta_of(pd, order, k, fb)
-    d[3], d[4] = add(d[3], d[4], fb[5], fb[6])  -- minus
-    d[5] = d[5] - 1
-  end
-  if fa and contributes(k, fa) then
-    local d = delta_of(pd, order, k, fa)
-    d[1], d[2] = add(d[1], d[2], fa[5], fa[6])  -- plus
-    d[5] = d[5] + 1
-    if not d[6] or gt(d[6], d[7], fa[1], fa[2]) then d[6], d[7] = fa[1], fa[2] end
-    if not d[8] or gt(fa[3], fa[4], d[8], d[9]) then d[8], d[9] = fa[3], fa[4] end
-  end
 end
 
 -- Apply the accumulated deltas to the partials hash a; returns the fields.
@@ -254,45 +195,6 @@ local function log_append(l, m, pre, entry, count, width, limit_key)
   if nn - t ~= len then t = nn - len end
   if k > 256 then t, k = trim(limit_key, l, t, k, nn, nil, 0, width) end
   redis.call('HSET', m, pre .. 'n', nn, pre .. 't', t, pre .. 'k', k)
-end
-
--- Judge the records one call wrote: ks (keys), bs (before or false), as_
--- (after or false).  Keys: r (records), m (meta), c, cs, a, al.
-local function judge_all(r, m, c, cs, a, al, stamp, ks, bs, as_)
-  local pd, order = {}, {}
-  local cands, cs_add, cs_del = {}, {}, {}
-  local tag = string.sub(r, 1, #r - 1)
-  for i = 1, #ks do
-    local k = ks[i]
-    local fb = bs[i] and facts(bs[i]) or false
-    local fa = as_[i] and facts(as_[i]) or false
-    local cb = fb and is_cand(k, fb)
-    local ca = fa and is_cand(k, fa)
-    if cb or ca then cands[#cands + 1] = k end
-    if ca and not cb then cs_add[#cs_add + 1] = k; cs_add[#cs_add + 1] = '' end
-    if cb and not ca then cs_del[#cs_del + 1] = k end
-    part_delta(pd, order, k, fb, fa)
-    local eb = fb and eligible(k, fb)
-    local ea = fa and eligible(k, fa)
-    if ea and not eb then
-      replace('SADD', tag .. 'k:' .. dst_of(k), k)
-    elseif fb and not fa then
-      try('SREM', tag .. 'k:' .. dst_of(k), k)
-    end
-  end
-  for i = 1, #cs_add, 4000 do
-    replace('HSET', cs, unpack(cs_add, i, math.min(i + 3999, #cs_add)))
-  end
-  for i = 1, #cs_del, 4000 do
-    try('HDEL', cs, unpack(cs_del, i, math.min(i + 3999, #cs_del)))
-  end
-  if #cands > 0 then
-    log_append(c, m, 'c', stamp .. table.concat(cands), #cands, 36, cs)
-  end
-  part_apply(a, pd, order)
-  if #order > 0 then
-    log_append(al, m, 'a', stamp .. table.concat(order), #order, 28, a)
-  end
 end
 
 -- The general merge of one record on (hi, lo) limbs: any u64 in bounds.
@@ -370,12 +272,6 @@ local function merge(keys, args)
   local OLR, PPN = tonumber(args[14]), bd[5]
   local loc, entry = args[18], args[19]
   local K = 19
-  local judging = #keys >= 8
-  if judging then
-    K = 20
-    local a1, a2, a3, a4, a5, a6 = struct.unpack(RULE, args[20])
-    RU[1], RU[2], RU[3], RU[4], RU[5], RU[6] = a1, a2, a3, a4, a5, a6
-  end
   local n = #args - K
   local fast_ok = T1 >= 0
   local olds = {}
@@ -390,7 +286,6 @@ local function merge(keys, args)
   end
   local sunpack, spack, ssub, floor = struct.unpack, struct.pack, string.sub, math.floor
   local flags, befores, hset = {}, {}, {}
-  local jk, jb, ja = {}, {}, {}
   local p, nh = 1, 0
   for i = 1, n do
     local old = olds[i]
@@ -454,11 +349,6 @@ local function merge(keys, args)
       nh = nh + 2
       hset[nh - 1] = args[K + i]
       hset[nh] = new
-      if judging then
-        jk[#jk + 1] = args[K + i]
-        jb[#jk] = flags[i] == '\1' and befores[i] or false
-        ja[#jk] = new
-      end
     end
     p = p + 57
   end
@@ -474,9 +364,6 @@ local function merge(keys, args)
     if nn - t ~= len then t = nn - len end  -- the log was tampered with
     if k > 256 then t, k = trim(r, l, t, k, nn, nil, 0) end
     redis.call('HSET', m, 'n', nn, 't', t, 'k', k)
-    if judging then
-      judge_all(r, m, keys[5], keys[6], keys[7], keys[8], string.sub(entry, 1, 4), jk, jb, ja)
-    end
   end
   redis.call('HSET', d, call, result)
   return result
@@ -517,6 +404,62 @@ local function changes(keys, args)
   local vals = hmget(r, list)
   if vals == nil then return {n, 3} end
   return {upto, 0, table.concat(list), vals, n}
+end
+
+-- KEYS: r m c cs a al p   ARGV: op call stamp cands cs_add cs_del parts elig unelig
+-- What the merge call (op, call) of this client published, judged by the
+-- client from the merge's exact before and after (xpro.core.pull): the
+-- candidates judged (36-byte keys, logged), the candidate set's additions
+-- and removals, the partial deltas (64 bytes each: the 28-byte field, then
+-- ts1 ts2 plus minus as u64 LE limbs, ts1 all ones for none, and the change
+-- of n as i32), the flows newly eligible as known clients and those deleted
+-- from the index.  The flows are this bucket's; the partials are those of
+-- the destinations whose bucket this is (a destination's partials live in
+-- one bucket: the bucket of its key with a zero source).  Applied at most
+-- once per (op, call): a replay is a no-op (p: this client's marks).
+local function publish(keys, args)
+  local r, m, c, cs, a, al, pm = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7]
+  local op, call = args[1], args[2]
+  if try('HGET', pm, call) == op then return 0 end
+  local stamp, cands, add, del, parts, elig = args[3], args[4], args[5], args[6], args[7], args[8]
+  local unelig = args[9] or ''
+  local tag = string.sub(r, 1, #r - 1)
+  if #cands >= 36 then
+    log_append(c, m, 'c', stamp .. cands, math.floor(#cands / 36), 36, cs)
+  end
+  local hs = {}
+  for i = 1, #add - 35, 36 do
+    hs[#hs + 1] = string.sub(add, i, i + 35)
+    hs[#hs + 1] = ''
+  end
+  for i = 1, #hs, 4000 do replace('HSET', cs, unpack(hs, i, math.min(i + 3999, #hs))) end
+  local hd = {}
+  for i = 1, #del - 35, 36 do hd[#hd + 1] = string.sub(del, i, i + 35) end
+  for i = 1, #hd, 4000 do try('HDEL', cs, unpack(hd, i, math.min(i + 3999, #hd))) end
+  local pd, order = {}, {}
+  for i = 1, #parts - 63, 64 do
+    local fld = string.sub(parts, i, i + 27)
+    local t1l, t1h, t2l, t2h, pl, ph, ml, mh, dn = struct.unpack('<I4I4I4I4I4I4I4I4i4', parts,
+                                                                 i + 28)
+    local none = t1h == 4294967295 and t1l == 4294967295
+    pd[fld] = {ph, pl, mh, ml, dn, not none and t1h, t1l, not none and t2h, t2l}
+    order[#order + 1] = fld
+  end
+  part_apply(a, pd, order)
+  if #order > 0 then
+    log_append(al, m, 'a', stamp .. table.concat(order), #order, 28, a)
+  end
+  for i = 1, #elig - 35, 36 do
+    local k = string.sub(elig, i, i + 35)
+    replace('SADD', tag .. 'k:' .. dst_of(k), k)
+  end
+  for i = 1, #unelig - 35, 36 do
+    local k = string.sub(unelig, i, i + 35)
+    try('SREM', tag .. 'k:' .. dst_of(k), k)
+  end
+  replace('HSET', pm, call, op)
+  redis.call('EXPIRE', pm, 3600)
+  return 1
 end
 
 -- Entries of a log after cursor cur (meta fields pre .. n/t), whole entries
@@ -600,7 +543,7 @@ local function expire(keys, args)
   for i = 1, #kblob / 36 do list[i] = string.sub(kblob, i * 36 - 35, i * 36) end
   local vals = hmget(r, list) or {}
   local del = {}
-  local jb, ja = {}, {}
+  local jb = {}
   for i, v in ipairs(vals) do
     if v then
       local gone = true
@@ -610,20 +553,15 @@ local function expire(keys, args)
       end
       if gone then
         del[#del + 1] = list[i]
-        jb[#del] = #v == 24 and v or false
-        ja[#del] = false
+        jb[#del] = #v == 24 and v or Z24
       end
     end
   end
-  if #keys >= 7 and args[11] then
-    local a1, a2, a3, a4, a5, a6 = struct.unpack(RULE, args[11])
-    RU[1], RU[2], RU[3], RU[4], RU[5], RU[6] = a1, a2, a3, a4, a5, a6
-    if #del > 0 then
-      judge_all(r, m, keys[4], keys[5], keys[6], keys[7], struct.pack('>I4', now), del, jb, ja)
-    end
+  local partials = keys[4]
+  if partials and args[11] then
     -- partials no flow can be live in any more
-    local first = tonumber(args[12])
-    local all = try('HKEYS', keys[6]) or {}
+    local first = tonumber(args[11])
+    local all = try('HKEYS', partials) or {}
     local dead = {}
     for _, fld in ipairs(all) do
       if #fld == 28 then
@@ -634,7 +572,7 @@ local function expire(keys, args)
       end
     end
     for i = 1, #dead, 4000 do
-      redis.call('HDEL', keys[6], unpack(dead, i, math.min(i + 3999, #dead)))
+      redis.call('HDEL', partials, unpack(dead, i, math.min(i + 3999, #dead)))
     end
   end
   for i = 1, #del, 4000 do
@@ -646,6 +584,7 @@ local function expire(keys, args)
     local t, k = trim(r, l, tonumber(meta[2]) or 0, tonumber(meta[3]) or 0, n, now, retention)
     redis.call('HSET', m, 't', t, 'k', k)
   end
+  if partials then return {#del, table.concat(del), table.concat(jb)} end
   return #del
 end
 
@@ -665,6 +604,7 @@ redis.register_function('xpro_v1_lease', lease)
 redis.register_function{function_name = 'xpro_v1_changes', callback = changes,
                         flags = {'no-writes'}}
 redis.register_function('xpro_v1_expire', expire)
+redis.register_function('xpro_v1_publish', publish)
 redis.register_function{function_name = 'xpro_v1_pull', callback = pull, flags = {'no-writes'}}
 redis.register_function{function_name = 'xpro_v1_clients', callback = clients,
                         flags = {'no-writes'}}

@@ -30,8 +30,9 @@ import numpy as np
 from xpro.config.kinds import mask_url, redact, split_url
 from xpro.core.bounds import Bounds
 from xpro.core.layout import DST_KEY, FLOW_KEY, MASTER
+from xpro.core.merge import merge_arrays
 from xpro.core.model import SyncParams
-from xpro.core.pull import AGG_KEY, PARTIAL, PullRule
+from xpro.core.pull import AGG_KEY, PARTIAL, PullRule, judge_arrays, partial_deltas
 from xpro.core.status import ProxyStatus
 from xpro.errors import BadRecord, ConfigError, StoreError, StoreUnavailable
 from xpro.hooks.specs import hookimpl
@@ -632,13 +633,6 @@ class RedisStore(Store):
                     f"{tag}:d:{self.client_id}", op, ci, *fixed, wraw[s * ws : e * ws],
                     stamp + kraw[s * KEY_SIZE : e * KEY_SIZE],
                 )
-                if rule is not None:  # judged too: candidates, partials, clients
-                    head = (
-                        "FCALL", "xpro_v1_merge", 8, f"{tag}:r", f"{tag}:l", f"{tag}:m",
-                        f"{tag}:d:{self.client_id}", f"{tag}:c", f"{tag}:cs", f"{tag}:a",
-                        f"{tag}:al", op, ci, *fixed, wraw[s * ws : e * ws],
-                        stamp + kraw[s * KEY_SIZE : e * KEY_SIZE], _rule_blob(rule),
-                    )
                 packed = _resp_head(head, len(head) + e - s) + kresp[s * rs : e * rs]
                 calls.append(_Call(head, f"{tag}:r", int(bk), order[s:e], packed))
         try:
@@ -681,7 +675,66 @@ class RedisStore(Store):
                 log.warning("redis mesh %s: record %s was corrupt; replaced by this proxy's record",
                             self.mesh, key_hex(kb))
             self.reject(key_hex(kb), "merged into: corrupt or out of bounds")
+        if rule is not None:
+            try:
+                self._publish(k, loc, existed, before, buckets, params, rule, op, stamp)
+            except BaseException:
+                self._replay = Replay(batch_digest(k, loc, params), op)
+                raise
         return existed, before
+
+    def _publish(self, k: np.ndarray, loc: np.ndarray, existed: np.ndarray, before: np.ndarray,
+                 buckets: np.ndarray, params: SyncParams, rule: PullRule, op: int,
+                 stamp: bytes) -> None:
+        """Publish what a merge did, judged here from its exact before and after
+        (:mod:`xpro.core.pull`)."""
+        written = ~((before == REFUSED) & ~existed)
+        _, after = merge_arrays(loc, np.ones(len(loc), dtype=bool), before, existed, params)
+        self._publish_moves(k, before, existed & written, after, written, buckets, rule, op,
+                            stamp)
+
+    def _publish_moves(self, k: np.ndarray, before: np.ndarray, had: np.ndarray,
+                       after: np.ndarray, has: np.ndarray, buckets: np.ndarray, rule: PullRule,
+                       op: int | str, stamp: bytes) -> None:
+        """One ``xpro_v1_publish`` call per bucket, pipelined: the candidates and
+        known clients of the bucket's flows, the partials of the bucket's
+        destinations; at most once per (op, bucket).  Beside the merge, not in
+        it: the server's work follows the candidates and the destinations
+        touched, not the records merged."""
+        judged, cs_add, cs_del, elig = judge_arrays(k, before, had, after, has, rule)
+        unelig = had & ~has
+        ak, t1, t2, dc, dn = partial_deltas(k, before, had, after, has, rule)
+        home = self._dst_buckets(ak["dst"])
+        pk = np.zeros(len(ak), dtype=_DELTA)
+        pk["dst"], pk["slot"] = ak["dst"], ak["slot"]
+        pk["t1"] = t1
+        pk["t2"] = np.where(t1 == np.iinfo(np.uint64).max, np.iinfo(np.uint64).max, t2)
+        pk["plus"] = np.maximum(dc, 0)
+        pk["minus"] = np.maximum(-dc, 0)
+        pk["dn"] = dn
+        per = np.bincount(buckets[judged | cs_del | elig | unelig], minlength=self.buckets) \
+            + np.bincount(home, minlength=self.buckets)
+        calls: list[_Call] = []
+        for bk in np.flatnonzero(per):
+            tag = self._tags[bk]
+            mine = buckets == bk
+            calls.append(_Call((
+                "FCALL", "xpro_v1_publish", 7, f"{tag}:r", f"{tag}:m", f"{tag}:c", f"{tag}:cs",
+                f"{tag}:a", f"{tag}:al", f"{tag}:p:{self.client_id}", op, "p", stamp,
+                k[mine & judged].tobytes(), k[mine & cs_add].tobytes(),
+                k[mine & cs_del].tobytes(), pk[home == bk].tobytes(), k[mine & elig].tobytes(),
+                k[mine & unelig].tobytes()), f"{tag}:r", int(bk)))
+        for call, res in zip(calls, self._execute(calls, "publish"), strict=True):
+            if isinstance(res, Exception):
+                log.warning("redis mesh %s: publishing a merge's candidates and partials in "
+                            "bucket %d failed: %s", self.mesh, call.bucket, res)
+
+    def _dst_buckets(self, dsts: np.ndarray) -> np.ndarray:
+        """The bucket of each destination's partials: that of its key with a zero source."""
+        fk = np.zeros(len(dsts), dtype=FLOW_KEY)
+        fk["dst"] = dsts
+        fk["dst"]["pad"] = 0
+        return bucket_of(fk, self.buckets)
 
     def changes(self, cursor: Any | None, limit: int | None = None
                 ) -> tuple[np.ndarray, np.ndarray, RedisCursor]:
@@ -1005,18 +1058,35 @@ class RedisStore(Store):
                 if self._rule is None:
                     head: tuple[Any, ...] = ("FCALL", "xpro_v1_expire", 3, f"{tag}:r",
                                              f"{tag}:l", f"{tag}:m")
-                else:
-                    head = ("FCALL", "xpro_v1_expire", 7, f"{tag}:r", f"{tag}:l", f"{tag}:m",
-                            f"{tag}:c", f"{tag}:cs", f"{tag}:a", f"{tag}:al")
-                    args = (*args, _rule_blob(self._rule), self._rule.live_from(before))
+                else:  # deleted records are returned; dead partials go
+                    head = ("FCALL", "xpro_v1_expire", 4, f"{tag}:r", f"{tag}:l", f"{tag}:m",
+                            f"{tag}:a")
+                    args = (*args, self._rule.live_from(before))
                 calls.append(_Call((*head, *args), f"{tag}:r", bk))
         total = 0
+        gone_k: list[bytes] = []
+        gone_v: list[bytes] = []
         for call, r in zip(calls, self._execute(calls, "expire"), strict=True):
             if isinstance(r, Exception):
                 log.error("redis mesh %s: expiring bucket %d failed: %s", self.mesh, call.bucket,
                           r)
                 continue
-            total += int(r)
+            if isinstance(r, list):
+                kb, vb = bytes(r[1]), bytes(r[2])
+                if len(kb) // KEY_SIZE * RECORD_SIZE == len(vb) and not len(kb) % KEY_SIZE:
+                    gone_k.append(kb)
+                    gone_v.append(vb)
+                total += int(r[0])
+            else:
+                total += int(r)
+        if self._rule is not None and gone_k:
+            # The deleted records' contributions leave their partials (docs/sync.rst).
+            dk = keys_from_bytes(b"".join(gone_k))
+            dv = np.frombuffer(b"".join(gone_v), dtype=MASTER).copy()
+            n = len(dk)
+            self._publish_moves(dk, dv, np.ones(n, bool), np.zeros(n, dtype=MASTER),
+                                np.zeros(n, bool), bucket_of(dk, self.buckets), self._rule,
+                                f"x{uuid.uuid4().hex}", struct.pack(">I", int(time.time())))
         return total
 
     def clock(self) -> int | None:
@@ -1111,12 +1181,9 @@ def _retryable(ex: Any) -> tuple[type[Exception], ...]:
 
 
 _AGG_FIELD = 28  # a partial's field: the destination (20 bytes), the slot (u64)
-
-
-def _rule_blob(rule: PullRule) -> bytes:
-    """The rule as the merge and expire functions read it (``RULE`` in _redis_lua)."""
-    return struct.pack("<dddddd", rule.t_f1, rule.t_t2, rule.near_pm, rule.min_age,
-                       rule.min_packets, rule.slot_ns >> 20)
+#: A partial's delta as xpro_v1_publish reads it.
+_DELTA = np.dtype([("dst", DST_KEY), ("slot", "<u8"), ("t1", "<u8"), ("t2", "<u8"),
+                   ("plus", "<u8"), ("minus", "<u8"), ("dn", "<i4")])
 
 
 def _encode_local(loc: np.ndarray, base: int) -> np.ndarray:
