@@ -39,13 +39,23 @@ import numpy.typing as npt
 
 from xpro.core import layout as L
 from xpro.core.merge import rate_exceeds_array
-from xpro.core.model import NS_PER_S, FilterParams, Master, is_closed_key, rate_exceeds
+from xpro.core.model import (
+    NS_PER_S,
+    FilterParams,
+    Local,
+    Master,
+    SyncParams,
+    is_closed_key,
+    merge,
+    rate_exceeds,
+)
 from xpro.core.params import KnownPolicy
 
 __all__ = [
     "AGG_KEY",
     "DEFAULT_NEAR",
     "PARTIAL",
+    "MeshModel",
     "Partial",
     "PullRule",
     "aggregate",
@@ -330,3 +340,81 @@ def aggregate_arrays(slots: Array, parts: Array, group: Array, groups: int, now:
     np.maximum.at(t2, group[live], parts["ts2"][live].astype(np.int64))
     t1 = np.where(t2 > 0, t1, 0)
     return t1, t2, c
+
+
+# ---------------------------------------------------------------------------
+# A mesh of proxies under the pull rule (the specification of a round's pull)
+# ---------------------------------------------------------------------------
+
+
+class MeshModel:
+    """Proxies sharing one master, one record at a time (no window resets).
+
+    Each proxy counts packets into its local records (``dc``); a round
+    (:meth:`round`) merges its counted flows into the master with
+    :func:`xpro.core.model.merge`, which publishes candidates and moves
+    partials as the stores do, then takes in what the pull gives: with
+    ``pull="candidates"`` the flows judged candidates since its last round,
+    with ``pull="all"`` every flow any proxy merged since.  A flow it counted
+    packets of since its merge is left for its next merge, as the sync does.
+    """
+
+    def __init__(self, proxies: int, params: SyncParams, rule: PullRule,
+                 pull: str = "candidates") -> None:
+        self.params = params
+        self.rule = rule
+        self.pull = pull
+        self.master: dict[bytes, Master] = {}
+        self.partials: dict[tuple[bytes, int], Partial] = {}
+        self.candidate_log: list[bytes] = []
+        self.change_log: list[bytes] = []
+        self.local: list[dict[bytes, list[int]]] = [{} for _ in range(proxies)]  # ts1 ts2 c dc
+        self.seen = [0] * proxies
+        self.pulled = [0] * proxies
+
+    def count(self, p: int, key: bytes, t: int, n: int = 1) -> None:
+        """``n`` packets of ``key`` at proxy ``p`` at time ``t``."""
+        rec = self.local[p].setdefault(key, [t, t, 0, 0])
+        rec[1] = max(rec[1], t)
+        rec[2] += n
+        rec[3] += n
+
+    def round(self, p: int) -> None:
+        """One sync round of proxy ``p``: merge, then pull."""
+        for key, rec in self.local[p].items():
+            if rec[3] == 0:
+                continue
+            before = self.master.get(key)
+            loc, after = merge(Local(rec[0], rec[1], rec[2], rec[3], 0), before, self.params)
+            assert loc is not None
+            assert after is not None
+            self.master[key] = after
+            rec[:] = [loc.ts1, loc.ts2, loc.c, 0]
+            apply_flow(self.partials, key, before, after, self.rule)
+            self.change_log.append(key)
+            if (before is not None and is_candidate(key, before, self.rule)) or is_candidate(
+                    key, after, self.rule):
+                self.candidate_log.append(key)
+        log = self.candidate_log if self.pull == "candidates" else self.change_log
+        keys = dict.fromkeys(log[self.seen[p]:])
+        self.seen[p] = len(log)
+        self.pulled[p] += len(keys)
+        for key in keys:
+            m = self.master[key]
+            mine = self.local[p].get(key)
+            if mine is not None and mine[3]:
+                continue  # counted here since: merged next round
+            self.local[p][key] = [m.ts1, m.ts2, m.c, 0]
+
+    def view(self, p: int, key: bytes) -> Master | None:
+        """What proxy ``p`` holds of ``key`` (its kernel's record)."""
+        rec = self.local[p].get(key)
+        return None if rec is None else Master(rec[0], rec[1], rec[2])
+
+    def drops(self, p: int, key: bytes, p_filter: FilterParams) -> bool:
+        """Whether proxy ``p`` drops the next packet of ``key`` (the per-source rule)."""
+        v = self.view(p, key)
+        if v is None:
+            return False
+        w = v.ts2 - v.ts1
+        return w > p_filter.t_t2 and rate_exceeds(v.c, w, p_filter.t_f1)
