@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from xpro.core import layout as L
+from xpro.core.keys import fingerprint
 from xpro.core.merge import rate_exceeds_array
 from xpro.core.model import (
     NS_PER_S,
@@ -280,9 +281,15 @@ def partial_deltas(keys: Array, before: Array, had: Array, after: Array, has: Ar
     if not len(ak):
         z = np.zeros(0, dtype=np.int64)
         return ak, np.zeros(0, np.uint64), np.zeros(0, np.uint64), z, z
+    # Grouped by a 64-bit fingerprint (a tenth of the cost of sorting the
+    # 32-byte keys), checked: a collision falls back to the keys themselves.
     vk = np.ascontiguousarray(ak).view(np.dtype((np.void, AGG_KEY.itemsize)))
-    uniq, inv = np.unique(vk, return_inverse=True)
+    _, first, inv = np.unique(fingerprint(ak), return_index=True, return_inverse=True)
     inv = inv.reshape(-1)
+    uniq = vk[first]
+    if (uniq[inv] != vk).any():
+        uniq, inv = np.unique(vk, return_inverse=True)
+        inv = inv.reshape(-1)
     m = len(uniq)
     g_c = np.zeros(m, np.int64)
     np.add.at(g_c, inv, c)
