@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tests.packets import frame
+from xpro.core import layout as L
 from xpro.core import model
 from xpro.core.layout import Reason
 from xpro.core.params import Sizes
@@ -318,3 +319,41 @@ def test_a_proxy_whose_clock_is_stepped_back_an_hour_keeps_dropping() -> None:
         for p in proxies:
             p.close()
         store.close()
+
+
+@pytest.mark.parametrize("pull", ["candidates", "all"])
+def test_a_closure_anywhere_serves_the_known_clients_everywhere(pull: str) -> None:
+    """A client established at proxy 0, a spoofed flood through proxy 1 closes the
+    destination: proxy 2, which never saw either, closes it too and serves
+    the client (with the candidate pull: from the master's aggregate and its
+    index of the destination's possible clients)."""
+    params = model.FilterParams(t_t1=100 * S, t_t2=S, t_f1=100, t_t3=S // 2, t_f2=100)
+    url = f"memory://{uuid.uuid4().hex}"
+    proxies = [Proxy(f"p{i}", open_store(url), params) for i in range(3)]
+    try:
+        for p in proxies:
+            p.sync = Syncer(p.filt, p.sync.store, p.sync.proxy, SYNC, pull=pull)
+        client = frame("10.1.0.1", "10.9.9.9")
+        for i in range(30):  # 10 packets/s for 3 s: a known client (2 s, 8 packets)
+            proxies[0].send(client, T0 + i * S // 10)
+        t = T0 + 3 * S
+        for p in proxies:
+            p.sync.round(t)
+        spoofed = [frame(f"11.0.{i // 250}.{i % 250 + 1}", "10.9.9.9") for i in range(600)]
+        for i, fr in enumerate(spoofed):  # 600 pps of new sources through proxy 1
+            proxies[1].send(fr, t + i * S // 600)
+        t += S + 1
+        for _ in range(2):
+            for p in proxies:
+                p.sync.round(t)
+            t += 1
+        dkey = model.parse(client, 0).dst
+        third = proxies[2]
+        assert dkey in third.sync.known.closed
+        ck = np.frombuffer(model.parse(client, 0).key, dtype=L.FLOW_KEY)
+        assert third.sync.known.classes_of(ck).tolist() == [L.Known.CLIENT]
+        assert third.send(client, t) == [2]  # served
+        assert third.send(frame("11.9.0.1", "10.9.9.9"), t) == [1]  # a new source is not
+    finally:
+        for p in proxies:
+            p.close()

@@ -159,6 +159,33 @@ def xpro_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     return done
 
 
+def pull_candidates(store: Store) -> None:
+    """A merge judged by a rule, its candidate, partial and known client pulled
+    (every command the candidate pull runs inside the functions)."""
+    from tests.stores._util import keys, locals_
+    from xpro.core import model
+    from xpro.core.pull import PullRule
+
+    k = keys(1, 77)
+    k["dst"]["pad"] = 0
+    t = now_ns() - 20 * S
+    rule = PullRule(t_f1=100, t_t2=S, t_t1=10 * S, min_age=S, min_packets=8)
+    sp = model.SyncParams(t_t1=10 * S, t_t4=5 * S)
+    store.merge(k, locals_([(t, t + 3 * S, 900, 900, 0)]), sp, rule=rule)  # 300/s: over
+    ck, _, ak, parts, _ = store.pull(None)
+    assert k.tobytes() in {x.tobytes() for x in ck}
+    mine = ak["dst"] == k["dst"]
+    assert int(parts["c"][mine].sum()) == 0  # over T_F1: not in the destination's aggregate
+    kk, _ = store.clients(k["dst"])
+    assert len(kk) == 0  # over T_F1: not a known client
+    # Its window shortened (19 s > T_T4): 450 packets over 9.5 s, under T_F1.
+    store.merge(k, locals_([(t, t + 19 * S, 900, 0, 0)]), sp, rule=rule)
+    kk, _ = store.clients(k["dst"])
+    assert [x.tobytes() for x in kk] == [k.tobytes()]
+    _, _, ak, parts, _ = store.pull(None)
+    assert int(parts["c"][ak["dst"] == k["dst"]].sum()) == 450
+
+
 def sync_a_round(store: Store, mesh: str) -> None:
     """A proxy's round through ``store``: real XDP program, real Syncer."""
     if os.geteuid() != 0:
@@ -217,6 +244,7 @@ def test_redis_tls_acl_proxy_user_has_only_what_the_sync_needs(
     try:
         sync_a_round(proxy, "m1")
         roundtrip_store(proxy)
+        pull_candidates(proxy)
         assert proxy.expire(now_ns() + S) >= 1
     finally:
         proxy.close()

@@ -17,11 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.stores._util import S, as_dict, keys, locals_, now_ns, read_all, seed_master, to_local
-from xpro.core import model
+from xpro.core import model, pull
 from xpro.core.bounds import Bounds
 from xpro.core.layout import LOCAL, MASTER
 from xpro.core.model import R_DEN, SyncParams
 from xpro.errors import BadRecord, ConfigError
+from xpro.stores._common import key_list
 from xpro.stores.base import REFUSED, Store
 
 pytestmark = pytest.mark.integration
@@ -405,3 +406,137 @@ def test_idle_changes_cost_is_small(store_factory: Any) -> None:
         got, _, cur = s.changes(cur)
         assert len(got) == 0
     assert (time.perf_counter() - start) / 5 < 0.25
+
+
+# ---------------------------------------------------------------------------
+# Candidates, destination partials, known clients (xpro.core.pull)
+# ---------------------------------------------------------------------------
+
+RULE = pull.PullRule(t_f1=100, t_t2=S, t_t1=10 * S, near_pm=500, min_age=2 * S, min_packets=8)
+
+
+def _pull_keys(n: int, seed: int, dsts: int = 3) -> np.ndarray:
+    """``n`` flow keys to ``dsts`` destinations (pad 0), the last of each
+    destination's being its closed-drops record."""
+    k = keys(n, seed)
+    d = keys(dsts, seed + 1)["dst"]
+    d["pad"] = 0
+    k["dst"] = d[np.arange(n) % dsts]
+    k["dst"]["pad"][-dsts:] = 1
+    k["src"][-dsts:] = b"\0" * 16
+    return k
+
+
+def _sum_partials(ak: np.ndarray, parts: np.ndarray) -> dict[tuple[bytes, int], list[int]]:
+    """Partials summed over shards: (dst, slot) -> [ts1 min, ts2 max, c, n]."""
+    out: dict[tuple[bytes, int], list[int]] = {}
+    for k, p in zip(ak, parts, strict=True):
+        if int(p["n"]) == 0:
+            continue
+        at = (k["dst"].tobytes(), int(k["slot"]))
+        cur = out.setdefault(at, [1 << 64, 0, 0, 0])
+        cur[0] = min(cur[0], int(p["ts1"]))
+        cur[1] = max(cur[1], int(p["ts2"]))
+        cur[2] += int(p["c"])
+        cur[3] += int(p["n"])
+    return out
+
+
+def _model_partials(parts: dict[tuple[bytes, int], pull.Partial]
+                    ) -> dict[tuple[bytes, int], list[int]]:
+    return {k: [p.ts1, p.ts2, p.c, p.n] for k, p in parts.items() if p.n}
+
+
+def test_pull_serves_candidates_partials_and_clients_as_the_model(store_factory: Any) -> None:
+    """Merges judged by a rule: the candidates, the destinations' partials and the
+    known-client index a reader pulls are those of xpro.core.pull's model."""
+    a, b = store_factory(), store_factory()
+    if not a.candidates:
+        pytest.skip(f"{type(a).__name__} serves the full pull only")
+    rng = np.random.default_rng(5)
+    n = 300
+    k = _pull_keys(n, 21)
+    t0 = now_ns() - 9 * S
+    t0 -= t0 % RULE.slot_ns  # slots are predictable: t0 + 2 s is in t0's slot
+    rows = []
+    for _ in range(n):
+        t1: int = t0 + int(rng.integers(0, S))
+        w = int(rng.integers(0, 2 * S)) if rng.random() < 0.5 else int(rng.integers(2, 4)) * S
+        c: int = int(rng.integers(1, 400))
+        rows.append((t1, t1 + w, c, c, 0))
+    _, _, _, _, cur = b.pull(None)
+    master: dict[bytes, model.Master] = {}
+    parts: dict[tuple[bytes, int], pull.Partial] = {}
+    cands: set[bytes] = set()
+    ever_elig: set[bytes] = set()
+    existed, _ = a.merge(k, locals_(rows), P, bounds=loose(), rule=RULE)
+    assert not existed.any()
+    for i, kb in enumerate(key_list(k)):
+        _, m = model.merge(to_local(locals_(rows[i : i + 1])[0]), None, P)
+        assert m is not None
+        master[kb] = m
+        pull.apply_flow(parts, kb, None, m, RULE)
+        if pull.is_candidate(kb, m, RULE):
+            cands.add(kb)
+        if pull.client_eligible(kb, m, RULE):
+            ever_elig.add(kb)
+    assert 20 < len(cands) < n - 20, "the data must hold candidates and others"
+    ck, cr, ak, ap, cur = b.pull(cur)
+    assert set(key_list(ck)) == cands
+    for kb, r in zip(key_list(ck), cr, strict=True):
+        assert (int(r["ts1"]), int(r["ts2"]), int(r["c"])) == (master[kb].ts1, master[kb].ts2,
+                                                                master[kb].c)
+    assert _sum_partials(ak, ap) == _model_partials(parts)
+
+    # A second merge of some flows: later packets (some move slot), more counts.
+    sub = np.arange(0, n, 3)
+    rows2 = []
+    for i in sub.tolist():
+        m = master[k[i].tobytes()]
+        dc = int(rng.integers(0, 300))
+        rows2.append((m.ts1, m.ts2 + int(rng.integers(0, 4 * S)), m.c + dc, dc, 0))
+    a.merge(k[sub], locals_(rows2), P, bounds=loose(), rule=RULE)
+    cands2: set[bytes] = set()
+    for j, i in enumerate(sub.tolist()):
+        kb = k[i].tobytes()
+        _, m = model.merge(to_local(locals_(rows2[j : j + 1])[0]), master[kb], P)
+        assert m is not None
+        pull.apply_flow(parts, kb, master[kb], m, RULE)
+        if pull.is_candidate(kb, master[kb], RULE) or pull.is_candidate(kb, m, RULE):
+            cands2.add(kb)
+        if pull.client_eligible(kb, m, RULE):
+            ever_elig.add(kb)
+        master[kb] = m
+    ck, cr, ak2, ap2, cur = b.pull(cur)
+    assert set(key_list(ck)) == cands2
+    got = _sum_partials(np.concatenate([ak, ak2]), np.concatenate([ap, ap2]))
+    # the latest value of each partial wins: re-read them all
+    _, _, fak, fap, _ = b.pull(None)
+    want = _model_partials(parts)
+    got = _sum_partials(fak, fap)
+    assert {x: v[2:] for x, v in got.items()} == {x: v[2:] for x, v in want.items()}
+    # A full read holds every current candidate (and at most those ever judged).
+    fk, _, _, _, _ = b.pull(None)
+    now_c = {kb for kb, m in master.items() if pull.is_candidate(kb, m, RULE)}
+    assert now_c <= set(key_list(fk)) <= cands | cands2
+    # Nothing new: nothing comes back.
+    ck, _, ak3, _, _ = b.pull(cur)
+    assert len(ck) == 0
+    assert len(ak3) == 0
+
+    # The known-client index: every flow ever eligible, per destination.
+    d = np.unique(np.array(k["dst"], dtype=k["dst"].dtype).view("V20")).view(k["dst"].dtype)
+    d = np.array(d, dtype=k["dst"].dtype).reshape(-1)
+    d["pad"] = 0
+    kk, _ = b.clients(d[:1])
+    want_k = {kb for kb in ever_elig if kb[16:] == d[:1].tobytes()}
+    assert want_k
+    assert set(key_list(kk)) == want_k
+    kk, _ = b.clients(d)
+    assert set(key_list(kk)) == ever_elig
+
+    # Expiry takes every record's contribution away.
+    a.expire(now_ns() + DAY, bounds=loose())
+    _, _, fak, fap, _ = b.pull(None)
+    assert _sum_partials(fak, fap) == {}
+    assert len(b.clients(d)[0]) == 0

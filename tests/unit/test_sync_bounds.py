@@ -101,7 +101,9 @@ def test_forged_heartbeats_are_quarantined(url: str, caplog: pytest.LogCaptureFi
 def test_a_bad_record_is_logged_once_and_the_round_goes_on(url: str,
                                                           caplog: pytest.LogCaptureFixture
                                                           ) -> None:
-    a, b = syncer(url, "a"), syncer(url, "b")
+    # Records written into the master by hand are never judged candidates:
+    # the full pull reads them.
+    a, b = syncer(url, "a", pull="all"), syncer(url, "b", pull="all")
     m = mem(url)
     good, bad = flow_key("10.0.0.1"), flow_key("10.0.0.2")
     m.poke(good, T0 - S, T0, 10)
@@ -137,7 +139,8 @@ def test_a_refused_merge_is_not_replayed_and_not_written_back(url: str) -> None:
     k, recs, _ = s.store.changes(None)
     assert [int(x["c"]) for x in recs] == [5], "merged once, next round"
 
-    def refuse_one(keys: Any, local: Any, params: Any, bounds: Any = None) -> Any:
+    def refuse_one(keys: Any, local: Any, params: Any, bounds: Any = None,
+                   rule: Any = None) -> Any:
         before = np.zeros(len(keys), dtype=MASTER)
         before[:] = REFUSED  # nothing applied (as a Redis bucket whose call failed)
         return np.zeros(len(keys), dtype=bool), before
@@ -153,7 +156,7 @@ def test_a_refused_merge_is_not_replayed_and_not_written_back(url: str) -> None:
 
 
 def test_a_round_pulls_at_most_max_pull(url: str) -> None:
-    s = syncer(url, max_pull=1000)
+    s = syncer(url, max_pull=1000, pull="all")
     m = mem(url)
     for i in range(2500):
         m.poke(flow_key(f"10.1.{i // 250}.{i % 250}"), T0 - S, T0, 3)
@@ -216,7 +219,7 @@ def test_one_proxy_of_the_mesh_expires_the_master(url: str) -> None:
 def test_remote_flows_count_only_as_far_as_the_mesh_workload(url: str) -> None:
     """Flows no proxy says it saw (all workloads 0) do not make an aggregate;
     flows another proxy counts (its W published) do."""
-    a, b = syncer(url, "a"), syncer(url, "b")
+    a, b = syncer(url, "a", pull="all"), syncer(url, "b", pull="all")
     m = mem(url)
     for i in range(150):
         m.poke(flow_key(f"10.50.0.{i}"), T0 - 10 * S, T0, 900)
@@ -255,14 +258,18 @@ def test_mirror_forgets_destinations_without_flows() -> None:
     assert m.dst_refs[m.dst[m.index.find(k[200:201], m.keys)[0]]] == 200
 
 
-def test_a_change_made_right_after_our_merge_is_taken_next_round(url: str) -> None:
+@pytest.mark.parametrize(("pull", "here", "there"), [("all", 5, 7), ("candidates", 30, 40)])
+def test_a_change_made_right_after_our_merge_is_taken_next_round(url: str, pull: str,
+                                                                 here: int, there: int) -> None:
     """Another proxy merges a flow between this proxy's merge of it and its read
     of the changes: the read skips it (merged here), and with no packet of it
-    since, no later merge would bring the other's count (it did not before)."""
-    a, b = syncer(url, "a"), syncer(url, "b")
+    since, no later merge would bring the other's count (it did not before).
+    With the candidate pull, a flow that became a candidate (70 packets in
+    its first second: over 0.5 x T_F1)."""
+    a, b = syncer(url, "a", pull=pull), syncer(url, "b", pull=pull)
     fr = frame("10.0.0.9", "10.9.9.9")
-    a.filt.process_frames([fr] * 5, T0)
-    b.filt.process_frames([fr] * 7, T0)
+    a.filt.process_frames([fr] * here, T0)
+    b.filt.process_frames([fr] * there, T0)
     real = a.store.merge
 
     def merge_then_b(*args: Any, **kw: Any) -> Any:
@@ -274,7 +281,34 @@ def test_a_change_made_right_after_our_merge_is_taken_next_round(url: str) -> No
     a.round(T0 + S)
     a.store.merge = real  # type: ignore[method-assign]
     key = np.frombuffer(flow_key("10.0.0.9"), dtype=L.FLOW_KEY)
-    assert int(a.filt.read(key)[1][0]["c"]) == 5
+    assert int(a.filt.read(key)[1][0]["c"]) == here
     a.round(T0 + 2 * S)
-    assert int(a.filt.read(key)[1][0]["c"]) == 12
-    assert [int(r["c"]) for r in a.store.changes(None)[1]] == [12]
+    assert int(a.filt.read(key)[1][0]["c"]) == here + there
+    assert [int(r["c"]) for r in a.store.changes(None)[1]] == [here + there]
+
+
+def test_forged_partials_count_only_as_far_as_the_mesh_workload(url: str) -> None:
+    """With the candidate pull a destination's aggregate comes from the master's
+    partials: a partial no proxy's workload backs does not make an aggregate,
+    and one out of bounds is quarantined."""
+    from xpro.core.pull import AGG_KEY, PARTIAL
+
+    b = syncer(url, "b")
+    assert b.partials is not None
+    m = mem(url)
+    dk = model.parse(frame("10.0.0.1", "10.9.9.9"), 0).dst
+    st = m._state
+    for slot, (t1, t2, c) in ((T0 // b.rule.slot_ns, (T0 - 10 * S, T0, 135_000)),
+                              (T0 // b.rule.slot_ns - 1, (T0, T0 - S, 5))):  # ts1 > ts2: bad
+        ak = np.zeros(1, dtype=AGG_KEY)
+        ak["dst"] = np.frombuffer(dk, dtype=L.DST_KEY)
+        ak["slot"] = slot
+        st.version += 1
+        st.partials[ak.tobytes()] = np.array([(t1, t2, c, 150)], dtype=PARTIAL)[0]
+        st.plog.append((st.version, [ak.tobytes()]))
+    r = b.round(T0)
+    assert r.partials == 1
+    assert r.quarantined == 1
+    assert r.unbacked == 1
+    _, dsts = b.filt.read_dsts()
+    assert int(dsts["c"].sum()) == 0

@@ -242,6 +242,26 @@ class SyncConfig(_Section):
         goes on; but NTP keeps clocks within milliseconds, and a second off
         says a time daemon has stopped or a clock was stepped: worth an
         operator's look before the skew grows past what is corrected.""")
+    pull: str = option(
+        Choice(("candidates", "all")), "candidates", flag="--sync-pull",
+        doc="""What a round pulls besides the merge's replies: ``candidates``
+        (flows near or over T_F1, the destinations' aggregates from the master,
+        the known clients of closed destinations) or ``all`` (every record any
+        proxy changed, as before).  A store that does not serve candidates
+        (etcd) is always pulled in full (docs/sync.rst, "What a round
+        pulls").""",
+        why="""The full pull costs every proxy every other proxy's changes,
+        O(P^2 x N) at the master; the candidates are what can change a verdict
+        before the next round (docs/performance.rst).""")
+    near: float = option(
+        Number(0.0, 1.0, lo_open=True), 0.5, flag="--sync-near",
+        doc="""From which fraction of T_F1 a flow is a candidate: its mesh-wide
+        count over its window (at least T_T2) at least ``near`` x T_F1.""",
+        why="""Half of T_F1: a flow pulled by every proxy has room to double
+        before the next round (a flood that more than doubles per period is
+        over T_F1 at the proxies that see it, which merge it); the lab's
+        sweep (0.8-2 x T_F1) drops the same with it as with the full pull
+        (docs/sync.rst).""")
 
 
 @dataclass(frozen=True, repr=False)

@@ -11,6 +11,12 @@ Keys are the exact bytes the kernel uses (:data:`xpro.core.layout.FLOW_KEY`):
 byte order, protocol, one pad byte.  Times are integer nanoseconds, rates are
 packets per second, and every rate comparison is exact integer arithmetic
 (``count * 1e9 > limit * window``), as in the kernel.
+
+What a sync round pulls -- candidates near T_F1, the master's destination
+partials, the known clients of closed destinations -- is specified beside
+this module, on top of :func:`merge`, in :mod:`xpro.core.pull` (its
+:class:`~xpro.core.pull.MeshModel` runs proxies sharing a master under
+either pull; docs/sync.rst, "What a round pulls").
 """
 
 from __future__ import annotations

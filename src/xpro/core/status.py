@@ -37,7 +37,9 @@ class SyncStats:
     seconds: float = 0.0
     flows: int = 0  # local records read
     merged: int = 0  # sent to the master
-    pulled: int = 0  # master changes taken in
+    pulled: int = 0  # master records taken in (changes, or candidates)
+    partials: int = 0  # destination partials taken in (docs/sync.rst, "What a round pulls")
+    clients_pulled: int = 0  # known-client records read for closed destinations
     created: int = 0  # local records created from the master
     applied: int = 0  # kernel updates applied
     raced: int = 0  # updates skipped: reset in the kernel meanwhile

@@ -430,7 +430,8 @@ class Proxy:
             raise
         self.store = store
         return Syncer(self.filter, store, self.name, cfg.sync_params(),
-                      period=cfg.period_ns, ttl=cfg.ttl_ns, known=cfg.known_policy())
+                      period=cfg.period_ns, ttl=cfg.ttl_ns, known=cfg.known_policy(),
+                      pull=cfg.sync.pull, near=cfg.sync.near)
 
     def _on_round(self, stats: SyncStats) -> None:
         log.debug("sync round", extra={

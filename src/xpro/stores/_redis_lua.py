@@ -121,7 +121,8 @@ end
 -- bucket has records (reading it would cost more than a full read) or, when
 -- now is given, while the head is older than the retention.  The newest
 -- entry always stays.  Returns the new t and k.
-local function trim(r, l, t, k, n, now, retention)
+local function trim(r, l, t, k, n, now, retention, width)
+  width = width or 36
   local limit = math.max(try('HLEN', r) or 0, 256)
   while n - t > 1 do
     if k <= limit then
@@ -132,9 +133,68 @@ local function trim(r, l, t, k, n, now, retention)
     local head = try('LPOP', l)
     if not head then break end
     t = t + 1
-    k = k - math.floor((#head - 4) / 36)
+    k = k - math.floor((#head - 4) / width)
   end
   return t, k
+end
+
+-- ---------------------------------------------------------------------------
+-- Candidates, destination partials, known-client index (xpro.core.pull)
+-- ---------------------------------------------------------------------------
+-- Candidates, destination partials and known clients are judged by the
+-- merging proxy from the merge's exact before and after (xpro.core.pull)
+-- and published by xpro_v1_publish.  Keys per bucket: ...:c (candidate log,
+-- entries like the change log), ...:cs (hash: the current candidates), ...:a
+-- (hash: partial key, 28 bytes = destination with pad 0 and the slot as u64
+-- LE -> 32 bytes ts1 ts2 c n as u64 LE), ...:al (partial log: 4-byte time,
+-- then 28-byte partial keys), ...:k:DST (set: the flows indexed as possible
+-- known clients of DST), ...:p:CLIENT (what a client published, for replays).
+local PART = '<I4I4I4I4I4I4I4I4'
+local Z32 = Z24 .. '\0\0\0\0\0\0\0\0'
+
+local function dst_of(k)
+  return string.sub(k, 17, 35) .. '\0'
+end
+
+-- Apply the accumulated deltas to the partials hash a; returns the fields.
+local function part_apply(a, pd, order)
+  if #order == 0 then return order end
+  local cur = hmget(a, order) or {}
+  local hset = {}
+  for i, fld in ipairs(order) do
+    local d = pd[fld]
+    local o = cur[i]
+    local t1l, t1h, t2l, t2h, cl, ch, nl, nh = 0, 0, 0, 0, 0, 0, 0, 0
+    if o and #o == 32 then t1l, t1h, t2l, t2h, cl, ch, nl, nh = struct.unpack(PART, o) end
+    local n0 = nh * B32 + nl
+    if n0 <= 0 then t1l, t1h, t2l, t2h, cl, ch, n0 = 0, 0, 0, 0, 0, 0, 0 end
+    local n = n0 + d[5]
+    local val = Z32
+    if n > 0 then
+      ch, cl = add(ch, cl, d[1], d[2])
+      if gt(d[3], d[4], ch, cl) then ch, cl = 0, 0 else ch, cl = sub(ch, cl, d[3], d[4]) end
+      if d[6] and (n0 <= 0 or gt(t1h, t1l, d[6], d[7])) then t1h, t1l = d[6], d[7] end
+      if d[8] and gt(d[8], d[9], t2h, t2l) then t2h, t2l = d[8], d[9] end
+      val = struct.pack(PART, t1l, t1h, t2l, t2h, cl, ch, n % B32, math.floor(n / B32))
+    end
+    hset[#hset + 1] = fld
+    hset[#hset + 1] = val
+  end
+  for i = 1, #hset, 4000 do
+    redis.call('HSET', a, unpack(hset, i, math.min(i + 3999, #hset)))
+  end
+  return order
+end
+
+-- Append an entry to a log and keep its meta (fields pre .. n/t/k) in m.
+local function log_append(l, m, pre, entry, count, width, limit_key)
+  local len = replace('RPUSH', l, entry)
+  local meta = replace('HMGET', m, pre .. 'n', pre .. 't', pre .. 'k')
+  local nn = (tonumber(meta[1]) or 0) + 1
+  local t, k = tonumber(meta[2]) or 0, (tonumber(meta[3]) or 0) + count
+  if nn - t ~= len then t = nn - len end
+  if k > 256 then t, k = trim(limit_key, l, t, k, nn, nil, 0, width) end
+  redis.call('HSET', m, pre .. 'n', nn, pre .. 't', t, pre .. 'k', k)
 end
 
 -- The general merge of one record on (hi, lo) limbs: any u64 in bounds.
@@ -346,6 +406,129 @@ local function changes(keys, args)
   return {upto, 0, table.concat(list), vals, n}
 end
 
+-- KEYS: r m c cs a al p   ARGV: op call stamp cands cs_add cs_del parts elig unelig
+-- What the merge call (op, call) of this client published, judged by the
+-- client from the merge's exact before and after (xpro.core.pull): the
+-- candidates judged (36-byte keys, logged), the candidate set's additions
+-- and removals, the partial deltas (64 bytes each: the 28-byte field, then
+-- ts1 ts2 plus minus as u64 LE limbs, ts1 all ones for none, and the change
+-- of n as i32), the flows newly eligible as known clients and those deleted
+-- from the index.  The flows are this bucket's; the partials are those of
+-- the destinations whose bucket this is (a destination's partials live in
+-- one bucket: the bucket of its key with a zero source).  Applied at most
+-- once per (op, call): a replay is a no-op (p: this client's marks).
+local function publish(keys, args)
+  local r, m, c, cs, a, al, pm = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7]
+  local op, call = args[1], args[2]
+  if try('HGET', pm, call) == op then return 0 end
+  local stamp, cands, add, del, parts, elig = args[3], args[4], args[5], args[6], args[7], args[8]
+  local unelig = args[9] or ''
+  local tag = string.sub(r, 1, #r - 1)
+  if #cands >= 36 then
+    log_append(c, m, 'c', stamp .. cands, math.floor(#cands / 36), 36, cs)
+  end
+  local hs = {}
+  for i = 1, #add - 35, 36 do
+    hs[#hs + 1] = string.sub(add, i, i + 35)
+    hs[#hs + 1] = ''
+  end
+  for i = 1, #hs, 4000 do replace('HSET', cs, unpack(hs, i, math.min(i + 3999, #hs))) end
+  local hd = {}
+  for i = 1, #del - 35, 36 do hd[#hd + 1] = string.sub(del, i, i + 35) end
+  for i = 1, #hd, 4000 do try('HDEL', cs, unpack(hd, i, math.min(i + 3999, #hd))) end
+  local pd, order = {}, {}
+  for i = 1, #parts - 63, 64 do
+    local fld = string.sub(parts, i, i + 27)
+    local t1l, t1h, t2l, t2h, pl, ph, ml, mh, dn = struct.unpack('<I4I4I4I4I4I4I4I4i4', parts,
+                                                                 i + 28)
+    local none = t1h == 4294967295 and t1l == 4294967295
+    pd[fld] = {ph, pl, mh, ml, dn, not none and t1h, t1l, not none and t2h, t2l}
+    order[#order + 1] = fld
+  end
+  part_apply(a, pd, order)
+  if #order > 0 then
+    log_append(al, m, 'a', stamp .. table.concat(order), #order, 28, a)
+  end
+  for i = 1, #elig - 35, 36 do
+    local k = string.sub(elig, i, i + 35)
+    replace('SADD', tag .. 'k:' .. dst_of(k), k)
+  end
+  for i = 1, #unelig - 35, 36 do
+    local k = string.sub(unelig, i, i + 35)
+    try('SREM', tag .. 'k:' .. dst_of(k), k)
+  end
+  replace('HSET', pm, call, op)
+  redis.call('EXPIRE', pm, 3600)
+  return 1
+end
+
+-- Entries of a log after cursor cur (meta fields pre .. n/t), whole entries
+-- while the items stay within cap (0: all).  Returns upto, mode (0: read,
+-- 1: read everything, 2: nothing new), the items (unique), the log's n.
+local function log_read(l, m, pre, cur, cap, width)
+  local meta = try('HMGET', m, pre .. 'n', pre .. 't') or {}
+  local n, t = tonumber(meta[1]) or 0, tonumber(meta[2]) or 0
+  if cur == n then return n, 2, {}, n end
+  if cur < t or cur > n then return n, 1, {}, n end
+  local last = n - t - 1
+  if cap > 0 then last = math.min(last, cur - t + cap - 1) end
+  local ents = try('LRANGE', l, cur - t, last)
+  if ents == nil or #ents ~= last - (cur - t) + 1 then return n, 1, {}, n end
+  local seen, list = {}, {}
+  local upto = cur + #ents
+  for i, e in ipairs(ents) do
+    if cap > 0 and i > 1 and #list + math.floor((#e - 4) / width) > cap then
+      upto = cur + i - 1
+      break
+    end
+    for off = 5, #e - width + 1, width do
+      local k = string.sub(e, off, off + width - 1)
+      if not seen[k] then
+        seen[k] = true
+        list[#list + 1] = k
+      end
+    end
+  end
+  return upto, 0, list, n
+end
+
+-- KEYS: r m c cs a al   ARGV: candidate cursor, partial cursor (-1: none), cap
+-- Returns {cupto, cn, ckeys, cvals, aupto, an, akeys, avals}: the candidates
+-- judged since the cursor (every current one when the cursor is gone) and
+-- the partials changed since (every partial when the cursor is gone).
+local function pull(keys, args)
+  local r, m, c, cs, a, al = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6]
+  local cap = tonumber(args[3] or 0) or 0
+  local cupto, cmode, clist, cn = log_read(c, m, 'c', tonumber(args[1]), cap, 36)
+  if cmode == 1 then
+    clist = try('HKEYS', cs) or {}
+    cupto = cn
+  end
+  local aupto, amode, alist, an = log_read(al, m, 'a', tonumber(args[2]), 0, 28)
+  if amode == 1 then
+    alist = try('HKEYS', a) or {}
+    aupto = an
+  end
+  local cvals = hmget(r, clist) or {}
+  local avals = hmget(a, alist) or {}
+  return {cupto, cn, table.concat(clist), cvals, aupto, an, table.concat(alist), avals}
+end
+
+-- KEYS: r   ARGV: destination keys (20 bytes each, pad 0)
+-- Returns {keys, values}: the flows indexed as possible known clients.
+local function clients(keys, args)
+  local r = keys[1]
+  local tag = string.sub(r, 1, #r - 1)
+  local blob = args[1]
+  local list = {}
+  for i = 1, #blob - 19, 20 do
+    local members = try('SMEMBERS', tag .. 'k:' .. string.sub(blob, i, i + 19)) or {}
+    for _, k in ipairs(members) do list[#list + 1] = k end
+  end
+  local vals = hmget(r, list) or {}
+  return {table.concat(list), vals}
+end
+
 -- KEYS: r l m   ARGV: before_hi before_lo mxh mxl olh oll ppn retention now keys
 -- Deletes the listed records whose ts2 < before, that are corrupt or out of
 -- bounds (mx, ol, ppn as in merge: dated in the future, say).
@@ -360,6 +543,7 @@ local function expire(keys, args)
   for i = 1, #kblob / 36 do list[i] = string.sub(kblob, i * 36 - 35, i * 36) end
   local vals = hmget(r, list) or {}
   local del = {}
+  local jb = {}
   for i, v in ipairs(vals) do
     if v then
       local gone = true
@@ -367,7 +551,28 @@ local function expire(keys, args)
         local a1l, a1h, a2l, a2h, acl, ach = struct.unpack(REC, v)
         gone = gt(bh, bl, a2h, a2l) or judge(a1h, a1l, a2h, a2l, ach, acl, bd) ~= 0
       end
-      if gone then del[#del + 1] = list[i] end
+      if gone then
+        del[#del + 1] = list[i]
+        jb[#del] = #v == 24 and v or Z24
+      end
+    end
+  end
+  local partials = keys[4]
+  if partials and args[11] then
+    -- partials no flow can be live in any more
+    local first = tonumber(args[11])
+    local all = try('HKEYS', partials) or {}
+    local dead = {}
+    for _, fld in ipairs(all) do
+      if #fld == 28 then
+        local sl, sh = struct.unpack('<I4I4', fld, 21)
+        if sh * B32 + sl < first then dead[#dead + 1] = fld end
+      else
+        dead[#dead + 1] = fld
+      end
+    end
+    for i = 1, #dead, 4000 do
+      redis.call('HDEL', partials, unpack(dead, i, math.min(i + 3999, #dead)))
     end
   end
   for i = 1, #del, 4000 do
@@ -379,6 +584,7 @@ local function expire(keys, args)
     local t, k = trim(r, l, tonumber(meta[2]) or 0, tonumber(meta[3]) or 0, n, now, retention)
     redis.call('HSET', m, 't', t, 'k', k)
   end
+  if partials then return {#del, table.concat(del), table.concat(jb)} end
   return #del
 end
 
@@ -398,4 +604,8 @@ redis.register_function('xpro_v1_lease', lease)
 redis.register_function{function_name = 'xpro_v1_changes', callback = changes,
                         flags = {'no-writes'}}
 redis.register_function('xpro_v1_expire', expire)
+redis.register_function('xpro_v1_publish', publish)
+redis.register_function{function_name = 'xpro_v1_pull', callback = pull, flags = {'no-writes'}}
+redis.register_function{function_name = 'xpro_v1_clients', callback = clients,
+                        flags = {'no-writes'}}
 """

@@ -58,6 +58,8 @@ REDIS_COMMANDS: tuple[str, ...] = (
     "expire", "time",
     # inside the xpro_v1 functions (xpro.stores._redis_lua)
     "hmget", "hlen", "hdel", "del", "rpush", "lpop", "lindex", "lrange",
+    # candidates, partials, known clients (xpro_v1_publish, _pull, _clients)
+    "hkeys", "sadd", "srem", "smembers",
 )
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from xpro.core.bounds import Bounds
 from xpro.core.layout import MASTER
 from xpro.core.model import SyncParams
+from xpro.core.pull import PullRule
 from xpro.core.status import ProxyStatus
 
 __all__ = ["MAX_REJECTED", "REFUSED", "Store"]
@@ -46,6 +47,11 @@ class Store(abc.ABC):
 
     #: URL schemes this class serves.
     schemes: ClassVar[tuple[str, ...]] = ()
+    #: Whether this store judges merges by a :class:`~xpro.core.pull.PullRule`
+    #: (``merge(..., rule=)``) and serves :meth:`pull` and :meth:`clients`: the
+    #: pull of candidates and destination partials (docs/sync.rst, "What a round
+    #: pulls").  A store without it is read in full with :meth:`changes`.
+    candidates: ClassVar[bool] = False
 
     @classmethod
     @abc.abstractmethod
@@ -55,7 +61,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def merge(self, keys: np.ndarray, local: np.ndarray, params: SyncParams,
-              bounds: Bounds | None = None) -> tuple[np.ndarray, np.ndarray]:
+              bounds: Bounds | None = None, rule: PullRule | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
         """Apply the master side of :func:`xpro.core.model.merge` to each key, atomically per key.
 
         ``keys`` (FLOW_KEY, no duplicates) and ``local`` (LOCAL) are parallel
@@ -68,6 +75,11 @@ class Store(abc.ABC):
         the record was out of bounds), from which the caller computes the
         same ``local'`` with :func:`xpro.core.model.merge`.  A record the
         store could not merge comes back as :data:`REFUSED`.
+
+        With a ``rule`` (only given to a store with :attr:`candidates`), the
+        store also publishes the candidates and moves the destination
+        partials of the records it wrote, in the same atomic step
+        (:mod:`xpro.core.pull`).
 
         If it raises :class:`~xpro.errors.StoreError`, the batch may or may not
         have been applied; calling it again on the same object with the same
@@ -87,6 +99,26 @@ class Store(abc.ABC):
         with the next call from the new cursor, whose attribute ``more`` is
         True while some were left.
         """
+
+    def pull(self, cursor: Any | None, limit: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Any]:
+        """Candidates and destination partials changed since ``cursor`` (all for None).
+
+        Returns ``(keys, records, agg_keys, partials, new_cursor)``: the
+        candidate flows (FLOW_KEY, MASTER) that merges judged by a rule
+        (:func:`xpro.core.pull.is_candidate`, before or after the merge)
+        since the cursor, and the partials (:data:`~xpro.core.pull.AGG_KEY`,
+        :data:`~xpro.core.pull.PARTIAL`) they changed, as they are now.  A
+        ``limit`` bounds the candidates as in :meth:`changes`; partials come
+        whole.  Only for a store with :attr:`candidates`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not serve pull()")
+
+    def clients(self, dsts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The flows indexed as possible known clients of these destinations
+        (DST_KEY, pad 0), with their master records; only for a store with
+        :attr:`candidates`."""
+        raise NotImplementedError(f"{type(self).__name__} does not serve clients()")
 
     @abc.abstractmethod
     def heartbeat(self, proxy: str, workload: float, now: int, offset: int | None = None

@@ -40,9 +40,10 @@ import numpy as np
 
 from xpro.config.kinds import mask_url, redact, split_url
 from xpro.core.bounds import FUTURE, REASONS, Bounds
-from xpro.core.layout import FLOW_KEY, MASTER
+from xpro.core.layout import DST_KEY, FLOW_KEY, MASTER
 from xpro.core.merge import merge_arrays
 from xpro.core.model import SyncParams
+from xpro.core.pull import AGG_KEY, PARTIAL, PullRule, judge_arrays, partial_deltas
 from xpro.core.status import ProxyStatus
 from xpro.errors import ConfigError, StoreConflict, StoreError, StoreUnavailable
 from xpro.hooks.specs import hookimpl
@@ -64,6 +65,7 @@ from xpro.stores._common import (
     encode_heartbeat,
     key_hex,
     key_list,
+    keys_from_bytes,
     max_ts,
     merged_options,
     opt_int,
@@ -160,6 +162,19 @@ class EtcdStore(Store):
         self._k_trim = p + b"lt"
         self._k_cfg = p + b"cfg"
         self._p_lease = p + b"lease/"
+        # Candidates, partials, known clients (docs/sync.rst, "What a round pulls").
+        self._p_clog = p + b"c/"
+        self._p_cset = p + b"cs/"
+        self._p_rows = p + b"a/"
+        self._p_alog = p + b"al/"
+        self._p_known = p + b"k/"
+        self._k_pub = p + b"pv"
+        self._k_ptrim = p + b"pt"
+        #: This client's partial rows: (slot, dst) -> [ts1, ts2, c, n], the
+        #: sum of the moves it published (ts1 all ones: none added).
+        self._rows: dict[tuple[int, bytes], list[int]] = {}
+        self._rule: PullRule | None = None
+        self._published: set[int] = set()
         self._cfg_ok = False
 
     @classmethod
@@ -400,7 +415,8 @@ class EtcdStore(Store):
     # ------------------------------------------------------------------
 
     def merge(self, keys: np.ndarray, local: np.ndarray, params: SyncParams,
-              bounds: Bounds | None = None) -> tuple[np.ndarray, np.ndarray]:
+              bounds: Bounds | None = None, rule: PullRule | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
         """Compare-and-swap transactions of up to 120 records, retried on conflict.
 
         Atomic per record.  If it raises :class:`StoreUnavailable`, calling it
@@ -425,7 +441,17 @@ class EtcdStore(Store):
                 op, stamp = self._op, now
             self._replay, self._replay_stamp = None, stamp
             try:
-                return self._merge(k, loc, params, op, stamp, b)
+                existed, before = self._merge(k, loc, params, op, stamp, b)
+                if rule is not None:
+                    self._rule = rule
+                    if op not in self._published:
+                        written = ~((before == REFUSED) & ~existed)
+                        _, after = merge_arrays(loc, np.ones(n, dtype=bool), before, existed,
+                                                params)
+                        self._publish(k, before, existed & written, after, written, rule,
+                                      f"{stamp:016x}/{self.client_id}/{op:08x}")
+                        self._published = {op}
+                return existed, before
             except BaseException:
                 self._replay = Replay(batch_digest(k, loc, params), op)
                 raise
@@ -683,6 +709,160 @@ class EtcdStore(Store):
             vals.append(kv.value)
         return decode_values(keys, vals, limit, f"etcd mesh {self.mesh}", self.reject)
 
+    # ------------------------------------------------------------------
+    # Candidates, partials, known clients
+    # ------------------------------------------------------------------
+
+    candidates = True
+
+    def _row_key(self, slot: int, dst: bytes, client: str | None = None) -> bytes:
+        return self._p_rows + struct.pack(">Q", slot) + dst + b"/" + (
+            (client or self.client_id).encode())
+
+    def _publish(self, k: np.ndarray, before: np.ndarray, had: np.ndarray, after: np.ndarray,
+                 has: np.ndarray, rule: PullRule, name: str) -> None:
+        """Publish the moves of a merge (or deletion), judged here from its exact
+        before and after: the candidate log and set, this client's partial
+        rows (a destination's partial is the sum of every client's row, so
+        proxies never contend on one key), the known-client index.  Puts of
+        values computed once: sent again, they change nothing."""
+        rpc, _ = _etcd()
+        judged, cs_add, cs_del, elig = judge_arrays(k, before, had, after, has, rule)
+        unelig = had & ~has
+        ak, t1, t2, dc, dn = partial_deltas(k, before, had, after, has, rule)
+        big = (1 << 64) - 1
+        ops: list[Any] = []
+
+        def put(key: bytes, value: bytes) -> None:
+            ops.append(rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value)))
+
+        def delete(key: bytes) -> None:
+            ops.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key)))
+
+        rows = dict(self._rows)
+        fields: list[bytes] = []
+        for a, x1, x2, c, m in zip(ak, t1.tolist(), t2.tolist(), dc.tolist(), dn.tolist(),
+                                   strict=True):
+            dst, slot = a["dst"].tobytes(), int(a["slot"])
+            row = rows.get((slot, dst), [big, 0, 0, 0])
+            row = [min(row[0], x1), max(row[1], x2), row[2] + c, row[3] + m]
+            rows[(slot, dst)] = row
+            put(self._row_key(slot, dst), struct.pack("<QQqq", *row))
+            fields.append(dst + struct.pack("<Q", slot))
+        for kb in key_list(k[cs_add]):
+            put(self._p_cset + kb, b"")
+        for kb in key_list(k[cs_del]):
+            delete(self._p_cset + kb)
+        for kb in key_list(k[elig]):
+            put(self._p_known + _dst0(kb) + b"/" + kb, b"")
+        for kb in key_list(k[unelig]):
+            delete(self._p_known + _dst0(kb) + b"/" + kb)
+        if judged.any():
+            put(self._p_clog + name.encode(), k[judged].tobytes())
+        if fields:
+            put(self._p_alog + name.encode(), b"".join(fields))
+        if not ops:
+            return
+        put(self._k_pub, b"")
+        reqs = [self._txn(rpc, [], ops[i : i + 120], []) for i in range(0, len(ops), 120)]
+        self._call_txns(reqs, "publishing candidates and partials")
+        self._rows = rows
+
+    def pull(self, cursor: Any | None, limit: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, EtcdCursor]:
+        """Candidates and partials changed since ``cursor`` (a revision), through
+        their logs; everything (the candidate set, every row) for None or a
+        cursor older than the logs' trimming.  Candidates come whole: ``limit``
+        is not applied."""
+        rpc, _ = _etcd()
+        lim_ts = max_ts(self.max_future)
+        with self._guard():
+            req = self._txn(rpc, [], [self._range_op(rpc, self._k_pub),
+                                      self._range_op(rpc, self._k_ptrim)], [])
+            (resp,) = self._call_txns([req], "pulling candidates")
+            rev, cluster = resp.header.revision, resp.header.cluster_id
+            pub_kv = resp.responses[0].response_range.kvs
+            trim_kv = resp.responses[1].response_range.kvs
+            trimmed = _int(trim_kv[0].value) if trim_kv else 0
+            cur = cursor if (isinstance(cursor, EtcdCursor) and cursor.cluster == cluster
+                             and cursor.revision <= rev) else None
+            since = cur.revision if cur is not None else -1
+            out = EtcdCursor(cluster, rev)
+            if since >= 0 and (not pub_kv or pub_kv[0].mod_revision <= since):
+                return (_empty_keys(), np.zeros(0, dtype=MASTER), np.zeros(0, dtype=AGG_KEY),
+                        np.zeros(0, dtype=PARTIAL), out)
+            cand: dict[bytes, None] = {}
+            parts: dict[bytes, None] = {}
+            full = since < 0 or trimmed > since
+            if full:
+                kvs, _, _ = self._range_all(self._p_cset, revision=rev, keys_only=True)
+                for kv in kvs:
+                    cand[kv.key[len(self._p_cset):]] = None
+            else:
+                for kv in self._range_all(self._p_clog, revision=rev, min_mod=since + 1)[0]:
+                    v = kv.value
+                    for i in range(0, len(v) - KEY_SIZE + 1, KEY_SIZE):
+                        cand[v[i : i + KEY_SIZE]] = None
+                for kv in self._range_all(self._p_alog, revision=rev, min_mod=since + 1)[0]:
+                    v = kv.value
+                    for i in range(0, len(v) - 27, 28):
+                        parts[v[i : i + 28]] = None
+            kvs = self._get_many([self._p_rec + kb for kb in cand], rev)
+            keys, recs = self._decode_kvs(kvs, lim_ts)
+            if full:
+                rows, _, _ = self._range_all(self._p_rows, revision=rev)
+            else:
+                reqs = []
+                fl = list(parts)
+                for i in range(0, len(fl), 120):
+                    reqs.append(self._txn(rpc, [], [
+                        self._range_op(rpc, pre, range_end=self._prefix_end(pre), revision=rev)
+                        for pre in (self._p_rows + f[20:28][::-1] + f[:20] + b"/"
+                                    for f in fl[i : i + 120])], []))
+                rows = [kv for r in self._call_txns(reqs, "reading partials")
+                        for x in r.responses for kv in x.response_range.kvs]
+        ak, pv = self._sum_rows(rows)
+        return keys, recs, ak, pv, out
+
+    def _sum_rows(self, rows: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Every client's rows summed per (destination, slot): the partials."""
+        big = (1 << 64) - 1
+        plen = len(self._p_rows)
+        tot: dict[tuple[int, bytes], list[int]] = {}
+        for kv in rows:
+            key, v = kv.key, kv.value
+            if len(v) != 32 or len(key) < plen + 29 or key[plen + 28 : plen + 29] != b"/":
+                self.reject(repr(key[:80]), "not a partial row")
+                continue
+            slot = struct.unpack(">Q", key[plen : plen + 8])[0]
+            dst = key[plen + 8 : plen + 28]
+            x1, x2, c, n = struct.unpack("<QQqq", v)
+            t = tot.setdefault((slot, dst), [big, 0, 0, 0])
+            t[0], t[1] = min(t[0], x1), max(t[1], x2)
+            t[2] += c
+            t[3] += n
+        ak = np.zeros(len(tot), dtype=AGG_KEY)
+        pv = np.zeros(len(tot), dtype=PARTIAL)
+        for i, ((slot, dst), (x1, x2, c, n)) in enumerate(tot.items()):
+            ak[i]["dst"] = np.frombuffer(dst, dtype=DST_KEY)[0]
+            ak[i]["slot"] = slot
+            if n > 0:
+                pv[i] = (0 if x1 == big else x1, x2, max(0, min(c, 1 << 62)), n)
+        return ak, pv
+
+    def clients(self, dsts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The known-client index ``k/<dst>/<key>`` of these destinations."""
+        dk = np.array(dsts, dtype=DST_KEY).reshape(-1)
+        dk["pad"] = 0
+        found: list[bytes] = []
+        with self._guard():
+            for d in dk:
+                pre = self._p_known + d.tobytes() + b"/"
+                kvs, _, _ = self._range_all(pre, keys_only=True)
+                found.extend(kv.key[len(pre):] for kv in kvs)
+            kvs = self._get_many([self._p_rec + kb for kb in found if len(kb) == KEY_SIZE], 0)
+        return self._decode_kvs(kvs, max_ts(self.max_future))
+
     def heartbeat(self, proxy: str, workload: float, now: int, offset: int | None = None
                   ) -> None:
         if not math.isfinite(workload) or workload < 0:
@@ -748,16 +928,55 @@ class EtcdStore(Store):
                 for s in range(0, len(doomed), 128)
             ]
             deleted = 0
+            gone: list[Any] = []
             for req, resp in zip(reqs, self._call_txns(reqs, "expire"), strict=True):
+                chunk = doomed[: len(req.success)]
+                doomed = doomed[len(req.success):]
                 if resp.succeeded:
                     deleted += len(req.success)
+                    gone.extend(chunk)
                 else:  # some changed meanwhile: delete the others one by one
-                    for c, opx in zip(req.compare, req.success, strict=True):
+                    for kv, c, opx in zip(chunk, req.compare, req.success, strict=True):
                         one = self._txn(rpc, [c], [opx], [])
                         (r1,) = self._call_txns([one], "expire")
                         deleted += int(r1.succeeded)
+                        if r1.succeeded:
+                            gone.append(kv)
             self._trim_log(rpc)
+            if self._rule is not None:
+                self._expire_partials(rpc, gone, before, self._rule)
         return deleted
+
+    def _expire_partials(self, rpc: Any, gone: Sequence[Any], before: int, rule: PullRule
+                         ) -> None:
+        """The deleted records leave their partials; rows no flow can be live in
+        any more and log entries older than log_retention go."""
+        plen = len(self._p_rec)
+        good = [kv for kv in gone if len(kv.value) == RECORD_SIZE
+                and len(kv.key) == plen + KEY_SIZE]
+        if good:
+            k = keys_from_bytes([kv.key[plen:] for kv in good])
+            v = np.frombuffer(b"".join(kv.value for kv in good), dtype=MASTER).copy()
+            n = len(k)
+            self._publish(k, v, np.ones(n, bool), np.zeros(n, dtype=MASTER), np.zeros(n, bool),
+                          rule, f"{time.time_ns():016x}/{self.client_id}/x")
+        first = rule.live_from(before)
+        dead_end = self._p_rows + struct.pack(">Q", first)
+        cut = f"{time.time_ns() - self.log_retention * 10**9:016x}".encode()
+        top = 0
+        for pre in (self._p_clog, self._p_alog):
+            kvs, _, _ = self._range_all(pre, keys_only=True)
+            old = [kv for kv in kvs if kv.key < pre + cut]
+            top = max([top, *(kv.mod_revision for kv in old)])
+        ops = [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(
+            key=self._p_rows, range_end=dead_end))]
+        ops += [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(
+            key=pre, range_end=pre + cut)) for pre in (self._p_clog, self._p_alog)]
+        if top:
+            ops.append(rpc.RequestOp(request_put=rpc.PutRequest(key=self._k_ptrim,
+                                                                value=str(top).encode())))
+        self._call_txns([self._txn(rpc, [], ops, [])], "expiring partials")
+        self._rows = {at: r for at, r in self._rows.items() if at[0] >= first}
 
     def _trim_log(self, rpc: Any) -> None:
         """Delete change-log entries older than log_retention, recording their revisions."""
@@ -884,6 +1103,11 @@ def _int(b: bytes) -> int:
         return int(b.decode())
     except (UnicodeDecodeError, ValueError):
         return 1 << 62  # unreadable: assume everything was trimmed
+
+
+def _dst0(key: bytes) -> bytes:
+    """A flow key's destination with pad 0."""
+    return key[16:35] + b"\0"
 
 
 def _empty_keys() -> np.ndarray:

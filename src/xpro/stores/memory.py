@@ -25,9 +25,18 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from xpro.core.bounds import FUTURE, REASONS, Bounds
-from xpro.core.layout import FLOW_KEY, MASTER
+from xpro.core.layout import DST_KEY, FLOW_KEY, MASTER
 from xpro.core.merge import merge_arrays
 from xpro.core.model import SyncParams
+from xpro.core.pull import (
+    AGG_KEY,
+    PARTIAL,
+    PullRule,
+    apply_partials,
+    candidates_array,
+    eligible_array,
+    partial_deltas,
+)
 from xpro.core.status import ProxyStatus
 from xpro.errors import ConfigError
 from xpro.hooks.specs import hookimpl
@@ -50,7 +59,11 @@ from xpro.stores.base import REFUSED, Store
 if TYPE_CHECKING:
     from xpro.hooks.registry import Registry
 
-__all__ = ["MemoryCursor", "MemoryStore", "xpro_add_stores"]
+__all__ = ["MemoryCursor", "MemoryPullCursor", "MemoryStore", "xpro_add_stores"]
+
+#: Merges whose touched partials the memory store remembers for readers
+#: (a reader further behind reads every partial).
+PARTIAL_LOG = 4096
 
 log = logging.getLogger("xpro.stores.memory")
 
@@ -69,6 +82,18 @@ class MemoryCursor:
     more: bool = False
 
 
+@dataclass(frozen=True)
+class MemoryPullCursor:
+    """A pull reader's position: candidates as :class:`MemoryCursor`, and the
+    version of the last partial change seen."""
+
+    state: str
+    version: int
+    slot: int = 1 << 62
+    more: bool = False
+    partials: int = 0
+
+
 @dataclass
 class _State:
     """One mesh's master: records in slots of growable arrays."""
@@ -79,6 +104,8 @@ class _State:
     keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=FLOW_KEY))
     recs: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=MASTER))
     ver: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    #: The version of the last merge that judged each record a candidate.
+    cver: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
     alive: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     free: list[int] = field(default_factory=list)
     used: int = 0
@@ -86,13 +113,60 @@ class _State:
     heartbeats: dict[str, ProxyStatus] = field(default_factory=dict)
     leases: dict[str, tuple[str, float]] = field(default_factory=dict)  # holder, until
     clock: Callable[[], int] = time.time_ns  # the store's clock (tests set a fake one)
+    #: Destination partials: AGG_KEY bytes -> PARTIAL row; the log of the
+    #: versions that changed them; the known-client index (dst -> keys).
+    partials: dict[bytes, np.void] = field(default_factory=dict)
+    plog: list[tuple[int, list[bytes]]] = field(default_factory=list)
+    plog_head: int = 0  # the version before the oldest entry kept
+    clients: dict[bytes, set[bytes]] = field(default_factory=dict)
+    rule: PullRule | None = None
+
+    def judge(self, rule: PullRule, k: np.ndarray, before: np.ndarray, had: np.ndarray,
+              after: np.ndarray, has: np.ndarray, slots: np.ndarray) -> None:
+        """A merge's (or deletion's) candidates, partials and known-client index."""
+        self.rule = rule
+        cand = (had & candidates_array(k, before, rule)) | (has & candidates_array(k, after,
+                                                                                  rule))
+        self.cver[slots[cand]] = self.version
+        ak, t1, t2, dc, dn = partial_deltas(k, before, had, after, has, rule)
+        if len(ak):
+            vk = [bytes(x) for x in ak.view(np.dtype((np.void, AGG_KEY.itemsize)))]
+            cur = np.zeros(len(vk), dtype=PARTIAL)
+            for i, x in enumerate(vk):
+                v = self.partials.get(x)
+                if v is not None:
+                    cur[i] = v
+            new = apply_partials(cur, t1, t2, dc, dn)
+            for x, v in zip(vk, new, strict=True):
+                self.partials[x] = v
+            self.plog.append((self.version, vk))
+            if len(self.plog) > PARTIAL_LOG:
+                self.plog_head = self.plog.pop(0)[0]
+        elig = has & eligible_array(k, after, rule) & ~(had & eligible_array(k, before, rule))
+        gone = had & ~has
+        for sel, add in ((elig, True), (gone, False)):
+            if not sel.any():
+                continue
+            dk = np.array(k["dst"][sel], dtype=DST_KEY)
+            dk["pad"] = 0
+            raw, w = dk.tobytes(), DST_KEY.itemsize
+            for d, kb in zip([raw[i : i + w] for i in range(0, len(raw), w)],
+                             key_list(k[sel]), strict=True):
+                if add:
+                    self.clients.setdefault(d, set()).add(kb)
+                else:
+                    members = self.clients.get(d)
+                    if members is not None:
+                        members.discard(kb)
+                        if not members:
+                            del self.clients[d]
 
     def grow(self, need: int) -> None:
         cap = len(self.recs)
         if need <= cap:
             return
         new = max(need, 2 * cap, 1024)
-        for name in ("keys", "recs", "ver", "alive"):
+        for name in ("keys", "recs", "ver", "cver", "alive"):
             old = getattr(self, name)
             arr = np.zeros(new, dtype=old.dtype)
             arr[:cap] = old
@@ -161,8 +235,11 @@ class MemoryStore(Store):
     def __repr__(self) -> str:
         return f"MemoryStore('memory://{self.name}', mesh={self.mesh!r})"
 
+    candidates = True
+
     def merge(self, keys: np.ndarray, local: np.ndarray, params: SyncParams,
-              bounds: Bounds | None = None) -> tuple[np.ndarray, np.ndarray]:
+              bounds: Bounds | None = None, rule: PullRule | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
         limit = max_ts(self.max_future)
         b = bounds or default_bounds(self.max_future)
         k, loc = check_merge_input(keys, local, params, limit)
@@ -200,6 +277,8 @@ class MemoryStore(Store):
             st.version += 1
             st.recs[slots[~refused]] = new[~refused]
             st.ver[slots[~refused]] = st.version
+            if rule is not None:
+                st.judge(rule, k, before, existed, new, ~refused, slots)
         before[refused] = REFUSED
         return existed, before
 
@@ -239,6 +318,65 @@ class MemoryStore(Store):
             keys, recs = keys[ok], recs[ok]
         return keys, recs, MemoryCursor(st.ident, version, last, more)
 
+    def pull(self, cursor: Any | None, limit: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, MemoryPullCursor]:
+        """Candidates judged after the cursor (as :meth:`changes`), and the partials
+        changed since (every partial if the cursor is older than the log)."""
+        st = self._state
+        if isinstance(cursor, MemoryPullCursor) and cursor.state == st.ident:
+            since, after, pver = cursor.version, cursor.slot, cursor.partials
+        else:
+            since, after, pver = 0, 1 << 62, -1
+        lim_ts = max_ts(self.max_future)
+        with st.lock:
+            u = st.used
+            ver = st.cver[:u]
+            slots = np.arange(u)
+            sel = np.flatnonzero(st.alive[:u] & ((ver > np.uint64(since)) | (
+                (ver == np.uint64(since)) & (slots > after))))
+            more = limit is not None and len(sel) > limit
+            if more:
+                assert limit is not None
+                order = np.lexsort((sel, ver[sel]))[:limit]
+                sel = sel[order]
+                version, last = int(ver[sel[-1]]), int(sel[-1])
+            else:
+                version, last = st.version, 1 << 62
+            keys = st.keys[sel].copy()
+            recs = st.recs[sel].copy()
+            if pver < st.plog_head:
+                touched = list(st.partials)
+            else:
+                seen: set[bytes] = set()
+                for v, lst in reversed(st.plog):
+                    if v <= pver:
+                        break
+                    seen.update(lst)
+                touched = list(seen)
+            ak = np.frombuffer(b"".join(touched), dtype=AGG_KEY).copy()
+            parts = np.array([st.partials[x] for x in touched], dtype=PARTIAL).reshape(-1)
+            pnow = st.version
+        ok = valid_master(recs, lim_ts)
+        if not ok.all():
+            for kb in key_list(keys[~ok])[:100]:
+                self.reject(key_hex(kb), "out of bounds")
+            keys, recs = keys[ok], recs[ok]
+        return keys, recs, ak, parts, MemoryPullCursor(st.ident, version, last, more, pnow)
+
+    def clients(self, dsts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        dk = np.array(dsts, dtype=DST_KEY).reshape(-1)
+        dk["pad"] = 0
+        w = DST_KEY.itemsize
+        raw = dk.tobytes()
+        st = self._state
+        with st.lock:
+            found = [kb for i in range(0, len(raw), w) for kb in st.clients.get(raw[i : i + w], ())]
+            slots, ok = st.slots_for(found)
+            keys = st.keys[slots[ok]].copy()
+            recs = st.recs[slots[ok]].copy()
+        good = valid_master(recs, max_ts(self.max_future))
+        return keys[good], recs[good]
+
     def heartbeat(self, proxy: str, workload: float, now: int, offset: int | None = None
                   ) -> None:
         if not math.isfinite(workload) or workload < 0:
@@ -267,6 +405,17 @@ class MemoryStore(Store):
             recs = st.recs[:u]
             gone = live & ((recs["ts2"] < np.uint64(before)) | (b.check(recs) != 0))
             idx = np.flatnonzero(gone)
+            if st.rule is not None:
+                rule = st.rule
+                st.version += 1
+                n = len(idx)
+                st.judge(rule, st.keys[idx], st.recs[idx], np.ones(n, bool),
+                         np.zeros(n, dtype=MASTER), np.zeros(n, bool), idx)
+                first = rule.live_from(max(0, before))
+                dead = [x for x in st.partials
+                        if int(np.frombuffer(x, dtype=AGG_KEY)["slot"][0]) < first]
+                for x in dead:
+                    del st.partials[x]
             for kb in key_list(st.keys[idx]):
                 del st.index[kb]
             st.alive[idx] = False

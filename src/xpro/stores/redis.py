@@ -29,8 +29,10 @@ import numpy as np
 
 from xpro.config.kinds import mask_url, redact, split_url
 from xpro.core.bounds import Bounds
-from xpro.core.layout import MASTER
+from xpro.core.layout import DST_KEY, FLOW_KEY, MASTER
+from xpro.core.merge import merge_arrays
 from xpro.core.model import SyncParams
+from xpro.core.pull import AGG_KEY, PARTIAL, PullRule, judge_arrays, partial_deltas
 from xpro.core.status import ProxyStatus
 from xpro.errors import BadRecord, ConfigError, StoreError, StoreUnavailable
 from xpro.hooks.specs import hookimpl
@@ -70,7 +72,8 @@ from xpro.stores.base import REFUSED, Store
 if TYPE_CHECKING:
     from xpro.hooks.registry import Registry
 
-__all__ = ["ENCODING", "KNOWN_OPTIONS", "WIRE", "RedisCursor", "RedisStore", "xpro_add_stores"]
+__all__ = ["ENCODING", "KNOWN_OPTIONS", "WIRE", "RedisCursor", "RedisPullCursor", "RedisStore",
+           "xpro_add_stores"]
 
 log = logging.getLogger("xpro.stores.redis")
 
@@ -106,6 +109,17 @@ class RedisCursor:
     epoch: str
     versions: tuple[int, ...]
     scans: tuple[tuple[int, int, int], ...] = ()
+    more: bool = False
+
+
+@dataclass(frozen=True)
+class RedisPullCursor:
+    """A pull reader's position: per bucket, the candidate-log and partial-log
+    entries seen (``more``: candidates were left for the next read)."""
+
+    epoch: str
+    cands: tuple[int, ...]
+    parts: tuple[int, ...]
     more: bool = False
 
 
@@ -184,6 +198,8 @@ class RedisStore(Store):
         self._replay: Replay | None = None
         self._conn: _Conn | None = None
         self._epoch: str | None = None
+        #: The rule of the last judged merge: expire moves partials by it too.
+        self._rule: PullRule | None = None
         self._tags = [f"{{xpro:{self.mesh}:{b}}}" for b in range(self.buckets)]
         self._cfg_key = f"{{xpro:{self.mesh}}}:cfg"
         self._lease_key = f"{{xpro:{self.mesh}}}:lease:"
@@ -560,7 +576,8 @@ class RedisStore(Store):
     # ------------------------------------------------------------------
 
     def merge(self, keys: np.ndarray, local: np.ndarray, params: SyncParams,
-              bounds: Bounds | None = None) -> tuple[np.ndarray, np.ndarray]:
+              bounds: Bounds | None = None, rule: PullRule | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
         """Merge through the ``xpro_v1_merge`` function, per bucket, pipelined.
 
         Atomic per record.  If it raises :class:`StoreUnavailable`, calling it
@@ -577,6 +594,8 @@ class RedisStore(Store):
         n = len(k)
         existed = np.zeros(n, dtype=bool)
         before = np.zeros(n, dtype=MASTER)
+        if rule is not None:
+            self._rule = rule
         if n == 0:
             return existed, before
         if self._epoch is None:
@@ -609,7 +628,7 @@ class RedisStore(Store):
             lo, hi = int(edges[bk]), int(edges[bk + 1])
             for ci, s in enumerate(range(lo, hi, self.batch)):
                 e = min(s + self.batch, hi)
-                head = (
+                head: tuple[Any, ...] = (
                     "FCALL", "xpro_v1_merge", 4, f"{tag}:r", f"{tag}:l", f"{tag}:m",
                     f"{tag}:d:{self.client_id}", op, ci, *fixed, wraw[s * ws : e * ws],
                     stamp + kraw[s * KEY_SIZE : e * KEY_SIZE],
@@ -656,7 +675,66 @@ class RedisStore(Store):
                 log.warning("redis mesh %s: record %s was corrupt; replaced by this proxy's record",
                             self.mesh, key_hex(kb))
             self.reject(key_hex(kb), "merged into: corrupt or out of bounds")
+        if rule is not None:
+            try:
+                self._publish(k, loc, existed, before, buckets, params, rule, op, stamp)
+            except BaseException:
+                self._replay = Replay(batch_digest(k, loc, params), op)
+                raise
         return existed, before
+
+    def _publish(self, k: np.ndarray, loc: np.ndarray, existed: np.ndarray, before: np.ndarray,
+                 buckets: np.ndarray, params: SyncParams, rule: PullRule, op: int,
+                 stamp: bytes) -> None:
+        """Publish what a merge did, judged here from its exact before and after
+        (:mod:`xpro.core.pull`)."""
+        written = ~((before == REFUSED) & ~existed)
+        _, after = merge_arrays(loc, np.ones(len(loc), dtype=bool), before, existed, params)
+        self._publish_moves(k, before, existed & written, after, written, buckets, rule, op,
+                            stamp)
+
+    def _publish_moves(self, k: np.ndarray, before: np.ndarray, had: np.ndarray,
+                       after: np.ndarray, has: np.ndarray, buckets: np.ndarray, rule: PullRule,
+                       op: int | str, stamp: bytes) -> None:
+        """One ``xpro_v1_publish`` call per bucket, pipelined: the candidates and
+        known clients of the bucket's flows, the partials of the bucket's
+        destinations; at most once per (op, bucket).  Beside the merge, not in
+        it: the server's work follows the candidates and the destinations
+        touched, not the records merged."""
+        judged, cs_add, cs_del, elig = judge_arrays(k, before, had, after, has, rule)
+        unelig = had & ~has
+        ak, t1, t2, dc, dn = partial_deltas(k, before, had, after, has, rule)
+        home = self._dst_buckets(ak["dst"])
+        pk = np.zeros(len(ak), dtype=_DELTA)
+        pk["dst"], pk["slot"] = ak["dst"], ak["slot"]
+        pk["t1"] = t1
+        pk["t2"] = np.where(t1 == np.iinfo(np.uint64).max, np.iinfo(np.uint64).max, t2)
+        pk["plus"] = np.maximum(dc, 0)
+        pk["minus"] = np.maximum(-dc, 0)
+        pk["dn"] = dn
+        per = np.bincount(buckets[judged | cs_del | elig | unelig], minlength=self.buckets) \
+            + np.bincount(home, minlength=self.buckets)
+        calls: list[_Call] = []
+        for bk in np.flatnonzero(per):
+            tag = self._tags[bk]
+            mine = buckets == bk
+            calls.append(_Call((
+                "FCALL", "xpro_v1_publish", 7, f"{tag}:r", f"{tag}:m", f"{tag}:c", f"{tag}:cs",
+                f"{tag}:a", f"{tag}:al", f"{tag}:p:{self.client_id}", op, "p", stamp,
+                k[mine & judged].tobytes(), k[mine & cs_add].tobytes(),
+                k[mine & cs_del].tobytes(), pk[home == bk].tobytes(), k[mine & elig].tobytes(),
+                k[mine & unelig].tobytes()), f"{tag}:r", int(bk)))
+        for call, res in zip(calls, self._execute(calls, "publish"), strict=True):
+            if isinstance(res, Exception):
+                log.warning("redis mesh %s: publishing a merge's candidates and partials in "
+                            "bucket %d failed: %s", self.mesh, call.bucket, res)
+
+    def _dst_buckets(self, dsts: np.ndarray) -> np.ndarray:
+        """The bucket of each destination's partials: that of its key with a zero source."""
+        fk = np.zeros(len(dsts), dtype=FLOW_KEY)
+        fk["dst"] = dsts
+        fk["dst"]["pad"] = 0
+        return bucket_of(fk, self.buckets)
 
     def changes(self, cursor: Any | None, limit: int | None = None
                 ) -> tuple[np.ndarray, np.ndarray, RedisCursor]:
@@ -744,6 +822,107 @@ class RedisStore(Store):
         return ks, recs, RedisCursor(epoch, tuple(versions),
                                      tuple((b, hc, v0) for b, (hc, v0) in sorted(scans.items())),
                                      more)
+
+    candidates = True
+
+    def pull(self, cursor: Any | None, limit: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, RedisPullCursor]:
+        """Candidates and partials changed since ``cursor``, per bucket
+        (``xpro_v1_pull``, pipelined): O(candidates + partials changed)."""
+        lim_ts = max_ts(self.max_future)
+        epoch = self._epoch or self._check_cfg()
+        if (isinstance(cursor, RedisPullCursor) and cursor.epoch == epoch
+                and len(cursor.cands) == self.buckets):
+            cseen, aseen = list(cursor.cands), list(cursor.parts)
+        else:
+            cseen, aseen = [-1] * self.buckets, [-1] * self.buckets
+        cap = 0 if limit is None else max(1, limit // self.buckets)
+        calls = [_Call(("HGET", self._cfg_key, "epoch"), self._cfg_key)]
+        for b, tag in enumerate(self._tags):
+            calls.append(_Call(("FCALL_RO", "xpro_v1_pull", 6, f"{tag}:r", f"{tag}:m",
+                                f"{tag}:c", f"{tag}:cs", f"{tag}:a", f"{tag}:al",
+                                cseen[b], aseen[b], cap), f"{tag}:r", b))
+        res = self._execute(calls, "pulling candidates")
+        now_epoch = _text(res[0]) if res[0] is not None and not isinstance(res[0], Exception) \
+            else None
+        if now_epoch != epoch:
+            log.warning("redis mesh %s: the store's epoch changed (emptied or replaced?); "
+                        "pulling everything again", self.mesh)
+            self.reject("config epoch", "changed: every candidate is pulled again")
+            self._epoch = None
+            if cursor is None:
+                epoch = self._check_cfg()
+            else:
+                return self.pull(None, limit)
+        got_keys: list[bytes] = []
+        got_vals: list[bytes | None] = []
+        akeys: list[bytes] = []
+        avals: list[bytes] = []
+        shards: list[int] = []
+        more = False
+        for call, r in zip(calls[1:], res[1:], strict=True):
+            b = call.bucket
+            if isinstance(r, Exception):
+                log.error("redis mesh %s: bucket %d cannot be pulled (%s); skipping it",
+                          self.mesh, b, r)
+                continue
+            kb, vals = bytes(r[2]), r[3]
+            if len(kb) % KEY_SIZE == 0 and len(kb) // KEY_SIZE == len(vals):
+                got_keys.extend(kb[i : i + KEY_SIZE] for i in range(0, len(kb), KEY_SIZE))
+                got_vals.extend(vals)
+                cseen[b] = int(r[0])
+                more = more or int(r[0]) < int(r[1])
+            else:
+                cseen[b] = -1  # a corrupt log: everything again next time
+            ab, pv = bytes(r[6]), r[7]
+            w = _AGG_FIELD
+            if len(ab) % w == 0 and len(ab) // w == len(pv):
+                for i in range(len(pv)):
+                    v = pv[i]
+                    if v is not None and len(v) == PARTIAL.itemsize:
+                        akeys.append(ab[i * w : (i + 1) * w])
+                        avals.append(bytes(v))
+                        shards.append(b)
+                aseen[b] = int(r[4])
+            else:
+                aseen[b] = -1
+        ks, recs = decode_values(got_keys, got_vals, lim_ts, f"redis mesh {self.mesh}",
+                                 self.reject)
+        ak = np.zeros(len(akeys), dtype=AGG_KEY)
+        if akeys:
+            raw = np.frombuffer(b"".join(akeys), dtype=np.dtype([("dst", DST_KEY),
+                                                                 ("slot", "<u8")]))
+            ak["dst"], ak["slot"] = raw["dst"], raw["slot"]
+            ak["shard"] = shards
+        parts = np.frombuffer(b"".join(avals), dtype=PARTIAL).copy() if avals \
+            else np.zeros(0, dtype=PARTIAL)
+        return ks, recs, ak, parts, RedisPullCursor(epoch, tuple(cseen), tuple(aseen), more)
+
+    def clients(self, dsts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The known-client index of these destinations, every bucket (``xpro_v1_clients``)."""
+        dk = np.array(dsts, dtype=DST_KEY).reshape(-1)
+        dk["pad"] = 0
+        if not len(dk):
+            return np.zeros(0, dtype=FLOW_KEY), np.zeros(0, dtype=MASTER)
+        if self._epoch is None:
+            self._check_cfg()
+        blob = dk.tobytes()
+        calls = [_Call(("FCALL_RO", "xpro_v1_clients", 1, f"{tag}:r", blob), f"{tag}:r", b)
+                 for b, tag in enumerate(self._tags)]
+        got_keys: list[bytes] = []
+        got_vals: list[bytes | None] = []
+        for call, r in zip(calls, self._execute(calls, "reading known clients"), strict=True):
+            if isinstance(r, Exception):
+                log.error("redis mesh %s: bucket %d's known clients cannot be read (%s)",
+                          self.mesh, call.bucket, r)
+                continue
+            kb, vals = bytes(r[0]), r[1]
+            if len(kb) % KEY_SIZE or len(kb) // KEY_SIZE != len(vals):
+                continue
+            got_keys.extend(kb[i : i + KEY_SIZE] for i in range(0, len(kb), KEY_SIZE))
+            got_vals.extend(vals)
+        return decode_values(got_keys, got_vals, max_ts(self.max_future),
+                             f"redis mesh {self.mesh}", self.reject)
 
     def _scan_some(self, scans: dict[int, tuple[int, int]], budget: int | None
                    ) -> tuple[list[bytes], list[bytes | None], list[int]]:
@@ -872,18 +1051,42 @@ class RedisStore(Store):
             tag = self._tags[bk]
             chunks = [lst[i : i + 4000] for i in range(0, len(lst), 4000)] or [[]]
             for ch in chunks:
-                calls.append(_Call(
-                    ("FCALL", "xpro_v1_expire", 3, f"{tag}:r", f"{tag}:l", f"{tag}:m",
-                     before >> 32, before & _LO32, limit >> 32, limit & _LO32,
-                     oldest >> 32, oldest & _LO32, repr(ppn),
-                     self.log_retention, int(time.time()), b"".join(ch)), f"{tag}:r", bk))
+                args: tuple[Any, ...] = (
+                    before >> 32, before & _LO32, limit >> 32, limit & _LO32,
+                    oldest >> 32, oldest & _LO32, repr(ppn),
+                    self.log_retention, int(time.time()), b"".join(ch))
+                if self._rule is None:
+                    head: tuple[Any, ...] = ("FCALL", "xpro_v1_expire", 3, f"{tag}:r",
+                                             f"{tag}:l", f"{tag}:m")
+                else:  # deleted records are returned; dead partials go
+                    head = ("FCALL", "xpro_v1_expire", 4, f"{tag}:r", f"{tag}:l", f"{tag}:m",
+                            f"{tag}:a")
+                    args = (*args, self._rule.live_from(before))
+                calls.append(_Call((*head, *args), f"{tag}:r", bk))
         total = 0
+        gone_k: list[bytes] = []
+        gone_v: list[bytes] = []
         for call, r in zip(calls, self._execute(calls, "expire"), strict=True):
             if isinstance(r, Exception):
                 log.error("redis mesh %s: expiring bucket %d failed: %s", self.mesh, call.bucket,
                           r)
                 continue
-            total += int(r)
+            if isinstance(r, list):
+                kb, vb = bytes(r[1]), bytes(r[2])
+                if len(kb) // KEY_SIZE * RECORD_SIZE == len(vb) and not len(kb) % KEY_SIZE:
+                    gone_k.append(kb)
+                    gone_v.append(vb)
+                total += int(r[0])
+            else:
+                total += int(r)
+        if self._rule is not None and gone_k:
+            # The deleted records' contributions leave their partials (docs/sync.rst).
+            dk = keys_from_bytes(b"".join(gone_k))
+            dv = np.frombuffer(b"".join(gone_v), dtype=MASTER).copy()
+            n = len(dk)
+            self._publish_moves(dk, dv, np.ones(n, bool), np.zeros(n, dtype=MASTER),
+                                np.zeros(n, bool), bucket_of(dk, self.buckets), self._rule,
+                                f"x{uuid.uuid4().hex}", struct.pack(">I", int(time.time())))
         return total
 
     def clock(self) -> int | None:
@@ -975,6 +1178,12 @@ def _resp_head(args: Sequence[Any], argc: int) -> bytes:
 def _retryable(ex: Any) -> tuple[type[Exception], ...]:
     return (ex.ConnectionError, ex.TimeoutError, ex.MovedError, ex.AskError, ex.TryAgainError,
             ex.ClusterDownError, ex.ReadOnlyError)
+
+
+_AGG_FIELD = 28  # a partial's field: the destination (20 bytes), the slot (u64)
+#: A partial's delta as xpro_v1_publish reads it.
+_DELTA = np.dtype([("dst", DST_KEY), ("slot", "<u8"), ("t1", "<u8"), ("t2", "<u8"),
+                   ("plus", "<u8"), ("minus", "<u8"), ("dn", "<i4")])
 
 
 def _encode_local(loc: np.ndarray, base: int) -> np.ndarray:

@@ -56,6 +56,7 @@ from xpro.core.layout import LOCAL, MASTER
 from xpro.core.merge import merge_arrays
 from xpro.core.model import NS_PER_S, SyncParams
 from xpro.core.params import KnownPolicy
+from xpro.core.pull import DEFAULT_NEAR, PullRule
 from xpro.core.state import (
     APPLIED,
     OP_CREATE,
@@ -69,7 +70,8 @@ from xpro.core.status import Closure, ProxyStatus, SyncStats
 from xpro.errors import BadRecord, StoreError
 from xpro.stores._common import key_hex, key_list
 from xpro.stores.base import REFUSED, Store
-from xpro.sync.known import KnownClients, is_closed_record, over_t_f1
+from xpro.sync.aggregates import Partials
+from xpro.sync.known import KnownClients, closed_now, is_closed_record, over_t_f1
 from xpro.sync.mirror import Mirror
 
 __all__ = ["Syncer"]
@@ -93,6 +95,10 @@ MAX_PULL = 250_000
 #: Flows the mirror holds at most (Syncer ``max_mirror``): four times the
 #: default flow table; beyond it the idlest are forgotten.
 MAX_MIRROR = 1 << 22
+#: What a round pulls (Syncer ``pull``): ``candidates`` (flows near or over
+#: T_F1, destination partials, the known clients of closed destinations)
+#: where the store serves them, else ``all`` (every changed record).
+PULL_MODES = ("candidates", "all")
 #: Proxies whose heartbeats a round takes (the most recent).
 MAX_PEERS = 1024
 #: A proxy whose clock is off the mesh's by less than this is not corrected
@@ -121,14 +127,19 @@ class Syncer:
     ``max_pps`` is the count ceiling of a master record (packets a second
     over its window, :class:`xpro.core.bounds.Bounds`).  Every
     ``store_expire_every`` rounds the proxy that holds the mesh's ``expire``
-    lease expires the master.
+    lease expires the master.  ``pull`` says what a round pulls besides the
+    merge's replies (:data:`PULL_MODES`), ``near`` from which fraction of T_F1
+    a flow is a candidate (docs/sync.rst, "What a round pulls").
     """
 
     def __init__(self, filt: FilterState, store: Store, proxy: str, params: SyncParams, *,
                  period: int = NS_PER_S, ttl: int | None = None,
                  store_expire_every: int = 10, known: KnownPolicy | None = None,
                  max_pps: int = MAX_PPS, max_pull: int = MAX_PULL,
-                 max_mirror: int = MAX_MIRROR) -> None:
+                 max_mirror: int = MAX_MIRROR, pull: str = "candidates",
+                 near: float = DEFAULT_NEAR) -> None:
+        if pull not in PULL_MODES:
+            raise ValueError(f"pull {pull!r}: one of {', '.join(PULL_MODES)}")
         self.filt = filt
         self.store = store
         self.proxy = proxy
@@ -166,6 +177,15 @@ class Syncer:
         self._expire_bounds = _accepts_bounds(store.expire)
         self._changes_limit = "limit" in inspect.signature(store.changes).parameters
         self._beat_offset = "offset" in inspect.signature(store.heartbeat).parameters
+        #: The rule the master judges this proxy's merges by; the partials
+        #: pulled (None: this round pulls every change, ``pull="all"`` or a
+        #: store without candidates).
+        self.rule = PullRule.of(filt.params, known, near)
+        self.partials: Partials | None = None
+        if pull == "candidates" and store.candidates:
+            self.partials = Partials(self.rule)
+        self._aggs_changed: list[Array] = []
+        self._aggs_at = 0
         self.cursor: Any = None
         self.mirror = Mirror()
         #: Closed destinations and the known-client table.
@@ -292,7 +312,18 @@ class Syncer:
         # From here on the master holds our dc: whatever fails, the kernel must
         # be brought level with it, or the next round would count it again.
         try:
-            if self._changes_limit:
+            if self.partials is not None:
+                pkeys, precs, akeys, aparts, cursor = self.store.pull(self.cursor,
+                                                                      limit=self.max_pull)
+                if self.cursor is None:
+                    self.partials.clear()
+                self._take_partials(akeys, aparts, b, st)
+                ck, cr = self._closed_clients(now, st)
+                if len(ck):
+                    add = index_of(pkeys, ck) < 0
+                    pkeys = np.concatenate([pkeys, ck[add]], dtype=L.FLOW_KEY)
+                    precs = np.concatenate([precs, cr[add]], dtype=MASTER)
+            elif self._changes_limit:
                 pkeys, precs, cursor = self.store.changes(self.cursor, limit=self.max_pull)
             else:
                 pkeys, precs, cursor = self.store.changes(self.cursor)
@@ -356,6 +387,8 @@ class Syncer:
         m_c = np.concatenate([all_final["c"], new_recs["c"][ok[len(upd):]]]).astype(np.int64)
         touched.append(self.mirror.update(m_keys, m_ts1, m_ts2, m_c))
         self._unbacked = 0
+        if self.partials is not None:
+            touched.append(self._master_destinations(now, st))
         st.destinations, st.closures = self._recompute_destinations(
             np.unique(np.concatenate(touched)), now)
         st.unbacked = self._unbacked
@@ -385,7 +418,11 @@ class Syncer:
         """The store's merge, in the mesh's time (timestamps shifted by the skew)."""
         d = self.skew
         mesh_local = _shift(local, d)
-        if self._merge_bounds:
+        if self.partials is not None:
+            existed, before = self.store.merge(keys, mesh_local, self.params,
+                                               bounds=dataclasses.replace(b, now=b.now + d),
+                                               rule=self.rule)
+        elif self._merge_bounds:
             existed, before = self.store.merge(keys, mesh_local, self.params,
                                                bounds=dataclasses.replace(b, now=b.now + d))
         else:
@@ -653,6 +690,7 @@ class Syncer:
         # aggregate under T_F2 every round.  Take them from the kernel.
         # Only those of the destinations recomputed are read.
         fresh = self.filt.peek_dirty(self.filt.epoch)
+        n_fresh = 0
         if len(fresh):
             fresh = fresh[mr.index.find(fresh, mr.keys) < 0]
         if len(fresh):
@@ -665,7 +703,8 @@ class Syncer:
             ts2 = np.concatenate([ts2, recs["ts2"].astype(np.int64)])
             c = np.concatenate([c, recs["c"].astype(np.int64)])
             dst = np.concatenate([dst, f_dst[mine][exists]])
-            here = np.concatenate([here, np.ones(int(exists.sum()), dtype=bool)])
+            n_fresh = int(exists.sum())
+            here = np.concatenate([here, np.ones(n_fresh, dtype=bool)])
         drops = is_closed_record(keys)
         live = ((now - ts2) <= p.t_t1) & (drops | ~over_t_f1(ts1, ts2, c, p))
         pos = np.searchsorted(dst_ids, dst)
@@ -678,6 +717,9 @@ class Syncer:
         np.minimum.at(agg_t1, pos[live], ts1[live])
         agg_t2 = np.zeros(n, dtype=np.int64)
         np.maximum.at(agg_t2, pos[live], ts2[live])
+        if self.partials is not None:  # from the master instead: _master_values
+            agg_t1, agg_t2, agg_c = self._master_values(mr.dst_keys[dst_ids], pos, ts1, ts2, c,
+                                                        live, here, n_fresh, now)
         has = agg_t2 > 0
         agg["c"], agg["ts2"] = agg_c, agg_t2
         agg["ts1"] = np.where(has, agg_t1, 0)
@@ -698,6 +740,87 @@ class Syncer:
                             kc_delta=agg_kc[has] - cur["kc"].astype(np.int64))
         self.filt.apply(ent)
         return len(ukeys), closures
+
+    # ---- candidates and the master's aggregates (docs/sync.rst, "What a round pulls")
+
+    def _take_partials(self, keys: Array, parts: Array, b: Bounds, st: SyncStats) -> None:
+        """Keep the partials pulled; quarantine those no merge could have written."""
+        assert self.partials is not None
+        lim = np.uint64(b.limit + self.skew)
+        bad = (parts["ts1"] > parts["ts2"]) | (parts["ts2"] > lim) | (
+            parts["c"] > np.uint64(MAX_COUNT)) | (parts["n"] > np.uint64(MAX_COUNT))
+        for k, p in zip(keys[bad][:EXAMPLES], parts[bad][:EXAMPLES], strict=True):
+            self._quarantine(st, f"partial {k['dst'].tobytes().hex()}/{int(k['slot'])}",
+                             f"ts1={int(p['ts1'])} ts2={int(p['ts2'])} c={int(p['c'])}")
+        st.quarantined += max(0, int(bad.sum()) - EXAMPLES)
+        self._aggs_changed.append(self.partials.update(keys[~bad], parts[~bad]))
+        st.partials = int((~bad).sum())
+
+    def _closed_clients(self, now: int, st: SyncStats) -> tuple[Array, Array]:
+        """The known-client records of every destination closed by the master's
+        aggregates or closed here (in mesh time; checked with the other pulls)."""
+        assert self.partials is not None
+        mesh_now = now + self.skew
+        dk = self.partials.live_dsts(mesh_now)
+        t1, t2, c = self.partials.values(dk, mesh_now)
+        shut = dk[closed_now(t1, t2, c, mesh_now, self.filt.params)]
+        if self.known.closed:
+            mine = np.frombuffer(b"".join(self.known.closed), dtype=L.DST_KEY)
+            shut = np.concatenate([shut, mine[index_of(shut, mine) < 0]])
+        if not len(shut):
+            return np.zeros(0, dtype=L.FLOW_KEY), np.zeros(0, dtype=MASTER)
+        keys, recs = self.store.clients(shut)
+        st.clients_pulled = len(keys)
+        return keys, recs
+
+    def _master_destinations(self, now: int, st: SyncStats) -> Array:
+        """The destination ids whose master aggregate changed: partials pulled, or a
+        slot that aged out of T_T1 since the last round."""
+        assert self.partials is not None
+        mesh_now = now + self.skew
+        changed = [*self._aggs_changed, self.partials.aged(self._aggs_at, mesh_now)]
+        self._aggs_changed, self._aggs_at = [], mesh_now
+        self.partials.prune(mesh_now)
+        dk = np.unique(np.ascontiguousarray(np.concatenate(changed, dtype=L.DST_KEY)).view(
+            np.dtype((np.void, L.DST_KEY.itemsize)))).view(L.DST_KEY).reshape(-1)
+        ids: Array = self.mirror.dst_ids(dk)
+        return ids
+
+    def _master_values(self, dkeys: Array, pos: Array, ts1: Array, ts2: Array, c: Array,
+                       live: Array, here: Array, n_fresh: int, now: int
+                       ) -> tuple[Array, Array, Array]:
+        """(ts1*, ts2*, c*) per destination from the master's partials and what this
+        proxy counted since its merge (the last ``n_fresh`` flows: new since its
+        read).  The share of flows this proxy did not count is at most what the
+        mesh's workloads back (:meth:`_remote_budget`), as with the mirror."""
+        assert self.partials is not None
+        n = len(dkeys)
+        m_t1, m_t2, m_c = self.partials.values(dkeys, now + self.skew)
+        has = m_t2 > 0
+        m_t1 = np.where(has, m_t1 - self.skew, 0)
+        m_t2 = np.where(has, m_t2 - self.skew, 0)
+        fresh = np.zeros(len(ts1), dtype=bool)
+        if n_fresh:
+            fresh[len(ts1) - n_fresh:] = True
+        own = live & here & ~fresh
+        own_c = np.zeros(n, dtype=np.int64)
+        np.add.at(own_c, pos[own], c[own])
+        f = live & fresh
+        f_c = np.zeros(n, dtype=np.int64)
+        np.add.at(f_c, pos[f], c[f])
+        big = np.iinfo(np.int64).max
+        t1 = np.where(has, m_t1, big)
+        np.minimum.at(t1, pos[f], ts1[f])
+        t2 = m_t2.copy()
+        np.maximum.at(t2, pos[f], ts2[f])
+        t1 = np.where(t2 > 0, t1, 0)
+        window = np.clip(now - np.where(has, m_t1, now) + 2 * self.period, 0, None)
+        cap = np.floor(BUDGET_SLACK * self.mesh_rate() * window.astype(np.float64) / NS_PER_S)
+        other = np.maximum(m_c - own_c, 0)
+        over = other > cap
+        self._unbacked = int(over.sum())
+        agg_c = own_c + f_c + np.where(over, cap, other).astype(np.int64)
+        return t1, t2, agg_c
 
     def _remote_budget(self, pos: Array, ts1: Array, remote: Array, n: int, now: int) -> Array:
         """For each destination, the most packets the flows only other proxies

@@ -1,0 +1,99 @@
+"""The destination partials a proxy pulled from the master (docs/sync.rst, "What a round pulls").
+
+The master keeps, per destination, shard and time slot, a partial aggregate of
+the flows that count in it (:mod:`xpro.core.pull`); every round a proxy pulls
+the partials that changed and keeps the latest of each here.  A destination's
+aggregate is the sum over its live partials (:func:`xpro.core.pull.aggregate`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from xpro.core import layout as L
+from xpro.core.keys import index_of
+from xpro.core.pull import AGG_KEY, PARTIAL, PullRule, aggregate_arrays
+
+__all__ = ["Partials"]
+
+Array = npt.NDArray[Any]
+
+_VK = np.dtype((np.void, AGG_KEY.itemsize))
+_VD = np.dtype((np.void, L.DST_KEY.itemsize))
+
+
+class Partials:
+    """The latest value of every partial pulled, in mesh time."""
+
+    def __init__(self, rule: PullRule) -> None:
+        self.rule = rule
+        self.index: dict[bytes, int] = {}
+        self.keys = np.zeros(0, dtype=AGG_KEY)
+        self.parts = np.zeros(0, dtype=PARTIAL)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def clear(self) -> None:
+        self.index.clear()
+        self.keys = self.keys[:0]
+        self.parts = self.parts[:0]
+
+    def update(self, keys: Array, parts: Array) -> Array:
+        """Take these partials in; returns the destinations (DST_KEY) they belong to."""
+        keys = np.asarray(keys, dtype=AGG_KEY)
+        if not len(keys):
+            return np.zeros(0, dtype=L.DST_KEY)
+        raw = [bytes(x) for x in np.ascontiguousarray(keys).view(_VK)]
+        add_k: list[int] = []
+        add_p: list[int] = []
+        for i, x in enumerate(raw):
+            at = self.index.get(x)
+            if at is None:
+                self.index[x] = len(self.keys) + len(add_k)
+                add_k.append(i)
+                add_p.append(i)
+            else:
+                self.parts[at] = parts[i]
+        if add_k:
+            self.keys = np.concatenate([self.keys, keys[add_k]])
+            self.parts = np.concatenate([self.parts, np.asarray(parts, dtype=PARTIAL)[add_p]])
+        return np.unique(np.ascontiguousarray(keys["dst"]).view(_VD)).view(L.DST_KEY).reshape(-1)
+
+    def prune(self, now: int) -> None:
+        """Forget the partials no flow can be live in at ``now`` (mesh time)."""
+        first = self.rule.live_from(now)
+        keep = (self.keys["slot"] >= np.uint64(first)) & (self.parts["n"] > 0)
+        if keep.all():
+            return
+        self.keys, self.parts = self.keys[keep], self.parts[keep]
+        raw = [bytes(x) for x in np.ascontiguousarray(self.keys).view(_VK)]
+        self.index = {x: i for i, x in enumerate(raw)}
+
+    def aged(self, since: int, now: int) -> Array:
+        """The destinations of partials that were live at ``since`` and are not at ``now``."""
+        lo, hi = np.uint64(self.rule.live_from(since)), np.uint64(self.rule.live_from(now))
+        sel = (self.keys["slot"] >= lo) & (self.keys["slot"] < hi) & (self.parts["n"] > 0)
+        d = np.ascontiguousarray(self.keys["dst"][sel]).view(_VD)
+        return np.unique(d).view(L.DST_KEY).reshape(-1)
+
+    def live_dsts(self, now: int) -> Array:
+        """The destinations with a live partial at ``now`` (mesh time)."""
+        live = (self.keys["slot"] >= np.uint64(self.rule.live_from(now))) & (self.parts["n"] > 0)
+        d = np.ascontiguousarray(self.keys["dst"][live]).view(_VD)
+        return np.unique(d).view(L.DST_KEY).reshape(-1)
+
+    def values(self, dsts: Array, now: int) -> tuple[Array, Array, Array]:
+        """(ts1*, ts2*, c*) of each destination (DST_KEY, pad 0) at ``now``: over its
+        live partials, every shard; zeros where it has none."""
+        dsts = np.ascontiguousarray(np.asarray(dsts, dtype=L.DST_KEY))
+        if not len(self.keys) or not len(dsts):
+            z = np.zeros(len(dsts), dtype=np.int64)
+            return z, z.copy(), z.copy()
+        group = index_of(dsts, np.ascontiguousarray(self.keys["dst"]))
+        mine = group >= 0
+        return aggregate_arrays(self.keys["slot"][mine], self.parts[mine], group[mine],
+                                len(dsts), now, self.rule)
