@@ -247,9 +247,9 @@ class SyncConfig(_Section):
         doc="""What a round pulls besides the merge's replies: ``candidates``
         (flows near or over T_F1, the destinations' aggregates from the master,
         the known clients of closed destinations) or ``all`` (every record any
-        proxy changed, as before).  A store that does not serve candidates
-        (etcd) is always pulled in full (docs/sync.rst, "What a round
-        pulls").""",
+        proxy changed, as before).  Every built-in store serves candidates; a
+        third-party store that does not is pulled in full (docs/sync.rst,
+        "What a round pulls").""",
         why="""The full pull costs every proxy every other proxy's changes,
         O(P^2 x N) at the master; the candidates are what can change a verdict
         before the next round (docs/performance.rst).""")
