@@ -30,6 +30,7 @@ struct xpro_config cfg SEC(".data") = {
 	.clock_offset = 0,
 	.t_f1 = 100,
 	.t_f2 = 10000,
+	.t_f2_addr = 10000,
 	.mode = XPRO_MODE_ENFORCE,
 	.dst_mode = XPRO_DST_ADDR,
 	.malformed_policy = XPRO_MALFORMED_DROP,

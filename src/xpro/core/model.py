@@ -372,6 +372,13 @@ class FilterParams:
     dst_policy: Mapping[Prefix, int] = field(default_factory=dict)
     source_prefix_v4: int = 32
     source_prefix_v6: int = 64
+    #: T_F2 of an address aggregate (``addr+port`` mode); None: ``t_f2``.
+    t_f2_address: int | None = None
+
+    @property
+    def t_f2_addr(self) -> int:
+        """The limit of an address aggregate (docs/semantics.rst, "Address aggregates")."""
+        return self.t_f2 if self.t_f2_address is None else self.t_f2_address
 
     def __post_init__(self) -> None:
         if not 0 <= self.source_prefix_v4 <= 32:
