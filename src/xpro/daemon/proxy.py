@@ -456,21 +456,29 @@ class Proxy:
         elif stats.workload <= t_w * 0.9:
             self._overloaded = False
 
+    def _dst_limit(self, dkey: Any) -> tuple[int, str]:
+        """The limit an aggregate is judged by, and its name: an address's own
+        (addr+port mode), or T_F2."""
+        if int(dkey["pad"]) & L.DST_PAD_ADDR:
+            return self.filter.params.t_f2_addr, "t_f2_address"
+        return self.config.thresholds.t_f2, "T_F2"
+
     def _closure_alert(self, cl: Closure) -> None:
         """One alert when a destination closes, one when it reopens (mesh-wide figures)."""
-        dst = _dst_text(np.frombuffer(cl.dst, dtype=L.DST_KEY)[0])
+        dkey = np.frombuffer(cl.dst, dtype=L.DST_KEY)[0]
+        dst = _dst_text(dkey)
         rate = rate_pps(cl.count, cl.window)
-        limit = self.config.thresholds.t_f2
+        limit, name = self._dst_limit(dkey)
         if cl.closed:
             self.alert(Alert.make(
                 "dst_closed", f"{dst} closed to unknown sources: {rate:.0f} packets/s offered "
-                f"in the mesh (T_F2 {limit}); {cl.known} known clients still served",
+                f"in the mesh ({name} {limit}); {cl.known} known clients still served",
                 self.name, dst=dst, rate=rate, limit=limit, count=cl.count,
                 window_s=cl.window / NS_PER_S, known_clients=cl.known))
         else:
             self.alert(Alert.make(
                 "dst_reopened", f"{dst} reopened: {rate:.0f} packets/s offered in the mesh "
-                f"(T_F2 {limit}), closed for {(tai_now() - cl.since) / NS_PER_S:.1f} s",
+                f"({name} {limit}), closed for {(tai_now() - cl.since) / NS_PER_S:.1f} s",
                 self.name, dst=dst, rate=rate, limit=limit, count=cl.count,
                 closed_s=(tai_now() - cl.since) / NS_PER_S))
 
@@ -540,9 +548,9 @@ class Proxy:
                                   f"(T_F1 {limit})", self.name, src=src, dst=dst, rate=rate,
                                   limit=limit, count=int(ev["c"]), window_s=window / NS_PER_S))
         else:
-            limit = self.config.thresholds.t_f2
+            limit, name = self._dst_limit(key["dst"])
             self.alert(Alert.make("dst_overload", f"{dst} receives {rate:.0f} packets/s "
-                                  f"(T_F2 {limit})", self.name, dst=dst, rate=rate, limit=limit,
+                                  f"({name} {limit})", self.name, dst=dst, rate=rate, limit=limit,
                                   count=int(ev["c"]), window_s=window / NS_PER_S))
 
     # ---- views -----------------------------------------------------------------------
