@@ -1227,14 +1227,16 @@ class _AddrPass:
         cmin = p.t_f2_addr * p.t_t3 // NS_PER_S
         cl = f._guess(exists, rec["ts1"].astype(np.int64), rec["ts2"].astype(np.int64),
                       rec["c"].astype(np.int64), inv, t, cmin, p.t_f2_addr)
-        cl &= ~cd  # a closed drop of its key never reaches its address
+        # (the guess stays whole, as the check of guesses sees it: a closed
+        # drop of its key never reaches its address, whatever the guess)
+        reach = cl & ~cd
         fkeys = np.array(keys, dtype=L.FLOW_KEY)
         fkeys["dst"] = akeys[inv]
-        acls = cl.astype(np.int64)
-        acd = cl
-        if cl.any():
-            acls = f._classes(fkeys, cl)
-            acd = cl & (acls == 0)
+        acls = np.zeros(len(cl), dtype=np.int64)
+        acd = reach
+        if reach.any():
+            acls = f._classes(fkeys, reach)
+            acd = reach & (acls == 0)
         return cls(keys=akeys, h=h, slots=slots, exists=exists, rec=rec, inv=inv, cl=cl,
                    cls=acls, cd=acd, anycd=bool(acd.any()), fkeys=fkeys, cmin=cmin, kcd=cd)
 
