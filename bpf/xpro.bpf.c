@@ -206,6 +206,19 @@ static __always_inline int lists_stage(struct xpro_flow_key *key, __u64 pkt_len)
 }
 
 /*
+ * Whether a record's window is over at now: idle for longer than T_T1
+ * (line 4), or its last packet more than T_T1 ahead of now -- the clock was
+ * stepped back, and judging that window would wait, unfiltered, for the
+ * clock to catch up (docs/semantics.rst, "Clock and time").
+ */
+static __always_inline int window_over(__u64 now, __u64 ts2)
+{
+	__s64 idle = (__s64)(now - ts2);
+
+	return idle > (__s64)cfg.t_t1 || idle < -(__s64)cfg.t_t1;
+}
+
+/*
  * Algorithm 2, lines 1-11: count one packet into the flow record of key,
  * creating it, or starting a new window after T_T1 idle.  Sets *c (the count
  * with this packet), *ts1 (the window start) and *started (the window
@@ -237,7 +250,7 @@ static __always_inline struct xpro_flow *flow_count(struct xpro_flow_key *key, _
 			return NULL;
 		}
 	}
-	if ((__s64)(now - f->ts2) > (__s64)cfg.t_t1) {
+	if (window_over(now, f->ts2)) {
 		/* Line 4: idle longer than T_T1, a new window.  The new gen
 		 * is the paper's mark (and dc = c) for the sync. */
 		f->gen += 1;
@@ -282,7 +295,7 @@ static __always_inline int dst_closed(struct xpro_dst *d, __u64 now, __u32 limit
 {
 	__u64 ts1s = d->ts1;
 
-	return (__s64)(now - d->ts2) <= (__s64)cfg.t_t1 &&
+	return !window_over(now, d->ts2) &&
 	       (__s64)(now - ts1s) > (__s64)cfg.t_t3 &&
 	       rate_exceeds(d->c, now - ts1s, limit);
 }
@@ -344,7 +357,7 @@ static __always_inline struct xpro_dst *dst_count(struct xpro_dst_key *dk, struc
 		if (!d) /* cannot track it: fail open */
 			return NULL;
 	}
-	if ((__s64)(now - d->ts2) > (__s64)cfg.t_t1) {
+	if (window_over(now, d->ts2)) {
 		/* the destination was idle: a new aggregate window */
 		d->ts1 = now;
 		d->c = 0;

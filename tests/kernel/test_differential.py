@@ -122,6 +122,9 @@ def params(draw: st.DrawFn) -> model.FilterParams:
 step = st.one_of(
     st.integers(0, 5 * MS), st.integers(0, 5 * MS), st.integers(0, 5 * MS),
     st.integers(0, 300 * MS), st.integers(0, 7 * S),
+    # Now and then the clock is stepped back, by less or more than T_T1
+    # (docs/semantics.rst, "Clock and time").
+    st.integers(-8 * S, -1),
 )
 shape = st.sampled_from(["plain"] * 12 + ["frag", "ext", "arp", "short", "trunc"])
 #: VLAN tags: none mostly, one, two, or three (one more than the parser walks: malformed).
@@ -246,6 +249,32 @@ def test_flow_back_under_limit_after_destination_idle(kernel: KernelFilter) -> N
     trace.append((b, T0 + 5 * S + 1))
     trace.sort(key=lambda x: x[1])
     run_differential(kernel, p, trace)
+
+
+def test_a_clock_stepped_back_an_hour_keeps_the_limits(kernel: KernelFilter) -> None:
+    """A source at 2 x T_F1 and 50 sources to a destination at 2 x T_F2; after 3 s the
+    proxy's clock is stepped back an hour.  Before the fix, every record's
+    window then started an hour ahead of the clock and nothing was judged for
+    that hour: 0 of the packets after the step were dropped.  Now the step
+    starts new windows, which are judged after T_T2/T_T3 as always
+    (docs/semantics.rst, "Clock and time")."""
+    p = model.FilterParams(t_f1=100, t_t2=S, t_f2=100, t_t3=S, t_t1=10 * S)
+    bot = frame("10.0.0.66", "10.9.9.9")
+    crowd = [frame(f"10.1.0.{i + 1}", "10.9.9.8") for i in range(50)]
+    trace: list[Step] = []
+    for start in (T0, T0 + 3 * S - 3600 * S):  # 3 s, then the clock is an hour back
+        for i in range(600):  # 3 s at 200/s: the bot, and the crowd (4/s each)
+            t = start + i * 5 * MS
+            trace.append((bot, t))
+            trace.append((crowd[i % 50], t))
+    run_differential(kernel, p, trace)
+    reasons = _reasons(p, trace)
+    # Dropped after T_T2 (the bot: over T_F1, then its destination closes
+    # too) and after T_T3 (the crowd, over T_F2 together).
+    after_bot = reasons[bot][600:]
+    assert sum(r != Reason.PASS for r in after_bot) >= 350, after_bot
+    after_crowd = [r for c in crowd for r in reasons[c][12:]]
+    assert sum(r != Reason.PASS for r in after_crowd) >= 350, after_crowd
 
 
 def _spoof8(i: int) -> bytes:

@@ -20,6 +20,7 @@ from xpro.core.params import KnownPolicy, Sizes
 from xpro.datapath.xdp import XdpFilter
 from xpro.plugins import open_store
 from xpro.stores.base import Store
+from xpro.stores.memory import MemoryStore
 from xpro.sync import Syncer
 
 pytestmark = pytest.mark.kernel
@@ -275,3 +276,52 @@ def test_address_aggregate_recomputed_with_its_known_clients() -> None:
         assert p.send(frame("11.1.0.1", "10.9.9.9", dport=22), now + 2) == [1]
     finally:
         p.close()
+
+
+@pytest.mark.parametrize("behind", [3, 37])
+@pytest.mark.parametrize("clock_sync", [True, False], ids=["translated", "as-is"])
+def test_a_proxy_with_a_clock_behind_still_drops_a_distributed_flood(behind: int,
+                                                                     clock_sync: bool) -> None:
+    """One proxy's clock (its program's and its sync's) runs ``behind`` seconds
+    late.  Each proxy sees 60 packets/s of the bot (under T_F1 = 100), 240
+    together.  Measured against the store's clock, the late proxy's offset is
+    ``behind`` s off the mesh's median: it translates what it reads and
+    writes, and drops the flood from the second round like the others (>= 90 %:
+    240 of 240 at each).  As-is, the records of the others look ``behind`` s
+    in the future to it: it drops none (before this, 119 of 240 at 3 s, none
+    at 37 s), and the others still drop all."""
+    url = f"memory://{uuid.uuid4().hex}"
+    params = model.FilterParams(t_t1=100 * S, t_t2=S, t_f1=100, t_t3=S, t_f2=10**6)
+    mesh_now = [T0]
+    store = open_store(url)
+    assert isinstance(store, MemoryStore)
+    store.use_clock(lambda: mesh_now[0])
+    proxies = [Proxy(f"p{i}", open_store(url), params) for i in range(4)]
+    lag = [0, 0, 0, behind * S]
+    for p, d in zip(proxies, lag, strict=True):
+        p.sync.local_clock = lambda d=d: mesh_now[0] - d  # type: ignore[misc]
+        p.sync.clock_sync = clock_sync
+    try:
+        dropped = [0] * 4
+        for second in range(6):
+            for i in range(60):
+                t = T0 + second * S + i * S // 60
+                for j, p in enumerate(proxies):
+                    v = p.send(BOT, t - lag[j])
+                    if second >= 2:
+                        dropped[j] += v == [1]
+            mesh_now[0] = T0 + (second + 1) * S
+            for p in proxies:
+                st = p.sync.round()
+        late = dropped[3] / (4 * 60)
+        if clock_sync:
+            assert min(dropped) / (4 * 60) >= 0.9, dropped
+            assert st.skew == behind * S
+            assert st.clock_offset == behind * S
+        else:
+            assert late < 0.9, dropped  # what it did before
+            assert min(dropped[:3]) / (4 * 60) >= 0.9, dropped
+    finally:
+        for p in proxies:
+            p.close()
+        store.close()

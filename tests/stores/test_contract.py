@@ -18,10 +18,11 @@ from hypothesis import strategies as st
 
 from tests.stores._util import S, as_dict, keys, locals_, now_ns, read_all, seed_master, to_local
 from xpro.core import model
-from xpro.core.layout import LOCAL
+from xpro.core.bounds import Bounds
+from xpro.core.layout import LOCAL, MASTER
 from xpro.core.model import R_DEN, SyncParams
 from xpro.errors import BadRecord, ConfigError
-from xpro.stores.base import Store
+from xpro.stores.base import REFUSED, Store
 
 pytestmark = pytest.mark.integration
 
@@ -29,10 +30,16 @@ NOW = now_ns()
 DAY = 86_400 * S
 
 
+def loose() -> Bounds:
+    """Bounds that refuse only what no merge can take (the arithmetic is tested)."""
+    return Bounds(now=now_ns(), future=DAY, max_pps=None)
+
+
 def _check_against_model(store: Store, masters: list[model.Master | None],
                          locals_rows: list[tuple[int, int, int, int, int]], params: SyncParams,
-                         seed: int) -> None:
-    """Seed the masters, merge the locals, compare every record with model.merge."""
+                         seed: int, bounds: Bounds | None = None) -> None:
+    """Seed the masters, merge the locals, compare every record with model.merge
+    (of the master if it is within ``bounds``, else of nothing)."""
     n = len(locals_rows)
     k = keys(n, seed)
     have = [i for i, m in enumerate(masters) if m is not None]
@@ -40,7 +47,10 @@ def _check_against_model(store: Store, masters: list[model.Master | None],
         seed_master(store, k[have], [masters[i] for i in have])  # type: ignore[misc]
     _, _, cursor = store.changes(None)
     loc = locals_(locals_rows)
-    existed, before = store.merge(k, loc, params)
+    b = bounds or loose()
+    masters = [m if m is not None and b.ok(np.array([(m.ts1, m.ts2, m.c)], dtype=MASTER))[0]
+               else None for m in masters]
+    existed, before = store.merge(k, loc, params, bounds=b)
     ck, cr, _ = store.changes(cursor)
     got = as_dict(ck, cr)
     assert len(got) == n, "changes() must return exactly the records this merge changed"
@@ -177,6 +187,75 @@ def test_merge_validates_its_input(store_factory: Any) -> None:
 
 
 # ---------------------------------------------------------------------------
+# Bounds: a master record out of them counts as absent (docs/sync.rst)
+# ---------------------------------------------------------------------------
+
+
+def test_out_of_bounds_masters_count_as_absent(store_factory: Any) -> None:
+    """Judged by the caller's clock (here a fake one, 1000 days ago): a record
+    with ts1 > ts2, with a count over the ceiling or idle longer than max_age is
+    merged as if there were none; one dated after now + future is left as it
+    is and the merge of it refused (the caller's clock may be the late one)."""
+    store = store_factory()
+    t = NOW - 1000 * DAY
+    b = Bounds(now=t, future=2 * S, max_age=60 * S)
+    masters = [
+        model.Master(t - 5 * S, t - S, 400),  # in bounds
+        model.Master(t - 5 * S, t + 80_000 * S, 400),  # dated in the future
+        model.Master(t + 3 * S, t + 3 * S, 1),  # ... both timestamps
+        model.Master(t - S, t - 2 * S, 400),  # ts1 after ts2
+        model.Master(t - 5 * S, t - S, 1 << 62),  # 2**62 in 4 s
+        model.Master(t - 5 * S, t - S, 5 * (1 << 32) + 1),  # just over the ceiling
+        model.Master(t - 5 * S, t - S, 5 * (1 << 32)),  # on it: in bounds
+        model.Master(t - 100 * S, t - 61 * S, 400),  # idle for longer than max_age
+    ]
+    rows = [(t - 2 * S, t, 7, 7, 0)] * len(masters)
+    k = keys(len(masters), 2024)
+    seed_master(store, k, masters)  # type: ignore[arg-type]
+    existed, before = store.merge(k, locals_(rows), P, bounds=b)
+    assert existed.tolist() == [True, False, False, False, False, False, True, False]
+    assert int(before[4]["c"]) == 0
+    assert (before[[1, 2]] == REFUSED).all()
+    got = read_all(store)
+    assert got[k[0].tobytes()] == (t - 5 * S, t, 407)
+    for i in (3, 4, 5, 7):
+        assert got[k[i].tobytes()] == (t - 2 * S, t, 7), i  # the local record, as if new
+    for i in (1, 2):
+        m = masters[i]
+        assert got[k[i].tobytes()] == (m.ts1, m.ts2, m.c), i  # left as it was
+    # Without bounds, the store's own: its clock, max_future, the 2**32 pps ceiling.
+    k2 = keys(2, 2025)
+    t2 = now_ns()
+    seed_master(store, k2, [model.Master(t2 - 5 * S, t2 - S, 1 << 62),
+                            model.Master(t2 - 5 * S, t2 - S, 4000)])
+    existed, _ = store.merge(k2, locals_([(t2 - 2 * S, t2, 7, 7, 0)] * 2), P)
+    assert existed.tolist() == [False, True]
+
+
+def test_expire_deletes_records_out_of_bounds(store_factory: Any) -> None:
+    """Records dated in the future (by the expiring proxy's clock) expire."""
+    s = store_factory()
+    t = NOW - 1000 * DAY
+    k = keys(4, 2026)
+    seed_master(s, k, [model.Master(t - S, t, 5), model.Master(t, t + 80_000 * S, 5),
+                       model.Master(t - S, t, 1 << 40), model.Master(t - 90 * S, t - 80 * S, 5)])
+    b = Bounds(now=t, future=2 * S, max_age=60 * S)
+    assert s.expire(t - 60 * S, bounds=b) == 3
+    assert set(read_all(s)) == {k[0].tobytes()}
+
+
+def test_one_lease_holder_at_a_time(store_factory: Any) -> None:
+    a, b = store_factory(), store_factory()
+    assert a.lease("expire", "p1", 1)
+    assert not b.lease("expire", "p2", 1)
+    assert a.lease("expire", "p1", 1), "the holder renews it"
+    assert b.lease("other", "p2", 1), "leases are per name"
+    time.sleep(1.3)
+    assert b.lease("expire", "p2", 5), "free once it lapsed"
+    assert not a.lease("expire", "p1", 5)
+
+
+# ---------------------------------------------------------------------------
 # Concurrency, incremental reads, expiry, heartbeats
 # ---------------------------------------------------------------------------
 
@@ -231,6 +310,45 @@ def test_changes_are_incremental(store_factory: Any) -> None:
     # An old cursor still sees everything since then; a foreign cursor means a full read.
     assert len(b.changes(cur2)[0]) == len(sub)
     assert len(b.changes(object())[0]) == 500
+
+
+def test_changes_in_batches(store_factory: Any) -> None:
+    """With a limit, a read returns about that many changes and the rest at the
+    next calls (the cursor says ``more``): a full read and incremental ones."""
+    a, b = store_factory(), store_factory()
+    k = keys(1000, 12)
+    t = now_ns() - S
+    a.merge(k, locals_([(t, t, 1, 1, 0)] * len(k)), P)
+    got: dict[bytes, tuple[int, int, int]] = {}
+    cur: Any = None
+    calls = 0
+    while True:
+        kk, rr, cur = b.changes(cur, limit=100)
+        calls += 1
+        assert len(kk) <= 300, len(kk)
+        got.update(as_dict(kk, rr))
+        if not cur.more:
+            break
+        assert calls < 100
+    assert calls >= 4
+    assert set(got) == {x.tobytes() for x in k}
+    # Changes since: five merges of 100 records each, read 150 at a time.
+    for i in range(5):
+        sub = k[i * 100 : (i + 1) * 100]
+        a.merge(sub, locals_([(t, t + 1, 2, 1, 0)] * len(sub)), P)
+    seen: set[bytes] = set()
+    calls = 0
+    while True:
+        kk, rr, cur = b.changes(cur, limit=150)
+        calls += 1
+        assert len(kk) <= 300, len(kk)
+        assert {c for _, _, c in as_dict(kk, rr).values()} <= {2}
+        seen |= {x.tobytes() for x in kk}
+        if not cur.more:
+            break
+        assert calls < 100
+    assert seen == {x.tobytes() for x in k[:500]}
+    assert len(b.changes(cur, limit=150)[0]) == 0
 
 
 def test_expire(store_factory: Any) -> None:

@@ -19,6 +19,7 @@ from xpro.core.layout import MASTER
 from xpro.core.model import R_DEN, SyncParams
 from xpro.errors import StoreConflict, StoreUnavailable
 from xpro.stores._common import Replay, batch_digest, key_hex
+from xpro.stores.base import REFUSED
 from xpro.stores.etcd import EtcdStore
 
 pytestmark = pytest.mark.integration
@@ -73,11 +74,16 @@ def test_bad_data_is_skipped_and_logged(estore: EtcdStore,
     existed, before = estore.merge(k, locals_([(t, t + 1, 2, 2, 0)] * 8), P)
     assert list(existed) == [True, False, False, False, False, False, True, True]
     assert int(before[3]["c"]) == 0
+    assert (before[4] == REFUSED).all()  # dated in the future: left as it is
     assert "was corrupt" in caplog.text
     after = read_all(estore)
-    for i in bad:
+    for i in (1, 2, 3, 5):
         assert after[k[i].tobytes()] == (t, t + 1, 2)
+    assert k[4].tobytes() not in after
     assert after[k[0].tobytes()] == (t, t + 1, 7)
+    assert estore.expire(0) == 2  # the future one and the short key
+    assert k[4].tobytes() not in read_all(estore)
+    assert len(read_all(estore)) == 7
 
 
 class _Meddler(EtcdStore):

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from tests.stores._util import S, as_dict, keys, locals_, now_ns, read_all, to_local
 from tests.stores.conftest import Server, Servers, cluster_ok, role, wait_for
 from xpro.core import model
+from xpro.core.bounds import FUTURE, Bounds
 from xpro.core.layout import MASTER
 from xpro.core.merge import merge_arrays
 from xpro.core.model import R_DEN, SyncParams
@@ -24,6 +25,7 @@ from xpro.errors import ConfigError, StoreUnavailable
 from xpro.plugins import open_store
 from xpro.stores import _redis_lua
 from xpro.stores._common import Replay, batch_digest, key_hex
+from xpro.stores.base import REFUSED
 from xpro.stores.redis import RedisStore
 
 pytestmark = pytest.mark.integration
@@ -80,33 +82,50 @@ def raw_case(draw: st.DrawFn) -> tuple[list[tuple[int, int, int] | None],
     params = SyncParams(t_t1=draw(st.integers(0, 1 << 62) | st.sampled_from([10 * S, 0])),
                         t_t4=draw(st.integers(0, 1 << 62) | st.sampled_from([5 * S, 1])),
                         r_q=draw(st.integers(R_DEN, (1 << 20) - 1)))
-    return masters, rows, params
+    bounds = Bounds(now=draw(st.sampled_from([NOW, NOW - 10**13, 1 << 52])),
+                    future=draw(st.sampled_from([2 * S, 3600 * S, 86_400 * S])),
+                    max_age=draw(st.sampled_from([None, 100 * S, 10**13])),
+                    max_pps=draw(st.sampled_from([None, 1 << 32, 1000, 1])))
+    return masters, rows, params, bounds
 
 
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(case=raw_case(), seed=st.integers(0, 2**32 - 1))
 def test_lua_merge_equals_python_merge(rstore: RedisStore, case: Any, seed: int) -> None:
-    """Raw records in, and three answers compared: Lua, numpy (merge_arrays), model.merge."""
-    masters, rows, params = case
+    """Raw records in, and three answers compared: Lua, numpy (merge_arrays), model.merge.
+
+    A raw master out of the bounds counts as absent in all three: the Lua
+    bounds check (doubles for the count ceiling) and the Python one agree.
+    """
+    masters, rows, params, bounds = case
     k = keys(len(rows), seed ^ uuid.uuid4().int & 0xFFFFFFFF)  # new keys for every example
     for i, m in enumerate(masters):
         if m is not None:
             raw_hset(rstore, k[i].tobytes(), np.array([m], dtype=MASTER).tobytes())
     _, _, cursor = rstore.changes(None)
     loc = locals_(rows)
-    existed, before = rstore.merge(k, loc, params)
+    existed, before = rstore.merge(k, loc, params, bounds)
     stored = as_dict(*rstore.changes(cursor)[:2])
     assert len(stored) == len(rows)
     m_arr = np.zeros(len(rows), dtype=MASTER)
-    has = np.array([m is not None for m in masters])
     for i, m in enumerate(masters):
         if m is not None:
             m_arr[i] = m
+    why = bounds.check(m_arr)
+    present = np.array([m is not None for m in masters])
+    left = present & (why == FUTURE)  # dated in the future: left as it is
+    has = present & (why == 0)
+    assert (before[left] == REFUSED).all()
+    masters = [m if h else None for m, h in zip(masters, has, strict=True)]
+    m_arr[~has] = 0
     _, py_new = merge_arrays(loc, np.ones(len(loc), dtype=bool), m_arr, has, params)
     assert (existed == has).all()
     assert (before[has] == m_arr[has]).all()
     for i in range(len(rows)):
+        if left[i]:
+            assert stored[k[i].tobytes()] == tuple(case[0][i])
+            continue
         m = masters[i]
         _, want = model.merge(to_local(loc[i]), None if m is None else model.Master(*m), params)
         assert want is not None
@@ -169,19 +188,26 @@ def test_bad_data_is_skipped_and_logged(rstore: RedisStore,
     assert "not a flow key" in caplog.text
     # Raw writes bypass the change log: an incremental read sees nothing, and no garbage.
     assert len(rstore.changes(cursor)[0]) == 0
-    # Merging into a corrupt record overwrites it with the local record.
+    # Merging into a corrupt record overwrites it with the local record; one
+    # dated in the future is left as it is (refused), until expire deletes it.
     caplog.clear()
     existed, before = rstore.merge(k, locals_([(t, t + 1, 2, 2, 0)] * 8), P)
     assert list(existed) == [True, False, False, False, False, False, False, True]
     assert int(before[3]["c"]) == 0
+    assert (before[[4, 5]] == REFUSED).all()
     assert "was corrupt" in caplog.text
     assert key_hex(k[3].tobytes()) in caplog.text
+    assert {w for w, _ in rstore.take_rejected()} >= {key_hex(k[i].tobytes()) for i in bad}
     for cur in (None, cursor):
         after = as_dict(*rstore.changes(cur)[:2])
-        assert len(after) == 8
-        for i in bad:
+        assert len(after) == 6
+        for i in (1, 2, 3, 6):
             assert after[k[i].tobytes()] == (t, t + 1, 2)
         assert after[k[0].tobytes()] == (t, t + 1, 7)
+    assert rstore.expire(0) == 2
+    assert rstore.merge(k[4:6], locals_([(t, t + 1, 2, 2, 0)] * 2), P)[0].tolist() == [
+        False, False]
+    assert len(read_all(rstore)) == 8
 
 
 def test_wrong_type_keys_do_not_crash(rstore: RedisStore,

@@ -177,6 +177,8 @@ def run_batches(h: UserHarness, p: model.FilterParams, trace: Sequence[Step],
             sync_round(h, m, st_.now)  # type: ignore[arg-type]
             assert h.all_dsts() == m.dsts, f"step {i}: sync round at {st_.now}"
         else:
+            if batch and st_[1] < batch[-1][1]:  # the clock was stepped back: a batch
+                flush()                           # is stamped once, time never goes back in it
             batch.append(st_)
     flush()
     h.q.consume()

@@ -14,7 +14,7 @@ stores.redis.decode_heartbeats               nothing (bad heartbeats skipped)
 RedisStore.merge, its reply                  BadRecord
 RedisStore.changes, its replies              nothing (bad buckets skipped)
 EtcdStore._decode_for_merge, _decode_kvs     nothing (corrupt = absent)
-EtcdStore._take_logged (a merge log entry)   BadRecord
+EtcdStore._take_logged (a merge log entry)   nothing (a mismatch = absent)
 EtcdStore.changes (records, change log)      nothing (a bad log reads all)
 EtcdStore.proxies (heartbeats)               nothing
 control.parse_request                        BadRequest
@@ -26,7 +26,6 @@ Each test runs a bounded number of examples (well under 10 s here).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 import struct
@@ -207,28 +206,31 @@ def _kv(key: bytes, value: bytes, mod: int = 1) -> Any:
 @FUZZ
 @given(st.lists(st.one_of(st.just([]), values.map(lambda v: [_kv(b"k", v)])), max_size=20))
 def test_etcd_decode_for_merge_counts_corrupt_as_absent(vals: list[list[Any]]) -> None:
-    from xpro.stores._common import FLAG_ABSENT, FLAG_CORRUPT, FLAG_EXISTED
+    from xpro.core.bounds import Bounds
+    from xpro.stores._common import FLAG_ABSENT, FLAG_CORRUPT, FLAG_EXISTED, FLAG_REFUSED
 
-    recs, flags = _etcd_store()._decode_for_merge(vals, LIMIT)
+    bounds = Bounds(now=NOW, future=LIMIT - NOW)
+    recs, flags = _etcd_store()._decode_for_merge(vals, bounds)
     assert len(recs) == len(flags) == len(vals)
-    assert set(flags.tolist()) <= {FLAG_ABSENT, FLAG_EXISTED, FLAG_CORRUPT}
+    assert set(flags.tolist()) <= {FLAG_ABSENT, FLAG_EXISTED, FLAG_CORRUPT, FLAG_REFUSED}
+    assert bounds.ok(recs[flags == FLAG_EXISTED]).all()
     assert valid_master(recs[flags == FLAG_EXISTED], LIMIT).all()
     assert (recs[flags != FLAG_EXISTED].view(np.uint8) == 0).all()
 
 
 @FUZZ
 @given(st.integers(0, 5), st.data())
-def test_etcd_merge_log_entry_only_raises_bad_record(m: int, data: st.DataObject) -> None:
-    from xpro.stores.etcd import EtcdStore
-
+def test_etcd_merge_log_entry_never_raises(m: int, data: st.DataObject) -> None:
     size = 4 + m * (KEY_SIZE + 1 + RECORD_SIZE)
     entry = data.draw(st.one_of(
         st.binary(min_size=size - 4, max_size=size - 4).map(lambda b: struct.pack("<I", m) + b),
         st.binary(max_size=size + 8)))
     idx = np.arange(m)
     existed, before = np.zeros(m, dtype=bool), np.zeros(m, dtype=MASTER)
-    with contextlib.suppress(BadRecord):
-        EtcdStore._take_logged(entry, idx, existed, before)
+    if not _etcd_store()._take_logged(entry, idx, existed, before):
+        # An entry that does not match its transaction: its records are absent.
+        assert not existed.any()
+        assert (before.view(np.uint8) == 0).all()
 
 
 @FUZZ

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xpro.core import model
+from xpro.core.bounds import Bounds
 from xpro.core.layout import FLOW_KEY, LOCAL, MASTER
 from xpro.core.merge import merge_arrays
 from xpro.core.model import R_DEN, SyncParams
@@ -106,12 +107,13 @@ def test_redis_wire_encoding_is_exact(case: tuple[list[model.Local], list[model.
             assert float(int(w[i]["a1"])) == w[i]["a1"]
             assert int(w[i]["a2"]) == lv.ts2 - base
             assert int(w[i]["ad"]) == lv.dc
-    args = _fixed_args(params, base, bh, NOW + 86_400 * S)
+    args = _fixed_args(params, base, bh, Bounds(now=NOW, future=86_400 * S))
     assert args[0] == bh
     slow = params.t_t1 >= 1 << 52 or params.t_t4 >= 1 << 52
     assert (args[1] == -1) == slow
-    assert (args[5] << 32) + args[6] == params.t_t1
-    assert (args[7] << 32) + args[8] == params.t_t4
+    assert (int(args[5]) << 32) + int(args[6]) == params.t_t1
+    assert (int(args[7]) << 32) + int(args[8]) == params.t_t4
+    assert (int(args[9]) << 32) + int(args[10]) == NOW + 86_400 * S
 
 
 def test_bucket_hash_is_fixed() -> None:

@@ -24,6 +24,7 @@ from xpro.core.model import (
     mask_source,
     rate_exceeds,
     source_text,
+    window_over,
 )
 from xpro.core.params import KnownPolicy
 
@@ -187,12 +188,16 @@ def explain(params: FilterParams, src: bytes, dst: bytes, *, now: int,
         ts1, c = now, 1
         started = True
         checks.append(Check("new", False, "no record: the packet opens a window of its own"))
-    elif now - flow["ts2"] > p.t_t1:
+    elif window_over(now, flow["ts2"], p.t_t1):
         ts1, c = now, 1
         started = True
+        idle = now - flow["ts2"]
         checks.append(Check("idle-reset", False,
-                            f"idle {(now - flow['ts2']) / NS_PER_S:.3f} s > T_T1 "
-                            f"{p.t_t1 / NS_PER_S:g} s: the window starts again"))
+                            f"idle {idle / NS_PER_S:.3f} s > T_T1 {p.t_t1 / NS_PER_S:g} s: "
+                            "the window starts again" if idle > 0 else
+                            f"its last packet is {-idle / NS_PER_S:.3f} s ahead of the clock "
+                            f"(> T_T1 {p.t_t1 / NS_PER_S:g} s: the clock was stepped back): "
+                            "the window starts again"))
     else:
         ts1, c = flow["ts1"], flow["c"] + 1
     per_src = _rate_check("per-source", c, now - ts1, p.t_t2, "T_T2", p.t_f1, "T_F1")
@@ -204,7 +209,7 @@ def explain(params: FilterParams, src: bytes, dst: bytes, *, now: int,
     # The destination aggregate (lines 18-25, docs/semantics.rst, "The per-destination check").
     if dest is None:
         d_ts1, d_c = ts1, 1
-    elif now - dest["ts2"] > p.t_t1:
+    elif window_over(now, dest["ts2"], p.t_t1):
         d_ts1, d_c = now, 1
     else:
         d_ts1 = min(dest["ts1"], ts1) if started else dest["ts1"]
@@ -227,7 +232,7 @@ def explain(params: FilterParams, src: bytes, dst: bytes, *, now: int,
     # The address's own aggregate (docs/semantics.rst, "Address aggregates").
     if address is None:
         a_ts1, a_c = ts1, 1
-    elif now - address["ts2"] > p.t_t1:
+    elif window_over(now, address["ts2"], p.t_t1):
         a_ts1, a_c = now, 1
     else:
         a_ts1 = min(address["ts1"], ts1) if started else address["ts1"]
@@ -264,7 +269,7 @@ def known_reason(rec: dict[str, int] | None, now: int, p: FilterParams, policy: 
              f"known.min_packets {policy.min_packets})")
     if known:
         return f"it was established before the destination closed ({facts})"
-    if now - rec["ts2"] > p.t_t1:
+    if window_over(now, rec["ts2"], p.t_t1):
         return "its record is idle"
     if window > p.t_t2 and rate_exceeds(c, window, p.t_f1):
         return "it is over T_F1"
@@ -278,7 +283,7 @@ def known_reason(rec: dict[str, int] | None, now: int, p: FilterParams, policy: 
 def _closed(p: FilterParams, dest: dict[str, int], now: int, limit: int | None = None) -> bool:
     """:meth:`xpro.core.model.Filter.dst_closed` on a destination record dict."""
     window = now - dest["ts1"]
-    return (now - dest["ts2"] <= p.t_t1 and window > p.t_t3
+    return (not window_over(now, dest["ts2"], p.t_t1) and window > p.t_t3
             and rate_exceeds(dest["c"], window, p.t_f2 if limit is None else limit))
 
 

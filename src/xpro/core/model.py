@@ -21,6 +21,7 @@ import ipaddress
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from xpro.core.layout import (
     DST_ADDR_PORT,
@@ -254,6 +255,16 @@ def source_text(src: bytes, params: FilterParams) -> str:
 # --------------------------------------------------------------------------
 # Records, parameters
 # --------------------------------------------------------------------------
+
+
+def window_over(now: Any, ts2: Any, t_t1: int) -> Any:
+    """Whether a record's window is over at ``now`` (ints or int64 arrays):
+    idle for longer than T_T1 (Algorithm 2, line 4), or its last packet more
+    than T_T1 *ahead* of ``now``: the clock was stepped back, and judging that
+    window would wait, unfiltered, for the clock to catch up
+    (docs/semantics.rst, "Clock and time").  Either way a packet starts a new
+    window."""
+    return abs(now - ts2) > t_t1
 
 
 def rate_exceeds(count: int, window: int, limit: int) -> bool:
@@ -538,7 +549,7 @@ class Filter:
         if d is None:
             d = DstRecord(ts1=f.ts1, ts2=now, c=0)
             self.dsts[dkey] = d
-        elif now - d.ts2 > self.params.t_t1:
+        elif window_over(now, d.ts2, self.params.t_t1):
             d.ts1, d.c, d.kc = now, 0, 0  # the destination was idle: a new window
         elif started and f.ts1 < d.ts1:
             d.ts1 = f.ts1
@@ -571,7 +582,7 @@ class Filter:
         aggregate over ``limit`` (T_F2 by default) after T_T3."""
         p = self.params
         window = now - d.ts1
-        return (now - d.ts2 <= p.t_t1 and window > p.t_t3
+        return (not window_over(now, d.ts2, p.t_t1) and window > p.t_t3
                 and rate_exceeds(d.c, window, p.t_f2 if limit is None else limit))
 
     def _count_flow(self, key: bytes, now: int) -> tuple[FlowRecord, bool]:
@@ -584,7 +595,7 @@ class Filter:
             f = FlowRecord(ts1=now, ts2=now, c=0)
             self.flows[key] = f
             started = True
-        elif now - f.ts2 > self.params.t_t1:
+        elif window_over(now, f.ts2, self.params.t_t1):
             # Line 4: ts1' = t, c' = 0; dc = 0 and mark = 1 are the new gen.
             f.gen = (f.gen + 1) & 0xFFFFFFFF
             f.ts1, f.c = now, 0

@@ -9,10 +9,12 @@ __all__ = ["Closure", "ProxyStatus", "SyncStats", "SyncStatus"]
 
 @dataclass(frozen=True)
 class ProxyStatus:
-    """What a proxy last published: its workload W (packets/s) and when."""
+    """What a proxy last published: its workload W (packets/s), when, and how far
+    the store's clock was ahead of its own (ns; None: not measured)."""
 
     workload: float
-    last_seen: int  # ns, the proxy's clock (TAI)
+    last_seen: int  # ns, the proxy's clock (TAI) as the mesh's time (docs/sync.rst)
+    offset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,23 @@ class SyncStats:
     closed: int = 0  # destinations closed to unknown sources after the round
     known: int = 0  # entries of the known-client table
     known_overflow: int = 0  # clients that did not fit in the known-client table
-
+    # Values from the store out of bounds, dropped from the round (docs/sync.rst,
+    # "Values from the store"): how many, and the first few as (what, why).
+    quarantined: int = 0
+    bad_values: list[tuple[str, str]] = field(default_factory=list)
+    # Destinations whose share from other proxies was cut to what the mesh's
+    # workloads can back.
+    unbacked: int = 0
+    # Clocks (docs/sync.rst, "Clocks"): the store's clock minus this proxy's
+    # (ns; None: the store has none), and the shift applied to what it reads
+    # and writes (its offset minus the mesh's median).
+    clock_offset: int | None = None
+    skew: int = 0
+    # Bounded work (docs/sync.rst): changes were left for the next round; flows
+    # the mirror forgot at its cap; heartbeats beyond the peers' cap.
+    pull_capped: bool = False
+    mirror_capped: int = 0
+    peers_capped: int = 0
 
 
 @dataclass

@@ -19,6 +19,10 @@ metric                                         type     what
 ``xpro_sync_round_seconds``                    gauge    duration of the last round
 ``xpro_sync_last_success_age_s``               gauge    seconds since the last completed
                                                         round
+``xpro_sync_quarantined_total``                counter  values from the store out of bounds,
+                                                        dropped (docs/sync.rst)
+``xpro_sync_caps_total{cap}``                  counter  rounds that reached a bound: pull,
+                                                        mirror, peers, workload
 ``xpro_store_up``                              gauge    1 while the master store answers
 ``xpro_workload_pps{proxy}``                   gauge    W of every proxy of the mesh
                                                         (heartbeats)
@@ -136,6 +140,13 @@ class ProxyCollector(Collector):
         yield GaugeMetricFamily("xpro_known_clients_overflow",
                                 "Known clients that did not fit in the table at the last round",
                                 value=known.overflow if known is not None else 0)
+        yield CounterMetricFamily("xpro_sync_quarantined", "Values from the store out of bounds, "
+                                  "dropped", value=syncer.quarantined_total if syncer else 0)
+        caps = CounterMetricFamily("xpro_sync_caps", "Sync rounds that reached a bound",
+                                   labels=["cap"])
+        for cap, n in (syncer.caps_reached.items() if syncer is not None else ()):
+            caps.add_metric([cap], float(n))
+        yield caps
         up = loop is not None and loop.syncer is not None and loop.status.healthy
         yield GaugeMetricFamily("xpro_store_up", "1 while the master store answers",
                                 value=1.0 if up else 0.0)

@@ -11,8 +11,9 @@ import hashlib
 import logging
 import os
 import re
+import struct
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,10 @@ from xpro.config.kinds import (
     plaintext_password_warning,
     remember_secret,
 )
+from xpro.core.bounds import MAX_COUNT as BOUNDS_MAX_COUNT
+from xpro.core.bounds import MAX_PPS, Bounds
 from xpro.core.layout import FLOW_KEY, LOCAL, MASTER
-from xpro.core.model import R_DEN, SyncParams
+from xpro.core.model import NS_PER_S, R_DEN, SyncParams
 from xpro.errors import BadRecord, ConfigError
 
 __all__ = [
@@ -69,7 +72,9 @@ log = logging.getLogger("xpro.stores")
 
 #: Counts above this are garbage (a negative i64 read as u64 is >= 2**63).
 #: Two valid counts always add up below 2**63, so sums never wrap.
-MAX_COUNT = 1 << 62
+MAX_COUNT = BOUNDS_MAX_COUNT
+#: Where a store reports a value it skipped: ``reject(what, why)``.
+Reject = Callable[[str, str], None]
 #: Thresholds (T_T1, T_T4, in ns) above this are refused (about 146 years).
 MAX_THRESHOLD = 1 << 62
 #: r_q must satisfy R_DEN <= r_q < MAX_RQ (r in [1, 1024)); the Redis function
@@ -86,10 +91,11 @@ KEY_SIZE = FLOW_KEY.itemsize
 WIRE_LOCAL = np.dtype(
     [("ts1", "<u8"), ("ts2", "<u8"), ("c", "<u8"), ("dc", "<u8"), ("mark", "u1")]
 )
-#: What a merge call returns per record: a flag (0 absent, 1 existed,
-#: 2 corrupt and overwritten) and the record before the merge, 25 bytes.
+#: What a merge call returns per record: a flag (0 absent, 1 existed, 2
+#: corrupt or out of bounds and overwritten, 3 dated in the future and left
+#: as it was: refused) and the record before the merge, 25 bytes.
 WIRE_BEFORE = np.dtype([("flag", "u1"), ("ts1", "<u8"), ("ts2", "<u8"), ("c", "<u8")])
-FLAG_ABSENT, FLAG_EXISTED, FLAG_CORRUPT = 0, 1, 2
+FLAG_ABSENT, FLAG_EXISTED, FLAG_CORRUPT, FLAG_REFUSED = 0, 1, 2, 3
 
 _MESH_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -120,6 +126,13 @@ def max_ts(max_future_s: float = DEFAULT_MAX_FUTURE_S, now_ns: int | None = None
     """The largest timestamp accepted as valid now (now + ``max_future_s``)."""
     now = time.time_ns() if now_ns is None else now_ns
     return now + int(max_future_s * 1_000_000_000)
+
+
+def default_bounds(max_future_s: float, now_ns: int | None = None) -> Bounds:
+    """The bounds a store applies when its caller gives none: its own clock,
+    ``max_future`` seconds ahead, the default count ceiling, no age limit."""
+    now = time.time_ns() if now_ns is None else now_ns
+    return Bounds(now=now, future=int(max_future_s * NS_PER_S), max_age=None, max_pps=MAX_PPS)
 
 
 def key_hex(key: bytes) -> str:
@@ -206,8 +219,8 @@ def _has_duplicates(k: np.ndarray) -> bool:
 
 
 def decode_values(keys: Sequence[bytes], values: Sequence[bytes | None], limit_ts: int,
-                  where: str) -> tuple[np.ndarray, np.ndarray]:
-    """Decode raw stored values; skip (and log) the ones that are bad.
+                  where: str, reject: Reject | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Decode raw stored values; skip (and log, and ``reject``) the ones that are bad.
 
     ``keys`` are 36-byte keys.  Returns ``(keys, records)`` of the good ones.
     ``None`` values (a record deleted meanwhile) are skipped silently.  Works
@@ -222,9 +235,12 @@ def decode_values(keys: Sequence[bytes], values: Sequence[bytes | None], limit_t
     lens = np.fromiter(map(len, vals), dtype=np.int64, count=len(vals))  # type: ignore[arg-type]
     good = lens == RECORD_SIZE
     if not good.all():
-        for i in np.flatnonzero(~good)[:100]:
-            log.warning("%s: skipping record %s: %d bytes, not %d", where, key_hex(keys[i]),
-                        lens[i], RECORD_SIZE)
+        for n, i in enumerate(np.flatnonzero(~good).tolist()):
+            if n < 100:
+                log.warning("%s: skipping record %s: %d bytes, not %d", where,
+                            key_hex(keys[i]), lens[i], RECORD_SIZE)
+            if reject is not None:
+                reject(key_hex(keys[i]), f"{lens[i]} bytes, not {RECORD_SIZE}")
         idx = np.flatnonzero(good).tolist()
         keys = [keys[i] for i in idx]
         vals = [vals[i] for i in idx]
@@ -232,12 +248,41 @@ def decode_values(keys: Sequence[bytes], values: Sequence[bytes | None], limit_t
     ks = keys_from_bytes(keys)
     ok = valid_master(recs, limit_ts)
     if not ok.all():
-        for i in np.flatnonzero(~ok)[:100]:
+        for n, i in enumerate(np.flatnonzero(~ok).tolist()):
             r = recs[i]
-            log.warning("%s: skipping record %s: out of bounds (ts1=%d ts2=%d c=%d, limit ts %d)",
-                        where, key_hex(keys[i]), r["ts1"], r["ts2"], r["c"], limit_ts)
+            if n < 100:
+                log.warning("%s: skipping record %s: out of bounds (ts1=%d ts2=%d c=%d, "
+                            "limit ts %d)", where, key_hex(keys[i]), r["ts1"], r["ts2"], r["c"],
+                            limit_ts)
+            if reject is not None:
+                reject(key_hex(keys[i]), "out of bounds")
         ks, recs = ks[ok], recs[ok]
     return ks, recs
+
+
+#: A heartbeat as stored: W (f64), last seen (u64) and, from this version
+#: on, the proxy's clock offset to the store (i64; NO_OFFSET: unmeasured).
+HEARTBEAT = struct.Struct("<dQ")
+HEARTBEAT_OFFSET = struct.Struct("<dQq")
+NO_OFFSET = -(1 << 63)
+
+
+def encode_heartbeat(workload: float, now: int, offset: int | None) -> bytes:
+    """16 bytes (W, last seen), or 24 with the clock offset."""
+    if offset is None:
+        return HEARTBEAT.pack(float(workload), int(now))
+    return HEARTBEAT_OFFSET.pack(float(workload), int(now), int(offset))
+
+
+def decode_heartbeat(value: bytes) -> tuple[float, int, int | None] | None:
+    """(W, last seen, offset or None) from 16 or 24 bytes; None if neither."""
+    if len(value) == HEARTBEAT.size:
+        w, seen = HEARTBEAT.unpack(value)
+        return w, seen, None
+    if len(value) == HEARTBEAT_OFFSET.size:
+        w, seen, off = HEARTBEAT_OFFSET.unpack(value)
+        return w, seen, None if off == NO_OFFSET else off
+    return None
 
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)

@@ -61,9 +61,27 @@ local function divr(h, l, rq)
   return qh + carry, ql - carry * B32
 end
 
-local function valid(t1h, t1l, t2h, t2l, ch, cl, mxh, mxl)
-  return not gt(t1h, t1l, mxh, mxl) and not gt(t2h, t2l, mxh, mxl)
-    and not gt(ch, cl, MAXC_HI, 0)
+-- The bounds of a master record (xpro.core.bounds): bd = {mxh, mxl, olh, oll, ppn}:
+-- no timestamp after mx, ts1 <= ts2, ts2 not before ol, and a count of at most
+-- ppn * (min(ts2 - ts1, CAPW) + SLACK) (ppn: packets per ns; < 0: no rate
+-- ceiling) and 2^62.  The rate is compared in doubles, as in Python.
+local CAPW = 86400000000000  -- RATE_WINDOW_CAP, ns
+local SLACK = 1000000000  -- RATE_SLACK, ns
+local function within(ch, cl, w, ppn)
+  if ppn < 0 then return true end
+  if w > CAPW then w = CAPW end
+  if w < 0 then w = 0 end
+  return ch * B32 + cl <= ppn * (w + SLACK)
+end
+
+-- 0: in bounds; 1: dated in the future; 2: out of bounds otherwise.
+local function judge(t1h, t1l, t2h, t2l, ch, cl, bd)
+  if gt(t1h, t1l, bd[1], bd[2]) or gt(t2h, t2l, bd[1], bd[2]) then return 1 end
+  if gt(ch, cl, MAXC_HI, 0) or gt(t1h, t1l, t2h, t2l) or gt(bd[3], bd[4], t2h, t2l)
+      or not within(ch, cl, (t2h - t1h) * B32 + (t2l - t1l), bd[5]) then
+    return 2
+  end
+  return 0
 end
 
 -- A key of the wrong type (bad data) makes a command fail: pcall it, and
@@ -121,20 +139,20 @@ end
 
 -- The general merge of one record on (hi, lo) limbs: any u64 in bounds.
 -- loc, p: the locals and where this one starts; old: the stored value or false.
--- Returns the flag, the new value.
-local function merge_limbs(loc, p, old, t1h, t1l, t4h, t4l, rq, mxh, mxl)
+-- A stored value dated in the future (bd) is left as it is (flag 3); one out of
+-- bounds otherwise counts as absent (flag 2).  Returns the flag, the new value.
+local function merge_limbs(loc, p, old, t1h, t1l, t4h, t4l, rq, bd)
   local a1l, a1h, a2l, a2h, acl, ach, adl, adh = struct.unpack(LIMBS8, loc, p)
   local mark = string.byte(loc, p + 56) % 2
-  local ok = false
+  if not old then return 0, string.sub(loc, p, p + 23) end
+  local j = 2
   local b1l, b1h, b2l, b2h, bcl, bch
-  if old and #old == 24 then
+  if #old == 24 then
     b1l, b1h, b2l, b2h, bcl, bch = struct.unpack(REC, old)
-    ok = valid(b1h, b1l, b2h, b2l, bch, bcl, mxh, mxl)
+    j = judge(b1h, b1l, b2h, b2l, bch, bcl, bd)
   end
-  if not ok then
-    if old then return 2, string.sub(loc, p, p + 23) end
-    return 0, string.sub(loc, p, p + 23)
-  end
+  if j == 1 then return 3, old end
+  if j == 2 then return 2, string.sub(loc, p, p + 23) end
   local rh, rl = add(b1h, b1l, t1h, t1l)
   if mark == 1 and gt(a1h, a1l, rh, rl) then
     return 1, string.sub(loc, p, p + 23)  -- lines 6-8: the local window wins
@@ -160,8 +178,11 @@ local function merge_limbs(loc, p, old, t1h, t1l, t4h, t4l, rq, mxh, mxl)
 end
 
 -- KEYS: r l m d
--- ARGV: op call BH T1 T4 RQ MXR t1h t1l t4h t4l mxh mxl locals
+-- ARGV: op call BH T1 T4 RQ MXR t1h t1l t4h t4l mxh mxl OLR olh oll PPN locals
 --       entry key_1..key_n
+-- mx and ol are the latest timestamp and the earliest ts2 in bounds (MXR,
+-- OLR: relative to BH * 2^32, as doubles), PPN the count ceiling's packets
+-- per ns (< 0: none): a stored record out of those bounds counts as absent.
 -- entry is the change-log entry: the client's time in seconds (u32, big
 -- endian), then the n keys.
 -- locals holds 57 bytes per key: ts1 ts2 c dc as u64 (LE), then ts1 ts2 dc
@@ -186,9 +207,11 @@ local function merge(keys, args)
   local RQ, MXR = tonumber(args[6]), tonumber(args[7])
   local t1h, t1l = tonumber(args[8]), tonumber(args[9])
   local t4h, t4l = tonumber(args[10]), tonumber(args[11])
-  local mxh, mxl = tonumber(args[12]), tonumber(args[13])
-  local loc, entry = args[14], args[15]
-  local K = 15
+  local bd = {tonumber(args[12]), tonumber(args[13]), tonumber(args[15]),
+              tonumber(args[16]), tonumber(args[17])}
+  local OLR, PPN = tonumber(args[14]), bd[5]
+  local loc, entry = args[18], args[19]
+  local K = 19
   local n = #args - K
   local fast_ok = T1 >= 0
   local olds = {}
@@ -216,6 +239,7 @@ local function merge(keys, args)
         B1 = (b1h - BH) * B32 + b1l
         B2 = (b2h - BH) * B32 + b2l
         fast = B1 >= 0 and B1 <= MXR and B2 >= 0 and B2 <= MXR and bch < 1048576
+          and B1 <= B2 and B2 >= OLR and within(bch, bcl, B2 - B1, PPN)
       else
         fast = false
       end
@@ -248,19 +272,24 @@ local function merge(keys, args)
       new = ssub(loc, p, p + 23)
     else
       local flag
-      flag, new = merge_limbs(loc, p, old, t1h, t1l, t4h, t4l, RQ, mxh, mxl)
+      flag, new = merge_limbs(loc, p, old, t1h, t1l, t4h, t4l, RQ, bd)
       if flag == 1 then
         flags[i], befores[i] = '\1', old
       elseif flag == 2 then
         flags[i], befores[i] = '\2', Z24
-        redis.log(redis.LOG_WARNING, 'xpro: overwrote a corrupt record in ' .. r)
+        redis.log(redis.LOG_WARNING, 'xpro: overwrote a corrupt or out-of-bounds record in ' .. r)
+      elseif flag == 3 then
+        flags[i], befores[i] = '\3', Z24
+        new = nil  -- dated in the future: left as it is
       else
         flags[i], befores[i] = '\0', Z24
       end
     end
-    nh = nh + 2
-    hset[nh - 1] = args[K + i]
-    hset[nh] = new
+    if new then
+      nh = nh + 2
+      hset[nh - 1] = args[K + i]
+      hset[nh] = new
+    end
     p = p + 57
   end
   for i = 1, nh, 4000 do
@@ -280,20 +309,30 @@ local function merge(keys, args)
   return result
 end
 
--- KEYS: r l m   ARGV: cursor (entries seen; -1 for none)
+-- KEYS: r l m   ARGV: cursor (entries seen; -1 for none), cap (keys; 0: all)
 -- Returns {n, 2} (nothing new), {n, 1} (read the whole bucket), {n, 3} (the
--- records key is not a hash) or {n, 0, keys, values} (changed since the cursor).
+-- records key is not a hash) or {upto, 0, keys, values, n} (changed since the
+-- cursor, in the entries up to upto: whole entries, at least one, while the
+-- keys stay within cap).
 local function changes(keys, args)
   local r, l, m = keys[1], keys[2], keys[3]
   local c = tonumber(args[1])
+  local cap = tonumber(args[2] or 0) or 0
   local meta = try('HMGET', m, 'n', 't') or {}
   local n, t = tonumber(meta[1]) or 0, tonumber(meta[2]) or 0
   if c == n then return {n, 2} end
   if c < t or c > n then return {n, 1} end
-  local ents = try('LRANGE', l, c - t, n - t - 1)
-  if ents == nil or #ents ~= n - c then return {n, 1} end
+  local last = n - t - 1
+  if cap > 0 then last = math.min(last, c - t + cap - 1) end
+  local ents = try('LRANGE', l, c - t, last)
+  if ents == nil or #ents ~= last - (c - t) + 1 then return {n, 1} end
   local seen, list = {}, {}
-  for _, e in ipairs(ents) do
+  local upto = c + #ents
+  for i, e in ipairs(ents) do
+    if cap > 0 and i > 1 and #list + math.floor((#e - 4) / 36) > cap then
+      upto = c + i - 1
+      break
+    end
     for off = 5, #e - 35, 36 do
       local k = string.sub(e, off, off + 35)
       if not seen[k] then
@@ -304,17 +343,19 @@ local function changes(keys, args)
   end
   local vals = hmget(r, list)
   if vals == nil then return {n, 3} end
-  return {n, 0, table.concat(list), vals}
+  return {upto, 0, table.concat(list), vals, n}
 end
 
--- KEYS: r l m   ARGV: before_hi before_lo mxh mxl retention now keys
--- Deletes the listed records whose ts2 < before or that are corrupt.
+-- KEYS: r l m   ARGV: before_hi before_lo mxh mxl olh oll ppn retention now keys
+-- Deletes the listed records whose ts2 < before, that are corrupt or out of
+-- bounds (mx, ol, ppn as in merge: dated in the future, say).
 local function expire(keys, args)
   local r, l, m = keys[1], keys[2], keys[3]
   local bh, bl = tonumber(args[1]), tonumber(args[2])
-  local mxh, mxl = tonumber(args[3]), tonumber(args[4])
-  local retention, now = tonumber(args[5]), tonumber(args[6])
-  local kblob = args[7]
+  local bd = {tonumber(args[3]), tonumber(args[4]), tonumber(args[5]), tonumber(args[6]),
+              tonumber(args[7])}
+  local retention, now = tonumber(args[8]), tonumber(args[9])
+  local kblob = args[10]
   local list = {}
   for i = 1, #kblob / 36 do list[i] = string.sub(kblob, i * 36 - 35, i * 36) end
   local vals = hmget(r, list) or {}
@@ -324,7 +365,7 @@ local function expire(keys, args)
       local gone = true
       if #v == 24 then
         local a1l, a1h, a2l, a2h, acl, ach = struct.unpack(REC, v)
-        gone = gt(bh, bl, a2h, a2l) or not valid(a1h, a1l, a2h, a2l, ach, acl, mxh, mxl)
+        gone = gt(bh, bl, a2h, a2l) or judge(a1h, a1l, a2h, a2l, ach, acl, bd) ~= 0
       end
       if gone then del[#del + 1] = list[i] end
     end
@@ -341,7 +382,19 @@ local function expire(keys, args)
   return #del
 end
 
+-- KEYS: the lease key   ARGV: holder seconds
+-- Takes or renews a mesh-wide lease: 1 if holder has it now, 0 if another does.
+local function lease(keys, args)
+  local k, holder, ttl = keys[1], args[1], tonumber(args[2])
+  local cur = try('HGET', k, 'h')
+  if cur and cur ~= holder then return 0 end
+  replace('HSET', k, 'h', holder)
+  redis.call('EXPIRE', k, ttl)
+  return 1
+end
+
 redis.register_function('xpro_v1_merge', merge)
+redis.register_function('xpro_v1_lease', lease)
 redis.register_function{function_name = 'xpro_v1_changes', callback = changes,
                         flags = {'no-writes'}}
 redis.register_function('xpro_v1_expire', expire)

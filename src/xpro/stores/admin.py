@@ -55,7 +55,7 @@ REDIS_COMMANDS: tuple[str, ...] = (
     "ping", "select", "client|setinfo", "cluster|slots", "command",
     # the store's own calls (xpro.stores.redis)
     "fcall", "fcall_ro", "function|list", "hget", "hgetall", "hset", "hsetnx", "hscan",
-    "expire",
+    "expire", "time",
     # inside the xpro_v1 functions (xpro.stores._redis_lua)
     "hmget", "hlen", "hdel", "del", "rpush", "lpop", "lindex", "lrange",
 )

@@ -39,24 +39,29 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import numpy as np
 
 from xpro.config.kinds import mask_url, redact, split_url
+from xpro.core.bounds import FUTURE, REASONS, Bounds
 from xpro.core.layout import FLOW_KEY, MASTER
 from xpro.core.merge import merge_arrays
 from xpro.core.model import SyncParams
 from xpro.core.status import ProxyStatus
-from xpro.errors import BadRecord, ConfigError, StoreConflict, StoreError, StoreUnavailable
+from xpro.errors import ConfigError, StoreConflict, StoreError, StoreUnavailable
 from xpro.hooks.specs import hookimpl
 from xpro.stores._common import (
     DEFAULT_MAX_FUTURE_S,
     FLAG_ABSENT,
     FLAG_CORRUPT,
     FLAG_EXISTED,
+    FLAG_REFUSED,
     KEY_SIZE,
     RECORD_SIZE,
     Replay,
     batch_digest,
     check_merge_input,
     check_mesh,
+    decode_heartbeat,
     decode_values,
+    default_bounds,
+    encode_heartbeat,
     key_hex,
     key_list,
     max_ts,
@@ -66,10 +71,9 @@ from xpro.stores._common import (
     resolve_password,
     resolve_username,
     unknown_options,
-    valid_master,
     warn_plaintext,
 )
-from xpro.stores.base import Store
+from xpro.stores.base import REFUSED, Store
 
 if TYPE_CHECKING:
     from xpro.hooks.registry import Registry
@@ -84,7 +88,6 @@ ENCODING = 1
 #: Records per merge transaction: 120 compares and puts, plus the log entry
 #: and ``v``, stay within etcd's default --max-txn-ops of 128.
 CHUNK = 120
-_HEARTBEAT = struct.Struct("<dQ")
 _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
@@ -107,10 +110,17 @@ def _etcd() -> Any:
 
 @dataclass(frozen=True)
 class EtcdCursor:
-    """A reader's position: the cluster and the revision it has read up to."""
+    """A reader's position: the cluster and the revision it has read up to.
+
+    ``scan_from``: a full read of the records is under way, from this key on
+    (``revision`` is then the one it began at); ``more``: changes were left
+    for the next read (its ``limit`` was reached).
+    """
 
     cluster: int
     revision: int
+    scan_from: bytes | None = None
+    more: bool = False
 
 
 class EtcdStore(Store):
@@ -149,6 +159,7 @@ class EtcdStore(Store):
         self._k_ver = p + b"v"
         self._k_trim = p + b"lt"
         self._k_cfg = p + b"cfg"
+        self._p_lease = p + b"lease/"
         self._cfg_ok = False
 
     @classmethod
@@ -388,8 +399,8 @@ class EtcdStore(Store):
     # Store API
     # ------------------------------------------------------------------
 
-    def merge(self, keys: np.ndarray, local: np.ndarray, params: SyncParams
-              ) -> tuple[np.ndarray, np.ndarray]:
+    def merge(self, keys: np.ndarray, local: np.ndarray, params: SyncParams,
+              bounds: Bounds | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Compare-and-swap transactions of up to 120 records, retried on conflict.
 
         Atomic per record.  If it raises :class:`StoreUnavailable`, calling it
@@ -398,6 +409,7 @@ class EtcdStore(Store):
         """
         now = time.time_ns()
         limit = max_ts(self.max_future, now)
+        b = bounds or default_bounds(self.max_future, now)
         k, loc = check_merge_input(keys, local, params, limit)
         n = len(k)
         existed = np.zeros(n, dtype=bool)
@@ -413,13 +425,13 @@ class EtcdStore(Store):
                 op, stamp = self._op, now
             self._replay, self._replay_stamp = None, stamp
             try:
-                return self._merge(k, loc, params, op, stamp, limit)
+                return self._merge(k, loc, params, op, stamp, b)
             except BaseException:
                 self._replay = Replay(batch_digest(k, loc, params), op)
                 raise
 
     def _merge(self, k: np.ndarray, loc: np.ndarray, params: SyncParams, op: int, stamp: int,
-               limit: int) -> tuple[np.ndarray, np.ndarray]:
+               bounds: Bounds) -> tuple[np.ndarray, np.ndarray]:
         rpc, _ = _etcd()
         n = len(k)
         existed = np.zeros(n, dtype=bool)
@@ -448,11 +460,13 @@ class EtcdStore(Store):
                 ranges = state[ci]
                 logkv = ranges[-1].response_range.kvs
                 if logkv:  # applied by an earlier attempt of this very merge
-                    self._take_logged(logkv[0].value, idx, existed, before)
+                    if not self._take_logged(logkv[0].value, idx, existed, before):
+                        for i in idx:
+                            self.reject(key_hex(kl[i]), "the merge's log entry was altered")
                     continue
                 vals = [r.response_range.kvs for r in ranges[:-1]]
                 revs = [kv[0].mod_revision if kv else 0 for kv in vals]
-                m_rec, flags = self._decode_for_merge(vals, limit)
+                m_rec, flags = self._decode_for_merge(vals, bounds)
                 ex = flags == FLAG_EXISTED
                 _, new = merge_arrays(loc[idx], np.ones(len(idx), dtype=bool), m_rec, ex, params)
                 entry = (struct.pack("<I", len(idx)) + b"".join(kl[i] for i in idx)
@@ -468,7 +482,7 @@ class EtcdStore(Store):
                     rpc.RequestOp(request_put=rpc.PutRequest(
                         key=self._p_rec + kl[i],
                         value=newb[j * RECORD_SIZE : (j + 1) * RECORD_SIZE]))
-                    for j, i in enumerate(idx)
+                    for j, i in enumerate(idx) if flags[j] != FLAG_REFUSED
                 ] + [
                     rpc.RequestOp(request_put=rpc.PutRequest(key=logkeys[ci], value=entry)),
                     rpc.RequestOp(request_put=rpc.PutRequest(key=self._k_ver, value=b"")),
@@ -484,6 +498,10 @@ class EtcdStore(Store):
                 if resp.succeeded:
                     existed[idx] = flags == FLAG_EXISTED
                     before[idx] = m_rec
+                    before[idx[flags == FLAG_REFUSED]] = REFUSED
+                    for i in idx[flags == FLAG_REFUSED]:
+                        self.reject(key_hex(kl[i]), "merge refused: the record is dated in "
+                                    "the future")
                     if (flags == FLAG_CORRUPT).any():
                         corrupt.extend(kl[i] for i in idx[flags == FLAG_CORRUPT])
                 else:
@@ -498,14 +516,16 @@ class EtcdStore(Store):
                         f"lost the compare-and-swap {attempt} times (too many proxies "
                         "merging the same flows?); the sync retries next round")
                 time.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.2)))
-        for kb in corrupt[:100]:
-            log.warning("etcd mesh %s: record %s was corrupt; replaced by this proxy's "
-                        "record", self.mesh, key_hex(kb))
+        for n_bad, kb in enumerate(corrupt):
+            if n_bad < 100:
+                log.warning("etcd mesh %s: record %s was corrupt; replaced by this proxy's "
+                            "record", self.mesh, key_hex(kb))
+            self.reject(key_hex(kb), "merged into: corrupt or out of bounds")
         return existed, before
 
-    def _decode_for_merge(self, vals: Sequence[Any], limit: int
+    def _decode_for_merge(self, vals: Sequence[Any], bounds: Bounds
                           ) -> tuple[np.ndarray, np.ndarray]:
-        """Stored values -> (records, flags); corrupt ones count as absent."""
+        """Stored values -> (records, flags); corrupt or out-of-bounds ones count as absent."""
         m = len(vals)
         recs = np.zeros(m, dtype=MASTER)
         flags = np.full(m, FLAG_ABSENT, dtype=np.uint8)
@@ -518,30 +538,52 @@ class EtcdStore(Store):
                 flags[j] = FLAG_EXISTED
             else:
                 flags[j] = FLAG_CORRUPT
-        ok = valid_master(recs, limit)
-        bad = (flags == FLAG_EXISTED) & ~ok
+        why = bounds.check(recs)
+        future = (flags == FLAG_EXISTED) & (why == FUTURE)
+        flags[future] = FLAG_REFUSED  # dated in the future: left as it is
+        bad = (flags == FLAG_EXISTED) & (why != 0)
+        if bad.any():
+            log.info("etcd mesh %s: %d record(s) out of bounds (%s) count as absent", self.mesh,
+                     int(bad.sum()), REASONS[int(why[bad][0])])
         flags[bad] = FLAG_CORRUPT
         recs[flags != FLAG_EXISTED] = 0
         return recs, flags
 
-    @staticmethod
-    def _take_logged(entry: bytes, idx: np.ndarray, existed: np.ndarray, before: np.ndarray
-                     ) -> None:
-        """What a transaction applied earlier saw, from its log entry."""
+    def _take_logged(self, entry: bytes, idx: np.ndarray, existed: np.ndarray,
+                     before: np.ndarray) -> bool:
+        """What a transaction applied earlier saw, from its log entry.
+
+        An entry that does not match its transaction (someone rewrote it)
+        tells nothing of what the master held, but the transaction was
+        applied: its records come back as absent (the caller keeps its own
+        view, nothing is merged twice) and False is returned.
+        """
         m = len(idx)
         if len(entry) != 4 + m * (KEY_SIZE + 1 + RECORD_SIZE) or \
                 struct.unpack_from("<I", entry)[0] != m:
-            raise BadRecord("etcd: a merge log entry of this proxy does not match its "
-                            "transaction; was the store modified by hand?")
+            log.warning("etcd mesh %s: a merge log entry of this proxy does not match its "
+                        "transaction (was the store modified by hand?); its %d records count "
+                        "as absent", self.mesh, m)
+            existed[idx] = False
+            before[idx] = 0
+            return False
         off = 4 + m * KEY_SIZE
         flags = np.frombuffer(entry, dtype=np.uint8, count=m, offset=off)
         existed[idx] = flags == FLAG_EXISTED
         before[idx] = np.frombuffer(entry, dtype=MASTER, count=m, offset=off + m)
+        before[idx[flags == FLAG_REFUSED]] = REFUSED
+        return True
 
-    def changes(self, cursor: Any | None) -> tuple[np.ndarray, np.ndarray, EtcdCursor]:
-        """Records changed since ``cursor`` (a revision), read through the change log."""
+    def changes(self, cursor: Any | None, limit: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray, EtcdCursor]:
+        """Records changed since ``cursor`` (a revision), read through the change log.
+
+        With a ``limit``: the log entries in revision order while their keys
+        stay within it (at least one entry), and a full read of the records
+        ``limit`` at a time over several calls.
+        """
         rpc, _ = _etcd()
-        limit = max_ts(self.max_future)
+        lim_ts = max_ts(self.max_future)
         with self._guard():
             req = self._txn(rpc, [], [self._range_op(rpc, self._k_ver),
                                       self._range_op(rpc, self._k_trim)], [])
@@ -550,38 +592,68 @@ class EtcdStore(Store):
             ver_kv = resp.responses[0].response_range.kvs
             trim_kv = resp.responses[1].response_range.kvs
             trimmed = _int(trim_kv[0].value) if trim_kv else 0
-            since = cursor.revision if (
-                isinstance(cursor, EtcdCursor) and cursor.cluster == cluster
-                and cursor.revision <= rev
-            ) else -1
+            cur = cursor if (isinstance(cursor, EtcdCursor) and cursor.cluster == cluster
+                             and cursor.revision <= rev) else None
+            if cur is not None and cur.scan_from is not None:
+                # A full read under way: go on with it (at the current revision;
+                # what changed since it began is read from the log afterwards).
+                kvs, nxt = self._range_some(self._p_rec, cur.scan_from, limit)
+                keys, recs = self._decode_kvs(kvs, lim_ts)
+                return keys, recs, EtcdCursor(cluster, cur.revision, nxt, True)
+            since = cur.revision if cur is not None else -1
             new_cursor = EtcdCursor(cluster, rev)
             if since >= 0 and (not ver_kv or ver_kv[0].mod_revision <= since):
                 return _empty_keys(), np.zeros(0, dtype=MASTER), new_cursor
             if since < 0 or trimmed > since:
-                kvs, _, _ = self._range_all(self._p_rec, revision=rev)
+                kvs, nxt = self._range_some(self._p_rec, self._p_rec, limit, revision=rev)
+                if nxt is not None:
+                    new_cursor = EtcdCursor(cluster, rev, nxt, True)
             else:
                 entries, _, _ = self._range_all(self._p_log, revision=rev, min_mod=since + 1)
+                entries.sort(key=lambda kv: kv.mod_revision)
                 wanted: dict[bytes, None] = {}
                 broken = False
                 for kv in entries:
                     e = kv.value
-                    if len(e) < 4:
+                    m = struct.unpack_from("<I", e)[0] if len(e) >= 4 else -1
+                    if m < 0 or len(e) != 4 + m * (KEY_SIZE + 1 + RECORD_SIZE):
                         broken = True
                         continue
-                    m = struct.unpack_from("<I", e)[0]
-                    if len(e) != 4 + m * (KEY_SIZE + 1 + RECORD_SIZE):
-                        broken = True
-                        continue
+                    if limit is not None and wanted and len(wanted) + m > limit:
+                        new_cursor = EtcdCursor(cluster, kv.mod_revision - 1, None, True)
+                        break
                     for j in range(m):
                         wanted[e[4 + j * KEY_SIZE : 4 + (j + 1) * KEY_SIZE]] = None
                 if broken:
                     log.warning("etcd mesh %s: a change-log entry is corrupt; reading every "
                                 "record", self.mesh)
-                    kvs, _, _ = self._range_all(self._p_rec, revision=rev)
+                    self.reject("change log", "an entry is corrupt")
+                    kvs, nxt = self._range_some(self._p_rec, self._p_rec, limit, revision=rev)
+                    new_cursor = EtcdCursor(cluster, rev, nxt, nxt is not None)
                 else:
                     kvs = self._get_many([self._p_rec + kb for kb in wanted], rev)
-        keys, recs = self._decode_kvs(kvs, limit)
+        keys, recs = self._decode_kvs(kvs, lim_ts)
         return keys, recs, new_cursor
+
+    def _range_some(self, prefix: bytes, start: bytes, limit: int | None, revision: int = 0
+                    ) -> tuple[list[Any], bytes | None]:
+        """The kvs under ``prefix`` from key ``start`` on, about ``limit`` of them
+        (None: all); returns them and the key to go on from (None: the end)."""
+        if limit is None:
+            kvs, _, _ = self._range_all(prefix, revision=revision)
+            return kvs, None
+        rpc, _ = _etcd()
+        end = self._prefix_end(prefix)
+        out: list[Any] = []
+        while len(out) < limit:
+            req = rpc.RangeRequest(key=start, range_end=end, revision=revision,
+                                   limit=min(self.page, max(1, limit - len(out))))
+            resp: Any = self._rpc(_ranger(req, self.timeout), "range read")
+            out.extend(resp.kvs)
+            if not resp.more or not resp.kvs:
+                return out, None
+            start = resp.kvs[-1].key + b"\0"
+        return out, start
 
     def _get_many(self, keys: Sequence[bytes], revision: int) -> list[Any]:
         rpc, _ = _etcd()
@@ -605,17 +677,19 @@ class EtcdStore(Store):
             if len(kb) != KEY_SIZE:
                 log.warning("etcd mesh %s: skipping key %r: not a flow key", self.mesh,
                             kv.key[:80])
+                self.reject(repr(kv.key[:80]), "not a flow key")
                 continue
             keys.append(kb)
             vals.append(kv.value)
-        return decode_values(keys, vals, limit, f"etcd mesh {self.mesh}")
+        return decode_values(keys, vals, limit, f"etcd mesh {self.mesh}", self.reject)
 
-    def heartbeat(self, proxy: str, workload: float, now: int) -> None:
+    def heartbeat(self, proxy: str, workload: float, now: int, offset: int | None = None
+                  ) -> None:
         if not math.isfinite(workload) or workload < 0:
             raise ValueError(f"workload {workload!r} must be a finite number >= 0")
         rpc, _ = _etcd()
         req = rpc.PutRequest(key=self._p_hb + proxy.encode(),
-                             value=_HEARTBEAT.pack(float(workload), int(now)))
+                             value=encode_heartbeat(workload, now, offset))
         self._rpc(lambda stub, md: stub.Put(req, timeout=self.timeout, metadata=md), "heartbeat")
 
     def proxies(self) -> dict[str, ProxyStatus]:
@@ -624,20 +698,24 @@ class EtcdStore(Store):
         out: dict[str, ProxyStatus] = {}
         for kv in kvs:
             name = kv.key[len(self._p_hb):].decode("utf-8", "replace")
-            if len(kv.value) != _HEARTBEAT.size:
+            hb = decode_heartbeat(kv.value)
+            if hb is None:
                 log.warning("etcd mesh %s: skipping heartbeat of %r: %d bytes", self.mesh, name,
                             len(kv.value))
+                self.reject(f"heartbeat {name!r}", f"{len(kv.value)} bytes")
                 continue
-            w, seen = _HEARTBEAT.unpack(kv.value)
+            w, seen, off = hb
             if not math.isfinite(w) or w < 0 or seen > limit:
                 log.warning("etcd mesh %s: skipping heartbeat of %r: out of bounds", self.mesh,
                             name)
+                self.reject(f"heartbeat {name!r}", "out of bounds")
                 continue
-            out[name] = ProxyStatus(workload=w, last_seen=seen)
+            out[name] = ProxyStatus(workload=w, last_seen=seen, offset=off)
         return out
 
-    def expire(self, before: int) -> int:
-        """Delete records with ts2 < ``before`` (and corrupt ones) and trim the log.
+    def expire(self, before: int, bounds: Bounds | None = None) -> int:
+        """Delete records with ts2 < ``before`` (and corrupt or out-of-bounds ones) and
+        trim the log.
 
         Each deletion is guarded by the record's mod_revision, so a record
         merged meanwhile stays.  A proxy never compacts the cluster's history
@@ -646,7 +724,7 @@ class EtcdStore(Store):
         administrator with :meth:`compact` (``xpro store compact``).
         """
         rpc, _ = _etcd()
-        limit = max_ts(self.max_future)
+        b = bounds or default_bounds(self.max_future)
         with self._guard():
             kvs, _, _ = self._range_all(self._p_rec)
             doomed: list[Any] = []
@@ -656,7 +734,7 @@ class EtcdStore(Store):
                     doomed.append(kv)
                     continue
                 rec = np.frombuffer(v, dtype=MASTER)
-                if rec["ts2"][0] < before or not valid_master(rec, limit)[0]:
+                if rec["ts2"][0] < before or not b.ok(rec)[0]:
                     doomed.append(kv)
             reqs = [
                 self._txn(
@@ -701,6 +779,38 @@ class EtcdStore(Store):
         (resp,) = self._call_txns([req], "trimming the change log")
         if not resp.succeeded:
             log.info("etcd mesh %s: change log changed while trimming; next time", self.mesh)
+
+    def lease(self, name: str, holder: str, seconds: float) -> bool:
+        """A key ``lease/NAME`` holding the holder and its end (the holder's clock),
+        taken or renewed by a compare-and-swap on its revision.  etcd's own
+        leases would use the server's clock but need a keep-alive stream; a
+        few seconds of skew only let two proxies expire at once, which is
+        safe."""
+        rpc, _ = _etcd()
+        key = self._p_lease + name.encode()
+        now = time.time_ns()
+        value = f"{holder} {now + int(seconds * 1e9)}".encode()
+        with self._guard():
+            req = rpc.RangeRequest(key=key)
+            resp: Any = self._rpc(_ranger(req, self.timeout), "reading a lease")
+            if resp.kvs:
+                kv = resp.kvs[0]
+                who, _, until = kv.value.decode("utf-8", "replace").partition(" ")
+                try:
+                    end = int(until)
+                except ValueError:
+                    end = 0  # unreadable: free
+                if who != holder and end > now:
+                    return False
+                cmp = rpc.Compare(key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL,
+                                  mod_revision=kv.mod_revision)
+            else:
+                cmp = rpc.Compare(key=key, target=rpc.Compare.VERSION,
+                                  result=rpc.Compare.EQUAL, version=0)
+            txn = self._txn(rpc, [cmp], [rpc.RequestOp(request_put=rpc.PutRequest(
+                key=key, value=value))], [])
+            (out,) = self._call_txns([txn], "taking a lease")
+            return bool(out.succeeded)
 
     def revision(self) -> int:
         """The cluster's current revision."""

@@ -15,14 +15,16 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 import numpy as np
 
+from xpro.core.bounds import FUTURE, REASONS, Bounds
 from xpro.core.layout import FLOW_KEY, MASTER
 from xpro.core.merge import merge_arrays
 from xpro.core.model import SyncParams
@@ -34,6 +36,7 @@ from xpro.stores._common import (
     KEY_SIZE,
     check_merge_input,
     check_mesh,
+    default_bounds,
     key_hex,
     key_list,
     max_ts,
@@ -42,7 +45,7 @@ from xpro.stores._common import (
     unknown_options,
     valid_master,
 )
-from xpro.stores.base import Store
+from xpro.stores.base import REFUSED, Store
 
 if TYPE_CHECKING:
     from xpro.hooks.registry import Registry
@@ -54,10 +57,16 @@ log = logging.getLogger("xpro.stores.memory")
 
 @dataclass(frozen=True)
 class MemoryCursor:
-    """A reader's position: the state's identity and the last version it saw."""
+    """A reader's position: the state's identity and the last (version, slot) it saw.
+
+    ``more``: records changed before this read were left for the next one
+    (the read's ``limit`` was reached).
+    """
 
     state: str
     version: int
+    slot: int = 1 << 62
+    more: bool = False
 
 
 @dataclass
@@ -75,6 +84,8 @@ class _State:
     used: int = 0
     version: int = 0
     heartbeats: dict[str, ProxyStatus] = field(default_factory=dict)
+    leases: dict[str, tuple[str, float]] = field(default_factory=dict)  # holder, until
+    clock: Callable[[], int] = time.time_ns  # the store's clock (tests set a fake one)
 
     def grow(self, need: int) -> None:
         cap = len(self.recs)
@@ -150,9 +161,10 @@ class MemoryStore(Store):
     def __repr__(self) -> str:
         return f"MemoryStore('memory://{self.name}', mesh={self.mesh!r})"
 
-    def merge(self, keys: np.ndarray, local: np.ndarray, params: SyncParams
-              ) -> tuple[np.ndarray, np.ndarray]:
+    def merge(self, keys: np.ndarray, local: np.ndarray, params: SyncParams,
+              bounds: Bounds | None = None) -> tuple[np.ndarray, np.ndarray]:
         limit = max_ts(self.max_future)
+        b = bounds or default_bounds(self.max_future)
         k, loc = check_merge_input(keys, local, params, limit)
         n = len(k)
         kl = key_list(k)
@@ -160,15 +172,25 @@ class MemoryStore(Store):
         with st.lock:
             slots, existed = st.slots_for(kl)
             before = np.zeros(n, dtype=MASTER)
+            refused = np.zeros(n, dtype=bool)
             if existed.any():
                 before[existed] = st.recs[slots[existed]]
-                ok = valid_master(before, limit)
-                bad = existed & ~ok
+                why = b.check(before)
+                # Dated in the future: left as it is (docs/sync.rst).
+                refused = existed & (why == FUTURE)
+                for kb in key_list(k[refused]):
+                    self.reject(key_hex(kb), "merge refused: the record is dated in the future")
+                existed &= ~refused
+                bad = existed & (why != 0)
                 if bad.any():
-                    for kb in key_list(k[bad])[:100]:
-                        log.warning("memory mesh %s: record %s was corrupt; replaced by this "
-                                    "proxy's record", self.mesh, key_hex(kb))
-                    existed &= ok
+                    for i, (kb, w) in enumerate(zip(key_list(k[bad]), why[bad].tolist(),
+                                                    strict=True)):
+                        if i < 100:
+                            log.warning("memory mesh %s: record %s was out of bounds (%s); "
+                                        "replaced by this proxy's record", self.mesh,
+                                        key_hex(kb), REASONS[w])
+                        self.reject(key_hex(kb), f"merged into: {REASONS[w]}")
+                    existed &= ~bad
                     before[bad] = 0
             _, new = merge_arrays(loc, np.ones(len(loc), dtype=bool), before, existed, params)
             missing = slots < 0
@@ -176,48 +198,74 @@ class MemoryStore(Store):
                 idx = np.flatnonzero(missing)
                 slots[idx] = st.allocate([kl[i] for i in idx], k[idx])
             st.version += 1
-            st.recs[slots] = new
-            st.ver[slots] = st.version
+            st.recs[slots[~refused]] = new[~refused]
+            st.ver[slots[~refused]] = st.version
+        before[refused] = REFUSED
         return existed, before
 
-    def changes(self, cursor: Any | None) -> tuple[np.ndarray, np.ndarray, MemoryCursor]:
+    def changes(self, cursor: Any | None, limit: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray, MemoryCursor]:
+        """Records stamped after the cursor, in (version, slot) order; at most
+        ``limit`` of them, the rest at the next call."""
         st = self._state
-        since = cursor.version if (
-            isinstance(cursor, MemoryCursor) and cursor.state == st.ident
-        ) else 0
-        limit = max_ts(self.max_future)
+        if isinstance(cursor, MemoryCursor) and cursor.state == st.ident:
+            since, after = cursor.version, cursor.slot
+        else:
+            since, after = 0, 1 << 62
+        lim_ts = max_ts(self.max_future)
         with st.lock:
             u = st.used
-            sel = np.flatnonzero(st.alive[:u] & (st.ver[:u] > np.uint64(since)))
+            ver = st.ver[:u]
+            slots = np.arange(u)
+            sel = np.flatnonzero(st.alive[:u] & ((ver > np.uint64(since)) | (
+                (ver == np.uint64(since)) & (slots > after))))
+            more = limit is not None and len(sel) > limit
+            if more:
+                assert limit is not None
+                order = np.lexsort((sel, ver[sel]))[:limit]
+                sel = sel[order]
+                version, last = int(ver[sel[-1]]), int(sel[-1])
+            else:
+                version, last = st.version, 1 << 62
             keys = st.keys[sel].copy()
             recs = st.recs[sel].copy()
-            version = st.version
-        ok = valid_master(recs, limit)
+        ok = valid_master(recs, lim_ts)
         if not ok.all():
-            for kb in key_list(keys[~ok])[:100]:
-                log.warning("memory mesh %s: skipping record %s: out of bounds", self.mesh,
-                            key_hex(kb))
+            for i, kb in enumerate(key_list(keys[~ok])):
+                if i < 100:
+                    log.warning("memory mesh %s: skipping record %s: out of bounds", self.mesh,
+                                key_hex(kb))
+                self.reject(key_hex(kb), "out of bounds")
             keys, recs = keys[ok], recs[ok]
-        return keys, recs, MemoryCursor(st.ident, version)
+        return keys, recs, MemoryCursor(st.ident, version, last, more)
 
-    def heartbeat(self, proxy: str, workload: float, now: int) -> None:
+    def heartbeat(self, proxy: str, workload: float, now: int, offset: int | None = None
+                  ) -> None:
         if not math.isfinite(workload) or workload < 0:
             raise ValueError(f"workload {workload!r} must be a finite number >= 0")
         with self._state.lock:
-            self._state.heartbeats[proxy] = ProxyStatus(float(workload), int(now))
+            self._state.heartbeats[proxy] = ProxyStatus(float(workload), int(now), offset)
+
+    def clock(self) -> int | None:
+        """This process's clock (``time.time_ns``), or the fake one of :meth:`use_clock`."""
+        return int(self._state.clock())
+
+    def use_clock(self, clock: Callable[[], int]) -> None:
+        """Give this store (every proxy on it) a clock of its own (tests)."""
+        self._state.clock = clock
 
     def proxies(self) -> dict[str, ProxyStatus]:
         with self._state.lock:
             return dict(self._state.heartbeats)
 
-    def expire(self, before: int) -> int:
+    def expire(self, before: int, bounds: Bounds | None = None) -> int:
         st = self._state
-        limit = max_ts(self.max_future)
+        b = bounds or default_bounds(self.max_future)
         with st.lock:
             u = st.used
             live = st.alive[:u]
             recs = st.recs[:u]
-            gone = live & ((recs["ts2"] < np.uint64(before)) | ~valid_master(recs, limit))
+            gone = live & ((recs["ts2"] < np.uint64(before)) | (b.check(recs) != 0))
             idx = np.flatnonzero(gone)
             for kb in key_list(st.keys[idx]):
                 del st.index[kb]
@@ -225,6 +273,15 @@ class MemoryStore(Store):
             st.recs[idx] = 0
             st.free.extend(idx.tolist())
         return len(idx)
+
+    def lease(self, name: str, holder: str, seconds: float) -> bool:
+        now = time.monotonic()
+        with self._state.lock:
+            cur = self._state.leases.get(name)
+            if cur is not None and cur[0] != holder and cur[1] > now:
+                return False
+            self._state.leases[name] = (holder, now + seconds)
+            return True
 
     def ping(self) -> None:
         return None

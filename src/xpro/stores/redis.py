@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from xpro.config.kinds import mask_url, redact, split_url
+from xpro.core.bounds import Bounds
 from xpro.core.layout import MASTER
 from xpro.core.model import SyncParams
 from xpro.core.status import ProxyStatus
@@ -38,14 +39,19 @@ from xpro.stores._common import (
     DEFAULT_MAX_FUTURE_S,
     FLAG_CORRUPT,
     FLAG_EXISTED,
+    FLAG_REFUSED,
     KEY_SIZE,
     RECORD_SIZE,
+    Reject,
     Replay,
     batch_digest,
     bucket_of,
     check_merge_input,
     check_mesh,
+    decode_heartbeat,
     decode_values,
+    default_bounds,
+    encode_heartbeat,
     key_hex,
     key_list,
     keys_from_bytes,
@@ -59,7 +65,7 @@ from xpro.stores._common import (
     unknown_options,
     warn_plaintext,
 )
-from xpro.stores.base import Store
+from xpro.stores.base import REFUSED, Store
 
 if TYPE_CHECKING:
     from xpro.hooks.registry import Registry
@@ -81,7 +87,6 @@ WIRE = np.dtype(
     ]
 )
 _SENTINEL = b"xpro:encoding"
-_HEARTBEAT = struct.Struct("<dQ")
 
 KNOWN_OPTIONS = (
     "ca", "cert", "key", "verify", "username", "password", "password_file", "buckets", "batch",
@@ -91,10 +96,17 @@ KNOWN_OPTIONS = (
 
 @dataclass(frozen=True)
 class RedisCursor:
-    """Where a reader is: the store's epoch and, per bucket, the log entries seen."""
+    """Where a reader is: the store's epoch and, per bucket, the log entries seen.
+
+    ``scans``: the buckets being read in full, as (bucket, HSCAN cursor,
+    entries in the log when the read began); ``more``: changes were left for
+    the next read (its ``limit`` was reached).
+    """
 
     epoch: str
     versions: tuple[int, ...]
+    scans: tuple[tuple[int, int, int], ...] = ()
+    more: bool = False
 
 
 @dataclass
@@ -174,6 +186,11 @@ class RedisStore(Store):
         self._epoch: str | None = None
         self._tags = [f"{{xpro:{self.mesh}:{b}}}" for b in range(self.buckets)]
         self._cfg_key = f"{{xpro:{self.mesh}}}:cfg"
+        self._lease_key = f"{{xpro:{self.mesh}}}:lease:"
+        self._cfg_pinned = False  # the configuration was read and accepted once
+        self._epoch_seen: str | None = None
+        self._cfg_warned: set[str] = set()
+        self._no_clock = False
         self._hb_key = f"{{xpro:{self.mesh}}}:hb"
 
     # ------------------------------------------------------------------
@@ -502,36 +519,60 @@ class RedisStore(Store):
         res = self._execute(calls, "reading the mesh configuration")
         cfg = res[-1]
         if isinstance(cfg, Exception):
+            if self._cfg_pinned and self._epoch_seen:
+                # Once connected, a proxy keeps the configuration it accepted.
+                self._cfg_rejected("config", f"{self._cfg_key} is not a hash ({cfg})")
+                self._epoch = self._epoch_seen
+                return self._epoch
             raise BadRecord(f"redis key {self._cfg_key} is not a hash ({cfg}): delete it")
         d = {_text(k): _text(v) for k, v in _pairs_b(cfg)}
-        if d.get("encoding") != str(ENCODING):
+        if self._cfg_pinned and (d.get("encoding") != str(ENCODING)
+                                 or d.get("buckets") != str(self.buckets)):
+            # Rewritten under a running proxy: not adopted (docs/stores.rst).
+            self._cfg_rejected("config", f"{self._cfg_key} says encoding "
+                               f"{d.get('encoding')!r}, buckets {d.get('buckets')!r}; keeping "
+                               f"encoding {ENCODING}, {self.buckets} buckets")
+        elif d.get("encoding") != str(ENCODING):
             raise ConfigError(
                 f"mesh {self.mesh!r} on {self.where} uses store encoding {d.get('encoding')}, "
                 f"this xpro writes encoding {ENCODING}: use another mesh name or upgrade"
             )
-        if d.get("buckets") != str(self.buckets):
+        elif d.get("buckets") != str(self.buckets):
             raise ConfigError(
                 f"mesh {self.mesh!r} on {self.where} has {d.get('buckets')} buckets but this "
                 f"proxy is configured with buckets={self.buckets}: every proxy of a mesh must "
                 "use the same value"
             )
         self._epoch = d.get("epoch") or epoch
+        self._epoch_seen = self._epoch
+        self._cfg_pinned = True
         return self._epoch
+
+    def _cfg_rejected(self, what: str, why: str) -> None:
+        """A configuration value not adopted: logged once per text, reported every time."""
+        if why not in self._cfg_warned:
+            self._cfg_warned.add(why)
+            log.warning("redis mesh %s: %s", self.mesh, why)
+        self.reject(what, why)
 
     # ------------------------------------------------------------------
     # Store API
     # ------------------------------------------------------------------
 
-    def merge(self, keys: np.ndarray, local: np.ndarray, params: SyncParams
-              ) -> tuple[np.ndarray, np.ndarray]:
+    def merge(self, keys: np.ndarray, local: np.ndarray, params: SyncParams,
+              bounds: Bounds | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Merge through the ``xpro_v1_merge`` function, per bucket, pipelined.
 
         Atomic per record.  If it raises :class:`StoreUnavailable`, calling it
         again with the same arguments is safe: each bucket's batch is applied
         at most once, and the replay returns what the first application saw.
+        The function treats a stored record out of ``bounds`` as absent; a
+        bucket whose call fails (bad data the function refuses) comes back
+        :data:`~xpro.stores.base.REFUSED`, the other buckets as merged.
         """
         now = time.time_ns()
         limit = max_ts(self.max_future, now)
+        b = bounds or default_bounds(self.max_future, now)
         k, loc = check_merge_input(keys, local, params, limit)
         n = len(k)
         existed = np.zeros(n, dtype=bool)
@@ -549,13 +590,13 @@ class RedisStore(Store):
             op = self._op
         self._replay = None
 
-        bh = (now - (1 << 51)) >> 32
+        bh = max(0, b.now - (1 << 51)) >> 32
         base = bh << 32
         wire = _encode_local(loc, base)
-        fixed = _fixed_args(params, base, bh, limit)
+        fixed = _fixed_args(params, base, bh, b)
         buckets = bucket_of(k, self.buckets)
         order = np.argsort(buckets, kind="stable")
-        bounds = np.searchsorted(buckets[order], np.arange(self.buckets + 1))
+        edges = np.searchsorted(buckets[order], np.arange(self.buckets + 1))
         ks = k[order]
         kraw = ks.tobytes()
         wraw = wire[order].tobytes()
@@ -563,9 +604,9 @@ class RedisStore(Store):
         ws, rs = WIRE.itemsize, _KEY_RESP
         stamp = struct.pack(">I", now // 1_000_000_000)
         calls: list[_Call] = []
-        for b in np.flatnonzero(np.diff(bounds)):
-            tag = self._tags[b]
-            lo, hi = int(bounds[b]), int(bounds[b + 1])
+        for bk in np.flatnonzero(np.diff(edges)):
+            tag = self._tags[bk]
+            lo, hi = int(edges[bk]), int(edges[bk + 1])
             for ci, s in enumerate(range(lo, hi, self.batch)):
                 e = min(s + self.batch, hi)
                 head = (
@@ -574,7 +615,7 @@ class RedisStore(Store):
                     stamp + kraw[s * KEY_SIZE : e * KEY_SIZE],
                 )
                 packed = _resp_head(head, len(head) + e - s) + kresp[s * rs : e * rs]
-                calls.append(_Call(head, f"{tag}:r", int(b), order[s:e], packed))
+                calls.append(_Call(head, f"{tag}:r", int(bk), order[s:e], packed))
         try:
             results = self._execute(calls, "merge")
         except BaseException:
@@ -584,84 +625,161 @@ class RedisStore(Store):
         for call, res in zip(calls, results, strict=True):
             assert call.idx is not None
             if isinstance(res, Exception):
-                raise BadRecord(f"redis refused a merge into bucket {call.bucket} of mesh "
-                                f"{self.mesh!r}: {res}")
+                # Not applied (the function checks before it writes): the
+                # caller keeps these records' counts for its next merge.
+                log.warning("redis refused a merge of %d records into bucket %d of mesh %r: "
+                            "%s", len(call.idx), call.bucket, self.mesh, res)
+                before[call.idx] = REFUSED
+                for kb in key_list(k[call.idx]):
+                    self.reject(key_hex(kb), f"merge refused: {res}")
+                continue
             m = len(call.idx)
             blob = bytes(res)
             if len(blob) != m * (1 + RECORD_SIZE):
-                raise BadRecord(f"redis returned {len(blob)} bytes for a merge of {m} records "
-                                f"in bucket {call.bucket}: is another program using the keys?")
+                # Applied, but what the master held is unknown: absent.
+                log.warning("redis returned %d bytes for a merge of %d records in bucket %d: "
+                            "is another program using the keys?", len(blob), m, call.bucket)
+                for kb in key_list(k[call.idx]):
+                    self.reject(key_hex(kb), "merge reply of the wrong length")
+                continue
             flags = np.frombuffer(blob[:m], dtype=np.uint8)
             existed[call.idx] = flags == FLAG_EXISTED
             before[call.idx] = np.frombuffer(blob[m:], dtype=MASTER)
+            if (flags == FLAG_REFUSED).any():
+                before[call.idx[flags == FLAG_REFUSED]] = REFUSED
+                for kb in key_list(k[call.idx[flags == FLAG_REFUSED]]):
+                    self.reject(key_hex(kb), "merge refused: the record is dated in the future")
             if (flags == FLAG_CORRUPT).any():
                 corrupt.extend(key_list(k[call.idx[flags == FLAG_CORRUPT]]))
-        for kb in corrupt[:100]:
-            log.warning("redis mesh %s: record %s was corrupt; replaced by this proxy's record",
-                        self.mesh, key_hex(kb))
+        for i, kb in enumerate(corrupt):
+            if i < 100:
+                log.warning("redis mesh %s: record %s was corrupt; replaced by this proxy's record",
+                            self.mesh, key_hex(kb))
+            self.reject(key_hex(kb), "merged into: corrupt or out of bounds")
         return existed, before
 
-    def changes(self, cursor: Any | None) -> tuple[np.ndarray, np.ndarray, RedisCursor]:
-        """Records changed since ``cursor``; O(changed records) per bucket with changes."""
-        limit = max_ts(self.max_future)
+    def changes(self, cursor: Any | None, limit: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray, RedisCursor]:
+        """Records changed since ``cursor``; O(changed records) per bucket with changes.
+
+        With a ``limit``, each bucket gives at most ``limit // buckets`` keys
+        (whole change-log entries, at least one), and a bucket read in full
+        (its log trimmed past the cursor, the first read) is scanned
+        ``limit`` records at a time over several calls.
+        """
+        lim_ts = max_ts(self.max_future)
         epoch = self._epoch or self._check_cfg()
+        scans: dict[int, tuple[int, int]] = {}
         if (
             isinstance(cursor, RedisCursor)
             and cursor.epoch == epoch
             and len(cursor.versions) == self.buckets
         ):
             seen = list(cursor.versions)
+            scans = {b: (hc, v0) for b, hc, v0 in cursor.scans if 0 <= b < self.buckets}
         else:
             seen = [-1] * self.buckets
+        cap = 0 if limit is None else max(1, limit // self.buckets)
         calls = [_Call(("HGET", self._cfg_key, "epoch"), self._cfg_key)]
         for b, tag in enumerate(self._tags):
-            calls.append(_Call(("FCALL_RO", "xpro_v1_changes", 3, f"{tag}:r", f"{tag}:l",
-                                f"{tag}:m", seen[b]), f"{tag}:r", b))
+            if b not in scans:
+                calls.append(_Call(("FCALL_RO", "xpro_v1_changes", 3, f"{tag}:r", f"{tag}:l",
+                                    f"{tag}:m", seen[b], cap), f"{tag}:r", b))
         res = self._execute(calls, "reading changes")
         now_epoch = _text(res[0]) if res[0] is not None and not isinstance(res[0], Exception) \
             else None
         if now_epoch != epoch:
-            # The store was emptied or replaced: start over with a full read.
+            # The store was emptied or replaced -- or the key rewritten: start
+            # over with a full read, and say so.
             log.warning("redis mesh %s: the store's epoch changed (emptied or replaced?); "
                         "reading everything again", self.mesh)
+            self.reject("config epoch", "changed: every record is read again")
             self._epoch = None
             if cursor is None:
                 epoch = self._check_cfg()
             else:
-                return self.changes(None)
+                return self.changes(None, limit)
         versions = list(seen)
         got_keys: list[bytes] = []
         got_vals: list[bytes | None] = []
-        full: list[int] = []
+        more = False
         for call, r in zip(calls[1:], res[1:], strict=True):
             b = call.bucket
             if isinstance(r, Exception):
                 log.error("redis mesh %s: bucket %d cannot be read (%s); skipping it", self.mesh,
                           b, r)
                 continue
-            versions[b] = int(r[0])
             mode = int(r[1])
             if mode == 3:
+                versions[b] = int(r[0])
                 log.error("redis mesh %s: %s is not a hash; skipping bucket %d (delete the key, "
                           "or let the next merge into it replace it)", self.mesh,
                           self.bucket_keys(b)["records"], b)
             elif mode == 1:
-                full.append(b)
+                scans[b] = (0, int(r[0]))
             elif mode == 0:
                 kb, vals = bytes(r[2]), r[3]
+                head = int(r[4]) if len(r) > 4 else int(r[0])  # the log's length now
                 if len(kb) % KEY_SIZE or len(kb) // KEY_SIZE != len(vals):
                     log.warning("redis mesh %s: bucket %d's change log is corrupt; reading the "
                                 "bucket in full", self.mesh, b)
-                    full.append(b)
+                    scans[b] = (0, head)
                     continue
+                versions[b] = int(r[0])
+                more = more or int(r[0]) < head
                 got_keys.extend(kb[i : i + KEY_SIZE] for i in range(0, len(kb), KEY_SIZE))
                 got_vals.extend(vals)
-        if full:
-            fk, fv = self._scan(full)
+            else:
+                versions[b] = int(r[0])
+        if scans:
+            budget = None if limit is None else max(1, limit - len(got_keys))
+            fk, fv, done = self._scan_some(scans, budget)
             got_keys.extend(fk)
             got_vals.extend(fv)
-        ks, recs = decode_values(got_keys, got_vals, limit, f"redis mesh {self.mesh}")
-        return ks, recs, RedisCursor(epoch, tuple(versions))
+            for b in done:
+                versions[b] = scans.pop(b)[1]
+            more = more or bool(scans)
+        ks, recs = decode_values(got_keys, got_vals, lim_ts, f"redis mesh {self.mesh}",
+                                 self.reject)
+        return ks, recs, RedisCursor(epoch, tuple(versions),
+                                     tuple((b, hc, v0) for b, (hc, v0) in sorted(scans.items())),
+                                     more)
+
+    def _scan_some(self, scans: dict[int, tuple[int, int]], budget: int | None
+                   ) -> tuple[list[bytes], list[bytes | None], list[int]]:
+        """Go on with the full reads of ``scans`` (bucket -> (HSCAN cursor, log
+        entries at the start)), until about ``budget`` records were read (None:
+        to the end).  Updates ``scans``; returns the records and the buckets done."""
+        found: dict[bytes, bytes | None] = {}
+        done: list[int] = []
+        while len(done) < len(scans) and (budget is None or len(found) < budget):
+            todo = [b for b in scans if b not in done]
+            if budget is not None:  # as many buckets as the budget needs, ~10 a call each
+                todo = todo[: max(1, (budget - len(found)) // 10)]
+            count = 10000 if budget is None else max(10, min(10000, (budget - len(found))
+                                                          // len(todo)))
+            calls = [_Call(("HSCAN", f"{self._tags[b]}:r", scans[b][0], "COUNT", count),
+                           f"{self._tags[b]}:r", b) for b in todo]
+            for call, r in zip(calls, self._execute(calls, "reading all records"), strict=True):
+                b = call.bucket
+                if isinstance(r, Exception):
+                    log.error("redis mesh %s: bucket %d cannot be scanned (%s); skipping it",
+                              self.mesh, b, r)
+                    done.append(b)
+                    continue
+                nxt, items = r
+                d = dict(zip(items[0::2], items[1::2], strict=True))
+                d.pop(_SENTINEL, None)
+                for kf in [kf for kf in d if len(kf) != KEY_SIZE]:
+                    log.warning("redis mesh %s: skipping field %r in bucket %d: not a flow key",
+                                self.mesh, kf[:64], b)
+                    self.reject(repr(kf[:64]), "not a flow key")
+                    del d[kf]
+                found.update(d)  # HSCAN may return a field twice: one is kept
+                scans[b] = (int(nxt), scans[b][1])
+                if int(nxt) == 0:
+                    done.append(b)
+        return list(found), list(found.values()), done
 
     def _scan(self, buckets: Sequence[int]) -> tuple[list[bytes], list[bytes | None]]:
         """Every record of these buckets (HSCAN, pipelined across buckets)."""
@@ -698,16 +816,18 @@ class RedisStore(Store):
                 for kf in [kf for kf in ks if len(kf) != KEY_SIZE]:
                     log.warning("redis mesh %s: skipping field %r in bucket %d: not a flow key",
                                 self.mesh, kf[:64], b)
+                    self.reject(repr(kf[:64]), "not a flow key")
                     del d[kf]
                 ks = list(d)
             keys.extend(ks)
             vals.extend(d.values())
         return keys, vals
 
-    def heartbeat(self, proxy: str, workload: float, now: int) -> None:
+    def heartbeat(self, proxy: str, workload: float, now: int, offset: int | None = None
+                  ) -> None:
         if not math.isfinite(workload) or workload < 0:
             raise ValueError(f"workload {workload!r} must be a finite number >= 0")
-        value = _HEARTBEAT.pack(float(workload), int(now))
+        value = encode_heartbeat(workload, now, offset)
         calls = [
             _Call(("HSET", self._hb_key, proxy, value), self._hb_key),
             _Call(("EXPIRE", self._hb_key, self.heartbeat_ttl), self._hb_key),
@@ -721,13 +841,17 @@ class RedisStore(Store):
         if isinstance(r, Exception):
             log.error("redis mesh %s: heartbeats unreadable (%s)", self.mesh, r)
             return {}
-        return decode_heartbeats(_pairs_b(r), max_ts(self.max_future), f"redis mesh {self.mesh}")
+        return decode_heartbeats(_pairs_b(r), max_ts(self.max_future), f"redis mesh {self.mesh}",
+                                 self.reject)
 
-    def expire(self, before: int) -> int:
-        """Delete records with ts2 < ``before`` (and corrupt ones); trim old change logs."""
+    def expire(self, before: int, bounds: Bounds | None = None) -> int:
+        """Delete records with ts2 < ``before`` (and corrupt or out-of-bounds ones);
+        trim old change logs."""
         if not 0 <= before < 1 << 64:
             raise ValueError(f"before={before} is not a u64 timestamp")
-        limit = max_ts(self.max_future)
+        b = bounds or default_bounds(self.max_future)
+        limit, oldest = b.limit, b.oldest
+        ppn = -1.0 if b.max_pps is None else b.max_pps / 1e9
         keys, vals = self._scan(range(self.buckets))
         if not keys:
             cands: list[bytes] = []
@@ -736,22 +860,23 @@ class RedisStore(Store):
             raw = b"".join(v if (v is not None and len(v) == RECORD_SIZE) else bytes(RECORD_SIZE)
                            for v in vals)
             recs = np.frombuffer(raw, dtype=MASTER)
-            old = (recs["ts2"] < np.uint64(before)) | (recs["ts1"] > np.uint64(limit)) | (
-                recs["ts2"] > np.uint64(limit)) | (recs["c"] > np.uint64(1 << 62)) | bad
+            old = (recs["ts2"] < np.uint64(before)) | ~b.ok(recs) | bad
             cands = [keys[i] for i in np.flatnonzero(old)]
         per_bucket: dict[int, list[bytes]] = {b: [] for b in range(self.buckets)}
         if cands:
-            for kb, b in zip(cands, bucket_of(keys_from_bytes(cands), self.buckets), strict=True):
-                per_bucket[int(b)].append(kb)
+            for kb, bk in zip(cands, bucket_of(keys_from_bytes(cands), self.buckets),
+                              strict=True):
+                per_bucket[int(bk)].append(kb)
         calls = []
-        for b, lst in per_bucket.items():
-            tag = self._tags[b]
+        for bk, lst in per_bucket.items():
+            tag = self._tags[bk]
             chunks = [lst[i : i + 4000] for i in range(0, len(lst), 4000)] or [[]]
             for ch in chunks:
                 calls.append(_Call(
                     ("FCALL", "xpro_v1_expire", 3, f"{tag}:r", f"{tag}:l", f"{tag}:m",
                      before >> 32, before & _LO32, limit >> 32, limit & _LO32,
-                     self.log_retention, int(time.time()), b"".join(ch)), f"{tag}:r", b))
+                     oldest >> 32, oldest & _LO32, repr(ppn),
+                     self.log_retention, int(time.time()), b"".join(ch)), f"{tag}:r", bk))
         total = 0
         for call, r in zip(calls, self._execute(calls, "expire"), strict=True):
             if isinstance(r, Exception):
@@ -760,6 +885,33 @@ class RedisStore(Store):
                 continue
             total += int(r)
         return total
+
+    def clock(self) -> int | None:
+        """The server's ``TIME``; None (logged once) if this user may not ask."""
+        try:
+            (r,) = self._execute([_Call(("TIME",), self._cfg_key)], "reading the clock")
+        except StoreUnavailable as exc:
+            if "NOPERM" not in str(exc) and "may not" not in str(exc):
+                raise
+            r = exc
+        if isinstance(r, Exception) or not isinstance(r, list | tuple) or len(r) != 2:
+            if not self._no_clock:
+                self._no_clock = True
+                log.warning("redis mesh %s: the store's clock cannot be read (%s); clock "
+                            "offsets are not measured (grant +time: `xpro store init`)",
+                            self.mesh, r)
+            return None
+        return int(r[0]) * 1_000_000_000 + int(r[1]) * 1000
+
+    def lease(self, name: str, holder: str, seconds: float) -> bool:
+        """``xpro_v1_lease`` on ``{xpro:MESH}:lease:NAME``: the server's clock times it."""
+        key = self._lease_key + name
+        (r,) = self._execute([_Call(("FCALL", "xpro_v1_lease", 1, key, holder,
+                                     max(1, math.ceil(seconds))), key)], "taking a lease")
+        if isinstance(r, Exception):
+            log.warning("redis mesh %s: lease %s: %s", self.mesh, name, r)
+            return False
+        return int(r) == 1
 
     def ping(self) -> None:
         with self._errors("ping"):
@@ -840,33 +992,44 @@ def _encode_local(loc: np.ndarray, base: int) -> np.ndarray:
     return w
 
 
-def _fixed_args(params: SyncParams, base: int, bh: int, limit: int) -> tuple[int, ...]:
-    """ARGV 3..13 of the merge function: the base, thresholds exact and as doubles."""
+def _fixed_args(params: SyncParams, base: int, bh: int, bounds: Bounds
+                ) -> tuple[int | str, ...]:
+    """ARGV 3..17 of the merge function: the base, thresholds exact and as doubles,
+    the bounds of a stored record (latest timestamp, earliest ts2, packets per ns)."""
     t1, t4 = params.t_t1, params.t_t4
+    limit, oldest = bounds.limit, bounds.oldest
     mxr = limit - base
     fast = t1 < _W52 and t4 < _W52 and 0 <= mxr < _W52
+    ppn = -1.0 if bounds.max_pps is None else bounds.max_pps / 1e9
     return (
         bh, t1 if fast else -1, t4, params.r_q, mxr if fast else 0,
         t1 >> 32, t1 & _LO32, t4 >> 32, t4 & _LO32, limit >> 32, limit & _LO32,
+        repr(float(oldest - base)), oldest >> 32, oldest & _LO32, repr(ppn),
     )
 
 
-def decode_heartbeats(items: Any, limit: int, where: str) -> dict[str, ProxyStatus]:
+def decode_heartbeats(items: Any, limit: int, where: str, reject: Reject | None = None
+                      ) -> dict[str, ProxyStatus]:
     """Heartbeat values (16 bytes: W as f64, last seen as u64); bad ones skipped."""
     out: dict[str, ProxyStatus] = {}
     for name, value in items:
         pname = _text(name)
         v = bytes(value) if value is not None else b""
-        if len(v) != _HEARTBEAT.size:
-            log.warning("%s: skipping heartbeat of %r: %d bytes, not %d", where, pname, len(v),
-                        _HEARTBEAT.size)
+        hb = decode_heartbeat(v)
+        if hb is None:
+            log.warning("%s: skipping heartbeat of %r: %d bytes, not 16 or 24", where, pname,
+                        len(v))
+            if reject is not None:
+                reject(f"heartbeat {pname!r}", f"{len(v)} bytes")
             continue
-        w, seen = _HEARTBEAT.unpack(v)
+        w, seen, off = hb
         if not math.isfinite(w) or w < 0 or seen > limit:
             log.warning("%s: skipping heartbeat of %r: out of bounds (W=%r, last seen %d)",
                         where, pname, w, seen)
+            if reject is not None:
+                reject(f"heartbeat {pname!r}", "out of bounds")
             continue
-        out[pname] = ProxyStatus(workload=w, last_seen=seen)
+        out[pname] = ProxyStatus(workload=w, last_seen=seen, offset=off)
     return out
 
 

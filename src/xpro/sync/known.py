@@ -29,7 +29,7 @@ import numpy.typing as npt
 from xpro.core import layout as L
 from xpro.core.keys import index_of
 from xpro.core.merge import rate_exceeds_array
-from xpro.core.model import FilterParams
+from xpro.core.model import FilterParams, window_over
 from xpro.core.params import KnownPolicy
 from xpro.core.state import FilterState
 from xpro.core.status import Closure
@@ -78,7 +78,7 @@ def closed_now(ts1: Array, ts2: Array, c: Array, now: int, p: FilterParams,
         for lim in np.unique(limit):
             m = limit == lim
             over[m] = rate_exceeds_array(c[m], window[m], int(lim))
-    out: Array = ((now - ts2) <= p.t_t1) & (window > p.t_t3) & over
+    out: Array = ~window_over(now, ts2, p.t_t1) & (window > p.t_t3) & over
     return out
 
 
@@ -151,7 +151,7 @@ class KnownClients:
         c, fdst = flows["c"].astype(np.int64), flows["dst"]
         p = self.policy
         real = ~is_closed_record(keys)
-        alive = (now - ts2) <= params.t_t1
+        alive = ~window_over(now, ts2, params.t_t1)
         over = over_t_f1(ts1, ts2, c, params)
         client = real & alive & ~over & ((ts2 - ts1) >= p.min_age) & (c >= p.min_packets)
         heavy = real & over & alive

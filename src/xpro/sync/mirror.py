@@ -20,7 +20,9 @@ class Mirror:
 
     Updated only for the records a round touches; used to recompute the
     aggregates of the destinations those records belong to and to find idle
-    records, without reading the kernel's whole table.
+    records, without reading the kernel's whole table.  ``local`` says which
+    flows this proxy counted packets of itself (the others it knows only from
+    the master: docs/sync.rst, "Values from the store").
     """
 
     def __init__(self) -> None:
@@ -32,8 +34,13 @@ class Mirror:
         self.c = np.zeros(0, dtype=np.int64)
         self.dst = np.zeros(0, dtype=np.int64)
         self.alive = np.zeros(0, dtype=bool)
+        self.local = np.zeros(0, dtype=bool)
         self.dst_index: dict[bytes, int] = {}
         self.dst_keys = np.zeros(0, dtype=L.DST_KEY)
+        #: Flows of each destination id; ids of destinations without any are
+        #: freed by :meth:`prune_dsts` and reused.
+        self.dst_refs = np.zeros(0, dtype=np.int64)
+        self.dst_free: list[int] = []
         #: Destination id -> its address aggregate's id (-1: not yet known).
         self.addr_of = np.zeros(0, dtype=np.int64)
 
@@ -42,7 +49,7 @@ class Mirror:
         if need <= len(self.free):
             return
         new = max(cap + need, 2 * cap, 1024)
-        for name in ("keys", "ts1", "ts2", "c", "dst", "alive"):
+        for name in ("keys", "ts1", "ts2", "c", "dst", "alive", "local"):
             old = getattr(self, name)
             arr = np.zeros(new, dtype=old.dtype)
             arr[:cap] = old
@@ -66,11 +73,16 @@ class Mirror:
             k = u.tobytes()
             d = self.dst_index.get(k)
             if d is None:
-                d = self.dst_index[k] = len(self.dst_index)
+                d = self.dst_free.pop() if self.dst_free else len(self.dst_index)
+                self.dst_index[k] = d
                 if d >= len(self.dst_keys):
-                    grown = np.zeros(max(1024, 2 * len(self.dst_keys)), dtype=L.DST_KEY)
+                    size = max(1024, 2 * len(self.dst_keys))
+                    grown = np.zeros(size, dtype=L.DST_KEY)
                     grown[: len(self.dst_keys)] = self.dst_keys
                     self.dst_keys = grown
+                    refs = np.zeros(size, dtype=np.int64)
+                    refs[: len(self.dst_refs)] = self.dst_refs
+                    self.dst_refs = refs
                 self.dst_keys[d] = np.frombuffer(k, dtype=L.DST_KEY)[0]
             ids[j] = d
         out: Array = ids[inv.reshape(-1)]
@@ -99,8 +111,12 @@ class Mirror:
             grown[: len(self.addr_of)] = self.addr_of
             self.addr_of = grown
 
-    def update(self, keys: Array, ts1: Array, ts2: Array, c: Array) -> Array:
-        """Record these flows (no duplicate keys); returns their destination ids."""
+    def update(self, keys: Array, ts1: Array, ts2: Array, c: Array, *, local: bool = False
+               ) -> Array:
+        """Record these flows (no duplicate keys); returns their destination ids.
+
+        ``local``: this proxy counted packets of them (the flag stays set).
+        """
         keys = np.asarray(keys, dtype=L.FLOW_KEY)
         slots = self.index.find(keys, self.keys)
         fresh = np.flatnonzero(slots < 0)
@@ -111,9 +127,13 @@ class Mirror:
             slots[fresh] = new_slots
             self.keys[new_slots] = keys[fresh]
             self.dst[new_slots] = self.dst_ids(keys["dst"][fresh])
+            np.add.at(self.dst_refs, self.dst[new_slots], 1)
             self.alive[new_slots] = True
+            self.local[new_slots] = False
             self.index.add(keys[fresh], new_slots)
         self.ts1[slots], self.ts2[slots], self.c[slots] = ts1, ts2, c
+        if local:
+            self.local[slots] = True
         return self.dst[slots]
 
     def remove(self, keys: Array) -> None:
@@ -122,7 +142,29 @@ class Mirror:
         hit = slots >= 0
         self.index.remove(keys[hit], slots[hit])
         self.alive[slots[hit]] = False
+        np.add.at(self.dst_refs, self.dst[slots[hit]], -1)
         self.free = np.concatenate([self.free, slots[hit]])
+
+    def prune_dsts(self) -> int:
+        """Forget the destinations no flow refers to any more (their ids are
+        reused); returns how many.  Call it when no destination id of this
+        round is still in use."""
+        used = np.zeros(len(self.dst_refs), dtype=bool)
+        used[: len(self.dst_index) + len(self.dst_free)] = True
+        used[self.dst_free] = False
+        gone = np.flatnonzero(used & (self.dst_refs <= 0))
+        for d in gone.tolist():
+            del self.dst_index[self.dst_keys[d].tobytes()]
+        self.dst_refs[gone] = 0
+        self.dst_free.extend(gone.tolist())
+        if len(gone) and len(self.addr_of):  # the address ids to and of them go too
+            self._grow_addr_of()
+            self.addr_of[np.isin(self.addr_of, gone)] = -1
+            self.addr_of[gone] = -1
+        return len(gone)
+
+    def __len__(self) -> int:
+        return int(self.alive.sum())
 
     def record(self, key: Array) -> dict[str, int] | None:
         """The mirrored ts1, ts2 and c of one flow (``key``: one FLOW_KEY), or None."""

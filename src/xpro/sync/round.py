@@ -24,19 +24,33 @@ The daemon keeps a mirror of the flow table (updated from what each round
 reads) for the aggregates and expiry, so neither needs a pass over the
 kernel's table.
 
+Nothing read from the store is taken on trust (docs/sync.rst, "Values from
+the store"): every master record, merge reply and heartbeat is checked
+against this proxy's clock and :class:`xpro.core.bounds.Bounds`; a value out
+of bounds is quarantined -- dropped from the round, counted in
+:attr:`SyncStats.quarantined <xpro.core.status.SyncStats>`, logged once per
+key -- and the round goes on.  The share of a destination's aggregate that
+only other proxies counted is cut to what their published workloads can
+back.
+
 Everything is done on whole numpy arrays (docs/sync.rst, "One round").
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
+import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from xpro.core import layout as L
+from xpro.core.bounds import MAX_COUNT, MAX_PPS, MAX_SKEW, OK, REASONS, STALE, Bounds
 from xpro.core.keys import index_of
 from xpro.core.layout import LOCAL, MASTER
 from xpro.core.merge import merge_arrays
@@ -51,9 +65,10 @@ from xpro.core.state import (
     FilterState,
     apply_entries,
 )
-from xpro.core.status import Closure, SyncStats
-from xpro.errors import StoreError
-from xpro.stores.base import Store
+from xpro.core.status import Closure, ProxyStatus, SyncStats
+from xpro.errors import BadRecord, StoreError
+from xpro.stores._common import key_hex, key_list
+from xpro.stores.base import REFUSED, Store
 from xpro.sync.known import KnownClients, is_closed_record, over_t_f1
 from xpro.sync.mirror import Mirror
 
@@ -63,23 +78,90 @@ log = logging.getLogger(__name__)
 
 Array = npt.NDArray[Any]
 
+#: The share of a destination's aggregate that only other proxies counted is
+#: at most this many times what the mesh's proxies say they saw (their W,
+#: the highest of each over the TTL) in its window (docs/sync.rst).
+BUDGET_SLACK = 2
+#: Warnings a round logs about quarantined values (each value once ever);
+#: the rest are summed up in one line.
+LOG_PER_ROUND = 20
+#: Quarantined values kept in a round's stats, as examples for an alert.
+EXAMPLES = 20
+#: Master records one round takes in at most (Syncer ``max_pull``): the rest
+#: come the next rounds (docs/sync.rst, "Bounded work").
+MAX_PULL = 250_000
+#: Flows the mirror holds at most (Syncer ``max_mirror``): four times the
+#: default flow table; beyond it the idlest are forgotten.
+MAX_MIRROR = 1 << 22
+#: Proxies whose heartbeats a round takes (the most recent).
+MAX_PEERS = 1024
+#: A proxy whose clock is off the mesh's by less than this is not corrected
+#: (NTP does better; the offsets' own jitter is below it).  Nor by more than
+#: MAX_SKEW (xpro.core.bounds): a clock that far off is a fault to fix (and
+#: offsets that far apart may be forged); the proxy says so instead.
+MIN_SKEW = 50_000_000
+
+
+def _accepts_bounds(fn: Callable[..., Any]) -> bool:
+    """Whether a store method takes ``bounds`` (a plugin's store may predate it)."""
+    try:
+        return "bounds" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
 
 class Syncer:
     """Runs Algorithm 1 for one proxy against one store.
 
     ``ttl`` (ns) is how long an idle record lives in the maps and the master;
     it must exceed T_T1 (an idle record older than that resets anyway).
+    ``max_pps`` is the count ceiling of a master record (packets a second
+    over its window, :class:`xpro.core.bounds.Bounds`).  Every
+    ``store_expire_every`` rounds the proxy that holds the mesh's ``expire``
+    lease expires the master.
     """
 
     def __init__(self, filt: FilterState, store: Store, proxy: str, params: SyncParams, *,
                  period: int = NS_PER_S, ttl: int | None = None,
-                 store_expire_every: int = 10, known: KnownPolicy | None = None) -> None:
+                 store_expire_every: int = 10, known: KnownPolicy | None = None,
+                 max_pps: int = MAX_PPS, max_pull: int = MAX_PULL,
+                 max_mirror: int = MAX_MIRROR) -> None:
         self.filt = filt
         self.store = store
         self.proxy = proxy
         self.params = params
         self.period = period
         self.ttl = ttl if ttl is not None else max(6 * params.t_t1, 60 * NS_PER_S)
+        self.max_pps = max_pps
+        self.max_pull = max_pull
+        self.max_mirror = max_mirror
+        #: Values from the store quarantined since the start.
+        self.quarantined_total = 0
+        #: Rounds in which each bound was reached, since the start: ``pull``
+        #: (max_pull), ``mirror`` (max_mirror), ``peers`` (MAX_PEERS),
+        #: ``workload`` (a destination's share from others cut to the mesh's
+        #: workloads).
+        self.caps_reached = dict.fromkeys(("pull", "mirror", "peers", "workload"), 0)
+        self._logged: set[str] = set()
+        self._round_logs = 0
+        self._unlogged = 0
+        #: Each peer's published workloads by the time it published them.
+        self._w_seen: dict[str, dict[int, float]] = {}
+        self._unbacked = 0
+        #: The local clock of rounds run without ``now`` (None: TAI, after the
+        #: program's clock is synced to it; tests set a fake one).
+        self.local_clock: Callable[[], int] | None = None
+        #: Correct this proxy's clock by the mesh's (docs/sync.rst, "Clocks").
+        self.clock_sync = True
+        #: The store's clock minus this proxy's at the last measurement (ns).
+        self.offset: int | None = None
+        #: What this proxy adds to its timestamps to get the mesh's time.
+        self.skew = 0
+        self._skew_warned = False
+        self._merge_bounds = _accepts_bounds(store.merge)
+        self._expire_bounds = _accepts_bounds(store.expire)
+        self._changes_limit = "limit" in inspect.signature(store.changes).parameters
+        self._beat_offset = "offset" in inspect.signature(store.heartbeat).parameters
         self.cursor: Any = None
         self.mirror = Mirror()
         #: Closed destinations and the known-client table.
@@ -87,12 +169,23 @@ class Syncer:
         self.rounds = 0
         self.store_expire_every = store_expire_every
         self._full_scan = True  # the first round reads the whole table
+        #: Flows whose merge the store refused (bad data): read again next round.
+        self._retry = np.zeros(0, dtype=L.FLOW_KEY)
+        #: Master records of flows this proxy merged in a round that another
+        #: proxy changed after that merge: taken in the next round.
+        self._carry: tuple[Array, Array] = (np.zeros(0, dtype=L.FLOW_KEY),
+                                            np.zeros(0, dtype=MASTER))
         self._pending: tuple[Array, Array, Array] | None = None
         self._dirty_lost = filt.dirty_lost()
         self._last_packets: int | None = None
         self._last_time: int | None = None
 
     # ------------------------------------------------------------------------
+
+    def bounds(self, now: int) -> Bounds:
+        """What a master record may hold at ``now``: timestamps up to two periods
+        ahead, idle no longer than the TTL, at most ``max_pps`` over its window."""
+        return Bounds(now=now, future=2 * self.period, max_age=self.ttl, max_pps=self.max_pps)
 
     def workload(self, now: int) -> float:
         """Packets per second the program saw since the last round (drops included)."""
@@ -118,64 +211,116 @@ class Syncer:
             self._full_scan = False
             return self.filt.read_flows()
         keys = self.filt.take_dirty(ended)
+        if len(self._retry):
+            keys = np.concatenate([keys, self._retry[index_of(keys, self._retry) < 0]])
+            self._retry = self._retry[:0]
         exists, recs = self.filt.read(keys)
         return keys[exists], recs[exists]
 
     def round(self, now: int | None = None) -> SyncStats:
         """One sync round at time ``now`` (ns, TAI; the real clock by default)."""
         t0 = time.perf_counter()
+        measure = now is None and self.clock_sync
         if now is None:
-            self.filt.sync_clock()
-            now = time.clock_gettime_ns(time.CLOCK_TAI)
+            if self.local_clock is None:
+                self.filt.sync_clock()
+                now = time.clock_gettime_ns(time.CLOCK_TAI)
+            else:
+                now = self.local_clock()
         st = SyncStats(started=now)
         self.rounds += 1
+        self._round_logs = self._unlogged = 0
+        b = self.bounds(now)
+        if measure:
+            self._measure_offset()
+        st.clock_offset = self.offset
 
         # Lines 1-2.
         st.workload = self.workload(now)
-        self.store.heartbeat(self.proxy, st.workload, now)
-        st.peers = self.store.proxies()
+        if self._beat_offset:
+            self.store.heartbeat(self.proxy, st.workload, now + self.skew, offset=self.offset)
+        else:
+            self.store.heartbeat(self.proxy, st.workload, now + self.skew)
+        peers = self.store.proxies()
+        self.skew = self._consensus_skew(peers, now)
+        st.skew = self.skew
+        st.peers = self._check_peers(peers, st, b)
 
-        # A merge that failed last time is repeated first, with the same
-        # arrays (the store applies each batch at most once), and written
-        # back before anything new is read.
+        # A merge that failed last time (the store unreachable) is repeated
+        # first, with the same arrays (the store applies each batch at most
+        # once), and written back before anything new is read.
         if self._pending is not None:
-            self._replay(*self._pending)
-            self._pending = None
+            pending, self._pending = self._pending, None
+            self._replay(*pending, b, st)
 
         # What we counted: the dirty flows, their dc and mark (model.local_view).
         keys, recs = self._changed_flows()
         st.flows = len(keys)
-        touched = [self.mirror.update(keys, recs["ts1"], recs["ts2"], recs["c"])]
+        keys, recs = self._check_local(keys, recs, b, st)
+        touched = [self.mirror.update(keys, recs["ts1"], recs["ts2"], recs["c"], local=True)]
         local = _local_view(recs)
         changed = (local["dc"] != 0) | (local["mark"] == 1)
         keys, recs, local = keys[changed], recs[changed], local[changed]
 
         # Merged into the master (atomic per record, in the store).
         try:
-            existed, before = self.store.merge(keys, local, self.params)
+            existed, before = self._merge(keys, local, b)
+        except BadRecord as exc:
+            # Bad data, not an outage: nothing to replay.  The batch is not
+            # written back; its counts are merged again next round.
+            log.warning("sync %s: the store refused the merge of %d flows (%s); they are "
+                        "merged again next round", self.proxy, len(keys), exc)
+            st.error = str(exc)
+            self._retry = keys.copy()
+            keys, recs, local = keys[:0], recs[:0], local[:0]
+            existed, before = np.zeros(0, dtype=bool), np.zeros(0, dtype=MASTER)
         except StoreError:
-            # Maybe applied, maybe not: keep the arrays for the replay.
+            # Unreachable: maybe applied, maybe not; keep the arrays for the replay.
             self._pending = (keys, recs, local)
             raise
+        keys, recs, local, existed, before = self._check_before(keys, recs, local, existed,
+                                                                before, b, st)
         st.merged = len(keys)
-        final, _ = merge_arrays(local, np.ones(len(keys), bool), before, existed, self.params)
+        final, mastered = merge_arrays(local, np.ones(len(keys), bool), before, existed,
+                                       self.params)
 
         # From here on the master holds our dc: whatever fails, the kernel must
         # be brought level with it, or the next round would count it again.
         try:
-            pkeys, precs, cursor = self.store.changes(self.cursor)
+            if self._changes_limit:
+                pkeys, precs, cursor = self.store.changes(self.cursor, limit=self.max_pull)
+            else:
+                pkeys, precs, cursor = self.store.changes(self.cursor)
             self.cursor = cursor
+            st.pull_capped = bool(getattr(cursor, "more", False))
         except StoreError as exc:
             log.warning("sync %s: reading the master's changes failed (%s); merged flows "
                         "are still written back, changes are read next round", self.proxy, exc)
             st.error = str(exc)
             pkeys, precs = np.zeros(0, dtype=L.FLOW_KEY), np.zeros(0, dtype=MASTER)
+        precs = _shift(precs, -self.skew)
+        pkeys, precs = self._check_pulled(pkeys, precs, b, st)
         st.pulled = len(pkeys)
 
         # Others' changes to flows we did not merge now: taken into our view
         # where we have counted nothing new (else next round merges both).
-        other = index_of(keys, pkeys) < 0
+        at = index_of(keys, pkeys)
+        other = at < 0
+        # A flow merged here and changed by another proxy after that merge is
+        # held back for the next round: if no packet of it comes meanwhile,
+        # no merge would bring the other's count here.
+        ours = np.flatnonzero(~other)
+        newer = (precs["c"][ours] != mastered["c"][at[ours]]) | (
+            precs["ts1"][ours] != mastered["ts1"][at[ours]]) | (
+            precs["ts2"][ours] != mastered["ts2"][at[ours]])
+        carry = (pkeys[ours[newer]], precs[ours[newer]])
         pkeys, precs = pkeys[other], precs[other]
+        ck, cr = self._carry  # held back last round: unless merged or read again now
+        if len(ck):
+            use = (index_of(keys, ck) < 0) & (index_of(pkeys, ck) < 0)
+            pkeys = np.concatenate([pkeys, ck[use]], dtype=L.FLOW_KEY)
+            precs = np.concatenate([precs, cr[use]], dtype=MASTER)
+        self._carry = carry
         p_exists, p_recs = self.filt.read(pkeys)
         p_local = _local_view(p_recs)
         quiet = p_exists & (p_local["dc"] == 0) & (p_local["mark"] == 0)
@@ -205,32 +350,242 @@ class Syncer:
                                 new_recs["ts2"][ok[len(upd):]]]).astype(np.int64)
         m_c = np.concatenate([all_final["c"], new_recs["c"][ok[len(upd):]]]).astype(np.int64)
         touched.append(self.mirror.update(m_keys, m_ts1, m_ts2, m_c))
+        self._unbacked = 0
         st.destinations, st.closures = self._recompute_destinations(
             np.unique(np.concatenate(touched)), now)
+        st.unbacked = self._unbacked
         st.closed = len(self.known.closed)
         st.known = len(self.known.keys)
         st.known_overflow = self.known.overflow
+        st.mirror_capped = self._cap_mirror()
 
         try:
-            st.expired = self._expire(now)
+            st.expired = self._expire(now, b)
         except StoreError as exc:
             log.warning("sync %s: expiring master records failed: %s", self.proxy, exc)
             st.error = str(exc)
+        self.mirror.prune_dsts()
+        for what, why in self.store.take_rejected():  # logged by the store already
+            self._quarantine(st, what, why, logged=True)
+        for cap, hit in (("pull", st.pull_capped), ("mirror", st.mirror_capped),
+                         ("peers", st.peers_capped), ("workload", st.unbacked)):
+            self.caps_reached[cap] += bool(hit)
+        if self._unlogged:
+            log.warning("sync %s: %d more values from the store quarantined this round "
+                        "(%d in all)", self.proxy, self._unlogged, st.quarantined)
         st.seconds = time.perf_counter() - t0
         return st
 
-    def _replay(self, keys: Array, recs: Array, local: Array) -> None:
+    def _merge(self, keys: Array, local: Array, b: Bounds) -> tuple[Array, Array]:
+        """The store's merge, in the mesh's time (timestamps shifted by the skew)."""
+        d = self.skew
+        mesh_local = _shift(local, d)
+        if self._merge_bounds:
+            existed, before = self.store.merge(keys, mesh_local, self.params,
+                                               bounds=dataclasses.replace(b, now=b.now + d))
+        else:
+            existed, before = self.store.merge(keys, mesh_local, self.params)
+        return existed, _shift(before, -d, existed)
+
+    # ---- clocks --------------------------------------------------------------
+
+    def _measure_offset(self) -> None:
+        """The store's clock minus this proxy's, read between two local readings."""
+        clock = self.local_clock or (lambda: time.clock_gettime_ns(time.CLOCK_TAI))
+        a = clock()
+        theirs = self.store.clock()
+        z = clock()
+        self.offset = None if theirs is None else theirs - (a + z) // 2
+
+    def _consensus_skew(self, peers: dict[str, ProxyStatus], now: int) -> int:
+        """This proxy's offset minus the median of the live proxies' offsets: what
+        its clock lags the mesh's.  The store's clock is the reference every
+        offset is measured against; the median removes what they share (the
+        store's own error, TAI against UTC), so a mesh of synced clocks keeps
+        its timestamps and only a proxy off the others is corrected."""
+        if self.offset is None or not self.clock_sync:
+            return 0
+        mesh_now = now + self.skew
+        offs = [ps.offset for name, ps in list(peers.items())[:MAX_PEERS]
+                if name != self.proxy and ps.offset is not None
+                and abs(ps.last_seen - mesh_now) <= self.ttl]
+        d = self.offset - int(np.median(np.array([*offs, self.offset], dtype=np.float64)))
+        if abs(d) < MIN_SKEW:
+            return 0
+        if abs(d) > MAX_SKEW:
+            if not self._skew_warned:
+                self._skew_warned = True
+                log.error("sync %s: this proxy's clock is %.1f s off the mesh's (the median "
+                          "of %d proxies' offsets to the store): more than %d s, not "
+                          "corrected; fix the clocks", self.proxy, d / NS_PER_S,
+                          len(offs) + 1, MAX_SKEW // NS_PER_S)
+            return 0
+        if self.skew == 0:
+            log.warning("sync %s: this proxy's clock is %.3f s behind the mesh's; its "
+                        "timestamps are translated", self.proxy, d / NS_PER_S)
+        return d
+
+    def _replay(self, keys: Array, recs: Array, local: Array, b: Bounds, st: SyncStats) -> None:
         """Repeat a failed merge and write its result into the kernel."""
-        existed, before = self.store.merge(keys, local, self.params)
+        try:
+            existed, before = self._merge(keys, local, b)
+        except BadRecord as exc:
+            log.warning("sync %s: the replay of a merge of %d flows was refused (%s); "
+                        "dropped", self.proxy, len(keys), exc)
+            return
+        keys, recs, local, existed, before = self._check_before(keys, recs, local, existed,
+                                                                before, b, st)
         final, _ = merge_arrays(local, np.ones(len(keys), bool), before, existed, self.params)
         self.filt.apply(_flow_updates(keys, recs, final))
         log.info("sync %s: the merge of %d flows that failed earlier is done", self.proxy,
                  len(keys))
 
+    # ---- values from the store ---------------------------------------------
+
+    def _quarantine(self, st: SyncStats, what: str, why: str, *, logged: bool = False) -> None:
+        """Count one value from the store as bad; log it once (per name, ever)."""
+        st.quarantined += 1
+        self.quarantined_total += 1
+        if len(st.bad_values) < EXAMPLES:
+            st.bad_values.append((what, why))
+        if logged or what in self._logged:
+            return
+        if self._round_logs >= LOG_PER_ROUND:
+            self._unlogged += 1
+            return
+        if len(self._logged) >= 100_000:
+            self._logged.clear()
+        self._logged.add(what)
+        self._round_logs += 1
+        log.warning("sync %s: quarantined %s from the store: %s", self.proxy, what, why,
+                    extra={"event": "store_value_quarantined"})
+
+    def _quarantine_records(self, st: SyncStats, keys: Array, recs: Array, why: Array,
+                            prefix: str = "") -> None:
+        for kb, r, w in zip(key_list(keys), recs, why.tolist(), strict=True):
+            self._quarantine(st, key_hex(kb), f"{prefix}{REASONS[w]} (ts1={int(r['ts1'])} "
+                             f"ts2={int(r['ts2'])} c={int(r['c'])})")
+
+    def _check_local(self, keys: Array, recs: Array, b: Bounds, st: SyncStats
+                     ) -> tuple[Array, Array]:
+        """This proxy's records that no store would take (dated after now, a count
+        over 2**62: left by a forged master before it was checked, or a clock that
+        jumped back) are not merged but deleted: the kernel starts them again."""
+        lim = np.uint64(b.limit)
+        bad = (recs["ts1"] > lim) | (recs["ts2"] > lim) | (recs["c"] > np.uint64(MAX_COUNT))
+        if not bad.any():
+            return keys, recs
+        for kb, r in zip(key_list(keys[bad]), recs[bad], strict=True):
+            self._quarantine(st, key_hex(kb), f"local record out of bounds, reset (ts1="
+                             f"{int(r['ts1'])} ts2={int(r['ts2'])} c={int(r['c'])})")
+        self.filt.apply(apply_entries(keys[bad], OP_FLOW | OP_DELETE, gen=recs["gen"][bad],
+                                      ts2=recs["ts2"][bad]))
+        self.mirror.remove(keys[bad])
+        return keys[~bad], recs[~bad]
+
+    def _check_before(self, keys: Array, recs: Array, local: Array, existed: Array,
+                      before: Array, b: Bounds, st: SyncStats
+                      ) -> tuple[Array, Array, Array, Array, Array]:
+        """A merge reply: a ``before`` out of bounds counts as absent (as the store's
+        function treated it); a record the store refused is not written back."""
+        existed = np.asarray(existed, dtype=bool).copy()
+        before = np.asarray(before, dtype=MASTER).copy()
+        refused = ~existed & (before == REFUSED)
+        why = b.check(before)
+        bad = existed & (why != OK) & (why != STALE)
+        if bad.any():
+            self._quarantine_records(st, keys[bad], before[bad], why[bad], "merge reply ")
+        gone = existed & (why != OK)
+        existed[gone] = False
+        before[gone] = 0
+        if refused.any():
+            self._retry = np.concatenate([self._retry, keys[refused]], dtype=L.FLOW_KEY)
+            keep = ~refused
+            return keys[keep], recs[keep], local[keep], existed[keep], before[keep]
+        return keys, recs, local, existed, before
+
+    def _check_pulled(self, keys: Array, recs: Array, b: Bounds, st: SyncStats
+                      ) -> tuple[Array, Array]:
+        """Changes read from the master: the ones out of bounds are quarantined,
+        the expired ones (idle longer than the TTL) dropped."""
+        why = b.check(recs)
+        bad = (why != OK) & (why != STALE)
+        if bad.any():
+            self._quarantine_records(st, keys[bad], recs[bad], why[bad])
+        ok = why == OK
+        return keys[ok], recs[ok]
+
+    def _check_peers(self, peers: dict[str, ProxyStatus], st: SyncStats, b: Bounds
+                     ) -> dict[str, ProxyStatus]:
+        """Heartbeats: a workload that is not a rate (negative, not finite, over
+        ``max_pps``) or a beat dated after now is quarantined.  This proxy's own
+        entry is what it measured, not what the store returns."""
+        out: dict[str, ProxyStatus] = {}
+        if self.skew:  # their times into this proxy's
+            peers = {n: dataclasses.replace(ps, last_seen=max(0, ps.last_seen - self.skew))
+                     for n, ps in peers.items()}
+        if len(peers) > MAX_PEERS:
+            keep = sorted(peers, key=lambda n: peers[n].last_seen, reverse=True)[:MAX_PEERS]
+            st.peers_capped = len(peers) - MAX_PEERS
+            peers = {n: peers[n] for n in keep}
+        for name, ps in peers.items():
+            if name == self.proxy:
+                continue
+            if not (math.isfinite(ps.workload) and 0 <= ps.workload <= self.max_pps):
+                self._quarantine(st, f"heartbeat {name!r}", f"workload {ps.workload!r}")
+            elif ps.last_seen > b.limit:
+                self._quarantine(st, f"heartbeat {name!r}",
+                                 f"dated in the future (last seen {ps.last_seen})")
+            else:
+                out[name] = ps
+        out[self.proxy] = ProxyStatus(st.workload, b.now, self.offset)
+        horizon = b.now - self.ttl
+        for name, ps in out.items():
+            if ps.last_seen >= horizon:
+                self._w_seen.setdefault(name, {})[ps.last_seen] = ps.workload
+        for name in list(self._w_seen):
+            seen = {t: w for t, w in self._w_seen[name].items() if t >= horizon}
+            if seen:
+                self._w_seen[name] = seen
+            else:
+                del self._w_seen[name]
+        return out
+
+    def mesh_rate(self) -> float:
+        """Packets a second the mesh can have counted: the sum over its proxies of
+        the highest workload each published within the TTL (this one's measured)."""
+        return float(sum(max(seen.values()) for seen in self._w_seen.values()))
+
     # ------------------------------------------------------------------------
 
-    def _expire(self, now: int) -> int:
-        """Remove records idle longer than the TTL from the maps (and the master)."""
+    def _cap_mirror(self) -> int:
+        """Hold the mirror to ``max_mirror`` flows: forget first those the kernel
+        no longer has (its flow table evicts the least recently used), then
+        the idlest, from the kernel too.  Returns how many were forgotten."""
+        mr = self.mirror
+        excess = len(mr) - self.max_mirror
+        if excess <= 0:
+            return 0
+        slots = np.flatnonzero(mr.alive)
+        idle = slots[np.argsort(mr.ts2[slots], kind="stable")[: 2 * excess]]
+        keys = mr.keys[idle]
+        exists, recs = self.filt.read(keys)
+        gone = keys[~exists]
+        left = excess - len(gone)
+        if left > 0:
+            old, old_recs = keys[exists][:left], recs[exists][:left]
+            self.filt.apply(apply_entries(old, OP_FLOW | OP_DELETE, gen=old_recs["gen"],
+                                          ts2=old_recs["ts2"]))
+            gone = np.concatenate([gone, old])
+        mr.remove(gone)
+        self.known.forget(gone)
+        log.warning("sync %s: the mirror holds more than %d flows; forgot the %d idlest",
+                    self.proxy, self.max_mirror, len(gone))
+        return len(gone)
+
+    def _expire(self, now: int, b: Bounds) -> int:
+        """Remove records idle longer than the TTL from the maps; the master too,
+        every ``store_expire_every`` rounds, if this proxy holds the mesh's lease."""
         mr = self.mirror
         idle = mr.alive & ((now - mr.ts2) > self.ttl)
         gone = 0
@@ -245,7 +600,14 @@ class Syncer:
             self.known.forget(mr.keys[idle])
             gone = int((res == APPLIED).sum())
         if self.rounds % self.store_expire_every == 0:
-            self.store.expire(now - self.ttl)
+            lease_s = 3 * self.store_expire_every * self.period / NS_PER_S
+            if self.store.lease("expire", self.proxy, lease_s):
+                d = self.skew
+                if self._expire_bounds:  # records dated far ahead only: MAX_SKEW
+                    self.store.expire(now - self.ttl + d, bounds=dataclasses.replace(
+                        b, now=b.now + d, future=max(b.future, MAX_SKEW)))
+                else:
+                    self.store.expire(now - self.ttl + d)
         return gone
 
     def _recompute_destinations(self, dst_ids: Array, now: int) -> tuple[int, list[Closure]]:
@@ -280,6 +642,7 @@ class Syncer:
             sel |= mr.alive & np.isin(mr.address_ids(mr.dst), dst_ids)
         keys = mr.keys[sel]
         ts1, ts2, c, dst = mr.ts1[sel], mr.ts2[sel], mr.c[sel], mr.dst[sel]
+        here = mr.local[sel]
         # Flows first counted after this round's read are not in the mirror,
         # but their packets are in the kernel's aggregate: a spoofed flood
         # creates thousands per round, and leaving them out would lower the
@@ -300,16 +663,18 @@ class Syncer:
             ts2 = np.concatenate([ts2, recs["ts2"].astype(np.int64)])
             c = np.concatenate([c, recs["c"].astype(np.int64)])
             dst = np.concatenate([dst, f_dst[mine][exists]])
+            here = np.concatenate([here, np.ones(int(exists.sum()), dtype=bool)])
         drops = is_closed_record(keys)
         if by_port:
-            keys, ts1, ts2, c, dst, drops = _with_addresses(mr, keys, ts1, ts2, c, dst, drops,
-                                                            dst_ids)
+            keys, ts1, ts2, c, dst, drops, here = _with_addresses(
+                mr, keys, ts1, ts2, c, dst, drops, here, dst_ids)
         live = ((now - ts2) <= p.t_t1) & (drops | ~over_t_f1(ts1, ts2, c, p))
         pos = np.searchsorted(dst_ids, dst)
         n = len(dst_ids)
         agg = np.zeros(n, dtype=L.DST)
-        agg_c = np.zeros(n, dtype=np.int64)
-        np.add.at(agg_c, pos[live], c[live])
+        cap = self._remote_budget(pos, ts1, live & ~here, n, now)
+        agg_c, unbacked = _capped_sum(pos, c, live, here, cap, n)
+        self._unbacked = int(unbacked.sum())
         agg_t1 = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(agg_t1, pos[live], ts1[live])
         agg_t2 = np.zeros(n, dtype=np.int64)
@@ -321,8 +686,7 @@ class Syncer:
         closures = self.known.update(dkeys, agg, {"keys": keys, "ts1": ts1, "ts2": ts2, "c": c,
                                                   "dst": pos}, now, p)
         client = live & ~drops & (self.known.classes_of(keys) == L.Known.CLIENT)
-        agg_kc = np.zeros(n, dtype=np.int64)
-        np.add.at(agg_kc, pos[client], c[client])
+        agg_kc, _ = _capped_sum(pos, c, client, here, cap, n)
         ukeys = dkeys[has]
         have, cur = self.filt.read_dsts_of(ukeys)
         fk = np.zeros(len(ukeys), dtype=L.FLOW_KEY)
@@ -336,10 +700,51 @@ class Syncer:
         self.filt.apply(ent)
         return len(ukeys), closures
 
+    def _remote_budget(self, pos: Array, ts1: Array, remote: Array, n: int, now: int) -> Array:
+        """For each destination, the most packets the flows only other proxies
+        counted can hold: BUDGET_SLACK x the mesh's rate x (their window + two
+        periods).  The mesh's rate is what its proxies published (heartbeats);
+        a count above it was not seen by any proxy that says so."""
+        start = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(start, pos[remote], ts1[remote])
+        window = np.clip(now - start + 2 * self.period, 0, None).astype(np.float64)
+        out: Array = np.floor(BUDGET_SLACK * self.mesh_rate() * window / NS_PER_S)
+        return out
+
+
+def _shift(recs: Array, d: int, where: Array | None = None) -> Array:
+    """``recs`` (fields ts1, ts2) with ``d`` ns added to the timestamps that are
+    times (below 2**62: garbage stays garbage, for the bounds to catch), where
+    ``where``; never below 0."""
+    if d == 0 or not len(recs):
+        return recs
+    out = recs.copy()
+    sel = np.ones(len(recs), dtype=bool) if where is None else np.asarray(where, dtype=bool)
+    for f in ("ts1", "ts2"):
+        v = out[f].astype(np.uint64)
+        ok = sel & (v < np.uint64(1 << 62))
+        moved = np.clip(v.astype(np.int64) + d, 0, None).astype(np.uint64)
+        out[f] = np.where(ok, moved, v)
+    return out
+
+
+def _capped_sum(pos: Array, c: Array, sel: Array, here: Array, cap: Array, n: int
+                ) -> tuple[Array, Array]:
+    """Per destination: the sum of ``c`` over ``sel``, the part of flows not
+    counted ``here`` at most ``cap``; and which destinations were capped."""
+    local, remote = sel & here, sel & ~here
+    own = np.zeros(n, dtype=np.int64)
+    np.add.at(own, pos[local], c[local])
+    other = np.zeros(n, dtype=np.int64)
+    np.add.at(other, pos[remote], c[remote])
+    over = other > cap
+    out: Array = own + np.where(over, cap, other).astype(np.int64)
+    return out, over
+
 
 def _with_addresses(mr: Mirror, keys: Array, ts1: Array, ts2: Array, c: Array, dst: Array,
-                    drops: Array, dst_ids: Array) -> tuple[Array, Array, Array, Array, Array,
-                                                           Array]:
+                    drops: Array, here: Array, dst_ids: Array
+                    ) -> tuple[Array, Array, Array, Array, Array, Array, Array]:
     """The records of the aggregates ``dst_ids`` in ``addr+port`` mode: each real
     flow once for its key's aggregate and once more, keyed (source, address
     key), for its address's (:func:`xpro.core.model.aggregates_of`); a
@@ -349,11 +754,12 @@ def _with_addresses(mr: Mirror, keys: Array, ts1: Array, ts2: Array, c: Array, d
     akeys = np.array(keys[real], dtype=L.FLOW_KEY)
     akeys["dst"]["port"], akeys["dst"]["proto"], akeys["dst"]["pad"] = 0, 0, L.DST_PAD_ADDR
     keys = np.concatenate([keys, akeys], dtype=L.FLOW_KEY)
-    ts1, ts2, c = (np.concatenate([x, x[real]]) for x in (ts1, ts2, c))
+    ts1, ts2, c, here = (np.concatenate([x, x[real]]) for x in (ts1, ts2, c, here))
     dst = np.concatenate([dst, mr.address_ids(dst[real])])
     drops = np.concatenate([drops, np.zeros(int(real.sum()), dtype=bool)])
     keep = np.isin(dst, dst_ids)
-    return keys[keep], ts1[keep], ts2[keep], c[keep], dst[keep], drops[keep]
+    return (keys[keep], ts1[keep], ts2[keep], c[keep], dst[keep], drops[keep],
+            here[keep])
 
 
 def _flow_updates(keys: Array, recs: Array, final: Array) -> Array:

@@ -53,7 +53,7 @@ import numpy.typing as npt
 
 from xpro.core import layout as L
 from xpro.core.merge import rate_exceeds_array
-from xpro.core.model import NS_PER_S, FilterParams
+from xpro.core.model import NS_PER_S, FilterParams, window_over
 from xpro.core.params import Sizes
 from xpro.core.prefixset import PrefixSet
 from xpro.core.state import (
@@ -631,7 +631,7 @@ class UserFilter:
         """``model.Filter.dst_closed`` over arrays (records as int64 columns)."""
         p = self.params
         window = t - ts1
-        out: Array = (t - ts2 <= p.t_t1) & (window > p.t_t3)
+        out: Array = ~window_over(t, ts2, p.t_t1) & (window > p.t_t3)
         if out.any():
             w = np.flatnonzero(out)
             out[w] = rate_exceeds_array(c[w], window[w], p.t_f2 if limit is None else limit)
@@ -1090,7 +1090,7 @@ class _Runs:
         prev[1:] = ts[:-1]
         prev[firstpos] = rec["ts2"].astype(np.int64)[g[firstpos]]
         created = firstpos & ~exists[g]
-        reset = ~created & (ts - prev > t_t1)
+        reset = ~created & window_over(ts, prev, t_t1)
         segstart = firstpos | reset  # a creation is always a group's first packet
         start = np.flatnonzero(segstart)[np.cumsum(segstart) - 1]
         gstart = np.flatnonzero(firstpos)
@@ -1159,7 +1159,7 @@ def _aggregate(s: Array, inv: Array, t: Array, f_ts1: Array, f_started: Array, e
     prev[1:] = tss[:-1]
     prev[first] = d_ts2[gs[first]]
     created = first & ~exists[gs]
-    reset = ~created & (tss - prev > t_t1)
+    reset = ~created & window_over(tss, prev, t_t1)
     segstart = first | reset
     start = np.flatnonzero(segstart)[np.cumsum(segstart) - 1]
     cont = ~(created | reset)[start]

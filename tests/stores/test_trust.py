@@ -1,0 +1,304 @@
+"""Attacks through the master store, on memory, Redis and etcd (docs/security.rst).
+
+Each test is an attack by someone who can write the store (a store writer, or
+a compromised proxy with its credential): they forge records the way such a
+writer can -- raw bytes in the record hash or key, with a change-log entry so
+that every proxy reads them -- while proxies running the real XDP program
+(BPF_PROG_TEST_RUN, a fake clock) sync every second.  The figures each test
+checks are the ones docs/security.rst quotes, before and after the proxies
+stopped trusting the store's values.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.packets import frame
+from tests.stores.conftest import backend_url
+from xpro.core import model
+from xpro.core.layout import MASTER, Reason
+from xpro.core.params import Sizes
+from xpro.datapath.xdp import XdpFilter
+from xpro.plugins import open_store
+from xpro.stores.base import Store
+from xpro.stores.etcd import EtcdStore
+from xpro.stores.memory import MemoryStore
+from xpro.stores.redis import RedisStore
+from xpro.sync import Syncer, SyncLoop
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="loads BPF programs: needs root"),
+]
+
+S = model.NS_PER_S
+T0 = 1_700_000_000 * S
+PARAMS = model.FilterParams(t_t1=10 * S, t_t2=S, t_f1=100, t_t3=S, t_f2=10_000)
+SYNC = model.SyncParams(t_t1=10 * S, t_t4=5 * S, r_q=2 * model.R_DEN)
+SIZES = Sizes(flows=8192, dsts=256, prefixes=16)
+DST = "10.9.9.9"
+BOT = frame("10.0.0.66", DST)
+LEGIT = frame("10.0.0.7", DST)
+NEWCOMER = frame("10.0.0.8", DST)
+
+
+def key_of(fr: bytes) -> bytes:
+    return model.parse(fr, 0).key
+
+
+# ---------------------------------------------------------------------------
+# A mesh of proxies on one store, and a forger with raw access to it
+# ---------------------------------------------------------------------------
+
+
+class Proxy:
+    def __init__(self, name: str, store: Store) -> None:
+        self.filt = XdpFilter(PARAMS, sizes=SIZES)
+        self.sync = Syncer(self.filt, store, name, SYNC)
+        self.stats: list[Any] = []
+
+    def send(self, fr: bytes, now: int, n: int = 1) -> int:
+        """``n`` packets of ``fr`` at ``now``; returns how many passed."""
+        self.filt.set_clock(now)
+        before = int(np.asarray(self.filt.counters())[Reason.PASS, 0])
+        self.filt.program.test_run(fr, repeat=n, data_out=False)
+        return int(np.asarray(self.filt.counters())[Reason.PASS, 0]) - before
+
+    def round(self, now: int) -> None:
+        self.stats.append(self.sync.round(now))
+
+    def quarantined(self) -> int:
+        return sum(getattr(s, "quarantined", 0) for s in self.stats)
+
+
+@pytest.fixture(params=["memory", "redis", "etcd"])
+def mesh(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, list[Proxy]]]:
+    url = backend_url(request, str(request.param))
+    name = f"t{uuid.uuid4().hex[:10]}"
+    proxies: list[Proxy] = []
+    try:
+        proxies += [Proxy(f"p{i}", open_store(url, mesh=name)) for i in range(2)]
+        yield url, name, proxies
+    finally:
+        for p in proxies:
+            p.filt.close()
+            p.sync.store.close()
+        if url.startswith("memory://"):
+            MemoryStore.forget(url.removeprefix("memory://"), name)
+
+
+def forge(url: str, mesh: str, key: bytes, ts1: int, ts2: int, c: int) -> None:
+    """Write a raw master record, as a store writer can, and log it as changed."""
+    value = np.array([(ts1, ts2, c)], dtype=MASTER).tobytes()
+    forge_raw(url, mesh, {key: value})
+
+
+def forge_raw(url: str, mesh: str, records: dict[bytes, bytes]) -> None:
+    st = open_store(url, mesh=mesh)
+    try:
+        if isinstance(st, MemoryStore):
+            for k, v in records.items():
+                ts1, ts2, c = struct.unpack("<QQQ", v)
+                st.poke(k, ts1, ts2, c)
+        elif isinstance(st, RedisStore):
+            st.changes(None)  # creates the mesh's configuration if needed
+            for k, v in records.items():
+                names = st.bucket_keys(st.key_bucket(k))
+                cl = st.raw_client(names["records"])
+                cl.hset(names["records"], k, v)
+                cl.rpush(names["log"], struct.pack(">I", int(time.time())) + k)
+                cl.hincrby(names["meta"], "n", 1)
+                cl.hincrby(names["meta"], "k", 1)
+        else:
+            assert isinstance(st, EtcdStore)
+            st.changes(None)
+            for k, v in records.items():
+                st.raw_put(st.record_key(k), v)
+                entry = struct.pack("<I", 1) + k + b"\x01" + v
+                st.raw_put(st._p_log + f"{time.time_ns():016x}/forger/00000001/000000".encode(),
+                           entry)
+            st.raw_put(st._k_ver, b"")
+    finally:
+        st.close()
+
+
+def master_record(p: Proxy, key: bytes) -> tuple[int, int, int] | None:
+    keys, recs, _ = p.sync.store.changes(None)
+    for k, r in zip(keys, recs, strict=True):
+        if k.tobytes() == key:
+            return int(r["ts1"]), int(r["ts2"]), int(r["c"])
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The attacks
+# ---------------------------------------------------------------------------
+
+
+def test_a_flood_dated_in_the_future_is_still_dropped(mesh: tuple[str, str, list[Proxy]]
+                                                      ) -> None:
+    """The bot's master record set once to ts1 = ts2 = now + 80,000 s: before,
+    every proxy copied that start into its kernel record and the per-source
+    check never judged the flow again: 28,010 of 30,000 passed (now 1,010,
+    its first second)."""
+    url, name, (a, b) = mesh
+    passed = 0
+    for second in range(30):
+        for tick in range(100):  # 1000 packets/s: 10 x T_F1
+            passed += a.send(BOT, T0 + second * S + tick * S // 100, 10)
+        now = T0 + (second + 1) * S
+        a.round(now)
+        b.round(now)
+        if second == 1:
+            forge(url, name, key_of(BOT), now + 80_000 * S, now + 80_000 * S, 1)
+    assert passed <= 1_001 + 10, passed
+    assert a.quarantined() + b.quarantined() >= 1
+    rec = master_record(a, key_of(BOT))
+    assert rec is not None
+    assert rec[1] <= T0 + 31 * S, "the forged record does not stay in the master"
+
+
+def test_a_forged_huge_count_does_not_drop_a_legitimate_source(
+        mesh: tuple[str, str, list[Proxy]]) -> None:
+    """A count of 2**62 on a legitimate flow: before, the source was dropped at
+    every proxy from the next round on (170 of 200 packets dropped at A; now
+    none)."""
+    url, name, (a, b) = mesh
+    passed = sent = 0
+    for second in range(20):
+        for tick in range(10):  # 10 packets/s
+            sent += 1
+            passed += a.send(LEGIT, T0 + second * S + tick * S // 10)
+        now = T0 + (second + 1) * S
+        a.round(now)
+        b.round(now)
+        if second == 1:
+            forge(url, name, key_of(LEGIT), now - 5 * S, now, 1 << 62)
+    assert passed == sent, f"{sent - passed} of {sent} dropped"
+    assert b.send(LEGIT, T0 + 21 * S) == 1, "the proxy that never saw it passes it too"
+    assert a.quarantined() + b.quarantined() >= 1
+
+
+def test_forged_flows_under_t_f1_do_not_close_a_destination(
+        mesh: tuple[str, str, list[Proxy]]) -> None:
+    """150 forged flows at 90 packets/s each (under T_F1 = 100) add up to
+    13,500 packets/s, over T_F2 = 10,000: before, the destination closed at
+    every proxy without a packet of them sent, and a new client was dropped
+    (180 of 200; now none)."""
+    url, name, (a, b) = mesh
+    for second in range(3):
+        for tick in range(10):
+            a.send(LEGIT, T0 + second * S + tick * S // 10)
+        now = T0 + (second + 1) * S
+        a.round(now)
+        b.round(now)
+    forged = [key_of(frame(f"10.50.{i // 200}.{i % 200 + 1}", DST)) for i in range(150)]
+    start = T0 - 7 * S
+    passed = sent = 0
+    for second in range(3, 13):
+        # The forger keeps them going: 90 packets/s each, rewritten every second.
+        now = T0 + second * S
+        rec = np.array([(start, now, 90 * (now - start) // S)], dtype=MASTER).tobytes()
+        forge_raw(url, name, dict.fromkeys(forged, rec))
+        for tick in range(10):
+            t = T0 + second * S + tick * S // 10
+            a.send(LEGIT, t)
+            for p in (a, b):
+                sent += 1
+                passed += p.send(NEWCOMER, t)
+        now = T0 + (second + 1) * S
+        a.round(now)
+        b.round(now)
+    assert passed == sent, f"the new client: {sent - passed} of {sent} dropped"
+    assert not a.sync.known.closed
+    assert not b.sync.known.closed
+
+
+def test_a_master_count_of_exactly_2_62_does_not_wedge_the_sync(
+        mesh: tuple[str, str, list[Proxy]]) -> None:
+    """Before: the merged count went over 2**62, the batch was refused, and the
+    failed batch was replayed first on every round, forever, as "master store
+    unreachable" (9 of A's 10 rounds after it failed, store_down raised, the
+    source dropped; now none failed)."""
+    url, name, (a, b) = mesh
+    clock = {"now": T0}
+    alerts: list[str] = []
+    loops = []
+    for p in (a, b):
+        real = p.sync.round
+        p.sync.round = lambda now=None, _r=real: _r(clock["now"])  # type: ignore[method-assign]
+        loops.append(SyncLoop(p.sync, 1.0, on_alert=lambda k, m: alerts.append(k)))
+    failed = 0
+    for second in range(12):
+        for tick in range(10):
+            a.send(LEGIT, T0 + second * S + tick * S // 10)
+        clock["now"] = T0 + (second + 1) * S
+        for loop in loops:
+            before = loop.status.failed_total
+            loop.step()
+            failed += loop.status.failed_total - before
+        if second == 1:
+            # A one-second window: the merge adds to it without shortening it.
+            forge(url, name, key_of(LEGIT), clock["now"] - S, clock["now"], 1 << 62)
+    assert failed == 0, f"{failed} failed rounds"
+    assert "store_down" not in alerts
+    assert all(loop.status.healthy for loop in loops)
+    assert a.sync._pending is None
+    last = loops[0].status.last
+    assert last is not None
+    assert a.send(LEGIT, clock["now"]) == 1
+
+
+@pytest.mark.parametrize("mesh", ["redis", "etcd"], indirect=True)
+def test_a_rewritten_mesh_configuration_is_not_adopted(mesh: tuple[str, str, list[Proxy]]
+                                                       ) -> None:
+    """The mesh's configuration key rewritten under running proxies (another
+    bucket count, encoding and epoch): before, on Redis, 12 of the 16 rounds
+    after it failed with a ConfigError and the master stayed at 30 of the 80
+    packets sent (now no round fails and the master, A and B hold 80).  etcd
+    proxies read the key once, at connect: the rewrite never reached them."""
+    url, name, (a, b) = mesh
+    for p in (a, b):  # no window shortening: the master counts every packet
+        p.sync.params = model.SyncParams(t_t1=10 * S, t_t4=10_000 * S)
+    st = open_store(url, mesh=name)
+    sent = 0
+    errors = 0
+    try:
+        for second in range(8):
+            for tick in range(10):
+                sent += 1
+                a.send(LEGIT, T0 + second * S + tick * S // 10)
+            now = T0 + (second + 1) * S
+            for p in (a, b):
+                try:
+                    p.round(now)
+                except Exception:
+                    errors += 1
+            if second == 1:
+                if isinstance(st, RedisStore):
+                    st.changes(None)
+                    cfg = f"{{xpro:{name}}}:cfg"
+                    st.raw_client(cfg).hset(cfg, mapping={"buckets": 7, "encoding": 9,
+                                                          "epoch": "forged"})
+                else:
+                    assert isinstance(st, EtcdStore)
+                    st.raw_put(st._k_cfg, b"encoding=9")
+    finally:
+        st.close()
+    assert errors == 0
+    if url.startswith("redis"):
+        assert a.quarantined() >= 1, "the rewrite is reported"
+    rec = master_record(a, key_of(LEGIT))
+    assert rec is not None
+    assert rec[2] == sent, f"master count {rec[2]}, {sent} packets sent"
+    f = b.filt.flows.get(key_of(LEGIT))
+    assert f is not None
+    assert int(f["c"]) == sent
