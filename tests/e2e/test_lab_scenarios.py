@@ -14,12 +14,11 @@
 * ``proxy-crash``: one daemon SIGKILLed mid-attack and restarted; its filter
   keeps running from the pins, the mesh keeps the attack out.
 * ``port-spray`` and ``v6-rotation`` (short forms): the evasions of the issue
-  "Close the evasions".  Their figures are only checked to be percentages
-  (today the evasions work: about nothing of either attack is dropped); what
-  is checked is each scenario's own invariant, from its options: every
+  "Close the evasions", each with its own invariant, from its options: every
   (address, port, protocol) key of the spray far under T_F2 while the
   address is over it; every /64 of the rotation at 4 x T_F1, each packet
-  from an address of its own.
+  from an address of its own.  The rotation is dropped (its /64 is one
+  source); the spray's figure is only checked to be a percentage.
 
 Each run leaves no namespace, link or pinned object behind (``clean_lab``).
 """
@@ -167,14 +166,21 @@ def test_v6_rotation(run_lab: Runner) -> None:
     assert sum(rot["reached_per_attacker"]) == out["attack_reached_service"]
     # the per-destination limit is not what is tested
     assert rot["victim_pps"] < t_f2
+    # each /64 is one source (filter.source_prefix_v6 = 64), judged as one
+    # address at 4 x T_F1 is: 99.8-99.9 % in 10-s runs (docs/evaluation.rst);
+    # before the /64 keys, 0 %.  The bound leaves room for a short, loaded run.
+    assert out["attack_dropped_pct"] >= 90.0, out
+    assert out["legit_dropped_pct"] <= 1.0, out
 
 
 def test_proxy_crash(run_lab: Runner) -> None:
     out = run_lab("run", "proxy-crash")
     assert [e["what"] for e in out["events"]] == ["SIGKILL p0", "restart p0"]
-    # 98.3 % in the release before closed destinations; 91.7-94.8 % on
-    # 2026-12-06 after it, cause not yet found (docs/evaluation.rst, "proxy-crash").
-    # The bound keeps a crash from costing the mesh its detection.
+    # 98.3 % in an earlier release, 91.7-94.8 % on a loaded machine since: the
+    # killed proxy passes its share between the decay of its last round's
+    # counts and the restarted daemon's first round, which a slow start-up
+    # lengthens (docs/evaluation.rst, "proxy-crash").  The bound keeps a crash
+    # from costing the mesh its detection.
     assert out["attack_dropped_pct"] >= 90.0, out
     assert out["legit_dropped_pct"] <= 1.0, out
 

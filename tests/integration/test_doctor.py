@@ -34,6 +34,7 @@ from xpro.datapath.xdp import XdpFilter
 from xpro.doctor import (
     Finding,
     check_interface,
+    check_mesh_clock,
     check_pins,
     check_store,
     run_checks,
@@ -257,6 +258,37 @@ def test_reachable_redis_is_ok_and_a_stopped_one_fails(servers: ServerSet) -> No
     assert down.status == "fail"
     assert "does not answer" in down.message
     assert redis.url.split("://")[1] in down.message
+
+
+def test_mesh_clock_names_a_proxy_off_the_others(servers: ServerSet) -> None:
+    """Three proxies published offsets to the store's clock: two agree with
+    this host, one is 5 s off.  The check measures this host's own offset and
+    names the proxy off the median; without it, all is well."""
+    import time
+
+    from xpro.plugins import open_store
+
+    try:
+        redis = servers.redis()
+    except BinaryMissing as exc:
+        pytest.skip(str(exc))
+    config = default_config()
+    with open_store(redis.url, mesh=config.store.mesh) as store:
+        now = time.clock_gettime_ns(time.CLOCK_TAI)
+        mine = store.clock()
+        assert mine is not None
+        base = mine - now  # this host's offset, as the proxies on it measure it
+        store.heartbeat("p-a", 10.0, now, offset=base)
+        store.heartbeat("p-b", 10.0, now, offset=base + 2_000_000)
+        ok = check_mesh_clock(config, redis.url)
+        assert ok.status == "ok", ok.format()
+        assert "every live proxy within" in ok.message
+        store.heartbeat("p-late\x1b[31m", 10.0, now - 5 * 10**9, offset=base + 5 * 10**9)
+        store.heartbeat("p-c", 10.0, now, offset=base)
+        off = check_mesh_clock(config, redis.url)
+    assert off.status == "warn", off.format()
+    assert "p-late\\x1b[31m +5.0" in off.message  # named, escaped
+    assert "p-a" not in off.message.split("beyond")[1]
 
 
 # --- everything, through the command ---------------------------------------------------

@@ -190,6 +190,11 @@ def _safe(obj: Any) -> Any:
     return obj
 
 
+def _fmt_offset(seconds: float | None) -> str:
+    """A clock offset to the store's clock (``-``: not measured)."""
+    return "-" if seconds is None else f"{seconds * 1000:+.1f} ms"
+
+
 def format_status(st: dict[str, Any]) -> str:
     """``xpro status`` as text (every string escaped, :func:`_safe`)."""
     st = _safe(st)
@@ -209,9 +214,20 @@ def format_status(st: dict[str, Any]) -> str:
     peers = sync.get("peers", {})
     if peers:
         out += ["", "mesh"]
-        out.append(_table(["proxy", "W (packets/s)", "last seen", "alive"], [
+        out.append(_table(["proxy", "W (packets/s)", "last seen", "alive", "clock offset"], [
             [name, _fmt_rate(p["workload"]), f"{p['age_s']:.1f} s ago",
-             "yes" if p["alive"] else "NO"] for name, p in peers.items()]))
+             "yes" if p["alive"] else "NO", _fmt_offset(p.get("clock_offset_s"))]
+            for name, p in peers.items()]))
+    clock = sync.get("clock")
+    if clock and clock.get("skew_s") is not None:
+        skew = clock["skew_s"]
+        flag = "  ALERT (over sync.clock_alert)" if abs(skew) > clock["alert_s"] else ""
+        fix = (f", corrected by {clock['corrected_s']:+.3f} s" if clock["corrected_s"]
+               else ", not corrected")
+        out.append(f"  this proxy's clock: {skew:+.3f} s off the mesh's{fix}{flag}")
+    if sync.get("quarantined"):
+        out.append(f"  {sync['quarantined']} value(s) from the store quarantined in the "
+                   "last round (docs/sync.rst)")
     counters = st.get("counters", {})
     if counters:
         out += ["", "verdicts"]

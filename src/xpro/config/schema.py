@@ -248,6 +248,15 @@ class SyncConfig(_Section):
         why="""An idle record older than T_T1 starts a new window anyway, so it
         only has to outlive T_T1; a minute keeps recent flows visible to
         ``xpro flows`` and ``xpro explain`` and keeps the master small.""")
+    clock_alert: float = option(
+        _seconds(0.01, 86400), 1.0, flag="--sync-clock-alert",
+        doc="""Seconds this proxy's clock may be off the mesh's (measured each
+        round against the store's clock, docs/sync.rst "Clocks") before a
+        ``clock_skew`` alert is raised; one more when it is back within.""",
+        why="""The sync corrects a skew from 50 ms up to a day, so filtering
+        goes on; but NTP keeps clocks within milliseconds, and a second off
+        says a time daemon has stopped or a clock was stepped: worth an
+        operator's look before the skew grows past what is corrected.""")
 
 
 @dataclass(frozen=True, repr=False)

@@ -20,7 +20,8 @@ __all__ = ["KINDS", "SEVERITIES", "Alert", "AlertKind", "Severity", "format_aler
 
 #: What an alert is about.
 AlertKind = Literal["store_down", "store_up", "src_overload", "dst_overload", "workload",
-                    "dst_closed", "dst_reopened", "known_full"]
+                    "dst_closed", "dst_reopened", "known_full", "clock_skew", "clock_ok",
+                    "store_data"]
 #: How urgent it is.
 Severity = Literal["info", "warning", "critical"]
 
@@ -39,6 +40,9 @@ DEFAULT_SEVERITY: Mapping[str, Severity] = MappingProxyType({
     "dst_closed": "critical",
     "dst_reopened": "info",
     "known_full": "critical",
+    "clock_skew": "warning",
+    "clock_ok": "info",
+    "store_data": "warning",
 })
 
 

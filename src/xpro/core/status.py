@@ -62,6 +62,10 @@ class SyncStats:
     # and writes (its offset minus the mesh's median).
     clock_offset: int | None = None
     skew: int = 0
+    # How far this proxy's clock is off the mesh's, as measured (ns; None: not
+    # measured), whether or not it was corrected: ``skew`` is 0 below 50 ms
+    # and beyond the correction's bound.
+    skew_measured: int | None = None
     # Bounded work (docs/sync.rst): changes were left for the next round; flows
     # the mirror forgot at its cap; heartbeats beyond the peers' cap.
     pull_capped: bool = False

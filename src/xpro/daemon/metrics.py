@@ -27,6 +27,10 @@ metric                                         type     what
 ``xpro_workload_pps{proxy}``                   gauge    W of every proxy of the mesh
                                                         (heartbeats)
 ``xpro_peer_age_seconds{proxy}``               gauge    age of each proxy's last heartbeat
+``xpro_clock_offset_seconds{proxy}``           gauge    each proxy's offset to the store's
+                                                        clock (docs/sync.rst, "Clocks")
+``xpro_clock_skew_seconds``                    gauge    this proxy's clock behind the mesh's
+``xpro_clock_correction_seconds``              gauge    the shift the sync applies to it
 ``xpro_alerts_total{kind}``                    counter  alerts raised by kind
 ``xpro_config_reloads_total``                  counter  configuration reloads applied
 ``xpro_events_total``                          counter  overload warnings read from the
@@ -154,13 +158,25 @@ class ProxyCollector(Collector):
                               labels=["proxy"])
         age = GaugeMetricFamily("xpro_peer_age_seconds", "Age of each proxy's last heartbeat",
                                 labels=["proxy"])
+        off = GaugeMetricFamily("xpro_clock_offset_seconds", "Each proxy's offset to the "
+                                "store's clock (store minus proxy), as it published it",
+                                labels=["proxy"])
         if last is not None:
             for name, peer in sorted(last.peers.items()):
                 w.add_metric([printable(name)], peer.workload)
                 age.add_metric([printable(name)],
                                max(0.0, (last.started - peer.last_seen) / NS_PER_S))
+                if peer.offset is not None:
+                    off.add_metric([printable(name)], peer.offset / NS_PER_S)
         yield w
         yield age
+        yield off
+        if last is not None and last.skew_measured is not None:
+            yield GaugeMetricFamily("xpro_clock_skew_seconds", "How far this proxy's clock "
+                                    "is behind the mesh's (negative: ahead), measured",
+                                    value=last.skew_measured / NS_PER_S)
+            yield GaugeMetricFamily("xpro_clock_correction_seconds", "What the sync adds to "
+                                    "this proxy's timestamps", value=last.skew / NS_PER_S)
         alerts = CounterMetricFamily("xpro_alerts", "Alerts raised by kind", labels=["kind"])
         for kind in KINDS:
             alerts.add_metric([kind], float(p.alert_counts[kind]))

@@ -59,6 +59,7 @@ from xpro.core.model import NS_PER_S, FilterParams, Prefix, mask_source, source_
 from xpro.core.params import tai_now
 from xpro.core.prefixset import PrefixSet
 from xpro.core.status import Closure, SyncStats
+from xpro.core.text import printable
 from xpro.daemon.control import ControlServer
 from xpro.daemon.metrics import MetricsServer, exposition, serve
 from xpro.daemon.privileges import (
@@ -186,6 +187,8 @@ class Proxy:
         self.events_failed = 0
         self._overloaded = False
         self._known_full = False
+        self._clock_off = False
+        self._store_data_alerted = 0.0  # monotonic time of the last store_data alert
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.RLock()
@@ -455,6 +458,48 @@ class Proxy:
                                   workload=stats.workload, limit=t_w))
         elif stats.workload <= t_w * 0.9:
             self._overloaded = False
+        self._clock_alerts(stats)
+        self._store_data_alert(stats)
+
+    def _clock_alerts(self, stats: SyncStats) -> None:
+        """``clock_skew`` when this proxy's clock goes off the mesh's by more than
+        ``sync.clock_alert``; ``clock_ok`` when it is back within."""
+        d = stats.skew_measured
+        if d is None:
+            return
+        bound = self.config.sync.clock_alert * NS_PER_S
+        if abs(d) > bound and not self._clock_off:
+            self._clock_off = True
+            how = ("corrected: its timestamps are translated" if stats.skew else
+                   "NOT corrected (beyond a day): filtering on its own clock")
+            self.alert(Alert.make(
+                "clock_skew", f"this proxy's clock is {abs(d) / NS_PER_S:.3f} s "
+                f"{'behind' if d > 0 else 'ahead of'} the mesh's (sync.clock_alert "
+                f"{self.config.sync.clock_alert:g} s), {how}; check its time daemon",
+                self.name, skew_s=d / NS_PER_S, corrected=bool(stats.skew),
+                limit_s=self.config.sync.clock_alert))
+        elif abs(d) <= bound * 0.5 and self._clock_off:
+            self._clock_off = False
+            self.alert(Alert.make("clock_ok", f"this proxy's clock is back within "
+                                  f"{abs(d) / NS_PER_S:.3f} s of the mesh's", self.name,
+                                  skew_s=d / NS_PER_S))
+
+    def _store_data_alert(self, stats: SyncStats) -> None:
+        """``store_data`` when a round quarantined values read from the store (at
+        most one a minute: a writer of the store must not flood the sinks)."""
+        if not stats.quarantined:
+            return
+        now = time.monotonic()
+        if self._store_data_alerted and now - self._store_data_alerted < 60.0:
+            return
+        self._store_data_alerted = now
+        examples = [f"{printable(what, 80)}: {printable(why, 120)}"
+                    for what, why in stats.bad_values[:5]]
+        self.alert(Alert.make(
+            "store_data", f"{stats.quarantined} value(s) read from the store were out of "
+            f"bounds and left out of the round (forged, or a proxy's clock far off): "
+            f"{'; '.join(examples)}; see docs/sync.rst, \"Values from the store\"",
+            self.name, quarantined=stats.quarantined, examples=examples))
 
     def _dst_limit(self, dkey: Any) -> tuple[int, str]:
         """The limit an aggregate is judged by, and its name: an address's own
@@ -610,8 +655,18 @@ class Proxy:
                     sync["peers"] = {
                         name: {"workload": p.workload,
                                "age_s": max(0.0, (now - p.last_seen) / NS_PER_S),
-                               "alive": (now - p.last_seen) / NS_PER_S < 3 * period + 1}
+                               "alive": (now - p.last_seen) / NS_PER_S < 3 * period + 1,
+                               "clock_offset_s": None if p.offset is None
+                               else p.offset / NS_PER_S}
                         for name, p in sorted(last.peers.items())}
+                    sync["clock"] = {
+                        "offset_s": None if last.clock_offset is None
+                        else last.clock_offset / NS_PER_S,
+                        "skew_s": None if last.skew_measured is None
+                        else last.skew_measured / NS_PER_S,
+                        "corrected_s": last.skew / NS_PER_S,
+                        "alert_s": cfg.sync.clock_alert}
+                    sync["quarantined"] = last.quarantined
             st["sync"] = sync
             st["top_sources"] = self.flows(limit=top)
             st["top_destinations"] = self.destinations(limit=top)

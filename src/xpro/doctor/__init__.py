@@ -42,6 +42,7 @@ from xpro.backends.xdp import SINGLE_BUFFER_MTU
 from xpro.bpf._ffi import ffi, libc, load
 from xpro.bpf.xdp import prog_name
 from xpro.config import Config, mask_url
+from xpro.core.text import printable
 from xpro.datapath.host import link_type_name, link_type_problem
 from xpro.errors import BpfLoadError, PrivilegeError, XproError
 
@@ -57,6 +58,7 @@ __all__ = [
     "check_kernel",
     "check_lockdown",
     "check_memory",
+    "check_mesh_clock",
     "check_pins",
     "check_privileges",
     "check_store",
@@ -820,6 +822,58 @@ def check_store(config: Config, url: str | None = None) -> Finding:
 
 
 
+def check_mesh_clock(config: Config, url: str | None = None) -> Finding:
+    """This host's clock and the mesh's proxies' against the store's clock.
+
+    Measures this host's offset to the store (the store's clock read between
+    two readings of CLOCK_TAI) and compares it, and every live proxy's
+    published offset, with the median of them all: what the sync corrects
+    (docs/sync.rst, "Clocks").  Beyond ``sync.clock_alert``: a warning naming
+    the proxies."""
+    from xpro.plugins import open_store
+
+    url = url or config.store.url
+    if url.split("://", 1)[0] == "memory":
+        return Finding("mesh-clock", "ok", "in-process store: no other proxy's clock to compare")
+    try:
+        with open_store(url, mesh=config.store.mesh,
+                        options=_store_options(url, config)) as store:
+            a = time.clock_gettime_ns(time.CLOCK_TAI)
+            theirs = store.clock()
+            z = time.clock_gettime_ns(time.CLOCK_TAI)
+            peers = store.proxies()
+    except XproError as exc:
+        return Finding("mesh-clock", "warn", f"the store's clock cannot be read: {exc}",
+                       "fix the store first (see the store check)")
+    if theirs is None:
+        return Finding("mesh-clock", "warn", f"{mask_url(url)} has no clock the proxies can "
+                       "read (etcd): the mesh's clocks are neither measured nor corrected",
+                       "keep every proxy on NTP or PTP (see clock-sync); Redis meshes "
+                       "measure and correct offsets")
+    mine = theirs - (a + z) // 2
+    ttl = config.sync.ttl * 1e9
+    live = {name: ps.offset for name, ps in peers.items()
+            if ps.offset is not None and abs(ps.last_seen - z) <= ttl + abs(mine)}
+    offsets = [*live.values(), mine]
+    median = sorted(offsets)[len(offsets) // 2]
+    bound = config.sync.clock_alert
+    off = {printable(name, 64): (o - median) / 1e9 for name, o in live.items()
+           if abs(o - median) > bound * 1e9}
+    here = (mine - median) / 1e9
+    facts = (f"this host is {here:+.3f} s off the median of {len(offsets)} offsets to the "
+             f"store's clock (its own {mine / 1e9:+.3f} s)")
+    if off or abs(here) > bound:
+        names = ", ".join(f"{n} {s:+.3f} s" for n, s in sorted(off.items()))
+        return Finding("mesh-clock", "warn",
+                       f"{facts}; beyond sync.clock_alert {bound:g} s: "
+                       f"{names or 'this host'}",
+                       "fix the time daemon of each proxy named (chronyc tracking); the "
+                       "sync corrects up to a day, but a clock that far off was stepped "
+                       "or is not synchronised")
+    return Finding("mesh-clock", "ok", f"{facts}; every live proxy within "
+                   f"sync.clock_alert {bound:g} s")
+
+
 def clock_tolerance(config: Config) -> float:
     """The clock skew (seconds) between proxies the filter tolerates: 1% of the
     shortest of t_t2, t_t3 and sync.period."""
@@ -985,6 +1039,7 @@ def run_checks(config: Config, *, interfaces: Sequence[str] | None = None,
         findings += _guard(f"interface:{ifname}", functools.partial(
             check_interface, ifname, config, netns=netns, attach_probe=attach_probe))
     findings += _guard("store", lambda: [check_store(config, url)])
+    findings += _guard("mesh-clock", lambda: [check_mesh_clock(config, url)])
     shared = url.split("://", 1)[0] != "memory"
     findings += _guard("clock-sync", lambda: check_clock(config, shared=shared))
     findings.append(check_memory(config, load))

@@ -96,10 +96,13 @@ MAX_MIRROR = 1 << 22
 #: Proxies whose heartbeats a round takes (the most recent).
 MAX_PEERS = 1024
 #: A proxy whose clock is off the mesh's by less than this is not corrected
-#: (NTP does better; the offsets' own jitter is below it).  Nor by more than
-#: MAX_SKEW (xpro.core.bounds): a clock that far off is a fault to fix (and
-#: offsets that far apart may be forged); the proxy says so instead.
+#: (NTP does better; the offsets' own jitter is below it).
 MIN_SKEW = 50_000_000
+#: Nor by more than this (a day): a clock stepped back an hour (a time
+#: daemon's late correction, a DST mistake) is corrected; a clock further off
+#: is a fault to fix (and offsets that far apart may be forged): the proxy
+#: says so instead and filters on its own clock (docs/sync.rst, "Clocks").
+MAX_CORRECTION = 86_400 * NS_PER_S
 
 
 def _accepts_bounds(fn: Callable[..., Any]) -> bool:
@@ -157,6 +160,7 @@ class Syncer:
         self.offset: int | None = None
         #: What this proxy adds to its timestamps to get the mesh's time.
         self.skew = 0
+        self.skew_measured: int | None = None
         self._skew_warned = False
         self._merge_bounds = _accepts_bounds(store.merge)
         self._expire_bounds = _accepts_bounds(store.expire)
@@ -244,6 +248,7 @@ class Syncer:
         peers = self.store.proxies()
         self.skew = self._consensus_skew(peers, now)
         st.skew = self.skew
+        st.skew_measured = self.skew_measured
         st.peers = self._check_peers(peers, st, b)
 
         # A merge that failed last time (the store unreachable) is repeated
@@ -403,26 +408,34 @@ class Syncer:
         offset is measured against; the median removes what they share (the
         store's own error, TAI against UTC), so a mesh of synced clocks keeps
         its timestamps and only a proxy off the others is corrected."""
+        self.skew_measured = None
         if self.offset is None or not self.clock_sync:
             return 0
-        mesh_now = now + self.skew
-        offs = [ps.offset for name, ps in list(peers.items())[:MAX_PEERS]
-                if name != self.proxy and ps.offset is not None
-                and abs(ps.last_seen - mesh_now) <= self.ttl]
+        others = [ps for name, ps in list(peers.items())[:MAX_PEERS]
+                  if name != self.proxy and ps.offset is not None]
+        # Which heartbeats are live is judged in the mesh's time as this
+        # round's offset gives it (not by the last skew: a clock stepped back
+        # an hour since would see every peer an hour ahead, and none live).
+        m0 = int(np.median(np.array([*(ps.offset for ps in others), self.offset],
+                                    dtype=np.float64)))
+        mesh_now = now + self.offset - m0
+        offs = [ps.offset for ps in others if abs(ps.last_seen - mesh_now) <= self.ttl]
         d = self.offset - int(np.median(np.array([*offs, self.offset], dtype=np.float64)))
+        self.skew_measured = d
         if abs(d) < MIN_SKEW:
             return 0
-        if abs(d) > MAX_SKEW:
+        if abs(d) > MAX_CORRECTION:
             if not self._skew_warned:
                 self._skew_warned = True
                 log.error("sync %s: this proxy's clock is %.1f s off the mesh's (the median "
                           "of %d proxies' offsets to the store): more than %d s, not "
                           "corrected; fix the clocks", self.proxy, d / NS_PER_S,
-                          len(offs) + 1, MAX_SKEW // NS_PER_S)
+                          len(offs) + 1, MAX_CORRECTION // NS_PER_S)
             return 0
-        if self.skew == 0:
-            log.warning("sync %s: this proxy's clock is %.3f s behind the mesh's; its "
-                        "timestamps are translated", self.proxy, d / NS_PER_S)
+        if abs(d - self.skew) >= NS_PER_S:
+            log.warning("sync %s: this proxy's clock is %.3f s %s the mesh's; its "
+                        "timestamps are translated", self.proxy, abs(d) / NS_PER_S,
+                        "behind" if d > 0 else "ahead of")
         return d
 
     def _replay(self, keys: Array, recs: Array, local: Array, b: Bounds, st: SyncStats) -> None:
