@@ -30,6 +30,7 @@ struct xpro_config cfg SEC(".data") = {
 	.clock_offset = 0,
 	.t_f1 = 100,
 	.t_f2 = 10000,
+	.t_f2_addr = 10000,
 	.mode = XPRO_MODE_ENFORCE,
 	.dst_mode = XPRO_DST_ADDR,
 	.malformed_policy = XPRO_MALFORMED_DROP,
@@ -290,18 +291,19 @@ static __always_inline int flow_stage(struct xpro_flow_key *key, __u64 now, __u6
  * aggregate over T_F2 after T_T3 (docs/semantics.rst).  Judged once per
  * packet, on the record as it was before the packet.
  */
-static __always_inline int dst_closed(struct xpro_dst *d, __u64 now)
+static __always_inline int dst_closed(struct xpro_dst *d, __u64 now, __u32 limit)
 {
 	__u64 ts1s = d->ts1;
 
 	return !window_over(now, d->ts2) &&
 	       (__s64)(now - ts1s) > (__s64)cfg.t_t3 &&
-	       rate_exceeds(d->c, now - ts1s, cfg.t_f2);
+	       rate_exceeds(d->c, now - ts1s, limit);
 }
 
 /*
- * A packet of an unknown source to a closed destination: counted into the
- * destination's closed-drops record (as a flow stage counts, with no
+ * A packet of an unknown source to a closed destination (key: the packet's
+ * flow key, or its address aggregate's): counted into the destination's
+ * closed-drops record (as a flow stage counts, with no
  * per-source check) and into c*, then dropped as DST_CLOSED, with the
  * destination's overload warning.  No record of its own source is touched,
  * so a spoofed flood costs one hot record, not one per source.
@@ -324,7 +326,8 @@ static __always_inline int closed_stage(struct xpro_flow_key *key, struct xpro_d
 	w[5] = k[5];
 	w[6] = k[6];
 	w[7] = k[7];
-	w[8] = (k[8] & 0x00ffffff) | ((__u32)XPRO_DST_PAD_CLOSED << 24); /* pad: byte 35 */
+	/* pad (byte 35): PAD_CLOSED, or PAD_ADDR_CLOSED for an address's key */
+	w[8] = k[8] | ((__u32)XPRO_DST_PAD_CLOSED << 24);
 	flow_count(&ck, now, &c, &ts1, &started);
 
 	c = __sync_fetch_and_add(&d->c, 1) + 1;
@@ -334,28 +337,25 @@ static __always_inline int closed_stage(struct xpro_flow_key *key, struct xpro_d
 }
 
 /*
- * The destination stage, lines 18-25 in O(1): the aggregate counts packets
- * admitted past the per-source check (docs/semantics.rst); ts1 and started
- * come from the flow stage, d (NULL if there was none) and closed, cls from
- * the top of the packet.  An open destination drops over T_F2; a closed
- * one serves its known clients until their own total is over T_F2, and
- * drops a heavy source's packets that got past its flow record.
+ * Lines 18-25 in O(1), the count: one packet admitted past the per-source
+ * check into the aggregate dk (docs/semantics.rst); d is its record at the
+ * top of the packet (NULL if there was none: created here), ts1 and started
+ * come from the flow stage.  Returns the record, NULL if it cannot be kept;
+ * *cs: c* with this packet.
  */
-static __always_inline int dst_stage(struct xpro_flow_key *key, struct xpro_dst *d,
-				     __u64 now, __u64 pkt_len, __u64 ts1, int started,
-				     int closed, __u32 cls)
+static __always_inline struct xpro_dst *dst_count(struct xpro_dst_key *dk, struct xpro_dst *d,
+						  __u64 now, __u64 ts1, int started,
+						  __u64 *cs)
 {
-	__u64 cs, ts1s;
-
 	if (!d) {
 		/* A new destination is rare: create it, then take the common
 		 * path so warnings have a record to rate-limit on. */
 		struct xpro_dst nd = { .ts1 = ts1, .ts2 = now };
 
-		bpf_map_update_elem(&dsts, &key->dst, &nd, BPF_NOEXIST);
-		d = bpf_map_lookup_elem(&dsts, &key->dst);
+		bpf_map_update_elem(&dsts, dk, &nd, BPF_NOEXIST);
+		d = bpf_map_lookup_elem(&dsts, dk);
 		if (!d) /* cannot track it: fail open */
-			return verdict(XPRO_R_PASS, XDP_PASS, pkt_len);
+			return NULL;
 	}
 	if (window_over(now, d->ts2)) {
 		/* the destination was idle: a new aggregate window */
@@ -365,31 +365,67 @@ static __always_inline int dst_stage(struct xpro_flow_key *key, struct xpro_dst 
 	} else if (started && (__s64)(ts1 - d->ts1) < 0) {
 		d->ts1 = ts1;
 	}
-	cs = __sync_fetch_and_add(&d->c, 1) + 1;
+	*cs = __sync_fetch_and_add(&d->c, 1) + 1;
 	d->ts2 = now;
-	ts1s = d->ts1;
+	return d;
+}
+
+/*
+ * The check of an aggregate that counted the packet (key: the flow key
+ * whose destination part is the aggregate's; limit: T_F2, or T_F2 of an
+ * address); closed and cls come from the top of the packet.  An open
+ * destination drops over the limit; a closed one serves its known clients
+ * until their own total is over it, and drops a heavy source's packets
+ * that got past its flow record.  cs: c* with this packet; kcs: kc with
+ * it when the count already added it (0: added here).
+ */
+static __always_inline int dst_judge(struct xpro_flow_key *key, struct xpro_dst *d,
+				     __u64 now, __u64 pkt_len, int closed, __u32 cls,
+				     __u32 limit, __u64 cs, __u64 kcs)
+{
+	__u64 ts1s = d->ts1;
 
 	if (closed) {
 		if (cls != XPRO_KNOWN_CLIENT) /* heavy: never served while closed */
 			return limit_verdict(key, now, pkt_len, NULL, 0, 0, 0,
 					     XPRO_R_DST_CLOSED, XPRO_R_MON_DST_CLOSED);
 		/* a known client: closed to it too once their total is over */
-		cs = __sync_fetch_and_add(&d->kc, 1) + 1;
+		cs = kcs ? kcs : __sync_fetch_and_add(&d->kc, 1) + 1;
 	}
-	if ((__s64)(now - ts1s) > (__s64)cfg.t_t3 && rate_exceeds(cs, now - ts1s, cfg.t_f2))
+	if ((__s64)(now - ts1s) > (__s64)cfg.t_t3 && rate_exceeds(cs, now - ts1s, limit))
 		return limit_verdict(key, now, pkt_len, &d->warn_ts, XPRO_EV_DST_OVERLOAD,
 				     cs, now - ts1s, XPRO_R_DST_RATE, XPRO_R_MON_DST_RATE);
-	return verdict(XPRO_R_PASS, XDP_PASS, pkt_len);
+	return XPRO_NEXT;
+}
+
+/* The key of the address aggregate of key (addr+port mode): the source and
+ * address, port 0, proto 0, pad XPRO_DST_PAD_ADDR.  Word stores. */
+static __always_inline void address_key(struct xpro_flow_key *ak, struct xpro_flow_key *key)
+{
+	const __u32 *k = (const __u32 *)key;
+	__u32 *w = (__u32 *)ak;
+
+	w[0] = k[0];
+	w[1] = k[1];
+	w[2] = k[2];
+	w[3] = k[3];
+	w[4] = k[4];
+	w[5] = k[5];
+	w[6] = k[6];
+	w[7] = k[7];
+	w[8] = (__u32)XPRO_DST_PAD_ADDR << 24; /* port 0, proto 0, pad: byte 35 */
 }
 
 static __always_inline int filter(struct xdp_md *ctx, __u64 pkt_len)
 {
 	struct xpro_flow_key key __attribute__((aligned(8)));
-	struct xpro_dst *d;
-	__u64 now, ts1;
+	struct xpro_flow_key ak __attribute__((aligned(8)));
+	struct xpro_dst *d, *a = NULL;
+	__u64 now, ts1, cs = 0, a_cs = 0, a_kcs = 0;
 	int started = 0;
-	int closed = 0;
-	__u32 cls = 0;
+	int closed = 0, a_closed = 0;
+	__u32 cls = 0, a_cls = 0;
+	int by_port = cfg.dst_mode == XPRO_DST_ADDR_PORT;
 	int ipv6 = 0;
 	int rc;
 
@@ -405,7 +441,7 @@ static __always_inline int filter(struct xdp_md *ctx, __u64 pkt_len)
 
 	/* A closed destination first: unknown sources go no further. */
 	d = bpf_map_lookup_elem(&dsts, &key.dst);
-	if (d && dst_closed(d, now)) {
+	if (d && dst_closed(d, now, cfg.t_f2)) {
 		__u32 *kn = bpf_map_lookup_elem(&known, &key);
 
 		cls = kn ? *kn : 0;
@@ -413,10 +449,43 @@ static __always_inline int filter(struct xdp_md *ctx, __u64 pkt_len)
 			return closed_stage(&key, d, now, pkt_len);
 		closed = 1;
 	}
+	/* addr+port: the address's own aggregate, judged the same way
+	 * (docs/semantics.rst, "Address aggregates"). */
+	if (by_port) {
+		address_key(&ak, &key);
+		a = bpf_map_lookup_elem(&dsts, &ak.dst);
+		if (a && dst_closed(a, now, cfg.t_f2_addr)) {
+			__u32 *kn = bpf_map_lookup_elem(&known, &ak);
+
+			a_cls = kn ? *kn : 0;
+			if (!a_cls)
+				return closed_stage(&ak, a, now, pkt_len);
+			a_closed = 1;
+		}
+	}
 	rc = flow_stage(&key, now, pkt_len, &ts1, &started);
 	if (rc != XPRO_NEXT)
 		return rc;
-	return dst_stage(&key, d, now, pkt_len, ts1, started, closed, cls);
+	/* The address's count first: it holds the packet whatever its key's
+	 * verdict. */
+	if (by_port) {
+		a = dst_count(&ak.dst, a, now, ts1, started, &a_cs);
+		if (a && a_closed && a_cls == XPRO_KNOWN_CLIENT)
+			a_kcs = __sync_fetch_and_add(&a->kc, 1) + 1;
+	}
+	d = dst_count(&key.dst, d, now, ts1, started, &cs);
+	if (!d) /* cannot track it: fail open */
+		return verdict(XPRO_R_PASS, XDP_PASS, pkt_len);
+	rc = dst_judge(&key, d, now, pkt_len, closed, cls, cfg.t_f2, cs, 0);
+	if (rc != XPRO_NEXT)
+		return rc;
+	if (by_port && a) {
+		rc = dst_judge(&ak, a, now, pkt_len, a_closed, a_cls, cfg.t_f2_addr, a_cs,
+			       a_kcs);
+		if (rc != XPRO_NEXT)
+			return rc;
+	}
+	return verdict(XPRO_R_PASS, XDP_PASS, pkt_len);
 }
 
 SEC("xdp")

@@ -38,6 +38,13 @@
 /* The key pad of a destination's closed-drops record (struct xpro_dst_key):
  * a parsed packet always has pad 0, so that key is no real flow's. */
 #define XPRO_DST_PAD_CLOSED 1
+/* In XPRO_DST_ADDR_PORT mode, the key of an address's own aggregate (every
+ * port and protocol of the address: port 0, proto 0), a destination record
+ * in `dsts` beside the per-(address, port, protocol) ones; and the key pad of
+ * that aggregate's closed-drops record (PAD_ADDR | PAD_CLOSED).  No packet's
+ * key has either (docs/semantics.rst, "Address aggregates"). */
+#define XPRO_DST_PAD_ADDR 2
+#define XPRO_DST_PAD_ADDR_CLOSED 3
 
 /* Bounds of the parser. */
 #define XPRO_MAX_VLAN 2       /* 802.1Q / 802.1ad tags walked */
@@ -86,7 +93,7 @@ struct xpro_dst_key {
 	__u8 addr[16];   /* IPv6, or IPv4-mapped IPv6 (::ffff:a.b.c.d) */
 	__u16 port;      /* destination port, network byte order */
 	__u8 proto;      /* IP protocol number */
-	__u8 pad;        /* 0; XPRO_DST_PAD_CLOSED in a closed-drops record's key */
+	__u8 pad;        /* 0; XPRO_DST_PAD_* in the keys of records no packet has */
 };
 
 /*
@@ -187,7 +194,8 @@ struct xpro_config {
 	 * address; the mask is applied after them. */
 	__u32 src_mask6[4];
 	__u32 src_mask4;
-	__u32 pad;
+	/* T_F2 of an address aggregate (XPRO_DST_ADDR_PORT mode; packets/s). */
+	__u32 t_f2_addr;
 };
 
 /*

@@ -29,10 +29,13 @@ from xpro.datapath.xdp import XdpFilter
 
 @dataclass(frozen=True)
 class SetKnown:
-    """The daemon classes the flow of ``frame`` (``cls``: a ``Known``, or 0 to remove it)."""
+    """The daemon classes the flow of ``frame`` (``cls``: a ``Known``, or 0 to remove it);
+    ``address``: its source for the address aggregate of its destination
+    (``addr+port`` mode, :func:`model.address_key`) instead."""
 
     frame: bytes
     cls: int
+    address: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,8 @@ def set_known(k: KernelFilter, m: model.Filter, step: SetKnown) -> None:
     if parsed.status is not model.ParseStatus.OK:
         return
     fk = model.flow_key(parsed, m.params)  # the daemon classes flows, by their keys
+    if step.address:
+        fk = fk[:16] + model.address_key(fk[16:])
     key = np.frombuffer(fk, dtype=L.FLOW_KEY)
     if step.cls:
         m.known[fk] = step.cls
@@ -165,16 +170,19 @@ def set_known(k: KernelFilter, m: model.Filter, step: SetKnown) -> None:
 def sync_round(k: KernelFilter, m: model.Filter, now: int) -> None:
     """Set every destination's aggregate to the model's exact recompute, in both.
 
-    The model's records are grouped by destination (a closed-drops record
-    with its destination); the kernel gets the result as the sync writes it:
+    The model's records are grouped by aggregate (:func:`model.aggregates_of`:
+    a closed-drops record with its destination, in ``addr+port`` mode a flow
+    with its key's and its address's); the kernel gets the result as the sync writes it:
     deltas of c and kc from its own record, ts1 set, ts2 moved forward,
     through the control program.
     """
     by_dst: dict[bytes, list[tuple[bytes, model.FlowRecord]]] = {}
     for key, rec in m.flows.items():
-        by_dst.setdefault(key[16:35] + b"\0", []).append((key, rec))
+        for agg in model.aggregates_of(key, m.params.dst_mode):
+            by_dst.setdefault(agg, []).append((key, rec))
     for dkey, recs in sorted(by_dst.items()):
-        r = model.recompute_dst(recs, now, m.params, m.known)
+        r = model.recompute_dst(recs, now, m.params, m.known,
+                                address=model.is_address_key(dkey))
         if r is None:
             continue
         d = m.dsts.get(dkey)
@@ -225,6 +233,10 @@ def run_differential(k: KernelFilter, params: model.FilterParams,
             assert k.dst(parsed.dst) == m.dsts.get(parsed.dst), f"destination ({ctx})"
             ck = model.closed_key(parsed.dst)
             assert k.flow(ck) == m.flows.get(ck), f"closed-drops record ({ctx})"
+            ak = model.address_key(parsed.dst)
+            assert k.dst(ak) == m.dsts.get(ak), f"address aggregate ({ctx})"
+            ck = model.closed_key(ak)
+            assert k.flow(ck) == m.flows.get(ck), f"address closed-drops record ({ctx})"
         assert k.events == m.events, f"warnings ({ctx})"
     assert k.all_stats() == m.stats
     assert k.all_flows() == m.flows

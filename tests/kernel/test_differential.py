@@ -9,7 +9,9 @@ each through ``BPF_PROG_TEST_RUN`` and through :class:`xpro.core.model.Filter`.
 A second generator adds closed destinations: bursts of spoofed sources that
 close a destination, known and heavy sources written to both at random
 points, idle gaps that reopen it, and sync rounds that write the model's
-exact aggregates (with kc) into both.
+exact aggregates (with kc) into both.  In ``addr+port`` mode it also sprays
+spoofed sources over random ports and protocols of one address (the address
+aggregate closes while no key does) and writes known classes for addresses.
 """
 
 from __future__ import annotations
@@ -78,6 +80,15 @@ def _spoofed(v6: bool, i: int, d: int, proto: str, dport: int) -> bytes:
     return frame(src, DST6[d] if v6 else DST4[d], proto=proto, dport=dport)
 
 
+def _sprayed(v6: bool, i: int, d: int, proto: str, dport: int) -> bytes:
+    """A spoofed source's packet to any port and protocol of one address."""
+    src = f"2001:db8:5:{i % 4}::{i + 1:x}" if v6 else f"172.16.{i // 250}.{i % 250 + 1}"
+    dst = DST6[d] if v6 else DST4[d]
+    if proto == "frag":
+        return frame(src, dst, dport=dport, frag=True)
+    return frame(src, dst, proto=proto, dport=dport)
+
+
 @st.composite
 def params(draw: st.DrawFn) -> model.FilterParams:
     allow = draw(st.frozensets(st.sampled_from(PREFIXES), max_size=2)) if draw(
@@ -92,6 +103,8 @@ def params(draw: st.DrawFn) -> model.FilterParams:
         t_t3=draw(st.one_of(st.integers(0, 2 * S), st.just(0), st.integers(0, 50 * MS))),
         t_f1=draw(st.one_of(st.integers(0, 300), st.integers(0, 2**32 - 1))),
         t_f2=draw(st.one_of(st.integers(0, 1000), st.integers(0, 2**32 - 1))),
+        t_f2_address=draw(st.one_of(st.none(), st.integers(0, 1500),
+                                    st.integers(0, 2**32 - 1))),
         warn_period=draw(st.integers(0, 2 * S)),
         mode=draw(st.integers(0, 1)),
         dst_mode=draw(st.integers(0, 1)),
@@ -141,8 +154,8 @@ def closure_traces(draw: st.DrawFn) -> list[Step]:
     sent: list[bytes] = []  # frames of the "packet" steps: the known classes hit them
     v6, d = draw(st.booleans()), draw(st.integers(0, 2))
     for _ in range(draw(st.integers(1, 40))):
-        op = draw(st.sampled_from(["packet"] * 5 + ["burst", "burst", "known", "known",
-                                                    "sync", "gap"]))
+        op = draw(st.sampled_from(["packet"] * 5 + ["burst", "burst", "spray", "known",
+                                                    "known", "sync", "gap"]))
         if draw(st.integers(0, 3)) == 0:  # mostly one destination: it closes, it reopens
             v6, d = draw(st.booleans()), draw(st.integers(0, 2))
         proto = draw(st.sampled_from(["udp", "udp", "tcp", "icmp"]))
@@ -158,13 +171,20 @@ def closure_traces(draw: st.DrawFn) -> list[Step]:
             for j in range(draw(st.integers(5, 40))):
                 t += gap
                 out.append((_spoofed(v6, (first + j) % N_SPOOF, d, proto, dport), t))
+        elif op == "spray":  # one address, a port and protocol (or a fragment) each
+            first, gap = draw(st.integers(0, N_SPOOF - 1)), draw(st.integers(0, 2 * MS))
+            for j in range(draw(st.integers(5, 40))):
+                t += gap
+                out.append((_sprayed(v6, (first + j) % N_SPOOF, d,
+                                     draw(st.sampled_from(["udp", "tcp", "icmp", "frag"])),
+                                     draw(st.integers(1, 65535))), t))
         elif op == "known":
             src = _frame(v6, draw(st.integers(0, N_SRC - 1)), d, proto, dport, 0, "plain")
             reuse: bool = draw(st.booleans())
             if sent and reuse:
                 src = draw(st.sampled_from(sent))
             cls = draw(st.sampled_from([0, Known.CLIENT, Known.CLIENT, Known.HEAVY, Known.HEAVY]))
-            out.append(SetKnown(src, int(cls)))
+            out.append(SetKnown(src, int(cls), address=draw(st.booleans())))
         elif op == "sync":
             out.append(SyncRound(t))
         else:
@@ -269,7 +289,10 @@ def _reasons(p: model.FilterParams, trace: list[Step]) -> dict[bytes, list[Reaso
     out: dict[bytes, list[Reason]] = {}
     for st_ in trace:
         if isinstance(st_, SetKnown):
-            m.known[model.flow_key(model.parse(st_.frame, p.dst_mode), p)] = st_.cls
+            fk = model.flow_key(model.parse(st_.frame, p.dst_mode), p)
+            if st_.address:
+                fk = fk[:16] + model.address_key(fk[16:])
+            m.known[fk] = st_.cls
         elif isinstance(st_, tuple):
             out.setdefault(st_[0], []).append(m.packet(*st_).reason)
     return out
@@ -428,3 +451,124 @@ def test_lists_match_the_full_source_before_the_prefix(kernel: KernelFilter) -> 
     assert Reason.SRC_RATE in rs[2::3]
     assert list(kernel.all_flows()) == [model.mask_source(
         model.parse(others[0], 0).src, True, 32, 64) + model.parse(others[0], 0).dst]
+
+
+# --- addr+port: the address aggregate (docs/semantics.rst, "Address aggregates")
+
+
+def _spray(i: int, dst: str = "10.9.9.9") -> bytes:
+    """The ``i``-th packet of a spoofed flood to every port and protocol of ``dst``:
+    a new source each, UDP and TCP to a port of their own, ICMP, fragments."""
+    src = f"11.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+    kind = i % 4
+    if kind == 3:
+        return frame(src, dst, frag=True)
+    if kind == 2:
+        return frame(src, dst, proto="icmp")
+    # 200 ports (the harness's table holds 1024 destination keys), each far
+    # under any limit here.
+    return frame(src, dst, proto="udp" if kind == 0 else "tcp", dport=1024 + i % 400)
+
+
+def _spray_trace(client: bytes, other: bytes) -> list[Step]:
+    """2000 pps sprayed over the ports of 10.9.9.9 for 1.5 s, with a known client
+    on its usual port and a client of another address at 10 pps each."""
+    trace: list[Step] = [SetKnown(client, Known.CLIENT, address=True)]
+    for i in range(3000):
+        t = T0 + i * S // 2000
+        trace.append((_spray(i + 1), t))
+        if i % 200 == 0:
+            trace += [(client, t), (other, t)]
+    return trace
+
+
+def test_spray_over_ports_closes_the_address(kernel: KernelFilter) -> None:
+    """addr+port: a spoofed flood over random ports, protocols and fragments of
+    one address keeps every (address, port, protocol) key far under T_F2 but
+    crosses the address's limit: from then on every sprayed packet is a closed
+    drop counted in the address's one closed-drops record, the address's
+    known client passes on its usual port, another address is untouched."""
+    p = model.FilterParams(t_f1=10**6, t_t2=S, t_f2=1000, t_t3=200 * MS, t_t1=2 * S,
+                           dst_mode=1)
+    client = frame("192.0.2.7", "10.9.9.9", dport=9000)
+    other = frame("192.0.2.8", "10.9.9.10", dport=9000)
+    trace = _spray_trace(client, other)
+    run_differential(kernel, p, trace)
+
+    rs = _reasons(p, trace)
+    sprayed = [rs[_spray(i + 1)][0] for i in range(3000)]
+    # 2000 pps over T_F2 = 1000 once the window is over T_T3: closed at 0.2 s.
+    first = sprayed.index(Reason.DST_CLOSED) if Reason.DST_CLOSED in sprayed else None
+    assert first is not None
+    assert set(sprayed[:first]) <= {Reason.PASS, Reason.DST_RATE}
+    assert set(sprayed[first + 1:]) == {Reason.DST_CLOSED}
+    assert 350 <= first <= 450
+    assert set(rs[client]) == {Reason.PASS}
+    assert set(rs[other]) == {Reason.PASS}
+    dsts = kernel.all_dsts()
+    akey = model.address_key(model.parse(client, 1).dst)
+    assert model.is_address_key(akey)
+    port_keys = [k for k in dsts if not model.is_address_key(k)]
+    # Every key under T_F2: a port sees a packet or two, ICMP and the
+    # fragments (keyed on the address, port and protocol 0) a quarter each.
+    busy = {k for k in port_keys if dsts[k].c > 2}
+    assert len(busy) == 4  # ICMP, fragments, the two clients' keys
+    assert all(dsts[k].c <= 120 for k in busy)
+    drops = kernel.flow(model.closed_key(akey))
+    assert drops is not None
+    assert drops.c == kernel.stat(Reason.DST_CLOSED)[0]
+    assert model.closed_key(akey)[35] == 3
+    # The flood made no record of its own once closed.
+    assert len(kernel.all_flows()) == first + 3  # + client, other, drops
+
+
+def test_address_limit_of_its_own(kernel: KernelFilter) -> None:
+    """``t_f2_address`` above the flood's rate: the address stays open."""
+    p = model.FilterParams(t_f1=10**6, t_t2=S, t_f2=1000, t_t3=200 * MS, t_t1=2 * S,
+                           dst_mode=1, t_f2_address=5000)
+    client = frame("192.0.2.7", "10.9.9.9", dport=9000)
+    other = frame("192.0.2.8", "10.9.9.10", dport=9000)
+    trace = _spray_trace(client, other)
+    run_differential(kernel, p, trace)
+    assert kernel.stat(Reason.DST_CLOSED)[0] == kernel.stat(Reason.DST_RATE)[0] == 0
+
+
+def test_known_client_of_another_port_passes_a_closed_address(kernel: KernelFilter) -> None:
+    """A source known at the address (its flow to one port) is served on every
+    port of the closed address; a source known only at its key is not (the
+    address judges it by the address's table), and a known client over the
+    limit on its own gets DST_RATE (known at its key too, as the sync writes
+    it: its key closes first)."""
+    p = model.FilterParams(t_f1=10**6, t_t2=S, t_f2=100, t_t3=100 * MS, t_t1=2 * S,
+                           dst_mode=1)
+    client = frame("192.0.2.7", "10.9.9.9", dport=9000)
+    client_other_port = frame("192.0.2.7", "10.9.9.9", proto="tcp", dport=22)
+    key_only = frame("192.0.2.9", "10.9.9.9", dport=9000)
+    trace: list[Step] = [SetKnown(client, Known.CLIENT, address=True),
+                         SetKnown(client, Known.CLIENT), SetKnown(key_only, Known.CLIENT)]
+    trace += [(_spray(i + 1), T0 + i * MS) for i in range(300)]  # 1000 pps: closed
+    t = T0 + 300 * MS
+    trace += [(client, t), (client_other_port, t + MS), (key_only, t + 2 * MS)]
+    # The client alone at 1000 pps: kc over T_F2 * window soon.
+    trace += [(client, t + 3 * MS + i * MS) for i in range(400)]
+    run_differential(kernel, p, trace)
+    rs = _reasons(p, trace)
+    assert rs[client_other_port] == [Reason.PASS]
+    assert rs[key_only] == [Reason.DST_CLOSED]
+    assert rs[client][0] is Reason.PASS
+    assert rs[client][-1] is Reason.DST_RATE
+
+
+def test_addr_mode_has_no_address_aggregate(kernel: KernelFilter) -> None:
+    """``addr`` mode is unchanged: the spray is one key, judged by T_F2 alone;
+    no address aggregate or its closed-drops record exists (t_f2_address,
+    unused, set low)."""
+    p = model.FilterParams(t_f1=10**6, t_t2=S, t_f2=1000, t_t3=200 * MS, t_t1=2 * S,
+                           dst_mode=0, t_f2_address=1)
+    client = frame("192.0.2.7", "10.9.9.9", dport=9000)
+    other = frame("192.0.2.8", "10.9.9.10", dport=9000)
+    trace = _spray_trace(client, other)
+    run_differential(kernel, p, trace)
+    assert not any(model.is_address_key(k) for k in kernel.all_dsts())
+    assert not any(model.is_address_key(k[16:]) for k in kernel.all_flows())
+    assert set(kernel.all_dsts()) == {model.parse(client, 0).dst, model.parse(other, 0).dst}

@@ -16,8 +16,8 @@ import pytest
 from tests.packets import frame
 from xpro.core import layout as L
 from xpro.core import model
-from xpro.core.layout import Reason
-from xpro.core.params import Sizes
+from xpro.core.layout import Known, Reason
+from xpro.core.params import KnownPolicy, Sizes
 from xpro.datapath.xdp import XdpFilter
 from xpro.plugins import open_store
 from xpro.stores.base import Store
@@ -227,6 +227,54 @@ def test_closed_drops_count_in_the_recomputed_aggregate() -> None:
         assert int(dsts[0]["c"]) == 600  # the admitted flows and the closed drops
         assert p.send(frame("11.1.0.1", "10.9.9.9"), T0 + S + 2) == [1]
         assert int(np.asarray(p.filt.counters())[Reason.DST_CLOSED, 0]) == closed_drops + 1
+    finally:
+        p.close()
+
+
+def test_address_aggregate_recomputed_with_its_known_clients() -> None:
+    """addr+port: a round recomputes the address aggregate of every key it
+    touched, over the flows of all the address's keys and its own closed-drops
+    record (model.recompute_dst of the kernel's records), keeps it closed, and
+    writes the address's known clients: a source established on one port is
+    then served on any port of the closed address; a spoofed one is not."""
+    params = model.FilterParams(t_t1=100 * S, t_t2=S, t_f1=10**6, t_t3=S // 2, t_f2=100,
+                                dst_mode=1)
+    p = Proxy("p0", open_store(f"memory://{uuid.uuid4().hex}"), params)
+    p.sync.known.policy = KnownPolicy(min_age=S, min_packets=8)
+    try:
+        client = frame("192.0.2.7", "10.9.9.9", dport=9000)
+        for i in range(20):  # 10 pps for 2 s before the flood
+            p.send(client, T0 + i * S // 10)
+        p.sync.round(T0 + 2 * S)
+        akey = model.address_key(model.parse(client, 1).dst)
+        ck = model.parse(client, 1).key
+        known = {k.tobytes(): int(c) for k, c in zip(*p.filt.read_known(), strict=True)}
+        assert known == {ck: Known.CLIENT, ck[:16] + akey: Known.CLIENT}
+        # 600 pps over 200 ports of the address (the table holds 256 keys):
+        # the address closes after about 0.36 s, no key does.
+        t1 = T0 + 2 * S
+        for i in range(600):
+            p.send(frame(f"11.0.{i // 250}.{i % 250 + 1}", "10.9.9.9", dport=2000 + i % 200),
+                   t1 + i * S // 600)
+        closed_drops = int(np.asarray(p.filt.counters())[Reason.DST_CLOSED, 0])
+        assert closed_drops > 100
+        assert int(p.filt.flows[model.closed_key(akey)]["c"]) == closed_drops
+        now = t1 + S + 1
+        p.sync.round(now)
+        keys, recs = p.filt.read_flows()
+        flows = {k.tobytes(): model.FlowRecord(int(r["ts1"]), int(r["ts2"]), int(r["c"]))
+                 for k, r in zip(keys, recs, strict=True)}
+        mine = [(k, f) for k, f in flows.items() if akey in model.aggregates_of(k, 1)]
+        want = model.recompute_dst(mine, now, params, known, address=True)
+        assert want is not None
+        got = p.filt.dsts[akey]
+        assert (int(got["c"]), int(got["ts1"]), int(got["kc"])) == (want.c, want.ts1, want.kc)
+        assert want.c == 20 + 600
+        assert akey in p.sync.known.closed
+        assert not any(k != akey for k in p.sync.known.closed)
+        other_port = frame("192.0.2.7", "10.9.9.9", proto="tcp", dport=22)
+        assert p.send(other_port, now + 1) == [2]  # XDP_PASS: a client of the address
+        assert p.send(frame("11.1.0.1", "10.9.9.9", dport=22), now + 2) == [1]
     finally:
         p.close()
 

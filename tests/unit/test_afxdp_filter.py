@@ -27,6 +27,7 @@ from tests.kernel.harness import SetKnown, Step, SyncRound, run_differential, se
 from tests.kernel.test_differential import (
     T0,
     _spoof8,
+    _spray_trace,
     closure_traces,
     params,
     traces,
@@ -747,3 +748,23 @@ def test_a_reload_gives_the_filter_the_new_names() -> None:
     keys, _ = f.read_flows()
     assert [_addr(k["dst"]["addr"]) for k in keys] == [parsed_destination_addr("b.example")]
     proxy.backend.close()
+
+
+@pytest.mark.parametrize("batch", [1, 64, 1000])
+@pytest.mark.parametrize("stamp", [False, True])
+def test_spray_over_ports_in_batches(harness: UserHarness, batch: int, stamp: bool) -> None:
+    """addr+port: the kernel suite's spray over the ports of one address, with a
+    known client of the address and a client of another, in batches (and with
+    one time per batch): the address closes inside a batch as the model's does,
+    and the table's records and closed-drops records agree."""
+    p = model.FilterParams(t_f1=10**6, t_t2=S, t_f2=1000, t_t3=200 * MS, t_t1=2 * S,
+                           dst_mode=1, warn_period=S // 4)
+    client = frame("192.0.2.7", "10.9.9.9", dport=9000)
+    other = frame("192.0.2.8", "10.9.9.10", dport=9000)
+    trace = _spray_trace(client, other)
+    cuts = list(range(0, len(trace), batch))
+    if stamp:
+        trace = _stamped(trace, cuts)
+    _, reasons = run_batches(harness, p, trace, cuts)
+    assert L.Reason.DST_CLOSED in {r for rs in reasons.values() for r in rs}
+    assert set(reasons[client]) == {L.Reason.PASS}

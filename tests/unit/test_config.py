@@ -464,6 +464,18 @@ def test_filter_params_exact(tmp_path: Path) -> None:
     assert Prefix.parse("198.51.100.7/32").length == 128
 
 
+def test_t_f2_address_defaults_to_t_f2_and_is_validated(tmp_path: Path) -> None:
+    path = write(tmp_path, "[thresholds]\nt_f2 = 5000\n")
+    assert load_config(path, env={}).filter_params().t_f2_addr == 5000
+    path = write(tmp_path, "[thresholds]\nt_f2 = 5000\nt_f2_address = 20000\n")
+    fp = load_config(path, env={}).filter_params()
+    assert (fp.t_f2, fp.t_f2_addr) == (5000, 20000)
+    path = write(tmp_path, "[thresholds]\nt_f2_address = -1\n")
+    (msg,) = problems(path)
+    assert "thresholds.t_f2_address" in msg
+    assert "must be an integer from 0 to 4294967295 packets/s" in msg
+
+
 @pytest.mark.parametrize(("seconds", "ns"), [
     (0.01, 10_000_000), (0.1, 100_000_000), (1.1, 1_100_000_000), (86400, 86400 * NS_PER_S),
     (0.123456789, 123_456_789), (3.3, 3_300_000_000),

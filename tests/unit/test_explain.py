@@ -60,24 +60,29 @@ def test_explain_predicts_the_models_next_verdict(
         draw_key: bool) -> None:
     params, steps, qs, qd = case
     f = model.Filter(params)
-    if cls:  # the queried flow is known (its earlier packets too)
-        f.known[model.flow_key(model.parse(frame(SOURCES[qs], DESTS[qd], dport=53),
-                                           params.dst_mode), params)] = cls
+    if cls:  # the queried flow is known (its earlier packets too), at its address too
+        qk = model.flow_key(model.parse(frame(SOURCES[qs], DESTS[qd], dport=53),
+                                        params.dst_mode), params)
+        f.known[qk] = cls
+        f.known[qk[:16] + model.address_key(qk[16:])] = cls
     now = T0
     for gap_ms, s, d in steps:
         now += gap_ms * MS
-        f.packet(frame(SOURCES[s], DESTS[d], dport=53), now)
+        # other ports of the address too (addr+port: its own aggregate)
+        f.packet(frame(SOURCES[s], DESTS[d], dport=53 + gap_ms % 3), now)
     now += 7 * MS
     pkt = frame(SOURCES[qs], DESTS[qd], dport=53)
     parsed = model.parse(pkt, params.dst_mode)
     fk = model.flow_key(parsed, params)
     rec = f.flows.get(fk)
     drec = f.dsts.get(parsed.dst)
+    arec = f.dsts.get(model.address_key(parsed.dst))
     e = explain(params, parsed.src, parsed.dst[:16], now=now,
                 flow=None if rec is None else {"ts1": rec.ts1, "ts2": rec.ts2, "c": rec.c},
                 dest=None if drec is None else {"ts1": drec.ts1, "ts2": drec.ts2, "c": drec.c,
                                                 "kc": drec.kc},
-                flow_key=fk if draw_key else None, known=cls)
+                flow_key=fk if draw_key else None, known=cls,
+                address=None if arec is None else dataclasses.asdict(arec), address_known=cls)
     v = f.packet(pkt, now)
     assert e.reason == v.reason.name
     assert e.verdict == ("drop" if v.action == XDP_DROP else "pass")

@@ -59,3 +59,35 @@ def test_fingerprint_clash_goes_to_the_side_dict() -> None:
     idx.add(stored[1:2], np.array([1]))  # so B clashes with A
     assert list(idx.clash.values()) == [1]
     assert idx.find(stored[1:2], stored)[0] == 1
+
+
+def test_address_ids_of_keys_and_closed_drops_records() -> None:
+    """addr+port: each destination key's address aggregate has an id of its own;
+    an address's closed-drops record (pad 3) maps to it, a key's (pad 1) to
+    the key; a fragment's key (port 0, protocol 0, pad 0) is not the address's."""
+    from xpro.core import model
+    from xpro.core.layout import addr16
+    from xpro.daemon.proxy import _dst_text
+    from xpro.sync.known import is_address, limits
+
+    a = addr16("10.9.9.9")
+    raw = [a + model.port_bytes(p) + bytes((17, 0)) for p in (53, 80)]
+    raw.append(a + bytes(4))  # a fragment's key
+    akey = model.address_key(raw[0])
+    flows = [bytes(16) + k for k in raw]
+    flows += [model.closed_key(raw[0]), model.closed_key(akey)]
+    m = Mirror()
+    fk = np.frombuffer(b"".join(flows), dtype=L.FLOW_KEY)
+    ids = m.update(fk, np.zeros(5, np.int64), np.ones(5, np.int64), np.ones(5, np.int64))
+    assert len(set(ids[:3].tolist())) == 3
+    assert ids[3] == ids[0]  # the key's closed drops
+    aids = m.address_ids(ids)
+    assert len(set(aids.tolist())) == 1
+    assert aids[0] == ids[4]  # the address's closed drops: the address's id
+    assert m.dst_keys[aids[0]].tobytes() == akey
+    dk = m.dst_keys[np.array([ids[0], ids[2], aids[0]])]
+    assert is_address(dk).tolist() == [False, False, True]
+    p = model.FilterParams(t_f2=100, t_f2_address=250)
+    assert limits(dk, p).tolist() == [100, 100, 250]
+    assert [_dst_text(k) for k in dk] == ["10.9.9.9:53", "10.9.9.9",
+                                          "10.9.9.9 (address: all ports)"]

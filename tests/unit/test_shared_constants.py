@@ -32,6 +32,8 @@ PYTHON: dict[str, int] = {
     "XPRO_MAX_VLAN": L.MAX_VLAN,
     "XPRO_MAX_EXTHDR": L.MAX_EXTHDR,
     "XPRO_DST_PAD_CLOSED": L.DST_PAD_CLOSED,
+    "XPRO_DST_PAD_ADDR": L.DST_PAD_ADDR,
+    "XPRO_DST_PAD_ADDR_CLOSED": L.DST_PAD_ADDR_CLOSED,
     **{f"XPRO_KNOWN_{k.name}": k.value for k in L.Known},
     **{f"XPRO_R_{r.name}": r.value for r in L.Reason},
     "XPRO_R_MAX": L.N_REASONS,

@@ -183,16 +183,18 @@ def _over(c: Array, ts1: Array, ts2: Array, now: int, t_t1: int, t_min: int,
     return out
 
 
-def _closed(c: Array, ts1: Array, ts2: Array, now: int, params: FilterParams) -> Array:
+def _closed(c: Array, ts1: Array, ts2: Array, now: int, params: FilterParams,
+            limit: int | None = None) -> Array:
     """The full program's closed check for the next packet arriving at ``now``,
     judged on the record before it: not idle past T_T1, the window longer than
-    T_T3 and ``c* / window > T_F2``."""
+    T_T3 and ``c* / window > T_F2`` (``limit``: an address aggregate's)."""
     idle = now - ts2.astype(np.int64)
     window = now - ts1.astype(np.int64)
     live = (idle <= params.t_t1) & (window > params.t_t3)
     out = np.zeros(len(c), dtype=bool)
     if live.any():
-        out[live] = rate_exceeds_array(c[live].astype(np.int64), window[live], params.t_f2)
+        out[live] = rate_exceeds_array(c[live].astype(np.int64), window[live],
+                                       params.t_f2 if limit is None else limit)
     return out
 
 
@@ -223,6 +225,14 @@ def drop_set(flow_keys: Array, flows: Array, dst_keys: Array, dsts: Array,
     every rule; the NIC cannot match prefixes, so with a non-empty allow list
     ``dsts`` and ``closed`` stay empty (the full program still drops those
     packets).
+
+    In ``addr+port`` mode the addresses' own aggregates (docs/semantics.rst,
+    "Address aggregates") are not offloaded: the reduced program does not
+    judge them, so the NIC drops nothing the full program would drop (or
+    count) under an address's rule instead: ``dsts`` stays empty (a packet
+    past the per-source check counts in its address too) and ``flows`` leaves
+    out the flows whose address is closed to their source.  Those packets
+    reach the full program, which drops them.
     """
     fk = np.asarray(flow_keys, dtype=L.FLOW_KEY)
     fv = np.asarray(flows)
@@ -233,8 +243,11 @@ def drop_set(flow_keys: Array, flows: Array, dst_keys: Array, dsts: Array,
           else np.asarray(known_cls).astype(np.int64))
     kk, kc = kk[kc != 0], kc[kc != 0]
 
-    # destinations
-    closed = _closed(dv["c"], dv["ts1"], dv["ts2"], now, params)
+    # destinations (an address aggregate is not the NIC's: see above)
+    by_port = params.dst_mode == L.DST_ADDR_PORT
+    address = (dk["pad"] & L.DST_PAD_ADDR) != 0
+    a_closed = address & _closed(dv["c"], dv["ts1"], dv["ts2"], now, params, params.t_f2_addr)
+    closed = ~address & _closed(dv["c"], dv["ts1"], dv["ts2"], now, params)
     every = ~closed & _over(dv["c"], dv["ts1"], dv["ts2"], now, params.t_t1, params.t_t3,
                             params.t_f2)
     if closed.any():  # closed to its known clients too once they are over (kc + 1)
@@ -251,9 +264,11 @@ def drop_set(flow_keys: Array, flows: Array, dst_keys: Array, dsts: Array,
     if params.allow:
         every[:] = False
         shut[:] = False
+    if by_port:
+        every[:] = False
 
     # flows: over T_F1, not the closed check's
-    real = fk["dst"]["pad"] != L.DST_PAD_CLOSED
+    real = (fk["dst"]["pad"] & L.DST_PAD_CLOSED) == 0
     over = real & _over(fv["c"], fv["ts1"], fv["ts2"], now, params.t_t1, params.t_t2,
                         params.t_f1)
     cand = np.flatnonzero(over)
@@ -263,6 +278,13 @@ def drop_set(flow_keys: Array, flows: Array, dst_keys: Array, dsts: Array,
         if to_closed.any():
             unknown = index_of(kk, fk[cand]) < 0
             cand = cand[~(to_closed & unknown)]
+    if len(cand) and a_closed.any():  # an address closed to the source: its rule first
+        ak = np.array(fk[cand], dtype=L.FLOW_KEY)
+        ak["dst"]["port"], ak["dst"]["proto"], ak["dst"]["pad"] = 0, 0, L.DST_PAD_ADDR
+        ai = index_of(dk, np.ascontiguousarray(ak["dst"]))
+        to_closed = (ai >= 0) & a_closed[np.maximum(ai, 0)]
+        if to_closed.any():
+            cand = cand[~(to_closed & (index_of(kk, ak) < 0))]
     if len(cand):
         keep = _enforced(fk["dst"]["addr"][cand], params) & ~_allowed(fk["src"][cand], params)
         cand = cand[keep]

@@ -197,6 +197,21 @@ class ThresholdsConfig(_Section):
         why="""Set it to what the service behind the proxies can take.  Ten
         thousand packets/s is a hundred clients at the full per-source rate;
         a spoofed flood of many sources, each under T_F1, is stopped here.""")
+    t_f2_address: int = option(
+        _PPS, derive=lambda v: v["thresholds.t_f2"], default_doc="thresholds.t_f2",
+        flag="--t-f2-address",
+        doc="""With ``filter.destination = "addr+port"``: the limit of an
+        address's own aggregate, the packets admitted to every port and
+        protocol of one address (fragments and portless protocols included),
+        judged beside each (address, port, protocol) key's.  Over it, the
+        address is closed to sources that are not known clients of any of its
+        ports (docs/semantics.rst, "Address aggregates").  Unused with
+        ``filter.destination = "addr"``.""",
+        why="""T_F2 is what one destination can take, and with ``addr+port``
+        keys the host behind one address takes the sum over its ports: a
+        spoofed flood spread over random ports and protocols keeps every key
+        under T_F2 but not the address.  Raise it for an address that serves
+        several busy services.""")
     t_w: int = option(
         Integer(1, 10**12, "packets/s"), 1_000_000, flag="--t-w",
         doc="""T_W, the workload limit of a proxy: when the packets per second
@@ -748,6 +763,7 @@ class Config:
         return FilterParams(
             t_t1=seconds_to_ns(t.t_t1), t_t2=seconds_to_ns(t.t_t2), t_t3=seconds_to_ns(t.t_t3),
             t_f1=t.t_f1, t_f2=t.t_f2,
+            t_f2_address=None if t.t_f2_address == t.t_f2 else t.t_f2_address,
             warn_period=seconds_to_ns(f.warn_period),
             mode=_MODES[f.mode], dst_mode=_DST_MODES[f.destination],
             malformed_policy=_MALFORMED[f.malformed], events=f.events,

@@ -16,7 +16,7 @@ import ipaddress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from xpro.core.layout import MODE_MONITOR, Known, Reason
+from xpro.core.layout import DST_ADDR_PORT, MODE_MONITOR, Known, Reason
 from xpro.core.model import (
     NS_PER_S,
     FilterParams,
@@ -106,7 +106,8 @@ def explain(params: FilterParams, src: bytes, dst: bytes, *, now: int,
             flow: dict[str, int] | None, dest: dict[str, int] | None,
             synced: dict[str, int] | None = None, flow_key: bytes | None = None,
             src_text: str = "", dst_text: str = "", known: int = 0,
-            closed_since: int | None = None, known_why: str = "") -> Explanation:
+            closed_since: int | None = None, known_why: str = "",
+            address: dict[str, int] | None = None, address_known: int = 0) -> Explanation:
     """Explain the next packet of a flow at time ``now`` (ns, the filter's clock).
 
     ``src``/``dst`` are 16-byte addresses (:func:`xpro.core.layout.addr16`);
@@ -120,7 +121,9 @@ def explain(params: FilterParams, src: bytes, dst: bytes, *, now: int,
     ``known`` is the flow's class in the ``known`` map (0: none);
     ``closed_since`` when the sync saw the destination close, and
     ``known_why`` why the source is or is not a known client
-    (:func:`known_reason`), for the words.
+    (:func:`known_reason`), for the words.  In ``addr+port`` mode,
+    ``address`` is the address's own aggregate and ``address_known`` the
+    source's class for it (docs/semantics.rst, "Address aggregates").
     """
     p = params
     checks: list[Check] = []
@@ -161,6 +164,21 @@ def explain(params: FilterParams, src: bytes, dst: bytes, *, now: int,
                             f"{rate_pps(dest['c'], window):.1f}/s > T_F2 {p.t_f2}/s); "
                             f"this is {who}{because}"))
         if known == 0:
+            return done("pass" if monitor else "drop",
+                        Reason.MON_DST_CLOSED if monitor else Reason.DST_CLOSED)
+    by_port = p.dst_mode == DST_ADDR_PORT
+    a_closed = by_port and address is not None and _closed(p, address, now, p.t_f2_addr)
+    if a_closed:
+        assert address is not None
+        who = {0: "an unknown source", Known.CLIENT: "a known client"}.get(
+            address_known, "a heavy source")
+        window = now - address["ts1"]
+        checks.append(Check("address-closed", address_known == 0,
+                            f"the address (all its ports) is closed to unknown sources "
+                            f"({address['c']} packets in {window / NS_PER_S:.3f} s = "
+                            f"{rate_pps(address['c'], window):.1f}/s > t_f2_address "
+                            f"{p.t_f2_addr}/s); this is {who} of the address"))
+        if address_known == 0:
             return done("pass" if monitor else "drop",
                         Reason.MON_DST_CLOSED if monitor else Reason.DST_CLOSED)
 
@@ -209,6 +227,30 @@ def explain(params: FilterParams, src: bytes, dst: bytes, *, now: int,
     if per_dst.fires:
         return done("pass" if monitor else "drop",
                     Reason.MON_DST_RATE if monitor else Reason.DST_RATE)
+    if not by_port:
+        return done("pass", Reason.PASS)
+    # The address's own aggregate (docs/semantics.rst, "Address aggregates").
+    if address is None:
+        a_ts1, a_c = ts1, 1
+    elif window_over(now, address["ts2"], p.t_t1):
+        a_ts1, a_c = now, 1
+    else:
+        a_ts1 = min(address["ts1"], ts1) if started else address["ts1"]
+        a_c = address["c"] + 1
+    if a_closed and address_known != Known.CLIENT:
+        checks.append(Check("address-closed", True, "a heavy source is never served by a "
+                                                    "closed address"))
+        return done("pass" if monitor else "drop",
+                    Reason.MON_DST_CLOSED if monitor else Reason.DST_CLOSED)
+    if a_closed:
+        assert address is not None
+        a_c = address.get("kc", 0) + 1
+    per_addr = _rate_check("per-address", a_c, now - a_ts1, p.t_t3, "T_T3", p.t_f2_addr,
+                           "t_f2_address")
+    checks.append(per_addr)
+    if per_addr.fires:
+        return done("pass" if monitor else "drop",
+                    Reason.MON_DST_RATE if monitor else Reason.DST_RATE)
     return done("pass", Reason.PASS)
 
 
@@ -238,11 +280,11 @@ def known_reason(rec: dict[str, int] | None, now: int, p: FilterParams, policy: 
     return f"it qualifies and joins at the next sync round ({facts})"
 
 
-def _closed(p: FilterParams, dest: dict[str, int], now: int) -> bool:
+def _closed(p: FilterParams, dest: dict[str, int], now: int, limit: int | None = None) -> bool:
     """:meth:`xpro.core.model.Filter.dst_closed` on a destination record dict."""
     window = now - dest["ts1"]
     return (not window_over(now, dest["ts2"], p.t_t1) and window > p.t_t3
-            and rate_exceeds(dest["c"], window, p.t_f2))
+            and rate_exceeds(dest["c"], window, p.t_f2 if limit is None else limit))
 
 
 def _rate_check(name: str, count: int, window: int, t_min: int, t_min_name: str,

@@ -31,6 +31,10 @@ MAX_EXTHDR = 8
 
 #: The key pad of a destination's closed-drops record (a packet's key has pad 0).
 DST_PAD_CLOSED = 1
+#: In addr+port mode, the key pad of an address's own aggregate (port 0,
+#: proto 0), and of that aggregate's closed-drops record (ADDR | CLOSED).
+DST_PAD_ADDR = 2
+DST_PAD_ADDR_CLOSED = 3
 
 #: XDP return codes.
 XDP_ABORTED = 0
@@ -132,7 +136,7 @@ CONFIG = np.dtype(
         # source prefix masks, bytes in network order (big-endian words)
         ("src_mask6", ">u4", (4,)),
         ("src_mask4", ">u4"),
-        ("pad", "<u4"),
+        ("t_f2_addr", "<u4"),
     ]
 )
 

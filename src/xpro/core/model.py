@@ -31,6 +31,7 @@ from typing import Any
 
 from xpro.core.layout import (
     DST_ADDR_PORT,
+    DST_PAD_ADDR,
     DST_PAD_CLOSED,
     MALFORMED_PASS,
     MAX_EXTHDR,
@@ -326,13 +327,28 @@ class DstRecord:
 
 def closed_key(dst: bytes) -> bytes:
     """The flow key of a destination's closed-drops record: src = 16 zero bytes,
-    the 20-byte destination key ``dst`` with ``pad = DST_PAD_CLOSED``."""
-    return bytes(16) + dst[:19] + bytes((DST_PAD_CLOSED,))
+    the 20-byte destination key ``dst`` with the ``DST_PAD_CLOSED`` bit set in
+    its pad (``DST_PAD_CLOSED`` for a packet's key, ``DST_PAD_ADDR_CLOSED``
+    for an address aggregate's)."""
+    return bytes(16) + dst[:19] + bytes((dst[19] | DST_PAD_CLOSED,))
 
 
 def is_closed_key(key: bytes) -> bool:
     """Whether a 36-byte flow key is a closed-drops record's (no packet's key is)."""
-    return key[35] == DST_PAD_CLOSED
+    return bool(key[35] & DST_PAD_CLOSED)
+
+
+def address_key(dst: bytes) -> bytes:
+    """The key of the address aggregate of a 20-byte destination key (``addr+port``
+    mode): its address, port 0, protocol 0, ``pad = DST_PAD_ADDR``.  Closed-drops
+    records of the address's keys map to it too (the pad is replaced)."""
+    return dst[:16] + bytes((0, 0, 0, DST_PAD_ADDR))
+
+
+def is_address_key(dst: bytes) -> bool:
+    """Whether a 20-byte destination key is an address aggregate's (or its
+    closed-drops record's): no packet's key is."""
+    return bool(dst[19] & DST_PAD_ADDR)
 
 
 @dataclass(frozen=True)
@@ -389,6 +405,13 @@ class FilterParams:
     dst_policy: Mapping[Prefix, int] = field(default_factory=dict)
     source_prefix_v4: int = 32
     source_prefix_v6: int = 64
+    #: T_F2 of an address aggregate (``addr+port`` mode); None: ``t_f2``.
+    t_f2_address: int | None = None
+
+    @property
+    def t_f2_addr(self) -> int:
+        """The limit of an address aggregate (docs/semantics.rst, "Address aggregates")."""
+        return self.t_f2 if self.t_f2_address is None else self.t_f2_address
 
     def __post_init__(self) -> None:
         if not 0 <= self.source_prefix_v4 <= 32:
@@ -478,13 +501,26 @@ class Filter:
         key = flow_key(parsed, p)
 
         # A closed destination first (judged on its record before this
-        # packet): unknown sources go no further (docs/semantics.rst).
+        # packet): unknown sources go no further (docs/semantics.rst).  In
+        # addr+port mode the address's own aggregate is judged the same way
+        # right after its key's ("Address aggregates"): one more lookup.
         dkey = parsed.dst
         d = self.dsts.get(dkey)
         closed = d is not None and self.dst_closed(d, now)
         cls = self.known.get(key, 0) if closed else 0
         if d is not None and closed and cls == 0:
             return self._closed_drop(key, d, now, size)
+        akey = b""
+        a: DstRecord | None = None
+        a_closed = False
+        a_cls = 0
+        if p.dst_mode == DST_ADDR_PORT:
+            akey = key[:16] + address_key(dkey)
+            a = self.dsts.get(akey[16:])
+            a_closed = a is not None and self.dst_closed(a, now, p.t_f2_addr)
+            a_cls = self.known.get(akey, 0) if a_closed else 0
+            if a is not None and a_closed and a_cls == 0:
+                return self._closed_drop(akey, a, now, size)
 
         # Lines 1-10: find the record, reset it after T_T1 idle, or create it.
         f, started = self._count_flow(key, now)
@@ -494,37 +530,66 @@ class Filter:
             return self._limit(key, f, now, size, EventKind.SRC_OVERLOAD, f.c, window,
                                Reason.SRC_RATE, Reason.MON_SRC_RATE)
 
-        # Lines 18-25 in O(1): the aggregate counts packets admitted past
-        # the per-source check (DESIGN 3.5).
+        # Lines 18-25 in O(1): the aggregates count packets admitted past
+        # the per-source check (DESIGN 3.5); the address's first, so its
+        # count holds the packet whatever its key's verdict.
+        if akey:
+            a = self._count_dst(akey[16:], a, f, started, now)
+            if a_closed and a_cls == Known.CLIENT:
+                a.kc += 1
+        d = self._count_dst(dkey, d, f, started, now)
+        verdict = self._judge_dst(key, d, now, size, closed, cls, p.t_f2)
+        if verdict is None and a is not None:
+            verdict = self._judge_dst(akey, a, now, size, a_closed, a_cls, p.t_f2_addr,
+                                      counted=True)
+        return verdict or self._verdict(XDP_PASS, Reason.PASS, size)
+
+    def _count_dst(self, dkey: bytes, d: DstRecord | None, f: FlowRecord, started: bool,
+                   now: int) -> DstRecord:
+        """Count one admitted packet into the aggregate ``dkey`` (``d``: its record
+        at the top of the packet, None if it had none): created from the flow's
+        window, a new window after T_T1 idle, ts1* moved back to a flow's
+        window that started with this packet."""
+        if d is None:
+            d = self.dsts.get(dkey)
         if d is None:
             d = DstRecord(ts1=f.ts1, ts2=now, c=0)
             self.dsts[dkey] = d
-        elif window_over(now, d.ts2, p.t_t1):
+        elif window_over(now, d.ts2, self.params.t_t1):
             d.ts1, d.c, d.kc = now, 0, 0  # the destination was idle: a new window
         elif started and f.ts1 < d.ts1:
             d.ts1 = f.ts1
         d.c += 1
         d.ts2 = now
+        return d
+
+    def _judge_dst(self, key: bytes, d: DstRecord, now: int, size: int, closed: bool,
+                   cls: int, limit: int, *, counted: bool = False) -> Verdict | None:
+        """The check of an aggregate that counted the packet (``key``: the flow
+        key whose destination part is the aggregate's); None: it passes.
+        ``closed``/``cls`` were judged at the top of the packet; ``counted``:
+        a known client's packet is already in ``kc``."""
         count = d.c
         if closed:
             if cls != Known.CLIENT:  # heavy: never served while closed
                 return self._limit(key, None, now, size, EventKind.DST_OVERLOAD, 0, 0,
                                    Reason.DST_CLOSED, Reason.MON_DST_CLOSED)
-            d.kc += 1  # a known client: closed to it too once their total is over
+            if not counted:
+                d.kc += 1  # a known client: closed to it too once their total is over
             count = d.kc
         window = now - d.ts1
-        if window > p.t_t3 and rate_exceeds(count, window, p.t_f2):
+        if window > self.params.t_t3 and rate_exceeds(count, window, limit):
             return self._limit(key, d, now, size, EventKind.DST_OVERLOAD, count, window,
                                Reason.DST_RATE, Reason.MON_DST_RATE)
-        return self._verdict(XDP_PASS, Reason.PASS, size)
+        return None
 
-    def dst_closed(self, d: DstRecord, now: int) -> bool:
+    def dst_closed(self, d: DstRecord, now: int, limit: int | None = None) -> bool:
         """Whether a destination is closed to unknown sources: not idle, and its
-        aggregate over T_F2 after T_T3."""
+        aggregate over ``limit`` (T_F2 by default) after T_T3."""
         p = self.params
         window = now - d.ts1
         return (not window_over(now, d.ts2, p.t_t1) and window > p.t_t3
-                and rate_exceeds(d.c, window, p.t_f2))
+                and rate_exceeds(d.c, window, p.t_f2 if limit is None else limit))
 
     def _count_flow(self, key: bytes, now: int) -> tuple[FlowRecord, bool]:
         """Lines 1-11: count one packet into the record of ``key`` (created, or
@@ -678,19 +743,35 @@ def merge(
     return Local(ts1p, ts2p, cp, 0, 0), Master(ts1, ts2, cp)
 
 
+def aggregates_of(key: bytes, dst_mode: int) -> list[bytes]:
+    """The 20-byte keys of the aggregates a flow record counts in (the sync's
+    recompute): a real flow, in its destination key's and, in ``addr+port``
+    mode, its address's (:func:`address_key`); a closed-drops record, in the
+    aggregate whose drops it holds only."""
+    dst = key[16:]
+    if is_closed_key(key):
+        return [dst[:19] + bytes((dst[19] & ~DST_PAD_CLOSED,))]
+    if dst_mode == DST_ADDR_PORT:
+        return [dst, address_key(dst)]
+    return [dst]
+
+
 def recompute_dst(
     records: Iterable[tuple[bytes, FlowRecord]], now: int, params: FilterParams,
-    known: Mapping[bytes, int] | None = None,
+    known: Mapping[bytes, int] | None = None, *, address: bool = False,
 ) -> DstRecord | None:
     """The exact per-destination aggregate the sync writes (DESIGN 3.5).
 
-    ``records`` are one destination's (flow key, record) pairs, its
-    closed-drops record (:func:`closed_key`) among them if it has one.  Over
-    those not idle for longer than T_T1 (the kernel would reset them): the
-    real flows not over T_F1 (their packets are dropped by the per-source
-    rule) and the closed-drops record, which is never left out for T_F1.
-    ts1* = min ts1', ts2* = max ts2', c* = sum c'; kc = sum c' of the
-    included real flows that ``known`` classes as :attr:`Known.CLIENT`.
+    ``records`` are one aggregate's (flow key, record) pairs
+    (:func:`aggregates_of`), its closed-drops record (:func:`closed_key`)
+    among them if it has one.  Over those not idle for longer than T_T1 (the
+    kernel would reset them): the real flows not over T_F1 (their packets are
+    dropped by the per-source rule) and the closed-drops record, which is
+    never left out for T_F1.  ts1* = min ts1', ts2* = max ts2', c* = sum c';
+    kc = sum c' of the included real flows that ``known`` classes as
+    :attr:`Known.CLIENT` -- for an address aggregate (``address``), under the
+    flow's source and the address's key (docs/semantics.rst, "Address
+    aggregates").
     """
     known = known or {}
     live = [
@@ -702,11 +783,16 @@ def recompute_dst(
     ]
     if not live:
         return None
+
+    def known_as(k: bytes) -> bytes:
+        return k[:16] + address_key(k[16:]) if address else k
+
     return DstRecord(
         ts1=min(f.ts1 for _, f in live),
         ts2=max(f.ts2 for _, f in live),
         c=sum(f.c for _, f in live),
-        kc=sum(f.c for k, f in live if not is_closed_key(k) and known.get(k) == Known.CLIENT),
+        kc=sum(f.c for k, f in live
+               if not is_closed_key(k) and known.get(known_as(k)) == Known.CLIENT),
     )
 
 

@@ -71,7 +71,7 @@ from xpro.daemon.privileges import (
 from xpro.errors import ConfigError, XproError
 from xpro.plugins import plugins as process_plugins
 from xpro.sync import Syncer, SyncLoop
-from xpro.sync.known import closed_now, is_closed_record
+from xpro.sync.known import closed_now, is_address, is_closed_record, limits
 
 if TYPE_CHECKING:
     from xpro.backends import Backend
@@ -502,21 +502,29 @@ class Proxy:
             f"{'; '.join(examples)}; see docs/sync.rst, \"Values from the store\"",
             self.name, quarantined=stats.quarantined, examples=examples))
 
+    def _dst_limit(self, dkey: Any) -> tuple[int, str]:
+        """The limit an aggregate is judged by, and its name: an address's own
+        (addr+port mode), or T_F2."""
+        if int(dkey["pad"]) & L.DST_PAD_ADDR:
+            return self.filter.params.t_f2_addr, "t_f2_address"
+        return self.config.thresholds.t_f2, "T_F2"
+
     def _closure_alert(self, cl: Closure) -> None:
         """One alert when a destination closes, one when it reopens (mesh-wide figures)."""
-        dst = _dst_text(np.frombuffer(cl.dst, dtype=L.DST_KEY)[0])
+        dkey = np.frombuffer(cl.dst, dtype=L.DST_KEY)[0]
+        dst = _dst_text(dkey)
         rate = rate_pps(cl.count, cl.window)
-        limit = self.config.thresholds.t_f2
+        limit, name = self._dst_limit(dkey)
         if cl.closed:
             self.alert(Alert.make(
                 "dst_closed", f"{dst} closed to unknown sources: {rate:.0f} packets/s offered "
-                f"in the mesh (T_F2 {limit}); {cl.known} known clients still served",
+                f"in the mesh ({name} {limit}); {cl.known} known clients still served",
                 self.name, dst=dst, rate=rate, limit=limit, count=cl.count,
                 window_s=cl.window / NS_PER_S, known_clients=cl.known))
         else:
             self.alert(Alert.make(
                 "dst_reopened", f"{dst} reopened: {rate:.0f} packets/s offered in the mesh "
-                f"(T_F2 {limit}), closed for {(tai_now() - cl.since) / NS_PER_S:.1f} s",
+                f"({name} {limit}), closed for {(tai_now() - cl.since) / NS_PER_S:.1f} s",
                 self.name, dst=dst, rate=rate, limit=limit, count=cl.count,
                 closed_s=(tai_now() - cl.since) / NS_PER_S))
 
@@ -586,9 +594,9 @@ class Proxy:
                                   f"(T_F1 {limit})", self.name, src=src, dst=dst, rate=rate,
                                   limit=limit, count=int(ev["c"]), window_s=window / NS_PER_S))
         else:
-            limit = self.config.thresholds.t_f2
+            limit, name = self._dst_limit(key["dst"])
             self.alert(Alert.make("dst_overload", f"{dst} receives {rate:.0f} packets/s "
-                                  f"(T_F2 {limit})", self.name, dst=dst, rate=rate, limit=limit,
+                                  f"({name} {limit})", self.name, dst=dst, rate=rate, limit=limit,
                                   count=int(ev["c"]), window_s=window / NS_PER_S))
 
     # ---- views -----------------------------------------------------------------------
@@ -730,14 +738,19 @@ class Proxy:
         rate = recs["c"].astype(np.float64) * NS_PER_S / window
         idx = np.argsort(-rate, kind="stable")[:limit]
         p = self.filter.params  # judged as the running program judges (flows() alike)
-        over = (window > p.t_t3) & rate_exceeds_array(recs["c"].astype(np.int64), window,
-                                                       p.t_f2)
+        # An address aggregate (addr+port mode) is judged by its own limit.
+        lim = limits(keys, p)
+        over = np.zeros(len(keys), dtype=bool)
+        for v in np.unique(lim):
+            m = lim == v
+            over[m] = (window[m] > p.t_t3) & rate_exceeds_array(
+                recs["c"][m].astype(np.int64), window[m], int(v))
         shut = closed_now(recs["ts1"].astype(np.int64), recs["ts2"].astype(np.int64),
-                          recs["c"].astype(np.int64), now, p)
+                          recs["c"].astype(np.int64), now, p, lim)
         # The drops while closed: each destination's closed-drops record (mesh-wide c').
         ck = np.zeros(len(idx), dtype=L.FLOW_KEY)
         ck["dst"] = keys[idx]
-        ck["dst"]["pad"] = L.DST_PAD_CLOSED
+        ck["dst"]["pad"] |= L.DST_PAD_CLOSED
         has_drops, drop_recs = self.filter.read(ck)
         syncer = self.syncer
         out = []
@@ -746,6 +759,7 @@ class Proxy:
             since = syncer.known.closed.get(dkey) if syncer is not None else None
             out.append({
                 "dst": _dst_text(keys[i]), "count": int(recs[i]["c"]),
+                "address": bool(is_address(keys[i:i + 1])[0]),
                 "window_s": round(int(window[i]) / NS_PER_S, 6),
                 "rate_pps": round(float(rate[i]), 3),
                 "over_t_f2": bool(over[i]),
@@ -783,10 +797,17 @@ class Proxy:
         if exists[0]:
             r = recs[0]
             flow = {f: int(r[f]) for f in ("ts1", "ts2", "c", "base_c")}
-        d_exists, d_recs = self.filter.read_dsts_of(key["dst"])
-        dest = None
+        akey = key.copy()
+        akey["dst"]["port"], akey["dst"]["proto"], akey["dst"]["pad"] = 0, 0, L.DST_PAD_ADDR
+        by_port = params.dst_mode == L.DST_ADDR_PORT
+        d_exists, d_recs = self.filter.read_dsts_of(
+            np.concatenate([key["dst"], akey["dst"]]) if by_port else key["dst"])
+        dest = address = None
         if d_exists[0]:
             dest = {f: int(d_recs[0][f]) for f in ("ts1", "ts2", "c", "kc")}
+        if by_port and d_exists[1]:
+            address = {f: int(d_recs[1][f]) for f in ("ts1", "ts2", "c", "kc")}
+        address_known = 0
         synced = None
         known, since, why = 0, None, ""
         now = int(self.filter.cfg.view["fake_now"] or tai_now())
@@ -794,13 +815,14 @@ class Proxy:
         if syncer is not None:
             synced = syncer.mirror.record(key)
             known = int(syncer.known.classes_of(key)[0])
+            address_known = int(syncer.known.classes_of(akey)[0]) if by_port else 0
             since = syncer.known.closed.get(bytes(np.ascontiguousarray(key["dst"]).tobytes()))
             why = known_reason(synced, now, params, syncer.known.policy, known=known,
                                closed=since is not None)
         return explain(params, s16, d16, now=now, flow=flow, dest=dest, synced=synced,
                        flow_key=key.tobytes(), src_text=src,
                        dst_text=_dst_text(key["dst"][0]), known=known, closed_since=since,
-                       known_why=why)
+                       known_why=why, address=address, address_known=address_known)
 
     # ---- metrics and control -------------------------------------------------------
 
@@ -838,6 +860,8 @@ def _merge_live(old: Config, new: Config) -> Config:
 
 def _dst_text(dkey: Any) -> str:
     addr = L.addr_str(bytes(dkey["addr"]))
+    if int(dkey["pad"]) & L.DST_PAD_ADDR:  # addr+port mode: the address's own aggregate
+        return f"{addr} (address: all ports)"
     port = int(dkey["port"])
     if not port:
         return addr

@@ -123,7 +123,7 @@ class XdpFilter:
         self._set_prefixes("deny_src", "n_deny", dict.fromkeys(params.deny, 1))
         self._set_prefixes("dst_policy", "n_dst_policy", dict(params.dst_policy))
         v["t_t1"], v["t_t2"], v["t_t3"] = params.t_t1, params.t_t2, params.t_t3
-        v["t_f1"], v["t_f2"] = params.t_f1, params.t_f2
+        v["t_f1"], v["t_f2"], v["t_f2_addr"] = params.t_f1, params.t_f2, params.t_f2_addr
         v["warn_period"] = params.warn_period
         v["mode"], v["dst_mode"] = params.mode, params.dst_mode
         v["malformed_policy"] = params.malformed_policy

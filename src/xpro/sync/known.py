@@ -34,14 +34,28 @@ from xpro.core.params import KnownPolicy
 from xpro.core.state import FilterState
 from xpro.core.status import Closure
 
-__all__ = ["KnownClients", "closed_now", "is_closed_record", "over_t_f1"]
+__all__ = ["KnownClients", "closed_now", "is_address", "is_closed_record", "limits",
+           "over_t_f1"]
 
 Array = npt.NDArray[Any]
 
 
 def is_closed_record(keys: Array) -> Array:
-    """Which flow keys are destinations' closed-drops records (pad = DST_PAD_CLOSED)."""
-    out: Array = keys["dst"]["pad"] == L.DST_PAD_CLOSED
+    """Which flow keys are closed-drops records (the ``DST_PAD_CLOSED`` bit of the
+    pad: a destination key's, or an address aggregate's)."""
+    out: Array = (keys["dst"]["pad"] & L.DST_PAD_CLOSED) != 0
+    return out
+
+
+def is_address(dst_keys: Array) -> Array:
+    """Which destination keys are address aggregates' (``DST_PAD_ADDR``)."""
+    out: Array = (dst_keys["pad"] & L.DST_PAD_ADDR) != 0
+    return out
+
+
+def limits(dst_keys: Array, p: FilterParams) -> Array:
+    """The limit each aggregate is judged by: T_F2, or an address's own."""
+    out: Array = np.where(is_address(dst_keys), p.t_f2_addr, p.t_f2).astype(np.int64)
     return out
 
 
@@ -52,11 +66,19 @@ def over_t_f1(ts1: Array, ts2: Array, c: Array, p: FilterParams) -> Array:
     return out
 
 
-def closed_now(ts1: Array, ts2: Array, c: Array, now: int, p: FilterParams) -> Array:
-    """Which aggregates are closed at ``now``: not idle, window over T_T3, c* over T_F2."""
+def closed_now(ts1: Array, ts2: Array, c: Array, now: int, p: FilterParams,
+               limit: Array | int | None = None) -> Array:
+    """Which aggregates are closed at ``now``: not idle, window over T_T3, c* over
+    ``limit`` (T_F2 by default; per aggregate: :func:`limits`)."""
     window = now - ts1
-    out: Array = ~window_over(now, ts2, p.t_t1) & (window > p.t_t3) & rate_exceeds_array(
-        c, window, p.t_f2)
+    if limit is None or isinstance(limit, int):
+        over = rate_exceeds_array(c, window, p.t_f2 if limit is None else limit)
+    else:  # one limit per aggregate: a few distinct values (T_F2, an address's)
+        over = np.zeros(len(c), dtype=bool)
+        for lim in np.unique(limit):
+            m = limit == lim
+            over[m] = rate_exceeds_array(c[m], window[m], int(lim))
+    out: Array = ~window_over(now, ts2, p.t_t1) & (window > p.t_t3) & over
     return out
 
 
@@ -96,16 +118,22 @@ class KnownClients:
         """One round: closed state of ``dst_keys`` and the known table of their flows.
 
         ``dst_keys`` (DST_KEY) are the destinations judged this round, with
-        their aggregates ``agg`` (fields ts1, ts2, c).  ``flows`` are the
+        their aggregates ``agg`` (fields ts1, ts2, c); an address aggregate
+        (``addr+port`` mode) is judged by its own limit.  ``flows`` are the
         mesh-wide records of the flows of those destinations: ``keys``
         (FLOW_KEY), ``ts1``, ``ts2``, ``c`` and ``dst`` (the index of each
-        flow's destination in ``dst_keys``).  Writes the table's changes into
-        the program; returns the closings and reopenings.
+        flow's destination in ``dst_keys``); a flow counted in an address
+        aggregate comes once more, keyed (source, address key): the known
+        clients of an address are the sources with an established flow to
+        any of its ports (docs/semantics.rst, "Address aggregates").  Writes
+        the table's changes into the program; returns the closings and
+        reopenings.
         """
         vd = np.dtype((np.void, L.DST_KEY.itemsize))
         dk = [bytes(k) for k in np.ascontiguousarray(dst_keys).view(vd)]
         shut = closed_now(agg["ts1"].astype(np.int64), agg["ts2"].astype(np.int64),
-                          agg["c"].astype(np.int64), now, params)
+                          agg["c"].astype(np.int64), now, params,
+                          limits(np.asarray(dst_keys, dtype=L.DST_KEY), params))
         events: list[Closure] = []
         just_closed = np.zeros(len(dk), dtype=bool)
         for i, k in enumerate(dk):
@@ -146,6 +174,14 @@ class KnownClients:
         cand_cls = np.concatenate([np.full(int(add_client.sum()), L.Known.CLIENT, np.uint32),
                                    np.full(int(add_heavy.sum()), L.Known.HEAVY, np.uint32)])
         cand_c = np.concatenate([c[add_client], c[add_heavy]])
+        # An address aggregate's rows carry (source, address key): one source
+        # with flows to several ports appears once, a client first (a source
+        # heavy on one port and a client on another is a client of the
+        # address; its heavy port's packets meet their own flow record).
+        fv = np.dtype((np.void, L.FLOW_KEY.itemsize))
+        _, first = np.unique(np.ascontiguousarray(cand_keys).view(fv), return_index=True)
+        first = np.sort(first)
+        cand_keys, cand_cls, cand_c = cand_keys[first], cand_cls[first], cand_c[first]
         fresh = index_of(kept_keys, cand_keys) < 0
         cand_keys, cand_cls, cand_c = cand_keys[fresh], cand_cls[fresh], cand_c[fresh]
         room = max(0, p.capacity - len(kept_keys))

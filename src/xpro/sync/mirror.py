@@ -41,6 +41,8 @@ class Mirror:
         #: freed by :meth:`prune_dsts` and reused.
         self.dst_refs = np.zeros(0, dtype=np.int64)
         self.dst_free: list[int] = []
+        #: Destination id -> its address aggregate's id (-1: not yet known).
+        self.addr_of = np.zeros(0, dtype=np.int64)
 
     def _grow(self, need: int) -> None:
         cap = len(self.alive)
@@ -57,12 +59,14 @@ class Mirror:
     def dst_ids(self, dkeys: Array) -> Array:
         """Destination ids (a dict over the few distinct destinations of a batch).
 
-        A closed-drops record's key (pad ``DST_PAD_CLOSED``) has the id of its
-        destination: the recompute sums it with the destination's flows.
+        A closed-drops record's key (the ``DST_PAD_CLOSED`` bit of its pad) has
+        the id of its aggregate -- a destination key's, or an address
+        aggregate's (``DST_PAD_ADDR_CLOSED``): the recompute sums it with the
+        aggregate's flows.
         """
         vd = np.dtype((np.void, L.DST_KEY.itemsize))
         dkeys = np.array(dkeys, dtype=L.DST_KEY)
-        dkeys["pad"] = 0
+        dkeys["pad"] &= ~np.uint8(L.DST_PAD_CLOSED)
         uniq, inv = np.unique(np.ascontiguousarray(dkeys).view(vd), return_inverse=True)
         ids = np.empty(len(uniq), dtype=np.int64)
         for j, u in enumerate(uniq):
@@ -83,6 +87,29 @@ class Mirror:
             ids[j] = d
         out: Array = ids[inv.reshape(-1)]
         return out
+
+    def address_ids(self, ids: Array) -> Array:
+        """The id of the address aggregate of each destination id (``addr+port``
+        mode: the key's address, port 0, protocol 0, ``DST_PAD_ADDR``); an
+        address aggregate's id is its own.  Remembered per id."""
+        ids = np.asarray(ids, dtype=np.int64)
+        self._grow_addr_of()
+        todo = np.unique(ids[self.addr_of[ids] < 0])
+        if len(todo):
+            ak = np.array(self.dst_keys[todo], dtype=L.DST_KEY)
+            ak["port"], ak["proto"], ak["pad"] = 0, 0, L.DST_PAD_ADDR
+            found = self.dst_ids(ak)
+            self._grow_addr_of()
+            self.addr_of[todo] = found
+            self.addr_of[found] = found
+        out: Array = self.addr_of[ids]
+        return out
+
+    def _grow_addr_of(self) -> None:
+        if len(self.addr_of) < len(self.dst_keys):
+            grown = np.full(len(self.dst_keys), -1, dtype=np.int64)
+            grown[: len(self.addr_of)] = self.addr_of
+            self.addr_of = grown
 
     def update(self, keys: Array, ts1: Array, ts2: Array, c: Array, *, local: bool = False
                ) -> Array:
@@ -130,6 +157,10 @@ class Mirror:
             del self.dst_index[self.dst_keys[d].tobytes()]
         self.dst_refs[gone] = 0
         self.dst_free.extend(gone.tolist())
+        if len(gone) and len(self.addr_of):  # the address ids to and of them go too
+            self._grow_addr_of()
+            self.addr_of[np.isin(self.addr_of, gone)] = -1
+            self.addr_of[gone] = -1
         return len(gone)
 
     def __len__(self) -> int:

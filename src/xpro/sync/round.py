@@ -668,19 +668,28 @@ class Syncer:
         (:func:`xpro.core.model.recompute_dst`, docs/semantics.rst, "The
         per-destination check" and "Closed destinations and known clients"):
         ts1* = min ts1', ts2* = max ts2', c* = sum c', kc = sum c' of its
-        known clients.  The destinations closed at the last round are judged
-        too (they reopen without a flow changing), and the known-client table
-        follows (:class:`xpro.sync.known.KnownClients`).  Written as deltas,
-        so packets admitted meanwhile stay counted.
+        known clients.  In ``addr+port`` mode the address aggregate of every
+        destination touched is recomputed too, over the flows of all the
+        address's keys and its own closed-drops record ("Address
+        aggregates"; :func:`xpro.core.model.aggregates_of`).  The
+        destinations closed at the last round are judged too (they reopen
+        without a flow changing), and the known-client table follows
+        (:class:`xpro.sync.known.KnownClients`).  Written as deltas, so
+        packets admitted meanwhile stay counted.
         """
         mr = self.mirror
+        p = self.filt.params
+        by_port = p.dst_mode == L.DST_ADDR_PORT
         if self.known.closed:
             shut = np.frombuffer(b"".join(self.known.closed), dtype=L.DST_KEY)
             dst_ids = np.union1d(dst_ids, mr.dst_ids(shut))
+        if by_port and len(dst_ids):
+            dst_ids = np.union1d(dst_ids, mr.address_ids(dst_ids))
         if len(dst_ids) == 0:
             return 0, []
-        p = self.filt.params
         sel = mr.alive & np.isin(mr.dst, dst_ids)
+        if by_port:
+            sel |= mr.alive & np.isin(mr.address_ids(mr.dst), dst_ids)
         keys = mr.keys[sel]
         ts1, ts2, c, dst = mr.ts1[sel], mr.ts2[sel], mr.c[sel], mr.dst[sel]
         here = mr.local[sel]
@@ -696,6 +705,8 @@ class Syncer:
         if len(fresh):
             f_dst = mr.dst_ids(fresh["dst"])
             mine = np.isin(f_dst, dst_ids)
+            if by_port:
+                mine |= np.isin(mr.address_ids(f_dst), dst_ids)
             exists, recs = self.filt.read(fresh[mine])
             recs = recs[exists]
             keys = np.concatenate([keys, fresh[mine][exists]], dtype=L.FLOW_KEY)
@@ -706,6 +717,9 @@ class Syncer:
             n_fresh = int(exists.sum())
             here = np.concatenate([here, np.ones(n_fresh, dtype=bool)])
         drops = is_closed_record(keys)
+        if by_port:
+            keys, ts1, ts2, c, dst, drops, here = _with_addresses(
+                mr, keys, ts1, ts2, c, dst, drops, here, dst_ids)
         live = ((now - ts2) <= p.t_t1) & (drops | ~over_t_f1(ts1, ts2, c, p))
         pos = np.searchsorted(dst_ids, dst)
         n = len(dst_ids)
@@ -862,6 +876,26 @@ def _capped_sum(pos: Array, c: Array, sel: Array, here: Array, cap: Array, n: in
     over = other > cap
     out: Array = own + np.where(over, cap, other).astype(np.int64)
     return out, over
+
+
+def _with_addresses(mr: Mirror, keys: Array, ts1: Array, ts2: Array, c: Array, dst: Array,
+                    drops: Array, here: Array, dst_ids: Array
+                    ) -> tuple[Array, Array, Array, Array, Array, Array, Array]:
+    """The records of the aggregates ``dst_ids`` in ``addr+port`` mode: each real
+    flow once for its key's aggregate and once more, keyed (source, address
+    key), for its address's (:func:`xpro.core.model.aggregates_of`); a
+    closed-drops record for its own aggregate only.  Rows of aggregates not
+    in ``dst_ids`` are left out."""
+    real = ~drops
+    akeys = np.array(keys[real], dtype=L.FLOW_KEY)
+    akeys["dst"]["port"], akeys["dst"]["proto"], akeys["dst"]["pad"] = 0, 0, L.DST_PAD_ADDR
+    keys = np.concatenate([keys, akeys], dtype=L.FLOW_KEY)
+    ts1, ts2, c, here = (np.concatenate([x, x[real]]) for x in (ts1, ts2, c, here))
+    dst = np.concatenate([dst, mr.address_ids(dst[real])])
+    drops = np.concatenate([drops, np.zeros(int(real.sum()), dtype=bool)])
+    keep = np.isin(dst, dst_ids)
+    return (keys[keep], ts1[keep], ts2[keep], c[keep], dst[keep], drops[keep],
+            here[keep])
 
 
 def _flow_updates(keys: Array, recs: Array, final: Array) -> Array:

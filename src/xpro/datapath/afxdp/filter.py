@@ -437,15 +437,25 @@ class UserFilter:
         """One pass of :meth:`_rate` over the packets ``idx`` (keys ``keys``, times ``t``,
         in arrival order).  With ``verify``, returns the packets from each
         destination's first wrong guess on (a bool mask) and changes nothing if
-        there is one; otherwise applies the pass and returns None."""
+        there is one; otherwise applies the pass and returns None.
+
+        In ``addr+port`` mode each address's own aggregate is guessed, counted
+        and judged beside its keys' (docs/semantics.rst, "Address
+        aggregates"); a wrong guess then invalidates the rest of its whole
+        address, the unit the packets' records depend on."""
         p = self.params
         m = len(idx)
+        by_port = p.dst_mode == L.DST_ADDR_PORT
         # --- the groups: flows, and destinations from the flows' keys ------------
         fg = _Grouping.of(self.flows, keys)
         dg0 = _Grouping.of(self.dsts, np.ascontiguousarray(fg.ukeys["dst"]))
         dinv = dg0.inv[fg.inv]  # each packet's destination
         dkeys = dg0.ukeys
-        self.dsts.reserve(len(dkeys))  # before find: the store below inserts without moving
+        ag: _Grouping | None = None
+        if by_port:  # the addresses of the destinations, and each packet's
+            ag = _Grouping.of(self.dsts, _address_keys(dkeys))
+        self.dsts.reserve(len(dkeys) + (len(ag.ukeys) if ag is not None else 0))
+        # (before find: the store below inserts without moving)
         dh = dg0.uh if self.dsts.key == dg0.key else self.dsts._hash(dkeys)
         dslots = self.dsts.find(dkeys, dh)
         dexists = dslots >= 0
@@ -456,26 +466,22 @@ class UserFilter:
 
         # --- the guess: closed as the destination's record was before the pass --
         cmin = p.t_f2 * p.t_t3 // NS_PER_S  # closed needs c* above this
-        cl = np.zeros(m, dtype=bool)
-        maybe = dexists & (d_c > cmin)
-        if maybe.any():
-            rows = np.flatnonzero(maybe[dinv])
-            g = dinv[rows]
-            cl[rows] = self._closed(d_ts1[g], d_ts2[g], d_c[g], t[rows])
+        cl = self._guess(dexists, d_ts1, d_ts2, d_c, dinv, t, cmin, p.t_f2)
         closing = bool(cl.any())  # (when not, the closed rule is skipped throughout)
         cls = cd = cl
         anycd = False
         if closing:
-            cls = np.zeros(m, dtype=np.int64)
-            if len(self.known):
-                rows = np.flatnonzero(cl)
-                ks = self.known.find(_take(keys, rows))
-                hit = ks >= 0
-                cls[rows[hit]] = self.known.vals[ks[hit]]
+            cls = self._classes(keys, cl)
             cd = cl & (cls == 0)  # unknown sources of a closed destination: closed drops
             anycd = bool(cd.any())
             if anycd:
                 fg = fg.with_closed(self.flows, cd, dinv, dkeys)
+        ad: _AddrPass | None = None
+        if ag is not None:
+            ad = _AddrPass.of(self, ag, dinv, keys, t, cd)
+            if ad.anycd:
+                fg = fg.with_closed(self.flows, ad.cd, ad.inv, ad.keys)
+        nocount = cd if ad is None else cd | ad.cd  # no per-source check, no window start
 
         # --- per source (lines 1-16); closed drops count into their closed-drops
         # record, with no per-source check ------------------------------------------
@@ -489,8 +495,9 @@ class UserFilter:
         gen = (rec["gen"].astype(np.int64)[g] + cumres - gbase[g]) & _U32
         window = ts - ts1
         over = (window > p.t_t2) & rate_exceeds_array(c, window, p.t_f1)
-        if anycd:
-            over &= ~cd[r.order]
+        anync = anycd or (ad is not None and ad.anycd)
+        if anync:
+            over &= ~nocount[r.order]
         warned, warn_ts = _warnings(over, g, ts, rec["warn_ts"].astype(np.int64),
                                     p.warn_period)
         if over.all():  # a flood the per-source rule drops whole: no destination moves,
@@ -505,42 +512,20 @@ class UserFilter:
         f_ts1[r.order] = ts1
         f_started = np.zeros(m, dtype=bool)
         f_started[r.order] = started
-        if anycd:
-            f_started &= ~cd  # a closed drop starts no window of the aggregate
+        if anync:
+            f_started &= ~nocount  # a closed drop starts no window of an aggregate
 
         # --- per destination (lines 18-25): the packets admitted, and the closed
         # drops, in arrival order per destination ---------------------------------------
         counted = ~over_a  # a closed drop is never over
+        if ad is not None and ad.anycd:
+            counted &= ~ad.cd  # the address's closed drops count in the address only
         dorder = np.argsort(dinv, kind="stable")
         s = dorder[counted[dorder]]
-        gs, tss = dinv[s], t[s]
-        n = len(s)
-        first = np.ones(n, dtype=bool)
-        first[1:] = gs[1:] != gs[:-1]
-        prev = np.empty(n, dtype=np.int64)
-        prev[1:] = tss[:-1]
-        prev[first] = d_ts2[gs[first]]
-        created = first & ~dexists[gs]
-        reset = ~created & window_over(tss, prev, p.t_t1)
-        segstart = first | reset
-        start = np.flatnonzero(segstart)[np.cumsum(segstart) - 1]
-        cont = ~(created | reset)[start]
-        fts1, fst = f_ts1[s], f_started[s]
-        startval = np.where(created[start], fts1[start],
-                            np.where(reset[start], tss[start], d_ts1[gs]))
-        # ts1* = min(start, ts1' of the first flow that started since); later
-        # starters started later (time never decreases inside a batch).
-        ts1s = startval
-        cand = np.flatnonzero(fst & ~created & ~reset)
-        if len(cand):
-            k = np.searchsorted(cand, start)
-            kk = np.minimum(k, len(cand) - 1)
-            valid = (k < len(cand)) & (cand[kk] <= np.arange(n))
-            ts1s = np.where(valid, np.minimum(startval, fts1[cand[kk]]), startval)
-        pos_in = np.arange(n) - start
-        cs = pos_in + 1 + np.where(cont, d_c[gs], 0)
-        kc = np.where(cont, drec["kc"].astype(np.int64)[gs], 0)
-        dwin = tss - ts1s
+        da = _aggregate(s, dinv, t, f_ts1, f_started, dexists, d_ts1, d_ts2, d_c,
+                        drec["kc"].astype(np.int64), p.t_t1)
+        gs, tss, n, ts1s, cs, kc, dwin = da.gs, da.tss, da.n, da.ts1s, da.cs, da.kc, da.dwin
+        first = da.first
         over_d = (dwin > p.t_t3) & rate_exceeds_array(cs, dwin, p.t_f2)
         cd_s = heavy = np.zeros(n, dtype=bool)
         cnt = cs
@@ -550,13 +535,17 @@ class UserFilter:
             heavy = cl_s & ~cd_s & ~client  # never served while closed
             if client.any():
                 cum = np.cumsum(client)
-                kc = kc + cum - (cum[start] - client[start])
+                kc = kc + cum - (cum[da.start] - client[da.start])
                 cnt = np.where(client, kc, cs)
                 over_d = (dwin > p.t_t3) & rate_exceeds_array(cnt, dwin, p.t_f2)
             over_d &= ~cd_s & ~heavy
+        if ad is not None:
+            ad.count(over_a, f_ts1, f_started, t, p)
 
         if verify:
             bad = self._wrong_guesses(cl, t, dorder, dinv, counted, gs, ts1s, tss, cs, cmin)
+            if ad is not None:
+                bad = ad.wrong_guesses(self, bad, t)
             if bad is not None:
                 return bad
 
@@ -566,27 +555,58 @@ class UserFilter:
         if over.any():
             self._judge(keys, r.order, pk, ts, over, warned, c, window,
                         L.EventKind.SRC_OVERLOAD, action, reason, events)
-        if n == 0:
+        if n == 0 and (ad is None or ad.n == 0):
             return None
         dwarn, dwarn_ts = _warnings(over_d | cd_s, gs, tss, drec["warn_ts"].astype(np.int64),
                                     p.warn_period)
-        last = np.append(np.flatnonzero(first)[1:], n) - 1
+        last = (np.append(np.flatnonzero(first)[1:], n) - 1 if n
+                else np.zeros(0, dtype=np.int64))
         gl = gs[last]  # the destinations with packets counted, and their last one
         dnew = drec[gl]
         dnew["ts1"], dnew["ts2"], dnew["c"], dnew["kc"] = ts1s[last], tss[last], cs[last], kc[last]
         dnew["warn_ts"] = dwarn_ts[gl]
         have = dexists[gl]
-        self.dsts.put(dslots[gl[have]], dnew[have])
-        fresh = gl[~have]
-        if len(fresh):
-            self.dsts.make_room(len(fresh), dslots[dexists])
-            self.dsts.insert(dkeys[fresh], dnew[~have], dh[fresh])
         judged = over_d | cd_s | heavy
+        if ad is None:
+            self.dsts.put(dslots[gl[have]], dnew[have])
+            fresh = gl[~have]
+            if len(fresh):
+                self.dsts.make_room(len(fresh), dslots[dexists])
+                self.dsts.insert(dkeys[fresh], dnew[~have], dh[fresh])
+        else:
+            d_fired = np.zeros(m, dtype=bool)
+            d_fired[s[judged]] = True
+            ad.store(self, dslots[gl[have]], dnew[have], dkeys[gl[~have]], dnew[~have],
+                     dh[gl[~have]], dslots[dexists], d_fired)
         if judged.any():
             self._judge(keys, s, idx[s], tss, judged, dwarn, cnt, dwin,
                         L.EventKind.DST_OVERLOAD, action, reason, events,
                         closed=~over_d)
+        if ad is not None:
+            ad.judge(self, idx, action, reason, events)
         return None
+
+    def _guess(self, exists: Array, ts1: Array, ts2: Array, c: Array, inv: Array, t: Array,
+               cmin: int, limit: int) -> Array:
+        """Each packet's guess: its aggregate (``inv``) closed as its record was
+        before the pass (records as int64 columns; ``cmin``: c* needed)."""
+        cl = np.zeros(len(inv), dtype=bool)
+        maybe = exists & (c > cmin)
+        if maybe.any():
+            rows = np.flatnonzero(maybe[inv])
+            g = inv[rows]
+            cl[rows] = self._closed(ts1[g], ts2[g], c[g], t[rows], limit)
+        return cl
+
+    def _classes(self, keys: Array, sel: Array) -> Array:
+        """The known class of the flow keys ``keys[sel]`` (0 elsewhere)."""
+        cls = np.zeros(len(keys), dtype=np.int64)
+        if len(self.known):
+            rows = np.flatnonzero(sel)
+            ks = self.known.find(_take(keys, rows))
+            hit = ks >= 0
+            cls[rows[hit]] = self.known.vals[ks[hit]]
+        return cls
 
     def _flows_back(self, r: _Runs, c: Array, ts1: Array, gen: Array, warn_ts: Array) -> None:
         """Write a pass's flow records back (each group's state after its last
@@ -606,19 +626,20 @@ class UserFilter:
             bit = np.uint8(1 << (epoch & 1))
             self.flows.aux[all_slots[mark]] |= bit
 
-    def _closed(self, ts1: Array, ts2: Array, c: Array, t: Array) -> Array:
+    def _closed(self, ts1: Array, ts2: Array, c: Array, t: Array,
+                limit: int | None = None) -> Array:
         """``model.Filter.dst_closed`` over arrays (records as int64 columns)."""
         p = self.params
         window = t - ts1
         out: Array = ~window_over(t, ts2, p.t_t1) & (window > p.t_t3)
         if out.any():
             w = np.flatnonzero(out)
-            out[w] = rate_exceeds_array(c[w], window[w], p.t_f2)
+            out[w] = rate_exceeds_array(c[w], window[w], p.t_f2 if limit is None else limit)
         return out
 
     def _wrong_guesses(self, cl: Array, t: Array, dorder: Array, dinv: Array,
                        counted: Array, gs: Array, ts1s: Array, tss: Array, cs: Array,
-                       cmin: int) -> Array | None:
+                       cmin: int, limit: int | None = None) -> Array | None:
         """Check a pass's guess ``cl`` (closed or not, per packet) against the record
         each packet found: the stored one, or the one the last counted packet of
         its destination left (``gs``, ``ts1s``, ``tss``, ``cs``: the counted
@@ -643,7 +664,7 @@ class UserFilter:
         actual[v] = False
         v = v[cs[kp[v]] > cmin]
         if len(v):
-            actual[v] = self._closed(ts1s[kp[v]], tss[kp[v]], cs[kp[v]], t[dorder[v]])
+            actual[v] = self._closed(ts1s[kp[v]], tss[kp[v]], cs[kp[v]], t[dorder[v]], limit)
         wrong = actual != cl[dorder]
         if not wrong.any():
             return None
@@ -1010,7 +1031,7 @@ class _Grouping:
         dd = np.unique(dinv[cd])
         ck = np.zeros(len(dd), dtype=L.FLOW_KEY)
         ck["dst"] = dkeys[dd]
-        ck["dst"]["pad"] = L.DST_PAD_CLOSED
+        ck["dst"]["pad"] |= L.DST_PAD_CLOSED  # (an address's: DST_PAD_ADDR_CLOSED)
         gid = self.inv.copy()
         gid[cd] = u + np.searchsorted(dd, dinv[cd])
         used = np.zeros(u + len(dd), dtype=bool)
@@ -1095,6 +1116,227 @@ class _Runs:
             table.make_room(len(fresh), slots[self.exists])
             slots[fresh] = table.insert(self.ukeys[fresh], new[fresh], self.uh[fresh])
         return slots
+
+
+def _address_keys(dkeys: Array) -> Array:
+    """The address aggregate's key of each destination key (``addr+port`` mode)."""
+    out = np.array(dkeys, dtype=L.DST_KEY)
+    out["port"], out["proto"], out["pad"] = 0, 0, L.DST_PAD_ADDR
+    return out
+
+
+@dataclass
+class _Agg:
+    """The packets counted into aggregates in one pass, sorted by aggregate
+    (arrival order inside each): ``s`` their places in the pass, ``gs`` their
+    aggregate, ``tss`` their times; each one's window start ``ts1s``, count
+    ``cs`` and stored ``kc`` (where its run continues the stored record), the
+    window ``dwin``; ``first`` marks each aggregate's first packet, ``start``
+    the first packet of each one's run."""
+
+    s: Array
+    gs: Array
+    tss: Array
+    n: int
+    first: Array
+    start: Array
+    ts1s: Array
+    cs: Array
+    kc: Array
+    dwin: Array
+
+
+def _aggregate(s: Array, inv: Array, t: Array, f_ts1: Array, f_started: Array, exists: Array,
+               d_ts1: Array, d_ts2: Array, d_c: Array, d_kc: Array, t_t1: int) -> _Agg:
+    """Lines 18-25 for the packets ``s`` (sorted by aggregate ``inv``): created,
+    reset after T_T1 idle, ts1* moved back to a flow's window that started
+    with the packet, one more in c*."""
+    gs, tss = inv[s], t[s]
+    n = len(s)
+    first = np.ones(n, dtype=bool)
+    first[1:] = gs[1:] != gs[:-1]
+    prev = np.empty(n, dtype=np.int64)
+    prev[1:] = tss[:-1]
+    prev[first] = d_ts2[gs[first]]
+    created = first & ~exists[gs]
+    reset = ~created & window_over(tss, prev, t_t1)
+    segstart = first | reset
+    start = np.flatnonzero(segstart)[np.cumsum(segstart) - 1]
+    cont = ~(created | reset)[start]
+    fts1, fst = f_ts1[s], f_started[s]
+    startval = np.where(created[start], fts1[start],
+                        np.where(reset[start], tss[start], d_ts1[gs]))
+    # ts1* = min(start, ts1' of the first flow that started since); later
+    # starters started later (time never decreases inside a batch).
+    ts1s = startval
+    cand = np.flatnonzero(fst & ~created & ~reset)
+    if len(cand):
+        k = np.searchsorted(cand, start)
+        kk = np.minimum(k, len(cand) - 1)
+        valid = (k < len(cand)) & (cand[kk] <= np.arange(n))
+        ts1s = np.where(valid, np.minimum(startval, fts1[cand[kk]]), startval)
+    pos_in = np.arange(n) - start
+    cs = pos_in + 1 + np.where(cont, d_c[gs], 0)
+    kc = np.where(cont, d_kc[gs], 0)
+    return _Agg(s=s, gs=gs, tss=tss, n=n, first=first, start=start, ts1s=ts1s, cs=cs, kc=kc,
+                dwin=tss - ts1s)
+
+
+@dataclass
+class _AddrPass:
+    """One pass's address aggregates (``addr+port`` mode, docs/semantics.rst,
+    "Address aggregates"): the addresses (``keys``, hashes ``h``, slots,
+    records), each packet's address (``inv``), the guess that it was closed
+    (``cl``), the packets' classes for it (``cls``) and its closed drops
+    (``cd``: unknown sources of a closed address that got past their key)."""
+
+    keys: Array
+    h: Array
+    slots: Array
+    exists: Array
+    rec: Array
+    inv: Array
+    cl: Array
+    cls: Array
+    cd: Array
+    anycd: bool
+    fkeys: Array  # each packet's flow key with its address's key as destination
+    cmin: int
+    kcd: Array  # the closed drops of the packets' keys: never in their address
+    n: int = 0
+    agg: _Agg | None = None
+    order: Array | None = None
+    counted: Array | None = None
+    cnt: Array | None = None
+    over: Array | None = None
+    heavy: Array | None = None
+    cd_s: Array | None = None
+    warn: Array | None = None
+
+    @classmethod
+    def of(cls, f: UserFilter, ag: _Grouping, dinv: Array, keys: Array, t: Array,
+           cd: Array) -> _AddrPass:
+        p = f.params
+        akeys = ag.ukeys
+        h = ag.uh if f.dsts.key == ag.key else f.dsts._hash(akeys)
+        slots = f.dsts.find(akeys, h)
+        exists = slots >= 0
+        rec = np.zeros(len(akeys), dtype=L.DST)
+        rec[exists] = f.dsts.get(slots[exists])
+        inv = ag.inv[dinv]
+        cmin = p.t_f2_addr * p.t_t3 // NS_PER_S
+        cl = f._guess(exists, rec["ts1"].astype(np.int64), rec["ts2"].astype(np.int64),
+                      rec["c"].astype(np.int64), inv, t, cmin, p.t_f2_addr)
+        # (the guess stays whole, as the check of guesses sees it: a closed
+        # drop of its key never reaches its address, whatever the guess)
+        reach = cl & ~cd
+        fkeys = np.array(keys, dtype=L.FLOW_KEY)
+        fkeys["dst"] = akeys[inv]
+        acls = np.zeros(len(cl), dtype=np.int64)
+        acd = reach
+        if reach.any():
+            acls = f._classes(fkeys, reach)
+            acd = reach & (acls == 0)
+        return cls(keys=akeys, h=h, slots=slots, exists=exists, rec=rec, inv=inv, cl=cl,
+                   cls=acls, cd=acd, anycd=bool(acd.any()), fkeys=fkeys, cmin=cmin, kcd=cd)
+
+    def count(self, over_a: Array, f_ts1: Array, f_started: Array, t: Array,
+              p: FilterParams) -> None:
+        """Count the packets into their address: those past the per-source check
+        (not a closed drop of their key) and the address's closed drops."""
+        counted = ~over_a & ~self.kcd  # (the address's closed drops are never over)
+        self.counted = counted
+        self.order = np.argsort(self.inv, kind="stable")
+        s = self.order[counted[self.order]]
+        a = _aggregate(s, self.inv, t, f_ts1, f_started, self.exists,
+                       self.rec["ts1"].astype(np.int64), self.rec["ts2"].astype(np.int64),
+                       self.rec["c"].astype(np.int64), self.rec["kc"].astype(np.int64),
+                       p.t_t1)
+        self.agg, self.n = a, a.n
+        cl_s, cd_s = self.cl[s], self.cd[s]
+        client = cl_s & (self.cls[s] == L.Known.CLIENT)
+        self.heavy = cl_s & ~cd_s & ~client
+        cnt = a.cs
+        if client.any():
+            cum = np.cumsum(client)
+            a.kc = a.kc + cum - (cum[a.start] - client[a.start])
+            cnt = np.where(client, a.kc, a.cs)
+        self.cnt, self.cd_s = cnt, cd_s
+        self.over = ((a.dwin > p.t_t3) & rate_exceeds_array(cnt, a.dwin, p.t_f2_addr)
+                     & ~cd_s & ~self.heavy)
+
+    def wrong_guesses(self, f: UserFilter, bad: Array | None, t: Array) -> Array | None:
+        """The packets from each address's first wrong guess (of its own closure,
+        or of one of its keys': ``bad``) on."""
+        a = self.agg
+        assert a is not None
+        assert self.order is not None
+        assert self.counted is not None
+        abad = f._wrong_guesses(self.cl, t, self.order, self.inv, self.counted, a.gs, a.ts1s,
+                                a.tss, a.cs, self.cmin, f.params.t_f2_addr)
+        if bad is None and abad is None:
+            return None
+        wrong = np.zeros(len(self.inv), dtype=bool)
+        for b in (bad, abad):
+            if b is not None:
+                wrong |= b
+        pos = np.arange(len(self.inv))
+        firstbad = np.full(len(self.keys), len(self.inv), dtype=np.int64)
+        np.minimum.at(firstbad, self.inv[wrong], pos[wrong])
+        out: Array = pos >= firstbad[self.inv]
+        return out
+
+    def store(self, f: UserFilter, d_slots: Array, d_new: Array, d_fresh_keys: Array,
+              d_fresh: Array, d_fresh_h: Array, d_keep: Array, d_fired: Array) -> None:
+        """Write the keys' records (``d_*``) and the addresses' back in one go;
+        ``d_fired``: the packets their key's check judged (their address's
+        check is not reached, nor its warning)."""
+        a = self.agg
+        assert a is not None
+        assert self.over is not None
+        assert self.heavy is not None
+        assert self.cd_s is not None
+        p = f.params
+        fired_s = d_fired[a.s]
+        self.over &= ~fired_s
+        self.heavy &= ~fired_s
+        warn, warn_ts = _warnings(self.over | self.cd_s, a.gs, a.tss,
+                                  self.rec["warn_ts"].astype(np.int64), p.warn_period)
+        self.warn = warn
+        f.dsts.put(d_slots, d_new)
+        keys, vals, hs = [d_fresh_keys], [d_fresh], [d_fresh_h]
+        if a.n:
+            last = np.append(np.flatnonzero(a.first)[1:], a.n) - 1
+            gl = a.gs[last]
+            new = self.rec[gl]
+            new["ts1"], new["ts2"], new["c"] = a.ts1s[last], a.tss[last], a.cs[last]
+            new["kc"], new["warn_ts"] = a.kc[last], warn_ts[gl]
+            have = self.exists[gl]
+            f.dsts.put(self.slots[gl[have]], new[have])
+            keys.append(self.keys[gl[~have]])
+            vals.append(new[~have])
+            hs.append(self.h[gl[~have]])
+        fk = np.concatenate(keys, dtype=L.DST_KEY)
+        if len(fk):
+            f.dsts.make_room(len(fk), np.concatenate([d_keep, self.slots[self.exists]]))
+            f.dsts.insert(fk, np.concatenate(vals, dtype=L.DST), np.concatenate(hs))
+
+    def judge(self, f: UserFilter, idx: Array, action: Array, reason: Array,
+              events: list[tuple[Array, Array]]) -> None:
+        """The address's verdicts: its closed drops, and the packets its own
+        check drops (a known client over its limit, a heavy source)."""
+        a = self.agg
+        assert a is not None
+        assert self.over is not None
+        assert self.heavy is not None
+        assert self.cd_s is not None
+        assert self.cnt is not None
+        judged = self.over | self.cd_s | self.heavy
+        if judged.any():
+            assert self.warn is not None
+            f._judge(self.fkeys, a.s, idx[a.s], a.tss, judged, self.warn, self.cnt, a.dwin,
+                     L.EventKind.DST_OVERLOAD, action, reason, events, closed=~self.over)
+
 
 
 def _max_store(cur: Array, v: Array) -> Array:
