@@ -4,6 +4,8 @@ and detects as one pulling every change."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -25,8 +27,14 @@ def _keys(n: int, dsts: int, rng: np.random.Generator) -> np.ndarray:
     k = np.frombuffer(rng.bytes(36 * n), dtype=L.FLOW_KEY).copy()
     d = np.frombuffer(rng.bytes(20 * dsts), dtype=L.DST_KEY).copy()
     d["pad"] = 0
+    d["addr"][1::2] = d["addr"][0]  # every other key on one address (addr+port mode)
     k["dst"] = d[np.arange(n) % dsts]
     k["dst"]["pad"][:dsts] = L.DST_PAD_CLOSED
+    # an address aggregate's closed-drops records (addr+port mode)
+    k["dst"]["port"][dsts : 2 * dsts] = 0
+    k["dst"]["proto"][dsts : 2 * dsts] = 0
+    k["dst"]["pad"][dsts : 2 * dsts] = L.DST_PAD_ADDR_CLOSED
+    k["src"][: 2 * dsts] = b""
     return k
 
 
@@ -43,31 +51,35 @@ def _m(r: np.void) -> model.Master:
     return model.Master(int(r["ts1"]), int(r["ts2"]), int(r["c"]))
 
 
-def test_arrays_equal_the_specification() -> None:
+@pytest.mark.parametrize("addresses", [False, True], ids=["addr", "addr+port"])
+def test_arrays_equal_the_specification(addresses: bool) -> None:
+    """In addr+port mode a flow counts in its address's partials too (and an
+    address's closed-drops record in its address's only)."""
+    rule = dataclasses.replace(RULE, addresses=addresses)
     rng = np.random.default_rng(1)
     k, a, b = _keys(2000, 7, rng), _records(2000, rng), _records(2000, rng)
     had = rng.random(2000) < 0.6
     kb = [x.tobytes() for x in k]
-    cand = pull.candidates_array(k, a, RULE)
-    contr = pull.contributes_array(k, a, RULE)
-    elig = pull.eligible_array(k, a, RULE)
+    cand = pull.candidates_array(k, a, rule)
+    contr = pull.contributes_array(k, a, rule)
+    elig = pull.eligible_array(k, a, rule)
     for i in range(2000):
-        assert cand[i] == pull.is_candidate(kb[i], _m(a[i]), RULE)
-        assert contr[i] == pull.contributes(kb[i], _m(a[i]), RULE)
-        assert elig[i] == pull.client_eligible(kb[i], _m(a[i]), RULE)
+        assert cand[i] == pull.is_candidate(kb[i], _m(a[i]), rule)
+        assert contr[i] == pull.contributes(kb[i], _m(a[i]), rule)
+        assert elig[i] == pull.client_eligible(kb[i], _m(a[i]), rule)
     assert 0 < cand.sum() < 2000
     assert 0 < elig.sum() < 2000
     # The partials after one move of every record: numpy and the spec.
     spec: dict[tuple[bytes, int], pull.Partial] = {}
     for i in range(2000):
         if had[i]:
-            pull.apply_flow(spec, kb[i], None, _m(b[i]), RULE)
-    ak, t1, t2, dc, dn = pull.partial_deltas(k, b, np.zeros(2000, bool), b, had, RULE)
+            pull.apply_flow(spec, kb[i], None, _m(b[i]), rule)
+    ak, t1, t2, dc, dn = pull.partial_deltas(k, b, np.zeros(2000, bool), b, had, rule)
     start = pull.apply_partials(np.zeros(len(ak), dtype=pull.PARTIAL), t1, t2, dc, dn)
     table = {(x["dst"].tobytes(), int(x["slot"])): p for x, p in zip(ak, start, strict=True)}
     for i in range(2000):
-        pull.apply_flow(spec, kb[i], _m(b[i]) if had[i] else None, _m(a[i]), RULE)
-    ak, t1, t2, dc, dn = pull.partial_deltas(k, b, had, a, np.ones(2000, bool), RULE)
+        pull.apply_flow(spec, kb[i], _m(b[i]) if had[i] else None, _m(a[i]), rule)
+    ak, t1, t2, dc, dn = pull.partial_deltas(k, b, had, a, np.ones(2000, bool), rule)
     cur = np.array([table.get((x["dst"].tobytes(), int(x["slot"])), np.zeros(1, pull.PARTIAL)[0])
                     for x in ak], dtype=pull.PARTIAL)
     new = pull.apply_partials(cur, t1, t2, dc, dn)
@@ -76,6 +88,12 @@ def test_arrays_equal_the_specification() -> None:
     got = {at: (int(p["c"]), int(p["n"])) for at, p in table.items() if int(p["n"])}
     want = {at: (p.c, p.n) for at, p in spec.items() if p.n}
     assert got == want
+    pads = {d[19] for d, _ in got}
+    assert pads == {0, L.DST_PAD_ADDR}  # pad 2: an address's closed drops, or its flows
+    if addresses:  # the shared address holds every flow of its keys
+        shared = {d for d, _ in got if d[19] == L.DST_PAD_ADDR and d[:16] == k["dst"][1]["addr"]
+                  .tobytes()}
+        assert shared
 
 
 def test_the_aggregate_from_partials_is_the_exact_one_over_live_flows() -> None:

@@ -46,6 +46,7 @@ from xpro.core.model import (
     Local,
     Master,
     SyncParams,
+    aggregates_of,
     is_closed_key,
     merge,
     rate_exceeds,
@@ -88,7 +89,9 @@ class PullRule:
     """The thresholds the master judges a merge by (ns, packets/s).
 
     ``near_pm``: a flow is a candidate from ``near_pm / 1000`` x T_F1.
-    ``slot_ns``: the width of a partial's slot (T_T1 / 4).
+    ``slot_ns``: the width of a partial's slot (T_T1 / 4).  ``addresses``
+    (``addr+port`` mode): a flow counts in its address's partials too, as in
+    its address aggregate (docs/semantics.rst, "Address aggregates").
     """
 
     t_f1: int = 100
@@ -97,6 +100,7 @@ class PullRule:
     near_pm: int = 500
     min_age: int = 2 * NS_PER_S
     min_packets: int = 8
+    addresses: bool = False
 
     @classmethod
     def of(cls, p: FilterParams, known: KnownPolicy | None = None,
@@ -105,7 +109,8 @@ class PullRule:
         if not 0.0 < near <= 1.0:
             raise ValueError(f"near {near!r}: a fraction of T_F1 in (0, 1]")
         return cls(t_f1=p.t_f1, t_t2=p.t_t2, t_t1=p.t_t1, near_pm=max(1, round(near * 1000)),
-                   min_age=k.min_age, min_packets=k.min_packets)
+                   min_age=k.min_age, min_packets=k.min_packets,
+                   addresses=p.dst_mode == L.DST_ADDR_PORT)
 
     @property
     def slot_ns(self) -> int:
@@ -154,17 +159,23 @@ def client_eligible(key: bytes, rec: Master, rule: PullRule) -> bool:
             and rec.ts2 - rec.ts1 >= rule.min_age and rec.c >= rule.min_packets)
 
 
-def _dst_of(key: bytes) -> bytes:
-    """A flow key's destination with pad 0 (a closed-drops record's is its destination's)."""
-    d = np.frombuffer(key[16:], dtype=L.DST_KEY).copy()
-    d["pad"] = 0
-    return d.tobytes()
+def _dsts_of(key: bytes, rule: PullRule) -> list[bytes]:
+    """The aggregates whose partials a flow key counts in
+    (:func:`xpro.core.model.aggregates_of`): its destination key, and in
+    ``addr+port`` mode its address's; a closed-drops record, only the
+    aggregate whose drops it holds."""
+    return aggregates_of(key, L.DST_ADDR_PORT if rule.addresses else L.DST_ADDR)
 
 
 def apply_flow(partials: dict[tuple[bytes, int], Partial], key: bytes, before: Master | None,
                after: Master | None, rule: PullRule) -> None:
     """Move one flow's contribution from its record ``before`` to ``after``."""
-    dst = _dst_of(key)
+    for dst in _dsts_of(key, rule):
+        _apply_flow(partials, dst, key, before, after, rule)
+
+
+def _apply_flow(partials: dict[tuple[bytes, int], Partial], dst: bytes, key: bytes,
+                before: Master | None, after: Master | None, rule: PullRule) -> None:
     if before is not None and contributes(key, before, rule):
         at = (dst, before.ts2 // rule.slot_ns)
         p = partials.get(at)
@@ -208,7 +219,7 @@ def partials_of(records: Mapping[bytes, Master], rule: PullRule
 
 
 def _is_closed(keys: Array) -> Array:
-    out: Array = keys["dst"]["pad"] == L.DST_PAD_CLOSED
+    out: Array = (keys["dst"]["pad"] & L.DST_PAD_CLOSED) != 0  # an address's too
     return out
 
 
@@ -261,10 +272,24 @@ def partial_deltas(keys: Array, before: Array, had: Array, after: Array, has: Ar
     2**64 - 1 where none), and the signed change of its count and of its
     number of flows.  ``shard``: each record's shard (a Redis bucket).
     """
-    out_b = np.asarray(had, dtype=bool) & contributes_array(keys, before, rule)
-    in_a = np.asarray(has, dtype=bool) & contributes_array(keys, after, rule)
+    had, has = np.asarray(had, dtype=bool), np.asarray(has, dtype=bool)
     dst = np.array(keys["dst"], dtype=L.DST_KEY)
-    dst["pad"] = 0
+    # A closed-drops record counts in the aggregate whose drops it holds
+    # (its pad without the closed bit); in addr+port mode a real flow also
+    # counts in its address's (_dsts_of, one row more each).
+    dst["pad"] &= np.uint8(0xFF & ~L.DST_PAD_CLOSED)
+    if rule.addresses:
+        real = np.flatnonzero(~_is_closed(keys))
+        idx = np.concatenate([np.arange(len(keys)), real])
+        keys, before, after, had, has = keys[idx], before[idx], after[idx], had[idx], has[idx]
+        if shard is not None:
+            shard = np.asarray(shard)[idx]
+        dst = dst[idx]
+        tail = dst[len(idx) - len(real):]
+        tail["port"], tail["proto"], tail["pad"] = 0, 0, L.DST_PAD_ADDR
+        dst[len(idx) - len(real):] = tail
+    out_b = had & contributes_array(keys, before, rule)
+    in_a = has & contributes_array(keys, after, rule)
     sl = np.uint64(rule.slot_ns)
     n_b, n_a = int(out_b.sum()), int(in_a.sum())
     ak = np.zeros(n_b + n_a, dtype=AGG_KEY)

@@ -801,7 +801,7 @@ class Proxy:
         akey["dst"]["port"], akey["dst"]["proto"], akey["dst"]["pad"] = 0, 0, L.DST_PAD_ADDR
         by_port = params.dst_mode == L.DST_ADDR_PORT
         d_exists, d_recs = self.filter.read_dsts_of(
-            np.concatenate([key["dst"], akey["dst"]]) if by_port else key["dst"])
+            np.concatenate([key["dst"], akey["dst"]], dtype=L.DST_KEY) if by_port else key["dst"])
         dest = address = None
         if d_exists[0]:
             dest = {f: int(d_recs[0][f]) for f in ("ts1", "ts2", "c", "kc")}

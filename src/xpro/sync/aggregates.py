@@ -59,8 +59,11 @@ class Partials:
             else:
                 self.parts[at] = parts[i]
         if add_k:
-            self.keys = np.concatenate([self.keys, keys[add_k]])
-            self.parts = np.concatenate([self.parts, np.asarray(parts, dtype=PARTIAL)[add_p]])
+            # dtype given: a bare concatenate turns the big-endian port native,
+            # and the keys' bytes would no longer match the DST_KEY ones.
+            self.keys = np.concatenate([self.keys, keys[add_k]], dtype=AGG_KEY)
+            self.parts = np.concatenate([self.parts, np.asarray(parts, dtype=PARTIAL)[add_p]],
+                                        dtype=PARTIAL)
         return np.unique(np.ascontiguousarray(keys["dst"]).view(_VD)).view(L.DST_KEY).reshape(-1)
 
     def prune(self, now: int) -> None:

@@ -170,7 +170,7 @@ class KnownClients:
         add_client = client & (~f_closed | f_new_closure)
         # Heavy sources of closed destinations (refreshed every round).
         add_heavy = heavy & f_closed
-        cand_keys = np.concatenate([keys[add_client], keys[add_heavy]])
+        cand_keys = np.concatenate([keys[add_client], keys[add_heavy]], dtype=L.FLOW_KEY)
         cand_cls = np.concatenate([np.full(int(add_client.sum()), L.Known.CLIENT, np.uint32),
                                    np.full(int(add_heavy.sum()), L.Known.HEAVY, np.uint32)])
         cand_c = np.concatenate([c[add_client], c[add_heavy]])
@@ -190,7 +190,7 @@ class KnownClients:
             order = np.argsort(-cand_c, kind="stable")[:room]
             overflow = len(cand_keys) - room
             cand_keys, cand_cls = cand_keys[order], cand_cls[order]
-        want_keys = np.concatenate([kept_keys, cand_keys])
+        want_keys = np.concatenate([kept_keys, cand_keys], dtype=L.FLOW_KEY)
         want_cls = np.concatenate([kept_cls, cand_cls])
         self._write(want_keys, want_cls)
         self.overflow = overflow

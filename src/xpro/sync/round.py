@@ -236,7 +236,8 @@ class Syncer:
             return self.filt.read_flows()
         keys = self.filt.take_dirty(ended)
         if len(self._retry):
-            keys = np.concatenate([keys, self._retry[index_of(keys, self._retry) < 0]])
+            keys = np.concatenate([keys, self._retry[index_of(keys, self._retry) < 0]],
+                                  dtype=L.FLOW_KEY)
             self._retry = self._retry[:0]
         exists, recs = self.filt.read(keys)
         return keys[exists], recs[exists]
@@ -626,7 +627,7 @@ class Syncer:
             old, old_recs = keys[exists][:left], recs[exists][:left]
             self.filt.apply(apply_entries(old, OP_FLOW | OP_DELETE, gen=old_recs["gen"],
                                           ts2=old_recs["ts2"]))
-            gone = np.concatenate([gone, old])
+            gone = np.concatenate([gone, old], dtype=L.FLOW_KEY)
         mr.remove(gone)
         self.known.forget(gone)
         log.warning("sync %s: the mirror holds more than %d flows; forgot the %d idlest",
@@ -780,9 +781,21 @@ class Syncer:
         shut = dk[closed_now(t1, t2, c, mesh_now, self.filt.params)]
         if self.known.closed:
             mine = np.frombuffer(b"".join(self.known.closed), dtype=L.DST_KEY)
-            shut = np.concatenate([shut, mine[index_of(shut, mine) < 0]])
+            shut = np.concatenate([shut, mine[index_of(shut, mine) < 0]], dtype=L.DST_KEY)
         if not len(shut):
             return np.zeros(0, dtype=L.FLOW_KEY), np.zeros(0, dtype=MASTER)
+        addr = (shut["pad"] & L.DST_PAD_ADDR) != 0
+        if addr.any():
+            # The master indexes clients by their flow's destination key: a
+            # closed address's are those of its keys with live partials (every
+            # key any proxy counted a flow of) holding enough packets for one
+            # (a spray's keys hold a packet or two each: not asked for),
+            # docs/sync.rst "What a round pulls".
+            keys_of = dk[(dk["pad"] == 0) & (c >= self.rule.min_packets)]
+            keys_of = keys_of[np.isin(keys_of["addr"], shut["addr"][addr])]
+            shut = np.concatenate([shut[~addr], keys_of], dtype=L.DST_KEY)
+            if not len(shut):
+                return np.zeros(0, dtype=L.FLOW_KEY), np.zeros(0, dtype=MASTER)
         keys, recs = self.store.clients(shut)
         st.clients_pulled = len(keys)
         return keys, recs
