@@ -71,7 +71,7 @@ from xpro.errors import BadRecord, StoreError
 from xpro.stores._common import key_hex, key_list
 from xpro.stores.base import REFUSED, Store
 from xpro.sync.aggregates import Partials
-from xpro.sync.known import KnownClients, closed_now, is_closed_record, over_t_f1
+from xpro.sync.known import KnownClients, closed_now, is_closed_record, limits, over_t_f1
 from xpro.sync.mirror import Mirror
 
 __all__ = ["Syncer"]
@@ -778,7 +778,8 @@ class Syncer:
         mesh_now = now + self.skew
         dk = self.partials.live_dsts(mesh_now)
         t1, t2, c = self.partials.values(dk, mesh_now)
-        shut = dk[closed_now(t1, t2, c, mesh_now, self.filt.params)]
+        shut = dk[closed_now(t1, t2, c, mesh_now, self.filt.params,
+                             limits(dk, self.filt.params))]
         if self.known.closed:
             mine = np.frombuffer(b"".join(self.known.closed), dtype=L.DST_KEY)
             shut = np.concatenate([shut, mine[index_of(shut, mine) < 0]], dtype=L.DST_KEY)
