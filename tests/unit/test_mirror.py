@@ -91,3 +91,34 @@ def test_address_ids_of_keys_and_closed_drops_records() -> None:
     assert limits(dk, p).tolist() == [100, 100, 250]
     assert [_dst_text(k) for k in dk] == ["10.9.9.9:53", "10.9.9.9",
                                           "10.9.9.9 (address: all ports)"]
+
+
+def test_destination_ids_stay_one_per_key_through_floods_and_pruning() -> None:
+    """Rounds of flows to many new destinations (a spray) come and go: every
+    destination has one id, its key is at that id, freed ids are reused and
+    never held by two keys."""
+    rng = np.random.default_rng(7)
+    m = Mirror()
+    pool = np.frombuffer(rng.bytes(36 * 3000), dtype=L.FLOW_KEY).copy()
+    pool["dst"]["pad"] = 0
+    pool["dst"]["addr"][1000:] = pool["dst"]["addr"][0]  # many ports of one address
+    live: set[bytes] = set()
+    for _ in range(30):
+        add = pool[rng.choice(len(pool), 400, replace=False)]
+        add = add[[k.tobytes() not in live for k in add]]
+        n = len(add)
+        ids = m.update(add, np.zeros(n, np.int64), np.ones(n, np.int64), np.ones(n, np.int64))
+        for k, d in zip(add, ids, strict=True):
+            assert m.dst_keys[d].tobytes() == k["dst"].tobytes()
+        live |= {k.tobytes() for k in add}
+        gone = [k for k in live if rng.random() < 0.5]
+        m.remove(np.frombuffer(b"".join(gone), dtype=L.FLOW_KEY))
+        live -= set(gone)
+        m.prune_dsts()
+        held = list(m.dst_index.values())
+        assert len(held) == len(set(held))  # one key per id
+        assert not set(held) & set(m.dst_free)  # a freed id is held by none
+        for k, d in m.dst_index.items():
+            assert m.dst_keys[d].tobytes() == k
+        want = {np.frombuffer(k, dtype=L.FLOW_KEY)["dst"].tobytes() for k in live}
+        assert want <= set(m.dst_index)

@@ -68,23 +68,35 @@ class Mirror:
         dkeys = np.array(dkeys, dtype=L.DST_KEY)
         dkeys["pad"] &= ~np.uint8(L.DST_PAD_CLOSED)
         uniq, inv = np.unique(np.ascontiguousarray(dkeys).view(vd), return_inverse=True)
-        ids = np.empty(len(uniq), dtype=np.int64)
-        for j, u in enumerate(uniq):
-            k = u.tobytes()
-            d = self.dst_index.get(k)
-            if d is None:
-                d = self.dst_free.pop() if self.dst_free else len(self.dst_index)
-                self.dst_index[k] = d
-                if d >= len(self.dst_keys):
-                    size = max(1024, 2 * len(self.dst_keys))
-                    grown = np.zeros(size, dtype=L.DST_KEY)
-                    grown[: len(self.dst_keys)] = self.dst_keys
-                    self.dst_keys = grown
-                    refs = np.zeros(size, dtype=np.int64)
-                    refs[: len(self.dst_refs)] = self.dst_refs
-                    self.dst_refs = refs
-                self.dst_keys[d] = np.frombuffer(k, dtype=L.DST_KEY)[0]
-            ids[j] = d
+        raw = uniq.tobytes()
+        w = L.DST_KEY.itemsize
+        names = [raw[i : i + w] for i in range(0, len(raw), w)]
+        get = self.dst_index.get
+        ids = np.fromiter((get(k, -1) for k in names), dtype=np.int64, count=len(names))
+        new = np.flatnonzero(ids < 0)
+        if len(new):
+            # Freed ids first (the last freed first), then new ones past the
+            # highest ever given: one batch, no per-key numpy work (a spoofed
+            # or port-sprayed flood brings thousands of destinations a round).
+            high = len(self.dst_index) + len(self.dst_free)
+            reuse = min(len(new), len(self.dst_free))
+            taken = self.dst_free[len(self.dst_free) - reuse:][::-1]
+            del self.dst_free[len(self.dst_free) - reuse:]
+            got = np.concatenate([np.array(taken, dtype=np.int64),
+                                  np.arange(high, high + len(new) - reuse, dtype=np.int64)])
+            need = int(got.max()) + 1
+            if need > len(self.dst_keys):
+                size = max(1024, 2 * len(self.dst_keys), need)
+                grown = np.zeros(size, dtype=L.DST_KEY)
+                grown[: len(self.dst_keys)] = self.dst_keys
+                self.dst_keys = grown
+                refs = np.zeros(size, dtype=np.int64)
+                refs[: len(self.dst_refs)] = self.dst_refs
+                self.dst_refs = refs
+            self.dst_keys[got] = uniq[new].view(L.DST_KEY).reshape(-1)
+            self.dst_index.update(zip([names[j] for j in new.tolist()], got.tolist(),
+                                      strict=True))
+            ids[new] = got
         out: Array = ids[inv.reshape(-1)]
         return out
 
