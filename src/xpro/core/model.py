@@ -3,8 +3,9 @@
 This module is the reference the kernel program (``bpf/xpro.bpf.c``) and the
 sync (Algorithm 1) are checked against.  It is pure Python and favours being
 obviously right over being fast.  Line numbers refer to the algorithms of the
-X-Pro paper (Al Atiiq and Gehrmann, SEC@SAC '21, section 5); "DESIGN" refers
-to the decisions in ``docs/semantics.rst`` (DESIGN.md sections 2-4).
+X-Pro paper (Al Atiiq and Gehrmann, SEC@SAC '21, section 5); the decisions
+taken where the paper is ambiguous are in ``docs/semantics.rst`` (the filter)
+and ``docs/sync.rst`` (the sync), cited here by section.
 
 Keys are the exact bytes the kernel uses (:data:`xpro.core.layout.FLOW_KEY`):
 16-byte source, 16-byte destination address, destination port in network
@@ -69,7 +70,7 @@ _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 
 
 # --------------------------------------------------------------------------
-# Parsing (DESIGN 3.1)
+# Parsing (docs/semantics.rst, "Parsing")
 # --------------------------------------------------------------------------
 
 
@@ -291,7 +292,7 @@ class FlowRecord:
     overload warning.  The paper's ``dc`` and ``mark`` are not stored in the
     kernel record: the sync derives them from its baseline (:class:`Synced`,
     :func:`local_view`), so the packet path makes one atomic add and the sync
-    never writes a field the packet path writes (DESIGN 4.3).
+    never writes a field the packet path writes (docs/semantics.rst, "Record ownership").
     """
 
     ts1: int
@@ -311,7 +312,8 @@ class Synced:
 
 @dataclass
 class DstRecord:
-    """The per-destination aggregate (ts1*, ts2*, c*) of DESIGN 3.5.
+    """The per-destination aggregate (ts1*, ts2*, c*) (docs/semantics.rst, "The
+    per-destination check").
 
     ``c`` counts the packets admitted past the per-source check and those
     dropped because the destination was closed; ``kc`` the packets of known
@@ -472,7 +474,8 @@ class Filter:
         return Verdict(action, reason)
 
     def _warn_due(self, rec: FlowRecord | DstRecord, now: int) -> bool:
-        """At most one warning per record per ``warn_period`` (DESIGN 3.4)."""
+        """At most one warning per record per ``warn_period`` (docs/semantics.rst,
+        "Counters and warnings")."""
         if rec.warn_ts and now - rec.warn_ts < self.params.warn_period:
             return False
         rec.warn_ts = now
@@ -531,8 +534,9 @@ class Filter:
                                Reason.SRC_RATE, Reason.MON_SRC_RATE)
 
         # Lines 18-25 in O(1): the aggregates count packets admitted past
-        # the per-source check (DESIGN 3.5); the address's first, so its
-        # count holds the packet whatever its key's verdict.
+        # the per-source check (docs/semantics.rst, "The per-destination
+        # check"); the address's first, so its count holds the packet whatever
+        # its key's verdict.
         if akey:
             a = self._count_dst(akey[16:], a, f, started, now)
             if a_closed and a_cls == Known.CLIENT:
@@ -635,7 +639,7 @@ class Filter:
 
 
 # --------------------------------------------------------------------------
-# Algorithm 1: the merge of one flow (DESIGN 4.1)
+# Algorithm 1: the merge of one flow (docs/sync.rst, "Deviations from the paper")
 # --------------------------------------------------------------------------
 
 #: r is kept as a fixed-point number with this denominator, so the merge is
@@ -705,11 +709,12 @@ def merge(
       the local count becomes the global one (24).
     - Only in the master (27-28): the local record is created from it.
     - Only local (31-33): the master record is created from it, and -- a fix
-      to the paper, DESIGN 4.1 -- ``dc`` and ``mark`` are cleared, or those
-      packets would be added again at the next sync.
+      to the paper, docs/sync.rst "Deviations from the paper" -- ``dc`` and
+      ``mark`` are cleared, or those packets would be added again at the next
+      sync.
 
     ``mark`` is cleared and ``dc`` consumed in every case that writes the
-    master; ``r`` divides with ``R_DEN`` fixed point (DESIGN 4.1).
+    master; ``r`` divides with ``R_DEN`` fixed point (docs/sync.rst, "Deviations from the paper").
     """
     if master is None:
         if local is None:
@@ -760,7 +765,8 @@ def recompute_dst(
     records: Iterable[tuple[bytes, FlowRecord]], now: int, params: FilterParams,
     known: Mapping[bytes, int] | None = None, *, address: bool = False,
 ) -> DstRecord | None:
-    """The exact per-destination aggregate the sync writes (DESIGN 3.5).
+    """The exact per-destination aggregate the sync writes (docs/semantics.rst,
+    "The per-destination check").
 
     ``records`` are one aggregate's (flow key, record) pairs
     (:func:`aggregates_of`), its closed-drops record (:func:`closed_key`)
