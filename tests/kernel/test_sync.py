@@ -18,6 +18,7 @@ from xpro.core import layout as L
 from xpro.core import model
 from xpro.core.layout import Known, Reason
 from xpro.core.params import KnownPolicy, Sizes
+from xpro.core.status import SyncStats
 from xpro.datapath.xdp import XdpFilter
 from xpro.plugins import open_store
 from xpro.stores.base import Store
@@ -279,6 +280,46 @@ def test_address_aggregate_recomputed_with_its_known_clients() -> None:
         p.close()
 
 
+def _bot_under_clocks(lag: list[int], seconds: int, count_from: int, *,
+                      clock_sync: bool = True, step: tuple[int, int, int] | None = None
+                      ) -> tuple[list[int], SyncStats]:
+    """Four proxies on a memory store whose clock is the mesh's; proxy j's
+    program and sync clocks run ``lag[j]`` ns late (``step`` = (second, j,
+    new lag): from that second on).  Each proxy sees 60 packets/s of one bot
+    (under T_F1 = 100), 240 together, for ``seconds`` s with a round a
+    second.  Returns each proxy's drops from second ``count_from`` on, and
+    the last proxy's last round."""
+    url = f"memory://{uuid.uuid4().hex}"
+    params = model.FilterParams(t_t1=100 * S, t_t2=S, t_f1=100, t_t3=S, t_f2=10**6)
+    mesh_now = [T0]
+    store = open_store(url)
+    assert isinstance(store, MemoryStore)
+    store.use_clock(lambda: mesh_now[0])
+    proxies = [Proxy(f"p{i}", open_store(url), params) for i in range(4)]
+    for j, p in enumerate(proxies):
+        p.sync.local_clock = lambda j=j: mesh_now[0] - lag[j]  # type: ignore[misc]
+        p.sync.clock_sync = clock_sync
+    try:
+        dropped = [0] * 4
+        for second in range(seconds):
+            if step is not None and second == step[0]:
+                lag[step[1]] = step[2]
+            for i in range(60):
+                t = T0 + second * S + i * S // 60
+                for j, p in enumerate(proxies):
+                    v = p.send(BOT, t - lag[j])
+                    if second >= count_from:
+                        dropped[j] += v == [1]
+            mesh_now[0] = T0 + (second + 1) * S
+            for p in proxies:
+                st = p.sync.round()
+        return dropped, st
+    finally:
+        for p in proxies:
+            p.close()
+        store.close()
+
+
 @pytest.mark.parametrize("behind", [3, 37, 3600])
 @pytest.mark.parametrize("clock_sync", [True, False], ids=["translated", "as-is"])
 def test_a_proxy_with_a_clock_behind_still_drops_a_distributed_flood(behind: int,
@@ -291,41 +332,15 @@ def test_a_proxy_with_a_clock_behind_still_drops_a_distributed_flood(behind: int
     240 of 240 at each).  As-is, the records of the others look ``behind`` s
     in the future to it: it drops none (before this, 119 of 240 at 3 s, none
     at 37 s), and the others still drop all."""
-    url = f"memory://{uuid.uuid4().hex}"
-    params = model.FilterParams(t_t1=100 * S, t_t2=S, t_f1=100, t_t3=S, t_f2=10**6)
-    mesh_now = [T0]
-    store = open_store(url)
-    assert isinstance(store, MemoryStore)
-    store.use_clock(lambda: mesh_now[0])
-    proxies = [Proxy(f"p{i}", open_store(url), params) for i in range(4)]
-    lag = [0, 0, 0, behind * S]
-    for p, d in zip(proxies, lag, strict=True):
-        p.sync.local_clock = lambda d=d: mesh_now[0] - d  # type: ignore[misc]
-        p.sync.clock_sync = clock_sync
-    try:
-        dropped = [0] * 4
-        for second in range(6):
-            for i in range(60):
-                t = T0 + second * S + i * S // 60
-                for j, p in enumerate(proxies):
-                    v = p.send(BOT, t - lag[j])
-                    if second >= 2:
-                        dropped[j] += v == [1]
-            mesh_now[0] = T0 + (second + 1) * S
-            for p in proxies:
-                st = p.sync.round()
-        late = dropped[3] / (4 * 60)
-        if clock_sync:
-            assert min(dropped) / (4 * 60) >= 0.9, dropped
-            assert st.skew == behind * S
-            assert st.clock_offset == behind * S
-        else:
-            assert late < 0.9, dropped  # what it did before
-            assert min(dropped[:3]) / (4 * 60) >= 0.9, dropped
-    finally:
-        for p in proxies:
-            p.close()
-        store.close()
+    dropped, st = _bot_under_clocks([0, 0, 0, behind * S], 6, 2, clock_sync=clock_sync)
+    late = dropped[3] / (4 * 60)
+    if clock_sync:
+        assert min(dropped) / (4 * 60) >= 0.9, dropped
+        assert st.skew == behind * S
+        assert st.clock_offset == behind * S
+    else:
+        assert late < 0.9, dropped  # what it did before
+        assert min(dropped[:3]) / (4 * 60) >= 0.9, dropped
 
 
 def test_a_proxy_whose_clock_is_stepped_back_an_hour_keeps_dropping() -> None:
@@ -337,36 +352,9 @@ def test_a_proxy_whose_clock_is_stepped_back_an_hour_keeps_dropping() -> None:
     the others do throughout.  Before, it dropped none of the bot's packets
     for the hour (the windows were never judged, the others' records looked
     an hour ahead and the 10-minute cap left the skew uncorrected)."""
-    url = f"memory://{uuid.uuid4().hex}"
-    params = model.FilterParams(t_t1=100 * S, t_t2=S, t_f1=100, t_t3=S, t_f2=10**6)
-    mesh_now = [T0]
-    store = open_store(url)
-    assert isinstance(store, MemoryStore)
-    store.use_clock(lambda: mesh_now[0])
-    proxies = [Proxy(f"p{i}", open_store(url), params) for i in range(4)]
-    lag = [0, 0, 0, 0]
-    for j, p in enumerate(proxies):
-        p.sync.local_clock = lambda j=j: mesh_now[0] - lag[j]  # type: ignore[misc]
-    try:
-        dropped = [0] * 4
-        for second in range(9):
-            if second == 3:
-                lag[3] = 3600 * S
-            for i in range(60):
-                t = T0 + second * S + i * S // 60
-                for j, p in enumerate(proxies):
-                    v = p.send(BOT, t - lag[j])
-                    if second >= 5:
-                        dropped[j] += v == [1]
-            mesh_now[0] = T0 + (second + 1) * S
-            for p in proxies:
-                st = p.sync.round()
-        assert min(dropped) / (4 * 60) >= 0.9, dropped
-        assert st.skew == 3600 * S
-    finally:
-        for p in proxies:
-            p.close()
-        store.close()
+    dropped, st = _bot_under_clocks([0, 0, 0, 0], 9, 5, step=(3, 3, 3600 * S))
+    assert min(dropped) / (4 * 60) >= 0.9, dropped
+    assert st.skew == 3600 * S
 
 
 @pytest.mark.parametrize("pull", ["candidates", "all"])

@@ -29,15 +29,21 @@ pytestmark = pytest.mark.unit
 S = model.NS_PER_S
 
 
-def test_a_clock_off_the_mesh_is_alerted_shown_and_corrected() -> None:
-    cfg = load_config(None, env={}, overrides={"proxy.name": "p1",
-                                               "sync.clock_alert": "1.5"})
+def _proxy(overrides: dict[str, str]) -> tuple[Proxy, UserFilter, MemoryStore, str]:
+    """A daemon named p1 over the userspace filter, and a fresh memory:// master."""
+    cfg = load_config(None, env={}, overrides={"proxy.name": "p1", **overrides})
     p = Proxy(cfg, plugins=PluginHost(load_entry_points=False))
     filt = UserFilter(cfg.filter_params())
     p.backend = UserBackend(filt)
     url = f"memory://{uuid.uuid4().hex}"
     store = open_store(url)
     assert isinstance(store, MemoryStore)
+    return p, filt, store, url
+
+
+def test_a_clock_off_the_mesh_is_alerted_shown_and_corrected() -> None:
+    p, filt, store, url = _proxy({"sync.clock_alert": "1.5"})
+    cfg = p.config
     ahead = [5 * S]  # the store's clock minus this proxy's
     store.use_clock(lambda: filt.now() + ahead[0])
     syncer = Syncer(filt, open_store(url), "p1", cfg.sync_params(), ttl=cfg.ttl_ns)
@@ -77,13 +83,8 @@ def test_a_clock_off_the_mesh_is_alerted_shown_and_corrected() -> None:
 
 
 def test_forged_store_data_is_alerted_once_a_minute_with_its_key() -> None:
-    cfg = load_config(None, env={}, overrides={"proxy.name": "p1"})
-    p = Proxy(cfg, plugins=PluginHost(load_entry_points=False))
-    filt = UserFilter(cfg.filter_params())
-    p.backend = UserBackend(filt)
-    url = f"memory://{uuid.uuid4().hex}"
-    store = open_store(url)
-    assert isinstance(store, MemoryStore)
+    p, filt, store, url = _proxy({})
+    cfg = p.config
     # The full pull reads every record written by hand (a candidate pull reads
     # only what merges published).
     syncer = Syncer(filt, open_store(url), "p1", cfg.sync_params(), ttl=cfg.ttl_ns,

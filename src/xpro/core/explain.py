@@ -207,21 +207,12 @@ def explain(params: FilterParams, src: bytes, dst: bytes, *, now: int,
                     Reason.MON_SRC_RATE if monitor else Reason.SRC_RATE)
 
     # The destination aggregate (lines 18-25, docs/semantics.rst, "The per-destination check").
-    if dest is None:
-        d_ts1, d_c = ts1, 1
-    elif window_over(now, dest["ts2"], p.t_t1):
-        d_ts1, d_c = now, 1
-    else:
-        d_ts1 = min(dest["ts1"], ts1) if started else dest["ts1"]
-        d_c = dest["c"] + 1
+    d_ts1, d_c = _next_window(dest, ts1, started, now, p, closed=closed)
     if closed and known != Known.CLIENT:
         checks.append(Check("closed", True, "a heavy source is never served by a closed "
                                             "destination"))
         return done("pass" if monitor else "drop",
                     Reason.MON_DST_CLOSED if monitor else Reason.DST_CLOSED)
-    if closed:  # a known client: judged on the known clients' total
-        assert dest is not None
-        d_c = dest.get("kc", 0) + 1
     per_dst = _rate_check("per-dest", d_c, now - d_ts1, p.t_t3, "T_T3", p.t_f2, "T_F2")
     checks.append(per_dst)
     if per_dst.fires:
@@ -230,21 +221,12 @@ def explain(params: FilterParams, src: bytes, dst: bytes, *, now: int,
     if not by_port:
         return done("pass", Reason.PASS)
     # The address's own aggregate (docs/semantics.rst, "Address aggregates").
-    if address is None:
-        a_ts1, a_c = ts1, 1
-    elif window_over(now, address["ts2"], p.t_t1):
-        a_ts1, a_c = now, 1
-    else:
-        a_ts1 = min(address["ts1"], ts1) if started else address["ts1"]
-        a_c = address["c"] + 1
+    a_ts1, a_c = _next_window(address, ts1, started, now, p, closed=a_closed)
     if a_closed and address_known != Known.CLIENT:
         checks.append(Check("address-closed", True, "a heavy source is never served by a "
                                                     "closed address"))
         return done("pass" if monitor else "drop",
                     Reason.MON_DST_CLOSED if monitor else Reason.DST_CLOSED)
-    if a_closed:
-        assert address is not None
-        a_c = address.get("kc", 0) + 1
     per_addr = _rate_check("per-address", a_c, now - a_ts1, p.t_t3, "T_T3", p.t_f2_addr,
                            "t_f2_address")
     checks.append(per_addr)
@@ -252,6 +234,20 @@ def explain(params: FilterParams, src: bytes, dst: bytes, *, now: int,
         return done("pass" if monitor else "drop",
                     Reason.MON_DST_RATE if monitor else Reason.DST_RATE)
     return done("pass", Reason.PASS)
+
+
+def _next_window(rec: dict[str, int] | None, ts1: int, started: bool, now: int,
+                 p: FilterParams, *, closed: bool) -> tuple[int, int]:
+    """The window start and count an aggregate (a destination key's or an
+    address's) judges the next packet by (lines 18-25): a new window if it has
+    none or it is over; while it is closed (the packet is a known client's),
+    the count of its known clients."""
+    if rec is None:
+        return ts1, 1
+    if window_over(now, rec["ts2"], p.t_t1):
+        return now, 1
+    start = min(rec["ts1"], ts1) if started else rec["ts1"]
+    return start, (rec.get("kc", 0) if closed else rec["c"]) + 1
 
 
 def known_reason(rec: dict[str, int] | None, now: int, p: FilterParams, policy: KnownPolicy,

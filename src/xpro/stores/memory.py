@@ -293,19 +293,7 @@ class MemoryStore(Store):
             since, after = 0, 1 << 62
         lim_ts = max_ts(self.max_future)
         with st.lock:
-            u = st.used
-            ver = st.ver[:u]
-            slots = np.arange(u)
-            sel = np.flatnonzero(st.alive[:u] & ((ver > np.uint64(since)) | (
-                (ver == np.uint64(since)) & (slots > after))))
-            more = limit is not None and len(sel) > limit
-            if more:
-                assert limit is not None
-                order = np.lexsort((sel, ver[sel]))[:limit]
-                sel = sel[order]
-                version, last = int(ver[sel[-1]]), int(sel[-1])
-            else:
-                version, last = st.version, 1 << 62
+            sel, version, last, more = _stamped_after(st, st.ver, since, after, limit)
             keys = st.keys[sel].copy()
             recs = st.recs[sel].copy()
         ok = valid_master(recs, lim_ts)
@@ -329,19 +317,7 @@ class MemoryStore(Store):
             since, after, pver = 0, 1 << 62, -1
         lim_ts = max_ts(self.max_future)
         with st.lock:
-            u = st.used
-            ver = st.cver[:u]
-            slots = np.arange(u)
-            sel = np.flatnonzero(st.alive[:u] & ((ver > np.uint64(since)) | (
-                (ver == np.uint64(since)) & (slots > after))))
-            more = limit is not None and len(sel) > limit
-            if more:
-                assert limit is not None
-                order = np.lexsort((sel, ver[sel]))[:limit]
-                sel = sel[order]
-                version, last = int(ver[sel[-1]]), int(sel[-1])
-            else:
-                version, last = st.version, 1 << 62
+            sel, version, last, more = _stamped_after(st, st.cver, since, after, limit)
             keys = st.keys[sel].copy()
             recs = st.recs[sel].copy()
             if pver < st.plog_head:
@@ -456,3 +432,20 @@ class MemoryStore(Store):
 @hookimpl
 def xpro_add_stores(registry: Registry[Any]) -> None:
     registry.add("memory", MemoryStore)
+
+
+def _stamped_after(st: Any, stamps: np.ndarray, since: int, after: int, limit: int | None
+                   ) -> tuple[np.ndarray, int, int, bool]:
+    """The live slots whose stamp (``st.ver`` for changes, ``st.cver`` for
+    candidates) is after (``since``, ``after``) in (stamp, slot) order: at
+    most ``limit`` of them; returns them, the cursor's new (version, slot) and
+    whether more are left.  Called with ``st.lock`` held."""
+    u = st.used
+    ver = stamps[:u]
+    slots = np.arange(u)
+    sel = np.flatnonzero(st.alive[:u] & ((ver > np.uint64(since)) | (
+        (ver == np.uint64(since)) & (slots > after))))
+    if limit is None or len(sel) <= limit:
+        return sel, st.version, 1 << 62, False
+    sel = sel[np.lexsort((sel, ver[sel]))[:limit]]
+    return sel, int(ver[sel[-1]]), int(sel[-1]), True
