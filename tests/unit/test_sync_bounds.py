@@ -20,7 +20,7 @@ from xpro.core import model
 from xpro.core.bounds import MAX_PPS, Bounds
 from xpro.core.layout import MASTER
 from xpro.core.params import KnownPolicy, Sizes
-from xpro.core.status import ProxyStatus
+from xpro.core.status import ProxyStatus, SyncStats
 from xpro.datapath.afxdp.filter import UserFilter
 from xpro.errors import BadRecord
 from xpro.plugins import open_store
@@ -312,3 +312,43 @@ def test_forged_partials_count_only_as_far_as_the_mesh_workload(url: str) -> Non
     assert r.unbacked == 1
     _, dsts = b.filt.read_dsts()
     assert int(dsts["c"].sum()) == 0
+
+
+def test_a_closed_address_asks_for_the_clients_of_its_busiest_keys_only(url: str) -> None:
+    """A spray that sends known.min_packets to each of 3000 ports of a closed
+    address: the round asks the master for the clients of the 1024 busiest
+    keys, the service's own port among them, not of all 3000."""
+    from xpro.core import pull
+    from xpro.sync import round as R
+
+    f = UserFilter(PARAMS, sizes=Sizes(flows=1 << 14, dsts=1024))
+    s = Syncer(f, open_store(url, mesh="m"), "p0", SYNC, pull="candidates")
+    assert s.partials is not None
+    now = T0 + 5 * S
+    addr = model.parse(frame("10.0.0.1", "10.9.9.9"), 0).key[16:32]
+    n = 3000
+    ak = np.zeros(n + 1, dtype=pull.AGG_KEY)
+    ak["dst"]["addr"] = addr
+    ak["dst"]["proto"] = 17
+    ak["dst"]["port"][:n] = 10_000 + np.arange(n)
+    ak["dst"]["port"][n] = 9000  # the service, busier than any sprayed port
+    ak["slot"] = now // s.rule.slot_ns
+    parts = np.zeros(n + 1, dtype=pull.PARTIAL)
+    parts["ts1"], parts["ts2"], parts["n"] = T0, now, 1
+    parts["c"][:n] = s.rule.min_packets
+    parts["c"][n] = 500
+    s.partials.update(ak, parts)
+    address = np.zeros(1, dtype=L.DST_KEY)
+    address["addr"], address["pad"] = addr, L.DST_PAD_ADDR
+    s.known.closed[address.tobytes()] = 0
+    asked: list[np.ndarray] = []
+
+    def clients(dsts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        asked.append(np.asarray(dsts))
+        return np.zeros(0, dtype=L.FLOW_KEY), np.zeros(0, dtype=MASTER)
+
+    s.store.clients = clients  # type: ignore[method-assign]
+    s._closed_clients(now, SyncStats())
+    (keys,) = asked
+    assert len(keys) == R.ADDRESS_KEYS
+    assert 9000 in keys["port"].tolist()

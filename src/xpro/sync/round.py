@@ -99,6 +99,9 @@ MAX_MIRROR = 1 << 22
 #: T_F1, destination partials, the known clients of closed destinations)
 #: where the store serves them, else ``all`` (every changed record).
 PULL_MODES = ("candidates", "all")
+#: Keys of a closed address whose known clients a round asks the master for
+#: (the busiest; docs/sync.rst, "What a round pulls").
+ADDRESS_KEYS = 1024
 #: Proxies whose heartbeats a round takes (the most recent).
 MAX_PEERS = 1024
 #: A proxy whose clock is off the mesh's by less than this is not corrected
@@ -792,8 +795,12 @@ class Syncer:
             # key any proxy counted a flow of) holding enough packets for one
             # (a spray's keys hold a packet or two each: not asked for),
             # docs/sync.rst "What a round pulls".
-            keys_of = dk[(dk["pad"] == 0) & (c >= self.rule.min_packets)]
-            keys_of = keys_of[np.isin(keys_of["addr"], shut["addr"][addr])]
+            sel = np.flatnonzero((dk["pad"] == 0) & (c >= self.rule.min_packets)
+                                 & np.isin(dk["addr"], shut["addr"][addr]))
+            # A spray with enough packets a key must not make the round ask
+            # for every key: the busiest ADDRESS_KEYS, where its users are.
+            sel = sel[np.argsort(-c[sel], kind="stable")[:ADDRESS_KEYS]]
+            keys_of = dk[sel]
             shut = np.concatenate([shut[~addr], keys_of], dtype=L.DST_KEY)
             if not len(shut):
                 return np.zeros(0, dtype=L.FLOW_KEY), np.zeros(0, dtype=MASTER)
