@@ -612,6 +612,8 @@ def plot(doc: dict[str, Any], path: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a tenth of the sizes")
+    ap.add_argument("--scale", type=int, metavar="N",
+                    help="divide the sizes by N (10 for --quick; the suite runs 100)")
     ap.add_argument("--stores", default=",".join(STORES),
                     help=f"comma-separated, from {', '.join(STORES)}")
     ap.add_argument("--plot", metavar="PATH", help="write the figure (PNG) here")
@@ -636,7 +638,9 @@ def main() -> None:
     for p in parts:
         if p not in PARTS:
             ap.error(f"unknown part {p!r}: use {', '.join(PARTS)}")
-    scale = 10 if args.quick else 1
+    scale = args.scale or (10 if args.quick else 1)
+    if scale < 1 or 100_000 // scale < 100:
+        ap.error("--scale must be from 1 to 1000")
     per_proxy = 100_000 // scale
     sizes = [10_000 // scale, 100_000 // scale, 1_000_000 // scale]
     check_keys()
@@ -655,6 +659,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "kernel": platform.release()},
         "quick": args.quick,
+        "scale": scale,
         "targets": {"round_4x100k_s": TARGET_ROUND_S, "round_16x25k_s": TARGET_ROUND_S,
                     "idle_round_1m_s": TARGET_IDLE_S, "pulled_4x100k": "<= 10% of 300k"},
         "total_s": round(time.monotonic() - started, 1),

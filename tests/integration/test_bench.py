@@ -79,7 +79,8 @@ def test_spoof_cost() -> None:
 @pytest.mark.parametrize("script", ["sync_cost.py", "sync_store.py"])
 def test_sync_benches(script: str) -> None:
     # redis-server is started by the bench itself, on a free loopback port
-    doc = run_bench(script, "--quick", "--stores", "memory,redis")
+    size = ("--scale", "100") if script == "sync_cost.py" else ("--quick",)
+    doc = run_bench(script, *size, "--stores", "memory,redis")
     assert set(doc["stores"]) == {"memory", "redis"}
     for store, res in doc["stores"].items():
         assert positive(res["round_4x100k_s"]), store

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.packets import frame
+from tests.packets import frame, run_frames
 from tests.stores.conftest import backend_url
 from xpro.core import model
 from xpro.core.layout import MASTER, Reason
@@ -69,7 +69,7 @@ class Proxy:
         """``n`` packets of ``fr`` at ``now``; returns how many passed."""
         self.filt.set_clock(now)
         before = int(np.asarray(self.filt.counters())[Reason.PASS, 0])
-        self.filt.program.test_run(fr, repeat=n, data_out=False)
+        run_frames(self.filt.program, fr, n)
         return int(np.asarray(self.filt.counters())[Reason.PASS, 0]) - before
 
     def round(self, now: int) -> None:

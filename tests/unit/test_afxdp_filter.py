@@ -130,7 +130,7 @@ def test_packet_by_packet_agrees_with_model(harness: UserHarness, p: model.Filte
     run_differential(harness, p, trace)  # type: ignore[arg-type]
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=max(1, EXAMPLES // 2))  # longer traces: half as many
 @given(p=params(), trace=closure_traces())
 def test_packet_by_packet_agrees_with_model_on_closed_destinations(
         harness: UserHarness, p: model.FilterParams, trace: list[Step]) -> None:

@@ -134,7 +134,7 @@ def mutated(draw: st.DrawFn) -> bytes:
     return bytes(base)
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(mutated())
 def test_mutated_messages_never_raise(raw: bytes) -> None:
     out = parse_coap(raw)
@@ -163,7 +163,7 @@ def message(draw: st.DrawFn) -> bytes:
         mutated(), st.binary(max_size=60)))
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(raw=message(), other_header=header(), at=st.integers(0, 40), xor=st.integers(1, 255))
 def test_the_memory_never_changes_a_target(raw: bytes, other_header: bytes, at: int,
                                            xor: int) -> None:
