@@ -117,7 +117,7 @@ def test_distributed_flood_is_caught_only_with_sync(mesh: list[Proxy]) -> None:
 def test_no_packet_lost_or_counted_twice(mesh: list[Proxy], n_proxies: int) -> None:
     """Packets from threads while sync rounds run: the master counts them exactly."""
     proxies = mesh[:n_proxies]
-    per_call, calls = 20, 150
+    per_call, calls = 1, 3000  # one frame a run: tests/packets.py, run_frames
     flows = [frame(f"10.0.1.{i}", "10.9.9.9") for i in range(1, 4)]
     for p in proxies:
         p.filt.set_clock(T0)
