@@ -609,10 +609,30 @@ class FilePath(Kind[str]):
 
 
 @dataclass(frozen=True)
-class Prefixes(Kind[tuple[str, ...]]):
-    """A list of IPv4/IPv6 prefixes, kept in normal form ("10.0.0.0/8")."""
+class _StringList(Kind[tuple[str, ...]]):
+    """A list of strings: a TOML array, or comma-separated text; each kind
+    checks and normalises the items in ``_many``."""
 
     is_list = True
+
+    def _many(self, items: Sequence[str]) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def from_toml(self, raw: object) -> tuple[str, ...]:
+        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+            raise _Bad(f"must be {self.allowed()}")
+        return self._many(raw)
+
+    def from_text(self, text: str) -> tuple[str, ...]:
+        return self._many([t.strip() for t in text.split(",") if t.strip()])
+
+    def to_toml(self, value: tuple[str, ...]) -> TomlValue:
+        return list(value)
+
+
+@dataclass(frozen=True)
+class Prefixes(_StringList):
+    """A list of IPv4/IPv6 prefixes, kept in normal form ("10.0.0.0/8")."""
 
     def type_doc(self) -> str:
         return "list of strings (prefixes)"
@@ -651,17 +671,6 @@ class Prefixes(Kind[tuple[str, ...]]):
             raise _Bad("; ".join(bad))
         return tuple(out)
 
-    def from_toml(self, raw: object) -> tuple[str, ...]:
-        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
-            raise _Bad(f"must be {self.allowed()}")
-        return self._many(raw)
-
-    def from_text(self, text: str) -> tuple[str, ...]:
-        return self._many([t for t in text.split(",") if t.strip()])
-
-    def to_toml(self, value: tuple[str, ...]) -> TomlValue:
-        return list(value)
-
     def allowed(self) -> str:
         return 'a list of prefixes such as ["10.0.0.0/8", "2001:db8::/32"]'
 
@@ -676,10 +685,8 @@ _IFNAME_RE = re.compile(r"[^\s/:]{1,15}")
 
 
 @dataclass(frozen=True)
-class Names(Kind[tuple[str, ...]]):
+class Names(_StringList):
     """A list of network interface names."""
-
-    is_list = True
 
     def type_doc(self) -> str:
         return "list of strings"
@@ -697,17 +704,6 @@ class Names(Kind[tuple[str, ...]]):
             raise _Bad("; ".join(bad))
         return tuple(items)
 
-    def from_toml(self, raw: object) -> tuple[str, ...]:
-        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
-            raise _Bad(f"must be {self.allowed()}")
-        return self._many(raw)
-
-    def from_text(self, text: str) -> tuple[str, ...]:
-        return self._many([t.strip() for t in text.split(",") if t.strip()])
-
-    def to_toml(self, value: tuple[str, ...]) -> TomlValue:
-        return list(value)
-
     def allowed(self) -> str:
         return 'a list of interface names such as ["eth0", "eth1"]'
 
@@ -719,14 +715,12 @@ class Names(Kind[tuple[str, ...]]):
 
 
 @dataclass(frozen=True)
-class HostNames(Kind[tuple[str, ...]]):
+class HostNames(_StringList):
     """A list of destination names (``host`` or ``host:port``), kept in canonical form
     (:func:`xpro.core.hostnames.canonical_target`: case-folded, no trailing dot,
     percent-decoded, UTS #46, the port left out when it is ``default_port``)."""
 
     default_port: int
-    is_list = True
-
     def type_doc(self) -> str:
         return "list of strings (host names)"
 
@@ -750,17 +744,6 @@ class HostNames(Kind[tuple[str, ...]]):
         if bad:
             raise _Bad("; ".join(bad))
         return tuple(out)
-
-    def from_toml(self, raw: object) -> tuple[str, ...]:
-        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
-            raise _Bad(f"must be {self.allowed()}")
-        return self._many(raw)
-
-    def from_text(self, text: str) -> tuple[str, ...]:
-        return self._many([t.strip() for t in text.split(",") if t.strip()])
-
-    def to_toml(self, value: tuple[str, ...]) -> TomlValue:
-        return list(value)
 
     def allowed(self) -> str:
         return 'a list of host names such as ["svc.example", "[2001:db8::1]:5684"]'
