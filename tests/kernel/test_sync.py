@@ -436,3 +436,55 @@ def test_a_port_spray_over_the_mesh_closes_the_address_everywhere(pull: str) -> 
     finally:
         for p in proxies:
             p.close()
+
+
+SPRAY_PARAMS = model.FilterParams(t_t1=100 * S, t_t2=S, t_f1=100, t_t3=S // 2, t_f2=250,
+                                  dst_mode=L.DST_ADDR_PORT)
+SPRAY_CLIENT = frame("10.1.0.1", "10.9.9.9", dport=9000)
+
+
+def _spray(proxies: list[Proxy], seconds: int, each_second: object = None) -> int:
+    """The spray of the test above: a client of port 9000 at proxy 0 for 2 s,
+    then 200 packets/s to a new port of the address with every packet through
+    each of proxies 1 and 2, a round of every proxy each second.  Returns the
+    time of the last round."""
+    for i in range(21):
+        proxies[0].send(SPRAY_CLIENT, T0 + i * S // 10)
+    t = T0 + 2 * S + S // 10
+    for p in proxies:
+        p.sync.round(t)
+    for second in range(seconds):
+        for i in range(200):
+            n = second * 200 + i
+            for j in (1, 2):
+                proxies[j].send(frame(f"11.{j}.{n // 250}.{n % 250 + 1}", "10.9.9.9",
+                                      dport=10000 + 2 * n + j), t + i * S // 200)
+        t += S
+        for p in proxies:
+            p.sync.round(t)
+    return t
+
+
+def test_a_spray_far_under_t_f2_per_key_is_not_written_into_every_proxy() -> None:
+    """The keys of a spray, each far under T_F2, are not written into the program
+    of a proxy that saw none of them (before, every proxy's destination table
+    took every key of the mesh each round, and the round's work grew with the
+    mesh's keys); the address, over its limit, is, and an aggregate a proxy
+    holds is kept at the mesh's count."""
+    url = f"memory://{uuid.uuid4().hex}"
+    proxies = [Proxy(f"p{i}", open_store(url), SPRAY_PARAMS) for i in range(4)]
+    try:
+        last = proxies[3]
+        last.send(SPRAY_CLIENT, T0)  # proxy 3 holds the client port's aggregate
+        t = _spray(proxies, 6)
+        keys, recs = last.filt.read_dsts()
+        got = {bytes(k): int(r["c"]) for k, r in zip(keys, recs, strict=True)}
+        dkey = model.parse(SPRAY_CLIENT, L.DST_ADDR_PORT).dst
+        akey = model.address_key(dkey)
+        assert set(got) == {dkey, akey}, f"{len(got)} aggregates"
+        assert got[dkey] == 22  # its packet and proxy 0's 21
+        assert akey in last.sync.known.closed
+        assert last.send(frame("11.9.0.1", "10.9.9.9", dport=12345), t) == [1]
+    finally:
+        for p in proxies:
+            p.close()

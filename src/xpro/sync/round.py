@@ -56,7 +56,7 @@ from xpro.core.layout import LOCAL, MASTER
 from xpro.core.merge import merge_arrays
 from xpro.core.model import NS_PER_S, SyncParams
 from xpro.core.params import KnownPolicy
-from xpro.core.pull import DEFAULT_NEAR, PullRule
+from xpro.core.pull import DEFAULT_NEAR, PullRule, near_limit_array
 from xpro.core.state import (
     APPLIED,
     OP_CREATE,
@@ -809,8 +809,18 @@ class Syncer:
         return keys, recs
 
     def _master_destinations(self, now: int, st: SyncStats) -> Array:
-        """The destination ids whose master aggregate changed: partials pulled, or a
-        slot that aged out of T_T1 since the last round."""
+        """The destination ids whose master aggregate changed (partials pulled, or a
+        slot that aged out of T_T1 since the last round) and that this proxy
+        needs: those its program holds, and those the master's aggregate puts
+        at ``near`` x their limit or more (or that are closed here).
+
+        A spray over thousands of keys, each far under T_F2, changes the
+        partials of every key any proxy counted: writing each into every
+        proxy's program made each round O(the mesh's keys) and filled the
+        destination table (docs/sync.rst, "What a round pulls").  A key this
+        proxy does not hold gets its aggregate from its first packet here and
+        the mesh's at the next round, as a flow under ``near`` x T_F1 does.
+        """
         assert self.partials is not None
         mesh_now = now + self.skew
         changed = [*self._aggs_changed, self.partials.aged(self._aggs_at, mesh_now)]
@@ -818,6 +828,18 @@ class Syncer:
         self.partials.prune(mesh_now)
         dk = np.unique(np.ascontiguousarray(np.concatenate(changed, dtype=L.DST_KEY)).view(
             np.dtype((np.void, L.DST_KEY.itemsize)))).view(L.DST_KEY).reshape(-1)
+        if len(dk):
+            p = self.filt.params
+            held, _ = self.filt.read_dsts_of(dk)
+            t1, t2, c = self.partials.values(dk, mesh_now)
+            window = np.maximum(mesh_now - t1, p.t_t3)
+            near = (t2 > 0) & near_limit_array(c, window, limits(dk, p), self.rule)
+            want = held | near
+            if self.known.closed and not want.all():
+                mine = np.frombuffer(b"".join(self.known.closed), dtype=L.DST_KEY)
+                want |= index_of(mine, dk) >= 0
+            st.skipped_dsts = int((~want).sum())
+            dk = dk[want]
         ids: Array = self.mirror.dst_ids(dk)
         return ids
 
