@@ -18,7 +18,7 @@ from xpro.core import layout as L
 from xpro.core import model
 from xpro.core.layout import Known, Reason
 from xpro.core.params import KnownPolicy, Sizes
-from xpro.core.status import SyncStats
+from xpro.core.status import Closure, SyncStats
 from xpro.datapath.xdp import XdpFilter
 from xpro.plugins import open_store
 from xpro.stores.base import Store
@@ -463,6 +463,46 @@ def _spray(proxies: list[Proxy], seconds: int, each_second: object = None) -> in
         for p in proxies:
             p.sync.round(t)
     return t
+
+
+def test_an_address_the_master_closes_is_raised_in_the_program_right_after_the_pull() -> None:
+    """Under a spray the rest of a round (flows written back, the recompute of
+    thousands of keys) outlasts the period, and the program judged the count
+    the round had pulled over a window that grew meanwhile: in the lab the
+    address stayed open seconds after the master's aggregate had closed it.
+    Now a round raises the program's aggregate of every destination the
+    master's partials close right after the pull: at proxy 3, which saw none
+    of the spray, the program holds the address closed before the recompute
+    of every round in which the master's aggregate is closed."""
+    from xpro.sync.known import closed_now
+
+    url = f"memory://{uuid.uuid4().hex}"
+    proxies = [Proxy(f"p{i}", open_store(url), SPRAY_PARAMS) for i in range(4)]
+    try:
+        last = proxies[3]
+        akey = np.frombuffer(model.address_key(model.parse(SPRAY_CLIENT, L.DST_ADDR_PORT).dst),
+                             dtype=L.DST_KEY)
+        seen: list[tuple[bool, bool]] = []
+        real = last.sync._recompute_destinations
+
+        def spy(dst_ids: np.ndarray, now: int) -> tuple[int, list[Closure]]:
+            assert last.sync.partials is not None
+            lim = SPRAY_PARAMS.t_f2_addr
+            t1, t2, c = last.sync.partials.values(akey, now)
+            exists, rec = last.filt.read_dsts_of(akey)
+            kernel = bool(exists[0]) and bool(closed_now(
+                rec["ts1"].astype(np.int64), rec["ts2"].astype(np.int64),
+                rec["c"].astype(np.int64), now, SPRAY_PARAMS, lim)[0])
+            seen.append((bool(closed_now(t1, t2, c, now, SPRAY_PARAMS, lim)[0]), kernel))
+            return real(dst_ids, now)
+
+        last.sync._recompute_destinations = spy  # type: ignore[method-assign]
+        _spray(proxies, 6)
+        assert any(master for master, _ in seen), seen
+        assert all(kernel for master, kernel in seen if master), seen
+    finally:
+        for p in proxies:
+            p.close()
 
 
 def test_a_spray_far_under_t_f2_per_key_is_not_written_into_every_proxy() -> None:
