@@ -18,7 +18,7 @@ from xpro.core import layout as L
 from xpro.core import model
 from xpro.core.layout import Known, Reason
 from xpro.core.params import KnownPolicy, Sizes
-from xpro.core.status import SyncStats
+from xpro.core.status import Closure, SyncStats
 from xpro.datapath.xdp import XdpFilter
 from xpro.plugins import open_store
 from xpro.stores.base import Store
@@ -433,6 +433,98 @@ def test_a_port_spray_over_the_mesh_closes_the_address_everywhere(pull: str) -> 
         assert akey in last.sync.known.closed
         assert last.send(frame("11.9.0.1", "10.9.9.9", dport=12345), t) == [1]  # dropped
         assert last.send(client, t) == [2]  # served
+    finally:
+        for p in proxies:
+            p.close()
+
+
+SPRAY_PARAMS = model.FilterParams(t_t1=100 * S, t_t2=S, t_f1=100, t_t3=S // 2, t_f2=250,
+                                  dst_mode=L.DST_ADDR_PORT)
+SPRAY_CLIENT = frame("10.1.0.1", "10.9.9.9", dport=9000)
+
+
+def _spray(proxies: list[Proxy], seconds: int, each_second: object = None) -> int:
+    """The spray of the test above: a client of port 9000 at proxy 0 for 2 s,
+    then 200 packets/s to a new port of the address with every packet through
+    each of proxies 1 and 2, a round of every proxy each second.  Returns the
+    time of the last round."""
+    for i in range(21):
+        proxies[0].send(SPRAY_CLIENT, T0 + i * S // 10)
+    t = T0 + 2 * S + S // 10
+    for p in proxies:
+        p.sync.round(t)
+    for second in range(seconds):
+        for i in range(200):
+            n = second * 200 + i
+            for j in (1, 2):
+                proxies[j].send(frame(f"11.{j}.{n // 250}.{n % 250 + 1}", "10.9.9.9",
+                                      dport=10000 + 2 * n + j), t + i * S // 200)
+        t += S
+        for p in proxies:
+            p.sync.round(t)
+    return t
+
+
+def test_an_address_the_master_closes_is_raised_in_the_program_right_after_the_pull() -> None:
+    """Under a spray the rest of a round (flows written back, the recompute of
+    thousands of keys) outlasts the period, and the program judged the count
+    the round had pulled over a window that grew meanwhile: in the lab the
+    address stayed open seconds after the master's aggregate had closed it.
+    Now a round raises the program's aggregate of every destination the
+    master's partials close right after the pull: at proxy 3, which saw none
+    of the spray, the program holds the address closed before the recompute
+    of every round in which the master's aggregate is closed."""
+    from xpro.sync.known import closed_now
+
+    url = f"memory://{uuid.uuid4().hex}"
+    proxies = [Proxy(f"p{i}", open_store(url), SPRAY_PARAMS) for i in range(4)]
+    try:
+        last = proxies[3]
+        akey = np.frombuffer(model.address_key(model.parse(SPRAY_CLIENT, L.DST_ADDR_PORT).dst),
+                             dtype=L.DST_KEY)
+        seen: list[tuple[bool, bool]] = []
+        real = last.sync._recompute_destinations
+
+        def spy(dst_ids: np.ndarray, now: int) -> tuple[int, list[Closure]]:
+            assert last.sync.partials is not None
+            lim = SPRAY_PARAMS.t_f2_addr
+            t1, t2, c = last.sync.partials.values(akey, now)
+            exists, rec = last.filt.read_dsts_of(akey)
+            kernel = bool(exists[0]) and bool(closed_now(
+                rec["ts1"].astype(np.int64), rec["ts2"].astype(np.int64),
+                rec["c"].astype(np.int64), now, SPRAY_PARAMS, lim)[0])
+            seen.append((bool(closed_now(t1, t2, c, now, SPRAY_PARAMS, lim)[0]), kernel))
+            return real(dst_ids, now)
+
+        last.sync._recompute_destinations = spy  # type: ignore[method-assign]
+        _spray(proxies, 6)
+        assert any(master for master, _ in seen), seen
+        assert all(kernel for master, kernel in seen if master), seen
+    finally:
+        for p in proxies:
+            p.close()
+
+
+def test_a_spray_far_under_t_f2_per_key_is_not_written_into_every_proxy() -> None:
+    """The keys of a spray, each far under T_F2, are not written into the program
+    of a proxy that saw none of them (before, every proxy's destination table
+    took every key of the mesh each round, and the round's work grew with the
+    mesh's keys); the address, over its limit, is, and an aggregate a proxy
+    holds is kept at the mesh's count."""
+    url = f"memory://{uuid.uuid4().hex}"
+    proxies = [Proxy(f"p{i}", open_store(url), SPRAY_PARAMS) for i in range(4)]
+    try:
+        last = proxies[3]
+        last.send(SPRAY_CLIENT, T0)  # proxy 3 holds the client port's aggregate
+        t = _spray(proxies, 6)
+        keys, recs = last.filt.read_dsts()
+        got = {bytes(k): int(r["c"]) for k, r in zip(keys, recs, strict=True)}
+        dkey = model.parse(SPRAY_CLIENT, L.DST_ADDR_PORT).dst
+        akey = model.address_key(dkey)
+        assert set(got) == {dkey, akey}, f"{len(got)} aggregates"
+        assert got[dkey] == 22  # its packet and proxy 0's 21
+        assert akey in last.sync.known.closed
+        assert last.send(frame("11.9.0.1", "10.9.9.9", dport=12345), t) == [1]
     finally:
         for p in proxies:
             p.close()

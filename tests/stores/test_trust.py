@@ -23,6 +23,7 @@ import pytest
 
 from tests.packets import frame, run_frames
 from tests.stores.conftest import backend_url
+from xpro.core import layout as L
 from xpro.core import model
 from xpro.core.layout import MASTER, Reason
 from xpro.core.params import Sizes
@@ -303,5 +304,9 @@ def test_a_rewritten_mesh_configuration_is_not_adopted(mesh: tuple[str, str, lis
         f = b.filt.flows.get(key_of(LEGIT))
         assert f is not None
         assert int(f["c"]) == sent
-    else:  # far under T_F1, not a candidate: B holds it in its destination's aggregate
-        assert int(b.filt.dsts[key_of(LEGIT)[16:]]["c"]) == sent
+    else:  # far under T_F1, not a candidate: B holds it in the destination's partials
+        # (and writes that aggregate into its program only once it holds it,
+        # or once it is near T_F2: docs/sync.rst, "What a round pulls")
+        dk = np.frombuffer(key_of(LEGIT)[16:], dtype=L.DST_KEY)
+        _, _, c = b.sync.partials.values(dk, now)
+        assert int(c[0]) == sent

@@ -66,6 +66,7 @@ __all__ = [
     "client_eligible",
     "contributes",
     "is_candidate",
+    "near_limit_array",
     "partial_deltas",
 ]
 
@@ -233,6 +234,21 @@ def _rate_at_least(c: Array, w: Array, limit_pm: int) -> Array:
         return np.asarray(c * (NS_PER_S * 1000) >= w * limit_pm)
     return np.asarray(c.astype(object) * (NS_PER_S * 1000) >= w.astype(object) * limit_pm,
                       dtype=bool)
+
+
+def near_limit_array(c: Array, w: Array, limit: Array, rule: PullRule) -> Array:
+    """Whether each aggregate (count ``c`` over a window of ``w`` ns) is at least
+    ``near`` x its ``limit`` (packets/s, one per aggregate: T_F2 or an
+    address's): the aggregates a proxy takes from the master's partials
+    without holding them (docs/sync.rst, "What a round pulls")."""
+    c = np.asarray(c, dtype=np.int64)
+    w = np.asarray(w, dtype=np.int64)
+    limit = np.asarray(limit, dtype=np.int64)
+    out = np.zeros(len(c), dtype=bool)
+    for lim in np.unique(limit):
+        m = limit == lim
+        out[m] = _rate_at_least(c[m], w[m], rule.near_pm * int(lim))
+    return out
 
 
 def candidates_array(keys: Array, recs: Array, rule: PullRule) -> Array:

@@ -40,6 +40,9 @@ class SyncStats:
     pulled: int = 0  # master records taken in (changes, or candidates)
     partials: int = 0  # destination partials taken in (docs/sync.rst, "What a round pulls")
     clients_pulled: int = 0  # known-client records read for closed destinations
+    # Destinations whose partials changed that this proxy neither holds nor
+    # needs (under ``near`` x their limit): not written into its program.
+    skipped_dsts: int = 0
     created: int = 0  # local records created from the master
     applied: int = 0  # kernel updates applied
     raced: int = 0  # updates skipped: reset in the kernel meanwhile

@@ -56,7 +56,7 @@ from xpro.core.layout import LOCAL, MASTER
 from xpro.core.merge import merge_arrays
 from xpro.core.model import NS_PER_S, SyncParams
 from xpro.core.params import KnownPolicy
-from xpro.core.pull import DEFAULT_NEAR, PullRule
+from xpro.core.pull import DEFAULT_NEAR, PullRule, near_limit_array
 from xpro.core.state import (
     APPLIED,
     OP_CREATE,
@@ -781,8 +781,10 @@ class Syncer:
         mesh_now = now + self.skew
         dk = self.partials.live_dsts(mesh_now)
         t1, t2, c = self.partials.values(dk, mesh_now)
-        shut = dk[closed_now(t1, t2, c, mesh_now, self.filt.params,
-                             limits(dk, self.filt.params))]
+        master_shut = closed_now(t1, t2, c, mesh_now, self.filt.params,
+                                 limits(dk, self.filt.params))
+        shut = dk[master_shut]
+        self._raise_closed(shut, t1[master_shut], t2[master_shut], c[master_shut])
         if self.known.closed:
             mine = np.frombuffer(b"".join(self.known.closed), dtype=L.DST_KEY)
             shut = np.concatenate([shut, mine[index_of(shut, mine) < 0]], dtype=L.DST_KEY)
@@ -808,9 +810,54 @@ class Syncer:
         st.clients_pulled = len(keys)
         return keys, recs
 
+    def _raise_closed(self, dk: Array, t1: Array, t2: Array, c: Array) -> None:
+        """The aggregates the master's partials close (``dk``, their ts1*, ts2*, c* in
+        mesh time), raised in the program right after the pull, not only at the
+        recompute at the end of the round.
+
+        Under a spray over thousands of keys the rest of a round (the flows
+        written back, the recompute) takes longer than the period, and the
+        program judges the count the round read over a window that has grown
+        meanwhile: an address the master had over its limit at the pull stayed
+        open until rounds later (docs/sync.rst, "What a round pulls").  Only
+        raised: the count to at least the master's (never above the mesh's:
+        the program's own count since the read is in neither or in both),
+        ts1* back to the master's where the program's starts later; the
+        recompute then writes the exact value as before.
+        """
+        if not len(dk):
+            return
+        have, cur = self.filt.read_dsts_of(dk)
+        m_t1 = t1.astype(np.int64) - self.skew
+        m_t2 = t2.astype(np.int64) - self.skew
+        cur_c = cur["c"].astype(np.int64)
+        cur_t1 = cur["ts1"].astype(np.int64)
+        up = ~have | (c.astype(np.int64) > cur_c) | (cur_t1 > m_t1)
+        if not up.any():
+            return
+        fk = np.zeros(int(up.sum()), dtype=L.FLOW_KEY)
+        fk["dst"] = dk[up]
+        created = ~have[up]
+        self.filt.apply(apply_entries(
+            fk, np.where(created, OP_DST | OP_CREATE, OP_DST),
+            c_delta=np.where(created, c[up].astype(np.int64),
+                             np.maximum(c[up].astype(np.int64) - cur_c[up], 0)),
+            ts1=np.where(created | (cur_t1[up] > m_t1[up]), m_t1[up], 0), ts2=m_t2[up],
+            kc_delta=0))
+
     def _master_destinations(self, now: int, st: SyncStats) -> Array:
-        """The destination ids whose master aggregate changed: partials pulled, or a
-        slot that aged out of T_T1 since the last round."""
+        """The destination ids whose master aggregate changed (partials pulled, or a
+        slot that aged out of T_T1 since the last round) and that this proxy
+        needs: those its program holds, and those the master's aggregate puts
+        at ``near`` x their limit or more (or that are closed here).
+
+        A spray over thousands of keys, each far under T_F2, changes the
+        partials of every key any proxy counted: writing each into every
+        proxy's program made each round O(the mesh's keys) and filled the
+        destination table (docs/sync.rst, "What a round pulls").  A key this
+        proxy does not hold gets its aggregate from its first packet here and
+        the mesh's at the next round, as a flow under ``near`` x T_F1 does.
+        """
         assert self.partials is not None
         mesh_now = now + self.skew
         changed = [*self._aggs_changed, self.partials.aged(self._aggs_at, mesh_now)]
@@ -818,6 +865,18 @@ class Syncer:
         self.partials.prune(mesh_now)
         dk = np.unique(np.ascontiguousarray(np.concatenate(changed, dtype=L.DST_KEY)).view(
             np.dtype((np.void, L.DST_KEY.itemsize)))).view(L.DST_KEY).reshape(-1)
+        if len(dk):
+            p = self.filt.params
+            held, _ = self.filt.read_dsts_of(dk)
+            t1, t2, c = self.partials.values(dk, mesh_now)
+            window = np.maximum(mesh_now - t1, p.t_t3)
+            near = (t2 > 0) & near_limit_array(c, window, limits(dk, p), self.rule)
+            want = held | near
+            if self.known.closed and not want.all():
+                mine = np.frombuffer(b"".join(self.known.closed), dtype=L.DST_KEY)
+                want |= index_of(mine, dk) >= 0
+            st.skipped_dsts = int((~want).sum())
+            dk = dk[want]
         ids: Array = self.mirror.dst_ids(dk)
         return ids
 
