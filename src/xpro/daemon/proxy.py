@@ -651,7 +651,8 @@ class Proxy:
                     last = s.last
                     sync["last_round"] = {k: getattr(last, k) for k in (
                         "seconds", "flows", "merged", "pulled", "created", "applied", "raced",
-                        "expired", "destinations", "workload", "error", "closed", "known")}
+                        "expired", "destinations", "workload", "error", "closed", "known",
+                        "partials", "clients_pulled", "skipped_dsts")}
                     period = cfg.sync.period
                     sync["peers"] = {
                         name: {"workload": p.workload,
