@@ -27,6 +27,7 @@ from xpro.core import layout as L
 from xpro.core import model
 from xpro.core.layout import MASTER, Reason
 from xpro.core.params import Sizes
+from xpro.core.pull import AGG_KEY, PARTIAL
 from xpro.datapath.xdp import XdpFilter
 from xpro.plugins import open_store
 from xpro.stores.base import Store
@@ -310,3 +311,57 @@ def test_a_rewritten_mesh_configuration_is_not_adopted(mesh: tuple[str, str, lis
         dk = np.frombuffer(key_of(LEGIT)[16:], dtype=L.DST_KEY)
         _, _, c = b.sync.partials.values(dk, now)
         assert int(c[0]) == sent
+
+
+def test_a_forged_partial_does_not_close_a_destination_even_within_a_round() -> None:
+    """A store writer forges the master's partial of a destination: 20,000
+    packets/s over 10 s (over T_F2, within every bound), while the mesh's
+    proxies say they see 10 packets/s.  The round's recompute caps what other
+    proxies' flows may add (docs/security.rst); the closure a round raises
+    right after its pull must be held to the same cap, or the destination is
+    closed to new clients for as long as the rest of the round takes (before:
+    closed in the program when the recompute started, at every round)."""
+    url = f"memory://{uuid.uuid4().hex[:10]}"
+    name = "forged-partial"
+    stores = [open_store(url, mesh=name) for _ in range(2)]
+    proxies = [Proxy(f"p{i}", s) for i, s in enumerate(stores)]
+    a, b = proxies
+    dkey = key_of(LEGIT)[16:]
+    closed_in_round: list[bool] = []
+    real = b.sync._recompute_destinations
+
+    def recompute(dst_ids: Any, now: int) -> Any:
+        have, rec = b.filt.read_dsts_of(np.frombuffer(dkey, dtype=L.DST_KEY))
+        w = now - int(rec["ts1"][0])
+        closed_in_round.append(bool(have[0]) and w > S and int(rec["c"][0]) * S > 10_000 * w)
+        return real(dst_ids, now)
+
+    b.sync._recompute_destinations = recompute  # type: ignore[method-assign]
+    try:
+        for second in range(8):
+            for tick in range(10):
+                t = T0 + second * S + tick * S // 10
+                a.send(LEGIT, t)
+                b.send(NEWCOMER, t)
+            now = T0 + (second + 1) * S
+            if second >= 3:
+                st = stores[0]._state  # type: ignore[attr-defined]
+                slot = now // b.sync.rule.slot_ns
+                ak = np.zeros(1, dtype=AGG_KEY)
+                ak["dst"] = np.frombuffer(dkey, dtype=L.DST_KEY)
+                ak["slot"] = slot
+                part = np.array([(now - 10 * S, now, 20_000 * 10, 1)], dtype=PARTIAL)
+                with st.lock:
+                    st.version += 1
+                    st.partials[ak.tobytes()] = part[0]
+                    st.plog.append((st.version, [ak.tobytes()]))
+            a.round(now)
+            b.round(now)
+        assert len(closed_in_round) == 8
+        assert not any(closed_in_round), closed_in_round
+        assert not b.sync.known.closed
+    finally:
+        for p in proxies:
+            p.filt.close()
+            p.sync.store.close()
+        MemoryStore.forget(url.removeprefix("memory://"), name)

@@ -784,7 +784,7 @@ class Syncer:
         master_shut = closed_now(t1, t2, c, mesh_now, self.filt.params,
                                  limits(dk, self.filt.params))
         shut = dk[master_shut]
-        self._raise_closed(shut, t1[master_shut], t2[master_shut], c[master_shut])
+        self._raise_closed(shut, t1[master_shut], t2[master_shut], c[master_shut], now)
         if self.known.closed:
             mine = np.frombuffer(b"".join(self.known.closed), dtype=L.DST_KEY)
             shut = np.concatenate([shut, mine[index_of(shut, mine) < 0]], dtype=L.DST_KEY)
@@ -810,7 +810,7 @@ class Syncer:
         st.clients_pulled = len(keys)
         return keys, recs
 
-    def _raise_closed(self, dk: Array, t1: Array, t2: Array, c: Array) -> None:
+    def _raise_closed(self, dk: Array, t1: Array, t2: Array, c: Array, now: int) -> None:
         """The aggregates the master's partials close (``dk``, their ts1*, ts2*, c* in
         mesh time), raised in the program right after the pull, not only at the
         recompute at the end of the round.
@@ -823,16 +823,26 @@ class Syncer:
         raised: the count to at least the master's (never above the mesh's:
         the program's own count since the read is in neither or in both),
         ts1* back to the master's where the program's starts later; the
-        recompute then writes the exact value as before.
+        recompute then writes the exact value as before.  What the master
+        adds to the program's count is held to the recompute's cap on the
+        flows other proxies counted (:meth:`_remote_budget`): a forged
+        partial closes nothing here, not even until the recompute
+        (docs/security.rst).
         """
         if not len(dk):
             return
         have, cur = self.filt.read_dsts_of(dk)
         m_t1 = t1.astype(np.int64) - self.skew
         m_t2 = t2.astype(np.int64) - self.skew
-        cur_c = cur["c"].astype(np.int64)
+        cur_c = np.where(have, cur["c"].astype(np.int64), 0)
         cur_t1 = cur["ts1"].astype(np.int64)
-        up = ~have | (c.astype(np.int64) > cur_c) | (cur_t1 > m_t1)
+        window = np.clip(now - m_t1 + 2 * self.period, 0, None).astype(np.float64)
+        cap = np.floor(BUDGET_SLACK * self.mesh_rate() * window / NS_PER_S).astype(np.int64)
+        c = np.minimum(c.astype(np.int64), cur_c + cap)
+        still = closed_now(m_t1, m_t2, c, now, self.filt.params, limits(dk, self.filt.params))
+        dk, m_t1, m_t2, c = dk[still], m_t1[still], m_t2[still], c[still]
+        have, cur_c, cur_t1 = have[still], cur_c[still], cur_t1[still]
+        up = ~have | (c > cur_c) | (cur_t1 > m_t1)
         if not up.any():
             return
         fk = np.zeros(int(up.sum()), dtype=L.FLOW_KEY)
@@ -840,8 +850,7 @@ class Syncer:
         created = ~have[up]
         self.filt.apply(apply_entries(
             fk, np.where(created, OP_DST | OP_CREATE, OP_DST),
-            c_delta=np.where(created, c[up].astype(np.int64),
-                             np.maximum(c[up].astype(np.int64) - cur_c[up], 0)),
+            c_delta=np.where(created, c[up], np.maximum(c[up] - cur_c[up], 0)),
             ts1=np.where(created | (cur_t1[up] > m_t1[up]), m_t1[up], 0), ts2=m_t2[up],
             kc_delta=0))
 
