@@ -332,7 +332,9 @@ def test_config_reload_changes_the_threshold_under_traffic(
 
 def test_sigkill_keeps_filtering_and_the_next_daemon_adopts(
         tmp_path: Path, pair: NsPair, redis: RedisServer, daemons: list[Daemon]) -> None:
-    d = Daemon(tmp_path, pair, redis.url, "--t-f1", "100", "--t-t2", "0.5")
+    # T_T4 beyond the run: the sync never shortens the flood's window (which
+    # divides its count by r), so the record's count only grows or resets.
+    d = Daemon(tmp_path, pair, redis.url, "--t-f1", "100", "--t-t2", "0.5", "--t-t4", "60")
     daemons.append(d)
     d.start()
     sender = traffic(pair, 8.0, flood=1500)
@@ -354,7 +356,7 @@ def test_sigkill_keeps_filtering_and_the_next_daemon_adopts(
     assert xdp_query(pair.proxy_if, pair.proxy_ns)["native"] == prog
 
     # The next daemon adopts the link and the records.
-    d2 = Daemon(tmp_path, pair, redis.url, "--t-f1", "100", "--t-t2", "0.5")
+    d2 = Daemon(tmp_path, pair, redis.url, "--t-f1", "100", "--t-t2", "0.5", "--t-t4", "60")
     d2.sock, d2.pin_dir = d.sock, d.pin_dir
     d2.args = d.args
     daemons.append(d2)
@@ -364,6 +366,8 @@ def test_sigkill_keeps_filtering_and_the_next_daemon_adopts(
     assert st["counters"]["src_rate"]["packets"] > 1000  # the counters survived too
     # The same record carried on: its count grew, or (the flood still over T_F1)
     # its window was reset and counted as such.  A fresh record has neither.
+    # (CI once saw the count fall with no reset: the sync had shortened the
+    # window past T_T4, the default 5 s, hence the T_T4 above.)
     after = st["top_sources"][0]
     assert after["src"] == before["src"]
     assert after["resets"] > before["resets"] or (

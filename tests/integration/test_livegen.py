@@ -108,18 +108,28 @@ def test_high_paced_rate_is_exact(pair: NsPair) -> None:
     with XdpFilter(params, sizes=Sizes(flows=1024, dsts=64)) as filt:
         link = attach_xdp(filt.program, pair.proxy_if, XdpMode.NATIVE, netns=pair.proxy_ns)
         try:
+            before = driver_stats(pair.peer_if, pair.peer_ns)
             sent, elapsed = run_in_netns(pair.peer_ns, send_live, pair.peer_if, None,
                                          [frame4(pair)], duration, rate=rate)
             time.sleep(0.2)
+            after = driver_stats(pair.peer_if, pair.peer_ns)
             received = count_of(filt, pair.peer_addr4)
         finally:
             link.detach()
             link.close()
     assert sent == 200_000
-    # the count is exact; the last kernel call ends late by its fixed cost
-    # (an RCU grace period: ~25 ms, more on a busy machine)
+    # the last kernel call ends late by its fixed cost (an RCU grace period:
+    # ~25 ms, more on a busy machine)
     assert duration <= elapsed < duration + 0.5  # loose: a loaded CI machine
-    assert received == sent
+    # The ledger is exact: every frame was taken by the veth's ring and counted
+    # by the program, or counted by the driver as a drop.  Paced, almost none
+    # is dropped; on a loaded machine the receiving softirq can still fall
+    # behind one batch now and then (CI once saw 129 of 200 000).
+    taken = xmit_stat(after, "xdp_xmit") - xmit_stat(before, "xdp_xmit")
+    lost = xmit_stat(after, "xdp_xmit_errors") - xmit_stat(before, "xdp_xmit_errors")
+    assert taken + lost == sent
+    assert received == taken
+    assert lost <= 0.01 * sent, lost
 
 
 def test_unpaced_run_floods(pair: NsPair) -> None:
