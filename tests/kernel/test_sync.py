@@ -395,56 +395,13 @@ def test_a_closure_anywhere_serves_the_known_clients_everywhere(pull: str) -> No
             p.close()
 
 
-@pytest.mark.parametrize("pull", ["candidates", "all"])
-def test_a_port_spray_over_the_mesh_closes_the_address_everywhere(pull: str) -> None:
-    """addr+port keys: a client of the victim's port 9000 at proxy 0 for 2 s,
-    then a spray to a new port of the victim's address with every packet,
-    200 packets/s through each of proxies 1 and 2: each under T_F2 = 250
-    alone, the mesh over it.  From the mesh's count (the master's address
-    partials, with the candidate pull) proxy 3, which saw no packet of it,
-    closes the address too: a new source to any port is dropped, the client
-    (known at the address through proxy 0's record) is served."""
-    params = model.FilterParams(t_t1=100 * S, t_t2=S, t_f1=100, t_t3=S // 2, t_f2=250,
-                                dst_mode=L.DST_ADDR_PORT)
-    url = f"memory://{uuid.uuid4().hex}"
-    proxies = [Proxy(f"p{i}", open_store(url), params) for i in range(4)]
-    try:
-        for p in proxies:
-            p.sync = Syncer(p.filt, p.sync.store, p.sync.proxy, SYNC, pull=pull)
-        client = frame("10.1.0.1", "10.9.9.9", dport=9000)
-        for i in range(21):  # 10 packets/s for 2 s: a known client
-            proxies[0].send(client, T0 + i * S // 10)
-        t = T0 + 2 * S + S // 10
-        for p in proxies:
-            p.sync.round(t)
-        # The address's window starts with the client: the mesh's average is
-        # over T_F2 after about 3.4 s of spray; 6 s of it, a round a second.
-        for second in range(6):
-            for i in range(200):
-                n = second * 200 + i
-                for j in (1, 2):
-                    proxies[j].send(frame(f"11.{j}.{n // 250}.{n % 250 + 1}", "10.9.9.9",
-                                          dport=10000 + 2 * n + j), t + i * S // 200)
-            t += S
-            for p in proxies:
-                p.sync.round(t)
-        last = proxies[3]
-        akey = model.address_key(model.parse(client, L.DST_ADDR_PORT).dst)
-        assert akey in last.sync.known.closed
-        assert last.send(frame("11.9.0.1", "10.9.9.9", dport=12345), t) == [1]  # dropped
-        assert last.send(client, t) == [2]  # served
-    finally:
-        for p in proxies:
-            p.close()
-
-
 SPRAY_PARAMS = model.FilterParams(t_t1=100 * S, t_t2=S, t_f1=100, t_t3=S // 2, t_f2=250,
                                   dst_mode=L.DST_ADDR_PORT)
 SPRAY_CLIENT = frame("10.1.0.1", "10.9.9.9", dport=9000)
 
 
-def _spray(proxies: list[Proxy], seconds: int, each_second: object = None) -> int:
-    """The spray of the test above: a client of port 9000 at proxy 0 for 2 s,
+def _spray(proxies: list[Proxy], seconds: int) -> int:
+    """A port spray: a client of port 9000 at proxy 0 for 2 s,
     then 200 packets/s to a new port of the address with every packet through
     each of proxies 1 and 2, a round of every proxy each second.  Returns the
     time of the last round."""
@@ -463,6 +420,34 @@ def _spray(proxies: list[Proxy], seconds: int, each_second: object = None) -> in
         for p in proxies:
             p.sync.round(t)
     return t
+
+
+@pytest.mark.parametrize("pull", ["candidates", "all"])
+def test_a_port_spray_over_the_mesh_closes_the_address_everywhere(pull: str) -> None:
+    """addr+port keys: a client of the victim's port 9000 at proxy 0 for 2 s,
+    then a spray to a new port of the victim's address with every packet,
+    200 packets/s through each of proxies 1 and 2: each under T_F2 = 250
+    alone, the mesh over it.  From the mesh's count (the master's address
+    partials, with the candidate pull) proxy 3, which saw no packet of it,
+    closes the address too: a new source to any port is dropped, the client
+    (known at the address through proxy 0's record) is served."""
+    url = f"memory://{uuid.uuid4().hex}"
+    proxies = [Proxy(f"p{i}", open_store(url), SPRAY_PARAMS) for i in range(4)]
+    try:
+        for p in proxies:
+            p.sync = Syncer(p.filt, p.sync.store, p.sync.proxy, SYNC, pull=pull)
+        client = SPRAY_CLIENT
+        # The address's window starts with the client: the mesh's average is
+        # over T_F2 after about 3.4 s of spray; 6 s of it, a round a second.
+        t = _spray(proxies, 6)
+        last = proxies[3]
+        akey = model.address_key(model.parse(client, L.DST_ADDR_PORT).dst)
+        assert akey in last.sync.known.closed
+        assert last.send(frame("11.9.0.1", "10.9.9.9", dport=12345), t) == [1]  # dropped
+        assert last.send(client, t) == [2]  # served
+    finally:
+        for p in proxies:
+            p.close()
 
 
 def test_an_address_the_master_closes_is_raised_in_the_program_right_after_the_pull() -> None:
