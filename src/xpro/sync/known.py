@@ -96,6 +96,11 @@ class KnownClients:
         #: Clients (or heavy sources) that did not fit in the table at the last round.
         self.overflow = 0
 
+    def closed_keys(self) -> Array:
+        """The closed destinations' keys (DST_KEY)."""
+        out: Array = np.frombuffer(b"".join(self.closed), dtype=L.DST_KEY)
+        return out
+
     # ------------------------------------------------------------------------
 
     def classes_of(self, keys: Array) -> Array:

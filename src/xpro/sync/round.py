@@ -685,7 +685,7 @@ class Syncer:
         p = self.filt.params
         by_port = p.dst_mode == L.DST_ADDR_PORT
         if self.known.closed:
-            shut = np.frombuffer(b"".join(self.known.closed), dtype=L.DST_KEY)
+            shut = self.known.closed_keys()
             dst_ids = np.union1d(dst_ids, mr.dst_ids(shut))
         if by_port and len(dst_ids):
             dst_ids = np.union1d(dst_ids, mr.address_ids(dst_ids))
@@ -786,7 +786,7 @@ class Syncer:
         shut = dk[master_shut]
         self._raise_closed(shut, t1[master_shut], t2[master_shut], c[master_shut], now)
         if self.known.closed:
-            mine = np.frombuffer(b"".join(self.known.closed), dtype=L.DST_KEY)
+            mine = self.known.closed_keys()
             shut = np.concatenate([shut, mine[index_of(shut, mine) < 0]], dtype=L.DST_KEY)
         if not len(shut):
             return np.zeros(0, dtype=L.FLOW_KEY), np.zeros(0, dtype=MASTER)
@@ -836,9 +836,7 @@ class Syncer:
         m_t2 = t2.astype(np.int64) - self.skew
         cur_c = np.where(have, cur["c"].astype(np.int64), 0)
         cur_t1 = cur["ts1"].astype(np.int64)
-        window = np.clip(now - m_t1 + 2 * self.period, 0, None).astype(np.float64)
-        cap = np.floor(BUDGET_SLACK * self.mesh_rate() * window / NS_PER_S).astype(np.int64)
-        c = np.minimum(c.astype(np.int64), cur_c + cap)
+        c = np.minimum(c.astype(np.int64), cur_c + self._budget(m_t1, now).astype(np.int64))
         still = closed_now(m_t1, m_t2, c, now, self.filt.params, limits(dk, self.filt.params))
         dk, m_t1, m_t2, c = dk[still], m_t1[still], m_t2[still], c[still]
         have, cur_c, cur_t1 = have[still], cur_c[still], cur_t1[still]
@@ -882,7 +880,7 @@ class Syncer:
             near = (t2 > 0) & near_limit_array(c, window, limits(dk, p), self.rule)
             want = held | near
             if self.known.closed and not want.all():
-                mine = np.frombuffer(b"".join(self.known.closed), dtype=L.DST_KEY)
+                mine = self.known.closed_keys()
                 want |= index_of(mine, dk) >= 0
             st.skipped_dsts = int((~want).sum())
             dk = dk[want]
@@ -917,8 +915,7 @@ class Syncer:
         t2 = m_t2.copy()
         np.maximum.at(t2, pos[f], ts2[f])
         t1 = np.where(t2 > 0, t1, 0)
-        window = np.clip(now - np.where(has, m_t1, now) + 2 * self.period, 0, None)
-        cap = np.floor(BUDGET_SLACK * self.mesh_rate() * window.astype(np.float64) / NS_PER_S)
+        cap = self._budget(np.where(has, m_t1, now), now)
         other = np.maximum(m_c - own_c, 0)
         over = other > cap
         self._unbacked = int(over.sum())
@@ -932,6 +929,12 @@ class Syncer:
         a count above it was not seen by any proxy that says so."""
         start = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(start, pos[remote], ts1[remote])
+        return self._budget(start, now)
+
+    def _budget(self, start: Array, now: int) -> Array:
+        """BUDGET_SLACK x the mesh's rate x (``now`` - ``start`` + two periods),
+        in packets (float, floored): what flows counted since ``start`` by other
+        proxies can hold (:meth:`_remote_budget`)."""
         window = np.clip(now - start + 2 * self.period, 0, None).astype(np.float64)
         out: Array = np.floor(BUDGET_SLACK * self.mesh_rate() * window / NS_PER_S)
         return out
