@@ -201,7 +201,8 @@ def test_daemon_filters_syncs_and_reports(tmp_path: Path, pair: NsPair, redis: R
     assert st["sync"]["rounds"] >= 3
     assert st["sync"]["peers"]["p1"]["alive"]
     last = st["sync"]["last_round"]
-    assert all(last[k] >= 0 for k in ("pulled", "partials", "clients_pulled", "skipped_dsts"))
+    assert all(last[k] >= 0 for k in ("pulled", "partials", "clients_pulled", "skipped_dsts",
+                                         "recent"))
     assert st["interfaces"][0]["mode"] == "native"
     assert st["top_sources"][0]["src"] == flood
     text = d.cli("status").stdout

@@ -513,3 +513,54 @@ def test_a_spray_far_under_t_f2_per_key_is_not_written_into_every_proxy() -> Non
     finally:
         for p in proxies:
             p.close()
+
+
+@pytest.mark.parametrize("pull", ["candidates", "all"])
+def test_a_flood_behind_established_clients_closes_at_its_recent_rate(pull: str) -> None:
+    """Three clients of the destination at proxy 0, 10 packets/s each for 8 s;
+    then a spoofed flood, 400 packets/s through each of proxies 1 and 2 (each
+    alone under T_F2 = 500, the mesh over it); a round of every proxy each
+    half second.  Over the window the clients opened, the mesh's rate passes
+    T_F2 only 12.5 s into the flood; its recent rate (docs/semantics.rst,
+    "The recent rate") closes it at every proxy within 2 s, and the clients
+    are served (before: open after 2 s, and after 4)."""
+    params = model.FilterParams(t_t1=100 * S, t_t2=S, t_f1=100, t_t3=S, t_f2=500)
+    url = f"memory://{uuid.uuid4().hex}"
+    proxies = [Proxy(f"p{i}", open_store(url), params) for i in range(3)]
+    try:
+        for p in proxies:
+            p.sync = Syncer(p.filt, p.sync.store, p.sync.proxy, SYNC, pull=pull,
+                            period=S // 2)
+        clients = [frame(f"10.1.0.{i}", "10.9.9.9") for i in range(1, 4)]
+        dkey = model.parse(clients[0], 0).dst
+        t = T0
+        for _ in range(16):
+            for i in range(5):
+                for fr in clients:
+                    proxies[0].send(fr, t + i * S // 10)
+            t += S // 2
+            for p in proxies:
+                p.sync.round(t)
+        assert not any(dkey in p.sync.known.closed for p in proxies)
+        n = 0
+        for _ in range(4):
+            for i in range(200):
+                for j in (1, 2):
+                    n += 1
+                    proxies[j].send(frame(f"11.{j}.{n // 250}.{n % 250 + 1}", "10.9.9.9"),
+                                    t + i * S // 400)
+            for i in range(5):
+                for fr in clients:
+                    proxies[0].send(fr, t + i * S // 10)
+            t += S // 2
+            for p in proxies:
+                p.sync.round(t)
+        for p in proxies:
+            assert dkey in p.sync.known.closed, p.sync.proxy
+            assert p.send(frame("11.9.0.1", "10.9.9.9"), t) == [1]  # a new source: dropped
+            assert p.send(clients[0], t) == [2], p.sync.proxy  # a client: served
+        rec = proxies[0].filt.read_dsts_of(np.frombuffer(dkey, dtype=L.DST_KEY))[1][0]
+        assert t - int(rec["ts1"]) < 8 * S, "judged over the flood's window, not the clients'"
+    finally:
+        for p in proxies:
+            p.close()

@@ -365,3 +365,46 @@ def test_a_forged_partial_does_not_close_a_destination_even_within_a_round() -> 
             p.filt.close()
             p.sync.store.close()
         MemoryStore.forget(url.removeprefix("memory://"), name)
+
+
+def test_a_forged_partial_growing_fast_does_not_close_by_its_recent_rate() -> None:
+    """A store writer forges a heartbeat (W = 2,500 packets/s, a quarter of
+    T_F2) and a partial of the destination that gains 15,000 packets every
+    second.  Over its window that is under T_F2 once held to the workloads'
+    budget; its gain over the last second (the recent rate,
+    docs/semantics.rst) must be held to the workloads over that second, not
+    over that second plus the merge lag: with the lag the budget is 15,000,
+    and the destination closed at the second forged round."""
+    url = f"memory://{uuid.uuid4().hex[:10]}"
+    name = "forged-burst"
+    stores = [open_store(url, mesh=name) for _ in range(2)]
+    proxies = [Proxy(f"p{i}", s) for i, s in enumerate(stores)]
+    a, b = proxies
+    dkey = key_of(LEGIT)[16:]
+    try:
+        for second in range(8):
+            for tick in range(10):
+                t = T0 + second * S + tick * S // 10
+                a.send(LEGIT, t)
+                b.send(NEWCOMER, t)
+            now = T0 + (second + 1) * S
+            if second >= 3:
+                stores[0].heartbeat("evil", 2_500.0, now)
+                st = stores[0]._state  # type: ignore[attr-defined]
+                ak = np.zeros(1, dtype=AGG_KEY)
+                ak["dst"] = np.frombuffer(dkey, dtype=L.DST_KEY)
+                ak["slot"] = now // b.sync.rule.slot_ns
+                part = np.array([(now - 10 * S, now, 15_000 * (second - 2), 1)], dtype=PARTIAL)
+                with st.lock:
+                    st.version += 1
+                    st.partials[ak.tobytes()] = part[0]
+                    st.plog.append((st.version, [ak.tobytes()]))
+            a.round(now)
+            b.round(now)
+            assert not b.sync.known.closed, second
+        assert b.sync.mesh_rate() >= 2_500
+    finally:
+        for p in proxies:
+            p.filt.close()
+            p.sync.store.close()
+        MemoryStore.forget(url.removeprefix("memory://"), name)

@@ -761,6 +761,34 @@ def aggregates_of(key: bytes, dst_mode: int) -> list[bytes]:
     return [dst]
 
 
+def recent_start(rec: DstRecord, history: Iterable[tuple[int, int]], now: int,
+                 params: FilterParams, limit: int, budget: int | None = None) -> int:
+    """The window start the sync writes for the aggregate ``rec`` (what
+    :func:`recompute_dst` gives at ``now``), given ``history``: the
+    ``(time, c*)`` it wrote at the aggregate's earlier recomputes
+    (docs/semantics.rst, "The recent rate").
+
+    ``ts1*`` is the start of the oldest live flow, so a flood that starts
+    while the destination has long-established clients is judged over a
+    window that opened before it.  The count the aggregate gained since the
+    latest recompute more than T_T3 ago, over the time since, is its recent
+    rate.  When that is over ``limit`` and over the rate of the whole window,
+    the start is moved forward so that ``c* / (now - ts1*)`` is the recent
+    rate; otherwise it stays.  The gain is held to ``budget`` packets (the
+    most the mesh's published rates back since then) where one is given.
+    The window stays longer than T_T3, and the count is unchanged.
+    """
+    past = [(t, c) for t, c in history if now - t > params.t_t3]
+    if not past:
+        return rec.ts1
+    t_h, c_h = max(past)
+    span = now - t_h
+    gain = rec.c - c_h if budget is None else min(rec.c - c_h, budget)
+    if gain <= 0 or not rate_exceeds(gain, span, limit):
+        return rec.ts1
+    return max(rec.ts1, now - span * rec.c // gain)
+
+
 def recompute_dst(
     records: Iterable[tuple[bytes, FlowRecord]], now: int, params: FilterParams,
     known: Mapping[bytes, int] | None = None, *, address: bool = False,

@@ -43,6 +43,9 @@ class SyncStats:
     # Destinations whose partials changed that this proxy neither holds nor
     # needs (under ``near`` x their limit): not written into its program.
     skipped_dsts: int = 0
+    # Aggregates written with their recent window: their recent rate over their
+    # limit and over their window's (docs/semantics.rst, "The recent rate").
+    recent: int = 0
     created: int = 0  # local records created from the master
     applied: int = 0  # kernel updates applied
     raced: int = 0  # updates skipped: reset in the kernel meanwhile

@@ -652,7 +652,7 @@ class Proxy:
                     sync["last_round"] = {k: getattr(last, k) for k in (
                         "seconds", "flows", "merged", "pulled", "created", "applied", "raced",
                         "expired", "destinations", "workload", "error", "closed", "known",
-                        "partials", "clients_pulled", "skipped_dsts")}
+                        "partials", "clients_pulled", "skipped_dsts", "recent")}
                     period = cfg.sync.period
                     sync["peers"] = {
                         name: {"workload": p.workload,

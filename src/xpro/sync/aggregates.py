@@ -16,8 +16,9 @@ import numpy.typing as npt
 from xpro.core import layout as L
 from xpro.core.keys import index_of
 from xpro.core.pull import AGG_KEY, PARTIAL, PullRule, aggregate_arrays
+from xpro.sync.known import exceeds
 
-__all__ = ["Partials"]
+__all__ = ["Partials", "RecentCounts", "recent_starts"]
 
 Array = npt.NDArray[Any]
 
@@ -100,3 +101,88 @@ class Partials:
         mine = group >= 0
         return aggregate_arrays(self.keys["slot"][mine], self.parts[mine], group[mine],
                                 len(dsts), now, self.rule)
+
+
+class RecentCounts:
+    """The ``(time, c*)`` of each aggregate's last recomputes, by the mirror's
+    destination id: what :func:`xpro.core.model.recent_start` judges the
+    recent rate from (docs/semantics.rst, "The recent rate").
+
+    A ring of ``depth`` entries an id, enough to reach more than T_T3 back at
+    one round a period (:meth:`fit`).  An id the mirror frees is forgotten
+    (:meth:`forget`) before it is given to another destination.
+    """
+
+    def __init__(self) -> None:
+        self.t = np.zeros((0, 2), dtype=np.int64)
+        self.c = np.zeros((0, 2), dtype=np.int64)
+        self.at = np.zeros(0, dtype=np.int64)
+
+    def clear(self) -> None:
+        self.t[:] = 0
+        self.c[:] = 0
+
+    def fit(self, t_t3: int, period: int) -> None:
+        """Enough entries an id to reach T_T3 back at one round a ``period``
+        (history dropped when that changes)."""
+        depth = min(64, max(2, -(-t_t3 // max(period, 1)) + 2))
+        if depth != self.t.shape[1]:
+            self.t = np.zeros((len(self.t), depth), dtype=np.int64)
+            self.c = np.zeros((len(self.t), depth), dtype=np.int64)
+
+    def forget(self, ids: Array) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        ids = ids[ids < len(self.t)]
+        self.t[ids] = 0
+        self.c[ids] = 0
+
+    def _grow(self, need: int) -> None:
+        if need <= len(self.t):
+            return
+        size = max(need, 2 * len(self.t), 1024)
+        for name in ("t", "c"):
+            old = getattr(self, name)
+            arr = np.zeros((size, old.shape[1]), dtype=np.int64)
+            arr[: len(old)] = old
+            setattr(self, name, arr)
+        at = np.zeros(size, dtype=np.int64)
+        at[: len(self.at)] = self.at
+        self.at = at
+
+    def latest_before(self, ids: Array, before: int) -> tuple[Array, Array]:
+        """For each id, its latest entry older than ``before`` (time 0: none)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        self._grow(int(ids.max()) + 1 if len(ids) else 0)
+        t, c = self.t[ids], self.c[ids]
+        t = np.where((t > 0) & (t < before), t, 0)
+        pick = np.argmax(t, axis=1)
+        rows = np.arange(len(ids))
+        return t[rows, pick], c[rows, pick]
+
+    def record(self, ids: Array, c: Array, now: int) -> None:
+        """Each id's ``c*`` at ``now`` (ids distinct)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(ids):
+            return
+        self._grow(int(ids.max()) + 1)
+        slot = self.at[ids] % self.t.shape[1]
+        self.t[ids, slot] = now
+        self.c[ids, slot] = c
+        self.at[ids] += 1
+
+
+def recent_starts(ts1: Array, c: Array, has: Array, t_h: Array, c_h: Array, now: int,
+                  limit: Array, budget: Array) -> Array:
+    """:func:`xpro.core.model.recent_start` over arrays, given each aggregate's
+    latest entry older than T_T3 (:meth:`RecentCounts.latest_before`: ``t_h``,
+    ``c_h``; time 0, none) and its ``budget`` (packets, float or int)."""
+    ts1 = np.asarray(ts1, dtype=np.int64)
+    c = np.asarray(c, dtype=np.int64)
+    span = now - t_h
+    gain = np.minimum(c - c_h, np.floor(budget)).astype(np.int64)
+    fire = has & (t_h > 0) & (gain > 0)
+    fire[fire] = exceeds(gain[fire], span[fire], limit[fire])
+    out = ts1.copy()
+    for i in np.flatnonzero(fire).tolist():  # few: the aggregates over their limit
+        out[i] = max(int(ts1[i]), now - int(span[i]) * int(c[i]) // int(gain[i]))
+    return out

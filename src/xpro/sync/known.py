@@ -34,7 +34,7 @@ from xpro.core.params import KnownPolicy
 from xpro.core.state import FilterState
 from xpro.core.status import Closure
 
-__all__ = ["KnownClients", "closed_now", "is_address", "is_closed_record", "limits",
+__all__ = ["KnownClients", "closed_now", "exceeds", "is_address", "is_closed_record", "limits",
            "over_t_f1"]
 
 Array = npt.NDArray[Any]
@@ -71,14 +71,20 @@ def closed_now(ts1: Array, ts2: Array, c: Array, now: int, p: FilterParams,
     """Which aggregates are closed at ``now``: not idle, window over T_T3, c* over
     ``limit`` (T_F2 by default; per aggregate: :func:`limits`)."""
     window = now - ts1
-    if limit is None or isinstance(limit, int):
-        over = rate_exceeds_array(c, window, p.t_f2 if limit is None else limit)
-    else:  # one limit per aggregate: a few distinct values (T_F2, an address's)
-        over = np.zeros(len(c), dtype=bool)
-        for lim in np.unique(limit):
-            m = limit == lim
-            over[m] = rate_exceeds_array(c[m], window[m], int(lim))
+    over = exceeds(c, window, p.t_f2 if limit is None else limit)
     out: Array = ~window_over(now, ts2, p.t_t1) & (window > p.t_t3) & over
+    return out
+
+
+def exceeds(c: Array, window: Array, limit: Array | int) -> Array:
+    """``c / window > limit`` per aggregate (window in ns), with one limit for all
+    or one each (:func:`limits`: a few distinct values, T_F2 and an address's)."""
+    if isinstance(limit, int):
+        return rate_exceeds_array(c, window, limit)
+    out = np.zeros(len(c), dtype=bool)
+    for lim in np.unique(limit):
+        m = limit == lim
+        out[m] = rate_exceeds_array(c[m], window[m], int(lim))
     return out
 
 

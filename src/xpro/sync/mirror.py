@@ -100,6 +100,15 @@ class Mirror:
         out: Array = ids[inv.reshape(-1)]
         return out
 
+    def find_dst_ids(self, dkeys: Array) -> Array:
+        """The ids of destinations the mirror has (-1 for the others; none given)."""
+        vd = np.dtype((np.void, L.DST_KEY.itemsize))
+        raw = np.ascontiguousarray(np.asarray(dkeys, dtype=L.DST_KEY)).view(vd)
+        get = self.dst_index.get
+        out: Array = np.fromiter((get(bytes(k), -1) for k in raw), dtype=np.int64,
+                                 count=len(raw))
+        return out
+
     def address_ids(self, ids: Array) -> Array:
         """The id of the address aggregate of each destination id (``addr+port``
         mode: the key's address, port 0, protocol 0, ``DST_PAD_ADDR``); an
@@ -157,9 +166,9 @@ class Mirror:
         np.add.at(self.dst_refs, self.dst[slots[hit]], -1)
         self.free = np.concatenate([self.free, slots[hit]])
 
-    def prune_dsts(self) -> int:
+    def prune_dsts(self) -> Array:
         """Forget the destinations no flow refers to any more (their ids are
-        reused); returns how many.  Call it when no destination id of this
+        reused); returns their ids.  Call it when no destination id of this
         round is still in use."""
         used = np.zeros(len(self.dst_refs), dtype=bool)
         used[: len(self.dst_index) + len(self.dst_free)] = True
@@ -173,7 +182,7 @@ class Mirror:
             self._grow_addr_of()
             self.addr_of[np.isin(self.addr_of, gone)] = -1
             self.addr_of[gone] = -1
-        return len(gone)
+        return gone
 
     def __len__(self) -> int:
         return int(self.alive.sum())

@@ -70,8 +70,15 @@ from xpro.core.status import Closure, ProxyStatus, SyncStats
 from xpro.errors import BadRecord, StoreError
 from xpro.stores._common import key_hex, key_list
 from xpro.stores.base import REFUSED, Store
-from xpro.sync.aggregates import Partials
-from xpro.sync.known import KnownClients, closed_now, is_closed_record, limits, over_t_f1
+from xpro.sync.aggregates import Partials, RecentCounts, recent_starts
+from xpro.sync.known import (
+    KnownClients,
+    closed_now,
+    exceeds,
+    is_closed_record,
+    limits,
+    over_t_f1,
+)
 from xpro.sync.mirror import Mirror
 
 __all__ = ["Syncer"]
@@ -191,6 +198,9 @@ class Syncer:
         self._aggs_at = 0
         self.cursor: Any = None
         self.mirror = Mirror()
+        #: Each aggregate's recent counts, for its recent rate (_recent_starts).
+        self.recent = RecentCounts()
+        self._recent = 0
         #: Closed destinations and the known-client table.
         self.known = KnownClients(filt, known)
         self.rounds = 0
@@ -280,6 +290,9 @@ class Syncer:
         # once), and written back before anything new is read.
         if self._pending is not None:
             pending, self._pending = self._pending, None
+            # Counts merged after an outage are not a rate: the recent rate
+            # starts again from this round (docs/semantics.rst, "The recent rate").
+            self.recent.clear()
             self._replay(*pending, b, st)
 
         # What we counted: the dirty flows, their dc and mark (model.local_view).
@@ -337,6 +350,7 @@ class Syncer:
             log.warning("sync %s: reading the master's changes failed (%s); merged flows "
                         "are still written back, changes are read next round", self.proxy, exc)
             st.error = str(exc)
+            self.recent.clear()
             pkeys, precs = np.zeros(0, dtype=L.FLOW_KEY), np.zeros(0, dtype=MASTER)
         precs = _shift(precs, -self.skew)
         pkeys, precs = self._check_pulled(pkeys, precs, b, st)
@@ -395,6 +409,7 @@ class Syncer:
             touched.append(self._master_destinations(now, st))
         st.destinations, st.closures = self._recompute_destinations(
             np.unique(np.concatenate(touched)), now)
+        st.recent = self._recent
         st.unbacked = self._unbacked
         st.closed = len(self.known.closed)
         st.known = len(self.known.keys)
@@ -406,7 +421,7 @@ class Syncer:
         except StoreError as exc:
             log.warning("sync %s: expiring master records failed: %s", self.proxy, exc)
             st.error = str(exc)
-        self.mirror.prune_dsts()
+        self.recent.forget(self.mirror.prune_dsts())
         for what, why in self.store.take_rejected():  # logged by the store already
             self._quarantine(st, what, why, logged=True)
         for cap, hit in (("pull", st.pull_capped), ("mirror", st.mirror_capped),
@@ -683,6 +698,7 @@ class Syncer:
         """
         mr = self.mirror
         p = self.filt.params
+        self._recent = 0
         by_port = p.dst_mode == L.DST_ADDR_PORT
         if self.known.closed:
             shut = self.known.closed_keys()
@@ -739,9 +755,12 @@ class Syncer:
             agg_t1, agg_t2, agg_c = self._master_values(mr.dst_keys[dst_ids], pos, ts1, ts2, c,
                                                         live, here, n_fresh, now)
         has = agg_t2 > 0
+        dkeys = mr.dst_keys[dst_ids]
+        moved = self._recent_starts(dst_ids, dkeys, agg_t1, agg_c, has, now)
+        self._recent = int((moved != agg_t1).sum())
+        agg_t1 = moved
         agg["c"], agg["ts2"] = agg_c, agg_t2
         agg["ts1"] = np.where(has, agg_t1, 0)
-        dkeys = mr.dst_keys[dst_ids]
         closures = self.known.update(dkeys, agg, {"keys": keys, "ts1": ts1, "ts2": ts2, "c": c,
                                                   "dst": pos}, now, p)
         client = live & ~drops & (self.known.classes_of(keys) == L.Known.CLIENT)
@@ -758,6 +777,22 @@ class Syncer:
                             kc_delta=agg_kc[has] - cur["kc"].astype(np.int64))
         self.filt.apply(ent)
         return len(ukeys), closures
+
+    def _recent_starts(self, ids: Array, dkeys: Array, ts1: Array, c: Array, has: Array,
+                       now: int, *, record: bool = True) -> Array:
+        """ts1* of each aggregate (mirror ids ``ids``), moved forward where its
+        recent rate is over its limit and over its window's
+        (:func:`xpro.core.model.recent_start`); each c* is kept for the
+        next rounds (``record``: the recompute's).  The gain is held to what
+        the mesh's published rates back over its span (:meth:`_budget`, no
+        lag): a forged partial closes nothing through it (docs/security.rst)."""
+        p = self.filt.params
+        self.recent.fit(p.t_t3, self.period)
+        t_h, c_h = self.recent.latest_before(ids, now - p.t_t3)
+        if record:
+            self.recent.record(ids[has], c[has], now)
+        return recent_starts(ts1, c, has, t_h, c_h, now, limits(dkeys, p),
+                             self._budget(t_h, now, lag=False))
 
     # ---- candidates and the master's aggregates (docs/sync.rst, "What a round pulls")
 
@@ -781,10 +816,23 @@ class Syncer:
         mesh_now = now + self.skew
         dk = self.partials.live_dsts(mesh_now)
         t1, t2, c = self.partials.values(dk, mesh_now)
-        master_shut = closed_now(t1, t2, c, mesh_now, self.filt.params,
-                                 limits(dk, self.filt.params))
+        lim = limits(dk, self.filt.params)
+        master_shut = closed_now(t1, t2, c, mesh_now, self.filt.params, lim)
+        self._raise_closed(dk[master_shut], t1[master_shut], t2[master_shut], c[master_shut], now)
+        # Closed by its recent rate too: its clients are needed this round.  Only
+        # an aggregate holding more than T_T3 x its limit can be (a spray's
+        # thousands of keys are not looked at).
+        can = np.flatnonzero(~master_shut & (t2 > 0) & exceeds(
+            c, np.full(len(c), self.filt.params.t_t3, dtype=np.int64), lim))
+        ids = self.mirror.find_dst_ids(dk[can])
+        seen = can[ids >= 0]
+        if len(seen):
+            start = self._recent_starts(ids[ids >= 0], dk[seen], t1[seen] - self.skew,
+                                        c[seen], np.ones(len(seen), dtype=bool), now,
+                                        record=False)
+            master_shut[seen] = closed_now(start, t2[seen] - self.skew, c[seen], now,
+                                           self.filt.params, lim[seen])
         shut = dk[master_shut]
-        self._raise_closed(shut, t1[master_shut], t2[master_shut], c[master_shut], now)
         if self.known.closed:
             mine = self.known.closed_keys()
             shut = np.concatenate([shut, mine[index_of(shut, mine) < 0]], dtype=L.DST_KEY)
@@ -931,11 +979,15 @@ class Syncer:
         np.minimum.at(start, pos[remote], ts1[remote])
         return self._budget(start, now)
 
-    def _budget(self, start: Array, now: int) -> Array:
+    def _budget(self, start: Array, now: int, *, lag: bool = True) -> Array:
         """BUDGET_SLACK x the mesh's rate x (``now`` - ``start`` + two periods),
         in packets (float, floored): what flows counted since ``start`` by other
-        proxies can hold (:meth:`_remote_budget`)."""
-        window = np.clip(now - start + 2 * self.period, 0, None).astype(np.float64)
+        proxies can hold (:meth:`_remote_budget`).  Without ``lag``, the two
+        periods a count can take to reach the master are not added: what a
+        count may *gain* over a span (:meth:`_recent_starts`), where two
+        periods more would let a forged burst claim three times its span."""
+        window = np.clip(now - start + (2 * self.period if lag else 0), 0,
+                         None).astype(np.float64)
         out: Array = np.floor(BUDGET_SLACK * self.mesh_rate() * window / NS_PER_S)
         return out
 
