@@ -75,7 +75,7 @@ def test_the_arrays_agree_with_the_model() -> None:
     rnd = random.Random(7)
     period = S // 2
     rc = RecentCounts()
-    rc.fit(P.t_t3, period)
+    rc.fit(P.t_t3)
     n = 40
     hist: list[list[tuple[int, int]]] = [[] for _ in range(n)]
     counts = [0] * n
@@ -102,7 +102,8 @@ def test_the_arrays_agree_with_the_model() -> None:
             assert got[j] == want, (rnd_no, i)
             checked += 1
             moved += want != ts1[j]
-            hist[i].append((now, int(c[j])))
+            if not hist[i] or now - hist[i][-1][0] >= rc.spacing:
+                hist[i].append((now, int(c[j])))
         if rnd_no % 17 == 16:
             gone = rnd.sample(range(n), 3)
             rc.forget(np.array(gone))
@@ -110,3 +111,24 @@ def test_the_arrays_agree_with_the_model() -> None:
                 hist[i] = []
     assert checked > 1000, checked
     assert moved > 30, moved
+
+
+@pytest.mark.parametrize("step", [S // 50, S // 7, S // 2, 3 * S])
+def test_the_ring_reaches_past_t_t3_whatever_the_period(step: int) -> None:
+    """Rounds 20 ms to 3 s apart, for 12 s: the latest entry older than T_T3
+    is the one the full history has, kept or skipped by the spacing."""
+    rc = RecentCounts()
+    rc.fit(P.t_t3)
+    ids = np.array([3], dtype=np.int64)
+    kept: list[int] = []
+    for k in range(12 * S // step):
+        now = T0 + k * step
+        before = [t for t in kept if t < now - P.t_t3]
+        t_h, _ = rc.latest_before(ids, now - P.t_t3)
+        assert int(t_h[0]) == (max(before) if before else 0), k
+        if before:  # never further back than T_T3, a spacing and a step
+            assert now - int(t_h[0]) <= P.t_t3 + rc.spacing + step
+        rc.record(ids, np.array([k]), now)
+        if not kept or now - kept[-1] >= rc.spacing:
+            kept.append(now)
+    assert len(kept) > 2

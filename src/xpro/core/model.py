@@ -765,8 +765,8 @@ def recent_start(rec: DstRecord, history: Iterable[tuple[int, int]], now: int,
                  params: FilterParams, limit: int, budget: int | None = None) -> int:
     """The window start the sync writes for the aggregate ``rec`` (what
     :func:`recompute_dst` gives at ``now``), given ``history``: the
-    ``(time, c*)`` it wrote at the aggregate's earlier recomputes
-    (docs/semantics.rst, "The recent rate").
+    ``(time, c*)`` it kept at the aggregate's earlier recomputes, at most one
+    every T_T3 / 6 (docs/semantics.rst, "The recent rate").
 
     ``ts1*`` is the start of the oldest live flow, so a flood that starts
     while the destination has long-established clients is judged over a

@@ -104,31 +104,37 @@ class Partials:
 
 
 class RecentCounts:
-    """The ``(time, c*)`` of each aggregate's last recomputes, by the mirror's
+    """The ``(time, c*)`` of each aggregate's recent recomputes, by the mirror's
     destination id: what :func:`xpro.core.model.recent_start` judges the
     recent rate from (docs/semantics.rst, "The recent rate").
 
-    A ring of ``depth`` entries an id, enough to reach more than T_T3 back at
-    one round a period (:meth:`fit`).  An id the mirror frees is forgotten
-    (:meth:`forget`) before it is given to another destination.
+    A ring of :data:`DEPTH` entries an id, one kept at most every T_T3 /
+    (DEPTH - 2) (:meth:`fit`), so the latest entry older than T_T3 is always
+    in it, whatever the period: at most 64 bytes an id a round.  An id the
+    mirror frees is forgotten (:meth:`forget`) before it is given to another
+    destination.
     """
 
+    #: Entries kept an id.
+    DEPTH = 8
+
     def __init__(self) -> None:
-        self.t = np.zeros((0, 2), dtype=np.int64)
-        self.c = np.zeros((0, 2), dtype=np.int64)
+        self.t = np.zeros((0, self.DEPTH), dtype=np.int64)
+        self.c = np.zeros((0, self.DEPTH), dtype=np.int64)
         self.at = np.zeros(0, dtype=np.int64)
+        #: The least time between two entries of an id (ns).
+        self.spacing = 0
 
     def clear(self) -> None:
         self.t[:] = 0
         self.c[:] = 0
 
-    def fit(self, t_t3: int, period: int) -> None:
-        """Enough entries an id to reach T_T3 back at one round a ``period``
-        (history dropped when that changes)."""
-        depth = min(64, max(2, -(-t_t3 // max(period, 1)) + 2))
-        if depth != self.t.shape[1]:
-            self.t = np.zeros((len(self.t), depth), dtype=np.int64)
-            self.c = np.zeros((len(self.t), depth), dtype=np.int64)
+    def fit(self, t_t3: int) -> None:
+        """Space the entries for this T_T3 (the history is dropped when it changes)."""
+        spacing = t_t3 // (self.DEPTH - 2)
+        if spacing != self.spacing:
+            self.spacing = spacing
+            self.clear()
 
     def forget(self, ids: Array) -> None:
         ids = np.asarray(ids, dtype=np.int64)
@@ -160,12 +166,17 @@ class RecentCounts:
         return t[rows, pick], c[rows, pick]
 
     def record(self, ids: Array, c: Array, now: int) -> None:
-        """Each id's ``c*`` at ``now`` (ids distinct)."""
+        """Each id's ``c*`` at ``now`` (ids distinct), where its latest entry is
+        at least :attr:`spacing` old."""
         ids = np.asarray(ids, dtype=np.int64)
+        c = np.asarray(c, dtype=np.int64)
         if not len(ids):
             return
         self._grow(int(ids.max()) + 1)
-        slot = self.at[ids] % self.t.shape[1]
+        last = self.t[ids, (self.at[ids] - 1) % self.DEPTH]
+        due = (last == 0) | (now - last >= self.spacing)
+        ids, c = ids[due], c[due]
+        slot = self.at[ids] % self.DEPTH
         self.t[ids, slot] = now
         self.c[ids, slot] = c
         self.at[ids] += 1

@@ -787,7 +787,7 @@ class Syncer:
         the mesh's published rates back over its span (:meth:`_budget`, no
         lag): a forged partial closes nothing through it (docs/security.rst)."""
         p = self.filt.params
-        self.recent.fit(p.t_t3, self.period)
+        self.recent.fit(p.t_t3)
         t_h, c_h = self.recent.latest_before(ids, now - p.t_t3)
         if record:
             self.recent.record(ids[has], c[has], now)
