@@ -14,7 +14,6 @@ import numpy as np
 import numpy.typing as npt
 
 from xpro.core import layout as L
-from xpro.core.keys import index_of
 from xpro.core.pull import AGG_KEY, PARTIAL, PullRule, aggregate_arrays
 from xpro.sync.known import exceeds
 
@@ -24,16 +23,29 @@ Array = npt.NDArray[Any]
 
 _VK = np.dtype((np.void, AGG_KEY.itemsize))
 _VD = np.dtype((np.void, L.DST_KEY.itemsize))
+#: Where a partial's key holds its destination key.
+_DST_AT: int = AGG_KEY.fields["dst"][1] if AGG_KEY.fields else 0
 
 
 class Partials:
-    """The latest value of every partial pulled, in mesh time."""
+    """The latest value of every partial pulled, in mesh time.
+
+    Each partial's destination is numbered once, when it first comes
+    (:attr:`group`): a round's look-ups by destination are array indexing,
+    not a sort of every partial (under a port spray the master holds the
+    partials of tens of thousands of keys).
+    """
 
     def __init__(self, rule: PullRule) -> None:
         self.rule = rule
         self.index: dict[bytes, int] = {}
         self.keys = np.zeros(0, dtype=AGG_KEY)
         self.parts = np.zeros(0, dtype=PARTIAL)
+        #: Destination key (20 bytes) -> its number; the keys by number.
+        self.dst_index: dict[bytes, int] = {}
+        self.dsts = np.zeros(0, dtype=L.DST_KEY)
+        #: The number of each partial's destination.
+        self.group = np.zeros(0, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -42,6 +54,9 @@ class Partials:
         self.index.clear()
         self.keys = self.keys[:0]
         self.parts = self.parts[:0]
+        self.dst_index.clear()
+        self.dsts = self.dsts[:0]
+        self.group = self.group[:0]
 
     def update(self, keys: Array, parts: Array) -> Array:
         """Take these partials in; returns the destinations (DST_KEY) they belong to."""
@@ -49,46 +64,75 @@ class Partials:
         if not len(keys):
             return np.zeros(0, dtype=L.DST_KEY)
         raw = [bytes(x) for x in np.ascontiguousarray(keys).view(_VK)]
-        add_k: list[int] = []
-        add_p: list[int] = []
+        add: list[int] = []
+        groups: list[int] = []
+        touched: list[int] = []
+        new_dsts: list[bytes] = []
+        dst_at = _DST_AT
         for i, x in enumerate(raw):
             at = self.index.get(x)
             if at is None:
-                self.index[x] = len(self.keys) + len(add_k)
-                add_k.append(i)
-                add_p.append(i)
+                self.index[x] = len(self.keys) + len(add)
+                add.append(i)
+                d = x[dst_at : dst_at + L.DST_KEY.itemsize]
+                g = self.dst_index.get(d)
+                if g is None:
+                    g = self.dst_index[d] = len(self.dsts) + len(new_dsts)
+                    new_dsts.append(d)
+                groups.append(g)
+                touched.append(g)
+            elif at >= len(self.keys):  # twice in one batch: the later value
+                add[at - len(self.keys)] = i
             else:
                 self.parts[at] = parts[i]
-        if add_k:
+                touched.append(int(self.group[at]))
+        if add:
             # dtype given: a bare concatenate turns the big-endian port native,
             # and the keys' bytes would no longer match the DST_KEY ones.
-            self.keys = np.concatenate([self.keys, keys[add_k]], dtype=AGG_KEY)
-            self.parts = np.concatenate([self.parts, np.asarray(parts, dtype=PARTIAL)[add_p]],
+            self.keys = np.concatenate([self.keys, keys[add]], dtype=AGG_KEY)
+            self.parts = np.concatenate([self.parts, np.asarray(parts, dtype=PARTIAL)[add]],
                                         dtype=PARTIAL)
-        return np.unique(np.ascontiguousarray(keys["dst"]).view(_VD)).view(L.DST_KEY).reshape(-1)
+            self.group = np.concatenate([self.group, np.array(groups, dtype=np.int64)])
+        if new_dsts:
+            self.dsts = np.concatenate([self.dsts, np.frombuffer(b"".join(new_dsts),
+                                                                 dtype=L.DST_KEY)],
+                                       dtype=L.DST_KEY)
+        out: Array = self.dsts[np.unique(np.array(touched, dtype=np.int64))]
+        return out
 
     def prune(self, now: int) -> None:
-        """Forget the partials no flow can be live in at ``now`` (mesh time)."""
+        """Forget the partials no flow can be live in at ``now`` (mesh time), and
+        the destinations none is left of."""
         first = self.rule.live_from(now)
         keep = (self.keys["slot"] >= np.uint64(first)) & (self.parts["n"] > 0)
         if keep.all():
             return
-        self.keys, self.parts = self.keys[keep], self.parts[keep]
+        self.keys, self.parts, self.group = self.keys[keep], self.parts[keep], self.group[keep]
         raw = [bytes(x) for x in np.ascontiguousarray(self.keys).view(_VK)]
         self.index = {x: i for i, x in enumerate(raw)}
+        used = np.unique(self.group)
+        renumber = np.full(len(self.dsts), -1, dtype=np.int64)
+        renumber[used] = np.arange(len(used))
+        self.group = renumber[self.group]
+        self.dsts = self.dsts[used]
+        w = L.DST_KEY.itemsize
+        b = np.ascontiguousarray(self.dsts).tobytes()
+        self.dst_index = {b[i * w : (i + 1) * w]: i for i in range(len(self.dsts))}
 
     def aged(self, since: int, now: int) -> Array:
         """The destinations of partials that were live at ``since`` and are not at ``now``."""
         lo, hi = np.uint64(self.rule.live_from(since)), np.uint64(self.rule.live_from(now))
         sel = (self.keys["slot"] >= lo) & (self.keys["slot"] < hi) & (self.parts["n"] > 0)
-        d = np.ascontiguousarray(self.keys["dst"][sel]).view(_VD)
-        return np.unique(d).view(L.DST_KEY).reshape(-1)
+        out: Array = self.dsts[np.unique(self.group[sel])]
+        return out
 
-    def live_dsts(self, now: int) -> Array:
-        """The destinations with a live partial at ``now`` (mesh time)."""
-        live = (self.keys["slot"] >= np.uint64(self.rule.live_from(now))) & (self.parts["n"] > 0)
-        d = np.ascontiguousarray(self.keys["dst"][live]).view(_VD)
-        return np.unique(d).view(L.DST_KEY).reshape(-1)
+    def live(self, now: int) -> tuple[Array, Array, Array, Array]:
+        """The destinations with a live partial at ``now`` (mesh time), each once,
+        with their (ts1*, ts2*, c*) as :meth:`values` gives them."""
+        t1, t2, c = aggregate_arrays(self.keys["slot"], self.parts, self.group,
+                                     len(self.dsts), now, self.rule)
+        has = t2 > 0
+        return self.dsts[has], t1[has], t2[has], c[has]
 
     def values(self, dsts: Array, now: int) -> tuple[Array, Array, Array]:
         """(ts1*, ts2*, c*) of each destination (DST_KEY, pad 0) at ``now``: over its
@@ -97,7 +141,14 @@ class Partials:
         if not len(self.keys) or not len(dsts):
             z = np.zeros(len(dsts), dtype=np.int64)
             return z, z.copy(), z.copy()
-        group = index_of(dsts, np.ascontiguousarray(self.keys["dst"]))
+        get = self.dst_index.get
+        w = L.DST_KEY.itemsize
+        raw = dsts.tobytes()
+        num = np.fromiter((get(raw[i : i + w], -1) for i in range(0, len(raw), w)),
+                          dtype=np.int64, count=len(dsts))
+        pos = np.full(len(self.dsts), -1, dtype=np.int64)
+        pos[num[num >= 0]] = np.flatnonzero(num >= 0)
+        group = pos[self.group]
         mine = group >= 0
         return aggregate_arrays(self.keys["slot"][mine], self.parts[mine], group[mine],
                                 len(dsts), now, self.rule)

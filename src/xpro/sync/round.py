@@ -814,8 +814,7 @@ class Syncer:
         aggregates or closed here (in mesh time; checked with the other pulls)."""
         assert self.partials is not None
         mesh_now = now + self.skew
-        dk = self.partials.live_dsts(mesh_now)
-        t1, t2, c = self.partials.values(dk, mesh_now)
+        dk, t1, t2, c = self.partials.live(mesh_now)
         lim = limits(dk, self.filt.params)
         master_shut = closed_now(t1, t2, c, mesh_now, self.filt.params, lim)
         self._raise_closed(dk[master_shut], t1[master_shut], t2[master_shut], c[master_shut], now)

@@ -1,0 +1,99 @@
+"""The partials a proxy keeps (xpro.sync.aggregates.Partials) against a plain
+sum over every partial it took in, through updates, shards and prunes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xpro.core import layout as L
+from xpro.core import model
+from xpro.core.pull import AGG_KEY, PARTIAL, PullRule
+from xpro.sync.aggregates import Partials
+
+pytestmark = pytest.mark.unit
+
+S = model.NS_PER_S
+RULE = PullRule(t_f1=100, t_t2=S, t_t1=10 * S, near_pm=500, min_age=2 * S, min_packets=8)
+
+
+def _dst(i: int) -> bytes:
+    k = np.zeros(1, dtype=L.DST_KEY)
+    k["addr"] = bytes(10) + b"\xff\xff" + bytes((10, 9, i >> 8 & 255, i & 255))
+    k["port"] = 9000 + i % 3  # big-endian in the key: bytes must match
+    return k.tobytes()
+
+
+def _brute(held: dict[bytes, tuple[bytes, int, tuple[int, int, int, int]]], dsts: list[bytes],
+           now: int) -> list[tuple[int, int, int]]:
+    first = RULE.live_from(now)
+    out = []
+    for d in dsts:
+        live = [p for dd, slot, p in held.values() if dd == d and slot >= first and p[3] > 0]
+        if not live:
+            out.append((0, 0, 0))
+            continue
+        out.append((min(p[0] for p in live), max(p[1] for p in live), sum(p[2] for p in live)))
+    return out
+
+
+def test_values_and_live_are_the_sum_over_the_live_partials() -> None:
+    rng = np.random.default_rng(11)
+    parts = Partials(RULE)
+    held: dict[bytes, tuple[bytes, int, tuple[int, int, int, int]]] = {}
+    t0 = 1_700_000_000 * S
+    dsts = [_dst(i) for i in range(60)]
+    for step in range(40):
+        now = t0 + step * S // 2
+        n = int(rng.integers(1, 80))
+        ak = np.zeros(n, dtype=AGG_KEY)
+        pv = np.zeros(n, dtype=PARTIAL)
+        for j in range(n):
+            d = dsts[int(rng.integers(len(dsts)))]
+            ak[j]["shard"] = int(rng.integers(3))
+            ak[j]["dst"] = np.frombuffer(d, dtype=L.DST_KEY)[0]
+            ak[j]["slot"] = now // RULE.slot_ns - int(rng.integers(0, 6))
+            t2 = now - int(rng.integers(0, 3 * S))
+            pv[j] = (t2 - int(rng.integers(0, 5 * S)), t2, int(rng.integers(0, 900)),
+                     int(rng.integers(0, 3)))
+        ak = ak[np.unique(ak.view(np.dtype((np.void, AGG_KEY.itemsize))),
+                          return_index=True)[1]]
+        pv = pv[: len(ak)]
+        got_dsts = parts.update(ak, pv)
+        assert {bytes(k) for k in got_dsts} == {bytes(k["dst"]) for k in ak}
+        for k, p in zip(ak, pv, strict=True):
+            held[k.tobytes()] = (k["dst"].tobytes(), int(k["slot"]),
+                                 (int(p["ts1"]), int(p["ts2"]), int(p["c"]), int(p["n"])))
+        if step % 5 == 4:
+            parts.prune(now)
+            first = RULE.live_from(now)
+            held = {k: v for k, v in held.items() if v[1] >= first and v[2][3] > 0}
+        ask = [dsts[int(i)] for i in rng.choice(len(dsts), 25, replace=False)]
+        t1, t2, c = parts.values(np.frombuffer(b"".join(ask), dtype=L.DST_KEY), now)
+        assert list(zip(t1.tolist(), t2.tolist(), c.tolist(), strict=True)) == \
+            _brute(held, ask, now)
+        dk, lt1, lt2, lc = parts.live(now)
+        want = {d: v for d, v in zip(dsts, _brute(held, dsts, now), strict=True) if v[1] > 0}
+        assert {bytes(k): (int(a), int(b), int(x)) for k, a, b, x
+                in zip(dk, lt1, lt2, lc, strict=True)} == want
+        assert len(dk) == len({bytes(k) for k in dk})
+        aged = parts.aged(now - S, now)
+        first, before = RULE.live_from(now), RULE.live_from(now - S)
+        assert {bytes(k) for k in aged} == {v[0] for v in held.values()
+                                            if before <= v[1] < first and v[2][3] > 0}
+    assert len(parts.dsts) <= len(dsts)
+
+
+def test_a_key_twice_in_one_batch_keeps_the_later_value() -> None:
+    """A store that answers a partial twice in one pull (a hostile one) neither
+    crashes the round nor counts it twice."""
+    parts = Partials(RULE)
+    now = 1_700_000_000 * S
+    ak = np.zeros(2, dtype=AGG_KEY)
+    ak["dst"] = np.frombuffer(_dst(1), dtype=L.DST_KEY)[0]
+    ak["slot"] = now // RULE.slot_ns
+    pv = np.array([(now - S, now, 10, 1), (now - S, now, 30, 1)], dtype=PARTIAL)
+    assert [bytes(k) for k in parts.update(ak, pv)] == [_dst(1)]
+    assert len(parts) == 1
+    _, _, c = parts.values(np.frombuffer(_dst(1), dtype=L.DST_KEY), now)
+    assert c.tolist() == [30]
