@@ -523,7 +523,13 @@ def test_a_flood_behind_established_clients_closes_at_its_recent_rate(pull: str)
     half second.  Over the window the clients opened, the mesh's rate passes
     T_F2 only 12.5 s into the flood; its recent rate (docs/semantics.rst,
     "The recent rate") closes it at every proxy within 2 s, and the clients
-    are served (before: open after 2 s, and after 4)."""
+    are served (before: open after 2 s, and after 4).  With the candidate
+    pull, proxy 0 (the clients', none of the flood) holds it closed in the
+    program from the pull of each round it is closed in, not only from the
+    recompute at the round's end (before: open until the recompute, every
+    round)."""
+    from xpro.sync.known import closed_now
+
     params = model.FilterParams(t_t1=100 * S, t_t2=S, t_f1=100, t_t3=S, t_f2=500)
     url = f"memory://{uuid.uuid4().hex}"
     proxies = [Proxy(f"p{i}", open_store(url), params) for i in range(3)]
@@ -533,6 +539,20 @@ def test_a_flood_behind_established_clients_closes_at_its_recent_rate(pull: str)
                             period=S // 2)
         clients = [frame(f"10.1.0.{i}", "10.9.9.9") for i in range(1, 4)]
         dkey = model.parse(clients[0], 0).dst
+        first = proxies[0]
+        seen: list[tuple[bool, bool]] = []  # (closed in the program before, closed after)
+        real = first.sync._recompute_destinations
+
+        def spy(dst_ids: np.ndarray, now: int) -> tuple[int, list[Closure]]:
+            exists, rec = first.filt.read_dsts_of(np.frombuffer(dkey, dtype=L.DST_KEY))
+            before = bool(exists[0]) and bool(closed_now(
+                rec["ts1"].astype(np.int64), rec["ts2"].astype(np.int64),
+                rec["c"].astype(np.int64), now, params)[0])
+            out = real(dst_ids, now)
+            seen.append((before, dkey in first.sync.known.closed))
+            return out
+
+        first.sync._recompute_destinations = spy  # type: ignore[method-assign]
         t = T0
         for _ in range(16):
             for i in range(5):
@@ -561,6 +581,9 @@ def test_a_flood_behind_established_clients_closes_at_its_recent_rate(pull: str)
             assert p.send(clients[0], t) == [2], p.sync.proxy  # a client: served
         rec = proxies[0].filt.read_dsts_of(np.frombuffer(dkey, dtype=L.DST_KEY))[1][0]
         assert t - int(rec["ts1"]) < 8 * S, "judged over the flood's window, not the clients'"
+        if pull == "candidates":
+            assert any(after for _, after in seen)
+            assert all(before for before, after in seen if after), seen
     finally:
         for p in proxies:
             p.close()

@@ -818,9 +818,9 @@ class Syncer:
         lim = limits(dk, self.filt.params)
         master_shut = closed_now(t1, t2, c, mesh_now, self.filt.params, lim)
         self._raise_closed(dk[master_shut], t1[master_shut], t2[master_shut], c[master_shut], now)
-        # Closed by its recent rate too: its clients are needed this round.  Only
-        # an aggregate holding more than T_T3 x its limit can be (a spray's
-        # thousands of keys are not looked at).
+        # Closed by its recent rate too: raised the same way, and its clients
+        # are needed this round.  Only an aggregate holding more than T_T3 x
+        # its limit can be (a spray's thousands of keys are not looked at).
         can = np.flatnonzero(~master_shut & (t2 > 0) & exceeds(
             c, np.full(len(c), self.filt.params.t_t3, dtype=np.int64), lim))
         ids = self.mirror.find_dst_ids(dk[can])
@@ -829,8 +829,11 @@ class Syncer:
             start = self._recent_starts(ids[ids >= 0], dk[seen], t1[seen] - self.skew,
                                         c[seen], np.ones(len(seen), dtype=bool), now,
                                         record=False)
-            master_shut[seen] = closed_now(start, t2[seen] - self.skew, c[seen], now,
-                                           self.filt.params, lim[seen])
+            recent = closed_now(start, t2[seen] - self.skew, c[seen], now,
+                                self.filt.params, lim[seen])
+            master_shut[seen] = recent
+            self._raise_closed(dk[seen][recent], start[recent] + self.skew,
+                               t2[seen][recent], c[seen][recent], now, recent=True)
         shut = dk[master_shut]
         if self.known.closed:
             mine = self.known.closed_keys()
@@ -857,7 +860,8 @@ class Syncer:
         st.clients_pulled = len(keys)
         return keys, recs
 
-    def _raise_closed(self, dk: Array, t1: Array, t2: Array, c: Array, now: int) -> None:
+    def _raise_closed(self, dk: Array, t1: Array, t2: Array, c: Array, now: int, *,
+                      recent: bool = False) -> None:
         """The aggregates the master's partials close (``dk``, their ts1*, ts2*, c* in
         mesh time), raised in the program right after the pull, not only at the
         recompute at the end of the round.
@@ -874,7 +878,9 @@ class Syncer:
         adds to the program's count is held to the recompute's cap on the
         flows other proxies counted (:meth:`_remote_budget`): a forged
         partial closes nothing here, not even until the recompute
-        (docs/security.rst).
+        (docs/security.rst).  ``recent``: ``t1`` is the start the recent rate
+        gives (:meth:`_recent_starts`), later than the program's: ts1* is
+        moved forward to it, as the recompute would at the end of the round.
         """
         if not len(dk):
             return
@@ -887,7 +893,8 @@ class Syncer:
         still = closed_now(m_t1, m_t2, c, now, self.filt.params, limits(dk, self.filt.params))
         dk, m_t1, m_t2, c = dk[still], m_t1[still], m_t2[still], c[still]
         have, cur_c, cur_t1 = have[still], cur_c[still], cur_t1[still]
-        up = ~have | (c > cur_c) | (cur_t1 > m_t1)
+        move = (cur_t1 > m_t1) | (recent & (cur_t1 < m_t1))
+        up = ~have | (c > cur_c) | move
         if not up.any():
             return
         fk = np.zeros(int(up.sum()), dtype=L.FLOW_KEY)
@@ -896,7 +903,7 @@ class Syncer:
         self.filt.apply(apply_entries(
             fk, np.where(created, OP_DST | OP_CREATE, OP_DST),
             c_delta=np.where(created, c[up], np.maximum(c[up] - cur_c[up], 0)),
-            ts1=np.where(created | (cur_t1[up] > m_t1[up]), m_t1[up], 0), ts2=m_t2[up],
+            ts1=np.where(created | move[up], m_t1[up], 0), ts2=m_t2[up],
             kc_delta=0))
 
     def _master_destinations(self, now: int, st: SyncStats) -> Array:
