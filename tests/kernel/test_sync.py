@@ -587,3 +587,51 @@ def test_a_flood_behind_established_clients_closes_at_its_recent_rate(pull: str)
     finally:
         for p in proxies:
             p.close()
+
+
+def test_a_proxy_over_the_limit_alone_closes_at_the_start_of_its_round() -> None:
+    """Clients for 8 s, then 800 packets/s of new sources through this proxy
+    alone (T_F2 = 500), a round each half second.  The program's own count
+    gained over T_F2 since the recompute T_T3 ago: the round raises it
+    before its merge (docs/semantics.rst, "The recent rate"), not at its
+    recompute, which under a spray ends seconds later (before: open at the
+    merge of the round that closed it)."""
+    from xpro.sync.known import closed_now
+
+    params = model.FilterParams(t_t1=100 * S, t_t2=S, t_f1=100, t_t3=S, t_f2=500)
+    url = f"memory://{uuid.uuid4().hex}"
+    p = Proxy("p0", open_store(url), params)
+    try:
+        p.sync = Syncer(p.filt, p.sync.store, "p0", SYNC, period=S // 2)
+        clients = [frame(f"10.1.0.{i}", "10.9.9.9") for i in range(1, 4)]
+        dkey = model.parse(clients[0], 0).dst
+        at_merge: list[bool] = []
+        real = p.sync._merge
+
+        def spy(*args: object) -> tuple[np.ndarray, np.ndarray]:
+            exists, rec = p.filt.read_dsts_of(np.frombuffer(dkey, dtype=L.DST_KEY))
+            now = t  # the round's (read when called)
+            at_merge.append(bool(exists[0]) and bool(closed_now(
+                rec["ts1"].astype(np.int64), rec["ts2"].astype(np.int64),
+                rec["c"].astype(np.int64), now, params)[0]))
+            return real(*args)  # type: ignore[arg-type]
+
+        p.sync._merge = spy  # type: ignore[method-assign]
+        t = T0
+        closed_after: list[bool] = []
+        for half in range(22):
+            for i in range(5):
+                for fr in clients:
+                    p.send(fr, t + i * S // 10)
+            if half >= 16:
+                for i in range(400):
+                    p.send(frame(f"11.{half}.{i // 250}.{i % 250 + 1}", "10.9.9.9"),
+                           t + i * S // 800)
+            t += S // 2
+            p.sync.round(t)
+            closed_after.append(dkey in p.sync.known.closed)
+        first = closed_after.index(True)
+        assert first >= 17, closed_after
+        assert at_merge[first], (first, at_merge)
+    finally:
+        p.close()

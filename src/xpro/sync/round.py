@@ -284,6 +284,7 @@ class Syncer:
         st.skew = self.skew
         st.skew_measured = self.skew_measured
         st.peers = self._check_peers(peers, st, b)
+        self._raise_recent(now)
 
         # A merge that failed last time (the store unreachable) is repeated
         # first, with the same arrays (the store applies each batch at most
@@ -777,6 +778,37 @@ class Syncer:
                             kc_delta=agg_kc[has] - cur["kc"].astype(np.int64))
         self.filt.apply(ent)
         return len(ukeys), closures
+
+    def _raise_recent(self, now: int) -> None:
+        """At the start of a round, before its merge: the program's aggregates
+        whose count gained over their limit since the latest recompute more
+        than T_T3 ago, their ts1* moved forward as the recompute would
+        (:meth:`_recent_starts`).  Under a spray a round lasts seconds, and a
+        proxy that alone carries a destination over its limit need not wait
+        for the round's end, nor for the next (docs/semantics.rst, "The
+        recent rate")."""
+        if not len(self.recent.t):
+            return
+        keys, recs = self.filt.read_dsts()
+        if not len(keys):
+            return
+        p = self.filt.params
+        lim = limits(keys, p)
+        c, t1, t2 = (recs[f].astype(np.int64) for f in ("c", "ts1", "ts2"))
+        can = np.flatnonzero(exceeds(c, np.full(len(c), p.t_t3, dtype=np.int64), lim)
+                             & ~closed_now(t1, t2, c, now, p, lim))
+        ids = self.mirror.find_dst_ids(keys[can])
+        sel = can[ids >= 0]
+        if not len(sel):
+            return
+        start = self._recent_starts(ids[ids >= 0], keys[sel], t1[sel], c[sel],
+                                    np.ones(len(sel), dtype=bool), now, record=False)
+        up = (start > t1[sel]) & closed_now(start, t2[sel], c[sel], now, p, lim[sel])
+        if not up.any():
+            return
+        fk = np.zeros(int(up.sum()), dtype=L.FLOW_KEY)
+        fk["dst"] = keys[sel][up]
+        self.filt.apply(apply_entries(fk, OP_DST, c_delta=0, ts1=start[up], ts2=0, kc_delta=0))
 
     def _recent_starts(self, ids: Array, dkeys: Array, ts1: Array, c: Array, has: Array,
                        now: int, *, record: bool = True) -> Array:
