@@ -64,6 +64,11 @@ def test_values_and_live_are_the_sum_over_the_live_partials() -> None:
         for k, p in zip(ak, pv, strict=True):
             held[k.tobytes()] = (k["dst"].tobytes(), int(k["slot"]),
                                  (int(p["ts1"]), int(p["ts2"]), int(p["c"]), int(p["n"])))
+        # What aged out since the last round, read before the prune (as a round does).
+        aged = parts.aged(now - S // 2, now)  # since the last step
+        first, before = RULE.live_from(now), RULE.live_from(now - S // 2)
+        assert {bytes(k) for k in aged} == {v[0] for v in held.values()
+                                            if before <= v[1] < first and v[2][3] > 0}
         if step % 5 == 4:
             parts.prune(now)
             first = RULE.live_from(now)
@@ -77,10 +82,6 @@ def test_values_and_live_are_the_sum_over_the_live_partials() -> None:
         assert {bytes(k): (int(a), int(b), int(x)) for k, a, b, x
                 in zip(dk, lt1, lt2, lc, strict=True)} == want
         assert len(dk) == len({bytes(k) for k in dk})
-        aged = parts.aged(now - S, now)
-        first, before = RULE.live_from(now), RULE.live_from(now - S)
-        assert {bytes(k) for k in aged} == {v[0] for v in held.values()
-                                            if before <= v[1] < first and v[2][3] > 0}
     assert len(parts.dsts) <= len(dsts)
 
 
