@@ -786,8 +786,9 @@ class Syncer:
         (:meth:`_recent_starts`).  Under a spray a round lasts seconds, and a
         proxy that alone carries a destination over its limit need not wait
         for the round's end, nor for the next (docs/semantics.rst, "The
-        recent rate")."""
-        if not len(self.recent.t):
+        recent rate").  Not in a round that replays a merge: its history is
+        about to be dropped."""
+        if not len(self.recent.t) or self._pending is not None:
             return
         keys, recs = self.filt.read_dsts()
         if not len(keys):
