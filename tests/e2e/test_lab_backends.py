@@ -5,10 +5,15 @@ distributed scenario with the verdicts of ``native``: with sync, at least
 95 % of the attack dropped from the end of the second sync period on and at
 most 1 % of the legitimate packets.  Short form: four proxies, twenty bots
 at 1.6 x T_F1 (each proxy sees 0.4 x T_F1 of every bot: alone, none would
-drop), seven seconds, sync only; about 12 s per backend.  Four proxies, not
-two, and seven seconds, not five: the ``offload`` defect below shows only
-once the NIC's share of the drops is large and has had a few seconds to
-weigh (with two proxies and five seconds ``offload`` passed).
+drop), ten seconds (the scenario's own length, the one the target is set
+on), sync only; about 15 s per backend.  Four proxies, not two, and more
+than five seconds: the ``offload`` defect below shows only once the NIC's
+share of the drops is large and has had a few seconds to weigh (with two
+proxies and five seconds ``offload`` passed).  Not seven: the seconds
+right after the 2nd sync period weigh more in a shorter run, and ``afxdp``
+(the filter in Python, in the lab's one process) measured 93.7 and 94.8 %
+in two of three clean-clone CI runs at seven, against 96.5-97.2 % in every
+run outside CI.
 
 Where each backend sits in the lab is :func:`xpro.lab.mesh.placement`:
 ``afxdp`` sends passed frames out of the proxy's service-side interface to
@@ -37,7 +42,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 Runner = Callable[..., dict[str, Any]]
 
-SHORT = ("--variant", "sync", "--proxies", "4", "--bots", "20", "--duration", "7")
+SHORT = ("--variant", "sync", "--proxies", "4", "--bots", "20", "--duration", "10")
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_distributed_short_form_has_the_native_verdicts(run_lab: Runner, backend: str) -> None:
@@ -48,7 +53,7 @@ def test_distributed_short_form_has_the_native_verdicts(run_lab: Runner, backend
           f"{out['time_to_first_drop_s']} s, verdicts {out['verdicts']}")
     assert out["backend"] == backend
     assert out["variant"] == "sync"
-    assert out["attack_sent"] > 20 * 150 * 5.5  # 20 bots at 160/s for 6 s, give or take
+    assert out["attack_sent"] > 20 * 150 * 8.5  # 20 bots at 160/s for 9 s, give or take
     assert out["attack_dropped_pct"] >= 95.0, out
     assert out["legit_dropped_pct"] <= 1.0, out
     assert out["legit_received"] > 0
