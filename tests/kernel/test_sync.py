@@ -515,6 +515,23 @@ def test_a_spray_far_under_t_f2_per_key_is_not_written_into_every_proxy() -> Non
             p.close()
 
 
+def _closed_in_program(p: Proxy, dkey: bytes, now: int, params: model.FilterParams) -> bool:
+    """Whether proxy ``p``'s program holds destination ``dkey`` closed at ``now``."""
+    from xpro.sync.known import closed_now
+
+    exists, rec = p.filt.read_dsts_of(np.frombuffer(dkey, dtype=L.DST_KEY))
+    return bool(exists[0]) and bool(closed_now(
+        rec["ts1"].astype(np.int64), rec["ts2"].astype(np.int64), rec["c"].astype(np.int64),
+        now, params)[0])
+
+
+def _half_second_of(p: Proxy, clients: list[bytes], t: int) -> None:
+    """Each client's packets of half a second from ``t`` (10 packets/s) through ``p``."""
+    for i in range(5):
+        for fr in clients:
+            p.send(fr, t + i * S // 10)
+
+
 @pytest.mark.parametrize("pull", ["candidates", "all"])
 def test_a_flood_behind_established_clients_closes_at_its_recent_rate(pull: str) -> None:
     """Three clients of the destination at proxy 0, 10 packets/s each for 8 s;
@@ -528,7 +545,6 @@ def test_a_flood_behind_established_clients_closes_at_its_recent_rate(pull: str)
     program from the pull of each round it is closed in, not only from the
     recompute at the round's end (before: open until the recompute, every
     round)."""
-    from xpro.sync.known import closed_now
 
     params = model.FilterParams(t_t1=100 * S, t_t2=S, t_f1=100, t_t3=S, t_f2=500)
     url = f"memory://{uuid.uuid4().hex}"
@@ -544,10 +560,7 @@ def test_a_flood_behind_established_clients_closes_at_its_recent_rate(pull: str)
         real = first.sync._recompute_destinations
 
         def spy(dst_ids: np.ndarray, now: int) -> tuple[int, list[Closure]]:
-            exists, rec = first.filt.read_dsts_of(np.frombuffer(dkey, dtype=L.DST_KEY))
-            before = bool(exists[0]) and bool(closed_now(
-                rec["ts1"].astype(np.int64), rec["ts2"].astype(np.int64),
-                rec["c"].astype(np.int64), now, params)[0])
+            before = _closed_in_program(first, dkey, now, params)
             out = real(dst_ids, now)
             seen.append((before, dkey in first.sync.known.closed))
             return out
@@ -555,9 +568,7 @@ def test_a_flood_behind_established_clients_closes_at_its_recent_rate(pull: str)
         first.sync._recompute_destinations = spy  # type: ignore[method-assign]
         t = T0
         for _ in range(16):
-            for i in range(5):
-                for fr in clients:
-                    proxies[0].send(fr, t + i * S // 10)
+            _half_second_of(proxies[0], clients, t)
             t += S // 2
             for p in proxies:
                 p.sync.round(t)
@@ -569,9 +580,7 @@ def test_a_flood_behind_established_clients_closes_at_its_recent_rate(pull: str)
                     n += 1
                     proxies[j].send(frame(f"11.{j}.{n // 250}.{n % 250 + 1}", "10.9.9.9"),
                                     t + i * S // 400)
-            for i in range(5):
-                for fr in clients:
-                    proxies[0].send(fr, t + i * S // 10)
+            _half_second_of(proxies[0], clients, t)
             t += S // 2
             for p in proxies:
                 p.sync.round(t)
@@ -596,7 +605,6 @@ def test_a_proxy_over_the_limit_alone_closes_at_the_start_of_its_round() -> None
     before its merge (docs/semantics.rst, "The recent rate"), not at its
     recompute, which under a spray ends seconds later (before: open at the
     merge of the round that closed it)."""
-    from xpro.sync.known import closed_now
 
     params = model.FilterParams(t_t1=100 * S, t_t2=S, t_f1=100, t_t3=S, t_f2=500)
     url = f"memory://{uuid.uuid4().hex}"
@@ -609,20 +617,14 @@ def test_a_proxy_over_the_limit_alone_closes_at_the_start_of_its_round() -> None
         real = p.sync._merge
 
         def spy(*args: object) -> tuple[np.ndarray, np.ndarray]:
-            exists, rec = p.filt.read_dsts_of(np.frombuffer(dkey, dtype=L.DST_KEY))
-            now = t  # the round's (read when called)
-            at_merge.append(bool(exists[0]) and bool(closed_now(
-                rec["ts1"].astype(np.int64), rec["ts2"].astype(np.int64),
-                rec["c"].astype(np.int64), now, params)[0]))
+            at_merge.append(_closed_in_program(p, dkey, t, params))  # t: the round's
             return real(*args)  # type: ignore[arg-type]
 
         p.sync._merge = spy  # type: ignore[method-assign]
         t = T0
         closed_after: list[bool] = []
         for half in range(22):
-            for i in range(5):
-                for fr in clients:
-                    p.send(fr, t + i * S // 10)
+            _half_second_of(p, clients, t)
             if half >= 16:
                 for i in range(400):
                     p.send(frame(f"11.{half}.{i // 250}.{i % 250 + 1}", "10.9.9.9"),

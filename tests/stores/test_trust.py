@@ -132,6 +132,20 @@ def forge_raw(url: str, mesh: str, records: dict[bytes, bytes]) -> None:
         st.close()
 
 
+def forge_partial(store: Store, dkey: bytes, slot: int, ts1: int, ts2: int, c: int) -> None:
+    """Write the master's partial of destination ``dkey`` in ``slot`` (a memory
+    store), with a change-log entry so that every proxy pulls it."""
+    st = store._state  # type: ignore[attr-defined]
+    ak = np.zeros(1, dtype=AGG_KEY)
+    ak["dst"] = np.frombuffer(dkey, dtype=L.DST_KEY)
+    ak["slot"] = slot
+    part = np.array([(ts1, ts2, c, 1)], dtype=PARTIAL)
+    with st.lock:
+        st.version += 1
+        st.partials[ak.tobytes()] = part[0]
+        st.plog.append((st.version, [ak.tobytes()]))
+
+
 def master_record(p: Proxy, key: bytes) -> tuple[int, int, int] | None:
     keys, recs, _ = p.sync.store.changes(None)
     for k, r in zip(keys, recs, strict=True):
@@ -345,16 +359,8 @@ def test_a_forged_partial_does_not_close_a_destination_even_within_a_round() -> 
                 b.send(NEWCOMER, t)
             now = T0 + (second + 1) * S
             if second >= 3:
-                st = stores[0]._state  # type: ignore[attr-defined]
-                slot = now // b.sync.rule.slot_ns
-                ak = np.zeros(1, dtype=AGG_KEY)
-                ak["dst"] = np.frombuffer(dkey, dtype=L.DST_KEY)
-                ak["slot"] = slot
-                part = np.array([(now - 10 * S, now, 20_000 * 10, 1)], dtype=PARTIAL)
-                with st.lock:
-                    st.version += 1
-                    st.partials[ak.tobytes()] = part[0]
-                    st.plog.append((st.version, [ak.tobytes()]))
+                forge_partial(stores[0], dkey, now // b.sync.rule.slot_ns, now - 10 * S, now,
+                              20_000 * 10)
             a.round(now)
             b.round(now)
         assert len(closed_in_round) == 8
@@ -390,15 +396,8 @@ def test_a_forged_partial_growing_fast_does_not_close_by_its_recent_rate() -> No
             now = T0 + (second + 1) * S
             if second >= 3:
                 stores[0].heartbeat("evil", 2_500.0, now)
-                st = stores[0]._state  # type: ignore[attr-defined]
-                ak = np.zeros(1, dtype=AGG_KEY)
-                ak["dst"] = np.frombuffer(dkey, dtype=L.DST_KEY)
-                ak["slot"] = now // b.sync.rule.slot_ns
-                part = np.array([(now - 10 * S, now, 15_000 * (second - 2), 1)], dtype=PARTIAL)
-                with st.lock:
-                    st.version += 1
-                    st.partials[ak.tobytes()] = part[0]
-                    st.plog.append((st.version, [ak.tobytes()]))
+                forge_partial(stores[0], dkey, now // b.sync.rule.slot_ns, now - 10 * S, now,
+                              15_000 * (second - 2))
             a.round(now)
             b.round(now)
             assert not b.sync.known.closed, second

@@ -796,20 +796,29 @@ class Syncer:
         p = self.filt.params
         lim = limits(keys, p)
         c, t1, t2 = (recs[f].astype(np.int64) for f in ("c", "ts1", "ts2"))
-        can = np.flatnonzero(exceeds(c, np.full(len(c), p.t_t3, dtype=np.int64), lim)
-                             & ~closed_now(t1, t2, c, now, p, lim))
-        ids = self.mirror.find_dst_ids(keys[can])
-        sel = can[ids >= 0]
-        if not len(sel):
-            return
-        start = self._recent_starts(ids[ids >= 0], keys[sel], t1[sel], c[sel],
-                                    np.ones(len(sel), dtype=bool), now, record=False)
-        up = (start > t1[sel]) & closed_now(start, t2[sel], c[sel], now, p, lim[sel])
+        sel, start, shut = self._closed_by_recent(keys, t1, t2, c, lim,
+                                                  ~closed_now(t1, t2, c, now, p, lim), now)
+        up = shut & (start > t1[sel])
         if not up.any():
             return
         fk = np.zeros(int(up.sum()), dtype=L.FLOW_KEY)
         fk["dst"] = keys[sel][up]
         self.filt.apply(apply_entries(fk, OP_DST, c_delta=0, ts1=start[up], ts2=0, kc_delta=0))
+
+    def _closed_by_recent(self, dk: Array, t1: Array, t2: Array, c: Array, lim: Array,
+                          among: Array, now: int) -> tuple[Array, Array, Array]:
+        """Of the aggregates ``among`` (a mask over ``dk``, local time), those the
+        mirror holds that could be closed by their recent rate (more than
+        T_T3 x their limit counted): their indices, the start the recent rate
+        gives them (:meth:`_recent_starts`, nothing recorded) and whether it
+        closes them."""
+        p = self.filt.params
+        can = np.flatnonzero(among & exceeds(c, np.full(len(c), p.t_t3, dtype=np.int64), lim))
+        ids = self.mirror.find_dst_ids(dk[can])
+        sel = can[ids >= 0]
+        start = self._recent_starts(ids[ids >= 0], dk[sel], t1[sel], c[sel],
+                                    np.ones(len(sel), dtype=bool), now, record=False)
+        return sel, start, closed_now(start, t2[sel], c[sel], now, p, lim[sel])
 
     def _recent_starts(self, ids: Array, dkeys: Array, ts1: Array, c: Array, has: Array,
                        now: int, *, record: bool = True) -> Array:
@@ -852,21 +861,13 @@ class Syncer:
         master_shut = closed_now(t1, t2, c, mesh_now, self.filt.params, lim)
         self._raise_closed(dk[master_shut], t1[master_shut], t2[master_shut], c[master_shut], now)
         # Closed by its recent rate too: raised the same way, and its clients
-        # are needed this round.  Only an aggregate holding more than T_T3 x
-        # its limit can be (a spray's thousands of keys are not looked at).
-        can = np.flatnonzero(~master_shut & (t2 > 0) & exceeds(
-            c, np.full(len(c), self.filt.params.t_t3, dtype=np.int64), lim))
-        ids = self.mirror.find_dst_ids(dk[can])
-        seen = can[ids >= 0]
-        if len(seen):
-            start = self._recent_starts(ids[ids >= 0], dk[seen], t1[seen] - self.skew,
-                                        c[seen], np.ones(len(seen), dtype=bool), now,
-                                        record=False)
-            recent = closed_now(start, t2[seen] - self.skew, c[seen], now,
-                                self.filt.params, lim[seen])
-            master_shut[seen] = recent
-            self._raise_closed(dk[seen][recent], start[recent] + self.skew,
-                               t2[seen][recent], c[seen][recent], now, recent=True)
+        # are needed this round (a spray's thousands of keys, each far under
+        # T_T3 x its limit, are not looked at).
+        seen, start, recent = self._closed_by_recent(dk, t1 - self.skew, t2 - self.skew, c, lim,
+                                                     ~master_shut & (t2 > 0), now)
+        master_shut[seen] = recent
+        self._raise_closed(dk[seen][recent], start[recent] + self.skew, t2[seen][recent],
+                           c[seen][recent], now, recent=True)
         shut = dk[master_shut]
         if self.known.closed:
             mine = self.known.closed_keys()
