@@ -23,8 +23,10 @@ distinct sources, each run once, so each lookup touches a different record:
 the kernel's per-run timer overhead is in every program's figure alike,
 including the baseline's); src_rate (the hot IPv4 flow over T_F1 to an open
 destination: the per-source drop); closed_new (as many frames, each from a
-source never seen, to a destination closed to unknown sources: xpro drops
-them with one hot closed-drops record and no record of their own).
+source never seen, to a destination closed to unknown sources that has
+``--known`` known clients: xpro drops them with one hot closed-drops record and
+no record of their own, and looks the known table up only for the sources the
+destination's filter of known sources cannot tell from its clients).
 
 Ends with one line of JSON: ``ratio_hot``, ``ratio_100k``, ``ratio_ipv6``,
 ``ratio_src_rate``, ``ratio_closed_new`` (xpro / bare),
@@ -53,7 +55,8 @@ from typing import Any
 import numpy as np
 
 from xpro.bpf import BpfObject, object_path
-from xpro.core.layout import CONFIG, addr16
+from xpro.core.keys import known_filters
+from xpro.core.layout import CONFIG, FLOW_KEY, KNOWN_FILTER_WORDS, addr16
 from xpro.lab import frames as traffic
 
 HERE = Path(__file__).resolve().parent
@@ -152,6 +155,24 @@ def over_t_f1(cfg: Any, prog: Prog, frame: bytes) -> None:
         time.sleep(0.01)
 
 
+def know_clients(obj: BpfObject, n: int) -> None:
+    """``n`` known clients of CLOSED_DST, written as the daemon writes them: the
+    destination's filter of known sources first (builds that have it), then
+    the known table."""
+    from xpro.core.model import FilterParams, flow_key, parse
+
+    if n == 0:
+        return
+    params = FilterParams()
+    keys = np.frombuffer(b"".join(
+        flow_key(parse(udp_frame(f"12.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", CLOSED_DST),
+                       params.dst_mode), params) for i in range(1, n + 1)), dtype=FLOW_KEY)
+    if "known_dsts" in obj.maps:
+        dsts, filters = known_filters(keys, KNOWN_FILTER_WORDS)
+        obj.maps["known_dsts"].update_batch(dsts, filters.view(np.uint8).reshape(len(dsts), -1))
+    obj.maps["known"].update_batch(keys, np.full(n, 1, dtype="<u4"))
+
+
 def close_destination(cfg: Any, prog: Prog, frames: list[bytes]) -> None:
     """Close CLOSED_DST: T_F2 of 1 packet/s after T_T3 = 0, and packets to it."""
     cfg.view["t_f1"] = NO_LIMIT
@@ -171,6 +192,9 @@ def main() -> None:
     ap.add_argument("--flows", type=int, default=100_000)
     ap.add_argument("--compare", type=Path, metavar="OBJ",
                     help="another build of xpro.bpf.o to measure beside this one")
+    ap.add_argument("--known", type=int, default=1000,
+                    help="known clients of the closed destination (closed_new): "
+                         "its filter of known sources then has about 2N bits set")
     ap.add_argument("--destination", choices=("addr", "addr+port"), default="addr",
                     help="the destination key (filter.destination): addr+port also "
                          "judges each address's own aggregate, one more lookup a packet")
@@ -196,6 +220,8 @@ def main() -> None:
             cfg = xp_obj.global_data(".data", config_dtype(xp_obj))
             open_path(cfg)
             cfg.view["dst_mode"] = int(args.destination == "addr+port")
+            if args.destination == "addr":
+                know_clients(xp_obj, args.known)
             xpros.append((Prog(label, xp_obj, "xpro_xdp"), cfg))
         progs = [bare, counter, *(x for x, _ in xpros)]
         xf: Prog | None = None
@@ -265,6 +291,7 @@ def main() -> None:
             "repeat": args.repeat,
             "runs": args.runs,
             "flows": args.flows,
+            "known": args.known if args.destination == "addr" else 0,
             "destination": args.destination,
         }
         if args.compare is not None:

@@ -66,6 +66,17 @@ struct {
 	__type(value, __u32);
 } known SEC(".maps");
 
+/* destination key -> the filter of its known sources (xpro_known_filter),
+ * written only by the daemon; no entry: no known source.  Allocated on
+ * demand: only destinations with known sources hold one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XPRO_DSTS_MAX);
+	__type(key, struct xpro_dst_key);
+	__type(value, struct xpro_known_filter);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} known_dsts SEC(".maps");
+
 /* Verdict counters by reason. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -18,6 +18,12 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 _Static_assert(sizeof(struct xpro_event) == 72, "xpro_event layout");
 _Static_assert(sizeof(struct xpro_apply) == 88, "xpro_apply layout");
 _Static_assert(sizeof(struct xpro_dst) == 40, "xpro_dst layout");
+_Static_assert(sizeof(struct xpro_known_filter) == 8 * XPRO_KNOWN_FILTER_WORDS,
+	       "xpro_known_filter layout");
+/* Two bit numbers from one 32-bit hash: h and h >> 16, each of log2(bits). */
+_Static_assert(XPRO_KNOWN_FILTER_BITS == 64 * XPRO_KNOWN_FILTER_WORDS &&
+	       XPRO_KNOWN_FILTER_BITS <= 65536 &&
+	       !(XPRO_KNOWN_FILTER_BITS & (XPRO_KNOWN_FILTER_BITS - 1)), "filter size");
 
 /* Run-time configuration.  Defaults match xpro.config; userspace rewrites the
  * whole struct through an mmap of the .data map. */
@@ -287,6 +293,28 @@ static __always_inline int flow_stage(struct xpro_flow_key *key, __u64 now, __u6
 }
 
 /*
+ * The class of key in the known table (0: an unknown source).  The filter
+ * of the destination's known sources answers most unknown sources before
+ * the look-up; it never hides a known one (the daemon sets a source's bits
+ * before it writes its entry).
+ */
+static __always_inline __u32 known_class(struct xpro_flow_key *key)
+{
+	struct xpro_known_filter *kf = bpf_map_lookup_elem(&known_dsts, &key->dst);
+	__u32 h, b1, b2, *kn;
+
+	if (!kf)
+		return 0;
+	h = xpro_known_hash((const __u32 *)key->src);
+	b1 = h & (XPRO_KNOWN_FILTER_BITS - 1);
+	b2 = (h >> 16) & (XPRO_KNOWN_FILTER_BITS - 1);
+	if (!((kf->w[b1 >> 6] >> (b1 & 63)) & 1) || !((kf->w[b2 >> 6] >> (b2 & 63)) & 1))
+		return 0;
+	kn = bpf_map_lookup_elem(&known, key);
+	return kn ? *kn : 0;
+}
+
+/*
  * Whether the destination is closed to unknown sources: not idle, and its
  * aggregate over T_F2 after T_T3 (docs/semantics.rst).  Judged once per
  * packet, on the record as it was before the packet.
@@ -442,9 +470,7 @@ static __always_inline int filter(struct xdp_md *ctx, __u64 pkt_len)
 	/* A closed destination first: unknown sources go no further. */
 	d = bpf_map_lookup_elem(&dsts, &key.dst);
 	if (d && dst_closed(d, now, cfg.t_f2)) {
-		__u32 *kn = bpf_map_lookup_elem(&known, &key);
-
-		cls = kn ? *kn : 0;
+		cls = known_class(&key);
 		if (!cls) /* an unknown source */
 			return closed_stage(&key, d, now, pkt_len);
 		closed = 1;
@@ -455,9 +481,7 @@ static __always_inline int filter(struct xdp_md *ctx, __u64 pkt_len)
 		address_key(&ak, &key);
 		a = bpf_map_lookup_elem(&dsts, &ak.dst);
 		if (a && dst_closed(a, now, cfg.t_f2_addr)) {
-			__u32 *kn = bpf_map_lookup_elem(&known, &ak);
-
-			a_cls = kn ? *kn : 0;
+			a_cls = known_class(&ak);
 			if (!a_cls)
 				return closed_stage(&ak, a, now, pkt_len);
 			a_closed = 1;

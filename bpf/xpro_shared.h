@@ -142,6 +142,34 @@ struct xpro_dst {
 			 * packet while closed, recomputed by the sync */
 };
 
+/*
+ * A destination's filter of its known sources (a Bloom filter over the
+ * source, written only by the daemon, before the known entries it covers):
+ * while the destination is closed, a source whose bits are not both set is
+ * unknown without a look-up in the known table, whose buckets a random
+ * source would miss in the cache (docs/performance.rst, "The known
+ * sources' filter").  Two bits a source, from xpro_known_hash.
+ */
+#define XPRO_KNOWN_FILTER_BITS 16384
+#define XPRO_KNOWN_FILTER_WORDS 256 /* the bits in __u64 words: 2 KiB */
+
+struct xpro_known_filter {
+	__u64 w[XPRO_KNOWN_FILTER_WORDS];
+};
+
+/* The filter's hash of a flow key's source (its four words as the CPU
+ * loads them); xpro.core.keys.known_hash is the same function. */
+static __always_inline __u32 xpro_known_hash(const __u32 *src)
+{
+	__u32 h = src[0] * 0x9E3779B1U + src[1] * 0x85EBCA77U +
+		  src[2] * 0xC2B2AE3DU + src[3] * 0x27D4EB2FU;
+
+	h ^= h >> 16;
+	h *= 0x85EBCA6BU;
+	h ^= h >> 13;
+	return h;
+}
+
 /* Per-CPU verdict counters, one slot per enum xpro_reason. */
 struct xpro_stat {
 	__u64 packets;

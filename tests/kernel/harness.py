@@ -84,7 +84,7 @@ class KernelFilter:
         """Empty every map and install ``params`` (as the daemon would)."""
         self.flows.clear()
         self.dsts.clear()
-        self.xdp.known.clear()
+        self.xdp.clear_known()
         for i in range(L.N_REASONS):
             self.stats[np.uint32(i)] = self._zero_stat
         self.ring.consume()

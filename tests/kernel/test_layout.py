@@ -28,6 +28,7 @@ DTYPES = {
     "xpro_lpm_key": L.LPM_KEY,
     "xpro_config": L.CONFIG,
     "xpro_apply": L.APPLY,
+    "xpro_known_filter": L.KNOWN_FILTER,
 }
 
 

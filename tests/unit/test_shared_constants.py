@@ -34,6 +34,8 @@ PYTHON: dict[str, int] = {
     "XPRO_DST_PAD_CLOSED": L.DST_PAD_CLOSED,
     "XPRO_DST_PAD_ADDR": L.DST_PAD_ADDR,
     "XPRO_DST_PAD_ADDR_CLOSED": L.DST_PAD_ADDR_CLOSED,
+    "XPRO_KNOWN_FILTER_WORDS": L.KNOWN_FILTER_WORDS,
+    "XPRO_KNOWN_FILTER_BITS": 64 * L.KNOWN_FILTER_WORDS,
     **{f"XPRO_KNOWN_{k.name}": k.value for k in L.Known},
     **{f"XPRO_R_{r.name}": r.value for r in L.Reason},
     "XPRO_R_MAX": L.N_REASONS,

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["KeyIndex", "fingerprint", "gather", "index_of"]
+__all__ = ["KeyIndex", "fingerprint", "gather", "index_of", "known_filters", "known_hash"]
 
 Array = npt.NDArray[Any]
 
@@ -30,6 +30,40 @@ def fingerprint(keys: Array) -> Array:
     h: Array = (words * _MIX[: words.shape[1]]).sum(axis=1, dtype=np.uint64)
     out: Array = h ^ (h >> np.uint64(29))
     return out
+
+
+def known_hash(src: Array) -> Array:
+    """``xpro_known_hash`` (bpf/xpro_shared.h) of each 16-byte source (``S16``):
+    the hash of the known sources' filter, uint32."""
+    w: Array = np.ascontiguousarray(src, dtype="S16").view("<u4").reshape(-1, 4)
+    m = np.array([0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F], dtype=np.uint32)
+    h: Array = (w * m).sum(axis=1, dtype=np.uint32)  # wraps, as the C does
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    out: Array = h.astype(np.uint32)
+    return out
+
+
+def known_filters(keys: Array, words: int) -> tuple[Array, Array]:
+    """The filter of known sources of each destination of ``keys`` (flow keys,
+    every one known): ``(destination keys, filters)``, the filters as
+    ``(n, words)`` uint64, two bits a source (docs/performance.rst, "The known
+    sources' filter").  The program tests bits ``h % bits`` and
+    ``(h >> 16) % bits`` of ``h = known_hash(source)``."""
+    keys = np.ascontiguousarray(keys)
+    dst = np.ascontiguousarray(keys["dst"])
+    if not len(keys):
+        return dst[:0], np.zeros((0, words), dtype=np.uint64)
+    vd = np.dtype((np.void, dst.dtype.itemsize))
+    _, first, row = np.unique(dst.view(vd), return_index=True, return_inverse=True)
+    row = row.reshape(-1)
+    out = np.zeros((len(first), words), dtype=np.uint64)
+    h = known_hash(keys["src"]).astype(np.int64)
+    nbits = words * 64
+    for bit in (h % nbits, (h >> 16) % nbits):
+        np.bitwise_or.at(out, (row, bit >> 6), np.uint64(1) << (bit & 63).astype(np.uint64))
+    return dst[first], out
 
 
 def _search(sorted_hay: Array, needles: Array) -> Array:

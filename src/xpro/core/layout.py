@@ -99,6 +99,11 @@ DST = np.dtype(
     [("ts1", "<u8"), ("ts2", "<u8"), ("c", "<u8"), ("warn_ts", "<u8"), ("kc", "<u8")]
 )
 
+#: ``struct xpro_known_filter``: a destination's filter of its known sources
+#: (``xpro.core.keys.known_filters`` builds it).
+KNOWN_FILTER_WORDS = 256
+KNOWN_FILTER = np.dtype([("w", "<u8", (KNOWN_FILTER_WORDS,))])
+
 STAT = np.dtype([("packets", "<u8"), ("bytes", "<u8")])
 
 LPM_KEY = np.dtype([("prefixlen", "<u4"), ("addr", "S16")])
@@ -166,6 +171,7 @@ SIZES = {
     "xpro_event": 72,
     "xpro_apply": 88,
     "xpro_config": 112,
+    "xpro_known_filter": 8 * KNOWN_FILTER_WORDS,
 }
 
 #: The dtype of each map's key and value, by map name.
@@ -179,6 +185,7 @@ MAP_TYPES: dict[str, tuple[np.dtype, np.dtype]] = {
     "deny_src": (LPM_KEY, np.dtype("<u4")),
     "dst_policy": (LPM_KEY, np.dtype("<u4")),
     "known": (FLOW_KEY, np.dtype("<u4")),
+    "known_dsts": (DST_KEY, KNOWN_FILTER),
 }
 
 

@@ -22,7 +22,8 @@ class Sizes:
         return {"flows": self.flows, "dirty0": self.flows, "dirty1": self.flows,
                 "dsts": self.dsts,
                 "allow_src": self.prefixes, "deny_src": self.prefixes,
-                "dst_policy": self.prefixes, "known": self.known}
+                "dst_policy": self.prefixes, "known": self.known,
+                "known_dsts": self.dsts}
 
 
 @dataclass(frozen=True)

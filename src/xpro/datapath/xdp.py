@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from xpro.bpf import BpfObject, Map, RingBuffer, object_path
 from xpro.core import layout as L
+from xpro.core.keys import index_of, known_filters
 from xpro.core.model import FilterParams, Prefix, source_mask
 from xpro.core.params import Sizes
 from xpro.core.state import APPLIED, APPLY_MAX, OP_READ, apply_entries
@@ -101,6 +102,12 @@ class XdpFilter:
             self._bss = self.obj.global_data(".bss", _bss_dtype(self.obj.maps))
             self.dsts = self.obj.maps["dsts"]
             self.known = self.obj.maps["known"]
+            self.known_dsts = self.obj.maps["known_dsts"]
+            # Every key of the known table, kept beside it to build the
+            # destinations' filters; from the table itself, and every filter
+            # rebuilt, when the maps are adopted (a restart, an upgrade).
+            self._known_keys = self.read_known()[0]
+            self._write_known_filters(self._known_keys["dst"])
             self.stats = self.obj.maps["stats"]
             self._apply = _ArrayMmap(self.obj.maps["apply_buf"], L.APPLY)
             self.params = params
@@ -186,8 +193,6 @@ class XdpFilter:
         out = np.zeros(len(keys), dtype=L.DST)
         exists = np.zeros(len(keys), dtype=bool)
         if len(keys) > 64:  # many: one batch read of the (small) table
-            from xpro.core.keys import index_of
-
             all_keys, all_vals = self.read_dsts()
             idx = index_of(all_keys, np.asarray(keys, dtype=L.DST_KEY))
             exists = idx >= 0
@@ -268,15 +273,51 @@ class XdpFilter:
         is evicted to make room).
         """
         keys = np.asarray(keys, dtype=L.FLOW_KEY)
-        if len(keys):
-            cls = np.broadcast_to(np.asarray(classes, dtype="<u4"), (len(keys),))
-            self.known.update_batch(keys, np.ascontiguousarray(cls))
+        if not len(keys):
+            return
+        cls = np.broadcast_to(np.asarray(classes, dtype="<u4"), (len(keys),))
+        new = keys[index_of(self._known_keys, keys) < 0]
+        if len(new):
+            # The filters first: a packet never meets an entry whose bits
+            # are not set yet (a filter may hold more, never less).
+            self._known_keys = np.concatenate([self._known_keys, new], dtype=L.FLOW_KEY)
+            self._write_known_filters(new["dst"])
+        self.known.update_batch(keys, np.ascontiguousarray(cls))
 
     def drop_known(self, keys: Array) -> int:
         """Remove these flow keys from the ``known`` map (absent ones are skipped);
         returns how many went."""
         keys = np.asarray(keys, dtype=L.FLOW_KEY)
-        return self.known.delete_batch(keys) if len(keys) else 0
+        if not len(keys):
+            return 0
+        gone = self.known.delete_batch(keys)
+        # Then the filters, without the entries that went.
+        self._known_keys = self._known_keys[index_of(keys, self._known_keys) < 0]
+        self._write_known_filters(keys["dst"])
+        return gone
+
+    def clear_known(self) -> None:
+        """Empty the ``known`` map and the destinations' filters (in that order)."""
+        self.known.clear()
+        self.known_dsts.clear()
+        self._known_keys = self._known_keys[:0]
+
+    def _write_known_filters(self, dsts: Array) -> None:
+        """Rewrite the known sources' filter of each of ``dsts`` (DST_KEY) from
+        the known keys, and remove the filter of one with none left."""
+        if not len(dsts):
+            return
+        dsts = np.unique(np.ascontiguousarray(dsts, dtype=L.DST_KEY).view(
+            np.dtype((np.void, L.DST_KEY.itemsize)))).view(L.DST_KEY)
+        rows = self._known_keys[index_of(dsts, np.ascontiguousarray(
+            self._known_keys["dst"])) >= 0]
+        have, filters = known_filters(rows, L.KNOWN_FILTER_WORDS)
+        if len(have):
+            self.known_dsts.update_batch(
+                have, np.ascontiguousarray(filters).view(np.uint8).reshape(len(have), -1))
+        empty = dsts[index_of(have, dsts) < 0]
+        if len(empty):
+            self.known_dsts.delete_batch(empty)
 
     # --- sync epochs: which flows changed since the last round ----------------
 
