@@ -24,6 +24,9 @@
 #ifndef XPRO_KNOWN_MAX
 #define XPRO_KNOWN_MAX (1 << 18)
 #endif
+#ifndef XPRO_KNOWN_FILTERS_MAX
+#define XPRO_KNOWN_FILTERS_MAX 4096
+#endif
 
 /* (source, destination key) -> flow record.  LRU: a spoofed flood evicts
  * old flows, it never blocks the program (docs/semantics.rst). */
@@ -67,11 +70,12 @@ struct {
 } known SEC(".maps");
 
 /* destination key -> the filter of its known sources (xpro_known_filter),
- * written only by the daemon; no entry: no known source.  Allocated on
- * demand: only destinations with known sources hold one. */
+ * written only by the daemon; no entry: no known source (unless
+ * cfg.known_unfiltered).  Allocated on demand: only destinations with known
+ * sources hold one, at most XPRO_KNOWN_FILTERS_MAX of them (8 MiB). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, XPRO_DSTS_MAX);
+	__uint(max_entries, XPRO_KNOWN_FILTERS_MAX);
 	__type(key, struct xpro_dst_key);
 	__type(value, struct xpro_known_filter);
 	__uint(map_flags, BPF_F_NO_PREALLOC);

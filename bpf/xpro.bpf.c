@@ -296,20 +296,24 @@ static __always_inline int flow_stage(struct xpro_flow_key *key, __u64 now, __u6
  * The class of key in the known table (0: an unknown source).  The filter
  * of the destination's known sources answers most unknown sources before
  * the look-up; it never hides a known one (the daemon sets a source's bits
- * before it writes its entry).
+ * before it writes its entry, and cfg.known_unfiltered before it writes an
+ * entry whose destination has no room for a filter).
  */
 static __always_inline __u32 known_class(struct xpro_flow_key *key)
 {
 	struct xpro_known_filter *kf = bpf_map_lookup_elem(&known_dsts, &key->dst);
 	__u32 h, b1, b2, *kn;
 
-	if (!kf)
+	if (kf) {
+		h = xpro_known_hash((const __u32 *)key->src);
+		b1 = h & (XPRO_KNOWN_FILTER_BITS - 1);
+		b2 = (h >> 16) & (XPRO_KNOWN_FILTER_BITS - 1);
+		if (!((kf->w[b1 >> 6] >> (b1 & 63)) & 1) ||
+		    !((kf->w[b2 >> 6] >> (b2 & 63)) & 1))
+			return 0;
+	} else if (!cfg.known_unfiltered) {
 		return 0;
-	h = xpro_known_hash((const __u32 *)key->src);
-	b1 = h & (XPRO_KNOWN_FILTER_BITS - 1);
-	b2 = (h >> 16) & (XPRO_KNOWN_FILTER_BITS - 1);
-	if (!((kf->w[b1 >> 6] >> (b1 & 63)) & 1) || !((kf->w[b2 >> 6] >> (b2 & 63)) & 1))
-		return 0;
+	}
 	kn = bpf_map_lookup_elem(&known, key);
 	return kn ? *kn : 0;
 }

@@ -224,6 +224,11 @@ struct xpro_config {
 	__u32 src_mask4;
 	/* T_F2 of an address aggregate (XPRO_DST_ADDR_PORT mode; packets/s). */
 	__u32 t_f2_addr;
+	/* Non-zero while some destination with known sources has no filter of
+	 * them (known_dsts was full): a destination without one is then looked
+	 * up in the known table, not taken as having none. */
+	__u32 known_unfiltered;
+	__u32 pad;
 };
 
 /*

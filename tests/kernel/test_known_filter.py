@@ -134,3 +134,39 @@ def test_the_filters_follow_the_known_table_through_removals_and_a_restart(
         assert filter_of(again, dst_b) is None
         assert len(again.read_known()[0]) == 0
 
+
+
+def test_a_full_filter_map_falls_back_to_the_lookup(
+        pin_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Room for two filters, three destinations with known clients: the third
+    has none, and the program looks its sources up (``known_unfiltered``)
+    instead of taking it for a destination without known sources.  When a
+    filter's room frees, the third gets one and the lookup stops."""
+    rng = random.Random(5)
+    victims = ["10.9.9.1", "10.9.9.2", "10.9.9.3"]
+    with XdpFilter(PARAMS, pin_dir=pin_dir,
+                   sizes=Sizes(flows=1 << 15, dsts=64, prefixes=16, known=1 << 14,
+                               known_filters=2)) as xdp:
+        xdp.set_clock(NOW)
+        clients = {v: sources(rng, 50, False) for v in victims}
+        keys = {v: np.concatenate([key_of(frame(s, v)) for s in clients[v]]) for v in victims}
+        for v in victims:
+            close(xdp, v)
+            xdp.set_known(keys[v], L.Known.CLIENT)
+        assert "filter map of known sources is full" in caplog.text
+        assert xdp.known_filters_missing() == 1
+        assert int(xdp.cfg.view["known_unfiltered"]) == 1
+        assert filter_of(xdp, keys[victims[2]]["dst"][:1]) is None
+        for v in victims:
+            assert set(verdicts(xdp, [frame(s, v) for s in clients[v]])) == {L.XDP_PASS}, v
+            strangers = [frame(s, v) for s in sources(rng, 50, False)]
+            assert set(verdicts(xdp, strangers)) == {L.XDP_DROP}, v
+
+        xdp.drop_known(keys[victims[0]])
+        assert xdp.known_filters_missing() == 0
+        assert int(xdp.cfg.view["known_unfiltered"]) == 0
+        assert filter_of(xdp, keys[victims[2]]["dst"][:1]) is not None
+        assert set(verdicts(xdp, [frame(s, victims[2]) for s in clients[victims[2]]])) \
+            == {L.XDP_PASS}
+        assert set(verdicts(xdp, [frame(s, victims[0]) for s in clients[victims[0]]])) \
+            == {L.XDP_DROP}  # no longer known: strangers now

@@ -58,6 +58,7 @@ MAP_SIZES = {
     "XPRO_DSTS_MAX": "dsts",
     "XPRO_LPM_MAX": "prefixes",
     "XPRO_KNOWN_MAX": "known",
+    "XPRO_KNOWN_FILTERS_MAX": "known_filters",
 }
 
 _DEFINE = re.compile(r"^\s*#\s*define\s+(XPRO_\w+)[ \t]+([^/\n]+?)\s*(?:/[*/].*)?$", re.M)

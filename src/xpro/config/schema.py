@@ -416,6 +416,17 @@ class TablesConfig(_Section):
         destinations, about 25 MB of kernel memory.  When it is full the
         clients beyond it are not known: they are counted
         (``xpro_known_clients_overflow``) and treated like new sources.""")
+    known_filters: int = option(
+        Integer(1, 1 << 20, "destination keys"), 4096, flag="--tables-known-filters",
+        live=False,
+        doc="""Destination keys that may hold a filter of their known sources
+        (2 KiB each, taken as they fill): while a destination is closed, its
+        filter spares most spoofed sources the lookup in the known-client
+        table (docs/performance.rst, "The known sources' filter").""",
+        why="""Four thousand protected destination keys with known clients,
+        8 MB at most.  Past it a destination without a filter is still
+        correct: its sources are looked up, as without filters, and a
+        warning says so.""")
 
 
 @dataclass(frozen=True, repr=False)
@@ -794,7 +805,8 @@ class Config:
     def sizes(self) -> Sizes:
         """The kernel map sizes (:class:`xpro.datapath.xdp.Sizes`)."""
         return Sizes(flows=self.tables.flows, dsts=self.tables.destinations,
-                     prefixes=self.tables.prefixes, known=self.tables.known)
+                     prefixes=self.tables.prefixes, known=self.tables.known,
+                     known_filters=self.tables.known_filters)
 
     def known_policy(self) -> KnownPolicy:
         """Who becomes a known client of a destination (:class:`xpro.sync.known.KnownPolicy`)."""

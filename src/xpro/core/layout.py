@@ -142,6 +142,8 @@ CONFIG = np.dtype(
         ("src_mask6", ">u4", (4,)),
         ("src_mask4", ">u4"),
         ("t_f2_addr", "<u4"),
+        ("known_unfiltered", "<u4"),
+        ("pad", "<u4"),
     ]
 )
 
@@ -170,7 +172,7 @@ SIZES = {
     "xpro_lpm_key": 20,
     "xpro_event": 72,
     "xpro_apply": 88,
-    "xpro_config": 112,
+    "xpro_config": 120,
     "xpro_known_filter": 8 * KNOWN_FILTER_WORDS,
 }
 

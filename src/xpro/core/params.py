@@ -17,13 +17,15 @@ class Sizes:
     prefixes: int = 16384
     #: (source, destination) pairs the daemon classifies for closed destinations.
     known: int = 1 << 18
+    #: Destination keys with a filter of their known sources (2 KiB each).
+    known_filters: int = 4096
 
     def max_entries(self) -> dict[str, int]:
         return {"flows": self.flows, "dirty0": self.flows, "dirty1": self.flows,
                 "dsts": self.dsts,
                 "allow_src": self.prefixes, "deny_src": self.prefixes,
                 "dst_policy": self.prefixes, "known": self.known,
-                "known_dsts": self.dsts}
+                "known_dsts": self.known_filters}
 
 
 @dataclass(frozen=True)

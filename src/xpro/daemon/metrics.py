@@ -144,6 +144,11 @@ class ProxyCollector(Collector):
         yield GaugeMetricFamily("xpro_known_clients_overflow",
                                 "Known clients that did not fit in the table at the last round",
                                 value=known.overflow if known is not None else 0)
+        yield GaugeMetricFamily("xpro_known_filters_missing",
+                                "Destination keys with known clients and no filter of them "
+                                "(tables.known_filters is full): each of their packets while "
+                                "closed is looked up in the known table",
+                                value=p.filter.known_filters_missing())
         yield CounterMetricFamily("xpro_sync_quarantined", "Values from the store out of bounds, "
                                   "dropped", value=syncer.quarantined_total if syncer else 0)
         caps = CounterMetricFamily("xpro_sync_caps", "Sync rounds that reached a bound",

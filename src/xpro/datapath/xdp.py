@@ -10,6 +10,7 @@ writes a batch into the mmap'ed ``apply_buf`` array and runs the program once pe
 from __future__ import annotations
 
 import contextlib
+import logging
 import mmap
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +30,8 @@ from xpro.errors import ConfigError, DatapathError
 
 Array = npt.NDArray[Any]
 
+log = logging.getLogger(__name__)
+
 #: What bpf_ktime_get_coarse_ns() reads (not exported by the time module).
 CLOCK_MONOTONIC_COARSE = 6
 
@@ -43,6 +46,12 @@ def _bss_dtype(maps: Mapping[str, Map]) -> np.dtype[Any]:
     if maps[".bss"].value_size >= 16:
         fields.append(("events_lost", "<u8"))
     return np.dtype(fields)
+
+
+def _dst_bytes(keys: Array) -> list[bytes]:
+    """Each destination key (DST_KEY) as its 20 bytes."""
+    raw = np.ascontiguousarray(keys, dtype=L.DST_KEY).view(np.uint8)
+    return [r.tobytes() for r in raw.reshape(len(keys), L.DST_KEY.itemsize)]
 
 
 def lpm_key(p: Prefix) -> bytes:
@@ -107,7 +116,11 @@ class XdpFilter:
             # destinations' filters; from the table itself, and every filter
             # rebuilt, when the maps are adopted (a restart, an upgrade).
             self._known_keys = self.read_known()[0]
-            self._write_known_filters(self._known_keys["dst"])
+            self._filtered: set[bytes] = set()  # destinations with a filter
+            self._unfiltered: set[bytes] = set()  # with known sources, no room for one
+            pinned = np.asarray(self.known_dsts.lookup_batch()[0], dtype=L.DST_KEY)
+            self._filtered.update(_dst_bytes(pinned))
+            self._write_known_filters(np.concatenate([self._known_keys["dst"], pinned]))
             self.stats = self.obj.maps["stats"]
             self._apply = _ArrayMmap(self.obj.maps["apply_buf"], L.APPLY)
             self.params = params
@@ -301,10 +314,24 @@ class XdpFilter:
         self.known.clear()
         self.known_dsts.clear()
         self._known_keys = self._known_keys[:0]
+        self._filtered.clear()
+        self._unfiltered.clear()
+        self.cfg.view["known_unfiltered"] = 0
+
+    def known_filters_missing(self) -> int:
+        """Destination keys with known sources and no filter of them (the
+        filter map was full): their closed path looks every source up."""
+        return len(self._unfiltered)
 
     def _write_known_filters(self, dsts: Array) -> None:
         """Rewrite the known sources' filter of each of ``dsts`` (DST_KEY) from
-        the known keys, and remove the filter of one with none left."""
+        the known keys, and remove the filter of one with none left.
+
+        A destination that has no filter yet gets one while the map has room
+        (``Sizes.known_filters``); past that the program is told to look up
+        the sources of destinations without one (``known_unfiltered``, set
+        before the caller writes their entries, cleared once every
+        destination with known sources has its filter again)."""
         if not len(dsts):
             return
         dsts = np.unique(np.ascontiguousarray(dsts, dtype=L.DST_KEY).view(
@@ -312,12 +339,39 @@ class XdpFilter:
         rows = self._known_keys[index_of(dsts, np.ascontiguousarray(
             self._known_keys["dst"])) >= 0]
         have, filters = known_filters(rows, L.KNOWN_FILTER_WORDS)
-        if len(have):
-            self.known_dsts.update_batch(
-                have, np.ascontiguousarray(filters).view(np.uint8).reshape(len(have), -1))
+        names = _dst_bytes(have)
+        room = self.known_dsts.max_entries - len(self._filtered)
+        fits = np.array([n in self._filtered for n in names], dtype=bool)
+        for i in np.flatnonzero(~fits)[:max(room, 0)]:
+            fits[i] = True
+        missing = {n for n, f in zip(names, fits, strict=True) if not f} - self._unfiltered
+        if missing:
+            log.warning("the filter map of known sources is full (%d destination keys): "
+                        "%d more closed destination(s) look every source up in the known "
+                        "table, correct but slower under a spoofed flood "
+                        "(docs/performance.rst, \"The known sources' filter\")",
+                        self.known_dsts.max_entries, len(missing))
+        self._unfiltered.update(missing)
+        if self._unfiltered:
+            self.cfg.view["known_unfiltered"] = 1
+        if fits.any():
+            self.known_dsts.update_batch(have[fits], np.ascontiguousarray(
+                filters[fits]).view(np.uint8).reshape(int(fits.sum()), -1))
+            written = [n for n, f in zip(names, fits, strict=True) if f]
+            self._filtered.update(written)
+            self._unfiltered.difference_update(written)
         empty = dsts[index_of(have, dsts) < 0]
         if len(empty):
             self.known_dsts.delete_batch(empty)
+            gone = _dst_bytes(empty)
+            self._filtered.difference_update(gone)
+            self._unfiltered.difference_update(gone)
+            room = self.known_dsts.max_entries - len(self._filtered)
+            if self._unfiltered and room > 0:  # room freed: filter those that had none
+                retry = sorted(self._unfiltered)[:room]
+                self._write_known_filters(np.frombuffer(b"".join(retry), dtype=L.DST_KEY))
+        if not self._unfiltered:
+            self.cfg.view["known_unfiltered"] = 0
 
     # --- sync epochs: which flows changed since the last round ----------------
 
