@@ -301,6 +301,11 @@ static __always_inline int flow_stage(struct xpro_flow_key *key, __u64 now, __u6
  */
 static __always_inline __u32 known_class(struct xpro_flow_key *key)
 {
+	/* The flag before the filter: the daemon writes a filter and then
+	 * clears the flag, so a packet that reads the flag cleared finds the
+	 * filter (read the other way round, a packet could miss the filter
+	 * just before it was written and see the flag cleared just after). */
+	__u32 unfiltered = *(volatile __u32 *)&cfg.known_unfiltered;
 	struct xpro_known_filter *kf = bpf_map_lookup_elem(&known_dsts, &key->dst);
 	__u32 h, b1, b2, *kn;
 
@@ -311,7 +316,7 @@ static __always_inline __u32 known_class(struct xpro_flow_key *key)
 		if (!((kf->w[b1 >> 6] >> (b1 & 63)) & 1) ||
 		    !((kf->w[b2 >> 6] >> (b2 & 63)) & 1))
 			return 0;
-	} else if (!cfg.known_unfiltered) {
+	} else if (!unfiltered) {
 		return 0;
 	}
 	kn = bpf_map_lookup_elem(&known, key);

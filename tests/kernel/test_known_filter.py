@@ -170,3 +170,54 @@ def test_a_full_filter_map_falls_back_to_the_lookup(
             == {L.XDP_PASS}
         assert set(verdicts(xdp, [frame(s, victims[0]) for s in clients[victims[0]]])) \
             == {L.XDP_DROP}  # no longer known: strangers now
+
+
+@pytest.mark.parametrize("victim", ["2001:db8:9::1", "2001:db8:ff09::1"])
+def test_a_destination_sharing_a_fingerprint_keeps_its_filter(xdp: XdpFilter,
+                                                              victim: str) -> None:
+    """An attacker who picks a destination key with the victim's fingerprint
+    (tests/unit/test_keys.py) and becomes its client must not make the
+    victim's filter look empty when both are written in one batch (the two
+    victims put the twin after, then before, the victim's key)."""
+    from tests.unit.test_keys import colliding
+
+    client = key_of(frame("2001:db8:1::1", victim))
+    twin = client.copy()
+    twin["dst"] = np.frombuffer(colliding(client["dst"].tobytes()), dtype=L.DST_KEY)
+    bot = twin.copy()
+    bot["src"] = key_of(frame("2001:db8:66::1", victim))["src"]
+    other = key_of(frame("2001:db8:2::1", victim))
+    with xdp:
+        close(xdp, victim)
+        xdp.set_known(client, L.Known.CLIENT)
+        xdp.set_known(np.concatenate([bot, other]), L.Known.CLIENT)
+        assert filter_of(xdp, client["dst"]) is not None
+        assert verdicts(xdp, [frame("2001:db8:1::1", victim),
+                              frame("2001:db8:2::1", victim)]) == [L.XDP_PASS] * 2
+
+
+def test_a_filter_write_that_fails_is_written_again_before_its_entries(
+        xdp: XdpFilter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The filter map refuses a write (out of memory): set_known fails before
+    the entries are written, and the sync's retry writes filter and entries."""
+    from xpro.errors import DatapathError
+
+    victim = VICTIMS[0]
+    clients = [key_of(frame(f"10.0.{i}.1", victim)) for i in range(1, 4)]
+    keys = np.concatenate(clients)
+    with xdp:
+        close(xdp, victim)
+
+        def refuse(*_a: object, **_k: object) -> int:
+            raise DatapathError("no memory")
+
+        with monkeypatch.context() as m:
+            m.setattr(xdp.known_dsts, "update_batch", refuse)
+            with pytest.raises(DatapathError):
+                xdp.set_known(keys, L.Known.CLIENT)
+        assert len(xdp.read_known()[0]) == 0
+        xdp.set_known(keys, L.Known.CLIENT)
+        assert filter_of(xdp, keys["dst"][:1]) is not None
+        assert int(xdp.cfg.view["known_unfiltered"]) == 0
+        assert verdicts(xdp, [frame(f"10.0.{i}.1", victim) for i in range(1, 4)]) \
+            == [L.XDP_PASS] * 3

@@ -87,9 +87,22 @@ def index_of(haystack: Array, needles: Array) -> Array:
     pos = np.minimum(_search(sorted_fh, fn), len(order) - 1)
     cand = order[pos]
     vd = np.dtype((np.void, width))
-    same = (sorted_fh[pos] == fn) & (
-        np.ascontiguousarray(haystack).view(vd)[cand] == np.ascontiguousarray(needles).view(vd))
-    return np.where(same, cand, -1)
+    hv = np.ascontiguousarray(haystack).view(vd)
+    nv = np.ascontiguousarray(needles).view(vd)
+    same_fp = sorted_fh[pos] == fn
+    same = same_fp & (hv[cand] == nv)
+    out = np.where(same, cand, -1)
+    # Two keys with one fingerprint (rare by chance, but an attacker who
+    # picks addresses can make them: the mix is linear): the needle is the
+    # first of the run of its fingerprint only by luck, so walk the run.
+    for i in np.flatnonzero(same_fp & ~same).tolist():
+        j = int(pos[i]) + 1
+        while j < len(order) and sorted_fh[j] == fn[i]:
+            if hv[order[j]] == nv[i]:
+                out[i] = order[j]
+                break
+            j += 1
+    return out
 
 
 def gather(values: Array, idx: Array) -> Array:

@@ -293,8 +293,16 @@ class XdpFilter:
         if len(new):
             # The filters first: a packet never meets an entry whose bits
             # are not set yet (a filter may hold more, never less).
-            self._known_keys = np.concatenate([self._known_keys, new], dtype=L.FLOW_KEY)
-            self._write_known_filters(new["dst"])
+            before = self._known_keys
+            self._known_keys = np.concatenate([before, new], dtype=L.FLOW_KEY)
+            try:
+                self._write_known_filters(new["dst"])
+            except BaseException:
+                # Not written: the keys stay new, so a retry writes their
+                # filters again; the kernel's filters are read back.
+                self._known_keys = before
+                self._resync_known_filters()
+                raise
         self.known.update_batch(keys, np.ascontiguousarray(cls))
 
     def drop_known(self, keys: Array) -> int:
@@ -306,7 +314,11 @@ class XdpFilter:
         gone = self.known.delete_batch(keys)
         # Then the filters, without the entries that went.
         self._known_keys = self._known_keys[index_of(keys, self._known_keys) < 0]
-        self._write_known_filters(keys["dst"])
+        try:
+            self._write_known_filters(keys["dst"])
+        except BaseException:
+            self._resync_known_filters()  # the filters left hold more bits: safe
+            raise
         return gone
 
     def clear_known(self) -> None:
@@ -317,6 +329,14 @@ class XdpFilter:
         self._filtered.clear()
         self._unfiltered.clear()
         self.cfg.view["known_unfiltered"] = 0
+
+    def _resync_known_filters(self) -> None:
+        """``_filtered``/``_unfiltered`` and the flag from the kernel's filter map
+        (after a write failed part way)."""
+        pinned = np.asarray(self.known_dsts.lookup_batch()[0], dtype=L.DST_KEY)
+        self._filtered = set(_dst_bytes(pinned))
+        self._unfiltered = set(_dst_bytes(self._known_keys["dst"])) - self._filtered
+        self.cfg.view["known_unfiltered"] = int(bool(self._unfiltered))
 
     def known_filters_missing(self) -> int:
         """Destination keys with known sources and no filter of them (the
