@@ -121,6 +121,7 @@ class XdpFilter:
             pinned = np.asarray(self.known_dsts.lookup_batch()[0], dtype=L.DST_KEY)
             self._filtered.update(_dst_bytes(pinned))
             self._write_known_filters(np.concatenate([self._known_keys["dst"], pinned]))
+            self.cfg.view["known_unfiltered"] = int(bool(self._unfiltered))  # not a stale one
             self.stats = self.obj.maps["stats"]
             self._apply = _ArrayMmap(self.obj.maps["apply_buf"], L.APPLY)
             self.params = params
