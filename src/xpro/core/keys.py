@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["KeyIndex", "fingerprint", "gather", "index_of", "known_filters", "known_hash"]
+__all__ = ["KeyIndex", "fingerprint", "gather", "index_of", "key_bytes", "known_filters",
+           "known_hash", "unique_keys"]
 
 Array = npt.NDArray[Any]
 
@@ -29,6 +30,20 @@ def fingerprint(keys: Array) -> Array:
     words = raw.view("<u8")
     h: Array = (words * _MIX[: words.shape[1]]).sum(axis=1, dtype=np.uint64)
     out: Array = h ^ (h >> np.uint64(29))
+    return out
+
+
+def key_bytes(keys: Array) -> list[bytes]:
+    """Each key of a fixed-size key array as its bytes (dict and set keys)."""
+    raw = np.ascontiguousarray(keys)
+    return [bytes(x) for x in raw.view(np.dtype((np.void, raw.dtype.itemsize)))]
+
+
+def unique_keys(keys: Array) -> Array:
+    """The distinct keys of a key array, sorted by their bytes, in its dtype."""
+    raw = np.ascontiguousarray(keys)
+    vd = np.dtype((np.void, raw.dtype.itemsize))
+    out: Array = np.unique(raw.view(vd)).view(raw.dtype).reshape(-1)
     return out
 
 

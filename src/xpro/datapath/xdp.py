@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from xpro.bpf import BpfObject, Map, RingBuffer, object_path
 from xpro.core import layout as L
-from xpro.core.keys import index_of, known_filters
+from xpro.core.keys import index_of, key_bytes, known_filters, unique_keys
 from xpro.core.model import FilterParams, Prefix, source_mask
 from xpro.core.params import Sizes
 from xpro.core.state import APPLIED, APPLY_MAX, OP_READ, apply_entries
@@ -46,12 +46,6 @@ def _bss_dtype(maps: Mapping[str, Map]) -> np.dtype[Any]:
     if maps[".bss"].value_size >= 16:
         fields.append(("events_lost", "<u8"))
     return np.dtype(fields)
-
-
-def _dst_bytes(keys: Array) -> list[bytes]:
-    """Each destination key (DST_KEY) as its 20 bytes."""
-    raw = np.ascontiguousarray(keys, dtype=L.DST_KEY).view(np.uint8)
-    return [r.tobytes() for r in raw.reshape(len(keys), L.DST_KEY.itemsize)]
 
 
 def lpm_key(p: Prefix) -> bytes:
@@ -118,10 +112,8 @@ class XdpFilter:
             self._known_keys = self.read_known()[0]
             self._filtered: set[bytes] = set()  # destinations with a filter
             self._unfiltered: set[bytes] = set()  # with known sources, no room for one
-            pinned = np.asarray(self.known_dsts.lookup_batch()[0], dtype=L.DST_KEY)
-            self._filtered.update(_dst_bytes(pinned))
+            pinned = self._resync_known_filters()  # and the flag: never a stale one
             self._write_known_filters(np.concatenate([self._known_keys["dst"], pinned]))
-            self.cfg.view["known_unfiltered"] = int(bool(self._unfiltered))  # not a stale one
             self.stats = self.obj.maps["stats"]
             self._apply = _ArrayMmap(self.obj.maps["apply_buf"], L.APPLY)
             self.params = params
@@ -331,13 +323,14 @@ class XdpFilter:
         self._unfiltered.clear()
         self.cfg.view["known_unfiltered"] = 0
 
-    def _resync_known_filters(self) -> None:
+    def _resync_known_filters(self) -> Array:
         """``_filtered``/``_unfiltered`` and the flag from the kernel's filter map
-        (after a write failed part way)."""
+        (at load, and after a write failed part way); returns its keys."""
         pinned = np.asarray(self.known_dsts.lookup_batch()[0], dtype=L.DST_KEY)
-        self._filtered = set(_dst_bytes(pinned))
-        self._unfiltered = set(_dst_bytes(self._known_keys["dst"])) - self._filtered
+        self._filtered = set(key_bytes(pinned))
+        self._unfiltered = set(key_bytes(self._known_keys["dst"])) - self._filtered
         self.cfg.view["known_unfiltered"] = int(bool(self._unfiltered))
+        return pinned
 
     def known_filters_missing(self) -> int:
         """Destination keys with known sources and no filter of them (the
@@ -355,16 +348,14 @@ class XdpFilter:
         destination with known sources has its filter again)."""
         if not len(dsts):
             return
-        dsts = np.unique(np.ascontiguousarray(dsts, dtype=L.DST_KEY).view(
-            np.dtype((np.void, L.DST_KEY.itemsize)))).view(L.DST_KEY)
+        dsts = unique_keys(np.asarray(dsts, dtype=L.DST_KEY))
         rows = self._known_keys[index_of(dsts, np.ascontiguousarray(
             self._known_keys["dst"])) >= 0]
         have, filters = known_filters(rows, L.KNOWN_FILTER_WORDS)
-        names = _dst_bytes(have)
+        names = key_bytes(have)
         room = self.known_dsts.max_entries - len(self._filtered)
         fits = np.array([n in self._filtered for n in names], dtype=bool)
-        for i in np.flatnonzero(~fits)[:max(room, 0)]:
-            fits[i] = True
+        fits[np.flatnonzero(~fits)[:max(room, 0)]] = True  # new ones, while there is room
         missing = {n for n, f in zip(names, fits, strict=True) if not f} - self._unfiltered
         if missing:
             log.warning("the filter map of known sources is full (%d destination keys): "
@@ -384,7 +375,7 @@ class XdpFilter:
         empty = dsts[index_of(have, dsts) < 0]
         if len(empty):
             self.known_dsts.delete_batch(empty)
-            gone = _dst_bytes(empty)
+            gone = key_bytes(empty)
             self._filtered.difference_update(gone)
             self._unfiltered.difference_update(gone)
             room = self.known_dsts.max_entries - len(self._filtered)

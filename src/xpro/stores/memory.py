@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from xpro.core.bounds import FUTURE, REASONS, Bounds
+from xpro.core.keys import key_bytes
 from xpro.core.layout import DST_KEY, FLOW_KEY, MASTER
 from xpro.core.merge import merge_arrays
 from xpro.core.model import SyncParams
@@ -130,7 +131,7 @@ class _State:
         self.cver[slots[cand]] = self.version
         ak, t1, t2, dc, dn = partial_deltas(k, before, had, after, has, rule)
         if len(ak):
-            vk = [bytes(x) for x in ak.view(np.dtype((np.void, AGG_KEY.itemsize)))]
+            vk = key_bytes(ak)
             cur = np.zeros(len(vk), dtype=PARTIAL)
             for i, x in enumerate(vk):
                 v = self.partials.get(x)

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from xpro.core import layout as L
+from xpro.core.keys import key_bytes
 from xpro.core.pull import AGG_KEY, PARTIAL, PullRule, aggregate_arrays
 from xpro.sync.known import exceeds
 
@@ -21,7 +22,6 @@ __all__ = ["Partials", "RecentCounts", "recent_starts"]
 
 Array = npt.NDArray[Any]
 
-_VK = np.dtype((np.void, AGG_KEY.itemsize))
 _VD = np.dtype((np.void, L.DST_KEY.itemsize))
 #: Where a partial's key holds its destination key.
 _DST_AT: int = AGG_KEY.fields["dst"][1] if AGG_KEY.fields else 0
@@ -63,7 +63,7 @@ class Partials:
         keys = np.asarray(keys, dtype=AGG_KEY)
         if not len(keys):
             return np.zeros(0, dtype=L.DST_KEY)
-        raw = [bytes(x) for x in np.ascontiguousarray(keys).view(_VK)]
+        raw = key_bytes(keys)
         add: list[int] = []
         groups: list[int] = []
         touched: list[int] = []
@@ -111,7 +111,7 @@ class Partials:
         if 2 * int(keep.sum()) >= len(keep):
             return
         self.keys, self.parts, self.group = self.keys[keep], self.parts[keep], self.group[keep]
-        raw = [bytes(x) for x in np.ascontiguousarray(self.keys).view(_VK)]
+        raw = key_bytes(self.keys)
         self.index = {x: i for i, x in enumerate(raw)}
         used = np.unique(self.group)
         renumber = np.full(len(self.dsts), -1, dtype=np.int64)

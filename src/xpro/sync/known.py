@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from xpro.core import layout as L
-from xpro.core.keys import index_of
+from xpro.core.keys import index_of, key_bytes
 from xpro.core.merge import rate_exceeds_array
 from xpro.core.model import FilterParams, window_over
 from xpro.core.params import KnownPolicy
@@ -140,8 +140,7 @@ class KnownClients:
         the table's changes into the program; returns the closings and
         reopenings.
         """
-        vd = np.dtype((np.void, L.DST_KEY.itemsize))
-        dk = [bytes(k) for k in np.ascontiguousarray(dst_keys).view(vd)]
+        dk = key_bytes(dst_keys)
         shut = closed_now(agg["ts1"].astype(np.int64), agg["ts2"].astype(np.int64),
                           agg["c"].astype(np.int64), now, params,
                           limits(np.asarray(dst_keys, dtype=L.DST_KEY), params))

@@ -51,7 +51,7 @@ import numpy.typing as npt
 
 from xpro.core import layout as L
 from xpro.core.bounds import MAX_COUNT, MAX_PPS, MAX_SKEW, OK, REASONS, STALE, Bounds
-from xpro.core.keys import index_of
+from xpro.core.keys import index_of, unique_keys
 from xpro.core.layout import LOCAL, MASTER
 from xpro.core.merge import merge_arrays
 from xpro.core.model import NS_PER_S, SyncParams
@@ -958,8 +958,7 @@ class Syncer:
         changed = [*self._aggs_changed, self.partials.aged(self._aggs_at, mesh_now)]
         self._aggs_changed, self._aggs_at = [], mesh_now
         self.partials.prune(mesh_now)
-        dk = np.unique(np.ascontiguousarray(np.concatenate(changed, dtype=L.DST_KEY)).view(
-            np.dtype((np.void, L.DST_KEY.itemsize)))).view(L.DST_KEY).reshape(-1)
+        dk = unique_keys(np.concatenate(changed, dtype=L.DST_KEY))
         if len(dk):
             p = self.filt.params
             held, _ = self.filt.read_dsts_of(dk)
