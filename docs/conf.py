@@ -29,6 +29,10 @@ from xpro import cli as _cli  # noqa: E402
 from xpro.plugins.builtin import plugins_command as _plugins  # noqa: E402
 
 _plugins.xpro_add_cli_commands(_cli.cli)
+# The built-ins are imported on first use (docs/cli.rst, "Start-up");
+# sphinx-click reads the group's loaded commands, so load them all.
+_ctx = _cli.click.Context(_cli.cli)
+_cli.cli.commands.update({n: _cli.cli.get_command(_ctx, n) for n in _cli.BUILTIN_COMMANDS})
 
 # docs/_ext: the configuration reference, generated from xpro.config.
 sys.path.insert(0, str(Path(__file__).parent / "_ext"))

@@ -414,6 +414,35 @@ def test_plugin_commands_added_once_and_clashes_refused(host: PluginHost) -> Non
     assert failed["broken"] == "xpro_add_cli_commands: RuntimeError: no commands today"
 
 
+def test_a_plugin_command_named_like_a_lazy_built_in_is_refused(host: PluginHost) -> None:
+    """The built-ins of ``xpro`` are imported when looked up (XproGroup's lazy
+    names): a plugin's command under one of those names is refused all the same."""
+    from xpro.cli._base import XproGroup
+
+    @click.group(cls=XproGroup, lazy={"status": "xpro.cli.operator:status"})
+    def group() -> None:
+        pass
+
+    class Commands:
+        @hookimpl
+        def xpro_add_cli_commands(self, cli: click.Group) -> None:
+            @cli.command(name="status")
+            def fake() -> None:
+                click.echo("hijacked")
+
+            @cli.command(name="hello")
+            def hello() -> None:
+                click.echo("hello")
+
+    host.register(Commands(), "commands")
+    host.add_cli_commands(group)
+    assert sorted(group.commands) == ["hello"]
+    out = CliRunner().invoke(group, ["status", "--help"]).output
+    assert "hijacked" not in out
+    assert "--socket" in out
+    assert host.failed()["commands"] == "command name(s) already taken: status; not added"
+
+
 def test_plugins_command_lists_plugins_and_failures(
     host: PluginHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,10 +24,23 @@ from xpro import __version__
 from xpro.cli._base import XproGroup
 from xpro.errors import XproError
 
-__all__ = ["cli", "main"]
+__all__ = ["BUILTIN_COMMANDS", "cli", "main", "version"]
 
 
-@click.group(cls=XproGroup, context_settings={"help_option_names": ["-h", "--help"]})
+#: The built-in commands, imported when they are looked up (XproGroup).
+BUILTIN_COMMANDS = {
+    **{name: f"xpro.cli.operator:{name}"
+       for name in ("run", "status", "top", "flows", "explain", "detach", "config")},
+    "store": "xpro.cli.store:store",
+    "doctor": "xpro.cli.doctor:doctor_command",
+    "demo": "xpro.cli.demo:demo",
+    "lab": "xpro.cli.lab:lab",
+    "version": "xpro.cli:version",
+}
+
+
+@click.group(cls=XproGroup, lazy=BUILTIN_COMMANDS,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show the traceback of an error.")
 def cli(debug: bool) -> None:
     """xpro: distributed XDP proxies against DDoS.
@@ -37,7 +50,7 @@ def cli(debug: bool) -> None:
     """
 
 
-@cli.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: xpro, Python, kernel, libbpf.")
 def version(as_json: bool) -> None:
     """Print the version of xpro (and, with --json, of what it runs on).
@@ -64,27 +77,18 @@ def version(as_json: bool) -> None:
     click.echo(json.dumps(info, indent=2))
 
 
-def _add_builtin_commands() -> None:
-    from xpro.cli.demo import demo
-    from xpro.cli.doctor import doctor_command
-    from xpro.cli.lab import lab
-    from xpro.cli.operator import COMMANDS
-    from xpro.cli.store import store
-
-    for cmd in [*COMMANDS, store, doctor_command, demo, lab]:
-        cli.add_command(cmd)
-
-
-_add_builtin_commands()
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """The console script ``xpro``."""
-    from xpro.plugins import add_cli_commands
+    args = list(argv) if argv is not None else sys.argv[1:]
+    name = next((a for a in args if not a.startswith("-")), None)
+    if name is None or name not in {*cli.commands, *BUILTIN_COMMANDS}:
+        # plugins' commands (xpro_add_cli_commands): loading the plugins
+        # imports every data path and store, so a built-in command skips it
+        from xpro.plugins import add_cli_commands
 
-    add_cli_commands(cli)  # plugins' commands (xpro_add_cli_commands)
+        add_cli_commands(cli)
     cli.main(
-        args=list(argv) if argv is not None else sys.argv[1:],
+        args=args,
         prog_name="xpro",
         auto_envvar_prefix="XPRO",
     )

@@ -3,28 +3,55 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import signal
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from types import FrameType
 from typing import Any, NoReturn
 
 import click
 
-from xpro.config.kinds import redact
 from xpro.errors import XproError
 
 __all__ = ["XproGroup", "sigterm_unwinds"]
 
 
 class XproGroup(click.Group):
-    """The command group; turns XproError and Ctrl-C into clean exits."""
+    """The command group; turns XproError and Ctrl-C into clean exits.
+
+    ``lazy`` maps a command's name to ``"module:attribute"``: the module is
+    imported when the command is looked up, not when ``xpro`` starts, so
+    ``xpro status`` does not pay for the lab's or the data paths' imports
+    (docs/cli.rst, "Start-up").  A lazy name is taken: a command added under
+    it (by a plugin) never replaces it.
+    """
+
+    def __init__(self, *args: Any, lazy: Mapping[str, str] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = self.lazy.get(cmd_name)
+        if target is None:
+            return self.commands.get(cmd_name)
+        module, _, attr = target.partition(":")
+        cmd = getattr(importlib.import_module(module), attr)
+        if not isinstance(cmd, click.Command):
+            raise TypeError(f"{target} is not a click command")
+        return cmd
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except XproError as exc:
+            from xpro.config.kinds import redact
+
             if ctx.params.get("debug"):
                 click.echo(redact(traceback.format_exc()), err=True, nl=False)
             click.echo(redact(f"error: {exc}"), err=True)

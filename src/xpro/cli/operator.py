@@ -34,7 +34,7 @@ from xpro.config import (
 )
 from xpro.errors import XproError
 
-__all__ = ["COMMANDS"]
+__all__ = ["config", "detach", "explain", "flows", "run", "status", "top"]
 
 #: Where the client commands look for the daemon: the schema's control.socket default.
 _DEFAULT_SOCKET: str = next(o.default for o in SCHEMA if o.key == "control.socket")
@@ -584,4 +584,3 @@ def config_reload(sock: str, as_json: bool) -> None:
         click.echo(f"{c['key']}: {c['old']} -> {c['new']} ({how})")
 
 
-COMMANDS = [run, status, top, flows, explain, detach, config]

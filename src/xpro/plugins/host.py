@@ -387,6 +387,7 @@ class PluginHost:
         if cli in self._cli_done:
             return
         self._cli_done.add(cli)
+        lazy = set(getattr(cli, "lazy", ()))  # built-ins not imported yet (XproGroup)
         for impl in self._impls("xpro_add_cli_commands"):
             before = dict(cli.commands)
             try:
@@ -394,9 +395,13 @@ class PluginHost:
             except Exception as exc:
                 self.fail(impl.plugin_name,
                           f"xpro_add_cli_commands: {type(exc).__name__}: {exc}")
-            clashes = sorted(n for n, cmd in before.items() if cli.commands.get(n) is not cmd)
+            clashes = sorted({n for n, cmd in before.items() if cli.commands.get(n) is not cmd}
+                             | {n for n in lazy if n in cli.commands})
             for n in clashes:
-                cli.commands[n] = before[n]
+                if n in before:
+                    cli.commands[n] = before[n]
+                else:
+                    del cli.commands[n]
             if clashes:
                 self.fail(impl.plugin_name, f"command name(s) already taken: "
                                             f"{', '.join(clashes)}; not added")

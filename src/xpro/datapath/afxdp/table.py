@@ -13,8 +13,9 @@ a random 64-bit key (from :mod:`secrets`) into its hash, and sources chosen
 offline to share one slot (a spoofed flood can choose its sources freely) no
 longer do.  The keyed hash is a mix, not a cryptographic PRF; as a second
 line, a probe sequence longer than :meth:`Table.probe_limit` (about twice the
-longest chain a random half-full table shows) has the table rebuilt with a fresh key at the next :meth:`Table.reserve`
-(docs/operations.rst, "Isolation").
+longest chain a random half-full table shows) has the table rebuilt with a
+fresh key at the next :meth:`Table.reserve` (docs/operations.rst,
+"Isolation").
 """
 
 from __future__ import annotations
