@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -144,9 +146,36 @@ step = st.one_of(
     # (docs/semantics.rst, "Clock and time").
     st.integers(-8 * S, -1),
 )
-shape = st.sampled_from(["plain"] * 12 + ["frag", "ext", "arp", "short", "trunc"])
+SHAPES = ["plain"] * 12 + ["frag", "ext", "arp", "short", "trunc"]
 #: VLAN tags: none mostly, one, two, or three (one more than the parser walks: malformed).
-vlans = st.sampled_from([0, 0, 0, 0, 1, 2, 3])
+VLANS = [0, 0, 0, 0, 1, 2, 3]
+PROTOS = ["udp", "udp", "tcp", "icmp"]
+DPORTS = [53, 80, 443]
+SPRAY_KINDS = ["udp", "tcp", "icmp", "frag"]
+#: Everything a frame of :func:`_frame` is made of, from one draw (:func:`_pick`).
+FRAME_CHOICES = ((False, True), range(N_SRC), range(3), PROTOS, DPORTS, VLANS, SHAPES)
+
+
+def _pick(draw: st.DrawFn, choices: Sequence[Sequence[Any]]) -> tuple[Any, ...]:
+    """One element of each of ``choices``, from ONE integer draw.
+
+    A draw per element made drawing the traces most of these tests' time
+    (hypothesis keeps a record of every draw).  Hypothesis favours small
+    integers, so the integer goes through a bijection of [0, n) (times a
+    prime that divides no length) before its digits pick the elements: every
+    element keeps its share, and 0, where shrinking goes, is still the first
+    of each.
+    """
+    n = math.prod(len(c) for c in choices)
+    i = draw(st.integers(0, n - 1)) * _SPREAD % n
+    out = []
+    for c in choices:
+        i, r = divmod(i, len(c))
+        out.append(c[r])
+    return tuple(out)
+
+
+_SPREAD = 1_000_003  # prime: coprime with every product of these lengths
 
 
 @st.composite
@@ -155,10 +184,7 @@ def traces(draw: st.DrawFn) -> list[tuple[bytes, int]]:
     out = []
     for _ in range(draw(st.integers(1, 80))):
         t += draw(step)
-        f = _frame(draw(st.booleans()), draw(st.integers(0, N_SRC - 1)),
-                   draw(st.integers(0, 2)), draw(st.sampled_from(["udp", "udp", "tcp", "icmp"])),
-                   draw(st.sampled_from([53, 80, 443])), draw(vlans), draw(shape))
-        out.append((f, t))
+        out.append((_frame(*_pick(draw, FRAME_CHOICES)), t))
     return out
 
 
@@ -176,13 +202,12 @@ def closure_traces(draw: st.DrawFn) -> list[Step]:
                                                     "known", "sync", "gap"]))
         if draw(st.integers(0, 3)) == 0:  # mostly one destination: it closes, it reopens
             v6, d = draw(st.booleans()), draw(st.integers(0, 2))
-        proto = draw(st.sampled_from(["udp", "udp", "tcp", "icmp"]))
-        dport = draw(st.sampled_from([53, 80, 443]))
+        proto, dport = _pick(draw, (PROTOS, DPORTS))
         if op == "packet":
             for _ in range(draw(st.integers(1, 5))):
                 t += draw(step)
-                sent.append(_frame(v6, draw(st.integers(0, N_SRC - 1)), d, proto, dport,
-                                   draw(vlans), draw(shape)))
+                s, vlans, shape = _pick(draw, (range(N_SRC), VLANS, SHAPES))
+                sent.append(_frame(v6, s, d, proto, dport, vlans, shape))
                 out.append((sent[-1], t))
         elif op == "burst":
             first, gap = draw(st.integers(0, N_SPOOF - 1)), draw(st.integers(0, 2 * MS))
@@ -193,9 +218,8 @@ def closure_traces(draw: st.DrawFn) -> list[Step]:
             first, gap = draw(st.integers(0, N_SPOOF - 1)), draw(st.integers(0, 2 * MS))
             for j in range(draw(st.integers(5, 40))):
                 t += gap
-                out.append((_sprayed(v6, (first + j) % N_SPOOF, d,
-                                     draw(st.sampled_from(["udp", "tcp", "icmp", "frag"])),
-                                     draw(st.integers(1, 65535))), t))
+                kind, port = _pick(draw, (SPRAY_KINDS, range(1, 65536)))
+                out.append((_sprayed(v6, (first + j) % N_SPOOF, d, kind, port), t))
         elif op == "known":
             src = _frame(v6, draw(st.integers(0, N_SRC - 1)), d, proto, dport, 0, "plain")
             reuse: bool = draw(st.booleans())
