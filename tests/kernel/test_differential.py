@@ -162,11 +162,13 @@ def _pick(draw: st.DrawFn, choices: Sequence[Sequence[Any]]) -> tuple[Any, ...]:
     A draw per element made drawing the traces most of these tests' time
     (hypothesis keeps a record of every draw).  Hypothesis favours small
     integers, so the integer goes through a bijection of [0, n) (times a
-    prime that divides no length) before its digits pick the elements: every
-    element keeps its share, and 0, where shrinking goes, is still the first
-    of each.
+    prime coprime with n) before its digits pick the elements: every element
+    keeps its share, and 0 is still the first of each.  The cost: shrinking
+    works on the one integer, so a failing frame shrinks to a frame with the
+    choices that matter and arbitrary others, not to the first of each.
     """
     n = math.prod(len(c) for c in choices)
+    assert math.gcd(_SPREAD, n) == 1, n  # else not a bijection
     i = draw(st.integers(0, n - 1)) * _SPREAD % n
     out = []
     for c in choices:
@@ -175,7 +177,7 @@ def _pick(draw: st.DrawFn, choices: Sequence[Sequence[Any]]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-_SPREAD = 1_000_003  # prime: coprime with every product of these lengths
+_SPREAD = 1_000_003  # prime, and above every product of these lengths
 
 
 @st.composite

@@ -154,3 +154,32 @@ def test_a_control_command_imports_neither_the_data_paths_nor_the_plugins() -> N
                          check=True, timeout=60)
     assert "no xpro daemon listens on /nonexistent/xpro.sock" in out.stderr
     assert out.stdout.splitlines() == ["exit 3", "loaded []"]
+
+
+@pytest.mark.parametrize("argv", [["plugins", "--json"], ["--debug", "plugins", "--json"],
+                                  ["--", "plugins", "--json"]])
+def test_a_plugin_command_is_reached_through_main(argv: list[str]) -> None:
+    """Plugins are loaded for a name that is not built in (``xpro plugins`` is
+    the built-in plugin module's command, added through its entry point)."""
+    code = f"from xpro.cli import main; main({argv!r})"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert '"name": "plugins_cli"' in out.stdout
+
+
+def test_help_before_a_built_in_name_still_lists_the_plugins_commands() -> None:
+    out = subprocess.run([sys.executable, "-c", "from xpro.cli import main; main()",
+                          "--help", "status"], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    assert "\n  plugins " in out.stdout
+    assert "\n  status " in out.stdout
+
+
+def test_a_mistyped_command_is_told_the_built_in_it_resembles(runner: CliRunner) -> None:
+    if not hasattr(click, "NoSuchCommand"):
+        pytest.skip("click < 8.4 suggests no command")
+    result = runner.invoke(cli, ["stauts"])
+    assert result.exit_code == 2
+    assert "Did you mean 'status'?" in result.output

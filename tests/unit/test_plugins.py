@@ -443,6 +443,30 @@ def test_a_plugin_command_named_like_a_lazy_built_in_is_refused(host: PluginHost
     assert host.failed()["commands"] == "command name(s) already taken: status; not added"
 
 
+def test_built_ins_loaded_before_the_plugins_are_no_clash(host: PluginHost) -> None:
+    """docs/conf.py loads the lazy built-ins before the plugins add theirs."""
+    from xpro.cli._base import XproGroup
+    from xpro.cli.operator import status
+
+    @click.group(cls=XproGroup, lazy={"status": "xpro.cli.operator:status"})
+    def group() -> None:
+        pass
+
+    group.add_command(status)
+
+    class Commands:
+        @hookimpl
+        def xpro_add_cli_commands(self, cli: click.Group) -> None:
+            @cli.command(name="hello")
+            def hello() -> None:
+                click.echo("hello")
+
+    host.register(Commands(), "commands")
+    host.add_cli_commands(group)
+    assert sorted(group.commands) == ["hello", "status"]
+    assert "commands" not in host.failed()
+
+
 def test_plugins_command_lists_plugins_and_failures(
     host: PluginHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:

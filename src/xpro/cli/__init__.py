@@ -80,10 +80,14 @@ def version(as_json: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """The console script ``xpro``."""
     args = list(argv) if argv is not None else sys.argv[1:]
-    name = next((a for a in args if not a.startswith("-")), None)
-    if name is None or name not in {*cli.commands, *BUILTIN_COMMANDS}:
-        # plugins' commands (xpro_add_cli_commands): loading the plugins
-        # imports every data path and store, so a built-in command skips it
+    at = next((i for i, a in enumerate(args) if not a.startswith("-")), len(args))
+    name = args[at] if at < len(args) else None
+    if (name is None or name not in {*cli.commands, *BUILTIN_COMMANDS} or name == "run"
+            or {"-h", "--help"} & set(args[:at])):
+        # Plugins' commands (xpro_add_cli_commands).  Loading the plugins
+        # imports every data path and store, so the other built-in commands
+        # skip it; the top-level help lists them, and `run` loads the
+        # plugins anyway (its status reports a plugin whose hook failed).
         from xpro.plugins import add_cli_commands
 
         add_cli_commands(cli)

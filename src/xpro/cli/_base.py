@@ -46,6 +46,18 @@ class XproGroup(click.Group):
             raise TypeError(f"{target} is not a click command")
         return cmd
 
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        no_such: type[click.UsageError] | None = getattr(click, "NoSuchCommand", None)
+        if no_such is None:  # click < 8.4 suggests nothing
+            return super().resolve_command(ctx, args)
+        try:
+            return super().resolve_command(ctx, args)
+        except no_such as exc:
+            # click suggests from the loaded commands only: offer every name
+            raise no_such(exc.command_name,  # type: ignore[attr-defined,call-arg]
+                          possibilities=self.list_commands(ctx), ctx=ctx) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)

@@ -395,8 +395,8 @@ class PluginHost:
             except Exception as exc:
                 self.fail(impl.plugin_name,
                           f"xpro_add_cli_commands: {type(exc).__name__}: {exc}")
-            clashes = sorted({n for n, cmd in before.items() if cli.commands.get(n) is not cmd}
-                             | {n for n in lazy if n in cli.commands})
+            clashes = sorted({n for n in {*before, *lazy}
+                              if cli.commands.get(n) is not before.get(n)})
             for n in clashes:
                 if n in before:
                     cli.commands[n] = before[n]
