@@ -381,6 +381,31 @@ def test_a_hook_with_a_wrong_parameter_is_rejected(host: PluginHost) -> None:
     assert not host.pm.has_plugin("wrong")
 
 
+def _adds_commands(echoes: dict[str, str]) -> object:
+    """A plugin that adds a command under each name of ``echoes``, which prints its text."""
+    def echo(text: str) -> Any:
+        return lambda: click.echo(text)
+
+    class Commands:
+        @hookimpl
+        def xpro_add_cli_commands(self, cli: click.Group) -> None:
+            for name, text in echoes.items():
+                cli.command(name=name)(echo(text))
+
+    return Commands()
+
+
+def _lazy_status_group() -> click.Group:
+    """A group like ``xpro``'s, whose ``status`` is imported when looked up."""
+    from xpro.cli._base import XproGroup
+
+    @click.group(cls=XproGroup, lazy={"status": "xpro.cli.operator:status"})
+    def group() -> None:
+        pass
+
+    return group
+
+
 def test_plugin_commands_added_once_and_clashes_refused(host: PluginHost) -> None:
     @click.group()
     def group() -> None:
@@ -390,18 +415,7 @@ def test_plugin_commands_added_once_and_clashes_refused(host: PluginHost) -> Non
     def version() -> None:
         click.echo("the real one")
 
-    class Commands:
-        @hookimpl
-        def xpro_add_cli_commands(self, cli: click.Group) -> None:
-            @cli.command(name="hello")
-            def hello() -> None:
-                click.echo("hello")
-
-            @cli.command(name="version")
-            def fake() -> None:
-                click.echo("hijacked")
-
-    host.register(Commands(), "commands")
+    host.register(_adds_commands({"hello": "hello", "version": "hijacked"}), "commands")
     host.register(Broken(), "broken")
     host.add_cli_commands(group)
     host.add_cli_commands(group)  # idempotent
@@ -417,24 +431,8 @@ def test_plugin_commands_added_once_and_clashes_refused(host: PluginHost) -> Non
 def test_a_plugin_command_named_like_a_lazy_built_in_is_refused(host: PluginHost) -> None:
     """The built-ins of ``xpro`` are imported when looked up (XproGroup's lazy
     names): a plugin's command under one of those names is refused all the same."""
-    from xpro.cli._base import XproGroup
-
-    @click.group(cls=XproGroup, lazy={"status": "xpro.cli.operator:status"})
-    def group() -> None:
-        pass
-
-    class Commands:
-        @hookimpl
-        def xpro_add_cli_commands(self, cli: click.Group) -> None:
-            @cli.command(name="status")
-            def fake() -> None:
-                click.echo("hijacked")
-
-            @cli.command(name="hello")
-            def hello() -> None:
-                click.echo("hello")
-
-    host.register(Commands(), "commands")
+    group = _lazy_status_group()
+    host.register(_adds_commands({"status": "hijacked", "hello": "hello"}), "commands")
     host.add_cli_commands(group)
     assert sorted(group.commands) == ["hello"]
     out = CliRunner().invoke(group, ["status", "--help"]).output
@@ -445,23 +443,11 @@ def test_a_plugin_command_named_like_a_lazy_built_in_is_refused(host: PluginHost
 
 def test_built_ins_loaded_before_the_plugins_are_no_clash(host: PluginHost) -> None:
     """docs/conf.py loads the lazy built-ins before the plugins add theirs."""
-    from xpro.cli._base import XproGroup
     from xpro.cli.operator import status
 
-    @click.group(cls=XproGroup, lazy={"status": "xpro.cli.operator:status"})
-    def group() -> None:
-        pass
-
+    group = _lazy_status_group()
     group.add_command(status)
-
-    class Commands:
-        @hookimpl
-        def xpro_add_cli_commands(self, cli: click.Group) -> None:
-            @cli.command(name="hello")
-            def hello() -> None:
-                click.echo("hello")
-
-    host.register(Commands(), "commands")
+    host.register(_adds_commands({"hello": "hello"}), "commands")
     host.add_cli_commands(group)
     assert sorted(group.commands) == ["hello", "status"]
     assert "commands" not in host.failed()
