@@ -10,7 +10,6 @@ writes a batch into the mmap'ed ``apply_buf`` array and runs the program once pe
 from __future__ import annotations
 
 import contextlib
-import logging
 import mmap
 import time
 from collections.abc import Callable, Mapping
@@ -22,15 +21,15 @@ import numpy.typing as npt
 
 from xpro.bpf import BpfObject, Map, RingBuffer, object_path
 from xpro.core import layout as L
-from xpro.core.keys import index_of, key_bytes, known_filters, unique_keys
+from xpro.core.keys import index_of
 from xpro.core.model import FilterParams, Prefix, source_mask
 from xpro.core.params import Sizes
 from xpro.core.state import APPLIED, APPLY_MAX, OP_READ, apply_entries
+from xpro.datapath.known import KnownTable
 from xpro.errors import ConfigError, DatapathError
 
 Array = npt.NDArray[Any]
 
-log = logging.getLogger(__name__)
 
 #: What bpf_ktime_get_coarse_ns() reads (not exported by the time module).
 CLOCK_MONOTONIC_COARSE = 6
@@ -106,14 +105,8 @@ class XdpFilter:
             self.dsts = self.obj.maps["dsts"]
             self.known = self.obj.maps["known"]
             self.known_dsts = self.obj.maps["known_dsts"]
-            # Every key of the known table, kept beside it to build the
-            # destinations' filters; from the table itself, and every filter
-            # rebuilt, when the maps are adopted (a restart, an upgrade).
-            self._known_keys = self.read_known()[0]
-            self._filtered: set[bytes] = set()  # destinations with a filter
-            self._unfiltered: set[bytes] = set()  # with known sources, no room for one
-            pinned = self._resync_known_filters()  # and the flag: never a stale one
-            self._write_known_filters(np.concatenate([self._known_keys["dst"], pinned]))
+            #: The one writer of the known table and its filters.
+            self._known = KnownTable(self.known, self.known_dsts, self.cfg)
             self.stats = self.obj.maps["stats"]
             self._apply = _ArrayMmap(self.obj.maps["apply_buf"], L.APPLY)
             self.params = params
@@ -213,8 +206,7 @@ class XdpFilter:
 
     def read_known(self) -> tuple[Array, Array]:
         """The ``known`` map: flow keys (FLOW_KEY) and their class (``Known``, uint32)."""
-        keys, vals = self.known.lookup_batch()
-        return np.asarray(keys, dtype=L.FLOW_KEY), np.asarray(vals, dtype="<u4")
+        return self._known.read()
 
     def events(self, callback: Callable[[Any], object]) -> RingBuffer:
         """A ring-buffer reader handing each warning (an ``EVENT`` record) to ``callback``."""
@@ -272,118 +264,28 @@ class XdpFilter:
     # --- known clients (a userspace map: the packet path only reads it) ------
 
     def set_known(self, keys: Array, classes: Any) -> None:
-        """Write (or overwrite) the class (``Known``) of these flow keys, in batches.
+        """Write (or overwrite) the class (``Known``) of these flow keys, in batches,
+        with their destinations' filters (:class:`~xpro.datapath.known.KnownTable`).
 
         ``classes`` is one class for all keys or one per key.  A full map
         raises :class:`~xpro.errors.DatapathError` (a plain hash: nothing
         is evicted to make room).
         """
-        keys = np.asarray(keys, dtype=L.FLOW_KEY)
-        if not len(keys):
-            return
-        cls = np.broadcast_to(np.asarray(classes, dtype="<u4"), (len(keys),))
-        new = keys[index_of(self._known_keys, keys) < 0]
-        if len(new):
-            # The filters first: a packet never meets an entry whose bits
-            # are not set yet (a filter may hold more, never less).
-            before = self._known_keys
-            self._known_keys = np.concatenate([before, new], dtype=L.FLOW_KEY)
-            try:
-                self._write_known_filters(new["dst"])
-            except BaseException:
-                # Not written: the keys stay new, so a retry writes their
-                # filters again; the kernel's filters are read back.
-                self._known_keys = before
-                self._resync_known_filters()
-                raise
-        self.known.update_batch(keys, np.ascontiguousarray(cls))
+        self._known.set(keys, classes)
 
     def drop_known(self, keys: Array) -> int:
         """Remove these flow keys from the ``known`` map (absent ones are skipped);
         returns how many went."""
-        keys = np.asarray(keys, dtype=L.FLOW_KEY)
-        if not len(keys):
-            return 0
-        gone = self.known.delete_batch(keys)
-        # Then the filters, without the entries that went.
-        self._known_keys = self._known_keys[index_of(keys, self._known_keys) < 0]
-        try:
-            self._write_known_filters(keys["dst"])
-        except BaseException:
-            self._resync_known_filters()  # the filters left hold more bits: safe
-            raise
-        return gone
+        return self._known.drop(keys)
 
     def clear_known(self) -> None:
         """Empty the ``known`` map and the destinations' filters (in that order)."""
-        self.known.clear()
-        self.known_dsts.clear()
-        self._known_keys = self._known_keys[:0]
-        self._filtered.clear()
-        self._unfiltered.clear()
-        self.cfg.view["known_unfiltered"] = 0
-
-    def _resync_known_filters(self) -> Array:
-        """``_filtered``/``_unfiltered`` and the flag from the kernel's filter map
-        (at load, and after a write failed part way); returns its keys."""
-        pinned = np.asarray(self.known_dsts.lookup_batch()[0], dtype=L.DST_KEY)
-        self._filtered = set(key_bytes(pinned))
-        self._unfiltered = set(key_bytes(self._known_keys["dst"])) - self._filtered
-        self.cfg.view["known_unfiltered"] = int(bool(self._unfiltered))
-        return pinned
+        self._known.clear()
 
     def known_filters_missing(self) -> int:
         """Destination keys with known sources and no filter of them (the
         filter map was full): their closed path looks every source up."""
-        return len(self._unfiltered)
-
-    def _write_known_filters(self, dsts: Array) -> None:
-        """Rewrite the known sources' filter of each of ``dsts`` (DST_KEY) from
-        the known keys, and remove the filter of one with none left.
-
-        A destination that has no filter yet gets one while the map has room
-        (``Sizes.known_filters``); past that the program is told to look up
-        the sources of destinations without one (``known_unfiltered``, set
-        before the caller writes their entries, cleared once every
-        destination with known sources has its filter again)."""
-        if not len(dsts):
-            return
-        dsts = unique_keys(np.asarray(dsts, dtype=L.DST_KEY))
-        rows = self._known_keys[index_of(dsts, np.ascontiguousarray(
-            self._known_keys["dst"])) >= 0]
-        have, filters = known_filters(rows, L.KNOWN_FILTER_WORDS)
-        names = key_bytes(have)
-        room = self.known_dsts.max_entries - len(self._filtered)
-        fits = np.array([n in self._filtered for n in names], dtype=bool)
-        fits[np.flatnonzero(~fits)[:max(room, 0)]] = True  # new ones, while there is room
-        missing = {n for n, f in zip(names, fits, strict=True) if not f} - self._unfiltered
-        if missing:
-            log.warning("the filter map of known sources is full (%d destination keys): "
-                        "%d more closed destination(s) look every source up in the known "
-                        "table, correct but slower under a spoofed flood "
-                        "(docs/performance.rst, \"The known sources' filter\")",
-                        self.known_dsts.max_entries, len(missing))
-        self._unfiltered.update(missing)
-        if self._unfiltered:
-            self.cfg.view["known_unfiltered"] = 1
-        if fits.any():
-            self.known_dsts.update_batch(have[fits], np.ascontiguousarray(
-                filters[fits]).view(np.uint8).reshape(int(fits.sum()), -1))
-            written = [n for n, f in zip(names, fits, strict=True) if f]
-            self._filtered.update(written)
-            self._unfiltered.difference_update(written)
-        empty = dsts[index_of(have, dsts) < 0]
-        if len(empty):
-            self.known_dsts.delete_batch(empty)
-            gone = key_bytes(empty)
-            self._filtered.difference_update(gone)
-            self._unfiltered.difference_update(gone)
-            room = self.known_dsts.max_entries - len(self._filtered)
-            if self._unfiltered and room > 0:  # room freed: filter those that had none
-                retry = sorted(self._unfiltered)[:room]
-                self._write_known_filters(np.frombuffer(b"".join(retry), dtype=L.DST_KEY))
-        if not self._unfiltered:
-            self.cfg.view["known_unfiltered"] = 0
+        return self._known.missing()
 
     # --- sync epochs: which flows changed since the last round ----------------
 
