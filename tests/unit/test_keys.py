@@ -74,6 +74,24 @@ def test_index_of_agrees_with_a_dict() -> None:
     assert got.tolist() == [where.get(k, -1) for k in needles]
 
 
+def test_index_of_a_long_crafted_run_finds_each_key_and_the_first_of_equals() -> None:
+    """Thousands of keys of one fingerprint (an attacker's many destination
+    keys): every needle found, absent ones not, a repeated key at its first
+    index.  Walking the run per needle took 24 s for 5000 such keys; sorted
+    by bytes it takes milliseconds (docs/security.rst)."""
+    rng = random.Random(5)
+    a = v6_dst(rng)
+    run = [a] + [colliding(a, i) for i in range(1, 3000)]
+    hay_keys = run + [v6_dst(rng) for _ in range(100)] + run[:50]  # 50 repeated
+    hay = np.frombuffer(b"".join(hay_keys), dtype=L.DST_KEY)
+    needles = run[::-1] + [colliding(a, 5000 + i) for i in range(20)]
+    got = index_of(hay, np.frombuffer(b"".join(needles), dtype=L.DST_KEY))
+    where = {k: i for i, k in reversed(list(enumerate(hay_keys)))}
+    assert got.tolist() == [where.get(k, -1) for k in needles]
+    assert got[-21] == 0
+    assert (got[-20:] == -1).all()
+
+
 def test_the_key_index_finds_colliding_keys_too() -> None:
     rng = random.Random(4)
     a = rng.randbytes(36)

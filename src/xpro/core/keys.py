@@ -108,15 +108,18 @@ def index_of(haystack: Array, needles: Array) -> Array:
     same = same_fp & (hv[cand] == nv)
     out = np.where(same, cand, -1)
     # Two keys with one fingerprint (rare by chance, but an attacker who
-    # picks addresses can make them: the mix is linear): the needle is the
-    # first of the run of its fingerprint only by luck, so walk the run.
-    for i in np.flatnonzero(same_fp & ~same).tolist():
-        j = int(pos[i]) + 1
-        while j < len(order) and sorted_fh[j] == fn[i]:
-            if hv[order[j]] == nv[i]:
-                out[i] = order[j]
-                break
-            j += 1
+    # picks addresses can make thousands: the mix is linear): the needle is
+    # the first of the run of its fingerprint only by luck.  Those needles
+    # are compared by their bytes with every key of their fingerprints,
+    # sorted: O((r + m) log r) for r such keys, never a walk per needle.
+    coll = np.flatnonzero(same_fp & ~same)
+    if len(coll):
+        rows = order[np.isin(sorted_fh, fn[coll])]
+        by_bytes = np.argsort(hv[rows], kind="stable")  # equal keys: the first
+        keys = hv[rows][by_bytes]
+        p = np.minimum(np.searchsorted(keys, nv[coll]), len(keys) - 1)
+        hit = keys[p] == nv[coll]
+        out[coll[hit]] = rows[by_bytes[p[hit]]]
     return out
 
 
