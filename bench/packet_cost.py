@@ -26,10 +26,14 @@ destination: the per-source drop); closed_new (as many frames, each from a
 source never seen, to a destination closed to unknown sources that has
 ``--known`` known clients: xpro drops them with one hot closed-drops record and
 no record of their own, and looks the known table up only for the sources the
-destination's filter of known sources cannot tell from its clients).
+destination's filter of known sources cannot tell from its clients); closed_hot
+(one of those frames, repeat N: the closed path with its lines in cache, as a
+flood to one destination keeps them -- a source with no record costs the same
+work every time, so repeating one is the same path as new ones, bar which two
+bits of the filter it reads).
 
 Ends with one line of JSON: ``ratio_hot``, ``ratio_100k``, ``ratio_ipv6``,
-``ratio_src_rate``, ``ratio_closed_new`` (xpro / bare),
+``ratio_src_rate``, ``ratio_closed_new``, ``ratio_closed_hot`` (xpro / bare),
 ``ratio_to_xdp_filter`` (xpro / xdp-filter, hot flow) and, with
 ``--compare``, ``ref`` (the same ratios for the other build).  With
 ``--destination addr+port`` the programs key destinations on (address, port,
@@ -252,6 +256,7 @@ def main() -> None:
             "100k": lambda p: p.spread(spread),
             "src_rate": lambda p: p.hot(v4, args.repeat),
             "closed_new": lambda p: p.spread(spoofed),
+            "closed_hot": lambda p: p.hot(spoofed[0], args.repeat),
         }
         for p in progs:  # create the 100k flows before measuring them
             p.spread(spread)
@@ -262,7 +267,8 @@ def main() -> None:
                     over_t_f1(cfg, x, v4)
                 elif case == "closed_new":
                     close_destination(cfg, x, spoofed)
-            runs = args.runs if case in ("hot", "ipv6", "src_rate") else max(3, args.runs // 3)
+            hot = case in ("hot", "ipv6", "src_rate", "closed_hot")
+            runs = args.runs if hot else max(3, args.runs // 3)
             for label, ns in interleaved(progs, runs, measure).items():
                 res[label][case] = ns
 
@@ -279,6 +285,7 @@ def main() -> None:
                 "ratio_ipv6": round(x["ipv6"] / b["ipv6"], 2),
                 "ratio_src_rate": round(x["src_rate"] / b["src_rate"], 2),
                 "ratio_closed_new": round(x["closed_new"] / b["closed_new"], 2),
+                "ratio_closed_hot": round(x["closed_hot"] / b["closed_hot"], 2),
                 "ratio_to_xdp_filter": round(x["hot"] / res["xdp-filter"]["hot"], 2)
                 if xf else None,
             }

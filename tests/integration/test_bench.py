@@ -56,7 +56,7 @@ def test_flood() -> None:
 def test_packet_cost() -> None:
     doc = run_bench("packet_cost.py", "--repeat", "1000", "--runs", "1", "--flows", "1000")
     for key in ("ratio_hot", "ratio_100k", "ratio_ipv6", "ratio_src_rate", "ratio_closed_new",
-                "ratio_to_xdp_filter"):
+                "ratio_closed_hot", "ratio_to_xdp_filter"):
         assert positive(doc[key]), key
     assert set(doc["ns"]) == {"bare", "counter", "xpro", "xdp-filter"}
 

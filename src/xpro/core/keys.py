@@ -111,12 +111,13 @@ def index_of(haystack: Array, needles: Array) -> Array:
     # picks addresses can make thousands: the mix is linear): the needle is
     # the first of the run of its fingerprint only by luck.  Those needles
     # are compared by their bytes with every key of their fingerprints,
-    # sorted: O((r + m) log r) for r such keys, never a walk per needle.
+    # sorted: O(n log n) at worst, never a walk per needle.
     coll = np.flatnonzero(same_fp & ~same)
     if len(coll):
         rows = order[np.isin(sorted_fh, fn[coll])]
-        by_bytes = np.argsort(hv[rows], kind="stable")  # equal keys: the first
-        keys = hv[rows][by_bytes]
+        rv = hv[rows]
+        by_bytes = np.argsort(rv, kind="stable")  # equal keys: the first
+        keys = rv[by_bytes]
         p = np.minimum(np.searchsorted(keys, nv[coll]), len(keys) - 1)
         hit = keys[p] == nv[coll]
         out[coll[hit]] = rows[by_bytes[p[hit]]]
