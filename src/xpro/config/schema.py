@@ -258,7 +258,7 @@ class SyncConfig(_Section):
         says a time daemon has stopped or a clock was stepped: worth an
         operator's look before the skew grows past what is corrected.""")
     pull: str = option(
-        Choice(("candidates", "all")), "candidates", flag="--sync-pull",
+        Choice(("candidates", "all")), "candidates", flag="--sync-pull", live=False,
         doc="""What a round pulls besides the merge's replies: ``candidates``
         (flows near or over T_F1, the destinations' aggregates from the master,
         the known clients of closed destinations) or ``all`` (every record any

@@ -27,7 +27,7 @@ from typing import Any, TextIO
 from xpro.config.kinds import redact
 from xpro.core.text import printable
 
-__all__ = ["JsonFormatter", "TextFormatter", "setup_logging"]
+__all__ = ["JsonFormatter", "TextFormatter", "set_format", "setup_logging"]
 
 #: Attributes every LogRecord has; anything else on a record is an event field.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -89,6 +89,7 @@ def setup_logging(fmt: str = "json", level: str = "info", *,
     """
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler._xpro = True  # type: ignore[attr-defined]
     root = logging.getLogger("xpro")
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -105,6 +106,15 @@ def setup_logging(fmt: str = "json", level: str = "info", *,
     others._xpro = True  # type: ignore[attr-defined]
     top.addHandler(others)
     _redacting_excepthooks()
+
+
+def set_format(fmt: str) -> None:
+    """Render every later line in ``fmt`` (a reload of ``log.format``): the
+    handlers :func:`setup_logging` installed, and no other."""
+    formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    for h in [*logging.getLogger("xpro").handlers, *logging.getLogger().handlers]:
+        if getattr(h, "_xpro", False):
+            h.setFormatter(formatter)
 
 
 def _redacting_excepthooks() -> None:

@@ -61,6 +61,7 @@ from xpro.core.prefixset import PrefixSet
 from xpro.core.status import Closure, SyncStats
 from xpro.core.text import printable
 from xpro.daemon.control import ControlServer
+from xpro.daemon.logs import set_format
 from xpro.daemon.metrics import MetricsServer, exposition, serve
 from xpro.daemon.privileges import (
     Capabilities,
@@ -380,9 +381,12 @@ class Proxy:
                 # The table's size is fixed at load: only the rule changes live.
                 self.syncer.known.policy = dataclasses.replace(
                     new.known_policy(), capacity=self.syncer.known.policy.capacity)
+                # What the master judges the next merges by (T_F1, near...).
+                self.syncer.set_rule(self.syncer.known.policy, new.sync.near)
             if self.loop is not None:
                 self.loop.period = new.sync.period
             logging.getLogger("xpro").setLevel(new.log.level.upper())
+            set_format(new.log.format)
             # Keys that need a restart keep their running values.
             self.config = _merge_live(self.config, new)
             self.reloads += 1

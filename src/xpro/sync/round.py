@@ -255,6 +255,23 @@ class Syncer:
         exists, recs = self.filt.read(keys)
         return keys[exists], recs[exists]
 
+    def set_rule(self, known: KnownPolicy, near: float) -> None:
+        """Judge the next merges (their candidates, partials and known clients) by
+        the filter's thresholds as they are now, ``known`` and ``near``: a reload
+        of T_F1, T_T2, T_T1, ``sync.near`` or ``known.*`` (docs/configuration.rst).
+
+        A new T_T1 is a new width of the partials' slots: the next round reads
+        the master's partials from the start instead of going on from its
+        cursor."""
+        rule = PullRule.of(self.filt.params, known, near)
+        if rule == self.rule:
+            return
+        if self.partials is not None:
+            if rule.slot_ns != self.rule.slot_ns:
+                self.cursor = None
+            self.partials.rule = rule
+        self.rule = rule
+
     def round(self, now: int | None = None) -> SyncStats:
         """One sync round at time ``now`` (ns, TAI; the real clock by default)."""
         t0 = time.perf_counter()

@@ -1,0 +1,135 @@
+"""A reload reaches everything that judges by the keys it changes: the sync's
+pull rule (what the master publishes as candidates, by T_F1 and ``sync.near``)
+and the log's format; a key that cannot change live says so."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from tests.packets import frame
+from tests.unit.test_isolation import UserBackend
+from xpro.config import Config, load_config
+from xpro.core import layout as L
+from xpro.core import model
+from xpro.daemon.logs import setup_logging
+from xpro.daemon.proxy import Proxy
+from xpro.datapath.afxdp.filter import UserFilter
+from xpro.plugins import PluginHost, open_store
+from xpro.sync import Syncer, SyncLoop
+
+pytestmark = pytest.mark.unit
+
+S = model.NS_PER_S
+T0 = 1_700_000_000 * S
+
+
+def _config(**keys: str) -> Config:
+    return load_config(None, env={}, overrides=keys)
+
+
+def _proxy(cfg: Config, url: str, name: str) -> tuple[Proxy, UserFilter]:
+    p = Proxy(cfg, plugins=PluginHost(load_entry_points=False))
+    filt = UserFilter(cfg.filter_params())
+    p.backend = UserBackend(filt)
+    p.loop = SyncLoop(Syncer(filt, open_store(url), name, cfg.sync_params(),
+                             known=cfg.known_policy(), pull=cfg.sync.pull,
+                             near=cfg.sync.near), 1.0, name=name)
+    return p, filt
+
+
+@pytest.mark.parametrize(("key", "old", "new"), [("thresholds.t_f1", "1000", "300"),
+                                               ("sync.near", "0.9", "0.5")])
+def test_a_reload_changes_what_the_master_publishes_as_candidates(
+        key: str, old: str, new: str) -> None:
+    """A flow at 200 packets/s, T_F1 1000 then 300 (or ``near`` 0.9 then 0.5 at
+    T_F1 300): not a candidate before the reload, one after it, so the other
+    proxy pulls it.  Before the fix the merging proxy's rule kept its values
+    from start-up and the other proxy never saw the flow."""
+    fixed = {"thresholds.t_f1": "300"} if key == "sync.near" else {}
+    url = f"memory://{uuid.uuid4().hex}"
+    a, fa = _proxy(_config(**fixed, **{key: old}), url, "a")
+    b, fb = _proxy(_config(**fixed, **{key: old}), url, "b")
+    flow = frame("10.0.0.66", "10.9.9.9")
+    k = np.frombuffer(model.parse(flow, 0).key, dtype=L.FLOW_KEY)
+
+    def second(n: int) -> None:  # 200 packets over second n at proxy a, then a round each
+        fa.process_frames([flow] * 200, T0 + n * S + np.arange(200) * (S // 200))
+        for p in (a, b):
+            assert p.syncer is not None
+            p.syncer.round(T0 + (n + 1) * S)
+
+    second(0)
+    assert not fb.read(k)[0][0]  # 0.2 x T_F1 (or under near): not pulled
+    for p in (a, b):
+        changes = p.reconfigure(_config(**fixed, **{key: new}))
+        assert [(c.key, c.live) for c in changes] == [(key, True)]
+    assert a.syncer is not None
+    assert (a.syncer.rule.t_f1, a.syncer.rule.near_pm) == (300, 500)
+    second(1)
+    exists, rec = fb.read(k)
+    assert exists[0]
+    assert int(rec[0]["c"]) == 400
+
+
+def test_the_pull_mode_takes_a_restart() -> None:
+    url = f"memory://{uuid.uuid4().hex}"
+    p, _ = _proxy(_config(), url, "a")
+    changes = p.reconfigure(_config(**{"sync.pull": "all"}))
+    assert [(c.key, c.live) for c in changes] == [("sync.pull", False)]
+    assert p.syncer is not None
+    assert p.syncer.partials is not None  # still pulling candidates
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    loggers = [logging.getLogger("xpro"), logging.getLogger()]
+    saved = [(list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
+    yield None
+    for lg, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_a_reload_of_the_log_format_changes_the_next_lines() -> None:
+    out = io.StringIO()
+    setup_logging("json", "info", stream=out)
+    p, _ = _proxy(_config(), f"memory://{uuid.uuid4().hex}", "a")
+    log = logging.getLogger("xpro.test")
+    log.info("before", extra={"event": "probe"})
+    changes = p.reconfigure(_config(**{"log.format": "text"}))
+    assert [(c.key, c.live) for c in changes] == [("log.format", True)]
+    log.info("after", extra={"event": "probe"})
+    first, *rest = [line for line in out.getvalue().splitlines() if "xpro.test" in line]
+    assert json.loads(first)["message"] == "before"
+    assert len(rest) == 1
+    assert "after" in rest[0]
+    assert not rest[0].startswith("{")
+
+
+def test_a_new_t_t1_reads_the_partials_again_from_the_start() -> None:
+    """T_T1 sets the partials' slot width: the next round pulls them all again
+    (cursor reset) and judges them at the new width."""
+    url = f"memory://{uuid.uuid4().hex}"
+    p, filt = _proxy(_config(), url, "a")
+    assert p.syncer is not None
+    filt.process_frames([frame("10.0.0.1", "10.9.9.9")], T0)
+    p.syncer.round(T0 + S)
+    assert p.syncer.cursor is not None
+    assert p.syncer.partials is not None
+    p.reconfigure(_config(**{"thresholds.t_f1": "50"}))
+    assert p.syncer.cursor is not None  # the same slots: it goes on
+    p.reconfigure(_config(**{"thresholds.t_f1": "50", "thresholds.t_t1": "20",
+                             "sync.ttl": "60"}))
+    assert p.syncer.cursor is None
+    assert p.syncer.partials.rule.slot_ns == p.syncer.rule.slot_ns >= 5 * S
+    p.syncer.round(T0 + 2 * S)
+    assert p.syncer.cursor is not None
