@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -193,3 +194,18 @@ def test_warnings_read_failed_and_lost_are_counted(
     assert families["xpro_events_failed"].samples[0].value == 1
     assert families["xpro_events_lost"].samples[0].value == 3
     assert np.isfinite(proxy.status()["sync"]["peers"][EVIL]["age_s"])
+
+
+def test_the_metric_table_lists_every_metric_the_proxy_exports(proxy: Proxy) -> None:
+    """docs/operations.rst points at xpro.daemon.metrics for the list of
+    metrics: it must hold each family exported (counters under their _total
+    name; a backend's own counters under the pattern it documents)."""
+    from xpro.daemon import metrics
+
+    doc = metrics.__doc__ or ""
+    listed = set(re.findall(r"``(xpro_\w+)(?:\{[^`]*\})?``", doc))
+    exported = {f.name + ("_total" if f.type == "counter" else "")
+                for f in text_string_to_metric_families(proxy.metrics_text())}
+    assert exported
+    assert not {n for n in exported if not n.startswith("xpro_backend_")} - listed
+

@@ -496,13 +496,14 @@ def check(
     elif mode == "offload" and code in (_errno.EINVAL, _errno.EOPNOTSUPP, ENOTSUPP):
         exc = ModeNotSupported(
             f"{base}; {_where(ifname, netns)} (driver {driver or 'unknown'}) does not "
-            "support XDP hardware offload; use the native or generic mode, or a "
-            "SmartNIC whose driver offloads XDP"
+            "support XDP hardware offload; use the native or generic mode "
+            "(`--backend native` or `generic`), or a SmartNIC whose driver offloads XDP"
         )
     elif mode is not None and code in (_errno.EOPNOTSUPP, ENOTSUPP):
         exc = ModeNotSupported(
             f"{base}; {_where(ifname, netns)} (driver {driver or 'unknown'}) does not "
-            f"support XDP in {mode} mode; use the generic mode"
+            f"support XDP in {mode} mode; use the generic mode (`--backend generic`, "
+            "or `--backend auto`, which falls back to it where native is missing)"
         )
     elif mode is not None and code in (_errno.EBUSY, _errno.EEXIST):
         held = holder or "another XDP program"

@@ -114,7 +114,8 @@ def run(config_path: str | None, **params: Any) -> None:
 
     config = source()
     setup_logging(config.log.format, config.log.level)
-    require_root("xpro run")
+    require_root("xpro run", "it loads, attaches and pins the XDP program, then drops every "
+                 "capability; the systemd unit in packaging/ runs it so")
 
     stop = threading.Event()
     reload = threading.Event()
@@ -467,7 +468,7 @@ def detach(config_path: str | None, pin_dir: str | None, interfaces: tuple[str, 
     from xpro.daemon.proxy import RunLock
     from xpro.lab.namespaces import require_root
 
-    require_root("xpro detach")
+    require_root("xpro detach", "it removes the pinned XDP links and maps")
     if pin_dir is None:
         pin_dir = load_config(config_path).proxy.pin_dir
     done: list[str] = []
@@ -511,7 +512,7 @@ def config_show(config_path: str | None, running: bool, sock: str, as_json: bool
     \b
     Examples:
       xpro config show --config /etc/xpro/xpro.toml
-      XPRO_T_F1=200 xpro config show --json
+      XPRO_THRESHOLDS_T_F1=200 xpro config show --json
       sudo xpro config show --running
     """
     overrides = overrides_from_click(params)

@@ -440,8 +440,9 @@ class StoreConfig(_Section):
     url: str = option(
         Url(), "memory://", flag="--store", live=False,
         doc="""Where the master records live: ``memory://`` (in this process),
-        ``redis://HOST:PORT``, ``rediss://`` (TLS), ``redis+cluster://``,
-        ``etcd://HOST:PORT[,HOST:PORT...]``.""",
+        ``redis://HOST:PORT``, ``rediss://`` (TLS), ``redis+cluster://``
+        (``rediss+cluster://`` with TLS), ``etcd://HOST:PORT[,HOST:PORT...]``,
+        ``etcds://`` (TLS).""",
         why="""Runs out of the box as a single proxy; a mesh of proxies needs a
         shared store (Redis for large meshes).""")
     mesh: str = option(

@@ -23,6 +23,14 @@ metric                                         type     what
                                                         dropped (docs/sync.rst)
 ``xpro_sync_caps_total{cap}``                  counter  rounds that reached a bound: pull,
                                                         mirror, peers, workload
+``xpro_closed_destinations``                   gauge    destinations closed to unknown
+                                                        sources (docs/semantics.rst)
+``xpro_known_clients``                         gauge    entries of the known-client table
+``xpro_known_clients_overflow``                gauge    known clients that did not fit in
+                                                        the table at the last round
+``xpro_known_filters_missing``                 gauge    destination keys with known clients
+                                                        and no filter of them
+                                                        (tables.known_filters full)
 ``xpro_store_up``                              gauge    1 while the master store answers
 ``xpro_workload_pps{proxy}``                   gauge    W of every proxy of the mesh
                                                         (heartbeats)

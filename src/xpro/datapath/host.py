@@ -71,12 +71,12 @@ _WHAT = {
 }
 
 
-def require_root(what: str = "this") -> None:
-    """Raise :class:`PrivilegeError` unless the process runs as root."""
+def require_root(what: str = "this",
+                 why: str = "network namespaces, veth pairs and XDP") -> None:
+    """Raise :class:`PrivilegeError` unless the process runs as root (``why``:
+    what it needs root for, in the message)."""
     if os.geteuid() != 0:
-        raise PrivilegeError(
-            f"{what} needs root (network namespaces, veth pairs and XDP): run it with sudo"
-        )
+        raise PrivilegeError(f"{what} needs root ({why}): run it with sudo")
 
 
 @contextlib.contextmanager
