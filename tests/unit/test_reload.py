@@ -70,9 +70,9 @@ def test_a_reload_changes_what_the_master_publishes_as_candidates(
     for p in (a, b):
         changes = p.reconfigure(_config(**fixed, **{key: new}))
         assert [(c.key, c.live) for c in changes] == [(key, True)]
+    second(1)
     assert a.syncer is not None
     assert (a.syncer.rule.t_f1, a.syncer.rule.near_pm) == (300, 500)
-    second(1)
     exists, rec = fb.read(k)
     assert exists[0]
     assert int(rec[0]["c"]) == 400
@@ -125,11 +125,22 @@ def test_a_new_t_t1_reads_the_partials_again_from_the_start() -> None:
     p.syncer.round(T0 + S)
     assert p.syncer.cursor is not None
     assert p.syncer.partials is not None
+    pulls: list[object] = []
+    real = p.syncer.store.pull
+
+    def pull(cursor: object, **kw: object) -> object:
+        pulls.append(cursor)
+        return real(cursor, **kw)  # type: ignore[arg-type]
+
+    p.syncer.store.pull = pull  # type: ignore[method-assign]
     p.reconfigure(_config(**{"thresholds.t_f1": "50"}))
-    assert p.syncer.cursor is not None  # the same slots: it goes on
+    p.syncer.round(T0 + 2 * S)
+    assert pulls[-1] is not None  # the same slots: it goes on from its cursor
+    assert p.syncer.rule.t_f1 == 50
     p.reconfigure(_config(**{"thresholds.t_f1": "50", "thresholds.t_t1": "20",
                              "sync.ttl": "60"}))
-    assert p.syncer.cursor is None
+    assert p.syncer.rule.slot_ns < 5 * S  # taken at the next round, not in one
+    p.syncer.round(T0 + 3 * S)
+    assert pulls[-1] is None  # from the start
     assert p.syncer.partials.rule.slot_ns == p.syncer.rule.slot_ns >= 5 * S
-    p.syncer.round(T0 + 2 * S)
     assert p.syncer.cursor is not None

@@ -42,6 +42,7 @@ import dataclasses
 import inspect
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -191,6 +192,8 @@ class Syncer:
         #: pulled (None: this round pulls every change, ``pull="all"`` or a
         #: store without candidates).
         self.rule = PullRule.of(filt.params, known, near)
+        self._next_rule: PullRule | None = None  # from set_rule, for the next round
+        self._rule_lock = threading.Lock()
         self.partials: Partials | None = None
         if pull == "candidates" and store.candidates:
             self.partials = Partials(self.rule)
@@ -260,11 +263,18 @@ class Syncer:
         the filter's thresholds as they are now, ``known`` and ``near``: a reload
         of T_F1, T_T2, T_T1, ``sync.near`` or ``known.*`` (docs/configuration.rst).
 
-        A new T_T1 is a new width of the partials' slots: the next round reads
-        the master's partials from the start instead of going on from its
-        cursor."""
-        rule = PullRule.of(self.filt.params, known, near)
-        if rule == self.rule:
+        Called from another thread than the rounds': the rule is taken at the
+        start of the next round, never in the middle of one.  A new T_T1 is a
+        new width of the partials' slots: that round reads the master's
+        partials from the start instead of going on from its cursor."""
+        with self._rule_lock:
+            self._next_rule = PullRule.of(self.filt.params, known, near)
+
+    def _take_rule(self) -> None:
+        """At the start of a round: the rule :meth:`set_rule` left, if any."""
+        with self._rule_lock:
+            rule, self._next_rule = self._next_rule, None
+        if rule is None or rule == self.rule:
             return
         if self.partials is not None:
             if rule.slot_ns != self.rule.slot_ns:
@@ -283,6 +293,7 @@ class Syncer:
             else:
                 now = self.local_clock()
         st = SyncStats(started=now)
+        self._take_rule()
         self.rounds += 1
         self._round_logs = self._unlogged = 0
         b = self.bounds(now)
