@@ -727,22 +727,28 @@ def test_backend_takes_the_names_live() -> None:
     b.close()
 
 
-def test_a_reload_gives_the_filter_the_new_names() -> None:
-    """Proxy.reconfigure hands afxdp.coap_names to the running backend (a live key)."""
+@pytest.mark.parametrize("backend", ["afxdp", "auto"])
+def test_a_reload_gives_the_filter_the_new_names(backend: str) -> None:
+    """Proxy.reconfigure hands afxdp.coap_names to the running backend (a live key),
+    also when the same file changes the backend, which takes a restart: until
+    then the running one takes the live keys (its options once came back
+    empty, and the names were reported applied and were not)."""
     from xpro.backends.afxdp import AfxdpBackend
     from xpro.config import load_config
     from xpro.daemon.proxy import Proxy
 
-    base = {"proxy.backend": "afxdp", "afxdp.parsers": "coap", "afxdp.egress": "eth9"}
-    old = load_config(None, env={}, overrides={**base, "afxdp.coap_names": "a.example"})
-    new = load_config(None, env={}, overrides={**base,
+    base = {"afxdp.parsers": "coap", "afxdp.egress": "eth9"}
+    old = load_config(None, env={}, overrides={**base, "proxy.backend": "afxdp",
+                                               "afxdp.coap_names": "a.example"})
+    new = load_config(None, env={}, overrides={**base, "proxy.backend": backend,
                                                "afxdp.coap_names": "a.example,B.Example."})
     proxy = Proxy(old)
     proxy.backend = AfxdpBackend(params=old.filter_params(),
                                  options={**old.backend_options(), "parsers": [parse_coap]})
     f = proxy.backend.load()
     changes = proxy.reconfigure(new)
-    assert [(c.key, c.live) for c in changes] == [("afxdp.coap_names", True)]
+    assert [(c.key, c.live) for c in changes if c.live] == [("afxdp.coap_names", True)]
+    assert proxy.config.proxy.backend == "afxdp"
     assert proxy.config.afxdp.coap_names == ("a.example", "b.example")
     f.process_frames([_coap_request("10.0.0.1", [("Uri-Host", b"b.example")], 0)], T0)
     keys, _ = f.read_flows()

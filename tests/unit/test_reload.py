@@ -21,6 +21,7 @@ from xpro.core import model
 from xpro.daemon.logs import setup_logging
 from xpro.daemon.proxy import Proxy
 from xpro.datapath.afxdp.filter import UserFilter
+from xpro.errors import ConfigError
 from xpro.plugins import PluginHost, open_store
 from xpro.sync import Syncer, SyncLoop
 
@@ -144,3 +145,62 @@ def test_a_new_t_t1_reads_the_partials_again_from_the_start() -> None:
     assert pulls[-1] is None  # from the start
     assert p.syncer.partials.rule.slot_ns == p.syncer.rule.slot_ns >= 5 * S
     assert p.syncer.cursor is not None
+
+
+def test_a_reload_while_the_store_is_reached_reaches_the_new_syncer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reload lands while the sync connects (no syncer yet to configure):
+    the syncer is built from the configuration as it is once connected."""
+    import xpro.plugins
+
+    old, new = _config(), _config(**{"thresholds.t_t1": "20", "sync.ttl": "60",
+                                     "sync.near": "0.25", "known.min_packets": "50"})
+    p = Proxy(old, plugins=PluginHost(load_entry_points=False))
+    filt = UserFilter(old.filter_params())
+    p.backend = UserBackend(filt)
+    p.loop = SyncLoop(p._connect, 1.0, name="a")
+    real = xpro.plugins.open_store
+
+    def open_during_reload(*a: object, **kw: object) -> object:
+        store = real(*a, **kw)  # type: ignore[arg-type]
+        ping = store.ping
+
+        def ping_and_reload() -> object:
+            p.reconfigure(new)  # SIGHUP meanwhile: no syncer yet
+            return ping()
+
+        store.ping = ping_and_reload
+        return store
+
+    monkeypatch.setattr(xpro.plugins, "open_store", open_during_reload)
+    p.loop.step()
+    s = p.syncer
+    assert s is not None
+    assert (s.params.t_t1, s.ttl, s.rule.near_pm, s.known.policy.min_packets) \
+        == (20 * S, 60 * S, 250, 50)
+
+
+def test_a_reload_that_would_break_a_rule_with_the_running_values_changes_nothing() -> None:
+    """Four deny prefixes with tables.prefixes raised to 4 in the same file: the
+    table keeps its size until a restart, so the lists cannot go in; the
+    reload is refused whole, with a message that says why."""
+    url = f"memory://{uuid.uuid4().hex}"
+    old = _config(**{"tables.prefixes": "2", "filter.deny": "192.0.2.1/32"})
+    p, filt = _proxy(old, url, "a")
+    deny = "192.0.2.1/32,192.0.2.2/32,192.0.2.3/32,192.0.2.4/32"
+    new = _config(**{"tables.prefixes": "4", "filter.deny": deny, "thresholds.t_f1": "7"})
+    with pytest.raises(ConfigError, match=r"tables.prefixes.*restart"):
+        p.reconfigure(new)
+    assert p.config == old
+    assert filt.params.t_f1 == old.thresholds.t_f1
+    assert len(filt.params.deny) == 1
+
+
+def test_a_kept_key_keeps_its_source() -> None:
+    """A key that takes a restart keeps its running value, and ``config show``
+    the source of that value, not the new one's."""
+    p, _ = _proxy(_config(), f"memory://{uuid.uuid4().hex}", "a")
+    new = load_config(None, env={"XPRO_TABLES_FLOWS": "4096"}, overrides={})
+    p.reconfigure(new)
+    assert p.config.tables.flows == 1 << 20
+    assert "XPRO_TABLES_FLOWS" not in p.config.sources.get("tables.flows", "")

@@ -370,25 +370,22 @@ class Proxy:
                 return changes
             applied = [c for c in changes if c.live]
             pending = [c for c in changes if not c.live]
+            # What will run: the live keys new, the others as they run.  It must
+            # keep the rules between keys (a deny list longer than the running
+            # table, tables.prefixes taking a restart): if not, nothing changes.
+            run = _merge_live(self.config, new)
+            _check_running(run, pending)
             if self.backend is not None:
                 # Live backend settings first: one that does not take changes nothing.
-                self.backend.reconfigure({**new.backend_options(), **self.backend_options})
-                self.filter.configure(new.filter_params())
+                self.backend.reconfigure({**run.backend_options(), **self.backend_options})
+                self.filter.configure(run.filter_params())
             if self.syncer is not None:
-                self.syncer.params = new.sync_params()
-                self.syncer.period = new.period_ns
-                self.syncer.ttl = new.ttl_ns
-                # The table's size is fixed at load: only the rule changes live.
-                self.syncer.known.policy = dataclasses.replace(
-                    new.known_policy(), capacity=self.syncer.known.policy.capacity)
-                # What the master judges the next merges by (T_F1, near...).
-                self.syncer.set_rule(self.syncer.known.policy, new.sync.near)
+                self._configure_syncer(self.syncer, run)
             if self.loop is not None:
-                self.loop.period = new.sync.period
-            logging.getLogger("xpro").setLevel(new.log.level.upper())
-            set_format(new.log.format)
-            # Keys that need a restart keep their running values.
-            self.config = _merge_live(self.config, new)
+                self.loop.period = run.sync.period
+            logging.getLogger("xpro").setLevel(run.log.level.upper())
+            set_format(run.log.format)
+            self.config = run
             self.reloads += 1
         for c in applied:
             log.info("config changed", extra={"event": "config_changed", "key": c.key,
@@ -405,11 +402,10 @@ class Proxy:
         says what is wrong and the daemon goes on with the one it has.
         """
         try:
-            new = self.reload_source()
-        except ConfigError as exc:
+            changes = self.reconfigure(self.reload_source())
+        except XproError as exc:
             log.error("config reload refused: %s", exc, extra={"event": "config_invalid"})
             raise
-        changes = self.reconfigure(new)
         log.info("config reloaded", extra={"event": "config_reloaded",
                                            "changed": [c.key for c in changes]})
         return changes
@@ -433,9 +429,24 @@ class Proxy:
             store.close()
             raise
         self.store = store
-        return Syncer(self.filter, store, self.name, cfg.sync_params(),
-                      period=cfg.period_ns, ttl=cfg.ttl_ns, known=cfg.known_policy(),
-                      pull=cfg.sync.pull, near=cfg.sync.near)
+        syncer = Syncer(self.filter, store, self.name, cfg.sync_params(),
+                        period=cfg.period_ns, ttl=cfg.ttl_ns, known=cfg.known_policy(),
+                        pull=cfg.sync.pull, near=cfg.sync.near)
+        with self._lock:
+            # A reload while the store was being reached found no syncer to
+            # configure: give it the configuration as it is now, and make it
+            # the loop's before the lock goes, so the next reload finds it.
+            self._configure_syncer(syncer, self.config)
+            if self.loop is not None:
+                self.loop.syncer = syncer
+        return syncer
+
+    @staticmethod
+    def _configure_syncer(syncer: Syncer, cfg: Config) -> None:
+        """The live sync keys of ``cfg``, for the syncer's next round."""
+        syncer.configure(cfg.sync_params(), filter_params=cfg.filter_params(),
+                         period=cfg.period_ns, ttl=cfg.ttl_ns, known=cfg.known_policy(),
+                         near=cfg.sync.near)
 
     def _on_round(self, stats: SyncStats) -> None:
         log.debug("sync round", extra={
@@ -852,8 +863,6 @@ class Proxy:
 
 def _merge_live(old: Config, new: Config) -> Config:
     """``new`` with every key that needs a restart kept at its value in ``old``."""
-    import dataclasses
-
     from xpro.config import SCHEMA
 
     sections: dict[str, dict[str, Any]] = {}
@@ -862,7 +871,30 @@ def _merge_live(old: Config, new: Config) -> Config:
         sections.setdefault(opt.section, {})[opt.name] = value
     replaced = {name: dataclasses.replace(getattr(new, name), **vals)
                 for name, vals in sections.items()}
-    return dataclasses.replace(new, **replaced, store_password=old.store_password)
+    # Where each value came from, as the values: a kept key keeps its source.
+    sources = dict(new.sources)
+    for opt in SCHEMA:
+        if not opt.live:
+            sources.pop(opt.key, None)
+            if opt.key in old.sources:
+                sources[opt.key] = old.sources[opt.key]
+    return dataclasses.replace(new, **replaced, store_password=old.store_password,
+                               sources=sources)
+
+
+def _check_running(run: Config, pending: list[Change]) -> None:
+    """Raise :class:`ConfigError` if ``run`` (what a reload would leave running)
+    breaks a rule between keys: one of them takes a restart."""
+    from xpro.config import RULES, SCHEMA
+
+    values = {opt.key: run.get(opt.key) for opt in SCHEMA}
+    problems = [d for rule in RULES if (d := rule.check(values)) is not None]
+    if not problems:
+        return
+    kept = ", ".join(f"{c.key} = {c.old}" for c in pending)
+    raise ConfigError("nothing changed: " + "; ".join(problems) + (
+        f" (with the running {kept}, which takes a restart: restart the daemon "
+        "to apply the new values together)" if kept else ""))
 
 
 def _dst_text(dkey: Any) -> str:

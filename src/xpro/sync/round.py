@@ -55,7 +55,7 @@ from xpro.core.bounds import MAX_COUNT, MAX_PPS, MAX_SKEW, OK, REASONS, STALE, B
 from xpro.core.keys import index_of, unique_keys
 from xpro.core.layout import LOCAL, MASTER
 from xpro.core.merge import merge_arrays
-from xpro.core.model import NS_PER_S, SyncParams
+from xpro.core.model import NS_PER_S, FilterParams, SyncParams
 from xpro.core.params import KnownPolicy
 from xpro.core.pull import DEFAULT_NEAR, PullRule, near_limit_array
 from xpro.core.state import (
@@ -192,8 +192,9 @@ class Syncer:
         #: pulled (None: this round pulls every change, ``pull="all"`` or a
         #: store without candidates).
         self.rule = PullRule.of(filt.params, known, near)
-        self._next_rule: PullRule | None = None  # from set_rule, for the next round
-        self._rule_lock = threading.Lock()
+        #: Settings from configure(), taken at the start of the next round.
+        self._next: tuple[SyncParams, int, int, KnownPolicy, PullRule] | None = None
+        self._settings_lock = threading.Lock()
         self.partials: Partials | None = None
         if pull == "candidates" and store.candidates:
             self.partials = Partials(self.rule)
@@ -258,23 +259,31 @@ class Syncer:
         exists, recs = self.filt.read(keys)
         return keys[exists], recs[exists]
 
-    def set_rule(self, known: KnownPolicy, near: float) -> None:
-        """Judge the next merges (their candidates, partials and known clients) by
-        the filter's thresholds as they are now, ``known`` and ``near``: a reload
-        of T_F1, T_T2, T_T1, ``sync.near`` or ``known.*`` (docs/configuration.rst).
+    def configure(self, params: SyncParams, *, filter_params: FilterParams, period: int,
+                  ttl: int, known: KnownPolicy, near: float) -> None:
+        """New settings after a reload (docs/configuration.rst, "Reloading"): the
+        sync's parameters, period and TTL, the known-client rule (the table's
+        capacity is fixed at load), and the rule the master judges the next
+        merges by (their candidates, partials and known clients: T_F1, T_T2,
+        T_T1 of ``filter_params``, ``near`` and ``known``).
 
-        Called from another thread than the rounds': the rule is taken at the
-        start of the next round, never in the middle of one.  A new T_T1 is a
-        new width of the partials' slots: that round reads the master's
-        partials from the start instead of going on from its cursor."""
-        with self._rule_lock:
-            self._next_rule = PullRule.of(self.filt.params, known, near)
+        Called from another thread than the rounds': the settings are taken
+        at the start of the next round, never in the middle of one.  A new
+        T_T1 is a new width of the partials' slots: that round reads the
+        master's partials from the start instead of going on from its cursor."""
+        rule = PullRule.of(filter_params, known, near)
+        with self._settings_lock:
+            self._next = (params, period, ttl, known, rule)
 
-    def _take_rule(self) -> None:
-        """At the start of a round: the rule :meth:`set_rule` left, if any."""
-        with self._rule_lock:
-            rule, self._next_rule = self._next_rule, None
-        if rule is None or rule == self.rule:
+    def _take_settings(self) -> None:
+        """At the start of a round: the settings :meth:`configure` left, if any."""
+        with self._settings_lock:
+            nxt, self._next = self._next, None
+        if nxt is None:
+            return
+        self.params, self.period, self.ttl, known, rule = nxt
+        self.known.policy = dataclasses.replace(known, capacity=self.known.policy.capacity)
+        if rule == self.rule:
             return
         if self.partials is not None:
             if rule.slot_ns != self.rule.slot_ns:
@@ -293,7 +302,7 @@ class Syncer:
             else:
                 now = self.local_clock()
         st = SyncStats(started=now)
-        self._take_rule()
+        self._take_settings()
         self.rounds += 1
         self._round_logs = self._unlogged = 0
         b = self.bounds(now)
