@@ -12,7 +12,7 @@ from xpro.backends.xdp import AutoBackend, GenericBackend, NativeBackend, detach
 from xpro.bpf import BpfObject, XdpMode, object_path, xdp_query
 from xpro.core.model import FilterParams
 from xpro.core.params import Sizes
-from xpro.errors import InterfaceBusy, ModeNotSupported, NoSuchInterface
+from xpro.errors import BpffsError, InterfaceBusy, ModeNotSupported, NoSuchInterface
 from xpro.lab.namespaces import NsPair, netns_pair, set_link
 from xpro.plugins import PluginHost
 
@@ -154,3 +154,35 @@ def test_a_jumbo_veth_peer_gets_the_multi_buffer_program(pair: NsPair) -> None:
         assert att.prog_id == b.load().program_frags.id != b.load().program.id
     finally:
         b.close()
+
+
+def test_detach_removes_only_xpros_pins(tmp_path: Path, pin_dir: Path) -> None:
+    """``xpro detach`` with a mistyped or shared ``--pin-dir``: a directory off
+    bpffs is refused untouched (it once lost every file in it), and in a bpffs
+    directory another program's pin stays, reported."""
+    import subprocess
+    import sys
+
+    files = tmp_path / "etc"
+    files.mkdir()
+    (files / "xpro.toml").write_text("[thresholds]\n")
+    with pytest.raises(BpffsError, match=r"not on bpffs.*nothing was removed"):
+        detach_pinned(files)
+    r = subprocess.run([sys.executable, "-m", "xpro", "detach", "--pin-dir", str(files)],
+                       capture_output=True, text=True, check=False, timeout=60)
+    assert r.returncode == BpffsError.exit_code, r.stderr
+    assert "nothing was removed" in r.stderr
+    assert (files / "xpro.toml").read_text() == "[thresholds]\n"
+
+    with BpfObject(object_path(), pin_dir=pin_dir, max_entries=SIZES.max_entries()) as xp:
+        ours = xp.pin_names()
+    foreign = BpfObject(object_path("xpro_redirect"), pin_dir=pin_dir)
+    foreign.load()
+    try:
+        assert {p.name for p in pin_dir.iterdir()} == ours | {"xsks"}
+        done = detach_pinned(pin_dir)
+        assert {p.name for p in pin_dir.iterdir()} == {"xsks"}
+        assert done[-1] == f"left in {pin_dir}, not xpro's: xsks"
+    finally:
+        foreign.unpin_maps()
+        foreign.close()

@@ -6,6 +6,7 @@ import dataclasses
 import ipaddress
 import json
 import math
+import os
 import sys
 import tempfile
 import tomllib
@@ -747,3 +748,16 @@ def test_coap_names_are_kept_in_canonical_form(tmp_path: Path) -> None:
     assert C.SCHEMA[[o.key for o in C.SCHEMA].index("afxdp.coap_names")].live
     env = load_config(None, env={"XPRO_AFXDP_COAP_NAMES": "A.example, b.example."})
     assert env.afxdp.coap_names == ("a.example", "b.example")
+
+
+def test_a_config_path_that_is_no_file_is_refused_at_once(tmp_path: Path) -> None:
+    """A FIFO would block, /dev/zero never end, a huge file fill the memory:
+    each is one error, read no further."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"#" * (2 << 20))
+    for path, why in [(fifo, "not a regular file"), (Path("/dev/zero"), "not a regular file"),
+                      (big, "larger than 1 MiB")]:
+        with pytest.raises(ConfigError, match=why):
+            load_config(path, env={})

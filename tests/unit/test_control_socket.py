@@ -195,3 +195,17 @@ def test_bad_requests_get_exit_code_2_and_the_daemon_goes_on(sock_path: str) -> 
         assert request(sock_path, "ping")["proxy"] == "p1"
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("path", ["/tmp/" + "x" * 200, "/etc/passwd/sock", "",
+                                  "/tmp/a\x1b]0;pwned\x07\r\nFAKE"])
+def test_a_socket_path_that_cannot_be_reached_is_one_clear_line(path: str) -> None:
+    """Too long, under a file, empty, or with control characters: exit 3 and one
+    line that says what to give, no traceback, nothing raw on the terminal."""
+    r = CliRunner().invoke(cli, ["status", "--socket", path])
+    assert r.exit_code == 3, r.output
+    assert "Traceback" not in r.output
+    assert "\x1b" not in r.output
+    assert "\r" not in r.output
+    assert "--socket" in r.output
+    assert len(r.output.strip().splitlines()) == 1

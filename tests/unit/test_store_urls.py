@@ -115,3 +115,24 @@ def test_memory_urls() -> None:
     assert open_store("memory://", mesh="n")._state is not a._state  # type: ignore[attr-defined]
     with pytest.raises(ConfigError):
         open_store("memory://x/y")
+
+
+@pytest.mark.parametrize("url", ["redis://h:x", "redis://127.0.0.1:99999", "etcd://127.0.0.1:99999",
+                                 "etcd://h:0", "rediss+cluster://a:7000,b:²", "redis://[::1",
+                                 "etcd://[::1]x"])
+def test_a_bad_port_or_host_is_a_config_error_everywhere(url: str) -> None:
+    """Refused by ``config check`` and by the store, with the item named; etcd
+    once took port 99999 as 34463 (the port modulo 65536)."""
+    from xpro.config import load_config
+
+    with pytest.raises(ConfigError, match=r"bad (port|host)"):
+        load_config(None, env={}, overrides={"store.url": url})
+    with pytest.raises(ConfigError, match=r"bad (port|host)"):
+        open_store(url)
+
+
+def test_host_lists_keep_their_ports_and_defaults() -> None:
+    from xpro.config.kinds import split_hosts
+
+    assert split_hosts("a:7000, [::1]:7001,[::2],b,", 6379) == [
+        ("a", 7000), ("::1", 7001), ("::2", 6379), ("b", 6379)]

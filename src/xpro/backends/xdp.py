@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from xpro.backends import Attachment, Backend
-from xpro.bpf import XdpLink, XdpMode
+from xpro.bpf import BpfObject, XdpLink, XdpMode, is_bpffs, object_path
 from xpro.bpf.xdp import attach_xdp, in_netns, resolve_interface, xdp_query
+from xpro.core.text import printable
 from xpro.datapath.host import link_info, require_ethernet
 from xpro.datapath.xdp import XdpFilter
-from xpro.errors import AttachError, ModeNotSupported
+from xpro.errors import AttachError, BpffsError, ModeNotSupported
 from xpro.hooks.specs import hookimpl
 
 log = logging.getLogger("xpro.backends")
@@ -196,33 +197,52 @@ class AutoBackend(XdpBackend):
 
 
 def detach_pinned(pin_dir: str | Path, netns: str | None = None) -> list[str]:
-    """Remove what a daemon left in ``pin_dir``: detach its links, remove every pin.
+    """Remove what a daemon left in ``pin_dir``: detach its links, remove its pins.
 
-    Returns what was removed, for ``xpro detach``.  Interfaces already gone
-    are skipped; pins of other kinds in the directory are removed too (it is
-    xpro's own directory).
+    Returns what was done, for ``xpro detach``.  Interfaces already gone are
+    skipped.  Only xpro's own pins go: the filter's maps, by name, and the
+    links ``link-IF``; anything else in the directory (another program's
+    pins, when ``pin_dir`` is shared or mistyped) stays and is reported.  A
+    directory that is not on bpffs holds no pins: it is refused, untouched.
     """
     d = Path(pin_dir)
     done: list[str] = []
-    if not d.is_dir():
-        return done
+    hint = ("give the [proxy] pin_dir the daemon ran with (--pin-dir or --config; by "
+            "default /sys/fs/bpf/xpro)")
+    try:
+        if not d.is_dir():
+            return done
+    except OSError as exc:  # a name too long, a loop of links...
+        raise BpffsError(f"{printable(d, 200)}: {exc.strerror}; nothing was removed: {hint}"
+                         ) from None
+    if not is_bpffs(d):
+        raise BpffsError(f"{printable(d, 200)} is not on bpffs, so it holds no pin of xpro's; "
+                         f"nothing was removed: {hint}")
+    with contextlib.closing(BpfObject(object_path())) as obj:
+        ours = obj.pin_names()
+    left: list[str] = []
     for p in sorted(d.glob("link-*")):
         try:
             link = XdpLink.from_pin(p)
-        except AttachError as exc:
+        except AttachError as exc:  # not a link: not xpro's
             log.warning("%s: %s", p, exc)
-        else:
-            with contextlib.closing(link):
-                if link.ifindex:
-                    with contextlib.suppress(AttachError):
-                        link.detach()
-                done.append(f"detached {p.name[5:]} (link {p})")
+            continue
+        with contextlib.closing(link):
+            if link.ifindex:
+                with contextlib.suppress(AttachError):
+                    link.detach()
+            done.append(f"detached {p.name[5:]} (link {p})")
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
     for p in sorted(d.iterdir()):
+        if p.name not in ours:
+            left.append(p.name)
+            continue
         with contextlib.suppress(OSError):
             p.unlink()
             done.append(f"removed {p}")
+    if left:
+        done.append(f"left in {d}, not xpro's: {', '.join(left)}")
     with contextlib.suppress(OSError):
         d.rmdir()
     return done

@@ -516,6 +516,11 @@ class BpfObject:
 
     # ---- pins, global data, ring buffers ---------------------------------------------
 
+    def pin_names(self) -> frozenset[str]:
+        """The file names this object's maps pin under in a ``pin_dir`` (known
+        once the object is opened; no privilege, nothing loaded)."""
+        return frozenset(_pin_name(m) for m in self._maps.values())
+
     def unpin_maps(self) -> None:
         """Remove this object's map pins (and ``pin_dir`` if it is then empty)."""
         if self.pin_dir is None:

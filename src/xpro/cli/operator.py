@@ -456,7 +456,8 @@ def detach(config_path: str | None, pin_dir: str | None, interfaces: tuple[str, 
     """Remove what a stopped or killed daemon left: its XDP links and pinned maps.
 
     Refuses while a daemon runs with that pin directory (stop it instead:
-    it detaches itself).
+    it detaches itself), and a directory that is not on bpffs.  Removes only
+    xpro's own pins; anything else in the directory stays, and is listed.
 
     \b
     Examples:

@@ -19,6 +19,7 @@ import click
 
 from xpro.config import Secret, click_options, load_config, overrides_from_click
 from xpro.config.kinds import split_url
+from xpro.core.text import printable
 from xpro.errors import ConfigError
 
 __all__ = ["store"]
@@ -64,10 +65,11 @@ def _open(config_path: str | None, admin_user: str | None, admin_password_file: 
     if admin_password_file is not None:
         try:
             password = Path(admin_password_file).read_text().splitlines()[0]
-        except (OSError, IndexError) as exc:
-            why = getattr(exc, "strerror", None) or "it is empty"
-            raise ConfigError(f"--admin-password-file {admin_password_file}: cannot read "
-                              f"the password ({why})") from None
+        except (OSError, IndexError, UnicodeDecodeError) as exc:
+            why = (getattr(exc, "strerror", None) or
+                   ("not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "it is empty"))
+            raise ConfigError(f"--admin-password-file {printable(admin_password_file)}: cannot "
+                              f"read the password ({why})") from None
     elif os.environ.get(ADMIN_PASSWORD_ENV):
         password = os.environ[ADMIN_PASSWORD_ENV]
     if admin_user is not None or password is not None:
@@ -91,12 +93,18 @@ def _write_secret(path: Path, value: str) -> None:
 
 def _password_for(path: Path) -> tuple[Secret, bool]:
     """The password in ``path`` if it holds one, else a new one written there."""
-    if path.exists():
-        lines = path.read_text().splitlines()
-        if lines and lines[0]:
-            return Secret(lines[0]), False
-    value = secrets.token_urlsafe(32)
-    _write_secret(path, value)
+    try:
+        if path.exists():
+            lines = path.read_text().splitlines()
+            if lines and lines[0]:
+                return Secret(lines[0]), False
+        value = secrets.token_urlsafe(32)
+        _write_secret(path, value)
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise ConfigError(f"--password-file {printable(str(path))}: cannot read or write the "
+                          f"proxy's password there ({why}): give a writable path, or a file "
+                          "that holds the password on its first line") from None
     return Secret(value), True
 
 

@@ -22,6 +22,7 @@ from xpro.core.text import printable
 
 __all__ = [
     "ENV_PREFIX",
+    "HOST_LIST_PORTS",
     "MIN_REDACTED",
     "PASSWORD_ENV",
     "PATH_ENV",
@@ -45,6 +46,7 @@ __all__ = [
     "plaintext_password_warning",
     "redact",
     "remember_secret",
+    "split_hosts",
     "split_url",
 ]
 
@@ -408,6 +410,40 @@ def split_url(url: str) -> StoreUrl:
     return StoreUrl(m[1].lower(), username, password or None, hosts, path, query)
 
 
+#: Built-in schemes whose host list is ``HOST[:PORT],...``, and their default port.
+HOST_LIST_PORTS = {"redis": 6379, "rediss": 6379, "redis+cluster": 6379,
+                   "rediss+cluster": 6379, "etcd": 2379, "etcds": 2379}
+
+_PORT_RE = re.compile(r"[0-9]{1,5}")
+
+
+def split_hosts(hosts: str, default_port: int) -> list[tuple[str, int]]:
+    """The ``HOST[:PORT]`` and ``[V6][:PORT]`` items of a URL's host list
+    (comma-separated; empty items skipped).  Raises ValueError naming the
+    item when a port is not a number in 1-65535 or a bracket is not closed."""
+    out: list[tuple[str, int]] = []
+    for raw in hosts.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        if item.startswith("["):  # [IPv6]:port
+            host, closed, rest = item[1:].partition("]")
+            if not closed or (rest and not rest.startswith(":")):
+                raise ValueError(f"bad host {printable(item, 80)!r}: write [IPV6]:PORT")
+            port_s = rest[1:]
+        else:
+            host, _, port_s = item.partition(":")
+        if not port_s:
+            port = default_port
+        elif _PORT_RE.fullmatch(port_s) and 0 < int(port_s) < 65536:
+            port = int(port_s)
+        else:
+            raise ValueError(f"bad port {printable(port_s, 80)!r} in {printable(item, 80)!r}: "
+                             "a number from 1 to 65535")
+        out.append((host, port))
+    return out
+
+
 def mask_url(url: str) -> str:
     """``url`` with its password, whatever it holds, replaced by ``***``.
 
@@ -494,6 +530,12 @@ class Url(Kind[str]):
         # The password may hold anything but a line break; the rest no white space.
         if not isinstance(raw, str) or "\n" in raw or not _URL_RE.fullmatch(mask_url(raw)):
             raise _Bad(f"must be {self.allowed()}")
+        parts = split_url(raw)
+        if parts.scheme in HOST_LIST_PORTS:  # a plugin's scheme is the plugin's to check
+            try:
+                split_hosts(parts.hosts, HOST_LIST_PORTS[parts.scheme])
+            except ValueError as exc:
+                raise _Bad(str(exc)) from None
         return raw
 
     def from_text(self, text: str) -> str:

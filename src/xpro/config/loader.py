@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -114,6 +116,25 @@ def _key_lines(text: str) -> dict[str, int]:
     return out
 
 
+#: A configuration file is a few kilobytes; more is not one (a device, a log).
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _read_config(path: Path) -> bytes:
+    """The file's bytes: a regular file of at most MAX_CONFIG_BYTES (a FIFO would
+    block, ``/dev/zero`` never end)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise OSError(errno.EFBIG, f"larger than {MAX_CONFIG_BYTES >> 20} MiB: not a "
+                                   "configuration file")
+    return data
+
+
 @dataclass
 class _Loader:
     env: Mapping[str, str]
@@ -140,7 +161,7 @@ class _Loader:
 
     def file(self, path: Path) -> None:
         try:
-            data = path.read_bytes()
+            data = _read_config(path)
         except OSError as exc:
             raise InvalidConfig([f"{path}: cannot read the config file ({exc.strerror})"]
                                 ) from None

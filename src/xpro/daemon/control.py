@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from xpro.core.text import printable
 from xpro.errors import XproError
 
 if TYPE_CHECKING:
@@ -376,12 +377,16 @@ def request(path: str, op: str, *, timeout: float = 30.0, **args: Any) -> Any:
                         raise TimeoutError from None
                     time.sleep(0.01)
         except (FileNotFoundError, ConnectionRefusedError):
-            raise NoDaemon(f"no xpro daemon listens on {path}: start one (xpro run, or "
+            raise NoDaemon(f"no xpro daemon listens on {printable(path)}: start one (xpro run, or "
                            "systemctl start xpro), or name its socket with "
                            "--socket (the daemon's control.socket)") from None
         except PermissionError:
-            raise XproError(f"{path}: permission denied; the control socket is root "
-                            "only (run with sudo)") from None
+            raise XproError(f"{printable(path)}: permission denied; the control socket is "
+                            "root only (run with sudo)") from None
+        except OSError as exc:  # too long, under a file, not a socket, empty...
+            raise NoDaemon(f"cannot reach a daemon at {printable(path)!r} "
+                           f"({exc.strerror or exc}): give the path of the daemon's socket "
+                           "with --socket (its control.socket)") from None
         # A daemon that refuses the connection answers and closes at once: keep
         # reading its answer even if the request could not be written.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -396,14 +401,20 @@ def request(path: str, op: str, *, timeout: float = 30.0, **args: Any) -> Any:
                 break
             chunks.append(chunk)
     except TimeoutError:
-        raise XproError(f"the daemon on {path} did not answer within {timeout:g} s") from None
+        raise XproError(f"the daemon on {printable(path)} did not answer within {timeout:g} s"
+                        ) from None
     finally:
         s.close()
     try:
         reply = json.loads(b"".join(chunks))
     except ValueError:
-        raise XproError(f"the daemon on {path} closed the connection without an answer"
-                        ) from None
+        raise XproError(f"the daemon on {printable(path)} closed the connection without an "
+                        "answer") from None
+    if not isinstance(reply, dict):
+        raise XproError(f"the daemon on {printable(path)} answered {type(reply).__name__}, "
+                        "not a reply of this xpro: is it the same version?")
     if not reply.get("ok"):
-        raise ControlError(reply.get("error", "unknown error"), int(reply.get("exit_code", 1)))
+        code = reply.get("exit_code", 1)
+        raise ControlError(printable(str(reply.get("error", "unknown error"))),
+                           code if isinstance(code, int) and 0 < code < 256 else 1)
     return reply.get("result")

@@ -44,7 +44,7 @@ from xpro.bpf.xdp import prog_name
 from xpro.config import Config, mask_url
 from xpro.core.text import printable
 from xpro.datapath.host import link_type_name, link_type_problem
-from xpro.errors import BpfLoadError, PrivilegeError, XproError
+from xpro.errors import BpfLoadError, ConfigError, PluginError, PrivilegeError, XproError
 
 __all__ = [
     "SINGLE_BUFFER_MTU",
@@ -93,9 +93,14 @@ class Finding:
     def format(self) -> str:
         """Two lines at most: ``STATUS check: message`` and ``fix: ...``."""
         label = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}[self.status]
-        text = f"{label}  {self.check}: {self.message}"
+        # Names and messages may quote what an operator typed (an interface,
+        # a URL): no control character reaches the terminal.
+        def safe(t: str) -> str:  # line by line: a verifier log keeps its lines
+            return "\n      ".join(printable(line, 2000) for line in t.split("\n"))
+
+        text = f"{label}  {printable(self.check, 200)}: {safe(self.message)}"
         if self.fix:
-            text += f"\n      fix: {self.fix}"
+            text += f"\n      fix: {safe(self.fix)}"
         return text
 
     def to_dict(self) -> dict[str, str]:
@@ -802,11 +807,17 @@ def check_store(config: Config, url: str | None = None) -> Finding:
     from xpro.plugins import open_store
 
     url = url or config.store.url
-    shown = mask_url(url)
+    shown = printable(mask_url(url), 200)
     started = time.monotonic()
     try:
-        with open_store(url, mesh=config.store.mesh,
-                        options=_store_options(url, config)) as store:
+        store = open_store(url, mesh=config.store.mesh, options=_store_options(url, config))
+    except (ConfigError, PluginError) as exc:
+        return Finding("store", "fail", f"{shown} is not a store URL xpro can use: {exc}",
+                       "fix [store] url (or --store): memory://, redis[s]://HOST:PORT, "
+                       "redis[s]+cluster://HOST:PORT,..., etcd[s]://HOST:PORT,... or a "
+                       "plugin's scheme (xpro plugins)")
+    try:
+        with store:
             store.ping()
     except XproError as exc:
         return Finding("store", "fail", f"{shown} does not answer: {exc}",

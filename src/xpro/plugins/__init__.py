@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
+from xpro.config.kinds import mask_url, split_url
+from xpro.core.text import printable
 from xpro.errors import ConfigError
 from xpro.hooks.registry import Registry
 from xpro.plugins.host import ENTRY_POINT_GROUP, PluginHost, PluginInfo
@@ -63,10 +64,12 @@ def add_cli_commands(cli: click.Group) -> None:
 def open_store(url: str, *, mesh: str = "xpro", options: Mapping[str, Any] | None = None
                ) -> Store:
     """The store for ``url``, found by its scheme among the registered plugins."""
-    scheme = urlsplit(url).scheme
-    if not scheme:
-        raise ConfigError(f"store URL {url!r} has no scheme: use memory://, redis://HOST:PORT, "
-                          "redis+cluster://HOST:PORT or etcd://HOST:PORT")
+    try:
+        scheme = split_url(url).scheme
+    except ValueError:
+        raise ConfigError(f"store URL {printable(mask_url(url), 200)!r} has no scheme: use "
+                          "memory://, redis://HOST:PORT, redis+cluster://HOST:PORT or "
+                          "etcd://HOST:PORT") from None
     cls = stores().get(scheme)
     store: Store = cls.from_url(url, mesh=mesh, options=options)
     return store

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
-from xpro.config.kinds import mask_url, redact, split_url
+from xpro.config.kinds import HOST_LIST_PORTS, mask_url, redact, split_hosts, split_url
 from xpro.core.bounds import FUTURE, REASONS, Bounds
 from xpro.core.layout import DST_KEY, FLOW_KEY, MASTER
 from xpro.core.merge import merge_arrays
@@ -189,21 +189,10 @@ class EtcdStore(Store):
         scheme = parts.scheme
         if scheme not in cls.schemes:
             raise ConfigError(f"{scheme}:// is not an etcd URL scheme (etcd://, etcds://)")
-        hostlist = parts.hosts
-        endpoints: list[tuple[str, int]] = []
-        for raw in hostlist.split(","):
-            item = raw.strip()
-            if not item:
-                continue
-            if item.startswith("["):
-                host, _, rest = item[1:].partition("]")
-                port_s = rest.removeprefix(":")
-            else:
-                host, _, port_s = item.partition(":")
-            try:
-                endpoints.append((host, int(port_s) if port_s else 2379))
-            except ValueError:
-                raise ConfigError(f"store URL {mask_url(url)}: bad port {port_s!r}") from None
+        try:
+            endpoints = split_hosts(parts.hosts, HOST_LIST_PORTS[scheme])
+        except ValueError as exc:
+            raise ConfigError(f"store URL {mask_url(url)}: {exc}") from None
         if not endpoints:
             endpoints = [("127.0.0.1", 2379)]
         if parts.path.strip("/"):
@@ -316,8 +305,9 @@ class EtcdStore(Store):
                     if time.monotonic() > deadline:
                         raise StoreUnavailable(
                             f"etcd store at {self.where} unavailable during {what}: "
-                            f"{code.name}: {detail}; check that the members run and are "
-                            "reachable; xpro keeps filtering on local state and retries"
+                            f"{code.name}: {detail.rstrip('. ')}; check that the members run "
+                            "and are reachable (a daemon keeps filtering on local state and "
+                            "retries)"
                         ) from exc
                     time.sleep(delay)
                     delay = min(2 * delay, 1.0)

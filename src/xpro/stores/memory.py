@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import urlsplit
 
 import numpy as np
 
+from xpro.config.kinds import mask_url, split_url
 from xpro.core.bounds import FUTURE, REASONS, Bounds
 from xpro.core.keys import key_bytes
 from xpro.core.layout import DST_KEY, FLOW_KEY, MASTER
@@ -39,6 +40,7 @@ from xpro.core.pull import (
     partial_deltas,
 )
 from xpro.core.status import ProxyStatus
+from xpro.core.text import printable
 from xpro.errors import ConfigError
 from xpro.hooks.specs import hookimpl
 from xpro.stores._common import (
@@ -56,6 +58,9 @@ from xpro.stores._common import (
     valid_master,
 )
 from xpro.stores.base import REFUSED, Store
+
+#: The name in memory://NAME: the stores of one process by that name share state.
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{0,200}")
 
 if TYPE_CHECKING:
     from xpro.hooks.registry import Registry
@@ -217,14 +222,18 @@ class MemoryStore(Store):
     @classmethod
     def from_url(cls, url: str, *, mesh: str = "xpro", options: Mapping[str, Any] | None = None
                  ) -> MemoryStore:
-        parts = urlsplit(url)
-        if parts.scheme != "memory":
-            raise ConfigError(f"{url!r} is not a memory:// URL")
-        if parts.path not in ("", "/"):
-            raise ConfigError(f"store URL {url!r}: use memory:// or memory://NAME")
+        try:
+            parts = split_url(url)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme != "memory":
+            raise ConfigError(f"{printable(mask_url(url), 200)!r} is not a memory:// URL")
+        if parts.path not in ("", "/") or parts.username or not _NAME_RE.fullmatch(parts.hosts):
+            raise ConfigError(f"store URL {printable(mask_url(url), 200)!r}: use memory:// or "
+                              "memory://NAME (letters, digits, '_', '.', '-')")
         opts = merged_options(parts.query, options)
         unknown_options(opts, ("max_future",), "memory")
-        return cls(parts.netloc or "default", mesh,
+        return cls(parts.hosts or "default", mesh,
                    opt_num(opts, "max_future", DEFAULT_MAX_FUTURE_S, 1, 10**8))
 
     @classmethod

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from xpro.config.kinds import mask_url, redact, split_url
+from xpro.config.kinds import HOST_LIST_PORTS, mask_url, redact, split_hosts, split_url
 from xpro.core.bounds import Bounds
 from xpro.core.layout import DST_KEY, FLOW_KEY, MASTER
 from xpro.core.merge import merge_arrays
@@ -232,22 +232,10 @@ class RedisStore(Store):
             raise ConfigError(f"{scheme}:// is not a Redis URL scheme ({', '.join(cls.schemes)})")
         cluster = scheme.endswith("+cluster")
         tls = scheme.startswith("rediss")
-        hostlist = parts.hosts
-        nodes: list[tuple[str, int]] = []
-        for raw_item in (hostlist or "").split(","):
-            item = raw_item.strip()
-            if not item:
-                continue
-            if item.startswith("["):  # [IPv6]:port
-                host, _, rest = item[1:].partition("]")
-                port_s = rest.removeprefix(":")
-            else:
-                host, _, port_s = item.partition(":")
-            try:
-                port = int(port_s) if port_s else 6379
-            except ValueError:
-                raise ConfigError(f"store URL {mask_url(url)}: bad port {port_s!r}") from None
-            nodes.append((host, port))
+        try:
+            nodes = split_hosts(parts.hosts or "", HOST_LIST_PORTS[scheme])
+        except ValueError as exc:
+            raise ConfigError(f"store URL {mask_url(url)}: {exc}") from None
         if not nodes:
             nodes = [("127.0.0.1", 6379)]
         if len(nodes) > 1 and not cluster:
@@ -333,11 +321,11 @@ class RedisStore(Store):
             self._drop_connection()
             hint = ("check the credentials (URL, $XPRO_STORE_PASSWORD or password_file)"
                     if isinstance(exc, redis.exceptions.AuthenticationError)
-                    else "check that the server runs and is reachable; xpro keeps filtering on "
-                    "local state and retries")
+                    else "check that the server runs and is reachable (a daemon keeps "
+                    "filtering on local state and retries)")
             raise StoreUnavailable(
                 f"redis store at {self.where} unavailable during {what}: "
-                f"{type(exc).__name__}: {redact(str(exc))}; {hint}"
+                f"{type(exc).__name__}: {redact(str(exc)).rstrip('. ')}; {hint}"
             ) from exc
 
     def _drop_connection(self) -> None:
