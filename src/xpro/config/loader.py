@@ -116,6 +116,11 @@ def _key_lines(text: str) -> dict[str, int]:
     return out
 
 
+#: The variables click gives the options of the ``xpro store`` commands
+#: (``XPRO_STORE_INIT_ADMIN_USER``...): under the ``store`` section's prefix,
+#: and not configuration (tests/unit/test_cli.py checks the list is whole).
+COMMAND_ENV_PREFIXES = ("XPRO_STORE_COMPACT_", "XPRO_STORE_INIT_", "XPRO_STORE_USER_")
+
 #: A configuration file is a few kilobytes; more is not one (a device, a log).
 MAX_CONFIG_BYTES = 1 << 20
 
@@ -221,7 +226,8 @@ class _Loader:
             raw = self.env[name]
             opt = _BY_ENV.get(name)
             if opt is None:
-                if name.startswith(prefixes) and name != PASSWORD_ENV:
+                if (name.startswith(prefixes) and name != PASSWORD_ENV
+                        and not name.startswith(COMMAND_ENV_PREFIXES)):
                     self.problems.append(f"environment: unknown variable {name}"
                                          f"{_suggest(name, _BY_ENV)}")
                 continue
