@@ -751,13 +751,18 @@ def test_coap_names_are_kept_in_canonical_form(tmp_path: Path) -> None:
 
 
 def test_a_config_path_that_is_no_file_is_refused_at_once(tmp_path: Path) -> None:
-    """A FIFO would block, /dev/zero never end, a huge file fill the memory:
-    each is one error, read no further."""
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
+    """/dev/zero would never end, a huge file fill the memory: each is one
+    error, read no further; a pipe (``--config <(...)``) is read."""
     big = tmp_path / "big.toml"
     big.write_bytes(b"#" * (2 << 20))
-    for path, why in [(fifo, "not a regular file"), (Path("/dev/zero"), "not a regular file"),
+    for path, why in [(Path("/dev/zero"), "not a regular file or a pipe"),
                       (big, "larger than 1 MiB")]:
         with pytest.raises(ConfigError, match=why):
             load_config(path, env={})
+    r, w = os.pipe()
+    os.write(w, b"[thresholds]\nt_f1 = 42\n")
+    os.close(w)
+    try:
+        assert load_config(Path(f"/proc/self/fd/{r}"), env={}).thresholds.t_f1 == 42
+    finally:
+        os.close(r)

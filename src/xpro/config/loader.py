@@ -126,13 +126,13 @@ MAX_CONFIG_BYTES = 1 << 20
 
 
 def _read_config(path: Path) -> bytes:
-    """The file's bytes: a regular file of at most MAX_CONFIG_BYTES (a FIFO would
-    block, ``/dev/zero`` never end)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
+    """The file's bytes, at most MAX_CONFIG_BYTES: a regular file, or a pipe
+    (``--config <(...)``, which waits for its writer as ``cat`` would).  A
+    device (``/dev/zero`` never ends) or a socket is refused before a read."""
+    with open(path, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            raise OSError(errno.EINVAL, "not a regular file or a pipe")
         data = f.read(MAX_CONFIG_BYTES + 1)
     if len(data) > MAX_CONFIG_BYTES:
         raise OSError(errno.EFBIG, f"larger than {MAX_CONFIG_BYTES >> 20} MiB: not a "
