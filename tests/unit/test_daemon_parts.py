@@ -33,7 +33,8 @@ def test_parse_endpoint(text: str, port: int, has: int) -> None:
     assert (p, h) == (port, has)
 
 
-@pytest.mark.parametrize("bad", ["example.com", "192.0.2.1:0", "192.0.2.1:http", "[::1]:70000"])
+@pytest.mark.parametrize("bad", ["example.com", "192.0.2.1:0", "192.0.2.1:http", "[::1]:70000",
+                                 "[::1", "[::1]x", "1.2.3.4:\u00b2", "fe80::1%eth0"])
 def test_parse_endpoint_rejects_with_a_hint(bad: str) -> None:
     with pytest.raises(ConfigError, match="destination"):
         parse_endpoint(bad, what="destination")

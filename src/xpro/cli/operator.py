@@ -430,6 +430,11 @@ def explain(sock: str, as_json: bool, src: str, dst: str, proto: str) -> None:
       sudo xpro explain 198.51.100.7 192.0.2.10
       sudo xpro explain 2001:db8::7 [2001:db8::10]:443 --proto tcp
     """
+    from xpro.core.endpoint import parse_endpoint
+
+    # Checked here too: a typo is a usage error (2), with or without a daemon.
+    parse_endpoint(src, what="source")
+    parse_endpoint(dst, what="destination")
     res = _ask(sock, "explain", src=src, dst=dst, proto=17 if proto == "udp" else 6)
     if as_json:
         res.pop("text", None)

@@ -53,6 +53,7 @@ from xpro.config import Change, Config, load_config
 from xpro.config.kinds import mask_url, redact
 from xpro.core import layout as L
 from xpro.core.alert import Alert, AlertKind
+from xpro.core.endpoint import parse_endpoint
 from xpro.core.explain import Explanation, explain, known_reason, rate_pps
 from xpro.core.merge import rate_exceeds_array
 from xpro.core.model import NS_PER_S, FilterParams, Prefix, mask_source, source_text
@@ -90,32 +91,6 @@ RUN_DIR = Path("/run/xpro")
 
 class DaemonRunning(XproError):
     """Another daemon already runs with the same pin directory or control socket."""
-
-
-def parse_endpoint(text: str, *, what: str) -> tuple[bytes, int, int]:
-    """``ADDR``, ``ADDR:PORT`` or ``[V6]:PORT`` -> (addr16, port, has_port)."""
-    host, port = text.strip(), 0
-    has_port = 0
-    if host.startswith("["):
-        inner, _, rest = host[1:].partition("]")
-        host = inner
-        if rest.startswith(":"):
-            port, has_port = _port(rest[1:], what), 1
-    elif host.count(":") == 1:
-        host, _, p = host.partition(":")
-        port, has_port = _port(p, what), 1
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        raise ConfigError(f"{what} {text!r} is not an IP address (write 192.0.2.1, "
-                          f"192.0.2.1:53, 2001:db8::1 or [2001:db8::1]:53)") from None
-    return L.addr16(addr), port, has_port
-
-
-def _port(text: str, what: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ConfigError(f"{what}: port {text!r} must be a number from 1 to 65535")
-    return int(text)
 
 
 class RunLock:
