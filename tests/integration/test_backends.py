@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,14 +176,26 @@ def test_detach_removes_only_xpros_pins(tmp_path: Path, pin_dir: Path) -> None:
     assert (files / "xpro.toml").read_text() == "[thresholds]\n"
 
     with BpfObject(object_path(), pin_dir=pin_dir, max_entries=SIZES.max_entries()) as xp:
-        ours = xp.pin_names()
+        ours = set(xp.pins())
     foreign = BpfObject(object_path("xpro_redirect"), pin_dir=pin_dir)
     foreign.load()
+    # Another program's map under the name of one of xpro's: a name alone is
+    # not enough (nor is it a link).
+    impostor = BpfObject(object_path("xpro_redirect"), pin_dir=pin_dir / "x")
+    impostor.load()
+    os.rename(pin_dir / "x" / "xsks", pin_dir / "link-eth9")
+    os.rename(pin_dir / "flows", pin_dir / "old-flows")
+    os.rename(pin_dir / "old-flows", pin_dir / "x" / "flows")
+    os.rename(pin_dir / "xsks", pin_dir / "flows")
     try:
-        assert {p.name for p in pin_dir.iterdir()} == ours | {"xsks"}
+        assert {p.name for p in pin_dir.iterdir()} == ours | {"x", "link-eth9"}
         done = detach_pinned(pin_dir)
-        assert {p.name for p in pin_dir.iterdir()} == {"xsks"}
-        assert done[-1] == f"left in {pin_dir}, not xpro's: xsks"
+        assert {p.name for p in pin_dir.iterdir()} == {"flows", "x", "link-eth9"}
+        assert done[-1] == f"left in {pin_dir}, not xpro's: flows, link-eth9, x"
+        assert not any(x.startswith("detached") for x in done)
     finally:
-        foreign.unpin_maps()
+        for leftover in (pin_dir / "flows", pin_dir / "link-eth9", pin_dir / "x" / "flows"):
+            leftover.unlink(missing_ok=True)
+        (pin_dir / "x").rmdir()
         foreign.close()
+        impostor.close()

@@ -186,21 +186,27 @@ def test_a_mistyped_command_is_told_the_built_in_it_resembles(runner: CliRunner)
 
 
 def test_the_store_commands_options_come_from_the_environment_too() -> None:
-    """``XPRO_STORE_INIT_*`` and the like are click's variables for the options
-    of ``xpro store`` commands: the configuration, whose ``store`` section
-    has the same prefix, must not refuse them as unknown keys."""
+    """``XPRO_STORE_INIT_SECRETS_DIR`` and the like are click's variables for the
+    options of ``xpro store`` commands: the configuration, whose ``store``
+    section has the same prefix, must not refuse them as unknown keys, and
+    must still refuse a typo of one of its own (``XPRO_STORE_USER_NAME``)."""
     from xpro.cli.store import store
-    from xpro.config.loader import COMMAND_ENV_PREFIXES
+    from xpro.config.loader import COMMAND_ENV_NAMES
 
     assert isinstance(store, click.Group)
-    assert set(COMMAND_ENV_PREFIXES) == {f"XPRO_STORE_{n.upper()}_" for n in store.commands}
-    r = subprocess.run([sys.executable, "-m", "xpro", "store", "init", "--help"],
-                       env={**os.environ, "XPRO_STORE_INIT_ADMIN_USER": "admin"},
-                       capture_output=True, text=True, check=False, timeout=60)
-    assert r.returncode == 0, r.stderr
+    auto = {f"XPRO_STORE_{name.upper()}_{p.name.upper()}"
+            for name, cmd in store.commands.items() for p in cmd.params
+            if isinstance(p, click.Option) and p.envvar is None and p.allow_from_autoenv
+            and p.name}
+    assert set(COMMAND_ENV_NAMES) == auto
+    env = {**os.environ, "XPRO_STORE_INIT_SECRETS_DIR": "/nonexistent/secrets"}
     r = subprocess.run([sys.executable, "-m", "xpro", "store", "init", "--store",
                         "redis://127.0.0.1:1", "--proxy", "e1"],
-                       env={**os.environ, "XPRO_STORE_INIT_ADMIN_USER": "admin"},
-                       capture_output=True, text=True, check=False, timeout=60)
+                       env=env, capture_output=True, text=True, check=False, timeout=60)
     assert "unknown variable" not in r.stderr
     assert "127.0.0.1:1" in r.stderr  # it went on to the store, unreachable
+    r = subprocess.run([sys.executable, "-m", "xpro", "config", "show"],
+                       env={**os.environ, "XPRO_STORE_USER_NAME": "x"},
+                       capture_output=True, text=True, check=False, timeout=60)
+    assert r.returncode == 2
+    assert "unknown variable XPRO_STORE_USER_NAME" in r.stderr

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,3 +156,20 @@ def test_config_show_json_and_check(tmp_path: object) -> None:
     shown = json.loads(r.output)
     assert shown["thresholds"]["t_f1"]["value"] == 250
     assert shown["thresholds"]["t_f1"]["source"].startswith("command line")
+
+
+def test_one_run_lock_per_place_however_it_is_spelled(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """``xpro detach --pin-dir /sys/fs/bpf/xpro/`` (a trailing slash) must meet
+    the lock of the daemon that runs with ``/sys/fs/bpf/xpro``."""
+    import xpro.daemon.proxy as proxy_mod
+    from xpro.daemon.proxy import DaemonRunning, RunLock
+
+    monkeypatch.setattr(proxy_mod, "RUN_DIR", tmp_path / "run")
+    held = RunLock("pin_dir", "/sys/fs/bpf/xpro")
+    try:
+        for spelling in ("/sys/fs/bpf/xpro/", "/sys/fs/bpf/../bpf/xpro", "/sys/fs//bpf/xpro"):
+            with pytest.raises(DaemonRunning):
+                RunLock("pin_dir", spelling)
+    finally:
+        held.release()

@@ -7,8 +7,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
+import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,13 +93,16 @@ def test_the_pull_mode_takes_a_restart() -> None:
 
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
+    """setup_logging replaces handlers and the exception hooks: put them back."""
     loggers = [logging.getLogger("xpro"), logging.getLogger()]
     saved = [(list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
+    hooks = (sys.excepthook, threading.excepthook)
     yield None
     for lg, (handlers, level, propagate) in zip(loggers, saved, strict=True):
         lg.handlers[:] = handlers
         lg.setLevel(level)
         lg.propagate = propagate
+    sys.excepthook, threading.excepthook = hooks
 
 
 @pytest.mark.usefixtures("restore_logging")
@@ -204,3 +210,18 @@ def test_a_kept_key_keeps_its_source() -> None:
     p.reconfigure(new)
     assert p.config.tables.flows == 1 << 20
     assert "XPRO_TABLES_FLOWS" not in p.config.sources.get("tables.flows", "")
+
+
+def test_the_kept_password_keeps_its_source(tmp_path: Path) -> None:
+    """The store password takes a restart (the connection holds it): after a
+    reload that names another one, ``config show --running`` still says where
+    the running one came from."""
+    pw = tmp_path / "store.password"
+    pw.write_text("s3cret-new\n")
+    old = load_config(None, env={"XPRO_STORE_PASSWORD": "s3cret-old"}, overrides={})
+    new = load_config(None, env={}, overrides={"store.password_file": str(pw)})
+    p, _ = _proxy(old, f"memory://{uuid.uuid4().hex}", "a")
+    p.reconfigure(new)
+    assert p.config.store_password == old.store_password
+    assert p.config.sources["store.password"] == old.sources["store.password"]
+    assert "XPRO_STORE_PASSWORD" in p.config.sources["store.password"]

@@ -136,3 +136,18 @@ def test_host_lists_keep_their_ports_and_defaults() -> None:
 
     assert split_hosts("a:7000, [::1]:7001,[::2],b,", 6379) == [
         ("a", 7000), ("::1", 7001), ("::2", 6379), ("b", 6379)]
+
+
+@pytest.mark.parametrize("url", ["memory://a:b", "memory://:pw@x", "memory://u@x", "memory://a,b",
+                                 "memory://x/y", "memory://[x"])
+def test_a_memory_url_is_memory_or_memory_name_everywhere(url: str) -> None:
+    """What ``config check`` passes the store takes, and the reverse: a
+    password or a port in a memory:// URL would be silently unused."""
+    from xpro.config import load_config
+
+    with pytest.raises(ConfigError, match="memory://NAME"):
+        load_config(None, env={}, overrides={"store.url": url})
+    with pytest.raises(ConfigError, match="memory://NAME"):
+        open_store(url)
+    assert isinstance(open_store("memory://t-0a1.b_c"), MemoryStore)
+

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from xpro.backends import Attachment, Backend
-from xpro.bpf import BpfObject, XdpLink, XdpMode, is_bpffs, object_path
-from xpro.bpf.xdp import attach_xdp, in_netns, resolve_interface, xdp_query
+from xpro.bpf import BpfObject, Map, XdpLink, XdpMode, is_bpffs, object_path
+from xpro.bpf.xdp import attach_xdp, in_netns, prog_name, resolve_interface, xdp_query
 from xpro.core.text import printable
 from xpro.datapath.host import link_info, require_ethernet
 from xpro.datapath.xdp import XdpFilter
-from xpro.errors import AttachError, BpffsError, ModeNotSupported
+from xpro.errors import AttachError, BpffsError, ModeNotSupported, XproError
 from xpro.hooks.specs import hookimpl
 
 log = logging.getLogger("xpro.backends")
@@ -196,14 +196,34 @@ class AutoBackend(XdpBackend):
                 (XdpMode.GENERIC, "auto: the driver has no native XDP, fell back to generic")]
 
 
+#: The programs of xpro's that a pinned link can hold (their kernel names).
+XPRO_PROGRAMS = frozenset({"xpro_xdp", "xpro_xdp_frags", "xpro_offload"})
+
+
+def _is_ours(p: Path, ours: dict[str, tuple[str, int, int, int]]) -> bool:
+    """Whether the pin ``p`` is one of the filter's maps: its name, and the map
+    it holds (kernel name, type, key and value sizes)."""
+    want = ours.get(p.name)
+    if want is None:
+        return False
+    try:
+        with Map.from_pin(p) as m:
+            return (m.name, m.type, m.key_size, m.value_size) == want
+    except XproError:
+        return False
+
+
 def detach_pinned(pin_dir: str | Path, netns: str | None = None) -> list[str]:
     """Remove what a daemon left in ``pin_dir``: detach its links, remove its pins.
 
     Returns what was done, for ``xpro detach``.  Interfaces already gone are
-    skipped.  Only xpro's own pins go: the filter's maps, by name, and the
-    links ``link-IF``; anything else in the directory (another program's
-    pins, when ``pin_dir`` is shared or mistyped) stays and is reported.  A
-    directory that is not on bpffs holds no pins: it is refused, untouched.
+    skipped.  Only xpro's own pins go: a map pin whose name *and* map (kernel
+    name, type, key and value sizes) are one of the filter's, and a link
+    ``link-IF`` that holds one of xpro's programs; anything else in the
+    directory (another program's pins, when ``pin_dir`` is shared or
+    mistyped as ``/sys/fs/bpf``; a map of an older build) stays and is
+    listed.  A directory that is not on bpffs holds no pins: it is refused,
+    untouched.
     """
     d = Path(pin_dir)
     done: list[str] = []
@@ -219,15 +239,20 @@ def detach_pinned(pin_dir: str | Path, netns: str | None = None) -> list[str]:
         raise BpffsError(f"{printable(d, 200)} is not on bpffs, so it holds no pin of xpro's; "
                          f"nothing was removed: {hint}")
     with contextlib.closing(BpfObject(object_path())) as obj:
-        ours = obj.pin_names()
+        ours = obj.pins()
     left: list[str] = []
     for p in sorted(d.glob("link-*")):
         try:
             link = XdpLink.from_pin(p)
-        except AttachError as exc:  # not a link: not xpro's
+        except XproError as exc:  # not a link
             log.warning("%s: %s", p, exc)
             continue
         with contextlib.closing(link):
+            # A link of xpro's holds one of its programs (the info of a map
+            # pinned under that name could read as a link's: its program
+            # is then no program of xpro's either).
+            if prog_name(link.prog_id) not in XPRO_PROGRAMS:
+                continue
             if link.ifindex:
                 with contextlib.suppress(AttachError):
                     link.detach()
@@ -235,7 +260,7 @@ def detach_pinned(pin_dir: str | Path, netns: str | None = None) -> list[str]:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
     for p in sorted(d.iterdir()):
-        if p.name not in ours:
+        if not _is_ours(p, ours):
             left.append(p.name)
             continue
         with contextlib.suppress(OSError):

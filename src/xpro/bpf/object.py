@@ -516,10 +516,13 @@ class BpfObject:
 
     # ---- pins, global data, ring buffers ---------------------------------------------
 
-    def pin_names(self) -> frozenset[str]:
-        """The file names this object's maps pin under in a ``pin_dir`` (known
-        once the object is opened; no privilege, nothing loaded)."""
-        return frozenset(_pin_name(m) for m in self._maps.values())
+    def pins(self) -> dict[str, tuple[str, int, int, int]]:
+        """Each map's pin file name in a ``pin_dir`` -> what a pin of it is: its
+        kernel name, type, key size and value size (known once the object is
+        opened: no privilege, nothing loaded; sizes of entries are left out,
+        a configuration sets them)."""
+        return {_pin_name(m): (m.name[:15], m.type, m.key_size, m.value_size)
+                for m in self._maps.values()}
 
     def unpin_maps(self) -> None:
         """Remove this object's map pins (and ``pin_dir`` if it is then empty)."""

@@ -23,6 +23,7 @@ from xpro.core.text import printable
 __all__ = [
     "ENV_PREFIX",
     "HOST_LIST_PORTS",
+    "MEMORY_NAME_RE",
     "MIN_REDACTED",
     "PASSWORD_ENV",
     "PATH_ENV",
@@ -42,6 +43,7 @@ __all__ = [
     "Text",
     "TomlValue",
     "Url",
+    "check_memory_url",
     "mask_url",
     "plaintext_password_warning",
     "redact",
@@ -416,6 +418,18 @@ HOST_LIST_PORTS = {"redis": 6379, "rediss": 6379, "redis+cluster": 6379,
 
 _PORT_RE = re.compile(r"[0-9]{1,5}")
 
+#: The name in ``memory://NAME``: the stores of one process by that name share state.
+MEMORY_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{0,200}")
+
+
+def check_memory_url(parts: StoreUrl) -> None:
+    """Raise ValueError unless ``parts`` is ``memory://`` or ``memory://NAME``
+    (no user, password, path or port: nothing there would be used)."""
+    if (parts.username or parts.password or parts.path not in ("", "/")
+            or not MEMORY_NAME_RE.fullmatch(parts.hosts)):
+        raise ValueError("use memory:// or memory://NAME (letters, digits, '_', '.', '-'; "
+                         "no user, password, port or path)")
+
 
 def split_hosts(hosts: str, default_port: int) -> list[tuple[str, int]]:
     """The ``HOST[:PORT]`` and ``[V6][:PORT]`` items of a URL's host list
@@ -531,11 +545,13 @@ class Url(Kind[str]):
         if not isinstance(raw, str) or "\n" in raw or not _URL_RE.fullmatch(mask_url(raw)):
             raise _Bad(f"must be {self.allowed()}")
         parts = split_url(raw)
-        if parts.scheme in HOST_LIST_PORTS:  # a plugin's scheme is the plugin's to check
-            try:
+        try:  # a plugin's scheme is the plugin's to check
+            if parts.scheme in HOST_LIST_PORTS:
                 split_hosts(parts.hosts, HOST_LIST_PORTS[parts.scheme])
-            except ValueError as exc:
-                raise _Bad(str(exc)) from None
+            elif parts.scheme == "memory":
+                check_memory_url(parts)
+        except ValueError as exc:
+            raise _Bad(str(exc)) from None
         return raw
 
     def from_text(self, text: str) -> str:

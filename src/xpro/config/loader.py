@@ -118,21 +118,31 @@ def _key_lines(text: str) -> dict[str, int]:
 
 #: The variables click gives the options of the ``xpro store`` commands
 #: (``XPRO_STORE_INIT_ADMIN_USER``...): under the ``store`` section's prefix,
-#: and not configuration (tests/unit/test_cli.py checks the list is whole).
-COMMAND_ENV_PREFIXES = ("XPRO_STORE_COMPACT_", "XPRO_STORE_INIT_", "XPRO_STORE_USER_")
+#: and not configuration.  Named one by one, so a typo of a store key
+#: (``XPRO_STORE_USER_NAME``) is still refused; tests/unit/test_cli.py checks
+#: the set against the commands.
+COMMAND_ENV_NAMES = frozenset({
+    "XPRO_STORE_COMPACT_KEEP_REVISIONS",
+    "XPRO_STORE_INIT_ENABLE_AUTH", "XPRO_STORE_INIT_PROXIES", "XPRO_STORE_INIT_SECRETS_DIR",
+    "XPRO_STORE_USER_ADD", "XPRO_STORE_USER_DELETE", "XPRO_STORE_USER_PASSWORD_FILE",
+    "XPRO_STORE_USER_USER",
+})
 
 #: A configuration file is a few kilobytes; more is not one (a device, a log).
 MAX_CONFIG_BYTES = 1 << 20
 
 
 def _read_config(path: Path) -> bytes:
-    """The file's bytes, at most MAX_CONFIG_BYTES: a regular file, or a pipe
-    (``--config <(...)``, which waits for its writer as ``cat`` would).  A
-    device (``/dev/zero`` never ends) or a socket is refused before a read."""
-    with open(path, "rb") as f:
-        mode = os.fstat(f.fileno()).st_mode
-        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
-            raise OSError(errno.EINVAL, "not a regular file or a pipe")
+    """The file's bytes: a regular file of at most MAX_CONFIG_BYTES.  Not a
+    device (``/dev/zero`` never ends), nor a FIFO or a pipe (one with no
+    writer would hang the start; ``--config <(...)`` would be read empty at
+    the daemon's next reload, and every live key would go back to its
+    default): opened without blocking and refused before a read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file: write the configuration to a "
+                                        "file, which a reload reads again")
         data = f.read(MAX_CONFIG_BYTES + 1)
     if len(data) > MAX_CONFIG_BYTES:
         raise OSError(errno.EFBIG, f"larger than {MAX_CONFIG_BYTES >> 20} MiB: not a "
@@ -227,7 +237,7 @@ class _Loader:
             opt = _BY_ENV.get(name)
             if opt is None:
                 if (name.startswith(prefixes) and name != PASSWORD_ENV
-                        and not name.startswith(COMMAND_ENV_PREFIXES)):
+                        and name not in COMMAND_ENV_NAMES):
                     self.problems.append(f"environment: unknown variable {name}"
                                          f"{_suggest(name, _BY_ENV)}")
                 continue

@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
@@ -98,7 +98,8 @@ class RunLock:
 
     def __init__(self, what: str, name: str) -> None:
         RUN_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
-        digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+        # One lock per place, however it is spelled (a trailing slash, "..").
+        digest = hashlib.sha256(os.path.realpath(name).encode()).hexdigest()[:16]
         self.path = RUN_DIR / f"{what}-{digest}.lock"
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -846,30 +847,36 @@ def _merge_live(old: Config, new: Config) -> Config:
         sections.setdefault(opt.section, {})[opt.name] = value
     replaced = {name: dataclasses.replace(getattr(new, name), **vals)
                 for name, vals in sections.items()}
-    # Where each value came from, as the values: a kept key keeps its source.
+    # Where each value came from, as the values: a kept key keeps its source
+    # (the password too: it is kept, as the store's connection is).
     sources = dict(new.sources)
-    for opt in SCHEMA:
-        if not opt.live:
-            sources.pop(opt.key, None)
-            if opt.key in old.sources:
-                sources[opt.key] = old.sources[opt.key]
+    for key in [opt.key for opt in SCHEMA if not opt.live] + ["store.password"]:
+        sources.pop(key, None)
+        if key in old.sources:
+            sources[key] = old.sources[key]
     return dataclasses.replace(new, **replaced, store_password=old.store_password,
-                               sources=sources)
+                               sources=MappingProxyType(sources))
 
 
 def _check_running(run: Config, pending: list[Change]) -> None:
     """Raise :class:`ConfigError` if ``run`` (what a reload would leave running)
-    breaks a rule between keys: one of them takes a restart."""
+    breaks a rule between keys: one of them takes a restart (the new file
+    alone passed every rule when it was loaded)."""
     from xpro.config import RULES, SCHEMA
 
     values = {opt.key: run.get(opt.key) for opt in SCHEMA}
-    problems = [d for rule in RULES if (d := rule.check(values)) is not None]
-    if not problems:
-        return
-    kept = ", ".join(f"{c.key} = {c.old}" for c in pending)
-    raise ConfigError("nothing changed: " + "; ".join(problems) + (
-        f" (with the running {kept}, which takes a restart: restart the daemon "
-        "to apply the new values together)" if kept else ""))
+    kept = {c.key: c.old for c in pending}
+    problems = []
+    for rule in RULES:
+        detail = rule.check(values)
+        if detail is None:
+            continue
+        why = ", ".join(f"{k} = {kept[k]}" for k in rule.keys if k in kept)
+        problems.append(f"{detail} (with the running {why}, which takes a restart)" if why
+                        else detail)
+    if problems:
+        raise ConfigError("nothing changed: " + "; ".join(problems) +
+                          ": restart the daemon to apply the new values together")
 
 
 def _dst_text(dkey: Any) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import threading
 import time
 import uuid
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from xpro.config.kinds import mask_url, split_url
+from xpro.config.kinds import check_memory_url, mask_url, split_url
 from xpro.core.bounds import FUTURE, REASONS, Bounds
 from xpro.core.keys import key_bytes
 from xpro.core.layout import DST_KEY, FLOW_KEY, MASTER
@@ -58,9 +57,6 @@ from xpro.stores._common import (
     valid_master,
 )
 from xpro.stores.base import REFUSED, Store
-
-#: The name in memory://NAME: the stores of one process by that name share state.
-_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{0,200}")
 
 if TYPE_CHECKING:
     from xpro.hooks.registry import Registry
@@ -228,9 +224,10 @@ class MemoryStore(Store):
             parts = None
         if parts is None or parts.scheme != "memory":
             raise ConfigError(f"{printable(mask_url(url), 200)!r} is not a memory:// URL")
-        if parts.path not in ("", "/") or parts.username or not _NAME_RE.fullmatch(parts.hosts):
-            raise ConfigError(f"store URL {printable(mask_url(url), 200)!r}: use memory:// or "
-                              "memory://NAME (letters, digits, '_', '.', '-')")
+        try:
+            check_memory_url(parts)
+        except ValueError as exc:
+            raise ConfigError(f"store URL {printable(mask_url(url), 200)!r}: {exc}") from None
         opts = merged_options(parts.query, options)
         unknown_options(opts, ("max_future",), "memory")
         return cls(parts.hosts or "default", mesh,
