@@ -210,3 +210,17 @@ def test_the_store_commands_options_come_from_the_environment_too() -> None:
                        capture_output=True, text=True, check=False, timeout=60)
     assert r.returncode == 2
     assert "unknown variable XPRO_STORE_USER_NAME" in r.stderr
+
+
+@pytest.mark.parametrize("args", [["explain", "garbage", "192.0.2.1"],
+                                  ["explain", "192.0.2.1", "[2001:db8::1"],
+                                  ["explain", "fe80::1%eth0", "192.0.2.1"],
+                                  ["flows", "--src", "garbage"],
+                                  ["flows", "--dst", "10.0.0.0/33"]])
+def test_a_typed_address_is_checked_before_the_daemon_is_asked(
+        runner: CliRunner, args: list[str]) -> None:
+    """A typo is a usage error (exit 2), with or without a daemon; asking one
+    first answered "no daemon" (exit 3) for a mistyped address."""
+    r = runner.invoke(cli, [*args, "--socket", "/nonexistent/xpro.sock"])
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output

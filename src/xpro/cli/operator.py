@@ -405,6 +405,14 @@ def flows(sock: str, as_json: bool, src: str | None, dst: str | None, sort: str,
       sudo xpro flows --dst 192.0.2.10/32 --sort rate --limit 10
       sudo xpro flows --json | jq '.[] | select(.over_t_f1)'
     """
+    from xpro.core.model import Prefix
+
+    for what, prefix in (("--src", src), ("--dst", dst)):  # a typo is a usage error (2)
+        if prefix is not None:
+            try:
+                Prefix.parse(prefix)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint=what) from None
     rows = _ask(sock, "flows", src=src, dst=dst, sort=sort, limit=limit or None)
     if as_json:
         _echo_json(rows)

@@ -900,7 +900,7 @@ def _in_prefix(addrs: np.ndarray, prefix: str, *, what: str,
     try:
         p = Prefix.parse(prefix)
     except ValueError as exc:
-        raise ConfigError(f"{what} {prefix!r}: {exc}") from None
+        raise ConfigError(f"{what} {printable(prefix, 80)!r}: {exc}") from None
     if params is not None:
         v4 = p.length >= 96 and (p.network >> 32) == 0xFFFF
         keyed = 96 + params.source_prefix_v4 if v4 else params.source_prefix_v6
