@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -518,3 +519,35 @@ def test_cli_without_a_daemon_exits_3() -> None:
                        capture_output=True, text=True, timeout=30, check=False)
     assert r.returncode == 3
     assert "no xpro daemon listens on /run/xpro/none-here.sock" in r.stderr
+
+
+def test_a_stop_right_after_a_reload_request_is_not_lost(
+        tmp_path: Path, pair: NsPair, daemons: list[Daemon]) -> None:
+    """SIGHUP then SIGTERM at once: the daemon reloads or not, and stops.  The
+    stop once cleared the reload's wake-up and was lost (systemd then killed
+    the daemon 30 s later, leaving the filter pinned)."""
+    d = Daemon(tmp_path, pair, "memory://")
+    daemons.append(d)
+    d.start()
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGHUP)
+    assert d.stop(signal.SIGTERM, timeout=20) == 0
+    assert not any(xdp_query(pair.proxy_if, pair.proxy_ns).values())
+
+
+def test_a_start_that_fails_after_attaching_removes_its_new_filter(
+        tmp_path: Path, pair: NsPair, daemons: list[Daemon]) -> None:
+    """The metrics port is taken: the start fails with exit 2 and one line, and
+    the filter it had attached (a new one) is gone, threads and pins with it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        d = Daemon(tmp_path, pair, "memory://", "--metrics-listen", f"127.0.0.1:{port}")
+        daemons.append(d)
+        d.start(wait=False)
+        assert d.proc is not None
+        assert d.proc.wait(60) == 2, d.text()
+    assert "Traceback" not in d.text()
+    assert not any(xdp_query(pair.proxy_if, pair.proxy_ns).values())
+    assert not Path(d.pin_dir).exists()

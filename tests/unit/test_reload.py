@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -225,3 +226,40 @@ def test_the_kept_password_keeps_its_source(tmp_path: Path) -> None:
     assert p.config.store_password == old.store_password
     assert p.config.sources["store.password"] == old.sources["store.password"]
     assert "XPRO_STORE_PASSWORD" in p.config.sources["store.password"]
+
+
+def test_a_failing_round_listener_does_not_stop_the_sync() -> None:
+    """The loop's ``on_round`` (the daemon's: plugins, logs) raising once killed
+    the sync's thread silently, with the status still healthy."""
+    _, filt = _proxy(_config(), f"memory://{uuid.uuid4().hex}", "a")
+    syncer = Syncer(filt, open_store(f"memory://{uuid.uuid4().hex}"), "a",
+                    _config().sync_params())
+    calls: list[int] = []
+
+    def listener(st: object) -> None:
+        calls.append(1)
+        raise RuntimeError("a broken listener")
+
+    loop = SyncLoop(syncer, 0.01, name="a", on_round=listener)
+    loop.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        loop.stop()
+    assert len(calls) >= 3
+    assert loop.status.healthy
+
+
+def test_a_lock_directory_that_cannot_be_written_is_one_clear_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An xpro@NAME unit whose /run/xpro was read-only gave a traceback."""
+    import xpro.daemon.proxy as proxy_mod
+    from xpro.daemon.proxy import RunLock
+    from xpro.errors import XproError
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(proxy_mod, "RUN_DIR", tmp_path / "file" / "run")
+    with pytest.raises(XproError, match="ReadWritePaths"):
+        RunLock("pin_dir", "/sys/fs/bpf/xpro")

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -107,50 +107,65 @@ def run(config_path: str | None, **params: Any) -> None:
     from xpro.daemon.logs import setup_logging
     from xpro.lab.namespaces import require_root
 
-    overrides = overrides_from_click(params)
-
-    def source() -> Any:
-        return load_config(config_path, overrides=overrides)
-
-    config = source()
-    setup_logging(config.log.format, config.log.level)
-    require_root("xpro run", "it loads, attaches and pins the XDP program, then drops every "
-                 "capability; the systemd unit in packaging/ runs it so")
-
-    stop = threading.Event()
-    reload = threading.Event()
+    # Signals first: a SIGHUP that came before its handler would end the process.
+    # The main loop sleeps in a read of a pipe that the interpreter's own C
+    # handler writes to (signal.set_wakeup_fd) whichever thread the kernel
+    # gave the signal to: a signal taken by the sync's thread once left the
+    # main thread asleep, its Python handler never run.  The handlers only set
+    # a flag (no lock: an Event's, held by the interrupted main thread itself,
+    # could deadlock it), one per signal, so a stop is never lost to a reload.
+    flags = {"term": False, "reload": False}
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)  # the C handler never blocks on a full pipe
 
     def on_term(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        flags["term"] = True
 
     def on_hup(signum: int, frame: FrameType | None) -> None:
-        reload.set()
-        stop.set()  # wake the main loop; cleared again below
+        flags["reload"] = True
 
-    old = {s: signal.signal(s, h) for s, h in ((signal.SIGTERM, on_term),
-                                               (signal.SIGINT, on_term),
-                                               (signal.SIGHUP, on_hup))}
-    proxy = Proxy(config, reload_source=source,
-                  drop_capabilities=config.proxy.drop_capabilities)
+    old_fd = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    old = {signal.SIGHUP: signal.signal(signal.SIGHUP, on_hup)}
     try:
-        proxy.start()
-        _notify("READY=1")
-        while True:
-            stop.wait()
-            if reload.is_set():
-                reload.clear()
-                stop.clear()
+        overrides = overrides_from_click(params)
+
+        def source() -> Any:
+            return load_config(config_path, overrides=overrides)
+
+        config = source()
+        setup_logging(config.log.format, config.log.level)
+        require_root("xpro run", "it loads, attaches and pins the XDP program, then drops "
+                     "every capability; the systemd unit in packaging/ runs it so")
+        old.update({s: signal.signal(s, on_term) for s in (signal.SIGTERM, signal.SIGINT)})
+        proxy = Proxy(config, reload_source=source,
+                      drop_capabilities=config.proxy.drop_capabilities)
+        try:
+            proxy.start()
+            _notify("READY=1")
+            while not flags["term"]:
+                os.read(wake_r, 64)  # a signal came; its handler runs right after
+                if flags["term"] or not flags["reload"]:
+                    continue
+                flags["reload"] = False
                 _notify("RELOADING=1")
-                with contextlib.suppress(XproError):  # logged; the running config stays
+                try:
                     proxy.reload()
+                except XproError:
+                    pass  # logged; the running configuration stays
+                except Exception:  # never take the daemon down
+                    logging.getLogger("xpro").exception(
+                        "config reload failed; the running configuration stays",
+                        extra={"event": "config_invalid"})
                 _notify("READY=1")
-                continue
-            break
-        _notify("STOPPING=1")
+            _notify("STOPPING=1")
+        finally:
+            proxy.stop()
     finally:
-        proxy.stop()
         for s, h in old.items():
             signal.signal(s, h)
+        signal.set_wakeup_fd(old_fd)
+        os.close(wake_r)
+        os.close(wake_w)
 
 
 # ---------------------------------------------------------------------------

@@ -97,11 +97,17 @@ class RunLock:
     """An exclusive lock on a name (a pin directory, a socket) under :data:`RUN_DIR`."""
 
     def __init__(self, what: str, name: str) -> None:
-        RUN_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
         # One lock per place, however it is spelled (a trailing slash, "..").
         digest = hashlib.sha256(os.path.realpath(name).encode()).hexdigest()[:16]
         self.path = RUN_DIR / f"{what}-{digest}.lock"
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            RUN_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise XproError(
+                f"cannot take the lock of {what} {printable(name, 200)} in {RUN_DIR} "
+                f"({exc.strerror}): {RUN_DIR} must be writable (under systemd with "
+                f"ProtectSystem=, list it in ReadWritePaths=, as packaging/ does)") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -231,13 +237,19 @@ class Proxy:
         self.started_ns, self.started_at = tai_now(), time.time()
         self._running = True
         self._stop.clear()
-        self.loop = SyncLoop(self._connect, cfg.sync.period, name=self.name,
-                             on_alert=self._sync_alert, on_round=self._on_round)
-        self.loop.start()
-        self._spawn(self._events_main, "events")
-        self._start_metrics()
-        self._start_control()
-        self.plugins.startup(self.name)
+        try:
+            self.loop = SyncLoop(self._connect, cfg.sync.period, name=self.name,
+                                 on_alert=self._sync_alert, on_round=self._on_round)
+            self.loop.start()
+            self._spawn(self._events_main, "events")
+            self._start_metrics()  # a port in use: ConfigError
+            self._start_control()
+            self.plugins.startup(self.name)
+        except BaseException:
+            # A start that fails leaves things as it found them, as above: an
+            # adopted filter goes on filtering, a new one is removed.
+            self.stop(keep=self._adopted_any())
+            raise
         log.info("started", extra={"event": "started", "proxy": self.name,
                                    "backend": cfg.proxy.backend,
                                    "interfaces": list(cfg.proxy.interfaces),

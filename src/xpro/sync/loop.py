@@ -85,7 +85,10 @@ class SyncLoop:
         self.status.last_ok = st.started
         self.status.last = st
         if self.on_round is not None:
-            self.on_round(st)
+            try:
+                self.on_round(st)
+            except Exception:  # a listener must not stop the sync
+                log.exception("sync %s: the round's listener failed", self.name)
         return max(0.0, self.period - st.seconds)
 
     def _alert(self, kind: AlertKind, message: str) -> None:
