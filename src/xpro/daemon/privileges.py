@@ -35,7 +35,7 @@ from pathlib import Path
 
 from xpro.errors import XproError
 
-__all__ = ["CAPABILITIES", "Capabilities", "PrivilegeError", "drop_to", "read_capabilities",
+__all__ = ["CAPABILITIES", "Capabilities", "CapabilityError", "drop_to", "read_capabilities",
            "runtime_capabilities"]
 
 log = logging.getLogger("xpro.daemon.privileges")
@@ -82,8 +82,9 @@ _SECUREBITS = (1 << 0) | (1 << 1) | (1 << 3) | (1 << 5) | (1 << 6) | (1 << 7)
 _CAP_V3 = 0x20080522
 
 
-class PrivilegeError(XproError):
-    """Capabilities could not be changed."""
+class CapabilityError(XproError):
+    """Capabilities could not be read or changed (the kernel refused: an operation
+    that failed, exit 1; a missing privilege is :class:`xpro.errors.PrivilegeError`)."""
 
 
 class _Header(ctypes.Structure):
@@ -99,9 +100,9 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def _err(what: str) -> PrivilegeError:
+def _err(what: str) -> CapabilityError:
     e = ctypes.get_errno()
-    return PrivilegeError(f"{what}: {os.strerror(e)}")
+    return CapabilityError(f"{what}: {os.strerror(e)}")
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ def drop_to(keep: Iterable[str]) -> Capabilities:
     wanted = frozenset(keep)
     unknown = wanted - set(CAPABILITIES)
     if unknown:
-        raise PrivilegeError(f"unknown capabilities {sorted(unknown)}")
+        raise CapabilityError(f"unknown capabilities {sorted(unknown)}")
     libc = _libc()
     before = read_capabilities()
     others = _other_threads()
