@@ -224,3 +224,10 @@ def test_a_typed_address_is_checked_before_the_daemon_is_asked(
     r = runner.invoke(cli, [*args, "--socket", "/nonexistent/xpro.sock"])
     assert r.exit_code == 2, r.output
     assert "Traceback" not in r.output
+
+
+def test_store_user_refuses_delete_with_add(runner: CliRunner) -> None:
+    r = runner.invoke(cli, ["store", "user", "e1", "--add", "--delete", "--store",
+                            "redis://127.0.0.1:1"])
+    assert r.exit_code == 2
+    assert "--delete removes the user" in r.output

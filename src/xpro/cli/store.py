@@ -188,6 +188,9 @@ def store_user(config_path: str | None, admin_user: str | None,
     """
     from xpro.stores.admin import proxy_user
 
+    if delete and (add or password_file):
+        raise click.UsageError("--delete removes the user: it takes neither --add nor "
+                               "--password-file")
     with _open(config_path, admin_user, admin_password_file, params) as admin:
         if delete:
             for line in admin.delete_user(user or proxy_user(admin.mesh, proxy)):
