@@ -269,6 +269,11 @@ static __always_inline struct xpro_flow *flow_count(struct xpro_flow_key *key, _
 	*c = __sync_fetch_and_add(&f->c, 1) + 1;
 	f->ts2 = now;
 	*ts1 = f->ts1;
+	/* The epoch as it is after the add (the add is a full barrier): a round
+	 * that moved to a new epoch and read this record before the add landed
+	 * finds the flow marked in the new epoch, not taken for marked already
+	 * in the one it ended (docs/semantics.rst, "Record ownership"). */
+	epoch = *(volatile __u32 *)&cfg.epoch;
 	if (f->epoch != epoch && epoch) {
 		f->epoch = epoch;
 		mark_dirty(key, epoch);
