@@ -32,6 +32,7 @@ from typing import Any
 
 from xpro.config import Secret
 from xpro.config.kinds import split_url
+from xpro.core.text import printable
 from xpro.errors import ConfigError, StoreError
 from xpro.stores import _redis_lua
 from xpro.stores._common import check_mesh
@@ -393,6 +394,8 @@ def open_admin(url: str, *, mesh: str, options: Mapping[str, Any] | None = None
         return RedisAdmin(RedisStore.from_url(url, mesh=mesh, options=options))
     if scheme in EtcdStore.schemes:
         return EtcdAdmin(EtcdStore.from_url(url, mesh=mesh, options=options))
-    raise ConfigError(f"{scheme}:// stores have no users to set up: `xpro store` is for "
-                      "Redis (redis://, rediss://, redis+cluster://) and etcd (etcd://, "
-                      "etcds://)")
+    hint = (" (no store was given, and the default is memory://: give the mesh's store "
+            "with --store URL or --config FILE)" if scheme == "memory" else "")
+    raise ConfigError(f"{printable(scheme, 40)}:// stores have no users to set up{hint}: "
+                      "`xpro store` is for Redis (redis://, rediss://, redis+cluster://) and "
+                      "etcd (etcd://, etcds://)")
