@@ -243,8 +243,17 @@ static __always_inline struct xpro_flow *flow_count(struct xpro_flow_key *key, _
 		/* BPF_NOEXIST: if another CPU created it meanwhile, count
 		 * into that record instead of overwriting it. */
 		if (bpf_map_update_elem(&flows, key, &nf, BPF_NOEXIST) == 0) {
+			/* Marked in the epoch it was created in, and in the one
+			 * after it if a round moved on meanwhile (the insert may
+			 * land after that round read; the record keeps the older
+			 * epoch, so its next packet marks once more: one read more,
+			 * never a count lost). */
+			__u32 after = *(volatile __u32 *)&cfg.epoch;
+
 			if (epoch)
 				mark_dirty(key, epoch);
+			if (after && after != epoch)
+				mark_dirty(key, after);
 		} else {
 			/* NULL if evicted at once: the table is far too small */
 			f = bpf_map_lookup_elem(&flows, key);
@@ -269,10 +278,12 @@ static __always_inline struct xpro_flow *flow_count(struct xpro_flow_key *key, _
 	*c = __sync_fetch_and_add(&f->c, 1) + 1;
 	f->ts2 = now;
 	*ts1 = f->ts1;
-	/* The epoch as it is after the add (the add is a full barrier): a round
-	 * that moved to a new epoch and read this record before the add landed
-	 * finds the flow marked in the new epoch, not taken for marked already
-	 * in the one it ended (docs/semantics.rst, "Record ownership"). */
+	/* The epoch as it is after the add: a round that moved to a new epoch
+	 * and read this record before the add landed finds the flow marked in
+	 * the new epoch, not taken for marked already in the one it ended
+	 * (docs/semantics.rst, "Record ownership").  The add's result is used,
+	 * so it is a fetch-add, fully ordered (lock xadd on x86, ldaddal or
+	 * LL/SC with dmb on arm64): the load below cannot pass it. */
 	epoch = *(volatile __u32 *)&cfg.epoch;
 	if (f->epoch != epoch && epoch) {
 		f->epoch = epoch;

@@ -538,12 +538,15 @@ def test_a_stop_right_after_a_reload_request_is_not_lost(
 def test_a_start_that_fails_after_attaching_removes_its_new_filter(
         tmp_path: Path, pair: NsPair, daemons: list[Daemon]) -> None:
     """The metrics port is taken: the start fails with exit 2 and one line, and
-    the filter it had attached (a new one) is gone, threads and pins with it."""
+    the filter it had attached (a new one) is gone, threads and pins with it,
+    even with ``on_exit = "keep"`` (which once decided, so a failed start left
+    a never-ready filter pinned)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        d = Daemon(tmp_path, pair, "memory://", "--metrics-listen", f"127.0.0.1:{port}")
+        d = Daemon(tmp_path, pair, "memory://", "--metrics-listen", f"127.0.0.1:{port}",
+                   "--on-exit", "keep")
         daemons.append(d)
         d.start(wait=False)
         assert d.proc is not None

@@ -676,3 +676,11 @@ def test_a_proxy_over_the_limit_alone_closes_at_the_start_of_its_round() -> None
         assert at_merge[first], (first, at_merge)
     finally:
         p.close()
+
+
+def test_the_programs_epoch_after_the_last_uses_the_other_dirty_set(mesh: list[Proxy]) -> None:
+    """As the AF_XDP filter's: after 2**32 - 1 comes 2, the other set's parity."""
+    p = mesh[0]
+    p.filt.cfg.view["epoch"] = 0xFFFFFFFF
+    assert p.filt.next_epoch() == 0xFFFFFFFF
+    assert p.filt.epoch == 2

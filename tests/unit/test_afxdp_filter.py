@@ -774,3 +774,12 @@ def test_spray_over_ports_in_batches(harness: UserHarness, batch: int, stamp: bo
     _, reasons = run_batches(harness, p, trace, cuts)
     assert L.Reason.DST_CLOSED in {r for rs in reasons.values() for r in rs}
     assert set(reasons[client]) == {L.Reason.PASS}
+
+
+def test_the_epoch_after_the_last_uses_the_other_dirty_set() -> None:
+    """2**32 - 1 and 1 are both odd: the wrap goes to 2, so two epochs in a row
+    never share a dirty set (one round's take would empty the next's marks)."""
+    f = UserFilter(model.FilterParams())
+    f._epoch = 0xFFFFFFFF
+    assert f.next_epoch() == 0xFFFFFFFF
+    assert f.epoch == 2

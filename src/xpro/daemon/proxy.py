@@ -121,9 +121,9 @@ class RunLock:
         os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
 
     def release(self) -> None:
+        # The file stays: unlinked, a waiter holding the old file and a
+        # newcomer creating a new one could both take "the" lock.
         if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                self.path.unlink()
             os.close(self.fd)
             self.fd = -1
 
@@ -247,8 +247,13 @@ class Proxy:
             self.plugins.startup(self.name)
         except BaseException:
             # A start that fails leaves things as it found them, as above: an
-            # adopted filter goes on filtering, a new one is removed.
-            self.stop(keep=self._adopted_any())
+            # adopted filter goes on filtering, a new one is removed.  The
+            # start's error is the one reported, whatever the stop meets.
+            try:
+                self.stop(keep=self._adopted_any())
+            except Exception:
+                log.exception("cleaning up after a failed start failed",
+                              extra={"event": "stop_error"})
             raise
         log.info("started", extra={"event": "started", "proxy": self.name,
                                    "backend": cfg.proxy.backend,

@@ -300,7 +300,9 @@ class XdpFilter:
         epoch's set only shrinks (:meth:`take_dirty`).
         """
         ended = self.epoch
-        nxt = ended + 1 if ended < 0xFFFFFFFF else 1
+        # 0 means no epoch; after 2**32 - 1 comes 2, not 1: both are odd, and
+        # two epochs in a row must use the two dirty sets.
+        nxt = ended + 1 if ended < 0xFFFFFFFF else 2
         self.cfg.view["epoch"] = nxt
         return ended
 

@@ -239,8 +239,11 @@ class Syncer:
 
     def _changed_flows(self) -> tuple[Array, Array]:
         """The keys and records of every flow counted since the last round."""
-        ended = self.filt.next_epoch()
+        # Failed marks counted before the move: a mark that fails after it
+        # (its flow then counts as marked in the new epoch) is seen by the
+        # next round, which reads the whole table.
         lost = self.filt.dirty_lost()
+        ended = self.filt.next_epoch()
         if lost != self._dirty_lost:
             log.warning("sync %s: %d flows could not be marked dirty (the dirty set is "
                         "full); reading the whole table", self.proxy, lost - self._dirty_lost)

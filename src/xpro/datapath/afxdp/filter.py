@@ -928,7 +928,8 @@ class UserFilter:
         """Move to the next epoch; returns the one that ended."""
         with self.lock:
             ended = self._epoch
-            self._epoch = ended + 1 if ended < _U32 else 1
+            # after 2**32 - 1 comes 2: two epochs in a row use two dirty sets
+            self._epoch = ended + 1 if ended < _U32 else 2
             return ended
 
     def take_dirty(self, epoch: int) -> Array:
