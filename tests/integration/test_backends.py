@@ -180,12 +180,15 @@ def test_detach_removes_only_xpros_pins(tmp_path: Path, pin_dir: Path) -> None:
     foreign = BpfObject(object_path("xpro_redirect"), pin_dir=pin_dir)
     foreign.load()
     # Another program's map under the name of one of xpro's: a name alone is
-    # not enough (nor is it a link).
-    impostor = BpfObject(object_path("xpro_redirect"), pin_dir=pin_dir / "x")
+    # not enough.  And a per-CPU array pinned as a link: its info reads as an
+    # XDP link's (its type, 6, is BPF_LINK_TYPE_XDP), but it holds no program
+    # of xpro's.
+    impostor = BpfObject(object_path(), pin_dir=pin_dir / "x",
+                         max_entries=SIZES.max_entries())
     impostor.load()
-    os.rename(pin_dir / "x" / "xsks", pin_dir / "link-eth9")
+    os.rename(pin_dir / "x" / "stats", pin_dir / "link-eth9")
     os.rename(pin_dir / "flows", pin_dir / "old-flows")
-    os.rename(pin_dir / "old-flows", pin_dir / "x" / "flows")
+    os.rename(pin_dir / "old-flows", pin_dir / "x" / "real-flows")
     os.rename(pin_dir / "xsks", pin_dir / "flows")
     try:
         assert {p.name for p in pin_dir.iterdir()} == ours | {"x", "link-eth9"}
@@ -194,7 +197,8 @@ def test_detach_removes_only_xpros_pins(tmp_path: Path, pin_dir: Path) -> None:
         assert done[-1] == f"left in {pin_dir}, not xpro's: flows, link-eth9, x"
         assert not any(x.startswith("detached") for x in done)
     finally:
-        for leftover in (pin_dir / "flows", pin_dir / "link-eth9", pin_dir / "x" / "flows"):
+        for leftover in (pin_dir / "flows", pin_dir / "link-eth9",
+                         *(pin_dir / "x").iterdir()):
             leftover.unlink(missing_ok=True)
         (pin_dir / "x").rmdir()
         foreign.close()
