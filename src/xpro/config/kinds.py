@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote, unquote
 
+from xpro.core.endpoint import port_number, split_bracketed
 from xpro.core.hostnames import canonical_target
 from xpro.core.model import Prefix
 from xpro.core.text import printable
@@ -416,8 +417,6 @@ def split_url(url: str) -> StoreUrl:
 HOST_LIST_PORTS = {"redis": 6379, "rediss": 6379, "redis+cluster": 6379,
                    "rediss+cluster": 6379, "etcd": 2379, "etcds": 2379}
 
-_PORT_RE = re.compile(r"[0-9]{1,5}")
-
 #: The name in ``memory://NAME``: the stores of one process by that name share state.
 MEMORY_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{0,200}")
 
@@ -440,21 +439,15 @@ def split_hosts(hosts: str, default_port: int) -> list[tuple[str, int]]:
         item = raw.strip()
         if not item:
             continue
-        if item.startswith("["):  # [IPv6]:port
-            host, closed, rest = item[1:].partition("]")
-            if not closed or (rest and not rest.startswith(":")):
-                raise ValueError(f"bad host {printable(item, 80)!r}: write [IPV6]:PORT")
-            port_s = rest[1:]
+        if item.startswith("["):
+            host, port_s = split_bracketed(item)
         else:
-            host, _, port_s = item.partition(":")
-        if not port_s:
-            port = default_port
-        elif _PORT_RE.fullmatch(port_s) and 0 < int(port_s) < 65536:
-            port = int(port_s)
-        else:
-            raise ValueError(f"bad port {printable(port_s, 80)!r} in {printable(item, 80)!r}: "
-                             "a number from 1 to 65535")
-        out.append((host, port))
+            host, sep, port_s = item.partition(":")
+            port_s = port_s if sep else None
+        try:
+            out.append((host, default_port if not port_s else port_number(port_s)))
+        except ValueError as exc:
+            raise ValueError(f"{exc}, in {printable(item, 80)!r}") from None
     return out
 
 
