@@ -373,7 +373,10 @@ class Proxy:
                 self.backend.reconfigure({**run.backend_options(), **self.backend_options})
                 self.filter.configure(run.filter_params())
             if self.syncer is not None:
-                self._configure_syncer(self.syncer, run)
+                # The sync's live keys, for its next round.
+                self.syncer.configure(run.sync_params(), filter_params=run.filter_params(),
+                                      period=run.period_ns, ttl=run.ttl_ns,
+                                      known=run.known_policy(), near=run.sync.near)
             if self.loop is not None:
                 self.loop.period = run.sync.period
             logging.getLogger("xpro").setLevel(run.log.level.upper())
@@ -422,24 +425,17 @@ class Proxy:
             store.close()
             raise
         self.store = store
-        syncer = Syncer(self.filter, store, self.name, cfg.sync_params(),
-                        period=cfg.period_ns, ttl=cfg.ttl_ns, known=cfg.known_policy(),
-                        pull=cfg.sync.pull, near=cfg.sync.near)
         with self._lock:
-            # A reload while the store was being reached found no syncer to
-            # configure: give it the configuration as it is now, and make it
+            # Built from the configuration as it is now (a reload while the
+            # store was being reached found no syncer to configure), and made
             # the loop's before the lock goes, so the next reload finds it.
-            self._configure_syncer(syncer, self.config)
+            cfg = self.config
+            syncer = Syncer(self.filter, store, self.name, cfg.sync_params(),
+                            period=cfg.period_ns, ttl=cfg.ttl_ns, known=cfg.known_policy(),
+                            pull=cfg.sync.pull, near=cfg.sync.near)
             if self.loop is not None:
                 self.loop.syncer = syncer
         return syncer
-
-    @staticmethod
-    def _configure_syncer(syncer: Syncer, cfg: Config) -> None:
-        """The live sync keys of ``cfg``, for the syncer's next round."""
-        syncer.configure(cfg.sync_params(), filter_params=cfg.filter_params(),
-                         period=cfg.period_ns, ttl=cfg.ttl_ns, known=cfg.known_policy(),
-                         near=cfg.sync.near)
 
     def _on_round(self, stats: SyncStats) -> None:
         log.debug("sync round", extra={
