@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -77,16 +76,6 @@ def test_reconfigure_keeps_restart_keys_at_their_running_values() -> None:
     assert merged.tables.flows == 4096  # needs a restart
     assert {c.key: c.live for c in old.diff(new)} == {"thresholds.t_f1": True,
                                                        "tables.flows": False}
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger("xpro")
-    saved = (list(root.handlers), root.level, root.propagate)
-    yield None
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    root.propagate = saved[2]
 
 
 @pytest.mark.usefixtures("restore_logging")

@@ -15,7 +15,6 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -78,16 +77,6 @@ def proxy() -> Proxy:
     p.loop = SyncLoop(Syncer(filt, open_store(url), "p1", cfg.sync_params()), 1.0, name="p1")
     p.loop.step()
     return p
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger("xpro")
-    saved = (list(root.handlers), root.level, root.propagate)
-    yield None
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    root.propagate = saved[2]
 
 
 def _no_raw_controls(text: str) -> None:

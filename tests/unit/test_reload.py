@@ -7,11 +7,8 @@ from __future__ import annotations
 import io
 import json
 import logging
-import sys
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -90,20 +87,6 @@ def test_the_pull_mode_takes_a_restart() -> None:
     assert [(c.key, c.live) for c in changes] == [("sync.pull", False)]
     assert p.syncer is not None
     assert p.syncer.partials is not None  # still pulling candidates
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """setup_logging replaces handlers and the exception hooks: put them back."""
-    loggers = [logging.getLogger("xpro"), logging.getLogger()]
-    saved = [(list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
-    hooks = (sys.excepthook, threading.excepthook)
-    yield None
-    for lg, (handlers, level, propagate) in zip(loggers, saved, strict=True):
-        lg.handlers[:] = handlers
-        lg.setLevel(level)
-        lg.propagate = propagate
-    sys.excepthook, threading.excepthook = hooks
 
 
 @pytest.mark.usefixtures("restore_logging")
