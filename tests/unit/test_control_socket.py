@@ -209,3 +209,64 @@ def test_a_socket_path_that_cannot_be_reached_is_one_clear_line(path: str) -> No
     assert "\r" not in r.output
     assert "--socket" in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def old_daemon(sock_path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A daemon of another version on ``sock_path``: it answers every request
+    with ``answers[op]``, replies that lack the fields this CLI prints."""
+    answers: dict[str, Any] = {}
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(sock_path)
+    srv.listen(8)
+    srv.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                op = json.loads(conn.makefile("rb").readline())["op"]
+                conn.sendall(json.dumps({"ok": True, "result": answers[op]}).encode() + b"\n")
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield sock_path, answers
+    finally:
+        stop.set()
+        t.join(5)
+        srv.close()
+
+
+@pytest.mark.parametrize(("args", "op", "answer", "raw"), [
+    (["status"], "status", {"proxy": "p1", "version": "0.0.1"}, True),
+    (["top", "--count", "1"], "status", {"proxy": "p1", "version": "0.0.1"}, False),
+    (["flows"], "flows", [{"src": "10.0.0.1"}], True),
+    (["explain", "10.0.0.1", "10.0.0.2"], "explain", {"verdict": "pass"}, True),
+    (["config", "show", "--running"], "config", {"path": None}, False),
+    (["config", "reload"], "reload", {"changes": [{"key": "thresholds.t_f1"}]}, True),
+])
+def test_a_daemon_of_another_version_is_one_clear_error(
+        old_daemon: tuple[str, dict[str, Any]], args: list[str], op: str, answer: Any,
+        raw: bool) -> None:
+    """Its answer lacks fields this CLI prints: exit 1 and one line that says
+    what to do (and names the daemon's version where it gave one), no
+    traceback; ``--json`` still prints the answer as it came."""
+    path, answers = old_daemon
+    answers[op] = answer
+    r = CliRunner().invoke(cli, [*args, "--socket", path])
+    assert r.exit_code == 1, r.output
+    assert "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1, r.output
+    assert f"answered {op!r} in a form this xpro" in r.output
+    assert "restart it" in r.output
+    assert ("0.0.1" in r.output) == ("version" in answer)
+    assert ("--json" in r.output) == raw
+    if raw:
+        r = CliRunner().invoke(cli, [*args, "--socket", path, "--json"])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.output) == answer

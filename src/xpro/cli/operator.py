@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -56,6 +56,26 @@ def _ask(sock: str, op: str, **args: Any) -> Any:
     from xpro.daemon.control import request
 
     return request(sock, op, **args)
+
+
+@contextlib.contextmanager
+def _reading(sock: str, op: str, reply: Any, *, raw: bool = True) -> Iterator[None]:
+    """Rendering the daemon's answer to ``op``: an answer this CLI cannot read
+    (a daemon of another version, whose replies lack or change fields) is one
+    clear error, not a traceback.  ``raw``: the command has ``--json``."""
+    try:
+        yield
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+        from xpro import __version__
+        from xpro.core.text import printable
+
+        theirs = reply.get("version") if isinstance(reply, dict) else None
+        runs = f"it runs xpro {printable(str(theirs), 40)}" if theirs else "its version is unknown"
+        hint = "; --json prints its answer as it came" if raw else ""
+        raise XproError(
+            f"the daemon on {printable(sock)} answered {op!r} in a form this xpro "
+            f"({__version__}) cannot read ({type(exc).__name__}: {printable(str(exc), 80)}); "
+            f"{runs}: restart it with this version after an upgrade{hint}") from None
 
 
 def _echo_json(obj: Any) -> None:
@@ -330,8 +350,10 @@ def status(sock: str, as_json: bool) -> None:
     st = _ask(sock, "status")
     if as_json:
         _echo_json(st)
-    else:
-        click.echo(format_status(st))
+        return
+    with _reading(sock, "status", st):
+        text = format_status(st)
+    click.echo(text)
 
 
 @click.command()
@@ -359,10 +381,14 @@ def top(sock: str, interval: float, iterations: int | None, limit: int) -> None:
     prev_t = time.monotonic()
 
     def render() -> Group:
-        nonlocal prev, prev_t
         # one read of the flow table a refresh; strings escaped for the terminal and
         # for rich's markup ("[red]" in a peer name is text)
         st = _markup_safe(_safe(_ask(sock, "status", top=limit)), escape)
+        with _reading(sock, "status", st, raw=False):
+            return _render(st)
+
+    def _render(st: dict[str, Any]) -> Group:
+        nonlocal prev, prev_t
         flows = st.get("top_sources", [])
         now = time.monotonic()
         dt = max(now - prev_t, 1e-6)
@@ -431,10 +457,10 @@ def flows(sock: str, as_json: bool, src: str | None, dst: str | None, sort: str,
     rows = _ask(sock, "flows", src=src, dst=dst, sort=sort, limit=limit or None)
     if as_json:
         _echo_json(rows)
-    elif rows:
-        click.echo(_flows_table(rows))
-    else:
-        click.echo("no flows match")
+        return
+    with _reading(sock, "flows", rows):
+        text = _flows_table(_safe(rows)) if rows else "no flows match"
+    click.echo(text)
 
 
 @click.command()
@@ -460,10 +486,13 @@ def explain(sock: str, as_json: bool, src: str, dst: str, proto: str) -> None:
     parse_endpoint(dst, what="destination")
     res = _ask(sock, "explain", src=src, dst=dst, proto=17 if proto == "udp" else 6)
     if as_json:
-        res.pop("text", None)
+        if isinstance(res, dict):
+            res.pop("text", None)
         _echo_json(res)
-    else:
-        click.echo(res["text"])
+        return
+    with _reading(sock, "explain", res):
+        text = str(res["text"])
+    click.echo(text)
 
 
 # ---------------------------------------------------------------------------
@@ -547,10 +576,10 @@ def config_show(config_path: str | None, running: bool, sock: str, as_json: bool
     overrides = overrides_from_click(params)
     if running:
         res = _ask(sock, "config")
-        if as_json:
-            _echo_json(res["values"])
-        else:
-            click.echo(res["toml"], nl=False)
+        with _reading(sock, "config", res, raw=False):
+            out = json.dumps(res["values"], indent=2, sort_keys=True, default=str) \
+                if as_json else str(res["toml"])
+        click.echo(out, nl=not out.endswith("\n"))
         return
     cfg = load_config(config_path, overrides=overrides)
     if as_json:
@@ -606,11 +635,10 @@ def config_reload(sock: str, as_json: bool) -> None:
     if as_json:
         _echo_json(res)
         return
-    changes = res["changes"]
-    if not changes:
-        click.echo("reloaded: nothing changed")
-    for c in changes:
-        how = "applied" if c["live"] else "needs a restart, not applied"
-        click.echo(f"{c['key']}: {c['old']} -> {c['new']} ({how})")
+    with _reading(sock, "reload", res):
+        lines = [f"{c['key']}: {c['old']} -> {c['new']} "
+                 f"({'applied' if c['live'] else 'needs a restart, not applied'})"
+                 for c in res["changes"]]
+    click.echo("\n".join(lines) or "reloaded: nothing changed")
 
 
