@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from xpro import config as C
+from xpro.cli import cli
 from xpro.config import Config, InvalidConfig, load_config
 from xpro.config import kinds as K
 from xpro.core.layout import DST_ADDR_PORT, MALFORMED_PASS, MODE_ENFORCE, MODE_MONITOR
@@ -355,6 +356,27 @@ def test_environment_and_command_line_messages() -> None:
         'command line: filter.mode = "loud" (XPRO_FILTER_MODE): must be one of "enforce" or '
         '"monitor"',
     )
+
+
+def test_a_variable_one_typo_from_a_configuration_variable_is_warned_about() -> None:
+    """Outside every section's prefix an ``XPRO_*`` name may be click's or a
+    plugin's, so it is not refused; but one that is a typo of a configuration
+    variable (the section misspelled) would silently change nothing: it is
+    a warning that names the variable meant.  Other ``XPRO_*`` names are not."""
+    cfg = load_config(None, env={"XPRO_THRESHOLD_T_F1": "50", "XPRO_SNYC_PERIOD": "2",
+                                 "XPRO_LAB_RUN_DURATION": "3", "XPRO_DEBUG": "1",
+                                 "XPRO_ADMIN_PASSWORD": "x", "XPRO_TEST_TIMEOUT": "9"})
+    assert cfg.thresholds.t_f1 == 100  # ignored, as before
+    assert cfg.notes == (
+        "environment: XPRO_SNYC_PERIOD is not a configuration variable and is ignored; did "
+        "you mean XPRO_SYNC_PERIOD?",
+        "environment: XPRO_THRESHOLD_T_F1 is not a configuration variable and is ignored; "
+        "did you mean XPRO_THRESHOLDS_T_F1?")
+    assert set(cfg.notes) <= set(cfg.warnings())
+    assert load_config(None, env={"XPRO_LAB_RUN_DURATION": "3", "XPRO_DEBUG": "1"}).notes == ()
+    r = CliRunner().invoke(cli, ["config", "show"], env={"XPRO_THRESHOLD_T_F1": "50"})
+    assert r.exit_code == 0, r.output
+    assert "warning: environment: XPRO_THRESHOLD_T_F1 is not a configuration variable" in r.stderr
 
 
 def test_tls_cert_needs_its_key(tmp_path: Path) -> None:

@@ -149,11 +149,17 @@ def run(config_path: str | None, **params: Any) -> None:
     try:
         overrides = overrides_from_click(params)
 
-        def source() -> Any:
-            return load_config(config_path, overrides=overrides)
+        def noted(cfg: Any) -> Any:
+            for note in cfg.notes:  # at start, and at each reload
+                logging.getLogger("xpro").warning("%s", note, extra={"event": "config_note"})
+            return cfg
 
-        config = source()
+        def source() -> Any:
+            return noted(load_config(config_path, overrides=overrides))
+
+        config = load_config(config_path, overrides=overrides)
         setup_logging(config.log.format, config.log.level)
+        noted(config)
         require_root("xpro run", "it loads, attaches and pins the XDP program, then drops "
                      "every capability; the systemd unit in packaging/ runs it so")
         old.update({s: signal.signal(s, on_term) for s in (signal.SIGTERM, signal.SIGINT)})
@@ -582,6 +588,8 @@ def config_show(config_path: str | None, running: bool, sock: str, as_json: bool
         click.echo(out, nl=not out.endswith("\n"))
         return
     cfg = load_config(config_path, overrides=overrides)
+    for w in cfg.warnings():
+        click.echo(f"warning: {w}", err=True)
     if as_json:
         _echo_json(cfg.effective_config(with_sources=sources))
     else:

@@ -128,6 +128,12 @@ COMMAND_ENV_NAMES = frozenset({
     "XPRO_STORE_USER_USER",
 })
 
+#: How close (difflib's ratio) an ``XPRO_*`` name outside every section's
+#: prefix must be to a configuration variable to be warned about:
+#: ``XPRO_THRESHOLD_T_F1`` (0.97) and ``XPRO_SYNC_PERIOD`` spelled
+#: ``XPRO_SNYC_PERIOD`` (0.94) are; click's ``XPRO_LAB_RUN_DURATION`` is not.
+NEAR_ENV_NAME = 0.85
+
 #: A configuration file is a few kilobytes; more is not one (a device, a log).
 MAX_CONFIG_BYTES = 1 << 20
 
@@ -156,6 +162,7 @@ class _Loader:
     values: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     bases: dict[str, Path | None] = field(default_factory=dict)
     #: Keys some layer gave a bad value: no default, no rule checks.
     broken: set[str] = field(default_factory=set)
@@ -236,10 +243,17 @@ class _Loader:
             raw = self.env[name]
             opt = _BY_ENV.get(name)
             if opt is None:
-                if (name.startswith(prefixes) and name != PASSWORD_ENV
-                        and name not in COMMAND_ENV_NAMES):
+                if name in COMMAND_ENV_NAMES or name in (PASSWORD_ENV, PATH_ENV):
+                    continue
+                if name.startswith(prefixes):
                     self.problems.append(f"environment: unknown variable {name}"
                                          f"{_suggest(name, _BY_ENV)}")
+                elif name.startswith(ENV_PREFIX) and (close := difflib.get_close_matches(
+                        name, list(_BY_ENV), n=1, cutoff=NEAR_ENV_NAME)):
+                    # Outside every section's prefix the name may be click's or a
+                    # plugin's (the prefix is shared): not refused, but said.
+                    self.notes.append(f"environment: {name} is not a configuration variable "
+                                      f"and is ignored; did you mean {close[0]}?")
                 continue
             try:
                 value = opt.kind.from_text(raw)
@@ -368,7 +382,8 @@ def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None
     }
     return Config(**sections, store_password=password,
                   sources=MappingProxyType(dict(loader.sources)),
-                  path=file.resolve() if file is not None else None)
+                  path=file.resolve() if file is not None else None,
+                  notes=tuple(loader.notes))
 
 
 def default_config() -> Config:

@@ -698,6 +698,9 @@ class Config:
     store_password: Secret | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     path: Path | None = field(default=None, compare=False)
+    #: What loading noticed but did not refuse (an ``XPRO_*`` variable that
+    #: only looks like a configuration variable); part of :meth:`warnings`.
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
     # --- values ------------------------------------------------------------
 
@@ -752,10 +755,12 @@ class Config:
         return f"Config({body}{pw})"
 
     def warnings(self) -> tuple[str, ...]:
-        """What is allowed but unsafe (``xpro config check`` prints it, the stores log it).
+        """What is allowed but unsafe or likely a mistake (``xpro config check``
+        and ``config show`` print it, ``xpro run`` logs it).
 
-        Today: a store password sent over a plaintext URL (``redis://``,
-        ``etcd://``): use TLS.
+        A store password sent over a plaintext URL (``redis://``,
+        ``etcd://``): use TLS.  And :attr:`notes`: an ``XPRO_*`` variable
+        that is ignored but one letter or two from a configuration variable.
         """
         try:
             in_url = split_url(self.store.url).password is not None
@@ -763,7 +768,7 @@ class Config:
             in_url = False
         w = plaintext_password_warning(self.store.url,
                                        in_url or self.store_password is not None)
-        return (w,) if w else ()
+        return (*self.notes, w) if w else self.notes
 
     # --- runtime objects ------------------------------------------------------
 
