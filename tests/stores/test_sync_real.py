@@ -211,6 +211,49 @@ def test_merge_interrupted_is_replayed_exactly_once(server_factory: Servers, whe
         store.close()
 
 
+@pytest.mark.parametrize("kind", ["redis", "etcd"])
+def test_a_stop_cuts_short_a_round_blocked_on_a_master_that_stopped_answering(
+        server_factory: Servers, kind: str) -> None:
+    """The master is frozen (SIGSTOP: connections stay open, nothing answers),
+    so a round blocks until the store's timeout.  The stop cuts it short by
+    closing the store under it, within its grace: the loop's thread is gone
+    when stop returns, so the daemon releases nothing a round still uses, and
+    the cut is no outage (no alert, no failure)."""
+    import signal
+    import time
+
+    from xpro.sync import SyncLoop
+
+    srv = server_factory.redis() if kind == "redis" else server_factory.etcd()[0]
+    url, mesh = f"{kind}://127.0.0.1:{srv.port}", f"t{uuid.uuid4().hex[:8]}"
+    filt = XdpFilter(PARAMS, sizes=SIZES)
+    store = open_store(url, mesh=mesh, options={"timeout": 8})
+    alerts: list[str] = []
+    loop = SyncLoop(Syncer(filt, store, "p0", SYNC), period=0.05,
+                    on_alert=lambda kind, msg: alerts.append(kind))
+    assert srv.proc is not None
+    try:
+        loop.start()
+        deadline = time.monotonic() + 20
+        while loop.status.rounds < 2:
+            assert time.monotonic() < deadline, "rounds"
+            time.sleep(0.02)
+        os.kill(srv.proc.pid, signal.SIGSTOP)
+        time.sleep(0.5)  # the next round is blocked on the frozen master
+        start = time.monotonic()
+        loop.stop(timeout=5, interrupt=store.close)
+        took = time.monotonic() - start
+        assert not loop.running, "the round still runs after the stop"
+        assert took < 4, took  # not the store's 8-s timeout
+    finally:
+        os.kill(srv.proc.pid, signal.SIGCONT)
+        loop.stop()
+        filt.close()
+        store.close()
+    assert alerts == []
+    assert loop.status.failures == 0, loop.status.last_error
+
+
 def test_sync_loop_backs_off_alerts_and_recovers(server_factory: Servers) -> None:
     """The loop as the daemon runs it, on the real clock: the master goes away,
     filtering goes on, the loop says so once, backs off, and catches up."""

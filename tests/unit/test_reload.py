@@ -246,3 +246,42 @@ def test_a_lock_directory_that_cannot_be_written_is_one_clear_error(
     monkeypatch.setattr(proxy_mod, "RUN_DIR", tmp_path / "file" / "run")
     with pytest.raises(XproError, match="ReadWritePaths"):
         RunLock("pin_dir", "/sys/fs/bpf/xpro")
+
+
+@pytest.mark.parametrize(("error", "says"), [
+    ("config", "master store unusable: a mesh of encoding 9"),
+    ("bug", "sync round failed: KeyError"),
+])
+def test_a_store_that_cannot_be_used_or_a_failing_round_is_the_sync_down(
+        error: str, says: str) -> None:
+    """A connection that fails with a ConfigError (the master holds a mesh of
+    another encoding, an option the store refuses) or a round that fails on a
+    bug was retried with the status still healthy and no alert: ``xpro
+    status`` said the store was "ok" while the proxy filtered alone.  Now it
+    is unhealthy, with one store_down alert, and recovers like an outage."""
+    from xpro.errors import ConfigError
+
+    _, filt = _proxy(_config(), f"memory://{uuid.uuid4().hex}", "a")
+    store = open_store(f"memory://{uuid.uuid4().hex}")
+    broken = [True]
+
+    def connect() -> Syncer:
+        if broken[0]:
+            if error == "config":
+                raise ConfigError("a mesh of encoding 9 is in this store")
+            raise KeyError("a bug")
+        return Syncer(filt, store, "a", _config().sync_params())
+
+    alerts: list[tuple[str, str]] = []
+    loop = SyncLoop(connect, 0.01, name="a", max_backoff=0.02,
+                    on_alert=lambda kind, msg: alerts.append((kind, msg)))
+    for _ in range(3):
+        loop.step()
+    assert not loop.status.healthy
+    assert says in str(loop.status.last_error)
+    assert [k for k, _ in alerts] == ["store_down"]
+    assert says in alerts[0][1]
+    broken[0] = False
+    loop.step()
+    assert loop.status.healthy
+    assert [k for k, _ in alerts] == ["store_down", "store_up"]

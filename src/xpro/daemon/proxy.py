@@ -304,7 +304,13 @@ class Proxy:
         self._running = False
         self._stop.set()
         if self.loop is not None:
-            self.loop.stop()
+            # A round blocked on a master that stopped answering is cut short
+            # (its store closed under it), not left running while the maps
+            # and the store are released below.
+            self.loop.stop(interrupt=self._close_store)
+            if self.loop.running:
+                log.warning("the sync round did not end within 10 s of the stop; "
+                            "stopping anyway", extra={"event": "stop_sync_running"})
         for t in self._threads:
             t.join(10)
         self._threads.clear()
@@ -312,6 +318,11 @@ class Proxy:
         self._release(keep=keep)
         log.info("stopped", extra={"event": "stopped", "proxy": self.name,
                                    "kept": keep})
+
+    def _close_store(self) -> None:
+        store = self.store
+        if store is not None:
+            store.close()
 
     def _release(self, *, keep: bool) -> None:
         if self._control is not None:

@@ -152,6 +152,7 @@ class EtcdStore(Store):
         self._replay_stamp = 0
         self._lock = threading.RLock()
         self._channels: list[Any] = [None] * len(self.endpoints)
+        self._closed = False
         self._current = random.randrange(len(self.endpoints))
         self._token: str | None = None
         p = b"xpro/" + self.mesh.encode() + b"/"
@@ -221,6 +222,8 @@ class EtcdStore(Store):
     # ------------------------------------------------------------------
 
     def _channel(self, i: int) -> Any:
+        if self._closed:
+            raise StoreUnavailable(f"etcd store at {self.where}: closed")
         ch = self._channels[i]
         if ch is None:
             _, grpc = _etcd()
@@ -1063,6 +1066,9 @@ class EtcdStore(Store):
         self._rpc(lambda stub, md: stub.Range(req, timeout=self.timeout, metadata=md), "ping")
 
     def close(self) -> None:
+        """Close the channels, for good: a call in flight on them (from another
+        thread) is cancelled, and every later call raises StoreUnavailable."""
+        self._closed = True
         with self._lock:
             for i, ch in enumerate(self._channels):
                 if ch is not None:

@@ -197,6 +197,7 @@ class RedisStore(Store):
         self._op = 0
         self._replay: Replay | None = None
         self._conn: _Conn | None = None
+        self._closed = False
         self._epoch: str | None = None
         #: The rule of the last judged merge: expire moves partials by it too.
         self._rule: PullRule | None = None
@@ -340,6 +341,8 @@ class RedisStore(Store):
                 log.debug("closing the redis connection failed", exc_info=True)
 
     def _connection(self) -> _Conn:
+        if self._closed:
+            raise StoreUnavailable(f"redis store at {self.where}: closed")
         if self._conn is None:
             redis = _redis()
             kw = self._client_kwargs()
@@ -1114,6 +1117,9 @@ class RedisStore(Store):
                 conn.single.ping()
 
     def close(self) -> None:
+        """Close the connections, for good: a call blocked on them (from another
+        thread) fails at once, and every later call raises StoreUnavailable."""
+        self._closed = True
         self._drop_connection()
 
     # ------------------------------------------------------------------

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from xpro.core.alert import AlertKind
 from xpro.core.status import SyncStats, SyncStatus
-from xpro.errors import StoreError
+from xpro.errors import StoreError, XproError
 from xpro.sync.round import Syncer
 
 __all__ = ["SyncLoop"]
@@ -64,16 +64,12 @@ class SyncLoop:
                 assert self._connect is not None
                 self.syncer = self._connect()
             st = self.syncer.round()
-        except StoreError as exc:
-            if self.status.healthy:
-                self.status.healthy = False
-                log.error("sync %s: master store unreachable, filtering on local state: %s",
-                          self.name, exc)
-                self._alert("store_down", f"master store unreachable: {exc}")
-            return self._failed(str(exc))
         except Exception as exc:
-            log.exception("sync %s: the round failed; retrying", self.name)
-            return self._failed(f"{type(exc).__name__}: {exc}")
+            if self._stop.is_set():  # the stop cut the round short (stop's interrupt)
+                log.info("sync %s: the round in progress was cut short by the stop (%s)",
+                         self.name, exc)
+                return 0.0
+            return self._round_failed(exc)
         if not self.status.healthy:
             log.warning("sync %s: master store back after %d failed rounds", self.name,
                         self.status.failures)
@@ -90,6 +86,24 @@ class SyncLoop:
             except Exception:  # a listener must not stop the sync
                 log.exception("sync %s: the round's listener failed", self.name)
         return max(0.0, self.period - st.seconds)
+
+    def _round_failed(self, exc: Exception) -> float:
+        """Any failed round (or connection) is the mesh's sync down: unhealthy,
+        one ``store_down`` alert, retried with backoff.  A store that cannot
+        be reached, one that cannot be used (a ``ConfigError`` at connect: a
+        mesh of another encoding, an option the store refuses) or a bug."""
+        if isinstance(exc, StoreError):
+            why = f"master store unreachable: {exc}"
+        elif isinstance(exc, XproError):
+            why = f"master store unusable: {exc}"
+        else:
+            why = f"sync round failed: {type(exc).__name__}: {exc}"
+            log.error("sync %s: the round failed; retrying", self.name, exc_info=exc)
+        if self.status.healthy:
+            self.status.healthy = False
+            log.error("sync %s: %s; filtering on local state", self.name, why)
+            self._alert("store_down", why)
+        return self._failed(why)
 
     def _alert(self, kind: AlertKind, message: str) -> None:
         if self.on_alert is not None:
@@ -109,8 +123,29 @@ class SyncLoop:
                                         daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0, *, interrupt: Callable[[], None] | None = None,
+             grace: float = 1.0) -> None:
+        """Stop after the round in progress.  A round still running after
+        ``grace`` seconds is blocked (on a master that stopped answering:
+        up to the store's timeout and retry time): ``interrupt`` (the store's
+        ``close``) cuts it short, so that the caller does not release what
+        the round still uses.  Waits at most ``timeout`` seconds in all."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        t = self._thread
+        if t is None:
+            return
+        t.join(min(grace, timeout))
+        if t.is_alive() and interrupt is not None:
+            log.info("sync %s: a round is still running at the stop; cutting it short",
+                     self.name)
+            try:
+                interrupt()
+            except Exception:  # the stop goes on
+                log.exception("sync %s: interrupting the round failed", self.name)
+        t.join(max(0.0, timeout - grace))
+
+    @property
+    def running(self) -> bool:
+        """Whether the loop's thread is alive (a stop that timed out leaves it so)."""
+        return self._thread is not None and self._thread.is_alive()
 
