@@ -611,6 +611,12 @@ static __always_inline int apply_flow(struct xpro_apply *a)
 			return XPRO_APPLY_APPLIED;
 		return XPRO_APPLY_RACED;
 	}
+	/* A cut (the merge's divide by r) is a negative delta.  One larger than
+	 * the count is not for this record: the round read another, which the
+	 * LRU evicted and a packet created again since (gen 0 again).  Next
+	 * round, not a wrapped count (docs/semantics.rst, "Record ownership"). */
+	if (a->c_delta < 0 && f->c < (__u64)0 - (__u64)a->c_delta)
+		return XPRO_APPLY_RACED;
 	__sync_fetch_and_add(&f->c, a->c_delta);
 	if (a->ts1)
 		f->ts1 = a->ts1;
@@ -644,6 +650,12 @@ static __always_inline int apply_dst(struct xpro_apply *a)
 			return XPRO_APPLY_APPLIED;
 		return XPRO_APPLY_RACED;
 	}
+	/* The same for an aggregate a packet reset since the round read it
+	 * (idle over T_T1): its c* and kc are not what the deltas were taken
+	 * from.  The next recompute writes it. */
+	if ((a->c_delta < 0 && d->c < (__u64)0 - (__u64)a->c_delta) ||
+	    ((__s64)a->base_c < 0 && d->kc < (__u64)0 - a->base_c))
+		return XPRO_APPLY_RACED;
 	__sync_fetch_and_add(&d->c, a->c_delta);
 	__sync_fetch_and_add(&d->kc, a->base_c); /* the kc delta, two's complement */
 	if (a->ts1)

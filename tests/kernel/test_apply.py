@@ -16,7 +16,11 @@ from tests.packets import frame
 from xpro.bpf import BpfObject, object_path
 from xpro.core import layout as L
 from xpro.core import model
+from xpro.core.params import Sizes
 from xpro.core.state import apply_entries
+from xpro.datapath.afxdp.filter import UserFilter
+from xpro.datapath.xdp import XdpFilter
+from xpro.sync.round import _flow_updates
 
 pytestmark = pytest.mark.kernel
 
@@ -144,3 +148,99 @@ def test_keep_base_adds_packets_as_this_proxys_own(prog: Prog) -> None:
     assert list(res) == [0]
     f = prog.flows[KEY]
     assert (int(f["c"]), int(f["base_c"]), int(f["ts2"])) == (50, 10, T0 + S)
+
+
+class _Both:
+    """The kernel program (XdpFilter) or the AF_XDP filter, one packet at a time."""
+
+    def __init__(self, backend: str, p: model.FilterParams) -> None:
+        sizes = Sizes(flows=4096, dsts=1024, prefixes=64, known=1024)
+        self.kernel = backend == "kernel"
+        self.f: XdpFilter | UserFilter = (XdpFilter if self.kernel else UserFilter)(
+            p, sizes=sizes)
+
+    def send(self, fr: bytes, now: int) -> int:
+        if isinstance(self.f, UserFilter):
+            return int(self.f.process_frames([fr], now)[0][0])
+        self.f.set_clock(now)
+        return int(self.f.program.test_run(fr, data_out=False).retval)
+
+    def evict(self, key: np.ndarray) -> None:
+        if isinstance(self.f, UserFilter):
+            slots = self.f.flows.find(key)
+            self.f.flows.delete(slots[slots >= 0])
+        else:
+            del self.f.flows[key.tobytes()]
+
+PASS = 2
+
+
+@pytest.mark.parametrize("backend", ["kernel", "afxdp"])
+def test_a_cut_for_a_record_created_again_since_the_read_is_refused(backend: str) -> None:
+    """The round reads a client's record (gen 0), the LRU evicts it under a
+    flood and the client's next packet creates it again (gen 0 again); the
+    merge's cut (a negative delta) then arrives.  Added, it wrapped the count
+    to about 2**64: the kernel dropped the client, the AF_XDP filter (which
+    reads it signed) passed everything.  Now both refuse it (next round), and
+    the client passes."""
+    p = model.FilterParams(t_f1=100, t_f2=10_000)
+    b = _Both(backend, p)
+    try:
+        client = frame("192.0.2.10", "10.9.9.1")
+        key = np.frombuffer(model.flow_key(model.parse(client, 0), p), dtype=L.FLOW_KEY)
+        t = T0
+        for i in range(120):  # 20 packets/s for 6 s, under T_F1
+            t = T0 + i * S // 20
+            assert b.send(client, t) == PASS
+        _, recs = b.f.read(key)
+        assert int(recs["c"][0]) == 120
+        final = np.zeros(1, dtype=[("ts1", "<u8"), ("ts2", "<u8"), ("c", "<u8")])
+        final["ts1"], final["ts2"], final["c"] = recs["ts1"] + 3 * S, recs["ts2"], 60
+        b.evict(key)
+        t += S // 20
+        assert b.send(client, t) == PASS  # created again: c = 1, gen 0
+        res = b.f.apply(_flow_updates(key, recs, final))
+        assert res.tolist() == [1]  # RACED
+        _, after = b.f.read(key)
+        assert int(after["c"][0]) == 1
+        assert [b.send(client, t + (j + 1) * S // 20) for j in range(3)] == [PASS] * 3
+        # the same cut on the record it was read from is applied
+        _, now = b.f.read(key)
+        res = b.f.apply(_flow_updates(key, now, np.array(
+            [(now["ts1"][0], now["ts2"][0], 2)], dtype=final.dtype)))
+        assert res.tolist() == [0]
+        assert int(b.f.read(key)[1]["c"][0]) == 2
+    finally:
+        b.f.close()
+
+
+@pytest.mark.parametrize("backend", ["kernel", "afxdp"])
+def test_a_cut_for_an_aggregate_reset_since_the_read_is_refused(backend: str) -> None:
+    """The recompute reads a destination's aggregate; a packet after T_T1 of
+    quiet resets it (c* = 0); the recompute's cut then arrives.  Added, it
+    wrapped c* and closed the destination to every new source (kernel).  Now
+    both refuse it; the next recompute writes the aggregate."""
+    p = model.FilterParams(t_f1=100, t_f2=10_000)
+    b = _Both(backend, p)
+    try:
+        dk = np.frombuffer(model.parse(frame("192.0.2.77", "10.9.9.2"), 0).dst,
+                           dtype=L.DST_KEY)
+        t = T0 + 100 * S
+        for i in range(50):
+            b.send(frame(f"198.51.100.{i + 1}", "10.9.9.2"), t + i * S // 100)
+        _, cur = b.f.read_dsts_of(dk)
+        assert int(cur["c"][0]) == 50
+        t2 = t + S // 2 + p.t_t1 + 1
+        b.send(frame("198.51.100.200", "10.9.9.2"), t2)  # reset: c* = 1
+        fk = np.zeros(1, dtype=L.FLOW_KEY)
+        fk["dst"] = dk
+        for c_delta, kc_delta in ((10 - 50, 0), (0, -5)):
+            res = b.f.apply(apply_entries(fk, DST_OP, c_delta=c_delta, ts1=0,
+                                          ts2=int(cur["ts2"][0]), kc_delta=kc_delta))
+            assert res.tolist() == [1]  # RACED
+        _, d = b.f.read_dsts_of(dk)
+        assert (int(d["c"][0]), int(d["kc"][0])) == (1, 0)
+        assert [b.send(frame(f"203.0.113.{j + 1}", "10.9.9.2"), t2 + 2 * S + j)
+                for j in range(3)] == [PASS] * 3
+    finally:
+        b.f.close()

@@ -848,6 +848,14 @@ class UserFilter:
             t.delete(sd[gone])
             e["result"][rd] = np.where(gone, APPLIED, GEN_MISMATCH)
         ru, su = rh[~dele], sh[~dele]
+        # A negative delta larger than the count (the kc delta's too) is not
+        # for this record: read before an eviction or a reset (the kernel's
+        # apply_flow and apply_dst).
+        under = _under(t.vals["c"][su], e["c_delta"][ru])
+        if not flows:
+            under |= _under(t.vals["kc"][su], e["base_c"][ru].view(np.int64))
+        e["result"][ru[under]] = GEN_MISMATCH
+        ru, su = ru[~under], su[~under]
         if len(ru):
             vals = t.vals[su]
             vals["c"] = (vals["c"].astype(np.int64) + e["c_delta"][ru]).astype(np.uint64)
@@ -1342,6 +1350,13 @@ class _AddrPass:
             f._judge(self.fkeys, a.s, idx[a.s], a.tss, judged, self.warn, self.cnt, a.dwin,
                      L.EventKind.DST_OVERLOAD, action, reason, events, closed=~self.over)
 
+
+
+def _under(count: Array, delta: Array) -> Array:
+    """Where a signed ``delta`` would take an unsigned ``count`` below zero."""
+    d = np.asarray(delta, dtype=np.int64)
+    out: Array = (d < 0) & (count < (-(d + 1)).astype(np.uint64) + np.uint64(1))
+    return out
 
 
 def _max_store(cur: Array, v: Array) -> Array:
