@@ -293,6 +293,13 @@ BAD_TOML = [
         "[proxy]\nbackend = 'afxdp'\n[afxdp]\nparsers = ['coap']\n",
         'afxdp.coap_names = [] (XPRO_AFXDP_COAP_NAMES; default): the coap parser keys only '
         "the targets listed in afxdp.coap_names", id="cross-coap-names"),
+    pytest.param(  # passed, then the daemon failed at start
+        "[proxy]\nbackend = 'afxdp'\n",
+        'proxy.backend = "afxdp" sends the frames it passes out of afxdp.egress',
+        id="cross-afxdp-egress"),
+    pytest.param(  # passed, then the etcd store refused the option at every connect
+        "[store]\nurl = 'etcds://10.0.0.5:2379'\ntls_verify = false\n",
+        "store.tls_verify = false is for rediss:// only", id="cross-etcd-verify"),
 ]
 
 
@@ -439,7 +446,22 @@ def test_password_file_and_env_precedence(tmp_path: Path) -> None:
     empty = write(tmp_path, "\n", "empty")
     assert problems(env={"XPRO_STORE_PASSWORD_FILE": str(empty)}) == (
         f'env XPRO_STORE_PASSWORD_FILE: store.password_file = "{empty}" '
-        "(XPRO_STORE_PASSWORD_FILE): the file is empty",)
+        "(XPRO_STORE_PASSWORD_FILE): its first line is empty (the password is the file's "
+        "first line)",)
+
+
+def test_a_password_file_is_read_to_its_first_line_by_every_reader(tmp_path: Path) -> None:
+    """The docs say "its first line": the loader and the stores read the whole
+    file, so a note on a second line became part of the password (and the
+    daemon failed to authenticate with what `xpro store user` had set, which
+    took the first line)."""
+    from xpro.stores._common import resolve_password
+
+    pw = write(tmp_path, "s3cret\r\n# rotated 2026-12-07\n", "store.password")
+    cfg = load_config(None, env={"XPRO_STORE_PASSWORD_FILE": str(pw)})
+    assert cfg.store_password is not None
+    assert cfg.store_password.reveal() == "s3cret"
+    assert resolve_password(None, {"password_file": str(pw)}) == "s3cret"
 
 
 def test_password_in_url_is_masked() -> None:
@@ -760,7 +782,8 @@ def test_example_config_loads_and_shows_every_key() -> None:
 
 
 def test_coap_names_are_kept_in_canonical_form(tmp_path: Path) -> None:
-    path = write(tmp_path, "[proxy]\nbackend = 'afxdp'\n[afxdp]\nparsers = ['coap']\n"
+    path = write(tmp_path, "[proxy]\nbackend = 'afxdp'\n[afxdp]\negress = 'eth1'\n"
+                           "parsers = ['coap']\n"
                            "coap_names = ['Victim.Example.', 'v%69ctim.example:5684', "
                            "'[2001:DB8::1]:5683', 'BÜCHER.example']\n")
     cfg = load_config(path, env={})
@@ -791,3 +814,16 @@ def test_a_config_path_that_is_no_file_is_refused_at_once(tmp_path: Path) -> Non
                 load_config(path, env={})
     finally:
         os.close(r)
+
+
+def test_tls_files_with_a_plaintext_url_are_a_warning(tmp_path: Path) -> None:
+    """``tls_ca`` with ``redis://`` looked like TLS and was clear text, with no word."""
+    ca = write(tmp_path, "pem", "ca.pem")
+    for url, tls in (("redis://10.0.0.5:6379", "rediss"), ("etcd://10.0.0.5:2379", "etcds")):
+        cfg = load_config(None, env={"XPRO_STORE_URL": url, "XPRO_STORE_TLS_CA": str(ca)})
+        assert cfg.warnings() == (
+            f"store.tls_ca is set but store.url is {url.split(':')[0]}://, which does not use "
+            f"TLS: the connection is in clear text; use {tls}://",)
+        secure = load_config(None, env={"XPRO_STORE_URL": url.replace(url.split(":")[0], tls),
+                                        "XPRO_STORE_TLS_CA": str(ca)})
+        assert secure.warnings() == ()

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from xpro.config import Secret, click_options, load_config, overrides_from_click
-from xpro.config.kinds import split_url
+from xpro.config.kinds import read_password_file, split_url
 from xpro.core.text import printable
 from xpro.errors import ConfigError
 
@@ -63,11 +63,12 @@ def _open(config_path: str | None, admin_user: str | None, admin_password_file: 
             if k not in ("username", "password", "password_file")}
     password: str | None = None
     if admin_password_file is not None:
+        why = "its first line is empty"
         try:
-            password = Path(admin_password_file).read_text().splitlines()[0]
-        except (OSError, IndexError, UnicodeDecodeError) as exc:
-            why = (getattr(exc, "strerror", None) or
-                   ("not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "it is empty"))
+            password = read_password_file(admin_password_file) or None
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or "not UTF-8 text"
+        if password is None:
             raise ConfigError(f"--admin-password-file {printable(admin_password_file)}: cannot "
                               f"read the password ({why})") from None
     elif os.environ.get(ADMIN_PASSWORD_ENV):
@@ -95,9 +96,9 @@ def _password_for(path: Path) -> tuple[Secret, bool]:
     """The password in ``path`` if it holds one, else a new one written there."""
     try:
         if path.exists():
-            lines = path.read_text().splitlines()
-            if lines and lines[0]:
-                return Secret(lines[0]), False
+            first = read_password_file(path)
+            if first:
+                return Secret(first), False
         value = secrets.token_urlsafe(32)
         _write_secret(path, value)
     except (OSError, UnicodeDecodeError) as exc:

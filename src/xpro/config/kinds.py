@@ -47,6 +47,7 @@ __all__ = [
     "check_memory_url",
     "mask_url",
     "plaintext_password_warning",
+    "read_password_file",
     "redact",
     "remember_secret",
     "split_hosts",
@@ -508,6 +509,13 @@ def redact(text: str) -> str:
         if form in text:
             text = text.replace(form, "***")
     return text
+
+
+def read_password_file(path: str | os.PathLike[str]) -> str:
+    """The password in a password file: its first line (without its line end),
+    "" if there is none.  A second line (a comment, a note) is not part of it.
+    Raises OSError or UnicodeDecodeError (not UTF-8) for the caller to word."""
+    return Path(path).read_text().split("\n", 1)[0].rstrip("\r")
 
 
 #: Schemes that send the password in clear text, and the TLS scheme to use instead.

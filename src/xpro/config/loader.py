@@ -25,6 +25,7 @@ from xpro.config.kinds import (
     _toml_str,
     _toml_value,
     mask_url,
+    read_password_file,
     remember_secret,
     split_url,
 )
@@ -328,7 +329,7 @@ class _Loader:
         if pf is None:
             return None
         try:
-            text = Path(pf).read_text().rstrip("\r\n")
+            text = read_password_file(pf)
         except (OSError, UnicodeDecodeError) as exc:
             why = getattr(exc, "strerror", None) or "not UTF-8 text"
             self.bad(self.sources["store.password_file"], _BY_KEY["store.password_file"],
@@ -336,7 +337,8 @@ class _Loader:
             return None
         if not text:
             self.bad(self.sources["store.password_file"], _BY_KEY["store.password_file"],
-                     "store.password_file", _toml_str(pf), "the file is empty")
+                     "store.password_file", _toml_str(pf),
+                     "its first line is empty (the password is the file's first line)")
             return None
         self.sources["store.password"] = f"file {pf}"
         return Secret(text)

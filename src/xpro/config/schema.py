@@ -16,6 +16,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 from xpro.config.kinds import (
     ENV_PREFIX,
+    PLAINTEXT_SCHEMES,
     Boolean,
     Choice,
     FilePath,
@@ -768,7 +769,17 @@ class Config:
             in_url = False
         w = plaintext_password_warning(self.store.url,
                                        in_url or self.store_password is not None)
-        return (*self.notes, w) if w else self.notes
+        out = [*self.notes, *([w] if w else [])]
+        tls = [k for k in ("tls_ca", "tls_cert") if getattr(self.store, k) is not None]
+        try:
+            scheme = split_url(self.store.url).scheme
+        except ValueError:
+            scheme = ""
+        if tls and scheme in PLAINTEXT_SCHEMES:
+            out.append(f"store.{tls[0]} is set but store.url is {scheme}://, which does not "
+                       f"use TLS: the connection is in clear text; use "
+                       f"{PLAINTEXT_SCHEMES[scheme]}://")
+        return tuple(out)
 
     # --- runtime objects ------------------------------------------------------
 
@@ -982,6 +993,24 @@ def _coap_names(v: Mapping[str, Any]) -> str | None:
             "request keys on its IP destination): list the CoAP services behind this proxy")
 
 
+def _afxdp_egress(v: Mapping[str, Any]) -> str | None:
+    if v["proxy.backend"] != "afxdp" or v["afxdp.egress"]:
+        return None
+    return ('proxy.backend = "afxdp" sends the frames it passes out of afxdp.egress: name '
+            "the interface on the service's side")
+
+
+def _etcd_verify(v: Mapping[str, Any]) -> str | None:
+    try:
+        scheme = split_url(v["store.url"]).scheme
+    except ValueError:
+        return None
+    if v["store.tls_verify"] or not scheme.startswith("etcd"):
+        return None
+    return ("store.tls_verify = false is for rediss:// only: the etcd store always checks the "
+            "server's certificate; give the CA that signed it with store.tls_ca")
+
+
 #: Rules between keys, checked after every value is valid.
 RULES: tuple[Rule, ...] = (
     _gt("sync.ttl", "thresholds.t_t1",
@@ -1001,4 +1030,10 @@ RULES: tuple[Rule, ...] = (
     Rule(("proxy.backend", "afxdp.parsers", "afxdp.coap_names"), _coap_names,
          "with ``backend = \"afxdp\"`` and the ``coap`` parser, ``afxdp.coap_names`` lists "
          "at least one target: the parser keys only those"),
+    Rule(("proxy.backend", "afxdp.egress"), _afxdp_egress,
+         "with ``backend = \"afxdp\"``, ``afxdp.egress`` names the interface passed frames "
+         "leave by"),
+    Rule(("store.url", "store.tls_verify"), _etcd_verify,
+         "``store.tls_verify = false`` only with ``rediss://``: the etcd store always "
+         "verifies the server"),
 )

@@ -15,7 +15,6 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -26,6 +25,7 @@ from xpro.config.kinds import (
     PASSWORD_ENV,
     mask_url,
     plaintext_password_warning,
+    read_password_file,
     remember_secret,
 )
 from xpro.core.bounds import MAX_COUNT as BOUNDS_MAX_COUNT
@@ -406,9 +406,10 @@ def _find_password(url_password: str | None, opts: Mapping[str, Any]) -> str | N
     pf = opts.get("password_file")
     if pf:
         try:
-            return Path(str(pf)).read_text().rstrip("\r\n")
-        except OSError as exc:
-            raise ConfigError(f"store option password_file={pf}: cannot read it ({exc.strerror})"
+            return read_password_file(str(pf)) or None
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise ConfigError(f"store option password_file={pf}: cannot read it ({why})"
                               ) from None
     return None
 
