@@ -270,3 +270,35 @@ def test_a_daemon_of_another_version_is_one_clear_error(
         r = CliRunner().invoke(cli, [*args, "--socket", path, "--json"])
         assert r.exit_code == 0, r.output
         assert json.loads(r.output) == answer
+
+
+def test_a_user_who_may_not_reach_the_socket_gets_the_privilege_exit_code(
+        sock_path: str) -> None:
+    """The control socket is root's: another user's ``xpro status`` is exit
+    77 (missing privilege, as the CLI's table says), not 1."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to serve a socket a non-root child cannot reach")
+    server = ControlServer(FakeProxy(), sock_path)  # type: ignore[arg-type]
+    r, w = os.pipe()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: user nobody, then the CLI's request
+            code = 99
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                request(sock_path, "ping")
+                code = 0
+            except Exception as exc:
+                code = getattr(exc, "exit_code", 1) if "sudo" in str(exc) else 98
+            finally:
+                os.write(w, bytes([code]))
+                os._exit(0)
+        os.waitpid(pid, 0)
+        assert os.read(r, 1) == bytes([77])
+    finally:
+        os.close(r)
+        os.close(w)
+        server.close()

@@ -603,7 +603,9 @@ def config_check(path: str, as_json: bool) -> None:
     """Validate a configuration file; exit 0 if it is valid, 2 with every problem if not.
 
     What is valid but unsafe (a store password over a plaintext URL) is
-    printed as a warning; it does not change the exit code.
+    printed as a warning; it does not change the exit code.  The file alone
+    is checked: XPRO_* variables (the unit's Environment=) are not read, so
+    check a change of them with `xpro config show` in their environment.
 
     \b
     Example:

@@ -323,6 +323,7 @@ class Text(Kind[str]):
 
     pattern: str
     what: str
+    meta: str = "NAME"
 
     def type_doc(self) -> str:
         return "string"
@@ -342,7 +343,7 @@ class Text(Kind[str]):
         return self.what
 
     def metavar(self) -> str:
-        return "NAME"
+        return self.meta
 
 
 _URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
@@ -745,13 +746,18 @@ _IFNAME_RE = re.compile(r"[^\s/:]{1,15}")
 
 @dataclass(frozen=True)
 class Names(_StringList):
-    """A list of network interface names."""
+    """A list of network interface names (or of other names of the same form:
+    ``noun``, ``meta`` and ``example`` say which, in messages and help)."""
+
+    noun: str = "interface name"
+    meta: str = "IFNAME"
+    example: str = '["eth0", "eth1"]'
 
     def type_doc(self) -> str:
         return "list of strings"
 
     def _many(self, items: Sequence[str]) -> tuple[str, ...]:
-        bad = [f"item {i + 1}: {_toml_str(x)} is not an interface name (1-15 characters, "
+        bad = [f"item {i + 1}: {_toml_str(x)} is not {_a(self.noun)} (1-15 characters, "
                "no space, '/' or ':')" for i, x in enumerate(items)
                if not (_IFNAME_RE.fullmatch(x) and len(x.encode()) <= 15)]
         seen: set[str] = set()
@@ -764,13 +770,17 @@ class Names(_StringList):
         return tuple(items)
 
     def allowed(self) -> str:
-        return 'a list of interface names such as ["eth0", "eth1"]'
+        return f"a list of {self.noun}s such as {self.example}"
 
     def range_doc(self) -> str:
-        return "interface names (1-15 characters)"
+        return f"{self.noun}s (1-15 characters)"
 
     def metavar(self) -> str:
-        return "IFNAME,..."
+        return f"{self.meta},..."
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 
 
 @dataclass(frozen=True)

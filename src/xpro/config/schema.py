@@ -314,7 +314,7 @@ class FilterConfig(_Section):
     mode: Literal["enforce", "monitor"] = option(
         Choice(("enforce", "monitor")), "enforce", flag="--mode",
         doc="""``enforce`` drops what breaks a limit; ``monitor`` counts it
-        (``mon_src_rate``, ``mon_dst_rate``) and passes it.  Destination
+        (``mon_src_rate``, ``mon_dst_rate``, ``mon_dst_closed``) and passes it.  Destination
         prefixes in ``monitor``/``enforce`` override it.""",
         why="""A filter is installed to filter.  Roll new thresholds out in
         monitor mode first, watch ``xpro status``, then switch.""")
@@ -580,15 +580,15 @@ class AfxdpConfig(_Section):
         interfaces.""",
         why="No default: it is where the service is, which only the operator knows.")
     egress_dst_mac: str = option(
-        Text(r"(|[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5})", '"" or a MAC address'), "",
+        Text(r"(|[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5})", '"" or a MAC address', "MAC"), "",
         flag="--afxdp-egress-dst-mac", live=False,
         doc="""The MAC address forwarded frames are sent to on the egress interface
         (the service or the next hop).""",
         why="Empty: frames keep their destination MAC address.")
     parsers: tuple[str, ...] = option(
-        Names(), (), flag="--afxdp-parser", live=False,
+        Names("parser name", "PARSER", '["coap"]'), (), flag="--afxdp-parser", live=False,
         doc="""Destination parsers (plugins, ``xpro plugins`` lists them) that take
-        a packet's destination from its payload, e.g. ``coap`` (Proxy-Uri,
+        a packet's destination from its payload, such as ``coap`` (Proxy-Uri,
         Uri-Host).""",
         why="None: destinations are the IP addresses, as in the kernel program.")
     coap_names: tuple[str, ...] = option(

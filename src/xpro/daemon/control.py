@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xpro.core.text import printable
-from xpro.errors import XproError
+from xpro.errors import PrivilegeError, XproError
 
 if TYPE_CHECKING:
     from xpro.daemon.api import ProxyView
@@ -381,8 +381,8 @@ def request(path: str, op: str, *, timeout: float = 30.0, **args: Any) -> Any:
                            "systemctl start xpro), or name its socket with "
                            "--socket (the daemon's control.socket)") from None
         except PermissionError:
-            raise XproError(f"{printable(path)}: permission denied; the control socket is "
-                            "root only (run with sudo)") from None
+            raise PrivilegeError(f"{printable(path)}: permission denied; the control socket "
+                                 "is root only (run with sudo)") from None
         except OSError as exc:  # too long, under a file, not a socket, empty...
             raise NoDaemon(f"cannot reach a daemon at {printable(path)!r} "
                            f"({exc.strerror or exc}): give the path of the daemon's socket "
