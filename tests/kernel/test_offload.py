@@ -680,3 +680,39 @@ def test_drop_set_is_what_the_full_program_drops_on_closed_destinations(
     check_drop_set(kernel, m, trace, max(times, default=T0) + gap)
 
 
+
+
+@pytest.mark.parametrize(("allowed", "host", "others", "kept"), [
+    # an allowed host inside a /64 (/24) flow whose other hosts are over T_F1
+    ("2001:db8::5/128", "2001:db8::5", ["2001:db8::7", "2001:db8::8"], False),
+    ("10.1.2.5/32", "10.1.2.5", ["10.1.2.7", "10.1.2.8"], False),
+    # an allowed host next to the flow, not in it: the flow stays offloaded
+    ("2001:db8:0:1::5/128", None, ["2001:db8::7"], True),
+    ("10.1.3.5/32", None, ["10.1.2.7"], True),
+])
+def test_a_flow_that_holds_an_allowed_address_is_not_dropped_on_the_nic(
+        allowed: str, host: str | None, others: list[str], kept: bool) -> None:
+    """The allow list matches full addresses, flows are source prefixes (/24
+    and /64 here): an allowed address shares the record of its prefix.  The
+    NIC matches records, so a flow put in its drop set for the other hosts'
+    rate dropped the allowed host too, which the full program passes."""
+    p = model.FilterParams(t_f1=100, source_prefix_v4=24, source_prefix_v6=64,
+                           allow=frozenset({model.Prefix.parse(allowed)}))
+    dst = "2001:db8:9::1" if ":" in others[0] else "10.9.9.1"
+    m = model.Filter(p)
+    now = T0
+    for i in range(2000):  # the others: 1000 packets/s together for 2 s
+        now = T0 + i * S // 1000
+        m.packet(frame(others[i % len(others)], dst), now)
+    keys = sorted({model.flow_key(model.parse(frame(o, dst), 0), p) for o in others})
+    fk = np.frombuffer(b"".join(keys), dtype=L.FLOW_KEY)
+    fv = np.zeros(len(keys), dtype=L.FLOW)
+    for i, k in enumerate(keys):
+        r = m.flows[k]
+        fv["ts1"][i], fv["ts2"][i], fv["c"][i] = r.ts1, r.ts2, r.c
+    want = drop_set(fk, fv, np.zeros(0, dtype=L.DST_KEY), np.zeros(0, dtype=L.DST), p, now)
+    assert len(want.flows) == (len(keys) if kept else 0), want.flows
+    if host is not None:  # what the NIC must not drop: the full program passes it
+        key = model.flow_key(model.parse(frame(host, dst), 0), p)
+        assert key in keys
+        assert m.packet(frame(host, dst), now).reason is L.Reason.ALLOW

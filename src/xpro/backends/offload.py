@@ -160,10 +160,35 @@ def _enforced(dst_addrs: Array, params: FilterParams) -> Array:
 
 
 def _allowed(srcs: Array, params: FilterParams) -> Array:
-    """Which sources the allow list passes before any rate rule."""
-    if not params.allow:
-        return np.zeros(len(srcs), dtype=bool)
-    return PrefixSet.build(dict.fromkeys(params.allow, 1)).contains(srcs)
+    """Which flows' sources hold an address the allow list passes.
+
+    A flow's source is a prefix (``filter.source_prefix_v4``/``_v6``) and
+    the allow list matches full addresses: an allowed /128 inside a /64
+    flow shares that flow's record, and the NIC, which matches the record's
+    key, would drop it with the rest.  So a flow is allowed here when any
+    allow prefix overlaps its source prefix (contains it, or lies in it)."""
+    out = np.zeros(len(srcs), dtype=bool)
+    if not params.allow or not len(srcs):
+        return out
+    raw = np.ascontiguousarray(srcs).view(np.uint8).reshape(len(srcs), 16)
+    hi = raw[:, :8].copy().view(">u8").ravel().astype(np.uint64)
+    lo = raw[:, 8:].copy().view(">u8").ravel().astype(np.uint64)
+    v4 = (hi == 0) & ((lo >> np.uint64(32)) == 0xFFFF)
+    length = np.where(v4, 96 + params.source_prefix_v4, params.source_prefix_v6)
+    for p in params.allow:
+        m = np.minimum(length, p.length)  # the bits both prefixes fix
+        mask_hi = _mask64(np.minimum(m, 64))
+        mask_lo = _mask64(np.maximum(m - 64, 0))
+        p_hi, p_lo = np.uint64(p.network >> 64), np.uint64(p.network & (2**64 - 1))
+        out |= ((hi ^ p_hi) & mask_hi == 0) & ((lo ^ p_lo) & mask_lo == 0)
+    return out
+
+
+def _mask64(bits: Array) -> Array:
+    """The top ``bits`` bits (0 to 64) of a u64 set, per element."""
+    b = np.asarray(bits, dtype=np.uint64)
+    full = np.uint64(2**64 - 1)
+    return np.where(b == 0, np.uint64(0), full << (np.uint64(64) - np.maximum(b, 1)))
 
 
 def _over(c: Array, ts1: Array, ts2: Array, now: int, t_t1: int, t_min: int,
@@ -211,7 +236,8 @@ def drop_set(flow_keys: Array, flows: Array, dst_keys: Array, dsts: Array,
       T_T1, over T_F2 after T_T3; docs/semantics.rst), with ``known`` the
       pairs of the known table to them, which pass the closed check;
     * ``flows``: the flows dropped by the per-source rule (over T_F1 after
-      T_T2, not idle past T_T1, not allow-listed), but for an unknown
+      T_T2, not idle past T_T1, no allowed address in their source
+      prefix: :func:`_allowed`), but for an unknown
       source of a closed destination, which the closed check drops first
       (counted into the destination's closed-drops record, not its own);
       closed-drops records are no source's and never in it.  The heavy
