@@ -105,6 +105,13 @@ def test_memory_fails_when_the_tables_exceed_available_memory() -> None:
     assert "tables.flows" in f.fix
     fits = _LoadResult(Finding("bpf-object", "ok", ""), per_flow=1.0, per_dst=1.0, fixed=0)
     assert check_memory(cfg, fits).status == "ok"
+    # the known-client table counts too (a hash of its own, allocated at load)
+    known = _LoadResult(Finding("bpf-object", "ok", ""), per_flow=1.0, per_dst=1.0,
+                        per_known=2 * avail / cfg.tables.known, fixed=0)
+    f = check_memory(cfg, known)
+    assert f.status == "fail"
+    assert "tables.known = 262,144" in f.message
+    assert "tables.known" in f.fix
     unknown = check_memory(cfg, _LoadResult(Finding("bpf-object", "fail", "no")))
     assert unknown.status == "warn"
 

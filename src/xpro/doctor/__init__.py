@@ -327,7 +327,14 @@ class _LoadResult:
     #: per destination entry, and the fixed rest; None if the load failed.
     per_flow: float | None = None
     per_dst: float | None = None
+    #: Per known-client entry (a preallocated hash, apart from the flows).
+    per_known: float = 0.0
     fixed: int = 0
+
+
+#: Bytes of one destination's filter of its known sources (allocated as
+#: destinations fill them: at most ``tables.known_filters`` of them).
+KNOWN_FILTER_BYTES = 2048
 
 
 def check_bpf_object(config: Config) -> _LoadResult:
@@ -342,9 +349,11 @@ def check_bpf_object(config: Config) -> _LoadResult:
         return _LoadResult(Finding("bpf-object", "fail", str(exc),
                                    "reinstall xpro with clang available (pip install "
                                    "--force-reinstall xpro)"))
-    flows, dsts = 8192, 64
-    sizes = Sizes(flows=flows, dsts=dsts, prefixes=config.tables.prefixes)
+    flows, dsts, known = 8192, 64, 1024
+    sizes = Sizes(flows=flows, dsts=dsts, prefixes=config.tables.prefixes, known=known,
+                  known_filters=64)
     per_flow = per_dst = None
+    per_known = 0.0
     fixed = 0
     loaded = []
     for program in ("xpro_xdp", "xpro_xdp_frags"):
@@ -366,15 +375,17 @@ def check_bpf_object(config: Config) -> _LoadResult:
                 per_flow = sum(_memlock(maps[n].fd) for n in ("flows", "dirty0", "dirty1")
                                ) / flows
                 per_dst = _memlock(maps["dsts"].fd) / dsts
+                per_known = _memlock(maps["known"].fd) / known
                 fixed = sum(_memlock(maps[n].fd) for n in maps
-                            if n not in ("flows", "dirty0", "dirty1", "dsts"))
+                            if n not in ("flows", "dirty0", "dirty1", "dsts", "known",
+                                         "known_dsts"))
         finally:
             filt.close()
         loaded.append(program)
     return _LoadResult(Finding("bpf-object", "ok",
                                f"{path.name} loads and passes the verifier "
                                f"({' and '.join(loaded)}, with the configured filter)"),
-                       per_flow, per_dst, fixed)
+                       per_flow, per_dst, per_known, fixed)
 
 
 def check_bpffs(config: Config) -> Finding:
@@ -960,13 +971,17 @@ def check_memory(config: Config, load: _LoadResult) -> Finding:
     if load.per_flow is None or load.per_dst is None:
         return Finding("memory", "warn", "not estimated: the BPF object did not load",
                        "fix the bpf-object finding first")
-    flows, dsts = config.tables.flows, config.tables.destinations
-    need = flows * load.per_flow + dsts * load.per_dst + load.fixed
+    t = config.tables
+    flows, dsts = t.flows, t.destinations
+    need = (flows * load.per_flow + dsts * load.per_dst + t.known * load.per_known
+            + t.known_filters * KNOWN_FILTER_BYTES + load.fixed)
     avail = _meminfo("MemAvailable") or 0
     what = (f"tables.flows = {flows:,} at {load.per_flow:.0f} bytes each (the LRU flow table "
             f"and the sync's two dirty tables, measured on this kernel) plus "
-            f"tables.destinations = {dsts:,}: about {_mib(need)} of kernel memory, "
-            f"taken when the program loads; MemAvailable {_mib(avail)}")
+            f"tables.destinations = {dsts:,}, tables.known = {t.known:,} and at most "
+            f"tables.known_filters = {t.known_filters:,} filters: about {_mib(need)} of kernel "
+            f"memory, taken when the program loads (the filters as they fill); "
+            f"MemAvailable {_mib(avail)}")
     soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     release = _release()
     memlock_note = ""
@@ -978,8 +993,8 @@ def check_memory(config: Config, load: _LoadResult) -> Finding:
         memlock_note = "; BPF memory is charged to the memory cgroup, not RLIMIT_MEMLOCK"
     if need > avail:
         return Finding("memory", "fail", what + memlock_note,
-                       "lower tables.flows (size it above the active flows, not more) or add "
-                       "memory")
+                       "lower tables.flows (size it above the active flows, not more) or "
+                       "tables.known, or add memory")
     if need > avail / 2:
         return Finding("memory", "warn", f"{what}: more than half of what is available"
                        + memlock_note,
