@@ -196,14 +196,20 @@ static __always_inline int parse_stage(struct xdp_md *ctx, __u64 pkt_len,
 }
 
 /* The allow and deny lists, before any rate rule (docs/semantics.rst);
- * skipped when empty. */
-static __always_inline int lists_stage(struct xpro_flow_key *key, __u64 pkt_len)
+ * skipped when empty.  An IPv6 packet from an IPv4-mapped address is not
+ * looked up in the allow list: its IPv4 entries are for IPv4 packets, and
+ * no host has such a source (RFC 4291 2.5.5.2). */
+static __always_inline int lists_stage(struct xpro_flow_key *key, int ipv6, __u64 pkt_len)
 {
 	if (cfg.n_allow || cfg.n_deny) {
 		struct xpro_lpm_key lk = { .prefixlen = 128 };
+		__u32 w[4];
 
 		__builtin_memcpy(lk.addr, key->src, 16);
-		if (cfg.n_allow && bpf_map_lookup_elem(&allow_src, &lk))
+		__builtin_memcpy(w, key->src, 16);
+		int mapped = ipv6 && !w[0] && !w[1] && w[2] == bpf_htonl(0xffff);
+
+		if (cfg.n_allow && !mapped && bpf_map_lookup_elem(&allow_src, &lk))
 			return verdict(XPRO_R_ALLOW, XDP_PASS, pkt_len);
 		if (cfg.n_deny && bpf_map_lookup_elem(&deny_src, &lk))
 			return verdict(XPRO_R_DENY, XDP_DROP, pkt_len);
@@ -485,7 +491,7 @@ static __always_inline int filter(struct xdp_md *ctx, __u64 pkt_len)
 	rc = parse_stage(ctx, pkt_len, &key, &ipv6);
 	if (rc != XPRO_NEXT)
 		return rc;
-	rc = lists_stage(&key, pkt_len);
+	rc = lists_stage(&key, ipv6, pkt_len);
 	if (rc != XPRO_NEXT)
 		return rc;
 	/* The lists judged the full address; the flow is the source's prefix. */

@@ -497,6 +497,37 @@ def test_lists_match_the_full_source_before_the_prefix(kernel: KernelFilter) -> 
         model.parse(others[0], 0).src, True, 32, 64) + model.parse(others[0], 0).dst]
 
 
+def mapped_source_case() -> tuple[model.FilterParams, list[Step]]:
+    """An IPv4 allow and deny list; IPv6 packets from mapped addresses in them,
+    and IPv4 packets from the allowed one (the AF_XDP suite runs it too)."""
+    p = model.FilterParams(t_f1=10, t_t2=0, t_f2=2**32 - 1, t_t3=S,
+                           allow=frozenset({model.Prefix.parse("10.0.0.0/8")}),
+                           deny=frozenset({model.Prefix.parse("10.66.0.0/16")}))
+    mapped, v4 = frame("::ffff:10.0.0.1", "2001:db8:9::9"), frame("10.0.0.1", "10.9.9.9")
+    denied = frame("::ffff:10.66.0.1", "2001:db8:9::9")
+    trace: list[Step] = []
+    for i in range(300):
+        t = T0 + i * MS
+        trace += [(mapped, t), (v4, t), (denied, t)]
+    return p, trace
+
+
+def test_an_ipv6_packet_from_a_mapped_address_is_not_allowed_by_an_ipv4_entry(
+        kernel: KernelFilter) -> None:
+    """The lists hold IPv4 as ``::ffff:a.b.c.d``: an IPv6 packet from
+    ``::ffff:10.0.0.1`` matched ``allow = 10.0.0.0/8`` and skipped every rate
+    rule, a trusted range claimed from IPv6.  It is judged like any IPv6
+    source now (the deny list still applies to it); the IPv4 packet from
+    10.0.0.1 is allowed as before."""
+    p, trace = mapped_source_case()
+    run_differential(kernel, p, trace)
+    rs = _run_reasons(p, trace)
+    assert Reason.ALLOW not in rs[0::3]
+    assert Reason.SRC_RATE in rs[0::3]
+    assert set(rs[1::3]) == {Reason.ALLOW}
+    assert set(rs[2::3]) == {Reason.DENY}
+
+
 # --- addr+port: the address aggregate (docs/semantics.rst, "Address aggregates")
 
 

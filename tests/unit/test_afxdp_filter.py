@@ -29,6 +29,7 @@ from tests.kernel.test_differential import (
     _spoof8,
     _spray_trace,
     closure_traces,
+    mapped_source_case,
     params,
     traces,
 )
@@ -127,6 +128,13 @@ def harness() -> UserHarness:
 @given(p=params(), trace=traces())
 def test_packet_by_packet_agrees_with_model(harness: UserHarness, p: model.FilterParams,
                                            trace: list[tuple[bytes, int]]) -> None:
+    run_differential(harness, p, trace)  # type: ignore[arg-type]
+
+
+def test_an_ipv6_packet_from_a_mapped_address_is_not_allowed_by_an_ipv4_entry(
+        harness: UserHarness) -> None:
+    """As in the kernel program (tests/kernel/test_differential.py)."""
+    p, trace = mapped_source_case()
     run_differential(harness, p, trace)  # type: ignore[arg-type]
 
 

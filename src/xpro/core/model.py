@@ -497,7 +497,8 @@ class Filter:
 
         # Allow, then deny, before any rate rule, on the full source; then
         # the flow's source is its prefix (docs/semantics.rst).
-        if p.allow and any(q.contains(parsed.src) for q in p.allow):
+        if p.allow and not (parsed.ipv6 and parsed.src[:12] == _V4_MAPPED) and any(
+                q.contains(parsed.src) for q in p.allow):  # a mapped IPv6 source: not allowed
             return self._verdict(XDP_PASS, Reason.ALLOW, size)
         if p.deny and any(q.contains(parsed.src) for q in p.deny):
             return self._verdict(XDP_DROP, Reason.DENY, size)

@@ -72,6 +72,7 @@ from xpro.datapath.afxdp.parse import (
     NON_IP,
     OK,
     Batch,
+    mapped_sources,
     mask_sources,
     pack_frames,
     parse_batch,
@@ -371,7 +372,7 @@ class UserFilter:
             action[malf] = L.XDP_DROP
         ok = b.status == OK
         if ok.any() and len(self._allow):
-            a = ok & self._allow.contains(b.keys["src"])
+            a = ok & ~mapped_sources(b) & self._allow.contains(b.keys["src"])
             reason[a] = L.Reason.ALLOW
             ok &= ~a
         if ok.any() and len(self._deny):

@@ -300,6 +300,14 @@ def _parse(u8: Reader, addr16: Reader, n: int, lens: Array, dst_mode: int) -> Ba
     return Batch(status, keys, proto, l4off, l4end, frag, v6 & ip)
 
 
+def mapped_sources(b: Batch) -> Array:
+    """The IPv6 frames whose source is IPv4-mapped (``::ffff:a.b.c.d``): never
+    allowed (the kernel's ``lists_stage``)."""
+    src = b.keys["src"].view(np.uint8).reshape(-1, 16)
+    out: Array = b.ipv6 & (src[:, :12] == _V4_MAPPED).all(axis=1)
+    return out
+
+
 def mask_sources(b: Batch, rows: Array, prefix_v4: int, prefix_v6: int) -> None:
     """Key the frames ``rows`` (a boolean mask of OK frames) on their source
     prefix, in place: ``mask_source()`` of ``bpf/parsing.h``,
