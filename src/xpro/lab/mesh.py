@@ -173,6 +173,9 @@ class XproMesh(Mesh):
                     "proxy.interfaces": where.interface, "proxy.backend": self.backend,
                     "proxy.pin_dir": "", "store.url": url, "store.mesh": mesh,
                     "metrics.listen": "", "control.socket": "",
+                    # the afxdp placement's options are configuration keys too
+                    **({f"afxdp.{k}": v for k, v in where.options.items()}
+                       if self.backend == "afxdp" else {}),
                     **self.thresholds.overrides(), **dict(self.extra),
                 })
                 self.proxies.append(Proxy(cfg, backend_options=where.options).start())
