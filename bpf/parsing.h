@@ -173,7 +173,10 @@ static __always_inline int parse_packet_af(void *data, void *data_end,
 				if (l4off + 8 > l4end || cur + 8 > (__u8 *)data_end)
 					return PARSE_MALFORMED;
 				len = 8;
-				frag = 1;
+				/* An atomic fragment (offset 0, M 0: RFC 6946) is a
+				 * whole datagram, delivered to its port: keyed so. */
+				if (bpf_ntohs(*(__u16 *)(cur + 2)) & 0xfff9)
+					frag = 1;
 			} else {
 				done = 1;
 				break;

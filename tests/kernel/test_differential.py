@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from tests.kernel.harness import KernelFilter, SetKnown, Step, SyncRound, run_differential
 from tests.packets import arp_frame, frame
 from xpro.core import model
-from xpro.core.layout import Known, Reason
+from xpro.core.layout import DST_ADDR_PORT, Known, Reason
 
 pytestmark = pytest.mark.kernel
 
@@ -495,6 +495,38 @@ def test_lists_match_the_full_source_before_the_prefix(kernel: KernelFilter) -> 
     assert Reason.SRC_RATE in rs[2::3]
     assert list(kernel.all_flows()) == [model.mask_source(
         model.parse(others[0], 0).src, True, 32, 64) + model.parse(others[0], 0).dst]
+
+
+def atomic_fragment_case() -> tuple[model.FilterParams, list[Step]]:
+    """addr+port: a flood from many sources closes (address, 53, udp); the
+    same flood as IPv6 atomic fragments, then as real first fragments (M 1),
+    from new sources (the AF_XDP suite runs it too)."""
+    p = model.FilterParams(t_f1=2**32 - 1, t_f2=100, t_t2=0, t_t3=100 * MS,
+                           dst_mode=DST_ADDR_PORT, t_f2_address=2**32 - 1)
+    dst = "2001:db8:9::9"
+    trace: list[Step] = []
+    t = T0
+    for i in range(400):  # 2000 packets/s from 400 sources: over T_F2
+        t = T0 + i * S // 2000
+        trace.append((frame(f"2001:db8:5::{i + 1:x}", dst), t))
+    for i in range(100):
+        t += S // 2000
+        trace.append((frame(f"2001:db8:6::{i + 1:x}", dst, ext=("frag",)), t))
+        trace.append((frame(f"2001:db8:7::{i + 1:x}", dst, frag=True), t))
+    return p, trace
+
+
+def test_an_atomic_fragment_is_judged_on_its_port(kernel: KernelFilter) -> None:
+    """An atomic fragment (offset 0, M 0) is a whole datagram delivered to its
+    port: it is dropped with the port's closed key (it was keyed on the
+    address's fragment bucket, and walked past it); a real fragment still
+    keys on the address alone."""
+    p, trace = atomic_fragment_case()
+    run_differential(kernel, p, trace)
+    rs = _run_reasons(p, trace)
+    assert Reason.DST_CLOSED in rs[:400] or Reason.DST_RATE in rs[:400]
+    assert set(rs[400::2]) <= {Reason.DST_CLOSED, Reason.DST_RATE}, set(rs[400::2])
+    assert Reason.PASS in rs[401::2]
 
 
 def mapped_source_case() -> tuple[model.FilterParams, list[Step]]:

@@ -28,6 +28,7 @@ from tests.kernel.test_differential import (
     T0,
     _spoof8,
     _spray_trace,
+    atomic_fragment_case,
     closure_traces,
     mapped_source_case,
     params,
@@ -128,6 +129,12 @@ def harness() -> UserHarness:
 @given(p=params(), trace=traces())
 def test_packet_by_packet_agrees_with_model(harness: UserHarness, p: model.FilterParams,
                                            trace: list[tuple[bytes, int]]) -> None:
+    run_differential(harness, p, trace)  # type: ignore[arg-type]
+
+
+def test_an_atomic_fragment_is_judged_on_its_port(harness: UserHarness) -> None:
+    """As in the kernel program (tests/kernel/test_differential.py)."""
+    p, trace = atomic_fragment_case()
     run_differential(harness, p, trace)  # type: ignore[arg-type]
 
 

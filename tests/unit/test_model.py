@@ -34,8 +34,17 @@ def test_parse_addr_port_mode_with_vlans(vlans: int) -> None:
 def test_parse_fragment_keys_on_addresses_only() -> None:
     p = model.parse(frame("10.0.0.1", "10.0.0.2", frag=True), DST_ADDR_PORT)
     assert p.dst == addr16("10.0.0.2") + b"\0\0\0\0"
-    p6 = model.parse(frame("2001:db8::1", "2001:db8::2", ext=("hop", "frag")), DST_ADDR_PORT)
+    p6 = model.parse(frame("2001:db8::1", "2001:db8::2", ext=("hop",), frag=True),
+                     DST_ADDR_PORT)
     assert p6.dst == addr16("2001:db8::2") + b"\0\0\0\0"
+
+
+def test_an_atomic_fragment_is_keyed_on_its_port() -> None:
+    """An IPv6 fragment header with offset 0 and M 0 (RFC 6946) wraps a whole
+    datagram, delivered to its port: keyed on the port, or a flood sent as
+    atomic fragments walked past a closed port's key."""
+    p6 = model.parse(frame("2001:db8::1", "2001:db8::2", ext=("hop", "frag")), DST_ADDR_PORT)
+    assert p6.dst == addr16("2001:db8::2") + model.port_bytes(53) + bytes([17, 0])
 
 
 def test_parse_ipv6_extension_chain_bound() -> None:

@@ -122,7 +122,8 @@ def parse(frame: bytes, dst_mode: int) -> Parsed:
     - IPv6: version 6, the payload inside the frame; extension headers
       (hop-by-hop, routing, destination options, AH, fragment) are walked,
       at most ``MAX_EXTHDR`` of them, each inside the payload; a deeper
-      chain is malformed.  A fragment header makes it a fragment.
+      chain is malformed.  A fragment header makes it a fragment, but for an
+      atomic fragment (offset 0 and M 0, RFC 6946: a whole datagram).
     - In ``addr+port`` mode the destination key adds the protocol and, for
       TCP/UDP/SCTP/UDP-Lite, the destination port (4 bytes of L4 header
       must be inside the IP payload, or the packet is malformed).
@@ -181,7 +182,8 @@ def parse(frame: bytes, dst_mode: int) -> Parsed:
                 if l4off + 8 > l4end:
                     return _MALFORMED
                 length = 8
-                frag = True
+                # an atomic fragment (offset 0, M 0: RFC 6946) is a whole datagram
+                frag = frag or (int.from_bytes(frame[l4off + 2 : l4off + 4], "big") & 0xFFF9) != 0
             else:
                 break
             proto = frame[l4off]

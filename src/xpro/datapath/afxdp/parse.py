@@ -256,7 +256,8 @@ def _parse(u8: Reader, addr16: Reader, n: int, lens: Array, dst_mode: int) -> Ba
             at = np.where(walking, l4off, 0)
             hlen = u8(at + 1)
             length = np.where(opt, (hlen + 1) * 8, np.where(ah, (hlen + 2) * 4, 8))
-            frag |= fr & walking
+            # an atomic fragment (offset 0, M 0: RFC 6946) is a whole datagram
+            frag |= fr & walking & ((be16(at + 2) & 0xFFF9) != 0)
             proto = np.where(walking, u8(at), proto)
             l4off = np.where(walking, l4off + length, l4off)
             past = walking & (l4off > l4end)
