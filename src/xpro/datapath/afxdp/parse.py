@@ -304,7 +304,7 @@ def _parse(u8: Reader, addr16: Reader, n: int, lens: Array, dst_mode: int) -> Ba
 def mapped_sources(b: Batch) -> Array:
     """The IPv6 frames whose source is IPv4-mapped (``::ffff:a.b.c.d``): never
     allowed (the kernel's ``lists_stage``)."""
-    src = b.keys["src"].view(np.uint8).reshape(-1, 16)
+    src = np.ascontiguousarray(b.keys["src"]).view(np.uint8).reshape(-1, 16)
     out: Array = b.ipv6 & (src[:, :12] == _V4_MAPPED).all(axis=1)
     return out
 
