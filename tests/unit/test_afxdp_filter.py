@@ -143,6 +143,7 @@ def test_an_ipv6_packet_from_a_mapped_address_is_not_allowed_by_an_ipv4_entry(
     """As in the kernel program (tests/kernel/test_differential.py)."""
     p, trace = mapped_source_case()
     run_differential(harness, p, trace)  # type: ignore[arg-type]
+    run_batches(harness, p, trace, [0, 1, 100, 450])  # several frames a batch too
 
 
 @settings(SETTINGS, max_examples=max(1, EXAMPLES // 2))  # longer traces: half as many
