@@ -241,7 +241,7 @@ def test_a_stop_cuts_short_a_round_blocked_on_a_master_that_stopped_answering(
         os.kill(srv.proc.pid, signal.SIGSTOP)
         time.sleep(0.5)  # the next round is blocked on the frozen master
         start = time.monotonic()
-        loop.stop(timeout=5, interrupt=store.close)
+        loop.stop(timeout=5, interrupt=store.close, grace=1)
         took = time.monotonic() - start
         assert not loop.running, "the round still runs after the stop"
         assert took < 4, took  # not the store's 8-s timeout

@@ -309,7 +309,7 @@ class Proxy:
             # and the store are released below.
             self.loop.stop(interrupt=self._close_store)
             if self.loop.running:
-                log.warning("the sync round did not end within 10 s of the stop; "
+                log.warning("the sync round did not end within 15 s of the stop; "
                             "stopping anyway", extra={"event": "stop_sync_running"})
         for t in self._threads:
             t.join(10)

@@ -123,13 +123,15 @@ class SyncLoop:
                                         daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0, *, interrupt: Callable[[], None] | None = None,
-             grace: float = 1.0) -> None:
+    def stop(self, timeout: float = 15.0, *, interrupt: Callable[[], None] | None = None,
+             grace: float = 5.0) -> None:
         """Stop after the round in progress.  A round still running after
-        ``grace`` seconds is blocked (on a master that stopped answering:
-        up to the store's timeout and retry time): ``interrupt`` (the store's
-        ``close``) cuts it short, so that the caller does not release what
-        the round still uses.  Waits at most ``timeout`` seconds in all."""
+        ``grace`` seconds is taken as blocked (on a master that stopped
+        answering: up to the store's timeout, 10 s by default, and its retry
+        time; a round that works lasts a few seconds at most, under a spray
+        in the lab): ``interrupt`` (the store's ``close``) cuts it short, so
+        that the caller does not release what the round still uses.  Waits
+        at most ``timeout`` seconds in all."""
         self._stop.set()
         t = self._thread
         if t is None:
