@@ -19,6 +19,7 @@ from xpro.config.kinds import (
     ENV_PREFIX,
     PASSWORD_ENV,
     PATH_ENV,
+    PLAINTEXT_SCHEMES,
     FilePath,
     Url,
     _Bad,
@@ -320,6 +321,18 @@ class _Loader:
                      f"{self.sources[k]})" for k in rule.keys]
             self.problems.append(f"{', '.join(parts)}: {detail}")
 
+    def note_tls(self) -> None:
+        """TLS files given with a plaintext URL look like TLS and are not."""
+        tls = [k for k in ("store.tls_ca", "store.tls_cert") if self.values[k] is not None]
+        try:
+            scheme = split_url(self.values["store.url"]).scheme
+        except ValueError:
+            return
+        if tls and scheme in PLAINTEXT_SCHEMES:
+            self.notes.append(f"{tls[0]} is set but store.url is {scheme}://, which does not "
+                              f"use TLS: the connection is in clear text; use "
+                              f"{PLAINTEXT_SCHEMES[scheme]}://")
+
     def password(self) -> Secret | None:
         pw = self.env.get(PASSWORD_ENV)
         if pw:
@@ -378,6 +391,7 @@ def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None
             remember_secret(split_url(url).password)  # scrubbed from logs from now on
     if loader.problems:
         raise InvalidConfig(loader.problems)
+    loader.note_tls()
     sections = {
         name: cls(**{o.name: loader.values[o.key] for o in SCHEMA if o.section == name})
         for name, cls in _SECTION_CLASSES.items()

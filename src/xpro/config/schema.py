@@ -16,7 +16,6 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 from xpro.config.kinds import (
     ENV_PREFIX,
-    PLAINTEXT_SCHEMES,
     Boolean,
     Choice,
     FilePath,
@@ -699,8 +698,7 @@ class Config:
     store_password: Secret | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     path: Path | None = field(default=None, compare=False)
-    #: What loading noticed but did not refuse (an ``XPRO_*`` variable that
-    #: only looks like a configuration variable); part of :meth:`warnings`.
+    #: What loading noticed but did not refuse (:meth:`warnings`).
     notes: tuple[str, ...] = field(default=(), compare=False)
 
     # --- values ------------------------------------------------------------
@@ -757,11 +755,12 @@ class Config:
 
     def warnings(self) -> tuple[str, ...]:
         """What is allowed but unsafe or likely a mistake (``xpro config check``
-        and ``config show`` print it, ``xpro run`` logs it).
+        and ``config show`` print it).
 
-        A store password sent over a plaintext URL (``redis://``,
-        ``etcd://``): use TLS.  And :attr:`notes`: an ``XPRO_*`` variable
-        that is ignored but one letter or two from a configuration variable.
+        :attr:`notes` (``xpro run`` logs them): an ``XPRO_*`` variable that is
+        ignored but a typo away from a configuration variable; TLS files with
+        a plaintext URL.  Then a store password sent over a plaintext URL
+        (``redis://``, ``etcd://``; the stores log it when they connect).
         """
         try:
             in_url = split_url(self.store.url).password is not None
@@ -769,17 +768,7 @@ class Config:
             in_url = False
         w = plaintext_password_warning(self.store.url,
                                        in_url or self.store_password is not None)
-        out = [*self.notes, *([w] if w else [])]
-        tls = [k for k in ("tls_ca", "tls_cert") if getattr(self.store, k) is not None]
-        try:
-            scheme = split_url(self.store.url).scheme
-        except ValueError:
-            scheme = ""
-        if tls and scheme in PLAINTEXT_SCHEMES:
-            out.append(f"store.{tls[0]} is set but store.url is {scheme}://, which does not "
-                       f"use TLS: the connection is in clear text; use "
-                       f"{PLAINTEXT_SCHEMES[scheme]}://")
-        return tuple(out)
+        return (*self.notes, w) if w else self.notes
 
     # --- runtime objects ------------------------------------------------------
 
