@@ -689,6 +689,8 @@ def test_drop_set_is_what_the_full_program_drops_on_closed_destinations(
     # an allowed host next to the flow, not in it: the flow stays offloaded
     ("2001:db8:0:1::5/128", None, ["2001:db8::7"], True),
     ("10.1.3.5/32", None, ["10.1.2.7"], True),
+    # an IPv4 entry and IPv6 sources in ::/64, which holds the mapped space
+    ("192.0.2.1/32", None, ["::7", "::8"], True),
 ])
 def test_a_flow_that_holds_an_allowed_address_is_not_dropped_on_the_nic(
         allowed: str, host: str | None, others: list[str], kept: bool) -> None:

@@ -232,3 +232,33 @@ def test_log_trimmed_reader_falls_back_to_full_read(etcd_server: Server) -> None
     assert len(r.changes(cur2)[0]) == 7, "after the fallback, reads are incremental again"
     w.close()
     r.close()
+
+
+def test_close_from_another_thread_does_not_wait_for_a_call_in_flight(
+        estore: EtcdStore) -> None:
+    """A merge or a read holds the store's lock for its whole RPC; the stop's
+    interrupt (close, from the stopping thread) waited for it to time out,
+    so it cut nothing.  It closes the channels at once now, and the store
+    refuses every later call."""
+    import threading
+
+    estore.ping()
+    held, release = threading.Event(), threading.Event()
+
+    def in_flight() -> None:
+        with estore._lock:  # what merge/changes/pull hold while their RPC runs
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=in_flight)
+    t.start()
+    try:
+        assert held.wait(5)
+        start = time.monotonic()
+        estore.close()
+        assert time.monotonic() - start < 1.0
+    finally:
+        release.set()
+        t.join(5)
+    with pytest.raises(StoreUnavailable, match="closed"):
+        estore.ping()

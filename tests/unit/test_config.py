@@ -462,6 +462,9 @@ def test_a_password_file_is_read_to_its_first_line_by_every_reader(tmp_path: Pat
     assert cfg.store_password is not None
     assert cfg.store_password.reveal() == "s3cret"
     assert resolve_password(None, {"password_file": str(pw)}) == "s3cret"
+    blank = write(tmp_path, "\nsecret\n", "blank")  # not "no password": refused
+    with pytest.raises(ConfigError, match="first line is empty"):
+        resolve_password(None, {"password_file": str(blank)})
 
 
 def test_password_in_url_is_masked() -> None:

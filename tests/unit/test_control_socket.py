@@ -302,3 +302,17 @@ def test_a_user_who_may_not_reach_the_socket_gets_the_privilege_exit_code(
         os.close(r)
         os.close(w)
         server.close()
+
+
+def test_an_unreadable_answer_of_a_daemon_of_this_version_is_not_blamed_on_it(
+        old_daemon: tuple[str, dict[str, Any]]) -> None:
+    """The same version: the CLI's own bug, left as the error it is (with
+    its traceback under --debug), not called a daemon of another version."""
+    from xpro import __version__
+
+    path, answers = old_daemon
+    answers["status"] = {"proxy": "p1", "version": __version__}
+    r = CliRunner().invoke(cli, ["status", "--socket", path])
+    assert r.exit_code != 0
+    assert "in a form this xpro" not in r.output
+    assert isinstance(r.exception, KeyError)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -285,3 +286,47 @@ def test_a_store_that_cannot_be_used_or_a_failing_round_is_the_sync_down(
     loop.step()
     assert loop.status.healthy
     assert [k for k, _ in alerts] == ["store_down", "store_up"]
+
+
+class _SlowMerge:
+    """A syncer whose round is one merge into the master, ``seconds`` long;
+    ``close`` (the stop's interrupt) ends it at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.merging = False
+        self.seconds = seconds
+        self.cut = threading.Event()
+        self.started = threading.Event()
+
+    def round(self) -> None:
+        from xpro.errors import StoreUnavailable
+
+        self.merging = True
+        self.started.set()
+        try:
+            if self.cut.wait(self.seconds):
+                raise StoreUnavailable("closed")
+        finally:
+            self.merging = False
+        raise StoreUnavailable("the round after the merge failed")  # ends the round
+
+
+@pytest.mark.parametrize(("seconds", "cut"), [(2.0, False), (60.0, True)])
+def test_a_stop_waits_for_a_merge_in_flight_before_it_cuts_the_round(
+        seconds: float, cut: bool) -> None:
+    """A merge cut by the stop may be applied in the master and not yet
+    brought level in the kernel: a next daemon adopting the maps would merge
+    it again.  So the stop waits for a merge in flight (2 s here: not cut),
+    and cuts one only a second before its timeout (a master frozen in the
+    middle of a merge)."""
+    s = _SlowMerge(seconds)
+    loop = SyncLoop(lambda: s, 0.01, name="a")  # type: ignore[arg-type,return-value]
+    loop.start()
+    assert s.started.wait(10)
+    start = time.monotonic()
+    loop.stop(timeout=5, interrupt=s.cut.set, grace=0.5)
+    took = time.monotonic() - start
+    assert not loop.running
+    assert s.cut.is_set() is cut
+    assert (3.5 <= took < 5) if cut else (took < 3.5), took
+    assert loop.status.healthy  # a cut at the stop is no outage

@@ -180,7 +180,13 @@ def _allowed(srcs: Array, params: FilterParams) -> Array:
         mask_hi = _mask64(np.minimum(m, 64))
         mask_lo = _mask64(np.maximum(m - 64, 0))
         p_hi, p_lo = np.uint64(p.network >> 64), np.uint64(p.network & (2**64 - 1))
-        out |= ((hi ^ p_hi) & mask_hi == 0) & ((lo ^ p_lo) & mask_lo == 0)
+        hit = ((hi ^ p_hi) & mask_hi == 0) & ((lo ^ p_lo) & mask_lo == 0)
+        if p.length >= 96 and p.network >> 32 == 0xFFFF:
+            # An IPv4 entry allows IPv4 packets only (an IPv6 packet from a
+            # mapped address is never allowed): not an IPv6 flow's, though
+            # ::/64 holds the mapped space.
+            hit &= v4
+        out |= hit
     return out
 
 

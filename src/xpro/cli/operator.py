@@ -70,6 +70,8 @@ def _reading(sock: str, op: str, reply: Any, *, raw: bool = True) -> Iterator[No
         from xpro.core.text import printable
 
         theirs = reply.get("version") if isinstance(reply, dict) else None
+        if theirs == __version__:
+            raise  # the same version: a bug of this CLI, not a daemon of another
         runs = f"it runs xpro {printable(str(theirs), 40)}" if theirs else "its version is unknown"
         hint = "; --json prints its answer as it came" if raw else ""
         raise XproError(
@@ -465,7 +467,7 @@ def flows(sock: str, as_json: bool, src: str | None, dst: str | None, sort: str,
         _echo_json(rows)
         return
     with _reading(sock, "flows", rows):
-        text = _flows_table(_safe(rows)) if rows else "no flows match"
+        text = _flows_table(rows) if rows else "no flows match"
     click.echo(text)
 
 

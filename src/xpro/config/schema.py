@@ -424,9 +424,9 @@ class TablesConfig(_Section):
         filter spares most spoofed sources the lookup in the known-client
         table (docs/performance.rst, "The known sources' filter").""",
         why="""Four thousand protected destination keys with known clients,
-        8 MB at most.  Past it a destination without a filter is still
-        correct: its sources are looked up, as without filters, and a
-        warning says so.""")
+        16 MB at most (a 2 KiB filter takes a 4 KiB allocation).  Past it a
+        destination without a filter is still correct: its sources are
+        looked up, as without filters, and a warning says so.""")
 
 
 @dataclass(frozen=True, repr=False)

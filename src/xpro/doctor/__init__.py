@@ -332,9 +332,11 @@ class _LoadResult:
     fixed: int = 0
 
 
-#: Bytes of one destination's filter of its known sources (allocated as
-#: destinations fill them: at most ``tables.known_filters`` of them).
-KNOWN_FILTER_BYTES = 2048
+#: Kernel memory of one destination's filter of its known sources, allocated
+#: as destinations fill them (at most ``tables.known_filters`` of them): 2 KiB
+#: of bits and the element's header, which the kernel's allocator serves
+#: from its 4 KiB size class.
+KNOWN_FILTER_BYTES = 4096
 
 
 def check_bpf_object(config: Config) -> _LoadResult:

@@ -406,11 +406,15 @@ def _find_password(url_password: str | None, opts: Mapping[str, Any]) -> str | N
     pf = opts.get("password_file")
     if pf:
         try:
-            return read_password_file(str(pf)) or None
+            text = read_password_file(str(pf))
         except (OSError, UnicodeDecodeError) as exc:
             why = getattr(exc, "strerror", None) or "not UTF-8 text"
             raise ConfigError(f"store option password_file={pf}: cannot read it ({why})"
                               ) from None
+        if not text:
+            raise ConfigError(f"store option password_file={pf}: its first line is empty (the "
+                              "password is the file's first line)")
+        return text
     return None
 
 

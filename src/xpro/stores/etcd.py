@@ -242,6 +242,9 @@ class EtcdStore(Store):
             else:
                 ch = grpc.insecure_channel(target, options=opts)
             self._channels[i] = ch
+            if self._closed:  # closed while it was being made: not to escape close()
+                ch.close()
+                raise StoreUnavailable(f"etcd store at {self.where}: closed")
         return ch
 
     def _stub(self) -> Any:
@@ -1069,11 +1072,13 @@ class EtcdStore(Store):
         """Close the channels, for good: a call in flight on them (from another
         thread) is cancelled, and every later call raises StoreUnavailable."""
         self._closed = True
-        with self._lock:
-            for i, ch in enumerate(self._channels):
-                if ch is not None:
-                    ch.close()
-                    self._channels[i] = None
+        # Not under self._lock: a merge or a read holds it for its whole RPC,
+        # which is the call a stop must cancel.  gRPC channels close from any
+        # thread; _channel() refuses to open one once _closed is set.
+        channels, self._channels = self._channels, [None] * len(self._channels)
+        for ch in channels:
+            if ch is not None:
+                ch.close()
 
     # For tests and tools.
     def record_key(self, key: bytes) -> bytes:

@@ -359,6 +359,9 @@ class RedisStore(Store):
             else:
                 h, p = self.nodes[0]
                 self._conn = _Conn(single=redis.Redis(host=h, port=p, **kw))
+            if self._closed:  # closed while it was being made: not to escape close()
+                self._drop_connection()
+                raise StoreUnavailable(f"redis store at {self.where}: closed")
         return self._conn
 
     def _node_client(self, conn: _Conn, route: str) -> tuple[str, Any]:

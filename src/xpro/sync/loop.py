@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from xpro.core.alert import AlertKind
@@ -63,9 +64,12 @@ class SyncLoop:
             if self.syncer is None:
                 assert self._connect is not None
                 self.syncer = self._connect()
+                if self._stop.is_set():  # connected as the stop came: no round
+                    return 0.0
             st = self.syncer.round()
         except Exception as exc:
-            if self._stop.is_set():  # the stop cut the round short (stop's interrupt)
+            if self._stop.is_set() and isinstance(exc, StoreError):
+                # the stop cut the round short (stop's interrupt): no outage
                 log.info("sync %s: the round in progress was cut short by the stop (%s)",
                          self.name, exc)
                 return 0.0
@@ -130,13 +134,19 @@ class SyncLoop:
         answering: up to the store's timeout, 10 s by default, and its retry
         time; a round that works lasts a few seconds at most, under a spray
         in the lab): ``interrupt`` (the store's ``close``) cuts it short, so
-        that the caller does not release what the round still uses.  Waits
-        at most ``timeout`` seconds in all."""
+        that the caller does not release what the round still uses; but not
+        in the middle of a merge (:attr:`Syncer.merging`), which it waits for
+        until a second before ``timeout``.  Waits at most ``timeout`` seconds
+        in all."""
         self._stop.set()
         t = self._thread
         if t is None:
             return
+        deadline = time.monotonic() + timeout
         t.join(min(grace, timeout))
+        while t.is_alive() and getattr(self.syncer, "merging", False) \
+                and time.monotonic() < deadline - 1.0:
+            t.join(0.05)
         if t.is_alive() and interrupt is not None:
             log.info("sync %s: a round is still running at the stop; cutting it short",
                      self.name)
@@ -144,7 +154,7 @@ class SyncLoop:
                 interrupt()
             except Exception:  # the stop goes on
                 log.exception("sync %s: interrupting the round failed", self.name)
-        t.join(max(0.0, timeout - grace))
+        t.join(max(0.0, deadline - time.monotonic()))
 
     @property
     def running(self) -> bool:

@@ -204,6 +204,8 @@ class Syncer:
         self.mirror = Mirror()
         #: Each aggregate's recent counts, for its recent rate (_recent_starts).
         self.recent = RecentCounts()
+        #: Whether a merge into the master is in flight (SyncLoop.stop waits for it).
+        self.merging = False
         self._recent = 0
         #: Closed destinations and the known-client table.
         self.known = KnownClients(filt, known)
@@ -483,15 +485,23 @@ class Syncer:
         """The store's merge, in the mesh's time (timestamps shifted by the skew)."""
         d = self.skew
         mesh_local = _shift(local, d)
-        if self.partials is not None:
-            existed, before = self.store.merge(keys, mesh_local, self.params,
-                                               bounds=dataclasses.replace(b, now=b.now + d),
-                                               rule=self.rule)
-        elif self._merge_bounds:
-            existed, before = self.store.merge(keys, mesh_local, self.params,
-                                               bounds=dataclasses.replace(b, now=b.now + d))
-        else:
-            existed, before = self.store.merge(keys, mesh_local, self.params)
+        # A stop waits for a merge in flight before it closes the store under
+        # the round (SyncLoop.stop): cut, the master may hold the counts the
+        # kernel was not yet brought level with, and a next daemon adopting
+        # the maps would merge them again.
+        self.merging = True
+        try:
+            if self.partials is not None:
+                existed, before = self.store.merge(keys, mesh_local, self.params,
+                                                   bounds=dataclasses.replace(b, now=b.now + d),
+                                                   rule=self.rule)
+            elif self._merge_bounds:
+                existed, before = self.store.merge(keys, mesh_local, self.params,
+                                                   bounds=dataclasses.replace(b, now=b.now + d))
+            else:
+                existed, before = self.store.merge(keys, mesh_local, self.params)
+        finally:
+            self.merging = False
         return existed, _shift(before, -d, existed)
 
     # ---- clocks --------------------------------------------------------------
