@@ -66,7 +66,7 @@ from xpro.bpf.xdp import (
 from xpro.core import layout as L
 from xpro.core.keys import index_of
 from xpro.core.merge import rate_exceeds_array
-from xpro.core.model import FilterParams, source_mask
+from xpro.core.model import V4_SPACE, FilterParams, source_mask
 from xpro.core.prefixset import PrefixSet
 from xpro.core.state import APPLIED, OP_CREATE, OP_DST, OP_FLOW, OP_KEEP_BASE, apply_entries
 from xpro.datapath.host import require_ethernet
@@ -167,34 +167,17 @@ def _allowed(srcs: Array, params: FilterParams) -> Array:
     flow shares that flow's record, and the NIC, which matches the record's
     key, would drop it with the rest.  So a flow is allowed here when any
     allow prefix overlaps its source prefix (contains it, or lies in it)."""
-    out = np.zeros(len(srcs), dtype=bool)
     if not params.allow or not len(srcs):
-        return out
-    raw = np.ascontiguousarray(srcs).view(np.uint8).reshape(len(srcs), 16)
-    hi = raw[:, :8].copy().view(">u8").ravel().astype(np.uint64)
-    lo = raw[:, 8:].copy().view(">u8").ravel().astype(np.uint64)
-    v4 = (hi == 0) & ((lo >> np.uint64(32)) == 0xFFFF)
+        return np.zeros(len(srcs), dtype=bool)
+    v4 = PrefixSet.build({V4_SPACE: 1}).contains(srcs)
     length = np.where(v4, 96 + params.source_prefix_v4, params.source_prefix_v6)
-    for p in params.allow:
-        m = np.minimum(length, p.length)  # the bits both prefixes fix
-        mask_hi = _mask64(np.minimum(m, 64))
-        mask_lo = _mask64(np.maximum(m - 64, 0))
-        p_hi, p_lo = np.uint64(p.network >> 64), np.uint64(p.network & (2**64 - 1))
-        hit = ((hi ^ p_hi) & mask_hi == 0) & ((lo ^ p_lo) & mask_lo == 0)
-        if p.length >= 96 and p.network >> 32 == 0xFFFF:
-            # An IPv4 entry allows IPv4 packets only (an IPv6 packet from a
-            # mapped address is never allowed): not an IPv6 flow's, though
-            # ::/64 holds the mapped space.
-            hit &= v4
-        out |= hit
+    # An IPv4 entry allows IPv4 packets only (an IPv6 packet from a mapped
+    # address is never allowed): not an IPv6 flow's, though ::/64 holds the
+    # mapped space.
+    entries4 = PrefixSet.build({p: 1 for p in params.allow if p.is_v4})
+    entries6 = PrefixSet.build({p: 1 for p in params.allow if not p.is_v4})
+    out: Array = (v4 & entries4.overlaps(srcs, length)) | entries6.overlaps(srcs, length)
     return out
-
-
-def _mask64(bits: Array) -> Array:
-    """The top ``bits`` bits (0 to 64) of a u64 set, per element."""
-    b = np.asarray(bits, dtype=np.uint64)
-    full = np.uint64(2**64 - 1)
-    return np.where(b == 0, np.uint64(0), full << (np.uint64(64) - np.maximum(b, 1)))
 
 
 def _over(c: Array, ts1: Array, ts2: Array, now: int, t_t1: int, t_min: int,

@@ -374,6 +374,15 @@ class Prefix:
         shift = 128 - self.length
         return (int.from_bytes(addr16, "big") >> shift) == (self.network >> shift)
 
+    @property
+    def is_v4(self) -> bool:
+        """Whether it is an IPv4 prefix (it lies in :data:`V4_SPACE`)."""
+        return self.length >= 96 and self.network >> 32 == 0xFFFF
+
+
+#: The IPv4-mapped space ``::ffff:0:0/96``, where the 16-byte form holds IPv4.
+V4_SPACE = Prefix(0xFFFF << 32, 96)
+
 
 def longest_match(prefixes: Mapping[Prefix, int], addr16: bytes) -> int | None:
     """The value of the longest prefix containing ``addr16`` (an LPM trie)."""

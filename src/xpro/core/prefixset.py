@@ -57,8 +57,7 @@ class PrefixSet:
 
     def lookup(self, addrs: Array, default: int) -> Array:
         """The value of the longest prefix holding each address (``default`` if none)."""
-        words = np.ascontiguousarray(addrs).view(">u8").reshape(len(addrs), 2)
-        hi, lo = words[:, 0].astype(np.uint64), words[:, 1].astype(np.uint64)
+        hi, lo = _words(addrs)
         out = np.full(len(addrs), default, dtype=np.int64)
         for i in range(len(self.values)):  # shortest first: longer ones override
             hit = ((hi & self.mask_hi[i]) == self.net_hi[i]) & (
@@ -69,3 +68,27 @@ class PrefixSet:
     def contains(self, addrs: Array) -> Array:
         """Whether each address is in one of the prefixes."""
         return self.lookup(addrs, -1) >= 0
+
+    def overlaps(self, addrs: Array, lengths: Array) -> Array:
+        """Whether each prefix (an address of ``addrs`` and its length in
+        ``lengths``) overlaps one of the set's: one of the two holds the other."""
+        hi, lo = _words(addrs)
+        out = np.zeros(len(addrs), dtype=bool)
+        for i in range(len(self.values)):
+            bits = np.minimum(np.asarray(lengths, dtype=np.int64), self.lengths[i])
+            out |= (((hi ^ self.net_hi[i]) & _top(np.minimum(bits, 64))) == 0) & (
+                ((lo ^ self.net_lo[i]) & _top(np.maximum(bits - 64, 0))) == 0)
+        return out
+
+
+def _words(addrs: Array) -> tuple[Array, Array]:
+    """16-byte addresses as their two big-endian 64-bit words."""
+    words = np.ascontiguousarray(addrs).view(">u8").reshape(len(addrs), 2)
+    return words[:, 0].astype(np.uint64), words[:, 1].astype(np.uint64)
+
+
+def _top(bits: Array) -> Array:
+    """A u64 with its top ``bits`` bits (0 to 64) set, per element."""
+    b = np.asarray(bits, dtype=np.uint64)
+    full = np.uint64(2**64 - 1)
+    return np.where(b == 0, np.uint64(0), full << (np.uint64(64) - np.maximum(b, 1)))

@@ -926,8 +926,7 @@ def _in_prefix(addrs: np.ndarray, prefix: str, *, what: str,
     except ValueError as exc:
         raise ConfigError(f"{what} {printable(prefix, 80)!r}: {exc}") from None
     if params is not None:
-        v4 = p.length >= 96 and (p.network >> 32) == 0xFFFF
-        keyed = 96 + params.source_prefix_v4 if v4 else params.source_prefix_v6
+        keyed = 96 + params.source_prefix_v4 if p.is_v4 else params.source_prefix_v6
         if p.length > keyed:
             p = Prefix(p.network >> (128 - keyed) << (128 - keyed), keyed)
     out: np.ndarray = PrefixSet.build({p: 1}).contains(addrs)

@@ -852,9 +852,9 @@ class UserFilter:
         # A negative delta larger than the count (the kc delta's too) is not
         # for this record: read before an eviction or a reset (the kernel's
         # apply_flow and apply_dst).
-        under = _under(t.vals["c"][su], e["c_delta"][ru])
+        under = _under(t.vals["c"][su], e["c_delta"][ru].view(np.uint64))
         if not flows:
-            under |= _under(t.vals["kc"][su], e["base_c"][ru].view(np.int64))
+            under |= _under(t.vals["kc"][su], e["base_c"][ru])
         e["result"][ru[under]] = GEN_MISMATCH
         ru, su = ru[~under], su[~under]
         if len(ru):
@@ -1354,9 +1354,11 @@ class _AddrPass:
 
 
 def _under(count: Array, delta: Array) -> Array:
-    """Where a signed ``delta`` would take an unsigned ``count`` below zero."""
-    d = np.asarray(delta, dtype=np.int64)
-    out: Array = (d < 0) & (count < (-(d + 1)).astype(np.uint64) + np.uint64(1))
+    """Where ``delta`` (signed, in two's complement in a u64) would take the
+    unsigned ``count`` below zero: the control program's ``c < 0 - delta``
+    for a negative delta."""
+    negative = (delta >> np.uint64(63)) == 1
+    out: Array = negative & (count < np.uint64(0) - delta)
     return out
 
 
