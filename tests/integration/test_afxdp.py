@@ -286,6 +286,75 @@ def test_stop_and_close_remove_everything(path_factory: Any) -> None:
     path.backend.close()
 
 
+def test_a_batch_the_filter_fails_on_is_dropped_and_the_loop_goes_on(
+        path_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame that makes the filter raise (a bug an attacker found) costs its
+    batch, dropped and counted, not the data path: the next frames are judged
+    and forwarded, and no UMEM frame is lost."""
+    path: Path = path_factory(model.FilterParams())
+    afxdp = path.backend.path
+    assert afxdp is not None
+    judge = path.filt.process
+    poison = socket.inet_aton("10.77.13.13")  # a source the filter raises on
+
+    def process(data: Any, addrs: Any, lens: Any, **kw: Any) -> Any:
+        if any(bytes(data[a + 26:a + 30]) == poison for a in addrs):
+            raise ValueError("a bug this frame found")
+        return judge(data, addrs, lens, **kw)
+
+    monkeypatch.setattr(path.filt, "process", process)
+    free = afxdp.umem.top
+    mac = {"src_mac": path.peer_mac, "dst_mac": "02:00:00:00:00:99"}
+    bad = udp_frame(**mac, src="10.77.13.13", dst="10.88.0.2", dport=PORT)
+    good = udp_frame(**mac, src="10.77.0.7", dst="10.88.0.2", dport=PORT)
+    with UdpCounter(path.svc_ns, PORT) as rx:
+        path.send([bad])
+        end = time.monotonic() + 5
+        while afxdp.stats.filter_errors == 0 and time.monotonic() < end:
+            time.sleep(0.001)
+        path.send([good] * 20)
+        _wait_total(path.filt, 20)
+        time.sleep(0.3)
+    assert afxdp.stats.filter_errors == 1
+    assert afxdp.stats.dropped == 1
+    assert rx.counts.get("10.77.0.7") == 20  # the loop went on
+    assert afxdp.failure is None
+    assert afxdp.umem.top == free  # the failed batch's frame came back
+    names = {s.name: s.value for s in path.backend.metrics()}
+    assert names["afxdp_filter_errors"] == 1
+    assert names["afxdp_tx"] == 20
+
+
+def test_a_loop_that_fails_says_why(path_factory: Any) -> None:
+    """The egress interface goes away: the loop fails on its next passed frame
+    and says so through ``on_failure`` and ``failure()`` (the daemon then
+    stops, tests/integration/test_daemon.py)."""
+    import subprocess
+
+    from xpro.errors import DatapathError
+
+    path: Path = path_factory(model.FilterParams())
+    got: list[str] = []
+    path.backend.on_failure = got.append
+    path.backend.start()  # again: it hands the callback to the running path
+    afxdp = path.backend.path
+    assert afxdp is not None
+    assert path.backend.failure() is None
+    subprocess.run(["ip", "-n", path.backend.netns or "", "link", "del", afxdp.egress],
+                   check=True)
+    path.send([udp_frame(src_mac=path.peer_mac, dst_mac="02:00:00:00:00:99", src="10.77.0.7",
+                         dst="10.88.0.2", dport=PORT)])
+    end = time.monotonic() + 5
+    while not got and time.monotonic() < end:
+        time.sleep(0.01)
+    why = f"the afxdp loop failed: wake TX of the AF_XDP socket on {afxdp.egress}"
+    assert len(got) == 1
+    assert got[0].startswith(why)
+    assert path.backend.failure() == got[0]
+    with pytest.raises(DatapathError, match="the afxdp loop failed"):
+        path.backend.stop()
+
+
 def _coap_frame(path: Path, src: str, host: bytes) -> bytes:
     return bytes(Ether(src=path.peer_mac, dst="02:00:00:00:00:99")
                  / IP(src=src, dst="10.88.0.2") / UDP(sport=40000, dport=COAP_PORT)

@@ -11,6 +11,7 @@ next daemon.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -162,6 +164,30 @@ def daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
         d.cleanup()
 
 
+@contextlib.contextmanager
+def afxdp_daemon(tmp_path: Path, daemons: list[Daemon], *extra: str
+                 ) -> Iterator[tuple[Daemon, SimpleNamespace]]:
+    """``xpro run --backend afxdp`` between a peer and a service (namespaces of
+    its own, removed afterwards); yields it started and the topology's names."""
+    from xpro.lab.namespaces import Topology, add_address, link_info, sysctl
+
+    with Topology() as topo:
+        peer, proxy, svc = (topo.namespace(r) for r in ("peer", "proxy", "svc"))
+        for key in ("all", "default"):
+            sysctl(peer, f"net.ipv6.conf.{key}.disable_ipv6", 1)
+        peer_if, ingress = topo.veth(peer, proxy)
+        egress, svc_if = topo.veth(proxy, svc)
+        add_address(svc_if, "10.88.0.2/24", svc)
+        where = SimpleNamespace(proxy_ns=proxy, proxy_if=ingress)  # what Daemon reads
+        d = Daemon(tmp_path, where, "memory://", "--backend", "afxdp",  # type: ignore[arg-type]
+                   "--afxdp-egress", egress, "--afxdp-egress-dst-mac",
+                   link_info(svc_if, svc).mac, *extra)
+        daemons.append(d)
+        d.start()
+        yield d, SimpleNamespace(peer=peer, peer_if=peer_if, proxy=proxy, egress=egress,
+                                 svc=svc, peer_mac=link_info(peer_if, peer).mac)
+
+
 def metric(text: str, name: str, **labels: str) -> float:
     want = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
     for line in text.splitlines():
@@ -230,6 +256,7 @@ def test_daemon_filters_syncs_and_reports(tmp_path: Path, pair: NsPair, redis: R
     m = d.metrics()
     assert metric(m, "xpro_packets_total", reason="src_rate") > 2000
     assert metric(m, "xpro_store_up") == 1.0
+    assert metric(m, "xpro_datapath_up") == 1.0
     assert metric(m, "xpro_sync_rounds_total") >= 3
     assert metric(m, "xpro_workload_pps", proxy="p1") >= 0
     assert metric(m, "xpro_alerts_total", kind="src_overload") >= 1
@@ -456,6 +483,38 @@ def test_a_broken_plugin_is_reported_and_the_daemon_runs(
                for x in d.alerts.read_text().splitlines())
     assert d.stop() == 0
     assert "broken_sink" in d.text()
+
+
+def test_an_afxdp_loop_that_fails_stops_the_daemon_with_its_reason(
+        tmp_path: Path, daemons: list[Daemon]) -> None:
+    """The egress interface goes away under a running afxdp daemon: the next
+    passed frame cannot be sent and the loop fails.  The daemon must not go on
+    with no data path (every frame of the ingress would be redirected to
+    sockets nobody reads): it alerts and exits 1, for its service manager to
+    start it again (docs/operations.rst, "When the data path fails")."""
+    from xpro.lab.frames import Stream, send_in_netns
+
+    with afxdp_daemon(tmp_path, daemons) as (d, net):
+        assert d.status()["failed"] is None
+        subprocess.run(["ip", "-n", net.proxy, "link", "del", net.egress], check=True)
+        legit = udp_frame(src_mac=net.peer_mac, dst_mac="02:00:00:00:00:99", src="10.77.0.7",
+                          dst="10.88.0.2", dport=9000)
+        send_in_netns(net.peer, net.peer_if, [Stream("legit", legit, 20)], 0.5)
+        assert d.proc is not None
+        assert d.proc.wait(30) == 1
+    text = d.text()
+    assert ("the afxdp loop failed: wake TX of the AF_XDP socket on "
+            f"{net.egress}: No such device or address") in text
+    assert "the daemon stopped so that its service manager starts it again" in text
+    assert "Traceback" not in text.split("datapath_failed")[-1]  # one line at the end
+    failed = [e for e in d.events() if e.get("event") == "datapath_failed"]
+    assert len(failed) == 1
+    alerts = [json.loads(x) for x in d.alerts.read_text().splitlines()]
+    down = [a for a in alerts if a["kind"] == "datapath_down"]
+    assert len(down) == 1
+    assert down[0]["severity"] == "critical"
+    # It released what it held: a new daemon may take the same pins and socket.
+    assert not Path(d.sock).exists()
 
 
 @pytest.mark.parametrize(("args", "code", "needle"), [

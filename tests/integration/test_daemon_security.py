@@ -22,12 +22,18 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from urllib.parse import quote
 
 import pytest
 
-from tests.integration.test_daemon import XPRO, Daemon, daemons, pair, traffic  # noqa: F401
+from tests.integration.test_daemon import (  # noqa: F401
+    XPRO,
+    Daemon,
+    afxdp_daemon,
+    daemons,
+    pair,
+    traffic,
+)
 from xpro.bpf import xdp_query
 from xpro.daemon.privileges import read_capabilities
 from xpro.lab.namespaces import NsPair
@@ -283,33 +289,20 @@ def test_the_afxdp_daemon_keeps_no_capability(tmp_path: Path,
                                              daemons: list[Daemon]) -> None:  # noqa: F811
     """The userspace data path too runs with none: its sockets are bound at attach."""
     from xpro.lab.frames import Stream, UdpCounter, send_in_netns, udp_frame
-    from xpro.lab.namespaces import Topology, add_address, link_info, sysctl
 
-    with Topology() as topo:
-        peer, proxy, svc = (topo.namespace(r) for r in ("peer", "proxy", "svc"))
-        for key in ("all", "default"):
-            sysctl(peer, f"net.ipv6.conf.{key}.disable_ipv6", 1)
-        peer_if, ingress = topo.veth(peer, proxy)
-        egress, svc_if = topo.veth(proxy, svc)
-        add_address(svc_if, "10.88.0.2/24", svc)
-        where = SimpleNamespace(proxy_ns=proxy, proxy_if=ingress)  # what Daemon reads
-        d = Daemon(tmp_path, where, "memory://", "--backend", "afxdp",  # type: ignore[arg-type]
-                   "--afxdp-egress", egress, "--afxdp-egress-dst-mac",
-                   link_info(svc_if, svc).mac, "--t-f1", "100", "--t-t2", "0.5")
-        daemons.append(d)
-        d.start()
+    with afxdp_daemon(tmp_path, daemons, "--t-f1", "100", "--t-t2", "0.5") as (d, net):
         assert d.proc is not None
         for task in _tasks(d.proc.pid):
             caps = read_capabilities(task)
             assert caps.effective == caps.permitted == caps.bounding == frozenset(), task
-        mac = link_info(peer_if, peer).mac
+        mac = net.peer_mac
         bot = udp_frame(src_mac=mac, dst_mac="02:00:00:00:00:99", src="10.77.0.66",
                         dst="10.88.0.2", dport=9000)
         legit = udp_frame(src_mac=mac, dst_mac="02:00:00:00:00:99", src="10.77.0.7",
                           dst="10.88.0.2", dport=9000)
-        with UdpCounter(svc, 9000) as rx:
-            send_in_netns(peer, peer_if, [Stream("bot", bot, 2000), Stream("legit", legit, 20)],
-                          2.0)
+        with UdpCounter(net.svc, 9000) as rx:
+            send_in_netns(net.peer, net.peer_if,
+                          [Stream("bot", bot, 2000), Stream("legit", legit, 20)], 2.0)
             time.sleep(0.5)
         assert rx.counts.get("10.77.0.7") == 40  # forwarded, by a thread with no capability
         assert d.status()["counters"]["src_rate"]["packets"] > 1000

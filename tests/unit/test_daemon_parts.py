@@ -127,6 +127,11 @@ def test_status_text_shows_mesh_verdicts_and_top_flows() -> None:
     assert "10.0.0.9" in text
     assert "redis://h:6379" in text
     assert "src_overload 1" in text
+    assert "DATA PATH STOPPED" not in text
+    st["failed"] = "the afxdp loop failed: wake TX of the AF_XDP socket on eth1: ENXIO"
+    assert ("  DATA PATH STOPPED: the afxdp loop failed: wake TX of the AF_XDP socket on "
+            "eth1: ENXIO (the daemon exits; its service manager starts it again)"
+            in format_status(st).splitlines())
 
 
 @pytest.mark.usefixtures("restore_logging")

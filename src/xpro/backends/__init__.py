@@ -24,7 +24,7 @@ use, so the sync works unchanged over every data path.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -110,7 +110,19 @@ class Backend(abc.ABC):
         (:meth:`xpro.config.Config.backend_options`); none by default."""
 
     def start(self) -> None:  # noqa: B027  (optional: userspace data paths run threads)
-        """Start whatever runs beside the kernel (userspace paths)."""
+        """Start whatever runs beside the kernel (userspace paths).
+
+        A userspace path that stops for good afterwards (its thread failed)
+        calls :attr:`on_failure` with why, from its own thread."""
+
+    #: Set by the daemon before :meth:`start`: called with why the data path
+    #: stopped filtering for good (docs/operations.rst, "When the data path fails").
+    on_failure: Callable[[str], None] | None = None
+
+    def failure(self) -> str | None:
+        """Why the data path stopped filtering for good, or None (the kernel
+        paths never do: the program runs without the daemon)."""
+        return None
 
     def stop(self) -> None:  # noqa: B027
         """Stop what :meth:`start` started."""

@@ -45,7 +45,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from xpro.backends import Attachment, Backend
+from xpro.backends import Attachment, Backend, Sample
 from xpro.bpf import XdpMode
 from xpro.datapath.afxdp.datapath import AfxdpPath
 from xpro.datapath.afxdp.filter import DestinationParser, UserFilter
@@ -162,7 +162,27 @@ class AfxdpBackend(Backend):
         return att
 
     def start(self) -> None:
-        self._path().start()
+        path = self._path()
+        path.on_failure = self.on_failure
+        path.start()
+
+    def failure(self) -> str | None:
+        return None if self.path is None else self.path.failure
+
+    def metrics(self) -> list[Sample]:
+        """What the loop moved: frames received, forwarded, dropped, lost to a
+        full TX ring, and batches the filter failed on (dropped)."""
+        if self.path is None:
+            return []
+        st = self.path.stats
+        return [Sample(f"afxdp_{name}", text, {}, float(getattr(st, name)))
+                for name, text in (
+                    ("rx", "Frames the AF_XDP loop received"),
+                    ("tx", "Frames the AF_XDP loop forwarded out of the egress"),
+                    ("dropped", "Frames the AF_XDP loop dropped (the filter's verdict, or "
+                                "a batch the filter failed on)"),
+                    ("tx_ring_full", "Passed frames lost to a full egress TX ring"),
+                    ("filter_errors", "Batches the filter raised on (their frames dropped)"))]
 
     def stop(self) -> None:
         if self.path is not None:

@@ -32,7 +32,7 @@ from xpro.config import (
     load_config,
     overrides_from_click,
 )
-from xpro.errors import XproError
+from xpro.errors import DatapathError, XproError
 
 __all__ = ["config", "detach", "explain", "flows", "run", "status", "top"]
 
@@ -165,12 +165,16 @@ def run(config_path: str | None, **params: Any) -> None:
         require_root("xpro run", "it loads, attaches and pins the XDP program, then drops "
                      "every capability; the systemd unit in packaging/ runs it so")
         old.update({s: signal.signal(s, on_term) for s in (signal.SIGTERM, signal.SIGINT)})
+        def failed() -> None:  # from the failing thread: wake the loop below
+            with contextlib.suppress(OSError):
+                os.write(wake_w, b"!")
+
         proxy = Proxy(config, reload_source=source,
-                      drop_capabilities=config.proxy.drop_capabilities)
+                      drop_capabilities=config.proxy.drop_capabilities, on_failure=failed)
         try:
             proxy.start()
             _notify("READY=1")
-            while not flags["term"]:
+            while not flags["term"] and not proxy.failed:
                 os.read(wake_r, 64)  # a signal came; its handler runs right after
                 if flags["term"] or not flags["reload"]:
                     continue
@@ -188,6 +192,11 @@ def run(config_path: str | None, **params: Any) -> None:
             _notify("STOPPING=1")
         finally:
             proxy.stop()
+        if proxy.failed:
+            # Exit 1: the systemd unit (Restart=on-failure) starts a new daemon,
+            # which attaches the data path again (docs/operations.rst).
+            raise DatapathError(f"{proxy.failed}; the daemon stopped so that its service "
+                                "manager starts it again")
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -244,6 +253,9 @@ def format_status(st: dict[str, Any]) -> str:
     st = _safe(st)
     out = [f"proxy {st['proxy']}  (xpro {st['version']}, pid {st['pid']}, "
            f"up {st['uptime_s']:.0f} s, backend {st['backend']})"]
+    if st.get("failed"):
+        out.append(f"  DATA PATH STOPPED: {st['failed']} (the daemon exits; its service "
+                   "manager starts it again)")
     for att in st.get("interfaces", []):
         extra = f", {att['why']}" if att.get("why") else ""
         out.append(f"  interface {att['interface']}: {att['mode']} XDP, "

@@ -21,7 +21,7 @@ __all__ = ["KINDS", "SEVERITIES", "Alert", "AlertKind", "Severity", "format_aler
 #: What an alert is about.
 AlertKind = Literal["store_down", "store_up", "src_overload", "dst_overload", "workload",
                     "dst_closed", "dst_reopened", "known_full", "clock_skew", "clock_ok",
-                    "store_data"]
+                    "store_data", "datapath_down"]
 #: How urgent it is.
 Severity = Literal["info", "warning", "critical"]
 
@@ -43,6 +43,7 @@ DEFAULT_SEVERITY: Mapping[str, Severity] = MappingProxyType({
     "clock_skew": "warning",
     "clock_ok": "info",
     "store_data": "warning",
+    "datapath_down": "critical",
 })
 
 

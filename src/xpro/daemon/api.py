@@ -32,6 +32,7 @@ class ProxyView(Protocol):
     plugins: PluginHost
     events_seen: int
     events_failed: int
+    failed: str | None
 
     @property
     def filter(self) -> FilterState: ...

@@ -32,6 +32,9 @@ metric                                         type     what
                                                         and no filter of them
                                                         (tables.known_filters full)
 ``xpro_store_up``                              gauge    1 while the master store answers
+``xpro_datapath_up``                           gauge    0 once the data path stopped for
+                                                        good (an AF_XDP loop that failed;
+                                                        the daemon exits)
 ``xpro_workload_pps{proxy}``                   gauge    W of every proxy of the mesh
                                                         (heartbeats)
 ``xpro_peer_age_seconds{proxy}``               gauge    age of each proxy's last heartbeat
@@ -51,7 +54,8 @@ metric                                         type     what
                                                         labels
 ``xpro_backend_NAME_total{...}``               counter  a backend's own counters (offload:
                                                         the reduced program's verdicts per
-                                                        interface)
+                                                        interface; afxdp: the loop's
+                                                        frames, docs/afxdp.rst)
 ``xpro_plugin_queue_depth``                    gauge    plugin notifications waiting for
                                                         delivery
 ``xpro_plugin_notifications_dropped_total``    counter  notifications dropped, the queue
@@ -113,6 +117,9 @@ class ProxyCollector(Collector):
         yield from _plugin_metrics(p.plugins.hook_stats())
         if p.backend is None:
             return
+        yield GaugeMetricFamily("xpro_datapath_up", "0 once the data path stopped filtering "
+                                "for good (an AF_XDP loop that failed), 1 before",
+                                value=0.0 if p.failed else 1.0)
         packets = CounterMetricFamily("xpro_packets", "Packets by verdict reason",
                                       labels=["reason"])
         nbytes = CounterMetricFamily("xpro_bytes", "Bytes by verdict reason", labels=["reason"])

@@ -143,13 +143,20 @@ class Proxy:
         daemon process only (``xpro run`` passes ``proxy.drop_capabilities``):
         capabilities belong to the calling thread and everything it starts,
         so a program running several proxies must not.
+    :param on_failure: called (from the failing thread) once the data path
+        stopped filtering for good (:attr:`failed`); ``xpro run`` then exits so
+        that its service manager starts it again.
     """
 
     def __init__(self, config: Config, *, plugins: PluginHost | None = None,
                  reload_source: Callable[[], Config] | None = None,
                  backend_options: Mapping[str, Any] | None = None,
-                 drop_capabilities: bool = False) -> None:
+                 drop_capabilities: bool = False,
+                 on_failure: Callable[[], None] | None = None) -> None:
         self.config = config
+        #: Why the data path stopped filtering for good (None while it filters).
+        self.failed: str | None = None
+        self._on_failure = on_failure
         self.drop_capabilities = drop_capabilities
         self.capabilities: Capabilities | None = None
         self.reload_source = reload_source or (lambda: load_config(config.path))
@@ -230,6 +237,8 @@ class Proxy:
             filt.configure(cfg.filter_params())
             if self.drop_capabilities:  # before any thread starts: they inherit it
                 self._drop_capabilities()
+            self.failed = None
+            self.backend.on_failure = self._datapath_failed
             self.backend.start()
         except BaseException:
             self._release(keep=self._adopted_any())
@@ -319,6 +328,16 @@ class Proxy:
         log.info("stopped", extra={"event": "stopped", "proxy": self.name,
                                    "kept": keep})
 
+    def _datapath_failed(self, why: str) -> None:
+        """The backend's data path stopped filtering for good (its thread failed)."""
+        self.failed = why
+        log.critical("%s: the data path forwards nothing any more", why,
+                     extra={"event": "datapath_failed"})
+        self.alert(Alert.make("datapath_down", f"{why}: the data path forwards nothing "
+                              "any more", self.name))
+        if self._on_failure is not None:
+            self._on_failure()
+
     def _close_store(self) -> None:
         store = self.store
         if store is not None:
@@ -336,6 +355,9 @@ class Proxy:
         if self.backend is not None:
             try:
                 self.backend.stop()
+            except XproError as exc:  # reported when it happened (_datapath_failed)
+                log.warning("stopping the data path: %s", exc,
+                            extra={"event": "stop_error"})
             finally:
                 self.backend.close(keep=keep)
             self.backend = None
@@ -633,6 +655,7 @@ class Proxy:
             st: dict[str, Any] = {
                 "proxy": self.name, "version": __version__, "pid": os.getpid(),
                 "running": self._running, "uptime_s": round(time.time() - self.started_at, 3),
+                "failed": self.failed,
                 "backend": cfg.proxy.backend, "netns": cfg.proxy.netns,
                 "interfaces": [a.to_dict() for a in (self.backend.attachments.values()
                                                      if self.backend else ())],

@@ -24,6 +24,7 @@ import errno
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,7 @@ class PathStats:
     dropped: int = 0
     tx_ring_full: int = 0  # passed frames lost because the egress could not keep up
     batches: int = 0
+    filter_errors: int = 0  # batches the filter raised on: their frames dropped
     queues: dict[str, int] = field(default_factory=dict)
 
 
@@ -93,6 +95,8 @@ class AfxdpPath:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._error: BaseException | None = None
+        #: Called (from the loop's thread) with why the loop stopped for good.
+        self.on_failure: Callable[[str], None] | None = None
         try:
             self._obj.load()
             self.umem, self.tx = self._egress_socket(nframes, frame_size)
@@ -175,17 +179,25 @@ class AfxdpPath:
             self._thread.join(timeout)
             self._thread = None
         if self._error is not None:
-            exc, self._error = self._error, None
-            raise DatapathError(f"the afxdp loop failed: {exc}") from exc
+            why, exc, self._error = self.failure, self._error, None
+            raise DatapathError(why) from exc
+
+    @property
+    def failure(self) -> str | None:
+        """Why the loop stopped for good (no frame of the ingress is forwarded
+        any more), or None while it runs."""
+        return None if self._error is None else f"the afxdp loop failed: {self._error}"
 
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
                 if not self.poll_once():
                     wait_readable([s.fd for s in self._rx], 20)
-        except BaseException as exc:  # reported by stop()
+        except BaseException as exc:  # reported by stop() and on_failure
             log.exception("afxdp loop failed")
             self._error = exc
+            if self.on_failure is not None:
+                self.on_failure(self.failure or "")
 
     def poll_once(self) -> int:
         """Take one batch from every RX socket, filter, forward; returns frames handled."""
@@ -210,8 +222,23 @@ class AfxdpPath:
         st.batches += 1
         st.rx += len(d)
         addrs = d["addr"].astype(np.int64)
-        action, _ = self.filt.process(self.umem.data, addrs, d["len"],
-                                        frame_size=self.umem.frame_size)
+        try:
+            action, _ = self.filt.process(self.umem.data, addrs, d["len"],
+                                            frame_size=self.umem.frame_size)
+        except Exception:
+            # A batch the filter cannot judge is dropped, counted and logged,
+            # and the loop goes on: one hostile frame that found a bug must
+            # neither pass its batch unfiltered nor stop the data path
+            # (docs/afxdp.rst, "When the filter fails").
+            st.filter_errors += 1
+            st.dropped += len(d)
+            self.umem.give_frames(d["addr"])
+            n = st.filter_errors
+            if n & (n - 1) == 0:  # the first, then every power of two
+                log.exception("the filter failed on a batch of %d frames (%d batches so "
+                              "far): dropped", len(d), n,
+                              extra={"event": "afxdp_filter_error"})
+            return
         ok = action == L.XDP_PASS
         drop = d["addr"][~ok]
         st.dropped += len(drop)
