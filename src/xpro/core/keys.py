@@ -17,19 +17,37 @@ __all__ = ["KeyIndex", "fingerprint", "gather", "index_of", "key_bytes", "known_
 
 Array = npt.NDArray[Any]
 
+#: Per process, random: the fingerprint's key.  Keys that share a fingerprint
+#: stay correct (compared by their bytes) but slow (a dict, or a sort of their
+#: run); keyed, nobody can choose addresses to make many of them.
+_SEED = np.random.default_rng().integers(0, 2**64, size=5, dtype=np.uint64)
 _MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
                  0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD], dtype=np.uint64)
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
 
 
 def fingerprint(keys: Array) -> Array:
-    """A 64-bit mix of each key's bytes (to sort and search keys as integers)."""
+    """A 64-bit keyed hash of each key's bytes (to sort and search keys as integers).
+
+    Each 8-byte word, xored with the process's seed, goes through a bijective
+    mixer (splitmix64's) before the words are summed with odd weights.  A mix
+    without it (the words times constants, summed) made keys that differ in
+    the high bytes of two words collide: addresses of one /24 and ports put
+    every second key of the sync bench into the collision path (0.19 s of a
+    0.93 s round, docs/performance.rst).
+    """
     width = keys.dtype.itemsize
     n = len(keys)
     raw = np.zeros((n, (width + 7) // 8 * 8), dtype=np.uint8)
     raw[:, :width] = np.ascontiguousarray(keys).view(np.uint8).reshape(n, width)
-    words = raw.view("<u8")
-    h: Array = (words * _MIX[: words.shape[1]]).sum(axis=1, dtype=np.uint64)
-    out: Array = h ^ (h >> np.uint64(29))
+    x = raw.view("<u8") ^ _SEED[: raw.shape[1] // 8]
+    x ^= x >> _S30
+    x *= _M1
+    x ^= x >> _S27
+    x *= _M2
+    x ^= x >> _S31
+    out: Array = (x * _MIX[: x.shape[1]]).sum(axis=1, dtype=np.uint64)
     return out
 
 
