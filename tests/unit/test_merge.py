@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from xpro.core import model
 from xpro.core.layout import LOCAL, MASTER
-from xpro.core.merge import merge_arrays
+from xpro.core.merge import merge_arrays, products_exceed, rate_exceeds_array
 
 pytestmark = pytest.mark.unit
 
@@ -95,3 +95,34 @@ def test_old_master_and_huge_counts_do_not_overflow() -> None:
     assert want_m is not None
     assert tuple(out_l[0][["ts1", "ts2", "c"]].tolist()) == (want_l.ts1, want_l.ts2, want_l.c)
     assert tuple(out_m[0].tolist()) == (want_m.ts1, want_m.ts2, want_m.c)
+
+
+_I63 = st.integers(-(2**63), 2**63 - 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_I63, _I63), min_size=1, max_size=20),
+       st.integers(0, 10**12), st.integers(0, 2**40), st.booleans())
+def test_products_compare_exactly(rows: list[tuple[int, int]], ka: int, kb: int,
+                                  strict: bool) -> None:
+    """Against Python integers, with ties and near-ties made on purpose: a
+    double alone would call ``a * ka`` and ``a * ka + 1`` equal."""
+    rows = rows + [(b * kb // ka if ka else 0, b) for _, b in rows]  # ties and near-ties
+    a = np.array([r[0] for r in rows if -(2**63) <= r[0] < 2**63], dtype=np.int64)
+    b = np.array([r[1] for r in rows if -(2**63) <= r[0] < 2**63], dtype=np.int64)
+    got = products_exceed(a, ka, b, kb, strict=strict)
+    want = [(int(x) * ka > int(y) * kb) if strict else (int(x) * ka >= int(y) * kb)
+            for x, y in zip(a, b, strict=True)]
+    assert got.tolist() == want
+
+
+def test_rate_exceeds_array_on_a_limit_near_two_to_the_32() -> None:
+    """The sync bench's benign T_F1 (2**32 - 1) and windows of seconds: past
+    int64, so compared in doubles, exactly at the boundary as the model."""
+    limit = 2**32 - 1
+    window = np.array([10**10, 10**10, 10**10, 3 * 10**9], dtype=np.int64)
+    count = np.array([limit * 10, limit * 10 + 1, limit * 10 - 1, 1], dtype=np.int64)
+    got = rate_exceeds_array(count, window, limit).tolist()
+    assert got == [model.rate_exceeds(int(c), int(w), limit)
+                   for c, w in zip(count, window, strict=True)]
+    assert got == [False, True, False, False]

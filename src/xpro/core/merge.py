@@ -19,7 +19,7 @@ import numpy.typing as npt
 from xpro.core.layout import LOCAL, MASTER
 from xpro.core.model import NS_PER_S, R_DEN, SyncParams
 
-__all__ = ["merge_arrays", "rate_exceeds_array"]
+__all__ = ["merge_arrays", "products_exceed", "rate_exceeds_array"]
 
 Array = npt.NDArray[Any]
 
@@ -105,19 +105,35 @@ def merge_arrays(local: Array, local_exists: Array, master: Array, master_exists
     return out_local, out_master
 
 
-def rate_exceeds_array(count: Array, window: Array, limit: int) -> Array:
-    """:func:`xpro.core.model.rate_exceeds` over arrays: ``count * 1e9 > limit * window``.
+def products_exceed(a: Array, ka: int, b: Array, kb: int, *, strict: bool = True) -> Array:
+    """``a * ka > b * kb`` (``>=`` unless ``strict``) for integer arrays ``a``,
+    ``b`` and integers ``ka``, ``kb`` >= 0, exactly.
 
-    Exact: int64 products where they cannot overflow, Python integers where
-    they could (a very long window at a high limit).
+    In int64 when no product can overflow; otherwise in doubles where they
+    are far apart (relative error below 1e-15: the comparison cannot be
+    wrong), and in Python integers for the few that are not (a very long
+    window at a high limit: a T_F1 near 2**32 takes that path for every
+    flow, and object arrays cost a microsecond an element).
     """
-    count = np.asarray(count, dtype=np.int64)
-    window = np.asarray(window, dtype=np.int64)
-    if len(count) == 0:
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    if len(a) == 0:
         return np.zeros(0, dtype=bool)
     big = 2**62
-    if int(count.max()) < big // NS_PER_S and int(np.abs(window).max()) < big // max(limit, 1):
-        return np.asarray(count * NS_PER_S > window * limit)
-    lhs = count.astype(object) * NS_PER_S
-    rhs = window.astype(object) * limit
-    return np.asarray(lhs > rhs, dtype=bool)
+    if int(np.abs(a).max()) < big // max(ka, 1) and int(np.abs(b).max()) < big // max(kb, 1):
+        return np.asarray(a * ka > b * kb if strict else a * ka >= b * kb)
+    fa = a.astype(np.float64) * float(ka)
+    fb = b.astype(np.float64) * float(kb)
+    out: Array = fa > fb if strict else fa >= fb
+    close = np.flatnonzero(np.abs(fa - fb) <= 1e-12 * np.maximum(np.abs(fa), np.abs(fb)))
+    if len(close):
+        lhs = a[close].astype(object) * ka
+        rhs = b[close].astype(object) * kb
+        out[close] = np.asarray(lhs > rhs if strict else lhs >= rhs, dtype=bool)
+    return out
+
+
+def rate_exceeds_array(count: Array, window: Array, limit: int) -> Array:
+    """:func:`xpro.core.model.rate_exceeds` over arrays: ``count * 1e9 > limit * window``,
+    exactly (:func:`products_exceed`)."""
+    return products_exceed(count, NS_PER_S, window, limit)

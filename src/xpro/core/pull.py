@@ -39,7 +39,7 @@ import numpy.typing as npt
 
 from xpro.core import layout as L
 from xpro.core.keys import fingerprint
-from xpro.core.merge import rate_exceeds_array
+from xpro.core.merge import products_exceed, rate_exceeds_array
 from xpro.core.model import (
     NS_PER_S,
     FilterParams,
@@ -225,15 +225,9 @@ def _is_closed(keys: Array) -> Array:
 
 
 def _rate_at_least(c: Array, w: Array, limit_pm: int) -> Array:
-    """``c * 1e9 * 1000 >= limit_pm * w`` (Python integers where int64 could overflow)."""
-    c = c.astype(np.int64)
-    w = w.astype(np.int64)
-    if not len(c):
-        return np.zeros(0, dtype=bool)
-    if int(c.max()) < 2**62 // (NS_PER_S * 1000) and int(w.max()) < 2**62 // max(limit_pm, 1):
-        return np.asarray(c * (NS_PER_S * 1000) >= w * limit_pm)
-    return np.asarray(c.astype(object) * (NS_PER_S * 1000) >= w.astype(object) * limit_pm,
-                      dtype=bool)
+    """``c * 1e9 * 1000 >= limit_pm * w``, exactly."""
+    return products_exceed(c.astype(np.int64), NS_PER_S * 1000, w.astype(np.int64), limit_pm,
+                           strict=False)
 
 
 def near_limit_array(c: Array, w: Array, limit: Array, rule: PullRule) -> Array:
