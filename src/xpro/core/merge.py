@@ -120,7 +120,12 @@ def products_exceed(a: Array, ka: int, b: Array, kb: int, *, strict: bool = True
     if len(a) == 0:
         return np.zeros(0, dtype=bool)
     big = 2**62
-    if int(np.abs(a).max()) < big // max(ka, 1) and int(np.abs(b).max()) < big // max(kb, 1):
+
+    def small(x: Array, k: int) -> bool:  # no |x * k| reaches 2**62 (np.abs(-2**63) < 0)
+        lim = big // max(k, 1)
+        return -lim < int(x.min()) and int(x.max()) < lim
+
+    if small(a, ka) and small(b, kb):
         return np.asarray(a * ka > b * kb if strict else a * ka >= b * kb)
     fa = a.astype(np.float64) * float(ka)
     fb = b.astype(np.float64) * float(kb)
