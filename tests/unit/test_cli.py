@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 
 from xpro import __version__
 from xpro.cli import cli, main
+from xpro.config.kinds import read_password_file
 
 pytestmark = pytest.mark.unit
 
@@ -231,3 +233,121 @@ def test_store_user_refuses_delete_with_add(runner: CliRunner) -> None:
                             "redis://127.0.0.1:1"])
     assert r.exit_code == 2
     assert "--delete removes the user" in r.output
+
+
+# What an operator's mistake may not do (found by fuzzing the CLI, 2026-12-07).
+
+
+def test_store_user_never_overwrites_a_file_nor_leaves_one_behind(
+        runner: CliRunner, tmp_path: Path) -> None:
+    """A file whose first line is empty is refused, not replaced by a new
+    password; a new password file is removed again when the store refused it."""
+    victim = tmp_path / "victim"
+    victim.write_text("\nimportant line 2\n")
+    r = runner.invoke(cli, ["store", "user", "p1", "--password-file", str(victim),
+                            "--store", "redis://127.0.0.1:1"])
+    assert r.exit_code == 2, r.output
+    assert "its first line is empty" in r.output
+    assert victim.read_text() == "\nimportant line 2\n"
+    new = tmp_path / "p1.password"
+    r = runner.invoke(cli, ["store", "user", "p1", "--password-file", str(new),
+                            "--store", "redis://127.0.0.1:1"])
+    assert r.exit_code == 1, r.output
+    assert "127.0.0.1:1" in r.output
+    assert not new.exists()
+
+
+def test_store_user_names_the_proxy_when_it_is_the_bad_name(runner: CliRunner,
+                                                            tmp_path: Path) -> None:
+    r = runner.invoke(cli, ["store", "user", "../x", "--password-file",
+                            str(tmp_path / "pw"), "--store", "redis://127.0.0.1:1"])
+    assert r.exit_code == 2, r.output
+    assert "proxy name '../x' cannot name a store user" in r.output
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero", "dir", "big"])
+def test_a_password_file_that_is_not_a_small_file_is_refused_at_once(
+        runner: CliRunner, tmp_path: Path, kind: str) -> None:
+    """A FIFO hung every reader of a password file; /dev/zero filled memory."""
+    path = tmp_path / "pw"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "zero":
+        path = Path("/dev/zero")
+    elif kind == "dir":
+        path.mkdir()
+    else:
+        path.write_bytes(b"x" * (2 << 20))
+    r = runner.invoke(cli, ["config", "show", "--store-password-file", str(path)])
+    assert r.exit_code == 2, r.output
+    assert "store.password_file" in r.output
+    assert "Traceback" not in r.output
+    with pytest.raises(OSError, match=r"not a regular file|larger than"):
+        read_password_file(path)
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--pin-dir", "~nosuchuser-xpro/x"], "cannot expand '~nosuchuser-xpro'"),
+    (["--store-tls-ca", "/tmp"], "not a regular file: /tmp"),
+    (["--store-password-file", "/tmp/\udcff-xpro-none"], "no such file"),
+])
+def test_paths_that_cannot_be_used_are_one_line_each(
+        runner: CliRunner, args: list[str], needle: str) -> None:
+    r = runner.invoke(cli, ["config", "show", *args])
+    assert r.exit_code == 2, r.output
+    assert needle in r.output
+    assert "Traceback" not in r.output
+
+
+def test_toml_nested_without_end_is_one_line(runner: CliRunner, tmp_path: Path) -> None:
+    for depth in (400, 5000):
+        f = tmp_path / f"deep{depth}.toml"
+        f.write_text("[filter]\nallow = " + "[" * depth + "]" * depth + "\n")
+        r = runner.invoke(cli, ["config", "check", str(f)])
+        assert r.exit_code == 2, r.output
+        assert "Traceback" not in r.output
+        assert r.output.count("\n") == 1, r.output
+
+
+@pytest.mark.parametrize(("url", "needle"), [
+    ("foo://bar", "no store named 'foo'"),
+    ("redis://h/abc", "database 'abc' is not a number"),
+    ("redis://h?db=x", "unknown redis:// store option(s) db"),
+])
+def test_config_check_refuses_a_store_url_the_daemon_would(
+        runner: CliRunner, tmp_path: Path, url: str, needle: str) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(f'[store]\nurl = "{url}"\n')
+    r = runner.invoke(cli, ["config", "check", str(f)])
+    assert r.exit_code == 2, r.output
+    assert f"{f}:2: store.url: " in r.output
+    assert needle in r.output
+
+
+def test_no_control_sequence_reaches_the_terminal(runner: CliRunner, tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[thresholds]\n"\\u001b[31mRED" = 1\n["\\u009b31mSEC"]\nx = 1\n')
+    r = runner.invoke(cli, ["config", "check", str(f)])
+    assert r.exit_code == 2
+    assert "\x1b" not in r.output
+    assert "\x9b" not in r.output
+    assert "unknown key thresholds.\\x1b[31mRED" in r.output
+
+
+@pytest.mark.parametrize("args", [["lab", "run", "spoofed-flood", "--flood-rate", "nan"],
+                                  ["lab", "run", "distributed", "--ratio", "nan"],
+                                  ["demo", "--duration", "nan"],
+                                  ["top", "--interval", "nan"]])
+def test_nan_is_not_a_number_in_range(runner: CliRunner, args: list[str]) -> None:
+    r = runner.invoke(cli, args)
+    assert r.exit_code == 2, r.output
+    assert "'nan' is not a number in the range" in r.output
+
+
+def test_store_init_on_an_unreachable_cluster_is_one_line(runner: CliRunner) -> None:
+    """The cluster client connects in its constructor, which ran outside the
+    store's error handling: a traceback."""
+    r = runner.invoke(cli, ["store", "init", "--store", "redis+cluster://127.0.0.1:1"])
+    assert r.exit_code == 1, r.output
+    assert "redis store at 127.0.0.1:1 unavailable" in r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)

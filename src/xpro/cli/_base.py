@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import os
 import signal
 import traceback
@@ -13,6 +14,7 @@ from typing import Any, NoReturn
 
 import click
 
+from xpro.core.text import terminal_safe
 from xpro.errors import XproError
 
 __all__ = ["XproGroup", "sigterm_unwinds"]
@@ -66,13 +68,28 @@ class XproGroup(click.Group):
 
             if ctx.params.get("debug"):
                 click.echo(redact(traceback.format_exc()), err=True, nl=False)
-            click.echo(redact(f"error: {exc}"), err=True)
+            click.echo(terminal_safe(redact(f"error: {exc}")), err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             if ctx.params.get("debug"):
                 traceback.print_exc()
             click.echo("interrupted", err=True)
             ctx.exit(130)
+
+
+class NumberRange(click.FloatRange):
+    """A float in ``[min, max]``: click's range with NaN refused (it compares
+    false with both bounds, so ``FloatRange`` lets it through)."""
+
+    name = "float range"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        out = super().convert(value, param, ctx)
+        if isinstance(out, float) and math.isnan(out):
+            self.fail(f"{value!r} is not a number in the range {self._describe_range()}.",
+                      param, ctx)
+        return out
 
 
 @contextlib.contextmanager

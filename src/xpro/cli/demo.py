@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from xpro.cli._base import sigterm_unwinds
+from xpro.cli._base import NumberRange, sigterm_unwinds
 from xpro.datapath.host import require_root
 from xpro.lab.demo import DemoConfig, format_result, run_demo
 
@@ -14,7 +14,7 @@ __all__ = ["demo"]
 @click.command()
 @click.option(
     "--duration",
-    type=click.FloatRange(1.0, 60.0),
+    type=NumberRange(1.0, 60.0),
     default=6.0,
     show_default=True,
     help="Seconds of traffic.",
@@ -42,7 +42,7 @@ __all__ = ["demo"]
 )
 @click.option(
     "--t-t2",
-    type=click.FloatRange(0.0, 30.0),
+    type=NumberRange(0.0, 30.0),
     default=1.0,
     show_default=True,
     help="Seconds a source is watched before its rate is judged.",

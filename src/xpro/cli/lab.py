@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from xpro.cli._base import XproGroup
+from xpro.cli._base import NumberRange, XproGroup
 from xpro.lab.mesh import BACKENDS, LabError, Thresholds, XproMesh
 from xpro.lab.namespaces import require_root
 from xpro.lab.report import Run, format_table, plot_runs, plot_sweep, to_json
@@ -57,10 +57,10 @@ def _lab_options(fn: Any) -> Any:
                           "attacker a /64]."),
         click.option("--clients", type=click.IntRange(1, 2000), default=10, show_default=True,
                      help="Legitimate clients."),
-        click.option("--duration", type=click.FloatRange(3.0, 600.0), default=None,
+        click.option("--duration", type=NumberRange(3.0, 600.0), default=None,
                      help="Seconds of traffic per variant  [default: 10; 12 for "
                           "proxy-crash and store-outage; 8 for demo]."),
-        click.option("--attack-start", type=click.FloatRange(0.0, 600.0), default=None,
+        click.option("--attack-start", type=NumberRange(0.0, 600.0), default=None,
                      help="Second at which the attack starts  [default: 1; 3 for "
                           "spoofed-flood and port-spray, whose victim's clients are "
                           "established first]."),
@@ -73,22 +73,22 @@ def _lab_options(fn: Any) -> Any:
                           "redis:// or etcd:// starts that server on loopback for the run; "
                           "a full URL is used as it is.  proxy-crash and store-outage "
                           "always start their own (redis unless etcd:// is given)."),
-        click.option("--ratio", type=click.FloatRange(0.0, 100.0), default=1.6,
+        click.option("--ratio", type=NumberRange(0.0, 100.0), default=1.6,
                      show_default=True,
                      help="Each bot's global rate as a multiple of T_F1 (distributed, pulse)."),
-        click.option("--client-rate", type=click.FloatRange(0.1, 10000.0), default=20.0,
+        click.option("--client-rate", type=NumberRange(0.1, 10000.0), default=20.0,
                      show_default=True, help="Packets/s of each legitimate client."),
-        click.option("--flood-rate", type=click.FloatRange(1000.0, 1e7), default=None,
+        click.option("--flood-rate", type=NumberRange(1000.0, 1e7), default=None,
                      help="Packets/s of the spoofed flood (spoofed-flood, port-spray), in "
                           "total  [default: 50000; with --spread chosen from T_F2]."),
         click.option("--t-f1", type=click.IntRange(1, 10**9), default=100, show_default=True,
                      help="Per-source limit T_F1, packets/s."),
         click.option("--t-f2", type=click.IntRange(1, 10**9), default=10_000,
                      show_default=True, help="Per-destination limit T_F2, packets/s."),
-        click.option("--t-t4", type=click.FloatRange(0.01, 86400.0), default=5.0,
+        click.option("--t-t4", type=NumberRange(0.01, 86400.0), default=5.0,
                      show_default=True,
                      help="T_T4: a merged window longer than this is shortened by r."),
-        click.option("--sync-period", type=click.FloatRange(0.05, 60.0), default=0.5,
+        click.option("--sync-period", type=NumberRange(0.05, 60.0), default=0.5,
                      show_default=True, help="Seconds between sync rounds."),
         click.option("--backend", type=click.Choice(BACKENDS), default="native",
                      show_default=True,

@@ -24,6 +24,7 @@ from typing import Any
 
 import click
 
+from xpro.cli._base import NumberRange
 from xpro.config import (
     SCHEMA,
     InvalidConfig,
@@ -32,6 +33,7 @@ from xpro.config import (
     load_config,
     overrides_from_click,
 )
+from xpro.core.text import terminal_safe
 from xpro.errors import DatapathError, XproError
 
 __all__ = ["config", "detach", "explain", "flows", "run", "status", "top"]
@@ -378,7 +380,7 @@ def status(sock: str, as_json: bool) -> None:
 
 @click.command()
 @_socket_option
-@click.option("--interval", type=click.FloatRange(0.1, 60.0), default=1.0, show_default=True,
+@click.option("--interval", type=NumberRange(0.1, 60.0), default=1.0, show_default=True,
               help="Seconds between refreshes.")
 @click.option("--count", "iterations", type=click.IntRange(1), default=None,
               help="Stop after this many refreshes (default: until Ctrl-C).")
@@ -603,11 +605,25 @@ def config_show(config_path: str | None, running: bool, sock: str, as_json: bool
         return
     cfg = load_config(config_path, overrides=overrides)
     for w in cfg.warnings():
-        click.echo(f"warning: {w}", err=True)
+        click.echo(terminal_safe(f"warning: {w}"), err=True)
     if as_json:
         _echo_json(cfg.effective_config(with_sources=sources))
     else:
         click.echo(dumps(cfg, sources=sources), nl=False)
+
+
+def _check_store_url(cfg: Any) -> None:
+    """The store URL as the daemon will open it (its scheme registered, the
+    store's own parse of hosts, path and options), without connecting: a URL
+    that ``xpro run`` would refuse is a problem of the file."""
+    from xpro.plugins import open_store
+
+    try:
+        store = open_store(cfg.store.url, mesh=cfg.store.mesh, options=cfg.store_options())
+    except XproError as exc:
+        raise InvalidConfig([f"{cfg.sources.get('store.url', 'default')}: store.url: {exc}"]
+                            ) from None
+    store.close()
 
 
 @config.command("check")
@@ -627,6 +643,7 @@ def config_check(path: str, as_json: bool) -> None:
     """
     try:
         cfg = load_config(path, env={})
+        _check_store_url(cfg)
     except InvalidConfig as exc:
         if as_json:
             _echo_json({"valid": False, "problems": list(exc.problems), "warnings": []})
@@ -637,8 +654,8 @@ def config_check(path: str, as_json: bool) -> None:
         _echo_json({"valid": True, "problems": [], "warnings": warnings})
     else:
         for w in warnings:
-            click.echo(f"warning: {w}", err=True)
-        click.echo(f"{Path(path)}: valid")
+            click.echo(terminal_safe(f"warning: {w}"), err=True)
+        click.echo(terminal_safe(f"{Path(path)}: valid"))
 
 
 @config.command("reload")

@@ -83,8 +83,9 @@ def _open(config_path: str | None, admin_user: str | None, admin_password_file: 
 
 
 def _write_secret(path: Path, value: str) -> None:
-    """``value`` into ``path``, mode 0600 from the start."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """``value`` into a new file ``path``, mode 0600 from the start (an existing
+    file is never overwritten: FileExistsError)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, (value + "\n").encode())
@@ -93,19 +94,30 @@ def _write_secret(path: Path, value: str) -> None:
 
 
 def _password_for(path: Path) -> tuple[Secret, bool]:
-    """The password in ``path`` if it holds one, else a new one written there."""
+    """The password on the first line of ``path`` if the file exists, else a new
+    one written to a new file there (True).  A file that exists is only read."""
+    shown = printable(str(path))
     try:
-        if path.exists():
-            first = read_password_file(path)
-            if first:
-                return Secret(first), False
-        value = secrets.token_urlsafe(32)
-        _write_secret(path, value)
+        first = read_password_file(path)
+    except FileNotFoundError:
+        pass
     except (OSError, UnicodeDecodeError) as exc:
         why = getattr(exc, "strerror", None) or "not UTF-8 text"
-        raise ConfigError(f"--password-file {printable(str(path))}: cannot read or write the "
-                          f"proxy's password there ({why}): give a writable path, or a file "
-                          "that holds the password on its first line") from None
+        raise ConfigError(f"--password-file {shown}: cannot read the proxy's password there "
+                          f"({why}): give a file that holds it on its first line, or a path "
+                          "where none exists yet for a new one") from None
+    else:
+        if not first:
+            raise ConfigError(f"--password-file {shown}: its first line is empty: put the "
+                              "proxy's password there, or give a path where no file exists "
+                              "yet for a new one (an existing file is never overwritten)")
+        return Secret(first), False
+    value = secrets.token_urlsafe(32)
+    try:
+        _write_secret(path, value)
+    except OSError as exc:
+        raise ConfigError(f"--password-file {shown}: cannot write a new password there "
+                          f"({exc.strerror}): give a writable path") from None
     return Secret(value), True
 
 
@@ -114,7 +126,13 @@ def _set_user(admin: Any, proxy: str, user: str | None, path: Path, *, add: bool
 
     name = user or proxy_user(admin.mesh, proxy)
     password, new = _password_for(path)
-    for line in admin.set_user(name, password, add=add):
+    try:
+        lines = admin.set_user(name, password, add=add)
+    except BaseException:
+        if new:  # the store never took it: no stray password file
+            path.unlink(missing_ok=True)
+        raise
+    for line in lines:
         click.echo(line)
     click.echo(f"{'new password written to' if new else 'password taken from'} {path} "
                "(mode 0600; never printed)")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import ipaddress
 import json
 import math
 import os
 import re
+import stat
 import threading
 import typing
 from collections.abc import Callable, Sequence
@@ -48,6 +50,7 @@ __all__ = [
     "mask_url",
     "plaintext_password_warning",
     "read_password_file",
+    "read_small_file",
     "redact",
     "remember_secret",
     "split_hosts",
@@ -512,11 +515,35 @@ def redact(text: str) -> str:
     return text
 
 
+#: The largest secret or certificate file read (a PEM chain is a few KiB).
+SMALL_FILE_MAX = 1 << 20
+
+
+def read_small_file(path: str | os.PathLike[str], limit: int = SMALL_FILE_MAX) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes.  A FIFO, a
+    device (``/dev/zero``) or a directory raises OSError at once instead of
+    blocking or reading without end; so does a larger file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        data = b""
+        while len(data) <= limit:
+            chunk = os.read(fd, limit + 1 - len(data))
+            if not chunk:
+                return data
+            data += chunk
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+    finally:
+        os.close(fd)
+
+
 def read_password_file(path: str | os.PathLike[str]) -> str:
     """The password in a password file: its first line (without its line end),
     "" if there is none.  A second line (a comment, a note) is not part of it.
-    Raises OSError or UnicodeDecodeError (not UTF-8) for the caller to word."""
-    return Path(path).read_text().split("\n", 1)[0].rstrip("\r")
+    Raises OSError (also for what is not a regular file of at most 1 MiB) or
+    UnicodeDecodeError (not UTF-8) for the caller to word."""
+    return read_small_file(path).decode().split("\n", 1)[0].rstrip("\r")
 
 
 #: Schemes that send the password in clear text, and the TLS scheme to use instead.
@@ -643,15 +670,22 @@ class FilePath(Kind[str]):
     def resolve(self, value: str, base: Path | None) -> str:
         if not value and self.off:
             return value
-        p = Path(value).expanduser()
+        try:
+            p = Path(value).expanduser()
+        except RuntimeError as exc:  # ~user with no such user, ~ with no home
+            raise _Bad(f"cannot expand {value.split('/', 1)[0]!r} ({exc}): write the "
+                       "path out") from None
         if not p.is_absolute():
             p = (base or Path.cwd()) / p
         s = os.path.normpath(p)
-        if len(s.encode()) > self.max_len:
+        if len(os.fsencode(s)) > self.max_len:
             raise _Bad(f"must be {self.allowed()}")
-        if self.must_exist and not os.access(s, os.R_OK):
-            why = "no such file" if not os.path.exists(s) else "not readable"
-            raise _Bad(f"{why}: {s}")
+        if self.must_exist:
+            why = ("no such file" if not os.path.exists(s)
+                   else "not a regular file" if not os.path.isfile(s)
+                   else "not readable" if not os.access(s, os.R_OK) else "")
+            if why:
+                raise _Bad(f"{why}: {printable(s)}")
         return s
 
     def allowed(self) -> str:

@@ -41,6 +41,7 @@ from xpro.config.schema import (
     Option,
     Secret,
 )
+from xpro.core.text import printable
 from xpro.errors import ConfigError
 
 __all__ = ["U32_MAX", "InvalidConfig", "TomlValue", "default_config", "dumps", "load_config"]
@@ -196,6 +197,9 @@ class _Loader:
             raise InvalidConfig([f"{path}:{line}: not UTF-8 text"]) from None
         try:
             doc = tomllib.loads(text)
+        except RecursionError:
+            raise InvalidConfig([f"{path}: not valid TOML: arrays or tables nested too "
+                                 "deep"]) from None
         except tomllib.TOMLDecodeError as exc:
             msg = str(exc)
             m = re.search(r"\s*\(at line (\d+), column (\d+)\)$", msg)
@@ -358,10 +362,12 @@ class _Loader:
 
 
 def _toml_value_safe(raw: object) -> str:
+    """A bad value as the operator wrote it, for a message (80 characters at most)."""
     try:
-        return _toml_value(raw)
-    except TypeError:
-        return repr(raw)
+        text = _toml_value(raw)
+    except (TypeError, RecursionError):  # a date; arrays nested without end
+        text = "an array nested too deep" if isinstance(raw, list) else printable(repr(raw))
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None = None,

@@ -14,7 +14,7 @@ never look the same.
 
 from __future__ import annotations
 
-__all__ = ["printable"]
+__all__ = ["printable", "terminal_safe"]
 
 
 _SHORT = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -48,3 +48,14 @@ def printable(text: object, limit: int | None = None) -> str:
     if not (s.isprintable() and "\\" not in s):
         s = "".join(map(_escape, s))
     return f"{s}...({more} more)" if more else s
+
+
+def terminal_safe(text: object) -> str:
+    """``str(text)`` line by line with every non-printable character escaped
+    as :func:`printable` does, but the line ends kept and the backslash left
+    alone: for a message made of parts that may already be escaped (an error
+    that quotes a config key as the operator typed it), so that nothing in it
+    reaches the terminal as a control sequence."""
+    return "\n".join(line if line.isprintable() else
+                      "".join(ch if ch == "\\" else _escape(ch) for ch in line)
+                      for line in str(text).split("\n"))

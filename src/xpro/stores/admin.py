@@ -66,7 +66,12 @@ REDIS_COMMANDS: tuple[str, ...] = (
 
 def proxy_user(mesh: str, proxy: str) -> str:
     """The store user of ``proxy`` in ``mesh``: ``xpro-MESH-PROXY``."""
-    return f"xpro-{check_mesh(mesh)}-{check_mesh(proxy)}"
+    try:
+        check_mesh(proxy)
+    except ConfigError:
+        raise ConfigError(f"proxy name {printable(proxy, 80)!r} cannot name a store user: use "
+                          "1-64 letters, digits, '_', '.' or '-' (or --user NAME)") from None
+    return f"xpro-{check_mesh(mesh)}-{proxy}"
 
 
 def redis_key_patterns(mesh: str) -> tuple[str, str]:
@@ -192,7 +197,8 @@ class RedisAdmin(StoreAdmin):
         return out
 
     def init(self, *, enable_auth: bool = False) -> list[str]:
-        conn = self.store._connection()
+        with self.store._errors("connecting"):  # a cluster's constructor connects
+            conn = self.store._connection()
 
         def load(name: str, client: Any) -> str:
             conn.prepared.discard(name)

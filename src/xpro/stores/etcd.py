@@ -33,18 +33,25 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
-from xpro.config.kinds import HOST_LIST_PORTS, mask_url, redact, split_hosts, split_url
+from xpro.config.kinds import (
+    HOST_LIST_PORTS,
+    mask_url,
+    read_small_file,
+    redact,
+    split_hosts,
+    split_url,
+)
 from xpro.core.bounds import FUTURE, REASONS, Bounds
 from xpro.core.layout import DST_KEY, FLOW_KEY, MASTER
 from xpro.core.merge import merge_arrays
 from xpro.core.model import SyncParams
 from xpro.core.pull import AGG_KEY, PARTIAL, PullRule, judge_arrays, partial_deltas
 from xpro.core.status import ProxyStatus
+from xpro.core.text import printable
 from xpro.errors import ConfigError, StoreConflict, StoreError, StoreUnavailable
 from xpro.hooks.specs import hookimpl
 from xpro.stores._common import (
@@ -233,8 +240,7 @@ class EtcdStore(Store):
             if self._server_name:
                 opts.append(("grpc.ssl_target_name_override", str(self._server_name)))
             if self.tls:
-                files = {n: Path(str(v)).read_bytes() if v else None
-                         for n, v in self._tls_files.items()}
+                files = {n: _tls_file(n, v) for n, v in self._tls_files.items()}
                 creds = grpc.ssl_channel_credentials(
                     root_certificates=files["ca"], private_key=files["key"],
                     certificate_chain=files["cert"])
@@ -1090,6 +1096,17 @@ class EtcdStore(Store):
         rpc, _ = _etcd()
         req = rpc.PutRequest(key=key, value=value)
         self._rpc(lambda stub, md: stub.Put(req, timeout=self.timeout, metadata=md), "raw put")
+
+
+def _tls_file(name: str, path: object) -> bytes | None:
+    """The contents of a TLS file of the options (``ca``, ``cert``, ``key``)."""
+    if not path:
+        return None
+    try:
+        return read_small_file(str(path))
+    except OSError as exc:
+        raise ConfigError(f"store.tls_{name}: cannot read {printable(str(path))} "
+                          f"({exc.strerror or exc})") from None
 
 
 def _ranger(req: Any, timeout: float) -> Callable[[Any, Any], Any]:
