@@ -351,3 +351,35 @@ def test_store_init_on_an_unreachable_cluster_is_one_line(runner: CliRunner) -> 
     assert r.exit_code == 1, r.output
     assert "redis store at 127.0.0.1:1 unavailable" in r.output
     assert r.exception is None or isinstance(r.exception, SystemExit)
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--metrics-listen", "0:80"], "metrics.listen"),  # the resolver reads 0.0.0.0
+    (["--metrics-listen", "1.2.3:80"], "metrics.listen"),  # and 1.2.0.3
+    (["--allow", "fe80::1%eth0"], "has a zone"),
+])
+def test_values_the_system_would_read_otherwise_are_refused(
+        runner: CliRunner, args: list[str], needle: str) -> None:
+    r = runner.invoke(cli, ["config", "show", *args])
+    assert r.exit_code == 2, r.output
+    assert needle in r.output
+
+
+def test_lists_that_do_not_do_what_they_say_are_warned_about(runner: CliRunner) -> None:
+    r = runner.invoke(cli, ["config", "show", "--allow", "10.0.0.0/8",
+                            "--deny", "10.1.0.0/16,::/0,192.0.2.0/24"])
+    assert r.exit_code == 0, r.output
+    assert ('warning: filter.deny "10.1.0.0/16" lies inside filter.allow "10.0.0.0/8": the '
+            "allow list is checked first, so this entry never drops anything") in r.output
+    assert 'warning: filter.deny "::/0" also holds every IPv4 source' in r.output
+    assert "192.0.2.0/24\" lies" not in r.output
+
+
+def test_config_check_knows_the_installed_parsers(runner: CliRunner, tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[afxdp]\nparsers = ["nosuch"]\n')
+    r = runner.invoke(cli, ["config", "check", str(f)])
+    assert r.exit_code == 2, r.output
+    assert f"{f}:2: afxdp.parsers: no destination parser 'nosuch'; installed: coap" in r.output
+    f.write_text('[afxdp]\nparsers = ["coap"]\n')
+    assert runner.invoke(cli, ["config", "check", str(f)]).exit_code == 0

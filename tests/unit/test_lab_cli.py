@@ -62,6 +62,10 @@ def test_plots_of_other_backends_do_not_overwrite_native(tmp_path: Path, name: s
     (["distributed", "--spread"], "--spread is for the spoofed-flood scenario"),
     (["spoofed-flood", "--spread", "--proxies", "1"], "at least 2 proxies"),
     (["spoofed-flood", "--spread", "--flood-rate", "100000"], "under T_F2"),
+    (["spoofed-flood", "--spread", "--t-f2", "1000000000"], "more than the lab sends"),
+    (["port-spray", "--duration", "3", "--attack-start", "5"],
+     "--attack-start (5 s) must be before the end of the run (--duration 3 s)"),
+    (["distributed", "--store", "foo://"], "--store: memory://, redis:// or etcd://"),
 ])
 def test_spread_is_checked_before_anything_is_built(args: list[str], why: str) -> None:
     from xpro.lab.mesh import LabError
@@ -69,6 +73,7 @@ def test_spread_is_checked_before_anything_is_built(args: list[str], why: str) -
     out = CliRunner().invoke(lab, ["run", *args])
     assert isinstance(out.exception, LabError), out.output
     assert why in str(out.exception)
+    assert out.exception.exit_code == 2  # a usage error
 
 
 @pytest.mark.parametrize(("args", "why"), [
@@ -84,3 +89,4 @@ def test_evasion_plans_are_checked_before_anything_is_built(args: list[str], why
     out = CliRunner().invoke(lab, ["run", *args])
     assert isinstance(out.exception, LabError), out.output
     assert why in str(out.exception)
+    assert out.exception.exit_code == 2  # a usage error

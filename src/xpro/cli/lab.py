@@ -20,10 +20,11 @@ from typing import Any
 import click
 
 from xpro.cli._base import NumberRange, XproGroup
-from xpro.lab.mesh import BACKENDS, LabError, Thresholds, XproMesh
+from xpro.lab.mesh import BACKENDS, LabError, LabOptionError, Thresholds, XproMesh
 from xpro.lab.namespaces import require_root
 from xpro.lab.report import Run, format_table, plot_runs, plot_sweep, to_json
 from xpro.lab.scenarios import (
+    FLOOD_RATE_MAX,
     SCENARIOS,
     LabOptions,
     Live,
@@ -78,7 +79,7 @@ def _lab_options(fn: Any) -> Any:
                      help="Each bot's global rate as a multiple of T_F1 (distributed, pulse)."),
         click.option("--client-rate", type=NumberRange(0.1, 10000.0), default=20.0,
                      show_default=True, help="Packets/s of each legitimate client."),
-        click.option("--flood-rate", type=NumberRange(1000.0, 1e7), default=None,
+        click.option("--flood-rate", type=NumberRange(1000.0, FLOOD_RATE_MAX), default=None,
                      help="Packets/s of the spoofed flood (spoofed-flood, port-spray), in "
                           "total  [default: 50000; with --spread chosen from T_F2]."),
         click.option("--t-f1", type=click.IntRange(1, 10**9), default=100, show_default=True,
@@ -107,7 +108,7 @@ def _options(p: dict[str, Any], *, duration: float = 10.0, attack_start: float =
              spread: bool = False, bots: int = 40) -> LabOptions:
     store = p["store"]
     if not store.startswith(("memory://", "redis://", "etcd://")):
-        raise LabError(f"--store: memory://, redis:// or etcd://, not {store!r}")
+        raise LabOptionError(f"--store: memory://, redis:// or etcd://, not {store!r}")
     opts = LabOptions(
         proxies=p["proxies"], bots=bots if p["bots"] is None else p["bots"],
         clients=p["clients"],
@@ -256,7 +257,7 @@ def run(name: str, sweep: bool, spread: bool, variants: tuple[str, ...], as_json
     """
     scenario = SCENARIOS[name]
     if spread and name != "spoofed-flood":
-        raise LabError("--spread is for the spoofed-flood scenario")
+        raise LabOptionError("--spread is for the spoofed-flood scenario")
     opts = default_options(name, _options(params, attack_start=scenario.attack_start,
                                           spread=spread, bots=scenario.bots))
     # the plans refuse options that cannot hold, before anything is built
@@ -279,12 +280,12 @@ def run(name: str, sweep: bool, spread: bool, variants: tuple[str, ...], as_json
                    f"T_F2 = {rot.t_f2})", err=True)
     _root()
     if scenario.server_store and opts.backend != "native":
-        raise LabError(f"{name} runs xpro daemons with pinned native filters: "
-                       f"--backend {opts.backend} is for the in-process scenarios")
+        raise LabOptionError(f"{name} runs xpro daemons with pinned native filters: "
+                             f"--backend {opts.backend} is for the in-process scenarios")
     if scenario.server_store and opts.store.startswith("memory://"):
         opts = replace(opts, store="redis://")
     if sweep and name != "distributed":
-        raise LabError("--sweep is for the distributed scenario")
+        raise LabOptionError("--sweep is for the distributed scenario")
     show = _live_printer() if live else None
     out.mkdir(parents=True, exist_ok=True)
     with (quiet_logs(out / "lab.log"), _store_for(opts, scenario.server_store) as opts,

@@ -612,18 +612,26 @@ def config_show(config_path: str | None, running: bool, sock: str, as_json: bool
         click.echo(dumps(cfg, sources=sources), nl=False)
 
 
-def _check_store_url(cfg: Any) -> None:
-    """The store URL as the daemon will open it (its scheme registered, the
-    store's own parse of hosts, path and options), without connecting: a URL
-    that ``xpro run`` would refuse is a problem of the file."""
-    from xpro.plugins import open_store
+def _check_with_plugins(cfg: Any) -> None:
+    """What only the installed plugins can judge, as the daemon will: the store
+    URL (its scheme registered, the store's own parse of hosts, path and
+    options; opened without connecting) and the destination parsers named.
+    What ``xpro run`` would refuse is a problem of the file."""
+    from xpro.plugins import destination_parsers, open_store
 
+    problems = []
     try:
-        store = open_store(cfg.store.url, mesh=cfg.store.mesh, options=cfg.store_options())
+        open_store(cfg.store.url, mesh=cfg.store.mesh, options=cfg.store_options()).close()
     except XproError as exc:
-        raise InvalidConfig([f"{cfg.sources.get('store.url', 'default')}: store.url: {exc}"]
-                            ) from None
-    store.close()
+        problems.append(f"{cfg.sources.get('store.url', 'default')}: store.url: {exc}")
+    parsers = destination_parsers()
+    missing = [n for n in cfg.afxdp.parsers if n not in parsers]
+    if missing:
+        problems.append(f"{cfg.sources.get('afxdp.parsers', 'default')}: afxdp.parsers: no "
+                        f"destination parser {', '.join(map(repr, missing))}; installed: "
+                        f"{', '.join(parsers.names()) or 'none'} (see `xpro plugins`)")
+    if problems:
+        raise InvalidConfig(problems)
 
 
 @config.command("check")
@@ -643,7 +651,7 @@ def config_check(path: str, as_json: bool) -> None:
     """
     try:
         cfg = load_config(path, env={})
-        _check_store_url(cfg)
+        _check_with_plugins(cfg)
     except InvalidConfig as exc:
         if as_json:
             _echo_json({"valid": False, "problems": list(exc.problems), "warnings": []})

@@ -623,7 +623,9 @@ class Listen(Kind[str]):
         try:
             if m[1]:
                 ipaddress.IPv6Address(host)
-            elif not _HOST_RE.fullmatch(host):
+            elif re.fullmatch(r"[0-9.]+", host) or not _HOST_RE.fullmatch(host):
+                # digits and dots are an IPv4 address or nothing: the resolver
+                # reads "0" as 0.0.0.0 and "1.2.3" as 1.2.0.3
                 ipaddress.IPv4Address(host)
         except ValueError:
             raise _Bad(f"must be {self.allowed()}") from None
@@ -734,6 +736,9 @@ class Prefixes(_StringList):
     @staticmethod
     def _one(text: str) -> tuple[str, Prefix]:
         t = text.strip()
+        if "%" in t:
+            raise _Bad(f"{_toml_str(text)} has a zone: a prefix matches addresses on every "
+                       "interface (write it without %ZONE)")
         try:
             net = ipaddress.ip_network(t, strict=False)
             prefix = Prefix.parse(t)

@@ -7,7 +7,7 @@ import hmac
 import inspect
 import socket
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -43,7 +43,7 @@ from xpro.core.layout import (
     MODE_ENFORCE,
     MODE_MONITOR,
 )
-from xpro.core.model import NS_PER_S, R_DEN, FilterParams, Prefix, SyncParams
+from xpro.core.model import NS_PER_S, R_DEN, V4_SPACE, FilterParams, Prefix, SyncParams
 from xpro.core.params import KnownPolicy, Sizes
 
 __all__ = [
@@ -768,7 +768,8 @@ class Config:
             in_url = False
         w = plaintext_password_warning(self.store.url,
                                        in_url or self.store_password is not None)
-        return (*self.notes, w) if w else self.notes
+        return (*self.notes, *_list_warnings(self.filter.allow, self.filter.deny),
+                *((w,) if w else ()))
 
     # --- runtime objects ------------------------------------------------------
 
@@ -943,6 +944,32 @@ def _r_above_one(v: Mapping[str, Any]) -> str | None:
         return None
     return (f"thresholds.r is applied as a multiple of 1/{R_DEN}: it must be at least "
             f"{1 + 1 / R_DEN:.4f} to shorten anything")
+
+
+def _holds(outer: Prefix, inner: Prefix) -> bool:
+    """Whether ``outer`` holds every address of ``inner``."""
+    return outer.length <= inner.length and outer.contains(inner.network.to_bytes(16, "big"))
+
+
+def _list_warnings(allow: Sequence[str], deny: Sequence[str]) -> tuple[str, ...]:
+    """What the allow and deny lists say that the filter will not do as written."""
+    out = []
+    a = [(p, Prefix.parse(p)) for p in allow]
+    for d in deny:
+        dp = Prefix.parse(d)
+        hit = [p for p, ap in a if _holds(ap, dp) and ap != dp]
+        if hit:
+            out.append(f"filter.deny {_toml_str(d)} lies inside filter.allow "
+                       f"{_toml_str(hit[0])}: the allow list is checked first, so this "
+                       "entry never drops anything")
+    for name, items in (("filter.allow", allow), ("filter.deny", deny)):
+        for p in items:
+            pp = Prefix.parse(p)
+            if not pp.is_v4 and _holds(pp, V4_SPACE):
+                out.append(f"{name} {_toml_str(p)} also holds every IPv4 source: the filter "
+                           "keeps IPv4 addresses as ::ffff:a.b.c.d (for IPv6 only, write "
+                           "the IPv6 prefixes you mean, such as 2000::/3)")
+    return tuple(out)
 
 
 def _disjoint(a: str, b: str, why: str) -> Rule:

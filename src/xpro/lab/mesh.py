@@ -53,6 +53,13 @@ class LabError(XproError):
     """The lab could not build, start or measure something."""
 
 
+class LabOptionError(LabError):
+    """The lab's options cannot hold together (a usage error: exit 2); raised
+    before anything is built."""
+
+    exit_code = 2
+
+
 @dataclass(frozen=True)
 class Thresholds:
     """The thresholds the lab's proxies run with (the config's names and units)."""

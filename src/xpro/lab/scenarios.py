@@ -34,6 +34,7 @@ from xpro.lab.mesh import (
     DaemonMesh,
     HashlimitMesh,
     LabError,
+    LabOptionError,
     Mesh,
     Thresholds,
     XproMesh,
@@ -68,6 +69,9 @@ SYN_PORT = 80
 _A = ROLES.index("attack")
 #: Default packets/s of the spoofed flood, in total (over T_F2 at every proxy).
 FLOOD_RATE = 50_000.0
+#: The most a flood of the lab may ask (``--flood-rate``'s bound): more than
+#: its generators can send on any machine.
+FLOOD_RATE_MAX = 1e7
 #: With ``--spread``: what each proxy sees of the destination (flood and its
 #: clients), as a share of T_F2.
 SPREAD_SHARE = 0.8
@@ -488,7 +492,7 @@ def flood_plan(opts: LabOptions) -> FloodPlan:
     the mesh over it: unless given, each proxy carries :data:`SPREAD_SHARE`
     x T_F2 to the victim (its share of the flood plus the victim's clients
     that go through it), so the mesh sees about ``N x SPREAD_SHARE`` x T_F2.
-    A rate that does not make it so is refused (:class:`LabError`).
+    A rate that does not make it so is refused (:class:`LabOptionError`).
     """
     n = opts.proxies
     t_f2 = opts.thresholds.t_f2
@@ -501,13 +505,17 @@ def flood_plan(opts: LabOptions) -> FloodPlan:
         total = FLOOD_RATE if opts.flood_rate is None else opts.flood_rate
         return FloodPlan(False, n, t_f2, total, legit_total, legit_max)
     if n < 2:
-        raise LabError("--spread needs at least 2 proxies: the mesh must see more than "
+        raise LabOptionError("--spread needs at least 2 proxies: the mesh must see more than "
                        "any proxy alone")
     total = (opts.flood_rate if opts.flood_rate is not None
              else n * (SPREAD_SHARE * t_f2 - legit_max))
     plan = FloodPlan(True, n, t_f2, total, legit_total, legit_max)
+    if total > FLOOD_RATE_MAX:
+        raise LabOptionError(f"--spread: T_F2 = {t_f2} over {n} proxies needs a flood of "
+                          f"{total:.0f} packets/s, more than the lab sends (at most "
+                          f"{FLOOD_RATE_MAX:.0f}/s): lower --t-f2")
     if total <= 0 or plan.per_proxy_max >= t_f2 or plan.mesh <= t_f2:
-        raise LabError(
+        raise LabOptionError(
             f"--spread: a flood of {total:.0f}/s over {n} proxies puts "
             f"{plan.per_proxy_max:.0f}/s on a proxy and {plan.mesh:.0f}/s on the mesh (with "
             f"the victim's clients at {opts.client_rate:g}/s each); each proxy must stay "
@@ -635,12 +643,12 @@ def spray_plan(opts: LabOptions) -> SprayPlan:
     :data:`FLOOD_RATE`) split evenly over the proxies, over T_F2 for the
     victim's address while every (address, port, protocol) key, its clients'
     included, stays under :data:`SPRAY_KEY_SHARE` x T_F2.  A rate (or
-    thresholds) that does not make it so is refused (:class:`LabError`)."""
+    thresholds) that does not make it so is refused (:class:`LabOptionError`)."""
     t_f2 = opts.thresholds.t_f2
     total = FLOOD_RATE if opts.flood_rate is None else opts.flood_rate
     plan = SprayPlan(opts.proxies, t_f2, total, opts.clients * opts.client_rate, opts.proto)
     if plan.address <= t_f2 or plan.key_max >= SPRAY_KEY_SHARE * t_f2:
-        raise LabError(
+        raise LabOptionError(
             f"port-spray: a flood of {total:.0f}/s puts {plan.address:.0f}/s on the victim's "
             f"address and {plan.key_max:.0f}/s on its busiest key; the address must go over "
             f"T_F2 = {t_f2} and every key stay under {SPRAY_KEY_SHARE:g} x T_F2: change "
@@ -718,12 +726,12 @@ def rotation_plan(opts: LabOptions) -> RotationPlan:
     """``v6-rotation``: ``opts.bots`` attackers, each at :data:`ROTATION_RATIO`
     x T_F1 over the mesh.  The victim must stay under
     :data:`ROTATION_DST_SHARE` x T_F2 (the per-destination limit is not what
-    is tested): more is refused (:class:`LabError`)."""
+    is tested): more is refused (:class:`LabOptionError`)."""
     t = opts.thresholds
     plan = RotationPlan(opts.bots, opts.proxies, t.t_f1, t.t_f2, ROTATION_RATIO * t.t_f1,
                         opts.clients * opts.client_rate)
     if plan.attackers < 1 or plan.victim >= ROTATION_DST_SHARE * t.t_f2:
-        raise LabError(
+        raise LabOptionError(
             f"v6-rotation: {plan.attackers} attackers at {plan.per_attacker:g}/s each and the "
             f"clients put {plan.victim:.0f}/s on the victim; it needs at least one attacker "
             f"and must stay under {ROTATION_DST_SHARE:g} x T_F2 = "
@@ -936,8 +944,9 @@ def default_options(name: str, base: LabOptions) -> LabOptions:
 
 def check_options(opts: LabOptions) -> None:
     if opts.proxies < 1 or opts.bots < 0 or opts.clients < 1:
-        raise LabError("need at least one proxy and one client")
+        raise LabOptionError("need at least one proxy and one client")
     if not opts.attack_start < opts.duration or not math.isfinite(opts.duration):
-        raise LabError("the attack must start before the end of the run")
+        raise LabOptionError(f"--attack-start ({opts.attack_start:g} s) must be before the end "
+                          f"of the run (--duration {opts.duration:g} s)")
     if opts.backend not in BACKENDS:
-        raise LabError(f"backend: one of {', '.join(BACKENDS)}, not {opts.backend!r}")
+        raise LabOptionError(f"backend: one of {', '.join(BACKENDS)}, not {opts.backend!r}")
