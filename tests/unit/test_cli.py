@@ -383,3 +383,17 @@ def test_config_check_knows_the_installed_parsers(runner: CliRunner, tmp_path: P
     assert f"{f}:2: afxdp.parsers: no destination parser 'nosuch'; installed: coap" in r.output
     f.write_text('[afxdp]\nparsers = ["coap"]\n')
     assert runner.invoke(cli, ["config", "check", str(f)]).exit_code == 0
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["config", "show", "--set", "=5"], "--set =5: write --set KEY=VALUE"),
+    (["store", "user", "p1", "--user", "", "--store", "redis://127.0.0.1:1"],
+     "Invalid value for '--user'"),
+    (["store", "user", "p1", "--user", "a b", "--store", "redis://127.0.0.1:1"],
+     "Invalid value for '--user'"),
+])
+def test_empty_or_spaced_names_are_usage_errors(runner: CliRunner, args: list[str],
+                                                needle: str) -> None:
+    r = runner.invoke(cli, args)
+    assert r.exit_code == 2, r.output
+    assert needle in r.output

@@ -121,6 +121,22 @@ def _password_for(path: Path) -> tuple[Secret, bool]:
     return Secret(value), True
 
 
+def _user_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--user``: a name the proxy's ``store.username`` would take."""
+    if value is None:
+        return None
+    from xpro.config.schema import SCHEMA
+
+    kind = next(o.kind for o in SCHEMA if o.key == "store.username")
+    try:
+        name: str = kind.from_text(value)
+    except Exception as exc:  # the kind's refusal: its text says what is allowed
+        raise click.BadParameter(str(exc)) from None
+    if name != value:
+        raise click.BadParameter(f"{printable(value)!r}: no spaces around the name")
+    return name
+
+
 def _set_user(admin: Any, proxy: str, user: str | None, path: Path, *, add: bool) -> None:
     from xpro.stores.admin import proxy_user
 
@@ -185,8 +201,9 @@ def store_init(config_path: str | None, admin_user: str | None,
 @store.command("user")
 @_admin_options
 @click.argument("proxy")
-@click.option("--user", "user", metavar="NAME", default=None,
-              help="The user's name (default: xpro-MESH-PROXY).")
+@click.option("--user", "user", metavar="NAME", default=None, callback=_user_name,
+              help="The user's name (default: xpro-MESH-PROXY), as store.username takes "
+              "it.")
 @click.option("--password-file", type=click.Path(dir_okay=False), default=None,
               help="The password: this file's, or a new one written to it (mode 0600) if it "
               "does not exist.  Default: ./PROXY.password.")

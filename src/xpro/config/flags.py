@@ -93,8 +93,9 @@ def overrides_from_click(params: dict[str, Any]) -> dict[str, str]:
     problems = []
     for item in params.pop("config__set", ()) or ():
         key, eq, value = item.partition("=")
-        if not eq:
-            problems.append(f"command line: --set {item}: write --set KEY=VALUE")
+        if not eq or not key.strip():
+            problems.append(f"command line: --set {item}: write --set KEY=VALUE "
+                            "(such as --set thresholds.t_f1=200)")
             continue
         out[key.strip()] = value
     for name in [n for n in params if n.startswith("config__")]:
