@@ -397,3 +397,11 @@ def test_empty_or_spaced_names_are_usage_errors(runner: CliRunner, args: list[st
     r = runner.invoke(cli, args)
     assert r.exit_code == 2, r.output
     assert needle in r.output
+
+
+def test_output_to_a_full_disk_is_one_line() -> None:
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "xpro", "config", "show"], stdout=full,
+                           stderr=subprocess.PIPE, text=True, check=False, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr == "error: cannot write the output: No space left on device\n"

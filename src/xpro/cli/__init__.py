@@ -8,6 +8,8 @@ environment variable (``XPRO_DEMO_DURATION=3``).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -91,8 +93,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         from xpro.plugins import add_cli_commands
 
         add_cli_commands(cli)
-    cli.main(
-        args=args,
-        prog_name="xpro",
-        auto_envvar_prefix="XPRO",
-    )
+    try:
+        cli.main(
+            args=args,
+            prog_name="xpro",
+            auto_envvar_prefix="XPRO",
+        )
+    except OSError as exc:
+        # Writing the output failed (a full disk, a closed terminal; a closed
+        # pipe is click's and silent): one line where it can still go.
+        if exc.errno not in (errno.ENOSPC, errno.EIO, errno.EDQUOT):
+            raise
+        with contextlib.suppress(OSError):
+            sys.stderr.write(f"error: cannot write the output: {exc.strerror}\n")
+        sys.exit(1)
