@@ -41,6 +41,7 @@ from xpro.core.params import Sizes
 from xpro.core.state import OP_CREATE, OP_DELETE, OP_DST, OP_FLOW, OP_READ, apply_entries
 from xpro.datapath.afxdp.filter import UserFilter, parsed_destination_addr
 from xpro.datapath.xdp import XdpFilter
+from xpro.errors import DatapathError
 from xpro.lab.frames import Stream, UdpCounter, send_in_netns, udp_frame
 from xpro.lab.namespaces import Topology, add_address, in_netns, link_info, sysctl
 from xpro.parsers.coap import COAP_PORT, parse_coap
@@ -325,13 +326,44 @@ def test_a_batch_the_filter_fails_on_is_dropped_and_the_loop_goes_on(
     assert names["afxdp_tx"] == 20
 
 
+def test_a_filter_that_fails_on_every_batch_is_a_failed_loop(
+        path_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a frame's bug but a broken filter: every batch dropped would be a
+    silent outage, so after FILTER_FAILING_S of nothing but failures the loop
+    fails and says why (and the daemon exits for its service manager)."""
+    from xpro.datapath.afxdp import datapath
+
+    path: Path = path_factory(model.FilterParams())
+    got: list[str] = []
+    path.backend.on_failure = got.append
+    path.backend.start()
+    monkeypatch.setattr(datapath, "FILTER_FAILING_S", 0.3)
+
+    def broken(*a: Any, **kw: Any) -> Any:
+        raise MemoryError("tables gone")
+
+    monkeypatch.setattr(path.filt, "process", broken)
+    frame = udp_frame(src_mac=path.peer_mac, dst_mac="02:00:00:00:00:99", src="10.77.0.7",
+                      dst="10.88.0.2", dport=PORT)
+    end = time.monotonic() + 5
+    while not got and time.monotonic() < end:
+        path.send([frame])
+        time.sleep(0.05)
+    assert len(got) == 1
+    assert got[0].startswith("the afxdp loop failed: the filter failed on every batch for ")
+    assert got[0].endswith("(the last: MemoryError: tables gone)")
+    afxdp = path.backend.path
+    assert afxdp is not None
+    assert afxdp.stats.filter_errors >= 2
+    with pytest.raises(DatapathError):
+        path.backend.stop()
+
+
 def test_a_loop_that_fails_says_why(path_factory: Any) -> None:
     """The egress interface goes away: the loop fails on its next passed frame
     and says so through ``on_failure`` and ``failure()`` (the daemon then
     stops, tests/integration/test_daemon.py)."""
     import subprocess
-
-    from xpro.errors import DatapathError
 
     path: Path = path_factory(model.FilterParams())
     got: list[str] = []
@@ -339,7 +371,7 @@ def test_a_loop_that_fails_says_why(path_factory: Any) -> None:
     path.backend.start()  # again: it hands the callback to the running path
     afxdp = path.backend.path
     assert afxdp is not None
-    assert path.backend.failure() is None
+    assert afxdp.failure is None
     subprocess.run(["ip", "-n", path.backend.netns or "", "link", "del", afxdp.egress],
                    check=True)
     path.send([udp_frame(src_mac=path.peer_mac, dst_mac="02:00:00:00:00:99", src="10.77.0.7",
@@ -350,7 +382,7 @@ def test_a_loop_that_fails_says_why(path_factory: Any) -> None:
     why = f"the afxdp loop failed: wake TX of the AF_XDP socket on {afxdp.egress}"
     assert len(got) == 1
     assert got[0].startswith(why)
-    assert path.backend.failure() == got[0]
+    assert afxdp.failure == got[0]
     with pytest.raises(DatapathError, match="the afxdp loop failed"):
         path.backend.stop()
 

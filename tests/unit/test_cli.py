@@ -238,10 +238,11 @@ def test_store_user_refuses_delete_with_add(runner: CliRunner) -> None:
 # What an operator's mistake may not do (found by fuzzing the CLI, 2026-12-07).
 
 
-def test_store_user_never_overwrites_a_file_nor_leaves_one_behind(
-        runner: CliRunner, tmp_path: Path) -> None:
+def test_store_user_never_overwrites_a_file(runner: CliRunner, tmp_path: Path) -> None:
     """A file whose first line is empty is refused, not replaced by a new
-    password; a new password file is removed again when the store refused it."""
+    password.  A new password file is kept when the store call fails (the
+    store may hold it already: a cluster's nodes, an etcd user before its
+    grant), and the message says to give it again."""
     victim = tmp_path / "victim"
     victim.write_text("\nimportant line 2\n")
     r = runner.invoke(cli, ["store", "user", "p1", "--password-file", str(victim),
@@ -254,7 +255,12 @@ def test_store_user_never_overwrites_a_file_nor_leaves_one_behind(
                             "--store", "redis://127.0.0.1:1"])
     assert r.exit_code == 1, r.output
     assert "127.0.0.1:1" in r.output
-    assert not new.exists()
+    assert f"the new password stays in {new}: give the same file again" in r.output
+    first = new.read_text()
+    r = runner.invoke(cli, ["store", "user", "p1", "--password-file", str(new),
+                            "--store", "redis://127.0.0.1:1"])
+    assert new.read_text() == first  # taken again, not replaced
+    assert "stays in" not in r.output
 
 
 def test_store_user_names_the_proxy_when_it_is_the_bad_name(runner: CliRunner,
@@ -356,6 +362,7 @@ def test_store_init_on_an_unreachable_cluster_is_one_line(runner: CliRunner) -> 
 @pytest.mark.parametrize(("args", "needle"), [
     (["--metrics-listen", "0:80"], "metrics.listen"),  # the resolver reads 0.0.0.0
     (["--metrics-listen", "1.2.3:80"], "metrics.listen"),  # and 1.2.0.3
+    (["--metrics-listen", "0x0:9100"], "the resolver reads it as 0.0.0.0"),
     (["--allow", "fe80::1%eth0"], "has a zone"),
 ])
 def test_values_the_system_would_read_otherwise_are_refused(
@@ -370,18 +377,24 @@ def test_lists_that_do_not_do_what_they_say_are_warned_about(runner: CliRunner) 
                             "--deny", "10.1.0.0/16,::/0,192.0.2.0/24"])
     assert r.exit_code == 0, r.output
     assert ('warning: filter.deny "10.1.0.0/16" lies inside filter.allow "10.0.0.0/8": the '
-            "allow list is checked first, so this entry never drops anything") in r.output
+            "allow list is checked first, so this entry drops nothing but IPv6 packets from "
+            "IPv4-mapped sources") in r.output
     assert 'warning: filter.deny "::/0" also holds every IPv4 source' in r.output
     assert "192.0.2.0/24\" lies" not in r.output
 
 
 def test_config_check_knows_the_installed_parsers(runner: CliRunner, tmp_path: Path) -> None:
     f = tmp_path / "c.toml"
-    f.write_text('[afxdp]\nparsers = ["nosuch"]\n')
+    f.write_text('[proxy]\nbackend = "afxdp"\n[afxdp]\negress = "eth1"\n'
+                 'parsers = ["nosuch"]\n')
     r = runner.invoke(cli, ["config", "check", str(f)])
     assert r.exit_code == 2, r.output
-    assert f"{f}:2: afxdp.parsers: no destination parser 'nosuch'; installed: coap" in r.output
-    f.write_text('[afxdp]\nparsers = ["coap"]\n')
+    assert f"{f}:5: afxdp.parsers: no destination parser 'nosuch'; installed: coap" in r.output
+    f.write_text('[proxy]\nbackend = "afxdp"\n[afxdp]\negress = "eth1"\n'
+                 'parsers = ["coap"]\ncoap_names = ["victim.example"]\n')
+    assert runner.invoke(cli, ["config", "check", str(f)]).exit_code == 0
+    # the native backend does not read the afxdp section: nothing to refuse
+    f.write_text('[afxdp]\nparsers = ["nosuch"]\n')
     assert runner.invoke(cli, ["config", "check", str(f)]).exit_code == 0
 
 

@@ -167,3 +167,28 @@ def test_one_run_lock_per_place_however_it_is_spelled(tmp_path: Path,
                 RunLock("pin_dir", spelling)
     finally:
         held.release()
+
+
+def test_a_failed_data_path_wakes_the_daemon_even_when_its_alert_fails(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The main thread exits on ``failed``: it is set, and the wake called,
+    whatever the alert does; a failure that comes during a stop is the
+    stop's (not an exit 1 after a clean SIGTERM)."""
+    from xpro.daemon.proxy import Proxy
+
+    woke: list[int] = []
+    p = Proxy(load_config(None, env={}), on_failure=lambda: woke.append(1))
+
+    def sink(alert: object) -> None:
+        raise RuntimeError("a sink that fails")
+
+    monkeypatch.setattr(p, "alert", sink)
+    p._datapath_failed("the afxdp loop failed: x")
+    assert p.failed == "the afxdp loop failed: x"
+    assert woke == [1]
+    p._datapath_failed("")
+    assert p.failed == "the data path failed"  # never a falsy reason
+    p.failed, p._stopping = None, True
+    p._datapath_failed("the afxdp loop failed: late")
+    assert p.failed is None
+    assert woke == [1, 1]

@@ -116,13 +116,10 @@ class Backend(abc.ABC):
         calls :attr:`on_failure` with why, from its own thread."""
 
     #: Set by the daemon before :meth:`start`: called with why the data path
-    #: stopped filtering for good (docs/operations.rst, "When the data path fails").
+    #: stopped filtering for good (docs/operations.rst, "When the data path
+    #: fails"), never after :meth:`stop`.  The kernel paths never call it:
+    #: their program runs without the daemon.
     on_failure: Callable[[str], None] | None = None
-
-    def failure(self) -> str | None:
-        """Why the data path stopped filtering for good, or None (the kernel
-        paths never do: the program runs without the daemon)."""
-        return None
 
     def stop(self) -> None:  # noqa: B027
         """Stop what :meth:`start` started."""

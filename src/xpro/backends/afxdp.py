@@ -166,9 +166,6 @@ class AfxdpBackend(Backend):
         path.on_failure = self.on_failure
         path.start()
 
-    def failure(self) -> str | None:
-        return None if self.path is None else self.path.failure
-
     def metrics(self) -> list[Sample]:
         """What the loop moved: frames received, forwarded, dropped, lost to a
         full TX ring, and batches the filter failed on (dropped)."""

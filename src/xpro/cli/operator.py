@@ -176,7 +176,7 @@ def run(config_path: str | None, **params: Any) -> None:
         try:
             proxy.start()
             _notify("READY=1")
-            while not flags["term"] and not proxy.failed:
+            while not flags["term"] and proxy.failed is None:
                 os.read(wake_r, 64)  # a signal came; its handler runs right after
                 if flags["term"] or not flags["reload"]:
                     continue
@@ -194,7 +194,7 @@ def run(config_path: str | None, **params: Any) -> None:
             _notify("STOPPING=1")
         finally:
             proxy.stop()
-        if proxy.failed:
+        if proxy.failed is not None:
             # Exit 1: the systemd unit (Restart=on-failure) starts a new daemon,
             # which attaches the data path again (docs/operations.rst).
             raise DatapathError(f"{proxy.failed}; the daemon stopped so that its service "
@@ -620,12 +620,18 @@ def _check_with_plugins(cfg: Any) -> None:
     from xpro.plugins import destination_parsers, open_store
 
     problems = []
+    where = cfg.sources.get("store.url", "default")
     try:
         open_store(cfg.store.url, mesh=cfg.store.mesh, options=cfg.store_options()).close()
     except XproError as exc:
-        problems.append(f"{cfg.sources.get('store.url', 'default')}: store.url: {exc}")
+        problems.append(f"{where}: store.url: {exc}")
+    except Exception as exc:  # a third-party store's bug: still the file's problem to show
+        problems.append(f"{where}: store.url: the store plugin failed on it: "
+                        f"{type(exc).__name__}: {exc}")
     parsers = destination_parsers()
-    missing = [n for n in cfg.afxdp.parsers if n not in parsers]
+    # the afxdp section counts only for that backend (backend_options)
+    missing = [n for n in cfg.afxdp.parsers if n not in parsers] \
+        if cfg.proxy.backend == "afxdp" else []
     if missing:
         problems.append(f"{cfg.sources.get('afxdp.parsers', 'default')}: afxdp.parsers: no "
                         f"destination parser {', '.join(map(repr, missing))}; installed: "

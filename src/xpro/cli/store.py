@@ -145,8 +145,9 @@ def _set_user(admin: Any, proxy: str, user: str | None, path: Path, *, add: bool
     try:
         lines = admin.set_user(name, password, add=add)
     except BaseException:
-        if new:  # the store never took it: no stray password file
-            path.unlink(missing_ok=True)
+        if new:  # kept: the store may hold it already (some nodes, or the user before a grant)
+            click.echo(f"the new password stays in {printable(str(path))}: give the same "
+                       "file again to finish", err=True)
         raise
     for line in lines:
         click.echo(line)

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import socket
 import stat
 import threading
 import typing
@@ -601,6 +602,16 @@ class Url(Kind[str]):
         return "URL"
 
 
+def _inet_aton_reads(host: str) -> bool:
+    """Whether the C resolver takes ``host`` for an IPv4 address in one of its
+    old forms (a number, hex, octal, fewer than four parts)."""
+    try:
+        socket.inet_aton(host)
+    except OSError:
+        return False
+    return True
+
+
 _HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*")
 
 
@@ -623,11 +634,16 @@ class Listen(Kind[str]):
         try:
             if m[1]:
                 ipaddress.IPv6Address(host)
-            elif re.fullmatch(r"[0-9.]+", host) or not _HOST_RE.fullmatch(host):
-                # digits and dots are an IPv4 address or nothing: the resolver
-                # reads "0" as 0.0.0.0 and "1.2.3" as 1.2.0.3
+            elif _inet_aton_reads(host) or not _HOST_RE.fullmatch(host):
+                # What the resolver reads as an IPv4 address must be one in
+                # dotted quads: it reads "0" and "0x0" as 0.0.0.0 (every
+                # interface), "1.2.3" as 1.2.0.3.
                 ipaddress.IPv4Address(host)
         except ValueError:
+            if not m[1] and _inet_aton_reads(host):
+                read = socket.inet_ntoa(socket.inet_aton(host))
+                raise _Bad(f"{_toml_str(host)} is not an IPv4 address written a.b.c.d: the "
+                           f"resolver reads it as {read}") from None
             raise _Bad(f"must be {self.allowed()}") from None
         if not 1 <= int(port) <= 65535:
             raise _Bad(f"must be {self.allowed()} (the port from 1 to 65535)")

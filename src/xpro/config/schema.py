@@ -957,11 +957,14 @@ def _list_warnings(allow: Sequence[str], deny: Sequence[str]) -> tuple[str, ...]
     a = [(p, Prefix.parse(p)) for p in allow]
     for d in deny:
         dp = Prefix.parse(d)
-        hit = [p for p, ap in a if _holds(ap, dp) and ap != dp]
+        hit = [(p, ap) for p, ap in a if _holds(ap, dp) and ap != dp]
         if hit:
+            p, ap = hit[0]
             out.append(f"filter.deny {_toml_str(d)} lies inside filter.allow "
-                       f"{_toml_str(hit[0])}: the allow list is checked first, so this "
-                       "entry never drops anything")
+                       f"{_toml_str(p)}: the allow list is checked first, so this entry "
+                       "drops nothing"
+                       + (" but IPv6 packets from IPv4-mapped sources (::ffff:a.b.c.d), "
+                          "which the allow list never passes" if ap.is_v4 else ""))
     for name, items in (("filter.allow", allow), ("filter.deny", deny)):
         for p in items:
             pp = Prefix.parse(p)

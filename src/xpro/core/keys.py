@@ -125,9 +125,9 @@ def index_of(haystack: Array, needles: Array) -> Array:
     same_fp = sorted_fh[pos] == fn
     same = same_fp & (hv[cand] == nv)
     out = np.where(same, cand, -1)
-    # Two keys with one fingerprint (rare by chance, but an attacker who
-    # picks addresses can make thousands: the mix is linear): the needle is
-    # the first of the run of its fingerprint only by luck.  Those needles
+    # Two keys with one fingerprint (rare by chance; the seed keeps an
+    # attacker from picking them, and a test that knows it makes thousands):
+    # the needle is the first of the run of its fingerprint only by luck.  Those needles
     # are compared by their bytes with every key of their fingerprints,
     # sorted: O(n log n) at worst, never a walk per needle.
     coll = np.flatnonzero(same_fp & ~same)

@@ -186,6 +186,7 @@ class Proxy:
         self._metrics: MetricsServer | None = None
         self._control: ControlServer | None = None
         self._running = False
+        self._stopping = False  # from the top of a stop to the next start
 
     # ---- life cycle ----------------------------------------------------------------
 
@@ -205,6 +206,7 @@ class Proxy:
         """Load or adopt the filter, attach it, start the sync, events, metrics and control."""
         if self._running:
             return self
+        self._stopping = False
         cfg = self.config
         if not cfg.proxy.interfaces:
             raise ConfigError("no interface to attach to: set proxy.interfaces in the config "
@@ -310,6 +312,7 @@ class Proxy:
         if not self._running:
             return
         keep = self.config.proxy.on_exit == "keep" if keep is None else keep
+        self._stopping = True
         self._running = False
         self._stop.set()
         if self.loop is not None:
@@ -329,14 +332,25 @@ class Proxy:
                                    "kept": keep})
 
     def _datapath_failed(self, why: str) -> None:
-        """The backend's data path stopped filtering for good (its thread failed)."""
-        self.failed = why
-        log.critical("%s: the data path forwards nothing any more", why,
-                     extra={"event": "datapath_failed"})
-        self.alert(Alert.make("datapath_down", f"{why}: the data path forwards nothing "
-                              "any more", self.name))
-        if self._on_failure is not None:
-            self._on_failure()
+        """The backend's data path stopped filtering for good (its thread failed).
+
+        The alert is queued before :attr:`failed` is set, which is what the
+        daemon's main thread acts on (it stops, and the stop flushes the
+        alerts); the main thread is woken whatever the alert does."""
+        if self._stopping:  # a late failure of a path being stopped
+            return
+        try:
+            log.critical("%s: the data path forwards nothing any more", why,
+                         extra={"event": "datapath_failed"})
+            self.alert(Alert.make("datapath_down", f"{why}: the data path forwards nothing "
+                                  "any more", self.name))
+        except Exception:  # the daemon must still learn of it
+            log.exception("raising the datapath_down alert failed",
+                          extra={"event": "alert_error"})
+        finally:
+            self.failed = why or "the data path failed"
+            if self._on_failure is not None:
+                self._on_failure()
 
     def _close_store(self) -> None:
         store = self.store

@@ -46,6 +46,8 @@ log = logging.getLogger("xpro.datapath.afxdp")
 Array = npt.NDArray[Any]
 
 _TX_WAKE_BUDGET = 32  # frames the kernel sends per wake-up in copy mode
+#: A filter that failed on every batch for this long has failed for good.
+FILTER_FAILING_S = 5.0
 _BUSY_RETRIES = 100
 
 
@@ -95,6 +97,7 @@ class AfxdpPath:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._error: BaseException | None = None
+        self._failing_since: float | None = None  # the first failed batch since a good one
         #: Called (from the loop's thread) with why the loop stopped for good.
         self.on_failure: Callable[[str], None] | None = None
         try:
@@ -174,6 +177,7 @@ class AfxdpPath:
             self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        self.on_failure = None  # a failure from now on is the stop's to report
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -196,8 +200,9 @@ class AfxdpPath:
         except BaseException as exc:  # reported by stop() and on_failure
             log.exception("afxdp loop failed")
             self._error = exc
-            if self.on_failure is not None:
-                self.on_failure(self.failure or "")
+            report = self.on_failure
+            if report is not None:
+                report(f"the afxdp loop failed: {exc}")
 
     def poll_once(self) -> int:
         """Take one batch from every RX socket, filter, forward; returns frames handled."""
@@ -225,7 +230,7 @@ class AfxdpPath:
         try:
             action, _ = self.filt.process(self.umem.data, addrs, d["len"],
                                             frame_size=self.umem.frame_size)
-        except Exception:
+        except Exception as exc:
             # A batch the filter cannot judge is dropped, counted and logged,
             # and the loop goes on: one hostile frame that found a bug must
             # neither pass its batch unfiltered nor stop the data path
@@ -238,7 +243,16 @@ class AfxdpPath:
                 log.exception("the filter failed on a batch of %d frames (%d batches so "
                               "far): dropped", len(d), n,
                               extra={"event": "afxdp_filter_error"})
+            now = time.monotonic()
+            if self._failing_since is None:
+                self._failing_since = now
+            elif now - self._failing_since >= FILTER_FAILING_S:
+                # not a frame that found a bug: the filter fails on everything
+                raise DatapathError(f"the filter failed on every batch for "
+                                    f"{now - self._failing_since:.0f} s (the last: "
+                                    f"{type(exc).__name__}: {exc})") from exc
             return
+        self._failing_since = None
         ok = action == L.XDP_PASS
         drop = d["addr"][~ok]
         st.dropped += len(drop)
