@@ -407,3 +407,123 @@ def test_a_forged_partial_growing_fast_does_not_close_by_its_recent_rate() -> No
             p.filt.close()
             p.sync.store.close()
         MemoryStore.forget(url.removeprefix("memory://"), name)
+
+
+# ---------------------------------------------------------------------------
+# Redis's own keys (a fuzz of a live mesh's keys, 2026-12-07): each took one
+# write to switch a limit off, silently, for good
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_mesh(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, list[Proxy]]]:
+    url = backend_url(request, "redis")
+    name = f"t{uuid.uuid4().hex[:10]}"
+    proxies: list[Proxy] = []
+    try:
+        proxies += [Proxy(f"p{i}", open_store(url, mesh=name)) for i in range(2)]
+        yield url, name, proxies
+    finally:
+        for p in proxies:
+            p.filt.close()
+            p.sync.store.close()
+
+
+def _each_bucket(p: Proxy, fn: Any) -> None:
+    st = p.sync.store
+    assert isinstance(st, RedisStore)
+    for b in range(st.buckets):
+        names = st.bucket_keys(b)
+        fn(st.raw_client(names["meta"]), names, st._tags[b])
+
+
+def _bot_through_a_then_b(a: Proxy, b: Proxy, start: int) -> int:
+    """The bot at 10 x T_F1 through A for three seconds, rounds every second;
+    then 100 of its packets at B: how many B passed."""
+    for second in range(start, start + 3):
+        for tick in range(100):
+            a.send(BOT, T0 + second * S + tick * S // 100, 10)
+        now = T0 + (second + 1) * S
+        a.round(now)
+        b.round(now)
+    return b.send(BOT, T0 + (start + 3) * S + S // 10, 100)
+
+
+@pytest.mark.parametrize(("field", "pull"), [("cn", "candidates"), ("n", "all")])
+def test_a_log_counter_past_2_53_does_not_stop_the_sync(
+        redis_mesh: tuple[str, str, list[Proxy]], field: str, pull: str) -> None:
+    """Before: the function counted on from 2**53 in doubles, where adding one
+    changes nothing; once a reader had read the bucket whole, it saw "nothing
+    new" for ever, and B passed the bot that A saw (100 of 100).  Now the log
+    starts again.  (The candidates' log, and the change log of the full pull.)"""
+    _, _, (a, b) = redis_mesh
+    for p in (a, b):
+        p.sync = Syncer(p.filt, p.sync.store, p.sync.proxy, SYNC, pull=pull)
+    assert _bot_through_a_then_b(a, b, 0) == 0  # the mesh works
+    _each_bucket(a, lambda cl, names, tag: cl.hset(names["meta"], field, str(2**53)))
+    for second in (4, 5):  # B reads every bucket once (its cursor is not the count)
+        a.send(LEGIT, T0 + second * S)
+        a.round(T0 + (second + 1) * S)
+        b.round(T0 + (second + 1) * S)
+    bot2 = frame("10.0.0.67", DST)
+    for second in range(6, 9):
+        for tick in range(100):
+            a.send(bot2, T0 + second * S + tick * S // 100, 10)
+        now = T0 + (second + 1) * S
+        a.round(now)
+        b.round(now)
+    assert b.send(bot2, T0 + 9 * S + S // 10, 100) == 0
+
+
+def test_a_stale_replay_state_written_ahead_costs_one_round(
+        redis_mesh: tuple[str, str, list[Proxy]]) -> None:
+    """A's replay state (its last op per bucket) set far ahead: before, every
+    merge of A was refused as a stale replay, for good, and the bot that A
+    saw passed at B (the counts never reached the master).  Now the refusal
+    says the op, A numbers its next call past it, and one round is lost."""
+    _, _, (a, b) = redis_mesh
+    a.round(T0)
+    b.round(T0)
+    st = a.sync.store
+    assert isinstance(st, RedisStore)
+    _each_bucket(a, lambda cl, names, tag: cl.hset(f"{tag}:d:{st.client_id}", "op",
+                                                   str(10**15)))
+    assert _bot_through_a_then_b(a, b, 1) == 0
+    assert a.quarantined() >= 1  # the refused round is counted
+
+
+def test_junk_in_a_known_client_set_keeps_the_others(
+        redis_mesh: tuple[str, str, list[Proxy]]) -> None:
+    """Before: one member that is not a flow key in a destination's set of
+    known clients made the whole bucket's answer unreadable, and every proxy
+    dropped that bucket's known clients while the destination was closed."""
+    _, _, (a, _) = redis_mesh
+    a.round(T0)
+    st = a.sync.store
+    assert isinstance(st, RedisStore)
+    key = key_of(LEGIT)
+    dkey = bytearray(key[16:36])
+    dkey[19] = 0
+    tag = st._tags[st.key_bucket(bytes(key[:16]) + bytes(dkey))]
+    cl = st.raw_client(f"{tag}:r")
+    cl.hset(f"{tag}:r", key, np.array([(T0, T0 + S, 5)], dtype=MASTER).tobytes())
+    cl.sadd(f"{tag}:k:".encode() + bytes(dkey), key, b"x")
+    keys, _ = st.clients(np.frombuffer(bytes(dkey), dtype=L.DST_KEY))
+    assert [k.tobytes() for k in keys] == [key]
+
+
+def test_a_lease_written_without_a_time_is_taken_over(
+        redis_mesh: tuple[str, str, list[Proxy]]) -> None:
+    """Before: a lease held by a name written without an expiry stopped the
+    master's expiry for the whole mesh, for good."""
+    _, _, (a, _) = redis_mesh
+    st = a.sync.store
+    assert isinstance(st, RedisStore)
+    assert st.lease("expire", "p0", 30)
+    key = st._lease_key + "expire"
+    cl = st.raw_client(key)
+    cl.hset(key, "h", "evil")
+    assert not st.lease("expire", "p0", 30)  # held, and timed: a real holder's
+    cl.persist(key)
+    assert st.lease("expire", "p0", 30)
+    assert cl.ttl(key) > 0

@@ -84,6 +84,15 @@ local function judge(t1h, t1l, t2h, t2l, ch, cl, bd)
   return 0
 end
 
+-- A log counter of a meta hash: an integer in [0, 2^52), else nil (written by
+-- someone else; a double stops counting at 2^53).  Absent is 0.
+local COUNTER_MAX = 4503599627370496
+local function counter(v)
+  local x = tonumber(v or 0)
+  if x == nil or x ~= x or x < 0 or x >= COUNTER_MAX or x ~= math.floor(x) then return nil end
+  return x
+end
+
 -- A key of the wrong type (bad data) makes a command fail: pcall it, and
 -- in a function that writes, replace the key.  Returns the reply or nil.
 local function try(cmd, key, ...)
@@ -187,12 +196,22 @@ local function part_apply(a, pd, order)
 end
 
 -- Append an entry to a log and keep its meta (fields pre .. n/t/k) in m.
+-- Meta that is not counters (counter) was written by someone else: the log
+-- starts again, and a reader whose cursor is past the new count reads the
+-- whole bucket once.  Counting on from 2^53 would add nothing, for ever.
 local function log_append(l, m, pre, entry, count, width, limit_key)
-  local len = replace('RPUSH', l, entry)
   local meta = replace('HMGET', m, pre .. 'n', pre .. 't', pre .. 'k')
-  local nn = (tonumber(meta[1]) or 0) + 1
-  local t, k = tonumber(meta[2]) or 0, (tonumber(meta[3]) or 0) + count
-  if nn - t ~= len then t = nn - len end
+  local n0, t, k = counter(meta[1]), counter(meta[2]), counter(meta[3])
+  if not (n0 and t and k) or t > n0 then
+    redis.log(redis.LOG_WARNING, 'xpro: the meta of ' .. l .. ' was not counters; the log ' ..
+              'starts again')
+    redis.call('DEL', l)
+    n0, t, k = 0, 0, 0
+  end
+  local len = replace('RPUSH', l, entry)
+  local nn = n0 + 1
+  k = k + count
+  if nn - t ~= len then t = nn - len end  -- the log was tampered with
   if k > 256 then t, k = trim(limit_key, l, t, k, nn, nil, 0, width) end
   redis.call('HSET', m, pre .. 'n', nn, pre .. 't', t, pre .. 'k', k)
 end
@@ -256,8 +275,13 @@ local function merge(keys, args)
     local cached = redis.call('HGET', d, call)
     if cached then return cached end
   else
-    if cur and tonumber(cur) > tonumber(op) then
-      return redis.error_reply('XPRO stale merge replay')
+    -- A call older than the last one of this client: refused, with the last
+    -- op, so that the client numbers its next call past it (a value written
+    -- there by someone else costs one round, not every round).  What is not
+    -- an op at all is no replay state.
+    local c = counter(cur)
+    if c and c > tonumber(op) then
+      return redis.error_reply(string.format('XPRO stale merge replay %.0f', c))
     end
     redis.call('DEL', d)
     redis.call('HSET', d, 'op', op)
@@ -356,15 +380,7 @@ local function merge(keys, args)
     redis.call('HSET', r, unpack(hset, i, math.min(i + 3999, nh)))
   end
   local result = table.concat(flags) .. table.concat(befores)
-  if n > 0 then
-    local len = replace('RPUSH', l, entry)
-    local meta = replace('HMGET', m, 'n', 't', 'k')
-    local nn = (tonumber(meta[1]) or 0) + 1
-    local t, k = tonumber(meta[2]) or 0, (tonumber(meta[3]) or 0) + n
-    if nn - t ~= len then t = nn - len end  -- the log was tampered with
-    if k > 256 then t, k = trim(r, l, t, k, nn, nil, 0) end
-    redis.call('HSET', m, 'n', nn, 't', t, 'k', k)
-  end
+  if n > 0 then log_append(l, m, '', entry, n, 36, r) end
   redis.call('HSET', d, call, result)
   return result
 end
@@ -379,7 +395,8 @@ local function changes(keys, args)
   local c = tonumber(args[1])
   local cap = tonumber(args[2] or 0) or 0
   local meta = try('HMGET', m, 'n', 't') or {}
-  local n, t = tonumber(meta[1]) or 0, tonumber(meta[2]) or 0
+  local n, t = counter(meta[1]), counter(meta[2])
+  if not (n and t) then return {0, 1} end  -- not counters: the next merge starts again
   if c == n then return {n, 2} end
   if c < t or c > n then return {n, 1} end
   local last = n - t - 1
@@ -467,7 +484,8 @@ end
 -- 1: read everything, 2: nothing new), the items (unique), the log's n.
 local function log_read(l, m, pre, cur, cap, width)
   local meta = try('HMGET', m, pre .. 'n', pre .. 't') or {}
-  local n, t = tonumber(meta[1]) or 0, tonumber(meta[2]) or 0
+  local n, t = counter(meta[1]), counter(meta[2])
+  if not (n and t) then return 0, 1, {}, 0 end  -- not counters: read everything
   if cur == n then return n, 2, {}, n end
   if cur < t or cur > n then return n, 1, {}, n end
   local last = n - t - 1
@@ -523,7 +541,9 @@ local function clients(keys, args)
   local list = {}
   for i = 1, #blob - 19, 20 do
     local members = try('SMEMBERS', tag .. 'k:' .. string.sub(blob, i, i + 19)) or {}
-    for _, k in ipairs(members) do list[#list + 1] = k end
+    for _, k in ipairs(members) do
+      if #k == 36 then list[#list + 1] = k end  -- a flow key; anything else is not
+    end
   end
   local vals = hmget(r, list) or {}
   return {table.concat(list), vals}
@@ -579,9 +599,9 @@ local function expire(keys, args)
     redis.call('HDEL', r, unpack(del, i, math.min(i + 3999, #del)))
   end
   local meta = try('HMGET', m, 'n', 't', 'k') or {}
-  local n = tonumber(meta[1]) or 0
-  if n > 0 then
-    local t, k = trim(r, l, tonumber(meta[2]) or 0, tonumber(meta[3]) or 0, n, now, retention)
+  local n, t0, k0 = counter(meta[1]), counter(meta[2]), counter(meta[3])
+  if n and t0 and k0 and n > 0 and t0 <= n then
+    local t, k = trim(r, l, t0, k0, n, now, retention)
     redis.call('HSET', m, 't', t, 'k', k)
   end
   if partials then return {#del, table.concat(del), table.concat(jb)} end
@@ -593,7 +613,9 @@ end
 local function lease(keys, args)
   local k, holder, ttl = keys[1], args[1], tonumber(args[2])
   local cur = try('HGET', k, 'h')
-  if cur and cur ~= holder then return 0 end
+  -- a holder's lease expires; one written without a time (by someone else)
+  -- would hold the mesh's expiry off for ever: taken over
+  if cur and cur ~= holder and redis.call('TTL', k) ~= -1 then return 0 end
   replace('HSET', k, 'h', holder)
   redis.call('EXPIRE', k, ttl)
   return 1

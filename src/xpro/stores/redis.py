@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import struct
 import time
 import uuid
@@ -74,6 +75,10 @@ if TYPE_CHECKING:
 
 __all__ = ["ENCODING", "KNOWN_OPTIONS", "WIRE", "RedisCursor", "RedisPullCursor", "RedisStore",
            "xpro_add_stores"]
+
+#: The function's refusal of a merge older than the client's last one, with
+#: that one's op (xpro.stores._redis_lua).
+_STALE_RE = re.compile(r"XPRO stale merge replay (\d{1,16})")
 
 log = logging.getLogger("xpro.stores.redis")
 
@@ -640,6 +645,9 @@ class RedisStore(Store):
             if isinstance(res, Exception):
                 # Not applied (the function checks before it writes): the
                 # caller keeps these records' counts for its next merge.
+                stale = _STALE_RE.search(str(res))
+                if stale is not None:  # number the next call past the master's
+                    self._op = max(self._op, int(stale[1]))
                 log.warning("redis refused a merge of %d records into bucket %d of mesh %r: "
                             "%s", len(call.idx), call.bucket, self.mesh, res)
                 before[call.idx] = REFUSED
@@ -912,6 +920,7 @@ class RedisStore(Store):
                 continue
             kb, vals = bytes(r[0]), r[1]
             if len(kb) % KEY_SIZE or len(kb) // KEY_SIZE != len(vals):
+                self.reject(f"bucket {call.bucket}", "known clients: a reply of the wrong length")
                 continue
             got_keys.extend(kb[i : i + KEY_SIZE] for i in range(0, len(kb), KEY_SIZE))
             got_vals.extend(vals)
