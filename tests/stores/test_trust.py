@@ -527,3 +527,26 @@ def test_a_lease_written_without_a_time_is_taken_over(
     cl.persist(key)
     assert st.lease("expire", "p0", 30)
     assert cl.ttl(key) > 0
+
+
+def test_the_expiry_deletes_heartbeats_of_proxies_gone_and_junk(
+        redis_mesh: tuple[str, str, list[Proxy]]) -> None:
+    """The heartbeat hash lives as long as any proxy beats, and every round
+    reads it whole: 20 000 junk fields (dated long ago, or not heartbeats)
+    made every round of every proxy pay for them, for good.  The expiry now
+    deletes them and keeps the live proxies' beats."""
+    _, _, (a, b) = redis_mesh
+    now = T0 + 100 * S
+    a.round(now)
+    b.round(now)
+    st = a.sync.store
+    assert isinstance(st, RedisStore)
+    key = st._hb_key
+    cl = st.raw_client(key)
+    junk = {f"old{i}": struct.pack("<dQ", 1.0, T0 - 3600 * S) for i in range(10_000)}
+    junk.update({f"bad{i}": b"x" for i in range(10_000)})
+    for i in range(0, 20_000, 5000):
+        cl.hset(key, mapping=dict(list(junk.items())[i : i + 5000]))
+    assert cl.hlen(key) == 20_002
+    st.expire(now - 10 * S)
+    assert sorted(cl.hkeys(key)) == [b"p0", b"p1"]

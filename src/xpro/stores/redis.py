@@ -76,6 +76,10 @@ if TYPE_CHECKING:
 __all__ = ["ENCODING", "KNOWN_OPTIONS", "WIRE", "RedisCursor", "RedisPullCursor", "RedisStore",
            "xpro_add_stores"]
 
+#: How much older than the records' horizon a heartbeat may be before the
+#: expiry deletes it (:meth:`RedisStore._prune_heartbeats`).
+HEARTBEAT_GRACE_NS = 60_000_000_000
+
 #: The function's refusal of a merge older than the client's last one, with
 #: that one's op (xpro.stores._redis_lua).
 _STALE_RE = re.compile(r"XPRO stale merge replay (\d{1,16})")
@@ -1090,7 +1094,29 @@ class RedisStore(Store):
             self._publish_moves(dk, dv, np.ones(n, bool), np.zeros(n, dtype=MASTER),
                                 np.zeros(n, bool), bucket_of(dk, self.buckets), self._rule,
                                 f"x{uuid.uuid4().hex}", struct.pack(">I", int(time.time())))
+        # a minute more than the records: a beat is every round, and a clock
+        # a little behind the lease holder's must not lose its proxy's entry
+        self._prune_heartbeats(max(0, before - HEARTBEAT_GRACE_NS))
         return total
+
+    def _prune_heartbeats(self, before: int) -> None:
+        """Delete the heartbeats not beaten since ``before`` (proxies gone, or
+        junk dated in the past) and the fields that are not heartbeats: the
+        hash lives as long as any proxy beats, and every round reads it whole
+        (docs/security.rst, "A store writer")."""
+        (r,) = self._execute([_Call(("HGETALL", self._hb_key), self._hb_key)], "reading proxies")
+        if isinstance(r, Exception):
+            return
+        dead = [name for name, v in _pairs_b(r)
+                if (hb := decode_heartbeat(v)) is None or hb[1] < before]
+        calls = [_Call(("HDEL", self._hb_key, *dead[i : i + 4000]), self._hb_key)
+                 for i in range(0, len(dead), 4000)]
+        for res in self._execute(calls, "pruning heartbeats") if calls else ():
+            if isinstance(res, Exception):
+                log.warning("redis mesh %s: pruning heartbeats: %s", self.mesh, res)
+        if dead:
+            log.info("redis mesh %s: %d heartbeat field(s) of proxies gone or not heartbeats "
+                     "deleted", self.mesh, len(dead))
 
     def clock(self) -> int | None:
         """The server's ``TIME``; None (logged once) if this user may not ask."""
