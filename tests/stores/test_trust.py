@@ -550,3 +550,76 @@ def test_the_expiry_deletes_heartbeats_of_proxies_gone_and_junk(
     assert cl.hlen(key) == 20_002
     st.expire(now - 10 * S)
     assert sorted(cl.hkeys(key)) == [b"p0", b"p1"]
+
+
+# ---------------------------------------------------------------------------
+# etcd's own keys (the same fuzz against etcd, 2026-12-07)
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def etcd_mesh(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, list[Proxy]]]:
+    url = backend_url(request, "etcd")
+    name = f"t{uuid.uuid4().hex[:10]}"
+    proxies: list[Proxy] = []
+    try:
+        proxies += [Proxy(f"p{i}", open_store(url, mesh=name)) for i in range(2)]
+        yield url, name, proxies
+    finally:
+        for p in proxies:
+            p.filt.close()
+            p.sync.store.close()
+
+
+def _forge_rows(st: EtcdStore, now: int, rows: dict[bytes, bytes]) -> None:
+    """Partial rows of DST's slot of ``now`` under the given client names, and
+    a log entry naming them, as a store writer can."""
+    rule = st._rule
+    assert rule is not None
+    slot = now // rule.slot_ns
+    d = bytearray(key_of(LEGIT)[16:36])
+    d[19] = 0
+    for client, value in rows.items():
+        st.raw_put(st._p_rows + struct.pack(">Q", slot) + bytes(d) + b"/" + client, value)
+    st.raw_put(st._p_alog + b"forger", bytes(d) + struct.pack("<Q", slot))
+    st.raw_put(st._k_pub, b"")
+
+
+@pytest.mark.parametrize("rows", [
+    # three rows whose flow counts overflow a u64 when summed: every round raised
+    {name: struct.pack("<QQqq", 1, 2, 1, 2**63 - 1) for name in (b"e0", b"e1", b"e2")},
+    # rows that sum below zero flows: the destination's partial was zeroed, silently
+    {b"evil": struct.pack("<QQqq", 2**64 - 1, 0, 0, -(2**62))},
+])
+def test_forged_partial_rows_are_counted_and_change_no_verdict(
+        etcd_mesh: tuple[str, str, list[Proxy]], rows: dict[bytes, bytes]) -> None:
+    """Before: the first set made every round of every proxy raise an
+    OverflowError after its merge (so each round merged the same counts
+    again), for good; the second switched the destination limit off without
+    a count.  Now such rows are rejected and counted, and the bot that A saw
+    is still dropped at B."""
+    _, _, (a, b) = etcd_mesh
+    for second in range(2):
+        a.send(LEGIT, T0 + second * S)
+        a.round(T0 + (second + 1) * S)
+        b.round(T0 + (second + 1) * S)
+    st = a.sync.store
+    assert isinstance(st, EtcdStore)
+    _forge_rows(st, T0 + 2 * S, rows)
+    assert _bot_through_a_then_b(a, b, 2) == 0
+    assert all(not s.error for s in a.stats + b.stats), [s.error for s in a.stats + b.stats]
+    assert a.quarantined() + b.quarantined() >= 1
+
+
+def test_an_etcd_lease_held_past_any_proxys_end_is_taken_over(
+        etcd_mesh: tuple[str, str, list[Proxy]]) -> None:
+    """Before: a lease whose end was written a century ahead stopped the
+    master's expiry for good."""
+    _, _, (a, _) = etcd_mesh
+    st = a.sync.store
+    assert isinstance(st, EtcdStore)
+    assert st.lease("expire", "p0", 30)
+    st.raw_put(st._p_lease + b"expire", f"evil {time.time_ns() + 10 * S}".encode())
+    assert not st.lease("expire", "p0", 30)  # a real holder's end: held
+    st.raw_put(st._p_lease + b"expire", b"evil 999999999999999999999")
+    assert st.lease("expire", "p0", 30)

@@ -61,6 +61,7 @@ from xpro.stores._common import (
     FLAG_EXISTED,
     FLAG_REFUSED,
     KEY_SIZE,
+    MAX_COUNT,
     RECORD_SIZE,
     Replay,
     batch_digest,
@@ -839,6 +840,11 @@ class EtcdStore(Store):
             slot = struct.unpack(">Q", key[plen : plen + 8])[0]
             dst = key[plen + 8 : plen + 28]
             x1, x2, c, n = struct.unpack("<QQqq", v)
+            # A client's row is the sum of the moves it published, so it may be
+            # negative (flows that left the slot); not larger than any count.
+            if abs(c) > MAX_COUNT or abs(n) > MAX_COUNT:
+                self.reject(repr(key[:80]), "a partial row out of bounds")
+                continue
             t = tot.setdefault((slot, dst), [big, 0, 0, 0])
             t[0], t[1] = min(t[0], x1), max(t[1], x2)
             t[2] += c
@@ -849,7 +855,10 @@ class EtcdStore(Store):
             ak[i]["dst"] = np.frombuffer(dst, dtype=DST_KEY)[0]
             ak[i]["slot"] = slot
             if n > 0:
-                pv[i] = (0 if x1 == big else x1, x2, max(0, min(c, 1 << 62)), n)
+                pv[i] = (0 if x1 == big else x1, x2, max(0, min(c, MAX_COUNT)),
+                         min(n, MAX_COUNT))
+            elif n < 0:  # more flows left than ever entered: not what proxies write
+                self.reject(f"partial {dst.hex()}/{slot}", "its rows sum below zero flows")
         return ak, pv
 
     def clients(self, dsts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1021,7 +1030,10 @@ class EtcdStore(Store):
                     end = int(until)
                 except ValueError:
                     end = 0  # unreadable: free
-                if who != holder and end > now:
+                # an end further off than any proxy writes (seconds from its
+                # clock, a few seconds off ours) holds nothing: taken over; two
+                # proxies expiring at once is safe
+                if who != holder and now < end <= now + 2 * int(seconds * 1e9) + 60 * 10**9:
                     return False
                 cmp = rpc.Compare(key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL,
                                   mod_revision=kv.mod_revision)

@@ -394,10 +394,16 @@ class Syncer:
                 pkeys, precs, cursor = self.store.changes(self.cursor)
             self.cursor = cursor
             st.pull_capped = bool(getattr(cursor, "more", False))
-        except StoreError as exc:
-            log.warning("sync %s: reading the master's changes failed (%s); merged flows "
-                        "are still written back, changes are read next round", self.proxy, exc)
-            st.error = str(exc)
+        except Exception as exc:  # a store's bug on hostile data too: never count twice
+            if isinstance(exc, StoreError):
+                log.warning("sync %s: reading the master's changes failed (%s); merged flows "
+                            "are still written back, changes are read next round",
+                            self.proxy, exc)
+            else:
+                log.error("sync %s: reading the master's changes raised; merged flows are "
+                          "still written back, changes are read next round", self.proxy,
+                          exc_info=exc)
+            st.error = str(exc) or type(exc).__name__
             self.recent.clear()
             pkeys, precs = np.zeros(0, dtype=L.FLOW_KEY), np.zeros(0, dtype=MASTER)
         precs = _shift(precs, -self.skew)
