@@ -20,6 +20,7 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -70,21 +71,33 @@ class Path:
             self.tx.send(fr)
 
 
+def peer_proxy_service(topo: Topology) -> SimpleNamespace:
+    """peer --veth-- proxy --veth-- service (10.88.0.2) in ``topo``'s namespaces:
+    their names (``peer``, ``proxy``, ``svc``), the interfaces (``peer_if``,
+    ``ingress``, ``egress``, ``svc_if``) and the MACs of the peer and the
+    service (``peer_mac``, ``svc_mac``)."""
+    peer, proxy, svc = (topo.namespace(r) for r in ("peer", "proxy", "svc"))
+    # The peer's kernel would send router solicitations and MLD reports of
+    # its own into the filter: only the test's frames may arrive there.
+    for key in ("all", "default"):
+        sysctl(peer, f"net.ipv6.conf.{key}.disable_ipv6", 1)
+    peer_if, ingress = topo.veth(peer, proxy)
+    egress, svc_if = topo.veth(proxy, svc)
+    add_address(svc_if, "10.88.0.2/24", svc)
+    return SimpleNamespace(peer=peer, proxy=proxy, svc=svc, peer_if=peer_if, ingress=ingress,
+                           egress=egress, svc_if=svc_if, peer_mac=link_info(peer_if, peer).mac,
+                           svc_mac=link_info(svc_if, svc).mac)
+
+
 def make_path(p: model.FilterParams, mode: XdpMode = XdpMode.NATIVE,
               parsers: list[Any] | None = None, coap_names: list[str] | None = None) -> Path:
     """peer -- proxy (afxdp) -- service, up and running; :func:`close_path` removes it."""
     topo = Topology().open()
     backend: AfxdpBackend | None = None
     try:
-        peer, proxy, svc = (topo.namespace(r) for r in ("peer", "proxy", "svc"))
-        # The peer's kernel would send router solicitations and MLD reports of
-        # its own into the filter: only the test's frames may arrive there.
-        for key in ("all", "default"):
-            sysctl(peer, f"net.ipv6.conf.{key}.disable_ipv6", 1)
-        peer_if, ingress = topo.veth(peer, proxy)
-        egress, svc_if = topo.veth(proxy, svc)
-        add_address(svc_if, "10.88.0.2/24", svc)
-        svc_mac = link_info(svc_if, svc).mac
+        net = peer_proxy_service(topo)
+        peer, proxy, svc = net.peer, net.proxy, net.svc
+        peer_if, ingress, egress, svc_mac = net.peer_if, net.ingress, net.egress, net.svc_mac
         backend = AfxdpBackend(params=p, sizes=Sizes(flows=4096, dsts=1024), netns=proxy,
                                options={"egress": egress, "egress_dst_mac": svc_mac,
                                         "xdp_mode": mode.label, "frames": 16384,
@@ -103,7 +116,7 @@ def make_path(p: model.FilterParams, mode: XdpMode = XdpMode.NATIVE,
         topo.close()
         raise
     return Path(topo, backend, filt, peer, peer_if, svc, svc_mac,
-                link_info(peer_if, peer).mac, tx)
+                net.peer_mac, tx)
 
 
 def close_path(path: Path) -> None:

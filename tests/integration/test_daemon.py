@@ -169,23 +169,17 @@ def afxdp_daemon(tmp_path: Path, daemons: list[Daemon], *extra: str
                  ) -> Iterator[tuple[Daemon, SimpleNamespace]]:
     """``xpro run --backend afxdp`` between a peer and a service (namespaces of
     its own, removed afterwards); yields it started and the topology's names."""
-    from xpro.lab.namespaces import Topology, add_address, link_info, sysctl
+    from tests.integration.test_afxdp import peer_proxy_service
+    from xpro.lab.namespaces import Topology
 
     with Topology() as topo:
-        peer, proxy, svc = (topo.namespace(r) for r in ("peer", "proxy", "svc"))
-        for key in ("all", "default"):
-            sysctl(peer, f"net.ipv6.conf.{key}.disable_ipv6", 1)
-        peer_if, ingress = topo.veth(peer, proxy)
-        egress, svc_if = topo.veth(proxy, svc)
-        add_address(svc_if, "10.88.0.2/24", svc)
-        where = SimpleNamespace(proxy_ns=proxy, proxy_if=ingress)  # what Daemon reads
+        net = peer_proxy_service(topo)
+        where = SimpleNamespace(proxy_ns=net.proxy, proxy_if=net.ingress)  # what Daemon reads
         d = Daemon(tmp_path, where, "memory://", "--backend", "afxdp",  # type: ignore[arg-type]
-                   "--afxdp-egress", egress, "--afxdp-egress-dst-mac",
-                   link_info(svc_if, svc).mac, *extra)
+                   "--afxdp-egress", net.egress, "--afxdp-egress-dst-mac", net.svc_mac, *extra)
         daemons.append(d)
         d.start()
-        yield d, SimpleNamespace(peer=peer, peer_if=peer_if, proxy=proxy, egress=egress,
-                                 svc=svc, peer_mac=link_info(peer_if, peer).mac)
+        yield d, net
 
 
 def metric(text: str, name: str, **labels: str) -> float:

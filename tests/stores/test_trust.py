@@ -11,6 +11,7 @@ stopped trusting the store's values.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import time
@@ -81,9 +82,9 @@ class Proxy:
         return sum(getattr(s, "quarantined", 0) for s in self.stats)
 
 
-@pytest.fixture(params=["memory", "redis", "etcd"])
-def mesh(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, list[Proxy]]]:
-    url = backend_url(request, str(request.param))
+@contextlib.contextmanager
+def two_proxies(url: str) -> Iterator[tuple[str, str, list[Proxy]]]:
+    """Proxies p0 and p1 on a new mesh of the store at ``url``, closed after."""
     name = f"t{uuid.uuid4().hex[:10]}"
     proxies: list[Proxy] = []
     try:
@@ -95,6 +96,12 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, list[Proxy]
             p.sync.store.close()
         if url.startswith("memory://"):
             MemoryStore.forget(url.removeprefix("memory://"), name)
+
+
+@pytest.fixture(params=["memory", "redis", "etcd"])
+def mesh(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, list[Proxy]]]:
+    with two_proxies(backend_url(request, str(request.param))) as m:
+        yield m
 
 
 def forge(url: str, mesh: str, key: bytes, ts1: int, ts2: int, c: int) -> None:
@@ -417,16 +424,8 @@ def test_a_forged_partial_growing_fast_does_not_close_by_its_recent_rate() -> No
 
 @pytest.fixture
 def redis_mesh(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, list[Proxy]]]:
-    url = backend_url(request, "redis")
-    name = f"t{uuid.uuid4().hex[:10]}"
-    proxies: list[Proxy] = []
-    try:
-        proxies += [Proxy(f"p{i}", open_store(url, mesh=name)) for i in range(2)]
-        yield url, name, proxies
-    finally:
-        for p in proxies:
-            p.filt.close()
-            p.sync.store.close()
+    with two_proxies(backend_url(request, "redis")) as m:
+        yield m
 
 
 def _each_bucket(p: Proxy, fn: Any) -> None:
@@ -559,16 +558,8 @@ def test_the_expiry_deletes_heartbeats_of_proxies_gone_and_junk(
 
 @pytest.fixture
 def etcd_mesh(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, list[Proxy]]]:
-    url = backend_url(request, "etcd")
-    name = f"t{uuid.uuid4().hex[:10]}"
-    proxies: list[Proxy] = []
-    try:
-        proxies += [Proxy(f"p{i}", open_store(url, mesh=name)) for i in range(2)]
-        yield url, name, proxies
-    finally:
-        for p in proxies:
-            p.filt.close()
-            p.sync.store.close()
+    with two_proxies(backend_url(request, "etcd")) as m:
+        yield m
 
 
 def _forge_rows(st: EtcdStore, now: int, rows: dict[bytes, bytes]) -> None:
