@@ -946,18 +946,13 @@ def _r_above_one(v: Mapping[str, Any]) -> str | None:
             f"{1 + 1 / R_DEN:.4f} to shorten anything")
 
 
-def _holds(outer: Prefix, inner: Prefix) -> bool:
-    """Whether ``outer`` holds every address of ``inner``."""
-    return outer.length <= inner.length and outer.contains(inner.network.to_bytes(16, "big"))
-
-
 def _list_warnings(allow: Sequence[str], deny: Sequence[str]) -> tuple[str, ...]:
     """What the allow and deny lists say that the filter will not do as written."""
     out = []
     a = [(p, Prefix.parse(p)) for p in allow]
     for d in deny:
         dp = Prefix.parse(d)
-        hit = [(p, ap) for p, ap in a if _holds(ap, dp) and ap != dp]
+        hit = [(p, ap) for p, ap in a if ap.holds(dp) and ap != dp]
         if hit:
             p, ap = hit[0]
             out.append(f"filter.deny {_toml_str(d)} lies inside filter.allow "
@@ -968,7 +963,7 @@ def _list_warnings(allow: Sequence[str], deny: Sequence[str]) -> tuple[str, ...]
     for name, items in (("filter.allow", allow), ("filter.deny", deny)):
         for p in items:
             pp = Prefix.parse(p)
-            if not pp.is_v4 and _holds(pp, V4_SPACE):
+            if not pp.is_v4 and pp.holds(V4_SPACE):
                 out.append(f"{name} {_toml_str(p)} also holds every IPv4 source: the filter "
                            "keeps IPv4 addresses as ::ffff:a.b.c.d (for IPv6 only, write "
                            "the IPv6 prefixes you mean, such as 2000::/3)")

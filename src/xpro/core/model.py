@@ -374,6 +374,10 @@ class Prefix:
         shift = 128 - self.length
         return (int.from_bytes(addr16, "big") >> shift) == (self.network >> shift)
 
+    def holds(self, other: Prefix) -> bool:
+        """Whether every address of ``other`` lies in this prefix."""
+        return self.length <= other.length and self.contains(other.network.to_bytes(16, "big"))
+
     @property
     def is_v4(self) -> bool:
         """Whether it is an IPv4 prefix (it lies in :data:`V4_SPACE`)."""
