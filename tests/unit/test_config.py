@@ -237,6 +237,10 @@ BAD_TOML = [
     pytest.param(
         "[proxy]\ninterfaces = ['eth0', 'a/b', 'averyveryverylongname']\n",
         'item 2: "a/b" is not an interface name', id="ifname"),
+    pytest.param(  # 8 characters, 16 bytes: the kernel's IFNAMSIZ counts bytes
+        "[afxdp]\negress = 'éééééééé'\n",
+        'afxdp.egress = "éééééééé" (XPRO_AFXDP_EGRESS): must be "" or an interface name '
+        "(at most 15 bytes", id="egress-bytes"),
     pytest.param(
         "[metrics]\nlisten = 'localhost'\n",
         'metrics.listen = "localhost" (XPRO_METRICS_LISTEN): must be an address "HOST:PORT"',

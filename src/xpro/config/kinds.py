@@ -323,17 +323,21 @@ class Boolean(Kind[bool]):
 
 @dataclass(frozen=True)
 class Text(Kind[str]):
-    """A string matching ``pattern`` (described by ``what``)."""
+    """A string matching ``pattern`` (described by ``what``), and at most
+    ``max_bytes`` bytes in UTF-8 when that is given (a kernel name counts
+    bytes, the pattern characters)."""
 
     pattern: str
     what: str
     meta: str = "NAME"
+    max_bytes: int | None = None
 
     def type_doc(self) -> str:
         return "string"
 
     def from_toml(self, raw: object) -> str:
-        if not isinstance(raw, str) or not re.fullmatch(self.pattern, raw):
+        if (not isinstance(raw, str) or not re.fullmatch(self.pattern, raw)
+                or (self.max_bytes is not None and len(raw.encode()) > self.max_bytes)):
             raise _Bad(f"must be {self.allowed()}")
         return raw
 

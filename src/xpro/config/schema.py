@@ -572,7 +572,9 @@ class AfxdpConfig(_Section):
     """The ``afxdp`` backend: the userspace data path (see the AF_XDP page)."""
 
     egress: str = option(
-        Text(r"[^\s/:]{0,15}", '"" or an interface name'), "", flag="--afxdp-egress",
+        Text(r"[^\s/:]{0,15}",
+             '"" or an interface name (at most 15 bytes, no space, \'/\' or \':\')',
+             max_bytes=15), "", flag="--afxdp-egress",
         live=False,
         doc="""The interface passed packets leave by (the service side); required
         with ``backend = "afxdp"``, in the same network namespace as the
