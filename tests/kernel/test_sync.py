@@ -308,7 +308,11 @@ def test_address_aggregate_recomputed_with_its_known_clients() -> None:
         want = model.recompute_dst(mine, now, params, known, address=True)
         assert want is not None
         got = p.filt.dsts[akey]
-        assert (int(got["c"]), int(got["ts1"]), int(got["kc"])) == (want.c, want.ts1, want.kc)
+        # The window starts where the recent rate puts it: 600 packets gained
+        # since the last round's 20, a second ago (docs/semantics.rst).
+        ts1 = model.recent_start(want, [(T0 + 2 * S, 20)], now, params, params.t_f2_addr)
+        assert ts1 > want.ts1
+        assert (int(got["c"]), int(got["ts1"]), int(got["kc"])) == (want.c, ts1, want.kc)
         assert want.c == 20 + 600
         assert akey in p.sync.known.closed
         assert not any(k != akey for k in p.sync.known.closed)
@@ -632,6 +636,55 @@ def test_a_flood_behind_established_clients_closes_at_its_recent_rate(pull: str)
         if pull == "candidates":
             assert any(after for _, after in seen)
             assert all(before for before, after in seen if after), seen
+    finally:
+        for p in proxies:
+            p.close()
+
+
+@pytest.mark.parametrize("pull", ["candidates", "all"])
+def test_a_port_spray_behind_established_clients_closes_the_address_at_its_recent_rate(
+        pull: str) -> None:
+    """The same in ``addr+port`` mode, where it is the address's aggregate that
+    must close: three clients of port 9000 at proxy 0 for 8 s, then a spray
+    over new ports, 400 packets/s through each of proxies 1 and 2 (each key
+    far under T_F2 = 500, each proxy alone under it, the mesh over it).  The
+    address has no flow of its own until it closes, and the mirror freed its
+    id every round, with the history its recent rate is judged from: it
+    closed by the window the clients opened, 12.5 s into the spray.  Now
+    every proxy closes it within 2 s, and the clients are served."""
+
+    params = model.FilterParams(t_t1=100 * S, t_t2=S, t_f1=100, t_t3=S, t_f2=500,
+                                dst_mode=L.DST_ADDR_PORT)
+    url = f"memory://{uuid.uuid4().hex}"
+    proxies = [Proxy(f"p{i}", open_store(url), params) for i in range(3)]
+    try:
+        for p in proxies:
+            p.sync = Syncer(p.filt, p.sync.store, p.sync.proxy, SYNC, pull=pull,
+                            period=S // 2)
+        clients = [frame(f"10.1.0.{i}", "10.9.9.9", dport=9000) for i in range(1, 4)]
+        akey = model.address_key(model.parse(clients[0], L.DST_ADDR_PORT).dst)
+        t = T0
+        for _ in range(16):
+            _half_second_of(proxies[0], clients, t)
+            t += S // 2
+            for p in proxies:
+                p.sync.round(t)
+        assert not any(akey in p.sync.known.closed for p in proxies)
+        n = 0
+        for _ in range(4):
+            for i in range(200):
+                for j in (1, 2):
+                    n += 1
+                    proxies[j].send(frame(f"11.{j}.{n // 250}.{n % 250 + 1}", "10.9.9.9",
+                                          dport=10000 + n), t + i * S // 400)
+            _half_second_of(proxies[0], clients, t)
+            t += S // 2
+            for p in proxies:
+                p.sync.round(t)
+        for p in proxies:
+            assert akey in p.sync.known.closed, p.sync.proxy
+            assert p.send(frame("11.9.0.1", "10.9.9.9", dport=7), t) == [1]  # dropped
+            assert p.send(clients[0], t) == [2], p.sync.proxy  # a client: served
     finally:
         for p in proxies:
             p.close()

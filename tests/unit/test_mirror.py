@@ -122,3 +122,25 @@ def test_destination_ids_stay_one_per_key_through_floods_and_pruning() -> None:
             assert m.dst_keys[d].tobytes() == k
         want = {np.frombuffer(k, dtype=L.FLOW_KEY)["dst"].tobytes() for k in live}
         assert want <= set(m.dst_index)
+
+
+def test_an_address_id_is_held_while_a_flow_of_its_keys_is() -> None:
+    """An address aggregate has no flow of its own until it closes: its id is
+    kept (with the recent rate's history, docs/semantics.rst) while a flow of
+    one of its keys is mirrored, and freed with the last of them."""
+    from xpro.core import model
+    from xpro.core.layout import addr16
+
+    a = addr16("10.9.9.9")
+    flows = [bytes(16) + a + model.port_bytes(p) + bytes((17, 0)) for p in (53, 80)]
+    fk = np.frombuffer(b"".join(flows), dtype=L.FLOW_KEY)
+    m = Mirror()
+    ids = m.update(fk, np.zeros(2, np.int64), np.ones(2, np.int64), np.ones(2, np.int64))
+    aid = int(m.address_ids(ids)[0])
+    assert m.prune_dsts().tolist() == []
+    m.remove(fk[:1])
+    assert m.prune_dsts().tolist() == [int(ids[0])]  # the key without flows goes
+    assert int(m.address_ids(ids[1:])[0]) == aid  # the address stays, with its id
+    m.remove(fk[1:])
+    assert sorted(m.prune_dsts().tolist()) == sorted([int(ids[1]), aid])
+    assert model.address_key(flows[0][16:]) not in m.dst_index

@@ -173,7 +173,16 @@ class Mirror:
         used = np.zeros(len(self.dst_refs), dtype=bool)
         used[: len(self.dst_index) + len(self.dst_free)] = True
         used[self.dst_free] = False
-        gone = np.flatnonzero(used & (self.dst_refs <= 0))
+        held = used & (self.dst_refs > 0)
+        if len(self.addr_of):
+            # An address aggregate has no flow of its own until it closes (its
+            # closed-drops record): it is held by its keys' flows.  Freed each
+            # round, it lost the history its recent rate is judged from
+            # (docs/semantics.rst, "The recent rate").
+            self._grow_addr_of()
+            of = self.addr_of[np.flatnonzero(held)]
+            held[of[of >= 0]] = True
+        gone = np.flatnonzero(used & ~held)
         for d in gone.tolist():
             del self.dst_index[self.dst_keys[d].tobytes()]
         self.dst_refs[gone] = 0
