@@ -99,3 +99,11 @@ def test_sync_cost_bench() -> None:
         assert positive(res["idle_round_1m_s"])
     assert sorted(mem["memory"]["by_proxies"], key=int) == ["2", "4", "8", "16"]
     assert positive(mem["memory"]["round_16x25k_s"])
+
+
+def test_spray_rounds_bench() -> None:
+    doc = run_bench("spray_rounds.py", "--rate", "6000", "--runs", "1")
+    run = doc["runs"]["this"][0]
+    assert positive(doc["spray_cpu_s_median"]["this"])
+    # 24 000 frames/s over the mesh, T_F2 10 000: the address closes
+    assert isinstance(run["closed_after_periods"], int), run

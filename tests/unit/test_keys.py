@@ -14,7 +14,7 @@ import numpy as np
 
 from xpro.core import keys as K
 from xpro.core import layout as L
-from xpro.core.keys import KeyIndex, fingerprint, index_of
+from xpro.core.keys import KeyIndex, fingerprint, group_keys, index_of
 
 M64 = (1 << 64) - 1
 
@@ -130,6 +130,22 @@ def test_the_key_index_finds_colliding_keys_too() -> None:
     assert ix.find(keys[1:], keys).tolist() == [-1, -1]
     ix.add(keys[1:], np.array([1, 2]))
     assert ix.find(keys, keys).tolist() == [0, 1, 2]
+
+
+def test_group_keys_groups_equal_keys_and_only_them() -> None:
+    """Grouped by fingerprint, checked by bytes: keys crafted to share a
+    fingerprint are groups of their own."""
+    rng = random.Random(6)
+    base = [rng.randbytes(36) for _ in range(200)]
+    pool = base + [colliding(k, j) for k in base[:20] for j in (1, 2)]
+    for with_clash in (False, True):
+        src = pool if with_clash else base
+        seq = [rng.choice(src) for _ in range(1000)]
+        keys = np.frombuffer(b"".join(seq), dtype=L.FLOW_KEY)
+        first, inv = group_keys(keys)
+        assert (keys[first][inv] == keys).all()
+        assert sorted(bytes(k) for k in keys[first]) == sorted(set(seq))
+        assert all(seq.index(seq[i]) == i for i in first.tolist())  # first occurrences
 
 
 def test_addresses_of_one_prefix_do_not_share_fingerprints() -> None:

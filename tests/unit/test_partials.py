@@ -6,8 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.unit.test_keys import colliding
 from xpro.core import layout as L
 from xpro.core import model
+from xpro.core.keys import fingerprint
 from xpro.core.pull import AGG_KEY, PARTIAL, PullRule
 from xpro.sync.aggregates import Partials
 
@@ -98,3 +100,34 @@ def test_a_key_twice_in_one_batch_keeps_the_later_value() -> None:
     assert len(parts) == 1
     _, _, c = parts.values(np.frombuffer(_dst(1), dtype=L.DST_KEY), now)
     assert c.tolist() == [30]
+
+
+def test_destinations_and_partials_that_share_a_fingerprint_stay_apart() -> None:
+    """The partials are found by a keyed fingerprint (xpro.core.keys.KeyIndex):
+    keys crafted to share one (knowing this process's seed) are told apart
+    by their bytes, across batches and prunes."""
+    parts = Partials(RULE)
+    now = 1_700_000_000 * S
+    a = _dst(7)
+    twins = [a, *(colliding(a, k) for k in range(1, 4))]
+    fp = fingerprint(np.frombuffer(b"".join(twins), dtype=L.DST_KEY))
+    assert len(set(fp.tolist())) == 1
+    for round_, d in enumerate([*twins, *twins]):  # one batch a key, each twice
+        ak = np.zeros(1, dtype=AGG_KEY)
+        ak["dst"] = np.frombuffer(d, dtype=L.DST_KEY)[0]
+        ak["slot"] = now // RULE.slot_ns
+        pv = np.array([(now - S, now, 100 * (twins.index(d) + 1) + round_ // 4, 1)],
+                      dtype=PARTIAL)
+        assert [bytes(k) for k in parts.update(ak, pv)] == [d]
+    assert len(parts) == 4
+    _, _, c = parts.values(np.frombuffer(b"".join(twins), dtype=L.DST_KEY), now)
+    assert c.tolist() == [101, 201, 301, 401]
+    parts.prune(now + 40 * S)  # every slot over: all forgotten, indexes rebuilt
+    assert len(parts) == 0
+    for i, d in enumerate(twins):
+        ak = np.zeros(1, dtype=AGG_KEY)
+        ak["dst"] = np.frombuffer(d, dtype=L.DST_KEY)[0]
+        ak["slot"] = now // RULE.slot_ns
+        parts.update(ak, np.array([(now - S, now, 10 + i, 1)], dtype=PARTIAL))
+    _, _, c = parts.values(np.frombuffer(b"".join(reversed(twins)), dtype=L.DST_KEY), now)
+    assert c.tolist() == [13, 12, 11, 10]

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from xpro.core import layout as L
-from xpro.core.keys import key_bytes
+from xpro.core.keys import KeyIndex, cat_rows, group_keys, take_rows
 from xpro.core.pull import AGG_KEY, PARTIAL, PullRule, aggregate_arrays
 from xpro.sync.known import exceeds
 
@@ -22,9 +22,8 @@ __all__ = ["Partials", "RecentCounts", "recent_starts"]
 
 Array = npt.NDArray[Any]
 
-_VD = np.dtype((np.void, L.DST_KEY.itemsize))
-#: Where a partial's key holds its destination key.
-_DST_AT: int = AGG_KEY.fields["dst"][1] if AGG_KEY.fields else 0
+_PART_VD = np.dtype((np.void, PARTIAL.itemsize))
+
 
 
 class Partials:
@@ -33,72 +32,68 @@ class Partials:
     Each partial's destination is numbered once, when it first comes
     (:attr:`group`): a round's look-ups by destination are array indexing,
     not a sort of every partial (under a port spray the master holds the
-    partials of tens of thousands of keys).
+    partials of tens of thousands of keys).  Partials and destinations are
+    found with :class:`xpro.core.keys.KeyIndex`, in bulk: a Python loop per
+    partial was the largest share of a round under a port spray
+    (docs/performance.rst).
     """
 
     def __init__(self, rule: PullRule) -> None:
         self.rule = rule
-        self.index: dict[bytes, int] = {}
         self.keys = np.zeros(0, dtype=AGG_KEY)
         self.parts = np.zeros(0, dtype=PARTIAL)
-        #: Destination key (20 bytes) -> its number; the keys by number.
-        self.dst_index: dict[bytes, int] = {}
+        #: The destinations by number, and the number of each partial's.
         self.dsts = np.zeros(0, dtype=L.DST_KEY)
-        #: The number of each partial's destination.
         self.group = np.zeros(0, dtype=np.int64)
+        self._index = KeyIndex(AGG_KEY)
+        self._dst_index = KeyIndex(L.DST_KEY)
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def clear(self) -> None:
-        self.index.clear()
         self.keys = self.keys[:0]
         self.parts = self.parts[:0]
-        self.dst_index.clear()
         self.dsts = self.dsts[:0]
         self.group = self.group[:0]
+        self._index = KeyIndex(AGG_KEY)
+        self._dst_index = KeyIndex(L.DST_KEY)
 
     def update(self, keys: Array, parts: Array) -> Array:
-        """Take these partials in; returns the destinations (DST_KEY) they belong to."""
-        keys = np.asarray(keys, dtype=AGG_KEY)
+        """Take these partials in (a key given twice: its later value); returns
+        the destinations (DST_KEY) they belong to."""
+        keys = np.ascontiguousarray(np.asarray(keys, dtype=AGG_KEY))
+        parts = np.asarray(parts, dtype=PARTIAL)
         if not len(keys):
             return np.zeros(0, dtype=L.DST_KEY)
-        raw = key_bytes(keys)
-        add: list[int] = []
-        groups: list[int] = []
-        touched: list[int] = []
-        new_dsts: list[bytes] = []
-        dst_at = _DST_AT
-        for i, x in enumerate(raw):
-            at = self.index.get(x)
-            if at is None:
-                self.index[x] = len(self.keys) + len(add)
-                add.append(i)
-                d = x[dst_at : dst_at + L.DST_KEY.itemsize]
-                g = self.dst_index.get(d)
-                if g is None:
-                    g = self.dst_index[d] = len(self.dsts) + len(new_dsts)
-                    new_dsts.append(d)
-                groups.append(g)
-                touched.append(g)
-            elif at >= len(self.keys):  # twice in one batch: the later value
-                add[at - len(self.keys)] = i
-            else:
-                self.parts[at] = parts[i]
-                touched.append(int(self.group[at]))
-        if add:
-            # dtype given: a bare concatenate turns the big-endian port native,
-            # and the keys' bytes would no longer match the DST_KEY ones.
-            self.keys = np.concatenate([self.keys, keys[add]], dtype=AGG_KEY)
-            self.parts = np.concatenate([self.parts, np.asarray(parts, dtype=PARTIAL)[add]],
-                                        dtype=PARTIAL)
-            self.group = np.concatenate([self.group, np.array(groups, dtype=np.int64)])
-        if new_dsts:
-            self.dsts = np.concatenate([self.dsts, np.frombuffer(b"".join(new_dsts),
-                                                                 dtype=L.DST_KEY)],
-                                       dtype=L.DST_KEY)
-        out: Array = self.dsts[np.unique(np.array(touched, dtype=np.int64))]
-        return out
+        first_rev, _ = group_keys(np.ascontiguousarray(keys[::-1]))
+        if len(first_rev) < len(keys):
+            last = np.sort(len(keys) - 1 - first_rev)
+            keys, parts = take_rows(keys, last), take_rows(parts, last)
+        at = self._index.find(keys, self.keys)
+        old = at >= 0
+        self.parts.view(_PART_VD)[at[old]] = parts.view(_PART_VD)[old]
+        touched = [self.group[at[old]]]
+        new = np.flatnonzero(~old)
+        if len(new):
+            nkeys = take_rows(keys, new)
+            dst = np.ascontiguousarray(nkeys["dst"])
+            first, inv = group_keys(dst)
+            udst = take_rows(dst, first)
+            num = self._dst_index.find(udst, self.dsts)
+            fresh = np.flatnonzero(num < 0)
+            if len(fresh):
+                num[fresh] = len(self.dsts) + np.arange(len(fresh))
+                add = take_rows(udst, fresh)
+                self.dsts = cat_rows(self.dsts, add)
+                self._dst_index.add(add, num[fresh])
+            groups = num[inv]
+            self._index.add(nkeys, len(self.keys) + np.arange(len(new)))
+            self.keys = cat_rows(self.keys, nkeys)
+            self.parts = cat_rows(self.parts, take_rows(parts, new))
+            self.group = np.concatenate([self.group, groups])
+            touched.append(groups)
+        return take_rows(self.dsts, np.unique(np.concatenate(touched)))
 
     def prune(self, now: int) -> None:
         """Forget the partials no flow can be live in at ``now`` (mesh time), and
@@ -110,32 +105,32 @@ class Partials:
         keep = (self.keys["slot"] >= np.uint64(first)) & (self.parts["n"] > 0)
         if 2 * int(keep.sum()) >= len(keep):
             return
-        self.keys, self.parts, self.group = self.keys[keep], self.parts[keep], self.group[keep]
-        raw = key_bytes(self.keys)
-        self.index = {x: i for i, x in enumerate(raw)}
+        kept = np.flatnonzero(keep)
+        self.keys, self.parts = take_rows(self.keys, kept), take_rows(self.parts, kept)
+        self.group = self.group[kept]
         used = np.unique(self.group)
         renumber = np.full(len(self.dsts), -1, dtype=np.int64)
         renumber[used] = np.arange(len(used))
         self.group = renumber[self.group]
-        self.dsts = self.dsts[used]
-        w = L.DST_KEY.itemsize
-        b = np.ascontiguousarray(self.dsts).tobytes()
-        self.dst_index = {b[i * w : (i + 1) * w]: i for i in range(len(self.dsts))}
+        self.dsts = take_rows(self.dsts, used)
+        self._index = KeyIndex(AGG_KEY)
+        self._index.add(self.keys, np.arange(len(self.keys)))
+        self._dst_index = KeyIndex(L.DST_KEY)
+        self._dst_index.add(self.dsts, np.arange(len(self.dsts)))
 
     def aged(self, since: int, now: int) -> Array:
         """The destinations of partials that were live at ``since`` and are not at ``now``."""
         lo, hi = np.uint64(self.rule.live_from(since)), np.uint64(self.rule.live_from(now))
         sel = (self.keys["slot"] >= lo) & (self.keys["slot"] < hi) & (self.parts["n"] > 0)
-        out: Array = self.dsts[np.unique(self.group[sel])]
-        return out
+        return take_rows(self.dsts, np.unique(self.group[sel]))
 
     def live(self, now: int) -> tuple[Array, Array, Array, Array]:
         """The destinations with a live partial at ``now`` (mesh time), each once,
         with their (ts1*, ts2*, c*) as :meth:`values` gives them."""
         t1, t2, c = aggregate_arrays(self.keys["slot"], self.parts, self.group,
                                      len(self.dsts), now, self.rule)
-        has = t2 > 0
-        return self.dsts[has], t1[has], t2[has], c[has]
+        has = np.flatnonzero(t2 > 0)
+        return take_rows(self.dsts, has), t1[has], t2[has], c[has]
 
     def values(self, dsts: Array, now: int) -> tuple[Array, Array, Array]:
         """(ts1*, ts2*, c*) of each destination (DST_KEY, pad 0) at ``now``: over its
@@ -144,16 +139,12 @@ class Partials:
         if not len(self.keys) or not len(dsts):
             z = np.zeros(len(dsts), dtype=np.int64)
             return z, z.copy(), z.copy()
-        get = self.dst_index.get
-        w = L.DST_KEY.itemsize
-        raw = dsts.tobytes()
-        num = np.fromiter((get(raw[i : i + w], -1) for i in range(0, len(raw), w)),
-                          dtype=np.int64, count=len(dsts))
+        num = self._dst_index.find(dsts, self.dsts)
         pos = np.full(len(self.dsts), -1, dtype=np.int64)
         pos[num[num >= 0]] = np.flatnonzero(num >= 0)
         group = pos[self.group]
-        mine = group >= 0
-        return aggregate_arrays(self.keys["slot"][mine], self.parts[mine], group[mine],
+        mine = np.flatnonzero(group >= 0)
+        return aggregate_arrays(self.keys["slot"][mine], take_rows(self.parts, mine), group[mine],
                                 len(dsts), now, self.rule)
 
 
