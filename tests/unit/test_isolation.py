@@ -14,6 +14,9 @@ import io
 import json
 import logging
 import re
+import socket
+import threading
+import time
 import uuid
 from typing import Any
 
@@ -29,6 +32,7 @@ from xpro.cli.operator import format_status
 from xpro.config import load_config
 from xpro.core import model
 from xpro.core.text import printable
+from xpro.daemon import metrics
 from xpro.daemon.logs import setup_logging
 from xpro.daemon.proxy import Proxy
 from xpro.datapath.afxdp.filter import UserFilter
@@ -198,3 +202,62 @@ def test_the_metric_table_lists_every_metric_the_proxy_exports(proxy: Proxy) -> 
     assert exported
     assert not {n for n in exported if not n.startswith("xpro_backend_")} - listed
 
+
+
+def _closed(s: socket.socket) -> bool:
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:  # closed with the client's byte unread
+        return True
+
+
+def _scrape(port: int) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out.decode()
+
+
+def test_idle_metrics_clients_cannot_take_the_daemons_threads(
+        proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any local user reaches the metrics endpoint.  Each connection held a
+    thread and a file descriptor for ever (prometheus_client's server): 500
+    idle ones took the daemon's threads and, at its file limit, every new
+    socket (docs/operations.rst, "Isolation").  Now at most MAX_CLIENTS are
+    served at once, the rest are closed at once, and a silent one is closed
+    after CLIENT_TIMEOUT_S; a scraper gets its answer once they are gone."""
+    monkeypatch.setattr(metrics, "CLIENT_TIMEOUT_S", 1.0)
+    server: Any = metrics.serve(proxy, "127.0.0.1:0")
+    port = server.server_address[1]
+    threads = threading.active_count()
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(30):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            idle[-1].send(b"G")  # a request that never ends
+        deadline = time.monotonic() + 10
+        while server.refused < 30 - metrics.MAX_CLIENTS and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert threading.active_count() <= threads + metrics.MAX_CLIENTS
+        # Past the first MAX_CLIENTS (served, and waiting for their request),
+        # each was closed as it came.
+        assert server.refused == 30 - metrics.MAX_CLIENTS
+        for s in idle[metrics.MAX_CLIENTS :]:
+            s.settimeout(0.1)
+            assert _closed(s)
+        # The held ones are closed after the timeout, without a byte more.
+        t = time.monotonic()
+        for s in idle[: metrics.MAX_CLIENTS]:
+            s.settimeout(5)
+            assert _closed(s)
+        assert time.monotonic() - t < 3
+        families = {f.name for f in text_string_to_metric_families(
+            _scrape(port).split("\r\n\r\n", 1)[1])}
+        assert "xpro_workload_pps" in families
+    finally:
+        for s in idle:
+            s.close()
+        server.shutdown()
+        server.server_close()

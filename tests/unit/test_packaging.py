@@ -80,6 +80,7 @@ def test_unit_settings_the_daemon_relies_on(name: str) -> None:
     assert svc["KillSignal"] == "SIGTERM"
     assert svc["Restart"] == "on-failure"
     assert svc["LimitMEMLOCK"] == "infinity"
+    assert int(svc["LimitNOFILE"]) >= 65536
     caps = set(svc["CapabilityBoundingSet"].split())
     assert {"CAP_BPF", "CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_PERFMON"} <= caps
     assert "/sys/fs/bpf" in svc["ReadWritePaths"].split()

@@ -74,12 +74,17 @@ characters; the client library escapes only ``\\``, ``"`` and newlines).
 
 from __future__ import annotations
 
+import logging
+import socket
+import threading
+import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
-from wsgiref.simple_server import WSGIServer
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from xpro import __version__
@@ -98,8 +103,16 @@ if TYPE_CHECKING:
 
 __all__ = ["MetricsServer", "ProxyCollector", "exposition", "parse_listen", "serve"]
 
+log = logging.getLogger(__name__)
+
 #: The endpoint's server (``shutdown()`` stops it).
 MetricsServer = WSGIServer
+
+#: Connections the endpoint serves at once; beyond, a new one is closed at
+#: once (docs/operations.rst, "Isolation").  A scraper needs one.
+MAX_CLIENTS = 8
+#: Seconds a connection may stay silent before it is closed.
+CLIENT_TIMEOUT_S = 5.0
 
 
 class ProxyCollector(Collector):
@@ -258,13 +271,79 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class _Handler(WSGIRequestHandler):
+    """A request: silent, and closed after :data:`CLIENT_TIMEOUT_S` without a byte."""
+
+    def setup(self) -> None:
+        self.request.settimeout(CLIENT_TIMEOUT_S)
+        super().setup()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Server(ThreadingWSGIServer):
+    """A thread a connection, at most :data:`MAX_CLIENTS` of them.
+
+    prometheus_client's own server takes every connection, each with a
+    thread that waits for ever: a local user's idle connections then held
+    the daemon's threads and file descriptors until it could open no socket
+    (the store's, the control socket's clients)."""
+
+    daemon_threads = True
+    # Those beyond the slots are accepted, to be closed at once, rather than
+    # left to the kernel's retries (socketserver's backlog is 5).
+    request_queue_size = 64
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        #: Connections closed unserved (every slot taken, or no thread).
+        self.refused = 0
+        self._warned = -60.0
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            now = time.monotonic()
+            if now - self._warned >= 60:
+                self._warned = now
+                log.warning("metrics: %d connections at once, the most served; closed %d "
+                            "so far (a scraper needs one: is something holding them open?)",
+                            MAX_CLIENTS, self.refused)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:  # no thread to be had: the connection goes, the server stays
+            self.slots.release()
+            self.refused += 1
+            self.shutdown_request(request)
+            log.warning("metrics: could not serve a connection (no thread)", exc_info=True)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that resets or times out: not worth a traceback in the journal.
+        log.debug("metrics: a connection from %s failed", client_address, exc_info=True)
+
+
 def serve(proxy: ProxyView, listen: str) -> MetricsServer:
     """Start the endpoint on ``listen``; returns the server (``shutdown()`` stops it)."""
     host, port = parse_listen(listen)
     try:
-        server, _thread = start_http_server(port, addr=host, registry=_registry(proxy))
+        family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                    flags=socket.AI_PASSIVE)[0][0]
+        cls = type("MetricsServer", (_Server,), {"address_family": family})
+        server: _Server = make_server(host, port, make_wsgi_app(_registry(proxy)), cls,
+                                      handler_class=_Handler)
     except OSError as exc:
         raise ConfigError(f"metrics.listen {listen}: cannot listen ({exc.strerror}); choose "
                           "another port with --metrics-listen, or \"\" to turn metrics off"
                           ) from None
+    threading.Thread(target=server.serve_forever, name="xpro-metrics", daemon=True).start()
     return server
