@@ -8,6 +8,7 @@ the daemon answers at once.  ``xpro status`` must answer throughout.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import tempfile
@@ -23,6 +24,7 @@ from click.testing import CliRunner
 
 from xpro.cli import cli
 from xpro.daemon.control import ControlError, ControlServer, request
+from xpro.errors import XproError
 
 pytestmark = pytest.mark.unit
 
@@ -316,3 +318,141 @@ def test_an_unreadable_answer_of_a_daemon_of_this_version_is_not_blamed_on_it(
     assert r.exit_code != 0
     assert "in a form this xpro" not in r.output
     assert isinstance(r.exception, KeyError)
+
+
+def test_a_request_that_gets_no_thread_is_refused_and_the_next_is_answered(
+        sock_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread that cannot start (TasksMax reached) killed the socket's
+    selector thread with the request counted busy for good: every later
+    ``xpro status`` hung.  Now that one request is refused as busy."""
+
+    real = threading.Thread
+    failed: list[str] = []
+
+    class NoThread(real):  # type: ignore[misc,valid-type]
+        def start(self) -> None:
+            if self.name == "xpro-control-request" and not failed:
+                failed.append(self.name)
+                raise RuntimeError("can't start new thread")
+            super().start()
+
+    server = ControlServer(FakeProxy(), sock_path, max_busy=1)  # type: ignore[arg-type]
+    try:
+        monkeypatch.setattr(threading, "Thread", NoThread)
+        with pytest.raises(ControlError, match="could not start a thread"):
+            request(sock_path, "status")
+        monkeypatch.setattr(threading, "Thread", real)
+        assert request(sock_path, "status", timeout=5) == {"proxy": "p1", "top": 5}
+        assert failed
+    finally:
+        monkeypatch.setattr(threading, "Thread", real)
+        server.close()
+
+
+def test_a_file_at_the_socket_path_that_is_not_a_socket_is_left_alone(sock_path: str) -> None:
+    Path(sock_path).write_text("an operator's file\n")
+    with pytest.raises(XproError, match="not a socket is there; move it"):
+        ControlServer(FakeProxy(), sock_path)  # type: ignore[arg-type]
+    assert Path(sock_path).read_text() == "an operator's file\n"
+
+
+def test_a_socket_directory_other_users_can_write_is_refused(sock_path: str) -> None:
+    """Another user could replace the socket there, and ``xpro`` would talk to
+    theirs; a sticky directory (/tmp) keeps others from that."""
+    d = Path(sock_path).parent
+    d.chmod(0o777)
+    with pytest.raises(XproError, match="can be written by other users"):
+        ControlServer(FakeProxy(), sock_path)  # type: ignore[arg-type]
+    d.chmod(0o1777)
+    server = ControlServer(FakeProxy(), sock_path)  # type: ignore[arg-type]
+    try:
+        assert request(sock_path, "ping")["proxy"] == "p1"
+    finally:
+        server.close()
+        d.chmod(0o700)
+
+
+class CountingProxy(FakeProxy):
+    """Records the row counts the daemon hands on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[Any] = []
+
+    def status(self, *, top: int = 5) -> dict[str, Any]:
+        self.asked.append(("top", top))
+        return {"proxy": self.name, "top": top}
+
+    def flows(self, **kw: Any) -> list[Any]:
+        self.asked.append(("limit", kw["limit"]))
+        return []
+
+
+def test_list_requests_are_answered_with_at_most_max_rows(sock_path: str) -> None:
+    """``xpro flows --limit 0`` (all) made the daemon build the whole table, a
+    million flows, as hundreds of MiB of JSON under its lock; ``top`` of -1 or
+    null did the same for ``status``."""
+    from xpro.daemon.control import MAX_ROWS
+
+    proxy = CountingProxy()
+    server = ControlServer(proxy, sock_path)  # type: ignore[arg-type]
+    try:
+        request(sock_path, "flows", limit=None)
+        request(sock_path, "flows", limit=10**9)
+        request(sock_path, "flows", limit=7)
+        request(sock_path, "status", top=3)
+        for bad in (-1, "x", True, 1.5):
+            with pytest.raises(ControlError, match="top must be a count") as exc:
+                request(sock_path, "status", top=bad)
+            assert exc.value.exit_code == 2
+        assert proxy.asked == [("limit", MAX_ROWS), ("limit", MAX_ROWS), ("limit", 7),
+                               ("top", 3)]
+    finally:
+        server.close()
+
+
+def test_a_reply_without_end_or_too_large_or_too_deep_is_one_error(tmp_path: Path) -> None:
+    """A fake daemon (anyone who could put a socket at the path) that drips
+    its answer, sends too much or nests it deeply: one line of error within
+    the timeout, never a hang or a traceback."""
+    from xpro.daemon import control
+
+    path = str(tmp_path / "fake.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(4)
+    stop = threading.Event()
+
+    def serve(kind: str) -> None:
+        conn, _ = listener.accept()
+        conn.recv(1 << 16)
+        try:
+            if kind == "drip":
+                while not stop.wait(0.2):
+                    conn.send(b" ")
+            elif kind == "huge":
+                with contextlib.suppress(OSError):
+                    while not stop.is_set():
+                        conn.sendall(b" " * (1 << 20))
+            elif kind == "deep":
+                conn.sendall(b"[" * 100_000 + b"]" * 100_000)
+            else:  # deep enough to take the CLI's stack, not json's
+                conn.sendall(b'{"ok": true, "result": ' + b"[" * 900 + b"]" * 900 + b"}")
+        finally:
+            conn.close()
+
+    try:
+        for kind, needle in (("drip", "did not answer within 1 s"),
+                             ("huge", "answered more than 64 MiB"),
+                             ("deep", "nested too deep"), ("deep_mid", "nested too deep")):
+            stop.clear()
+            t = threading.Thread(target=serve, args=(kind,), daemon=True)
+            t.start()
+            t0 = time.monotonic()
+            with pytest.raises(XproError, match=needle):
+                control.request(path, "status", timeout=1.0 if kind == "drip" else 30.0)
+            assert time.monotonic() - t0 < 20
+            stop.set()
+            t.join(10)
+    finally:
+        listener.close()

@@ -261,3 +261,25 @@ def test_idle_metrics_clients_cannot_take_the_daemons_threads(
             s.close()
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize(("args", "reply"), [
+    (["explain", "10.0.0.1", "10.0.0.2:53"], {"text": f"source {EVIL}\r\nerror: forged"}),
+    (["config", "show", "--running"], {"toml": f'[proxy]\nname = "{EVIL}"\r\n', "values": {}}),
+    (["config", "reload"], {"changes": [{"key": EVIL, "old": 1, "new": "\x1b]0;t\x07",
+                                         "live": True}]}),
+])
+def test_other_replies_of_the_daemon_are_escaped(
+        args: list[str], reply: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``explain``, ``config show --running`` and ``config reload`` print
+    comes from the daemon: no control sequence reaches the terminal.  The
+    texts the daemon writes keep their lines; the fields of a reload are
+    each escaped whole, newlines too."""
+    monkeypatch.setattr("xpro.cli.operator._ask", lambda sock, op, **kw: reply)
+    r = CliRunner().invoke(cli, [*args, "--socket", "/nonexistent"])
+    assert r.exit_code == 0, r.output
+    assert "\x1b" not in r.output
+    assert "\r" not in r.output
+    assert "\\x1b" in r.output
+    if args[-1] == "reload":
+        _no_raw_controls(r.output)

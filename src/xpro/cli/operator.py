@@ -33,7 +33,7 @@ from xpro.config import (
     load_config,
     overrides_from_click,
 )
-from xpro.core.text import terminal_safe
+from xpro.core.text import printable, terminal_safe
 from xpro.errors import DatapathError, XproError
 
 __all__ = ["config", "detach", "explain", "flows", "run", "status", "top"]
@@ -455,7 +455,7 @@ def top(sock: str, interval: float, iterations: int | None, limit: int) -> None:
 @click.option("--sort", type=click.Choice(["rate", "count", "recent", "age"]), default="rate",
               show_default=True, help="Order: highest rate, count, newest, longest window.")
 @click.option("--limit", type=click.IntRange(0), default=20, show_default=True,
-              help="At most this many rows (0: all).")
+              help="At most this many rows (0: all, up to 100 000).")
 def flows(sock: str, as_json: bool, src: str | None, dst: str | None, sort: str,
           limit: int) -> None:
     """The flow records of this proxy: count, window, rate, what was counted here.
@@ -476,7 +476,12 @@ def flows(sock: str, as_json: bool, src: str | None, dst: str | None, sort: str,
                 Prefix.parse(prefix)
             except ValueError as exc:
                 raise click.BadParameter(str(exc), param_hint=what) from None
+    from xpro.daemon.control import MAX_ROWS
+
     rows = _ask(sock, "flows", src=src, dst=dst, sort=sort, limit=limit or None)
+    if not limit and isinstance(rows, list) and len(rows) >= MAX_ROWS:
+        click.echo(f"note: the first {len(rows)} flows, the most the daemon sends; narrow "
+                   "with --src or --dst", err=True)
     if as_json:
         _echo_json(rows)
         return
@@ -514,7 +519,7 @@ def explain(sock: str, as_json: bool, src: str, dst: str, proto: str) -> None:
         return
     with _reading(sock, "explain", res):
         text = str(res["text"])
-    click.echo(text)
+    click.echo(terminal_safe(text))
 
 
 # ---------------------------------------------------------------------------
@@ -601,7 +606,7 @@ def config_show(config_path: str | None, running: bool, sock: str, as_json: bool
         with _reading(sock, "config", res, raw=False):
             out = json.dumps(res["values"], indent=2, sort_keys=True, default=str) \
                 if as_json else str(res["toml"])
-        click.echo(out, nl=not out.endswith("\n"))
+        click.echo(terminal_safe(out), nl=not out.endswith("\n"))
         return
     cfg = load_config(config_path, overrides=overrides)
     for w in cfg.warnings():
@@ -691,9 +696,9 @@ def config_reload(sock: str, as_json: bool) -> None:
         _echo_json(res)
         return
     with _reading(sock, "reload", res):
-        lines = [f"{c['key']}: {c['old']} -> {c['new']} "
+        lines = [f"{printable(c['key'])}: {printable(c['old'])} -> {printable(c['new'])} "
                  f"({'applied' if c['live'] else 'needs a restart, not applied'})"
                  for c in res["changes"]]
-    click.echo("\n".join(lines) or "reloaded: nothing changed")
+    click.echo(terminal_safe("\n".join(lines) or "reloaded: nothing changed"))
 
 

@@ -32,6 +32,7 @@ import logging
 import os
 import selectors
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -59,6 +60,15 @@ MAX_CLIENTS = 64
 MAX_BUSY = 8
 #: The largest request, in bytes (the newline included).
 MAX_REQUEST = 1 << 16
+#: The largest answer the client reads (a daemon's list is bounded well under
+#: it: :data:`MAX_ROWS`).
+MAX_REPLY = 64 << 20
+#: The deepest nesting of an answer the client takes (the daemon's are a few
+#: levels; the CLI walks an answer recursively).
+MAX_DEPTH = 32
+#: The most rows a list request (``flows``, ``destinations``, the top of
+#: ``status``) is answered with.
+MAX_ROWS = 100_000
 
 
 class ControlError(XproError):
@@ -73,6 +83,29 @@ class NoDaemon(XproError):
     """No daemon listens on the control socket."""
 
     exit_code = 3
+
+
+def _deeper(obj: object, limit: int) -> bool:
+    """Whether JSON data nests more than ``limit`` levels (walked without recursion)."""
+    stack = [(obj, 0)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, dict | list):
+            if d >= limit:
+                return True
+            stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
+    return False
+
+
+def _rows(n: object, what: str) -> int:
+    """A list request's row count: none given (``None``: all) is at most
+    :data:`MAX_ROWS`, as is any more; a whole table of a million flows was
+    hundreds of MiB of JSON built under the daemon's lock."""
+    if n is None:
+        return MAX_ROWS
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise BadRequest(f"{what} must be a count from 0 to {MAX_ROWS}")
+    return min(n, MAX_ROWS)
 
 
 def _ops(proxy: ProxyView) -> dict[str, Callable[..., Any]]:
@@ -91,11 +124,20 @@ def _ops(proxy: ProxyView) -> dict[str, Callable[..., Any]]:
         changes = proxy.reload()
         return {"changes": [c._asdict() for c in changes]}
 
+    def status(top: object = 5) -> dict[str, Any]:
+        return proxy.status(top=_rows(top, "top"))
+
+    def flows(limit: object = 20, **kw: Any) -> list[dict[str, Any]]:
+        return proxy.flows(limit=_rows(limit, "limit"), **kw)
+
+    def destinations(limit: object = 20) -> list[dict[str, Any]]:
+        return proxy.destinations(limit=_rows(limit, "limit"))
+
     return {
         "ping": lambda: {"proxy": proxy.name, "pid": os.getpid()},
-        "status": proxy.status,
-        "flows": proxy.flows,
-        "destinations": proxy.destinations,
+        "status": status,
+        "flows": flows,
+        "destinations": destinations,
         "explain": explain,
         "config": config,
         "reload": reload,
@@ -152,6 +194,20 @@ def _encode(reply: dict[str, Any]) -> bytes:
     return json.dumps(reply, default=str).encode() + b"\n"
 
 
+def _check_parent(path: Path) -> None:
+    """Refuse a directory where another user could replace the socket (and the
+    CLI would then talk to their daemon): owned by someone else than root or
+    this user, or writable by others without the sticky bit."""
+    st = os.stat(path.parent)
+    mine = st.st_uid in (0, os.geteuid())
+    loose = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX
+    if not mine or loose:
+        raise XproError(f"control socket {path}: its directory {path.parent} belongs to or "
+                        "can be written by other users; put the socket in a directory only "
+                        "root can write "
+                        "(the default is /run/xpro/control.sock)")
+
+
 @dataclass
 class _Conn:
     sock: socket.socket
@@ -179,8 +235,17 @@ class ControlServer:
         self.max_request = max_request
         self.refused: dict[str, int] = {}
         self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        # The daemon holds the socket's lock (xpro.daemon): a file here is stale.
-        with contextlib.suppress(FileNotFoundError):
+        _check_parent(self.path)
+        # The daemon holds the socket's lock (xpro.daemon): a socket here is
+        # stale.  Anything else is not ours to delete.
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise XproError(f"control socket {path}: a file that is not a socket is there; "
+                                "move it, or choose another path with --control-socket")
             self.path.unlink()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
@@ -304,8 +369,14 @@ class ControlServer:
             self._refuse(conn.sock, "busy", f"the daemon is busy with {self.max_busy} "
                          "requests: try again")
             return
-        threading.Thread(target=self._answer, args=(conn.sock, line), daemon=True,
-                         name="xpro-control-request").start()
+        try:
+            threading.Thread(target=self._answer, args=(conn.sock, line), daemon=True,
+                             name="xpro-control-request").start()
+        except RuntimeError:  # no thread to be had (TasksMax): this request only
+            with self._lock:
+                self._busy -= 1
+            self._refuse(conn.sock, "busy", "the daemon could not start a thread for the "
+                         "request: try again")
 
     def _expire(self, now: float) -> None:
         for conn in list(self._pending.values()):
@@ -392,13 +463,20 @@ def request(path: str, op: str, *, timeout: float = 30.0, **args: Any) -> Any:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             s.sendall(json.dumps({"op": op, "args": args}).encode() + b"\n")
         chunks = []
+        size = 0
         while True:
+            # One deadline for the whole answer, however slowly it comes.
+            s.settimeout(max(deadline - time.monotonic(), 0.001))
             try:
                 chunk = s.recv(1 << 16)
             except ConnectionResetError:
                 break
             if not chunk:
                 break
+            size += len(chunk)
+            if size > MAX_REPLY:
+                raise XproError(f"the daemon on {printable(path)} answered more than "
+                                f"{MAX_REPLY >> 20} MiB: ask for less (--limit, --top)")
             chunks.append(chunk)
     except TimeoutError:
         raise XproError(f"the daemon on {printable(path)} did not answer within {timeout:g} s"
@@ -407,9 +485,15 @@ def request(path: str, op: str, *, timeout: float = 30.0, **args: Any) -> Any:
         s.close()
     try:
         reply = json.loads(b"".join(chunks))
+    except RecursionError:
+        raise XproError(f"the daemon on {printable(path)} answered JSON nested too deep: "
+                        "not a reply of this xpro") from None
     except ValueError:
         raise XproError(f"the daemon on {printable(path)} closed the connection without an "
                         "answer") from None
+    if _deeper(reply, MAX_DEPTH):
+        raise XproError(f"the daemon on {printable(path)} answered JSON nested too deep: "
+                        "not a reply of this xpro")
     if not isinstance(reply, dict):
         raise XproError(f"the daemon on {printable(path)} answered {type(reply).__name__}, "
                         "not a reply of this xpro: is it the same version?")
