@@ -10,6 +10,7 @@ the logs -- it must come out escaped, on the line it belongs to.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -211,6 +212,19 @@ def _closed(s: socket.socket) -> bool:
         return True
 
 
+def _closed_now(s: socket.socket) -> bool:
+    """Whether the server has closed ``s`` (without waiting)."""
+    s.setblocking(False)
+    try:
+        return s.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+    finally:
+        s.setblocking(True)
+
+
 def _scrape(port: int) -> str:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
@@ -226,9 +240,11 @@ def test_idle_metrics_clients_cannot_take_the_daemons_threads(
     thread and a file descriptor for ever (prometheus_client's server): 500
     idle ones took the daemon's threads and, at its file limit, every new
     socket (docs/operations.rst, "Isolation").  Now at most MAX_CLIENTS are
-    served at once, the rest are closed at once, and a silent one is closed
-    after CLIENT_TIMEOUT_S; a scraper gets its answer once they are gone."""
-    monkeypatch.setattr(metrics, "CLIENT_TIMEOUT_S", 1.0)
+    served at once, the rest are closed at once, a silent one is closed after
+    CLIENT_TIMEOUT_S and one that trickles its request after
+    CLIENT_DEADLINE_S; a scraper gets its answer once they are gone."""
+    monkeypatch.setattr(metrics, "CLIENT_TIMEOUT_S", 3.0)
+    monkeypatch.setattr(metrics, "CLIENT_DEADLINE_S", 6.0)
     server: Any = metrics.serve(proxy, "127.0.0.1:0")
     port = server.server_address[1]
     threads = threading.active_count()
@@ -240,19 +256,24 @@ def test_idle_metrics_clients_cannot_take_the_daemons_threads(
         deadline = time.monotonic() + 10
         while server.refused < 30 - metrics.MAX_CLIENTS and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert threading.active_count() <= threads + metrics.MAX_CLIENTS
+        # a thread and a deadline's timer each, for the served ones only
+        assert threading.active_count() <= threads + 2 * metrics.MAX_CLIENTS
         # Past the first MAX_CLIENTS (served, and waiting for their request),
         # each was closed as it came.
         assert server.refused == 30 - metrics.MAX_CLIENTS
         for s in idle[metrics.MAX_CLIENTS :]:
             s.settimeout(0.1)
             assert _closed(s)
-        # The held ones are closed after the timeout, without a byte more.
+        # The first half of the held ones trickle a byte every half second:
+        # closed by the deadline; the others by the silence.
         t = time.monotonic()
-        for s in idle[: metrics.MAX_CLIENTS]:
-            s.settimeout(5)
-            assert _closed(s)
-        assert time.monotonic() - t < 3
+        while time.monotonic() - t < 8 and not all(
+                _closed_now(s) for s in idle[: metrics.MAX_CLIENTS]):
+            for s in idle[: metrics.MAX_CLIENTS // 2]:
+                with contextlib.suppress(OSError):
+                    s.send(b"E")
+            time.sleep(0.5)
+        assert all(_closed_now(s) for s in idle[: metrics.MAX_CLIENTS])
         families = {f.name for f in text_string_to_metric_families(
             _scrape(port).split("\r\n\r\n", 1)[1])}
         assert "xpro_workload_pps" in families

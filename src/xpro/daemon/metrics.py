@@ -74,6 +74,7 @@ characters; the client library escapes only ``\\``, ``"`` and newlines).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -113,6 +114,8 @@ MetricsServer = WSGIServer
 MAX_CLIENTS = 8
 #: Seconds a connection may stay silent before it is closed.
 CLIENT_TIMEOUT_S = 5.0
+#: Seconds a connection may last in all, however it trickles its request.
+CLIENT_DEADLINE_S = 15.0
 
 
 class ProxyCollector(Collector):
@@ -272,11 +275,24 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 class _Handler(WSGIRequestHandler):
-    """A request: silent, and closed after :data:`CLIENT_TIMEOUT_S` without a byte."""
+    """A request: silent, closed after :data:`CLIENT_TIMEOUT_S` without a byte
+    and after :data:`CLIENT_DEADLINE_S` in all (one byte every few seconds
+    would otherwise hold a slot for ever)."""
 
     def setup(self) -> None:
         self.request.settimeout(CLIENT_TIMEOUT_S)
+        self._deadline = threading.Timer(CLIENT_DEADLINE_S, self._cut)
+        self._deadline.daemon = True
+        self._deadline.start()
         super().setup()
+
+    def _cut(self) -> None:
+        with contextlib.suppress(OSError):
+            self.request.shutdown(socket.SHUT_RDWR)
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        super().finish()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -304,22 +320,22 @@ class _Server(ThreadingWSGIServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
-            self.refused += 1
-            self.shutdown_request(request)
-            now = time.monotonic()
-            if now - self._warned >= 60:
-                self._warned = now
-                log.warning("metrics: %d connections at once, the most served; closed %d "
-                            "so far (a scraper needs one: is something holding them open?)",
-                            MAX_CLIENTS, self.refused)
+            self._refuse(request, f"{MAX_CLIENTS} connections at once, the most served")
             return
         try:
             super().process_request(request, client_address)
-        except Exception:  # no thread to be had: the connection goes, the server stays
+        except Exception as exc:  # no thread to be had: the connection goes, the server stays
             self.slots.release()
-            self.refused += 1
-            self.shutdown_request(request)
-            log.warning("metrics: could not serve a connection (no thread)", exc_info=True)
+            self._refuse(request, f"no thread for a connection ({exc})")
+
+    def _refuse(self, request: Any, why: str) -> None:
+        self.refused += 1
+        self.shutdown_request(request)
+        now = time.monotonic()
+        if now - self._warned >= 60:  # a warning a minute at most
+            self._warned = now
+            log.warning("metrics: %s; closed %d connections so far (a scraper needs one: "
+                        "is something holding them open?)", why, self.refused)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
