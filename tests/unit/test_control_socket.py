@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -437,7 +439,7 @@ def test_a_reply_without_end_or_too_large_or_too_deep_is_one_error(tmp_path: Pat
             elif kind == "deep":
                 conn.sendall(b"[" * 100_000 + b"]" * 100_000)
             else:  # deep enough to take the CLI's stack, not json's
-                conn.sendall(b'{"ok": true, "result": ' + b"[" * 900 + b"]" * 900 + b"}")
+                conn.sendall(b'{"ok": true, "result": ' + b"[" * 200 + b"]" * 200 + b"}")
         finally:
             conn.close()
 
@@ -456,3 +458,52 @@ def test_a_reply_without_end_or_too_large_or_too_deep_is_one_error(tmp_path: Pat
             t.join(10)
     finally:
         listener.close()
+
+
+NOBODY = 65534
+
+
+def _serve_as_nobody(path: str) -> int:
+    """Fork a child that, as user ``nobody``, listens on ``path`` and answers
+    one request like a daemon would; returns its pid."""
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        try:
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            srv.bind(path)
+            srv.listen(1)
+            os.write(ready_w, b"1")
+            srv.settimeout(20)
+            conn, _ = srv.accept()
+            conn.recv(1 << 16)
+            conn.sendall(b'{"ok": true, "result": {"proxy": "fake"}}\n')
+            conn.close()
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    assert os.read(ready_r, 1) == b"1"
+    os.close(ready_r)
+    return pid
+
+
+def test_the_cli_does_not_talk_to_a_socket_another_user_serves() -> None:
+    """Where another user could put a socket of theirs (a shared directory),
+    the CLI would send them its request and print their answer."""
+    shared = Path(tempfile.mkdtemp(prefix="xshared", dir="/tmp"))
+    shared.chmod(0o1777)  # as /tmp: anyone may create, only the owner delete
+    path = str(shared / "c.sock")
+    pid = _serve_as_nobody(path)
+    try:
+        with pytest.raises(XproError, match=f"served by user {NOBODY}, not by root"):
+            request(path, "status", timeout=10)
+        # nor does the daemon delete that user's socket to put its own there
+        with pytest.raises(XproError, match=f"a socket of user {NOBODY} is there"):
+            ControlServer(FakeProxy(), path)  # type: ignore[arg-type]
+        assert Path(path).is_socket()
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        shutil.rmtree(shared)

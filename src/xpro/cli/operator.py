@@ -479,7 +479,7 @@ def flows(sock: str, as_json: bool, src: str | None, dst: str | None, sort: str,
     from xpro.daemon.control import MAX_ROWS
 
     rows = _ask(sock, "flows", src=src, dst=dst, sort=sort, limit=limit or None)
-    if not limit and isinstance(rows, list) and len(rows) >= MAX_ROWS:
+    if (not limit or limit > MAX_ROWS) and isinstance(rows, list) and len(rows) >= MAX_ROWS:
         click.echo(f"note: the first {len(rows)} flows, the most the daemon sends; narrow "
                    "with --src or --dst", err=True)
     if as_json:

@@ -33,6 +33,7 @@ import os
 import selectors
 import socket
 import stat
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -87,14 +88,23 @@ class NoDaemon(XproError):
 
 def _deeper(obj: object, limit: int) -> bool:
     """Whether JSON data nests more than ``limit`` levels (walked without recursion)."""
-    stack = [(obj, 0)]
+    if not isinstance(obj, dict | list):
+        return False
+    stack: list[tuple[dict[Any, Any] | list[Any], int]] = [(obj, 0)]
     while stack:
         o, d = stack.pop()
-        if isinstance(o, dict | list):
-            if d >= limit:
-                return True
-            stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
+        if d >= limit:
+            return True
+        stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o)
+                     if isinstance(v, dict | list))  # containers only: a long flat list is cheap
     return False
+
+
+def _peer_uid(s: socket.socket) -> int:
+    """The user of the process at the other end of a connected unix socket."""
+    creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    uid: int = struct.unpack("3i", creds)[1]
+    return uid
 
 
 def _rows(n: object, what: str) -> int:
@@ -198,14 +208,14 @@ def _check_parent(path: Path) -> None:
     """Refuse a directory where another user could replace the socket (and the
     CLI would then talk to their daemon): owned by someone else than root or
     this user, or writable by others without the sticky bit."""
-    st = os.stat(path.parent)
-    mine = st.st_uid in (0, os.geteuid())
-    loose = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX
-    if not mine or loose:
-        raise XproError(f"control socket {path}: its directory {path.parent} belongs to or "
-                        "can be written by other users; put the socket in a directory only "
-                        "root can write "
-                        "(the default is /run/xpro/control.sock)")
+    for d in (path.parent, *path.parent.parents):  # a parent's parent could swap it too
+        st = os.stat(d)
+        mine = st.st_uid in (0, os.geteuid())
+        loose = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX
+        if not mine or loose:
+            raise XproError(f"control socket {path}: the directory {d} belongs to or can be "
+                            "written by other users; put the socket in a directory only root "
+                            "can write (the default is /run/xpro/control.sock)")
 
 
 @dataclass
@@ -246,6 +256,10 @@ class ControlServer:
             if not stat.S_ISSOCK(st.st_mode):
                 raise XproError(f"control socket {path}: a file that is not a socket is there; "
                                 "move it, or choose another path with --control-socket")
+            if st.st_uid not in (0, os.geteuid()):
+                raise XproError(f"control socket {path}: a socket of user {st.st_uid} is "
+                                "there (in a shared directory); remove it, or choose another "
+                                "path with --control-socket")
             self.path.unlink()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
@@ -458,6 +472,11 @@ def request(path: str, op: str, *, timeout: float = 30.0, **args: Any) -> Any:
             raise NoDaemon(f"cannot reach a daemon at {printable(path)!r} "
                            f"({exc.strerror or exc}): give the path of the daemon's socket "
                            "with --socket (its control.socket)") from None
+        peer = _peer_uid(s)
+        if peer not in (0, os.geteuid()):
+            raise XproError(f"the socket {printable(path)} is served by user {peer}, not by "
+                            "root: not an xpro daemon; check the path (--socket) and who can "
+                            "write its directory")
         # A daemon that refuses the connection answers and closes at once: keep
         # reading its answer even if the request could not be written.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
