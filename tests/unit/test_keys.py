@@ -148,6 +148,23 @@ def test_group_keys_groups_equal_keys_and_only_them() -> None:
         assert all(seq.index(seq[i]) == i for i in first.tolist())  # first occurrences
 
 
+def test_a_colliding_key_is_found_after_its_twin_is_removed() -> None:
+    """The index holds one key of a fingerprint, its twins in a side dict; with
+    the indexed one removed, a twin was found nowhere (the mirror then took
+    its flow for a new one, and kept the old slot for ever)."""
+    rng = random.Random(8)
+    a = rng.randbytes(36)
+    keys = np.frombuffer(a + colliding(a) + colliding(a, 2), dtype=L.FLOW_KEY)
+    ix = KeyIndex(L.FLOW_KEY)
+    ix.add(keys, np.array([0, 1, 2]))
+    assert len(ix.clash) == 2
+    ix.remove(keys[:1], np.array([0]))
+    assert ix.find(keys, keys).tolist() == [-1, 1, 2]
+    ix.remove(keys[1:2], np.array([1]))
+    assert ix.find(keys, keys).tolist() == [-1, -1, 2]
+    assert not ix.clash
+
+
 def test_addresses_of_one_prefix_do_not_share_fingerprints() -> None:
     """Clients numbered in one /16 to the hosts of one /24 differ only in the
     high bytes of two words: the unkeyed linear mix gave every second one of

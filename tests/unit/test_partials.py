@@ -131,3 +131,33 @@ def test_destinations_and_partials_that_share_a_fingerprint_stay_apart() -> None
         parts.update(ak, np.array([(now - S, now, 10 + i, 1)], dtype=PARTIAL))
     _, _, c = parts.values(np.frombuffer(b"".join(reversed(twins)), dtype=L.DST_KEY), now)
     assert c.tolist() == [13, 12, 11, 10]
+
+
+def test_partial_keys_that_share_a_fingerprint_in_one_batch_and_through_a_prune() -> None:
+    """Partials (not only destinations) crafted to share a fingerprint, taken
+    in one batch, then a prune that keeps some of them: each keeps its own
+    value, every look-up by destination agrees with a plain sum."""
+    parts = Partials(RULE)
+    now = 1_700_000_000 * S
+    base = np.zeros(1, dtype=AGG_KEY)
+    base["dst"] = np.frombuffer(_dst(3), dtype=L.DST_KEY)[0]
+    base["slot"] = now // RULE.slot_ns
+    a = base.tobytes()
+    twins = [a, *(colliding(a, k) for k in range(1, 4))]
+    ak = np.frombuffer(b"".join(twins), dtype=AGG_KEY).copy()
+    assert len(set(fingerprint(ak).tolist())) == 1
+    ak["slot"][1:] = now // RULE.slot_ns - 20  # these three end before the prune
+    pv = np.array([(now - S, now, 10 * (i + 1), 1) for i in range(4)], dtype=PARTIAL)
+    parts.update(ak, pv)
+    dsts = np.ascontiguousarray(ak["dst"])
+    _, _, c = parts.values(dsts, now)
+    assert c.tolist() == [10, 0, 0, 0]  # the last three's slots are over already
+    parts.prune(now)  # keeps one of four: the indexes are rebuilt
+    assert len(parts) == 1
+    fresh = ak[1:3].copy()
+    fresh["slot"] = now // RULE.slot_ns
+    parts.update(fresh, np.array([(now - S, now, 99, 1), (now - S, now, 7, 1)], dtype=PARTIAL))
+    parts.update(ak[:1], np.array([(now - S, now, 11, 1)], dtype=PARTIAL))
+    _, _, c = parts.values(dsts, now)
+    assert c.tolist() == [11, 99, 7, 0]
+    assert len(parts) == 3

@@ -252,4 +252,20 @@ class KeyIndex:
             kv = np.ascontiguousarray(keys).view(self.void)
             for i in np.flatnonzero(~ok).tolist():
                 self.clash.pop(kv[i].tobytes(), None)
+            if ok.any():
+                self._promote()
+
+    def _promote(self) -> None:
+        """Move into the sorted index a side-dict key whose fingerprint it no
+        longer holds (its twin there was removed): :meth:`find` looks in the
+        side dict only for a fingerprint the index holds."""
+        ck = np.frombuffer(b"".join(self.clash), dtype=self.void)
+        cfp = fingerprint(ck)
+        for i in range(len(ck)):
+            at = int(np.searchsorted(self.fp, cfp[i]))
+            if at < len(self.fp) and self.fp[at] == cfp[i]:
+                continue
+            slot = self.clash.pop(ck[i].tobytes())
+            self.fp = np.insert(self.fp, at, cfp[i])
+            self.slot = np.insert(self.slot, at, slot)
 
