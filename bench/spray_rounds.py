@@ -18,7 +18,9 @@ side by side with an older tree:
 
 Reported: ``spray_cpu_s``, the rounds' CPU seconds summed over the spray's
 periods until the address closed at every proxy (what the lab's interpreter
-must find in a period), the largest single round, and
+must find in those periods), ``cpu_per_period_s`` (the same a period: a tree
+that closes sooner times fewer periods, so compare this for speed alone),
+the largest single period, and
 ``closed_after_periods``, the first period of the spray in which every
 proxy dropped the spray (``dst_closed``).  ``--compare DIR`` runs the tree
 ``DIR`` (its ``src/``) too, in alternation, ``--runs`` times each; the last
@@ -123,6 +125,7 @@ def run_mesh(rate: int, seed: int) -> dict[str, Any]:
         for s in syncs:
             s.store.close()
     return {"spray_cpu_s": round(sum(spray_cpu), 4),
+            "cpu_per_period_s": round(sum(spray_cpu) / max(len(spray_cpu), 1), 4),
             "max_period_cpu_s": round(max(spray_cpu, default=0.0), 4),
             "closed_after_periods": closed_after, "periods_timed": len(spray_cpu)}
 
@@ -158,10 +161,14 @@ def main() -> None:
             f"{t} {r[-1]['spray_cpu_s']:.3f} s" for t, r in runs.items()), file=sys.stderr)
     median = {t: round(statistics.median(r["spray_cpu_s"] for r in rs), 4)
               for t, rs in runs.items()}
+    per_period = {t: round(statistics.median(r["cpu_per_period_s"] for r in rs), 4)
+                  for t, rs in runs.items()}
     out: dict[str, Any] = {"bench": "spray_rounds", "rate_per_proxy": args.rate,
-                           "proxies": PROXIES, "spray_cpu_s_median": median, "runs": runs}
+                           "proxies": PROXIES, "spray_cpu_s_median": median,
+                           "cpu_per_period_s_median": per_period, "runs": runs}
     if args.compare:
         out["this_to_compare"] = round(median["this"] / median["compare"], 3)
+        out["per_period_this_to_compare"] = round(per_period["this"] / per_period["compare"], 3)
     print(json.dumps(out))
 
 
