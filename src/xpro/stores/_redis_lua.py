@@ -30,6 +30,11 @@ CODE = r"""#!lua name=xpro_v1
 local B32 = 4294967296
 local MAXC_HI = 1073741824  -- counts must stay <= 2^62: hi limb <= 2^30
 local REC = '<I4I4I4I4I4I4'
+local REC1 = '<I4I4I4I4I8'  -- the same bytes, the count as one u64
+-- ... where the server's C long has 64 bits (struct packs I8 through it):
+-- on a 32-bit build every record takes the general merge.
+local I8_OK = nil
+local FASTC = 4503599627370496  -- 2^52: a count the fast path takes
 local LIMBS8 = '<I4I4I4I4I4I4I4I4'
 local FASTLOC = '<dddB'
 local SENTINEL = 'xpro:encoding'
@@ -297,11 +302,17 @@ local function merge(keys, args)
   local loc, entry = args[18], args[19]
   local K = 19
   local n = #args - K
-  local fast_ok = T1 >= 0
-  local olds = {}
-  for i = 1, n, 4000 do
-    local part = replace('HMGET', r, unpack(args, K + i, K + math.min(i + 3999, n)))
-    for j = 1, #part do olds[i + j - 1] = part[j] end
+  if I8_OK == nil then I8_OK = struct.unpack('<I8', '\0\0\0\0\1\0\0\0') == B32 end
+  local fast_ok = T1 >= 0 and I8_OK
+  local olds
+  if n <= 4000 then  -- the client's batches: one HMGET, its reply as it is
+    olds = n > 0 and replace('HMGET', r, unpack(args, K + 1, K + n)) or {}
+  else
+    olds = {}
+    for i = 1, n, 4000 do
+      local part = replace('HMGET', r, unpack(args, K + i, K + math.min(i + 3999, n)))
+      for j = 1, #part do olds[i + j - 1] = part[j] end
+    end
   end
   if n > 0 and not olds[1] then
     -- A hash of <= 512 short fields is a listpack, where every update scans
@@ -309,32 +320,35 @@ local function merge(keys, args)
     redis.call('HSETNX', r, SENTINEL, SENTINEL_TEXT)
   end
   local sunpack, spack, ssub, floor = struct.unpack, struct.pack, string.sub, math.floor
-  local flags, befores, hset = {}, {}, {}
+  -- befores[1] takes the flags at the end: one concatenation for the reply
+  local flags, befores, hset = {}, {false}, {}
   local p, nh = 1, 0
   for i = 1, n do
     local old = olds[i]
     local new
     local A1, A2, AD, mark = sunpack(FASTLOC, loc, p + 32)
     local fast = fast_ok and mark < 2
-    local B1, B2, b1l, b1h, b2l, b2h, bcl, bch
+    local B1, B2, b1l, b1h, b2l, b2h, BC
     if old and fast then
       if #old == 24 then
-        b1l, b1h, b2l, b2h, bcl, bch = sunpack(REC, old)
+        -- The count as one u64: exact below 2^53, and anything from 2^52 on
+        -- takes the general merge.
+        b1l, b1h, b2l, b2h, BC = sunpack(REC1, old)
         B1 = (b1h - BH) * B32 + b1l
         B2 = (b2h - BH) * B32 + b2l
-        fast = B1 >= 0 and B1 <= MXR and B2 >= 0 and B2 <= MXR and bch < 1048576
-          and B1 <= B2 and B2 >= OLR and within(bch, bcl, B2 - B1, PPN)
+        fast = B1 >= 0 and B1 <= MXR and B2 >= 0 and B2 <= MXR and BC < FASTC
+          and B1 <= B2 and B2 >= OLR
+          and (PPN < 0 or BC <= PPN * ((B2 - B1 > CAPW and CAPW or B2 - B1) + SLACK))
       else
         fast = false
       end
     end
     if fast and old then
       -- Doubles relative to BH * 2^32: every value and sum below is < 2^53.
-      flags[i], befores[i] = '\1', old
+      flags[i], befores[i + 1] = '\1', old
       if mark == 1 and A1 > B1 + T1 then
         new = ssub(loc, p, p + 23)  -- lines 6-8: the local window wins
       else
-        local BC = bch * B32 + bcl
         -- line 11: a later master end stays (the local side takes it in Python)
         if B2 <= A2 then
           if A2 > B1 + T4 then  -- line 13
@@ -348,25 +362,25 @@ local function merge(keys, args)
         end
         -- lines 19-22 (changed): the master keeps its start
         BC = BC + AD  -- line 24
-        local x1, x2, xc = B1 % B32, B2 % B32, BC % B32
-        new = spack(REC, x1, (B1 - x1) / B32 + BH, x2, (B2 - x2) / B32 + BH, xc, (BC - xc) / B32)
+        local x1, x2 = B1 % B32, B2 % B32
+        new = spack(REC1, x1, (B1 - x1) / B32 + BH, x2, (B2 - x2) / B32 + BH, BC)
       end
     elseif fast then
-      flags[i], befores[i] = '\0', Z24
+      flags[i], befores[i + 1] = '\0', Z24
       new = ssub(loc, p, p + 23)
     else
       local flag
       flag, new = merge_limbs(loc, p, old, t1h, t1l, t4h, t4l, RQ, bd)
       if flag == 1 then
-        flags[i], befores[i] = '\1', old
+        flags[i], befores[i + 1] = '\1', old
       elseif flag == 2 then
-        flags[i], befores[i] = '\2', Z24
+        flags[i], befores[i + 1] = '\2', Z24
         redis.log(redis.LOG_WARNING, 'xpro: overwrote a corrupt or out-of-bounds record in ' .. r)
       elseif flag == 3 then
-        flags[i], befores[i] = '\3', Z24
+        flags[i], befores[i + 1] = '\3', Z24
         new = nil  -- dated in the future: left as it is
       else
-        flags[i], befores[i] = '\0', Z24
+        flags[i], befores[i + 1] = '\0', Z24
       end
     end
     if new then
@@ -379,7 +393,8 @@ local function merge(keys, args)
   for i = 1, nh, 4000 do
     redis.call('HSET', r, unpack(hset, i, math.min(i + 3999, nh)))
   end
-  local result = table.concat(flags) .. table.concat(befores)
+  befores[1] = table.concat(flags)
+  local result = table.concat(befores)
   if n > 0 then log_append(l, m, '', entry, n, 36, r) end
   redis.call('HSET', d, call, result)
   return result
