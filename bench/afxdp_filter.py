@@ -113,14 +113,21 @@ def run_case(case: str, batch: int, batches: int, warmup: int) -> dict[str, Any]
             "flows": len(filt.read_flows()[0])}
 
 
-def _child(src: Path, case: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_child(script: str, src: Path, *args: str) -> dict[str, Any]:
+    """Run ``script`` (a bench script) with ``args`` in a child process that
+    imports xpro from ``src`` (a tree's ``src/``: ``--compare``); returns the
+    JSON of its last line."""
     env = dict(os.environ, PYTHONPATH=str(src))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", case,
-           "--batch", str(args.batch), "--batches", str(args.batches),
-           "--warmup", str(args.warmup)]
+    cmd = [sys.executable, script, *args]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     res: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return res
+
+
+def _child(src: Path, case: str, args: argparse.Namespace) -> dict[str, Any]:
+    return run_child(str(Path(__file__).resolve()), src, "--child", case, "--batch",
+                     str(args.batch), "--batches", str(args.batches), "--warmup",
+                     str(args.warmup))
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -575,6 +575,35 @@ def _half_second_of(p: Proxy, clients: list[bytes], t: int) -> None:
             p.send(fr, t + i * S // 10)
 
 
+def _clients_then_flood(proxies: list[Proxy], clients: list[bytes], *,
+                        spray: bool = False, check: Callable[[], None] | None = None) -> int:
+    """The clients at proxy 0 for 8 s (10 packets/s each, a round of every proxy
+    each half second; ``check`` runs then), then 2 s more of them with 400
+    packets/s of new sources through each of proxies 1 and 2, to 10.9.9.9
+    (``spray``: each to a port of its own).  Returns the time of the last round."""
+    t = T0
+    for _ in range(16):
+        _half_second_of(proxies[0], clients, t)
+        t += S // 2
+        for p in proxies:
+            p.sync.round(t)
+    if check is not None:
+        check()
+    n = 0
+    for _ in range(4):
+        for i in range(200):
+            for j in (1, 2):
+                n += 1
+                dport = 10000 + n if spray else 53  # 53: frame's port
+                proxies[j].send(frame(f"11.{j}.{n // 250}.{n % 250 + 1}", "10.9.9.9",
+                                      dport=dport), t + i * S // 400)
+        _half_second_of(proxies[0], clients, t)
+        t += S // 2
+        for p in proxies:
+            p.sync.round(t)
+    return t
+
+
 @pytest.mark.parametrize("pull", ["candidates", "all"])
 def test_a_flood_behind_established_clients_closes_at_its_recent_rate(pull: str) -> None:
     """Three clients of the destination at proxy 0, 10 packets/s each for 8 s;
@@ -609,24 +638,11 @@ def test_a_flood_behind_established_clients_closes_at_its_recent_rate(pull: str)
             return out
 
         first.sync._recompute_destinations = spy  # type: ignore[method-assign]
-        t = T0
-        for _ in range(16):
-            _half_second_of(proxies[0], clients, t)
-            t += S // 2
-            for p in proxies:
-                p.sync.round(t)
-        assert not any(dkey in p.sync.known.closed for p in proxies)
-        n = 0
-        for _ in range(4):
-            for i in range(200):
-                for j in (1, 2):
-                    n += 1
-                    proxies[j].send(frame(f"11.{j}.{n // 250}.{n % 250 + 1}", "10.9.9.9"),
-                                    t + i * S // 400)
-            _half_second_of(proxies[0], clients, t)
-            t += S // 2
-            for p in proxies:
-                p.sync.round(t)
+
+        def open_everywhere() -> None:
+            assert not any(dkey in p.sync.known.closed for p in proxies)
+
+        t = _clients_then_flood(proxies, clients, check=open_everywhere)
         for p in proxies:
             assert dkey in p.sync.known.closed, p.sync.proxy
             assert p.send(frame("11.9.0.1", "10.9.9.9"), t) == [1]  # a new source: dropped
@@ -663,24 +679,11 @@ def test_a_port_spray_behind_established_clients_closes_the_address_at_its_recen
                             period=S // 2)
         clients = [frame(f"10.1.0.{i}", "10.9.9.9", dport=9000) for i in range(1, 4)]
         akey = model.address_key(model.parse(clients[0], L.DST_ADDR_PORT).dst)
-        t = T0
-        for _ in range(16):
-            _half_second_of(proxies[0], clients, t)
-            t += S // 2
-            for p in proxies:
-                p.sync.round(t)
-        assert not any(akey in p.sync.known.closed for p in proxies)
-        n = 0
-        for _ in range(4):
-            for i in range(200):
-                for j in (1, 2):
-                    n += 1
-                    proxies[j].send(frame(f"11.{j}.{n // 250}.{n % 250 + 1}", "10.9.9.9",
-                                          dport=10000 + n), t + i * S // 400)
-            _half_second_of(proxies[0], clients, t)
-            t += S // 2
-            for p in proxies:
-                p.sync.round(t)
+
+        def open_everywhere() -> None:
+            assert not any(akey in p.sync.known.closed for p in proxies)
+
+        t = _clients_then_flood(proxies, clients, spray=True, check=open_everywhere)
         for p in proxies:
             assert akey in p.sync.known.closed, p.sync.proxy
             assert p.send(frame("11.9.0.1", "10.9.9.9", dport=7), t) == [1]  # dropped

@@ -299,6 +299,11 @@ def test_a_password_file_that_is_not_a_small_file_is_refused_at_once(
 ])
 def test_paths_that_cannot_be_used_are_one_line_each(
         runner: CliRunner, args: list[str], needle: str) -> None:
+    _config_show_refuses(runner, args, needle)
+
+
+def _config_show_refuses(runner: CliRunner, args: list[str], needle: str) -> None:
+    """``xpro config show ARGS`` is a usage error (2) whose message has ``needle``."""
     r = runner.invoke(cli, ["config", "show", *args])
     assert r.exit_code == 2, r.output
     assert needle in r.output
@@ -367,9 +372,7 @@ def test_store_init_on_an_unreachable_cluster_is_one_line(runner: CliRunner) -> 
 ])
 def test_values_the_system_would_read_otherwise_are_refused(
         runner: CliRunner, args: list[str], needle: str) -> None:
-    r = runner.invoke(cli, ["config", "show", *args])
-    assert r.exit_code == 2, r.output
-    assert needle in r.output
+    _config_show_refuses(runner, args, needle)
 
 
 def test_lists_that_do_not_do_what_they_say_are_warned_about(runner: CliRunner) -> None:
