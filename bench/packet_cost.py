@@ -159,10 +159,11 @@ def over_t_f1(cfg: Any, prog: Prog, frame: bytes) -> None:
         time.sleep(0.01)
 
 
-def know_clients(obj: BpfObject, n: int) -> None:
+def know_clients(obj: BpfObject, cfg: Any, n: int) -> None:
     """``n`` known clients of CLOSED_DST, written as the daemon writes them: the
-    destination's filter of known sources first (builds that have it), then
-    the known table."""
+    filter of known sources first (of its slot, or of the destination in
+    builds before the slots; none in builds before the filters), then the
+    known table."""
     from xpro.core.model import FilterParams, flow_key, parse
 
     if n == 0:
@@ -171,7 +172,13 @@ def know_clients(obj: BpfObject, n: int) -> None:
     keys = np.frombuffer(b"".join(
         flow_key(parse(udp_frame(f"12.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", CLOSED_DST),
                        params.dst_mode), params) for i in range(1, n + 1)), dtype=FLOW_KEY)
-    if "known_dsts" in obj.maps:
+    if "known_slots" in obj.maps:
+        mask = obj.maps["known_slots"].max_entries - 1
+        cfg.view["known_slot_mask"] = mask
+        slots, filters = known_filters(keys, KNOWN_FILTER_WORDS, mask)
+        obj.maps["known_slots"].update_batch(
+            slots, filters.view(np.uint8).reshape(len(slots), -1))
+    elif "known_dsts" in obj.maps:
         dsts, filters = known_filters(keys, KNOWN_FILTER_WORDS)
         obj.maps["known_dsts"].update_batch(dsts, filters.view(np.uint8).reshape(len(dsts), -1))
     obj.maps["known"].update_batch(keys, np.full(n, 1, dtype="<u4"))
@@ -225,7 +232,7 @@ def main() -> None:
             open_path(cfg)
             cfg.view["dst_mode"] = int(args.destination == "addr+port")
             if args.destination == "addr":
-                know_clients(xp_obj, args.known)
+                know_clients(xp_obj, cfg, args.known)
             xpros.append((Prog(label, xp_obj, "xpro_xdp"), cfg))
         progs = [bare, counter, *(x for x, _ in xpros)]
         xf: Prog | None = None

@@ -69,17 +69,16 @@ struct {
 	__type(value, __u32);
 } known SEC(".maps");
 
-/* destination key -> the filter of its known sources (xpro_known_filter),
- * written only by the daemon; no entry: no known source (unless
- * cfg.known_unfiltered).  Allocated on demand: only destinations with known
- * sources hold one, at most XPRO_KNOWN_FILTERS_MAX of them (8 MiB). */
+/* slot (xpro_known_slot of a destination key & cfg.known_slot_mask) -> the
+ * filter of the known sources of the destinations in that slot
+ * (xpro_known_filter), written only by the daemon.  An array: found
+ * without a hash look-up, one slot for every destination key. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, XPRO_KNOWN_FILTERS_MAX);
-	__type(key, struct xpro_dst_key);
+	__type(key, __u32);
 	__type(value, struct xpro_known_filter);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} known_dsts SEC(".maps");
+} known_slots SEC(".maps");
 
 /* Verdict counters by reason. */
 struct {

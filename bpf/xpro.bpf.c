@@ -316,19 +316,15 @@ static __always_inline int flow_stage(struct xpro_flow_key *key, __u64 now, __u6
 
 /*
  * The class of key in the known table (0: an unknown source).  The filter
- * of the destination's known sources answers most unknown sources before
- * the look-up; it never hides a known one (the daemon sets a source's bits
- * before it writes its entry, and cfg.known_unfiltered before it writes an
- * entry whose destination has no room for a filter).
+ * of the known sources of the destination's slot answers most unknown
+ * sources before the look-up; it never hides a known one (the daemon sets
+ * a source's bits before it writes its entry).  A slot out of the array
+ * (a mask not set yet) has no filter: the table is looked up.
  */
 static __always_inline __u32 known_class(struct xpro_flow_key *key)
 {
-	/* The flag before the filter: the daemon writes a filter and then
-	 * clears the flag, so a packet that reads the flag cleared finds the
-	 * filter (read the other way round, a packet could miss the filter
-	 * just before it was written and see the flag cleared just after). */
-	__u32 unfiltered = *(volatile __u32 *)&cfg.known_unfiltered;
-	struct xpro_known_filter *kf = bpf_map_lookup_elem(&known_dsts, &key->dst);
+	__u32 slot = xpro_known_slot((const __u32 *)&key->dst) & cfg.known_slot_mask;
+	struct xpro_known_filter *kf = bpf_map_lookup_elem(&known_slots, &slot);
 	__u32 h, b1, b2, *kn;
 
 	if (kf) {
@@ -338,8 +334,6 @@ static __always_inline __u32 known_class(struct xpro_flow_key *key)
 		if (!((kf->w[b1 >> 6] >> (b1 & 63)) & 1) ||
 		    !((kf->w[b2 >> 6] >> (b2 & 63)) & 1))
 			return 0;
-	} else if (!unfiltered) {
-		return 0;
 	}
 	kn = bpf_map_lookup_elem(&known, key);
 	return kn ? *kn : 0;

@@ -143,12 +143,14 @@ struct xpro_dst {
 };
 
 /*
- * A destination's filter of its known sources (a Bloom filter over the
- * source, written only by the daemon, before the known entries it covers):
- * while the destination is closed, a source whose bits are not both set is
- * unknown without a look-up in the known table, whose buckets a random
- * source would miss in the cache (docs/performance.rst, "The known
- * sources' filter").  Two bits a source, from xpro_known_hash.
+ * The filter of the known sources of the destinations of one slot (a Bloom
+ * filter over the source, written only by the daemon, before the known
+ * entries it covers): while a destination is closed, a source whose bits
+ * are not both set in its slot's filter is unknown without a look-up in
+ * the known table, whose buckets a random source would miss in the cache
+ * (docs/performance.rst, "The known sources' filter").  Two bits a source,
+ * from xpro_known_hash; destinations whose keys share a slot share its
+ * filter (more bits set, never fewer).
  */
 #define XPRO_KNOWN_FILTER_BITS 16384
 #define XPRO_KNOWN_FILTER_WORDS 256 /* the bits in __u64 words: 2 KiB */
@@ -167,6 +169,19 @@ static __always_inline __u32 xpro_known_hash(const __u32 *src)
 	h ^= h >> 16;
 	h *= 0x85EBCA6BU;
 	h ^= h >> 13;
+	return h;
+}
+
+/* The filter slot's hash of a destination key (its five words as the CPU
+ * loads them); xpro.core.keys.known_slot is the same function. */
+static __always_inline __u32 xpro_known_slot(const __u32 *dst)
+{
+	__u32 h = dst[0] * 0x9E3779B1U + dst[1] * 0x85EBCA77U +
+		  dst[2] * 0xC2B2AE3DU + dst[3] * 0x27D4EB2FU + dst[4] * 0x165667B1U;
+
+	h ^= h >> 15;
+	h *= 0x2C1B3C6DU;
+	h ^= h >> 12;
 	return h;
 }
 
@@ -224,10 +239,10 @@ struct xpro_config {
 	__u32 src_mask4;
 	/* T_F2 of an address aggregate (XPRO_DST_ADDR_PORT mode; packets/s). */
 	__u32 t_f2_addr;
-	/* Non-zero while some destination with known sources has no filter of
-	 * them (known_dsts was full): a destination without one is then looked
-	 * up in the known table, not taken as having none. */
-	__u32 known_unfiltered;
+		/* known_slots has known_slot_mask + 1 entries (a power of two): a
+	 * destination's filter of known sources is at xpro_known_slot(dst)
+	 * & known_slot_mask. */
+	__u32 known_slot_mask;
 	__u32 pad;
 };
 

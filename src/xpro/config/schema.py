@@ -417,16 +417,17 @@ class TablesConfig(_Section):
         clients beyond it are not known: they are counted
         (``xpro_known_clients_overflow``) and treated like new sources.""")
     known_filters: int = option(
-        Integer(1, 1 << 20, "destination keys"), 4096, flag="--tables-known-filters",
-        live=False,
-        doc="""Destination keys that may hold a filter of their known sources
-        (2 KiB each, taken as they fill): while a destination is closed, its
-        filter spares most spoofed sources the lookup in the known-client
-        table (docs/performance.rst, "The known sources' filter").""",
-        why="""Four thousand protected destination keys with known clients,
-        16 MB at most (a 2 KiB filter takes a 4 KiB allocation).  Past it a
-        destination without a filter is still correct: its sources are
-        looked up, as without filters, and a warning says so.""")
+        Integer(1, 1 << 16, "filter slots", power_of_two=True), 4096,
+        flag="--tables-known-filters", live=False,
+        doc="""Slots of the filters of known sources (2 KiB each, allocated at
+        load; a power of two).  Each destination key's filter is in the slot
+        its key hashes to: while a destination is closed, the filter spares
+        most spoofed sources the lookup in the known-client table
+        (docs/performance.rst, "The known sources' filter").""",
+        why="""8 MiB: room for four thousand destination keys with known
+        clients before two share a slot.  A shared slot is still correct (its
+        filter holds both destinations' sources); it only lets more spoofed
+        sources through to the lookup.""")
 
 
 @dataclass(frozen=True, repr=False)

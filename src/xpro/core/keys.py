@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = ["KeyIndex", "cat_rows", "fingerprint", "gather", "group_keys", "index_of",
-           "key_bytes", "known_filters", "known_hash", "take_rows", "unique_keys"]
+           "key_bytes", "known_filters", "known_hash", "known_slot", "take_rows", "unique_keys"]
 
 Array = npt.NDArray[Any]
 
@@ -110,25 +110,42 @@ def known_hash(src: Array) -> Array:
     return out
 
 
-def known_filters(keys: Array, words: int) -> tuple[Array, Array]:
-    """The filter of known sources of each destination of ``keys`` (flow keys,
-    every one known): ``(destination keys, filters)``, the filters as
-    ``(n, words)`` uint64, two bits a source (docs/performance.rst, "The known
-    sources' filter").  The program tests bits ``h % bits`` and
-    ``(h >> 16) % bits`` of ``h = known_hash(source)``."""
+def known_slot(dst: Array) -> Array:
+    """``xpro_known_slot`` (bpf/xpro_shared.h) of each destination key
+    (``DST_KEY``): the hash that places its filter of known sources, uint32."""
+    w: Array = np.ascontiguousarray(dst).view("<u4").reshape(-1, 5)
+    m = np.array([0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x165667B1],
+                 dtype=np.uint32)
+    h: Array = (w * m).sum(axis=1, dtype=np.uint32)  # wraps, as the C does
+    h = h ^ (h >> np.uint32(15))
+    h = h * np.uint32(0x2C1B3C6D)
+    h = h ^ (h >> np.uint32(12))
+    out: Array = h.astype(np.uint32)
+    return out
+
+
+def known_filters(keys: Array, words: int, mask: int | None = None) -> tuple[Array, Array]:
+    """The filters of known sources of ``keys`` (flow keys, every one known):
+    ``(groups, filters)``, the filters as ``(n, words)`` uint64, two bits a
+    source (docs/performance.rst, "The known sources' filter").  Grouped by
+    destination key (``groups``: DST_KEY), or with ``mask`` by slot
+    (``known_slot(dst) & mask``; ``groups``: uint32 slots): a slot's filter
+    holds the sources of every destination in it.  The program tests bits
+    ``h % bits`` and ``(h >> 16) % bits`` of ``h = known_hash(source)``."""
     keys = np.ascontiguousarray(keys)
     dst = np.ascontiguousarray(keys["dst"])
+    by: Array = dst if mask is None else known_slot(dst) & np.uint32(mask)
     if not len(keys):
-        return dst[:0], np.zeros((0, words), dtype=np.uint64)
-    vd = np.dtype((np.void, dst.dtype.itemsize))
-    _, first, row = np.unique(dst.view(vd), return_index=True, return_inverse=True)
+        return by[:0], np.zeros((0, words), dtype=np.uint64)
+    vd = by if mask is not None else dst.view(np.dtype((np.void, dst.dtype.itemsize)))
+    _, first, row = np.unique(vd, return_index=True, return_inverse=True)
     row = row.reshape(-1)
     out = np.zeros((len(first), words), dtype=np.uint64)
     h = known_hash(keys["src"]).astype(np.int64)
     nbits = words * 64
     for bit in (h % nbits, (h >> 16) % nbits):
         np.bitwise_or.at(out, (row, bit >> 6), np.uint64(1) << (bit & 63).astype(np.uint64))
-    return dst[first], out
+    return by[first], out
 
 
 def _search(sorted_hay: Array, needles: Array) -> Array:

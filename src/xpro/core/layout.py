@@ -99,8 +99,8 @@ DST = np.dtype(
     [("ts1", "<u8"), ("ts2", "<u8"), ("c", "<u8"), ("warn_ts", "<u8"), ("kc", "<u8")]
 )
 
-#: ``struct xpro_known_filter``: a destination's filter of its known sources
-#: (``xpro.core.keys.known_filters`` builds it).
+#: ``struct xpro_known_filter``: the filter of the known sources of the
+#: destinations of one slot (``xpro.core.keys.known_filters`` builds it).
 KNOWN_FILTER_WORDS = 256
 KNOWN_FILTER = np.dtype([("w", "<u8", (KNOWN_FILTER_WORDS,))])
 
@@ -142,7 +142,7 @@ CONFIG = np.dtype(
         ("src_mask6", ">u4", (4,)),
         ("src_mask4", ">u4"),
         ("t_f2_addr", "<u4"),
-        ("known_unfiltered", "<u4"),
+        ("known_slot_mask", "<u4"),
         ("pad", "<u4"),
     ]
 )
@@ -187,7 +187,7 @@ MAP_TYPES: dict[str, tuple[np.dtype, np.dtype]] = {
     "deny_src": (LPM_KEY, np.dtype("<u4")),
     "dst_policy": (LPM_KEY, np.dtype("<u4")),
     "known": (FLOW_KEY, np.dtype("<u4")),
-    "known_dsts": (DST_KEY, KNOWN_FILTER),
+    "known_slots": (np.dtype("<u4"), KNOWN_FILTER),
 }
 
 

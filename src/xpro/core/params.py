@@ -17,7 +17,7 @@ class Sizes:
     prefixes: int = 16384
     #: (source, destination) pairs the daemon classifies for closed destinations.
     known: int = 1 << 18
-    #: Destination keys with a filter of their known sources (2 KiB each).
+    #: Slots of the filters of known sources (2 KiB each, a power of two).
     known_filters: int = 4096
 
     def max_entries(self) -> dict[str, int]:
@@ -25,7 +25,7 @@ class Sizes:
                 "dsts": self.dsts,
                 "allow_src": self.prefixes, "deny_src": self.prefixes,
                 "dst_policy": self.prefixes, "known": self.known,
-                "known_dsts": self.known_filters}
+                "known_slots": self.known_filters}
 
 
 @dataclass(frozen=True)

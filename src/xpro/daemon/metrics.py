@@ -28,9 +28,6 @@ metric                                         type     what
 ``xpro_known_clients``                         gauge    entries of the known-client table
 ``xpro_known_clients_overflow``                gauge    known clients that did not fit in
                                                         the table at the last round
-``xpro_known_filters_missing``                 gauge    destination keys with known clients
-                                                        and no filter of them
-                                                        (tables.known_filters full)
 ``xpro_store_up``                              gauge    1 while the master store answers
 ``xpro_datapath_up``                           gauge    0 once the data path stopped for
                                                         good (an AF_XDP loop that failed;
@@ -175,11 +172,6 @@ class ProxyCollector(Collector):
         yield GaugeMetricFamily("xpro_known_clients_overflow",
                                 "Known clients that did not fit in the table at the last round",
                                 value=known.overflow if known is not None else 0)
-        yield GaugeMetricFamily("xpro_known_filters_missing",
-                                "Destination keys with known clients and no filter of them "
-                                "(tables.known_filters is full): each of their packets while "
-                                "closed is looked up in the known table",
-                                value=p.filter.known_filters_missing())
         yield CounterMetricFamily("xpro_sync_quarantined", "Values from the store out of bounds, "
                                   "dropped", value=syncer.quarantined_total if syncer else 0)
         caps = CounterMetricFamily("xpro_sync_caps", "Sync rounds that reached a bound",

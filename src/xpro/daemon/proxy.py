@@ -729,8 +729,6 @@ class Proxy:
                 "destinations": len(syncer.known.closed) if syncer is not None else 0,
                 "known_clients": len(syncer.known.keys) if syncer is not None else 0,
                 "known_overflow": syncer.known.overflow if syncer is not None else 0,
-                # with known clients and no filter of them (tables.known_filters full)
-                "unfiltered": self.filter.known_filters_missing(),
             }
             st["dirty_lost"] = self.filter.dirty_lost()
             return st

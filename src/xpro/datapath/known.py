@@ -1,28 +1,25 @@
-"""The program's known clients: the ``known`` table and its destinations' filters.
+"""The program's known clients: the ``known`` table and the filters of its sources.
 
 The kernel program reads two maps while a destination is closed
 (docs/semantics.rst, "Closed destinations and known clients"): ``known``
-(flow key -> class) and ``known_dsts`` (destination key -> a filter of its
-known sources, docs/performance.rst, "The known sources' filter"), and one
-flag of its configuration, ``known_unfiltered``.  :class:`KnownTable` is
-their one writer.  It keeps the order that never hides a known client from
-a packet:
+(flow key -> class) and ``known_slots`` (an array: slot -> the filter of the
+known sources of the destinations whose key hashes to that slot,
+docs/performance.rst, "The known sources' filter"), at the slot that the
+field ``known_slot_mask`` of its configuration selects.
+:class:`KnownTable` is their one writer.  It keeps the order that never
+hides a known client from a packet:
 
+* the mask is set before any filter is written, and every slot's filter is
+  rewritten from the table at load (a restarted daemon adopts pinned maps);
 * a source's filter bits are set before its entry is written, and a filter
   loses a source's bits only after its entry is gone (a filter may hold
-  more bits than its entries, never fewer);
-* a destination with known sources and no room for a filter is announced
-  by the flag before its entries are written, and the flag is cleared only
-  once every such destination has its filter again.
+  more bits than its entries, never fewer).
 
-The keys of the table are kept beside it to rebuild a filter; at load they
-are read from the table itself, and every filter is rebuilt (a restarted
-daemon adopts pinned maps that a build without filters may have left).
+The keys of the table are kept beside it to rebuild a slot's filter.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
@@ -30,31 +27,37 @@ import numpy.typing as npt
 
 from xpro.bpf import Map
 from xpro.core import layout as L
-from xpro.core.keys import index_of, key_bytes, known_filters, unique_keys
+from xpro.core.keys import index_of, known_filters, known_slot
+from xpro.errors import DatapathError
 
 Array = npt.NDArray[Any]
 
-log = logging.getLogger(__name__)
-
 
 class KnownTable:
-    """``known``, ``known_dsts`` and the flag ``known_unfiltered`` of ``cfg``
+    """``known``, ``known_slots`` and the field ``known_slot_mask`` of ``cfg``
     (the program's mmap'ed configuration), written together."""
 
-    def __init__(self, known: Map, filters: Map, cfg: Any) -> None:
+    def __init__(self, known: Map, slots: Map, cfg: Any) -> None:
+        n = slots.max_entries
+        if n & (n - 1):
+            raise DatapathError(f"the filter slots of known sources must be a power of two, "
+                                f"not {n} (tables.known_filters)")
         self.known = known
-        self.filters = filters
-        self._cfg = cfg
+        self.slots = slots
+        self.mask = n - 1
+        cfg.view["known_slot_mask"] = self.mask
         self._keys = self.read()[0]
-        self._filtered: set[bytes] = set()  # destinations with a filter
-        self._unfiltered: set[bytes] = set()  # with known sources, no room for one
-        pinned = self._resync()  # and the flag: never a stale one
-        self._write_filters(np.concatenate([self._keys["dst"], pinned]))
+        self._write_slots(np.arange(n, dtype=np.uint32))
 
     def read(self) -> tuple[Array, Array]:
         """Flow keys (FLOW_KEY) and their class (``Known``, uint32)."""
         keys, vals = self.known.lookup_batch()
         return np.asarray(keys, dtype=L.FLOW_KEY), np.asarray(vals, dtype="<u4")
+
+    def slot_of(self, dsts: Array) -> Array:
+        """The slot of each destination key (DST_KEY) in ``known_slots``."""
+        out: Array = known_slot(np.asarray(dsts, dtype=L.DST_KEY)) & np.uint32(self.mask)
+        return out
 
     def set(self, keys: Array, classes: Any) -> None:
         """Write (or overwrite) the class of these flow keys: one class for all
@@ -71,12 +74,11 @@ class KnownTable:
             before = self._keys
             self._keys = np.concatenate([before, new], dtype=L.FLOW_KEY)
             try:
-                self._write_filters(new["dst"])
+                self._write_slots(self.slot_of(new["dst"]))
             except BaseException:
                 # Not written: the keys stay new, so a retry writes their
-                # filters again; the kernel's filters are read back.
+                # filters again.
                 self._keys = before
-                self._resync()
                 raise
         self.known.update_batch(keys, np.ascontiguousarray(cls))
 
@@ -86,95 +88,27 @@ class KnownTable:
         if not len(keys):
             return 0
         gone = self.known.delete_batch(keys)
-        # Then the filters, without the entries that went.
+        # Then the filters, without the entries that went (if this fails,
+        # the filters left hold more bits than the table: safe).
         self._keys = self._keys[index_of(keys, self._keys) < 0]
-        try:
-            self._write_filters(keys["dst"])
-        except BaseException:
-            self._resync()  # the filters left hold more bits: safe
-            raise
+        self._write_slots(self.slot_of(keys["dst"]))
         return gone
 
     def clear(self) -> None:
-        """Empty the table, then the filters, then the flag."""
+        """Empty the table, then the filters."""
         self.known.clear()
-        self.filters.clear()
         self._keys = self._keys[:0]
-        self._filtered.clear()
-        self._unfiltered.clear()
-        self._set_flag()
+        self._write_slots(np.arange(self.mask + 1, dtype=np.uint32))
 
-    def missing(self) -> int:
-        """Destination keys with known sources and no filter of them (the
-        filter map was full): their closed path looks every source up."""
-        return len(self._unfiltered)
-
-    # --- the filters ---------------------------------------------------------
-
-    def _set_flag(self) -> None:
-        self._cfg.view["known_unfiltered"] = int(bool(self._unfiltered))
-
-    def _resync(self) -> Array:
-        """Which filters exist, and the flag, from the kernel's filter map (at
-        load, and after a write failed part way); returns their keys."""
-        pinned = np.asarray(self.filters.lookup_batch()[0], dtype=L.DST_KEY)
-        self._filtered = set(key_bytes(pinned))
-        self._unfiltered = set(key_bytes(self._keys["dst"])) - self._filtered
-        self._set_flag()
-        return pinned
-
-    def _write_filters(self, dsts: Array) -> None:
-        """Rewrite the filter of each of ``dsts`` (DST_KEY) from the known keys,
-        and remove the filter of one with none left.
-
-        A destination that has no filter yet gets one while the map has room
-        (``Sizes.known_filters``); past that it is announced by the flag
-        before the caller writes its entries."""
-        if not len(dsts):
+    def _write_slots(self, slots: Array) -> None:
+        """Rewrite the filter of each of ``slots`` from the known keys of the
+        destinations in it (all zero for a slot with none)."""
+        slots = np.unique(np.asarray(slots, dtype=np.uint32))
+        if not len(slots):
             return
-        dsts = unique_keys(np.asarray(dsts, dtype=L.DST_KEY))
-        rows = self._keys[index_of(dsts, np.ascontiguousarray(self._keys["dst"])) >= 0]
-        have, filters = known_filters(rows, L.KNOWN_FILTER_WORDS)
-        fits = self._place(key_bytes(have))
-        if fits.any():
-            self.filters.update_batch(have[fits], np.ascontiguousarray(
-                filters[fits]).view(np.uint8).reshape(int(fits.sum()), -1))
-            written = key_bytes(have[fits])
-            self._filtered.update(written)
-            self._unfiltered.difference_update(written)
-        self._remove_filters(dsts[index_of(have, dsts) < 0])
-        if not self._unfiltered:
-            self._set_flag()
-
-    def _place(self, names: list[bytes]) -> Array:
-        """Which of these destinations (with known sources) get a filter: those
-        that have one, and new ones while the map has room.  The others are
-        announced (the flag, a warning) before anything is written."""
-        room = self.filters.max_entries - len(self._filtered)
-        fits = np.array([n in self._filtered for n in names], dtype=bool)
-        fits[np.flatnonzero(~fits)[:max(room, 0)]] = True
-        missing = {n for n, f in zip(names, fits, strict=True) if not f} - self._unfiltered
-        if missing:
-            log.warning("the filter map of known sources is full (%d destination keys): "
-                        "%d more closed destination(s) look every source up in the known "
-                        "table, correct but slower under a spoofed flood "
-                        "(docs/performance.rst, \"The known sources' filter\")",
-                        self.filters.max_entries, len(missing))
-        self._unfiltered.update(missing)
-        if self._unfiltered:
-            self._set_flag()
-        return fits
-
-    def _remove_filters(self, empty: Array) -> None:
-        """Remove the filters of destinations with no known source left; the
-        room freed goes to the first destinations that had none."""
-        if not len(empty):
-            return
-        self.filters.delete_batch(empty)
-        gone = key_bytes(empty)
-        self._filtered.difference_update(gone)
-        self._unfiltered.difference_update(gone)
-        room = self.filters.max_entries - len(self._filtered)
-        if self._unfiltered and room > 0:
-            retry = sorted(self._unfiltered)[:room]
-            self._write_filters(np.frombuffer(b"".join(retry), dtype=L.DST_KEY))
+        mine = self.slot_of(np.ascontiguousarray(self._keys["dst"]))
+        rows = self._keys[np.isin(mine, slots)]
+        have, filters = known_filters(rows, L.KNOWN_FILTER_WORDS, self.mask)
+        out = np.zeros((len(slots), L.KNOWN_FILTER_WORDS), dtype=np.uint64)
+        out[np.searchsorted(slots, have)] = filters
+        self.slots.update_batch(slots, out.view(np.uint8).reshape(len(slots), -1))

@@ -92,6 +92,11 @@ class XdpFilter:
                              max_entries=self.sizes.max_entries(), pin_dir=pin_dir,
                              types=L.MAP_TYPES)
         self.obj.load()
+        if pin_dir is not None:
+            # The per-destination filters of builds before the slots
+            # (docs/performance.rst): nothing reads that pin any more.
+            with contextlib.suppress(FileNotFoundError):
+                (Path(pin_dir) / "known_dsts").unlink()
         try:
             self.program = self.obj.programs[program]
             #: The multi-buffer variant, over the same maps (jumbo MTUs, veth peers).
@@ -104,9 +109,9 @@ class XdpFilter:
             self._bss = self.obj.global_data(".bss", _bss_dtype(self.obj.maps))
             self.dsts = self.obj.maps["dsts"]
             self.known = self.obj.maps["known"]
-            self.known_dsts = self.obj.maps["known_dsts"]
+            self.known_slots = self.obj.maps["known_slots"]
             #: The one writer of the known table and its filters.
-            self._known = KnownTable(self.known, self.known_dsts, self.cfg)
+            self._known = KnownTable(self.known, self.known_slots, self.cfg)
             self.stats = self.obj.maps["stats"]
             self._apply = _ArrayMmap(self.obj.maps["apply_buf"], L.APPLY)
             self.params = params
@@ -281,11 +286,6 @@ class XdpFilter:
     def clear_known(self) -> None:
         """Empty the ``known`` map and the destinations' filters (in that order)."""
         self._known.clear()
-
-    def known_filters_missing(self) -> int:
-        """Destination keys with known sources and no filter of them (the
-        filter map was full): their closed path looks every source up."""
-        return self._known.missing()
 
     # --- sync epochs: which flows changed since the last round ----------------
 

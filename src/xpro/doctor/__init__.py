@@ -332,11 +332,9 @@ class _LoadResult:
     fixed: int = 0
 
 
-#: Kernel memory of one destination's filter of its known sources, allocated
-#: as destinations fill them (at most ``tables.known_filters`` of them): 2 KiB
-#: of bits and the element's header, which the kernel's allocator serves
-#: from its 4 KiB size class.
-KNOWN_FILTER_BYTES = 4096
+#: Kernel memory of one slot of the filters of known sources: 2 KiB of bits
+#: in an array allocated at load (``tables.known_filters`` slots).
+KNOWN_FILTER_BYTES = 2048
 
 
 def check_bpf_object(config: Config) -> _LoadResult:
@@ -380,7 +378,7 @@ def check_bpf_object(config: Config) -> _LoadResult:
                 per_known = _memlock(maps["known"].fd) / known
                 fixed = sum(_memlock(maps[n].fd) for n in maps
                             if n not in ("flows", "dirty0", "dirty1", "dsts", "known",
-                                         "known_dsts"))
+                                         "known_slots"))
         finally:
             filt.close()
         loaded.append(program)
@@ -980,9 +978,9 @@ def check_memory(config: Config, load: _LoadResult) -> Finding:
     avail = _meminfo("MemAvailable") or 0
     what = (f"tables.flows = {flows:,} at {load.per_flow:.0f} bytes each (the LRU flow table "
             f"and the sync's two dirty tables, measured on this kernel) plus "
-            f"tables.destinations = {dsts:,}, tables.known = {t.known:,} and at most "
-            f"tables.known_filters = {t.known_filters:,} filters: about {_mib(need)} of kernel "
-            f"memory, taken when the program loads (the filters as they fill); "
+            f"tables.destinations = {dsts:,}, tables.known = {t.known:,} and "
+            f"tables.known_filters = {t.known_filters:,} filter slots: about {_mib(need)} of "
+            f"kernel memory, taken when the program loads; "
             f"MemAvailable {_mib(avail)}")
     soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     release = _release()

@@ -917,10 +917,6 @@ class UserFilter:
             self.known.delete(gone)
             return len(gone)
 
-    def known_filters_missing(self) -> int:
-        """0: the known table is looked up per batch, with no filter to run out of."""
-        return 0
-
     def read_known(self) -> tuple[Array, Array]:
         """The known table: flow keys (FLOW_KEY) and their class (``Known``, uint32)."""
         with self.lock:
