@@ -112,9 +112,12 @@ NFPROTO_NETDEV = 5
 SPOOF_PREFIX = "10.200.0.0/16"
 #: ``spoof8``: every frame a new source of this /8.
 SPOOF8_PREFIX = "10.0.0.0/8"
-#: The issue's targets for the headline scenario.
+#: The issue's targets for the headline scenario (``single``).
 TARGET_CEILING = 0.8
 TARGET_HASHLIMIT = 2.5
+#: Issue 12's targets for ``spoof8`` (docs/performance.rst).
+TARGET_SPOOF8_CEILING = 0.7
+TARGET_SPOOF8_HASHLIMIT = 3.0
 
 
 @dataclass(frozen=True)
@@ -609,16 +612,24 @@ def main() -> None:
     doc["spoof8_to_hashlimit"] = (round(s8["native_to_hashlimit"], 3)
                                   if "native_to_hashlimit" in s8 else None)
     nc, nh = doc["native_to_ceiling"], doc["native_to_hashlimit"]
-    doc["targets"] = {
-        "native_to_ceiling>=0.8": None if nc is None else nc >= TARGET_CEILING,
-        "native_to_hashlimit>=2.5": None if nh is None else nh >= TARGET_HASHLIMIT,
-    }
-    print(f"\nheadline ({doc['headline']}): xpro native {nc} x the bare XDP_DROP ceiling "
-          f"(target {TARGET_CEILING}), {nh} x iptables hashlimit (target {TARGET_HASHLIMIT})")
+    s8c, s8h = doc["spoof8_to_ceiling"], doc["spoof8_to_hashlimit"]
+    doc["targets"] = {}
+    if doc["headline"] == "single":
+        doc["targets"].update({
+            "native_to_ceiling>=0.8": None if nc is None else nc >= TARGET_CEILING,
+            "native_to_hashlimit>=2.5": None if nh is None else nh >= TARGET_HASHLIMIT,
+        })
+        print(f"\nheadline (single): xpro native {nc} x the bare XDP_DROP ceiling "
+              f"(target {TARGET_CEILING}), {nh} x iptables hashlimit "
+              f"(target {TARGET_HASHLIMIT})")
     if "spoof8" in scns:
+        doc["targets"].update({
+            "spoof8_to_ceiling>=0.7": None if s8c is None else s8c >= TARGET_SPOOF8_CEILING,
+            "spoof8_to_hashlimit>=3": None if s8h is None else s8h >= TARGET_SPOOF8_HASHLIMIT,
+        })
         print(f"spoof8 (a new source of a /8 per frame, destination closed): xpro native "
-              f"{doc['spoof8_to_ceiling']} x the ceiling, {doc['spoof8_to_hashlimit']} x "
-              "iptables hashlimit")
+              f"{s8c} x the ceiling (target {TARGET_SPOOF8_CEILING}), {s8h} x iptables "
+              f"hashlimit (target {TARGET_SPOOF8_HASHLIMIT})")
     if args.plot is not None:
         plot(doc, args.plot)
     print(json.dumps(doc, default=lambda x: round(x, 4) if isinstance(x, float) else x))

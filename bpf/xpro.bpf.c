@@ -17,7 +17,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * in xpro.layout.SIZES (tests/kernel/test_layout.py checks the rest). */
 _Static_assert(sizeof(struct xpro_event) == 72, "xpro_event layout");
 _Static_assert(sizeof(struct xpro_apply) == 88, "xpro_apply layout");
-_Static_assert(sizeof(struct xpro_dst) == 40, "xpro_dst layout");
+_Static_assert(sizeof(struct xpro_dst) == 96, "xpro_dst layout");
 _Static_assert(sizeof(struct xpro_known_filter) == 8 * XPRO_KNOWN_FILTER_WORDS,
 	       "xpro_known_filter layout");
 /* Two bit numbers from one 32-bit hash: h and h >> 16, each of log2(bits). */
@@ -231,46 +231,31 @@ static __always_inline int window_over(__u64 now, __u64 ts2)
 }
 
 /*
- * Algorithm 2, lines 1-11: count one packet into the flow record of key,
- * creating it, or starting a new window after T_T1 idle.  Sets *c (the count
- * with this packet), *ts1 (the window start) and *started (the window
- * started with this packet).  Returns the record, or NULL when this packet
- * created it (or it could not be kept): its window is empty, under any limit.
+ * A record of key created in epoch: marked in that epoch, and in the one
+ * after it if a round moved on meanwhile (the insert may land after that
+ * round read; the record keeps the older epoch, so its next packet marks
+ * once more: one read more, never a count lost).
  */
-static __always_inline struct xpro_flow *flow_count(struct xpro_flow_key *key, __u64 now,
-						     __u64 *c, __u64 *ts1, int *started)
+static __always_inline void mark_created(struct xpro_flow_key *key, __u32 epoch)
 {
-	struct xpro_flow *f = bpf_map_lookup_elem(&flows, key);
-	__u32 epoch = cfg.epoch;
+	__u32 after = *(volatile __u32 *)&cfg.epoch;
 
-	if (!f) {
-		struct xpro_flow nf = { .ts1 = now, .ts2 = now, .c = 1, .epoch = epoch };
+	if (epoch)
+		mark_dirty(key, epoch);
+	if (after && after != epoch)
+		mark_dirty(key, after);
+}
 
-		/* BPF_NOEXIST: if another CPU created it meanwhile, count
-		 * into that record instead of overwriting it. */
-		if (bpf_map_update_elem(&flows, key, &nf, BPF_NOEXIST) == 0) {
-			/* Marked in the epoch it was created in, and in the one
-			 * after it if a round moved on meanwhile (the insert may
-			 * land after that round read; the record keeps the older
-			 * epoch, so its next packet marks once more: one read more,
-			 * never a count lost). */
-			__u32 after = *(volatile __u32 *)&cfg.epoch;
+/*
+ * Algorithm 2, lines 4-11 on the existing record f of key: a new window
+ * after T_T1 idle, then the count.  Sets *c, *ts1 and *started as
+ * flow_count does.
+ */
+static __always_inline void flow_tick(struct xpro_flow *f, struct xpro_flow_key *key,
+				      __u64 now, __u64 *c, __u64 *ts1, int *started)
+{
+	__u32 epoch;
 
-			if (epoch)
-				mark_dirty(key, epoch);
-			if (after && after != epoch)
-				mark_dirty(key, after);
-		} else {
-			/* NULL if evicted at once: the table is far too small */
-			f = bpf_map_lookup_elem(&flows, key);
-		}
-		if (!f) {
-			*c = 1;
-			*ts1 = now;
-			*started = 1;
-			return NULL;
-		}
-	}
 	if (window_over(now, f->ts2)) {
 		/* Line 4: idle longer than T_T1, a new window.  The new gen
 		 * is the paper's mark (and dc = c) for the sync. */
@@ -295,6 +280,40 @@ static __always_inline struct xpro_flow *flow_count(struct xpro_flow_key *key, _
 		f->epoch = epoch;
 		mark_dirty(key, epoch);
 	}
+}
+
+/*
+ * Algorithm 2, lines 1-11: count one packet into the flow record of key,
+ * creating it, or starting a new window after T_T1 idle.  Sets *c (the count
+ * with this packet), *ts1 (the window start) and *started (the window
+ * started with this packet).  Returns the record, or NULL when this packet
+ * created it (or it could not be kept): its window is empty, under any limit.
+ */
+static __always_inline struct xpro_flow *flow_count(struct xpro_flow_key *key, __u64 now,
+						     __u64 *c, __u64 *ts1, int *started)
+{
+	struct xpro_flow *f = bpf_map_lookup_elem(&flows, key);
+	__u32 epoch = cfg.epoch;
+
+	if (!f) {
+		struct xpro_flow nf = { .ts1 = now, .ts2 = now, .c = 1, .epoch = epoch };
+
+		/* BPF_NOEXIST: if another CPU created it meanwhile, count
+		 * into that record instead of overwriting it. */
+		if (bpf_map_update_elem(&flows, key, &nf, BPF_NOEXIST) == 0) {
+			mark_created(key, epoch);
+		} else {
+			/* NULL if evicted at once: the table is far too small */
+			f = bpf_map_lookup_elem(&flows, key);
+		}
+		if (!f) {
+			*c = 1;
+			*ts1 = now;
+			*started = 1;
+			return NULL;
+		}
+	}
+	flow_tick(f, key, now, c, ts1, started);
 	return f;
 }
 
@@ -353,24 +372,14 @@ static __always_inline int dst_closed(struct xpro_dst *d, __u64 now, __u32 limit
 	       rate_exceeds(d->c, now - ts1s, limit);
 }
 
-/*
- * A packet of an unknown source to a closed destination (key: the packet's
- * flow key, or its address aggregate's): counted into the destination's
- * closed-drops record (as a flow stage counts, with no
- * per-source check) and into c*, then dropped as DST_CLOSED, with the
- * destination's overload warning.  No record of its own source is touched,
- * so a spoofed flood costs one hot record, not one per source.
- */
-static __always_inline int closed_stage(struct xpro_flow_key *key, struct xpro_dst *d,
-					__u64 now, __u64 pkt_len)
+/* The key of the closed-drops record of key's destination: src 0, the
+ * destination key with XPRO_DST_PAD_CLOSED in its pad.  Word stores, as
+ * the parser builds keys (store forwarding). */
+static __always_inline void closed_key(struct xpro_flow_key *ck, struct xpro_flow_key *key)
 {
-	struct xpro_flow_key ck __attribute__((aligned(8)));
 	const __u32 *k = (const __u32 *)key;
-	__u32 *w = (__u32 *)&ck;
-	__u64 c, ts1;
-	int started;
+	__u32 *w = (__u32 *)ck;
 
-	/* Word stores, as the parser builds keys (store forwarding). */
 	w[0] = 0;
 	w[1] = 0;
 	w[2] = 0;
@@ -381,7 +390,38 @@ static __always_inline int closed_stage(struct xpro_flow_key *key, struct xpro_d
 	w[7] = k[7];
 	/* pad (byte 35): PAD_CLOSED, or PAD_ADDR_CLOSED for an address's key */
 	w[8] = k[8] | ((__u32)XPRO_DST_PAD_CLOSED << 24);
-	flow_count(&ck, now, &c, &ts1, &started);
+}
+
+/*
+ * A packet of an unknown source to a closed destination (key: the packet's
+ * flow key, or its address aggregate's): counted into the destination's
+ * closed-drops record (d->cd, as flow_count counts a flow's, with no
+ * per-source check) and into c*, then dropped as DST_CLOSED, with the
+ * destination's overload warning.  No record of its own source is touched,
+ * so a spoofed flood costs one hot record, not one per source.
+ */
+static __always_inline int closed_stage(struct xpro_flow_key *key, struct xpro_dst *d,
+					__u64 now, __u64 pkt_len)
+{
+	struct xpro_flow_key ck __attribute__((aligned(8)));
+	struct xpro_flow *f = &d->cd;
+	__u64 c, ts1;
+	int started;
+
+	closed_key(&ck, key);
+	if (!f->ts2 && __sync_val_compare_and_swap(&f->ts2, 0, now) == 0) {
+		/* No record yet (ts2 0): this packet creates it.  Another CPU
+		 * or the sync that did meanwhile wins, and this packet counts
+		 * into theirs, as flow_count's insert does. */
+		__u32 epoch = cfg.epoch;
+
+		f->ts1 = now;
+		__sync_fetch_and_add(&f->c, 1);
+		f->epoch = epoch;
+		mark_created(&ck, epoch);
+	} else {
+		flow_tick(f, &ck, now, &c, &ts1, &started);
+	}
 
 	c = __sync_fetch_and_add(&d->c, 1) + 1;
 	d->ts2 = now;
@@ -410,7 +450,13 @@ static __always_inline struct xpro_dst *dst_count(struct xpro_dst_key *dk, struc
 		if (!d) /* cannot track it: fail open */
 			return NULL;
 	}
-	if (window_over(now, d->ts2)) {
+	if (!d->ts2) {
+		/* a record with only its closed-drops record: the aggregate
+		 * starts here, as a new record's */
+		d->ts1 = ts1;
+		d->c = 0;
+		d->kc = 0;
+	} else if (window_over(now, d->ts2)) {
 		/* the destination was idle: a new aggregate window */
 		d->ts1 = now;
 		d->c = 0;
@@ -567,12 +613,44 @@ static __always_inline void max_store(__u64 *dst, __u64 v)
 		*dst = v;
 }
 
+/*
+ * The record the entry's key names, NULL if there is none: a flow's in the
+ * flow table, a closed-drops record inside its destination's record (*d:
+ * that record, NULL if there is none; *dk: its key).  An absent
+ * closed-drops record (ts2 0) is returned too: the caller tells.
+ */
+static __always_inline struct xpro_flow *apply_record(struct xpro_apply *a,
+						      struct xpro_dst_key *dk,
+						      struct xpro_dst **d)
+{
+	struct xpro_dst *dd;
+
+	*d = NULL;
+	if (!(a->key.dst.pad & XPRO_DST_PAD_CLOSED))
+		return bpf_map_lookup_elem(&flows, &a->key);
+	__builtin_memcpy(dk, &a->key.dst, sizeof(*dk));
+	dk->pad &= ~XPRO_DST_PAD_CLOSED;
+	dd = bpf_map_lookup_elem(&dsts, dk);
+	*d = dd;
+	if (!dd)
+		return NULL;
+	return &dd->cd;
+}
+
+/* Whether the entry's key is a closed-drops record's. */
+static __always_inline int apply_closed(struct xpro_apply *a)
+{
+	return a->key.dst.pad & XPRO_DST_PAD_CLOSED;
+}
+
 /* READ: copy a flow record into the entry. */
 static __always_inline int apply_read(struct xpro_apply *a)
 {
-	struct xpro_flow *f = bpf_map_lookup_elem(&flows, &a->key);
+	struct xpro_dst_key dk;
+	struct xpro_dst *d;
+	struct xpro_flow *f = apply_record(a, &dk, &d);
 
-	if (!f)
+	if (!f || (apply_closed(a) && !f->ts2))
 		return XPRO_APPLY_MISSING;
 	a->c_delta = (__s64)f->c;
 	a->ts1 = f->ts1;
@@ -583,12 +661,63 @@ static __always_inline int apply_read(struct xpro_apply *a)
 	return XPRO_APPLY_APPLIED;
 }
 
+/* Create the closed-drops record of the entry (absent: d NULL, or its cd.ts2
+ * 0), inside its destination's record, which is created without an
+ * aggregate if there is none. */
+static __always_inline int apply_closed_create(struct xpro_apply *a, struct xpro_dst_key *dk,
+					       struct xpro_dst *d)
+{
+	struct xpro_flow *f;
+
+	if (!(a->op & XPRO_APPLY_CREATE) || !a->ts2)
+		return XPRO_APPLY_MISSING;
+	if (!d) {
+		struct xpro_dst nd = {
+			.cd = { .ts1 = a->ts1, .ts2 = a->ts2, .c = (__u64)a->c_delta,
+				.base_c = a->base_c },
+		};
+
+		if (bpf_map_update_elem(&dsts, dk, &nd, BPF_NOEXIST) == 0)
+			return XPRO_APPLY_APPLIED;
+		return XPRO_APPLY_RACED;
+	}
+	f = &d->cd;
+	/* a packet may have created it meanwhile (then merge next round) */
+	if (__sync_val_compare_and_swap(&f->ts2, 0, a->ts2) != 0)
+		return XPRO_APPLY_RACED;
+	f->ts1 = a->ts1;
+	__sync_fetch_and_add(&f->c, a->c_delta);
+	f->base_c = a->base_c;
+	return XPRO_APPLY_APPLIED;
+}
+
+/* Remove the closed-drops record f of d: every field back to 0, ts2 last;
+ * the whole record if its aggregate is absent too. */
+static __always_inline void closed_remove(struct xpro_dst_key *dk, struct xpro_dst *d,
+					  struct xpro_flow *f)
+{
+	if (!d->ts2 && bpf_map_delete_elem(&dsts, dk) == 0)
+		return;
+	f->ts1 = 0;
+	f->c = 0;
+	f->warn_ts = 0;
+	f->base_c = 0;
+	f->gen = 0;
+	f->base_gen = 0;
+	f->epoch = 0;
+	f->ts2 = 0;
+}
+
 /* FLOW: add the delta to a flow record and set the sync's baseline, if its
  * gen is still the one the daemon read; or create, or delete it. */
 static __always_inline int apply_flow(struct xpro_apply *a)
 {
-	struct xpro_flow *f = bpf_map_lookup_elem(&flows, &a->key);
+	struct xpro_dst_key dk;
+	struct xpro_dst *d;
+	struct xpro_flow *f = apply_record(a, &dk, &d);
 
+	if (apply_closed(a) && (!f || !f->ts2))
+		return apply_closed_create(a, &dk, d);
 	if (!f) {
 		struct xpro_flow nf = {
 			.ts1 = a->ts1, .ts2 = a->ts2, .c = (__u64)a->c_delta,
@@ -607,7 +736,13 @@ static __always_inline int apply_flow(struct xpro_apply *a)
 		return XPRO_APPLY_RACED; /* reset here meanwhile: next round */
 	if (a->op & XPRO_APPLY_DELETE) {
 		/* only if no packet arrived since the daemon read it */
-		if (f->ts2 == a->ts2 && bpf_map_delete_elem(&flows, &a->key) == 0)
+		if (f->ts2 != a->ts2)
+			return XPRO_APPLY_RACED;
+		if (d) {
+			closed_remove(&dk, d, f);
+			return XPRO_APPLY_APPLIED;
+		}
+		if (bpf_map_delete_elem(&flows, &a->key) == 0)
 			return XPRO_APPLY_APPLIED;
 		return XPRO_APPLY_RACED;
 	}
@@ -629,7 +764,8 @@ static __always_inline int apply_flow(struct xpro_apply *a)
 }
 
 /* DST: add the deltas to a destination aggregate (c_delta to c*, base_c to
- * kc); or create, or delete it. */
+ * kc); or create, or delete it.  An aggregate is absent from a record that
+ * holds only a closed-drops record (ts2 0). */
 static __always_inline int apply_dst(struct xpro_apply *a)
 {
 	struct xpro_dst *d = bpf_map_lookup_elem(&dsts, &a->key.dst);
@@ -645,10 +781,28 @@ static __always_inline int apply_dst(struct xpro_apply *a)
 			return XPRO_APPLY_APPLIED;
 		return XPRO_APPLY_MISSING;
 	}
+	if (!d->ts2) {
+		if (!(a->op & XPRO_APPLY_CREATE) || !a->ts2)
+			return XPRO_APPLY_MISSING;
+		d->ts1 = a->ts1;
+		d->c = (__u64)a->c_delta;
+		d->kc = a->base_c;
+		d->warn_ts = 0;
+		d->ts2 = a->ts2;
+		return XPRO_APPLY_APPLIED;
+	}
 	if (a->op & XPRO_APPLY_DELETE) {
-		if (d->ts2 == a->ts2 && bpf_map_delete_elem(&dsts, &a->key.dst) == 0)
+		if (d->ts2 != a->ts2)
+			return XPRO_APPLY_RACED;
+		if (!d->cd.ts2 && bpf_map_delete_elem(&dsts, &a->key.dst) == 0)
 			return XPRO_APPLY_APPLIED;
-		return XPRO_APPLY_RACED;
+		/* its closed-drops record stays: the aggregate only goes */
+		d->ts1 = 0;
+		d->c = 0;
+		d->kc = 0;
+		d->warn_ts = 0;
+		d->ts2 = 0;
+		return XPRO_APPLY_APPLIED;
 	}
 	/* The same for an aggregate a packet reset since the round read it
 	 * (idle over T_T1): its c* and kc are not what the deltas were taken

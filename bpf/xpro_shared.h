@@ -101,6 +101,8 @@ struct xpro_dst_key {
  * dropped because it was closed to unknown sources) is the flow record
  * under src = 16 zero bytes, dst = the destination key with
  * pad = XPRO_DST_PAD_CLOSED: counted, reset, synced and merged like a flow.
+ * It is kept inside the destination's record (struct xpro_dst, cd), not in
+ * the flow table: the closed path then reads one record, not two.
  */
 struct xpro_flow_key {
 	__u8 src[16];
@@ -130,7 +132,10 @@ struct xpro_flow {
 /*
  * The per-destination aggregate (ts1*, ts2*, c*), updated in O(1).  The
  * destination is closed (to unknown sources) while it is not idle and c*
- * is over T_F2 after T_T3.
+ * is over T_F2 after T_T3.  The record also holds the destination's
+ * closed-drops record (cd), so either may exist without the other: the
+ * aggregate is absent while ts2 is 0, the closed-drops record while cd.ts2
+ * is 0 (every field of an absent one is 0, as a new record's).
  */
 struct xpro_dst {
 	__u64 ts1;      /* ts1*: min ts1' of the admitted flows */
@@ -140,6 +145,7 @@ struct xpro_dst {
 	__u64 warn_ts;  /* last overload warning for this destination */
 	__u64 kc;       /* packets of known clients in the window: counted per
 			 * packet while closed, recomputed by the sync */
+	struct xpro_flow cd; /* the closed-drops record */
 };
 
 /*

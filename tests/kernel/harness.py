@@ -100,21 +100,25 @@ class KernelFilter:
 
     # --- reading state back as model records --------------------------------
 
-    def flow(self, key: bytes) -> model.FlowRecord | None:
-        v = self.flows.get(key)
-        if v is None:
-            return None
+    @staticmethod
+    def _flow_record(v: Any) -> model.FlowRecord:
         return model.FlowRecord(ts1=int(v["ts1"]), ts2=int(v["ts2"]), c=int(v["c"]),
                                 gen=int(v["gen"]), warn_ts=int(v["warn_ts"]))
 
+    def flow(self, key: bytes) -> model.FlowRecord | None:
+        """The record of a flow key, a closed-drops record's too (kept in its
+        destination's record)."""
+        if model.is_closed_key(key):
+            v = self.dsts.get(model.aggregates_of(key, 0)[0])
+            if v is None or not int(v["cd"]["ts2"]):
+                return None
+            return self._flow_record(v["cd"])
+        v = self.flows.get(key)
+        return None if v is None else self._flow_record(v)
+
     def all_flows(self) -> dict[bytes, model.FlowRecord]:
-        keys, vals = self.flows.lookup_batch()
-        return {
-            keys[i].tobytes(): model.FlowRecord(
-                ts1=int(vals[i]["ts1"]), ts2=int(vals[i]["ts2"]), c=int(vals[i]["c"]),
-                gen=int(vals[i]["gen"]), warn_ts=int(vals[i]["warn_ts"]))
-            for i in range(len(keys))
-        }
+        keys, vals = self.xdp.read_flows()
+        return {keys[i].tobytes(): self._flow_record(vals[i]) for i in range(len(keys))}
 
     @staticmethod
     def _dst_record(v: Any) -> model.DstRecord:
@@ -123,10 +127,10 @@ class KernelFilter:
 
     def dst(self, dkey: bytes) -> model.DstRecord | None:
         v = self.dsts.get(dkey)
-        return None if v is None else self._dst_record(v)
+        return None if v is None or not int(v["ts2"]) else self._dst_record(v)
 
     def all_dsts(self) -> dict[bytes, model.DstRecord]:
-        keys, vals = self.dsts.lookup_batch()
+        keys, vals = self.xdp.read_dsts()
         return {keys[i].tobytes(): self._dst_record(vals[i]) for i in range(len(keys))}
 
     def all_known(self) -> dict[bytes, int]:

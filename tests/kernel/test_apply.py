@@ -17,7 +17,7 @@ from xpro.bpf import BpfObject, object_path
 from xpro.core import layout as L
 from xpro.core import model
 from xpro.core.params import Sizes
-from xpro.core.state import apply_entries
+from xpro.core.state import APPLIED, MISSING, OP_READ, RACED, apply_entries
 from xpro.datapath.afxdp.filter import UserFilter
 from xpro.datapath.xdp import XdpFilter
 from xpro.sync.round import _flow_updates
@@ -244,3 +244,78 @@ def test_a_cut_for_an_aggregate_reset_since_the_read_is_refused(backend: str) ->
                 for j in range(3)] == [PASS] * 3
     finally:
         b.f.close()
+
+
+# --- the closed-drops record, kept inside its destination's record -----------
+
+DKEY = KEY[16:]
+CKEY = model.closed_key(DKEY)
+
+
+def _read(prog: Prog, key: bytes) -> np.ndarray | None:
+    """The record the READ operation finds under ``key``, None if missing."""
+    e = entry(key, OP_READ)
+    if prog.apply(e)[0] != APPLIED:
+        return None
+    return prog.buf[np.uint32(0)]
+
+
+def _rec(prog: Prog) -> np.ndarray | None:
+    v = prog.dsts.get(DKEY)
+    return None if v is None else np.asarray(v, dtype=L.DST_REC)
+
+
+def test_a_closed_drops_record_without_an_aggregate(prog: Prog) -> None:
+    """The sync creates a closed-drops record for a destination this proxy
+    has no record of (the mesh's drops): it lives in a destination record
+    whose aggregate is absent; a packet then starts the aggregate as a new
+    record's (window from the flow's start), and the closed-drops record is
+    untouched by it."""
+    assert prog.apply(entry(CKEY, FLOW_OP | CREATE, c_delta=40, ts1=T0, ts2=T0 + S,
+                            base_c=40))[0] == APPLIED
+    rec = _rec(prog)
+    assert rec is not None
+    assert int(rec["ts2"]) == 0
+    assert (int(rec["cd"]["c"]), int(rec["cd"]["ts2"])) == (40, T0 + S)
+    got = _read(prog, CKEY)
+    assert got is not None
+    assert int(got["c_delta"]) == 40
+    assert int(got["base_c"]) == 40
+    # A DST operation without CREATE does not take the absent aggregate for one.
+    assert prog.apply(entry(bytes(16) + DKEY, DST_OP, c_delta=1, ts2=T0 + S))[0] \
+        == MISSING
+    prog.send(FR, T0 + 2 * S)
+    rec = _rec(prog)
+    assert rec is not None
+    assert (int(rec["ts1"]), int(rec["ts2"]), int(rec["c"])) == (T0 + 2 * S, T0 + 2 * S, 1)
+    assert int(rec["cd"]["c"]) == 40
+
+
+def test_the_aggregate_and_the_closed_drops_record_are_deleted_apart(prog: Prog) -> None:
+    """An idle aggregate deleted by the sync leaves its closed-drops record
+    readable, and the other way round; the record goes when both have."""
+    prog.send(FR, T0)
+    assert prog.apply(entry(CKEY, FLOW_OP | CREATE, c_delta=7, ts1=T0, ts2=T0 + S))[0] \
+        == APPLIED
+    # the closed-drops record goes, the aggregate stays
+    assert prog.apply(entry(CKEY, FLOW_OP | DELETE, ts2=T0 + S))[0] == APPLIED
+    assert _read(prog, CKEY) is None
+    rec = _rec(prog)
+    assert rec is not None
+    assert int(rec["c"]) == 1
+    assert not rec["cd"].tobytes().strip(b"\0")
+    # again, and now the aggregate goes first: the closed-drops record stays
+    assert prog.apply(entry(CKEY, FLOW_OP | CREATE, c_delta=7, ts1=T0, ts2=T0 + S))[0] \
+        == APPLIED
+    assert prog.apply(entry(bytes(16) + DKEY, DST_OP | DELETE, ts2=T0))[0] \
+        == APPLIED
+    rec = _rec(prog)
+    assert rec is not None
+    assert int(rec["ts2"]) == 0
+    assert int(rec["c"]) == 0
+    assert int(_read(prog, CKEY)["c_delta"]) == 7
+    # a stale delete (a drop since the read) is refused
+    assert prog.apply(entry(CKEY, FLOW_OP | DELETE, ts2=T0))[0] == RACED
+    assert prog.apply(entry(CKEY, FLOW_OP | DELETE, ts2=T0 + S))[0] == APPLIED
+    assert _rec(prog) is None  # both gone: the record with them
+

@@ -23,7 +23,7 @@ DTYPES = {
     "xpro_dst_key": L.DST_KEY,
     "xpro_flow_key": L.FLOW_KEY,
     "xpro_flow": L.FLOW,
-    "xpro_dst": L.DST,
+    "xpro_dst": L.DST_REC,
     "xpro_stat": L.STAT,
     "xpro_lpm_key": L.LPM_KEY,
     "xpro_config": L.CONFIG,

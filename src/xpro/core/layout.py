@@ -95,9 +95,14 @@ FLOW = np.dtype(
     ]
 )
 
-DST = np.dtype(
-    [("ts1", "<u8"), ("ts2", "<u8"), ("c", "<u8"), ("warn_ts", "<u8"), ("kc", "<u8")]
-)
+#: A destination's aggregate (what the daemon reads of ``struct xpro_dst``).
+_DST_FIELDS = [("ts1", "<u8"), ("ts2", "<u8"), ("c", "<u8"), ("warn_ts", "<u8"), ("kc", "<u8")]
+DST = np.dtype(_DST_FIELDS)
+
+#: ``struct xpro_dst``, the value of the ``dsts`` map: the aggregate (absent
+#: while its ts2 is 0) and the destination's closed-drops record ``cd``
+#: (absent while its ts2 is 0).
+DST_REC = np.dtype([*_DST_FIELDS, ("cd", FLOW)])
 
 #: ``struct xpro_known_filter``: the filter of the known sources of the
 #: destinations of one slot (``xpro.core.keys.known_filters`` builds it).
@@ -167,7 +172,7 @@ SIZES = {
     "xpro_dst_key": 20,
     "xpro_flow_key": 36,
     "xpro_flow": 56,
-    "xpro_dst": 40,
+    "xpro_dst": 96,
     "xpro_stat": 16,
     "xpro_lpm_key": 20,
     "xpro_event": 72,
@@ -181,7 +186,7 @@ MAP_TYPES: dict[str, tuple[np.dtype, np.dtype]] = {
     "flows": (FLOW_KEY, FLOW),
     "dirty0": (FLOW_KEY, np.dtype("<u4")),
     "dirty1": (FLOW_KEY, np.dtype("<u4")),
-    "dsts": (DST_KEY, DST),
+    "dsts": (DST_KEY, DST_REC),
     "stats": (np.dtype("<u4"), STAT),
     "allow_src": (LPM_KEY, np.dtype("<u4")),
     "deny_src": (LPM_KEY, np.dtype("<u4")),

@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from xpro.bpf import BpfObject, Map, RingBuffer, object_path
 from xpro.core import layout as L
-from xpro.core.keys import index_of
+from xpro.core.keys import cat_rows, index_of
 from xpro.core.model import FilterParams, Prefix, source_mask
 from xpro.core.params import Sizes
 from xpro.core.state import APPLIED, APPLY_MAX, OP_READ, apply_entries
@@ -185,12 +185,35 @@ class XdpFilter:
     # --- reading -------------------------------------------------------------
 
     def read_flows(self) -> tuple[Array, Array]:
+        """Every flow record: the flow table's, and the closed-drops records
+        kept in the destinations' records (under their own keys)."""
         keys, vals = self.flows.lookup_batch()
-        return np.asarray(keys, dtype=L.FLOW_KEY), np.asarray(vals, dtype=L.FLOW)
+        dkeys, dvals = self._read_dst_recs()
+        held = dvals["cd"]["ts2"] != 0
+        ckeys = np.zeros(int(held.sum()), dtype=L.FLOW_KEY)
+        ckeys["dst"] = dkeys[held]
+        ckeys["dst"]["pad"] |= np.uint8(L.DST_PAD_CLOSED)
+        return (cat_rows(np.asarray(keys, dtype=L.FLOW_KEY), ckeys),
+                cat_rows(np.asarray(vals, dtype=L.FLOW), dvals["cd"][held]))
+
+    def _read_dst_recs(self) -> tuple[Array, Array]:
+        keys, vals = self.dsts.lookup_batch()
+        return np.asarray(keys, dtype=L.DST_KEY), np.asarray(vals, dtype=L.DST_REC)
+
+    @staticmethod
+    def _aggregates(vals: Array) -> Array:
+        """The aggregate part of ``struct xpro_dst`` records (DST_REC)."""
+        out = np.empty(len(vals), dtype=L.DST)
+        for n in L.DST.names or ():
+            out[n] = vals[n]
+        return out
 
     def read_dsts(self) -> tuple[Array, Array]:
-        keys, vals = self.dsts.lookup_batch()
-        return np.asarray(keys, dtype=L.DST_KEY), np.asarray(vals, dtype=L.DST)
+        """Every destination aggregate (records that hold only a closed-drops
+        record have none)."""
+        keys, vals = self._read_dst_recs()
+        there = vals["ts2"] != 0
+        return keys[there], self._aggregates(vals[there])
 
     def read_dsts_of(self, keys: Array) -> tuple[Array, Array]:
         """The aggregates of ``keys`` (DST_KEY): ``(exists, records)``."""
@@ -204,9 +227,9 @@ class XdpFilter:
             return exists, out
         for i, k in enumerate(np.asarray(keys, dtype=L.DST_KEY)):
             v = self.dsts.get(k.tobytes())
-            if v is not None:
+            if v is not None and int(v["ts2"]):
                 exists[i] = True
-                out[i] = v
+                out[i] = self._aggregates(np.asarray(v, dtype=L.DST_REC).reshape(1))[0]
         return exists, out
 
     def read_known(self) -> tuple[Array, Array]:
