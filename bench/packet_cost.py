@@ -174,7 +174,6 @@ def know_clients(obj: BpfObject, cfg: Any, n: int) -> None:
                        params.dst_mode), params) for i in range(1, n + 1)), dtype=FLOW_KEY)
     if "known_slots" in obj.maps:
         mask = obj.maps["known_slots"].max_entries - 1
-        cfg.view["known_slot_mask"] = mask
         slots, filters = known_filters(keys, KNOWN_FILTER_WORDS, mask)
         obj.maps["known_slots"].update_batch(
             slots, filters.view(np.uint8).reshape(len(slots), -1))
@@ -231,6 +230,8 @@ def main() -> None:
             cfg = xp_obj.global_data(".data", config_dtype(xp_obj))
             open_path(cfg)
             cfg.view["dst_mode"] = int(args.destination == "addr+port")
+            if "known_slots" in xp_obj.maps:  # the filters in use (empty: none known)
+                cfg.view["known_slot_mask"] = xp_obj.maps["known_slots"].max_entries - 1
             if args.destination == "addr":
                 know_clients(xp_obj, cfg, args.known)
             xpros.append((Prog(label, xp_obj, "xpro_xdp"), cfg))

@@ -163,6 +163,8 @@ class Loaded:
             c["t_f2"] = 10_000
             c["events"] = 1
             c["epoch"] = 1
+            if "known_slots" in self.obj.maps:  # the filters in use (empty: none known)
+                c["known_slot_mask"] = self.obj.maps["known_slots"].max_entries - 1
             for k, val in v.cfg.items():
                 c[k] = val
 

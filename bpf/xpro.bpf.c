@@ -44,6 +44,8 @@ struct xpro_config cfg SEC(".data") = {
 	/* source_prefix_v6 = 64, source_prefix_v4 = 32 */
 	.src_mask6 = { 0xffffffff, 0xffffffff, 0, 0 },
 	.src_mask4 = 0xffffffff,
+	/* no filter of known sources until the daemon writes them: look up */
+	.known_slot_mask = 0xffffffff,
 };
 
 /* What the program could not record, for the daemon (xpro.datapath.xdp reads
@@ -421,6 +423,11 @@ static __always_inline int closed_stage(struct xpro_flow_key *key, struct xpro_d
 		mark_created(&ck, epoch);
 	} else {
 		flow_tick(f, &ck, now, &c, &ts1, &started);
+		/* The sync removed the record in place (closed_remove) while
+		 * this packet counted into it: a window with no start.  It
+		 * starts with this packet, as a record created now would. */
+		if (!f->ts1 && __sync_val_compare_and_swap(&f->ts1, 0, now) == 0)
+			f->gen += 1;
 	}
 
 	c = __sync_fetch_and_add(&d->c, 1) + 1;
@@ -451,11 +458,14 @@ static __always_inline struct xpro_dst *dst_count(struct xpro_dst_key *dk, struc
 			return NULL;
 	}
 	if (!d->ts2) {
-		/* a record with only its closed-drops record: the aggregate
-		 * starts here, as a new record's */
-		d->ts1 = ts1;
-		d->c = 0;
-		d->kc = 0;
+		/* A record with only its closed-drops record: the aggregate
+		 * starts here, as a new record's, unless the sync created it
+		 * meanwhile (as BPF_NOEXIST decides above). */
+		if (__sync_val_compare_and_swap(&d->ts2, 0, now) == 0) {
+			d->ts1 = ts1;
+			d->c = 0;
+			d->kc = 0;
+		}
 	} else if (window_over(now, d->ts2)) {
 		/* the destination was idle: a new aggregate window */
 		d->ts1 = now;
@@ -682,11 +692,16 @@ static __always_inline int apply_closed_create(struct xpro_apply *a, struct xpro
 		return XPRO_APPLY_RACED;
 	}
 	f = &d->cd;
-	/* a packet may have created it meanwhile (then merge next round) */
-	if (__sync_val_compare_and_swap(&f->ts2, 0, a->ts2) != 0)
-		return XPRO_APPLY_RACED;
+	/* Filled first and published by ts2: a packet that comes meanwhile
+	 * sees no record and creates its own, which wins the swap; the count
+	 * added here is then taken back (merged next round), never counted
+	 * twice nor into a window a packet reset. */
 	f->ts1 = a->ts1;
 	__sync_fetch_and_add(&f->c, a->c_delta);
+	if (__sync_val_compare_and_swap(&f->ts2, 0, a->ts2) != 0) {
+		__sync_fetch_and_sub(&f->c, a->c_delta);
+		return XPRO_APPLY_RACED;
+	}
 	f->base_c = a->base_c;
 	return XPRO_APPLY_APPLIED;
 }
@@ -776,19 +791,22 @@ static __always_inline int apply_dst(struct xpro_apply *a)
 			.kc = a->base_c,
 		};
 
-		if (a->op & XPRO_APPLY_CREATE &&
+		if (a->op & XPRO_APPLY_CREATE && a->ts2 &&
 		    bpf_map_update_elem(&dsts, &a->key.dst, &nd, BPF_NOEXIST) == 0)
 			return XPRO_APPLY_APPLIED;
 		return XPRO_APPLY_MISSING;
 	}
 	if (!d->ts2) {
+		/* Only its closed-drops record: the aggregate is created here,
+		 * unless a packet started it meanwhile (its count then stands,
+		 * and the next recompute writes the rest). */
 		if (!(a->op & XPRO_APPLY_CREATE) || !a->ts2)
 			return XPRO_APPLY_MISSING;
+		if (__sync_val_compare_and_swap(&d->ts2, 0, a->ts2) != 0)
+			return XPRO_APPLY_RACED;
 		d->ts1 = a->ts1;
-		d->c = (__u64)a->c_delta;
-		d->kc = a->base_c;
-		d->warn_ts = 0;
-		d->ts2 = a->ts2;
+		__sync_fetch_and_add(&d->c, a->c_delta);
+		__sync_fetch_and_add(&d->kc, a->base_c);
 		return XPRO_APPLY_APPLIED;
 	}
 	if (a->op & XPRO_APPLY_DELETE) {
@@ -818,13 +836,26 @@ static __always_inline int apply_dst(struct xpro_apply *a)
 	return XPRO_APPLY_APPLIED;
 }
 
+/* A key with the closed-drops bit and a source, or a pad no key has: no
+ * record is kept under it (a forged store record must not reach the
+ * destination's closed-drops record through it). */
+static __always_inline int apply_key_bad(struct xpro_apply *a)
+{
+	const __u32 *s = (const __u32 *)a->key.src;
+
+	return a->key.dst.pad > XPRO_DST_PAD_ADDR_CLOSED ||
+	       ((a->key.dst.pad & XPRO_DST_PAD_CLOSED) && (s[0] | s[1] | s[2] | s[3]));
+}
+
 static long apply_one(__u32 i, void *unused)
 {
 	struct xpro_apply *a = bpf_map_lookup_elem(&apply_buf, &i);
 
 	if (!a)
 		return 1;
-	if (a->op & XPRO_APPLY_READ)
+	if (!(a->op & XPRO_APPLY_DST) && apply_key_bad(a))
+		a->result = XPRO_APPLY_MISSING;
+	else if (a->op & XPRO_APPLY_READ)
 		a->result = apply_read(a);
 	else if (a->op & XPRO_APPLY_FLOW)
 		a->result = apply_flow(a);

@@ -245,9 +245,11 @@ struct xpro_config {
 	__u32 src_mask4;
 	/* T_F2 of an address aggregate (XPRO_DST_ADDR_PORT mode; packets/s). */
 	__u32 t_f2_addr;
-		/* known_slots has known_slot_mask + 1 entries (a power of two): a
+	/* known_slots has known_slot_mask + 1 entries (a power of two): a
 	 * destination's filter of known sources is at xpro_known_slot(dst)
-	 * & known_slot_mask. */
+	 * & known_slot_mask.  0xffffffff (no slot in the array: look the
+	 * known table up) until the daemon has written the filters and holds
+	 * the link. */
 	__u32 known_slot_mask;
 	__u32 pad;
 };

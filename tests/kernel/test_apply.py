@@ -319,3 +319,46 @@ def test_the_aggregate_and_the_closed_drops_record_are_deleted_apart(prog: Prog)
     assert prog.apply(entry(CKEY, FLOW_OP | DELETE, ts2=T0 + S))[0] == APPLIED
     assert _rec(prog) is None  # both gone: the record with them
 
+
+
+def test_a_closed_drops_key_with_a_source_reaches_no_record(prog: Prog) -> None:
+    """A key with the closed-drops bit and a source (or a pad no key has) is
+    no key of the program's: every operation on it is refused, and the
+    destination's real closed-drops record is not reached through it."""
+    assert prog.apply(entry(CKEY, FLOW_OP | CREATE, c_delta=5, ts1=T0, ts2=T0 + S))[0] \
+        == APPLIED
+    forged = KEY[:16] + CKEY[16:]
+    odd = CKEY[:35] + bytes((4,))
+    for key in (forged, odd):
+        assert _read(prog, key) is None
+        assert prog.apply(entry(key, FLOW_OP, c_delta=1000, ts2=T0 + S))[0] == MISSING
+        assert prog.apply(entry(key, FLOW_OP | CREATE, c_delta=1000, ts1=T0,
+                                ts2=T0 + S))[0] == MISSING
+        assert prog.apply(entry(key, FLOW_OP | DELETE, ts2=T0 + S))[0] == MISSING
+    assert int(_read(prog, CKEY)["c_delta"]) == 5
+    assert len(prog.flows.lookup_batch()[0]) == 0
+
+
+def test_a_closed_drops_record_removed_while_counted_restarts_its_window(prog: Prog) -> None:
+    """A packet that counted into the record while the sync removed it in
+    place leaves a window with no start; the next closed drop starts it
+    (as a new record), so the destination's recompute never takes 0 for a
+    window start.  The state is set as the race leaves it."""
+    prog.cfg.view["t_f2"] = 1
+    prog.cfg.view["t_t3"] = 0
+    prog.cfg.view["t_t1"] = 100 * S
+    prog.send(FR, T0)  # the aggregate: over T_F2 = 1/s at once
+    spoofed = frame("11.0.0.1", "10.9.9.9")
+    prog.send(spoofed, T0 + S // 10, repeat=3)
+    rec = _rec(prog)
+    assert rec is not None
+    assert int(rec["cd"]["c"]) == 3
+    raced = rec.copy()
+    raced["cd"]["ts1"] = 0  # removed, then counted into by a packet
+    raced["cd"]["gen"] = 0
+    prog.dsts[DKEY] = raced
+    prog.send(spoofed, T0 + S // 5)
+    rec = _rec(prog)
+    assert rec is not None
+    assert int(rec["cd"]["ts1"]) == T0 + S // 5
+    assert int(rec["cd"]["gen"]) == 1  # a new window: the sync takes it whole

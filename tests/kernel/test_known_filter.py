@@ -262,6 +262,42 @@ def test_the_per_destination_filters_of_an_older_build_are_unpinned(pin_dir: Pat
                     "name", "known_dsts", "flags", "1"], check=True)
     assert old.exists()
     with XdpFilter(PARAMS, pin_dir=pin_dir,
-                   sizes=Sizes(flows=1 << 15, dsts=64, prefixes=16, known=1 << 14)):
+                   sizes=Sizes(flows=1 << 15, dsts=64, prefixes=16, known=1 << 14)) as xdp:
         assert not old.exists()
         assert (pin_dir / "known_slots").exists()
+        # The older program may still be attached: no filter in use yet.
+        assert int(xdp.cfg.view["known_slot_mask"]) == 0xFFFFFFFF
+        xdp.handed_over()
+        assert int(xdp.cfg.view["known_slot_mask"]) == xdp.known_slots.max_entries - 1
+
+
+def test_filter_slots_of_another_size_are_rebuilt_and_used_after_the_handover(
+        pin_dir: Path) -> None:
+    """tables.known_filters changed across a restart: the pinned array is
+    replaced (the filters are rebuilt from the known table) instead of
+    refusing to start, and until the new program holds the link the mask
+    sends every source to the table: the program still attached reads it
+    with its own array, and a mask of the new size would read the wrong
+    slots there.  The known clients are served throughout."""
+    rng = random.Random(3)
+    victim = VICTIMS[0]
+    clients = sources(rng, 40, False)
+    keys = np.concatenate([key_of(frame(s, victim)) for s in clients])
+    sizes = {"flows": 1 << 15, "dsts": 64, "prefixes": 16, "known": 1 << 14}
+    old = XdpFilter(PARAMS, pin_dir=pin_dir, sizes=Sizes(**sizes, known_filters=8))
+    old.set_clock(NOW)
+    close(old, victim)
+    old.set_known(keys, L.Known.CLIENT)
+    with XdpFilter(PARAMS, pin_dir=pin_dir, sizes=Sizes(**sizes, known_filters=1)) as new:
+        assert new.known_slots.max_entries == 1
+        assert int(new.cfg.view["known_slot_mask"]) == 0xFFFFFFFF  # shared .data
+        old_frames = [frame(s, victim) for s in clients]
+        assert set(verdicts(old, old_frames)) == {L.XDP_PASS}  # the old program
+        new.set_clock(NOW)
+        assert set(verdicts(new, old_frames)) == {L.XDP_PASS}
+        new.handed_over()
+        assert int(new.cfg.view["known_slot_mask"]) == 0
+        assert set(verdicts(new, old_frames)) == {L.XDP_PASS}
+        assert set(verdicts(new, [frame(s, victim) for s in sources(rng, 40, False)])) \
+            == {L.XDP_DROP}
+    old.close()

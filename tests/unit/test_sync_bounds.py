@@ -352,3 +352,24 @@ def test_a_closed_address_asks_for_the_clients_of_its_busiest_keys_only(url: str
     (keys,) = asked
     assert len(keys) == R.ADDRESS_KEYS
     assert 9000 in keys["port"].tolist()
+
+
+def test_keys_no_proxy_writes_are_quarantined(url: str) -> None:
+    """A closed-drops key with a source, or a pad no key has, is no record
+    of the mesh: the data path would keep it nowhere (the program refuses
+    it, tests/kernel/test_apply.py), so the pull quarantines it instead of
+    creating it or counting it."""
+    b = syncer(url, "b", pull="all")
+    m = mem(url)
+    good = flow_key("10.0.0.1")
+    closed = model.closed_key(good[16:])
+    with_src = flow_key("10.0.0.2")[:16] + closed[16:]
+    odd_pad = good[:35] + bytes((4,))
+    for k in (good, closed, with_src, odd_pad):
+        m.poke(k, T0 - S, T0, 10)
+    r = b.round(T0)
+    assert r.quarantined == 2
+    assert r.created == 2  # the flow and the real closed-drops record
+    seen = {k.tobytes() for k in b.filt.read_flows()[0]}
+    assert {good, closed} <= seen
+    assert not {with_src, odd_pad} & seen

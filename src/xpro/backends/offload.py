@@ -868,6 +868,7 @@ class OffloadBackend(XdpBackend):
                 log.exception("refreshing the offload drop set failed")
 
     def start(self) -> None:
+        super().start()
         if self._thread is not None:
             return
         self.refresh()

@@ -153,6 +153,13 @@ class XdpBackend(Backend):
         log.info("adopted %s on %s in %s mode", path, ifname, held.label)
         return att
 
+    def start(self) -> None:
+        """Every interface holds this program now: the filter may use what
+        an older program attached until now could not read
+        (:meth:`XdpFilter.handed_over`)."""
+        if self.filter is not None:
+            self.filter.handed_over()
+
     def close(self, *, keep: bool = False) -> None:
         for ifname, link in list(self._links.items()):
             try:

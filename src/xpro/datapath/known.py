@@ -32,12 +32,16 @@ from xpro.errors import DatapathError
 
 Array = npt.NDArray[Any]
 
+#: The mask of a program whose filters are not in use yet: no slot is in the
+#: array, so the known table is looked up.
+UNARMED = 0xFFFFFFFF
+
 
 class KnownTable:
     """``known``, ``known_slots`` and the field ``known_slot_mask`` of ``cfg``
     (the program's mmap'ed configuration), written together."""
 
-    def __init__(self, known: Map, slots: Map, cfg: Any) -> None:
+    def __init__(self, known: Map, slots: Map, cfg: Any, *, armed: bool = True) -> None:
         n = slots.max_entries
         if n & (n - 1):
             raise DatapathError(f"the filter slots of known sources must be a power of two, "
@@ -45,9 +49,17 @@ class KnownTable:
         self.known = known
         self.slots = slots
         self.mask = n - 1
-        cfg.view["known_slot_mask"] = self.mask
+        self._cfg = cfg
+        # Unarmed, the mask is wider than any array: every closed
+        # destination's source is looked up in the table (an older program
+        # still attached reads this mask with its own array).
+        cfg.view["known_slot_mask"] = self.mask if armed else UNARMED
         self._keys = self.read()[0]
         self._write_slots(np.arange(n, dtype=np.uint32))
+
+    def arm(self) -> None:
+        """Let the program use the filters (their slots are written)."""
+        self._cfg.view["known_slot_mask"] = self.mask
 
     def read(self) -> tuple[Array, Array]:
         """Flow keys (FLOW_KEY) and their class (``Known``, uint32)."""

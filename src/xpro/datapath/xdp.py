@@ -10,6 +10,7 @@ writes a batch into the mmap'ed ``apply_buf`` array and runs the program once pe
 from __future__ import annotations
 
 import contextlib
+import logging
 import mmap
 import time
 from collections.abc import Callable, Mapping
@@ -24,11 +25,13 @@ from xpro.core import layout as L
 from xpro.core.keys import cat_rows, index_of
 from xpro.core.model import FilterParams, Prefix, source_mask
 from xpro.core.params import Sizes
-from xpro.core.state import APPLIED, APPLY_MAX, OP_READ, apply_entries
+from xpro.core.state import APPLIED, APPLY_MAX, OP_CREATE, OP_FLOW, OP_READ, apply_entries
 from xpro.datapath.known import KnownTable
 from xpro.errors import ConfigError, DatapathError
 
 Array = npt.NDArray[Any]
+
+log = logging.getLogger(__name__)
 
 
 #: What bpf_ktime_get_coarse_ns() reads (not exported by the time module).
@@ -91,12 +94,14 @@ class XdpFilter:
         self.obj = BpfObject(obj_path or object_path(), programs=progs,
                              max_entries=self.sizes.max_entries(), pin_dir=pin_dir,
                              types=L.MAP_TYPES)
-        self.obj.load()
+        #: Maps an older program may still read until the link holds this
+        #: one: the filters' mask waits for :meth:`handed_over`.
+        self._handover = False
+        #: Closed-drops records an older build left in the flow table.
+        self._migrate = False
         if pin_dir is not None:
-            # The per-destination filters of builds before the slots
-            # (docs/performance.rst): nothing reads that pin any more.
-            with contextlib.suppress(FileNotFoundError):
-                (Path(pin_dir) / "known_dsts").unlink()
+            self._retire_pins(Path(pin_dir))
+        self.obj.load()
         try:
             self.program = self.obj.programs[program]
             #: The multi-buffer variant, over the same maps (jumbo MTUs, veth peers).
@@ -111,7 +116,8 @@ class XdpFilter:
             self.known = self.obj.maps["known"]
             self.known_slots = self.obj.maps["known_slots"]
             #: The one writer of the known table and its filters.
-            self._known = KnownTable(self.known, self.known_slots, self.cfg)
+            self._known = KnownTable(self.known, self.known_slots, self.cfg,
+                                     armed=not self._handover)
             self.stats = self.obj.maps["stats"]
             self._apply = _ArrayMmap(self.obj.maps["apply_buf"], L.APPLY)
             self.params = params
@@ -120,6 +126,73 @@ class XdpFilter:
         except BaseException:
             self.obj.close()
             raise
+
+    def _retire_pins(self, pin_dir: Path) -> None:
+        """Unpin the maps of an older build or size that hold nothing the
+        daemon cannot rebuild, so that it adopts the rest instead of refusing
+        to start (docs/operations.rst, "Pins, restarts and upgrades"):
+
+        * ``known_dsts``, the per-destination filters of builds before the
+          slots, and ``known_slots`` of another size: the filters are
+          rewritten from the known table;
+        * ``dsts`` in the layout before the closed-drops record moved into
+          it: its aggregates are recomputed by the next round, and the
+          closed-drops records are in the pinned flow table, from which
+          :meth:`handed_over` moves them.
+
+        The program still attached reads the old maps until the link holds
+        this one; until then the filters' mask sends every closed
+        destination's source to the known table (a wider mask would read
+        the wrong slots of the old array)."""
+        from xpro.bpf import Map
+
+        for name, want in (("known_dsts", None),
+                           ("known_slots", self.sizes.known_filters),
+                           ("dsts", L.DST_REC.itemsize)):
+            path = pin_dir / name
+            if not path.exists():
+                continue
+            if want is not None:
+                with Map.from_pin(path) as m:
+                    have = m.max_entries if name == "known_slots" else m.value_size
+                if have == want:
+                    continue
+            log.warning("unpinned %s of an older build or size (%s): rebuilt from the "
+                        "pinned tables", path, "no longer read" if want is None else
+                        f"{have}, now {want}")
+            path.unlink()
+            self._handover = True
+            self._migrate |= name == "dsts"
+
+    def handed_over(self) -> None:
+        """Every link holds this program (the backend calls it once attached):
+        arm the filters' mask and move the closed-drops records an older
+        build left in the flow table into their destinations' records."""
+        if self._migrate:
+            self._migrate_closed()
+            self._migrate = False
+        if self._handover:
+            self._known.arm()
+            self._handover = False
+
+    def _migrate_closed(self) -> None:
+        keys, vals = self.flows.lookup_batch()
+        keys = np.asarray(keys, dtype=L.FLOW_KEY)
+        old = (keys["dst"]["pad"] & L.DST_PAD_CLOSED) != 0
+        if not old.any():
+            return
+        keys, vals = keys[old], np.asarray(vals, dtype=L.FLOW)[old]
+        ok = keys["src"] == bytes(16)
+        k, v = keys[ok], vals[ok]
+        # What the old record had not pushed yet stays unpushed (its
+        # baseline, while its window is the one last pushed).
+        base = np.where(v["gen"] == v["base_gen"], v["base_c"], 0)
+        res = self.apply(apply_entries(k, OP_FLOW | OP_CREATE, gen=0, c_delta=v["c"],
+                                       ts1=v["ts1"], ts2=v["ts2"], base_c=base))
+        self.flows.delete_batch(keys)
+        log.info("moved %d closed-drops records of an older build into their "
+                 "destinations' records (%d were there already)",
+                 int((res == APPLIED).sum()), int((res != APPLIED).sum()))
 
     # --- configuration -------------------------------------------------------
 

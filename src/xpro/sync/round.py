@@ -601,9 +601,12 @@ class Syncer:
                      ) -> tuple[Array, Array]:
         """This proxy's records that no store would take (dated after now, a count
         over 2**62: left by a forged master before it was checked, or a clock that
-        jumped back) are not merged but deleted: the kernel starts them again."""
+        jumped back; a window with no start: a closed-drops record that a packet
+        counted into while the sync removed it) are not merged but deleted: the
+        kernel starts them again."""
         lim = np.uint64(b.limit)
-        bad = (recs["ts1"] > lim) | (recs["ts2"] > lim) | (recs["c"] > np.uint64(MAX_COUNT))
+        bad = ((recs["ts1"] > lim) | (recs["ts2"] > lim) | (recs["c"] > np.uint64(MAX_COUNT))
+               | ((recs["ts1"] == 0) & (recs["ts2"] != 0)))
         if not bad.any():
             return keys, recs
         for kb, r in zip(key_list(keys[bad]), recs[bad], strict=True):
@@ -638,12 +641,20 @@ class Syncer:
     def _check_pulled(self, keys: Array, recs: Array, b: Bounds, st: SyncStats
                       ) -> tuple[Array, Array]:
         """Changes read from the master: the ones out of bounds are quarantined,
-        the expired ones (idle longer than the TTL) dropped."""
+        the expired ones (idle longer than the TTL) dropped, and so are keys
+        no proxy writes (a pad no key has; a closed-drops key with a source):
+        the kernel keeps no record under them (docs/security.rst)."""
+        pad = keys["dst"]["pad"]
+        src = np.ascontiguousarray(keys["src"]).view("<u8").reshape(-1, 2)
+        forged = (pad > L.DST_PAD_ADDR_CLOSED) | (
+            ((pad & L.DST_PAD_CLOSED) != 0) & src.any(axis=1))
+        for kb in key_list(keys[forged]):
+            self._quarantine(st, key_hex(kb), "a key no proxy writes")
         why = b.check(recs)
-        bad = (why != OK) & (why != STALE)
+        bad = (why != OK) & (why != STALE) & ~forged
         if bad.any():
             self._quarantine_records(st, keys[bad], recs[bad], why[bad])
-        ok = why == OK
+        ok = (why == OK) & ~forged
         return keys[ok], recs[ok]
 
     def _check_peers(self, peers: dict[str, ProxyStatus], st: SyncStats, b: Bounds
