@@ -484,6 +484,9 @@ def apply_batches(draw: st.DrawFn) -> tuple[list[tuple[int, int, int]], list[dic
                                    st.integers(0, 3 * S)), max_size=12))
     ops = draw(st.lists(st.fixed_dictionaries({
         "src": st.integers(0, 3), "dst": st.integers(0, 1),
+        # closed-drops keys (src 0, pad 1 or 3), address keys, and keys no
+        # proxy writes (a closed-drops pad with a source, a pad over 3)
+        "pad": st.sampled_from([0, 0, 0, 1, 1, 2, 3, 5]), "zero_src": st.booleans(),
         "op": st.sampled_from([OP_READ, OP_FLOW, OP_FLOW | OP_CREATE, OP_FLOW | OP_DELETE,
                                OP_DST, OP_DST | OP_CREATE, OP_DST | OP_DELETE, 0]),
         "gen": st.integers(0, 2), "c_delta": st.integers(-3, 50),
@@ -517,7 +520,8 @@ def test_apply_agrees_with_the_control_program(
         k.set_clock(T0 + dt)
         k.program.test_run(fr, data_out=False)
         u.process_frames([fr], T0 + dt)
-    keys = [L.addr16(SRCS[o["src"]]) + L.addr16(DSTS[o["dst"]]) + bytes(4) for o in ops]
+    keys = [(bytes(16) if o["zero_src"] else L.addr16(SRCS[o["src"]]))
+            + L.addr16(DSTS[o["dst"]]) + bytes(3) + bytes((o["pad"],)) for o in ops]
     entries = apply_entries(keys, np.array([o["op"] for o in ops], dtype=np.uint32),
                             gen=np.array([o["gen"] for o in ops], dtype=np.uint32),
                             c_delta=np.array([o["c_delta"] for o in ops], dtype=np.int64),

@@ -613,8 +613,12 @@ def _value_strategy(opt: C.Option) -> st.SearchStrategy[Any]:
         return st.sampled_from(kind.choices)
     if isinstance(kind, K.Boolean):
         return st.booleans()
-    if isinstance(kind, K.Text):
-        return st.from_regex(kind.pattern, fullmatch=True)
+    if isinstance(kind, K.Text):  # the pattern counts characters, the bound bytes
+        text = st.from_regex(kind.pattern, fullmatch=True)
+        if kind.max_bytes is not None:
+            bound = kind.max_bytes
+            text = text.filter(lambda s: len(s.encode()) <= bound)
+        return text
     if isinstance(kind, K.Url):
         return st.builds("{}://{}:{}".format, st.sampled_from(["redis", "rediss", "etcd"]),
                          st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True),

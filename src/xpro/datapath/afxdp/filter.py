@@ -786,9 +786,16 @@ class UserFilter:
 
     def _apply_run(self, e: Array) -> None:
         op = e["op"].astype(np.int64)
-        read = (op & OP_READ) != 0
-        flow = ~read & ((op & OP_FLOW) != 0)
-        dst = ~read & ~flow & ((op & OP_DST) != 0)
+        # A key no record is kept under (the kernel's apply_key_bad): a pad no
+        # key has, or the closed-drops bit with a source.
+        pad = e["key"]["dst"]["pad"]
+        bad = ((op & OP_DST) == 0) & (
+            (pad > L.DST_PAD_ADDR_CLOSED) | (((pad & L.DST_PAD_CLOSED) != 0)
+                                             & (e["key"]["src"] != bytes(16))))
+        e["result"][bad] = NO_RECORD
+        read = ~bad & ((op & OP_READ) != 0)
+        flow = ~bad & ~read & ((op & OP_FLOW) != 0)
+        dst = ~bad & ~read & ~flow & ((op & OP_DST) != 0)
         if read.any():
             r = np.flatnonzero(read)
             slots = self.flows.find(e["key"][r])
@@ -819,8 +826,14 @@ class UserFilter:
         t.reserve(len(keys))  # before find: the creations below must not move the slots
         slots = t.find(keys)
         absent = slots < 0
-        # no record: create it (CREATE) or report it
+        # no record: create it (CREATE) or report it.  A record with no last
+        # packet is none (the kernel keeps an aggregate, and a closed-drops
+        # record, absent while its ts2 is 0): not created.
         cr = absent & ((op[r] & OP_CREATE) != 0)
+        if flows:
+            cr &= (e["ts2"][r] != 0) | ((keys["dst"]["pad"] & L.DST_PAD_CLOSED) == 0)
+        else:
+            cr &= e["ts2"][r] != 0
         e["result"][r[absent & ~cr]] = NO_RECORD
         if cr.any():
             rc = r[cr]
