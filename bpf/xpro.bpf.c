@@ -411,13 +411,14 @@ static __always_inline int closed_stage(struct xpro_flow_key *key, struct xpro_d
 	int started;
 
 	closed_key(&ck, key);
-	if (!f->ts2 && __sync_val_compare_and_swap(&f->ts2, 0, now) == 0) {
-		/* No record yet (ts2 0): this packet creates it.  Another CPU
-		 * or the sync that did meanwhile wins, and this packet counts
-		 * into theirs, as flow_count's insert does. */
+	/* No record yet (ts2 0): this packet creates it, its window's start
+	 * set before ts2 publishes it.  Another CPU or the sync that did
+	 * meanwhile wins, and this packet counts into theirs, as flow_count's
+	 * insert does. */
+	if (!f->ts2 && (__sync_val_compare_and_swap(&f->ts1, 0, now),
+			__sync_val_compare_and_swap(&f->ts2, 0, now) == 0)) {
 		__u32 epoch = cfg.epoch;
 
-		f->ts1 = now;
 		__sync_fetch_and_add(&f->c, 1);
 		f->epoch = epoch;
 		mark_created(&ck, epoch);
@@ -425,9 +426,10 @@ static __always_inline int closed_stage(struct xpro_flow_key *key, struct xpro_d
 		flow_tick(f, &ck, now, &c, &ts1, &started);
 		/* The sync removed the record in place (closed_remove) while
 		 * this packet counted into it: a window with no start.  It
-		 * starts with this packet, as a record created now would. */
-		if (!f->ts1 && __sync_val_compare_and_swap(&f->ts1, 0, now) == 0)
-			f->gen += 1;
+		 * starts with this packet; its baseline went with the rest, so
+		 * the sync takes its whole count as new drops. */
+		if (!f->ts1)
+			__sync_val_compare_and_swap(&f->ts1, 0, now);
 	}
 
 	c = __sync_fetch_and_add(&d->c, 1) + 1;

@@ -81,6 +81,7 @@ def empty(f: np.ndarray) -> bool:
 def xdp(pin_dir: Path) -> XdpFilter:
     f = XdpFilter(PARAMS, pin_dir=pin_dir,
                   sizes=Sizes(flows=1 << 15, dsts=64, prefixes=16, known=1 << 14))
+    f.handed_over()  # as the backend does once attached: the filters in use
     f.set_clock(NOW)
     return f
 
@@ -135,6 +136,7 @@ def test_the_filters_follow_the_known_table_through_removals_and_a_restart(
 
     with XdpFilter(PARAMS, pin_dir=pin_dir,
                    sizes=Sizes(flows=1 << 15, dsts=64, prefixes=16, known=1 << 14)) as again:
+        again.handed_over()
         assert np.array_equal(filter_of(again, dst_b), expected(kb))
         again.set_clock(NOW)
         close(again, VICTIMS[1])
@@ -158,6 +160,8 @@ def test_destinations_that_share_a_slot_share_its_filter(pin_dir: Path, slots: i
                    sizes=Sizes(flows=1 << 15, dsts=64, prefixes=16, known=1 << 14,
                                known_filters=slots)) as xdp:
         xdp.set_clock(NOW)
+        assert int(xdp.cfg.view["known_slot_mask"]) == 0xFFFFFFFF  # until the handover
+        xdp.handed_over()
         assert int(xdp.cfg.view["known_slot_mask"]) == slots - 1
         clients = {v: sources(rng, 50, False) for v in victims}
         keys = {v: np.concatenate([key_of(frame(s, v)) for s in clients[v]]) for v in victims}

@@ -60,3 +60,25 @@ def test_an_older_builds_pins_are_adopted_and_its_closed_drops_moved(pin_dir: Pa
         keys, _ = new.read_flows()
         assert sorted(k.tobytes() for k in keys) == sorted([closed, flow])
         new.obj.unpin_maps()
+
+
+def test_closed_drops_left_in_the_flow_table_are_moved_at_any_handover(pin_dir: Path) -> None:
+    """A start that stopped between unpinning the old ``dsts`` and the
+    handover leaves the records in the flow table with ``dsts`` already in
+    the new layout: they are never read from there, and the next handover
+    moves them (it reads the table, not what the last start meant to do)."""
+    params = model.FilterParams()
+    dkey = model.parse(frame("10.0.0.1", "10.9.9.9"), 0).dst
+    closed = model.closed_key(dkey)
+    with XdpFilter(params, pin_dir=pin_dir, sizes=SIZES) as first:
+        rec = np.zeros(1, dtype=L.FLOW)
+        rec["ts1"], rec["ts2"], rec["c"] = T0, T0 + S, 30
+        first.flows[closed] = rec[0]
+        assert len(first.read_flows()[0]) == 0  # not read from the flow table
+    with XdpFilter(params, pin_dir=pin_dir, sizes=SIZES) as again:
+        again.handed_over()
+        keys, vals = again.read_flows()
+        assert [k.tobytes() for k in keys] == [closed]
+        assert int(vals[0]["c"]) == 30
+        assert closed not in again.flows
+        again.obj.unpin_maps()

@@ -25,13 +25,25 @@ from xpro.core import layout as L
 from xpro.core.keys import cat_rows, index_of
 from xpro.core.model import FilterParams, Prefix, source_mask
 from xpro.core.params import Sizes
-from xpro.core.state import APPLIED, APPLY_MAX, OP_CREATE, OP_FLOW, OP_READ, apply_entries
+from xpro.core.state import (
+    APPLIED,
+    APPLY_MAX,
+    OP_CREATE,
+    OP_FLOW,
+    OP_KEEP_BASE,
+    OP_READ,
+    apply_entries,
+)
 from xpro.datapath.known import KnownTable
 from xpro.errors import ConfigError, DatapathError
 
 Array = npt.NDArray[Any]
 
 log = logging.getLogger(__name__)
+
+#: The size of ``struct xpro_dst`` before the closed-drops record moved into
+#: it (2026-12-07): pins in that layout are replaced (:meth:`XdpFilter._retire_pins`).
+OLD_DST_SIZE = 40
 
 
 #: What bpf_ktime_get_coarse_ns() reads (not exported by the time module).
@@ -94,11 +106,12 @@ class XdpFilter:
         self.obj = BpfObject(obj_path or object_path(), programs=progs,
                              max_entries=self.sizes.max_entries(), pin_dir=pin_dir,
                              types=L.MAP_TYPES)
-        #: Maps an older program may still read until the link holds this
-        #: one: the filters' mask waits for :meth:`handed_over`.
-        self._handover = False
-        #: Closed-drops records an older build left in the flow table.
-        self._migrate = False
+        #: Pinned maps: an older program may still hold a link and read the
+        #: shared configuration with maps of its own, so the filters' mask
+        #: waits for :meth:`handed_over`; and an adopted flow table may hold
+        #: closed-drops records an older build kept there.
+        self._handover = pin_dir is not None
+        self._adopted_flows = pin_dir is not None and (Path(pin_dir) / "flows").exists()
         if pin_dir is not None:
             self._retire_pins(Path(pin_dir))
         self.obj.load()
@@ -146,31 +159,33 @@ class XdpFilter:
         the wrong slots of the old array)."""
         from xpro.bpf import Map
 
-        for name, want in (("known_dsts", None),
-                           ("known_slots", self.sizes.known_filters),
-                           ("dsts", L.DST_REC.itemsize)):
+        for name in ("known_dsts", "known_slots", "dsts"):
             path = pin_dir / name
             if not path.exists():
                 continue
-            if want is not None:
+            if name == "known_dsts":
+                why = "no longer read"
+            else:
                 with Map.from_pin(path) as m:
-                    have = m.max_entries if name == "known_slots" else m.value_size
-                if have == want:
-                    continue
+                    if name == "known_slots":
+                        if m.max_entries == self.sizes.known_filters:
+                            continue
+                        why = f"{m.max_entries} slots, now {self.sizes.known_filters}"
+                    else:  # only the one older layout: a newer one is refused
+                        if m.value_size != OLD_DST_SIZE:
+                            continue
+                        why = f"{OLD_DST_SIZE}-byte records, now {L.DST_REC.itemsize}"
             log.warning("unpinned %s of an older build or size (%s): rebuilt from the "
-                        "pinned tables", path, "no longer read" if want is None else
-                        f"{have}, now {want}")
+                        "pinned tables", path, why)
             path.unlink()
-            self._handover = True
-            self._migrate |= name == "dsts"
 
     def handed_over(self) -> None:
         """Every link holds this program (the backend calls it once attached):
         arm the filters' mask and move the closed-drops records an older
         build left in the flow table into their destinations' records."""
-        if self._migrate:
+        if self._adopted_flows:  # read from the table itself: idempotent
             self._migrate_closed()
-            self._migrate = False
+            self._adopted_flows = False
         if self._handover:
             self._known.arm()
             self._handover = False
@@ -186,12 +201,24 @@ class XdpFilter:
         k, v = keys[ok], vals[ok]
         # What the old record had not pushed yet stays unpushed (its
         # baseline, while its window is the one last pushed).
-        base = np.where(v["gen"] == v["base_gen"], v["base_c"], 0)
-        res = self.apply(apply_entries(k, OP_FLOW | OP_CREATE, gen=0, c_delta=v["c"],
-                                       ts1=v["ts1"], ts2=v["ts2"], base_c=base))
+        base = np.where(v["gen"] == v["base_gen"], v["base_c"], 0).astype(np.uint64)
+        there, cur = self.read(k)
+        # None yet (the usual case): created whole.  One the new program
+        # started meanwhile: the old one's unpushed drops added to it.
+        res = np.full(len(k), APPLIED, dtype=np.int32)
+        new = ~there
+        if new.any():
+            res[new] = self.apply(apply_entries(
+                k[new], OP_FLOW | OP_CREATE, gen=0, c_delta=v["c"][new], ts1=v["ts1"][new],
+                ts2=v["ts2"][new], base_c=base[new]))
+        if there.any():
+            res[there] = self.apply(apply_entries(
+                k[there], OP_FLOW | OP_KEEP_BASE, gen=cur["gen"][there],
+                c_delta=(v["c"][there] - base[there]).astype(np.int64), ts1=0,
+                ts2=v["ts2"][there]))
         self.flows.delete_batch(keys)
         log.info("moved %d closed-drops records of an older build into their "
-                 "destinations' records (%d were there already)",
+                 "destinations' records (%d could not be, a packet raced them)",
                  int((res == APPLIED).sum()), int((res != APPLIED).sum()))
 
     # --- configuration -------------------------------------------------------
@@ -261,6 +288,12 @@ class XdpFilter:
         """Every flow record: the flow table's, and the closed-drops records
         kept in the destinations' records (under their own keys)."""
         keys, vals = self.flows.lookup_batch()
+        keys = np.asarray(keys, dtype=L.FLOW_KEY)
+        # closed-drops records an older build left there: moved by
+        # handed_over(), never read from there
+        real = (keys["dst"]["pad"] & L.DST_PAD_CLOSED) == 0
+        if not real.all():
+            keys, vals = keys[real], np.asarray(vals)[real]
         dkeys, dvals = self._read_dst_recs()
         held = dvals["cd"]["ts2"] != 0
         ckeys = np.zeros(int(held.sum()), dtype=L.FLOW_KEY)
