@@ -115,7 +115,7 @@ class Bounds:
         c = np.asarray(rec["c"]).astype(np.uint64)
         lim = np.uint64(self.limit)
         future = (ts1 > lim) | (ts2 > lim)
-        order = (ts1 > ts2) | ((ts1 == 0) & (ts2 != 0))  # a window with no start
+        order = ts1 > ts2
         count = (c > np.uint64(MAX_COUNT)) | (c.astype(np.float64) > self.ceiling(ts1, ts2))
         stale = ts2 < np.uint64(self.oldest)
         out = np.zeros(len(c), dtype=np.uint8)
