@@ -97,31 +97,31 @@ def group_keys(keys: Array) -> tuple[Array, Array]:
     return first, inv.reshape(-1)
 
 
+def _mix(words: Array, mults: list[int], s1: int, k: int, s2: int) -> Array:
+    """The hashes of bpf/xpro_shared.h over rows of little-endian words: the
+    words times ``mults`` summed (wrapping as the C does), then
+    ``h ^= h >> s1; h *= k; h ^= h >> s2``; uint32."""
+    h: Array = (words * np.array(mults, dtype=np.uint32)).sum(axis=1, dtype=np.uint32)
+    h = h ^ (h >> np.uint32(s1))
+    h = h * np.uint32(k)
+    h = h ^ (h >> np.uint32(s2))
+    out: Array = h.astype(np.uint32)
+    return out
+
+
 def known_hash(src: Array) -> Array:
     """``xpro_known_hash`` (bpf/xpro_shared.h) of each 16-byte source (``S16``):
     the hash of the known sources' filter, uint32."""
     w: Array = np.ascontiguousarray(src, dtype="S16").view("<u4").reshape(-1, 4)
-    m = np.array([0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F], dtype=np.uint32)
-    h: Array = (w * m).sum(axis=1, dtype=np.uint32)  # wraps, as the C does
-    h = h ^ (h >> np.uint32(16))
-    h = h * np.uint32(0x85EBCA6B)
-    h = h ^ (h >> np.uint32(13))
-    out: Array = h.astype(np.uint32)
-    return out
+    return _mix(w, [0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F], 16, 0x85EBCA6B, 13)
 
 
 def known_slot(dst: Array) -> Array:
     """``xpro_known_slot`` (bpf/xpro_shared.h) of each destination key
     (``DST_KEY``): the hash that places its filter of known sources, uint32."""
     w: Array = np.ascontiguousarray(dst).view("<u4").reshape(-1, 5)
-    m = np.array([0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x165667B1],
-                 dtype=np.uint32)
-    h: Array = (w * m).sum(axis=1, dtype=np.uint32)  # wraps, as the C does
-    h = h ^ (h >> np.uint32(15))
-    h = h * np.uint32(0x2C1B3C6D)
-    h = h ^ (h >> np.uint32(12))
-    out: Array = h.astype(np.uint32)
-    return out
+    return _mix(w, [0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x165667B1],
+                15, 0x2C1B3C6D, 12)
 
 
 def known_filters(keys: Array, words: int, mask: int | None = None) -> tuple[Array, Array]:
