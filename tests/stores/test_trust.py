@@ -189,6 +189,27 @@ def test_a_flood_dated_in_the_future_is_still_dropped(mesh: tuple[str, str, list
     assert rec[1] <= T0 + 31 * S, "the forged record does not stay in the master"
 
 
+@pytest.mark.parametrize("start", ["1970", "a day before"])
+def test_a_window_start_forged_in_the_past_does_not_switch_off_the_limit(
+        mesh: tuple[str, str, list[Proxy]], start: str) -> None:
+    """The bot's master record set once to a window that starts long ago, with
+    one packet: before, every proxy took that start into its kernel record,
+    its own packets counted over decades (or a day), and 26,715 (12,244) of
+    the bot's 30,000 packets passed; now its window reaches back T_T4 at most
+    (docs/sync.rst, "How far back a local window reaches")."""
+    url, name, (a, b) = mesh
+    passed = 0
+    for second in range(30):
+        for tick in range(100):  # 1000 packets/s: 10 x T_F1
+            passed += a.send(BOT, T0 + second * S + tick * S // 100, 10)
+        now = T0 + (second + 1) * S
+        a.round(now)
+        b.round(now)
+        if second == 1:
+            forge(url, name, key_of(BOT), 0 if start == "1970" else now - 86_400 * S, now, 1)
+    assert passed <= 1_001 + 10, passed
+
+
 def test_a_forged_huge_count_does_not_drop_a_legitimate_source(
         mesh: tuple[str, str, list[Proxy]]) -> None:
     """A count of 2**62 on a legitimate flow: before, the source was dropped at

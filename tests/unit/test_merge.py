@@ -35,9 +35,10 @@ def cases(draw: st.DrawFn) -> tuple[model.Local | None, model.Master | None]:
 
 @settings(max_examples=300, deadline=None)
 @given(rows=st.lists(cases(), min_size=1, max_size=50),
-       t_t1=st.integers(0, 20 * S), t_t4=st.integers(0, 20 * S), r=st.integers(1025, 8 * 1024))
+       t_t1=st.integers(0, 20 * S), t_t4=st.integers(0, 20 * S), r=st.integers(1025, 8 * 1024),
+       span=st.none() | st.integers(0, 40 * S))
 def test_vectorised_merge_matches_model(rows: list[tuple[model.Local | None, model.Master | None]],
-                                        t_t1: int, t_t4: int, r: int) -> None:
+                                        t_t1: int, t_t4: int, r: int, span: int | None) -> None:
     params = model.SyncParams(t_t1=t_t1, t_t4=t_t4, r_q=r)
     n = len(rows)
     local = np.zeros(n, dtype=LOCAL)
@@ -49,9 +50,12 @@ def test_vectorised_merge_matches_model(rows: list[tuple[model.Local | None, mod
             master[i] = (ma.ts1, ma.ts2, ma.c)
     le = np.array([lo is not None for lo, _ in rows])
     me = np.array([ma is not None for _, ma in rows])
-    out_l, out_m = merge_arrays(local, le, master, me, params)
+    # one span for all, or one each (the sync's rows whose counts may be older)
+    spans = [span if span is None or i % 3 else span // 2 for i in range(n)]
+    out_l, out_m = merge_arrays(local, le, master, me, params,
+                                span if span is None else np.array(spans, dtype=np.int64))
     for i, (lo, ma) in enumerate(rows):
-        want_l, want_m = model.merge(lo, ma, params)
+        want_l, want_m = model.merge(lo, ma, params, spans[i])
         got_l = tuple(int(x) for x in out_l[i][["ts1", "ts2", "c"]].tolist())
         got_m = tuple(int(x) for x in out_m[i].tolist())
         assert got_l == ((want_l.ts1, want_l.ts2, want_l.c) if want_l else (0, 0, 0)), i
@@ -95,6 +99,33 @@ def test_old_master_and_huge_counts_do_not_overflow() -> None:
     assert want_m is not None
     assert tuple(out_l[0][["ts1", "ts2", "c"]].tolist()) == (want_l.ts1, want_l.ts2, want_l.c)
     assert tuple(out_m[0].tolist()) == (want_m.ts1, want_m.ts2, want_m.c)
+
+
+def test_a_local_window_takes_at_most_the_span_of_the_masters() -> None:
+    """A master window that starts long ago (written by anyone who can write
+    the store): the local record keeps the master's rate over the span, and
+    this proxy's own packets whole; the master record is not cut."""
+    p = model.SyncParams(t_t1=10 * S, t_t4=5 * S, r_q=2 * model.R_DEN)
+    lo = model.Local(T0 + 8 * S, T0 + 10 * S, 1000, 1000, 0)  # 500/s here
+    for ma, want in [
+        # the window starts in 1970: before, 1000 packets over 850 million s
+        (model.Master(0, T0 + 9 * S, 1), model.Local(T0 + 5 * S, T0 + 10 * S, 1000, 0, 0)),
+        # a day: the master's packets (1/s; halved over half the window by
+        # line 14) keep their rate over 5 s: 4 of them (floored)
+        (model.Master(T0 - 86_400 * S, T0 + 9 * S, 86_400),
+         model.Local(T0 + 5 * S, T0 + 10 * S, 1000 + 4, 0, 0)),
+    ]:
+        got_l, got_m = model.merge(lo, ma, p, span=5 * S)
+        assert got_l == want
+        assert got_m is not None
+        assert got_m.ts1 < T0 - 3600 * S  # (halved by line 14, not cut)
+        assert model.merge(lo, ma, p)[1] == got_m
+    # only in the master: the record created here is cut the same way
+    got_l, _ = model.merge(None, model.Master(0, T0, 7), p, span=5 * S)
+    assert got_l == model.Local(T0 - 5 * S, T0, 0, 0, 0)
+    # within the span, nothing changes
+    ma = model.Master(T0 + 7 * S, T0 + 9 * S, 40)
+    assert model.merge(lo, ma, p, span=5 * S) == model.merge(lo, ma, p)
 
 
 _I63 = st.integers(-(2**63), 2**63 - 1)

@@ -32,11 +32,14 @@ def _div_r(x: Array, r_q: int) -> Array:
 
 
 def merge_arrays(local: Array, local_exists: Array, master: Array, master_exists: Array,
-                 params: SyncParams) -> tuple[Array, Array]:
+                 params: SyncParams, span: int | Array | None = None
+                 ) -> tuple[Array, Array]:
     """Merge parallel arrays of LOCAL and MASTER records; returns (local', master').
 
     Where neither side exists the outputs are zeros.  Everything the model
-    does per record happens here per element, with masks for the branches.
+    does per record happens here per element, with masks for the branches;
+    ``span`` as in :func:`xpro.core.model.adopt` (the local window's cut),
+    one for all records or one per record.
     """
     n = len(local)
     lt1 = local["ts1"].astype(np.int64)
@@ -69,6 +72,7 @@ def merge_arrays(local: Array, local_exists: Array, master: Array, master_exists
     # (changed: the local window starts where the master's does; see model.merge)
     o_lt1 = o_mt1.copy()
     # Line 24.
+    part = o_mc  # the master's count in the local one (model.adopt)
     o_lc = o_mc + ldc
     o_mc = o_lc
 
@@ -91,6 +95,18 @@ def merge_arrays(local: Array, local_exists: Array, master: Array, master_exists
     o_mt1 = np.where(only_master, mt1, o_mt1)
     o_mt2 = np.where(only_master, mt2, o_mt2)
     o_mc = np.where(only_master, mc, o_mc)
+    # The local window takes at most span of the master's (model.adopt).
+    if span is not None:
+        sp = np.broadcast_to(np.asarray(span, dtype=np.int64), (n,))
+        w = o_lt2 - o_lt1
+        cut = me & ~take_local & (w > sp)
+        if cut.any():
+            part = np.where(only_master, mc, part)[cut]
+            dc = np.where(only_master, 0, ldc)[cut]
+            scaled = np.floor(part.astype(np.float64) * sp[cut].astype(np.float64)
+                              / w[cut].astype(np.float64))
+            o_lc[cut] = np.minimum(part, scaled.astype(np.int64)) + dc
+            o_lt1[cut] = o_lt2[cut] - sp[cut]
 
     out_local = np.zeros(n, dtype=LOCAL)
     out_master = np.zeros(n, dtype=MASTER)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
+import math
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -710,7 +711,7 @@ def local_view(rec: FlowRecord, base: Synced | None) -> Local:
 
 
 def merge(
-    local: Local | None, master: Master | None, params: SyncParams
+    local: Local | None, master: Master | None, params: SyncParams, span: int | None = None
 ) -> tuple[Local | None, Master | None]:
     """Algorithm 1, lines 5-33, for one flow key: returns (local', master').
 
@@ -731,6 +732,10 @@ def merge(
 
     ``mark`` is cleared and ``dc`` consumed in every case that writes the
     master; ``r`` divides with ``R_DEN`` fixed point (docs/sync.rst, "Deviations from the paper").
+
+    Where the local record takes the master's window (both exist, or only
+    the master), it takes at most ``span`` ns of it (:func:`adopt`; None:
+    all of it).
     """
     if master is None:
         if local is None:
@@ -740,7 +745,7 @@ def merge(
             Master(local.ts1, local.ts2, local.c),
         )
     if local is None:
-        return Local(master.ts1, master.ts2, master.c, 0, 0), master
+        return adopt(master.ts1, master.ts2, master.c, 0, span), master
 
     ts1p, ts2p, cp, dcp = local.ts1, local.ts2, local.c, local.dc
     ts1, ts2, c = master.ts1, master.ts2, master.c
@@ -761,7 +766,29 @@ def merge(
     # steady distributed attack falls under T_F1 (docs/evaluation.rst).
     ts1p = ts1  # line 20, in both directions
     cp = c + dcp  # line 24
-    return Local(ts1p, ts2p, cp, 0, 0), Master(ts1, ts2, cp)
+    return adopt(ts1p, ts2p, c, dcp, span), Master(ts1, ts2, cp)
+
+
+def adopt(ts1: int, ts2: int, c: int, dc: int, span: int | None) -> Local:
+    """The local record a merge leaves: the master's window ``[ts1, ts2]``
+    and count ``c``, plus this proxy's ``dc``, the window cut to ``span`` ns
+    at most (docs/sync.rst, "How far back a local window reaches"; None:
+    not cut).
+
+    The sync's span is T_T4, or the time since its last merge if that is
+    longer (every packet in ``dc`` was counted since then).  A longer master
+    window keeps its rate: its count is scaled by the ratio of the windows
+    (a float64 product, floored) and ``dc`` is added whole, so the proxy's
+    own packets are never spread over more than the span.  The master
+    record is not changed.  Without the cut, one master record whose window
+    starts long ago -- anyone who can write the store can write it -- made
+    a proxy's own packets count over years, and a flow at 10 x T_F1 passed
+    it.
+    """
+    if span is not None and ts2 - ts1 > span:
+        c = min(c, math.floor(float(c) * float(span) / float(ts2 - ts1)))
+        ts1 = ts2 - span
+    return Local(ts1, ts2, c + dc, 0, 0)
 
 
 def aggregates_of(key: bytes, dst_mode: int) -> list[bytes]:

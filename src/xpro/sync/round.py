@@ -219,6 +219,10 @@ class Syncer:
         self._carry: tuple[Array, Array] = (np.zeros(0, dtype=L.FLOW_KEY),
                                             np.zeros(0, dtype=MASTER))
         self._pending: tuple[Array, Array, Array] | None = None
+        #: When the records of the last round whose merge the store took were
+        #: read: every packet of a flow's dc since is younger (see _spans).
+        self._landed: int | None = None
+        self._scanned = True  # the last read was the whole table
         self._dirty_lost = filt.dirty_lost()
         self._last_packets: int | None = None
         self._last_time: int | None = None
@@ -260,7 +264,9 @@ class Syncer:
             # stale key left there (an adopted table) costs one read.
             self.filt.take_dirty(ended)
             self._full_scan = False
+            self._scanned = True
             return self.filt.read_flows()
+        self._scanned = False
         keys = self.filt.take_dirty(ended)
         if len(self._retry):
             keys = np.concatenate([keys, self._retry[index_of(keys, self._retry) < 0]],
@@ -341,9 +347,10 @@ class Syncer:
             # Counts merged after an outage are not a rate: the recent rate
             # starts again from this round (docs/semantics.rst, "The recent rate").
             self.recent.clear()
-            self._replay(*pending, b, st)
+            self._replay(*pending, b, st, self._span(now))
 
         # What we counted: the dirty flows, their dc and mark (model.local_view).
+        retried = self._retry
         keys, recs = self._changed_flows()
         st.flows = len(keys)
         keys, recs = self._check_local(keys, recs, b, st)
@@ -371,8 +378,12 @@ class Syncer:
         keys, recs, local, existed, before = self._check_before(keys, recs, local, existed,
                                                                 before, b, st)
         st.merged = len(keys)
+        # Rows whose dc may predate the last landed read: a full scan (marks
+        # lost, or the first round) and the records refused last round.
+        older = np.full(len(keys), self._scanned) | (index_of(retried, keys) >= 0)
         final, mastered = merge_arrays(local, np.ones(len(keys), bool), before, existed,
-                                       self.params)
+                                       self.params, self._spans(now, local, older))
+        self._landed = now
 
         # From here on the master holds our dc: whatever fails, the kernel must
         # be brought level with it, or the next round would count it again.
@@ -432,9 +443,11 @@ class Syncer:
         p_exists, p_recs = self.filt.read(pkeys)
         p_local = _local_view(p_recs)
         quiet = p_exists & (p_local["dc"] == 0) & (p_local["mark"] == 0)
+        # (no dc of their own: T_T4 is their span)
         q_final, _ = merge_arrays(p_local[quiet], np.ones(int(quiet.sum()), bool),
-                                  precs[quiet], np.ones(int(quiet.sum()), bool), self.params)
-        new_keys, new_recs = pkeys[~p_exists], precs[~p_exists]
+                                  precs[quiet], np.ones(int(quiet.sum()), bool), self.params,
+                                  self.params.t_t4)
+        new_keys, new_recs = pkeys[~p_exists], _adopted(precs[~p_exists], self.params)
         st.created = len(new_keys)
 
         # Into the kernel: deltas and the new baseline; created records.
@@ -556,7 +569,23 @@ class Syncer:
                         "behind" if d > 0 else "ahead of")
         return d
 
-    def _replay(self, keys: Array, recs: Array, local: Array, b: Bounds, st: SyncStats) -> None:
+    def _span(self, now: int) -> int:
+        """How long a window the local records take from the master at ``now``
+        (model.adopt): T_T4, or the time since the last landed read if longer."""
+        t_t4 = self.params.t_t4
+        return t_t4 if self._landed is None else max(t_t4, now - self._landed)
+
+    def _spans(self, now: int, local: Array, older: Array | bool) -> Array:
+        """Each merged record's span (docs/sync.rst, "How far back a local window
+        reaches"): :meth:`_span`; for a row whose dc may be older (``older``)
+        its own window if that is longer, which holds every packet of its dc."""
+        own = local["ts2"].astype(np.int64) - local["ts1"].astype(np.int64)
+        base = np.int64(self._span(now))
+        out: Array = np.where(older, np.maximum(base, own), base)
+        return out
+
+    def _replay(self, keys: Array, recs: Array, local: Array, b: Bounds, st: SyncStats,
+                span: int) -> None:
         """Repeat a failed merge and write its result into the kernel."""
         try:
             existed, before = self._merge(keys, local, b)
@@ -566,7 +595,11 @@ class Syncer:
             return
         keys, recs, local, existed, before = self._check_before(keys, recs, local, existed,
                                                                 before, b, st)
-        final, _ = merge_arrays(local, np.ones(len(keys), bool), before, existed, self.params)
+        # (read before the outage: their own windows hold their dc)
+        spans = np.maximum(np.int64(span), local["ts2"].astype(np.int64)
+                           - local["ts1"].astype(np.int64))
+        final, _ = merge_arrays(local, np.ones(len(keys), bool), before, existed, self.params,
+                                spans)
         self.filt.apply(_flow_updates(keys, recs, final))
         log.info("sync %s: the merge of %d flows that failed earlier is done", self.proxy,
                  len(keys))
@@ -1164,6 +1197,17 @@ def _flow_updates(keys: Array, recs: Array, final: Array) -> Array:
                          c_delta=final["c"].astype(np.int64) - recs["c"].astype(np.int64),
                          ts1=np.where(final["ts1"] != recs["ts1"], final["ts1"], 0),
                          ts2=final["ts2"], base_c=final["c"])
+
+
+def _adopted(recs: Array, params: SyncParams) -> Array:
+    """MASTER records as a proxy creates its local records from them: windows
+    cut to T_T4, their rates kept (model.adopt, as merge_arrays does)."""
+    n = len(recs)
+    loc, _ = merge_arrays(np.zeros(n, dtype=LOCAL), np.zeros(n, bool), recs, np.ones(n, bool),
+                          params, params.t_t4)
+    out = recs.copy()
+    out["ts1"], out["c"] = loc["ts1"], loc["c"]
+    return out
 
 
 def _local_view(recs: Array) -> Array:
