@@ -153,14 +153,16 @@ def test_unpaced_run_floods(pair: NsPair) -> None:
     # fails when the calls stay small and their fixed cost dominates.
     assert sent / elapsed > 300_000
     # The veth's ring (256 frames) overflows when the receiving softirq falls
-    # behind, which on a fast sender can be most frames (CI saw 30 % arrive).
-    # The ledger is exact all the same: every frame sent was either taken by the
-    # ring and counted by the program, or counted by the driver as a drop.
+    # behind, which on a fast sender can be most frames: how many arrive
+    # depends on how the two share the cores (CI saw 30 %, then 5.7 %), so
+    # it is no assertion.  The ledger is exact all the same: every frame sent
+    # was either taken by the ring and counted by the program, or counted by
+    # the driver as a drop.
     taken = xmit_stat(after, "xdp_xmit") - xmit_stat(before, "xdp_xmit")
     lost = xmit_stat(after, "xdp_xmit_errors") - xmit_stat(before, "xdp_xmit_errors")
     assert taken + lost == sent
     assert received == taken
-    assert received > 0.1 * sent
+    assert received > 0
 
 
 def test_several_frames_take_turns(gro_pair: NsPair) -> None:
