@@ -212,17 +212,19 @@ class Syncer:
         self.rounds = 0
         self.store_expire_every = store_expire_every
         self._full_scan = True  # the first round reads the whole table
-        #: Flows whose merge the store refused (bad data): read again next round.
+        #: Flows whose merge the store refused (bad data): read again next round,
+        #: with when the reads that their dc counts from began (_spans; -1:
+        #: unknown, before the first landed round).
         self._retry = np.zeros(0, dtype=L.FLOW_KEY)
+        self._retry_since = np.zeros(0, dtype=np.int64)
         #: Master records of flows this proxy merged in a round that another
         #: proxy changed after that merge: taken in the next round.
         self._carry: tuple[Array, Array] = (np.zeros(0, dtype=L.FLOW_KEY),
                                             np.zeros(0, dtype=MASTER))
-        self._pending: tuple[Array, Array, Array] | None = None
-        #: When the records of the last round whose merge the store took were
-        #: read: every packet of a flow's dc since is younger (see _spans).
+        self._pending: tuple[Array, Array, Array, Array] | None = None
+        #: When the last round whose merge the store took began: a flow merged
+        #: then has counted its dc since (see _spans).
         self._landed: int | None = None
-        self._scanned = True  # the last read was the whole table
         self._dirty_lost = filt.dirty_lost()
         self._last_packets: int | None = None
         self._last_time: int | None = None
@@ -264,9 +266,7 @@ class Syncer:
             # stale key left there (an adopted table) costs one read.
             self.filt.take_dirty(ended)
             self._full_scan = False
-            self._scanned = True
             return self.filt.read_flows()
-        self._scanned = False
         keys = self.filt.take_dirty(ended)
         if len(self._retry):
             keys = np.concatenate([keys, self._retry[index_of(keys, self._retry) < 0]],
@@ -347,17 +347,23 @@ class Syncer:
             # Counts merged after an outage are not a rate: the recent rate
             # starts again from this round (docs/semantics.rst, "The recent rate").
             self.recent.clear()
-            self._replay(*pending, b, st, self._span(now))
+            self._replay(*pending, b, st, now)
 
         # What we counted: the dirty flows, their dc and mark (model.local_view).
-        retried = self._retry
+        retried, since = self._retry, self._retry_since
         keys, recs = self._changed_flows()
+        self._retry, self._retry_since = self._retry[:0], since[:0]
         st.flows = len(keys)
         keys, recs = self._check_local(keys, recs, b, st)
         touched = [self.mirror.update(keys, recs["ts1"], recs["ts2"], recs["c"], local=True)]
         local = _local_view(recs)
         changed = (local["dc"] != 0) | (local["mark"] == 1)
         keys, recs, local = keys[changed], recs[changed], local[changed]
+        # When the counting of each one's dc began: the last landed round, or
+        # for a record refused last round, the round before its refusals.
+        at = index_of(retried, keys)
+        basis = np.where(at >= 0, since[np.maximum(at, 0)] if len(since) else -1,
+                         -1 if self._landed is None else self._landed).astype(np.int64)
 
         # Merged into the master (atomic per record, in the store).
         try:
@@ -368,21 +374,18 @@ class Syncer:
             log.warning("sync %s: the store refused the merge of %d flows (%s); they are "
                         "merged again next round", self.proxy, len(keys), exc)
             st.error = str(exc)
-            self._retry = keys.copy()
-            keys, recs, local = keys[:0], recs[:0], local[:0]
+            self._retry_later(keys, basis)
+            keys, recs, local, basis = keys[:0], recs[:0], local[:0], basis[:0]
             existed, before = np.zeros(0, dtype=bool), np.zeros(0, dtype=MASTER)
         except StoreError:
             # Unreachable: maybe applied, maybe not; keep the arrays for the replay.
-            self._pending = (keys, recs, local)
+            self._pending = (keys, recs, local, basis)
             raise
-        keys, recs, local, existed, before = self._check_before(keys, recs, local, existed,
-                                                                before, b, st)
+        keys, recs, local, existed, before, basis = self._check_before(
+            keys, recs, local, existed, before, b, st, basis)
         st.merged = len(keys)
-        # Rows whose dc may predate the last landed read: a full scan (marks
-        # lost, or the first round) and the records refused last round.
-        older = np.full(len(keys), self._scanned) | (index_of(retried, keys) >= 0)
         final, mastered = merge_arrays(local, np.ones(len(keys), bool), before, existed,
-                                       self.params, self._spans(now, local, older))
+                                       self.params, self._spans(now, local, basis))
         self._landed = now
 
         # From here on the master holds our dc: whatever fails, the kernel must
@@ -569,37 +572,39 @@ class Syncer:
                         "behind" if d > 0 else "ahead of")
         return d
 
-    def _span(self, now: int) -> int:
-        """How long a window the local records take from the master at ``now``
-        (model.adopt): T_T4, or the time since the last landed read if longer."""
-        t_t4 = self.params.t_t4
-        return t_t4 if self._landed is None else max(t_t4, now - self._landed)
-
-    def _spans(self, now: int, local: Array, older: Array | bool) -> Array:
-        """Each merged record's span (docs/sync.rst, "How far back a local window
-        reaches"): :meth:`_span`; for a row whose dc may be older (``older``)
-        its own window if that is longer, which holds every packet of its dc."""
+    def _spans(self, now: int, local: Array, basis: Array) -> Array:
+        """How much of the master's window each merged record takes (model.adopt;
+        docs/sync.rst, "How far back a local window reaches"): T_T4, or the
+        time since its dc began to count (``basis``) if that is longer.  Where
+        that is unknown (-1: the first round after a start, whose records may
+        come from an earlier daemon), the record's own window, which holds
+        all of its dc -- never otherwise: a window the last cut left would
+        grow by a period a round."""
+        t_t4 = np.int64(self.params.t_t4)
+        basis = np.asarray(basis, dtype=np.int64)
         own = local["ts2"].astype(np.int64) - local["ts1"].astype(np.int64)
-        base = np.int64(self._span(now))
-        out: Array = np.where(older, np.maximum(base, own), base)
+        out: Array = np.maximum(t_t4, np.where(basis >= 0, np.int64(now) - basis, own))
         return out
 
-    def _replay(self, keys: Array, recs: Array, local: Array, b: Bounds, st: SyncStats,
-                span: int) -> None:
+    def _retry_later(self, keys: Array, basis: Array) -> None:
+        """Merge ``keys`` again next round; their dc counts from ``basis``."""
+        self._retry = np.concatenate([self._retry, keys], dtype=L.FLOW_KEY)
+        self._retry_since = np.concatenate([self._retry_since, basis]).astype(np.int64)
+
+    def _replay(self, keys: Array, recs: Array, local: Array, basis: Array, b: Bounds,
+                st: SyncStats, now: int) -> None:
         """Repeat a failed merge and write its result into the kernel."""
         try:
             existed, before = self._merge(keys, local, b)
         except BadRecord as exc:
             log.warning("sync %s: the replay of a merge of %d flows was refused (%s); "
-                        "dropped", self.proxy, len(keys), exc)
+                        "they are merged again this round", self.proxy, len(keys), exc)
+            self._retry_later(keys, basis)
             return
-        keys, recs, local, existed, before = self._check_before(keys, recs, local, existed,
-                                                                before, b, st)
-        # (read before the outage: their own windows hold their dc)
-        spans = np.maximum(np.int64(span), local["ts2"].astype(np.int64)
-                           - local["ts1"].astype(np.int64))
+        keys, recs, local, existed, before, basis = self._check_before(
+            keys, recs, local, existed, before, b, st, basis)
         final, _ = merge_arrays(local, np.ones(len(keys), bool), before, existed, self.params,
-                                spans)
+                                self._spans(now, local, basis))
         self.filt.apply(_flow_updates(keys, recs, final))
         log.info("sync %s: the merge of %d flows that failed earlier is done", self.proxy,
                  len(keys))
@@ -651,10 +656,11 @@ class Syncer:
         return keys[~bad], recs[~bad]
 
     def _check_before(self, keys: Array, recs: Array, local: Array, existed: Array,
-                      before: Array, b: Bounds, st: SyncStats
-                      ) -> tuple[Array, Array, Array, Array, Array]:
+                      before: Array, b: Bounds, st: SyncStats, basis: Array
+                      ) -> tuple[Array, Array, Array, Array, Array, Array]:
         """A merge reply: a ``before`` out of bounds counts as absent (as the store's
-        function treated it); a record the store refused is not written back."""
+        function treated it); a record the store refused is not written back,
+        and merged again next round (``basis``: when its dc began to count)."""
         existed = np.asarray(existed, dtype=bool).copy()
         before = np.asarray(before, dtype=MASTER).copy()
         refused = ~existed & (before == REFUSED)
@@ -666,10 +672,11 @@ class Syncer:
         existed[gone] = False
         before[gone] = 0
         if refused.any():
-            self._retry = np.concatenate([self._retry, keys[refused]], dtype=L.FLOW_KEY)
+            self._retry_later(keys[refused], basis[refused])
             keep = ~refused
-            return keys[keep], recs[keep], local[keep], existed[keep], before[keep]
-        return keys, recs, local, existed, before
+            return (keys[keep], recs[keep], local[keep], existed[keep], before[keep],
+                    basis[keep])
+        return keys, recs, local, existed, before, basis
 
     def _check_pulled(self, keys: Array, recs: Array, b: Bounds, st: SyncStats
                       ) -> tuple[Array, Array]:
