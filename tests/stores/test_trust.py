@@ -16,7 +16,7 @@ import os
 import struct
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -161,6 +161,26 @@ def master_record(p: Proxy, key: bytes) -> tuple[int, int, int] | None:
     return None
 
 
+def bot_through(mesh: tuple[str, str, list[Proxy]],
+                window: Callable[[int, int], tuple[int, int] | None]) -> int:
+    """30 s of the bot at 1000 packets/s (10 x T_F1) through proxy A, both
+    proxies syncing every second; after each round (``second``, ``now``),
+    ``window`` gives the (ts1, ts2) to forge the bot's master record with,
+    one packet (None: no forgery).  Returns how many of its packets passed."""
+    url, name, (a, b) = mesh
+    passed = 0
+    for second in range(30):
+        for tick in range(100):
+            passed += a.send(BOT, T0 + second * S + tick * S // 100, 10)
+        now = T0 + (second + 1) * S
+        a.round(now)
+        b.round(now)
+        forged = window(second, now)
+        if forged is not None:
+            forge(url, name, key_of(BOT), *forged, 1)
+    return passed
+
+
 # ---------------------------------------------------------------------------
 # The attacks
 # ---------------------------------------------------------------------------
@@ -172,16 +192,12 @@ def test_a_flood_dated_in_the_future_is_still_dropped(mesh: tuple[str, str, list
     every proxy copied that start into its kernel record and the per-source
     check never judged the flow again: 28,010 of 30,000 passed (now 1,010,
     its first second)."""
-    url, name, (a, b) = mesh
-    passed = 0
-    for second in range(30):
-        for tick in range(100):  # 1000 packets/s: 10 x T_F1
-            passed += a.send(BOT, T0 + second * S + tick * S // 100, 10)
-        now = T0 + (second + 1) * S
-        a.round(now)
-        b.round(now)
-        if second == 1:
-            forge(url, name, key_of(BOT), now + 80_000 * S, now + 80_000 * S, 1)
+    _, _, (a, b) = mesh
+
+    def ahead(second: int, now: int) -> tuple[int, int] | None:
+        return (now + 80_000 * S, now + 80_000 * S) if second == 1 else None
+
+    passed = bot_through(mesh, ahead)
     assert passed <= 1_001 + 10, passed
     assert a.quarantined() + b.quarantined() >= 1
     rec = master_record(a, key_of(BOT))
@@ -200,21 +216,15 @@ def test_a_window_start_forged_in_the_past_does_not_switch_off_the_limit(
     record dated ahead (the merge refused, the row retried): a span taken
     from the row's own window grew by a period a round, and 4,791 passed
     (memory store); the span now counts from the round before the refusal."""
-    url, name, (a, b) = mesh
-    passed = 0
-    for second in range(30):
-        for tick in range(100):  # 1000 packets/s: 10 x T_F1
-            passed += a.send(BOT, T0 + second * S + tick * S // 100, 10)
-        now = T0 + (second + 1) * S
-        a.round(now)
-        b.round(now)
-        if start == "a day before" and second == 1:
-            forge(url, name, key_of(BOT), now - 86_400 * S, now, 1)
-        elif start == "1970" and second == 1:
-            forge(url, name, key_of(BOT), 0, now, 1)
-        elif start.endswith("in turn") and second >= 1:
-            ahead = now + 1000 * S
-            forge(url, name, key_of(BOT), *((0, now) if second % 2 else (ahead, ahead)), 1)
+    def window(second: int, now: int) -> tuple[int, int] | None:
+        if start == "a day before":
+            return (now - 86_400 * S, now) if second == 1 else None
+        if start == "1970":
+            return (0, now) if second == 1 else None
+        ahead = now + 1000 * S
+        return None if second < 1 else (0, now) if second % 2 else (ahead, ahead)
+
+    passed = bot_through(mesh, window)
     assert passed <= 1_001 + 10, passed
 
 

@@ -775,8 +775,8 @@ def adopt(ts1: int, ts2: int, c: int, dc: int, span: int | None) -> Local:
     at most (docs/sync.rst, "How far back a local window reaches"; None:
     not cut).
 
-    The sync's span is T_T4, or the time since its last merge if that is
-    longer (every packet in ``dc`` was counted since then).  A longer master
+    The sync's span is T_T4, or the time since the record's ``dc`` began
+    to count if that is longer (every packet in it was counted since).  A longer master
     window keeps its rate: its count is scaled by the ratio of the windows
     (a float64 product, floored) and ``dc`` is added whole, so the proxy's
     own packets are never spread over more than the span.  The master

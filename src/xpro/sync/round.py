@@ -361,9 +361,9 @@ class Syncer:
         keys, recs, local = keys[changed], recs[changed], local[changed]
         # When the counting of each one's dc began: the last landed round, or
         # for a record refused last round, the round before its refusals.
+        basis = np.full(len(keys), -1 if self._landed is None else self._landed, np.int64)
         at = index_of(retried, keys)
-        basis = np.where(at >= 0, since[np.maximum(at, 0)] if len(since) else -1,
-                         -1 if self._landed is None else self._landed).astype(np.int64)
+        basis[at >= 0] = since[at[at >= 0]]
 
         # Merged into the master (atomic per record, in the store).
         try:
