@@ -88,6 +88,15 @@ struct {
 	__type(value, struct xpro_stat);
 } stats SEC(".maps");
 
+/* The coarse clock as this CPU last read it, and the jiffy it read it in
+ * (xpro_now): one entry, per CPU, so no other CPU writes it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct xpro_clock);
+} clock SEC(".maps");
+
 /* An address prefix -> a value (LPM trie over the 16-byte mapped address). */
 struct xpro_lpm_map {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);

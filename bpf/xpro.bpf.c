@@ -527,6 +527,36 @@ static __always_inline void address_key(struct xpro_flow_key *ak, struct xpro_fl
 	w[8] = (__u32)XPRO_DST_PAD_ADDR << 24; /* port 0, proto 0, pad: byte 35 */
 }
 
+/*
+ * bpf_ktime_get_coarse_ns(), called once per jiffy on each CPU: the coarse
+ * clock moves only at the tick that moves jiffies on, and bpf_jiffies64()
+ * is one load (the verifier inlines it) where the clock is a helper call,
+ * about a tenth of a closed destination's drop (docs/performance.rst).
+ * The tick moves jiffies first and the clock just after: a read in between
+ * that finds the clock where this CPU last saw it is not kept for the
+ * jiffy, and the next packet reads again.  (A CPU that saw no packet for
+ * more than a tick and reads in that gap keeps the clock of the tick before
+ * for one jiffy: one tick behind, as coarse as the clock is anyway.)
+ */
+static __always_inline __u64 coarse_now(void)
+{
+	__u32 zero = 0;
+	struct xpro_clock *k = bpf_map_lookup_elem(&clock, &zero);
+	__u64 j = bpf_jiffies64(), ns;
+
+	if (!k)
+		return bpf_ktime_get_coarse_ns();
+	if (k->jiffies != j) {
+		ns = bpf_ktime_get_coarse_ns();
+		if (ns != k->ns) {
+			k->ns = ns;
+			k->jiffies = j;
+		}
+		return ns;
+	}
+	return k->ns;
+}
+
 static __always_inline int filter(struct xdp_md *ctx, __u64 pkt_len)
 {
 	struct xpro_flow_key key __attribute__((aligned(8)));
@@ -548,7 +578,7 @@ static __always_inline int filter(struct xdp_md *ctx, __u64 pkt_len)
 		return rc;
 	/* The lists judged the full address; the flow is the source's prefix. */
 	mask_source(&key, ipv6, cfg.src_mask6, cfg.src_mask4);
-	now = cfg.fake_now ? cfg.fake_now : bpf_ktime_get_coarse_ns() + cfg.clock_offset;
+	now = cfg.fake_now ? cfg.fake_now : coarse_now() + cfg.clock_offset;
 
 	/* A closed destination first: unknown sources go no further. */
 	d = bpf_map_lookup_elem(&dsts, &key.dst);

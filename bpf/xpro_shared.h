@@ -191,6 +191,12 @@ static __always_inline __u32 xpro_known_slot(const __u32 *dst)
 	return h;
 }
 
+/* A CPU's cache of the coarse clock (maps.h: clock). */
+struct xpro_clock {
+	__u64 jiffies;
+	__u64 ns;
+};
+
 /* Per-CPU verdict counters, one slot per enum xpro_reason. */
 struct xpro_stat {
 	__u64 packets;

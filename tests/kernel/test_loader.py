@@ -14,6 +14,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from xpro.bpf import (
     xdp_query,
 )
 from xpro.bpf._ffi import ffi, load
+from xpro.datapath.xdp import CLOCK_MONOTONIC_COARSE
 from xpro.errors import (
     AttachError,
     BpffsError,
@@ -505,6 +507,29 @@ def test_fake_clock_in_global_data_shows_in_flows(
         123_456_789_500,
         2,
     )
+
+
+def test_the_real_clock_is_the_coarse_clock_read_once_a_tick(
+    xpro: BpfObject, layouts: dict[str, np.dtype[Any]]
+) -> None:
+    # The program keeps the coarse clock per CPU for a jiffy (coarse_now in
+    # bpf/xpro.bpf.c): what it stamps must still be the clock, and move on.
+    xpro.global_data(dtype=layouts["xpro_config"]).view["fake_now"] = 0
+    flows, prog = xpro.maps["flows"], xpro.programs["xpro_xdp"]
+    tick = time.clock_getres(CLOCK_MONOTONIC_COARSE)
+    tick_ns = round(tick * 1e9)
+    stamps = []
+    for _ in range(3):
+        before = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+        assert prog.test_run(udp4()).retval == XDP_PASS
+        after = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+        (rec,) = flows.lookup_batch()[1]
+        ts2 = int(rec["ts2"])
+        assert before - tick_ns <= ts2 <= after
+        stamps.append(ts2)
+        time.sleep(max(0.05, 5 * tick))
+    gaps = np.diff(stamps)
+    assert (gaps >= 0.05e9 - tick_ns).all(), gaps
 
 
 # ---- test_run ------------------------------------------------------------------------------------

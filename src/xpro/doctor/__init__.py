@@ -144,7 +144,7 @@ _MAPS = {"LRU hash": 9, "LPM trie": 11, "ring buffer": 27, "per-CPU array": 6, "
 _MAP_SINCE = {"LRU hash": "4.10", "LPM trie": "4.11", "ring buffer": "5.8",
               "per-CPU array": "4.6", "array": "3.19", "hash": "3.19"}
 _HELPERS = {"bpf_ktime_get_coarse_ns": (160, "5.11"), "bpf_ktime_get_tai_ns": (208, "6.1"),
-            "bpf_ringbuf_reserve": (131, "5.8")}
+            "bpf_jiffies64": (118, "5.5"), "bpf_ringbuf_reserve": (131, "5.8")}
 # linux/if_link.h
 _XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 _XDP_FLAGS_DRV_MODE = 1 << 2
@@ -297,8 +297,8 @@ def check_bpf_features() -> Finding:
         elif rc < 0:
             errors.append(f"{name}(): {_errstr(rc)}")
     probed = ("XDP programs; hash, LRU hash, LPM trie, array, per-CPU array and ring buffer "
-              "maps; bpf_ktime_get_coarse_ns, bpf_ktime_get_tai_ns and bpf_ringbuf_reserve "
-              "in XDP")
+              "maps; bpf_ktime_get_coarse_ns, bpf_ktime_get_tai_ns, bpf_jiffies64 and "
+              "bpf_ringbuf_reserve in XDP")
     if missing:
         return Finding("bpf-features", "fail",
                        "this kernel lacks " + "; ".join(missing) + " (the kernel version "
