@@ -434,6 +434,27 @@ def test_batch_update_lookup_delete(xpro: BpfObject, layouts: dict[str, np.dtype
     assert k0.shape == v0.shape == (0,)
 
 
+@pytest.mark.parametrize("name", ["flows", "dirty0"])  # LRU hash, hash
+def test_take_batch_returns_every_entry_and_empties_the_map(xpro: BpfObject, name: str) -> None:
+    m = xpro.maps[name]
+    n = 3000
+    keys = flow_keys(n)
+    values = np.zeros((n, m.value_size), dtype=np.uint8)
+    values[:, :4] = np.arange(n, dtype="<u4").view(np.uint8).reshape(n, 4)
+    for chunk in (8192, 256):  # one syscall, then many
+        assert m.update_batch(keys, values) == n
+        got_k, got_v = m.take_batch(chunk=chunk)
+        assert len(m) == 0
+        got_k = np.asarray(got_k).view(np.uint8).reshape(n, -1)
+        got_v = np.asarray(got_v).view(np.uint8).reshape(n, -1)
+        order = np.argsort(got_v[:, :4].copy().view("<u4").ravel())
+        assert got_k[order].tobytes() == keys.tobytes()
+    k0, v0 = m.take_batch()
+    assert len(k0) == len(v0) == 0
+    with pytest.raises(DatapathError, match="array elements cannot be deleted"):
+        xpro.maps["stats"].take_batch()
+
+
 def test_lpm_trie_batch_falls_back_to_iteration(xpro: BpfObject) -> None:
     allow = xpro.maps["allow_src"].typed(LPM_KEY, "<u4")
     keys = np.zeros(5, dtype=LPM_KEY)

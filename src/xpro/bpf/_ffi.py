@@ -159,6 +159,9 @@ int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys,
                          void *values, __u32 *count, const struct bpf_map_batch_opts *opts);
 int bpf_map_update_batch(int fd, const void *keys, const void *values, __u32 *count,
                          const struct bpf_map_batch_opts *opts);
+int bpf_map_lookup_and_delete_batch(int fd, void *in_batch, void *out_batch, void *keys,
+                                    void *values, __u32 *count,
+                                    const struct bpf_map_batch_opts *opts);
 
 int bpf_obj_pin(int fd, const char *pathname);
 int bpf_obj_get(const char *pathname);

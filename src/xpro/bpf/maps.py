@@ -499,6 +499,33 @@ class Map(MutableMapping[Any, Any]):
         """
         if self._info[0] not in _BATCH:
             return self._lookup_by_iteration()
+        got = self._read_batch(self._lib.bpf_map_lookup_batch, chunk, "batch lookup")
+        return got if got is not None else self._lookup_by_iteration()
+
+    def take_batch(self, chunk: int = 8192) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+        """Every (key, value), removed from the map, as :meth:`lookup_batch` reads them.
+
+        One pass of ``bpf_map_lookup_and_delete_batch`` (each bucket read and
+        emptied under its lock), about half the time of a lookup followed by a
+        delete of the keys found (docs/performance.rst); an entry added
+        meanwhile is either taken or left, never lost.  Where the kernel has
+        no such batch, the lookup and then the delete of what it found.
+        """
+        if self._info[0] in _ARRAYS:
+            raise DatapathError(f"map {self._name!r}: array elements cannot be deleted")
+        if self._info[0] in _BATCH:
+            got = self._read_batch(self._lib.bpf_map_lookup_and_delete_batch, chunk,
+                                   "batch lookup and delete")
+            if got is not None:
+                return got
+        keys, values = self.lookup_batch(chunk)
+        self.delete_batch(keys)
+        return keys, values
+
+    def _read_batch(self, fn: Any, chunk: int, what: str
+                    ) -> tuple[npt.NDArray[Any], npt.NDArray[Any]] | None:
+        """The batch walk of :meth:`lookup_batch` with ``fn``; None if the kernel
+        refuses the batch before the first entry (the caller falls back)."""
         lib, fd = self._lib, self.fd
         ks, vb = self._info[1], self._value_bytes
         tokens = (ffi.new("char[]", max(ks, 8)), ffi.new("char[]", max(ks, 8)))
@@ -512,17 +539,16 @@ class Map(MutableMapping[Any, Any]):
             kbuf = np.empty((chunk, ks), dtype=np.uint8)
             vbuf = np.empty((chunk, vb), dtype=np.uint8)
             count[0] = chunk
-            rc = lib.bpf_map_lookup_batch(
-                fd, in_tok, tokens[t], ffi.from_buffer(kbuf), ffi.from_buffer(vbuf), count, opts
-            )
+            rc = fn(fd, in_tok, tokens[t], ffi.from_buffer(kbuf), ffi.from_buffer(vbuf), count,
+                    opts)
             n = int(count[0])
             if rc < 0 and rc != -errno.ENOENT:
                 if rc == -errno.ENOSPC and n == 0:
                     chunk *= 2  # a hash bucket holds more entries than one chunk
                     continue
                 if -rc in _NO_BATCH_ERRNOS and not kparts:
-                    return self._lookup_by_iteration()
-                check(rc, f"batch lookup in map {self._name!r}")
+                    return None
+                check(rc, f"{what} in map {self._name!r}")
             if n:
                 kparts.append(kbuf[:n])
                 vparts.append(vbuf[:n])

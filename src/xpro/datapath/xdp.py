@@ -436,11 +436,9 @@ class XdpFilter:
         return ended
 
     def take_dirty(self, epoch: int) -> Array:
-        """The keys marked dirty in ``epoch``, removed from its set."""
-        keys = self.peek_dirty(epoch)
-        if len(keys):
-            self._dirty[epoch & 1].delete_batch(keys)
-        return keys
+        """The keys marked dirty in ``epoch``, removed from its set (one pass)."""
+        keys, _ = self._dirty[epoch & 1].take_batch()
+        return np.asarray(keys, dtype=L.FLOW_KEY)
 
     def peek_dirty(self, epoch: int) -> Array:
         """The keys marked dirty in ``epoch`` so far, left in its set."""
