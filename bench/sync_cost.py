@@ -19,7 +19,12 @@ recomputed.  For each store:
   its 100k flows changed, and the proxies start round 3 together: each
   merges 100k records and takes in what the others merged.  Reported: the
   slowest proxy's round 3 (``round_4x100k_s``), ``records_per_s`` = 400k /
-  that, and round 4, which takes in the rest of the others' changes.
+  that, and round 4, which takes in the rest of the others' changes.  And
+  the CPU round 3 took: the proxies' (``round_4x100k_cpu_total_s``), the
+  store servers' (``round_4x100k_server_cpu_s``, from /proc), and the least
+  wall time that much CPU needs on this machine's cores
+  (``round_4x100k_cpu_bound_s``): where the proxies and the master share
+  the cores, a round cannot be shorter.
 * **A table of 1M flows** at one proxy (``Sizes(flows=2**21)``), and of 10k
   and 100k: the first round (reads the whole table and merges it all), an
   idle round (nothing changed; median of 5), a round after 1000 flows
@@ -202,11 +207,12 @@ def timed_round(sync: Syncer, store: TimedStore, now: int) -> dict[str, Any]:
 
 
 def _proxy(url: str, mesh: str, idx: int, n: int, proxies: int, t0: int, barrier: Any,
-           out: Any, pull: str = "candidates") -> None:
+           gate: Any, out: Any, pull: str = "candidates") -> None:
     try:
         filt = XdpFilter(PARAMS, sizes=table_size(proxies * n))
     except Exception as exc:
         barrier.abort()
+        gate.abort()
         out.put((idx, {"failed": repr(exc)}))
         return
     res: dict[str, Any] = {}
@@ -222,35 +228,66 @@ def _proxy(url: str, mesh: str, idx: int, n: int, proxies: int, t0: int, barrier
         send(filt, ids, t0 + 3 * S)  # every flow of this proxy changed
         for r, label in enumerate(("changed", "follow")):
             barrier.wait(900)
+            if r == 0:
+                gate.wait(900)  # the parent reads the servers' CPU time ...
             res[label] = timed_round(sync, store, t0 + (4 + r) * S)
+            if r == 0:
+                gate.wait(900)  # ... and again once every proxy is done
         res["flows_in_map"] = len(filt.read_flows()[0])
         store.close()
     except Exception as exc:
         barrier.abort()
+        gate.abort()
         res["failed"] = repr(exc)
     finally:
         filt.close()
         out.put((idx, res))
 
 
+def process_cpu_s(pids: list[int]) -> float:
+    """User and system CPU seconds of these processes, all their threads (/proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
 def four_proxies(url: str, n: int, t0: int, *, threads: bool, proxies: int = 4,
-                 pull: str = "candidates") -> dict[str, Any]:
+                 pull: str = "candidates", server_pids: Callable[[], list[int]] | None = None
+                 ) -> dict[str, Any]:
     mesh = f"c{uuid.uuid4().hex[:8]}"
     workers: list[Any]
     if threads:
         q: Any = queue.Queue()
         bar: Any = threading.Barrier(proxies)
+        gate: Any = threading.Barrier(proxies + 1)
         workers = [threading.Thread(target=_proxy,
-                                    args=(url, mesh, i, n, proxies, t0, bar, q, pull))
+                                    args=(url, mesh, i, n, proxies, t0, bar, gate, q, pull))
                    for i in range(proxies)]
     else:
         ctx = mp.get_context("fork")
         q = ctx.Queue()
         bar = ctx.Barrier(proxies)
-        workers = [ctx.Process(target=_proxy, args=(url, mesh, i, n, proxies, t0, bar, q, pull))
+        gate = ctx.Barrier(proxies + 1)
+        workers = [ctx.Process(target=_proxy,
+                               args=(url, mesh, i, n, proxies, t0, bar, gate, q, pull))
                    for i in range(proxies)]
     for w in workers:
         w.start()
+    # The servers' CPU time over the "changed" round: between the gate every
+    # proxy passes before it and the one every proxy passes after it.
+    server_cpu: float | None = None
+    try:
+        gate.wait(1800)
+        c0 = process_cpu_s(server_pids()) if server_pids else None
+        gate.wait(1800)
+        if c0 is not None and server_pids is not None:
+            server_cpu = process_cpu_s(server_pids()) - c0
+    except threading.BrokenBarrierError:
+        pass  # a proxy failed: its result says why
     got = dict(q.get(timeout=1800) for _ in workers)
     for w in workers:
         w.join(60)
@@ -267,12 +304,20 @@ def four_proxies(url: str, n: int, t0: int, *, threads: bool, proxies: int = 4,
         return max(r[label]["s"] for r in rows)
 
     ch = [r["changed"] for r in rows]
+    cpu_total = sum(c["cpu_s"] for c in ch)
     return {
         "proxies": proxies, "per_proxy": n,
         "round_4x100k_s": round(slowest("changed"), 4),
         "records_per_s": round(proxies * n / slowest("changed")),
         "round_4x100k_wall_s": round(max(c["end"] for c in ch) - min(c["start"] for c in ch), 4),
         "round_4x100k_cpu_s": round(max(c["cpu_s"] for c in ch), 4),
+        # The CPU the round took: the proxies' (the threads that ran it) and
+        # the servers' (None for memory://, which runs in the proxies), and
+        # the least wall time that much CPU takes on this machine's cores.
+        "round_4x100k_cpu_total_s": round(cpu_total, 4),
+        "round_4x100k_server_cpu_s": None if server_cpu is None else round(server_cpu, 4),
+        "round_4x100k_cpu_bound_s": None if server_cpu is None else round(
+            (cpu_total + server_cpu) / (os.cpu_count() or 1), 4),
         "round_4x100k_store_s": round(max(c["store_s"] for c in ch), 4),
         "round_4x100k_merge_s": round(max(c["merge_s"] for c in ch), 4),
         "round_4x100k_changes_s": round(max(c["changes_s"] for c in ch), 4),
@@ -393,14 +438,14 @@ def tables(url: str, sizes: list[int], t0: int, memory: Callable[[], int] | None
 
 
 def bench_store(name: str, url: str, *, per_proxy: int, sizes: list[int],
-                memory: Callable[[], int] | None, parts: tuple[str, ...] = PARTS
-                ) -> dict[str, Any]:
+                memory: Callable[[], int] | None, parts: tuple[str, ...] = PARTS,
+                server_pids: Callable[[], list[int]] | None = None) -> dict[str, Any]:
     t0 = time.clock_gettime_ns(time.CLOCK_TAI) - 600 * S
     started = time.monotonic()
     threads = url.startswith("memory://")
     res: dict[str, Any] = {"url_scheme": url.split("://", maxsplit=1)[0]}
     log(f"{name}: 4 proxies x {per_proxy}")
-    res.update(four_proxies(url, per_proxy, t0, threads=threads))
+    res.update(four_proxies(url, per_proxy, t0, threads=threads, server_pids=server_pids))
     if "full" in parts:
         log(f"{name}: 4 proxies x {per_proxy}, full pull (every change, as before)")
         full = four_proxies(url, per_proxy, t0, threads=threads, pull="all")
@@ -445,6 +490,10 @@ def bench_store(name: str, url: str, *, per_proxy: int, sizes: list[int],
     return res
 
 
+def _pids(servers: list[Any]) -> list[int]:
+    return [p for p in (s.pid for s in servers) if p is not None]
+
+
 def run_store(name: str, servers: ServerSet, per_proxy: int, sizes: list[int],
               parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
     """Start the servers of store ``name`` and bench it."""
@@ -454,7 +503,7 @@ def run_store(name: str, servers: ServerSet, per_proxy: int, sizes: list[int],
     if name == "redis":
         srv = servers.redis()
         return bench_store(name, srv.url, per_proxy=per_proxy, sizes=sizes,
-                           memory=srv.used_memory, parts=parts)
+                           memory=srv.used_memory, parts=parts, server_pids=lambda: _pids([srv]))
     if name == "redis+cluster":
         cluster = servers.redis_cluster(3, 1, node_timeout_ms=2000)
 
@@ -462,7 +511,8 @@ def run_store(name: str, servers: ServerSet, per_proxy: int, sizes: list[int],
             return sum(n.used_memory() for n in cluster.masters())
 
         return bench_store(name, cluster.url, per_proxy=per_proxy, sizes=sizes,
-                           memory=masters_memory, parts=parts)
+                           memory=masters_memory, parts=parts,
+                           server_pids=lambda: _pids(list(cluster)))
     # etcd: a quarter of the proxies' flows and a fifth of the tables.
     etcd_per_proxy, etcd_sizes = per_proxy // 4, [n // 5 for n in sizes]
     etcd = servers.etcd(1, fsync=True, extra=ETCD_QUOTA)
@@ -470,7 +520,8 @@ def run_store(name: str, servers: ServerSet, per_proxy: int, sizes: list[int],
     # default 5 s RPC deadline when four proxies do that together.
     res = bench_store(name, etcd.url + "?timeout=30", per_proxy=etcd_per_proxy,
                       sizes=etcd_sizes, memory=None,
-                      parts=tuple(p for p in parts if p != "scaling"))
+                      parts=tuple(p for p in parts if p != "scaling"),
+                      server_pids=lambda: _pids(list(etcd)))
     res["scaled"] = (f"{etcd_per_proxy} flows per proxy (a quarter) and tables of "
                      f"{', '.join(map(str, etcd_sizes))} flows (a fifth): etcd merges "
                      "~30k records/s here")

@@ -97,6 +97,11 @@ def test_sync_cost_bench() -> None:
         assert positive(res["round_4x100k_s"])
         assert positive(res["full_pull"]["round_4x100k_s"])
         assert positive(res["idle_round_1m_s"])
+    # the CPU the round took: the servers' only where they are processes
+    assert mem["memory"]["round_4x100k_server_cpu_s"] is None
+    assert red["redis"]["round_4x100k_server_cpu_s"] >= 0
+    assert positive(red["redis"]["round_4x100k_cpu_total_s"])
+    assert positive(red["redis"]["round_4x100k_cpu_bound_s"])
     assert sorted(mem["memory"]["by_proxies"], key=int) == ["2", "4", "8", "16"]
     assert positive(mem["memory"]["round_16x25k_s"])
 
