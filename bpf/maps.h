@@ -89,7 +89,7 @@ struct {
 } stats SEC(".maps");
 
 /* The coarse clock as this CPU last read it, and the jiffy it read it in
- * (xpro_now): one entry, per CPU, so no other CPU writes it. */
+ * (coarse_now in xpro.bpf.c): one entry, per CPU, so no other CPU writes it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);

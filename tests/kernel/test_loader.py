@@ -7,6 +7,7 @@ structs are parsed from it), so these tests follow the C side.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -453,6 +454,20 @@ def test_take_batch_returns_every_entry_and_empties_the_map(xpro: BpfObject, nam
     assert len(k0) == len(v0) == 0
     with pytest.raises(DatapathError, match="array elements cannot be deleted"):
         xpro.maps["stats"].take_batch()
+
+    # An error after the first chunks (the kernel's, here made up) puts back
+    # what was taken before it is raised.
+    assert m.update_batch(keys, values) == n
+    real, calls = m._lib.bpf_map_lookup_and_delete_batch, [0]
+
+    def failing(*a: Any) -> int:
+        calls[0] += 1
+        return -errno.EFAULT if calls[0] == 3 else int(real(*a))
+
+    with pytest.raises(DatapathError, match="lookup and delete"):
+        m._read_batch(failing, 256, "batch lookup and delete", put_back=True)
+    assert calls[0] == 3
+    assert len(m) == n
 
 
 def test_lpm_trie_batch_falls_back_to_iteration(xpro: BpfObject) -> None:

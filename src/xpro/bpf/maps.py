@@ -515,18 +515,20 @@ class Map(MutableMapping[Any, Any]):
             raise DatapathError(f"map {self._name!r}: array elements cannot be deleted")
         if self._info[0] in _BATCH:
             got = self._read_batch(self._lib.bpf_map_lookup_and_delete_batch, chunk,
-                                   "batch lookup and delete")
+                                   "batch lookup and delete", put_back=True)
             if got is not None:
                 return got
         keys, values = self.lookup_batch(chunk)
         self.delete_batch(keys)
         return keys, values
 
-    def _read_batch(self, fn: Any, chunk: int, what: str
+    def _read_batch(self, fn: Any, chunk: int, what: str, *, put_back: bool = False
                     ) -> tuple[npt.NDArray[Any], npt.NDArray[Any]] | None:
         """The batch walk of :meth:`lookup_batch` with ``fn``; None if the kernel
-        refuses the batch before the first entry (the caller falls back)."""
-        lib, fd = self._lib, self.fd
+        refuses the batch before the first entry (the caller falls back).  With
+        ``put_back`` (``fn`` deletes what it returns), an error after the
+        first entries writes them back before it is raised: none is lost."""
+        fd = self.fd
         ks, vb = self._info[1], self._value_bytes
         tokens = (ffi.new("char[]", max(ks, 8)), ffi.new("char[]", max(ks, 8)))
         count = ffi.new("__u32 *")
@@ -548,6 +550,8 @@ class Map(MutableMapping[Any, Any]):
                     continue
                 if -rc in _NO_BATCH_ERRNOS and not kparts:
                     return None
+                if put_back and kparts:
+                    self._put_back(np.concatenate(kparts), np.concatenate(vparts))
                 check(rc, f"{what} in map {self._name!r}")
             if n:
                 kparts.append(kbuf[:n])
@@ -558,6 +562,13 @@ class Map(MutableMapping[Any, Any]):
         keys = np.concatenate(kparts) if kparts else np.empty((0, ks), dtype=np.uint8)
         vals = np.concatenate(vparts) if vparts else np.empty((0, vb), dtype=np.uint8)
         return self._wrap_keys(keys), self._wrap_values(vals)
+
+    def _put_back(self, kraw: npt.NDArray[np.uint8], vraw: npt.NDArray[np.uint8]) -> None:
+        """Write entries read as raw rows back, one by one (an error path):
+        an entry written meanwhile stays as it is (BPF_NOEXIST)."""
+        for k, v in zip(kraw, vraw, strict=True):
+            self._lib.bpf_map_update_elem(self.fd, ffi.from_buffer(k), ffi.from_buffer(v),
+                                          BPF_NOEXIST)
 
     def _lookup_by_iteration(self) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
         lib, fd = self._lib, self.fd
