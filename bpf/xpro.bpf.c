@@ -536,10 +536,11 @@ static __always_inline void address_key(struct xpro_flow_key *ak, struct xpro_fl
  * that finds the clock where this CPU last saw it is not kept for the
  * jiffy, and the next packet reads again.  (A CPU that saw no packet for
  * more than a tick and reads in that gap keeps the clock of the tick before
- * for one jiffy: one tick behind, as coarse as the clock is anyway.  A run
- * preempted on its CPU between its read and its stores -- generic mode in
- * a preemptible context -- can leave the value it read under a later
- * jiffy's number: behind by that preemption until the next jiffy.)
+ * for one jiffy: one tick behind, as coarse as the clock is anyway.  Runs
+ * on one CPU do not interleave: XDP, generic mode and test runs included,
+ * runs with bottom halves off.  Only on PREEMPT_RT could a run preempted
+ * between its read and its stores leave the value it read under a later
+ * jiffy's number: behind by that preemption, until the next jiffy.)
  */
 static __always_inline __u64 coarse_now(void)
 {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import logging
 import mmap
 import os
 import sys
@@ -23,6 +24,8 @@ from xpro.errors import DatapathError
 
 if TYPE_CHECKING:
     from xpro.bpf.object import BpfObject
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BPF_ANY",
@@ -548,10 +551,13 @@ class Map(MutableMapping[Any, Any]):
                 if rc == -errno.ENOSPC and n == 0:
                     chunk *= 2  # a hash bucket holds more entries than one chunk
                     continue
+                if n:  # entries that came with the error (taken, if fn deletes)
+                    kparts.append(kbuf[:n])
+                    vparts.append(vbuf[:n])
                 if -rc in _NO_BATCH_ERRNOS and not kparts:
                     return None
                 if put_back and kparts:
-                    self._put_back(np.concatenate(kparts), np.concatenate(vparts))
+                    self._put_back(np.concatenate(kparts), np.concatenate(vparts), what)
                 check(rc, f"{what} in map {self._name!r}")
             if n:
                 kparts.append(kbuf[:n])
@@ -563,12 +569,21 @@ class Map(MutableMapping[Any, Any]):
         vals = np.concatenate(vparts) if vparts else np.empty((0, vb), dtype=np.uint8)
         return self._wrap_keys(keys), self._wrap_values(vals)
 
-    def _put_back(self, kraw: npt.NDArray[np.uint8], vraw: npt.NDArray[np.uint8]) -> None:
+    def _put_back(self, kraw: npt.NDArray[np.uint8], vraw: npt.NDArray[np.uint8],
+                  what: str) -> None:
         """Write entries read as raw rows back, one by one (an error path):
-        an entry written meanwhile stays as it is (BPF_NOEXIST)."""
+        an entry written meanwhile stays as it is (BPF_NOEXIST).  Those that
+        cannot be written back are said in the log, with the first reason."""
+        failed, first = 0, 0
         for k, v in zip(kraw, vraw, strict=True):
-            self._lib.bpf_map_update_elem(self.fd, ffi.from_buffer(k), ffi.from_buffer(v),
-                                          BPF_NOEXIST)
+            rc = self._lib.bpf_map_update_elem(self.fd, ffi.from_buffer(k),
+                                               ffi.from_buffer(v), BPF_NOEXIST)
+            if rc < 0 and rc != -errno.EEXIST:
+                failed, first = failed + 1, first or rc
+        if failed:
+            log.error("map %r: %d of the %d entries a failed %s had taken could not be "
+                      "written back (%s)", self._name, failed, len(kraw), what,
+                      os.strerror(-first))
 
     def _lookup_by_iteration(self) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
         lib, fd = self._lib, self.fd
