@@ -775,15 +775,15 @@ def adopt(ts1: int, ts2: int, c: int, dc: int, span: int | None) -> Local:
     at most (docs/sync.rst, "How far back a local window reaches"; None:
     not cut).
 
-    The sync's span is T_T4, or the time since the record's ``dc`` began
-    to count if that is longer (every packet in it was counted since).  A longer master
-    window keeps its rate: its count is scaled by the ratio of the windows
-    (a float64 product, floored) and ``dc`` is added whole, so the proxy's
-    own packets are never spread over more than the span.  The master
-    record is not changed.  Without the cut, one master record whose window
-    starts long ago -- anyone who can write the store can write it -- made
-    a proxy's own packets count over years, and a flow at 10 x T_F1 passed
-    it.
+    The sync's span is T_T4, or the time since the record's ``dc`` began to
+    count if that is longer (every packet in it was counted since).  A
+    longer master window keeps its rate: its count is scaled by the ratio of
+    the windows (a float64 product, floored) and ``dc`` is added whole, so
+    the proxy's own packets are never spread over more than the span.  The
+    master record is not changed.  Without the cut, one master record whose
+    window starts long ago -- anyone who can write the store can write it --
+    made a proxy's own packets count over years, and a flow at 10 x T_F1
+    passed it.
     """
     if span is not None and ts2 - ts1 > span:
         c = min(c, math.floor(float(c) * float(span) / float(ts2 - ts1)))
