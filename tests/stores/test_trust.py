@@ -455,6 +455,83 @@ def test_a_forged_partial_growing_fast_does_not_close_by_its_recent_rate() -> No
         MemoryStore.forget(url.removeprefix("memory://"), name)
 
 
+def test_a_partial_in_a_slot_ahead_is_quarantined() -> None:
+    """A store writer forges a destination's partial in a slot the clock has
+    not reached (2**62, and an hour ahead), its ts1 a day back.  Before, it
+    was taken as live until the clock reached its slot -- for good: the
+    destination's window at every proxy stayed a day long (its window rule
+    and the "near" test off) and expiry never removed it.  Now a partial
+    whose slot lies after the latest time in bounds is quarantined, counted,
+    and never counts (docs/security.rst)."""
+    url = f"memory://{uuid.uuid4().hex[:10]}"
+    name = "slot-ahead"
+    stores = [open_store(url, mesh=name) for _ in range(2)]
+    proxies = [Proxy(f"p{i}", s) for i, s in enumerate(stores)]
+    a, b = proxies
+    dkey = key_of(LEGIT)[16:]
+    dk = np.frombuffer(dkey, dtype=L.DST_KEY)
+    sl = b.sync.rule.slot_ns
+    try:
+        for second in range(4):
+            now = T0 + (second + 1) * S
+            for tick in range(10):
+                a.send(LEGIT, T0 + second * S + tick * S // 10)
+                b.send(NEWCOMER, T0 + second * S + tick * S // 10)
+            if second == 1:
+                for slot in (1 << 62, (now + 3600 * S) // sl):
+                    forge_partial(stores[0], dkey, slot, now - 86_400 * S, now, 1)
+            a.round(now)
+            b.round(now)
+        assert b.quarantined() >= 2
+        _, t2, _ = b.sync.partials.values(dk, now + 3600 * S)  # type: ignore[union-attr]
+        assert int(t2[0]) == 0
+        have, rec = b.filt.read_dsts_of(dk)
+        assert have[0] and now - int(rec["ts1"][0]) < 10 * S, now - int(rec["ts1"][0])
+    finally:
+        for p in proxies:
+            p.filt.close()
+            p.sync.store.close()
+        MemoryStore.forget(url.removeprefix("memory://"), name)
+
+
+def test_forged_partials_of_made_up_destinations_stay_out_of_the_destination_table() -> None:
+    """A store writer forges 2000 partials of destinations no proxy saw, each
+    in the current slot and in bounds, with a count of 2**40: far over T_F2
+    and far over what the mesh's workloads back.  A proxy writes into its
+    program the destinations the master's aggregate puts near their limit;
+    judged on the forged count, 208 of them filled its 256-entry destination
+    table at the first round (before).  Judged on the count the workloads
+    back, as the values written are, none is written."""
+    url = f"memory://{uuid.uuid4().hex[:10]}"
+    name = "made-up-dsts"
+    stores = [open_store(url, mesh=name) for _ in range(2)]
+    proxies = [Proxy(f"p{i}", s) for i, s in enumerate(stores)]
+    a, b = proxies
+    fakes = [key_of(frame("10.0.0.1", f"10.77.{i // 250}.{i % 250}"))[16:]
+             for i in range(2000)]
+    try:
+        for second in range(4):
+            now = T0 + (second + 1) * S
+            for tick in range(10):
+                t = T0 + second * S + tick * S // 10
+                a.send(LEGIT, t)
+                b.send(NEWCOMER, t)
+            if second == 1:
+                for d in fakes:
+                    forge_partial(stores[0], d, now // b.sync.rule.slot_ns, now - S, now, 1 << 40)
+            a.round(now)
+            b.round(now)
+            keys, _ = b.filt.read_dsts()
+            assert len(keys) <= 2, (second, len(keys))
+        assert sum(s.partials for s in b.stats) >= 2000  # they were pulled, in bounds
+        assert not b.sync.known.closed
+    finally:
+        for p in proxies:
+            p.filt.close()
+            p.sync.store.close()
+        MemoryStore.forget(url.removeprefix("memory://"), name)
+
+
 # ---------------------------------------------------------------------------
 # Redis's own keys (a fuzz of a live mesh's keys, 2026-12-07): each took one
 # write to switch a limit off, silently, for good

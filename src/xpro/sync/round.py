@@ -951,11 +951,17 @@ class Syncer:
     # ---- candidates and the master's aggregates (docs/sync.rst, "What a round pulls")
 
     def _take_partials(self, keys: Array, parts: Array, b: Bounds, st: SyncStats) -> None:
-        """Keep the partials pulled; quarantine those no merge could have written."""
+        """Keep the partials pulled; quarantine those no merge could have written:
+        a window that ends before it starts or after the latest time in
+        bounds, a count out of range, or a slot after that time's (such a
+        partial would stay live until the clock reached its slot: one write
+        kept its ts1 and count in a destination's aggregate for good)."""
         assert self.partials is not None
         lim = np.uint64(b.limit + self.skew)
+        last_slot = lim // np.uint64(self.rule.slot_ns)
         bad = (parts["ts1"] > parts["ts2"]) | (parts["ts2"] > lim) | (
-            parts["c"] > np.uint64(MAX_COUNT)) | (parts["n"] > np.uint64(MAX_COUNT))
+            parts["c"] > np.uint64(MAX_COUNT)) | (parts["n"] > np.uint64(MAX_COUNT)) | (
+            keys["slot"].astype(np.uint64) > last_slot)
         for k, p in zip(keys[bad][:EXAMPLES], parts[bad][:EXAMPLES], strict=True):
             self._quarantine(st, f"partial {k['dst'].tobytes().hex()}/{int(k['slot'])}",
                              f"ts1={int(p['ts1'])} ts2={int(p['ts2'])} c={int(p['c'])}")
@@ -993,11 +999,14 @@ class Syncer:
             # key any proxy counted a flow of) holding enough packets for one
             # (a spray's keys hold a packet or two each: not asked for),
             # docs/sync.rst "What a round pulls".
-            sel = np.flatnonzero((dk["pad"] == 0) & (c >= self.rule.min_packets)
+            # Counts as far as the mesh's workloads back them: forged
+            # partials of made-up keys crowd out no real key's clients.
+            backed = self._backed(c, t1 - self.skew, now)
+            sel = np.flatnonzero((dk["pad"] == 0) & (backed >= self.rule.min_packets)
                                  & np.isin(dk["addr"], shut["addr"][addr]))
             # A spray with enough packets a key must not make the round ask
             # for every key: the busiest ADDRESS_KEYS, where its users are.
-            sel = sel[np.argsort(-c[sel], kind="stable")[:ADDRESS_KEYS]]
+            sel = sel[np.argsort(-backed[sel], kind="stable")[:ADDRESS_KEYS]]
             keys_of = dk[sel]
             shut = np.concatenate([shut[~addr], keys_of], dtype=L.DST_KEY)
             if not len(shut):
@@ -1076,6 +1085,10 @@ class Syncer:
             held, _ = self.filt.read_dsts_of(dk)
             t1, t2, c = self.partials.values(dk, mesh_now)
             window = np.maximum(mesh_now - t1, p.t_t3)
+            # Judged on the count the mesh's workloads back, as the values
+            # written are: forged partials of made-up destinations do not
+            # fill this proxy's destination table (docs/security.rst).
+            c = self._backed(c, np.where(t2 > 0, t1 - self.skew, now), now)
             near = (t2 > 0) & near_limit_array(c, window, limits(dk, p), self.rule)
             want = held | near
             if self.known.closed and not want.all():
@@ -1129,6 +1142,12 @@ class Syncer:
         start = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(start, pos[remote], ts1[remote])
         return self._budget(start, now)
+
+    def _backed(self, c: Array, start: Array, now: int) -> Array:
+        """Master counts ``c`` of windows from ``start`` held to :meth:`_budget`."""
+        cap = self._budget(start, now)
+        out: Array = np.where(c > cap, cap, c).astype(np.int64)
+        return out
 
     def _budget(self, start: Array, now: int, *, lag: bool = True) -> Array:
         """BUDGET_SLACK x the mesh's rate x (``now`` - ``start`` + two periods),
