@@ -76,6 +76,23 @@ def test_spoof_cost() -> None:
     assert all(positive(v) for v in doc["bisect"].values())
 
 
+def test_etcd_layout_bench() -> None:
+    # the etcd member is started by the bench itself, on free loopback ports
+    doc = run_bench("etcd_layout.py", "--scale", "100", "--packs", "128")
+    assert set(doc["layouts"]) == {"keys", "R=128"}
+    for name, lay in doc["layouts"].items():
+        assert set(lay) == {"create", "update", "small", "round", "serial"}, name
+        for step in lay.values():
+            assert positive(step["wall_s"]), (name, step)
+            assert positive(step["db_mb"]), (name, step)
+        for step in ("small", "round", "serial"):
+            assert lay[step]["keys"] > 0, (name, step)
+            assert positive(lay[step]["mb_written"]), (name, step)
+        assert lay["serial"]["lost"] == 0, name  # one writer at a time loses no compare
+    assert set(doc["ratios"]) == {"R=128"}
+    assert set(doc["ratios"]["R=128"]) == {"update", "round", "serial", "small"}
+
+
 def test_sync_store_bench() -> None:
     # redis-server is started by the bench itself, on a free loopback port
     doc = run_bench("sync_store.py", "--quick", "--stores", "memory,redis")

@@ -486,7 +486,8 @@ def test_a_partial_in_a_slot_ahead_is_quarantined() -> None:
         _, t2, _ = b.sync.partials.values(dk, now + 3600 * S)  # type: ignore[union-attr]
         assert int(t2[0]) == 0
         have, rec = b.filt.read_dsts_of(dk)
-        assert have[0] and now - int(rec["ts1"][0]) < 10 * S, now - int(rec["ts1"][0])
+        assert have[0]
+        assert now - int(rec["ts1"][0]) < 10 * S, now - int(rec["ts1"][0])
     finally:
         for p in proxies:
             p.filt.close()
