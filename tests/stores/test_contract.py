@@ -540,3 +540,55 @@ def test_pull_serves_candidates_partials_and_clients_as_the_model(store_factory:
     _, _, fak, fap, _ = b.pull(None)
     assert _sum_partials(fak, fap) == {}
     assert len(b.clients(d)[0]) == 0
+
+
+def _forge_partial(store: Store, dst: bytes, slot: int, part: tuple[int, int, int, int]) -> None:
+    """Write a partial (ts1, ts2, c, n) straight into the store, as a store
+    writer can: no merge and no record behind it."""
+    import struct
+
+    from xpro.stores.etcd import EtcdStore
+    from xpro.stores.memory import MemoryStore
+    from xpro.stores.redis import RedisStore
+
+    value = np.array([part], dtype=pull.PARTIAL)
+    if isinstance(store, MemoryStore):
+        ak = np.zeros(1, dtype=pull.AGG_KEY)
+        ak["dst"] = np.frombuffer(dst, dtype=pull.AGG_KEY["dst"])
+        ak["slot"] = slot
+        with store._state.lock:
+            store._state.partials[ak.tobytes()] = value[0]
+    elif isinstance(store, RedisStore):
+        tag = store._tags[int(store._dst_buckets(np.frombuffer(dst, dtype=pull.AGG_KEY["dst"]))[0])]
+        store.raw_client(f"{tag}:a").hset(f"{tag}:a", dst + struct.pack("<Q", slot),
+                                          value.tobytes())
+    else:
+        assert isinstance(store, EtcdStore)
+        store.raw_put(store._row_key(slot, dst, "forger"), struct.pack("<QQqq", *part))
+
+
+def test_expire_removes_partials_in_slots_ahead(store_factory: Any) -> None:
+    """A partial in a slot after the latest time in bounds is no merge's (a
+    proxy quarantines it, docs/security.rst); the expiry deletes it.  Before,
+    expiry deleted only slots that were over, so such a partial stayed for
+    good and every full read of the partials took it again."""
+    a = store_factory()
+    if not a.candidates:
+        pytest.skip(f"{type(a).__name__} serves the full pull only")
+    k = _pull_keys(30, 41)
+    t0 = now_ns() - 2 * S
+    a.merge(k, locals_([(t0, t0 + S, 5, 5, 0)] * len(k)), P, bounds=loose(), rule=RULE)
+    _, _, ak0, ap0, _ = a.pull(None)
+    live = _sum_partials(ak0, ap0)
+    assert live
+    dst = k[0]["dst"].tobytes()
+    # after the store's latest time in bounds (max_future: a day by default)
+    ahead = [(now_ns() + 2 * DAY) // RULE.slot_ns, (1 << 62) // RULE.slot_ns]
+    for slot in ahead:
+        _forge_partial(a, dst[:19] + b"\0", slot, (t0 - DAY, t0 + S, 1, 1))
+    _, _, ak, ap, _ = a.pull(None)
+    assert set(ahead) <= {int(x) for x in ak["slot"]}
+    a.expire(t0 - 60 * S)  # the store's own clock and bounds
+    _, _, ak, ap, _ = a.pull(None)
+    assert not set(ahead) & {int(x) for x in ak["slot"]}
+    assert _sum_partials(ak, ap) == live

@@ -564,9 +564,11 @@ local function clients(keys, args)
   return {table.concat(list), vals}
 end
 
--- KEYS: r l m   ARGV: before_hi before_lo mxh mxl olh oll ppn retention now keys
+-- KEYS: r l m [a]   ARGV: before_hi before_lo mxh mxl olh oll ppn retention now keys
+--                     [first_slot [last_slot]]
 -- Deletes the listed records whose ts2 < before, that are corrupt or out of
--- bounds (mx, ol, ppn as in merge: dated in the future, say).
+-- bounds (mx, ol, ppn as in merge: dated in the future, say); with a, the
+-- partials whose slot is before first_slot or after last_slot.
 local function expire(keys, args)
   local r, l, m = keys[1], keys[2], keys[3]
   local bh, bl = tonumber(args[1]), tonumber(args[2])
@@ -594,14 +596,16 @@ local function expire(keys, args)
   end
   local partials = keys[4]
   if partials and args[11] then
-    -- partials no flow can be live in any more
-    local first = tonumber(args[11])
+    -- partials no flow can be live in any more, and those in a slot after
+    -- the latest time in bounds (no merge writes them: a forgery)
+    local first, last = tonumber(args[11]), tonumber(args[12])
     local all = try('HKEYS', partials) or {}
     local dead = {}
     for _, fld in ipairs(all) do
       if #fld == 28 then
         local sl, sh = struct.unpack('<I4I4', fld, 21)
-        if sh * B32 + sl < first then dead[#dead + 1] = fld end
+        local slot = sh * B32 + sl
+        if slot < first or (last and slot > last) then dead[#dead + 1] = fld end
       else
         dead[#dead + 1] = fld
       end

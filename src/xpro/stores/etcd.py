@@ -955,13 +955,14 @@ class EtcdStore(Store):
                             gone.append(kv)
             self._trim_log(rpc)
             if self._rule is not None:
-                self._expire_partials(rpc, gone, before, self._rule)
+                self._expire_partials(rpc, gone, before, b.limit, self._rule)
         return deleted
 
-    def _expire_partials(self, rpc: Any, gone: Sequence[Any], before: int, rule: PullRule
-                         ) -> None:
+    def _expire_partials(self, rpc: Any, gone: Sequence[Any], before: int, limit: int,
+                         rule: PullRule) -> None:
         """The deleted records leave their partials; rows no flow can be live in
-        any more and log entries older than log_retention go."""
+        any more, rows in a slot after the latest time in bounds (``limit``: no
+        merge writes them) and log entries older than log_retention go."""
         plen = len(self._p_rec)
         good = [kv for kv in gone if len(kv.value) == RECORD_SIZE
                 and len(kv.key) == plen + KEY_SIZE]
@@ -971,23 +972,24 @@ class EtcdStore(Store):
             n = len(k)
             self._publish(k, v, np.ones(n, bool), np.zeros(n, dtype=MASTER), np.zeros(n, bool),
                           rule, f"{time.time_ns():016x}/{self.client_id}/x")
-        first = rule.live_from(before)
+        first, last = rule.live_from(before), limit // rule.slot_ns
         dead_end = self._p_rows + struct.pack(">Q", first)
+        ahead = self._p_rows + struct.pack(">Q", min(last + 1, (1 << 64) - 1))
         cut = f"{time.time_ns() - self.log_retention * 10**9:016x}".encode()
         top = 0
         for pre in (self._p_clog, self._p_alog):
             kvs, _, _ = self._range_all(pre, keys_only=True)
             old = [kv for kv in kvs if kv.key < pre + cut]
             top = max([top, *(kv.mod_revision for kv in old)])
-        ops = [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(
-            key=self._p_rows, range_end=dead_end))]
-        ops += [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(
-            key=pre, range_end=pre + cut)) for pre in (self._p_clog, self._p_alog)]
+        drop = [(self._p_rows, dead_end), (ahead, self._prefix_end(self._p_rows)),
+                *((pre, pre + cut) for pre in (self._p_clog, self._p_alog))]
+        ops = [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k, range_end=e))
+               for k, e in drop]
         if top:
             ops.append(rpc.RequestOp(request_put=rpc.PutRequest(key=self._k_ptrim,
                                                                 value=str(top).encode())))
         self._call_txns([self._txn(rpc, [], ops, [])], "expiring partials")
-        self._rows = {at: r for at, r in self._rows.items() if at[0] >= first}
+        self._rows = {at: r for at, r in self._rows.items() if first <= at[0] <= last}
 
     def _trim_log(self, rpc: Any) -> None:
         """Delete change-log entries older than log_retention, recording their revisions."""

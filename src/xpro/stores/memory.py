@@ -394,9 +394,10 @@ class MemoryStore(Store):
                 n = len(idx)
                 st.judge(rule, st.keys[idx], st.recs[idx], np.ones(n, bool),
                          np.zeros(n, dtype=MASTER), np.zeros(n, bool), idx)
-                first = rule.live_from(max(0, before))
+                # slots over, and slots after the latest time in bounds (a forgery)
+                first, last = rule.live_from(max(0, before)), b.limit // rule.slot_ns
                 dead = [x for x in st.partials
-                        if int(np.frombuffer(x, dtype=AGG_KEY)["slot"][0]) < first]
+                        if not first <= int(np.frombuffer(x, dtype=AGG_KEY)["slot"][0]) <= last]
                 for x in dead:
                     del st.partials[x]
             for kb in key_list(st.keys[idx]):

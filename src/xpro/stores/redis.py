@@ -1068,7 +1068,7 @@ class RedisStore(Store):
                 else:  # deleted records are returned; dead partials go
                     head = ("FCALL", "xpro_v1_expire", 4, f"{tag}:r", f"{tag}:l", f"{tag}:m",
                             f"{tag}:a")
-                    args = (*args, self._rule.live_from(before))
+                    args = (*args, self._rule.live_from(before), limit // self._rule.slot_ns)
                 calls.append(_Call((*head, *args), f"{tag}:r", bk))
         total = 0
         gone_k: list[bytes] = []
