@@ -43,11 +43,11 @@ def test_a_flood_just_over_t_f2_keeps_the_destination_closed_past_t_t4() -> None
     passed: dict[int, int] = {}
     try:
         for second in range(12):
-            for tick in range(10):
-                t = T0 + second * S + tick * S // 10
+            for tick in range(5):
+                t = T0 + second * S + tick * S // 5
                 for p, proxy in enumerate((a, b)):
                     for fr in flood[p] if second >= 2 else flood[p][:1]:
-                        proxy.send(fr, t, 6 if second >= 2 else 1)
+                        proxy.send(fr, t, 12 if second >= 2 else 1)
             passed[second] = b.send(newcomers[second], T0 + second * S + 95 * S // 100, 10)
             now = T0 + (second + 1) * S
             a.round(now)
