@@ -25,6 +25,10 @@ recomputed.  For each store:
   wall time that much CPU needs on this machine's cores
   (``round_4x100k_cpu_bound_s``): where the proxies and the master share
   the cores, a round cannot be shorter.
+* **By proxies** (``by_proxies``; ``round_16x25k_s``): the same round with
+  2, 4, 8 and 16 proxies (``--proxies``), each with a quarter of the
+  proxies' flows (25k): what one proxy pulls and how the round grows with
+  the mesh at the same changes per proxy (not on etcd).
 * **A table of 1M flows** at one proxy (``Sizes(flows=2**21)``), and of 10k
   and 100k: the first round (reads the whole table and merges it all), an
   idle round (nothing changed; median of 5), a round after 1000 flows
@@ -439,7 +443,8 @@ def tables(url: str, sizes: list[int], t0: int, memory: Callable[[], int] | None
 
 def bench_store(name: str, url: str, *, per_proxy: int, sizes: list[int],
                 memory: Callable[[], int] | None, parts: tuple[str, ...] = PARTS,
-                server_pids: Callable[[], list[int]] | None = None) -> dict[str, Any]:
+                server_pids: Callable[[], list[int]] | None = None,
+                scaling: tuple[int, ...] = SCALING) -> dict[str, Any]:
     t0 = time.clock_gettime_ns(time.CLOCK_TAI) - 600 * S
     started = time.monotonic()
     threads = url.startswith("memory://")
@@ -454,7 +459,7 @@ def bench_store(name: str, url: str, *, per_proxy: int, sizes: list[int],
                                                  "round_4x100k_changes_s")}
     if "scaling" in parts:
         res["by_proxies"] = {}
-        for p in SCALING:
+        for p in scaling:
             m = per_proxy * SCALING_PER_PROXY // 100_000
             log(f"{name}: {p} proxies x {m}")
             r = four_proxies(url, m, t0, threads=threads, proxies=p)
@@ -495,15 +500,17 @@ def _pids(servers: list[Any]) -> list[int]:
 
 
 def run_store(name: str, servers: ServerSet, per_proxy: int, sizes: list[int],
-              parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
+              parts: tuple[str, ...] = PARTS, scaling: tuple[int, ...] = SCALING
+              ) -> dict[str, Any]:
     """Start the servers of store ``name`` and bench it."""
     if name == "memory":
         return bench_store(name, f"memory://b{uuid.uuid4().hex[:6]}", per_proxy=per_proxy,
-                           sizes=sizes, memory=None, parts=parts)
+                           sizes=sizes, memory=None, parts=parts, scaling=scaling)
     if name == "redis":
         srv = servers.redis()
         return bench_store(name, srv.url, per_proxy=per_proxy, sizes=sizes,
-                           memory=srv.used_memory, parts=parts, server_pids=lambda: _pids([srv]))
+                           memory=srv.used_memory, parts=parts, server_pids=lambda: _pids([srv]),
+                           scaling=scaling)
     if name == "redis+cluster":
         cluster = servers.redis_cluster(3, 1, node_timeout_ms=2000)
 
@@ -512,7 +519,7 @@ def run_store(name: str, servers: ServerSet, per_proxy: int, sizes: list[int],
 
         return bench_store(name, cluster.url, per_proxy=per_proxy, sizes=sizes,
                            memory=masters_memory, parts=parts,
-                           server_pids=lambda: _pids(list(cluster)))
+                           server_pids=lambda: _pids(list(cluster)), scaling=scaling)
     # etcd: a quarter of the proxies' flows and a fifth of the tables.
     etcd_per_proxy, etcd_sizes = per_proxy // 4, [n // 5 for n in sizes]
     etcd = servers.etcd(1, fsync=True, extra=ETCD_QUOTA)
@@ -670,6 +677,8 @@ def main() -> None:
     ap.add_argument("--plot", metavar="PATH", help="write the figure (PNG) here")
     ap.add_argument("--parts", default=",".join(PARTS),
                     help=f"besides the 4 x 100k round, comma-separated from {', '.join(PARTS)}")
+    ap.add_argument("--proxies", default=",".join(map(str, SCALING)), metavar="LIST",
+                    help="the proxy counts of the scaling table (comma-separated)")
     ap.add_argument("--replot", metavar="FILE",
                     help="only redraw the figure from a saved output (its last line)")
     args = ap.parse_args()
@@ -689,6 +698,12 @@ def main() -> None:
     for p in parts:
         if p not in PARTS:
             ap.error(f"unknown part {p!r}: use {', '.join(PARTS)}")
+    try:
+        scaling = tuple(int(x) for x in args.proxies.split(",") if x.strip())
+    except ValueError:
+        ap.error(f"--proxies {args.proxies!r}: proxy counts, comma-separated")
+    if not scaling or min(scaling) < 1:
+        ap.error("--proxies: at least one count, each at least 1")
     scale = args.scale or (10 if args.quick else 1)
     if scale < 1 or 100_000 // scale < 100:
         ap.error("--scale must be from 1 to 1000")
@@ -700,7 +715,7 @@ def main() -> None:
     with ServerSet(prefix="xpro-bench-") as servers:
         for name in wanted:
             try:
-                results[name] = run_store(name, servers, per_proxy, sizes, parts)
+                results[name] = run_store(name, servers, per_proxy, sizes, parts, scaling)
             except Exception as exc:  # the other stores still run
                 log(f"{name}: FAILED: {exc!r}")
                 results[name] = {"error": repr(exc)}

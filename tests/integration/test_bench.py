@@ -102,9 +102,11 @@ def test_sync_store_bench() -> None:
 
 
 def test_sync_cost_bench() -> None:
-    # Every part on the memory store; Redis without the table by proxies, whose
-    # 30 forked proxies (each loads the program) were most of this test's time.
-    mem = run_bench("sync_cost.py", "--scale", "100", "--stores", "memory")["stores"]
+    # Every part on the memory store, its table by proxies at 2 and 16 only;
+    # Redis without that table: each proxy loads the program, and the 30
+    # forked proxies of the whole table were most of this test's time.
+    mem = run_bench("sync_cost.py", "--scale", "100", "--stores", "memory",
+                    "--proxies", "2,16")["stores"]
     red = run_bench("sync_cost.py", "--scale", "100", "--stores", "redis",
                     "--parts", "full,tables")["stores"]
     assert set(mem) == {"memory"}
@@ -119,7 +121,7 @@ def test_sync_cost_bench() -> None:
     assert red["redis"]["round_4x100k_server_cpu_s"] >= 0
     assert positive(red["redis"]["round_4x100k_cpu_total_s"])
     assert positive(red["redis"]["round_4x100k_cpu_bound_s"])
-    assert sorted(mem["memory"]["by_proxies"], key=int) == ["2", "4", "8", "16"]
+    assert sorted(mem["memory"]["by_proxies"], key=int) == ["2", "16"]
     assert positive(mem["memory"]["round_16x25k_s"])
 
 
