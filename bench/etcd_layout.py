@@ -48,7 +48,7 @@ from typing import Any
 
 import grpc
 
-from xpro.lab.servers import ServerSet
+from xpro.lab.servers import ServerSet, process_cpu_s
 
 KEY, VALUE, RECORD = 36, 24, 60  # a flow key, a master record, both (the etcd store's sizes)
 CHUNK = 120  # records per transaction, one key each (xpro.stores.etcd.CHUNK)
@@ -66,13 +66,6 @@ def _rpc() -> Any:
     from etcd3 import etcdrpc
 
     return etcdrpc
-
-
-def cpu_s(pid: int) -> float:
-    """User and system CPU seconds of a process (/proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Layout:
@@ -119,9 +112,9 @@ class Member:
         self.pid = pid
         self._log = 0
         self._lock = threading.Lock()
-        c0 = cpu_s(self.pid)
+        c0 = process_cpu_s([self.pid])
         time.sleep(idle_s)
-        self.idle = (cpu_s(self.pid) - c0) / idle_s
+        self.idle = (process_cpu_s([self.pid]) - c0) / idle_s
 
     def log_key(self) -> bytes:
         with self._lock:
@@ -129,11 +122,11 @@ class Member:
             return PREFIX + b"l/%016x/%08x" % (time.time_ns(), self._log)
 
     def measure(self, fn: Callable[[], Any]) -> dict[str, float]:
-        c0, t0 = cpu_s(self.pid), time.monotonic()
+        c0, t0 = process_cpu_s([self.pid]), time.monotonic()
         fn()
         wall = time.monotonic() - t0
         time.sleep(SETTLE_S)
-        cpu = cpu_s(self.pid) - c0 - self.idle * (time.monotonic() - t0)
+        cpu = process_cpu_s([self.pid]) - c0 - self.idle * (time.monotonic() - t0)
         db = self.maint.Status(_rpc().StatusRequest(), timeout=60).dbSize
         return {"cpu_s": round(cpu, 2), "wall_s": round(wall, 2), "db_mb": round(db / 1e6, 1)}
 

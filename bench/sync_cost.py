@@ -67,7 +67,7 @@ from xpro.core import model
 from xpro.core.params import Sizes
 from xpro.core.state import OP_CREATE, OP_FLOW, apply_entries
 from xpro.datapath.xdp import XdpFilter
-from xpro.lab.servers import ServerSet
+from xpro.lab.servers import ServerSet, process_cpu_s
 from xpro.plugins import open_store
 from xpro.stores.base import Store
 from xpro.sync import Syncer
@@ -246,17 +246,6 @@ def _proxy(url: str, mesh: str, idx: int, n: int, proxies: int, t0: int, barrier
     finally:
         filt.close()
         out.put((idx, res))
-
-
-def process_cpu_s(pids: list[int]) -> float:
-    """User and system CPU seconds of these processes, all their threads (/proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / tick
 
 
 def four_proxies(url: str, n: int, t0: int, *, threads: bool, proxies: int = 4,

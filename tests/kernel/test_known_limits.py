@@ -13,9 +13,7 @@ import uuid
 import pytest
 
 from tests.packets import frame
-from tests.stores.test_trust import DST, SYNC, T0, Proxy, S
-from xpro.plugins import open_store
-from xpro.stores.memory import MemoryStore
+from tests.stores.test_trust import DST, SYNC, T0, S, two_proxies
 
 pytestmark = pytest.mark.kernel
 
@@ -34,14 +32,10 @@ def test_a_flood_just_over_t_f2_keeps_the_destination_closed_past_t_t4() -> None
     live, keep the aggregate's window at its old start, so c* / window falls
     to 0.7 x T_F2.  With T_T4 = 100 s it stays closed."""
     assert SYNC.t_t4 == 5 * S
-    url = f"memory://{uuid.uuid4().hex[:10]}"
-    name = "halving"
-    stores = [open_store(url, mesh=name) for _ in range(2)]
-    a, b = Proxy("a", stores[0]), Proxy("b", stores[1])
     flood = [[frame(f"10.{1 + p}.0.{i}", DST) for i in range(100)] for p in range(2)]
     newcomers = [frame(f"10.4.0.{i}", DST) for i in range(12)]
     passed: dict[int, int] = {}
-    try:
+    with two_proxies(f"memory://{uuid.uuid4().hex[:10]}") as (_, _, (a, b)):
         for second in range(12):
             for tick in range(5):
                 t = T0 + second * S + tick * S // 5
@@ -52,10 +46,5 @@ def test_a_flood_just_over_t_f2_keeps_the_destination_closed_past_t_t4() -> None
             now = T0 + (second + 1) * S
             a.round(now)
             b.round(now)
-        assert passed[0] == passed[1] == 10  # before the flood
-        assert {s: passed[s] for s in range(4, 12)} == dict.fromkeys(range(4, 12), 0)
-    finally:
-        for proxy in (a, b):
-            proxy.filt.close()
-            proxy.sync.store.close()
-        MemoryStore.forget(url.removeprefix("memory://"), name)
+    assert passed[0] == passed[1] == 10  # before the flood
+    assert {s: passed[s] for s in range(4, 12)} == dict.fromkeys(range(4, 12), 0)

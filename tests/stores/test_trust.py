@@ -373,7 +373,23 @@ def test_a_rewritten_mesh_configuration_is_not_adopted(mesh: tuple[str, str, lis
         assert int(c[0]) == sent
 
 
-def test_a_forged_partial_does_not_close_a_destination_even_within_a_round() -> None:
+@pytest.fixture
+def memory_mesh() -> Iterator[tuple[Proxy, Proxy]]:
+    """Proxies p0 and p1 on a new memory:// mesh (forge_partial writes it)."""
+    with two_proxies(f"memory://{uuid.uuid4().hex[:10]}") as (_, _, (a, b)):
+        yield a, b
+
+
+def _clients_for_a_second(a: Proxy, b: Proxy, second: int) -> None:
+    """LEGIT through A and NEWCOMER through B, 10 packets/s each, in ``second``."""
+    for tick in range(10):
+        t = T0 + second * S + tick * S // 10
+        a.send(LEGIT, t)
+        b.send(NEWCOMER, t)
+
+
+def test_a_forged_partial_does_not_close_a_destination_even_within_a_round(
+        memory_mesh: tuple[Proxy, Proxy]) -> None:
     """A store writer forges the master's partial of a destination: 20,000
     packets/s over 10 s (over T_F2, within every bound), while the mesh's
     proxies say they see 10 packets/s.  The round's recompute caps what other
@@ -381,11 +397,7 @@ def test_a_forged_partial_does_not_close_a_destination_even_within_a_round() -> 
     right after its pull must be held to the same cap, or the destination is
     closed to new clients for as long as the rest of the round takes (before:
     closed in the program when the recompute started, at every round)."""
-    url = f"memory://{uuid.uuid4().hex[:10]}"
-    name = "forged-partial"
-    stores = [open_store(url, mesh=name) for _ in range(2)]
-    proxies = [Proxy(f"p{i}", s) for i, s in enumerate(stores)]
-    a, b = proxies
+    a, b = memory_mesh
     dkey = key_of(LEGIT)[16:]
     closed_in_round: list[bool] = []
     real = b.sync._recompute_destinations
@@ -397,29 +409,21 @@ def test_a_forged_partial_does_not_close_a_destination_even_within_a_round() -> 
         return real(dst_ids, now)
 
     b.sync._recompute_destinations = recompute  # type: ignore[method-assign]
-    try:
-        for second in range(8):
-            for tick in range(10):
-                t = T0 + second * S + tick * S // 10
-                a.send(LEGIT, t)
-                b.send(NEWCOMER, t)
-            now = T0 + (second + 1) * S
-            if second >= 3:
-                forge_partial(stores[0], dkey, now // b.sync.rule.slot_ns, now - 10 * S, now,
-                              20_000 * 10)
-            a.round(now)
-            b.round(now)
-        assert len(closed_in_round) == 8
-        assert not any(closed_in_round), closed_in_round
-        assert not b.sync.known.closed
-    finally:
-        for p in proxies:
-            p.filt.close()
-            p.sync.store.close()
-        MemoryStore.forget(url.removeprefix("memory://"), name)
+    for second in range(8):
+        _clients_for_a_second(a, b, second)
+        now = T0 + (second + 1) * S
+        if second >= 3:
+            forge_partial(a.sync.store, dkey, now // b.sync.rule.slot_ns, now - 10 * S, now,
+                          20_000 * 10)
+        a.round(now)
+        b.round(now)
+    assert len(closed_in_round) == 8
+    assert not any(closed_in_round), closed_in_round
+    assert not b.sync.known.closed
 
 
-def test_a_forged_partial_growing_fast_does_not_close_by_its_recent_rate() -> None:
+def test_a_forged_partial_growing_fast_does_not_close_by_its_recent_rate(
+        memory_mesh: tuple[Proxy, Proxy]) -> None:
     """A store writer forges a heartbeat (W = 2,500 packets/s, a quarter of
     T_F2) and a partial of the destination that gains 15,000 packets every
     second.  Over its window that is under T_F2 once held to the workloads'
@@ -427,35 +431,22 @@ def test_a_forged_partial_growing_fast_does_not_close_by_its_recent_rate() -> No
     docs/semantics.rst) must be held to the workloads over that second, not
     over that second plus the merge lag: with the lag the budget is 15,000,
     and the destination closed at the second forged round."""
-    url = f"memory://{uuid.uuid4().hex[:10]}"
-    name = "forged-burst"
-    stores = [open_store(url, mesh=name) for _ in range(2)]
-    proxies = [Proxy(f"p{i}", s) for i, s in enumerate(stores)]
-    a, b = proxies
+    a, b = memory_mesh
     dkey = key_of(LEGIT)[16:]
-    try:
-        for second in range(8):
-            for tick in range(10):
-                t = T0 + second * S + tick * S // 10
-                a.send(LEGIT, t)
-                b.send(NEWCOMER, t)
-            now = T0 + (second + 1) * S
-            if second >= 3:
-                stores[0].heartbeat("evil", 2_500.0, now)
-                forge_partial(stores[0], dkey, now // b.sync.rule.slot_ns, now - 10 * S, now,
-                              15_000 * (second - 2))
-            a.round(now)
-            b.round(now)
-            assert not b.sync.known.closed, second
-        assert b.sync.mesh_rate() >= 2_500
-    finally:
-        for p in proxies:
-            p.filt.close()
-            p.sync.store.close()
-        MemoryStore.forget(url.removeprefix("memory://"), name)
+    for second in range(8):
+        _clients_for_a_second(a, b, second)
+        now = T0 + (second + 1) * S
+        if second >= 3:
+            a.sync.store.heartbeat("evil", 2_500.0, now)
+            forge_partial(a.sync.store, dkey, now // b.sync.rule.slot_ns, now - 10 * S, now,
+                          15_000 * (second - 2))
+        a.round(now)
+        b.round(now)
+        assert not b.sync.known.closed, second
+    assert b.sync.mesh_rate() >= 2_500
 
 
-def test_a_partial_in_a_slot_ahead_is_quarantined() -> None:
+def test_a_partial_in_a_slot_ahead_is_quarantined(memory_mesh: tuple[Proxy, Proxy]) -> None:
     """A store writer forges a destination's partial in a slot the clock has
     not reached (2**62, and an hour ahead), its ts1 a day back.  Before, it
     was taken as live until the clock reached its slot -- for good: the
@@ -463,39 +454,28 @@ def test_a_partial_in_a_slot_ahead_is_quarantined() -> None:
     and the "near" test off) and expiry never removed it.  Now a partial
     whose slot lies after the latest time in bounds is quarantined, counted,
     and never counts (docs/security.rst)."""
-    url = f"memory://{uuid.uuid4().hex[:10]}"
-    name = "slot-ahead"
-    stores = [open_store(url, mesh=name) for _ in range(2)]
-    proxies = [Proxy(f"p{i}", s) for i, s in enumerate(stores)]
-    a, b = proxies
+    a, b = memory_mesh
     dkey = key_of(LEGIT)[16:]
     dk = np.frombuffer(dkey, dtype=L.DST_KEY)
     sl = b.sync.rule.slot_ns
-    try:
-        for second in range(4):
-            now = T0 + (second + 1) * S
-            for tick in range(10):
-                a.send(LEGIT, T0 + second * S + tick * S // 10)
-                b.send(NEWCOMER, T0 + second * S + tick * S // 10)
-            if second == 1:
-                for slot in (1 << 62, (now + 3600 * S) // sl):
-                    forge_partial(stores[0], dkey, slot, now - 86_400 * S, now, 1)
-            a.round(now)
-            b.round(now)
-        assert b.quarantined() >= 2
-        _, t2, _ = b.sync.partials.values(dk, now + 3600 * S)  # type: ignore[union-attr]
-        assert int(t2[0]) == 0
-        have, rec = b.filt.read_dsts_of(dk)
-        assert have[0]
-        assert now - int(rec["ts1"][0]) < 10 * S, now - int(rec["ts1"][0])
-    finally:
-        for p in proxies:
-            p.filt.close()
-            p.sync.store.close()
-        MemoryStore.forget(url.removeprefix("memory://"), name)
+    for second in range(4):
+        _clients_for_a_second(a, b, second)
+        now = T0 + (second + 1) * S
+        if second == 1:
+            for slot in (1 << 62, (now + 3600 * S) // sl):
+                forge_partial(a.sync.store, dkey, slot, now - 86_400 * S, now, 1)
+        a.round(now)
+        b.round(now)
+    assert b.quarantined() >= 2
+    _, t2, _ = b.sync.partials.values(dk, now + 3600 * S)  # type: ignore[union-attr]
+    assert int(t2[0]) == 0
+    have, rec = b.filt.read_dsts_of(dk)
+    assert have[0]
+    assert now - int(rec["ts1"][0]) < 10 * S, now - int(rec["ts1"][0])
 
 
-def test_forged_partials_of_made_up_destinations_stay_out_of_the_destination_table() -> None:
+def test_forged_partials_of_made_up_destinations_stay_out_of_the_destination_table(
+        memory_mesh: tuple[Proxy, Proxy]) -> None:
     """A store writer forges 2000 partials of destinations no proxy saw, each
     in the current slot and in bounds, with a count of 2**40: far over T_F2
     and far over what the mesh's workloads back.  A proxy writes into its
@@ -503,34 +483,21 @@ def test_forged_partials_of_made_up_destinations_stay_out_of_the_destination_tab
     judged on the forged count, 208 of them filled its 256-entry destination
     table at the first round (before).  Judged on the count the workloads
     back, as the values written are, none is written."""
-    url = f"memory://{uuid.uuid4().hex[:10]}"
-    name = "made-up-dsts"
-    stores = [open_store(url, mesh=name) for _ in range(2)]
-    proxies = [Proxy(f"p{i}", s) for i, s in enumerate(stores)]
-    a, b = proxies
+    a, b = memory_mesh
     fakes = [key_of(frame("10.0.0.1", f"10.77.{i // 250}.{i % 250}"))[16:]
              for i in range(2000)]
-    try:
-        for second in range(4):
-            now = T0 + (second + 1) * S
-            for tick in range(10):
-                t = T0 + second * S + tick * S // 10
-                a.send(LEGIT, t)
-                b.send(NEWCOMER, t)
-            if second == 1:
-                for d in fakes:
-                    forge_partial(stores[0], d, now // b.sync.rule.slot_ns, now - S, now, 1 << 40)
-            a.round(now)
-            b.round(now)
-            keys, _ = b.filt.read_dsts()
-            assert len(keys) <= 2, (second, len(keys))
-        assert sum(s.partials for s in b.stats) >= 2000  # they were pulled, in bounds
-        assert not b.sync.known.closed
-    finally:
-        for p in proxies:
-            p.filt.close()
-            p.sync.store.close()
-        MemoryStore.forget(url.removeprefix("memory://"), name)
+    for second in range(4):
+        _clients_for_a_second(a, b, second)
+        now = T0 + (second + 1) * S
+        if second == 1:
+            for d in fakes:
+                forge_partial(a.sync.store, d, now // b.sync.rule.slot_ns, now - S, now, 1 << 40)
+        a.round(now)
+        b.round(now)
+        keys, _ = b.filt.read_dsts()
+        assert len(keys) <= 2, (second, len(keys))
+    assert sum(s.partials for s in b.stats) >= 2000  # they were pulled, in bounds
+    assert not b.sync.known.closed
 
 
 # ---------------------------------------------------------------------------

@@ -79,6 +79,7 @@ __all__ = [
     "free_port",
     "make_tls",
     "orphan_proof",
+    "process_cpu_s",
     "redis_command",
     "remove_stale_dirs",
     "require_binary",
@@ -138,6 +139,17 @@ def require_binary(name: str) -> str:
 # ---------------------------------------------------------------------------
 
 _handed_out: set[int] = set()
+
+
+def process_cpu_s(pids: list[int]) -> float:
+    """User and system CPU seconds of these processes, all their threads (/proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
 
 
 def free_port(also: int = 0) -> int:

@@ -974,7 +974,7 @@ class EtcdStore(Store):
                           rule, f"{time.time_ns():016x}/{self.client_id}/x")
         first, last = rule.live_from(before), limit // rule.slot_ns
         dead_end = self._p_rows + struct.pack(">Q", first)
-        ahead = self._p_rows + struct.pack(">Q", min(last + 1, (1 << 64) - 1))
+        ahead = self._p_rows + struct.pack(">Q", last + 1)
         cut = f"{time.time_ns() - self.log_retention * 10**9:016x}".encode()
         top = 0
         for pre in (self._p_clog, self._p_alog):
